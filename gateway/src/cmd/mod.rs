@@ -1,0 +1,35 @@
+//! One module per subcommand. Each `run` returns the process exit code.
+
+pub mod bench_crypto;
+pub mod keys;
+pub mod ledger;
+pub mod mapping;
+
+use clap::Subcommand;
+
+/// `vaxgate bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// SM2/SM3/SM4 throughput of the default crypto provider.
+    Crypto(bench_crypto::BenchCryptoArgs),
+    /// Durable ledger appends of batch-signed transactions.
+    Ledger(ledger::BenchLedgerArgs),
+}
+
+/// Dispatches `vaxgate bench`.
+pub fn run_bench(c: BenchCmd) -> anyhow::Result<u8> {
+    match c {
+        BenchCmd::Crypto(a) => bench_crypto::run(a),
+        BenchCmd::Ledger(a) => ledger::bench(a),
+    }
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters, default `warn`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,2 @@
+//! The actix-web API gateway. The `vaxgate` binary lives in `src/main.rs`.
+#![forbid(unsafe_code)]

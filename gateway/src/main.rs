@@ -1,0 +1,54 @@
+//! The `vaxgate` command-line tool.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// vaxgate: connects legacy hospital, CDC and cold-chain systems to a
+/// tamper-evident vaccine-traceability ledger.
+#[derive(Debug, Parser)]
+#[command(name = "vaxgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// SM2 key management.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCmd),
+    /// Inspect and verify a ledger database.
+    #[command(subcommand)]
+    Ledger(cmd::ledger::LedgerCmd),
+    /// Verify an inclusion proof offline against a checkpoint key.
+    VerifyProof(cmd::ledger::VerifyProofArgs),
+    /// Test mapping specs against sample input.
+    #[command(subcommand)]
+    Mapping(cmd::mapping::MappingCmd),
+    /// Benchmarks (each prints a final line of JSON with its figures).
+    #[command(subcommand)]
+    Bench(cmd::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging();
+    let result = match cli.command {
+        Command::Keys(c) => cmd::keys::run(c),
+        Command::Ledger(c) => cmd::ledger::run(c),
+        Command::VerifyProof(a) => cmd::ledger::verify_proof(a),
+        Command::Mapping(c) => cmd::mapping::run(c),
+        Command::Bench(c) => cmd::run_bench(c),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

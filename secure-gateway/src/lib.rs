@@ -1,0 +1,19 @@
+//! Everything in vaxgate that touches keys: SM3 hashing (GB/T 32905), SM2
+//! signatures and public-key encryption (GB/T 32918), SM4 (GB/T 32907),
+//! key storage, sealed envelopes, request signing and the air-gap bridge.
+//!
+//! The pure-Rust RustCrypto implementation is the default; the
+//! [`provider::CryptoProvider`] trait lets another conforming library or an
+//! HSM be plugged in (T/CPMA 026-2023 7.2.1, requirement R3.2).
+//!
+//! Every parse of outside bytes returns a typed [`CryptoError`]; nothing here
+//! panics on input.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod hash;
+pub mod sign;
+
+pub use error::CryptoError;
+pub use hash::{Sm3Digest, Sm3Hasher, sm3};
+pub use sign::{DEFAULT_DIST_ID, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
