@@ -1,1 +1,35 @@
-//! ledger
+//! The vaxgate ledger: an append-only chain of blocks whose headers follow
+//! T/CPMA 026-2023 Annex A, with RFC 9162-shaped SM3 Merkle trees per block
+//! and over the whole log, signed checkpoints, and offline-verifiable
+//! inclusion and consistency proofs.
+//!
+//! * [`tx`]: transactions (business-data hash + encrypted payload) and the
+//!   submitter's batch signature proof.
+//! * [`block`]: headers, `block_hash = SM3(SM3(prev ‖ timestamp ‖ root))`,
+//!   checkpoints.
+//! * [`merkle`]: RFC 9162 trees with SM3; proofs from stored perfect subtrees.
+//! * [`store`]: the storage trait and the SQLite implementation.
+//! * [`ledger`]: the group-committing [`Ledger`].
+//! * [`verify`]: full verification of a stored ledger.
+//!
+//! **Architecture invariant:** nothing in this crate updates or deletes a
+//! ledger row. Changes are new transactions (e.g. a cancellation).
+#![forbid(unsafe_code)]
+
+pub mod block;
+pub mod encoding;
+pub mod error;
+pub mod ledger;
+pub mod merkle;
+pub mod proof;
+pub mod store;
+pub mod tx;
+pub mod verify;
+
+pub use block::{BlockHeader, Checkpoint};
+pub use error::LedgerError;
+pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, prove, prove_consistency};
+pub use proof::{ConsistencyProof, InclusionProof};
+pub use store::{LedgerStore, SqliteStore, StoreStats, StoredTx};
+pub use tx::{Transaction, TxAuth, TxContent, TxKind, sign_batch};
+pub use verify::{VerifyReport, verify_ledger};

@@ -1,0 +1,91 @@
+//! Ledger storage behind a trait. This crate ships the embedded SQLite
+//! implementation ([`SqliteStore`]); PostgreSQL comes with the gateway work.
+//!
+//! **Architecture invariant:** a store only ever inserts. There is no method
+//! that updates or deletes a ledger row, and the SQL schema refuses both
+//! with triggers.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::future::Future;
+
+use secure_gateway::Sm3Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::block::{BlockHeader, Checkpoint};
+use crate::error::LedgerError;
+use crate::merkle::NodeKey;
+use crate::tx::Transaction;
+
+/// A transaction as stored: where it sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTx {
+    /// Position in the log-level tree.
+    pub leaf_index: u64,
+    /// Height of the block that holds it.
+    pub height: u64,
+    /// The transaction.
+    pub tx: Transaction,
+}
+
+/// Figures for `vaxgate ledger stats` and `/v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Height of the newest block.
+    pub height: u64,
+    /// Transactions in the log.
+    pub transactions: u64,
+    /// Bytes the store occupies.
+    pub size_bytes: u64,
+}
+
+/// Everything one block commit writes, atomically.
+#[derive(Debug, Clone)]
+pub struct BlockCommit {
+    /// The new block header.
+    pub block: BlockHeader,
+    /// Its transactions, in log order starting at `block.first_leaf`.
+    pub txs: Vec<Transaction>,
+    /// Every perfect-subtree node the block completes (level 0 = leaves).
+    pub nodes: Vec<(NodeKey, Sm3Digest)>,
+    /// The checkpoint signed after the block.
+    pub checkpoint: Checkpoint,
+}
+
+/// A ledger storage backend. All writes go through [`LedgerStore::commit_block`],
+/// which must be atomic and durable when it returns.
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Where the data lives (path or URL without credentials), for messages.
+    fn location(&self) -> &str;
+    /// Writes one block, its transactions, tree nodes and checkpoint in one
+    /// durable transaction.
+    fn commit_block(&self, c: &BlockCommit) -> impl Future<Output = Result<(), LedgerError>> + Send;
+    /// The newest block and its checkpoint, or `None` for an empty ledger.
+    fn head(&self) -> impl Future<Output = Result<Option<(BlockHeader, Checkpoint)>, LedgerError>> + Send;
+    /// Stored tree nodes, in the order asked; an error if any is missing.
+    fn nodes(&self, keys: &[NodeKey]) -> impl Future<Output = Result<Vec<Sm3Digest>, LedgerError>> + Send;
+    /// A block by height.
+    fn block(&self, height: u64) -> impl Future<Output = Result<Option<BlockHeader>, LedgerError>> + Send;
+    /// A block by its hash.
+    fn block_by_hash(&self, hash: &Sm3Digest) -> impl Future<Output = Result<Option<BlockHeader>, LedgerError>> + Send;
+    /// Blocks with heights in `[from, to)`, ascending.
+    fn blocks(&self, from: u64, to: u64) -> impl Future<Output = Result<Vec<BlockHeader>, LedgerError>> + Send;
+    /// A checkpoint by block height.
+    fn checkpoint(&self, height: u64) -> impl Future<Output = Result<Option<Checkpoint>, LedgerError>> + Send;
+    /// A transaction by id.
+    fn tx(&self, tx_id: &str) -> impl Future<Output = Result<Option<StoredTx>, LedgerError>> + Send;
+    /// A transaction by business record (event) id.
+    fn tx_by_record(&self, record_id: &str) -> impl Future<Output = Result<Option<StoredTx>, LedgerError>> + Send;
+    /// Which of these record ids or transaction ids are already stored:
+    /// `(record_id, tx_id)` of every stored transaction that matches either.
+    fn conflicts(&self, record_ids: &[String], tx_ids: &[String]) -> impl Future<Output = Result<Vec<(String, String)>, LedgerError>> + Send;
+    /// Transactions with leaf index in `[from, to)`, ascending.
+    fn txs(&self, from: u64, to: u64) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
+    /// Key-value state by category (R2.3): every version of `key`, oldest
+    /// first; the last one is the current value.
+    fn state(&self, category: &str, key: &str) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
+    /// Height, transaction count and size.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, LedgerError>> + Send;
+}
