@@ -12,8 +12,15 @@
 
 pub mod error;
 pub mod hash;
+pub mod keys;
+pub mod pke;
+pub mod random;
 pub mod sign;
+pub mod sym;
 
 pub use error::CryptoError;
 pub use hash::{Sm3Digest, Sm3Hasher, sm3};
+pub use keys::{DEFAULT_PASSPHRASE_ENV, KeyProtection, load_signing_key, load_verifying_key};
+pub use pke::Sm2CiphertextFormat;
 pub use sign::{DEFAULT_DIST_ID, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
+pub use sym::Sm4Key;
