@@ -77,7 +77,14 @@ impl Checkpoint {
     }
 
     /// Creates and signs a checkpoint.
-    pub fn sign(key: &Sm2SigningKey, tree_size: u64, root: Sm3Digest, height: u64, block_hash: Sm3Digest, timestamp: i64) -> Self {
+    pub fn sign(
+        key: &Sm2SigningKey,
+        tree_size: u64,
+        root: Sm3Digest,
+        height: u64,
+        block_hash: Sm3Digest,
+        timestamp: i64,
+    ) -> Self {
         let mut cp = Checkpoint {
             tree_size,
             root,

@@ -76,7 +76,11 @@ pub struct Ledger<S: LedgerStore> {
 
 impl<S: LedgerStore> Clone for Ledger<S> {
     fn clone(&self) -> Self {
-        Ledger { store: self.store.clone(), node_key: self.node_key.clone(), sender: self.sender.clone() }
+        Ledger {
+            store: self.store.clone(),
+            node_key: self.node_key.clone(),
+            sender: self.sender.clone(),
+        }
     }
 }
 
@@ -98,13 +102,21 @@ fn now_ms() -> i64 {
 impl<S: LedgerStore> Ledger<S> {
     /// Opens the ledger in `store`, creating the genesis block if the store
     /// is empty. The node key must be the one the ledger was created with.
-    pub async fn open(store: S, node_key: Sm2SigningKey, name: &str, config: LedgerConfig) -> Result<Self, LedgerError> {
+    pub async fn open(
+        store: S,
+        node_key: Sm2SigningKey,
+        name: &str,
+        config: LedgerConfig,
+    ) -> Result<Self, LedgerError> {
         let store = Arc::new(store);
         let head = match store.head().await? {
             Some(h) => h,
             None => {
                 create_genesis(&*store, &node_key, name).await?;
-                store.head().await?.ok_or_else(|| LedgerError::Setup("genesis block was not written".into()))?
+                store
+                    .head()
+                    .await?
+                    .ok_or_else(|| LedgerError::Setup("genesis block was not written".into()))?
             }
         };
         let (block, cp) = head;
@@ -127,9 +139,20 @@ impl<S: LedgerStore> Ledger<S> {
         }
         let (sender, receiver) = mpsc::channel(config.queue_depth);
         let vk = node_key.verifying_key().clone();
-        let committer = Committer { store: store.clone(), key: node_key, config, frontier, head: block, receiver };
+        let committer = Committer {
+            store: store.clone(),
+            key: node_key,
+            config,
+            frontier,
+            head: block,
+            receiver,
+        };
         tokio::spawn(committer.run());
-        Ok(Ledger { store, node_key: vk, sender })
+        Ok(Ledger {
+            store,
+            node_key: vk,
+            sender,
+        })
     }
 
     /// The storage backend (for reads).
@@ -149,7 +172,10 @@ impl<S: LedgerStore> Ledger<S> {
             return Ok(Vec::new());
         }
         let (respond, rx) = oneshot::channel();
-        self.sender.send(AppendRequest { txs, respond }).await.map_err(|_| LedgerError::Closed)?;
+        self.sender
+            .send(AppendRequest { txs, respond })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -166,8 +192,14 @@ impl<S: LedgerStore> Ledger<S> {
 
 /// Builds an inclusion proof for `tx_id` against the store's latest checkpoint.
 pub async fn prove<S: LedgerStore>(store: &S, tx_id: &str) -> Result<InclusionProof, LedgerError> {
-    let st: StoredTx = store.tx(tx_id).await?.ok_or_else(|| LedgerError::NotFound(format!("transaction {tx_id}")))?;
-    let (_, cp) = store.head().await?.ok_or_else(|| LedgerError::NotFound("the ledger is empty".into()))?;
+    let st: StoredTx = store
+        .tx(tx_id)
+        .await?
+        .ok_or_else(|| LedgerError::NotFound(format!("transaction {tx_id}")))?;
+    let (_, cp) = store
+        .head()
+        .await?
+        .ok_or_else(|| LedgerError::NotFound("the ledger is empty".into()))?;
     let block = store
         .block(st.height)
         .await?
@@ -184,8 +216,15 @@ pub async fn prove<S: LedgerStore>(store: &S, tx_id: &str) -> Result<InclusionPr
 }
 
 /// Builds a consistency proof from tree size `first` to `second`.
-pub async fn prove_consistency<S: LedgerStore>(store: &S, first: u64, second: u64) -> Result<ConsistencyProof, LedgerError> {
-    let (_, cp) = store.head().await?.ok_or_else(|| LedgerError::NotFound("the ledger is empty".into()))?;
+pub async fn prove_consistency<S: LedgerStore>(
+    store: &S,
+    first: u64,
+    second: u64,
+) -> Result<ConsistencyProof, LedgerError> {
+    let (_, cp) = store
+        .head()
+        .await?
+        .ok_or_else(|| LedgerError::NotFound("the ledger is empty".into()))?;
     if first == 0 || first > second || second > cp.tree_size {
         return Err(LedgerError::NotFound(format!(
             "no consistency proof from size {first} to {second} (tree size is {})",
@@ -193,7 +232,11 @@ pub async fn prove_consistency<S: LedgerStore>(store: &S, first: u64, second: u6
         )));
     }
     let path = resolve_plan(store, &merkle::consistency_plan(first, second)).await?;
-    Ok(ConsistencyProof { first_size: first, second_size: second, path })
+    Ok(ConsistencyProof {
+        first_size: first,
+        second_size: second,
+        path,
+    })
 }
 
 async fn resolve_plan<S: LedgerStore>(store: &S, plan: &[Vec<NodeKey>]) -> Result<Vec<Sm3Digest>, LedgerError> {
@@ -228,26 +271,27 @@ async fn create_genesis<S: LedgerStore>(store: &S, key: &Sm2SigningKey, name: &s
     };
     let ts = now_ms();
     let txs = sign_batch("node", key, vec![content], ts);
+    let leaves = txs.iter().map(Transaction::leaf_hash).collect();
     let mut frontier = Frontier::default();
-    let commit = build_block(key, &mut frontier, None, txs, ts);
+    let commit = build_block(key, &mut frontier, None, txs, leaves, ts);
     store.commit_block(&commit).await
 }
 
 /// Assembles the next block on top of `prev` (None = genesis).
+/// `leaves` are the transactions' leaf hashes, computed once by the caller.
 fn build_block(
     key: &Sm2SigningKey,
     frontier: &mut Frontier,
     prev: Option<&BlockHeader>,
     txs: Vec<Transaction>,
+    leaves: Vec<Sm3Digest>,
     now: i64,
 ) -> BlockCommit {
+    debug_assert_eq!(txs.len(), leaves.len());
     let first_leaf = frontier.size();
     let mut nodes = Vec::with_capacity(txs.len() * 2 + 8);
-    let mut leaves = Vec::with_capacity(txs.len());
-    for t in &txs {
-        let leaf = t.leaf_hash();
-        leaves.push(leaf);
-        frontier.push(leaf, |level, index, h| nodes.push((NodeKey { level, index }, h)));
+    for leaf in &leaves {
+        frontier.push(*leaf, |level, index, h| nodes.push((NodeKey { level, index }, h)));
     }
     let merkle_root = merkle::root_of(&leaves);
     let (height, previous_block_hash, timestamp) = match prev {
@@ -267,7 +311,12 @@ fn build_block(
         first_leaf,
     };
     let checkpoint = Checkpoint::sign(key, frontier.size(), frontier.root(), height, block_hash, timestamp);
-    BlockCommit { block, txs, nodes, checkpoint }
+    BlockCommit {
+        block,
+        txs,
+        nodes,
+        checkpoint,
+    }
 }
 
 struct Committer<S: LedgerStore> {
@@ -310,17 +359,17 @@ impl<S: LedgerStore> Committer<S> {
     /// Validates each request on its own, then writes the accepted ones as
     /// one block.
     async fn commit_group(&mut self, group: Vec<AppendRequest>) {
-        let mut accepted: Vec<AppendRequest> = Vec::with_capacity(group.len());
+        let mut accepted: Vec<(AppendRequest, Vec<Sm3Digest>)> = Vec::with_capacity(group.len());
         let mut seen_records: HashSet<String> = HashSet::new();
         let mut seen_txs: HashSet<String> = HashSet::new();
         for req in group {
             match self.check(&req.txs, &seen_records, &seen_txs).await {
-                Ok(()) => {
+                Ok(leaves) => {
                     for t in &req.txs {
                         seen_records.insert(t.content.record_id.clone());
                         seen_txs.insert(t.content.tx_id.to_string());
                     }
-                    accepted.push(req);
+                    accepted.push((req, leaves));
                 }
                 Err(e) => {
                     let _ = req.respond.send(Err(e));
@@ -331,16 +380,26 @@ impl<S: LedgerStore> Committer<S> {
             return;
         }
         let mut txs = Vec::new();
+        let mut leaves = Vec::new();
         let mut sizes = Vec::with_capacity(accepted.len());
-        for req in &mut accepted {
-            sizes.push(req.txs.len());
-            txs.append(&mut req.txs);
-        }
+        let accepted: Vec<AppendRequest> = accepted
+            .into_iter()
+            .map(|(mut req, mut l)| {
+                sizes.push(req.txs.len());
+                txs.append(&mut req.txs);
+                leaves.append(&mut l);
+                req
+            })
+            .collect();
         let saved = self.frontier.clone();
-        let commit = build_block(&self.key, &mut self.frontier, Some(&self.head), txs, now_ms());
+        let commit = build_block(&self.key, &mut self.frontier, Some(&self.head), txs, leaves, now_ms());
         match self.store.commit_block(&commit).await {
             Ok(()) => {
-                tracing::debug!(height = commit.block.height, txs = commit.block.tx_count, "block committed");
+                tracing::debug!(
+                    height = commit.block.height,
+                    txs = commit.block.tx_count,
+                    "block committed"
+                );
                 let mut it = commit.txs.iter().enumerate();
                 for (req, n) in accepted.into_iter().zip(sizes) {
                     let receipts = it
@@ -373,13 +432,23 @@ impl<S: LedgerStore> Committer<S> {
         }
     }
 
-    async fn check(&self, txs: &[Transaction], seen_records: &HashSet<String>, seen_txs: &HashSet<String>) -> Result<(), LedgerError> {
+    /// Checks one request; returns the log leaf hash of each transaction.
+    async fn check(
+        &self,
+        txs: &[Transaction],
+        seen_records: &HashSet<String>,
+        seen_txs: &HashSet<String>,
+    ) -> Result<Vec<Sm3Digest>, LedgerError> {
+        let mut leaves = Vec::with_capacity(txs.len());
         let mut verified_batches: HashSet<(Uuid, String)> = HashSet::new();
         let mut records = HashSet::new();
         let mut ids = HashSet::new();
         for t in txs {
             let c = &t.content;
-            let bad = |reason: String| LedgerError::BadTransaction { tx_id: c.tx_id.to_string(), reason };
+            let bad = |reason: String| LedgerError::BadTransaction {
+                tx_id: c.tx_id.to_string(),
+                reason,
+            };
             if c.payload.len() > self.config.max_payload {
                 return Err(bad(format!(
                     "payload is {} bytes; the limit is {}",
@@ -394,28 +463,39 @@ impl<S: LedgerStore> Committer<S> {
                 return Err(bad("only the ledger itself writes a genesis transaction".into()));
             }
             if !records.insert(c.record_id.clone()) || seen_records.contains(&c.record_id) {
-                return Err(LedgerError::Duplicate { record_id: c.record_id.clone(), tx_id: c.tx_id.to_string() });
+                return Err(LedgerError::Duplicate {
+                    record_id: c.record_id.clone(),
+                    tx_id: c.tx_id.to_string(),
+                });
             }
             if !ids.insert(c.tx_id.to_string()) || seen_txs.contains(&c.tx_id.to_string()) {
                 return Err(bad("transaction id used twice".into()));
             }
             // One SM2 verification per signed batch; the audit path per record.
+            let content_hash = c.content_hash();
             let batch_key = (t.auth.batch_id, t.auth.signature.clone());
             if verified_batches.contains(&batch_key) {
-                let leaf = merkle::leaf_hash(&c.content_hash().0);
-                if !merkle::verify_inclusion(t.auth.batch_index, t.auth.batch_size, &leaf, &t.auth.audit_path, &t.auth.batch_root) {
+                let leaf = merkle::leaf_hash(&content_hash.0);
+                if !merkle::verify_inclusion(
+                    t.auth.batch_index,
+                    t.auth.batch_size,
+                    &leaf,
+                    &t.auth.audit_path,
+                    &t.auth.batch_root,
+                ) {
                     return Err(bad("record is not in the signed batch".into()));
                 }
             } else {
-                t.verify_auth()?;
+                t.auth.verify(&content_hash).map_err(bad)?;
                 verified_batches.insert(batch_key);
             }
+            leaves.push(t.leaf_hash_with(&content_hash));
         }
         let rids: Vec<String> = records.into_iter().collect();
         let tids: Vec<String> = ids.into_iter().collect();
         if let Some((record_id, tx_id)) = self.store.conflicts(&rids, &tids).await?.into_iter().next() {
             return Err(LedgerError::Duplicate { record_id, tx_id });
         }
-        Ok(())
+        Ok(leaves)
     }
 }

@@ -68,9 +68,16 @@ pub fn range_nodes(a: u64, b: u64) -> Vec<NodeKey> {
     while n > 0 {
         // RFC 9162 split: k = largest power of two < n, unless n is itself a
         // power of two (then the whole range is one perfect subtree).
-        let size = if n.is_power_of_two() { n } else { 1u64 << (63 - n.leading_zeros()) };
+        let size = if n.is_power_of_two() {
+            n
+        } else {
+            1u64 << (63 - n.leading_zeros())
+        };
         let level = size.trailing_zeros() as u8;
-        out.push(NodeKey { level, index: start >> level });
+        out.push(NodeKey {
+            level,
+            index: start >> level,
+        });
         start += size;
         n -= size;
     }
@@ -339,7 +346,10 @@ mod tests {
                 // a wrong leaf or index fails
                 assert!(!verify_inclusion(m, n, &leaf_hash(b"x"), &path, &root));
                 if n > 1 {
-                    assert!(!verify_inclusion((m + 1) % n, n, &all[m as usize], &path, &root) || all[m as usize] == all[((m + 1) % n) as usize]);
+                    assert!(
+                        !verify_inclusion((m + 1) % n, n, &all[m as usize], &path, &root)
+                            || all[m as usize] == all[((m + 1) % n) as usize]
+                    );
                 }
             }
             for m in 1..=n {

@@ -38,8 +38,17 @@ impl InclusionProof {
         }
         self.checkpoint.verify(node_key)?;
         let leaf = self.transaction.leaf_hash();
-        if !merkle::verify_inclusion(self.leaf_index, self.checkpoint.tree_size, &leaf, &self.audit_path, &self.checkpoint.root) {
-            return Err("the transaction is not included in the signed tree (audit path does not reach the checkpoint root)".into());
+        if !merkle::verify_inclusion(
+            self.leaf_index,
+            self.checkpoint.tree_size,
+            &leaf,
+            &self.audit_path,
+            &self.checkpoint.root,
+        ) {
+            return Err(
+                "the transaction is not included in the signed tree (audit path does not reach the checkpoint root)"
+                    .into(),
+            );
         }
         let b = &self.block;
         if self.leaf_index < b.first_leaf || self.leaf_index >= b.first_leaf + b.tx_count {
@@ -49,7 +58,9 @@ impl InclusionProof {
         if bh != b.block_hash {
             return Err(format!("block {} hash does not match its header", b.height));
         }
-        self.transaction.auth.verify(&self.transaction.content.content_hash())
+        self.transaction
+            .auth
+            .verify(&self.transaction.content.content_hash())
             .map_err(|e| format!("submitter signature: {e}"))?;
         Ok(())
     }

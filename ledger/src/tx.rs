@@ -105,18 +105,35 @@ impl TxAuth {
     /// of the signed batch. Does not consult any registry.
     pub fn verify(&self, content_hash: &Sm3Digest) -> Result<(), String> {
         let pk = hex::decode(&self.public_key).map_err(|_| "public key is not hex".to_string())?;
-        let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID)
-            .map_err(|e| e.to_string())?;
+        let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;
         if vk.key_id() != self.key_id {
-            return Err(format!("key id {} does not match the public key ({})", self.key_id, vk.key_id()));
+            return Err(format!(
+                "key id {} does not match the public key ({})",
+                self.key_id,
+                vk.key_id()
+            ));
         }
         let leaf = merkle::leaf_hash(&content_hash.0);
-        if !merkle::verify_inclusion(self.batch_index, self.batch_size, &leaf, &self.audit_path, &self.batch_root) {
+        if !merkle::verify_inclusion(
+            self.batch_index,
+            self.batch_size,
+            &leaf,
+            &self.audit_path,
+            &self.batch_root,
+        ) {
             return Err("record is not in the signed batch (audit path does not reach the batch root)".into());
         }
         let sig = Sm2Signature::from_hex(&self.signature).map_err(|e| e.to_string())?;
-        let msg = batch_signing_bytes(&self.signer, &self.key_id, self.batch_id, self.signed_at_ms, self.batch_size, &self.batch_root);
-        vk.verify(&msg, &sig).map_err(|_| "batch signature does not verify".to_string())
+        let msg = batch_signing_bytes(
+            &self.signer,
+            &self.key_id,
+            self.batch_id,
+            self.signed_at_ms,
+            self.batch_size,
+            &self.batch_root,
+        );
+        vk.verify(&msg, &sig)
+            .map_err(|_| "batch signature does not verify".to_string())
     }
 }
 
@@ -194,8 +211,12 @@ impl Transaction {
     /// The ledger leaf data: content hash ‖ auth, canonically encoded.
     /// The log-level leaf hash is `SM3(0x00 ‖ leaf_data)`.
     pub fn leaf_data(&self) -> Vec<u8> {
+        self.leaf_data_with(&self.content.content_hash())
+    }
+
+    fn leaf_data_with(&self, content_hash: &Sm3Digest) -> Vec<u8> {
         let mut c = Canon::new("vaxgate-tx-v1");
-        c.bytes(&self.content.content_hash().0).bytes(&self.auth.canonical());
+        c.bytes(&content_hash.0).bytes(&self.auth.canonical());
         c.into_bytes()
     }
 
@@ -204,12 +225,19 @@ impl Transaction {
         merkle::leaf_hash(&self.leaf_data())
     }
 
+    /// The leaf hash when the content hash is already known.
+    pub fn leaf_hash_with(&self, content_hash: &Sm3Digest) -> Sm3Digest {
+        merkle::leaf_hash(&self.leaf_data_with(content_hash))
+    }
+
     /// Checks the submitter's signature and batch membership.
     pub fn verify_auth(&self) -> Result<(), LedgerError> {
-        self.auth.verify(&self.content.content_hash()).map_err(|reason| LedgerError::BadTransaction {
-            tx_id: self.content.tx_id.to_string(),
-            reason,
-        })
+        self.auth
+            .verify(&self.content.content_hash())
+            .map_err(|reason| LedgerError::BadTransaction {
+                tx_id: self.content.tx_id.to_string(),
+                reason,
+            })
     }
 }
 
@@ -339,7 +367,12 @@ mod tests {
     #[test]
     fn batch_records_verify_alone_and_tamper_fails() {
         let k = Sm2SigningKey::generate();
-        let txs = sign_batch("91110000MA0000000X", &k, (0..7).map(content).collect(), 1_700_000_000_000);
+        let txs = sign_batch(
+            "91110000MA0000000X",
+            &k,
+            (0..7).map(content).collect(),
+            1_700_000_000_000,
+        );
         for t in &txs {
             t.verify_auth().unwrap();
             assert_eq!(decode_auth(&encode_auth(&t.auth)).as_ref(), Some(&t.auth));

@@ -36,7 +36,11 @@ pub struct VerifyReport {
 const BLOCKS_PER_READ: u64 = 256;
 
 fn fail(height: u64, tx: Option<String>, reason: impl Into<String>) -> LedgerError {
-    LedgerError::Integrity { height, tx, reason: reason.into() }
+    LedgerError::Integrity {
+        height,
+        tx,
+        reason: reason.into(),
+    }
 }
 
 /// Verifies the whole ledger. With `trusted`, the checkpoints must be signed
@@ -54,22 +58,42 @@ pub async fn verify_ledger<S: LedgerStore>(
 
     // The node key comes from the genesis transaction.
     let genesis = store.txs(0, 1).await?;
-    let g = genesis.first().ok_or_else(|| fail(0, None, "the genesis transaction is missing"))?;
+    let g = genesis
+        .first()
+        .ok_or_else(|| fail(0, None, "the genesis transaction is missing"))?;
     if g.tx.content.kind != TxKind::Genesis || g.height != 0 {
-        return Err(fail(0, Some(g.tx.content.tx_id.to_string()), "leaf 0 is not the genesis transaction"));
+        return Err(fail(
+            0,
+            Some(g.tx.content.tx_id.to_string()),
+            "leaf 0 is not the genesis transaction",
+        ));
     }
-    let info: GenesisInfo = serde_json::from_slice(&g.tx.content.payload)
-        .map_err(|e| fail(0, Some(g.tx.content.tx_id.to_string()), format!("genesis payload is not valid: {e}")))?;
-    let node_key = Sm2VerifyingKey::from_public_key_pem(&info.node_public_key)
-        .map_err(|e| fail(0, Some(g.tx.content.tx_id.to_string()), format!("genesis node key: {e}")))?;
-    if let Some(t) = trusted {
-        if t != &node_key {
-            return Err(fail(
-                0,
-                None,
-                format!("the ledger's node key is {}, not the trusted key {}", node_key.key_id(), t.key_id()),
-            ));
-        }
+    let info: GenesisInfo = serde_json::from_slice(&g.tx.content.payload).map_err(|e| {
+        fail(
+            0,
+            Some(g.tx.content.tx_id.to_string()),
+            format!("genesis payload is not valid: {e}"),
+        )
+    })?;
+    let node_key = Sm2VerifyingKey::from_public_key_pem(&info.node_public_key).map_err(|e| {
+        fail(
+            0,
+            Some(g.tx.content.tx_id.to_string()),
+            format!("genesis node key: {e}"),
+        )
+    })?;
+    if let Some(t) = trusted
+        && t != &node_key
+    {
+        return Err(fail(
+            0,
+            None,
+            format!(
+                "the ledger's node key is {}, not the trusted key {}",
+                node_key.key_id(),
+                t.key_id()
+            ),
+        ));
     }
     let provider = node_key.fingerprint();
 
@@ -91,7 +115,9 @@ pub async fn verify_ledger<S: LedgerStore>(
         let to = (height + BLOCKS_PER_READ).min(head.height + 1);
         let blocks = store.blocks(height, to).await?;
         if blocks.len() as u64 != to - height {
-            let missing = (height..to).find(|h| !blocks.iter().any(|b| b.height == *h)).unwrap_or(height);
+            let missing = (height..to)
+                .find(|h| !blocks.iter().any(|b| b.height == *h))
+                .unwrap_or(height);
             return Err(fail(missing, None, "block is missing"));
         }
         for b in blocks {
@@ -112,11 +138,19 @@ pub async fn verify_ledger<S: LedgerStore>(
                 return Err(fail(h, None, "timestamp is earlier than the previous block's"));
             }
             if b.first_leaf != frontier.size() {
-                return Err(fail(h, None, format!("first_leaf is {}, expected {}", b.first_leaf, frontier.size())));
+                return Err(fail(
+                    h,
+                    None,
+                    format!("first_leaf is {}, expected {}", b.first_leaf, frontier.size()),
+                ));
             }
             let txs = store.txs(b.first_leaf, b.first_leaf + b.tx_count).await?;
             if txs.len() as u64 != b.tx_count {
-                return Err(fail(h, None, format!("block lists {} transactions, {} are stored", b.tx_count, txs.len())));
+                return Err(fail(
+                    h,
+                    None,
+                    format!("block lists {} transactions, {} are stored", b.tx_count, txs.len()),
+                ));
             }
             let mut leaves = Vec::with_capacity(txs.len());
             let mut emitted: Vec<(NodeKey, Sm3Digest)> = Vec::with_capacity(txs.len() * 2);
@@ -124,21 +158,38 @@ pub async fn verify_ledger<S: LedgerStore>(
                 check_tx(st, h, b.first_leaf + k as u64, &mut verified_batches, &mut report)?;
                 let leaf = st.tx.leaf_hash();
                 leaves.push(leaf);
-                frontier.push(leaf, |level, index, hash| emitted.push((NodeKey { level, index }, hash)));
+                frontier.push(leaf, |level, index, hash| {
+                    emitted.push((NodeKey { level, index }, hash))
+                });
             }
             if merkle::root_of(&leaves) != b.merkle_root {
                 return Err(fail(h, None, "merkle_root does not match the block's transactions"));
             }
             if compute_block_hash(&b.previous_block_hash, b.timestamp, &b.merkle_root) != b.block_hash {
-                return Err(fail(h, None, "block_hash is not SM3(SM3(previous_block_hash ‖ timestamp ‖ merkle_root))"));
+                return Err(fail(
+                    h,
+                    None,
+                    "block_hash is not SM3(SM3(previous_block_hash ‖ timestamp ‖ merkle_root))",
+                ));
             }
             let keys: Vec<NodeKey> = emitted.iter().map(|(k, _)| *k).collect();
             let stored = store.nodes(&keys).await.map_err(|e| fail(h, None, e.to_string()))?;
             if let Some(((k, _), _)) = emitted.iter().zip(&stored).find(|((_, want), got)| want != *got) {
-                return Err(fail(h, None, format!("stored tree node level {} index {} is wrong", k.level, k.index)));
+                return Err(fail(
+                    h,
+                    None,
+                    format!("stored tree node level {} index {} is wrong", k.level, k.index),
+                ));
             }
-            let cp = store.checkpoint(h).await?.ok_or_else(|| fail(h, None, "checkpoint is missing"))?;
-            if cp.height != h || cp.tree_size != frontier.size() || cp.root != frontier.root() || cp.block_hash != b.block_hash {
+            let cp = store
+                .checkpoint(h)
+                .await?
+                .ok_or_else(|| fail(h, None, "checkpoint is missing"))?;
+            if cp.height != h
+                || cp.tree_size != frontier.size()
+                || cp.root != frontier.root()
+                || cp.block_hash != b.block_hash
+            {
                 return Err(fail(h, None, "checkpoint does not match the block and the tree"));
             }
             cp.verify(&node_key).map_err(|e| fail(h, None, e))?;
@@ -172,7 +223,14 @@ fn check_tx(
     let t = &st.tx;
     let id = || Some(t.content.tx_id.to_string());
     if st.leaf_index != expected_leaf || st.height != height {
-        return Err(fail(height, id(), format!("stored at leaf {} of block {}, expected leaf {expected_leaf}", st.leaf_index, st.height)));
+        return Err(fail(
+            height,
+            id(),
+            format!(
+                "stored at leaf {} of block {}, expected leaf {expected_leaf}",
+                st.leaf_index, st.height
+            ),
+        ));
     }
     if (t.content.kind == TxKind::Genesis) != (expected_leaf == 0) {
         return Err(fail(height, id(), "a genesis transaction may only be the first leaf"));
@@ -180,12 +238,25 @@ fn check_tx(
     let a = &t.auth;
     let leaf = merkle::leaf_hash(&t.content.content_hash().0);
     if !merkle::verify_inclusion(a.batch_index, a.batch_size, &leaf, &a.audit_path, &a.batch_root) {
-        return Err(fail(height, id(), "record is not in its signed batch (content altered?)"));
+        return Err(fail(
+            height,
+            id(),
+            "record is not in its signed batch (content altered?)",
+        ));
     }
     // The batch signature is shared by the batch's records: check it once.
-    let msg = batch_signing_bytes(&a.signer, &a.key_id, a.batch_id, a.signed_at_ms, a.batch_size, &a.batch_root);
+    let msg = batch_signing_bytes(
+        &a.signer,
+        &a.key_id,
+        a.batch_id,
+        a.signed_at_ms,
+        a.batch_size,
+        &a.batch_root,
+    );
     let mut memo = secure_gateway::Sm3Hasher::new();
-    memo.update(&msg).update(a.public_key.as_bytes()).update(a.signature.as_bytes());
+    memo.update(&msg)
+        .update(a.public_key.as_bytes())
+        .update(a.signature.as_bytes());
     let memo = memo.finalize();
     if !verified_batches.contains(&memo) {
         let pk = hex::decode(&a.public_key).map_err(|_| fail(height, id(), "signer public key is not hex"))?;

@@ -26,16 +26,27 @@ fn content(n: usize, tag: &str) -> TxContent {
 }
 
 fn batch(key: &Sm2SigningKey, tag: &str, from: usize, n: usize) -> Vec<Transaction> {
-    sign_batch("91320000MA1XXXXX0Y", key, (from..from + n).map(|i| content(i, tag)).collect(), 1_700_000_000_000)
+    sign_batch(
+        "91320000MA1XXXXX0Y",
+        key,
+        (from..from + n).map(|i| content(i, tag)).collect(),
+        1_700_000_000_000,
+    )
 }
 
 async fn open(path: &Path, key: &Sm2SigningKey) -> Ledger<SqliteStore> {
     let store = SqliteStore::open(path).await.expect("open store");
-    Ledger::open(store, key.clone(), "test", LedgerConfig::default()).await.expect("open ledger")
+    Ledger::open(store, key.clone(), "test", LedgerConfig::default())
+        .await
+        .expect("open ledger")
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -55,7 +66,9 @@ fn append_prove_restart_and_verify() {
         for k in 0..8 {
             let l = l.clone();
             let c = client.clone();
-            handles.push(tokio::spawn(async move { l.append(batch(&c, &format!("c{k}"), 0, 20)).await }));
+            handles.push(tokio::spawn(async move {
+                l.append(batch(&c, &format!("c{k}"), 0, 20)).await
+            }));
         }
         let mut heights = std::collections::BTreeSet::new();
         for h in handles {
@@ -77,14 +90,19 @@ fn append_prove_restart_and_verify() {
 
         let proof = l.prove(&r1[4].tx_id.to_string()).await.unwrap();
         proof.verify(node.verifying_key()).unwrap();
-        assert!(proof.verify(client.verifying_key()).is_err(), "wrong checkpoint key must fail");
+        assert!(
+            proof.verify(client.verifying_key()).is_err(),
+            "wrong checkpoint key must fail"
+        );
         let json = serde_json::to_string(&proof).unwrap();
         let back: ledger::InclusionProof = serde_json::from_str(&json).unwrap();
         back.verify(node.verifying_key()).unwrap();
 
         let stats = l.store().stats().await.unwrap();
         assert_eq!(stats.transactions, 1 + 10 + 160);
-        let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {}).await.unwrap();
+        let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(report.transactions, 171);
         drop(l);
 
@@ -101,7 +119,9 @@ fn append_prove_restart_and_verify() {
 
         // The wrong node key cannot open it.
         let store = SqliteStore::open(&db).await.unwrap();
-        let err = Ledger::open(store, Sm2SigningKey::generate(), "test", LedgerConfig::default()).await.unwrap_err();
+        let err = Ledger::open(store, Sm2SigningKey::generate(), "test", LedgerConfig::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("node key"), "{err}");
     });
 }
@@ -216,7 +236,11 @@ async fn tamper(pool: &sqlx::SqlitePool, table: &str, col: &str, kind: char, row
             let mut v: Vec<u8> = r.get::<String, _>("v").into_bytes();
             let k = byte % v.len();
             // Stay valid UTF-8 (a change that SQLite itself rejects is no test).
-            v[k] = if v[k].is_ascii() { (v[k] ^ (xor & 0x7f).max(1)) & 0x7f } else { v[k] };
+            v[k] = if v[k].is_ascii() {
+                (v[k] ^ (xor & 0x7f).max(1)) & 0x7f
+            } else {
+                v[k]
+            };
             q.bind(String::from_utf8(v).unwrap())
         }
         _ => {
@@ -313,12 +337,19 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             other => panic!("expected an integrity failure, got {other:?}"),
         }
         // Every table: a change is caught.
-        for (table, col, kind) in [("blocks", "timestamp", 'i'), ("merkle_nodes", "hash", 'b'), ("checkpoints", "root", 't')] {
+        for (table, col, kind) in [
+            ("blocks", "timestamp", 'i'),
+            ("merkle_nodes", "hash", 'b'),
+            ("checkpoints", "root", 't'),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let l = open(&dir.path().join("l.db"), &node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();
             assert!(tamper(l.store().pool(), table, col, kind, 1, 3, 0x04).await);
-            assert!(verify_ledger(l.store(), None, |_, _| {}).await.is_err(), "{table}.{col}");
+            assert!(
+                verify_ledger(l.store(), None, |_, _| {}).await.is_err(),
+                "{table}.{col}"
+            );
         }
     });
 }

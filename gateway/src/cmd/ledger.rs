@@ -1,30 +1,397 @@
-//! `vaxgate ledger ...`, `vaxgate verify-proof`, `vaxgate bench ledger`.
+//! `vaxgate ledger verify|stats|proof`, `vaxgate verify-proof` and
+//! `vaxgate bench ledger`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 use clap::Subcommand;
+use ledger::{InclusionProof, Ledger, LedgerConfig, LedgerError, LedgerStore, SqliteStore, TxContent, TxKind};
+use secure_gateway::{Sm2SigningKey, Sm2VerifyingKey, sm3};
 
 /// `vaxgate ledger ...`
 #[derive(Debug, Subcommand)]
 pub enum LedgerCmd {
-    /// Verify everything.
-    Verify {},
+    /// Recompute every Merkle root, the block-hash chain, every transaction
+    /// signature and every checkpoint. Exit 0 when intact, 1 when not.
+    Verify {
+        /// The ledger database (SQLite file).
+        #[arg(long)]
+        db: PathBuf,
+        /// Require checkpoints signed by this node public key (SPKI PEM)
+        /// instead of trusting the key named in the genesis block.
+        #[arg(long)]
+        checkpoint_key: Option<PathBuf>,
+    },
+    /// Height, transactions, size and the latest checkpoint.
+    Stats {
+        /// The ledger database (SQLite file).
+        #[arg(long)]
+        db: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an offline-verifiable inclusion proof of one transaction (JSON).
+    Proof {
+        /// The ledger database (SQLite file).
+        #[arg(long)]
+        db: PathBuf,
+        /// Transaction id.
+        #[arg(long, required_unless_present = "record", conflicts_with = "record")]
+        tx: Option<String>,
+        /// Business record (event) id, instead of the transaction id.
+        #[arg(long)]
+        record: Option<String>,
+    },
+    /// Write the node public key named in the genesis block (SPKI PEM).
+    NodeKey {
+        /// The ledger database (SQLite file).
+        #[arg(long)]
+        db: PathBuf,
+    },
 }
 
 /// Arguments of `vaxgate verify-proof`.
 #[derive(Debug, clap::Args)]
-pub struct VerifyProofArgs {}
+pub struct VerifyProofArgs {
+    /// The proof (JSON written by `vaxgate ledger proof` or the gateway).
+    pub proof: PathBuf,
+    /// The ledger node's public key (SPKI PEM), obtained out of band.
+    #[arg(long)]
+    pub checkpoint_key: PathBuf,
+}
 
 /// Arguments of `vaxgate bench ledger`.
 #[derive(Debug, clap::Args)]
-pub struct BenchLedgerArgs {}
+pub struct BenchLedgerArgs {
+    /// Records to append.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Ledger database to create (must not exist).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Records per batch-signed transaction.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// Concurrent submitting clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn read_key(path: &PathBuf) -> anyhow::Result<Sm2VerifyingKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Sm2VerifyingKey::from_public_key_pem(&pem).with_context(|| format!("{}", path.display()))
+}
 
 /// Runs a ledger subcommand.
-pub fn run(_c: LedgerCmd) -> anyhow::Result<u8> {
-    anyhow::bail!("not implemented yet")
+pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
+    runtime()?.block_on(async move {
+        match c {
+            LedgerCmd::Verify { db, checkpoint_key } => verify(db, checkpoint_key).await,
+            LedgerCmd::Stats { db, json } => stats(db, json).await,
+            LedgerCmd::Proof { db, tx, record } => {
+                let store = SqliteStore::open_existing(&db).await?;
+                let tx = match (tx, record) {
+                    (Some(tx), _) => tx,
+                    (None, Some(r)) => store
+                        .tx_by_record(&r)
+                        .await?
+                        .with_context(|| format!("no transaction holds record {r}"))?
+                        .tx
+                        .content
+                        .tx_id
+                        .to_string(),
+                    (None, None) => anyhow::bail!("give --tx or --record"),
+                };
+                let proof = ledger::prove(&store, &tx).await?;
+                println!("{}", serde_json::to_string_pretty(&proof)?);
+                Ok(0)
+            }
+            LedgerCmd::NodeKey { db } => {
+                let store = SqliteStore::open_existing(&db).await?;
+                let g = store.txs(0, 1).await?;
+                let g = g.first().context("the ledger has no genesis transaction")?;
+                let info: ledger::GenesisInfo = serde_json::from_slice(&g.tx.content.payload)?;
+                print!("{}", info.node_public_key);
+                Ok(0)
+            }
+        }
+    })
 }
-/// Runs `verify-proof`.
-pub fn verify_proof(_a: VerifyProofArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not implemented yet")
+
+async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<u8> {
+    let trusted = checkpoint_key.as_ref().map(read_key).transpose()?;
+    let store = SqliteStore::open_existing(&db).await?;
+    let show = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let result = ledger::verify_ledger(&store, trusted.as_ref(), |h, of| {
+        if show && last.elapsed() > Duration::from_millis(500) {
+            eprint!("\rverifying block {h}/{of}");
+            last = Instant::now();
+        }
+    })
+    .await;
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    match result {
+        Ok(r) => {
+            println!(
+                "ledger intact: {} blocks, {} transactions, {} batch signatures, head {}, root {}, node key {} ({:.1}s)",
+                r.blocks,
+                r.transactions,
+                r.batch_signatures,
+                r.head_hash,
+                r.root,
+                r.node_key_id,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(0)
+        }
+        Err(e @ LedgerError::Integrity { .. }) => {
+            println!("LEDGER NOT INTACT: {e}");
+            Ok(1)
+        }
+        Err(e @ LedgerError::Storage { .. }) => {
+            println!("LEDGER NOT INTACT: {e}");
+            Ok(1)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
+
+async fn stats(db: PathBuf, json: bool) -> anyhow::Result<u8> {
+    let store = SqliteStore::open_existing(&db).await?;
+    let s = store.stats().await?;
+    let (_, cp) = store.head().await?.context("the ledger is empty")?;
+    if json {
+        println!("{}", serde_json::json!({ "stats": s, "latest_checkpoint": cp }));
+    } else {
+        println!("database     {}", db.display());
+        println!("height       {}", s.height);
+        println!("transactions {}", s.transactions);
+        println!("size         {:.1} MiB", s.size_bytes as f64 / 1048576.0);
+        println!(
+            "checkpoint   tree size {} root {} block {} at {} signed by {}",
+            cp.tree_size,
+            cp.root,
+            cp.block_hash,
+            chrono::DateTime::from_timestamp_millis(cp.timestamp)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            cp.key_id
+        );
+    }
+    Ok(0)
+}
+
+/// Runs `verify-proof`: exit 0 when the proof verifies, 1 when it does not.
+pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
+    let key = read_key(&a.checkpoint_key)?;
+    let text = std::fs::read_to_string(&a.proof).with_context(|| format!("reading {}", a.proof.display()))?;
+    let proof: InclusionProof =
+        serde_json::from_str(&text).with_context(|| format!("{}: not an inclusion proof", a.proof.display()))?;
+    match proof.verify(&key) {
+        Ok(()) => {
+            println!(
+                "proof OK: transaction {} (record {}) is leaf {} in block {} under the checkpoint of tree size {} signed by {}",
+                proof.transaction.content.tx_id,
+                proof.transaction.content.record_id,
+                proof.leaf_index,
+                proof.block.height,
+                proof.checkpoint.tree_size,
+                key.key_id()
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!("PROOF INVALID: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 /// Runs `bench ledger`.
-pub fn bench(_a: BenchLedgerArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not implemented yet")
+pub fn bench(a: BenchLedgerArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        !a.db.exists(),
+        "{} exists; the benchmark creates a new ledger",
+        a.db.display()
+    );
+    anyhow::ensure!(a.batch > 0 && a.clients > 0, "--batch and --clients must be at least 1");
+    runtime()?.block_on(bench_async(a))
+}
+
+async fn bench_async(a: BenchLedgerArgs) -> anyhow::Result<u8> {
+    let node = Sm2SigningKey::generate();
+    let key_path = PathBuf::from(format!("{}.node.pub.pem", a.db.display()));
+    std::fs::write(&key_path, node.verifying_key().to_public_key_pem())?;
+    let store = SqliteStore::open(&a.db).await?;
+    let l = Ledger::open(store, node, "bench", LedgerConfig::default()).await?;
+    let client = Sm2SigningKey::generate();
+    let batches = a.records.div_ceil(a.batch as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let show = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients {
+        let (l, client, next, done) = (l.clone(), client.clone(), next.clone(), done.clone());
+        let (records, batch, payload) = (a.records, a.batch, a.payload);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    break;
+                }
+                let from = b * batch as u64;
+                let to = (from + batch as u64).min(records);
+                let contents: Vec<TxContent> = (from..to).map(|i| synthetic(i, payload)).collect();
+                let txs = ledger::sign_batch("bench-client", &client, contents, chrono::Utc::now().timestamp_millis());
+                let t = Instant::now();
+                l.append(txs).await?;
+                lat.push(t.elapsed());
+                done.fetch_add(to - from, Ordering::Relaxed);
+            }
+            Ok::<_, LedgerError>(lat)
+        }));
+    }
+    let progress = {
+        let done = done.clone();
+        let total = a.records;
+        tokio::spawn(async move {
+            if !show {
+                return;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                eprint!("\rappended {}/{}", done.load(Ordering::Relaxed), total);
+            }
+        })
+    };
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+
+    // Proof size and verification time at the final size.
+    let last = l.store().txs(a.records / 2, a.records / 2 + 1).await?;
+    let proof = ledger::prove(l.store(), &last[0].tx.content.tx_id.to_string()).await?;
+    let vk = l.node_key().clone();
+    let n = 200;
+    let t = Instant::now();
+    for _ in 0..n {
+        proof.verify(&vk).map_err(anyhow::Error::msg)?;
+    }
+    let verify_ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(n);
+    let stats = l.store().stats().await?;
+    let rps = a.records as f64 / elapsed.as_secs_f64();
+    println!(
+        "{} records of {} B in batches of {} from {} clients: {:.2}s, {:.0} records/s; append latency p50 {:.1} ms p99 {:.1} ms; \
+         {} blocks; proof path {} hashes ({} B compact, {} B JSON), verified in {:.3} ms; db {:.0} MiB; peak RSS {:.0} MiB",
+        a.records,
+        a.payload,
+        a.batch,
+        a.clients,
+        elapsed.as_secs_f64(),
+        rps,
+        pct(0.5),
+        pct(0.99),
+        stats.height,
+        proof.audit_path.len(),
+        proof.compact_size(),
+        serde_json::to_string(&proof)?.len(),
+        verify_ms,
+        stats.size_bytes as f64 / 1048576.0,
+        peak_rss_mib()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "ledger",
+            "records": a.records,
+            "payload_bytes": a.payload,
+            "batch": a.batch,
+            "clients": a.clients,
+            "seconds": elapsed.as_secs_f64(),
+            "records_per_sec": rps.round(),
+            "p50_append_ms": pct(0.5),
+            "p99_append_ms": pct(0.99),
+            "blocks": stats.height,
+            "proof_hashes": proof.audit_path.len(),
+            "proof_compact_bytes": proof.compact_size(),
+            "proof_verify_ms": verify_ms,
+            "db_bytes": stats.size_bytes,
+            "peak_rss_mib": peak_rss_mib().round(),
+        })
+    );
+    let store = l.store().clone();
+    drop(l);
+    store.close().await?;
+    Ok(0)
+}
+
+/// A synthetic record: an opaque pseudo-random payload (as ciphertext looks).
+/// Record `i`'s payload is the xorshift64 stream seeded with
+/// `i · 0x9E3779B97F4A7C15 | 1`, low byte of each step (tests rely on it).
+fn synthetic(i: u64, len: usize) -> TxContent {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let payload: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    TxContent {
+        tx_id: uuid::Uuid::new_v4(),
+        record_id: format!("bench-{i}"),
+        kind: TxKind::Data,
+        category: "vaccination".into(),
+        state_key: format!("8{:019}", i),
+        content_type: "json".into(),
+        data_hash: sm3(&payload),
+        payload,
+    }
 }

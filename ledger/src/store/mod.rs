@@ -80,7 +80,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn tx_by_record(&self, record_id: &str) -> impl Future<Output = Result<Option<StoredTx>, LedgerError>> + Send;
     /// Which of these record ids or transaction ids are already stored:
     /// `(record_id, tx_id)` of every stored transaction that matches either.
-    fn conflicts(&self, record_ids: &[String], tx_ids: &[String]) -> impl Future<Output = Result<Vec<(String, String)>, LedgerError>> + Send;
+    fn conflicts(
+        &self,
+        record_ids: &[String],
+        tx_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, LedgerError>> + Send;
     /// Transactions with leaf index in `[from, to)`, ascending.
     fn txs(&self, from: u64, to: u64) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
     /// Key-value state by category (R2.3): every version of `key`, oldest

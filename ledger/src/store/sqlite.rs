@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secure_gateway::Sm3Digest;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
@@ -87,7 +89,11 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(|e| LedgerError::storage(&location, e))?;
-        let s = SqliteStore { pool, path: path.to_path_buf(), location };
+        let s = SqliteStore {
+            pool,
+            path: path.to_path_buf(),
+            location,
+        };
         s.init().await?;
         Ok(s)
     }
@@ -95,9 +101,23 @@ impl SqliteStore {
     /// Opens an existing ledger; an error if the file does not exist.
     pub async fn open_existing(path: &Path) -> Result<Self, LedgerError> {
         if !path.exists() {
-            return Err(LedgerError::NotFound(format!("no ledger database at {}", path.display())));
+            return Err(LedgerError::NotFound(format!(
+                "no ledger database at {}",
+                path.display()
+            )));
         }
         Self::open(path).await
+    }
+
+    /// Checkpoints the write-ahead log into the main file and closes every
+    /// connection, so the database is one self-contained file.
+    pub async fn close(&self) -> Result<(), LedgerError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.pool.close().await;
+        Ok(())
     }
 
     /// The connection pool (read-only queries by the gateway's projections).
@@ -108,7 +128,10 @@ impl SqliteStore {
     async fn init(&self) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         for stmt in SCHEMA {
-            sqlx::query(sqlx::AssertSqlSafe(*stmt)).execute(&mut *tx).await.map_err(|e| self.err(e))?;
+            sqlx::query(sqlx::AssertSqlSafe(*stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
         }
         for t in APPEND_ONLY_TABLES {
             for op in ["UPDATE", "DELETE"] {
@@ -117,7 +140,10 @@ impl SqliteStore {
                      BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: {op} on {t} refused'); END",
                     lop = op.to_lowercase()
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(|e| self.err(e))?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
         }
         tx.commit().await.map_err(|e| self.err(e))
@@ -209,7 +235,8 @@ fn i(v: u64) -> i64 {
     v as i64
 }
 
-const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth";
+const TX_COLS: &str =
+    "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth";
 // 11 columns; SQLite allows 32766 bound variables per statement.
 const TX_ROWS_PER_INSERT: usize = 2000;
 const NODE_ROWS_PER_INSERT: usize = 10_000;
@@ -316,9 +343,10 @@ impl LedgerStore for SqliteStore {
         }
         keys.iter()
             .map(|k| {
-                found.get(&k.packed()).copied().ok_or_else(|| {
-                    self.corrupt(&format!("tree node level {} index {} is missing", k.level, k.index))
-                })
+                found
+                    .get(&k.packed())
+                    .copied()
+                    .ok_or_else(|| self.corrupt(&format!("tree node level {} index {} is missing", k.level, k.index)))
             })
             .collect()
     }
@@ -401,12 +429,13 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
-        let rows = sqlx::query("SELECT * FROM transactions WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index")
-            .bind(i(from))
-            .bind(i(to))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        let rows =
+            sqlx::query("SELECT * FROM transactions WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index")
+                .bind(i(from))
+                .bind(i(to))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
         rows.iter().map(|r| self.tx_from_row(r)).collect()
     }
 
@@ -430,6 +459,10 @@ impl LedgerStore for SqliteStore {
             let p = PathBuf::from(format!("{}{suffix}", self.path.display()));
             size_bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         }
-        Ok(StoreStats { height, transactions, size_bytes })
+        Ok(StoreStats {
+            height,
+            transactions,
+            size_bytes,
+        })
     }
 }
