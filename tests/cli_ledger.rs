@@ -1,6 +1,8 @@
 //! End to end: the built `vaxgate` binary creates, inspects, proves and
 //! verifies a ledger, and catches a single flipped byte in the file.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

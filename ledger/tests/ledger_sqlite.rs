@@ -1,6 +1,8 @@
 //! The ledger on its real SQLite store: appends, group commit, proofs,
 //! restart, and tamper detection (property tests).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use ledger::{
