@@ -32,6 +32,28 @@ pub enum CryptoError {
     /// An encrypted private key needs a passphrase that was not supplied.
     #[error("passphrase missing: {0}")]
     PassphraseMissing(String),
+    /// No key with this handle or name is available to the provider.
+    #[error("unknown key: {0}")]
+    UnknownKey(String),
+    /// A sealed envelope or signed batch is malformed, has an unsupported
+    /// version, or cannot be processed the way it was asked to be.
+    #[error("invalid envelope: {0}")]
+    Envelope(String),
+    /// The signer named in an envelope or batch is not the expected one.
+    #[error("signer mismatch: expected key id {expected}, found {found}")]
+    SignerMismatch {
+        /// The key id the caller trusts.
+        expected: String,
+        /// The key id the envelope names.
+        found: String,
+    },
+    /// The envelope carries no wrapped data key for this recipient.
+    #[error("not a recipient: {0}")]
+    NotARecipient(String),
+    /// A recomputed digest differs from the signed one (tampering or
+    /// corruption detected after decryption or in a Merkle proof).
+    #[error("digest mismatch: {0}")]
+    DigestMismatch(String),
     /// Reading or writing a key file failed.
     #[error("{path}: {source}")]
     Io {

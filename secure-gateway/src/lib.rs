@@ -10,10 +10,14 @@
 //! panics on input.
 #![forbid(unsafe_code)]
 
+pub mod batch;
+pub mod envelope;
 pub mod error;
 pub mod hash;
 pub mod keys;
+pub mod merkle;
 pub mod pke;
+pub mod provider;
 pub mod random;
 pub mod sign;
 pub mod sym;
@@ -21,6 +25,12 @@ pub mod sym;
 pub use error::CryptoError;
 pub use hash::{Sm3Digest, Sm3Hasher, sm3};
 pub use keys::{DEFAULT_PASSPHRASE_ENV, KeyProtection, load_signing_key, load_verifying_key};
+pub use batch::{BatchHeader, RecordProof, SignedBatch, sign_batch};
+pub use envelope::{
+    ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope, open, seal,
+    seal_unsigned,
+};
 pub use pke::Sm2CiphertextFormat;
+pub use provider::{CryptoProvider, KeyHandle, RustCryptoProvider};
 pub use sign::{DEFAULT_DIST_ID, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
 pub use sym::Sm4Key;

@@ -1,0 +1,481 @@
+//! The sealed envelope: the unit that travels between partners.
+//!
+//! A plaintext record (JSON or XML) is encrypted with SM4-GCM under a fresh
+//! random 128-bit data key; the data key is wrapped for each named recipient
+//! (SM2 encryption to its public key, or SM4-GCM under a named
+//! key-encryption key held by the provider); the header, the SM3 of the
+//! plaintext, the ciphertext and all wrapped keys are bound by one SM2
+//! signature over a canonical byte encoding. `docs/envelope.md` specifies
+//! the encoding byte for byte.
+//!
+//! [`open`] checks, in this order: version, signer key id, **signature**,
+//! then unwraps the data key, decrypts and finally compares the SM3 of the
+//! plaintext. Nothing is decrypted before the signature verified.
+//! [`SealedEnvelope::verify`] checks the signature without any private key.
+//!
+//! In batch mode ([`crate::batch`]) records carry no signature of their own:
+//! one signature covers the Merkle root of many records.
+
+use std::fmt;
+
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::provider::{CryptoProvider, KeyHandle};
+use crate::sym::{GCM_NONCE_LEN, SM4_KEY_LEN};
+use crate::{CryptoError, Sm2Signature, Sm2VerifyingKey, Sm3Digest, Sm4Key};
+
+/// The only envelope format version this code writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Domain-separation tag of the signed bytes of an envelope.
+pub const ENVELOPE_TAG: &str = "vaxgate/sealed-envelope";
+/// Domain-separation tag of the SM4-GCM associated data of the payload.
+pub const PAYLOAD_AAD_TAG: &str = "vaxgate/envelope-payload";
+/// Domain-separation tag of the SM4-GCM associated data of a KEK-wrapped
+/// data key.
+pub const KEK_WRAP_TAG: &str = "vaxgate/kek-wrap";
+
+/// Upper bound for any single field of the canonical encoding.
+const MAX_FIELD: usize = u32::MAX as usize;
+
+/// Payload content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    /// `application/json`
+    Json,
+    /// `application/xml`
+    Xml,
+}
+
+impl ContentType {
+    /// The canonical string: `json` or `xml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentType::Json => "json",
+            ContentType::Xml => "xml",
+        }
+    }
+}
+
+/// The envelope header (signed; also the associated data of the payload).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeHeader {
+    /// Transaction id (UUID), unique per envelope.
+    pub transaction_id: Uuid,
+    /// The sending entity (hospital, CDC, cold-chain operator) id.
+    pub entity_id: String,
+    /// Key id of the signer ([`Sm2VerifyingKey::key_id`]); in batch mode
+    /// the batch signer's.
+    pub key_id: String,
+    /// Creation time, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+    /// `json` or `xml`.
+    pub content_type: ContentType,
+    /// Dataset category (e.g. `vaccination-record`, `cold-chain-reading`).
+    pub dataset_category: String,
+}
+
+/// What the caller supplies for a new envelope (the key id is the signer's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeMeta {
+    /// Transaction id.
+    pub transaction_id: Uuid,
+    /// Sending entity id.
+    pub entity_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// `json` or `xml`.
+    pub content_type: ContentType,
+    /// Dataset category.
+    pub dataset_category: String,
+}
+
+impl EnvelopeMeta {
+    /// A fresh transaction id (UUID v4) and the current time.
+    pub fn now(entity_id: impl Into<String>, content_type: ContentType, dataset_category: impl Into<String>) -> Self {
+        EnvelopeMeta {
+            transaction_id: Uuid::new_v4(),
+            entity_id: entity_id.into(),
+            timestamp_ms: chrono::Utc::now().timestamp_millis(),
+            content_type,
+            dataset_category: dataset_category.into(),
+        }
+    }
+}
+
+/// How a data key is wrapped for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum WrapKind {
+    /// SM2 encryption to the recipient's public key (GM/T 0009 DER).
+    #[serde(rename = "sm2")]
+    Sm2,
+    /// SM4-GCM under a named key-encryption key: `nonce(12) ‖ ct(16) ‖ tag(16)`.
+    #[serde(rename = "sm4-kek")]
+    Sm4Kek,
+}
+
+impl WrapKind {
+    /// The canonical string: `sm2` or `sm4-kek`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrapKind::Sm2 => "sm2",
+            WrapKind::Sm4Kek => "sm4-kek",
+        }
+    }
+}
+
+/// The data key wrapped for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedKey {
+    /// Wrapping method.
+    pub kind: WrapKind,
+    /// SM2: the recipient's key id; SM4 KEK: the KEK's name.
+    pub recipient: String,
+    /// The wrapped data key.
+    #[serde(with = "b64")]
+    pub wrapped: Vec<u8>,
+}
+
+/// A recipient to seal for.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    /// SM2-encrypt the data key to this public key.
+    Sm2(Sm2VerifyingKey),
+    /// Wrap the data key with the provider-held SM4 KEK of this name.
+    Kek(KeyHandle),
+}
+
+/// Which of my keys to open with.
+#[derive(Debug, Clone, Copy)]
+pub enum RecipientKey<'a> {
+    /// My SM2 key pair in the provider.
+    Sm2(&'a KeyHandle),
+    /// A provider-held SM4 KEK (its handle name is the recipient name).
+    Kek(&'a KeyHandle),
+}
+
+/// A sealed envelope. Serialises as JSON with base64 for byte strings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedEnvelope {
+    /// Format version ([`ENVELOPE_VERSION`]).
+    pub version: u8,
+    /// The header.
+    pub header: EnvelopeHeader,
+    /// SM3 of the plaintext (hex).
+    pub plaintext_sm3: Sm3Digest,
+    /// SM4-GCM nonce, 12 bytes.
+    #[serde(with = "b64")]
+    pub nonce: Vec<u8>,
+    /// SM4-GCM `ciphertext ‖ tag`.
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+    /// The data key, wrapped per recipient, in signed order.
+    pub recipients: Vec<WrappedKey>,
+    /// DER SM2 signature over [`SealedEnvelope::signed_bytes`]; absent for
+    /// records of a signed batch.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    pub signature: Option<Vec<u8>>,
+}
+
+/// A decrypted envelope. `Debug` shows the header and the payload length only.
+pub struct OpenedEnvelope {
+    /// The verified header.
+    pub header: EnvelopeHeader,
+    /// The plaintext (zeroised on drop).
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for OpenedEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedEnvelope")
+            .field("header", &self.header)
+            .field("plaintext_len", &self.plaintext.len())
+            .finish()
+    }
+}
+
+/// Canonical-encoding writer: every field is `u32be(len) ‖ bytes`.
+#[derive(Default)]
+pub(crate) struct Canon(pub(crate) Vec<u8>);
+
+impl Canon {
+    pub(crate) fn field(&mut self, b: &[u8]) -> Result<&mut Self, CryptoError> {
+        if b.len() > MAX_FIELD {
+            return Err(CryptoError::Envelope(format!("field of {} bytes exceeds 4 GiB", b.len())));
+        }
+        self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(b);
+        Ok(self)
+    }
+}
+
+fn header_fields(c: &mut Canon, h: &EnvelopeHeader) -> Result<(), CryptoError> {
+    c.field(h.transaction_id.as_bytes())?
+        .field(h.entity_id.as_bytes())?
+        .field(h.key_id.as_bytes())?
+        .field(&h.timestamp_ms.to_be_bytes())?
+        .field(h.content_type.as_str().as_bytes())?
+        .field(h.dataset_category.as_bytes())?;
+    Ok(())
+}
+
+/// The SM4-GCM associated data of the payload.
+fn payload_aad(version: u8, h: &EnvelopeHeader, plaintext_sm3: &Sm3Digest) -> Result<Vec<u8>, CryptoError> {
+    let mut c = Canon::default();
+    c.field(PAYLOAD_AAD_TAG.as_bytes())?.field(&[version])?;
+    header_fields(&mut c, h)?;
+    c.field(&plaintext_sm3.0)?;
+    Ok(c.0)
+}
+
+/// The SM4-GCM associated data of a KEK-wrapped data key.
+fn kek_aad(transaction_id: &Uuid, kek_name: &str) -> Result<Vec<u8>, CryptoError> {
+    let mut c = Canon::default();
+    c.field(KEK_WRAP_TAG.as_bytes())?.field(transaction_id.as_bytes())?.field(kek_name.as_bytes())?;
+    Ok(c.0)
+}
+
+impl SealedEnvelope {
+    /// The canonical bytes the SM2 signature covers (see `docs/envelope.md`).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, CryptoError> {
+        let mut c = Canon::default();
+        c.field(ENVELOPE_TAG.as_bytes())?.field(&[self.version])?;
+        header_fields(&mut c, &self.header)?;
+        c.field(&self.plaintext_sm3.0)?.field(&self.nonce)?.field(&self.ciphertext)?;
+        let n = u32::try_from(self.recipients.len())
+            .map_err(|_| CryptoError::Envelope("too many recipients".into()))?;
+        c.field(&n.to_be_bytes())?;
+        for r in &self.recipients {
+            c.field(r.kind.as_str().as_bytes())?.field(r.recipient.as_bytes())?.field(&r.wrapped)?;
+        }
+        Ok(c.0)
+    }
+
+    /// `SM3(signed_bytes)`: the record digest, the data of the Merkle leaf
+    /// in batch mode.
+    pub fn record_digest(&self) -> Result<Sm3Digest, CryptoError> {
+        Ok(crate::sm3(&self.signed_bytes()?))
+    }
+
+    /// Parses the JSON transport form. Any malformed input is an error.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let env: SealedEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| CryptoError::Envelope(format!("not an envelope json: {e}")))?;
+        env.check_shape()?;
+        Ok(env)
+    }
+
+    /// The JSON transport form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Structural checks that need no key.
+    pub fn check_shape(&self) -> Result<(), CryptoError> {
+        if self.version != ENVELOPE_VERSION {
+            return Err(CryptoError::Envelope(format!(
+                "unsupported version {} (this build reads {ENVELOPE_VERSION})",
+                self.version
+            )));
+        }
+        if self.nonce.len() != GCM_NONCE_LEN {
+            return Err(CryptoError::Envelope(format!("nonce must be 12 bytes, got {}", self.nonce.len())));
+        }
+        if self.ciphertext.len() < crate::sym::GCM_TAG_LEN {
+            return Err(CryptoError::Envelope("ciphertext shorter than the gcm tag".into()));
+        }
+        Ok(())
+    }
+
+    fn check_signer(&self, expected: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        if self.header.key_id != expected.key_id() {
+            return Err(CryptoError::SignerMismatch {
+                expected: expected.key_id().to_string(),
+                found: self.header.key_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies the envelope's own signature under the expected signer key,
+    /// without decrypting anything. Fails for batch records (no signature):
+    /// verify those with [`crate::batch::RecordProof::verify`].
+    pub fn verify(&self, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.check_shape()?;
+        self.check_signer(signer)?;
+        let der = self.signature.as_ref().ok_or_else(|| {
+            CryptoError::Envelope("unsigned envelope (a batch record): verify it with its batch proof".into())
+        })?;
+        let sig = Sm2Signature::from_der(der)?;
+        signer.verify(&self.signed_bytes()?, &sig).map_err(|_| CryptoError::BadSignature {
+            context: format!("envelope {}", self.header.transaction_id),
+        })
+    }
+}
+
+/// Seals `plaintext` without signing (for batch records, and the first step
+/// of [`seal`]). `key_id` is the signer's key id.
+pub fn seal_unsigned(
+    provider: &dyn CryptoProvider,
+    key_id: &str,
+    meta: EnvelopeMeta,
+    plaintext: &[u8],
+    recipients: &[Recipient],
+) -> Result<SealedEnvelope, CryptoError> {
+    if recipients.is_empty() {
+        return Err(CryptoError::Envelope("at least one recipient is required".into()));
+    }
+    let header = EnvelopeHeader {
+        transaction_id: meta.transaction_id,
+        entity_id: meta.entity_id,
+        key_id: key_id.to_string(),
+        timestamp_ms: meta.timestamp_ms,
+        content_type: meta.content_type,
+        dataset_category: meta.dataset_category,
+    };
+    let plaintext_sm3 = provider.sm3(plaintext);
+    let mut dk = Zeroizing::new([0u8; SM4_KEY_LEN]);
+    provider.random(&mut dk[..])?;
+    let data_key = Sm4Key::new(*dk);
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    provider.random(&mut nonce)?;
+    let aad = payload_aad(ENVELOPE_VERSION, &header, &plaintext_sm3)?;
+    let ciphertext = provider.sm4_gcm_seal(&data_key, &nonce, &aad, plaintext)?;
+    let mut wrapped = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        wrapped.push(match r {
+            Recipient::Sm2(pk) => WrappedKey {
+                kind: WrapKind::Sm2,
+                recipient: pk.key_id().to_string(),
+                wrapped: provider.sm2_encrypt(pk, data_key.expose_secret())?,
+            },
+            Recipient::Kek(h) => {
+                let mut kn = [0u8; GCM_NONCE_LEN];
+                provider.random(&mut kn)?;
+                let ct = provider.kek_seal(h, &kn, &kek_aad(&header.transaction_id, h.as_str())?, data_key.expose_secret())?;
+                let mut w = kn.to_vec();
+                w.extend_from_slice(&ct);
+                WrappedKey { kind: WrapKind::Sm4Kek, recipient: h.as_str().to_string(), wrapped: w }
+            }
+        });
+    }
+    Ok(SealedEnvelope {
+        version: ENVELOPE_VERSION,
+        header,
+        plaintext_sm3,
+        nonce: nonce.to_vec(),
+        ciphertext,
+        recipients: wrapped,
+        signature: None,
+    })
+}
+
+/// Seals and signs `plaintext` with the provider key `signer`.
+pub fn seal(
+    provider: &dyn CryptoProvider,
+    signer: &KeyHandle,
+    meta: EnvelopeMeta,
+    plaintext: &[u8],
+    recipients: &[Recipient],
+) -> Result<SealedEnvelope, CryptoError> {
+    let vk = provider.public_key(signer)?;
+    let mut env = seal_unsigned(provider, vk.key_id(), meta, plaintext, recipients)?;
+    let sig = provider.sign(signer, &env.signed_bytes()?)?;
+    env.signature = Some(sig.to_der());
+    Ok(env)
+}
+
+/// Verifies the signature (and that it is `signer`'s), then decrypts for
+/// `me` and checks the plaintext's SM3.
+pub fn open(
+    provider: &dyn CryptoProvider,
+    env: &SealedEnvelope,
+    signer: &Sm2VerifyingKey,
+    me: RecipientKey<'_>,
+) -> Result<OpenedEnvelope, CryptoError> {
+    env.verify(signer)?;
+    decrypt_verified(provider, env, me)
+}
+
+/// Decrypts an envelope whose authenticity the caller has already
+/// established (its own signature, or a batch proof).
+pub(crate) fn decrypt_verified(
+    provider: &dyn CryptoProvider,
+    env: &SealedEnvelope,
+    me: RecipientKey<'_>,
+) -> Result<OpenedEnvelope, CryptoError> {
+    env.check_shape()?;
+    let tx = env.header.transaction_id;
+    let raw_key = match me {
+        RecipientKey::Sm2(h) => {
+            let kid = provider.public_key(h)?.key_id().to_string();
+            let w = env
+                .recipients
+                .iter()
+                .find(|w| w.kind == WrapKind::Sm2 && w.recipient == kid)
+                .ok_or_else(|| CryptoError::NotARecipient(format!("envelope {tx} has no sm2 entry for key id {kid}")))?;
+            provider.sm2_decrypt(h, &w.wrapped)?
+        }
+        RecipientKey::Kek(h) => {
+            let w = env
+                .recipients
+                .iter()
+                .find(|w| w.kind == WrapKind::Sm4Kek && w.recipient == h.as_str())
+                .ok_or_else(|| CryptoError::NotARecipient(format!("envelope {tx} has no sm4-kek entry named {}", h.as_str())))?;
+            if w.wrapped.len() != GCM_NONCE_LEN + SM4_KEY_LEN + crate::sym::GCM_TAG_LEN {
+                return Err(CryptoError::Envelope(format!("kek-wrapped key must be 44 bytes, got {}", w.wrapped.len())));
+            }
+            let (n, ct) = w.wrapped.split_at(GCM_NONCE_LEN);
+            let mut nonce = [0u8; GCM_NONCE_LEN];
+            nonce.copy_from_slice(n);
+            provider.kek_open(h, &nonce, &kek_aad(&tx, h.as_str())?, ct)?
+        }
+    };
+    let data_key = Sm4Key::from_slice(&raw_key)
+        .map_err(|_| CryptoError::Envelope(format!("envelope {tx}: unwrapped data key is not 16 bytes")))?;
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    nonce.copy_from_slice(&env.nonce);
+    let aad = payload_aad(env.version, &env.header, &env.plaintext_sm3)?;
+    let plaintext = provider.sm4_gcm_open(&data_key, &nonce, &aad, &env.ciphertext)?;
+    if provider.sm3(&plaintext) != env.plaintext_sm3 {
+        return Err(CryptoError::DigestMismatch(format!("envelope {tx}: plaintext sm3 differs from the signed one")));
+    }
+    Ok(OpenedEnvelope { header: env.header.clone(), plaintext })
+}
+
+/// Base64 (standard alphabet, padded) for `Vec<u8>` fields.
+pub(crate) mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Base64 for `Option<Vec<u8>>` fields.
+pub(crate) mod b64_opt {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+    }
+}

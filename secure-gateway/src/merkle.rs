@@ -1,0 +1,146 @@
+//! Small in-memory Merkle trees shaped as RFC 9162 §2.1 with SM3:
+//! `leaf = SM3(0x00 ‖ data)`, `node = SM3(0x01 ‖ left ‖ right)`, the empty
+//! tree's root is `SM3("")`. Used by batch signing ([`crate::batch`]); the
+//! ledger's log-level tree uses the same hashing.
+//!
+//! Proofs are the RFC 9162 audit paths (§2.1.3): for a tree of `n` leaves at
+//! most `ceil(log2 n)` hashes.
+
+use crate::{CryptoError, Sm3Digest, Sm3Hasher};
+
+/// Hash of a leaf: `SM3(0x00 ‖ data)`.
+pub fn leaf_hash(data: &[u8]) -> Sm3Digest {
+    let mut h = Sm3Hasher::new();
+    h.update(&[0x00]).update(data);
+    h.finalize()
+}
+
+/// Hash of an interior node: `SM3(0x01 ‖ left ‖ right)`.
+pub fn node_hash(left: &Sm3Digest, right: &Sm3Digest) -> Sm3Digest {
+    let mut h = Sm3Hasher::new();
+    h.update(&[0x01]).update(&left.0).update(&right.0);
+    h.finalize()
+}
+
+/// The root of the empty tree: `SM3("")`.
+pub fn empty_root() -> Sm3Digest {
+    crate::sm3(b"")
+}
+
+/// The largest power of two strictly smaller than `n` (`n ≥ 2`).
+fn split_point(n: usize) -> usize {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// RFC 9162 Merkle Tree Hash over *leaf hashes* (see [`leaf_hash`]).
+pub fn root(leaves: &[Sm3Digest]) -> Sm3Digest {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split_point(n);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// The audit path proving that leaf `index` is in the tree over `leaves`
+/// (RFC 9162 §2.1.3.1), leaf-side first.
+pub fn inclusion_proof(leaves: &[Sm3Digest], index: usize) -> Result<Vec<Sm3Digest>, CryptoError> {
+    if index >= leaves.len() {
+        return Err(CryptoError::Malformed {
+            what: "merkle index",
+            detail: format!("leaf {index} outside a tree of {} leaves", leaves.len()),
+        });
+    }
+    let mut path = Vec::new();
+    collect_path(leaves, index, &mut path);
+    Ok(path)
+}
+
+fn collect_path(leaves: &[Sm3Digest], m: usize, out: &mut Vec<Sm3Digest>) {
+    let n = leaves.len();
+    if n <= 1 {
+        return;
+    }
+    let k = split_point(n);
+    if m < k {
+        collect_path(&leaves[..k], m, out);
+        out.push(root(&leaves[k..]));
+    } else {
+        collect_path(&leaves[k..], m - k, out);
+        out.push(root(&leaves[..k]));
+    }
+}
+
+/// Verifies an audit path (RFC 9162 §2.1.3.2): true when `leaf` (a leaf
+/// hash) at `leaf_index` of a tree of `tree_size` leaves hashes up to `root`.
+pub fn verify_inclusion(leaf_index: u64, tree_size: u64, leaf: &Sm3Digest, path: &[Sm3Digest], root: &Sm3Digest) -> bool {
+    if leaf_index >= tree_size {
+        return false;
+    }
+    let (mut f_n, mut s_n) = (leaf_index, tree_size - 1);
+    let mut r = *leaf;
+    for p in path {
+        if s_n == 0 {
+            return false;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            r = node_hash(p, &r);
+            while f_n & 1 == 0 && f_n != 0 {
+                f_n >>= 1;
+                s_n >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    s_n == 0 && &r == root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Sm3Digest> {
+        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(root(&[]), crate::sm3(b""));
+        let l = leaves(3);
+        assert_eq!(root(&l), node_hash(&node_hash(&l[0], &l[1]), &l[2]));
+        let l = leaves(4);
+        assert_eq!(root(&l), node_hash(&node_hash(&l[0], &l[1]), &node_hash(&l[2], &l[3])));
+    }
+
+    #[test]
+    fn every_proof_verifies_and_tampering_fails() {
+        for n in 1..=33 {
+            let l = leaves(n);
+            let r = root(&l);
+            for i in 0..n {
+                let p = inclusion_proof(&l, i).unwrap();
+                assert!(p.len() <= 6);
+                assert!(verify_inclusion(i as u64, n as u64, &l[i], &p, &r), "n={n} i={i}");
+                let other = (i + 1) % n;
+                if other != i {
+                    assert!(!verify_inclusion(other as u64, n as u64, &l[i], &p, &r));
+                }
+                if let Some(first) = p.first() {
+                    let mut bad = p.clone();
+                    bad[0] = leaf_hash(&first.0);
+                    assert!(!verify_inclusion(i as u64, n as u64, &l[i], &bad, &r));
+                }
+            }
+            assert!(inclusion_proof(&l, n).is_err());
+        }
+    }
+}

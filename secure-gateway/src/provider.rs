@@ -1,0 +1,281 @@
+//! The crypto-provider interface (T/CPMA 026-2023 7.2.1, requirement R3.2:
+//! "crypto library selectable by configuration among conforming
+//! libraries"), so that an HSM or another certified SM library can replace
+//! the pure-Rust default.
+//!
+//! **Invariant:** private keys never cross this interface. Callers name them
+//! by [`KeyHandle`]; the provider signs, decrypts and unwraps inside. Public
+//! keys, digests, ciphertexts and the per-message data keys of sealed
+//! envelopes (which exist only to encrypt one payload) do cross it.
+//!
+//! The trait is object safe: pass `Arc<dyn CryptoProvider>` around.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use zeroize::Zeroizing;
+
+use crate::sym::GCM_NONCE_LEN;
+use crate::{CryptoError, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key};
+
+/// The name of a key held by a provider (an HSM slot label, a key id, a
+/// configured name). Carries no key material.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KeyHandle(String);
+
+impl KeyHandle {
+    /// A handle with this name.
+    pub fn new(name: impl Into<String>) -> Self {
+        KeyHandle(name.into())
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHandle({})", self.0)
+    }
+}
+
+impl fmt::Display for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// SM2/SM3/SM4 operations of a conforming cryptographic module.
+///
+/// Implementations must be `Send + Sync` and must never log or return
+/// private key material. All SM2 signatures use the key's distinguishing
+/// ID (default `1234567812345678`); SM2 ciphertexts are GM/T 0009 DER.
+pub trait CryptoProvider: Send + Sync + fmt::Debug {
+    /// A short name for logs and `vaxgate bench` ("rustcrypto", "hsm:…").
+    fn name(&self) -> &str;
+
+    /// SM3 of `data`.
+    fn sm3(&self, data: &[u8]) -> Sm3Digest;
+
+    /// Fills `buf` with cryptographically secure random bytes.
+    fn random(&self, buf: &mut [u8]) -> Result<(), CryptoError>;
+
+    /// The public half of the SM2 key behind `key`.
+    fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError>;
+
+    /// SM2 signature (with Z_A, GB/T 32918.2) of `msg` by the key behind `key`.
+    fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError>;
+
+    /// Verifies an SM2 signature under a public key.
+    fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError>;
+
+    /// SM2 encryption of `msg` to `recipient` (GM/T 0009 DER, C1C3C2).
+    fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError>;
+
+    /// SM2 decryption (GM/T 0009 DER) with the key behind `key`.
+    fn sm2_decrypt(&self, key: &KeyHandle, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+
+    /// SM4-GCM encryption under a caller-held (data) key: `ciphertext ‖ tag`.
+    fn sm4_gcm_seal(
+        &self,
+        key: &Sm4Key,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
+
+    /// SM4-GCM decryption under a caller-held (data) key.
+    fn sm4_gcm_open(
+        &self,
+        key: &Sm4Key,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+
+    /// SM4-GCM encryption under the provider-held key-encryption key `kek`.
+    fn kek_seal(
+        &self,
+        kek: &KeyHandle,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
+
+    /// SM4-GCM decryption under the provider-held key-encryption key `kek`.
+    fn kek_open(
+        &self,
+        kek: &KeyHandle,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+}
+
+/// The default provider: pure-Rust RustCrypto `sm2`/`sm3`/`sm4`, keys held
+/// in process memory (zeroised on drop).
+#[derive(Default)]
+pub struct RustCryptoProvider {
+    sm2: RwLock<HashMap<KeyHandle, Sm2SigningKey>>,
+    kek: RwLock<HashMap<KeyHandle, Sm4Key>>,
+}
+
+impl fmt::Debug for RustCryptoProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |m: Vec<KeyHandle>| m.into_iter().map(|h| h.0).collect::<Vec<_>>();
+        let sm2 = self.sm2.read().map(|m| names(m.keys().cloned().collect())).unwrap_or_default();
+        let kek = self.kek.read().map(|m| names(m.keys().cloned().collect())).unwrap_or_default();
+        f.debug_struct("RustCryptoProvider").field("sm2_keys", &sm2).field("keks", &kek).finish()
+    }
+}
+
+fn unknown(kind: &str, h: &KeyHandle) -> CryptoError {
+    CryptoError::UnknownKey(format!("no {kind} key named {:?} in the provider", h.0))
+}
+
+impl RustCryptoProvider {
+    /// An empty provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty provider behind an `Arc<dyn CryptoProvider>`.
+    pub fn shared() -> Arc<dyn CryptoProvider> {
+        Arc::new(Self::new())
+    }
+
+    /// Adds (or replaces) the SM2 key behind `handle`.
+    pub fn insert_sm2_key(&self, handle: KeyHandle, key: Sm2SigningKey) {
+        if let Ok(mut m) = self.sm2.write() {
+            m.insert(handle, key);
+        }
+    }
+
+    /// Adds an SM2 key under a handle equal to its key id, and returns it.
+    pub fn add_sm2_key(&self, key: Sm2SigningKey) -> KeyHandle {
+        let h = KeyHandle::new(key.verifying_key().key_id());
+        self.insert_sm2_key(h.clone(), key);
+        h
+    }
+
+    /// Loads an encrypted PKCS#8 key file (passphrase from the environment
+    /// variable named `passphrase_env`) under `handle`.
+    pub fn load_sm2_key_file(&self, handle: KeyHandle, path: &Path, passphrase_env: &str) -> Result<Sm2VerifyingKey, CryptoError> {
+        let key = crate::keys::load_signing_key(path, passphrase_env)?;
+        let vk = key.verifying_key().clone();
+        self.insert_sm2_key(handle, key);
+        Ok(vk)
+    }
+
+    /// Adds (or replaces) the SM4 key-encryption key behind `handle`.
+    pub fn insert_kek(&self, handle: KeyHandle, key: Sm4Key) {
+        if let Ok(mut m) = self.kek.write() {
+            m.insert(handle, key);
+        }
+    }
+
+    fn with_sm2<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm2SigningKey) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
+        let m = self.sm2.read().map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
+        f(m.get(h).ok_or_else(|| unknown("sm2", h))?)
+    }
+
+    fn with_kek<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm4Key) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
+        let m = self.kek.read().map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
+        f(m.get(h).ok_or_else(|| unknown("sm4 key-encryption", h))?)
+    }
+}
+
+impl CryptoProvider for RustCryptoProvider {
+    fn name(&self) -> &str {
+        "rustcrypto"
+    }
+
+    fn sm3(&self, data: &[u8]) -> Sm3Digest {
+        crate::sm3(data)
+    }
+
+    fn random(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
+        crate::random::fill(buf)
+    }
+
+    fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
+        self.with_sm2(key, |k| Ok(k.verifying_key().clone()))
+    }
+
+    fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
+        self.with_sm2(key, |k| Ok(k.sign(msg)))
+    }
+
+    fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
+        key.verify(msg, sig)
+    }
+
+    fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        recipient.encrypt(msg, Sm2CiphertextFormat::Der)
+    }
+
+    fn sm2_decrypt(&self, key: &KeyHandle, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.with_sm2(key, |k| k.decrypt(ciphertext, Sm2CiphertextFormat::Der))
+    }
+
+    fn sm4_gcm_seal(&self, key: &Sm4Key, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        crate::sym::sm4_gcm_seal(key, nonce, aad, pt)
+    }
+
+    fn sm4_gcm_open(
+        &self,
+        key: &Sm4Key,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        crate::sym::sm4_gcm_open(key, nonce, aad, ct)
+    }
+
+    fn kek_seal(&self, kek: &KeyHandle, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.with_kek(kek, |k| crate::sym::sm4_gcm_seal(k, nonce, aad, pt))
+    }
+
+    fn kek_open(
+        &self,
+        kek: &KeyHandle,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.with_kek(kek, |k| crate::sym::sm4_gcm_open(k, nonce, aad, ct))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+
+    #[test]
+    fn object_safe_send_sync_and_handles() {
+        assert_send_sync::<dyn CryptoProvider>();
+        let p = RustCryptoProvider::new();
+        let h = p.add_sm2_key(Sm2SigningKey::generate());
+        p.insert_kek(KeyHandle::new("cdc-kek"), Sm4Key::new([9; 16]));
+        let dynp: Arc<dyn CryptoProvider> = Arc::new(p);
+        let vk = dynp.public_key(&h).unwrap();
+        let sig = dynp.sign(&h, b"m").unwrap();
+        dynp.verify(&vk, b"m", &sig).unwrap();
+        let ct = dynp.sm2_encrypt(&vk, b"k").unwrap();
+        assert_eq!(&dynp.sm2_decrypt(&h, &ct).unwrap()[..], b"k");
+        let n = [1u8; 12];
+        let w = dynp.kek_seal(&KeyHandle::new("cdc-kek"), &n, b"a", b"key").unwrap();
+        assert_eq!(&dynp.kek_open(&KeyHandle::new("cdc-kek"), &n, b"a", &w).unwrap()[..], b"key");
+        let e = dynp.sign(&KeyHandle::new("nope"), b"m").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        assert!(dynp.kek_open(&KeyHandle::new("other"), &n, b"a", &w).is_err());
+        let dbg = format!("{dynp:?}");
+        assert!(dbg.contains("cdc-kek") && !dbg.contains("09090909"), "{dbg}");
+    }
+}

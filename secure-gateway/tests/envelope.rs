@@ -1,0 +1,193 @@
+//! Sealed envelopes and signed batches: round trips, verify-before-decrypt,
+//! tamper detection, and stand-alone record proofs.
+
+use std::sync::Arc;
+
+use secure_gateway::envelope::WrapKind;
+use secure_gateway::{
+    ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, RecordProof,
+    RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2SigningKey, Sm4Key, open, seal, seal_unsigned, sign_batch,
+};
+use uuid::Uuid;
+
+struct World {
+    p: Arc<dyn CryptoProvider>,
+    sender: KeyHandle,
+    cdc: KeyHandle,
+    kek: KeyHandle,
+}
+
+fn world() -> World {
+    let p = RustCryptoProvider::new();
+    let sender = p.add_sm2_key(Sm2SigningKey::generate());
+    let cdc = p.add_sm2_key(Sm2SigningKey::generate());
+    let kek = KeyHandle::new("province-kek-2026");
+    p.insert_kek(kek.clone(), Sm4Key::new([0x42; 16]));
+    World { p: Arc::new(p), sender, cdc, kek }
+}
+
+fn meta() -> EnvelopeMeta {
+    EnvelopeMeta {
+        transaction_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        entity_id: "hospital-310101-001".into(),
+        timestamp_ms: 1_767_225_600_000,
+        content_type: ContentType::Json,
+        dataset_category: "vaccination-record".into(),
+    }
+}
+
+const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
+
+#[test]
+fn seal_open_both_recipient_kinds_and_json_round_trip() {
+    let w = world();
+    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let signer_pk = w.p.public_key(&w.sender).unwrap();
+    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone()), Recipient::Kek(w.kek.clone())]).unwrap();
+    assert_eq!(env.header.key_id, signer_pk.key_id());
+    assert_eq!(env.recipients[0].kind, WrapKind::Sm2);
+    assert_eq!(env.recipients[1].wrapped.len(), 44);
+
+    let json = env.to_json();
+    assert!(!json.contains("HepB"), "plaintext must not appear in the envelope");
+    let back = SealedEnvelope::from_json(json.as_bytes()).unwrap();
+    assert_eq!(back, env);
+    back.verify(&signer_pk).unwrap();
+
+    let o = open(&*w.p, &back, &signer_pk, RecipientKey::Sm2(&w.cdc)).unwrap();
+    assert_eq!(&o.plaintext[..], PAYLOAD);
+    assert!(!format!("{o:?}").contains("HepB"));
+    let o = open(&*w.p, &back, &signer_pk, RecipientKey::Kek(&w.kek)).unwrap();
+    assert_eq!(&o.plaintext[..], PAYLOAD);
+    assert_eq!(o.header, env.header);
+
+    // The sender is not a recipient.
+    let e = open(&*w.p, &back, &signer_pk, RecipientKey::Sm2(&w.sender)).unwrap_err();
+    assert!(matches!(e, CryptoError::NotARecipient(_)), "{e}");
+}
+
+#[test]
+fn wrong_signer_is_rejected_before_anything_else() {
+    let w = world();
+    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    let e = open(&*w.p, &env, &cdc_pk, RecipientKey::Sm2(&w.cdc)).unwrap_err();
+    assert!(matches!(e, CryptoError::SignerMismatch { .. }), "{e}");
+    // A forger who rewrites key_id to the trusted key still fails on the signature.
+    let mut forged = env.clone();
+    forged.header.key_id = cdc_pk.key_id().to_string();
+    let e = open(&*w.p, &forged, &cdc_pk, RecipientKey::Sm2(&w.cdc)).unwrap_err();
+    assert!(matches!(e, CryptoError::BadSignature { .. }), "{e}");
+}
+
+/// Any change to any signed field is caught by the signature, so open never
+/// reaches decryption for a tampered envelope.
+#[test]
+fn every_field_is_covered_by_the_signature() {
+    let w = world();
+    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let signer_pk = w.p.public_key(&w.sender).unwrap();
+    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk), Recipient::Kek(w.kek.clone())]).unwrap();
+    let tampers: Vec<Box<dyn Fn(&mut SealedEnvelope)>> = vec![
+        Box::new(|e| e.header.transaction_id = Uuid::nil()),
+        Box::new(|e| e.header.entity_id.push('x')),
+        Box::new(|e| e.header.timestamp_ms += 1),
+        Box::new(|e| e.header.content_type = ContentType::Xml),
+        Box::new(|e| e.header.dataset_category = "cold-chain-reading".into()),
+        Box::new(|e| e.plaintext_sm3.0[0] ^= 1),
+        Box::new(|e| e.nonce[0] ^= 1),
+        Box::new(|e| e.ciphertext[0] ^= 1),
+        Box::new(|e| e.recipients[0].wrapped[10] ^= 1),
+        Box::new(|e| e.recipients[1].recipient.push('x')),
+        Box::new(|e| e.recipients.swap(0, 1)),
+        Box::new(|e| {
+            e.recipients.pop();
+        }),
+    ];
+    for (i, t) in tampers.iter().enumerate() {
+        let mut bad = env.clone();
+        t(&mut bad);
+        let e = open(&*w.p, &bad, &signer_pk, RecipientKey::Kek(&w.kek)).unwrap_err();
+        assert!(matches!(e, CryptoError::BadSignature { .. }), "tamper {i}: {e}");
+    }
+    let mut unsigned = env.clone();
+    unsigned.signature = None;
+    assert!(matches!(unsigned.verify(&signer_pk), Err(CryptoError::Envelope(_))));
+    let mut v2 = env.clone();
+    v2.version = 2;
+    assert!(matches!(v2.verify(&signer_pk), Err(CryptoError::Envelope(_))));
+}
+
+#[test]
+fn batch_sign_verify_and_single_record_proofs() {
+    let w = world();
+    let signer_pk = w.p.public_key(&w.sender).unwrap();
+    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let records: Vec<SealedEnvelope> = (0..7)
+        .map(|i| {
+            let mut m = meta();
+            m.transaction_id = Uuid::from_u128(i);
+            let body = format!(r#"{{"i":{i}}}"#);
+            seal_unsigned(&*w.p, signer_pk.key_id(), m, body.as_bytes(), &[Recipient::Sm2(cdc_pk.clone())]).unwrap()
+        })
+        .collect();
+    let batch = sign_batch(&*w.p, &w.sender, Uuid::from_u128(99), 1_767_225_600_000, records).unwrap();
+    batch.verify(&signer_pk).unwrap();
+    let batch = SignedBatch::from_json(batch.to_json().as_bytes()).unwrap();
+    batch.verify(&signer_pk).unwrap();
+    let all = secure_gateway::batch::open_batch(&*w.p, &batch, &signer_pk, RecipientKey::Sm2(&w.cdc)).unwrap();
+    assert_eq!(all.len(), 7);
+
+    for i in 0..7 {
+        let proof = batch.proof(i).unwrap();
+        // Travels alone: through JSON, without the other records.
+        let proof = RecordProof::from_json(proof.to_json().as_bytes()).unwrap();
+        proof.verify(&signer_pk).unwrap();
+        let o = proof.open(&*w.p, &signer_pk, RecipientKey::Sm2(&w.cdc)).unwrap();
+        assert_eq!(&o.plaintext[..], format!(r#"{{"i":{i}}}"#).as_bytes());
+        // An unsigned record alone cannot be opened as an envelope.
+        assert!(open(&*w.p, &proof.record, &signer_pk, RecipientKey::Sm2(&w.cdc)).is_err());
+    }
+
+    // Tampering: a record, the index, the path, the root, the signature.
+    let p = batch.proof(3).unwrap();
+    let mut bad = p.clone();
+    bad.record.ciphertext[0] ^= 1;
+    assert!(matches!(bad.verify(&signer_pk), Err(CryptoError::DigestMismatch(_))));
+    let mut bad = p.clone();
+    bad.index = 2;
+    assert!(bad.verify(&signer_pk).is_err());
+    let mut bad = p.clone();
+    bad.audit_path[0].0[0] ^= 1;
+    assert!(bad.verify(&signer_pk).is_err());
+    let mut bad = p.clone();
+    bad.batch.root.0[0] ^= 1;
+    assert!(matches!(bad.verify(&signer_pk), Err(CryptoError::BadSignature { .. })));
+    let mut bad = p.clone();
+    bad.batch.tree_size += 1;
+    assert!(bad.verify(&signer_pk).is_err());
+    assert!(matches!(p.verify(&cdc_pk), Err(CryptoError::SignerMismatch { .. })));
+
+    let mut bad = batch.clone();
+    bad.records.swap(0, 1);
+    assert!(matches!(bad.verify(&signer_pk), Err(CryptoError::DigestMismatch(_))));
+    let mut bad = batch.clone();
+    bad.records.pop();
+    assert!(bad.verify(&signer_pk).is_err());
+    assert!(batch.proof(7).is_err());
+}
+
+#[test]
+fn batch_refuses_signed_or_foreign_records() {
+    let w = world();
+    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let signed = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    assert!(sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![signed]).is_err());
+    let foreign = seal_unsigned(&*w.p, cdc_pk.key_id(), meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    assert!(matches!(
+        sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![foreign]),
+        Err(CryptoError::SignerMismatch { .. })
+    ));
+    assert!(sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![]).is_err());
+    assert!(seal(&*w.p, &w.sender, meta(), PAYLOAD, &[]).is_err());
+}
