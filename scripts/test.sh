@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: `./scripts/test.sh`.
+#
+# 1. Installs what the tests need that a fresh machine may lack (the openssl
+#    CLI for the SM2/SM3/SM4 interop tests).
+# 2. Checks formatting and clippy (warnings are errors).
+# 3. Runs every test of the workspace, including the end-to-end tests of the
+#    built binary in tests/.
+#
+# Tests that need a service fail loudly when it is missing; none skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+need_pkg() { # need_pkg COMMAND DEBIAN-PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    step "installing $2 (for $1)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: $1 is missing and this is not root; install the Debian package $2" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
+need_pkg openssl openssl
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "done in $(( $(date +%s) - started ))s"
