@@ -1,0 +1,177 @@
+//! Every parser of outside bytes answers arbitrary input with a value or a
+//! typed error, never a panic: envelopes, batches and proofs (JSON),
+//! signatures (raw, DER, hex), keys (PEM, SEC1), SM2 and SM4 ciphertexts.
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use secure_gateway::keys::private_key_from_pem;
+use secure_gateway::sym::{sm4_cbc_decrypt, sm4_gcm_open};
+use secure_gateway::{
+    ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, RecordProof,
+    RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey,
+    Sm3Digest, Sm4Key, open, seal, seal_unsigned, sign_batch,
+};
+
+struct Fixture {
+    p: RustCryptoProvider,
+    sender: KeyHandle,
+    me: KeyHandle,
+    kek: KeyHandle,
+    env_json: String,
+    batch_json: String,
+    proof_json: String,
+    sm2_der: Vec<u8>,
+    sm2_raw: Vec<u8>,
+    sig_der: Vec<u8>,
+    pub_pem: String,
+}
+
+fn fx() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let p = RustCryptoProvider::new();
+        let sender = p.add_sm2_key(Sm2SigningKey::generate());
+        let me_key = Sm2SigningKey::generate();
+        let me_pk = me_key.verifying_key().clone();
+        let me = p.add_sm2_key(me_key);
+        let kek = KeyHandle::new("kek");
+        p.insert_kek(kek.clone(), Sm4Key::new([3; 16]));
+        let meta = EnvelopeMeta::now("e", ContentType::Json, "c");
+        let rcpt = [Recipient::Sm2(me_pk.clone()), Recipient::Kek(kek.clone())];
+        let env = seal(&p, &sender, meta.clone(), b"{\"a\":1}", &rcpt).unwrap();
+        let kid = p.public_key(&sender).unwrap().key_id().to_string();
+        let recs = (0..3).map(|_| seal_unsigned(&p, &kid, meta.clone(), b"{}", &rcpt).unwrap()).collect();
+        let batch = sign_batch(&p, &sender, uuid::Uuid::nil(), 0, recs).unwrap();
+        let proof_json = batch.proof(1).unwrap().to_json();
+        Fixture {
+            sm2_der: me_pk.encrypt(b"sixteen byte key", Sm2CiphertextFormat::Der).unwrap(),
+            sm2_raw: me_pk.encrypt(b"sixteen byte key", Sm2CiphertextFormat::Raw).unwrap(),
+            sig_der: env.signature.clone().unwrap(),
+            pub_pem: me_pk.to_public_key_pem(),
+            env_json: env.to_json(),
+            batch_json: batch.to_json(),
+            proof_json,
+            p,
+            sender,
+            me,
+            kek,
+        }
+    })
+}
+
+/// Flips, deletes or inserts bytes of a valid input.
+fn mutate(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
+    let mut v = base.to_vec();
+    for &(pos, op, b) in edits {
+        if v.is_empty() {
+            v.push(b);
+            continue;
+        }
+        let i = pos % v.len();
+        match op % 3 {
+            0 => v[i] ^= b | 1,
+            1 => {
+                v.remove(i);
+            }
+            _ => v.insert(i, b),
+        }
+    }
+    v
+}
+
+fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+    proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)
+}
+
+fn exercise_envelope(bytes: &[u8]) {
+    let f = fx();
+    let signer = f.p.public_key(&f.sender).unwrap();
+    if let Ok(env) = SealedEnvelope::from_json(bytes) {
+        let _ = env.verify(&signer);
+        let _ = env.record_digest();
+        let _ = open(&f.p, &env, &signer, RecipientKey::Sm2(&f.me));
+        let _ = open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn envelope_json_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+        exercise_envelope(&b);
+    }
+
+    #[test]
+    fn envelope_json_mutated(e in edits()) {
+        exercise_envelope(&mutate(fx().env_json.as_bytes(), &e));
+    }
+
+    #[test]
+    fn batch_and_proof_json_mutated(e in edits()) {
+        let f = fx();
+        let signer = f.p.public_key(&f.sender).unwrap();
+        if let Ok(b) = SignedBatch::from_json(&mutate(f.batch_json.as_bytes(), &e)) {
+            let _ = b.verify(&signer);
+            let _ = b.proof(1);
+            let _ = secure_gateway::batch::open_batch(&f.p, &b, &signer, RecipientKey::Sm2(&f.me));
+        }
+        if let Ok(pr) = RecordProof::from_json(&mutate(f.proof_json.as_bytes(), &e)) {
+            let _ = pr.verify(&signer);
+            let _ = pr.open(&f.p, &signer, RecipientKey::Kek(&f.kek));
+        }
+        let _ = SignedBatch::from_json(&e.iter().map(|x| x.2).collect::<Vec<_>>());
+        let _ = RecordProof::from_json(&e.iter().map(|x| x.1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn signatures(b in proptest::collection::vec(any::<u8>(), 0..100), e in edits(), s in ".{0,140}") {
+        let _ = Sm2Signature::from_slice(&b);
+        let _ = Sm2Signature::from_der(&b);
+        let _ = Sm2Signature::from_hex(&s);
+        let _ = Sm2Signature::from_hex(&hex::encode(&b));
+        if let Ok(sig) = Sm2Signature::from_der(&mutate(&fx().sig_der, &e)) {
+            let _ = sig.to_der();
+            let _ = fx().p.public_key(&fx().sender).unwrap().verify(b"x", &sig);
+        }
+        let _ = Sm3Digest::from_hex(&s);
+    }
+
+    #[test]
+    fn public_keys(b in proptest::collection::vec(any::<u8>(), 0..100), e in edits(), s in ".{0,300}") {
+        let _ = Sm2VerifyingKey::from_sec1(&b, DEFAULT_DIST_ID);
+        let _ = Sm2VerifyingKey::from_public_key_pem(&s);
+        let _ = Sm2VerifyingKey::from_public_key_pem(&String::from_utf8_lossy(&mutate(fx().pub_pem.as_bytes(), &e)));
+    }
+
+    #[test]
+    fn private_key_pem(body in "[A-Za-z0-9+/=\n]{0,400}", s in ".{0,200}", enc in any::<bool>()) {
+        let label = if enc { "ENCRYPTED PRIVATE KEY" } else { "PRIVATE KEY" };
+        let pem = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+        let _ = private_key_from_pem(&pem, if enc { Some("pw") } else { None }, DEFAULT_DIST_ID);
+        let _ = private_key_from_pem(&s, None, DEFAULT_DIST_ID);
+        let _ = private_key_from_pem(&s, Some("pw"), DEFAULT_DIST_ID);
+    }
+
+    #[test]
+    fn sm2_ciphertexts(b in proptest::collection::vec(any::<u8>(), 0..200), e in edits()) {
+        let f = fx();
+        let _ = f.p.sm2_decrypt(&f.me, &b);
+        let _ = f.p.sm2_decrypt(&f.me, &mutate(&f.sm2_der, &e));
+        let k = Sm2SigningKey::generate();
+        let _ = k.decrypt(&b, Sm2CiphertextFormat::Raw);
+        let _ = k.decrypt(&mutate(&f.sm2_raw, &e), Sm2CiphertextFormat::Raw);
+        let mut with_tag = vec![0x04];
+        with_tag.extend_from_slice(&b);
+        let _ = k.decrypt(&with_tag, Sm2CiphertextFormat::Raw);
+    }
+
+    #[test]
+    fn sm4_ciphertexts(b in proptest::collection::vec(any::<u8>(), 0..100)) {
+        let k = Sm4Key::new([1; 16]);
+        let _ = sm4_gcm_open(&k, &[0; 12], b"", &b);
+        let _ = sm4_cbc_decrypt(&k, &[0; 16], &b);
+        let _ = Sm4Key::from_slice(&b);
+    }
+}
