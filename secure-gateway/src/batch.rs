@@ -56,15 +56,23 @@ impl BatchHeader {
     /// Verifies the header's signature under the expected signer.
     pub fn verify(&self, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
         if self.version != BATCH_VERSION {
-            return Err(CryptoError::Envelope(format!("unsupported batch version {}", self.version)));
+            return Err(CryptoError::Envelope(format!(
+                "unsupported batch version {}",
+                self.version
+            )));
         }
         if self.key_id != signer.key_id() {
-            return Err(CryptoError::SignerMismatch { expected: signer.key_id().to_string(), found: self.key_id.clone() });
+            return Err(CryptoError::SignerMismatch {
+                expected: signer.key_id().to_string(),
+                found: self.key_id.clone(),
+            });
         }
         let sig = Sm2Signature::from_der(&self.signature)?;
         signer
             .verify(&self.signed_bytes()?, &sig)
-            .map_err(|_| CryptoError::BadSignature { context: format!("batch {}", self.batch_id) })
+            .map_err(|_| CryptoError::BadSignature {
+                context: format!("batch {}", self.batch_id),
+            })
     }
 }
 
@@ -93,7 +101,10 @@ pub struct RecordProof {
 }
 
 fn leaf_hashes(records: &[SealedEnvelope]) -> Result<Vec<Sm3Digest>, CryptoError> {
-    records.iter().map(|r| Ok(merkle::leaf_hash(&r.record_digest()?.0))).collect()
+    records
+        .iter()
+        .map(|r| Ok(merkle::leaf_hash(&r.record_digest()?.0)))
+        .collect()
 }
 
 /// Signs a batch of records produced by [`crate::envelope::seal_unsigned`]
@@ -113,10 +124,15 @@ pub fn sign_batch(
     for (i, r) in records.iter().enumerate() {
         r.check_shape()?;
         if r.signature.is_some() {
-            return Err(CryptoError::Envelope(format!("record {i} is individually signed; batch records must not be")));
+            return Err(CryptoError::Envelope(format!(
+                "record {i} is individually signed; batch records must not be"
+            )));
         }
         if r.header.key_id != vk.key_id() {
-            return Err(CryptoError::SignerMismatch { expected: vk.key_id().to_string(), found: r.header.key_id.clone() });
+            return Err(CryptoError::SignerMismatch {
+                expected: vk.key_id().to_string(),
+                found: r.header.key_id.clone(),
+            });
         }
     }
     let root = merkle::root(&leaf_hashes(&records)?);
@@ -148,11 +164,17 @@ impl SignedBatch {
         for r in &self.records {
             r.check_shape()?;
             if r.header.key_id != self.header.key_id {
-                return Err(CryptoError::SignerMismatch { expected: self.header.key_id.clone(), found: r.header.key_id.clone() });
+                return Err(CryptoError::SignerMismatch {
+                    expected: self.header.key_id.clone(),
+                    found: r.header.key_id.clone(),
+                });
             }
         }
         if merkle::root(&leaf_hashes(&self.records)?) != self.header.root {
-            return Err(CryptoError::DigestMismatch(format!("batch {}: records do not hash to the signed root", self.header.batch_id)));
+            return Err(CryptoError::DigestMismatch(format!(
+                "batch {}: records do not hash to the signed root",
+                self.header.batch_id
+            )));
         }
         Ok(())
     }
@@ -187,10 +209,19 @@ impl RecordProof {
         self.batch.verify(signer)?;
         self.record.check_shape()?;
         if self.record.header.key_id != self.batch.key_id {
-            return Err(CryptoError::SignerMismatch { expected: self.batch.key_id.clone(), found: self.record.header.key_id.clone() });
+            return Err(CryptoError::SignerMismatch {
+                expected: self.batch.key_id.clone(),
+                found: self.record.header.key_id.clone(),
+            });
         }
         let leaf = merkle::leaf_hash(&self.record.record_digest()?.0);
-        if !merkle::verify_inclusion(self.index, self.batch.tree_size, &leaf, &self.audit_path, &self.batch.root) {
+        if !merkle::verify_inclusion(
+            self.index,
+            self.batch.tree_size,
+            &leaf,
+            &self.audit_path,
+            &self.batch.root,
+        ) {
             return Err(CryptoError::DigestMismatch(format!(
                 "record {} is not leaf {} of batch {}",
                 self.record.header.transaction_id, self.index, self.batch.batch_id
@@ -200,7 +231,12 @@ impl RecordProof {
     }
 
     /// Verifies (as [`RecordProof::verify`]) and only then decrypts for `me`.
-    pub fn open(&self, provider: &dyn CryptoProvider, signer: &Sm2VerifyingKey, me: RecipientKey<'_>) -> Result<OpenedEnvelope, CryptoError> {
+    pub fn open(
+        &self,
+        provider: &dyn CryptoProvider,
+        signer: &Sm2VerifyingKey,
+        me: RecipientKey<'_>,
+    ) -> Result<OpenedEnvelope, CryptoError> {
         self.verify(signer)?;
         decrypt_verified(provider, &self.record, me)
     }
@@ -225,5 +261,9 @@ pub fn open_batch(
     me: RecipientKey<'_>,
 ) -> Result<Vec<OpenedEnvelope>, CryptoError> {
     batch.verify(signer)?;
-    batch.records.iter().map(|r| decrypt_verified(provider, r, me)).collect()
+    batch
+        .records
+        .iter()
+        .map(|r| decrypt_verified(provider, r, me))
+        .collect()
 }

@@ -205,7 +205,10 @@ pub(crate) struct Canon(pub(crate) Vec<u8>);
 impl Canon {
     pub(crate) fn field(&mut self, b: &[u8]) -> Result<&mut Self, CryptoError> {
         if b.len() > MAX_FIELD {
-            return Err(CryptoError::Envelope(format!("field of {} bytes exceeds 4 GiB", b.len())));
+            return Err(CryptoError::Envelope(format!(
+                "field of {} bytes exceeds 4 GiB",
+                b.len()
+            )));
         }
         self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
         self.0.extend_from_slice(b);
@@ -235,7 +238,9 @@ fn payload_aad(version: u8, h: &EnvelopeHeader, plaintext_sm3: &Sm3Digest) -> Re
 /// The SM4-GCM associated data of a KEK-wrapped data key.
 fn kek_aad(transaction_id: &Uuid, kek_name: &str) -> Result<Vec<u8>, CryptoError> {
     let mut c = Canon::default();
-    c.field(KEK_WRAP_TAG.as_bytes())?.field(transaction_id.as_bytes())?.field(kek_name.as_bytes())?;
+    c.field(KEK_WRAP_TAG.as_bytes())?
+        .field(transaction_id.as_bytes())?
+        .field(kek_name.as_bytes())?;
     Ok(c.0)
 }
 
@@ -245,12 +250,16 @@ impl SealedEnvelope {
         let mut c = Canon::default();
         c.field(ENVELOPE_TAG.as_bytes())?.field(&[self.version])?;
         header_fields(&mut c, &self.header)?;
-        c.field(&self.plaintext_sm3.0)?.field(&self.nonce)?.field(&self.ciphertext)?;
-        let n = u32::try_from(self.recipients.len())
-            .map_err(|_| CryptoError::Envelope("too many recipients".into()))?;
+        c.field(&self.plaintext_sm3.0)?
+            .field(&self.nonce)?
+            .field(&self.ciphertext)?;
+        let n =
+            u32::try_from(self.recipients.len()).map_err(|_| CryptoError::Envelope("too many recipients".into()))?;
         c.field(&n.to_be_bytes())?;
         for r in &self.recipients {
-            c.field(r.kind.as_str().as_bytes())?.field(r.recipient.as_bytes())?.field(&r.wrapped)?;
+            c.field(r.kind.as_str().as_bytes())?
+                .field(r.recipient.as_bytes())?
+                .field(&r.wrapped)?;
         }
         Ok(c.0)
     }
@@ -283,7 +292,10 @@ impl SealedEnvelope {
             )));
         }
         if self.nonce.len() != GCM_NONCE_LEN {
-            return Err(CryptoError::Envelope(format!("nonce must be 12 bytes, got {}", self.nonce.len())));
+            return Err(CryptoError::Envelope(format!(
+                "nonce must be 12 bytes, got {}",
+                self.nonce.len()
+            )));
         }
         if self.ciphertext.len() < crate::sym::GCM_TAG_LEN {
             return Err(CryptoError::Envelope("ciphertext shorter than the gcm tag".into()));
@@ -311,9 +323,11 @@ impl SealedEnvelope {
             CryptoError::Envelope("unsigned envelope (a batch record): verify it with its batch proof".into())
         })?;
         let sig = Sm2Signature::from_der(der)?;
-        signer.verify(&self.signed_bytes()?, &sig).map_err(|_| CryptoError::BadSignature {
-            context: format!("envelope {}", self.header.transaction_id),
-        })
+        signer
+            .verify(&self.signed_bytes()?, &sig)
+            .map_err(|_| CryptoError::BadSignature {
+                context: format!("envelope {}", self.header.transaction_id),
+            })
     }
 }
 
@@ -356,10 +370,19 @@ pub fn seal_unsigned(
             Recipient::Kek(h) => {
                 let mut kn = [0u8; GCM_NONCE_LEN];
                 provider.random(&mut kn)?;
-                let ct = provider.kek_seal(h, &kn, &kek_aad(&header.transaction_id, h.as_str())?, data_key.expose_secret())?;
+                let ct = provider.kek_seal(
+                    h,
+                    &kn,
+                    &kek_aad(&header.transaction_id, h.as_str())?,
+                    data_key.expose_secret(),
+                )?;
                 let mut w = kn.to_vec();
                 w.extend_from_slice(&ct);
-                WrappedKey { kind: WrapKind::Sm4Kek, recipient: h.as_str().to_string(), wrapped: w }
+                WrappedKey {
+                    kind: WrapKind::Sm4Kek,
+                    recipient: h.as_str().to_string(),
+                    wrapped: w,
+                }
             }
         });
     }
@@ -417,7 +440,9 @@ pub(crate) fn decrypt_verified(
                 .recipients
                 .iter()
                 .find(|w| w.kind == WrapKind::Sm2 && w.recipient == kid)
-                .ok_or_else(|| CryptoError::NotARecipient(format!("envelope {tx} has no sm2 entry for key id {kid}")))?;
+                .ok_or_else(|| {
+                    CryptoError::NotARecipient(format!("envelope {tx} has no sm2 entry for key id {kid}"))
+                })?;
             provider.sm2_decrypt(h, &w.wrapped)?
         }
         RecipientKey::Kek(h) => {
@@ -425,9 +450,14 @@ pub(crate) fn decrypt_verified(
                 .recipients
                 .iter()
                 .find(|w| w.kind == WrapKind::Sm4Kek && w.recipient == h.as_str())
-                .ok_or_else(|| CryptoError::NotARecipient(format!("envelope {tx} has no sm4-kek entry named {}", h.as_str())))?;
+                .ok_or_else(|| {
+                    CryptoError::NotARecipient(format!("envelope {tx} has no sm4-kek entry named {}", h.as_str()))
+                })?;
             if w.wrapped.len() != GCM_NONCE_LEN + SM4_KEY_LEN + crate::sym::GCM_TAG_LEN {
-                return Err(CryptoError::Envelope(format!("kek-wrapped key must be 44 bytes, got {}", w.wrapped.len())));
+                return Err(CryptoError::Envelope(format!(
+                    "kek-wrapped key must be 44 bytes, got {}",
+                    w.wrapped.len()
+                )));
             }
             let (n, ct) = w.wrapped.split_at(GCM_NONCE_LEN);
             let mut nonce = [0u8; GCM_NONCE_LEN];
@@ -442,9 +472,14 @@ pub(crate) fn decrypt_verified(
     let aad = payload_aad(env.version, &env.header, &env.plaintext_sm3)?;
     let plaintext = provider.sm4_gcm_open(&data_key, &nonce, &aad, &env.ciphertext)?;
     if provider.sm3(&plaintext) != env.plaintext_sm3 {
-        return Err(CryptoError::DigestMismatch(format!("envelope {tx}: plaintext sm3 differs from the signed one")));
+        return Err(CryptoError::DigestMismatch(format!(
+            "envelope {tx}: plaintext sm3 differs from the signed one"
+        )));
     }
-    Ok(OpenedEnvelope { header: env.header.clone(), plaintext })
+    Ok(OpenedEnvelope {
+        header: env.header.clone(),
+        plaintext,
+    })
 }
 
 /// Base64 (standard alphabet, padded) for `Vec<u8>` fields.
@@ -476,6 +511,7 @@ pub(crate) mod b64_opt {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
-        s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -66,9 +66,5 @@ pub enum CryptoError {
 }
 
 fn context_suffix(c: &str) -> String {
-    if c.is_empty() {
-        String::new()
-    } else {
-        format!(" ({c})")
-    }
+    if c.is_empty() { String::new() } else { format!(" ({c})") }
 }

@@ -63,10 +63,12 @@ impl KeyProtection {
 pub fn passphrase_from_env(var: &str) -> Result<Zeroizing<String>, CryptoError> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(Zeroizing::new(v)),
-        Ok(_) => Err(CryptoError::PassphraseMissing(format!("environment variable {var} is empty"))),
-        Err(std::env::VarError::NotPresent) => {
-            Err(CryptoError::PassphraseMissing(format!("environment variable {var} is not set")))
-        }
+        Ok(_) => Err(CryptoError::PassphraseMissing(format!(
+            "environment variable {var} is empty"
+        ))),
+        Err(std::env::VarError::NotPresent) => Err(CryptoError::PassphraseMissing(format!(
+            "environment variable {var} is not set"
+        ))),
         Err(std::env::VarError::NotUnicode(_)) => Err(CryptoError::PassphraseMissing(format!(
             "environment variable {var} is not valid UTF-8"
         ))),
@@ -86,11 +88,15 @@ pub fn private_key_to_pem(key: &Sm2SigningKey, protection: &KeyProtection) -> Re
             }
             let salt: [u8; 16] = crate::random::bytes()?;
             let iv: [u8; 16] = crate::random::bytes()?;
-            let params = pkcs8::pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, iv)
-                .map_err(|e| enc_err(&e))?;
+            let params =
+                pkcs8::pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, iv)
+                    .map_err(|e| enc_err(&e))?;
             let info = PrivateKeyInfoRef::try_from(doc.as_bytes()).map_err(|e| enc_err(&e))?;
-            let enc = info.encrypt_with_params(params, pw.as_bytes()).map_err(|e| enc_err(&e))?;
-            enc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF).map_err(|e| enc_err(&e))
+            let enc = info
+                .encrypt_with_params(params, pw.as_bytes())
+                .map_err(|e| enc_err(&e))?;
+            enc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+                .map_err(|e| enc_err(&e))
         }
     }
 }
@@ -123,7 +129,10 @@ pub fn private_key_from_pem(pem: &str, passphrase: Option<&str>, dist_id: &str) 
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> CryptoError {
-    CryptoError::Io { path: path.display().to_string(), source }
+    CryptoError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn in_file(path: &Path, e: CryptoError) -> CryptoError {
@@ -202,7 +211,9 @@ pub struct KeyFiles {
 pub fn generate_key_files(dir: &Path, name: &str, protection: &KeyProtection) -> Result<KeyFiles, CryptoError> {
     if name.is_empty()
         || name.starts_with('.')
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         return Err(CryptoError::InvalidKey(format!(
             "key name {name:?} must be letters, digits, '-', '_' or '.' and not start with '.'"
@@ -214,7 +225,10 @@ pub fn generate_key_files(dir: &Path, name: &str, protection: &KeyProtection) ->
         if p.exists() {
             return Err(io_err(
                 p,
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite an existing key file"),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "refusing to overwrite an existing key file",
+                ),
             ));
         }
     }
@@ -224,7 +238,11 @@ pub fn generate_key_files(dir: &Path, name: &str, protection: &KeyProtection) ->
         let _ = fs::remove_file(&private_key);
         return Err(e);
     }
-    Ok(KeyFiles { private_key, public_key, key_id: key.verifying_key().key_id().to_string() })
+    Ok(KeyFiles {
+        private_key,
+        public_key,
+        key_id: key.verifying_key().key_id().to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -240,7 +258,10 @@ mod tests {
         assert_eq!(back.verifying_key(), k.verifying_key());
         let e = private_key_from_pem(&pem, Some("wrong"), DEFAULT_DIST_ID).unwrap_err();
         assert!(e.to_string().contains("wrong passphrase"), "{e}");
-        assert!(matches!(private_key_from_pem(&pem, None, DEFAULT_DIST_ID), Err(CryptoError::PassphraseMissing(_))));
+        assert!(matches!(
+            private_key_from_pem(&pem, None, DEFAULT_DIST_ID),
+            Err(CryptoError::PassphraseMissing(_))
+        ));
     }
 
     #[test]

@@ -22,14 +22,14 @@ pub mod random;
 pub mod sign;
 pub mod sym;
 
-pub use error::CryptoError;
-pub use hash::{Sm3Digest, Sm3Hasher, sm3};
-pub use keys::{DEFAULT_PASSPHRASE_ENV, KeyProtection, load_signing_key, load_verifying_key};
 pub use batch::{BatchHeader, RecordProof, SignedBatch, sign_batch};
 pub use envelope::{
     ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope, open, seal,
     seal_unsigned,
 };
+pub use error::CryptoError;
+pub use hash::{Sm3Digest, Sm3Hasher, sm3};
+pub use keys::{DEFAULT_PASSPHRASE_ENV, KeyProtection, load_signing_key, load_verifying_key};
 pub use pke::Sm2CiphertextFormat;
 pub use provider::{CryptoProvider, KeyHandle, RustCryptoProvider};
 pub use sign::{DEFAULT_DIST_ID, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};

@@ -79,7 +79,13 @@ fn collect_path(leaves: &[Sm3Digest], m: usize, out: &mut Vec<Sm3Digest>) {
 
 /// Verifies an audit path (RFC 9162 §2.1.3.2): true when `leaf` (a leaf
 /// hash) at `leaf_index` of a tree of `tree_size` leaves hashes up to `root`.
-pub fn verify_inclusion(leaf_index: u64, tree_size: u64, leaf: &Sm3Digest, path: &[Sm3Digest], root: &Sm3Digest) -> bool {
+pub fn verify_inclusion(
+    leaf_index: u64,
+    tree_size: u64,
+    leaf: &Sm3Digest,
+    path: &[Sm3Digest],
+    root: &Sm3Digest,
+) -> bool {
     if leaf_index >= tree_size {
         return false;
     }

@@ -31,7 +31,9 @@ impl Sm2VerifyingKey {
     /// C1C3C2 order, in the given layout.
     pub fn encrypt(&self, msg: &[u8], format: Sm2CiphertextFormat) -> Result<Vec<u8>, CryptoError> {
         if msg.is_empty() {
-            return Err(CryptoError::Cipher("sm2 encryption of an empty message is undefined".into()));
+            return Err(CryptoError::Cipher(
+                "sm2 encryption of an empty message is undefined".into(),
+            ));
         }
         let ek = EncryptingKey::new_with_mode(*self.public_key(), Mode::C1C3C2);
         let mut rng = sm2::elliptic_curve::common::getrandom::SysRng;

@@ -127,9 +127,20 @@ pub struct RustCryptoProvider {
 impl fmt::Debug for RustCryptoProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = |m: Vec<KeyHandle>| m.into_iter().map(|h| h.0).collect::<Vec<_>>();
-        let sm2 = self.sm2.read().map(|m| names(m.keys().cloned().collect())).unwrap_or_default();
-        let kek = self.kek.read().map(|m| names(m.keys().cloned().collect())).unwrap_or_default();
-        f.debug_struct("RustCryptoProvider").field("sm2_keys", &sm2).field("keks", &kek).finish()
+        let sm2 = self
+            .sm2
+            .read()
+            .map(|m| names(m.keys().cloned().collect()))
+            .unwrap_or_default();
+        let kek = self
+            .kek
+            .read()
+            .map(|m| names(m.keys().cloned().collect()))
+            .unwrap_or_default();
+        f.debug_struct("RustCryptoProvider")
+            .field("sm2_keys", &sm2)
+            .field("keks", &kek)
+            .finish()
     }
 }
 
@@ -164,7 +175,12 @@ impl RustCryptoProvider {
 
     /// Loads an encrypted PKCS#8 key file (passphrase from the environment
     /// variable named `passphrase_env`) under `handle`.
-    pub fn load_sm2_key_file(&self, handle: KeyHandle, path: &Path, passphrase_env: &str) -> Result<Sm2VerifyingKey, CryptoError> {
+    pub fn load_sm2_key_file(
+        &self,
+        handle: KeyHandle,
+        path: &Path,
+        passphrase_env: &str,
+    ) -> Result<Sm2VerifyingKey, CryptoError> {
         let key = crate::keys::load_signing_key(path, passphrase_env)?;
         let vk = key.verifying_key().clone();
         self.insert_sm2_key(handle, key);
@@ -178,13 +194,23 @@ impl RustCryptoProvider {
         }
     }
 
-    fn with_sm2<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm2SigningKey) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
-        let m = self.sm2.read().map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
+    fn with_sm2<T>(
+        &self,
+        h: &KeyHandle,
+        f: impl FnOnce(&Sm2SigningKey) -> Result<T, CryptoError>,
+    ) -> Result<T, CryptoError> {
+        let m = self
+            .sm2
+            .read()
+            .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
         f(m.get(h).ok_or_else(|| unknown("sm2", h))?)
     }
 
     fn with_kek<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm4Key) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
-        let m = self.kek.read().map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
+        let m = self
+            .kek
+            .read()
+            .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
         f(m.get(h).ok_or_else(|| unknown("sm4 key-encryption", h))?)
     }
 }
@@ -222,7 +248,13 @@ impl CryptoProvider for RustCryptoProvider {
         self.with_sm2(key, |k| k.decrypt(ciphertext, Sm2CiphertextFormat::Der))
     }
 
-    fn sm4_gcm_seal(&self, key: &Sm4Key, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn sm4_gcm_seal(
+        &self,
+        key: &Sm4Key,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        pt: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         crate::sym::sm4_gcm_seal(key, nonce, aad, pt)
     }
 
@@ -236,7 +268,13 @@ impl CryptoProvider for RustCryptoProvider {
         crate::sym::sm4_gcm_open(key, nonce, aad, ct)
     }
 
-    fn kek_seal(&self, kek: &KeyHandle, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn kek_seal(
+        &self,
+        kek: &KeyHandle,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        pt: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.with_kek(kek, |k| crate::sym::sm4_gcm_seal(k, nonce, aad, pt))
     }
 
@@ -271,7 +309,10 @@ mod tests {
         assert_eq!(&dynp.sm2_decrypt(&h, &ct).unwrap()[..], b"k");
         let n = [1u8; 12];
         let w = dynp.kek_seal(&KeyHandle::new("cdc-kek"), &n, b"a", b"key").unwrap();
-        assert_eq!(&dynp.kek_open(&KeyHandle::new("cdc-kek"), &n, b"a", &w).unwrap()[..], b"key");
+        assert_eq!(
+            &dynp.kek_open(&KeyHandle::new("cdc-kek"), &n, b"a", &w).unwrap()[..],
+            b"key"
+        );
         let e = dynp.sign(&KeyHandle::new("nope"), b"m").unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
         assert!(dynp.kek_open(&KeyHandle::new("other"), &n, b"a", &w).is_err());

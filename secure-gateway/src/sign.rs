@@ -29,8 +29,12 @@ impl fmt::Debug for Sm2Signature {
 impl Sm2Signature {
     /// Parses 64 raw bytes (r ‖ s); rejects zero or out-of-range scalars.
     pub fn from_slice(b: &[u8]) -> Result<Self, CryptoError> {
-        let sig = sm2::dsa::Signature::from_slice(b)
-            .map_err(|_| CryptoError::MalformedSignature(format!("expected 64 bytes r||s with 0 < r,s < n, got {} bytes", b.len())))?;
+        let sig = sm2::dsa::Signature::from_slice(b).map_err(|_| {
+            CryptoError::MalformedSignature(format!(
+                "expected 64 bytes r||s with 0 < r,s < n, got {} bytes",
+                b.len()
+            ))
+        })?;
         Ok(Self::from_inner(&sig))
     }
     /// Parses a DER `SEQUENCE { r INTEGER, s INTEGER }`.
@@ -93,7 +97,11 @@ impl Sm2SigningKey {
         let inner = sm2::dsa::SigningKey::new(dist_id, &secret)
             .map_err(|_| CryptoError::InvalidKey("distinguishing id too long".into()))?;
         let verifying = Sm2VerifyingKey::from_public(secret.public_key(), dist_id)?;
-        Ok(Self { secret, inner, verifying })
+        Ok(Self {
+            secret,
+            inner,
+            verifying,
+        })
     }
 
     /// From the 32-byte private scalar (big-endian).
@@ -166,9 +174,7 @@ impl Sm2VerifyingKey {
 
     /// SPKI PEM.
     pub fn to_public_key_pem(&self) -> String {
-        self.public
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_default()
+        self.public.to_public_key_pem(LineEnding::LF).unwrap_or_default()
     }
 
     /// Uncompressed SEC1 point, 65 bytes.

@@ -124,9 +124,15 @@ pub fn sm4_gcm_open(
         )));
     }
     let c = Sm4Gcm::new(&key.0.into());
-    c.decrypt(&(*nonce).into(), Payload { msg: ciphertext_and_tag, aad })
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| CryptoError::Cipher("sm4-gcm authentication failed (wrong key or tampered data)".into()))
+    c.decrypt(
+        &(*nonce).into(),
+        Payload {
+            msg: ciphertext_and_tag,
+            aad,
+        },
+    )
+    .map(zeroize::Zeroizing::new)
+    .map_err(|_| CryptoError::Cipher("sm4-gcm authentication failed (wrong key or tampered data)".into()))
 }
 
 /// SM4-CBC encryption with PKCS#7 padding (as `openssl enc -sm4-cbc`).
@@ -140,7 +146,7 @@ pub fn sm4_cbc_decrypt(
     iv: &[u8; SM4_BLOCK_LEN],
     ciphertext: &[u8],
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-    if ciphertext.is_empty() || ciphertext.len() % SM4_BLOCK_LEN != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(SM4_BLOCK_LEN) {
         return Err(CryptoError::Cipher(format!(
             "sm4-cbc ciphertext length {} is not a positive multiple of 16",
             ciphertext.len()

@@ -1,5 +1,6 @@
 //! Sealed envelopes and signed batches: round trips, verify-before-decrypt,
 //! tamper detection, and stand-alone record proofs.
+#![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::sync::Arc;
 
@@ -23,7 +24,12 @@ fn world() -> World {
     let cdc = p.add_sm2_key(Sm2SigningKey::generate());
     let kek = KeyHandle::new("province-kek-2026");
     p.insert_kek(kek.clone(), Sm4Key::new([0x42; 16]));
-    World { p: Arc::new(p), sender, cdc, kek }
+    World {
+        p: Arc::new(p),
+        sender,
+        cdc,
+        kek,
+    }
 }
 
 fn meta() -> EnvelopeMeta {
@@ -43,7 +49,14 @@ fn seal_open_both_recipient_kinds_and_json_round_trip() {
     let w = world();
     let cdc_pk = w.p.public_key(&w.cdc).unwrap();
     let signer_pk = w.p.public_key(&w.sender).unwrap();
-    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone()), Recipient::Kek(w.kek.clone())]).unwrap();
+    let env = seal(
+        &*w.p,
+        &w.sender,
+        meta(),
+        PAYLOAD,
+        &[Recipient::Sm2(cdc_pk.clone()), Recipient::Kek(w.kek.clone())],
+    )
+    .unwrap();
     assert_eq!(env.header.key_id, signer_pk.key_id());
     assert_eq!(env.recipients[0].kind, WrapKind::Sm2);
     assert_eq!(env.recipients[1].wrapped.len(), 44);
@@ -87,8 +100,16 @@ fn every_field_is_covered_by_the_signature() {
     let w = world();
     let cdc_pk = w.p.public_key(&w.cdc).unwrap();
     let signer_pk = w.p.public_key(&w.sender).unwrap();
-    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk), Recipient::Kek(w.kek.clone())]).unwrap();
-    let tampers: Vec<Box<dyn Fn(&mut SealedEnvelope)>> = vec![
+    let env = seal(
+        &*w.p,
+        &w.sender,
+        meta(),
+        PAYLOAD,
+        &[Recipient::Sm2(cdc_pk), Recipient::Kek(w.kek.clone())],
+    )
+    .unwrap();
+    type Tamper = Box<dyn Fn(&mut SealedEnvelope)>;
+    let tampers: Vec<Tamper> = vec![
         Box::new(|e| e.header.transaction_id = Uuid::nil()),
         Box::new(|e| e.header.entity_id.push('x')),
         Box::new(|e| e.header.timestamp_ms += 1),
@@ -128,7 +149,14 @@ fn batch_sign_verify_and_single_record_proofs() {
             let mut m = meta();
             m.transaction_id = Uuid::from_u128(i);
             let body = format!(r#"{{"i":{i}}}"#);
-            seal_unsigned(&*w.p, signer_pk.key_id(), m, body.as_bytes(), &[Recipient::Sm2(cdc_pk.clone())]).unwrap()
+            seal_unsigned(
+                &*w.p,
+                signer_pk.key_id(),
+                m,
+                body.as_bytes(),
+                &[Recipient::Sm2(cdc_pk.clone())],
+            )
+            .unwrap()
         })
         .collect();
     let batch = sign_batch(&*w.p, &w.sender, Uuid::from_u128(99), 1_767_225_600_000, records).unwrap();
@@ -183,7 +211,14 @@ fn batch_refuses_signed_or_foreign_records() {
     let cdc_pk = w.p.public_key(&w.cdc).unwrap();
     let signed = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
     assert!(sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![signed]).is_err());
-    let foreign = seal_unsigned(&*w.p, cdc_pk.key_id(), meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    let foreign = seal_unsigned(
+        &*w.p,
+        cdc_pk.key_id(),
+        meta(),
+        PAYLOAD,
+        &[Recipient::Sm2(cdc_pk.clone())],
+    )
+    .unwrap();
     assert!(matches!(
         sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![foreign]),
         Err(CryptoError::SignerMismatch { .. })

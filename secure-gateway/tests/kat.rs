@@ -5,6 +5,7 @@
 //! "Annex C" serialised as GM/T 0009 DER).
 //!
 //! SM3 and SM4 vectors live next to their code (`src/hash.rs`, `src/sym.rs`).
+#![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use secure_gateway::{DEFAULT_DIST_ID, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, sm3};
 use sm2::elliptic_curve::Group;
@@ -92,7 +93,8 @@ fn signature_example_verifies() {
     let sig = Sm2Signature::from_hex(&format!("{R}{S}")).unwrap();
     vk.verify(b"message digest", &sig).unwrap();
     let der = sig.to_der();
-    vk.verify(b"message digest", &Sm2Signature::from_der(&der).unwrap()).unwrap();
+    vk.verify(b"message digest", &Sm2Signature::from_der(&der).unwrap())
+        .unwrap();
     assert!(vk.verify(b"message digesT", &sig).is_err());
     let other_id = Sm2VerifyingKey::from_sec1(&h(P_A), "ALICE123@YAHOO.COM").unwrap();
     assert!(other_id.verify(b"message digest", &sig).is_err());
@@ -134,13 +136,15 @@ fn encryption_example_reproduced_with_the_published_k() {
 fn encryption_example_decrypts() {
     let sk = Sm2SigningKey::from_bytes(&h(D_A), DEFAULT_DIST_ID).unwrap();
     let raw = h(&format!("{C1}{C3}{C2}"));
-    assert_eq!(&sk.decrypt(&raw, Sm2CiphertextFormat::Raw).unwrap()[..], b"encryption standard");
-    let der = h(&format!(
-        "307c0220{}022100{}0420{C3}0413{C2}",
-        &C1[2..66],
-        &C1[66..]
-    ));
-    assert_eq!(&sk.decrypt(&der, Sm2CiphertextFormat::Der).unwrap()[..], b"encryption standard");
+    assert_eq!(
+        &sk.decrypt(&raw, Sm2CiphertextFormat::Raw).unwrap()[..],
+        b"encryption standard"
+    );
+    let der = h(&format!("307c0220{}022100{}0420{C3}0413{C2}", &C1[2..66], &C1[66..]));
+    assert_eq!(
+        &sk.decrypt(&der, Sm2CiphertextFormat::Der).unwrap()[..],
+        b"encryption standard"
+    );
     let mut bad = raw.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;

@@ -4,6 +4,7 @@
 //!
 //! Both sides pin the SM2 distinguishing ID: OpenSSL's `pkeyutl` uses an
 //! empty ID unless told `-pkeyopt distid:1234567812345678`.
+#![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,8 +12,8 @@ use std::process::{Command, Output, Stdio};
 use secure_gateway::keys::{KeyProtection, private_key_from_pem, private_key_to_pem};
 use secure_gateway::sym::{sm4_cbc_decrypt, sm4_cbc_encrypt, sm4_ctr_apply, sm4_gcm_open};
 use secure_gateway::{
-    ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, Recipient, RustCryptoProvider,
-    Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal, sm3,
+    ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, Recipient, RustCryptoProvider, Sm2CiphertextFormat,
+    Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal, sm3,
 };
 use zeroize::Zeroizing;
 
@@ -22,7 +23,12 @@ const PW: &str = "correct horse battery staple";
 
 /// Runs `openssl` with `args`; panics loudly if the binary is missing.
 fn openssl(args: &[&str]) -> Output {
-    match Command::new("openssl").args(args).env(PW_VAR, PW).stdin(Stdio::null()).output() {
+    match Command::new("openssl")
+        .args(args)
+        .env(PW_VAR, PW)
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) => o,
         Err(e) => panic!(
             "the `openssl` command-line tool is required for the interop tests and could not be run ({e}); \
@@ -60,8 +66,13 @@ fn openssl_is_version_3_with_sm_algorithms() {
 #[test]
 fn sm3_equals_openssl_dgst() {
     let dir = tempfile::tempdir().unwrap();
-    let big: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    for (i, data) in [b"".to_vec(), b"abc".to_vec(), b"abcd".repeat(16), big].iter().enumerate() {
+    let big: Vec<u8> = (0..1_000_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (i, data) in [b"".to_vec(), b"abc".to_vec(), b"abcd".repeat(16), big]
+        .iter()
+        .enumerate()
+    {
         let f = p(dir.path(), &format!("m{i}"));
         std::fs::write(&f, data).unwrap();
         let out = openssl_ok(&["dgst", "-sm3", "-binary", s(&f)]);
@@ -78,7 +89,20 @@ fn openssl_verifies_our_signature() {
     std::fs::write(&pubf, k.verifying_key().to_public_key_pem()).unwrap();
     std::fs::write(&msgf, msg).unwrap();
     std::fs::write(&sigf, k.sign(msg).to_der()).unwrap();
-    let args = ["pkeyutl", "-verify", "-pubin", "-inkey", s(&pubf), "-rawin", "-digest", "sm3", "-in", s(&msgf), "-sigfile", s(&sigf)];
+    let args = [
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        s(&pubf),
+        "-rawin",
+        "-digest",
+        "sm3",
+        "-in",
+        s(&msgf),
+        "-sigfile",
+        s(&sigf),
+    ];
     let mut with_id = args.to_vec();
     with_id.extend(["-pkeyopt", DISTID]);
     let out = String::from_utf8(openssl_ok(&with_id)).unwrap();
@@ -90,13 +114,29 @@ fn openssl_verifies_our_signature() {
 #[test]
 fn we_verify_an_openssl_signature_and_read_its_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let (keyf, pubf, msgf, sigf) =
-        (p(dir.path(), "k.pem"), p(dir.path(), "pub.pem"), p(dir.path(), "msg"), p(dir.path(), "sig.der"));
+    let (keyf, pubf, msgf, sigf) = (
+        p(dir.path(), "k.pem"),
+        p(dir.path(), "pub.pem"),
+        p(dir.path(), "msg"),
+        p(dir.path(), "sig.der"),
+    );
     openssl_ok(&["genpkey", "-algorithm", "SM2", "-out", s(&keyf)]);
     openssl_ok(&["pkey", "-in", s(&keyf), "-pubout", "-out", s(&pubf)]);
     std::fs::write(&msgf, b"cold chain reading: 4.2C").unwrap();
     openssl_ok(&[
-        "pkeyutl", "-sign", "-inkey", s(&keyf), "-rawin", "-digest", "sm3", "-pkeyopt", DISTID, "-in", s(&msgf), "-out", s(&sigf),
+        "pkeyutl",
+        "-sign",
+        "-inkey",
+        s(&keyf),
+        "-rawin",
+        "-digest",
+        "sm3",
+        "-pkeyopt",
+        DISTID,
+        "-in",
+        s(&msgf),
+        "-out",
+        s(&sigf),
     ]);
     let vk = Sm2VerifyingKey::from_public_key_pem(&std::fs::read_to_string(&pubf).unwrap()).unwrap();
     let sig = Sm2Signature::from_der(&std::fs::read(&sigf).unwrap()).unwrap();
@@ -108,7 +148,18 @@ fn we_verify_an_openssl_signature_and_read_its_keys() {
     // OpenSSL's encrypted PKCS#8 (PBES2, PBKDF2-SHA256, AES-256-CBC) too.
     let encf = p(dir.path(), "k.enc.pem");
     let pass = format!("env:{PW_VAR}");
-    openssl_ok(&["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", s(&keyf), "-passout", &pass, "-out", s(&encf)]);
+    openssl_ok(&[
+        "pkcs8",
+        "-topk8",
+        "-v2",
+        "aes-256-cbc",
+        "-in",
+        s(&keyf),
+        "-passout",
+        &pass,
+        "-out",
+        s(&encf),
+    ]);
     let sk2 = private_key_from_pem(&std::fs::read_to_string(&encf).unwrap(), Some(PW), DEFAULT_DIST_ID).unwrap();
     assert_eq!(sk2.verifying_key(), &vk);
 }
@@ -127,14 +178,27 @@ fn openssl_reads_our_encrypted_pkcs8_and_spki() {
     for needle in ["PBES2", "PBKDF2", "hmacWithSHA256", "aes-256-cbc"] {
         assert!(asn1.contains(needle), "missing {needle} in\n{asn1}");
     }
-    let text = String::from_utf8(openssl_ok(&["pkey", "-in", s(&keyf), "-passin", &pass, "-noout", "-text"])).unwrap();
+    let text = String::from_utf8(openssl_ok(&[
+        "pkey",
+        "-in",
+        s(&keyf),
+        "-passin",
+        &pass,
+        "-noout",
+        "-text",
+    ]))
+    .unwrap();
     assert!(text.contains("ASN1 OID: SM2"), "{text}");
     let derived = String::from_utf8(openssl_ok(&["pkey", "-in", s(&keyf), "-passin", &pass, "-pubout"])).unwrap();
     assert_eq!(derived.trim(), k.verifying_key().to_public_key_pem().trim());
     let pubtext = String::from_utf8(openssl_ok(&["pkey", "-pubin", "-in", s(&pubf), "-noout", "-text"])).unwrap();
     assert!(pubtext.contains("ASN1 OID: SM2"), "{pubtext}");
     // A wrong passphrase is refused by OpenSSL too.
-    assert!(!openssl(&["pkey", "-in", s(&keyf), "-passin", "pass:wrong", "-noout"]).status.success());
+    assert!(
+        !openssl(&["pkey", "-in", s(&keyf), "-passin", "pass:wrong", "-noout"])
+            .status
+            .success()
+    );
 }
 
 #[test]
@@ -156,8 +220,20 @@ fn sm2_encryption_both_ways() {
     // OpenSSL -> vaxgate
     let (msgf, ct2) = (p(dir.path(), "msg"), p(dir.path(), "theirs.der"));
     std::fs::write(&msgf, msg).unwrap();
-    openssl_ok(&["pkeyutl", "-encrypt", "-pubin", "-inkey", s(&pubf), "-in", s(&msgf), "-out", s(&ct2)]);
-    let pt = k.decrypt(&std::fs::read(&ct2).unwrap(), Sm2CiphertextFormat::Der).unwrap();
+    openssl_ok(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        s(&pubf),
+        "-in",
+        s(&msgf),
+        "-out",
+        s(&ct2),
+    ]);
+    let pt = k
+        .decrypt(&std::fs::read(&ct2).unwrap(), Sm2CiphertextFormat::Der)
+        .unwrap();
     assert_eq!(&pt[..], msg);
 }
 
@@ -175,7 +251,19 @@ fn sm4_cbc_and_ctr_both_ways() {
 
         // CBC: ours -> OpenSSL, OpenSSL -> ours (byte-identical ciphertexts).
         std::fs::write(&cf, sm4_cbc_encrypt(&key, &iv, &msg)).unwrap();
-        openssl_ok(&["enc", "-d", "-sm4-cbc", "-K", &kh, "-iv", &ivh, "-in", s(&cf), "-out", s(&of)]);
+        openssl_ok(&[
+            "enc",
+            "-d",
+            "-sm4-cbc",
+            "-K",
+            &kh,
+            "-iv",
+            &ivh,
+            "-in",
+            s(&cf),
+            "-out",
+            s(&of),
+        ]);
         assert_eq!(std::fs::read(&of).unwrap(), msg, "cbc len {len}");
         openssl_ok(&["enc", "-sm4-cbc", "-K", &kh, "-iv", &ivh, "-in", s(&pf), "-out", s(&of)]);
         let theirs = std::fs::read(&of).unwrap();
@@ -186,7 +274,19 @@ fn sm4_cbc_and_ctr_both_ways() {
         let mut ours = msg.clone();
         sm4_ctr_apply(&key, &iv, &mut ours);
         std::fs::write(&cf, &ours).unwrap();
-        openssl_ok(&["enc", "-d", "-sm4-ctr", "-K", &kh, "-iv", &ivh, "-in", s(&cf), "-out", s(&of)]);
+        openssl_ok(&[
+            "enc",
+            "-d",
+            "-sm4-ctr",
+            "-K",
+            &kh,
+            "-iv",
+            &ivh,
+            "-in",
+            s(&cf),
+            "-out",
+            s(&of),
+        ]);
         assert_eq!(std::fs::read(&of).unwrap(), msg, "ctr len {len}");
         openssl_ok(&["enc", "-sm4-ctr", "-K", &kh, "-iv", &ivh, "-in", s(&pf), "-out", s(&of)]);
         assert_eq!(std::fs::read(&of).unwrap(), ours);
@@ -219,13 +319,31 @@ fn partner_with_openssl_verifies_envelope_and_unwraps_data_key() {
     std::fs::write(&sig, env.signature.clone().unwrap()).unwrap();
     std::fs::write(&pubf, p_.public_key(&sender).unwrap().to_public_key_pem()).unwrap();
     let out = String::from_utf8(openssl_ok(&[
-        "pkeyutl", "-verify", "-pubin", "-inkey", s(&pubf), "-rawin", "-digest", "sm3", "-pkeyopt", DISTID, "-in", s(&tbs),
-        "-sigfile", s(&sig),
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        s(&pubf),
+        "-rawin",
+        "-digest",
+        "sm3",
+        "-pkeyopt",
+        DISTID,
+        "-in",
+        s(&tbs),
+        "-sigfile",
+        s(&sig),
     ]))
     .unwrap();
     assert!(out.contains("Signature Verified Successfully"), "{out}");
 
-    std::fs::write(&keyf, private_key_to_pem(&partner, &KeyProtection::DangerUnencrypted).unwrap().as_bytes()).unwrap();
+    std::fs::write(
+        &keyf,
+        private_key_to_pem(&partner, &KeyProtection::DangerUnencrypted)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
     std::fs::write(&wk, &env.recipients[0].wrapped).unwrap();
     let dk = openssl_ok(&["pkeyutl", "-decrypt", "-inkey", s(&keyf), "-in", s(&wk)]);
     assert_eq!(dk.len(), 16);

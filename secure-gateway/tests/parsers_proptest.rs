@@ -1,6 +1,7 @@
 //! Every parser of outside bytes answers arbitrary input with a value or a
 //! typed error, never a panic: envelopes, batches and proofs (JSON),
 //! signatures (raw, DER, hex), keys (PEM, SEC1), SM2 and SM4 ciphertexts.
+#![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::sync::OnceLock;
 
@@ -41,7 +42,9 @@ fn fx() -> &'static Fixture {
         let rcpt = [Recipient::Sm2(me_pk.clone()), Recipient::Kek(kek.clone())];
         let env = seal(&p, &sender, meta.clone(), b"{\"a\":1}", &rcpt).unwrap();
         let kid = p.public_key(&sender).unwrap().key_id().to_string();
-        let recs = (0..3).map(|_| seal_unsigned(&p, &kid, meta.clone(), b"{}", &rcpt).unwrap()).collect();
+        let recs = (0..3)
+            .map(|_| seal_unsigned(&p, &kid, meta.clone(), b"{}", &rcpt).unwrap())
+            .collect();
         let batch = sign_batch(&p, &sender, uuid::Uuid::nil(), 0, recs).unwrap();
         let proof_json = batch.proof(1).unwrap().to_json();
         Fixture {
