@@ -250,18 +250,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encrypted_pem_round_trip() {
-        let k = Sm2SigningKey::generate();
-        let pem = private_key_to_pem(&k, &KeyProtection::Passphrase(Zeroizing::new("s3cret".into()))).unwrap();
+    fn encrypted_file_round_trip_via_env() {
+        // `PATH` is always set under `cargo test`; it stands in for
+        // VAXGATE_KEY_PASSPHRASE because `set_var` is unsafe in edition 2024.
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_key_files(dir.path(), "k", &KeyProtection::from_env("PATH").unwrap()).unwrap();
+        let pem = fs::read_to_string(&files.private_key).unwrap();
         assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
-        let back = private_key_from_pem(&pem, Some("s3cret"), DEFAULT_DIST_ID).unwrap();
-        assert_eq!(back.verifying_key(), k.verifying_key());
+        let back = load_signing_key(&files.private_key, "PATH").unwrap();
+        assert_eq!(back.verifying_key(), &load_verifying_key(&files.public_key).unwrap());
+        assert_eq!(back.verifying_key().key_id(), files.key_id);
         let e = private_key_from_pem(&pem, Some("wrong"), DEFAULT_DIST_ID).unwrap_err();
         assert!(e.to_string().contains("wrong passphrase"), "{e}");
-        assert!(matches!(
-            private_key_from_pem(&pem, None, DEFAULT_DIST_ID),
-            Err(CryptoError::PassphraseMissing(_))
-        ));
+        assert!(matches!(private_key_from_pem(&pem, None, DEFAULT_DIST_ID), Err(CryptoError::PassphraseMissing(_))));
+        let e = danger_load_unencrypted_signing_key(&files.private_key).unwrap_err();
+        assert!(e.to_string().contains("k.key.pem"), "{e}");
+        assert!(!format!("{:?}", KeyProtection::from_env("PATH").unwrap()).contains('/'));
     }
 
     #[test]
