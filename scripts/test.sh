@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: `./scripts/test.sh`.
 #
 # 1. Installs what the tests need that a fresh machine may lack (the openssl
-#    CLI for the SM2/SM3/SM4 interop tests).
+#    CLI for the SM2/SM3/SM4 interop tests) and starts a throw-away
+#    PostgreSQL on 127.0.0.1 (scripts/services.sh), stopped on exit.
 # 2. Checks formatting and clippy (warnings are errors).
 # 3. Runs every test of the workspace, including the end-to-end tests of the
 #    built binary in tests/.
@@ -27,6 +28,13 @@ need_pkg() { # need_pkg COMMAND DEBIAN-PACKAGE
 }
 
 need_pkg openssl openssl
+
+# Real services for the integration tests, stopped again however we exit.
+# A service already given by URL (e.g. VAXGATE_TEST_PG_URL) is used as is.
+export VAXGATE_SERVICES_DIR=${VAXGATE_SERVICES_DIR:-$(mktemp -d /tmp/vaxgate-services.XXXXXX)}
+trap 'scripts/services.sh stop' EXIT
+step "starting PostgreSQL"
+eval "$(scripts/services.sh start pg)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

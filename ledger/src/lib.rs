@@ -8,7 +8,7 @@
 //! * [`block`]: headers, `block_hash = SM3(SM3(prev ‖ timestamp ‖ root))`,
 //!   checkpoints.
 //! * [`merkle`]: RFC 9162 trees with SM3; proofs from stored perfect subtrees.
-//! * [`store`]: the storage trait and the SQLite implementation.
+//! * [`store`]: the storage trait; SQLite and PostgreSQL implementations.
 //! * [`ledger`]: the group-committing [`Ledger`].
 //! * [`verify`]: full verification of a stored ledger.
 //!
@@ -30,6 +30,6 @@ pub use block::{BlockHeader, Checkpoint};
 pub use error::LedgerError;
 pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
-pub use store::{LedgerStore, SqliteStore, StoreStats, StoredTx};
+pub use store::{LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
 pub use tx::{Transaction, TxAuth, TxContent, TxKind, sign_batch};
 pub use verify::{VerifyReport, verify_ledger};

@@ -1,12 +1,15 @@
-//! Ledger storage behind a trait. This crate ships the embedded SQLite
-//! implementation ([`SqliteStore`]); PostgreSQL comes with the gateway work.
+//! Ledger storage behind a trait: the embedded SQLite implementation
+//! implementation ([`SqliteStore`]) and PostgreSQL for production ([`PgStore`]).
 //!
 //! **Architecture invariant:** a store only ever inserts. There is no method
 //! that updates or deletes a ledger row, and the SQL schema refuses both
 //! with triggers.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::future::Future;

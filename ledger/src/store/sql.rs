@@ -1,0 +1,316 @@
+//! The SQL shared by every sqlx-backed store. Every query is built with
+//! `QueryBuilder`, which writes each database's own placeholders, so one
+//! body serves SQLite and PostgreSQL; `sql_store!` stamps it out per backend.
+//!
+//! Only `INSERT` and `SELECT` appear here: the ledger has no update or delete.
+
+/// Rows per multi-row INSERT (11 columns; well under SQLite's 32766 and
+/// PostgreSQL's 65535 bind parameters).
+pub(crate) const TX_ROWS_PER_INSERT: usize = 2000;
+/// Tree nodes per INSERT, and ids per `IN (...)` lookup.
+pub(crate) const NODES_PER_STATEMENT: usize = 10_000;
+
+pub(crate) const TX_COLS: &str =
+    "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth";
+
+/// Parses a stored digest; only the canonical lowercase form is accepted, so
+/// that no byte of a stored row can change without the change being seen.
+pub(crate) fn digest(s: &str) -> Option<secure_gateway::Sm3Digest> {
+    secure_gateway::Sm3Digest::from_hex(s).ok().filter(|d| d.to_hex() == s)
+}
+
+/// Parses a stored UUID; only the canonical hyphenated lowercase form.
+pub(crate) fn uuid(s: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(s).ok().filter(|u| u.to_string() == s)
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+/// Implements [`LedgerStore`](super::LedgerStore) for a store struct with
+/// fields `pool` and `location` and a method `async fn size_bytes(&self)`.
+macro_rules! sql_store {
+    ($store:ty, $db:ty, $row:ty) => {
+        impl $store {
+            fn err(&self, e: impl std::fmt::Display) -> LedgerError {
+                LedgerError::storage(&self.location, e)
+            }
+
+            fn corrupt(&self, what: &str) -> LedgerError {
+                LedgerError::storage(&self.location, format!("stored row is malformed: {what}"))
+            }
+
+            fn get_u64(&self, r: &$row, c: &str) -> Result<u64, LedgerError> {
+                let v: i64 = r.try_get(c).map_err(|e| self.err(e))?;
+                u64::try_from(v).map_err(|_| self.corrupt(&format!("negative {c}")))
+            }
+
+            fn get_digest(&self, r: &$row, table: &str, c: &str) -> Result<Sm3Digest, LedgerError> {
+                let s: String = r.try_get(c).map_err(|e| self.err(e))?;
+                $crate::store::sql::digest(&s).ok_or_else(|| self.corrupt(&format!("{table}.{c}")))
+            }
+
+            fn block_from_row(&self, r: &$row) -> Result<BlockHeader, LedgerError> {
+                Ok(BlockHeader {
+                    height: self.get_u64(r, "height")?,
+                    version: r.try_get("version").map_err(|e| self.err(e))?,
+                    provider: self.get_digest(r, "blocks", "provider")?,
+                    previous_block_hash: self.get_digest(r, "blocks", "previous_block_hash")?,
+                    block_hash: self.get_digest(r, "blocks", "block_hash")?,
+                    timestamp: r.try_get("timestamp").map_err(|e| self.err(e))?,
+                    merkle_root: self.get_digest(r, "blocks", "merkle_root")?,
+                    tx_count: self.get_u64(r, "tx_count")?,
+                    first_leaf: self.get_u64(r, "first_leaf")?,
+                })
+            }
+
+            fn tx_from_row(&self, r: &$row) -> Result<StoredTx, LedgerError> {
+                let leaf_index = self.get_u64(r, "leaf_index")?;
+                let bad = |c: &str| self.corrupt(&format!("transactions.{c} at leaf {leaf_index}"));
+                let s = |c: &str| -> Result<String, LedgerError> { r.try_get(c).map_err(|e| self.err(e)) };
+                let auth_bytes: Vec<u8> = r.try_get("auth").map_err(|e| self.err(e))?;
+                Ok(StoredTx {
+                    leaf_index,
+                    height: self.get_u64(r, "height")?,
+                    tx: Transaction {
+                        content: TxContent {
+                            tx_id: $crate::store::sql::uuid(&s("tx_id")?).ok_or_else(|| bad("tx_id"))?,
+                            record_id: s("record_id")?,
+                            kind: TxKind::parse(&s("kind")?).ok_or_else(|| bad("kind"))?,
+                            category: s("category")?,
+                            state_key: s("state_key")?,
+                            content_type: s("content_type")?,
+                            data_hash: $crate::store::sql::digest(&s("data_hash")?).ok_or_else(|| bad("data_hash"))?,
+                            payload: r.try_get("payload").map_err(|e| self.err(e))?,
+                        },
+                        auth: decode_auth(&auth_bytes).ok_or_else(|| bad("auth"))?,
+                    },
+                })
+            }
+
+            fn checkpoint_from_row(&self, r: &$row) -> Result<Checkpoint, LedgerError> {
+                Ok(Checkpoint {
+                    tree_size: self.get_u64(r, "tree_size")?,
+                    root: self.get_digest(r, "checkpoints", "root")?,
+                    height: self.get_u64(r, "height")?,
+                    block_hash: self.get_digest(r, "checkpoints", "block_hash")?,
+                    timestamp: r.try_get("timestamp").map_err(|e| self.err(e))?,
+                    key_id: r.try_get("key_id").map_err(|e| self.err(e))?,
+                    signature: r.try_get("signature").map_err(|e| self.err(e))?,
+                })
+            }
+
+            /// `SELECT * FROM {table} WHERE {col} = value`.
+            async fn rows_where<T>(&self, table: &str, col: &str, value: T, order: &str) -> Result<Vec<$row>, LedgerError>
+            where
+                T: for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send,
+            {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT * FROM {table} WHERE {col} = "));
+                qb.push_bind(value).push(order);
+                qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))
+            }
+
+            /// `SELECT * FROM {table} WHERE {col} >= from AND {col} < to ORDER BY {col}`.
+            async fn rows_between(&self, table: &str, col: &str, from: u64, to: u64) -> Result<Vec<$row>, LedgerError> {
+                use $crate::store::sql::to_i64;
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT * FROM {table} WHERE {col} >= "));
+                qb.push_bind(to_i64(from)).push(format!(" AND {col} < ")).push_bind(to_i64(to));
+                qb.push(format!(" ORDER BY {col}"));
+                qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))
+            }
+        }
+
+        impl LedgerStore for $store {
+            fn location(&self) -> &str {
+                &self.location
+            }
+
+            async fn commit_block(&self, c: &BlockCommit) -> Result<(), LedgerError> {
+                use $crate::store::sql::{NODES_PER_STATEMENT, TX_COLS, TX_ROWS_PER_INSERT, to_i64};
+                let mut db = self.pool.begin().await.map_err(|e| self.err(e))?;
+                let b = &c.block;
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO blocks (height, version, provider, previous_block_hash, block_hash, timestamp, merkle_root, tx_count, first_leaf) ",
+                );
+                qb.push_values([b], |mut row, b| {
+                    row.push_bind(to_i64(b.height))
+                        .push_bind(b.version.clone())
+                        .push_bind(b.provider.to_hex())
+                        .push_bind(b.previous_block_hash.to_hex())
+                        .push_bind(b.block_hash.to_hex())
+                        .push_bind(b.timestamp)
+                        .push_bind(b.merkle_root.to_hex())
+                        .push_bind(to_i64(b.tx_count))
+                        .push_bind(to_i64(b.first_leaf));
+                });
+                qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+
+                for (chunk_no, chunk) in c.txs.chunks(TX_ROWS_PER_INSERT).enumerate() {
+                    let base = b.first_leaf + (chunk_no * TX_ROWS_PER_INSERT) as u64;
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("INSERT INTO transactions ({TX_COLS}) "));
+                    qb.push_values(chunk.iter().enumerate(), |mut row, (k, t)| {
+                        let ct = &t.content;
+                        row.push_bind(to_i64(base + k as u64))
+                            .push_bind(to_i64(b.height))
+                            .push_bind(ct.tx_id.to_string())
+                            .push_bind(ct.record_id.clone())
+                            .push_bind(ct.kind.as_str())
+                            .push_bind(ct.category.clone())
+                            .push_bind(ct.state_key.clone())
+                            .push_bind(ct.content_type.clone())
+                            .push_bind(ct.data_hash.to_hex())
+                            .push_bind(ct.payload.clone())
+                            .push_bind(encode_auth(&t.auth));
+                    });
+                    qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+                }
+
+                for chunk in c.nodes.chunks(NODES_PER_STATEMENT) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO merkle_nodes (id, hash) ");
+                    qb.push_values(chunk, |mut row, (k, h)| {
+                        row.push_bind(k.packed()).push_bind(h.0.to_vec());
+                    });
+                    qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+                }
+
+                let cp = &c.checkpoint;
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO checkpoints (height, tree_size, root, block_hash, timestamp, key_id, signature) ",
+                );
+                qb.push_values([cp], |mut row, cp| {
+                    row.push_bind(to_i64(cp.height))
+                        .push_bind(to_i64(cp.tree_size))
+                        .push_bind(cp.root.to_hex())
+                        .push_bind(cp.block_hash.to_hex())
+                        .push_bind(cp.timestamp)
+                        .push_bind(cp.key_id.clone())
+                        .push_bind(cp.signature.clone());
+                });
+                qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+                db.commit().await.map_err(|e| self.err(e))
+            }
+
+            async fn head(&self) -> Result<Option<(BlockHeader, Checkpoint)>, LedgerError> {
+                let row = sqlx::query("SELECT * FROM blocks ORDER BY height DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                let Some(row) = row else { return Ok(None) };
+                let b = self.block_from_row(&row)?;
+                let cp = self
+                    .checkpoint(b.height)
+                    .await?
+                    .ok_or_else(|| self.corrupt(&format!("block {} has no checkpoint", b.height)))?;
+                Ok(Some((b, cp)))
+            }
+
+            async fn nodes(&self, keys: &[NodeKey]) -> Result<Vec<Sm3Digest>, LedgerError> {
+                use $crate::store::sql::NODES_PER_STATEMENT;
+                let mut found = std::collections::HashMap::with_capacity(keys.len());
+                for chunk in keys.chunks(NODES_PER_STATEMENT) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, hash FROM merkle_nodes WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for k in chunk {
+                        sep.push_bind(k.packed());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
+                        let id: i64 = r.try_get("id").map_err(|e| self.err(e))?;
+                        let h: Vec<u8> = r.try_get("hash").map_err(|e| self.err(e))?;
+                        let d = Sm3Digest::from_slice(&h)
+                            .map_err(|_| self.corrupt(&format!("merkle_nodes.hash id {id}")))?;
+                        found.insert(id, d);
+                    }
+                }
+                keys.iter()
+                    .map(|k| {
+                        found.get(&k.packed()).copied().ok_or_else(|| {
+                            self.corrupt(&format!("tree node level {} index {} is missing", k.level, k.index))
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn block(&self, height: u64) -> Result<Option<BlockHeader>, LedgerError> {
+                let rows = self.rows_where("blocks", "height", $crate::store::sql::to_i64(height), "").await?;
+                rows.first().map(|r| self.block_from_row(r)).transpose()
+            }
+
+            async fn block_by_hash(&self, hash: &Sm3Digest) -> Result<Option<BlockHeader>, LedgerError> {
+                let rows = self.rows_where("blocks", "block_hash", hash.to_hex(), "").await?;
+                rows.first().map(|r| self.block_from_row(r)).transpose()
+            }
+
+            async fn blocks(&self, from: u64, to: u64) -> Result<Vec<BlockHeader>, LedgerError> {
+                let rows = self.rows_between("blocks", "height", from, to).await?;
+                rows.iter().map(|r| self.block_from_row(r)).collect()
+            }
+
+            async fn checkpoint(&self, height: u64) -> Result<Option<Checkpoint>, LedgerError> {
+                let rows = self.rows_where("checkpoints", "height", $crate::store::sql::to_i64(height), "").await?;
+                rows.first().map(|r| self.checkpoint_from_row(r)).transpose()
+            }
+
+            async fn tx(&self, tx_id: &str) -> Result<Option<StoredTx>, LedgerError> {
+                let rows = self.rows_where("transactions", "tx_id", tx_id.to_string(), "").await?;
+                rows.first().map(|r| self.tx_from_row(r)).transpose()
+            }
+
+            async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
+                let rows = self.rows_where("transactions", "record_id", record_id.to_string(), "").await?;
+                rows.first().map(|r| self.tx_from_row(r)).transpose()
+            }
+
+            async fn conflicts(
+                &self,
+                record_ids: &[String],
+                tx_ids: &[String],
+            ) -> Result<Vec<(String, String)>, LedgerError> {
+                use $crate::store::sql::NODES_PER_STATEMENT;
+                let mut out = Vec::new();
+                for (col, ids) in [("record_id", record_ids), ("tx_id", tx_ids)] {
+                    for chunk in ids.chunks(NODES_PER_STATEMENT) {
+                        let mut qb: QueryBuilder<$db> =
+                            QueryBuilder::new(format!("SELECT record_id, tx_id FROM transactions WHERE {col} IN ("));
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.clone());
+                        }
+                        qb.push(")");
+                        for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
+                            out.push((
+                                r.try_get("record_id").map_err(|e| self.err(e))?,
+                                r.try_get("tx_id").map_err(|e| self.err(e))?,
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
+                let rows = self.rows_between("transactions", "leaf_index", from, to).await?;
+                rows.iter().map(|r| self.tx_from_row(r)).collect()
+            }
+
+            async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE category = ");
+                qb.push_bind(category.to_string()).push(" AND state_key = ").push_bind(key.to_string());
+                qb.push(" ORDER BY leaf_index");
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+                rows.iter().map(|r| self.tx_from_row(r)).collect()
+            }
+
+            async fn stats(&self) -> Result<StoreStats, LedgerError> {
+                let (height, transactions) = match self.head().await? {
+                    Some((b, cp)) => (b.height, cp.tree_size),
+                    None => (0, 0),
+                };
+                Ok(StoreStats { height, transactions, size_bytes: self.size_bytes().await? })
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

@@ -1,0 +1,502 @@
+//! The ledger on its real stores, SQLite and PostgreSQL: appends, group
+//! commit, proofs, restart, and tamper detection (property tests).
+//!
+//! The PostgreSQL tests need `VAXGATE_TEST_PG_URL` (set by ./scripts/test.sh,
+//! which starts a throw-away server); without it they fail, never skip.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use ledger::{
+    Ledger, LedgerConfig, LedgerError, LedgerStore, PgStore, SqliteStore, Transaction, TxContent, TxKind, merkle,
+    sign_batch, verify_ledger,
+};
+use proptest::prelude::*;
+use secure_gateway::{Sm2SigningKey, sm3};
+use uuid::Uuid;
+
+fn content(n: usize, tag: &str) -> TxContent {
+    let payload: Vec<u8> = (0..64 + n % 50).map(|i| (i * 7 + n) as u8).collect();
+    TxContent {
+        tx_id: Uuid::new_v4(),
+        record_id: format!("{tag}-{n}"),
+        kind: TxKind::Data,
+        category: ["vaccination", "shipment", "coldchain"][n % 3].into(),
+        state_key: format!("8{:019}", n % 5),
+        content_type: "json".into(),
+        data_hash: sm3(&payload),
+        payload,
+    }
+}
+
+fn batch(key: &Sm2SigningKey, tag: &str, from: usize, n: usize) -> Vec<Transaction> {
+    sign_batch(
+        "91320000MA1XXXXX0Y",
+        key,
+        (from..from + n).map(|i| content(i, tag)).collect(),
+        1_700_000_000_000,
+    )
+}
+
+async fn open(path: &Path, key: &Sm2SigningKey) -> Ledger<SqliteStore> {
+    let store = SqliteStore::open(path).await.expect("open store");
+    Ledger::open(store, key.clone(), "test", LedgerConfig::default())
+        .await
+        .expect("open ledger")
+}
+
+/// A place a store lives, that can be opened again (restart).
+trait Backend {
+    type S: LedgerStore + Clone + std::fmt::Debug;
+    fn open(&self) -> impl std::future::Future<Output = Self::S>;
+    /// Runs raw SQL against the store (to show the schema refuses it).
+    fn raw(&self, s: &Self::S, sql: &'static str) -> impl std::future::Future<Output = Result<(), String>>;
+}
+
+struct SqliteAt(tempfile::TempDir);
+
+impl Backend for SqliteAt {
+    type S = SqliteStore;
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.0.path().join("ledger.db"))
+            .await
+            .expect("open sqlite store")
+    }
+    async fn raw(&self, s: &SqliteStore, sql: &'static str) -> Result<(), String> {
+        sqlx::query(sql)
+            .execute(s.pool())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A fresh PostgreSQL database on the test server.
+struct PgAt(String);
+
+impl PgAt {
+    async fn new() -> Self {
+        let base = std::env::var("VAXGATE_TEST_PG_URL").expect(
+            "VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh (it starts PostgreSQL), \
+             or `eval \"$(scripts/services.sh start pg)\"` first",
+        );
+        let name = format!("ledger_{}", Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .expect("connect to VAXGATE_TEST_PG_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let (prefix, _) = base.rsplit_once('/').expect("URL has a database part");
+        PgAt(format!("{prefix}/{name}"))
+    }
+}
+
+impl Backend for PgAt {
+    type S = PgStore;
+    async fn open(&self) -> PgStore {
+        PgStore::connect(&self.0).await.expect("open postgres store")
+    }
+    async fn raw(&self, s: &PgStore, sql: &'static str) -> Result<(), String> {
+        sqlx::query(sql)
+            .execute(s.pool())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn open_on<B: Backend>(b: &B, key: &Sm2SigningKey) -> Ledger<B::S> {
+    Ledger::open(b.open().await, key.clone(), "test", LedgerConfig::default())
+        .await
+        .expect("open ledger")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn append_prove_restart_and_verify_sqlite() {
+    rt().block_on(async { append_prove_restart_and_verify(SqliteAt(tempfile::tempdir().unwrap())).await });
+}
+
+#[test]
+fn append_prove_restart_and_verify_postgres() {
+    rt().block_on(async { append_prove_restart_and_verify(PgAt::new().await).await });
+}
+
+async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
+    {
+        let node = Sm2SigningKey::generate();
+        let client = Sm2SigningKey::generate();
+        let l = open_on(&backend, &node).await;
+        let r1 = l.append(batch(&client, "a", 0, 10)).await.unwrap();
+        assert_eq!(r1.len(), 10);
+        assert_eq!(r1[0].height, 1);
+        assert_eq!(r1[0].leaf_index, 1, "leaf 0 is genesis");
+        // Concurrent appends are grouped; every receipt is durable and provable.
+        let mut handles = Vec::new();
+        for k in 0..8 {
+            let l = l.clone();
+            let c = client.clone();
+            handles.push(tokio::spawn(async move {
+                l.append(batch(&c, &format!("c{k}"), 0, 20)).await
+            }));
+        }
+        let mut heights = std::collections::BTreeSet::new();
+        for h in handles {
+            for r in h.await.unwrap().unwrap() {
+                heights.insert(r.height);
+            }
+        }
+        assert!(heights.len() <= 8);
+        // Duplicate record id is refused and nothing is written.
+        let dup = batch(&client, "a", 3, 1);
+        match l.append(dup).await {
+            Err(LedgerError::Duplicate { record_id, .. }) => assert_eq!(record_id, "a-3"),
+            other => panic!("expected duplicate, got {other:?}"),
+        }
+        // A tampered record is refused.
+        let mut bad = batch(&client, "bad", 0, 3);
+        bad[1].content.payload.push(0);
+        assert!(matches!(l.append(bad).await, Err(LedgerError::BadTransaction { .. })));
+
+        let proof = l.prove(&r1[4].tx_id.to_string()).await.unwrap();
+        proof.verify(node.verifying_key()).unwrap();
+        assert!(
+            proof.verify(client.verifying_key()).is_err(),
+            "wrong checkpoint key must fail"
+        );
+        let json = serde_json::to_string(&proof).unwrap();
+        let back: ledger::InclusionProof = serde_json::from_str(&json).unwrap();
+        back.verify(node.verifying_key()).unwrap();
+
+        let stats = l.store().stats().await.unwrap();
+        assert_eq!(stats.transactions, 1 + 10 + 160);
+        let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(report.transactions, 171);
+        drop(l);
+
+        // Restart: state intact, appends continue on the same chain.
+        let l = open_on(&backend, &node).await;
+        let r2 = l.append(batch(&client, "after", 0, 5)).await.unwrap();
+        assert_eq!(r2[0].leaf_index, 171);
+        let cp_old = r1[0].checkpoint.clone();
+        let cp_new = r2[0].checkpoint.clone();
+        let cons = l.prove_consistency(cp_old.tree_size, cp_new.tree_size).await.unwrap();
+        assert!(cons.verify(&cp_old, &cp_new));
+        verify_ledger(l.store(), None, |_, _| {}).await.unwrap();
+        drop(l);
+
+        // The wrong node key cannot open it.
+        let err = Ledger::open(
+            backend.open().await,
+            Sm2SigningKey::generate(),
+            "test",
+            LedgerConfig::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("node key"), "{err}");
+    }
+}
+
+#[test]
+fn update_and_delete_are_refused_by_the_schema_sqlite() {
+    rt().block_on(async { update_and_delete_are_refused(SqliteAt(tempfile::tempdir().unwrap())).await });
+}
+
+#[test]
+fn update_and_delete_are_refused_by_the_schema_postgres() {
+    rt().block_on(async { update_and_delete_are_refused(PgAt::new().await).await });
+}
+
+async fn update_and_delete_are_refused<B: Backend>(backend: B) {
+    let node = Sm2SigningKey::generate();
+    let l = open_on(&backend, &node).await;
+    l.append(batch(&node, "x", 0, 2)).await.unwrap();
+    for sql in [
+        "UPDATE transactions SET category = 'x'",
+        "DELETE FROM transactions",
+        "UPDATE blocks SET timestamp = 0",
+        "DELETE FROM checkpoints",
+        "DELETE FROM merkle_nodes",
+    ] {
+        let err = backend.raw(l.store(), sql).await.unwrap_err();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    verify_ledger(l.store(), None, |_, _| {}).await.unwrap();
+}
+
+#[test]
+fn postgres_tamper_is_detected() {
+    rt().block_on(async {
+        let backend = PgAt::new().await;
+        let node = Sm2SigningKey::generate();
+        let l = open_on(&backend, &node).await;
+        l.append(batch(&node, "a", 0, 4)).await.unwrap();
+        let r = l.append(batch(&node, "b", 0, 4)).await.unwrap();
+        backend
+            .raw(l.store(), "ALTER TABLE transactions DISABLE TRIGGER USER")
+            .await
+            .unwrap();
+        backend
+            .raw(
+                l.store(),
+                "UPDATE transactions SET payload = set_byte(payload, 3, get_byte(payload, 3) # 1) WHERE leaf_index = 6",
+            )
+            .await
+            .unwrap();
+        match verify_ledger(l.store(), None, |_, _| {}).await {
+            Err(LedgerError::Integrity { height, tx, .. }) => {
+                assert_eq!(height, 2);
+                assert_eq!(tx, Some(r[1].tx_id.to_string()));
+            }
+            other => panic!("expected an integrity failure, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn payload_limit_is_enforced() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Sm2SigningKey::generate();
+        let l = open(&dir.path().join("l.db"), &node).await;
+        let mut c = content(0, "big");
+        c.payload = vec![0u8; 8 * 1024 + 1];
+        let err = l.append(sign_batch("e", &node, vec![c], 0)).await.unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+    });
+}
+
+/// Columns of each table, as (name, kind) with kind t=text, i=integer, b=blob.
+const COLUMNS: &[(&str, &[(&str, char)])] = &[
+    (
+        "blocks",
+        &[
+            ("height", 'i'),
+            ("version", 't'),
+            ("provider", 't'),
+            ("previous_block_hash", 't'),
+            ("block_hash", 't'),
+            ("timestamp", 'i'),
+            ("merkle_root", 't'),
+            ("tx_count", 'i'),
+            ("first_leaf", 'i'),
+        ],
+    ),
+    (
+        "transactions",
+        &[
+            ("leaf_index", 'i'),
+            ("height", 'i'),
+            ("tx_id", 't'),
+            ("record_id", 't'),
+            ("kind", 't'),
+            ("category", 't'),
+            ("state_key", 't'),
+            ("content_type", 't'),
+            ("data_hash", 't'),
+            ("payload", 'b'),
+            ("auth", 'b'),
+        ],
+    ),
+    ("merkle_nodes", &[("id", 'i'), ("hash", 'b')]),
+    (
+        "checkpoints",
+        &[
+            ("height", 'i'),
+            ("tree_size", 'i'),
+            ("root", 't'),
+            ("block_hash", 't'),
+            ("timestamp", 'i'),
+            ("key_id", 't'),
+            ("signature", 't'),
+        ],
+    ),
+];
+
+/// Changes one byte of one stored value. Returns false when the change was
+/// impossible (e.g. a primary-key collision), so the case is discarded.
+async fn tamper(pool: &sqlx::SqlitePool, table: &str, col: &str, kind: char, row: i64, byte: usize, xor: u8) -> bool {
+    use sqlx::Row;
+    for op in ["update", "delete"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {table}_no_{op}")))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get("n");
+    let offset = row.rem_euclid(n);
+    let sel = format!("SELECT rowid AS r, {col} AS v FROM {table} ORDER BY rowid LIMIT 1 OFFSET {offset}");
+    let r = sqlx::query(sqlx::AssertSqlSafe(sel)).fetch_one(pool).await.unwrap();
+    let rowid: i64 = r.get("r");
+    let upd = format!("UPDATE {table} SET {col} = ? WHERE rowid = ?");
+    let q = sqlx::query(sqlx::AssertSqlSafe(upd));
+    let q = match kind {
+        'i' => {
+            let v: i64 = r.get("v");
+            q.bind(v ^ (i64::from(xor) << (8 * (byte % 8))))
+        }
+        't' => {
+            let mut v: Vec<u8> = r.get::<String, _>("v").into_bytes();
+            let k = byte % v.len();
+            // Stay valid UTF-8 (a change that SQLite itself rejects is no test).
+            v[k] = if v[k].is_ascii() {
+                (v[k] ^ (xor & 0x7f).max(1)) & 0x7f
+            } else {
+                v[k]
+            };
+            q.bind(String::from_utf8(v).unwrap())
+        }
+        _ => {
+            let mut v: Vec<u8> = r.get("v");
+            let k = byte % v.len();
+            v[k] ^= xor;
+            q.bind(v)
+        }
+    };
+    q.bind(rowid).execute(pool).await.is_ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Random append sequences: every inclusion proof and every consistency
+    /// proof between checkpoints verifies.
+    #[test]
+    fn random_appends_all_proofs_verify(sizes in proptest::collection::vec(1usize..12, 1..8)) {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Sm2SigningKey::generate();
+            let l = open(&dir.path().join("l.db"), &node).await;
+            let mut receipts = Vec::new();
+            let mut next = 0;
+            for n in &sizes {
+                receipts.extend(l.append(batch(&node, "p", next, *n)).await.unwrap());
+                next += n;
+            }
+            for r in &receipts {
+                let p = l.prove(&r.tx_id.to_string()).await.unwrap();
+                prop_assert!(p.verify(node.verifying_key()).is_ok());
+                prop_assert!(merkle::inclusion_plan(r.leaf_index, p.checkpoint.tree_size).len() == p.audit_path.len());
+            }
+            let cps: Vec<_> = receipts.iter().map(|r| r.checkpoint.clone()).collect();
+            for a in &cps {
+                for b in &cps {
+                    if a.tree_size <= b.tree_size {
+                        let c = l.prove_consistency(a.tree_size, b.tree_size).await.unwrap();
+                        prop_assert!(c.verify(a, b));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// The same on PostgreSQL (fewer cases: each creates a database).
+    #[test]
+    fn random_appends_all_proofs_verify_postgres(sizes in proptest::collection::vec(1usize..12, 1..5)) {
+        rt().block_on(async {
+            let backend = PgAt::new().await;
+            let node = Sm2SigningKey::generate();
+            let l = open_on(&backend, &node).await;
+            let mut receipts = Vec::new();
+            let mut next = 0;
+            for n in &sizes {
+                receipts.extend(l.append(batch(&node, "p", next, *n)).await.unwrap());
+                next += n;
+            }
+            for r in &receipts {
+                let p = l.prove(&r.tx_id.to_string()).await.unwrap();
+                prop_assert!(p.verify(node.verifying_key()).is_ok());
+            }
+            let first = &receipts[0].checkpoint;
+            let last = &receipts[receipts.len() - 1].checkpoint;
+            let c = l.prove_consistency(first.tree_size, last.tree_size).await.unwrap();
+            prop_assert!(c.verify(first, last));
+            l.store().close().await.unwrap();
+            Ok(())
+        })?;
+    }
+
+    /// Any single-byte change in any stored row is detected by verification.
+    #[test]
+    fn any_single_byte_change_is_detected(
+        table in 0usize..4,
+        col in 0usize..16,
+        row in any::<i64>(),
+        byte in 0usize..1024,
+        xor in 1u8..=255,
+    ) {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Sm2SigningKey::generate();
+            let l = open(&dir.path().join("l.db"), &node).await;
+            l.append(batch(&node, "a", 0, 5)).await.unwrap();
+            l.append(batch(&node, "b", 0, 3)).await.unwrap();
+            verify_ledger(l.store(), None, |_, _| {}).await.unwrap();
+            let (tname, cols) = COLUMNS[table];
+            let (cname, kind) = cols[col % cols.len()];
+            if !tamper(l.store().pool(), tname, cname, kind, row, byte, xor).await {
+                return Ok(());
+            }
+            let result = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {}).await;
+            prop_assert!(result.is_err(), "change to {tname}.{cname} went unnoticed");
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn tamper_names_the_first_bad_block_and_transaction() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Sm2SigningKey::generate();
+        let l = open(&dir.path().join("l.db"), &node).await;
+        l.append(batch(&node, "a", 0, 5)).await.unwrap();
+        let r = l.append(batch(&node, "b", 0, 3)).await.unwrap();
+        l.append(batch(&node, "c", 0, 3)).await.unwrap();
+        // Leaf 7 is the second record of block 2.
+        let target = &r[1];
+        assert_eq!((target.height, target.leaf_index), (2, 7));
+        assert!(tamper(l.store().pool(), "transactions", "payload", 'b', 7, 10, 0x01).await);
+        match verify_ledger(l.store(), None, |_, _| {}).await {
+            Err(LedgerError::Integrity { height, tx, .. }) => {
+                assert_eq!(height, 2);
+                assert_eq!(tx, Some(target.tx_id.to_string()));
+            }
+            other => panic!("expected an integrity failure, got {other:?}"),
+        }
+        // Every table: a change is caught.
+        for (table, col, kind) in [
+            ("blocks", "timestamp", 'i'),
+            ("merkle_nodes", "hash", 'b'),
+            ("checkpoints", "root", 't'),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let l = open(&dir.path().join("l.db"), &node).await;
+            l.append(batch(&node, "a", 0, 5)).await.unwrap();
+            assert!(tamper(l.store().pool(), table, col, kind, 1, 3, 0x04).await);
+            assert!(
+                verify_ledger(l.store(), None, |_, _| {}).await.is_err(),
+                "{table}.{col}"
+            );
+        }
+    });
+}
