@@ -1,3 +1,77 @@
 //! NMPAB/T 1004 domain model, declarative mapping specs, validation and the
-//! NMPAB/T 1005 / EPCIS 2.0 codecs. No IO.
+//! NMPAB/T 1005 / EPCIS 2.0 codecs. No IO except loading files the caller
+//! names ([`Dataset::load`], [`MappingSpec::load`]).
+//!
+//! # Overview
+//! ```
+//! use mappings::{Dataset, MappingSpec, Record, QualityTracker, exchange};
+//!
+//! let dataset = Dataset::builtin();               // config/datasets/nmpab-1004.toml, embedded
+//! let spec = MappingSpec::from_toml_str(r#"
+//!     [source]
+//!     name = "clinic"
+//!     entity = "3201020001"
+//!     format = "rows"
+//!     record_key = "ID"
+//!     [category]
+//!     fixed = "cancellation"
+//!     [[fields]]
+//!     to = "event.occurred_at"
+//!     from = "SJ"
+//!     date = "yyyyMMddHHmmss"
+//!     [[fields]]
+//!     to = "cancels_event_id"
+//!     from = "YSJ"
+//!     [[fields]]
+//!     to = "cancel_reason_code"
+//!     const = "01"
+//! "#, "inline.toml", &dataset)?;
+//! let row = serde_json::json!({"ID": "7", "SJ": "20240305093000",
+//!     "YSJ": "0b9a6a2e-5f0e-5d53-9a57-9d2f5cfa0f53"});
+//! let serde_json::Value::Object(row) = row else { unreachable!() };
+//! let out = spec.map(&Record::Row(row));
+//! assert!(out.is_ok(), "{:?}", out.problems);
+//! let mut tracker = QualityTracker::new(&dataset);  // batch rules across records
+//! for e in &out.events {
+//!     assert!(tracker.observe(e).is_empty());
+//!     let msg = exchange::ExchangeMessage::new(e.clone(), &spec.receiver);
+//!     let back = exchange::from_xml(&exchange::to_xml(&msg))?;
+//!     assert_eq!(back, msg);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The parts:
+//! - [`Dataset`]: categories, elements and code tables, loaded from data.
+//! - [`MappingSpec`]: a source's mapping (rows, HL7 v2, XML, JSON → events);
+//!   [`MappingSpec::map`] returns a [`MapOutcome`] with events and problems.
+//! - [`TraceEvent`]: the event; personal data apart in [`Pii`].
+//! - [`validate`] and [`QualityTracker`]: rules per event and per batch.
+//! - [`exchange`], [`canonical`], [`epcis`]: codecs.
+//!
+//! **Architecture invariant:** this crate depends on no other vaxgate crate.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod canonical;
+pub mod checks;
+pub mod dataset;
+pub mod datefmt;
+pub mod epcis;
+mod error;
+pub mod event;
+pub mod exchange;
+pub mod pii;
+pub mod sources;
+pub mod spec;
+pub mod validate;
+
+pub use canonical::{canonical_sm3, event_sm3, to_canonical_json};
+pub use dataset::{Category, CodeTable, Dataset, Element, ElementType, TraceCodePolicy};
+pub use error::{CodecError, Location, SpecError};
+pub use event::{AggregationLink, Party, TraceEvent};
+pub use exchange::ExchangeMessage;
+pub use pii::{Pii, hmac_sm3, mask, pseudonym};
+pub use sources::Record;
+pub use spec::{InputFormat, MapOutcome, MappingSpec, records_from_text};
+pub use validate::{Problem, QualityTracker, Severity, validate};

@@ -1,5 +1,5 @@
 //! Ledger storage behind a trait: the embedded SQLite implementation
-//! implementation ([`SqliteStore`]) and PostgreSQL for production ([`PgStore`]).
+//! ([`SqliteStore`]) and PostgreSQL for production ([`PgStore`]).
 //!
 //! **Architecture invariant:** a store only ever inserts. There is no method
 //! that updates or deletes a ledger row, and the SQL schema refuses both
