@@ -1,0 +1,472 @@
+//! The NMPAB/T 1004 dataset definition, loaded from data
+//! (`config/datasets/nmpab-1004.toml`): categories, elements, code tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Location, SpecError, near_matches};
+
+/// The data type of an element; decides conversion and validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ElementType {
+    /// Free text (length in characters).
+    String,
+    /// ASCII digits only.
+    Digits,
+    /// Whole number.
+    Integer,
+    /// Decimal number.
+    Decimal,
+    /// Calendar date, `YYYY-MM-DD`.
+    Date,
+    /// Date-time with offset (RFC 3339).
+    Datetime,
+    /// A value from the element's code table.
+    Code,
+    /// true / false.
+    Boolean,
+    /// NMPAB/T 1002 trace code: 20 digits (no check digit is invented).
+    TraceCode,
+    /// 受种者编码: 18 digits.
+    RecipientCode,
+    /// Identity document number; 居民身份证 numbers are checked (GB 11643).
+    IdNumber,
+    /// Unified social credit code (GB 32100), checked.
+    Uscc,
+    /// SM3 digest, 64 lowercase hex digits.
+    Sm3Hex,
+    /// UUID.
+    Uuid,
+    /// URI (`scheme:rest`).
+    Uri,
+    /// Phone number (digits, `+`, `-`, spaces).
+    Phone,
+    /// Any JSON value (e.g. a list of readings).
+    Json,
+}
+
+impl ElementType {
+    /// The snake_case name used in the dataset file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElementType::String => "string",
+            ElementType::Digits => "digits",
+            ElementType::Integer => "integer",
+            ElementType::Decimal => "decimal",
+            ElementType::Date => "date",
+            ElementType::Datetime => "datetime",
+            ElementType::Code => "code",
+            ElementType::Boolean => "boolean",
+            ElementType::TraceCode => "trace_code",
+            ElementType::RecipientCode => "recipient_code",
+            ElementType::IdNumber => "id_number",
+            ElementType::Uscc => "uscc",
+            ElementType::Sm3Hex => "sm3_hex",
+            ElementType::Uuid => "uuid",
+            ElementType::Uri => "uri",
+            ElementType::Phone => "phone",
+            ElementType::Json => "json",
+        }
+    }
+}
+
+/// One data element.
+#[derive(Debug, Clone)]
+pub struct Element {
+    /// The key used in specs and in [`crate::TraceEvent`] fields.
+    pub key: String,
+    /// Identifier in the dataset (e.g. `VT07.01`).
+    pub id: String,
+    /// Chinese name.
+    pub zh: String,
+    /// English name.
+    pub en: String,
+    /// Data type.
+    pub ty: ElementType,
+    /// Maximum length in characters.
+    pub max_len: Option<usize>,
+    /// Minimum length in characters.
+    pub min_len: Option<usize>,
+    /// Minimum numeric value.
+    pub min: Option<f64>,
+    /// Maximum numeric value.
+    pub max: Option<f64>,
+    /// Code table the value must come from.
+    pub code_table: Option<String>,
+    /// Personal data of a person (name, ID number, phone, address...): kept
+    /// apart in [`crate::Pii`], encrypted by the gateway, masked in output.
+    pub pii: bool,
+}
+
+/// Whether a category's events carry trace codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceCodePolicy {
+    /// At least one trace code ("未提供疫苗追溯码" otherwise).
+    Required,
+    /// May carry trace codes.
+    Optional,
+    /// Carries none.
+    None,
+}
+
+/// How a category is exported as an EPCIS 2.0 event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpcisMapping {
+    /// CBV bizStep (bare name, e.g. `shipping`).
+    pub biz_step: String,
+    /// ADD, OBSERVE or DELETE.
+    pub action: String,
+    /// CBV disposition.
+    pub disposition: String,
+}
+
+/// One data category (data subset) of the dataset.
+#[derive(Debug, Clone)]
+pub struct Category {
+    /// Key, e.g. `vaccination`.
+    pub key: String,
+    /// Chinese name.
+    pub zh: String,
+    /// English name.
+    pub en: String,
+    /// Required element keys.
+    pub required: Vec<String>,
+    /// Optional element keys.
+    pub optional: Vec<String>,
+    /// Trace-code policy.
+    pub trace_codes: TraceCodePolicy,
+    /// Bill types that select this category.
+    pub bill_types: Vec<String>,
+    /// EPCIS export.
+    pub epcis: EpcisMapping,
+}
+
+impl Category {
+    /// Whether `key` is one of this category's elements.
+    pub fn allows(&self, key: &str) -> bool {
+        self.required.iter().chain(&self.optional).any(|k| k == key)
+    }
+}
+
+/// A code table: code → meaning.
+#[derive(Debug, Clone)]
+pub struct CodeTable {
+    /// Key, e.g. `site`.
+    pub key: String,
+    /// Chinese name.
+    pub zh: String,
+    /// code → meaning.
+    pub codes: BTreeMap<String, String>,
+}
+
+/// The whole dataset definition.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Dataset identifier (e.g. `NMPAB/T 1004-2019`).
+    pub id: String,
+    /// Version tag of this definition file.
+    pub version: String,
+    /// Provenance note.
+    pub note: String,
+    elements: HashMap<String, Element>,
+    element_order: Vec<String>,
+    categories: BTreeMap<String, Category>,
+    code_tables: BTreeMap<String, CodeTable>,
+    by_bill_type: HashMap<String, String>,
+}
+
+const BUILTIN: &str = include_str!("../../config/datasets/nmpab-1004.toml");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    dataset: RawHeader,
+    elements: BTreeMap<String, Spanned<RawElement>>,
+    categories: BTreeMap<String, Spanned<RawCategory>>,
+    code_tables: BTreeMap<String, RawCodeTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    id: String,
+    version: String,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElement {
+    id: String,
+    zh: String,
+    en: String,
+    #[serde(rename = "type")]
+    ty: ElementType,
+    max_len: Option<usize>,
+    min_len: Option<usize>,
+    min: Option<f64>,
+    max: Option<f64>,
+    code_table: Option<Spanned<String>>,
+    #[serde(default)]
+    pii: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCategory {
+    zh: String,
+    en: String,
+    required: Vec<Spanned<String>>,
+    #[serde(default)]
+    optional: Vec<Spanned<String>>,
+    trace_codes: TraceCodePolicy,
+    #[serde(default)]
+    bill_types: Vec<Spanned<String>>,
+    epcis: EpcisMapping,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCodeTable {
+    zh: String,
+    codes: BTreeMap<String, String>,
+}
+
+impl Dataset {
+    /// The built-in reconstruction (`config/datasets/nmpab-1004.toml`,
+    /// embedded at compile time) so the product works without files.
+    pub fn builtin() -> Dataset {
+        // The embedded file is checked by a unit test; failing here is a build defect.
+        #[allow(clippy::expect_used)]
+        Dataset::from_toml_str(BUILTIN, "config/datasets/nmpab-1004.toml").expect("built-in dataset is valid")
+    }
+
+    /// Loads a dataset definition from a TOML file.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the file, line and key.
+    pub fn load(path: impl AsRef<Path>) -> Result<Dataset, SpecError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Dataset::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses a dataset definition; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the origin, line and key.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Dataset, SpecError> {
+        let raw: RawDataset = toml::from_str(text).map_err(|e| SpecError::from_toml(origin, text, &e))?;
+        let mut code_tables = BTreeMap::new();
+        for (key, t) in raw.code_tables {
+            code_tables.insert(
+                key.clone(),
+                CodeTable {
+                    key,
+                    zh: t.zh,
+                    codes: t.codes,
+                },
+            );
+        }
+        let mut elements = HashMap::new();
+        let mut element_order = Vec::new();
+        let mut raw_elements: Vec<(String, Spanned<RawElement>)> = raw.elements.into_iter().collect();
+        raw_elements.sort_by_key(|(_, e)| e.span().start);
+        for (key, value) in raw_elements {
+            let key_loc = |k: &str| Location::at(origin, text, value.span().start, Some(&format!("elements.{k}")));
+            let e = value.get_ref();
+            if let Some(ct) = &e.code_table
+                && !code_tables.contains_key(ct.get_ref())
+            {
+                return Err(SpecError::Unknown {
+                    loc: key_loc(&key),
+                    kind: "code table",
+                    name: ct.get_ref().clone(),
+                    suggestions: near_matches(ct.get_ref(), code_tables.keys().map(String::as_str)),
+                });
+            }
+            if e.ty == ElementType::Code && e.code_table.is_none() {
+                return Err(SpecError::Invalid {
+                    loc: key_loc(&key),
+                    message: format!("element `{key}` has type code but no code_table"),
+                });
+            }
+            element_order.push(key.clone());
+            elements.insert(
+                key.clone(),
+                Element {
+                    key,
+                    id: e.id.clone(),
+                    zh: e.zh.clone(),
+                    en: e.en.clone(),
+                    ty: e.ty,
+                    max_len: e.max_len,
+                    min_len: e.min_len,
+                    min: e.min,
+                    max: e.max,
+                    code_table: e.code_table.as_ref().map(|c| c.get_ref().clone()),
+                    pii: e.pii,
+                },
+            );
+        }
+        let mut categories = BTreeMap::new();
+        let mut by_bill_type = HashMap::new();
+        for (key, c) in raw.categories {
+            let c = c.into_inner();
+            let check = |list: &[Spanned<String>]| -> Result<Vec<String>, SpecError> {
+                list.iter()
+                    .map(|s| {
+                        if elements.contains_key(s.get_ref()) {
+                            Ok(s.get_ref().clone())
+                        } else {
+                            Err(SpecError::Unknown {
+                                loc: Location::at(origin, text, s.span().start, Some(&format!("categories.{key}"))),
+                                kind: "element",
+                                name: s.get_ref().clone(),
+                                suggestions: near_matches(s.get_ref(), elements.keys().map(String::as_str)),
+                            })
+                        }
+                    })
+                    .collect()
+            };
+            let required = check(&c.required)?;
+            let optional = check(&c.optional)?;
+            let bill_table = code_tables.get("bill_type");
+            let mut bill_types = Vec::new();
+            for b in &c.bill_types {
+                let loc = || {
+                    Location::at(
+                        origin,
+                        text,
+                        b.span().start,
+                        Some(&format!("categories.{key}.bill_types")),
+                    )
+                };
+                if bill_table.is_some_and(|t| !t.codes.contains_key(b.get_ref())) {
+                    return Err(SpecError::Invalid {
+                        loc: loc(),
+                        message: format!("bill type `{b}` is not in code table bill_type"),
+                    });
+                }
+                if let Some(other) = by_bill_type.insert(b.get_ref().clone(), key.clone()) {
+                    return Err(SpecError::Invalid {
+                        loc: loc(),
+                        message: format!("bill type `{b}` is already mapped to category `{other}`"),
+                    });
+                }
+                bill_types.push(b.get_ref().clone());
+            }
+            categories.insert(
+                key.clone(),
+                Category {
+                    key,
+                    zh: c.zh,
+                    en: c.en,
+                    required,
+                    optional,
+                    trace_codes: c.trace_codes,
+                    bill_types,
+                    epcis: c.epcis,
+                },
+            );
+        }
+        Ok(Dataset {
+            id: raw.dataset.id,
+            version: raw.dataset.version,
+            note: raw.dataset.note,
+            elements,
+            element_order,
+            categories,
+            code_tables,
+            by_bill_type,
+        })
+    }
+
+    /// The element with this key.
+    pub fn element(&self, key: &str) -> Option<&Element> {
+        self.elements.get(key)
+    }
+
+    /// All elements, in file order.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.element_order.iter().filter_map(|k| self.elements.get(k))
+    }
+
+    /// The category with this key.
+    pub fn category(&self, key: &str) -> Option<&Category> {
+        self.categories.get(key)
+    }
+
+    /// All categories, by key.
+    pub fn categories(&self) -> impl Iterator<Item = &Category> {
+        self.categories.values()
+    }
+
+    /// The code table with this key.
+    pub fn code_table(&self, key: &str) -> Option<&CodeTable> {
+        self.code_tables.get(key)
+    }
+
+    /// All code tables, by key.
+    pub fn code_tables(&self) -> impl Iterator<Item = &CodeTable> {
+        self.code_tables.values()
+    }
+
+    /// The category a bill type selects (e.g. `205` → `loss_destruction`).
+    pub fn category_for_bill_type(&self, bill_type: &str) -> Option<&Category> {
+        self.by_bill_type.get(bill_type).and_then(|k| self.categories.get(k))
+    }
+
+    /// Up to three element keys near `name`.
+    pub fn near_elements(&self, name: &str) -> Vec<String> {
+        near_matches(name, self.element_order.iter().map(String::as_str))
+    }
+
+    /// Up to three category keys near `name`.
+    pub fn near_categories(&self, name: &str) -> Vec<String> {
+        near_matches(name, self.categories.keys().map(String::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_loads() {
+        let d = Dataset::builtin();
+        assert_eq!(d.categories().count(), 14);
+        assert!(d.element("recipient_code").is_some());
+        assert_eq!(
+            d.category_for_bill_type("205").map(|c| c.key.as_str()),
+            Some("loss_destruction")
+        );
+        assert!(d.element("recipient_name").is_some_and(|e| e.pii));
+    }
+
+    #[test]
+    fn unknown_element_in_category_is_named() {
+        let text = BUILTIN.replace(
+            "\"aefi_report_no\", \"recipient_code\"",
+            "\"aefi_report_no\", \"recipient_cod\"",
+        );
+        let err = Dataset::from_toml_str(&text, "ds.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown element `recipient_cod`"), "{err}");
+        assert!(err.contains("did you mean `recipient_code`"), "{err}");
+        assert!(err.starts_with("ds.toml:"), "{err}");
+    }
+}

@@ -1,0 +1,709 @@
+//! Validation of events against the dataset (R1.7), and the batch-level
+//! data-quality rules. Every problem names the record, the field, the rule
+//! and the value, with personal data masked.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::{Datelike, Days, Months, NaiveDate};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::checks;
+use crate::dataset::{Dataset, Element, ElementType, TraceCodePolicy};
+use crate::event::TraceEvent;
+use crate::pii::mask;
+
+/// How serious a problem is. Records with an `Error` fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Suspicious, reported, the record still passes.
+    Warning,
+    /// The record is rejected.
+    Error,
+}
+
+/// One validation or mapping problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The source record's key.
+    pub record: String,
+    /// The element key (or `event.*` attribute) concerned.
+    pub field: String,
+    /// The rule's stable name (e.g. `required`, `id_number_check`).
+    pub rule: &'static str,
+    /// The offending value, masked if personal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Explanation for the hospital's IT staff.
+    pub message: String,
+    /// Severity.
+    pub severity: Severity,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{sev}: record `{}`: field `{}`: rule {}",
+            self.record, self.field, self.rule
+        )?;
+        if let Some(v) = &self.value {
+            write!(f, ": value {v:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Problem {
+    /// Whether this problem rejects the record.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+struct Ctx<'a> {
+    record: &'a str,
+    out: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn push(
+        &mut self,
+        sev: Severity,
+        field: &str,
+        rule: &'static str,
+        value: Option<String>,
+        message: impl Into<String>,
+    ) {
+        self.out.push(Problem {
+            record: self.record.to_string(),
+            field: field.to_string(),
+            rule,
+            value,
+            message: message.into(),
+            severity: sev,
+        });
+    }
+    fn err(&mut self, field: &str, rule: &'static str, value: Option<String>, message: impl Into<String>) {
+        self.push(Severity::Error, field, rule, value, message);
+    }
+    fn warn(&mut self, field: &str, rule: &'static str, value: Option<String>, message: impl Into<String>) {
+        self.push(Severity::Warning, field, rule, value, message);
+    }
+}
+
+fn shown(v: &Value, pii: bool) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if pii { mask(&s) } else { s }
+}
+
+/// Validates one event against the dataset: category, required elements,
+/// types, lengths, ranges, code tables, identifier checks (trace code,
+/// 受种者编码, GB 11643, GB 32100), plausible dates (expiry after
+/// production and the 码上放心 expiry rule), cold-chain consistency and the
+/// "no trace code supplied" rule. Batch rules live in [`QualityTracker`].
+pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
+    let mut cx = Ctx {
+        record: &event.record_key,
+        out: Vec::new(),
+    };
+    let Some(cat) = dataset.category(&event.category) else {
+        let near = dataset.near_categories(&event.category);
+        cx.err(
+            "category",
+            "category",
+            Some(event.category.clone()),
+            format!("unknown category{}", crate::error::hint(&near)),
+        );
+        return cx.out;
+    };
+    for (key, value) in &event.fields {
+        match dataset.element(key) {
+            None => {
+                let near = dataset.near_elements(key);
+                cx.err(
+                    key,
+                    "unknown_element",
+                    None,
+                    format!("not an element of {}{}", dataset.id, crate::error::hint(&near)),
+                );
+            }
+            Some(el) => {
+                if el.pii {
+                    cx.err(
+                        key,
+                        "pii_in_fields",
+                        None,
+                        "personal element must be carried in pii, not in fields",
+                    );
+                }
+                if !cat.allows(key) {
+                    cx.warn(
+                        key,
+                        "not_in_category",
+                        None,
+                        format!("element is not part of category `{}`", cat.key),
+                    );
+                }
+                check_value(&mut cx, dataset, el, value);
+            }
+        }
+    }
+    for (key, value) in event.pii.iter() {
+        match dataset.element(key) {
+            Some(el) if el.pii => check_value(&mut cx, dataset, el, &Value::String(value.to_string())),
+            Some(_) => cx.err(key, "not_pii", None, "element is not personal data; carry it in fields"),
+            None => cx.err(
+                key,
+                "unknown_element",
+                None,
+                format!("not an element of {}", dataset.id),
+            ),
+        }
+    }
+    for req in &cat.required {
+        let present = event.fields.get(req).is_some_and(|v| !v.is_null()) || event.pii.get(req).is_some();
+        if !present {
+            let name = dataset.element(req).map_or("", |e| e.zh.as_str());
+            cx.err(
+                req,
+                "required",
+                None,
+                format!("required element {name} is missing for category `{}`", cat.key),
+            );
+        }
+    }
+    // trace codes (NMPAB/T 1002, 码上放心 rules)
+    match cat.trace_codes {
+        TraceCodePolicy::Required if event.trace_codes.is_empty() => {
+            cx.err(
+                "event.trace_codes",
+                "trace_code_missing",
+                None,
+                "未提供疫苗追溯码: no trace code supplied",
+            );
+        }
+        TraceCodePolicy::None if !event.trace_codes.is_empty() => {
+            cx.warn(
+                "event.trace_codes",
+                "trace_code_unexpected",
+                None,
+                format!("category `{}` carries no trace codes", cat.key),
+            );
+        }
+        _ => {}
+    }
+    let mut seen = std::collections::HashSet::with_capacity(event.trace_codes.len());
+    for code in event.trace_codes.iter().chain(
+        event
+            .aggregations
+            .iter()
+            .flat_map(|a| std::iter::once(&a.parent).chain(&a.children)),
+    ) {
+        if !checks::is_trace_code(code) {
+            cx.err(
+                "event.trace_codes",
+                "trace_code_format",
+                Some(code.clone()),
+                "trace code must be 20 digits (NMPAB/T 1002)",
+            );
+        } else if !code.starts_with('8') {
+            cx.warn(
+                "event.trace_codes",
+                "trace_code_prefix",
+                Some(code.clone()),
+                "码上放心 filters out codes not starting with 8",
+            );
+        }
+    }
+    for code in &event.trace_codes {
+        if !seen.insert(code.as_str()) {
+            cx.err(
+                "event.trace_codes",
+                "trace_code_duplicate",
+                Some(code.clone()),
+                "the same trace code appears twice in one event",
+            );
+        }
+    }
+    for a in &event.aggregations {
+        if seen.contains(a.parent.as_str()) && a.children.iter().any(|c| seen.contains(c.as_str())) {
+            cx.err(
+                "event.trace_codes",
+                "parent_and_child",
+                Some(a.parent.clone()),
+                "an event must not hold both a parent code and a linked child code",
+            );
+        }
+    }
+    for (name, party) in [("event.from", &event.from), ("event.to", &event.to)] {
+        if let Some(p) = party
+            && p.code.chars().count() == 18
+            && !checks::is_valid_uscc(&p.code)
+        {
+            cx.err(
+                name,
+                "uscc_check",
+                Some(p.code.clone()),
+                "18-character organisation code fails the GB 32100 check",
+            );
+        }
+    }
+    if event.source.trim().is_empty() {
+        cx.err("event.source", "required", None, "source entity is missing");
+    }
+    cross_field(&mut cx, event);
+    cx.out
+}
+
+fn check_value(cx: &mut Ctx<'_>, dataset: &Dataset, el: &Element, value: &Value) {
+    let key = el.key.as_str();
+    let pii = el.pii;
+    if value.is_null() {
+        return;
+    }
+    let bad_type = |cx: &mut Ctx<'_>, what: &str| {
+        cx.err(
+            key,
+            "type",
+            Some(shown(value, pii)),
+            format!("expected {what} ({})", el.ty.name()),
+        );
+    };
+    match el.ty {
+        ElementType::Integer => {
+            let Some(n) = value.as_i64() else {
+                return bad_type(cx, "a whole number");
+            };
+            range(cx, el, n as f64, value);
+        }
+        ElementType::Decimal => {
+            let Some(n) = value.as_f64() else {
+                return bad_type(cx, "a number");
+            };
+            range(cx, el, n, value);
+        }
+        ElementType::Boolean => {
+            if !value.is_boolean() {
+                bad_type(cx, "true or false");
+            }
+        }
+        ElementType::Json => {}
+        _ => {
+            let Some(s) = value.as_str() else {
+                return bad_type(cx, "text");
+            };
+            let n = s.chars().count();
+            if let Some(max) = el.max_len
+                && n > max
+            {
+                cx.err(
+                    key,
+                    "max_length",
+                    Some(shown(value, pii)),
+                    format!("{n} characters, at most {max} allowed"),
+                );
+            }
+            if let Some(min) = el.min_len
+                && n < min
+            {
+                cx.err(
+                    key,
+                    "min_length",
+                    Some(shown(value, pii)),
+                    format!("{n} characters, at least {min} required"),
+                );
+            }
+            let ok = match el.ty {
+                ElementType::Digits => s.bytes().all(|b| b.is_ascii_digit()),
+                ElementType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok(),
+                ElementType::Datetime => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+                ElementType::TraceCode => checks::is_trace_code(s),
+                ElementType::RecipientCode => checks::is_recipient_code(s),
+                ElementType::Uscc => checks::is_valid_uscc(s),
+                ElementType::Sm3Hex => checks::is_sm3_hex(s),
+                ElementType::Uuid => uuid::Uuid::parse_str(s).is_ok(),
+                ElementType::Uri => checks::is_uri(s),
+                ElementType::Phone => checks::is_phone(s),
+                _ => true,
+            };
+            if !ok {
+                let (rule, msg) = match el.ty {
+                    ElementType::Digits => ("type", "expected digits only"),
+                    ElementType::Date => ("type", "expected a date YYYY-MM-DD"),
+                    ElementType::Datetime => ("type", "expected an RFC 3339 date-time with offset"),
+                    ElementType::TraceCode => ("trace_code_format", "trace code must be 20 digits (NMPAB/T 1002)"),
+                    ElementType::RecipientCode => ("recipient_code_format", "受种者编码 must be 18 digits"),
+                    ElementType::Uscc => ("uscc_check", "unified social credit code fails the GB 32100 check"),
+                    ElementType::Sm3Hex => ("type", "expected an SM3 digest: 64 lowercase hex digits"),
+                    ElementType::Uuid => ("type", "expected a UUID"),
+                    ElementType::Uri => ("type", "expected a URI (scheme:...)"),
+                    ElementType::Phone => ("type", "expected a phone number"),
+                    _ => ("type", "bad value"),
+                };
+                cx.err(key, rule, Some(shown(value, pii)), msg);
+                return;
+            }
+            if el.ty == ElementType::RecipientCode
+                && let Some(y) = checks::recipient_code_birth_year(s)
+                && !(1900..=2100).contains(&y)
+            {
+                cx.warn(
+                    key,
+                    "recipient_code_birth_year",
+                    Some(shown(value, pii)),
+                    format!("birth year {y} in 受种者编码 is implausible"),
+                );
+            }
+            if el.ty == ElementType::IdNumber {
+                check_id_number(cx, el, s);
+            }
+            if let Some(t) = &el.code_table
+                && let Some(table) = dataset.code_table(t)
+                && !table.codes.contains_key(s)
+            {
+                let mut valid: Vec<&str> = table.codes.keys().map(String::as_str).collect();
+                valid.truncate(12);
+                cx.err(
+                    key,
+                    "code_table",
+                    Some(shown(value, pii)),
+                    format!("not in code table `{t}` ({}); valid: {}", table.zh, valid.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+fn check_id_number(cx: &mut Ctx<'_>, el: &Element, s: &str) {
+    // Which document type applies? The rule is "a resident ID number when it
+    // looks like one": 18 characters with 17 leading digits must pass GB 11643.
+    let b = s.as_bytes();
+    if b.len() == 18 && b[..17].iter().all(u8::is_ascii_digit) && !checks::is_valid_resident_id(s) {
+        cx.err(
+            &el.key,
+            "id_number_check",
+            Some(mask(s)),
+            "resident ID number fails the GB 11643 check digit or birth date",
+        );
+    }
+}
+
+fn range(cx: &mut Ctx<'_>, el: &Element, n: f64, value: &Value) {
+    if el.min.is_some_and(|m| n < m) || el.max.is_some_and(|m| n > m) {
+        cx.err(
+            &el.key,
+            "range",
+            Some(shown(value, el.pii)),
+            format!(
+                "outside {}..={}",
+                el.min.map_or("-inf".into(), |m| m.to_string()),
+                el.max.map_or("inf".into(), |m| m.to_string())
+            ),
+        );
+    }
+}
+
+fn date_of(event: &TraceEvent, key: &str) -> Option<NaiveDate> {
+    let s = event.field_str(key).or_else(|| event.pii.get(key))?;
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
+fn time_of(event: &TraceEvent, key: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(event.field_str(key)?).ok()
+}
+
+fn num_of(event: &TraceEvent, key: &str) -> Option<f64> {
+    event.fields.get(key).and_then(Value::as_f64)
+}
+
+fn last_day_of_month(d: NaiveDate) -> Option<NaiveDate> {
+    let first = NaiveDate::from_ymd_opt(d.year(), d.month(), 1)?;
+    first.checked_add_months(Months::new(1))?.pred_opt()
+}
+
+/// Expiry dates 码上放心 accepts for a production date and shelf life:
+/// production + shelf life, that date − 1 day, the last day of the previous
+/// month, or the last day of that month.
+pub fn accepted_expiry_dates(production: NaiveDate, shelf_life_months: u32) -> Vec<NaiveDate> {
+    let Some(end) = production.checked_add_months(Months::new(shelf_life_months)) else {
+        return Vec::new();
+    };
+    let mut v = vec![end];
+    v.extend(end.checked_sub_days(Days::new(1)));
+    if let Some(first) = NaiveDate::from_ymd_opt(end.year(), end.month(), 1) {
+        v.extend(first.pred_opt());
+    }
+    v.extend(last_day_of_month(end));
+    v
+}
+
+fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
+    let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+    let prod = date_of(e, "production_date");
+    let exp = date_of(e, "expiry_date");
+    if let (Some(p), Some(x)) = (prod, exp) {
+        if x <= p {
+            cx.err(
+                "expiry_date",
+                "expiry_before_production",
+                Some(day(x)),
+                format!("expiry is not after production date {}", day(p)),
+            );
+        } else if let Some(months) = e
+            .fields
+            .get("shelf_life_months")
+            .and_then(Value::as_u64)
+            .and_then(|m| u32::try_from(m).ok())
+        {
+            let ok = accepted_expiry_dates(p, months);
+            if !ok.is_empty() && !ok.contains(&x) {
+                let list: Vec<String> = ok.iter().map(|d| day(*d)).collect();
+                cx.err(
+                    "expiry_date",
+                    "expiry_rule",
+                    Some(day(x)),
+                    format!(
+                        "with production {} and {months} months shelf life expiry must be one of {}",
+                        day(p),
+                        list.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if e.occurred_at > e.recorded_at + chrono::Duration::days(1) {
+        cx.err(
+            "event.occurred_at",
+            "future_time",
+            Some(e.occurred_at.to_rfc3339()),
+            "occurred more than a day after it was recorded",
+        );
+    }
+    if e.occurred_at.year() < 2000 {
+        cx.err(
+            "event.occurred_at",
+            "implausible_time",
+            Some(e.occurred_at.to_rfc3339()),
+            "occurred before 2000",
+        );
+    }
+    if let Some(x) = exp
+        && e.category == "vaccination"
+        && e.occurred_at.date_naive() > x
+    {
+        cx.err(
+            "expiry_date",
+            "vaccine_expired",
+            Some(day(x)),
+            "vaccinated after the expiry date",
+        );
+    }
+    if let Some(b) = date_of(e, "recipient_birth_date")
+        && b > e.occurred_at.date_naive()
+    {
+        cx.err(
+            "recipient_birth_date",
+            "birth_after_event",
+            Some(mask(&day(b))),
+            "date of birth is after the event",
+        );
+    }
+    if let (Some(p), Some(r)) = (prod, date_of(e, "lot_release_date"))
+        && r < p
+    {
+        cx.err(
+            "lot_release_date",
+            "release_before_production",
+            Some(day(r)),
+            "lot released before production",
+        );
+    }
+    if let (Some(d), Some(a)) = (time_of(e, "departure_time"), time_of(e, "arrival_time"))
+        && a < d
+    {
+        cx.err(
+            "arrival_time",
+            "arrival_before_departure",
+            Some(a.to_rfc3339()),
+            "arrival is before departure",
+        );
+    }
+    if let (Some(s), Some(t)) = (time_of(e, "period_start"), time_of(e, "period_end"))
+        && t < s
+    {
+        cx.err(
+            "period_end",
+            "period_order",
+            Some(t.to_rfc3339()),
+            "period ends before it starts",
+        );
+    }
+    if let (Some(v), Some(o)) = (date_of(e, "vaccination_date"), time_of(e, "onset_time"))
+        && o.date_naive() < v
+    {
+        cx.err(
+            "onset_time",
+            "onset_before_vaccination",
+            Some(o.to_rfc3339()),
+            "reaction onset is before the vaccination",
+        );
+    }
+    let (tmin, tmax, tmean) = (num_of(e, "temp_min"), num_of(e, "temp_max"), num_of(e, "temp_mean"));
+    if let (Some(lo), Some(hi)) = (tmin, tmax) {
+        if lo > hi || tmean.is_some_and(|m| m < lo || m > hi) {
+            cx.err(
+                "temp_mean",
+                "reading_order",
+                None,
+                "expected temp_min <= temp_mean <= temp_max",
+            );
+        }
+        let (rl, rh) = (
+            num_of(e, "range_low").unwrap_or(2.0),
+            num_of(e, "range_high").unwrap_or(8.0),
+        );
+        let alarm = e.field_str("alarm_state");
+        if (lo < rl || hi > rh) && alarm == Some("0") {
+            cx.warn(
+                "alarm_state",
+                "excursion_without_alarm",
+                Some(format!("{lo}..{hi}")),
+                format!("readings leave {rl}..{rh} °C but the alarm state is normal"),
+            );
+        }
+    }
+    for (k, (rl, rh)) in [("departure_temp", ()), ("arrival_temp", ())].map(|(k, ())| {
+        (
+            k,
+            (
+                num_of(e, "range_low").unwrap_or(2.0),
+                num_of(e, "range_high").unwrap_or(8.0),
+            ),
+        )
+    }) {
+        if let Some(t) = num_of(e, k)
+            && (t < rl || t > rh)
+        {
+            cx.warn(
+                k,
+                "temperature_excursion",
+                Some(t.to_string()),
+                format!("vaccine temperature outside {rl}..{rh} °C"),
+            );
+        }
+    }
+    if e.fields.get("temperature_record_complete") == Some(&Value::Bool(false))
+        && e.field_str("receipt_verified") == Some("1")
+    {
+        cx.err(
+            "temperature_record_complete",
+            "receipt_without_temperature_record",
+            Some("false".into()),
+            "vaccine law art. 39: a receipt without the full temperature record must not be accepted",
+        );
+    }
+    if let Some(id) = e.field_str("cancels_event_id")
+        && id == e.event_id.to_string()
+    {
+        cx.err(
+            "cancels_event_id",
+            "self_cancel",
+            Some(id.to_string()),
+            "an event cannot cancel itself",
+        );
+    }
+}
+
+/// Batch-level data-quality state across records: counts how often each
+/// trace code is dispensed (categories whose EPCIS bizStep is `dispensing`,
+/// i.e. vaccination) and reports "追溯码出现次数大于包装盒剂次" when a code is
+/// used more times than its package holds doses (`doses_per_package`, or
+/// the tracker's default, 1).
+#[derive(Debug, Clone)]
+pub struct QualityTracker {
+    dispensing: Vec<String>,
+    default_doses: u32,
+    uses: HashMap<String, (u32, u32)>,
+}
+
+impl QualityTracker {
+    /// A tracker for the dataset's dispensing categories.
+    pub fn new(dataset: &Dataset) -> QualityTracker {
+        QualityTracker {
+            dispensing: dataset
+                .categories()
+                .filter(|c| c.epcis.biz_step == "dispensing")
+                .map(|c| c.key.clone())
+                .collect(),
+            default_doses: 1,
+            uses: HashMap::new(),
+        }
+    }
+
+    /// Sets the doses assumed for a package when the event does not say.
+    pub fn with_default_doses(mut self, doses: u32) -> QualityTracker {
+        self.default_doses = doses.max(1);
+        self
+    }
+
+    /// Records an event; returns the problems it causes.
+    pub fn observe(&mut self, event: &TraceEvent) -> Vec<Problem> {
+        if !self.dispensing.contains(&event.category) {
+            return Vec::new();
+        }
+        let doses = event
+            .fields
+            .get("doses_per_package")
+            .and_then(Value::as_u64)
+            .and_then(|d| u32::try_from(d).ok())
+            .unwrap_or(self.default_doses)
+            .max(1);
+        let mut out = Vec::new();
+        for code in &event.trace_codes {
+            let entry = self.uses.entry(code.clone()).or_insert((0, doses));
+            entry.0 += 1;
+            entry.1 = entry.1.max(doses);
+            if entry.0 > entry.1 {
+                out.push(Problem {
+                    record: event.record_key.clone(),
+                    field: "event.trace_codes".into(),
+                    rule: "trace_code_overused",
+                    value: Some(code.clone()),
+                    message: format!(
+                        "追溯码出现次数大于包装盒剂次: used {} times, the package holds {} doses",
+                        entry.0, entry.1
+                    ),
+                    severity: Severity::Error,
+                });
+            }
+        }
+        out
+    }
+
+    /// How many times a code has been dispensed so far.
+    pub fn uses(&self, code: &str) -> u32 {
+        self.uses.get(code).map_or(0, |u| u.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_rule_dates() {
+        let p = NaiveDate::from_ymd_opt(2024, 3, 15).unwrap_or_default();
+        let v: Vec<String> = accepted_expiry_dates(p, 24).iter().map(|d| d.to_string()).collect();
+        assert_eq!(v, ["2026-03-15", "2026-03-14", "2026-02-28", "2026-03-31"]);
+    }
+}
