@@ -54,6 +54,9 @@ pub enum CryptoError {
     /// corruption detected after decryption or in a Merkle proof).
     #[error("digest mismatch: {0}")]
     DigestMismatch(String),
+    /// A key file to be written already exists; keys are never overwritten.
+    #[error("refusing to overwrite existing key file {0}")]
+    KeyFileExists(String),
     /// Reading or writing a key file failed.
     #[error("{path}: {source}")]
     Io {

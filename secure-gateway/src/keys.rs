@@ -155,7 +155,10 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), CryptoError> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = opts.open(path).map_err(|e| io_err(path, e))?;
+    let mut f = opts.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CryptoError::KeyFileExists(path.display().to_string()),
+        _ => io_err(path, e),
+    })?;
     f.write_all(data).map_err(|e| io_err(path, e))?;
     f.sync_all().map_err(|e| io_err(path, e))
 }
@@ -223,13 +226,7 @@ pub fn generate_key_files(dir: &Path, name: &str, protection: &KeyProtection) ->
     let public_key = dir.join(format!("{name}.pub.pem"));
     for p in [&private_key, &public_key] {
         if p.exists() {
-            return Err(io_err(
-                p,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "refusing to overwrite an existing key file",
-                ),
-            ));
+            return Err(CryptoError::KeyFileExists(p.display().to_string()));
         }
     }
     let key = Sm2SigningKey::generate();
@@ -262,7 +259,10 @@ mod tests {
         assert_eq!(back.verifying_key().key_id(), files.key_id);
         let e = private_key_from_pem(&pem, Some("wrong"), DEFAULT_DIST_ID).unwrap_err();
         assert!(e.to_string().contains("wrong passphrase"), "{e}");
-        assert!(matches!(private_key_from_pem(&pem, None, DEFAULT_DIST_ID), Err(CryptoError::PassphraseMissing(_))));
+        assert!(matches!(
+            private_key_from_pem(&pem, None, DEFAULT_DIST_ID),
+            Err(CryptoError::PassphraseMissing(_))
+        ));
         let e = danger_load_unencrypted_signing_key(&files.private_key).unwrap_err();
         assert!(e.to_string().contains("k.key.pem"), "{e}");
         assert!(!format!("{:?}", KeyProtection::from_env("PATH").unwrap()).contains('/'));
