@@ -1,0 +1,597 @@
+//! The gateway's configuration (`vaxgate serve --config FILE`): TOML with
+//! unknown keys refused, `${NAME}` replaced from the environment (for
+//! secrets; only inside double-quoted strings), and a pure [`GatewayConfig::validate`]
+//! that runs before anything starts. Every error names the file, the line
+//! and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax, a type mismatch, a missing or an unknown key.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What toml said.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line of the key (0 when the key is absent).
+        line: usize,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `vaxgate.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Config schema version; must be 1.
+    pub version: u32,
+    /// Where and how the gateway listens.
+    pub server: ServerConfig,
+    /// The ledger node's identity.
+    pub node: NodeConfig,
+    /// Where the ledger lives.
+    pub ledger: LedgerSection,
+    /// Registry administrators (k-of-n for role and permission changes).
+    pub registry: RegistryConfig,
+    /// Request authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Rate limits per route class.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    /// Logs, traces and metrics.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Publishing committed blocks and alerts to AMQP (optional).
+    #[serde(default)]
+    pub forwarding: Option<ForwardingConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address, e.g. `127.0.0.1:8443`.
+    pub listen: String,
+    /// Serve plain HTTP instead of TLS. Only for tests and the sandbox; only
+    /// on a loopback address unless `danger_plain_http_on_network` is set.
+    #[serde(default)]
+    pub plain_http: bool,
+    /// Allow plain HTTP on a non-loopback address (never in production).
+    #[serde(default)]
+    pub danger_plain_http_on_network: bool,
+    /// TLS 1.3 settings (required unless `plain_http`).
+    pub tls: Option<TlsConfig>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Worker threads (0 = one per core).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8).
+    pub key: PathBuf,
+    /// CA bundle for client certificates; enables mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse connections without a client certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Ledger name written into the genesis block.
+    pub name: String,
+    /// The node's SM2 private key (encrypted PKCS#8 PEM): signs checkpoints
+    /// and opens the sealed envelopes addressed to the gateway.
+    pub key: PathBuf,
+    /// Environment variable holding the key's passphrase.
+    #[serde(default = "default_passphrase_env")]
+    pub passphrase_env: String,
+}
+
+fn default_passphrase_env() -> String {
+    "VAXGATE_KEY_PASSPHRASE".into()
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// `sqlite:PATH` (relative to the config file) or `postgres://...`.
+    pub url: String,
+    /// Most transactions per block.
+    #[serde(default = "default_block_txs")]
+    pub max_block_txs: usize,
+}
+
+fn default_block_txs() -> usize {
+    4096
+}
+
+/// `[registry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry administrators' public keys (SPKI PEM files).
+    pub admins: Vec<PathBuf>,
+    /// Signatures of distinct administrators a role or permission change needs.
+    pub threshold: usize,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Largest accepted difference between a request's timestamp and ours.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_secs: u64,
+}
+
+fn default_skew() -> u64 {
+    300
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_clock_skew_secs: default_skew(),
+        }
+    }
+}
+
+/// One limit: a steady rate and a burst.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests per second, sustained.
+    pub per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    pub burst: u32,
+}
+
+/// `[rate_limits]`: per authenticated principal, or per client address for
+/// unauthenticated routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// `POST /v1/transactions`, `/v1/cancellations`.
+    #[serde(default = "limit_ingest")]
+    pub ingest: Limit,
+    /// Queries and the explorer.
+    #[serde(default = "limit_query")]
+    pub query: Limit,
+    /// Registry administration.
+    #[serde(default = "limit_admin")]
+    pub admin: Limit,
+    /// Unauthenticated routes, per client address.
+    #[serde(default = "limit_public")]
+    pub public: Limit,
+}
+
+fn limit_ingest() -> Limit {
+    Limit {
+        per_second: 200,
+        burst: 400,
+    }
+}
+fn limit_query() -> Limit {
+    Limit {
+        per_second: 500,
+        burst: 1000,
+    }
+}
+fn limit_admin() -> Limit {
+    Limit {
+        per_second: 5,
+        burst: 20,
+    }
+}
+fn limit_public() -> Limit {
+    Limit {
+        per_second: 50,
+        burst: 100,
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            ingest: limit_ingest(),
+            query: limit_query(),
+            admin: limit_admin(),
+            public: limit_public(),
+        }
+    }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `json` (default) or `text`.
+    pub log_format: Option<String>,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `[forwarding]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// AMQP URL (use `${NAME}` for the password).
+    pub amqp_url: String,
+    /// Topic exchange to publish to.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+}
+
+fn default_exchange() -> String {
+    "vaxgate.events".into()
+}
+
+/// A loaded configuration with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: GatewayConfig,
+    /// The file.
+    pub path: PathBuf,
+    /// The text after `${NAME}` expansion (for line lookups).
+    text: String,
+}
+
+impl LoadedConfig {
+    /// Resolves a path from the config relative to the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line: line_of_key(&self.text, key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads, expands and parses a config file, then validates it.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&raw, path, &|name| std::env::var(name).ok())
+}
+
+/// Like [`load`] from text, with an explicit environment (for tests).
+pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedConfig, ConfigError> {
+    let p = path.display().to_string();
+    let text = expand_env(raw, &p, env)?;
+    let config: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: p.clone(),
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0),
+        message: e.message().to_string(),
+    })?;
+    let loaded = LoadedConfig {
+        config,
+        path: path.to_path_buf(),
+        text,
+    };
+    loaded.validate()?;
+    Ok(loaded)
+}
+
+/// Replaces `${NAME}` with the variable's value, escaped for a TOML basic
+/// string. An unset variable is an error naming its line.
+fn expand_env(raw: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(raw.len());
+    for (n, line) in raw.lines().enumerate() {
+        let mut rest = line;
+        // A comment ends the expandable part of a line.
+        while let Some(start) = rest.find("${") {
+            if rest[..start].contains('#') {
+                break;
+            }
+            let Some(len) = rest[start + 2..].find('}') else { break };
+            let name = &rest[start + 2..start + 2 + len];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                break;
+            }
+            let value = env(name).ok_or_else(|| ConfigError::Invalid {
+                path: path.to_string(),
+                line: n + 1,
+                key: format!("${{{name}}}"),
+                message: format!("environment variable {name} is not set"),
+            })?;
+            out.push_str(&rest[..start]);
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            rest = &rest[start + 3 + len..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Finds the 1-based line of a dotted key (`server.tls.cert`): the line of
+/// the key under its table header, or of the header itself; 0 if absent.
+fn line_of_key(text: &str, key: &str) -> usize {
+    let parts: Vec<&str> = key.split('.').collect();
+    let (table, leaf) = parts.split_at(parts.len().saturating_sub(1));
+    let header = table.join(".");
+    let mut current = String::new();
+    let mut header_line = 0;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if current == key {
+                return n + 1;
+            }
+            if current == header {
+                header_line = n + 1;
+            }
+            continue;
+        }
+        if current == header
+            && let Some(leaf) = leaf.first()
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == *leaf
+        {
+            return n + 1;
+        }
+    }
+    header_line
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+impl LoadedConfig {
+    /// Checks everything that can be checked without IO.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if c.version != 1 {
+            return Err(self.invalid(
+                "version",
+                format!("unsupported config version {}; this vaxgate reads 1", c.version),
+            ));
+        }
+        let addr: SocketAddr = c
+            .server
+            .listen
+            .parse()
+            .map_err(|_| self.invalid("server.listen", format!("{:?} is not an address:port", c.server.listen)))?;
+        if c.server.plain_http {
+            if c.server.tls.is_some() {
+                return Err(self.invalid(
+                    "server.plain_http",
+                    "plain_http = true and [server.tls] both given; choose one",
+                ));
+            }
+            if !is_loopback(&addr) && !c.server.danger_plain_http_on_network {
+                return Err(self.invalid(
+                    "server.plain_http",
+                    format!("plain HTTP on {addr}, which is not a loopback address; use TLS (or set danger_plain_http_on_network)"),
+                ));
+            }
+        } else {
+            match &c.server.tls {
+                None => {
+                    return Err(self.invalid(
+                        "server.tls",
+                        "TLS is required: add [server.tls] (or plain_http = true on loopback for tests)",
+                    ));
+                }
+                Some(t) if t.require_client_cert && t.client_ca.is_none() => {
+                    return Err(self.invalid("server.tls.require_client_cert", "needs server.tls.client_ca"));
+                }
+                _ => {}
+            }
+        }
+        if c.server.max_body_bytes < 1024 {
+            return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if c.node.name.trim().is_empty() {
+            return Err(self.invalid("node.name", "must not be empty"));
+        }
+        if c.node.passphrase_env.is_empty() {
+            return Err(self.invalid("node.passphrase_env", "must name an environment variable"));
+        }
+        if !(c.ledger.url.starts_with("sqlite:")
+            || c.ledger.url.starts_with("postgres://")
+            || c.ledger.url.starts_with("postgresql://"))
+        {
+            return Err(self.invalid("ledger.url", "must start with sqlite: or postgres://"));
+        }
+        if c.ledger.max_block_txs == 0 {
+            return Err(self.invalid("ledger.max_block_txs", "must be at least 1"));
+        }
+        if c.registry.admins.is_empty() {
+            return Err(self.invalid("registry.admins", "at least one registry administrator key is needed"));
+        }
+        if c.registry.threshold == 0 || c.registry.threshold > c.registry.admins.len() {
+            return Err(self.invalid(
+                "registry.threshold",
+                format!(
+                    "must be between 1 and the number of admins ({})",
+                    c.registry.admins.len()
+                ),
+            ));
+        }
+        if c.auth.max_clock_skew_secs == 0 || c.auth.max_clock_skew_secs > 3600 {
+            return Err(self.invalid("auth.max_clock_skew_secs", "must be between 1 and 3600"));
+        }
+        let limits: BTreeMap<&str, Limit> = [
+            ("ingest", c.rate_limits.ingest),
+            ("query", c.rate_limits.query),
+            ("admin", c.rate_limits.admin),
+            ("public", c.rate_limits.public),
+        ]
+        .into();
+        for (name, l) in limits {
+            if l.per_second == 0 || l.burst == 0 {
+                return Err(self.invalid(
+                    &format!("rate_limits.{name}"),
+                    "per_second and burst must be at least 1",
+                ));
+            }
+        }
+        if let Some(f) = &c.telemetry.log_format
+            && f != "json"
+            && f != "text"
+        {
+            return Err(self.invalid("telemetry.log_format", format!("{f:?} is not json or text")));
+        }
+        if let Some(fw) = &c.forwarding
+            && !(fw.amqp_url.starts_with("amqp://") || fw.amqp_url.starts_with("amqps://"))
+        {
+            return Err(self.invalid("forwarding.amqp_url", "must start with amqp:// or amqps://"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+
+[server]
+listen = "127.0.0.1:8080"
+plain_http = true
+
+[node]
+name = "test"
+key = "keys/node.key.pem"
+
+[ledger]
+url = "sqlite:data/ledger.db"
+
+[registry]
+admins = ["keys/admin-1.pub.pem", "keys/admin-2.pub.pem"]
+threshold = 2
+
+[forwarding]
+amqp_url = "amqp://vaxgate:${AMQP_PASSWORD}@127.0.0.1:5672/%2f"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "AMQP_PASSWORD").then(|| "s\"cret".to_string())
+    }
+
+    fn load_text(t: &str) -> Result<LoadedConfig, ConfigError> {
+        load_str(t, Path::new("vaxgate.toml"), &env)
+    }
+
+    #[test]
+    fn good_config_loads_with_env_expanded() {
+        let c = load_text(GOOD).unwrap();
+        assert_eq!(
+            c.config.forwarding.unwrap().amqp_url,
+            "amqp://vaxgate:s\"cret@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(c.config.rate_limits.admin, limit_admin());
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let t = GOOD.replace("plain_http = true", "plain_http = true\nlisten_port = 3");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.starts_with("vaxgate.toml:7:"), "{e}");
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_names_line_and_variable() {
+        let e = load_str(GOOD, Path::new("v.toml"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("v.toml:20:") && e.contains("AMQP_PASSWORD"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let e = load_text(&GOOD.replace("threshold = 2", "threshold = 3"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "vaxgate.toml:17: `registry.threshold`: must be between 1 and the number of admins (2)"
+        );
+        let e = load_text(&GOOD.replace("127.0.0.1:8080", "0.0.0.0:8080"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":6: `server.plain_http`") && e.contains("not a loopback"),
+            "{e}"
+        );
+        let e = load_text(&GOOD.replace("plain_http = true", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`server.tls`: TLS is required"), "{e}");
+        let e = load_text(&GOOD.replace("sqlite:data", "mysql://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":13: `ledger.url`"), "{e}");
+    }
+}
