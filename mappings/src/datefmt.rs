@@ -162,6 +162,10 @@ impl DateFormat {
     /// when ambiguous, `None` when it does not exist, e.g. in a DST gap).
     pub fn parse_in(&self, s: &str, zone: Tz) -> Option<(DateTime<FixedOffset>, bool)> {
         let p = self.parse(s)?;
+        if matches!(self.kind, Kind::Unix | Kind::UnixMs) {
+            // an instant: show it in the configured zone
+            return Some((zone.from_utc_datetime(&p.local).fixed_offset(), true));
+        }
         let dt = match p.offset {
             Some(off) => off.from_local_datetime(&p.local).single()?,
             None => match zone.from_local_datetime(&p.local) {
@@ -305,7 +309,7 @@ mod tests {
             dt("yyyy年MM月dd日", "2024年03月05日").as_deref(),
             Some("2024-03-05T00:00:00+08:00")
         );
-        assert_eq!(dt("unix", "1709602200").as_deref(), Some("2024-03-05T01:30:00+00:00"));
+        assert_eq!(dt("unix", "1709602200").as_deref(), Some("2024-03-05T09:30:00+08:00"));
         assert_eq!(
             dt("hl7", "20240305093000+0800").as_deref(),
             Some("2024-03-05T09:30:00+08:00")

@@ -104,7 +104,12 @@ pub fn to_epcis_events(e: &TraceEvent, dataset: &Dataset) -> Vec<Value> {
     o.insert("bizLocation".into(), json!({"id": org(&e.source)}));
     let mut btl = Vec::new();
     if let Some(b) = e.field_str("bill_code") {
-        btl.push(json!({"type": format!("urn:cn:nmpa:billtype:{}", e.bill_type.as_deref().unwrap_or("000")), "bizTransaction": format!("urn:cn:nmpa:bill:{b}")}));
+        let mut t = Map::new();
+        if let Some(bt) = &e.bill_type {
+            t.insert("type".into(), json!(format!("urn:cn:nmpa:billtype:{bt}")));
+        }
+        t.insert("bizTransaction".into(), json!(format!("urn:cn:nmpa:bill:{b}")));
+        btl.push(Value::Object(t));
     }
     if let Some(s) = e.field_str("shipment_no") {
         btl.push(json!({"type": "desadv", "bizTransaction": format!("urn:cn:shipment:{s}")}));

@@ -59,9 +59,15 @@ impl Hl7Path {
     /// A message naming the problem.
     pub fn parse(path: &str) -> Result<Hl7Path, String> {
         let bad = |why: &str| format!("bad HL7 path `{path}`: {why} (expected e.g. RXA-15, PID-3.1, OBX(3.1=ZTC)-5)");
-        let (head, rest) = path
-            .split_once('-')
-            .ok_or_else(|| bad("no `-` before the field number"))?;
+        let dash = match path.find('(') {
+            Some(open) => path[open..]
+                .find(')')
+                .map(|c| open + c)
+                .and_then(|close| path[close..].find('-').map(|d| close + d)),
+            None => path.find('-'),
+        };
+        let dash = dash.ok_or_else(|| bad("no `-` before the field number"))?;
+        let (head, rest) = (&path[..dash], &path[dash + 1..]);
         let (head, selector) = match head.split_once('(') {
             Some((h, sel)) => {
                 let sel = sel.strip_suffix(')').ok_or_else(|| bad("unclosed `(`"))?;

@@ -112,6 +112,9 @@ struct FieldMap {
     tz: Option<Tz>,
     default: Option<String>,
     scale: Option<f64>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    event_ref: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +237,9 @@ struct RawField {
     tz: Option<Spanned<String>>,
     default: Option<String>,
     scale: Option<f64>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    event_ref: Option<Spanned<String>>,
 }
 
 struct Ld<'a> {
@@ -574,6 +580,10 @@ impl MappingSpec {
             {
                 return Err(ld.invalid(s, &key("split"), "split separator must not be empty"));
             }
+            let event_ref = match &f.event_ref {
+                Some(r) => Some(check_cat(r, &key("event_ref"))?),
+                None => None,
+            };
             mapped.push(name.clone());
             fields.push(FieldMap {
                 name,
@@ -591,6 +601,9 @@ impl MappingSpec {
                 tz,
                 default: f.default,
                 scale: f.scale,
+                prefix: f.prefix,
+                suffix: f.suffix,
+                event_ref,
             });
         }
         let fields_loc = || ld.loc(text.find("[[fields]]").unwrap_or(0), "fields");
@@ -680,7 +693,11 @@ impl MappingSpec {
             },
             (Record::Json(v), InputFormat::Json) => match &self.records {
                 Some(p) => {
-                    for (i, item) in p.eval(v).into_iter().enumerate() {
+                    let items = p.eval(v).into_iter().flat_map(|x| match x {
+                        Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                        other => vec![other],
+                    });
+                    for (i, item) in items.enumerate() {
                         self.map_one(&Ctx::Json(item), i, recorded_at, &mut out);
                     }
                 }
@@ -789,6 +806,11 @@ impl MappingSpec {
                 vals = vals.into_iter().map(trim_cow).collect();
             }
             vals.retain(|v| !v.is_empty());
+            if vals.is_empty()
+                && let Some(d) = &f.default
+            {
+                vals.push(Cow::Borrowed(d.as_str()));
+            }
             if let Some(sep) = &f.split {
                 vals = vals
                     .into_iter()
@@ -833,13 +855,18 @@ impl MappingSpec {
                 }
                 vals = mapped;
             }
-            if vals.is_empty()
-                && let Some(d) = &f.default
-            {
-                vals.push(Cow::Borrowed(d.as_str()));
-            }
             if vals.is_empty() {
                 continue;
+            }
+            if f.prefix.is_some() || f.suffix.is_some() {
+                let (p, s) = (f.prefix.as_deref().unwrap_or(""), f.suffix.as_deref().unwrap_or(""));
+                vals = vals.into_iter().map(|v| Cow::Owned(format!("{p}{v}{s}"))).collect();
+            }
+            if let Some(cat) = &f.event_ref {
+                vals = vals
+                    .into_iter()
+                    .map(|v| Cow::Owned(TraceEvent::derive_id(&self.name, cat, &v).to_string()))
+                    .collect();
             }
             // dates
             let mut dates: Option<Vec<(DateTime<FixedOffset>, bool)>> = None;
