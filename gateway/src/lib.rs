@@ -1,4 +1,11 @@
-//! The actix-web API gateway. The `vaxgate` binary lives in `src/main.rs`.
+//! The actix-web API gateway: configuration, TLS, authentication, rate
+//! limiting, ingest and queries over the ledger. The `vaxgate` binary lives
+//! in `src/main.rs`.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod ratelimit;
+pub mod server;
+pub mod tls;

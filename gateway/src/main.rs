@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a node: keys, TLS certificate, config and the genesis block.
+    Init(cmd::init::InitArgs),
+    /// Run the API gateway.
+    Serve(cmd::serve::ServeArgs),
     /// SM2 key management.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCmd),
@@ -34,10 +38,17 @@ enum Command {
     Bench(cmd::BenchCmd),
 }
 
+/// Loads and validates a gateway config, or explains what is wrong.
+fn config_load(path: &std::path::Path) -> anyhow::Result<gateway::config::LoadedConfig> {
+    Ok(gateway::config::load(path)?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cmd::init_logging();
     let result = match cli.command {
+        Command::Init(a) => cmd::init::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::VerifyProof(a) => cmd::ledger::verify_proof(a),

@@ -30,6 +30,6 @@ pub use block::{BlockHeader, Checkpoint};
 pub use error::LedgerError;
 pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
-pub use store::{LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
+pub use store::{AnyStore, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
 pub use tx::{Transaction, TxAuth, TxContent, TxKind, sign_batch};
 pub use verify::{VerifyReport, verify_ledger};

@@ -1,9 +1,11 @@
 //! One module per subcommand. Each `run` returns the process exit code.
 
 pub mod bench_crypto;
+pub mod init;
 pub mod keys;
 pub mod ledger;
 pub mod mapping;
+pub mod serve;
 
 use clap::Subcommand;
 

@@ -5,10 +5,12 @@
 //! that updates or deletes a ledger row, and the SQL schema refuses both
 //! with triggers.
 
+mod any;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -1,0 +1,97 @@
+//! `vaxgate serve --config FILE`: the API gateway.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gateway::ratelimit::Limiters;
+use gateway::server::{AppState, routes};
+use gateway::tls::PeerCert;
+use ledger::{AnyStore, Ledger, LedgerConfig};
+use secure_gateway::load_signing_key;
+
+/// Arguments of `vaxgate serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The gateway configuration (TOML).
+    #[arg(long, default_value = "config/vaxgate.toml")]
+    pub config: PathBuf,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
+    let loaded = crate::config_load(&a.config)?;
+    let c = loaded.config.clone();
+    gateway::tls::install_provider();
+    // Everything that can fail is checked before the listener opens.
+    let node_key = load_signing_key(&loaded.resolve(&c.node.key), &c.node.passphrase_env)
+        .with_context(|| format!("{}: [node] key", a.config.display()))?;
+    let tls = match &c.server.tls {
+        Some(t) if !c.server.plain_http => Some(gateway::tls::server_config(&loaded, t)?),
+        _ => None,
+    };
+    let base = loaded.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let workers = if c.server.workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        c.server.workers
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let store = AnyStore::open(&c.ledger.url, &base)
+            .await
+            .context("opening the ledger")?;
+        let ledger = Ledger::open(
+            store.clone(),
+            node_key,
+            &c.node.name,
+            LedgerConfig {
+                max_block_txs: c.ledger.max_block_txs,
+                ..LedgerConfig::default()
+            },
+        )
+        .await
+        .context("opening the ledger")?;
+        let state = actix_web::web::Data::new(AppState {
+            ledger,
+            limiters: Limiters::new(&c.rate_limits),
+        });
+        let limiters = state.limiters.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                actix_web::rt::time::sleep(std::time::Duration::from_secs(60)).await;
+                limiters.retain_recent();
+            }
+        });
+        let max_body = c.server.max_body_bytes;
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .app_data(actix_web::web::PayloadConfig::new(max_body))
+                .app_data(actix_web::web::JsonConfig::default().limit(max_body))
+                .configure(routes)
+        })
+        .workers(workers)
+        .on_connect(|conn, ext| {
+            use actix_tls::accept::rustls_0_23::TlsStream;
+            if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
+                && let Some(certs) = tls.get_ref().1.peer_certificates()
+                && let Some(first) = certs.first()
+            {
+                ext.insert(PeerCert(first.to_vec()));
+            }
+        });
+        let server = match tls {
+            Some(t) => server.bind_rustls_0_23(&c.server.listen, t),
+            None => server.bind(&c.server.listen),
+        }
+        .with_context(|| format!("listening on {}", c.server.listen))?;
+        eprintln!(
+            "vaxgate gateway listening on {}://{} (ledger {})",
+            if c.server.plain_http { "http" } else { "https" },
+            c.server.listen,
+            ledger::LedgerStore::location(&store)
+        );
+        server.run().await?;
+        store.close().await?;
+        Ok::<_, anyhow::Error>(0)
+    })
+}

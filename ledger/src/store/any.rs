@@ -1,0 +1,103 @@
+//! A store chosen at run time from a URL: `sqlite:PATH` or `postgres://...`.
+
+use std::path::Path;
+
+use secure_gateway::Sm3Digest;
+
+use super::{BlockCommit, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
+use crate::block::{BlockHeader, Checkpoint};
+use crate::error::LedgerError;
+use crate::merkle::NodeKey;
+
+/// SQLite or PostgreSQL, by configuration.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded default.
+    Sqlite(SqliteStore),
+    /// Production.
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Opens `sqlite:PATH` (relative paths against `base`) or connects to
+    /// `postgres://...`; creates the schema when needed.
+    pub async fn open(url: &str, base: &Path) -> Result<Self, LedgerError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let p = Path::new(path);
+            let p = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| LedgerError::storage(&p.display().to_string(), e))?;
+            }
+            Ok(AnyStore::Sqlite(SqliteStore::open(&p).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::connect(url).await?))
+        } else {
+            Err(LedgerError::Setup(format!(
+                "ledger URL must start with sqlite: or postgres://, not {url:?}"
+            )))
+        }
+    }
+
+    /// Flushes and closes.
+    pub async fn close(&self) -> Result<(), LedgerError> {
+        match self {
+            AnyStore::Sqlite(s) => s.close().await,
+            AnyStore::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl LedgerStore for AnyStore {
+    fn location(&self) -> &str {
+        delegate!(self, s => s.location())
+    }
+    async fn commit_block(&self, c: &BlockCommit) -> Result<(), LedgerError> {
+        delegate!(self, s => s.commit_block(c).await)
+    }
+    async fn head(&self) -> Result<Option<(BlockHeader, Checkpoint)>, LedgerError> {
+        delegate!(self, s => s.head().await)
+    }
+    async fn nodes(&self, keys: &[NodeKey]) -> Result<Vec<Sm3Digest>, LedgerError> {
+        delegate!(self, s => s.nodes(keys).await)
+    }
+    async fn block(&self, height: u64) -> Result<Option<BlockHeader>, LedgerError> {
+        delegate!(self, s => s.block(height).await)
+    }
+    async fn block_by_hash(&self, hash: &Sm3Digest) -> Result<Option<BlockHeader>, LedgerError> {
+        delegate!(self, s => s.block_by_hash(hash).await)
+    }
+    async fn blocks(&self, from: u64, to: u64) -> Result<Vec<BlockHeader>, LedgerError> {
+        delegate!(self, s => s.blocks(from, to).await)
+    }
+    async fn checkpoint(&self, height: u64) -> Result<Option<Checkpoint>, LedgerError> {
+        delegate!(self, s => s.checkpoint(height).await)
+    }
+    async fn tx(&self, tx_id: &str) -> Result<Option<StoredTx>, LedgerError> {
+        delegate!(self, s => s.tx(tx_id).await)
+    }
+    async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
+        delegate!(self, s => s.tx_by_record(record_id).await)
+    }
+    async fn conflicts(&self, record_ids: &[String], tx_ids: &[String]) -> Result<Vec<(String, String)>, LedgerError> {
+        delegate!(self, s => s.conflicts(record_ids, tx_ids).await)
+    }
+    async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
+        delegate!(self, s => s.txs(from, to).await)
+    }
+    async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
+        delegate!(self, s => s.state(category, key).await)
+    }
+    async fn stats(&self) -> Result<StoreStats, LedgerError> {
+        delegate!(self, s => s.stats().await)
+    }
+}
