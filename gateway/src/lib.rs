@@ -7,5 +7,6 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
+pub mod registry;
 pub mod server;
 pub mod tls;

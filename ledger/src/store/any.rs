@@ -94,6 +94,9 @@ impl LedgerStore for AnyStore {
     async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
         delegate!(self, s => s.txs(from, to).await)
     }
+    async fn category(&self, category: &str, from: u64, limit: u64) -> Result<Vec<StoredTx>, LedgerError> {
+        delegate!(self, s => s.category(category, from, limit).await)
+    }
     async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
         delegate!(self, s => s.state(category, key).await)
     }

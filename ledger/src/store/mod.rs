@@ -92,6 +92,14 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, String)>, LedgerError>> + Send;
     /// Transactions with leaf index in `[from, to)`, ascending.
     fn txs(&self, from: u64, to: u64) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
+    /// Transactions of one category with leaf index ≥ `from`, in log order,
+    /// at most `limit`.
+    fn category(
+        &self,
+        category: &str,
+        from: u64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
     /// Key-value state by category (R2.3): every version of `key`, oldest
     /// first; the last one is the current value.
     fn state(&self, category: &str, key: &str) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;

@@ -37,6 +37,7 @@ const SCHEMA: &[&str] = &[
         payload BYTEA NOT NULL,
         auth BYTEA NOT NULL)",
     "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
+    "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id BIGINT PRIMARY KEY, hash BYTEA NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         height BIGINT PRIMARY KEY,

@@ -294,6 +294,15 @@ macro_rules! sql_store {
                 rows.iter().map(|r| self.tx_from_row(r)).collect()
             }
 
+            async fn category(&self, category: &str, from: u64, limit: u64) -> Result<Vec<StoredTx>, LedgerError> {
+                use $crate::store::sql::to_i64;
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE category = ");
+                qb.push_bind(category.to_string()).push(" AND leaf_index >= ").push_bind(to_i64(from));
+                qb.push(" ORDER BY leaf_index LIMIT ").push_bind(to_i64(limit));
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+                rows.iter().map(|r| self.tx_from_row(r)).collect()
+            }
+
             async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE category = ");
                 qb.push_bind(category.to_string()).push(" AND state_key = ").push_bind(key.to_string());

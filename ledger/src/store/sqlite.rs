@@ -44,6 +44,7 @@ const SCHEMA: &[&str] = &[
         payload BLOB NOT NULL,
         auth BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
+    "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         height INTEGER PRIMARY KEY,

@@ -1,0 +1,807 @@
+//! The registry of entities, their keys, devices and permission policies
+//! (R5.1–R5.6). It changes only through signed operations that are appended
+//! to the ledger as `registry` transactions; at start the gateway replays
+//! them, so the ledger is the registry's only source of truth.
+//!
+//! Who may approve what:
+//! * registering an entity, and changing its role or policy: `threshold`
+//!   distinct registry administrators (k-of-n, from the config);
+//! * adding an operational/system key, registering a device (the approval
+//!   is the device's entity-signed certificate), locking or revoking one of
+//!   its own non-master keys: the entity's active master key;
+//! * replacing or revoking a master key (e.g. a lost USB key, R3.3): k-of-n
+//!   administrators, so a lost key never locks an account.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use secure_gateway::{Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
+
+/// Roles (R5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Vaccine manufacturer / marketing-authorisation holder.
+    Manufacturer,
+    /// Cold-chain logistics firm.
+    Logistics,
+    /// Centre for disease control (provincial, city, county).
+    Cdc,
+    /// Vaccination clinic.
+    VaccinationUnit,
+    /// Hospital (EMR index, vaccination, AEFI).
+    Hospital,
+    /// Drug regulator.
+    Regulator,
+    /// A partner firm that queries traceability.
+    Partner,
+}
+
+impl Role {
+    /// The categories this role may write unless its policy says otherwise.
+    pub fn default_write(self) -> &'static [&'static str] {
+        match self {
+            Role::Manufacturer => &[
+                "vaccine_product",
+                "lot_release",
+                "production_inbound",
+                "outbound",
+                "return",
+                "recall",
+                "loss_destruction",
+                "cancellation",
+            ],
+            Role::Logistics => &["shipment", "cold_chain_readings", "cancellation"],
+            Role::Cdc => &[
+                "inbound_receipt",
+                "outbound",
+                "return",
+                "recall",
+                "loss_destruction",
+                "shipment",
+                "cold_chain_readings",
+                "aefi_report",
+                "cancellation",
+            ],
+            Role::VaccinationUnit => &[
+                "inbound_receipt",
+                "vaccination",
+                "aefi_report",
+                "loss_destruction",
+                "return",
+                "cold_chain_readings",
+                "cancellation",
+            ],
+            Role::Hospital => &["emr_index", "vaccination", "aefi_report", "cancellation"],
+            Role::Regulator | Role::Partner => &[],
+        }
+    }
+}
+
+/// What an entity may do (R5.6, R11.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Categories it may write; empty = the role's defaults.
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// What it may read.
+    #[serde(default)]
+    pub read: ReadScope,
+    /// May see personal-data fields unmasked.
+    #[serde(default)]
+    pub personal_data: bool,
+}
+
+/// Which traceability data an entity may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReadScope {
+    /// Everything (regulators, CDCs).
+    #[serde(default)]
+    pub all: bool,
+    /// Product identifiers: the first 7 digits of trace codes (NMPAB/T 1002).
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// Batch (lot) numbers.
+    #[serde(default)]
+    pub batches: Vec<String>,
+    /// Individual trace codes.
+    #[serde(default)]
+    pub trace_codes: Vec<String>,
+    /// Data it submitted itself (always true in effect; kept explicit).
+    #[serde(default = "yes")]
+    pub own: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ReadScope {
+    /// May this scope read an event about `trace_code` in `batch`?
+    pub fn allows(&self, trace_code: Option<&str>, batch: Option<&str>) -> bool {
+        if self.all {
+            return true;
+        }
+        if let Some(tc) = trace_code {
+            if self.trace_codes.iter().any(|t| t == tc) {
+                return true;
+            }
+            if tc.len() >= 7 && self.products.iter().any(|p| tc.starts_with(p.as_str())) {
+                return true;
+            }
+        }
+        batch.is_some_and(|b| self.batches.iter().any(|x| x == b))
+    }
+}
+
+/// Kinds of keys in an entity's hierarchy (R5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// Authorises the entity's other keys.
+    Master,
+    /// Signs day-to-day submissions (an agent, a person).
+    Operational,
+    /// A registered system (an ERP, an immunization system).
+    System,
+    /// A registered device (a cold-chain logger).
+    Device,
+}
+
+/// A key's state (R5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Temporarily unusable; can be unlocked.
+    Locked,
+    /// Permanently unusable.
+    Revoked,
+}
+
+/// A registered key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// [`Sm2VerifyingKey::key_id`].
+    pub key_id: String,
+    /// SPKI PEM.
+    pub public_key: String,
+    /// Place in the hierarchy.
+    pub kind: KeyKind,
+    /// Owning entity.
+    pub entity_id: String,
+    /// For device and system keys: the device or system id.
+    pub device_id: Option<String>,
+    /// The key that authorised this one (None for a master key).
+    pub authorised_by: Option<String>,
+    /// Current state.
+    pub status: KeyStatus,
+    /// The key that replaced this one, if any.
+    pub replaced_by: Option<String>,
+}
+
+/// A registered entity (R5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entity {
+    /// Unified social credit code (GB 32100), the entity id.
+    pub id: String,
+    /// Registered name.
+    pub name: String,
+    /// Short alias (R5.4).
+    pub alias: String,
+    /// Role.
+    pub role: Role,
+    /// Permissions.
+    pub policy: Policy,
+}
+
+impl Entity {
+    /// May this entity write `category`?
+    pub fn may_write(&self, category: &str) -> bool {
+        if self.policy.write.is_empty() {
+            self.role.default_write().contains(&category)
+        } else {
+            self.policy.write.iter().any(|c| c == category)
+        }
+    }
+}
+
+/// A change to the registry. Approvals sign [`RegistryChange::signing_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RegistryOp {
+    /// A new entity with its master key (k-of-n administrators).
+    RegisterEntity {
+        /// The entity.
+        entity: Entity,
+        /// Its master key (SPKI PEM).
+        master_key: String,
+    },
+    /// Change role and/or policy (k-of-n administrators).
+    SetPolicy {
+        /// Entity id.
+        entity_id: String,
+        /// New role.
+        role: Role,
+        /// New policy.
+        policy: Policy,
+    },
+    /// Add an operational or system key (the entity's master key).
+    AddKey {
+        /// Entity id.
+        entity_id: String,
+        /// The key (SPKI PEM).
+        public_key: String,
+        /// `operational` or `system`.
+        kind: KeyKind,
+        /// System id for a system key.
+        #[serde(default)]
+        device_id: Option<String>,
+    },
+    /// Register a device with its own key; the approving signature of the
+    /// entity's master key is the device certificate (R5.3).
+    RegisterDevice {
+        /// Entity id.
+        entity_id: String,
+        /// Device id (e.g. a logger's serial number).
+        device_id: String,
+        /// The device's key (SPKI PEM).
+        public_key: String,
+    },
+    /// Lock, unlock or revoke a key.
+    SetKeyStatus {
+        /// The key.
+        key_id: String,
+        /// New state (revoked is final).
+        status: KeyStatus,
+        /// Why (kept in the ledger).
+        reason: String,
+    },
+    /// Replace a key by a new one of the same kind; the old one is revoked.
+    ReplaceKey {
+        /// The key to replace.
+        key_id: String,
+        /// The new key (SPKI PEM).
+        public_key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One approving signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Key id of the approver.
+    pub key_id: String,
+    /// SM2 signature (DER, base64) over the change's signing bytes.
+    pub signature: String,
+}
+
+/// An operation with its approvals, as submitted and as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryChange {
+    /// Unique id of the change (idempotency).
+    pub change_id: uuid::Uuid,
+    /// When it was prepared (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// The operation.
+    pub op: RegistryOp,
+    /// Signatures of the approvers.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+}
+
+/// Why a registry change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// Malformed content (bad key, bad id, unknown entity).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not enough valid approvals.
+    #[error("not authorised: {0}")]
+    NotAuthorised(String),
+}
+
+impl RegistryChange {
+    /// A new change with no approvals yet.
+    pub fn new(op: RegistryOp) -> Self {
+        RegistryChange {
+            change_id: uuid::Uuid::new_v4(),
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            op,
+            approvals: Vec::new(),
+        }
+    }
+
+    /// What approvers sign: the tag line `vaxgate-registry-v1`, a newline,
+    /// then the canonical JSON (sorted keys, no whitespace) of the change
+    /// without its approvals.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("approvals");
+        }
+        let mut out = b"vaxgate-registry-v1\n".to_vec();
+        out.extend(mappings::canonical::to_canonical_json(&v));
+        out
+    }
+
+    /// Adds `key`'s approval.
+    pub fn approve(&mut self, key: &Sm2SigningKey) {
+        use base64::Engine as _;
+        let sig = key.sign(&self.signing_bytes());
+        self.approvals.push(Approval {
+            key_id: key.verifying_key().key_id().to_string(),
+            signature: base64::engine::general_purpose::STANDARD.encode(sig.to_der()),
+        });
+    }
+
+    /// The key ids whose approval signatures verify under `keys`.
+    fn valid_approvers(&self, keys: &dyn Fn(&str) -> Option<Sm2VerifyingKey>) -> Vec<String> {
+        use base64::Engine as _;
+        let msg = self.signing_bytes();
+        let mut ok: Vec<String> = Vec::new();
+        for a in &self.approvals {
+            let Some(vk) = keys(&a.key_id) else { continue };
+            let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&a.signature) else {
+                continue;
+            };
+            let Ok(sig) = Sm2Signature::from_der(&der) else {
+                continue;
+            };
+            if vk.verify(&msg, &sig).is_ok() && !ok.contains(&a.key_id) {
+                ok.push(a.key_id.clone());
+            }
+        }
+        ok
+    }
+}
+
+/// The registry's current state.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    admins: BTreeMap<String, Sm2VerifyingKey>,
+    threshold: usize,
+    entities: BTreeMap<String, Entity>,
+    keys: BTreeMap<String, KeyRecord>,
+}
+
+fn parse_key(pem: &str) -> Result<Sm2VerifyingKey, RegistryError> {
+    Sm2VerifyingKey::from_public_key_pem(pem).map_err(|e| RegistryError::Invalid(format!("public key: {e}")))
+}
+
+impl Registry {
+    /// An empty registry governed by these administrators.
+    pub fn new(admins: Vec<Sm2VerifyingKey>, threshold: usize) -> Self {
+        Registry {
+            admins: admins.into_iter().map(|k| (k.key_id().to_string(), k)).collect(),
+            threshold,
+            entities: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// An entity by id or alias.
+    pub fn entity(&self, id_or_alias: &str) -> Option<&Entity> {
+        self.entities
+            .get(id_or_alias)
+            .or_else(|| self.entities.values().find(|e| e.alias == id_or_alias))
+    }
+
+    /// Every entity.
+    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
+        self.entities.values()
+    }
+
+    /// A key by id (entity keys only; administrators are separate).
+    pub fn key(&self, key_id: &str) -> Option<&KeyRecord> {
+        self.keys.get(key_id)
+    }
+
+    /// An administrator's key.
+    pub fn admin(&self, key_id: &str) -> Option<&Sm2VerifyingKey> {
+        self.admins.get(key_id)
+    }
+
+    /// The keys of an entity.
+    pub fn keys_of<'a>(&'a self, entity_id: &'a str) -> impl Iterator<Item = &'a KeyRecord> + 'a {
+        self.keys.values().filter(move |k| k.entity_id == entity_id)
+    }
+
+    fn require_admins(&self, c: &RegistryChange, what: &str) -> Result<(), RegistryError> {
+        let ok = c.valid_approvers(&|id| self.admins.get(id).cloned());
+        if ok.len() >= self.threshold {
+            Ok(())
+        } else {
+            Err(RegistryError::NotAuthorised(format!(
+                "{what} needs {} registry-administrator approvals, {} valid given",
+                self.threshold,
+                ok.len()
+            )))
+        }
+    }
+
+    fn master_of(&self, entity_id: &str) -> Option<&KeyRecord> {
+        self.keys
+            .values()
+            .find(|k| k.entity_id == entity_id && k.kind == KeyKind::Master && k.status == KeyStatus::Active)
+    }
+
+    fn require_master(&self, c: &RegistryChange, entity_id: &str, what: &str) -> Result<(), RegistryError> {
+        let master = self
+            .master_of(entity_id)
+            .ok_or_else(|| RegistryError::NotAuthorised(format!("entity {entity_id} has no active master key")))?;
+        let vk = parse_key(&master.public_key)?;
+        let mid = master.key_id.clone();
+        if c.valid_approvers(&|id| (id == mid).then(|| vk.clone())).is_empty() {
+            return Err(RegistryError::NotAuthorised(format!(
+                "{what} needs the approval of entity {entity_id}'s master key {mid}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn new_key(&self, pem: &str) -> Result<Sm2VerifyingKey, RegistryError> {
+        let vk = parse_key(pem)?;
+        if self.keys.contains_key(vk.key_id()) || self.admins.contains_key(vk.key_id()) {
+            return Err(RegistryError::Invalid(format!(
+                "key {} is already registered",
+                vk.key_id()
+            )));
+        }
+        Ok(vk)
+    }
+
+    fn known_entity(&self, id: &str) -> Result<&Entity, RegistryError> {
+        self.entities
+            .get(id)
+            .ok_or_else(|| RegistryError::Invalid(format!("entity {id} is not registered")))
+    }
+
+    /// Checks a change against the current state without applying it.
+    pub fn check(&self, c: &RegistryChange) -> Result<(), RegistryError> {
+        self.clone().apply(c)
+    }
+
+    /// Checks and applies a change.
+    pub fn apply(&mut self, c: &RegistryChange) -> Result<(), RegistryError> {
+        match &c.op {
+            RegistryOp::RegisterEntity { entity, master_key } => {
+                if !mappings::checks::is_valid_uscc(&entity.id) {
+                    return Err(RegistryError::Invalid(format!(
+                        "{} is not a valid unified social credit code (GB 32100)",
+                        entity.id
+                    )));
+                }
+                if self.entities.contains_key(&entity.id) {
+                    return Err(RegistryError::Invalid(format!(
+                        "entity {} is already registered",
+                        entity.id
+                    )));
+                }
+                if entity.alias.is_empty() || self.entities.values().any(|e| e.alias == entity.alias) {
+                    return Err(RegistryError::Invalid(format!(
+                        "alias {:?} is empty or taken",
+                        entity.alias
+                    )));
+                }
+                if entity.name.trim().is_empty() {
+                    return Err(RegistryError::Invalid("entity name is empty".into()));
+                }
+                self.require_admins(c, "registering an entity")?;
+                let vk = self.new_key(master_key)?;
+                self.keys.insert(
+                    vk.key_id().to_string(),
+                    KeyRecord {
+                        key_id: vk.key_id().to_string(),
+                        public_key: master_key.clone(),
+                        kind: KeyKind::Master,
+                        entity_id: entity.id.clone(),
+                        device_id: None,
+                        authorised_by: None,
+                        status: KeyStatus::Active,
+                        replaced_by: None,
+                    },
+                );
+                self.entities.insert(entity.id.clone(), entity.clone());
+            }
+            RegistryOp::SetPolicy {
+                entity_id,
+                role,
+                policy,
+            } => {
+                self.known_entity(entity_id)?;
+                self.require_admins(c, "changing a role or policy")?;
+                if let Some(e) = self.entities.get_mut(entity_id) {
+                    e.role = *role;
+                    e.policy = policy.clone();
+                }
+            }
+            RegistryOp::AddKey {
+                entity_id,
+                public_key,
+                kind,
+                device_id,
+            } => {
+                self.known_entity(entity_id)?;
+                if !matches!(kind, KeyKind::Operational | KeyKind::System) {
+                    return Err(RegistryError::Invalid("add_key adds operational or system keys".into()));
+                }
+                self.require_master(c, entity_id, "adding a key")?;
+                let vk = self.new_key(public_key)?;
+                let master = self.master_of(entity_id).map(|m| m.key_id.clone());
+                self.keys.insert(
+                    vk.key_id().to_string(),
+                    KeyRecord {
+                        key_id: vk.key_id().to_string(),
+                        public_key: public_key.clone(),
+                        kind: *kind,
+                        entity_id: entity_id.clone(),
+                        device_id: device_id.clone(),
+                        authorised_by: master,
+                        status: KeyStatus::Active,
+                        replaced_by: None,
+                    },
+                );
+            }
+            RegistryOp::RegisterDevice {
+                entity_id,
+                device_id,
+                public_key,
+            } => {
+                self.known_entity(entity_id)?;
+                if device_id.trim().is_empty() {
+                    return Err(RegistryError::Invalid("device id is empty".into()));
+                }
+                self.require_master(c, entity_id, "registering a device")?;
+                let vk = self.new_key(public_key)?;
+                let master = self.master_of(entity_id).map(|m| m.key_id.clone());
+                self.keys.insert(
+                    vk.key_id().to_string(),
+                    KeyRecord {
+                        key_id: vk.key_id().to_string(),
+                        public_key: public_key.clone(),
+                        kind: KeyKind::Device,
+                        entity_id: entity_id.clone(),
+                        device_id: Some(device_id.clone()),
+                        authorised_by: master,
+                        status: KeyStatus::Active,
+                        replaced_by: None,
+                    },
+                );
+            }
+            RegistryOp::SetKeyStatus { key_id, status, .. } => {
+                let k = self
+                    .keys
+                    .get(key_id)
+                    .cloned()
+                    .ok_or_else(|| RegistryError::Invalid(format!("key {key_id} is not registered")))?;
+                if k.status == KeyStatus::Revoked {
+                    return Err(RegistryError::Invalid(format!(
+                        "key {key_id} is revoked; revocation is final"
+                    )));
+                }
+                if k.kind == KeyKind::Master {
+                    self.require_admins(c, "changing the state of a master key")?;
+                } else if self
+                    .require_master(c, &k.entity_id, "changing the state of a key")
+                    .is_err()
+                {
+                    self.require_admins(c, "changing the state of a key")?;
+                }
+                if let Some(k) = self.keys.get_mut(key_id) {
+                    k.status = *status;
+                }
+            }
+            RegistryOp::ReplaceKey { key_id, public_key, .. } => {
+                let old = self
+                    .keys
+                    .get(key_id)
+                    .cloned()
+                    .ok_or_else(|| RegistryError::Invalid(format!("key {key_id} is not registered")))?;
+                if old.status == KeyStatus::Revoked {
+                    return Err(RegistryError::Invalid(format!("key {key_id} is already revoked")));
+                }
+                if old.kind == KeyKind::Master {
+                    self.require_admins(c, "replacing a master key")?;
+                } else if self.require_master(c, &old.entity_id, "replacing a key").is_err() {
+                    self.require_admins(c, "replacing a key")?;
+                }
+                let vk = self.new_key(public_key)?;
+                let new_id = vk.key_id().to_string();
+                if let Some(o) = self.keys.get_mut(key_id) {
+                    o.status = KeyStatus::Revoked;
+                    o.replaced_by = Some(new_id.clone());
+                }
+                self.keys.insert(
+                    new_id.clone(),
+                    KeyRecord {
+                        key_id: new_id,
+                        public_key: public_key.clone(),
+                        status: KeyStatus::Active,
+                        replaced_by: None,
+                        ..old
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The state key under which a change is stored in the ledger.
+    pub fn state_key(c: &RegistryChange) -> String {
+        match &c.op {
+            RegistryOp::RegisterEntity { entity, .. } => entity.id.clone(),
+            RegistryOp::SetPolicy { entity_id, .. }
+            | RegistryOp::AddKey { entity_id, .. }
+            | RegistryOp::RegisterDevice { entity_id, .. } => entity_id.clone(),
+            RegistryOp::SetKeyStatus { key_id, .. } | RegistryOp::ReplaceKey { key_id, .. } => key_id.clone(),
+        }
+    }
+}
+
+/// Completes a 17-character prefix into a valid unified social credit code
+/// (GB 32100-2015 check character). For tools and tests.
+pub fn uscc_with_check(prefix17: &str) -> Option<String> {
+    const CHARS: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
+    const W: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+    if prefix17.chars().count() != 17 {
+        return None;
+    }
+    let mut sum = 0;
+    for (c, w) in prefix17.chars().zip(W) {
+        sum += CHARS.find(c)? as u32 * w;
+    }
+    let check = (31 - sum % 31) % 31;
+    Some(format!("{prefix17}{}", CHARS.chars().nth(check as usize)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entity(id: &str, alias: &str, role: Role) -> Entity {
+        Entity {
+            id: id.into(),
+            name: format!("{alias} 测试单位"),
+            alias: alias.into(),
+            role,
+            policy: Policy::default(),
+        }
+    }
+
+    #[test]
+    fn k_of_n_master_hierarchy_devices_and_key_life() {
+        let admins: Vec<Sm2SigningKey> = (0..3).map(|_| Sm2SigningKey::generate()).collect();
+        let mut reg = Registry::new(admins.iter().map(|k| k.verifying_key().clone()).collect(), 2);
+        let id = uscc_with_check("91320100MA1XYA123").unwrap();
+        assert!(mappings::checks::is_valid_uscc(&id), "{id}");
+        let master = Sm2SigningKey::generate();
+        let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
+            entity: entity(&id, "nj-cdc", Role::Cdc),
+            master_key: master.verifying_key().to_public_key_pem(),
+        });
+        c.approve(&admins[0]);
+        let e = reg.check(&c).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("needs 2 registry-administrator approvals, 1 valid"),
+            "{e}"
+        );
+        c.approve(&admins[0]);
+        assert!(reg.check(&c).is_err(), "the same admin twice is one approval");
+        c.approve(&admins[2]);
+        reg.apply(&c).unwrap();
+        assert!(reg.entity("nj-cdc").unwrap().may_write("inbound_receipt"));
+        assert!(!reg.entity(&id).unwrap().may_write("vaccination"));
+
+        // The master key authorises an operational key; an admin alone cannot.
+        let op = Sm2SigningKey::generate();
+        let mut add = RegistryChange::new(RegistryOp::AddKey {
+            entity_id: id.clone(),
+            public_key: op.verifying_key().to_public_key_pem(),
+            kind: KeyKind::Operational,
+            device_id: None,
+        });
+        add.approve(&admins[0]);
+        assert!(reg.check(&add).is_err());
+        add.approve(&master);
+        reg.apply(&add).unwrap();
+        let rec = reg.key(op.verifying_key().key_id()).unwrap();
+        assert_eq!(rec.authorised_by.as_deref(), Some(master.verifying_key().key_id()));
+
+        // A device with its entity-signed certificate.
+        let dev = Sm2SigningKey::generate();
+        let mut d = RegistryChange::new(RegistryOp::RegisterDevice {
+            entity_id: id.clone(),
+            device_id: "LOGGER-0001".into(),
+            public_key: dev.verifying_key().to_public_key_pem(),
+        });
+        d.approve(&master);
+        reg.apply(&d).unwrap();
+
+        // Lock and revoke; revocation is final.
+        let mut lock = RegistryChange::new(RegistryOp::SetKeyStatus {
+            key_id: op.verifying_key().key_id().into(),
+            status: KeyStatus::Locked,
+            reason: "lost laptop".into(),
+        });
+        lock.approve(&master);
+        reg.apply(&lock).unwrap();
+        assert_eq!(reg.key(op.verifying_key().key_id()).unwrap().status, KeyStatus::Locked);
+
+        // A lost master key is replaced by the administrators (R3.3).
+        let new_master = Sm2SigningKey::generate();
+        let mut rep = RegistryChange::new(RegistryOp::ReplaceKey {
+            key_id: master.verifying_key().key_id().into(),
+            public_key: new_master.verifying_key().to_public_key_pem(),
+            reason: "USB key lost".into(),
+        });
+        rep.approve(&master);
+        assert!(
+            reg.check(&rep).is_err(),
+            "a master key is replaced only by administrators"
+        );
+        rep.approve(&admins[1]);
+        rep.approve(&admins[2]);
+        reg.apply(&rep).unwrap();
+        assert_eq!(
+            reg.key(master.verifying_key().key_id()).unwrap().status,
+            KeyStatus::Revoked
+        );
+        assert_eq!(
+            reg.key(new_master.verifying_key().key_id()).unwrap().kind,
+            KeyKind::Master
+        );
+
+        // Tampering with an approved change invalidates the approvals.
+        let mut bad = c.clone();
+        if let RegistryOp::RegisterEntity { entity, .. } = &mut bad.op {
+            entity.role = Role::Regulator;
+        }
+        let mut fresh = Registry::new(admins.iter().map(|k| k.verifying_key().clone()).collect(), 2);
+        assert!(fresh.apply(&bad).is_err());
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let admin = Sm2SigningKey::generate();
+        let mut reg = Registry::new(vec![admin.verifying_key().clone()], 1);
+        let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
+            entity: entity("91320100MA1XYA1230", "x", Role::Partner),
+            master_key: Sm2SigningKey::generate().verifying_key().to_public_key_pem(),
+        });
+        c.approve(&admin);
+        assert!(
+            reg.apply(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("unified social credit code")
+        );
+        let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
+            entity: entity(&uscc_with_check("91320100MA1XYA123").unwrap(), "x", Role::Partner),
+            master_key: "not a key".into(),
+        });
+        c.approve(&admin);
+        assert!(reg.apply(&c).unwrap_err().to_string().contains("public key"));
+    }
+
+    #[test]
+    fn read_scope() {
+        let s = ReadScope {
+            products: vec!["8612345".into()],
+            batches: vec!["B1".into()],
+            ..ReadScope::default()
+        };
+        assert!(s.allows(Some("86123450000000000001"), None));
+        assert!(!s.allows(Some("86999990000000000001"), Some("B2")));
+        assert!(s.allows(None, Some("B1")));
+    }
+}
