@@ -19,6 +19,7 @@ pub mod merkle;
 pub mod pke;
 pub mod provider;
 pub mod random;
+pub mod request;
 pub mod sign;
 pub mod sym;
 
