@@ -1,0 +1,52 @@
+//! Criterion micro-benchmarks of the primitives (`cargo bench -p secure-gateway`).
+//! `vaxgate bench crypto` is the side-by-side-with-OpenSSL figure; this is for
+//! regressions.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use secure_gateway::sym::{sm4_cbc_encrypt, sm4_ctr_apply, sm4_gcm_seal};
+use secure_gateway::{
+    ContentType, CryptoProvider, EnvelopeMeta, Recipient, RecipientKey, RustCryptoProvider, Sm2CiphertextFormat,
+    Sm2SigningKey, Sm4Key, open, seal, sm3,
+};
+
+fn primitives(c: &mut Criterion) {
+    let buf = vec![0x5au8; 8192];
+    let mut g = c.benchmark_group("8KiB");
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("sm3", |b| b.iter(|| sm3(black_box(&buf))));
+    let k = Sm4Key::new([1; 16]);
+    g.bench_function("sm4-cbc", |b| b.iter(|| sm4_cbc_encrypt(&k, &[2; 16], black_box(&buf))));
+    let mut ctr = buf.clone();
+    g.bench_function("sm4-ctr", |b| b.iter(|| sm4_ctr_apply(&k, &[2; 16], black_box(&mut ctr))));
+    g.bench_function("sm4-gcm", |b| b.iter(|| sm4_gcm_seal(&k, &[3; 12], b"", black_box(&buf)).unwrap()));
+    g.finish();
+
+    let key = Sm2SigningKey::generate();
+    let sig = key.sign(b"msg");
+    let ct = key.verifying_key().encrypt(&[7; 16], Sm2CiphertextFormat::Der).unwrap();
+    c.bench_function("sm2 sign", |b| b.iter(|| key.sign(black_box(b"msg"))));
+    c.bench_function("sm2 verify", |b| b.iter(|| key.verifying_key().verify(black_box(b"msg"), &sig)));
+    c.bench_function("sm2 encrypt 16B", |b| {
+        b.iter(|| key.verifying_key().encrypt(black_box(&[7; 16]), Sm2CiphertextFormat::Der))
+    });
+    c.bench_function("sm2 decrypt 16B", |b| b.iter(|| key.decrypt(black_box(&ct), Sm2CiphertextFormat::Der)));
+}
+
+fn envelopes(c: &mut Criterion) {
+    let p = RustCryptoProvider::new();
+    let sender = p.add_sm2_key(Sm2SigningKey::generate());
+    let me = p.add_sm2_key(Sm2SigningKey::generate());
+    let rcpt = [Recipient::Sm2(p.public_key(&me).unwrap())];
+    let spk = p.public_key(&sender).unwrap();
+    let meta = EnvelopeMeta::now("e", ContentType::Json, "c");
+    let rec = vec![b'x'; 1024];
+    let env = seal(&p, &sender, meta.clone(), &rec, &rcpt).unwrap();
+    c.bench_function("envelope seal 1KiB", |b| b.iter(|| seal(&p, &sender, meta.clone(), black_box(&rec), &rcpt)));
+    c.bench_function("envelope open 1KiB", |b| b.iter(|| open(&p, black_box(&env), &spk, RecipientKey::Sm2(&me))));
+}
+
+criterion_group!(benches, primitives, envelopes);
+criterion_main!(benches);
