@@ -29,7 +29,10 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::Number(n) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{n}");
+        }
         Value::String(s) => write_string(s, out),
         Value::Array(a) => {
             out.push(b'[');
@@ -41,44 +44,39 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        Value::Object(m) => {
-            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(m) => write_object(m, out),
     }
 }
+
+/// Bytes that must be escaped in a JSON string: control characters, `"` and `\`.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: Option<&[u8]> = match b {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0x08 => Some(b"\\b"),
-            0x0c => Some(b"\\f"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        match esc {
-            Some(e) => out.extend_from_slice(e),
-            None => out.extend_from_slice(&[
+    let mut rest = s.as_bytes();
+    while let Some(pos) = rest.iter().position(|&b| ESCAPE[usize::from(b)]) {
+        out.extend_from_slice(&rest[..pos]);
+        let b = rest[pos];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -87,9 +85,9 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
                 HEX[usize::from(b & 0xf)],
             ]),
         }
-        start = i + 1;
+        rest = &rest[pos + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -101,9 +99,130 @@ pub fn canonical_sm3(value: &Value) -> [u8; 32] {
 /// SM3 over the canonical JSON of an event (including its personal data,
 /// which the gateway encrypts separately; hash before encrypting).
 pub fn event_sm3(event: &TraceEvent) -> [u8; 32] {
-    // Serialising our own types to a Value cannot fail (string keys only).
-    let v = serde_json::to_value(event).unwrap_or(Value::Null);
-    canonical_sm3(&v)
+    Sm3::digest(event_canonical_json(event)).into()
+}
+
+/// The canonical JSON of an event: the same bytes as
+/// `to_canonical_json(&serde_json::to_value(event))`, written directly
+/// (no intermediate `Value`).
+pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, k: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_string(k, out);
+        out.push(b':');
+    };
+    let time = |out: &mut Vec<u8>, t: &chrono::DateTime<chrono::FixedOffset>| {
+        // chrono's serde form (RFC 3339, fraction only when non-zero), never escaped
+        out.push(b'"');
+        out.extend_from_slice(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false).as_bytes());
+        out.push(b'"');
+    };
+    let strings = |out: &mut Vec<u8>, list: &[String]| {
+        out.push(b'[');
+        for (i, c) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string(c, out);
+        }
+        out.push(b']');
+    };
+    let party = |out: &mut Vec<u8>, p: &crate::event::Party| {
+        out.extend_from_slice(b"{\"code\":");
+        write_string(&p.code, out);
+        if let Some(n) = &p.name {
+            out.extend_from_slice(b",\"name\":");
+            write_string(n, out);
+        }
+        out.push(b'}');
+    };
+    out.push(b'{');
+    if !e.aggregations.is_empty() {
+        key(&mut out, "aggregations");
+        out.push(b'[');
+        for (i, a) in e.aggregations.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"children\":");
+            strings(&mut out, &a.children);
+            out.extend_from_slice(b",\"parent\":");
+            write_string(&a.parent, &mut out);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    if let Some(b) = &e.bill_type {
+        key(&mut out, "billType");
+        write_string(b, &mut out);
+    }
+    key(&mut out, "category");
+    write_string(&e.category, &mut out);
+    if let Some(d) = &e.device {
+        key(&mut out, "device");
+        write_string(d, &mut out);
+    }
+    key(&mut out, "eventID");
+    let mut buf = uuid::Uuid::encode_buffer();
+    write_string(e.event_id.hyphenated().encode_lower(&mut buf), &mut out);
+    key(&mut out, "fields");
+    write_object(&e.fields, &mut out);
+    if let Some(p) = &e.from {
+        key(&mut out, "from");
+        party(&mut out, p);
+    }
+    key(&mut out, "occurredAt");
+    time(&mut out, &e.occurred_at);
+    if !e.pii.is_empty() {
+        key(&mut out, "pii");
+        out.push(b'{');
+        // Pii iterates in key order already (a BTreeMap of Strings)
+        for (i, (k, v)) in e.pii.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string(k, &mut out);
+            out.push(b':');
+            write_string(v, &mut out);
+        }
+        out.push(b'}');
+    }
+    key(&mut out, "recordKey");
+    write_string(&e.record_key, &mut out);
+    key(&mut out, "recordedAt");
+    time(&mut out, &e.recorded_at);
+    key(&mut out, "source");
+    write_string(&e.source, &mut out);
+    if let Some(p) = &e.to {
+        key(&mut out, "to");
+        party(&mut out, p);
+    }
+    if !e.trace_codes.is_empty() {
+        key(&mut out, "traceCodes");
+        strings(&mut out, &e.trace_codes);
+    }
+    out.push(b'}');
+    out
+}
+
+fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]

@@ -101,6 +101,10 @@ pub struct Element {
     /// Personal data of a person (name, ID number, phone, address...): kept
     /// apart in [`crate::Pii`], encrypted by the gateway, masked in output.
     pub pii: bool,
+    /// Position in the dataset (file order).
+    pub(crate) index: usize,
+    /// Read by a cross-field rule.
+    pub(crate) cross: bool,
 }
 
 /// Whether a category's events carry trace codes.
@@ -146,6 +150,10 @@ pub struct Category {
     pub bill_types: Vec<String>,
     /// EPCIS export.
     pub epcis: EpcisMapping,
+    /// Indices of the required elements.
+    pub(crate) required_idx: Vec<usize>,
+    /// Bit set of allowed element indices.
+    pub(crate) allowed: Vec<u64>,
 }
 
 impl Category {
@@ -153,7 +161,35 @@ impl Category {
     pub fn allows(&self, key: &str) -> bool {
         self.required.iter().chain(&self.optional).any(|k| k == key)
     }
+
+    /// Whether the element is one of this category's elements (fast path).
+    pub(crate) fn allows_element(&self, e: &Element) -> bool {
+        self.allowed
+            .get(e.index / 64)
+            .is_some_and(|w| w & (1u64 << (e.index % 64)) != 0)
+    }
 }
+
+/// FNV-1a: a fast hasher for the small, trusted key set of the dataset
+/// (element keys come from the dataset file, not from the network).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub(crate) type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
 /// A code table: code → meaning.
 #[derive(Debug, Clone)]
@@ -175,7 +211,7 @@ pub struct Dataset {
     pub version: String,
     /// Provenance note.
     pub note: String,
-    elements: HashMap<String, Element>,
+    elements: HashMap<String, Element, FnvBuild>,
     element_order: Vec<String>,
     categories: BTreeMap<String, Category>,
     code_tables: BTreeMap<String, CodeTable>,
@@ -279,7 +315,7 @@ impl Dataset {
                 },
             );
         }
-        let mut elements = HashMap::new();
+        let mut elements: HashMap<String, Element, FnvBuild> = HashMap::default();
         let mut element_order = Vec::new();
         let mut raw_elements: Vec<(String, Spanned<RawElement>)> = raw.elements.into_iter().collect();
         raw_elements.sort_by_key(|(_, e)| e.span().start);
@@ -302,6 +338,7 @@ impl Dataset {
                     message: format!("element `{key}` has type code but no code_table"),
                 });
             }
+            let cross = crate::validate::CROSS_KEYS.contains(&key.as_str());
             element_order.push(key.clone());
             elements.insert(
                 key.clone(),
@@ -317,6 +354,8 @@ impl Dataset {
                     max: e.max,
                     code_table: e.code_table.as_ref().map(|c| c.get_ref().clone()),
                     pii: e.pii,
+                    index: element_order.len() - 1,
+                    cross,
                 },
             );
         }
@@ -367,6 +406,15 @@ impl Dataset {
                 }
                 bill_types.push(b.get_ref().clone());
             }
+            let required_idx = required
+                .iter()
+                .filter_map(|k| elements.get(k))
+                .map(|e| e.index)
+                .collect();
+            let mut allowed = vec![0u64; elements.len().div_ceil(64)];
+            for e in required.iter().chain(&optional).filter_map(|k| elements.get(k)) {
+                allowed[e.index / 64] |= 1u64 << (e.index % 64);
+            }
             categories.insert(
                 key.clone(),
                 Category {
@@ -378,6 +426,8 @@ impl Dataset {
                     trace_codes: c.trace_codes,
                     bill_types,
                     epcis: c.epcis,
+                    required_idx,
+                    allowed,
                 },
             );
         }
@@ -396,6 +446,11 @@ impl Dataset {
     /// The element with this key.
     pub fn element(&self, key: &str) -> Option<&Element> {
         self.elements.get(key)
+    }
+
+    /// Number of elements.
+    pub fn element_count(&self) -> usize {
+        self.element_order.len()
     }
 
     /// All elements, in file order.

@@ -713,7 +713,7 @@ impl MappingSpec {
         out
     }
 
-    fn map_one(&self, ctx: &Ctx<'_>, index: usize, recorded_at: DateTime<FixedOffset>, out: &mut MapOutcome) {
+    fn map_one<'a>(&'a self, ctx: &Ctx<'a>, index: usize, recorded_at: DateTime<FixedOffset>, out: &mut MapOutcome) {
         let record_key = self
             .record_key
             .as_ref()
@@ -772,15 +772,17 @@ impl MappingSpec {
             out.problems.extend(problems);
             return;
         };
-        let mut fields = Map::new();
+        let mut fields = Map::with_capacity(self.fields.len());
         let mut pii = Pii::new();
         let mut occurred_at: Option<DateTime<FixedOffset>> = None;
         let (mut source, mut device) = (None, None);
         let (mut trace_codes, mut parent, mut children) = (Vec::new(), None, Vec::new());
         let (mut from, mut from_name, mut to, mut to_name) = (None, None, None, None);
+        let mut vals: Vec<Cow<'a, str>> = Vec::with_capacity(4);
         for f in &self.fields {
-            let mut vals: Vec<Cow<'_, str>> = match &f.source {
-                FieldSource::Const(c) => vec![Cow::Borrowed(c.as_str())],
+            vals.clear();
+            match &f.source {
+                FieldSource::Const(c) => vals.push(Cow::Borrowed(c.as_str())),
                 FieldSource::Paths(ps) => match &f.join {
                     Some(sep) => {
                         let parts: Vec<Cow<'_, str>> = ps
@@ -789,21 +791,25 @@ impl MappingSpec {
                             .map(|v| if f.trim { trim_cow(v) } else { v })
                             .filter(|v| !v.is_empty())
                             .collect();
-                        if parts.is_empty() {
-                            Vec::new()
-                        } else {
-                            vec![Cow::Owned(parts.join(sep))]
+                        if !parts.is_empty() {
+                            vals.push(Cow::Owned(parts.join(sep)));
                         }
                     }
-                    None => ps
-                        .iter()
-                        .map(|p| fetch(ctx, p, f.all))
-                        .find(|v| v.iter().any(|s| !s.trim().is_empty()))
-                        .unwrap_or_default(),
+                    None => {
+                        for p in ps {
+                            fetch_into(ctx, p, f.all, &mut vals);
+                            if vals.iter().any(|s| !fast_trim(s).is_empty()) {
+                                break;
+                            }
+                            vals.clear();
+                        }
+                    }
                 },
-            };
+            }
             if f.trim {
-                vals = vals.into_iter().map(trim_cow).collect();
+                for v in vals.iter_mut() {
+                    trim_in_place(v);
+                }
             }
             vals.retain(|v| !v.is_empty());
             if vals.is_empty()
@@ -828,19 +834,33 @@ impl MappingSpec {
                     .collect();
             }
             if let Some(i) = f.index {
-                vals = vals.into_iter().nth(i).into_iter().collect();
+                let keep = if i < vals.len() {
+                    Some(vals.swap_remove(i))
+                } else {
+                    None
+                };
+                vals.clear();
+                vals.extend(keep);
             }
             if f.upper {
-                vals = vals.into_iter().map(|v| Cow::Owned(v.to_uppercase())).collect();
+                for v in vals.iter_mut() {
+                    if v.chars().any(char::is_lowercase) {
+                        *v = Cow::Owned(v.to_uppercase());
+                    }
+                }
             }
             let is_pii = matches!(f.target, Target::Element { pii: true, .. });
             if let Some((tname, table)) = &f.lookup {
-                let mut mapped = Vec::with_capacity(vals.len());
-                for v in vals {
-                    match table.get(v.as_ref()) {
-                        Some(s) => mapped.push(Cow::Owned(s.clone())),
-                        None if f.lookup_keep => mapped.push(v),
+                let mut i = 0;
+                while i < vals.len() {
+                    match table.get(vals[i].as_ref()) {
+                        Some(s) => {
+                            vals[i] = Cow::Borrowed(s.as_str());
+                            i += 1;
+                        }
+                        None if f.lookup_keep => i += 1,
                         None => {
+                            let v = vals.remove(i);
                             let shown = if is_pii { mask(&v) } else { v.to_string() };
                             problem(
                                 &mut problems,
@@ -853,7 +873,6 @@ impl MappingSpec {
                         }
                     }
                 }
-                vals = mapped;
             }
             if vals.is_empty() {
                 continue;
@@ -944,7 +963,7 @@ impl MappingSpec {
                         Some(d) => {
                             let (dt, _) = d[0];
                             Value::String(if *ty == ElementType::Date {
-                                dt.format("%Y-%m-%d").to_string()
+                                ymd(dt)
                             } else {
                                 dt.to_rfc3339()
                             })
@@ -1018,6 +1037,11 @@ impl MappingSpec {
     }
 }
 
+fn ymd(dt: DateTime<FixedOffset>) -> String {
+    use chrono::Datelike as _;
+    format!("{:04}-{:02}-{:02}", dt.year(), dt.month(), dt.day())
+}
+
 fn trim_cow(v: Cow<'_, str>) -> Cow<'_, str> {
     match v {
         Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
@@ -1074,31 +1098,58 @@ enum Ctx<'a> {
 }
 
 fn fetch<'a>(ctx: &Ctx<'a>, path: &SrcPath, all: bool) -> Vec<Cow<'a, str>> {
+    let mut v = Vec::new();
+    fetch_into(ctx, path, all, &mut v);
+    v
+}
+
+/// `str::trim` with a fast path for values that start and end with a
+/// visible ASCII character (the common case).
+fn fast_trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(a), Some(b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
+fn trim_in_place(v: &mut Cow<'_, str>) {
+    match v {
+        Cow::Borrowed(b) => *b = fast_trim(b),
+        Cow::Owned(o) => {
+            let t = fast_trim(o);
+            if t.len() != o.len() {
+                *v = Cow::Owned(t.to_string());
+            }
+        }
+    }
+}
+
+fn fetch_into<'a>(ctx: &Ctx<'a>, path: &SrcPath, all: bool, out: &mut Vec<Cow<'a, str>>) {
     match (ctx, path) {
         (Ctx::Row(row), SrcPath::Column(c)) => {
             let v = row
                 .get(c.as_str())
                 .or_else(|| row.iter().find(|(k, _)| k.eq_ignore_ascii_case(c)).map(|(_, v)| v));
-            v.and_then(json_text).into_iter().collect()
+            out.extend(v.and_then(json_text));
         }
-        (Ctx::Hl7(m, g), SrcPath::Hl7(p)) => m.get(p, *g, all).into_iter().map(Cow::Owned).collect(),
+        (Ctx::Hl7(m, g), SrcPath::Hl7(p)) => out.extend(m.get(p, *g, all).into_iter().map(Cow::Owned)),
         (Ctx::Xml(n), SrcPath::Xml(p)) => {
             let v = p.eval(n);
             if all {
-                v.into_iter().map(Cow::Borrowed).collect()
+                out.extend(v.into_iter().map(Cow::Borrowed));
             } else {
-                v.into_iter()
-                    .find(|s| !s.trim().is_empty())
-                    .map(Cow::Borrowed)
-                    .into_iter()
-                    .collect()
+                out.extend(v.into_iter().find(|s| !s.trim().is_empty()).map(Cow::Borrowed));
             }
         }
         (Ctx::Json(j), SrcPath::Json(p)) => {
             let v = p.eval(j).into_iter().filter_map(json_text);
-            if all { v.collect() } else { v.take(1).collect() }
+            if all {
+                out.extend(v);
+            } else {
+                out.extend(v.take(1));
+            }
         }
-        _ => Vec::new(),
+        _ => {}
     }
 }
 

@@ -126,6 +126,13 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
         );
         return cx.out;
     };
+    let mut cross = Cross::new();
+    let mut present = vec![0u64; dataset.element_count().div_ceil(64)];
+    let mut mark = |el: &Element| {
+        if let Some(w) = present.get_mut(el.index / 64) {
+            *w |= 1u64 << (el.index % 64);
+        }
+    };
     for (key, value) in &event.fields {
         match dataset.element(key) {
             None => {
@@ -146,7 +153,13 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
                         "personal element must be carried in pii, not in fields",
                     );
                 }
-                if !cat.allows(key) {
+                if !value.is_null() {
+                    mark(el);
+                }
+                if el.cross {
+                    cross.push(key, CrossVal::V(value));
+                }
+                if !cat.allows_element(el) {
                     cx.warn(
                         key,
                         "not_in_category",
@@ -160,7 +173,13 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
     }
     for (key, value) in event.pii.iter() {
         match dataset.element(key) {
-            Some(el) if el.pii => check_value(&mut cx, dataset, el, &Value::String(value.to_string())),
+            Some(el) if el.pii => {
+                mark(el);
+                if el.cross {
+                    cross.push(key, CrossVal::S(value));
+                }
+                check_value(&mut cx, dataset, el, &Value::String(value.to_string()));
+            }
             Some(_) => cx.err(key, "not_pii", None, "element is not personal data; carry it in fields"),
             None => cx.err(
                 key,
@@ -170,9 +189,9 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             ),
         }
     }
-    for req in &cat.required {
-        let present = event.fields.get(req).is_some_and(|v| !v.is_null()) || event.pii.get(req).is_some();
-        if !present {
+    for (req, idx) in cat.required.iter().zip(&cat.required_idx) {
+        let is_present = present.get(idx / 64).is_some_and(|w| w & (1u64 << (idx % 64)) != 0);
+        if !is_present {
             let name = dataset.element(req).map_or("", |e| e.zh.as_str());
             cx.err(
                 req,
@@ -202,7 +221,6 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
         }
         _ => {}
     }
-    let mut seen = std::collections::HashSet::with_capacity(event.trace_codes.len());
     for code in event.trace_codes.iter().chain(
         event
             .aggregations
@@ -225,18 +243,24 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             );
         }
     }
-    for code in &event.trace_codes {
-        if !seen.insert(code.as_str()) {
+    let mut sorted: Vec<&str> = Vec::new();
+    if event.trace_codes.len() > 1 || !event.aggregations.is_empty() {
+        sorted = event.trace_codes.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+    }
+    for pair in sorted.windows(2) {
+        if pair[0] == pair[1] {
             cx.err(
                 "event.trace_codes",
                 "trace_code_duplicate",
-                Some(code.clone()),
+                Some(pair[0].to_string()),
                 "the same trace code appears twice in one event",
             );
         }
     }
     for a in &event.aggregations {
-        if seen.contains(a.parent.as_str()) && a.children.iter().any(|c| seen.contains(c.as_str())) {
+        let has = |c: &str| sorted.binary_search(&c).is_ok();
+        if has(&a.parent) && a.children.iter().any(|c| has(c)) {
             cx.err(
                 "event.trace_codes",
                 "parent_and_child",
@@ -261,7 +285,7 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
     if event.source.trim().is_empty() {
         cx.err("event.source", "required", None, "source entity is missing");
     }
-    cross_field(&mut cx, event);
+    cross_field(&mut cx, event, &cross);
     cx.out
 }
 
@@ -325,7 +349,7 @@ fn check_value(cx: &mut Ctx<'_>, dataset: &Dataset, el: &Element, value: &Value)
             }
             let ok = match el.ty {
                 ElementType::Digits => s.bytes().all(|b| b.is_ascii_digit()),
-                ElementType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok(),
+                ElementType::Date => parse_ymd(s).is_some(),
                 ElementType::Datetime => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
                 ElementType::TraceCode => checks::is_trace_code(s),
                 ElementType::RecipientCode => checks::is_recipient_code(s),
@@ -413,17 +437,99 @@ fn range(cx: &mut Ctx<'_>, el: &Element, n: f64, value: &Value) {
     }
 }
 
-fn date_of(event: &TraceEvent, key: &str) -> Option<NaiveDate> {
-    let s = event.field_str(key).or_else(|| event.pii.get(key))?;
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+/// Element keys the cross-field rules read. Elements with these keys are
+/// collected while the fields are checked, so the rules need no lookups.
+pub(crate) const CROSS_KEYS: [&str; 22] = [
+    "production_date",
+    "expiry_date",
+    "shelf_life_months",
+    "recipient_birth_date",
+    "lot_release_date",
+    "departure_time",
+    "arrival_time",
+    "period_start",
+    "period_end",
+    "vaccination_date",
+    "onset_time",
+    "temp_min",
+    "temp_max",
+    "temp_mean",
+    "departure_temp",
+    "arrival_temp",
+    "range_low",
+    "range_high",
+    "alarm_state",
+    "temperature_record_complete",
+    "receipt_verified",
+    "cancels_event_id",
+];
+
+#[derive(Clone, Copy)]
+enum CrossVal<'e> {
+    V(&'e Value),
+    S(&'e str),
 }
 
-fn time_of(event: &TraceEvent, key: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
-    chrono::DateTime::parse_from_rfc3339(event.field_str(key)?).ok()
+/// The values of the cross-field elements present in one event.
+struct Cross<'e> {
+    items: [(&'e str, CrossVal<'e>); CROSS_KEYS.len()],
+    len: usize,
 }
 
-fn num_of(event: &TraceEvent, key: &str) -> Option<f64> {
-    event.fields.get(key).and_then(Value::as_f64)
+impl<'e> Cross<'e> {
+    fn new() -> Cross<'e> {
+        Cross {
+            items: [("", CrossVal::S("")); CROSS_KEYS.len()],
+            len: 0,
+        }
+    }
+    fn push(&mut self, key: &'e str, v: CrossVal<'e>) {
+        if self.len < self.items.len() {
+            self.items[self.len] = (key, v);
+            self.len += 1;
+        }
+    }
+    fn get(&self, key: &str) -> Option<CrossVal<'e>> {
+        self.items[..self.len].iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+    fn value(&self, key: &str) -> Option<&'e Value> {
+        match self.get(key)? {
+            CrossVal::V(v) => Some(v),
+            CrossVal::S(_) => None,
+        }
+    }
+    fn str(&self, key: &str) -> Option<&'e str> {
+        match self.get(key)? {
+            CrossVal::V(v) => v.as_str(),
+            CrossVal::S(s) => Some(s),
+        }
+    }
+}
+
+fn date_of(c: &Cross<'_>, key: &str) -> Option<NaiveDate> {
+    parse_ymd(c.str(key)?)
+}
+
+fn time_of(c: &Cross<'_>, key: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(c.str(key)?).ok()
+}
+
+fn num_of(c: &Cross<'_>, key: &str) -> Option<f64> {
+    c.value(key).and_then(Value::as_f64)
+}
+
+/// Parses `YYYY-MM-DD` (fast path, no allocation).
+pub(crate) fn parse_ymd(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    NaiveDate::from_ymd_opt(i32::try_from(n(0..4)?).ok()?, n(5..7)?, n(8..10)?)
 }
 
 fn last_day_of_month(d: NaiveDate) -> Option<NaiveDate> {
@@ -447,10 +553,10 @@ pub fn accepted_expiry_dates(production: NaiveDate, shelf_life_months: u32) -> V
     v
 }
 
-fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
+fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
     let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
-    let prod = date_of(e, "production_date");
-    let exp = date_of(e, "expiry_date");
+    let prod = date_of(c, "production_date");
+    let exp = date_of(c, "expiry_date");
     if let (Some(p), Some(x)) = (prod, exp) {
         if x <= p {
             cx.err(
@@ -508,7 +614,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "vaccinated after the expiry date",
         );
     }
-    if let Some(b) = date_of(e, "recipient_birth_date")
+    if let Some(b) = date_of(c, "recipient_birth_date")
         && b > e.occurred_at.date_naive()
     {
         cx.err(
@@ -518,7 +624,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "date of birth is after the event",
         );
     }
-    if let (Some(p), Some(r)) = (prod, date_of(e, "lot_release_date"))
+    if let (Some(p), Some(r)) = (prod, date_of(c, "lot_release_date"))
         && r < p
     {
         cx.err(
@@ -528,7 +634,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "lot released before production",
         );
     }
-    if let (Some(d), Some(a)) = (time_of(e, "departure_time"), time_of(e, "arrival_time"))
+    if let (Some(d), Some(a)) = (time_of(c, "departure_time"), time_of(c, "arrival_time"))
         && a < d
     {
         cx.err(
@@ -538,7 +644,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "arrival is before departure",
         );
     }
-    if let (Some(s), Some(t)) = (time_of(e, "period_start"), time_of(e, "period_end"))
+    if let (Some(s), Some(t)) = (time_of(c, "period_start"), time_of(c, "period_end"))
         && t < s
     {
         cx.err(
@@ -548,7 +654,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "period ends before it starts",
         );
     }
-    if let (Some(v), Some(o)) = (date_of(e, "vaccination_date"), time_of(e, "onset_time"))
+    if let (Some(v), Some(o)) = (date_of(c, "vaccination_date"), time_of(c, "onset_time"))
         && o.date_naive() < v
     {
         cx.err(
@@ -558,7 +664,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "reaction onset is before the vaccination",
         );
     }
-    let (tmin, tmax, tmean) = (num_of(e, "temp_min"), num_of(e, "temp_max"), num_of(e, "temp_mean"));
+    let (tmin, tmax, tmean) = (num_of(c, "temp_min"), num_of(c, "temp_max"), num_of(c, "temp_mean"));
     if let (Some(lo), Some(hi)) = (tmin, tmax) {
         if lo > hi || tmean.is_some_and(|m| m < lo || m > hi) {
             cx.err(
@@ -569,10 +675,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             );
         }
         let (rl, rh) = (
-            num_of(e, "range_low").unwrap_or(2.0),
-            num_of(e, "range_high").unwrap_or(8.0),
+            num_of(c, "range_low").unwrap_or(2.0),
+            num_of(c, "range_high").unwrap_or(8.0),
         );
-        let alarm = e.field_str("alarm_state");
+        let alarm = c.str("alarm_state");
         if (lo < rl || hi > rh) && alarm == Some("0") {
             cx.warn(
                 "alarm_state",
@@ -586,12 +692,12 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
         (
             k,
             (
-                num_of(e, "range_low").unwrap_or(2.0),
-                num_of(e, "range_high").unwrap_or(8.0),
+                num_of(c, "range_low").unwrap_or(2.0),
+                num_of(c, "range_high").unwrap_or(8.0),
             ),
         )
     }) {
-        if let Some(t) = num_of(e, k)
+        if let Some(t) = num_of(c, k)
             && (t < rl || t > rh)
         {
             cx.warn(
@@ -602,9 +708,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             );
         }
     }
-    if e.fields.get("temperature_record_complete") == Some(&Value::Bool(false))
-        && e.field_str("receipt_verified") == Some("1")
-    {
+    if c.value("temperature_record_complete") == Some(&Value::Bool(false)) && c.str("receipt_verified") == Some("1") {
         cx.err(
             "temperature_record_complete",
             "receipt_without_temperature_record",
@@ -612,7 +716,7 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent) {
             "vaccine law art. 39: a receipt without the full temperature record must not be accepted",
         );
     }
-    if let Some(id) = e.field_str("cancels_event_id")
+    if let Some(id) = c.str("cancels_event_id")
         && id == e.event_id.to_string()
     {
         cx.err(

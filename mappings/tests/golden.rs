@@ -59,6 +59,12 @@ fn samples_pass_and_match_golden_exchange_files() {
                     msg,
                     "xml round trip"
                 );
+                // the direct canonical writer equals the generic one
+                let generic = mappings::to_canonical_json(&serde_json::to_value(e).unwrap());
+                assert_eq!(
+                    String::from_utf8(mappings::event_canonical_json(e)).unwrap(),
+                    String::from_utf8(generic).unwrap()
+                );
                 by_cat.entry(e.category.clone()).or_default().push(msg);
                 events.push(e.clone());
             }
