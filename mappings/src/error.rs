@@ -150,9 +150,20 @@ impl SpecError {
 
     pub(crate) fn from_toml(file: &str, text: &str, e: &toml::de::Error) -> SpecError {
         let offset = e.span().map_or(0, |s| s.start);
+        let mut message = e.message().trim().to_string();
+        // "unknown field `frm`, expected one of `to`, `from`, ..." → add near matches
+        if let Some(rest) = message
+            .strip_prefix("unknown field `")
+            .or_else(|| message.strip_prefix("unknown variant `"))
+            && let Some((name, expected)) = rest.split_once('`')
+        {
+            let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let near = near_matches(name, valid.into_iter());
+            message.push_str(&hint(&near));
+        }
         SpecError::Syntax {
             loc: Location::at(file, text, offset, None),
-            message: e.message().trim().to_string(),
+            message,
         }
     }
 }

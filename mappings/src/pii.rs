@@ -62,9 +62,10 @@ impl fmt::Debug for Pii {
     }
 }
 
-/// Masks a personal value for display: identifiers (8+ ASCII alphanumerics,
-/// e.g. ID or phone numbers) keep the first 3 and last 4 characters; any
-/// other text keeps only its first character. Every hidden character is `*`.
+/// Masks a personal value for display: identifiers (8+ ASCII letters and
+/// digits only, e.g. ID or phone numbers) keep the first 3 and last 4
+/// characters; anything else (names, addresses, dates) keeps only its first
+/// character. Every hidden character is `*`.
 ///
 /// ```
 /// assert_eq!(mappings::mask("11010519491231002X"), "110***********002X");
@@ -75,7 +76,7 @@ pub fn mask(value: &str) -> String {
     if n == 0 {
         return String::new();
     }
-    let ident = n >= 8 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+');
+    let ident = n >= 8 && value.chars().all(|c| c.is_ascii_alphanumeric());
     let (head, tail) = if ident { (3, 4) } else { (1, 0) };
     value
         .chars()

@@ -655,9 +655,14 @@ impl MappingSpec {
         &self.dataset
     }
 
-    /// Maps one record, stamping `recorded_at` with the current time.
+    /// Maps one record, stamping `recorded_at` with the current time (in
+    /// the spec's zone, millisecond precision).
     pub fn map(&self, record: &Record) -> MapOutcome {
-        self.map_at(record, Utc::now().fixed_offset())
+        use chrono::SubsecRound as _;
+        self.map_at(
+            record,
+            Utc::now().with_timezone(&self.zone).fixed_offset().trunc_subsecs(3),
+        )
     }
 
     /// Maps one record with a given `recorded_at` (deterministic output).

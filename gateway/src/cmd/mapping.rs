@@ -1,5 +1,6 @@
 //! `vaxgate mapping ...`: try a mapping spec on sample input.
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -68,61 +69,84 @@ pub fn run(c: MappingCmd) -> anyhow::Result<u8> {
                 .and_then(InputFormat::parse)
                 .unwrap_or(spec.format);
             let text = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
-            let records = match records_from_text(&spec, format, &text) {
-                Ok(r) => r,
-                Err(e) => {
-                    println!("error: {}: cannot split into records: {e}", input.display());
-                    return Ok(1);
-                }
-            };
-            let mut tracker = QualityTracker::new(&dataset);
-            let (mut failed, mut events_n, mut errors, mut warnings) = (0usize, 0usize, 0usize, 0usize);
-            let mut all_events = Vec::new();
-            for (i, record) in records.iter().enumerate() {
-                let mut out = spec.map(record);
-                for e in &out.events {
-                    let extra = tracker.observe(e);
-                    out.problems.extend(extra);
-                }
-                for e in &out.events {
-                    events_n += 1;
-                    let shown = if show_pii { e.clone() } else { e.masked() };
-                    let msg = ExchangeMessage::new(shown, &spec.receiver);
-                    match output.as_str() {
-                        "json" => println!("{}", exchange::to_json(&msg)),
-                        "xml" => print!("{}", exchange::to_xml(&msg)),
-                        _ => {}
-                    }
-                    all_events.push(e.clone());
-                }
-                for p in &out.problems {
-                    match p.severity {
-                        Severity::Error => errors += 1,
-                        Severity::Warning => warnings += 1,
-                    }
-                    println!("{p}");
-                }
-                if !out.is_ok() {
-                    failed += 1;
-                    if out.events.is_empty() {
-                        println!("record {} produced no event", i + 1);
-                    }
-                }
+            let mut w = std::io::stdout().lock();
+            match test(&mut w, &spec, &dataset, format, &input, &text, &output, show_pii) {
+                Ok(code) => Ok(code),
+                // output closed early (e.g. piped into `head`): stop quietly
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                Err(e) => Err(e).context("writing to stdout"),
             }
-            if output == "epcis" {
-                let doc = epcis::to_epcis_document(&all_events, &dataset);
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            }
-            println!(
-                "{}: {} records, {} events, {} failed, {} errors, {} warnings",
-                spec.origin,
-                records.len(),
-                events_n,
-                failed,
-                errors,
-                warnings
-            );
-            Ok(if failed > 0 { 1 } else { 0 })
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn test(
+    w: &mut impl Write,
+    spec: &MappingSpec,
+    dataset: &Dataset,
+    format: InputFormat,
+    input: &Path,
+    text: &str,
+    output: &str,
+    show_pii: bool,
+) -> std::io::Result<u8> {
+    let records = match records_from_text(spec, format, text) {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(w, "error: {}: cannot split into records: {e}", input.display())?;
+            return Ok(1);
+        }
+    };
+    let mut tracker = QualityTracker::new(dataset);
+    let (mut failed, mut events_n, mut errors, mut warnings) = (0usize, 0usize, 0usize, 0usize);
+    let mut all_events = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let mut out = spec.map(record);
+        for e in &out.events {
+            let extra = tracker.observe(e);
+            out.problems.extend(extra);
+        }
+        for e in &out.events {
+            events_n += 1;
+            let shown = if show_pii { e.clone() } else { e.masked() };
+            let msg = ExchangeMessage::new(shown, &spec.receiver);
+            match output {
+                "json" => writeln!(w, "{}", exchange::to_json(&msg))?,
+                "xml" => write!(w, "{}", exchange::to_xml(&msg))?,
+                _ => {}
+            }
+            if output == "epcis" {
+                all_events.push(e.clone());
+            }
+        }
+        for p in &out.problems {
+            match p.severity {
+                Severity::Error => errors += 1,
+                Severity::Warning => warnings += 1,
+            }
+            writeln!(w, "{p}")?;
+        }
+        if !out.is_ok() {
+            failed += 1;
+            if out.events.is_empty() {
+                writeln!(w, "record {} produced no event", i + 1)?;
+            }
+        }
+    }
+    if output == "epcis" {
+        let doc = epcis::to_epcis_document(&all_events, dataset);
+        writeln!(w, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+    }
+    writeln!(
+        w,
+        "{}: {} records, {} events, {} failed, {} errors, {} warnings",
+        spec.origin,
+        records.len(),
+        events_n,
+        failed,
+        errors,
+        warnings
+    )?;
+    Ok(if failed > 0 { 1 } else { 0 })
 }
