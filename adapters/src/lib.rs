@@ -1,3 +1,7 @@
-//! Sources (SQL, HL7 v2 over MLLP, XML exports, AMQP) and the agent that pushes
-//! sealed batches to the gateway. Filled by the adapters issue.
+//! Sources (SQL, HL7 v2 over MLLP, XML exports, AMQP) and the agent that
+//! pushes sealed batches to the gateway. Today: the signed gateway client.
 #![forbid(unsafe_code)]
+
+pub mod client;
+
+pub use client::{ClientError, GatewayClient, GatewayClientConfig};

@@ -3,6 +3,8 @@
 //! in `src/main.rs`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -25,12 +25,24 @@ use crate::metrics::METRICS;
 use crate::ratelimit::{Limiters, RouteClass};
 
 /// Shared by every worker.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AppState {
     /// The ledger.
     pub ledger: Ledger<AnyStore>,
+    /// The node key (signs registry transactions; opens envelopes).
+    pub node_key: secure_gateway::Sm2SigningKey,
     /// Rate limiters.
     pub limiters: Limiters,
+    /// The registry, rebuilt from the ledger at start.
+    pub registry: std::sync::RwLock<crate::registry::Registry>,
+    /// Serialises registry changes (check → append → apply).
+    pub registry_writer: tokio::sync::Mutex<()>,
+    /// Nonces seen recently.
+    pub nonces: crate::auth::NonceCache,
+    /// Largest accepted difference between a request's clock and ours.
+    pub max_clock_skew_secs: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
 }
 
 /// The client's address (the TCP peer; proxies are not trusted).
@@ -102,6 +114,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .wrap(from_fn(public_limit))
                     .route("/stats", web::get().to(stats))
                     .route("/checkpoints/latest", web::get().to(latest_checkpoint)),
+            )
+            .service(
+                web::scope("/v1/admin")
+                    .wrap(from_fn(crate::auth::admin))
+                    .configure(crate::api::admin::routes),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

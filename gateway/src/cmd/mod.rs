@@ -1,5 +1,6 @@
 //! One module per subcommand. Each `run` returns the process exit code.
 
+pub mod admin;
 pub mod bench_crypto;
 pub mod init;
 pub mod keys;

@@ -29,6 +29,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         Some(t) if !c.server.plain_http => Some(gateway::tls::server_config(&loaded, t)?),
         _ => None,
     };
+    let node_key_copy = node_key.clone();
+    let config_path = a.config.clone();
     let base = loaded.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let workers = if c.server.workers == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
@@ -50,9 +52,28 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         )
         .await
         .context("opening the ledger")?;
+        let admins = c
+            .registry
+            .admins
+            .iter()
+            .map(|p| {
+                secure_gateway::load_verifying_key(&loaded.resolve(p))
+                    .with_context(|| format!("{}: [registry] admins", config_path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let registry =
+            gateway::api::admin::replay(&store, gateway::registry::Registry::new(admins, c.registry.threshold))
+                .await
+                .context("rebuilding the registry from the ledger")?;
         let state = actix_web::web::Data::new(AppState {
             ledger,
+            node_key: node_key_copy,
             limiters: Limiters::new(&c.rate_limits),
+            registry: std::sync::RwLock::new(registry),
+            registry_writer: tokio::sync::Mutex::new(()),
+            nonces: Default::default(),
+            max_clock_skew_secs: c.auth.max_clock_skew_secs,
+            max_body_bytes: c.server.max_body_bytes,
         });
         let limiters = state.limiters.clone();
         actix_web::rt::spawn(async move {

@@ -1,0 +1,125 @@
+//! Registry administration: `POST /v1/admin/registry` (a signed change with
+//! its approvals), `GET /v1/admin/entities`, `GET /v1/admin/entities/{id}`.
+
+use actix_web::{HttpResponse, web};
+use ledger::{Receipt, TxContent, TxKind};
+use secure_gateway::sm3;
+use serde_json::json;
+
+use crate::error::{ApiError, Code};
+use crate::registry::{Registry, RegistryChange};
+use crate::server::AppState;
+
+/// The ledger category of registry transactions.
+pub const REGISTRY_CATEGORY: &str = "registry";
+
+/// Checks a change against the current registry, appends it to the ledger
+/// and, once durable, applies it. Changes are serialised.
+pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt, ApiError> {
+    let _writer = state.registry_writer.lock().await;
+    let mut next = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?
+        .clone();
+    next.apply(&change).map_err(|e| match e {
+        crate::registry::RegistryError::NotAuthorised(m) => ApiError::new(Code::Forbidden, m),
+        other => ApiError::new(Code::ValidationFailed, other.to_string()),
+    })?;
+    let payload = serde_json::to_vec(&change).map_err(ApiError::internal)?;
+    let content = TxContent {
+        tx_id: change.change_id,
+        record_id: format!("registry:{}", change.change_id),
+        kind: TxKind::Registry,
+        category: REGISTRY_CATEGORY.into(),
+        state_key: Registry::state_key(&change),
+        content_type: "json".into(),
+        data_hash: sm3(&payload),
+        payload,
+    };
+    let txs = ledger::sign_batch(
+        "node",
+        &state.node_key,
+        vec![content],
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let receipt = state
+        .ledger
+        .append(txs)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("no receipt"))?;
+    *state
+        .registry
+        .write()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))? = next;
+    tracing::info!(change = %change.change_id, height = receipt.height, "registry change committed");
+    Ok(receipt)
+}
+
+/// Rebuilds the registry from the ledger's registry transactions.
+pub async fn replay<S: ledger::LedgerStore>(store: &S, mut reg: Registry) -> anyhow::Result<Registry> {
+    let mut from = 0u64;
+    loop {
+        let page = store.category(REGISTRY_CATEGORY, from, 1000).await?;
+        let Some(last) = page.last() else { break };
+        from = last.leaf_index + 1;
+        for st in &page {
+            if st.tx.content.kind != TxKind::Registry {
+                continue;
+            }
+            let change: RegistryChange = serde_json::from_slice(&st.tx.content.payload).map_err(|e| {
+                anyhow::anyhow!(
+                    "registry transaction {} (block {}) is not a registry change: {e}",
+                    st.tx.content.tx_id,
+                    st.height
+                )
+            })?;
+            reg.apply(&change).map_err(|e| {
+                anyhow::anyhow!(
+                    "registry transaction {} (block {}) does not apply to the registry built so far: {e}; \
+                     was the ledger written with other administrator keys?",
+                    st.tx.content.tx_id,
+                    st.height
+                )
+            })?;
+        }
+    }
+    Ok(reg)
+}
+
+async fn post_change(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let change: RegistryChange = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(Code::MalformedBody, format!("not a registry change: {e}")))?;
+    let r = submit(&state, change).await?;
+    Ok(HttpResponse::Created().json(r))
+}
+
+async fn list_entities(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let list: Vec<_> = reg.entities().collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn get_entity(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let e = reg
+        .entity(&id)
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("entity {id} is not registered")))?;
+    let keys: Vec<_> = reg.keys_of(&e.id).collect();
+    Ok(HttpResponse::Ok().json(json!({ "entity": e, "keys": keys })))
+}
+
+/// Registers the admin routes (inside the admin authentication scope).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/registry", web::post().to(post_change))
+        .route("/entities", web::get().to(list_entities))
+        .route("/entities/{id}", web::get().to(get_entity));
+}

@@ -1,0 +1,3 @@
+//! Route handlers, one module per route class.
+
+pub mod admin;
