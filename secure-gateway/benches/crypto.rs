@@ -20,19 +20,30 @@ fn primitives(c: &mut Criterion) {
     let k = Sm4Key::new([1; 16]);
     g.bench_function("sm4-cbc", |b| b.iter(|| sm4_cbc_encrypt(&k, &[2; 16], black_box(&buf))));
     let mut ctr = buf.clone();
-    g.bench_function("sm4-ctr", |b| b.iter(|| sm4_ctr_apply(&k, &[2; 16], black_box(&mut ctr))));
-    g.bench_function("sm4-gcm", |b| b.iter(|| sm4_gcm_seal(&k, &[3; 12], b"", black_box(&buf)).unwrap()));
+    g.bench_function("sm4-ctr", |b| {
+        b.iter(|| sm4_ctr_apply(&k, &[2; 16], black_box(&mut ctr)))
+    });
+    g.bench_function("sm4-gcm", |b| {
+        b.iter(|| sm4_gcm_seal(&k, &[3; 12], b"", black_box(&buf)).unwrap())
+    });
     g.finish();
 
     let key = Sm2SigningKey::generate();
     let sig = key.sign(b"msg");
     let ct = key.verifying_key().encrypt(&[7; 16], Sm2CiphertextFormat::Der).unwrap();
     c.bench_function("sm2 sign", |b| b.iter(|| key.sign(black_box(b"msg"))));
-    c.bench_function("sm2 verify", |b| b.iter(|| key.verifying_key().verify(black_box(b"msg"), &sig)));
-    c.bench_function("sm2 encrypt 16B", |b| {
-        b.iter(|| key.verifying_key().encrypt(black_box(&[7; 16]), Sm2CiphertextFormat::Der))
+    c.bench_function("sm2 verify", |b| {
+        b.iter(|| key.verifying_key().verify(black_box(b"msg"), &sig))
     });
-    c.bench_function("sm2 decrypt 16B", |b| b.iter(|| key.decrypt(black_box(&ct), Sm2CiphertextFormat::Der)));
+    c.bench_function("sm2 encrypt 16B", |b| {
+        b.iter(|| {
+            key.verifying_key()
+                .encrypt(black_box(&[7; 16]), Sm2CiphertextFormat::Der)
+        })
+    });
+    c.bench_function("sm2 decrypt 16B", |b| {
+        b.iter(|| key.decrypt(black_box(&ct), Sm2CiphertextFormat::Der))
+    });
 }
 
 fn envelopes(c: &mut Criterion) {
@@ -44,8 +55,12 @@ fn envelopes(c: &mut Criterion) {
     let meta = EnvelopeMeta::now("e", ContentType::Json, "c");
     let rec = vec![b'x'; 1024];
     let env = seal(&p, &sender, meta.clone(), &rec, &rcpt).unwrap();
-    c.bench_function("envelope seal 1KiB", |b| b.iter(|| seal(&p, &sender, meta.clone(), black_box(&rec), &rcpt)));
-    c.bench_function("envelope open 1KiB", |b| b.iter(|| open(&p, black_box(&env), &spk, RecipientKey::Sm2(&me))));
+    c.bench_function("envelope seal 1KiB", |b| {
+        b.iter(|| seal(&p, &sender, meta.clone(), black_box(&rec), &rcpt))
+    });
+    c.bench_function("envelope open 1KiB", |b| {
+        b.iter(|| open(&p, black_box(&env), &spk, RecipientKey::Sm2(&me)))
+    });
 }
 
 criterion_group!(benches, primitives, envelopes);

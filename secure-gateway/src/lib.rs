@@ -21,6 +21,7 @@ pub mod provider;
 pub mod random;
 pub mod request;
 pub mod sign;
+pub mod sm4t;
 pub mod sym;
 
 pub use batch::{BatchHeader, RecordProof, SignedBatch, sign_batch};

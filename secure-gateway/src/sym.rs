@@ -4,7 +4,8 @@
 //!
 //! SM4-GCM is the generic GCM construction (NIST SP 800-38D) over the SM4
 //! block cipher with a 96-bit nonce and a 128-bit tag, as in RFC 8998 and
-//! BouncyCastle: `aes_gcm::AesGcm<sm4::Sm4, U12>`. The output is
+//! BouncyCastle: `aes_gcm::AesGcm<Sm4T, U12>` over our table-driven SM4
+//! ([`crate::sm4t`]). The output is
 //! `ciphertext ‖ tag` (16 bytes of tag at the end).
 
 use std::fmt;
@@ -16,9 +17,10 @@ use cbc::cipher::{BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyIvI
 use zeroize::Zeroize;
 
 use crate::CryptoError;
+use crate::sm4t::Sm4T;
 
 /// SM4-GCM with a 96-bit nonce and a 128-bit tag.
-type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, U12>;
+type Sm4Gcm = aes_gcm::AesGcm<Sm4T, U12>;
 
 /// Length of an SM4 key in bytes.
 pub const SM4_KEY_LEN: usize = 16;
@@ -90,7 +92,7 @@ impl Sm4Key {
 /// GB/T 32907 known-answer tests; do not use it to encrypt data.
 pub fn sm4_encrypt_block(key: &Sm4Key, block: &[u8; SM4_BLOCK_LEN]) -> [u8; SM4_BLOCK_LEN] {
     use cbc::cipher::KeyInit as _;
-    let c = sm4::Sm4::new(&key.0.into());
+    let c = Sm4T::new(&key.0.into());
     let mut b = (*block).into();
     c.encrypt_block(&mut b);
     b.into()
@@ -137,7 +139,7 @@ pub fn sm4_gcm_open(
 
 /// SM4-CBC encryption with PKCS#7 padding (as `openssl enc -sm4-cbc`).
 pub fn sm4_cbc_encrypt(key: &Sm4Key, iv: &[u8; SM4_BLOCK_LEN], plaintext: &[u8]) -> Vec<u8> {
-    cbc::Encryptor::<sm4::Sm4>::new(&key.0.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(plaintext)
+    cbc::Encryptor::<Sm4T>::new(&key.0.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(plaintext)
 }
 
 /// SM4-CBC decryption with PKCS#7 padding removal.
@@ -152,7 +154,7 @@ pub fn sm4_cbc_decrypt(
             ciphertext.len()
         )));
     }
-    cbc::Decryptor::<sm4::Sm4>::new(&key.0.into(), &(*iv).into())
+    cbc::Decryptor::<Sm4T>::new(&key.0.into(), &(*iv).into())
         .decrypt_padded_vec::<Pkcs7>(ciphertext)
         .map(zeroize::Zeroizing::new)
         .map_err(|_| CryptoError::Cipher("sm4-cbc bad padding (wrong key or tampered data)".into()))
@@ -162,7 +164,7 @@ pub fn sm4_cbc_decrypt(
 /// `openssl enc -sm4-ctr -iv`). Encryption and decryption are the same
 /// operation; the buffer is transformed in place.
 pub fn sm4_ctr_apply(key: &Sm4Key, iv: &[u8; SM4_BLOCK_LEN], data: &mut [u8]) {
-    let mut c = ctr::Ctr128BE::<sm4::Sm4>::new(&key.0.into(), &(*iv).into());
+    let mut c = ctr::Ctr128BE::<Sm4T>::new(&key.0.into(), &(*iv).into());
     c.apply_keystream(data);
 }
 
@@ -187,7 +189,7 @@ mod tests {
     #[test]
     fn kat_million_iterations() {
         use cbc::cipher::KeyInit as _;
-        let c = sm4::Sm4::new(&h16("0123456789abcdeffedcba9876543210").into());
+        let c = Sm4T::new(&h16("0123456789abcdeffedcba9876543210").into());
         let mut b = h16("0123456789abcdeffedcba9876543210").into();
         for _ in 0..1_000_000 {
             c.encrypt_block(&mut b);
