@@ -43,7 +43,10 @@ const BLOCK: usize = 8192;
 
 /// Runs the crypto benchmark.
 pub fn run(a: BenchCryptoArgs) -> anyhow::Result<u8> {
-    anyhow::ensure!(a.seconds > 0.0 && a.seconds.is_finite(), "--seconds must be a positive number");
+    anyhow::ensure!(
+        a.seconds > 0.0 && a.seconds.is_finite(),
+        "--seconds must be a positive number"
+    );
     let s = a.seconds;
     let buf: Vec<u8> = (0..BLOCK).map(|i| (i * 31 + 7) as u8).collect();
     let mb = |ops: f64| ops * BLOCK as f64 / 1e6;
@@ -110,11 +113,22 @@ pub fn run(a: BenchCryptoArgs) -> anyhow::Result<u8> {
         ("sm4-cbc encrypt (8 KiB)", "sm4_cbc_mb_s", sm4_cbc_mb_s),
         ("sm4-ctr (8 KiB)", "sm4_ctr_mb_s", sm4_ctr_mb_s),
         ("sm4-gcm seal (8 KiB)", "sm4_gcm_mb_s", sm4_gcm_mb_s),
-        ("envelope seal (1 KiB, 1 sm2 recipient)", "envelope_seal_per_s", envelope_seal_per_s),
-        ("envelope open (1 KiB, verify + decrypt)", "envelope_open_per_s", envelope_open_per_s),
+        (
+            "envelope seal (1 KiB, 1 sm2 recipient)",
+            "envelope_seal_per_s",
+            envelope_seal_per_s,
+        ),
+        (
+            "envelope open (1 KiB, verify + decrypt)",
+            "envelope_open_per_s",
+            envelope_open_per_s,
+        ),
         ("", "", 0.0),
     ];
-    println!("vaxgate bench crypto: provider {}, {s} s per figure, one thread", provider.name());
+    println!(
+        "vaxgate bench crypto: provider {}, {s} s per figure, one thread",
+        provider.name()
+    );
     println!("{:<42} {:>14}", "operation", "rate");
     let mut json = serde_json::Map::new();
     json.insert("provider".into(), provider.name().into());

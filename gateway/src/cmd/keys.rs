@@ -29,13 +29,19 @@ pub enum KeysCmd {
 /// Runs a keys subcommand.
 pub fn run(c: KeysCmd) -> anyhow::Result<u8> {
     match c {
-        KeysCmd::Generate { out, entity, passphrase_env, danger_unencrypted } => {
+        KeysCmd::Generate {
+            out,
+            entity,
+            passphrase_env,
+            danger_unencrypted,
+        } => {
             let protection = if danger_unencrypted {
                 eprintln!("warning: --danger-unencrypted: the private key is written in the clear");
                 KeyProtection::DangerUnencrypted
             } else {
-                KeyProtection::from_env(&passphrase_env)
-                    .with_context(|| format!("set {passphrase_env} to the key passphrase (or pass --passphrase-env NAME)"))?
+                KeyProtection::from_env(&passphrase_env).with_context(|| {
+                    format!("set {passphrase_env} to the key passphrase (or pass --passphrase-env NAME)")
+                })?
             };
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let name = entity.as_deref().unwrap_or("key");
@@ -45,5 +51,53 @@ pub fn run(c: KeysCmd) -> anyhow::Result<u8> {
             println!("public key  {}", files.public_key.display());
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate(out: &std::path::Path, entity: Option<&str>, env: &str, danger: bool) -> anyhow::Result<u8> {
+        run(KeysCmd::Generate {
+            out: out.to_path_buf(),
+            entity: entity.map(str::to_string),
+            passphrase_env: env.to_string(),
+            danger_unencrypted: danger,
+        })
+    }
+
+    #[test]
+    fn generate_writes_encrypted_key_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("keys");
+        // PATH is always set under cargo test; it stands in for the passphrase
+        // variable because set_var is unsafe in edition 2024.
+        assert_eq!(generate(&out, Some("cdc-01"), "PATH", false).unwrap(), 0);
+        let pem = std::fs::read_to_string(out.join("cdc-01.key.pem")).unwrap();
+        assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        let sk = secure_gateway::load_signing_key(&out.join("cdc-01.key.pem"), "PATH").unwrap();
+        let vk = secure_gateway::load_verifying_key(&out.join("cdc-01.pub.pem")).unwrap();
+        assert_eq!(sk.verifying_key(), &vk);
+        let e = generate(&out, Some("cdc-01"), "PATH", false).unwrap_err();
+        assert!(format!("{e:#}").contains("refusing to overwrite"), "{e:#}");
+    }
+
+    #[test]
+    fn missing_passphrase_is_a_clear_error_and_danger_flag_writes_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = generate(dir.path(), None, "VAXGATE_TEST_NEVER_SET_7f3a", false).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("VAXGATE_TEST_NEVER_SET_7f3a") && msg.contains("not set"),
+            "{msg}"
+        );
+        assert!(!dir.path().join("key.key.pem").exists());
+        assert_eq!(
+            generate(dir.path(), None, "VAXGATE_TEST_NEVER_SET_7f3a", true).unwrap(),
+            0
+        );
+        let pem = std::fs::read_to_string(dir.path().join("key.key.pem")).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 }
