@@ -440,7 +440,7 @@ impl<S: LedgerStore> Committer<S> {
         seen_txs: &HashSet<String>,
     ) -> Result<Vec<Sm3Digest>, LedgerError> {
         let mut leaves = Vec::with_capacity(txs.len());
-        let mut verified_batches: HashSet<(Uuid, String)> = HashSet::new();
+        let mut verified_batches: HashSet<(Uuid, Vec<u8>)> = HashSet::new();
         let mut records = HashSet::new();
         let mut ids = HashSet::new();
         for t in txs {
@@ -471,22 +471,12 @@ impl<S: LedgerStore> Committer<S> {
             if !ids.insert(c.tx_id.to_string()) || seen_txs.contains(&c.tx_id.to_string()) {
                 return Err(bad("transaction id used twice".into()));
             }
-            // One SM2 verification per signed batch; the audit path per record.
+            // The audit path per record; one SM2 verification per signed batch.
             let content_hash = c.content_hash();
-            let batch_key = (t.auth.batch_id, t.auth.signature.clone());
-            if verified_batches.contains(&batch_key) {
-                let leaf = merkle::leaf_hash(&content_hash.0);
-                if !merkle::verify_inclusion(
-                    t.auth.batch_index,
-                    t.auth.batch_size,
-                    &leaf,
-                    &t.auth.audit_path,
-                    &t.auth.batch_root,
-                ) {
-                    return Err(bad("record is not in the signed batch".into()));
-                }
-            } else {
-                t.auth.verify(&content_hash).map_err(bad)?;
+            t.auth.verify_membership(c).map_err(bad)?;
+            let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
+            if !verified_batches.contains(&batch_key) {
+                t.auth.verify_signature().map_err(bad)?;
                 verified_batches.insert(batch_key);
             }
             leaves.push(t.leaf_hash_with(&content_hash));

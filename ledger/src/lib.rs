@@ -31,5 +31,5 @@ pub use error::LedgerError;
 pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
 pub use store::{AnyStore, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
-pub use tx::{Transaction, TxAuth, TxContent, TxKind, sign_batch};
+pub use tx::{LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};
 pub use verify::{VerifyReport, verify_ledger};

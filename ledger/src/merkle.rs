@@ -9,26 +9,9 @@
 //! [`consistency_plan`]) and assemble proofs from their hashes; storage
 //! fetches the nodes in one query.
 
-use secure_gateway::{Sm3Digest, Sm3Hasher};
+use secure_gateway::Sm3Digest;
 
-/// Hash of a leaf: `SM3(0x00 ‖ data)`.
-pub fn leaf_hash(data: &[u8]) -> Sm3Digest {
-    let mut h = Sm3Hasher::new();
-    h.update(&[0x00]).update(data);
-    h.finalize()
-}
-
-/// Hash of an interior node: `SM3(0x01 ‖ left ‖ right)`.
-pub fn node_hash(left: &Sm3Digest, right: &Sm3Digest) -> Sm3Digest {
-    let mut h = Sm3Hasher::new();
-    h.update(&[0x01]).update(&left.0).update(&right.0);
-    h.finalize()
-}
-
-/// The root of an empty tree: SM3 of the empty string (RFC 9162 §2.1.1).
-pub fn empty_root() -> Sm3Digest {
-    secure_gateway::sm3(b"")
-}
+pub use secure_gateway::merkle::{empty_root, leaf_hash, node_hash, verify_inclusion};
 
 /// Merkle Tree Hash of a list of *leaf hashes* (RFC 9162 MTH), iteratively.
 pub fn root_of(leaves: &[Sm3Digest]) -> Sm3Digest {
@@ -152,40 +135,6 @@ fn subproof(m: u64, lo: u64, hi: u64, b: bool, out: &mut Vec<Vec<NodeKey>>) {
 fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
     1u64 << (63 - (n - 1).leading_zeros())
-}
-
-/// Verifies an inclusion proof (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(
-    leaf_index: u64,
-    tree_size: u64,
-    leaf: &Sm3Digest,
-    path: &[Sm3Digest],
-    root: &Sm3Digest,
-) -> bool {
-    if leaf_index >= tree_size {
-        return false;
-    }
-    let (mut f_n, mut s_n) = (leaf_index, tree_size - 1);
-    let mut r = *leaf;
-    for p in path {
-        if s_n == 0 {
-            return false;
-        }
-        if f_n & 1 == 1 || f_n == s_n {
-            r = node_hash(p, &r);
-            if f_n & 1 == 0 {
-                while f_n & 1 == 0 && f_n != 0 {
-                    f_n >>= 1;
-                    s_n >>= 1;
-                }
-            }
-        } else {
-            r = node_hash(&r, p);
-        }
-        f_n >>= 1;
-        s_n >>= 1;
-    }
-    s_n == 0 && &r == root
 }
 
 /// Verifies a consistency proof between two tree heads (RFC 9162 §2.1.4.2).

@@ -60,7 +60,7 @@ impl InclusionProof {
         }
         self.transaction
             .auth
-            .verify(&self.transaction.content.content_hash())
+            .verify(&self.transaction.content)
             .map_err(|e| format!("submitter signature: {e}"))?;
         Ok(())
     }

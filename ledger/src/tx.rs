@@ -1,13 +1,13 @@
 //! Ledger transactions: the business-data hash plus the encrypted payload
 //! (T/CPMA 026-2023 6.2.1), with the submitter's batch-signature proof.
 //!
-//! A submitter signs a *batch* of records once: the SM2 signature covers the
-//! batch header, which contains the RFC 9162 Merkle root (SM3) of the
-//! records' content hashes. Each transaction keeps its audit path within the
+//! A submitter signs a *batch* of records once (`secure_gateway::BatchHeader`):
+//! the SM2 signature covers the batch header, which contains the RFC 9162
+//! Merkle root (SM3) of the records' digests. Each transaction keeps its audit path within the
 //! batch, so one record proves its origin without the rest of the batch
 //! (records of a batch that were rejected are simply absent).
 
-use secure_gateway::{Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, sm3};
+use secure_gateway::{BatchHeader, SealedEnvelope, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, sm3};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -55,105 +55,191 @@ impl TxKind {
     }
 }
 
-/// The submitter's proof of origin for one transaction (scheme
-/// `sm2-batch-v1`, see `docs/ledger.md`).
+/// What the batch tree's leaf is made of for this transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeafInput {
+    /// The payload is a sealed envelope (JSON) as the submitter sent it; the
+    /// leaf is its record digest (`docs/envelope.md`), and the envelope's
+    /// header must agree with the transaction's fields.
+    Envelope,
+    /// The leaf is [`TxContent::content_hash`] (transactions the ledger
+    /// node writes itself: genesis, registry changes).
+    Content,
+}
+
+impl LeafInput {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeafInput::Envelope => "envelope",
+            LeafInput::Content => "content",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "envelope" => Some(LeafInput::Envelope),
+            "content" => Some(LeafInput::Content),
+            _ => None,
+        }
+    }
+}
+
+/// The submitter's proof of origin for one transaction: the signed batch
+/// header (`secure_gateway::BatchHeader`), this record's place in the batch
+/// and its audit path, and the signer's public key so that the proof
+/// verifies offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxAuth {
     /// Entity that signed.
     pub signer: String,
-    /// Key id of the signing key (see [`Sm2VerifyingKey::key_id`]).
-    pub key_id: String,
-    /// The signing public key, SEC1 uncompressed, hex.
+    /// The signing public key, SEC1 uncompressed, lowercase hex.
     pub public_key: String,
-    /// Identifier of the signed batch.
-    pub batch_id: Uuid,
-    /// When the batch was signed (ms since the Unix epoch).
-    pub signed_at_ms: i64,
-    /// Records in the batch.
-    pub batch_size: u64,
+    /// What the leaf is made of.
+    pub leaf: LeafInput,
+    /// The signed batch header.
+    pub batch: BatchHeader,
     /// Position of this record in the batch.
-    pub batch_index: u64,
-    /// RFC 9162 root over the batch's record content hashes.
-    pub batch_root: Sm3Digest,
+    pub index: u64,
     /// Audit path of this record within the batch.
     pub audit_path: Vec<Sm3Digest>,
-    /// SM2 signature (raw r‖s, hex) over [`batch_signing_bytes`].
-    pub signature: String,
 }
 
 impl TxAuth {
-    /// Canonical bytes (part of the ledger leaf).
+    /// Canonical bytes (stored, and part of the ledger leaf).
     pub fn canonical(&self) -> Vec<u8> {
-        let mut c = Canon::new("vaxgate-auth-v1");
+        let b = &self.batch;
+        let mut c = Canon::new("vaxgate-auth-v2");
         c.str(&self.signer)
-            .str(&self.key_id)
             .str(&self.public_key)
-            .str(&self.batch_id.to_string())
-            .i64(self.signed_at_ms)
-            .u64(self.batch_size)
-            .u64(self.batch_index)
-            .bytes(&self.batch_root.0)
+            .str(self.leaf.as_str())
+            .u64(u64::from(b.version))
+            .str(&b.batch_id.to_string())
+            .str(&b.key_id)
+            .i64(b.timestamp_ms)
+            .u64(b.tree_size)
+            .bytes(&b.root.0)
+            .bytes(&b.signature)
+            .u64(self.index)
             .u64(self.audit_path.len() as u64);
         for p in &self.audit_path {
             c.bytes(&p.0);
         }
-        c.str(&self.signature);
         c.into_bytes()
     }
 
-    /// Checks the signature and that `content_hash` is leaf `batch_index`
-    /// of the signed batch. Does not consult any registry.
-    pub fn verify(&self, content_hash: &Sm3Digest) -> Result<(), String> {
-        let pk = hex::decode(&self.public_key).map_err(|_| "public key is not hex".to_string())?;
-        let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;
-        if vk.key_id() != self.key_id {
-            return Err(format!(
-                "key id {} does not match the public key ({})",
-                self.key_id,
-                vk.key_id()
-            ));
+    /// The leaf input of `content` under this proof (checking, for an
+    /// envelope, that its header agrees with the transaction).
+    pub fn leaf_input(&self, content: &TxContent) -> Result<Sm3Digest, String> {
+        match self.leaf {
+            LeafInput::Content => Ok(content.content_hash()),
+            LeafInput::Envelope => {
+                let env = SealedEnvelope::from_json(&content.payload).map_err(|e| e.to_string())?;
+                let h = &env.header;
+                let mismatch = |what: &str| Err(format!("the envelope's {what} does not match the transaction"));
+                if h.transaction_id != content.tx_id {
+                    return mismatch("transaction id");
+                }
+                if h.dataset_category != content.category {
+                    return mismatch("dataset category");
+                }
+                if h.content_type.as_str() != content.content_type {
+                    return mismatch("content type");
+                }
+                if env.plaintext_sm3 != content.data_hash {
+                    return mismatch("plaintext SM3 (data hash)");
+                }
+                if h.entity_id != self.signer {
+                    return mismatch("entity id");
+                }
+                if h.key_id != self.batch.key_id {
+                    return mismatch("signer key id");
+                }
+                env.record_digest().map_err(|e| e.to_string())
+            }
         }
-        let leaf = merkle::leaf_hash(&content_hash.0);
-        if !merkle::verify_inclusion(
-            self.batch_index,
-            self.batch_size,
+    }
+
+    /// Checks that the record is leaf `index` of the signed batch. The batch
+    /// signature itself is [`TxAuth::verify_signature`] (shared by the batch).
+    pub fn verify_membership(&self, content: &TxContent) -> Result<(), String> {
+        let leaf = merkle::leaf_hash(&self.leaf_input(content)?.0);
+        if merkle::verify_inclusion(
+            self.index,
+            self.batch.tree_size,
             &leaf,
             &self.audit_path,
-            &self.batch_root,
+            &self.batch.root,
         ) {
-            return Err("record is not in the signed batch (audit path does not reach the batch root)".into());
+            Ok(())
+        } else {
+            Err("record is not in the signed batch (audit path does not reach the batch root)".into())
         }
-        let sig = Sm2Signature::from_hex(&self.signature).map_err(|e| e.to_string())?;
-        let msg = batch_signing_bytes(
-            &self.signer,
-            &self.key_id,
-            self.batch_id,
-            self.signed_at_ms,
-            self.batch_size,
-            &self.batch_root,
-        );
-        vk.verify(&msg, &sig)
-            .map_err(|_| "batch signature does not verify".to_string())
+    }
+
+    /// Checks the batch signature under the embedded public key.
+    pub fn verify_signature(&self) -> Result<(), String> {
+        let pk = hex::decode(&self.public_key).map_err(|_| "public key is not hex".to_string())?;
+        let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;
+        if hex::encode(vk.to_sec1()) != self.public_key {
+            return Err("public key is not in canonical form (lowercase hex, uncompressed)".into());
+        }
+        self.batch.verify(&vk).map_err(|e| e.to_string())
+    }
+
+    /// Both checks.
+    pub fn verify(&self, content: &TxContent) -> Result<(), String> {
+        self.verify_membership(content)?;
+        self.verify_signature()
     }
 }
 
-/// The bytes a submitter signs for a batch.
-pub fn batch_signing_bytes(
+/// Builds the proofs of a batch whose leaves are `inputs`, signed by `key`.
+pub fn sign_leaves(
     signer: &str,
-    key_id: &str,
-    batch_id: Uuid,
+    key: &Sm2SigningKey,
+    inputs: &[Sm3Digest],
+    leaf: LeafInput,
     signed_at_ms: i64,
-    batch_size: u64,
-    root: &Sm3Digest,
-) -> Vec<u8> {
-    let mut c = Canon::new("vaxgate-batch-v1");
-    c.str(signer)
-        .str(key_id)
-        .str(&batch_id.to_string())
-        .i64(signed_at_ms)
-        .u64(batch_size)
-        .bytes(&root.0);
-    c.into_bytes()
+) -> Vec<TxAuth> {
+    let hashes: Vec<Sm3Digest> = inputs.iter().map(|d| merkle::leaf_hash(&d.0)).collect();
+    let n = hashes.len() as u64;
+    let vk = key.verifying_key();
+    let mut batch = BatchHeader {
+        version: secure_gateway::batch::BATCH_VERSION,
+        batch_id: Uuid::new_v4(),
+        key_id: vk.key_id().to_string(),
+        timestamp_ms: signed_at_ms,
+        tree_size: n,
+        root: merkle::root_of(&hashes),
+        signature: Vec::new(),
+    };
+    // signed_bytes cannot fail for a header built here (all fields are short).
+    let msg = batch.signed_bytes().unwrap_or_default();
+    batch.signature = key.sign(&msg).to_der();
+    let mut nodes = std::collections::HashMap::new();
+    let mut f = merkle::Frontier::default();
+    for h in &hashes {
+        f.push(*h, |level, index, h| {
+            nodes.insert(merkle::NodeKey { level, index }, h);
+        });
+    }
+    let public_key = hex::encode(vk.to_sec1());
+    (0..n)
+        .map(|i| TxAuth {
+            signer: signer.to_string(),
+            public_key: public_key.clone(),
+            leaf,
+            batch: batch.clone(),
+            index: i,
+            audit_path: merkle::inclusion_plan(i, n)
+                .iter()
+                .map(|keys| {
+                    let hs: Vec<Sm3Digest> = keys.iter().map(|k| nodes[k]).collect();
+                    merkle::fold_range(&hs).unwrap_or_else(merkle::empty_root)
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// A record before it is signed: what the submitter vouches for.
@@ -233,7 +319,7 @@ impl Transaction {
     /// Checks the submitter's signature and batch membership.
     pub fn verify_auth(&self) -> Result<(), LedgerError> {
         self.auth
-            .verify(&self.content.content_hash())
+            .verify(&self.content)
             .map_err(|reason| LedgerError::BadTransaction {
                 tx_id: self.content.tx_id.to_string(),
                 reason,
@@ -241,51 +327,15 @@ impl Transaction {
     }
 }
 
-/// Signs a batch of records with one SM2 signature over their Merkle root.
+/// Signs records the ledger node (or a test client) writes itself, with one
+/// SM2 signature over the Merkle root of their content hashes.
 pub fn sign_batch(signer: &str, key: &Sm2SigningKey, records: Vec<TxContent>, signed_at_ms: i64) -> Vec<Transaction> {
-    let hashes: Vec<Sm3Digest> = records.iter().map(|r| merkle::leaf_hash(&r.content_hash().0)).collect();
-    let n = hashes.len() as u64;
-    let root = merkle::root_of(&hashes);
-    let batch_id = Uuid::new_v4();
-    let vk = key.verifying_key();
-    let key_id = vk.key_id().to_string();
-    let sig = key.sign(&batch_signing_bytes(signer, &key_id, batch_id, signed_at_ms, n, &root));
-    // Build every audit path from an in-memory copy of the batch tree.
-    let mut nodes = std::collections::HashMap::new();
-    let mut f = merkle::Frontier::default();
-    for h in &hashes {
-        f.push(*h, |level, index, h| {
-            nodes.insert(merkle::NodeKey { level, index }, h);
-        });
-    }
-    let public_key = hex::encode(vk.to_sec1());
+    let inputs: Vec<Sm3Digest> = records.iter().map(TxContent::content_hash).collect();
+    let auths = sign_leaves(signer, key, &inputs, LeafInput::Content, signed_at_ms);
     records
         .into_iter()
-        .enumerate()
-        .map(|(i, content)| {
-            let audit_path = merkle::inclusion_plan(i as u64, n)
-                .iter()
-                .map(|keys| {
-                    let hs: Vec<Sm3Digest> = keys.iter().map(|k| nodes[k]).collect();
-                    merkle::fold_range(&hs).unwrap_or_else(merkle::empty_root)
-                })
-                .collect();
-            Transaction {
-                content,
-                auth: TxAuth {
-                    signer: signer.to_string(),
-                    key_id: key_id.clone(),
-                    public_key: public_key.clone(),
-                    batch_id,
-                    signed_at_ms,
-                    batch_size: n,
-                    batch_index: i as u64,
-                    batch_root: root,
-                    audit_path,
-                    signature: sig.to_hex(),
-                },
-            }
-        })
+        .zip(auths)
+        .map(|(content, auth)| Transaction { content, auth })
         .collect()
 }
 
@@ -294,18 +344,22 @@ pub fn encode_auth(a: &TxAuth) -> Vec<u8> {
     a.canonical()
 }
 
-/// Decodes what [`encode_auth`] wrote.
+/// Decodes what [`encode_auth`] wrote; only canonical bytes are accepted
+/// (re-encoding must give the same bytes).
 pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
     let mut r = Reader::new(b);
-    r.tag("vaxgate-auth-v1")?;
+    r.tag("vaxgate-auth-v2")?;
     let signer = r.str()?.to_string();
-    let key_id = r.str()?.to_string();
     let public_key = r.str()?.to_string();
+    let leaf = LeafInput::parse(r.str()?)?;
+    let version = u8::try_from(r.u64()?).ok()?;
     let batch_id = Uuid::parse_str(r.str()?).ok()?;
-    let signed_at_ms = r.i64()?;
-    let batch_size = r.u64()?;
-    let batch_index = r.u64()?;
-    let batch_root = Sm3Digest::from_slice(r.bytes()?).ok()?;
+    let key_id = r.str()?.to_string();
+    let timestamp_ms = r.i64()?;
+    let tree_size = r.u64()?;
+    let root = Sm3Digest::from_slice(r.bytes()?).ok()?;
+    let signature = r.bytes()?.to_vec();
+    let index = r.u64()?;
     let n = r.u64()?;
     if n > 64 {
         return None;
@@ -314,19 +368,26 @@ pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
     for _ in 0..n {
         audit_path.push(Sm3Digest::from_slice(r.bytes()?).ok()?);
     }
-    let signature = r.str()?.to_string();
-    r.is_empty().then_some(TxAuth {
+    if !r.is_empty() {
+        return None;
+    }
+    let auth = TxAuth {
         signer,
-        key_id,
         public_key,
-        batch_id,
-        signed_at_ms,
-        batch_size,
-        batch_index,
-        batch_root,
+        leaf,
+        batch: BatchHeader {
+            version,
+            batch_id,
+            key_id,
+            timestamp_ms,
+            tree_size,
+            root,
+            signature,
+        },
+        index,
         audit_path,
-        signature,
-    })
+    };
+    (auth.canonical() == b).then_some(auth)
 }
 
 /// Base64 (standard alphabet) for byte fields in JSON.
@@ -381,10 +442,23 @@ mod tests {
         bad.content.payload[0] ^= 1;
         assert!(bad.verify_auth().is_err());
         let mut bad = txs[3].clone();
-        bad.auth.batch_index = 2;
+        bad.auth.index = 2;
+        assert!(bad.verify_auth().is_err());
+        // The batch header binds the key id, not the entity name: for content
+        // leaves the name is bound by the registry (key → entity) and by the
+        // ledger leaf, so renaming changes the leaf hash.
+        let mut renamed = txs[3].clone();
+        renamed.auth.signer = "someone-else".into();
+        assert_ne!(renamed.leaf_hash(), txs[3].leaf_hash());
+        let mut bad = txs[3].clone();
+        bad.auth.batch.tree_size += 1;
         assert!(bad.verify_auth().is_err());
         let mut bad = txs[3].clone();
-        bad.auth.signer = "someone-else".into();
+        bad.auth.batch.signature[10] ^= 1;
         assert!(bad.verify_auth().is_err());
+        // Non-canonical bytes are refused when decoding.
+        let mut bytes = encode_auth(&txs[3].auth);
+        bytes.push(0);
+        assert!(decode_auth(&bytes).is_none());
     }
 }

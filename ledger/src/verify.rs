@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use secure_gateway::{Sm2Signature, Sm2VerifyingKey, Sm3Digest};
+use secure_gateway::{Sm2VerifyingKey, Sm3Digest};
 use serde::{Deserialize, Serialize};
 
 use crate::block::{BLOCK_VERSION, compute_block_hash};
@@ -14,7 +14,7 @@ use crate::error::LedgerError;
 use crate::ledger::GenesisInfo;
 use crate::merkle::{self, Frontier, NodeKey};
 use crate::store::{LedgerStore, StoredTx};
-use crate::tx::{TxKind, batch_signing_bytes};
+use crate::tx::TxKind;
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,38 +236,22 @@ fn check_tx(
         return Err(fail(height, id(), "a genesis transaction may only be the first leaf"));
     }
     let a = &t.auth;
-    let leaf = merkle::leaf_hash(&t.content.content_hash().0);
-    if !merkle::verify_inclusion(a.batch_index, a.batch_size, &leaf, &a.audit_path, &a.batch_root) {
-        return Err(fail(
+    a.verify_membership(&t.content).map_err(|e| {
+        fail(
             height,
             id(),
-            "record is not in its signed batch (content altered?)",
-        ));
-    }
+            format!("record is not in its signed batch (content altered?): {e}"),
+        )
+    })?;
     // The batch signature is shared by the batch's records: check it once.
-    let msg = batch_signing_bytes(
-        &a.signer,
-        &a.key_id,
-        a.batch_id,
-        a.signed_at_ms,
-        a.batch_size,
-        &a.batch_root,
-    );
     let mut memo = secure_gateway::Sm3Hasher::new();
-    memo.update(&msg)
+    memo.update(&a.batch.signed_bytes().map_err(|e| fail(height, id(), e.to_string()))?)
         .update(a.public_key.as_bytes())
-        .update(a.signature.as_bytes());
+        .update(&a.batch.signature);
     let memo = memo.finalize();
     if !verified_batches.contains(&memo) {
-        let pk = hex::decode(&a.public_key).map_err(|_| fail(height, id(), "signer public key is not hex"))?;
-        let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID)
-            .map_err(|e| fail(height, id(), format!("signer public key: {e}")))?;
-        if vk.key_id() != a.key_id {
-            return Err(fail(height, id(), "signer key id does not match its public key"));
-        }
-        let sig = Sm2Signature::from_hex(&a.signature).map_err(|e| fail(height, id(), e.to_string()))?;
-        vk.verify(&msg, &sig)
-            .map_err(|_| fail(height, id(), format!("batch signature of {} does not verify", a.signer)))?;
+        a.verify_signature()
+            .map_err(|e| fail(height, id(), format!("batch signature of {}: {e}", a.signer)))?;
         verified_batches.insert(memo);
         report.batch_signatures += 1;
     }
