@@ -61,11 +61,34 @@ const ESCAPE: [bool; 256] = {
     t
 };
 
+/// Position of the first byte that needs escaping. Checks 8 bytes at a
+/// time (SWAR): a chunk is clean when no byte is below 0x20, `"` or `\\`.
+fn find_escape(b: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let mut i = 0;
+    for chunk in b.chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(a);
+        // bytes < 0x20: (x - 0x20..) & !x & 0x80.. is non-zero for some byte < 0x20
+        let below = x.wrapping_sub(LO * 0x20) & !x & HI;
+        let quote = has_zero(x ^ (LO * u64::from(b'"')));
+        let backslash = has_zero(x ^ (LO * u64::from(b'\\')));
+        if below | quote | backslash != 0 {
+            break;
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| ESCAPE[usize::from(c)]).map(|p| p + i)
+}
+
 fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = s.as_bytes();
-    while let Some(pos) = rest.iter().position(|&b| ESCAPE[usize::from(b)]) {
+    while let Some(pos) = find_escape(rest) {
         out.extend_from_slice(&rest[..pos]);
         let b = rest[pos];
         match b {
@@ -106,7 +129,15 @@ pub fn event_sm3(event: &TraceEvent) -> [u8; 32] {
 /// `to_canonical_json(&serde_json::to_value(event))`, written directly
 /// (no intermediate `Value`).
 pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::new();
+    write_event_canonical(e, &mut out);
+    out
+}
+
+/// Appends the canonical JSON of an event to `out` (reuse one buffer per
+/// worker to avoid an allocation per event).
+pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
+    let out = &mut *out;
     let mut first = true;
     let mut key = |out: &mut Vec<u8>, k: &str| {
         if !first {
@@ -116,12 +147,7 @@ pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
         write_string(k, out);
         out.push(b':');
     };
-    let time = |out: &mut Vec<u8>, t: &chrono::DateTime<chrono::FixedOffset>| {
-        // chrono's serde form (RFC 3339, fraction only when non-zero), never escaped
-        out.push(b'"');
-        out.extend_from_slice(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false).as_bytes());
-        out.push(b'"');
-    };
+    let time = |out: &mut Vec<u8>, t: &chrono::DateTime<chrono::FixedOffset>| write_time(t, out);
     let strings = |out: &mut Vec<u8>, list: &[String]| {
         out.push(b'[');
         for (i, c) in list.iter().enumerate() {
@@ -143,86 +169,141 @@ pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
     };
     out.push(b'{');
     if !e.aggregations.is_empty() {
-        key(&mut out, "aggregations");
+        key(out, "aggregations");
         out.push(b'[');
         for (i, a) in e.aggregations.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"children\":");
-            strings(&mut out, &a.children);
+            strings(out, &a.children);
             out.extend_from_slice(b",\"parent\":");
-            write_string(&a.parent, &mut out);
+            write_string(&a.parent, out);
             out.push(b'}');
         }
         out.push(b']');
     }
     if let Some(b) = &e.bill_type {
-        key(&mut out, "billType");
-        write_string(b, &mut out);
+        key(out, "billType");
+        write_string(b, out);
     }
-    key(&mut out, "category");
-    write_string(&e.category, &mut out);
+    key(out, "category");
+    write_string(&e.category, out);
     if let Some(d) = &e.device {
-        key(&mut out, "device");
-        write_string(d, &mut out);
+        key(out, "device");
+        write_string(d, out);
     }
-    key(&mut out, "eventID");
+    key(out, "eventID");
     let mut buf = uuid::Uuid::encode_buffer();
-    write_string(e.event_id.hyphenated().encode_lower(&mut buf), &mut out);
-    key(&mut out, "fields");
-    write_object(&e.fields, &mut out);
+    write_string(e.event_id.hyphenated().encode_lower(&mut buf), out);
+    key(out, "fields");
+    write_object(&e.fields, out);
     if let Some(p) = &e.from {
-        key(&mut out, "from");
-        party(&mut out, p);
+        key(out, "from");
+        party(out, p);
     }
-    key(&mut out, "occurredAt");
-    time(&mut out, &e.occurred_at);
+    key(out, "occurredAt");
+    time(out, &e.occurred_at);
     if !e.pii.is_empty() {
-        key(&mut out, "pii");
+        key(out, "pii");
         out.push(b'{');
         // Pii iterates in key order already (a BTreeMap of Strings)
         for (i, (k, v)) in e.pii.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_string(k, &mut out);
+            write_string(k, out);
             out.push(b':');
-            write_string(v, &mut out);
+            write_string(v, out);
         }
         out.push(b'}');
     }
-    key(&mut out, "recordKey");
-    write_string(&e.record_key, &mut out);
-    key(&mut out, "recordedAt");
-    time(&mut out, &e.recorded_at);
-    key(&mut out, "source");
-    write_string(&e.source, &mut out);
+    key(out, "recordKey");
+    write_string(&e.record_key, out);
+    key(out, "recordedAt");
+    time(out, &e.recorded_at);
+    key(out, "source");
+    write_string(&e.source, out);
     if let Some(p) = &e.to {
-        key(&mut out, "to");
-        party(&mut out, p);
+        key(out, "to");
+        party(out, p);
     }
     if !e.trace_codes.is_empty() {
-        key(&mut out, "traceCodes");
-        strings(&mut out, &e.trace_codes);
+        key(out, "traceCodes");
+        strings(out, &e.trace_codes);
     }
     out.push(b'}');
-    out
 }
 
 fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
-    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    out.push(b'{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
+    let write = |out: &mut Vec<u8>, i: usize, k: &str, v: &Value| {
         if i > 0 {
             out.push(b',');
         }
         write_string(k, out);
         out.push(b':');
         write_canonical(v, out);
+    };
+    out.push(b'{');
+    // members inserted in key order (as the mapper does) need no sorting
+    let mut keys = m.keys();
+    let sorted = match keys.next() {
+        Some(first) => keys
+            .try_fold(first, |prev, k| (prev.as_bytes() < k.as_bytes()).then_some(k))
+            .is_some(),
+        None => true,
+    };
+    if sorted {
+        for (i, (k, v)) in m.iter().enumerate() {
+            write(out, i, k, v);
+        }
+    } else {
+        let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (i, (k, v)) in entries.into_iter().enumerate() {
+            write(out, i, k, v);
+        }
     }
     out.push(b'}');
+}
+
+/// Writes a time as chrono's serde form does (RFC 3339, `Z` for a zero
+/// offset, fraction only when non-zero), without allocating in the common case.
+fn write_time(t: &chrono::DateTime<chrono::FixedOffset>, out: &mut Vec<u8>) {
+    use chrono::{Datelike as _, Timelike as _};
+    let (y, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&y) || nanos != 0 {
+        out.push(b'"');
+        out.extend_from_slice(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true).as_bytes());
+        out.push(b'"');
+        return;
+    }
+    let two = |out: &mut Vec<u8>, n: u32| out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    let y = y as u32;
+    out.push(b'"');
+    two(out, y / 100);
+    two(out, y % 100);
+    out.push(b'-');
+    two(out, t.month());
+    out.push(b'-');
+    two(out, t.day());
+    out.push(b'T');
+    two(out, t.hour());
+    out.push(b':');
+    two(out, t.minute());
+    out.push(b':');
+    two(out, t.second());
+    let off = t.offset().local_minus_utc();
+    if off == 0 {
+        out.extend_from_slice(b"Z\"");
+        return;
+    }
+    out.push(if off < 0 { b'-' } else { b'+' });
+    let off = off.unsigned_abs();
+    two(out, off / 3600);
+    out.push(b':');
+    two(out, (off / 60) % 60);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -235,5 +316,48 @@ mod tests {
             serde_json::from_str(r#"{"b":1,"a":{"y":[1,2.5,"x\n\u0001"],"x":null},"中":"文/"}"#).unwrap_or(Value::Null);
         let s = String::from_utf8(to_canonical_json(&v)).unwrap_or_default();
         assert_eq!(s, r#"{"a":{"x":null,"y":[1,2.5,"x\n\u0001"]},"b":1,"中":"文/"}"#);
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn time_form_matches_chrono_serde() {
+        for t in [
+            "2024-03-05T09:30:00+08:00",
+            "2024-03-05T09:30:00.5+08:00",
+            "1999-12-31T23:59:59-05:30",
+            "2024-03-05T01:02:03+00:00",
+            "2024-03-05T01:02:03.123456789+14:00",
+        ] {
+            let dt = chrono::DateTime::parse_from_rfc3339(t).unwrap_or_default();
+            let mut out = Vec::new();
+            write_time(&dt, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap_or_default(),
+                serde_json::to_string(&dt).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn swar_finds_every_escape() {
+        let mut s: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz".to_vec();
+        for pos in 0..s.len() {
+            for bad in [0u8, 0x1f, b'"', b'\\', b'\n'] {
+                let mut t = s.clone();
+                t[pos] = bad;
+                assert_eq!(find_escape(&t), Some(pos), "{pos} {bad}");
+            }
+        }
+        s.extend_from_slice("中文 ~\u{7f}".as_bytes());
+        assert_eq!(find_escape(&s), None);
     }
 }

@@ -105,6 +105,8 @@ pub struct Element {
     pub(crate) index: usize,
     /// Read by a cross-field rule.
     pub(crate) cross: bool,
+    /// The resolved code table.
+    pub(crate) table: Option<std::sync::Arc<CodeTable>>,
 }
 
 /// Whether a category's events carry trace codes.
@@ -200,6 +202,15 @@ pub struct CodeTable {
     pub zh: String,
     /// code → meaning.
     pub codes: BTreeMap<String, String>,
+    /// The codes, hashed for fast membership tests.
+    set: std::collections::HashSet<String, FnvBuild>,
+}
+
+impl CodeTable {
+    /// Whether `code` is in the table.
+    pub fn contains(&self, code: &str) -> bool {
+        self.set.contains(code)
+    }
 }
 
 /// The whole dataset definition.
@@ -214,7 +225,7 @@ pub struct Dataset {
     elements: HashMap<String, Element, FnvBuild>,
     element_order: Vec<String>,
     categories: BTreeMap<String, Category>,
-    code_tables: BTreeMap<String, CodeTable>,
+    code_tables: BTreeMap<String, std::sync::Arc<CodeTable>>,
     by_bill_type: HashMap<String, String>,
 }
 
@@ -308,11 +319,12 @@ impl Dataset {
         for (key, t) in raw.code_tables {
             code_tables.insert(
                 key.clone(),
-                CodeTable {
+                std::sync::Arc::new(CodeTable {
                     key,
                     zh: t.zh,
+                    set: t.codes.keys().cloned().collect(),
                     codes: t.codes,
-                },
+                }),
             );
         }
         let mut elements: HashMap<String, Element, FnvBuild> = HashMap::default();
@@ -356,6 +368,10 @@ impl Dataset {
                     pii: e.pii,
                     index: element_order.len() - 1,
                     cross,
+                    table: e
+                        .code_table
+                        .as_ref()
+                        .and_then(|c| code_tables.get(c.get_ref()).cloned()),
                 },
             );
         }
@@ -470,12 +486,12 @@ impl Dataset {
 
     /// The code table with this key.
     pub fn code_table(&self, key: &str) -> Option<&CodeTable> {
-        self.code_tables.get(key)
+        self.code_tables.get(key).map(|t| &**t)
     }
 
     /// All code tables, by key.
     pub fn code_tables(&self) -> impl Iterator<Item = &CodeTable> {
-        self.code_tables.values()
+        self.code_tables.values().map(|t| &**t)
     }
 
     /// The category a bill type selects (e.g. `205` → `loss_destruction`).

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use crate::dataset::{Dataset, ElementType};
+use crate::dataset::{Dataset, ElementType, FnvBuild};
 use crate::datefmt::DateFormat;
 use crate::error::{Location, SpecError, near_matches};
 use crate::event::{AggregationLink, Party, TraceEvent};
@@ -83,7 +83,8 @@ enum Target {
 
 #[derive(Debug, Clone)]
 enum SrcPath {
-    Column(String),
+    /// Column name and its slot in the spec's column table.
+    Column(String, usize),
     Hl7(Hl7Path),
     Xml(XmlPath),
     Json(JsonPath),
@@ -150,6 +151,8 @@ pub struct MappingSpec {
     records: Option<JsonPath>,
     group_by: Option<String>,
     category: CategoryRule,
+    columns: Vec<String>,
+    col_index: HashMap<String, usize, FnvBuild>,
     fields: Vec<FieldMap>,
     dataset: Arc<Dataset>,
 }
@@ -285,7 +288,7 @@ fn parse_path(ld: &Ld<'_>, format: InputFormat, s: &str, span: usize, key: &str)
             if s.trim().is_empty() {
                 Err("empty column name".to_string())
             } else {
-                Ok(SrcPath::Column(s.to_string()))
+                Ok(SrcPath::Column(s.to_string(), usize::MAX))
             }
         }
         InputFormat::Hl7 => Hl7Path::parse(s).map(SrcPath::Hl7),
@@ -332,7 +335,7 @@ impl MappingSpec {
             Some(z) => parse_zone(&ld, z, "source.timezone")?,
             None => chrono_tz::Asia::Shanghai,
         };
-        let record_key = match &src.record_key {
+        let mut record_key = match &src.record_key {
             Some(k) => Some(parse_path(
                 &ld,
                 format,
@@ -386,7 +389,7 @@ impl MappingSpec {
             }
         };
         let c = raw.category;
-        let (category, possible): (CategoryRule, Vec<String>) = match (&c.fixed, &c.from) {
+        let (mut category, possible): (CategoryRule, Vec<String>) = match (&c.fixed, &c.from) {
             (Some(f), None) => {
                 let k = check_cat(f, "category.fixed")?;
                 (CategoryRule::Fixed(k.clone()), vec![k])
@@ -455,7 +458,7 @@ impl MappingSpec {
             .map(|(k, v)| (k, Arc::new(v.into_iter().collect())))
             .collect();
 
-        let mut fields = Vec::new();
+        let mut fields: Vec<FieldMap> = Vec::new();
         let mut mapped: Vec<String> = Vec::new();
         for (i, f) in raw.fields.into_iter().enumerate() {
             let key = |k: &str| format!("fields[{i}].{k}");
@@ -632,6 +635,34 @@ impl MappingSpec {
                 });
             }
         }
+        // Apply fields in target-key order (stable, so several entries for one
+        // target keep their order): events then carry their fields sorted,
+        // which makes output easy to diff and canonical JSON cheap.
+        fields.sort_by(|a, b| a.name.cmp(&b.name));
+        // number the row columns so a row is scanned once per record
+        let mut columns: Vec<String> = Vec::new();
+        let mut col_index: HashMap<String, usize, FnvBuild> = HashMap::default();
+        {
+            let mut number = |p: &mut SrcPath| {
+                if let SrcPath::Column(name, slot) = p {
+                    *slot = *col_index.entry(name.clone()).or_insert_with(|| {
+                        columns.push(name.clone());
+                        columns.len() - 1
+                    });
+                }
+            };
+            if let Some(p) = record_key.as_mut() {
+                number(p);
+            }
+            if let CategoryRule::From { path, .. } = &mut category {
+                number(path);
+            }
+            for f in &mut fields {
+                if let FieldSource::Paths(ps) = &mut f.source {
+                    ps.iter_mut().for_each(&mut number);
+                }
+            }
+        }
         Ok(MappingSpec {
             name: src.name,
             description: src.description,
@@ -646,8 +677,29 @@ impl MappingSpec {
             group_by,
             category,
             fields,
+            columns,
+            col_index,
             dataset: Arc::new(dataset.clone()),
         })
+    }
+
+    /// The values of the spec's columns in a row: one pass over the row with
+    /// a cheap hash; names that differ only in ASCII case are matched too.
+    fn columns_into<'r>(&self, row: &'r Map<String, Value>, cols: &mut [Option<&'r Value>]) {
+        let mut exact = 0;
+        for (k, v) in row {
+            if let Some(slot) = self.col_index.get(k.as_str()).and_then(|&i| cols.get_mut(i)) {
+                *slot = Some(v);
+                exact += 1;
+            }
+        }
+        if exact < row.len() {
+            for (slot, name) in cols.iter_mut().zip(&self.columns) {
+                if slot.is_none() {
+                    *slot = row.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+                }
+            }
+        }
     }
 
     /// The dataset the spec was compiled against.
@@ -679,7 +731,18 @@ impl MappingSpec {
             });
         };
         match (record, self.format) {
-            (Record::Row(row), InputFormat::Rows) => self.map_one(&Ctx::Row(row), 0, recorded_at, &mut out),
+            (Record::Row(row), InputFormat::Rows) => {
+                let mut small = [None; 64];
+                let mut large = Vec::new();
+                let cols: &mut [Option<&Value>] = if self.columns.len() <= small.len() {
+                    &mut small[..self.columns.len()]
+                } else {
+                    large.resize(self.columns.len(), None);
+                    &mut large
+                };
+                self.columns_into(row, cols);
+                self.map_one(&Ctx::Row(cols), 0, recorded_at, &mut out);
+            }
             (Record::Hl7(text), InputFormat::Hl7) => match Hl7Record::parse(text, self.group_by.as_deref()) {
                 Ok(msg) => {
                     if self.group_by.is_some() {
@@ -1096,7 +1159,7 @@ fn round9(x: f64) -> f64 {
 }
 
 enum Ctx<'a> {
-    Row(&'a Map<String, Value>),
+    Row(&'a [Option<&'a Value>]),
     Hl7(&'a Hl7Record, Option<usize>),
     Xml(&'a XmlNode),
     Json(&'a Value),
@@ -1131,11 +1194,8 @@ fn trim_in_place(v: &mut Cow<'_, str>) {
 
 fn fetch_into<'a>(ctx: &Ctx<'a>, path: &SrcPath, all: bool, out: &mut Vec<Cow<'a, str>>) {
     match (ctx, path) {
-        (Ctx::Row(row), SrcPath::Column(c)) => {
-            let v = row
-                .get(c.as_str())
-                .or_else(|| row.iter().find(|(k, _)| k.eq_ignore_ascii_case(c)).map(|(_, v)| v));
-            out.extend(v.and_then(json_text));
+        (Ctx::Row(cols), SrcPath::Column(_, slot)) => {
+            out.extend(cols.get(*slot).copied().flatten().and_then(json_text));
         }
         (Ctx::Hl7(m, g), SrcPath::Hl7(p)) => out.extend(m.get(p, *g, all).into_iter().map(Cow::Owned)),
         (Ctx::Xml(n), SrcPath::Xml(p)) => {

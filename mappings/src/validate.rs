@@ -127,7 +127,15 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
         return cx.out;
     };
     let mut cross = Cross::new();
-    let mut present = vec![0u64; dataset.element_count().div_ceil(64)];
+    // elements present, as a bit set (on the stack for datasets up to 512 elements)
+    let mut small = [0u64; 8];
+    let mut large = Vec::new();
+    let present: &mut [u64] = if dataset.element_count() <= 512 {
+        &mut small
+    } else {
+        large.resize(dataset.element_count().div_ceil(64), 0u64);
+        &mut large
+    };
     let mut mark = |el: &Element| {
         if let Some(w) = present.get_mut(el.index / 64) {
             *w |= 1u64 << (el.index % 64);
@@ -167,7 +175,7 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
                         format!("element is not part of category `{}`", cat.key),
                     );
                 }
-                check_value(&mut cx, dataset, el, value);
+                check_value(&mut cx, el, value);
             }
         }
     }
@@ -178,7 +186,7 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
                 if el.cross {
                     cross.push(key, CrossVal::S(value));
                 }
-                check_value(&mut cx, dataset, el, &Value::String(value.to_string()));
+                check_value(&mut cx, el, &Value::String(value.to_string()));
             }
             Some(_) => cx.err(key, "not_pii", None, "element is not personal data; carry it in fields"),
             None => cx.err(
@@ -289,7 +297,7 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
     cx.out
 }
 
-fn check_value(cx: &mut Ctx<'_>, dataset: &Dataset, el: &Element, value: &Value) {
+fn check_value(cx: &mut Ctx<'_>, el: &Element, value: &Value) {
     let key = el.key.as_str();
     let pii = el.pii;
     if value.is_null() {
@@ -391,10 +399,10 @@ fn check_value(cx: &mut Ctx<'_>, dataset: &Dataset, el: &Element, value: &Value)
             if el.ty == ElementType::IdNumber {
                 check_id_number(cx, el, s);
             }
-            if let Some(t) = &el.code_table
-                && let Some(table) = dataset.code_table(t)
-                && !table.codes.contains_key(s)
+            if let Some(table) = &el.table
+                && !table.contains(s)
             {
+                let t = &table.key;
                 let mut valid: Vec<&str> = table.codes.keys().map(String::as_str).collect();
                 valid.truncate(12);
                 cx.err(

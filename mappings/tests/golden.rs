@@ -187,3 +187,19 @@ fn same_record_same_event_id_and_hash() {
         mappings::event_sm3(&a[1].events[0])
     );
 }
+
+#[test]
+fn row_columns_match_ignoring_ascii_case() {
+    let spec = spec("clinic-ims.toml");
+    let text = std::fs::read_to_string(config("samples/clinic-ims.rows.json")).unwrap();
+    let serde_json::Value::Array(rows) = serde_json::from_str(&text).unwrap() else {
+        panic!()
+    };
+    let row = rows[0].as_object().unwrap();
+    let lower: serde_json::Map<String, serde_json::Value> =
+        row.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    let a = spec.map_at(&mappings::Record::Row(row.clone()), common::recorded_at());
+    let b = spec.map_at(&mappings::Record::Row(lower), common::recorded_at());
+    assert!(b.is_ok(), "{:?}", b.problems);
+    assert_eq!(a.events, b.events);
+}
