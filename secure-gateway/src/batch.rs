@@ -267,3 +267,22 @@ pub fn open_batch(
         .map(|r| decrypt_verified(provider, r, me))
         .collect()
 }
+
+/// Like [`open_batch`], but one record that cannot be opened does not sink
+/// the others: the batch is verified once (an error here refuses the whole
+/// batch), then every record is decrypted on its own.
+pub fn open_batch_each(
+    provider: &dyn CryptoProvider,
+    batch: &SignedBatch,
+    signer: &Sm2VerifyingKey,
+    me: RecipientKey<'_>,
+) -> Result<Vec<Result<OpenedEnvelope, CryptoError>>, CryptoError> {
+    batch.verify(signer)?;
+    Ok(batch.records.iter().map(|r| decrypt_verified(provider, r, me)).collect())
+}
+
+/// The audit paths of every record of a batch, in record order.
+pub fn audit_paths(batch: &SignedBatch) -> Result<Vec<Vec<Sm3Digest>>, CryptoError> {
+    let leaves = leaf_hashes(&batch.records)?;
+    (0..leaves.len()).map(|i| merkle::inclusion_proof(&leaves, i)).collect()
+}
