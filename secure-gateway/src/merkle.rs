@@ -77,6 +77,34 @@ fn collect_path(leaves: &[Sm3Digest], m: usize, out: &mut Vec<Sm3Digest>) {
     }
 }
 
+/// Every leaf's inclusion proof at once. An RFC 9162 tree is the tree built
+/// level by level from the leaves, pairing neighbours and promoting an odd
+/// last node unchanged; so each path is the siblings along the way up.
+pub fn all_inclusion_proofs(leaves: &[Sm3Digest]) -> Vec<Vec<Sm3Digest>> {
+    let mut levels: Vec<Vec<Sm3Digest>> = vec![leaves.to_vec()];
+    while levels.last().is_some_and(|l| l.len() > 1) {
+        let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let next = prev
+            .chunks(2)
+            .map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] })
+            .collect();
+        levels.push(next);
+    }
+    (0..leaves.len())
+        .map(|mut i| {
+            let mut path = Vec::new();
+            for level in &levels[..levels.len() - 1] {
+                let sib = i ^ 1;
+                if sib < level.len() {
+                    path.push(level[sib]);
+                }
+                i >>= 1;
+            }
+            path
+        })
+        .collect()
+}
+
 /// Verifies an audit path (RFC 9162 §2.1.3.2): true when `leaf` (a leaf
 /// hash) at `leaf_index` of a tree of `tree_size` leaves hashes up to `root`.
 pub fn verify_inclusion(
@@ -116,6 +144,17 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<Sm3Digest> {
         (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn all_proofs_match_one_by_one() {
+        for n in 1..40 {
+            let ls = leaves(n);
+            let all = all_inclusion_proofs(&ls);
+            for (i, p) in all.iter().enumerate() {
+                assert_eq!(p, &inclusion_proof(&ls, i).unwrap(), "n={n} i={i}");
+            }
+        }
     }
 
     #[test]
