@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod seal;
 
 pub use client::{ClientError, GatewayClient, GatewayClientConfig};

@@ -23,7 +23,7 @@ enum Command {
     /// Run the API gateway.
     Serve(cmd::serve::ServeArgs),
     /// Registry administration against a running gateway.
-    Admin(cmd::admin::AdminArgs),
+    Admin(Box<cmd::admin::AdminArgs>),
     /// SM2 key management.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCmd),
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Serve(a) => cmd::serve::run(a),
-        Command::Admin(a) => cmd::admin::run(a),
+        Command::Admin(a) => cmd::admin::run(*a),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::VerifyProof(a) => cmd::ledger::verify_proof(a),

@@ -197,9 +197,19 @@ pub struct Entity {
     pub role: Role,
     /// Permissions.
     pub policy: Policy,
+    /// Other organisation codes the entity's legacy systems report under
+    /// (e.g. a 10-digit vaccination-unit code); events may name any of them
+    /// as their source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
 }
 
 impl Entity {
+    /// Is `source` this entity (its id or one of its codes)?
+    pub fn is_source(&self, source: &str) -> bool {
+        self.id == source || self.codes.iter().any(|c| c == source)
+    }
+
     /// May this entity write `category`?
     pub fn may_write(&self, category: &str) -> bool {
         if self.policy.write.is_empty() {
@@ -674,6 +684,7 @@ mod tests {
             alias: alias.into(),
             role,
             policy: Policy::default(),
+            codes: Vec::new(),
         }
     }
 

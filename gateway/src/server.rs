@@ -43,6 +43,12 @@ pub struct AppState {
     pub max_clock_skew_secs: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// The crypto provider (holds the node key as `node_handle`).
+    pub provider: std::sync::Arc<dyn secure_gateway::CryptoProvider>,
+    /// The node key's handle in the provider (opens envelopes).
+    pub node_handle: secure_gateway::KeyHandle,
+    /// The dataset definition records are validated against.
+    pub dataset: std::sync::Arc<mappings::Dataset>,
 }
 
 /// The client's address (the TCP peer; proxies are not trusted).
@@ -114,6 +120,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .wrap(from_fn(public_limit))
                     .route("/stats", web::get().to(stats))
                     .route("/checkpoints/latest", web::get().to(latest_checkpoint)),
+            )
+            .service(
+                web::scope("/v1/transactions")
+                    .wrap(from_fn(crate::auth::ingest))
+                    .configure(crate::api::ingest::routes),
             )
             .service(
                 web::scope("/v1/admin")

@@ -215,6 +215,32 @@ pub async fn prove<S: LedgerStore>(store: &S, tx_id: &str) -> Result<InclusionPr
     })
 }
 
+/// Audit paths of many leaves in a tree of `tree_size` leaves, fetched with
+/// one storage query (receipts of a whole batch).
+pub async fn audit_paths<S: LedgerStore>(
+    store: &S,
+    leaves: &[u64],
+    tree_size: u64,
+) -> Result<Vec<Vec<Sm3Digest>>, LedgerError> {
+    let plans: Vec<Vec<Vec<NodeKey>>> = leaves.iter().map(|l| merkle::inclusion_plan(*l, tree_size)).collect();
+    let mut keys: Vec<NodeKey> = plans.iter().flatten().flatten().copied().collect();
+    keys.sort();
+    keys.dedup();
+    let hashes = store.nodes(&keys).await?;
+    let found: std::collections::HashMap<NodeKey, Sm3Digest> = keys.into_iter().zip(hashes).collect();
+    Ok(plans
+        .iter()
+        .map(|plan| {
+            plan.iter()
+                .map(|element| {
+                    let hs: Vec<Sm3Digest> = element.iter().filter_map(|k| found.get(k).copied()).collect();
+                    merkle::fold_range(&hs).unwrap_or_else(merkle::empty_root)
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Builds a consistency proof from tree size `first` to `second`.
 pub async fn prove_consistency<S: LedgerStore>(
     store: &S,

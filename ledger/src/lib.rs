@@ -28,7 +28,7 @@ pub mod verify;
 
 pub use block::{BlockHeader, Checkpoint};
 pub use error::LedgerError;
-pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, prove, prove_consistency};
+pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, audit_paths, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
 pub use store::{AnyStore, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
 pub use tx::{LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};

@@ -1,3 +1,4 @@
 //! Route handlers, one module per route class.
 
 pub mod admin;
+pub mod ingest;

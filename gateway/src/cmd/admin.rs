@@ -80,6 +80,9 @@ pub enum AdminCmd {
         /// Policy (JSON: {"write": [...], "read": {...}, "personal_data": false}).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Another organisation code its systems report under (repeatable).
+        #[arg(long = "code")]
+        codes: Vec<String>,
         #[command(flatten)]
         approve: Approve,
     },
@@ -274,6 +277,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<u8> {
             role: r,
             master_key,
             policy: p,
+            codes,
             approve,
         } => {
             let op = RegistryOp::RegisterEntity {
@@ -283,6 +287,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<u8> {
                     alias,
                     role: role(&r)?,
                     policy: policy(&p)?,
+                    codes,
                 },
                 master_key: read_pem(&master_key)?,
             };

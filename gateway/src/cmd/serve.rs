@@ -30,6 +30,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let node_key_copy = node_key.clone();
+    let provider = std::sync::Arc::new(secure_gateway::RustCryptoProvider::new());
+    let node_handle = secure_gateway::KeyHandle::new("node");
+    provider.insert_sm2_key(node_handle.clone(), node_key.clone());
+    let provider: std::sync::Arc<dyn secure_gateway::CryptoProvider> = provider;
     let config_path = a.config.clone();
     let base = loaded.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let workers = if c.server.workers == 0 {
@@ -74,6 +78,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             nonces: Default::default(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,
             max_body_bytes: c.server.max_body_bytes,
+            provider: provider.clone(),
+            node_handle: node_handle.clone(),
+            dataset: std::sync::Arc::new(mappings::Dataset::builtin()),
         });
         let limiters = state.limiters.clone();
         actix_web::rt::spawn(async move {

@@ -1,0 +1,432 @@
+//! `POST /v1/transactions`: a batch of sealed records under one batch
+//! signature (`secure_gateway::SignedBatch`, JSON).
+//!
+//! Checks, in this order (the order): the batch signature and the
+//! signing key's registration and state → per record: the entity and its
+//! permission for the category → decryption with the gateway's key →
+//! validation against the dataset → idempotency (same event id and content:
+//! the original receipt; same id, other content: 409) → one durable ledger
+//! append for every good record. A bad record gets its own error and never
+//! drops the good ones, unless the client asks `?mode=all_or_nothing`.
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use ledger::{LeafInput, LedgerStore, Receipt, Transaction, TxAuth, TxContent, TxKind};
+use mappings::{ExchangeMessage, Problem};
+use secure_gateway::envelope::{ContentType, RecipientKey};
+use secure_gateway::{SignedBatch, Sm2VerifyingKey, Sm3Digest};
+use serde::Serialize;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Code};
+use crate::metrics::METRICS;
+use crate::registry::KeyStatus;
+use crate::server::AppState;
+
+/// The outcome of one record.
+#[derive(Debug, Serialize)]
+pub struct RecordResult {
+    /// Position in the batch.
+    pub index: usize,
+    /// The event id, when the record could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// `accepted`, `duplicate` (already in the ledger with the same content)
+    /// or `rejected`.
+    pub status: &'static str,
+    /// Where it is in the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+    /// RFC 9162 audit path from the record's leaf to the receipt's checkpoint root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_path: Option<Vec<Sm3Digest>>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecordError>,
+}
+
+/// A per-record refusal.
+#[derive(Debug, Serialize)]
+pub struct RecordError {
+    /// Stable code.
+    pub code: Code,
+    /// For a person (no personal data).
+    pub message: String,
+    /// Validation problems (values masked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// The response of an ingest call.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    /// The batch id.
+    pub batch_id: String,
+    /// Records appended now.
+    pub accepted: usize,
+    /// Records already in the ledger with the same content.
+    pub duplicates: usize,
+    /// Records refused.
+    pub rejected: usize,
+    /// One result per record, in batch order.
+    pub results: Vec<RecordResult>,
+}
+
+fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into<String>) -> RecordResult {
+    METRICS.rejections.with_label_values(&[code.as_str()]).inc();
+    RecordResult {
+        index,
+        event_id,
+        status: "rejected",
+        receipt: None,
+        audit_path: None,
+        error: Some(RecordError {
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        }),
+    }
+}
+
+/// The batch signer's key, which must belong to the authenticated entity.
+fn batch_signer(state: &AppState, principal: &Principal, key_id: &str) -> Result<(Sm2VerifyingKey, String), ApiError> {
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let k = reg.key(key_id).ok_or_else(|| {
+        ApiError::new(
+            Code::UnknownEntity,
+            format!("batch signing key {key_id} is not registered"),
+        )
+    })?;
+    match k.status {
+        KeyStatus::Active => {}
+        KeyStatus::Locked => {
+            return Err(ApiError::new(
+                Code::KeyLocked,
+                format!("batch signing key {key_id} is locked"),
+            ));
+        }
+        KeyStatus::Revoked => {
+            return Err(ApiError::new(
+                Code::KeyRevoked,
+                format!("batch signing key {key_id} is revoked"),
+            ));
+        }
+    }
+    if principal.entity_id.as_deref() != Some(k.entity_id.as_str()) {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "batch signing key {key_id} belongs to {}, not to the authenticated entity",
+                k.entity_id
+            ),
+        ));
+    }
+    let vk = Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?;
+    Ok((vk, k.entity_id.clone()))
+}
+
+/// The key-value state key of an event: its first trace code, else its id.
+fn state_key(msg: &ExchangeMessage) -> String {
+    msg.payload
+        .trace_codes
+        .first()
+        .cloned()
+        .unwrap_or_else(|| msg.event_id.to_string())
+}
+
+async fn post(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let principal = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(Code::Unauthenticated, "no authenticated principal"))?;
+    let all_or_nothing = match query.get("mode").map(String::as_str) {
+        None | Some("partial") => false,
+        Some("all_or_nothing") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::MalformedBody,
+                format!("mode {other:?} is not partial or all_or_nothing"),
+            ));
+        }
+    };
+    let batch = SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, e.to_string()))?;
+    let (vk, entity_id) = batch_signer(&state, &principal, &batch.header.key_id)?;
+    let opened = secure_gateway::batch::open_batch_each(
+        state.provider.as_ref(),
+        &batch,
+        &vk,
+        RecipientKey::Sm2(&state.node_handle),
+    )
+    .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
+    let paths =
+        secure_gateway::batch::audit_paths(&batch).map_err(|e| ApiError::new(Code::MalformedBody, e.to_string()))?;
+    let public_key = hex::encode(vk.to_sec1());
+    let entity = {
+        let reg = state
+            .registry
+            .read()
+            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        reg.entity(&entity_id)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("key without entity"))?
+    };
+
+    let mut results: Vec<Option<RecordResult>> = (0..batch.records.len()).map(|_| None).collect();
+    // (index, transaction, plaintext SM3) of records that passed every check so far.
+    let mut candidates: Vec<(usize, Transaction)> = Vec::new();
+    for (i, (env, opened)) in batch.records.iter().zip(opened).enumerate() {
+        let h = &env.header;
+        if h.entity_id != entity_id {
+            results[i] = Some(reject(
+                i,
+                None,
+                Code::Forbidden,
+                format!("record names entity {}, not the signer's", h.entity_id),
+            ));
+            continue;
+        }
+        if !entity.may_write(&h.dataset_category) {
+            results[i] = Some(reject(
+                i,
+                None,
+                Code::Forbidden,
+                format!("{} may not write {} records", entity.alias, h.dataset_category),
+            ));
+            continue;
+        }
+        let plain = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                results[i] = Some(reject(i, None, Code::BadSignature, format!("cannot open record: {e}")));
+                continue;
+            }
+        };
+        let text = match std::str::from_utf8(&plain.plaintext) {
+            Ok(t) => t,
+            Err(_) => {
+                results[i] = Some(reject(i, None, Code::MalformedBody, "record plaintext is not UTF-8"));
+                continue;
+            }
+        };
+        let parsed = match h.content_type {
+            ContentType::Json => mappings::exchange::from_json(text),
+            ContentType::Xml => mappings::exchange::from_xml(text),
+        };
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                results[i] = Some(reject(
+                    i,
+                    None,
+                    Code::MalformedBody,
+                    format!("not an exchange message: {e}"),
+                ));
+                continue;
+            }
+        };
+        let event_id = msg.event_id.to_string();
+        if msg.payload.category != h.dataset_category {
+            results[i] = Some(reject(
+                i,
+                Some(event_id),
+                Code::ValidationFailed,
+                format!(
+                    "the event is a {} record but the envelope says {}",
+                    msg.payload.category, h.dataset_category
+                ),
+            ));
+            continue;
+        }
+        if !entity.is_source(&msg.payload.source) {
+            results[i] = Some(reject(
+                i,
+                Some(event_id),
+                Code::Forbidden,
+                format!("the event's source {} is not the submitting entity", msg.payload.source),
+            ));
+            continue;
+        }
+        let problems: Vec<Problem> = mappings::validate(&msg.payload, &state.dataset)
+            .into_iter()
+            .filter(Problem::is_error)
+            .collect();
+        if !problems.is_empty() {
+            let code = if problems.iter().all(|p| p.rule.starts_with("trace_code")) {
+                Code::InvalidTraceCode
+            } else {
+                Code::ValidationFailed
+            };
+            METRICS.rejections.with_label_values(&[code.as_str()]).inc();
+            results[i] = Some(RecordResult {
+                index: i,
+                event_id: Some(event_id),
+                status: "rejected",
+                receipt: None,
+                audit_path: None,
+                error: Some(RecordError {
+                    code,
+                    message: format!("{} validation problem(s)", problems.len()),
+                    problems,
+                }),
+            });
+            continue;
+        }
+        let kind = if h.dataset_category == "cancellation" {
+            TxKind::Cancellation
+        } else {
+            TxKind::Data
+        };
+        let content = TxContent {
+            tx_id: h.transaction_id,
+            record_id: event_id.clone(),
+            kind,
+            category: h.dataset_category.clone(),
+            state_key: state_key(&msg),
+            content_type: h.content_type.as_str().to_string(),
+            data_hash: env.plaintext_sm3,
+            payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
+        };
+        let auth = TxAuth {
+            signer: entity_id.clone(),
+            public_key: public_key.clone(),
+            leaf: LeafInput::Envelope,
+            batch: batch.header.clone(),
+            index: i as u64,
+            audit_path: paths[i].clone(),
+        };
+        candidates.push((i, Transaction { content, auth }));
+    }
+
+    // Idempotency: the same event id already in the ledger.
+    let mut fresh = Vec::new();
+    for (i, t) in candidates {
+        match state.ledger.store().tx_by_record(&t.content.record_id).await? {
+            None => fresh.push((i, t)),
+            Some(st)
+                if st.tx.content.data_hash == t.content.data_hash && st.tx.content.category == t.content.category =>
+            {
+                let cp = state
+                    .ledger
+                    .store()
+                    .checkpoint(st.height)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("no checkpoint"))?;
+                let block = state
+                    .ledger
+                    .store()
+                    .block(st.height)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("no block"))?;
+                let path = ledger::audit_paths(state.ledger.store(), &[st.leaf_index], cp.tree_size).await?;
+                results[i] = Some(RecordResult {
+                    index: i,
+                    event_id: Some(t.content.record_id.clone()),
+                    status: "duplicate",
+                    receipt: Some(Receipt {
+                        tx_id: st.tx.content.tx_id,
+                        record_id: st.tx.content.record_id.clone(),
+                        leaf_index: st.leaf_index,
+                        height: st.height,
+                        block_hash: block.block_hash,
+                        checkpoint: cp,
+                    }),
+                    audit_path: path.into_iter().next(),
+                    error: None,
+                });
+            }
+            Some(st) => {
+                results[i] = Some(reject(
+                    i,
+                    Some(t.content.record_id.clone()),
+                    Code::Conflict,
+                    format!(
+                        "event {} is already in the ledger (transaction {}) with other content",
+                        t.content.record_id, st.tx.content.tx_id
+                    ),
+                ));
+            }
+        }
+    }
+
+    let any_rejected = results
+        .iter()
+        .any(|r| r.as_ref().is_some_and(|r| r.status == "rejected"));
+    if all_or_nothing && any_rejected {
+        // Nothing is written; the good records are reported as not written.
+        for (i, t) in fresh {
+            results[i] = Some(reject(
+                i,
+                Some(t.content.record_id),
+                Code::ValidationFailed,
+                "not written: another record of this all-or-nothing batch was refused",
+            ));
+        }
+        let results: Vec<RecordResult> = results.into_iter().flatten().collect();
+        let rejected = results.len();
+        return Ok(HttpResponse::UnprocessableEntity().json(IngestResponse {
+            batch_id: batch.header.batch_id.to_string(),
+            accepted: 0,
+            duplicates: 0,
+            rejected,
+            results,
+        }));
+    }
+
+    if !fresh.is_empty() {
+        let started = std::time::Instant::now();
+        let (idx, txs): (Vec<usize>, Vec<Transaction>) = fresh.into_iter().unzip();
+        let cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
+        let receipts = match state.ledger.append(txs).await {
+            Ok(r) => {
+                METRICS
+                    .append_seconds
+                    .with_label_values(&["ok"])
+                    .observe(started.elapsed().as_secs_f64());
+                r
+            }
+            Err(e) => {
+                METRICS
+                    .append_seconds
+                    .with_label_values(&["error"])
+                    .observe(started.elapsed().as_secs_f64());
+                return Err(e.into());
+            }
+        };
+        let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
+        let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
+        let paths = ledger::audit_paths(state.ledger.store(), &leaves, tree_size).await?;
+        for ((i, r), (p, cat)) in idx.into_iter().zip(receipts).zip(paths.into_iter().zip(cats)) {
+            METRICS.ingested.with_label_values(&[cat.as_str()]).inc();
+            results[i] = Some(RecordResult {
+                index: i,
+                event_id: Some(r.record_id.clone()),
+                status: "accepted",
+                receipt: Some(r),
+                audit_path: Some(p),
+                error: None,
+            });
+        }
+    }
+    let results: Vec<RecordResult> = results.into_iter().flatten().collect();
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    Ok(HttpResponse::Ok().json(IngestResponse {
+        batch_id: batch.header.batch_id.to_string(),
+        accepted: count("accepted"),
+        duplicates: count("duplicate"),
+        rejected: count("rejected"),
+        results,
+    }))
+}
+
+/// Registers the ingest routes (inside the ingest authentication scope).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("", web::post().to(post));
+}

@@ -1,0 +1,268 @@
+//! End to end: sealed, batch-signed records through `POST /v1/transactions`
+//! of the real `vaxgate serve`: receipts, per-record refusals, idempotency,
+//! permissions, all-or-nothing, and an offline-verified proof.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use adapters::{GatewayClient, GatewayClientConfig};
+use mappings::ExchangeMessage;
+use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey};
+
+const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
+const PASS: &str = "correct horse battery staple";
+
+fn vaxgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
+    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
+    c
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn load_key(p: &Path) -> Sm2SigningKey {
+    secure_gateway::keys::private_key_from_pem(
+        &std::fs::read_to_string(p).unwrap(),
+        Some(PASS),
+        secure_gateway::DEFAULT_DIST_ID,
+    )
+    .unwrap()
+}
+
+fn golden_vaccinations() -> Vec<ExchangeMessage> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/tests/golden/vaccination/clinic-ims.json");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v.into_iter()
+        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
+        .collect()
+}
+
+#[test]
+fn ingest_receipts_refusals_idempotency_and_proof() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("https://127.0.0.1:{port}");
+    ok(vaxgate()
+        .args([
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--passphrase-env",
+            PASS_ENV,
+        ])
+        .output()
+        .unwrap());
+    let _server = Server(
+        vaxgate()
+            .args(["serve", "--config", dir.join("vaxgate.toml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = dir.join("tls/server.crt.pem");
+    let ent = tmp.path().join("ent");
+    ok(vaxgate()
+        .args([
+            "keys",
+            "generate",
+            "--out",
+            ent.to_str().unwrap(),
+            "--entity",
+            "clinic",
+            "--passphrase-env",
+            PASS_ENV,
+        ])
+        .output()
+        .unwrap());
+    let id = gateway::registry::uscc_with_check("12320102MB1234567").unwrap();
+    let start = Instant::now();
+    loop {
+        let o = vaxgate()
+            .args([
+                "admin",
+                "--gateway",
+                &base,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--passphrase-env",
+                PASS_ENV,
+                "register-entity",
+            ])
+            .args([
+                "--id",
+                &id,
+                "--name",
+                "玄武区梅园社区卫生服务中心",
+                "--alias",
+                "meiyuan",
+                "--role",
+                "vaccination_unit",
+            ])
+            .args([
+                "--code",
+                "3201020001",
+                "--master-key",
+                ent.join("clinic.pub.pem").to_str().unwrap(),
+            ])
+            .args(["--approve", dir.join("keys/admin-1.key.pem").to_str().unwrap()])
+            .args(["--approve", dir.join("keys/admin-3.key.pem").to_str().unwrap()])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let key = load_key(&ent.join("clinic.key.pem"));
+    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
+    let provider = RustCryptoProvider::new();
+    let h = KeyHandle::new("clinic");
+    provider.insert_sm2_key(h.clone(), key.clone());
+    let cfg = GatewayClientConfig {
+        base_url: base.clone(),
+        ca_cert: Some(ca.clone()),
+        ..Default::default()
+    };
+    let client = GatewayClient::new(&cfg, key).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |msgs: &[ExchangeMessage], mode: &str| -> (u16, serde_json::Value) {
+        let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], msgs).unwrap();
+        let path = format!("/v1/transactions{mode}");
+        match rt.block_on(client.send("POST", &path, batch.to_json().into_bytes())) {
+            Ok(b) => (200, serde_json::from_slice(&b).unwrap()),
+            Err(adapters::ClientError::Api { status, message, .. }) => {
+                (status, serde_json::json!({ "message": message }))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+
+    let good = golden_vaccinations();
+    let mut bad = good[0].clone();
+    bad.event_id = uuid::Uuid::new_v4();
+    bad.payload.event_id = bad.event_id;
+    bad.payload.trace_codes = vec!["12345".into()];
+    let batch = vec![good[0].clone(), bad.clone(), good[1].clone()];
+
+    // All-or-nothing: one bad record refuses the batch; nothing is written.
+    let (status, _) = send(&batch, "?mode=all_or_nothing");
+    assert_eq!(status, 422);
+
+    // Partial (default): the good records are appended, the bad one refused alone.
+    let (status, r) = send(&batch, "");
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["accepted"].as_u64(), r["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["results"][1]["error"]["code"], "invalid_trace_code", "{r}");
+    let first = &r["results"][0];
+    assert_eq!(first["status"], "accepted");
+    let receipt = first["receipt"].clone();
+    assert!(receipt["height"].as_u64().unwrap() >= 2);
+    assert!(!first["audit_path"].as_array().unwrap().is_empty() || receipt["checkpoint"]["tree_size"] == 1);
+
+    // Sent again: the original receipts, nothing new.
+    let (_, again) = send(&good[..1], "");
+    assert_eq!(again["duplicates"], 1, "{again}");
+    assert_eq!(again["results"][0]["receipt"]["tx_id"], receipt["tx_id"]);
+
+    // Same event id, other content: 409 for that record.
+    let mut changed = good[0].clone();
+    changed
+        .payload
+        .fields
+        .insert("clinician".into(), serde_json::Value::String("另一位医生".into()));
+    let (_, c) = send(&[changed], "");
+    assert_eq!(c["results"][0]["error"]["code"], "conflict", "{c}");
+
+    // A category this role may not write.
+    let mut ship = good[1].clone();
+    ship.event_id = uuid::Uuid::new_v4();
+    ship.payload.event_id = ship.event_id;
+    ship.payload.category = "lot_release".into();
+    let (_, f) = send(&[ship], "");
+    assert_eq!(f["results"][0]["error"]["code"], "forbidden", "{f}");
+
+    // The accepted record is provable offline with the node key.
+    let db = dir.join("data/ledger.db");
+    let proof = ok(vaxgate()
+        .args([
+            "ledger",
+            "proof",
+            "--db",
+            db.to_str().unwrap(),
+            "--tx",
+            receipt["tx_id"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    let pf = tmp.path().join("proof.json");
+    std::fs::write(&pf, proof).unwrap();
+    let out = ok(vaxgate()
+        .args([
+            "verify-proof",
+            pf.to_str().unwrap(),
+            "--checkpoint-key",
+            dir.join("keys/node.pub.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    assert!(out.starts_with("proof OK"), "{out}");
+    // The ledger stores ciphertext only: no personal data in the file.
+    let bytes = std::fs::read(&db).unwrap();
+    for secret in ["王小明", "320102202301150028", "13812345678"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} found in the ledger file"
+        );
+    }
+    let out = ok(vaxgate()
+        .args([
+            "ledger",
+            "verify",
+            "--db",
+            db.to_str().unwrap(),
+            "--checkpoint-key",
+            dir.join("keys/node.pub.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    assert!(out.starts_with("ledger intact"), "{out}");
+}
