@@ -28,6 +28,7 @@ need_pkg() { # need_pkg COMMAND DEBIAN-PACKAGE
 }
 
 need_pkg openssl openssl
+need_pkg curl curl
 
 # Real services for the integration tests, stopped again however we exit.
 # A service already given by URL (e.g. VAXGATE_TEST_PG_URL) is used as is.
