@@ -9,7 +9,9 @@
 
 use uuid::Uuid;
 
-use crate::envelope::{Canon, OpenedEnvelope, RecipientKey, SealedEnvelope, decrypt_verified};
+use crate::envelope::{
+    Canon, OpenCtx, OpenedEnvelope, RecipientKey, SealedEnvelope, decrypt_verified, record_batch_id,
+};
 use crate::provider::{CryptoProvider, KeyHandle};
 use crate::{CryptoError, Sm2Signature, Sm2VerifyingKey, Sm3Digest, merkle};
 
@@ -134,6 +136,13 @@ pub fn sign_batch(
                 found: r.header.key_id.clone(),
             });
         }
+        if let Some(b) = record_batch_id(r)?
+            && b != batch_id
+        {
+            return Err(CryptoError::Envelope(format!(
+                "record {i} was sealed for batch {b}, not {batch_id}"
+            )));
+        }
     }
     let root = merkle::root(&leaf_hashes(&records)?);
     let mut header = BatchHeader {
@@ -238,7 +247,7 @@ impl RecordProof {
         me: RecipientKey<'_>,
     ) -> Result<OpenedEnvelope, CryptoError> {
         self.verify(signer)?;
-        decrypt_verified(provider, &self.record, me)
+        decrypt_verified(provider, &self.record, me, &mut OpenCtx::new(Some(self.batch.batch_id)))
     }
 
     /// Parses the JSON transport form.
@@ -261,16 +270,19 @@ pub fn open_batch(
     me: RecipientKey<'_>,
 ) -> Result<Vec<OpenedEnvelope>, CryptoError> {
     batch.verify(signer)?;
+    let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     batch
         .records
         .iter()
-        .map(|r| decrypt_verified(provider, r, me))
+        .map(|r| decrypt_verified(provider, r, me, &mut ctx))
         .collect()
 }
 
 /// Like [`open_batch`], but one record that cannot be opened does not sink
 /// the others: the batch is verified once (an error here refuses the whole
-/// batch), then every record is decrypted on its own.
+/// batch), then every record is decrypted on its own. Records sealed by an
+/// [`crate::envelope::BatchSealer`] share one SM2 decryption of the batch
+/// KEK per recipient (cached for the duration of the call).
 pub fn open_batch_each(
     provider: &dyn CryptoProvider,
     batch: &SignedBatch,
@@ -278,10 +290,11 @@ pub fn open_batch_each(
     me: RecipientKey<'_>,
 ) -> Result<Vec<Result<OpenedEnvelope, CryptoError>>, CryptoError> {
     batch.verify(signer)?;
+    let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     Ok(batch
         .records
         .iter()
-        .map(|r| decrypt_verified(provider, r, me))
+        .map(|r| decrypt_verified(provider, r, me, &mut ctx))
         .collect())
 }
 

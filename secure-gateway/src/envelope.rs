@@ -14,8 +14,14 @@
 //! [`SealedEnvelope::verify`] checks the signature without any private key.
 //!
 //! In batch mode ([`crate::batch`]) records carry no signature of their own:
-//! one signature covers the Merkle root of many records.
+//! one signature covers the Merkle root of many records. A [`BatchSealer`]
+//! also shares the SM2 work of a batch: it SM2-encrypts one random batch
+//! key-encryption key (KEK) per recipient and wraps each record's data key
+//! with it ([`WrapKind::Sm2BatchKek`]), so opening a batch of n records costs
+//! one SM2 decryption instead of n. Each record still carries everything it
+//! needs to be opened alone with its batch proof.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use uuid::Uuid;
@@ -34,6 +40,12 @@ pub const PAYLOAD_AAD_TAG: &str = "vaxgate/envelope-payload";
 /// Domain-separation tag of the SM4-GCM associated data of a KEK-wrapped
 /// data key.
 pub const KEK_WRAP_TAG: &str = "vaxgate/kek-wrap";
+/// Domain-separation tag of the SM4-GCM associated data of a data key
+/// wrapped with a batch KEK ([`WrapKind::Sm2BatchKek`]).
+pub const BATCH_KEK_WRAP_TAG: &str = "vaxgate/batch-kek-wrap";
+/// Largest accepted SM2 ciphertext of a batch KEK (DER of a 16-byte
+/// message is about 110 bytes).
+const MAX_WRAPPED_KEK: usize = 256;
 
 /// Upper bound for any single field of the canonical encoding.
 const MAX_FIELD: usize = u32::MAX as usize;
@@ -114,14 +126,21 @@ pub enum WrapKind {
     /// SM4-GCM under a named key-encryption key: `nonce(12) ‖ ct(16) ‖ tag(16)`.
     #[serde(rename = "sm4-kek")]
     Sm4Kek,
+    /// Batch mode ([`BatchSealer`]): SM4-GCM under a per-batch KEK that is
+    /// SM2-encrypted to the recipient, the same for every record of the
+    /// batch: `field(batch id) ‖ field(SM2(KEK)) ‖ field(nonce ‖ ct ‖ tag)`.
+    /// Opens only together with its batch header (a batch or a record proof).
+    #[serde(rename = "sm2-batch-kek")]
+    Sm2BatchKek,
 }
 
 impl WrapKind {
-    /// The canonical string: `sm2` or `sm4-kek`.
+    /// The canonical string: `sm2`, `sm4-kek` or `sm2-batch-kek`.
     pub fn as_str(self) -> &'static str {
         match self {
             WrapKind::Sm2 => "sm2",
             WrapKind::Sm4Kek => "sm4-kek",
+            WrapKind::Sm2BatchKek => "sm2-batch-kek",
         }
     }
 }
@@ -132,7 +151,7 @@ impl WrapKind {
 pub struct WrappedKey {
     /// Wrapping method.
     pub kind: WrapKind,
-    /// SM2: the recipient's key id; SM4 KEK: the KEK's name.
+    /// SM2 and SM2 batch KEK: the recipient's key id; SM4 KEK: the KEK's name.
     pub recipient: String,
     /// The wrapped data key.
     #[serde(with = "b64")]
@@ -216,6 +235,23 @@ impl Canon {
     }
 }
 
+/// Reads `u32be(len) ‖ bytes` fields back; every malformed input is an error.
+pub(crate) struct CanonReader<'a>(pub(crate) &'a [u8]);
+
+impl<'a> CanonReader<'a> {
+    pub(crate) fn field(&mut self, what: &str) -> Result<&'a [u8], CryptoError> {
+        let short = || CryptoError::Envelope(format!("truncated {what}"));
+        let (len, rest) = self.0.split_first_chunk::<4>().ok_or_else(short)?;
+        let n = u32::from_be_bytes(*len) as usize;
+        if rest.len() < n {
+            return Err(short());
+        }
+        let (v, rest) = rest.split_at(n);
+        self.0 = rest;
+        Ok(v)
+    }
+}
+
 fn header_fields(c: &mut Canon, h: &EnvelopeHeader) -> Result<(), CryptoError> {
     c.field(h.transaction_id.as_bytes())?
         .field(h.entity_id.as_bytes())?
@@ -242,6 +278,91 @@ fn kek_aad(transaction_id: &Uuid, kek_name: &str) -> Result<Vec<u8>, CryptoError
         .field(transaction_id.as_bytes())?
         .field(kek_name.as_bytes())?;
     Ok(c.0)
+}
+
+/// The SM4-GCM associated data of a data key wrapped with a batch KEK.
+fn batch_kek_aad(batch_id: &Uuid, transaction_id: &Uuid, recipient: &str) -> Result<Vec<u8>, CryptoError> {
+    let mut c = Canon::default();
+    c.field(BATCH_KEK_WRAP_TAG.as_bytes())?
+        .field(batch_id.as_bytes())?
+        .field(transaction_id.as_bytes())?
+        .field(recipient.as_bytes())?;
+    Ok(c.0)
+}
+
+/// The parsed `wrapped` bytes of a [`WrapKind::Sm2BatchKek`] entry.
+struct BatchWrap<'a> {
+    batch_id: Uuid,
+    /// SM2 ciphertext (GM/T 0009 DER) of the 16-byte batch KEK.
+    wrapped_kek: &'a [u8],
+    nonce: [u8; GCM_NONCE_LEN],
+    /// SM4-GCM of the data key under the KEK: ct(16) ‖ tag(16).
+    wrapped_dk: &'a [u8],
+}
+
+impl<'a> BatchWrap<'a> {
+    fn encode(batch_id: &Uuid, wrapped_kek: &[u8], nonce: &[u8; GCM_NONCE_LEN], wrapped_dk: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12 + 16 + wrapped_kek.len() + GCM_NONCE_LEN + wrapped_dk.len());
+        for f in [batch_id.as_bytes(), wrapped_kek] {
+            v.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            v.extend_from_slice(f);
+        }
+        v.extend_from_slice(&((GCM_NONCE_LEN + wrapped_dk.len()) as u32).to_be_bytes());
+        v.extend_from_slice(nonce);
+        v.extend_from_slice(wrapped_dk);
+        v
+    }
+
+    fn parse(b: &'a [u8]) -> Result<Self, CryptoError> {
+        let mut r = CanonReader(b);
+        let what = "sm2-batch-kek entry";
+        let id = r.field(what)?;
+        let wrapped_kek = r.field(what)?;
+        let last = r.field(what)?;
+        if !r.0.is_empty() {
+            return Err(CryptoError::Envelope(format!("{what}: trailing bytes")));
+        }
+        let batch_id =
+            Uuid::from_slice(id).map_err(|_| CryptoError::Envelope(format!("{what}: batch id must be 16 bytes")))?;
+        if wrapped_kek.is_empty() || wrapped_kek.len() > MAX_WRAPPED_KEK {
+            return Err(CryptoError::Envelope(format!(
+                "{what}: wrapped kek of {} bytes",
+                wrapped_kek.len()
+            )));
+        }
+        if last.len() != GCM_NONCE_LEN + SM4_KEY_LEN + crate::sym::GCM_TAG_LEN {
+            return Err(CryptoError::Envelope(format!(
+                "{what}: wrapped data key must be 44 bytes, got {}",
+                last.len()
+            )));
+        }
+        let (n, wrapped_dk) = last.split_at(GCM_NONCE_LEN);
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        nonce.copy_from_slice(n);
+        Ok(BatchWrap {
+            batch_id,
+            wrapped_kek,
+            nonce,
+            wrapped_dk,
+        })
+    }
+}
+
+/// The batch id named by the record's [`WrapKind::Sm2BatchKek`] entries
+/// (None when it has none). Entries naming different batches are an error.
+pub(crate) fn record_batch_id(env: &SealedEnvelope) -> Result<Option<Uuid>, CryptoError> {
+    let mut found = None;
+    for w in env.recipients.iter().filter(|w| w.kind == WrapKind::Sm2BatchKek) {
+        let id = BatchWrap::parse(&w.wrapped)?.batch_id;
+        if found.is_some_and(|f| f != id) {
+            return Err(CryptoError::Envelope(format!(
+                "envelope {}: sm2-batch-kek entries name different batches",
+                env.header.transaction_id
+            )));
+        }
+        found = Some(id);
+    }
+    Ok(found)
 }
 
 impl SealedEnvelope {
@@ -332,13 +453,44 @@ impl SealedEnvelope {
 }
 
 /// Seals `plaintext` without signing (for batch records, and the first step
-/// of [`seal`]). `key_id` is the signer's key id.
+/// of [`seal`]). `key_id` is the signer's key id. For many records of one
+/// batch, [`BatchSealer`] is much cheaper to open.
 pub fn seal_unsigned(
     provider: &dyn CryptoProvider,
     key_id: &str,
     meta: EnvelopeMeta,
     plaintext: &[u8],
     recipients: &[Recipient],
+) -> Result<SealedEnvelope, CryptoError> {
+    seal_with(provider, key_id, meta, plaintext, recipients, None)
+}
+
+/// Wraps the data key for a provider-held SM4 KEK.
+fn wrap_for_kek(
+    provider: &dyn CryptoProvider,
+    h: &KeyHandle,
+    tx: &Uuid,
+    data_key: &Sm4Key,
+) -> Result<WrappedKey, CryptoError> {
+    let mut kn = [0u8; GCM_NONCE_LEN];
+    provider.random(&mut kn)?;
+    let ct = provider.kek_seal(h, &kn, &kek_aad(tx, h.as_str())?, data_key.expose_secret())?;
+    let mut w = kn.to_vec();
+    w.extend_from_slice(&ct);
+    Ok(WrappedKey {
+        kind: WrapKind::Sm4Kek,
+        recipient: h.as_str().to_string(),
+        wrapped: w,
+    })
+}
+
+fn seal_with(
+    provider: &dyn CryptoProvider,
+    key_id: &str,
+    meta: EnvelopeMeta,
+    plaintext: &[u8],
+    recipients: &[Recipient],
+    batch: Option<&BatchSealer<'_>>,
 ) -> Result<SealedEnvelope, CryptoError> {
     if recipients.is_empty() {
         return Err(CryptoError::Envelope("at least one recipient is required".into()));
@@ -359,31 +511,36 @@ pub fn seal_unsigned(
     provider.random(&mut nonce)?;
     let aad = payload_aad(ENVELOPE_VERSION, &header, &plaintext_sm3)?;
     let ciphertext = provider.sm4_gcm_seal(&data_key, &nonce, &aad, plaintext)?;
+    let tx = header.transaction_id;
     let mut wrapped = Vec::with_capacity(recipients.len());
-    for r in recipients {
-        wrapped.push(match r {
-            Recipient::Sm2(pk) => WrappedKey {
+    for (i, r) in recipients.iter().enumerate() {
+        wrapped.push(match (r, batch) {
+            (Recipient::Sm2(pk), None) => WrappedKey {
                 kind: WrapKind::Sm2,
                 recipient: pk.key_id().to_string(),
                 wrapped: provider.sm2_encrypt(pk, data_key.expose_secret())?,
             },
-            Recipient::Kek(h) => {
+            (Recipient::Sm2(pk), Some(b)) => {
+                let wrapped_kek = b
+                    .wrapped_keks
+                    .get(i)
+                    .and_then(|w| w.as_deref())
+                    .ok_or_else(|| CryptoError::Envelope("batch sealer: recipient list out of step".into()))?;
                 let mut kn = [0u8; GCM_NONCE_LEN];
                 provider.random(&mut kn)?;
-                let ct = provider.kek_seal(
-                    h,
+                let ct = provider.sm4_gcm_seal(
+                    &b.kek,
                     &kn,
-                    &kek_aad(&header.transaction_id, h.as_str())?,
+                    &batch_kek_aad(&b.batch_id, &tx, pk.key_id())?,
                     data_key.expose_secret(),
                 )?;
-                let mut w = kn.to_vec();
-                w.extend_from_slice(&ct);
                 WrappedKey {
-                    kind: WrapKind::Sm4Kek,
-                    recipient: h.as_str().to_string(),
-                    wrapped: w,
+                    kind: WrapKind::Sm2BatchKek,
+                    recipient: pk.key_id().to_string(),
+                    wrapped: BatchWrap::encode(&b.batch_id, wrapped_kek, &kn, &ct),
                 }
             }
+            (Recipient::Kek(h), _) => wrap_for_kek(provider, h, &tx, &data_key)?,
         });
     }
     Ok(SealedEnvelope {
@@ -395,6 +552,106 @@ pub fn seal_unsigned(
         recipients: wrapped,
         signature: None,
     })
+}
+
+/// Seals the records of one batch, sharing the SM2 work: one random SM4
+/// key-encryption key (the batch KEK) is SM2-encrypted once to each SM2
+/// recipient when the sealer is made; every record's data key is then
+/// wrapped with that KEK by SM4-GCM (associated data: batch id, transaction
+/// id, recipient key id) in a [`WrapKind::Sm2BatchKek`] entry that also
+/// carries the SM2-encrypted KEK, so each record opens alone with its
+/// batch proof. A gateway opening the batch ([`crate::batch::open_batch_each`])
+/// does one SM2 decryption per batch instead of one per record.
+/// Provider-held SM4 KEK recipients are wrapped per record as in
+/// [`seal_unsigned`].
+///
+/// The records belong to the batch id of this sealer: sign them with
+/// [`BatchSealer::sign`] (or [`crate::batch::sign_batch`] with
+/// [`BatchSealer::batch_id`]); another batch id is refused.
+#[derive(Debug)]
+pub struct BatchSealer<'a> {
+    provider: &'a dyn CryptoProvider,
+    key_id: String,
+    batch_id: Uuid,
+    recipients: Vec<Recipient>,
+    /// Per recipient (same order): the SM2 ciphertext of the KEK, or None
+    /// for a provider-held KEK recipient.
+    wrapped_keks: Vec<Option<Vec<u8>>>,
+    /// The batch KEK (zeroised on drop; `Debug` prints `<redacted>`).
+    kek: Sm4Key,
+}
+
+impl<'a> BatchSealer<'a> {
+    /// A sealer for a new batch with a random id; `key_id` is the batch
+    /// signer's key id.
+    pub fn new(provider: &'a dyn CryptoProvider, key_id: &str, recipients: &[Recipient]) -> Result<Self, CryptoError> {
+        let mut id = [0u8; 16];
+        provider.random(&mut id)?;
+        Self::with_batch_id(
+            provider,
+            key_id,
+            uuid::Builder::from_random_bytes(id).into_uuid(),
+            recipients,
+        )
+    }
+
+    /// A sealer for the batch `batch_id`.
+    pub fn with_batch_id(
+        provider: &'a dyn CryptoProvider,
+        key_id: &str,
+        batch_id: Uuid,
+        recipients: &[Recipient],
+    ) -> Result<Self, CryptoError> {
+        if recipients.is_empty() {
+            return Err(CryptoError::Envelope("at least one recipient is required".into()));
+        }
+        let mut k = Zeroizing::new([0u8; SM4_KEY_LEN]);
+        provider.random(&mut k[..])?;
+        let kek = Sm4Key::new(*k);
+        let wrapped_keks = recipients
+            .iter()
+            .map(|r| match r {
+                Recipient::Sm2(pk) => provider.sm2_encrypt(pk, kek.expose_secret()).map(Some),
+                Recipient::Kek(_) => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchSealer {
+            provider,
+            key_id: key_id.to_string(),
+            batch_id,
+            recipients: recipients.to_vec(),
+            wrapped_keks,
+            kek,
+        })
+    }
+
+    /// The batch id the records are sealed for.
+    pub fn batch_id(&self) -> Uuid {
+        self.batch_id
+    }
+
+    /// Seals one record of the batch (unsigned, like [`seal_unsigned`]).
+    pub fn seal_unsigned(&self, meta: EnvelopeMeta, plaintext: &[u8]) -> Result<SealedEnvelope, CryptoError> {
+        seal_with(
+            self.provider,
+            &self.key_id,
+            meta,
+            plaintext,
+            &self.recipients,
+            Some(self),
+        )
+    }
+
+    /// Signs `records` (sealed by this sealer) as the batch
+    /// [`BatchSealer::batch_id`] with the provider key `signer`.
+    pub fn sign(
+        &self,
+        signer: &KeyHandle,
+        timestamp_ms: i64,
+        records: Vec<SealedEnvelope>,
+    ) -> Result<crate::batch::SignedBatch, CryptoError> {
+        crate::batch::sign_batch(self.provider, signer, self.batch_id, timestamp_ms, records)
+    }
 }
 
 /// Seals and signs `plaintext` with the provider key `signer`.
@@ -413,7 +670,8 @@ pub fn seal(
 }
 
 /// Verifies the signature (and that it is `signer`'s), then decrypts for
-/// `me` and checks the plaintext's SM3.
+/// `me` and checks the plaintext's SM3. (A record sealed by a
+/// [`BatchSealer`] has no signature of its own: open it with its batch.)
 pub fn open(
     provider: &dyn CryptoProvider,
     env: &SealedEnvelope,
@@ -421,29 +679,98 @@ pub fn open(
     me: RecipientKey<'_>,
 ) -> Result<OpenedEnvelope, CryptoError> {
     env.verify(signer)?;
-    decrypt_verified(provider, env, me)
+    decrypt_verified(provider, env, me, &mut OpenCtx::new(None))
+}
+
+/// What opening records needs beyond one record: the batch the records
+/// were verified under, my SM2 key id, and the batch KEKs already
+/// decrypted (per SM2 ciphertext of the KEK, so records of one batch that
+/// carry different KEKs are each opened with their own).
+pub(crate) struct OpenCtx {
+    batch_id: Option<Uuid>,
+    my_key_id: Option<String>,
+    keks: HashMap<Vec<u8>, Sm4Key>,
+}
+
+impl OpenCtx {
+    /// A context for records verified under `batch_id` (None: an
+    /// individually signed envelope).
+    pub(crate) fn new(batch_id: Option<Uuid>) -> Self {
+        OpenCtx {
+            batch_id,
+            my_key_id: None,
+            keks: HashMap::new(),
+        }
+    }
+
+    fn my_key_id(&mut self, provider: &dyn CryptoProvider, h: &KeyHandle) -> Result<String, CryptoError> {
+        if let Some(k) = &self.my_key_id {
+            return Ok(k.clone());
+        }
+        let k = provider.public_key(h)?.key_id().to_string();
+        self.my_key_id = Some(k.clone());
+        Ok(k)
+    }
+
+    /// The batch KEK in `wrapped_kek`, SM2-decrypted once per context.
+    fn kek(&mut self, provider: &dyn CryptoProvider, h: &KeyHandle, wrapped_kek: &[u8]) -> Result<Sm4Key, CryptoError> {
+        if let Some(k) = self.keks.get(wrapped_kek) {
+            return Ok(k.clone());
+        }
+        let raw = provider.sm2_decrypt(h, wrapped_kek)?;
+        let k = Sm4Key::from_slice(&raw)
+            .map_err(|_| CryptoError::Envelope("unwrapped batch kek is not 16 bytes".into()))?;
+        self.keks.insert(wrapped_kek.to_vec(), k.clone());
+        Ok(k)
+    }
 }
 
 /// Decrypts an envelope whose authenticity the caller has already
-/// established (its own signature, or a batch proof).
+/// established (its own signature, or a batch proof whose batch id is in
+/// `ctx`).
 pub(crate) fn decrypt_verified(
     provider: &dyn CryptoProvider,
     env: &SealedEnvelope,
     me: RecipientKey<'_>,
+    ctx: &mut OpenCtx,
 ) -> Result<OpenedEnvelope, CryptoError> {
     env.check_shape()?;
     let tx = env.header.transaction_id;
     let raw_key = match me {
         RecipientKey::Sm2(h) => {
-            let kid = provider.public_key(h)?.key_id().to_string();
+            let kid = ctx.my_key_id(provider, h)?;
             let w = env
                 .recipients
                 .iter()
-                .find(|w| w.kind == WrapKind::Sm2 && w.recipient == kid)
+                .find(|w| matches!(w.kind, WrapKind::Sm2 | WrapKind::Sm2BatchKek) && w.recipient == kid)
                 .ok_or_else(|| {
                     CryptoError::NotARecipient(format!("envelope {tx} has no sm2 entry for key id {kid}"))
                 })?;
-            provider.sm2_decrypt(h, &w.wrapped)?
+            if w.kind == WrapKind::Sm2 {
+                provider.sm2_decrypt(h, &w.wrapped)?
+            } else {
+                let bw = BatchWrap::parse(&w.wrapped)?;
+                match ctx.batch_id {
+                    None => {
+                        return Err(CryptoError::Envelope(format!(
+                            "envelope {tx}: an sm2-batch-kek entry opens only with its batch (a record proof)"
+                        )));
+                    }
+                    Some(b) if b != bw.batch_id => {
+                        return Err(CryptoError::Envelope(format!(
+                            "envelope {tx} was sealed for batch {}, not batch {b}",
+                            bw.batch_id
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                let kek = ctx.kek(provider, h, bw.wrapped_kek)?;
+                provider
+                    .sm4_gcm_open(&kek, &bw.nonce, &batch_kek_aad(&bw.batch_id, &tx, &kid)?, bw.wrapped_dk)
+                    .map_err(|_| {
+                        CryptoError::Cipher(format!("envelope {tx}: the batch-kek-wrapped data key does not open"))
+                    })?
+            }
         }
         RecipientKey::Kek(h) => {
             let w = env

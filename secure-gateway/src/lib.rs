@@ -26,8 +26,8 @@ pub mod sym;
 
 pub use batch::{BatchHeader, RecordProof, SignedBatch, sign_batch};
 pub use envelope::{
-    ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope, open, seal,
-    seal_unsigned,
+    BatchSealer, ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope,
+    open, seal, seal_unsigned,
 };
 pub use error::CryptoError;
 pub use hash::{Sm3Digest, Sm3Hasher, sm3};

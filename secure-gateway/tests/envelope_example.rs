@@ -11,9 +11,9 @@ use std::sync::Mutex;
 
 use secure_gateway::sym::GCM_NONCE_LEN;
 use secure_gateway::{
-    ContentType, CryptoError, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    RustCryptoProvider, SealedEnvelope, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key, merkle, open,
-    seal, seal_unsigned, sign_batch, sm3,
+    BatchSealer, ContentType, CryptoError, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient,
+    RecipientKey, RustCryptoProvider, SealedEnvelope, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key,
+    merkle, open, seal, seal_unsigned, sign_batch, sm3,
 };
 use zeroize::Zeroizing;
 
@@ -50,8 +50,12 @@ impl CryptoProvider for ExampleProvider {
     fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
         self.inner.verify(key, msg, sig)
     }
+    /// SM2 encryption with the fixed k = SM3("vaxgate example sm2 k"), so
+    /// that the batch-KEK example is reproducible (never do this for real).
     fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.sm2_encrypt(recipient, msg)
+        let ek = sm2::pke::EncryptingKey::new_with_mode(*recipient.public_key(), sm2::pke::Mode::C1C3C2);
+        ek.encrypt_der(&mut FixedK(sm3(b"vaxgate example sm2 k").0), msg)
+            .map_err(|_| CryptoError::Cipher("sm2 encryption failed".into()))
     }
     fn sm2_decrypt(&self, key: &KeyHandle, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.inner.sm2_decrypt(key, ct)
@@ -81,6 +85,23 @@ impl CryptoProvider for ExampleProvider {
         self.inner.kek_open(h, n, aad, ct)
     }
 }
+
+/// An RNG that returns a fixed k for SM2 encryption.
+struct FixedK([u8; 32]);
+impl sm2::elliptic_curve::rand_core::TryRng for FixedK {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        unreachable!("sm2 draws k with fill_bytes")
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        unreachable!("sm2 draws k with fill_bytes")
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        dst.copy_from_slice(&self.0[..dst.len()]);
+        Ok(())
+    }
+}
+impl sm2::elliptic_curve::rand_core::TryCryptoRng for FixedK {}
 
 /// Signer private key: SM3("vaxgate example signer") as the scalar.
 fn example() -> (ExampleProvider, KeyHandle, KeyHandle) {
@@ -233,3 +254,105 @@ fn worked_example_is_stable() {
     assert_eq!(batch.header.root.to_hex(), BATCH_ROOT);
     assert_eq!(hex::encode(&bsb), BATCH_SIGNED_BYTES);
 }
+
+/// The second worked example of `docs/envelope.md`: a two-record batch
+/// sealed by a `BatchSealer` for one SM2 recipient (the gateway, private
+/// scalar SM3("vaxgate example gateway")): one batch KEK, SM2-encrypted once
+/// with a fixed k, each data key wrapped under it. The first example above
+/// is unchanged by this one.
+#[test]
+fn batch_kek_example_is_stable() {
+    let (p, signer, _) = example();
+    let gw = KeyHandle::new("example-gateway");
+    p.inner.insert_sm2_key(
+        gw.clone(),
+        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example gateway").0, DEFAULT_DIST_ID).unwrap(),
+    );
+    let vk = p.public_key(&signer).unwrap();
+    let gw_pk = p.public_key(&gw).unwrap();
+    let sealer = BatchSealer::with_batch_id(
+        &p,
+        vk.key_id(),
+        "00000000-0000-4000-8000-0000000000bb".parse().unwrap(),
+        &[Recipient::Sm2(gw_pk.clone())],
+    )
+    .unwrap();
+    let recs: Vec<SealedEnvelope> = [
+        "00000000-0000-4000-8000-000000000011",
+        "00000000-0000-4000-8000-000000000012",
+    ]
+    .iter()
+    .map(|tx| sealer.seal_unsigned(meta(tx), PAYLOAD).unwrap())
+    .collect();
+    let batch = sealer.sign(&signer, 1_767_225_600_000, recs).unwrap();
+    println!("gateway public key (SEC1): {}", hex::encode(gw_pk.to_sec1()));
+    println!("gateway key id: {}", gw_pk.key_id());
+    for (i, r) in batch.records.iter().enumerate() {
+        let tbs = r.signed_bytes().unwrap();
+        println!(
+            "batch-kek record {i} signed bytes ({} bytes): {}",
+            tbs.len(),
+            hex::encode(&tbs)
+        );
+        for (j, f) in fields(&tbs).iter().enumerate() {
+            println!("  field {j:2}: len {:3}  {}", f.len(), hex::encode(f));
+        }
+        println!("  wrapped (sm2-batch-kek):");
+        for (j, f) in fields(&r.recipients[0].wrapped).iter().enumerate() {
+            println!("    part {j}: len {:3}  {}", f.len(), hex::encode(f));
+        }
+        println!("  record digest: {}", r.record_digest().unwrap());
+    }
+    println!("batch-kek root: {}", batch.header.root);
+    println!(
+        "batch-kek batch signature (DER): {}",
+        hex::encode(&batch.header.signature)
+    );
+    println!("batch-kek record 0 JSON: {}", batch.records[0].to_json());
+
+    // Both records open, together (one SM2 decryption) and alone.
+    batch.verify(&vk).unwrap();
+    for o in secure_gateway::batch::open_batch_each(&p, &batch, &vk, RecipientKey::Sm2(&gw)).unwrap() {
+        assert_eq!(&o.unwrap().plaintext[..], PAYLOAD);
+    }
+    let o = batch.proof(1).unwrap().open(&p, &vk, RecipientKey::Sm2(&gw)).unwrap();
+    assert_eq!(&o.plaintext[..], PAYLOAD);
+    // The SM2-encrypted KEK decrypts (with OpenSSL too: it is GM/T 0009 DER).
+    let parts = fields(&batch.records[0].recipients[0].wrapped);
+    assert_eq!(parts[1], fields(&batch.records[1].recipients[0].wrapped)[1]);
+    assert_eq!(&p.sm2_decrypt(&gw, &parts[1]).unwrap()[..], BATCH_KEK);
+
+    // The pinned values.
+    assert_eq!(hex::encode(gw_pk.to_sec1()), GATEWAY_PUBLIC);
+    assert_eq!(
+        hex::encode(batch.records[0].signed_bytes().unwrap()),
+        BATCH_KEK_RECORD0_SIGNED_BYTES
+    );
+    assert_eq!(batch.header.root.to_hex(), BATCH_KEK_ROOT);
+    assert_eq!(hex::encode(&batch.header.signature), BATCH_KEK_SIGNATURE_DER);
+}
+
+const BATCH_KEK: &[u8] = b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f";
+const GATEWAY_PUBLIC: &str = concat!(
+    "042158f6fcdff33f4a281f9a75edbec03c7adbe5b728cf1b29ac8e7ba529eca173a0f65c95dc527c789f7d737453a956",
+    "8345facea58b8e7de4a5a9bf038d9744e6",
+);
+const BATCH_KEK_RECORD0_SIGNED_BYTES: &str = concat!(
+    "00000017766178676174652f7365616c65642d656e76656c6f7065000000010100000010000000000000400080000000",
+    "0000001100000013686f73706974616c2d3331303130312d303031000000206432306231353438326436343337363464",
+    "613936343239383231366366343232000000080000019b76daa800000000046a736f6e0000001276616363696e617469",
+    "6f6e2d7265636f72640000002027ad142a87a3db95c7adac309a3de6385831446a68d57f32a16f875900aa867e000000",
+    "0c303132333435363738393a3b0000003beca72c32feabc912db95878a80a6bd51d3a1512f04dc9a8cb2a262b9fcf30f",
+    "fcd2f88f8e179374fae0d2be7584e1538dcbab90bd2bbb79d7d2117400000004000000010000000d736d322d62617463",
+    "682d6b656b000000203431303761333937323531313837323035343862353033656333326461303230000000c4000000",
+    "10000000000000400080000000000000bb0000007c307a022100f7680319ece0c244bb021ad24f087b7b51bfefbf7d20",
+    "9ddc38342053e2914ecf022100dd94e2fb4aa045e4077b93c9eda3369b48dd875cead091fd36c39277df7062ba0420f2",
+    "9d23b2c58595299fb8f8bcedd2c622e105d947c34b76cfc7c632ab99550d640410c92946bc33cd33ed469e09e90c7483",
+    "eb0000002c404142434445464748494a4b5181a7e8acd9d82316bae2652959c43e99293d153d088f3ab00505bd48fe88",
+    "d0",
+);
+const BATCH_KEK_ROOT: &str = "395b3beccc335d8b77c17dd4ee57996e65a94eaa0c8ee8bdae0f76bb058561dd";
+const BATCH_KEK_SIGNATURE_DER: &str = concat!(
+    "3044022038984c4355c5c00d7dd26db0d4107eab6ad198ddbfd1b620e144e5da31828d6e02200f71fd040c5e08aa83c0",
+    "f654632607386423d1d3a915458dee534b5784662f4c",
+);
