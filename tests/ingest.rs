@@ -220,6 +220,126 @@ fn ingest_receipts_refusals_idempotency_and_proof() {
     let (_, f) = send(&[ship], "");
     assert_eq!(f["results"][0]["error"]["code"], "forbidden", "{f}");
 
+    // Queries as the clinic (its own data).
+    let get = |c: &GatewayClient, path: &str| -> (u16, serde_json::Value) {
+        match rt.block_on(c.get(path)) {
+            Ok(b) => (200, serde_json::from_slice(&b).unwrap()),
+            Err(adapters::ClientError::Api { status, code, .. }) => (status, serde_json::json!({ "code": code })),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let code0 = good[0].payload.trace_codes[0].clone();
+    let (s, t) = get(&client, &format!("/v1/trace/{code0}"));
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["steps"][0]["event_id"], good[0].event_id.to_string(), "{t}");
+    assert_eq!(t["steps"][0]["signer"]["alias"], "meiyuan");
+    assert!(
+        t["steps"][0].get("personal_data").is_none(),
+        "no personal-data scope: {t}"
+    );
+    assert!(!t.to_string().contains("王小明"), "{t}");
+    let (s, e) = get(&client, &format!("/v1/events/{}", good[1].event_id));
+    assert_eq!(s, 200, "{e}");
+    let lot = good[0].payload.fields["lot_number"].as_str().unwrap().to_string();
+    let (s, r) = get(&client, &format!("/v1/batches/{lot}/recall"));
+    assert_eq!(s, 200, "{r}");
+    assert!(r["administered_doses"].as_u64().unwrap() >= 1, "{r}");
+    let (s, b) = get(&client, &format!("/v1/blocks/{}", receipt["height"]));
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = get(&client, "/v1/trace/12345");
+    assert_eq!(s, 400);
+    let (s, p) = get(
+        &client,
+        &format!("/v1/transactions/{}/proof", receipt["tx_id"].as_str().unwrap()),
+    );
+    assert_eq!(s, 200);
+    let api_proof = tmp.path().join("api-proof.json");
+    std::fs::write(&api_proof, p.to_string()).unwrap();
+    let out = ok(vaxgate()
+        .args([
+            "verify-proof",
+            api_proof.to_str().unwrap(),
+            "--checkpoint-key",
+            dir.join("keys/node.pub.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    assert!(out.starts_with("proof OK"), "{out}");
+
+    // A partner whose policy grants one product (first 7 digits), and a
+    // regulator with the personal-data scope.
+    let register = |alias: &str, prefix: &str, role: &str, policy: &str| -> GatewayClient {
+        ok(vaxgate()
+            .args([
+                "keys",
+                "generate",
+                "--out",
+                ent.to_str().unwrap(),
+                "--entity",
+                alias,
+                "--passphrase-env",
+                PASS_ENV,
+            ])
+            .output()
+            .unwrap());
+        let pol = tmp.path().join(format!("{alias}.json"));
+        std::fs::write(&pol, policy).unwrap();
+        let eid = gateway::registry::uscc_with_check(prefix).unwrap();
+        ok(vaxgate()
+            .args([
+                "admin",
+                "--gateway",
+                &base,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--passphrase-env",
+                PASS_ENV,
+                "register-entity",
+            ])
+            .args([
+                "--id",
+                &eid,
+                "--name",
+                &format!("{alias} 有限公司"),
+                "--alias",
+                alias,
+                "--role",
+                role,
+            ])
+            .args([
+                "--policy",
+                pol.to_str().unwrap(),
+                "--master-key",
+                ent.join(format!("{alias}.pub.pem")).to_str().unwrap(),
+            ])
+            .args(["--approve", dir.join("keys/admin-2.key.pem").to_str().unwrap()])
+            .args(["--approve", dir.join("keys/admin-3.key.pem").to_str().unwrap()])
+            .output()
+            .unwrap());
+        GatewayClient::new(&cfg, load_key(&ent.join(format!("{alias}.key.pem")))).unwrap()
+    };
+    let partner = register(
+        "partner",
+        "91110000MA0123456",
+        "partner",
+        r#"{"read": {"products": ["8612345"]}}"#,
+    );
+    let (s, t) = get(&partner, &format!("/v1/trace/{code0}"));
+    assert_eq!(s, 200, "{t}");
+    let other = good[1].payload.trace_codes[0].clone();
+    assert!(!other.starts_with("8612345"));
+    let (s, t) = get(&partner, &format!("/v1/trace/{other}"));
+    assert_eq!((s, t["code"].as_str()), (403, Some("forbidden")), "{t}");
+    let regulator = register(
+        "nmpa-js",
+        "11320000MB0123456",
+        "regulator",
+        r#"{"read": {"all": true}, "personal_data": true}"#,
+    );
+    let (s, t) = get(&regulator, &format!("/v1/trace/{other}"));
+    assert_eq!(s, 200, "{t}");
+    assert!(t["steps"][0]["personal_data"]["recipient_name"].is_string(), "{t}");
+
     // The accepted record is provable offline with the node key.
     let db = dir.join("data/ledger.db");
     let proof = ok(vaxgate()

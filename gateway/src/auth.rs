@@ -220,6 +220,19 @@ pub async fn ingest<B: MessageBody + 'static>(
     run(req, next, RouteClass::Ingest).await
 }
 
+/// Middleware for a scope with writes (POST) and reads (everything else).
+pub async fn by_method<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let class = if req.method() == actix_web::http::Method::POST {
+        RouteClass::Ingest
+    } else {
+        RouteClass::Query
+    };
+    run(req, next, class).await
+}
+
 /// Middleware for read routes.
 pub async fn query<B: MessageBody + 'static>(
     req: ServiceRequest,

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod projection;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

@@ -47,6 +47,8 @@ pub struct AppState {
     pub provider: std::sync::Arc<dyn secure_gateway::CryptoProvider>,
     /// The node key's handle in the provider (opens envelopes).
     pub node_handle: secure_gateway::KeyHandle,
+    /// The relational projection of accepted events.
+    pub projection: crate::projection::Projection,
     /// The dataset definition records are validated against.
     pub dataset: std::sync::Arc<mappings::Dataset>,
 }
@@ -74,7 +76,9 @@ async fn count(
 }
 
 fn class_of(path: &str) -> &'static str {
-    if path.starts_with("/v1/public/") {
+    if path.starts_with("/v1/transactions") && !path.starts_with("/v1/transactions/") {
+        "ingest"
+    } else if path.starts_with("/v1/public/") {
         "public"
     } else if path.starts_with("/v1/transactions") && !path.starts_with("/v1/transactions/")
         || path.starts_with("/v1/cancellations")
@@ -123,13 +127,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 web::scope("/v1/transactions")
-                    .wrap(from_fn(crate::auth::ingest))
+                    .wrap(from_fn(crate::auth::by_method))
                     .configure(crate::api::ingest::routes),
             )
             .service(
                 web::scope("/v1/admin")
                     .wrap(from_fn(crate::auth::admin))
                     .configure(crate::api::admin::routes),
+            )
+            .service(
+                web::scope("/v1")
+                    .wrap(from_fn(crate::auth::query))
+                    .configure(crate::api::query::routes),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

@@ -181,7 +181,7 @@ async fn post(
 
     let mut results: Vec<Option<RecordResult>> = (0..batch.records.len()).map(|_| None).collect();
     // (index, transaction, plaintext SM3) of records that passed every check so far.
-    let mut candidates: Vec<(usize, Transaction)> = Vec::new();
+    let mut candidates: Vec<(usize, Transaction, ExchangeMessage)> = Vec::new();
     for (i, (env, opened)) in batch.records.iter().zip(opened).enumerate() {
         let h = &env.header;
         if h.entity_id != entity_id {
@@ -302,14 +302,14 @@ async fn post(
             index: i as u64,
             audit_path: paths[i].clone(),
         };
-        candidates.push((i, Transaction { content, auth }));
+        candidates.push((i, Transaction { content, auth }, msg));
     }
 
     // Idempotency: the same event id already in the ledger.
     let mut fresh = Vec::new();
-    for (i, t) in candidates {
+    for (i, t, msg) in candidates {
         match state.ledger.store().tx_by_record(&t.content.record_id).await? {
-            None => fresh.push((i, t)),
+            None => fresh.push((i, t, msg)),
             Some(st)
                 if st.tx.content.data_hash == t.content.data_hash && st.tx.content.category == t.content.category =>
             {
@@ -361,7 +361,7 @@ async fn post(
         .any(|r| r.as_ref().is_some_and(|r| r.status == "rejected"));
     if all_or_nothing && any_rejected {
         // Nothing is written; the good records are reported as not written.
-        for (i, t) in fresh {
+        for (i, t, _) in fresh {
             results[i] = Some(reject(
                 i,
                 Some(t.content.record_id),
@@ -382,8 +382,16 @@ async fn post(
 
     if !fresh.is_empty() {
         let started = std::time::Instant::now();
-        let (idx, txs): (Vec<usize>, Vec<Transaction>) = fresh.into_iter().unzip();
+        let mut idx = Vec::with_capacity(fresh.len());
+        let mut txs = Vec::with_capacity(fresh.len());
+        let mut msgs = Vec::with_capacity(fresh.len());
+        for (i, t, m) in fresh {
+            idx.push(i);
+            txs.push(t);
+            msgs.push(m);
+        }
         let cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
+        let stored_txs = txs.clone();
         let receipts = match state.ledger.append(txs).await {
             Ok(r) => {
                 METRICS
@@ -400,6 +408,26 @@ async fn post(
                 return Err(e.into());
             }
         };
+        // The projection is derived data: a failure here is repaired by the
+        // catch-up at the next start, so it does not fail the request.
+        let projected: Vec<(ledger::StoredTx, ExchangeMessage)> = stored_txs
+            .into_iter()
+            .zip(&receipts)
+            .zip(msgs)
+            .map(|((tx, r), m)| {
+                (
+                    ledger::StoredTx {
+                        leaf_index: r.leaf_index,
+                        height: r.height,
+                        tx,
+                    },
+                    m,
+                )
+            })
+            .collect();
+        if let Err(e) = state.projection.insert(&projected).await {
+            tracing::error!(error = %e, "projection insert failed; it will be caught up at the next start");
+        }
         let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
         let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
         let paths = ledger::audit_paths(state.ledger.store(), &leaves, tree_size).await?;
@@ -426,7 +454,8 @@ async fn post(
     }))
 }
 
-/// Registers the ingest routes (inside the ingest authentication scope).
+/// Registers `/v1/transactions`: POST is ingest; the GET routes are reads.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("", web::post().to(post));
+    cfg.route("", web::post().to(post))
+        .configure(crate::api::query::transaction_routes);
 }

@@ -69,6 +69,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             gateway::api::admin::replay(&store, gateway::registry::Registry::new(admins, c.registry.threshold))
                 .await
                 .context("rebuilding the registry from the ledger")?;
+        let projection = gateway::projection::Projection::open(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the projection tables: {e}"))?;
+        let caught_up = projection
+            .catch_up(&store, provider.as_ref(), &node_handle)
+            .await
+            .map_err(|e| anyhow::anyhow!("catching up the projection: {e}"))?;
+        if caught_up > 0 {
+            tracing::info!(events = caught_up, "projection caught up from the ledger");
+        }
         let state = actix_web::web::Data::new(AppState {
             ledger,
             node_key: node_key_copy,
@@ -81,6 +91,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             provider: provider.clone(),
             node_handle: node_handle.clone(),
             dataset: std::sync::Arc::new(mappings::Dataset::builtin()),
+            projection,
         });
         let limiters = state.limiters.clone();
         actix_web::rt::spawn(async move {

@@ -1,0 +1,343 @@
+//! Traceability queries (R6) and the explorer (R6.6), for authenticated
+//! entities, filtered by their read scope (R5.6): `GET /v1/trace/{code}`,
+//! `GET /v1/batches/{lot}/recall`, `GET /v1/events/{id}`, `GET
+//! /v1/blocks/{height}`, `GET /v1/blocks/by-hash/{hash}`, `GET
+//! /v1/transactions/{id}`, `GET /v1/transactions/{id}/proof`, `GET /v1/stats`,
+//! `GET /v1/checkpoints/latest`. Personal data appears only for entities
+//! whose policy grants it, decrypted from the ledger on demand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use ledger::LedgerStore;
+use secure_gateway::Sm3Digest;
+use serde_json::{Value, json};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Code};
+use crate::projection::{ProjectedEvent, open_event};
+use crate::registry::Entity;
+use crate::server::AppState;
+
+/// Most codes one trace expands to through packaging links.
+const MAX_TRACE_CODES: usize = 10_000;
+
+fn reader(req: &HttpRequest, state: &AppState) -> Result<Entity, ApiError> {
+    let p = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(Code::Unauthenticated, "no authenticated principal"))?;
+    let id = p
+        .entity_id
+        .ok_or_else(|| ApiError::new(Code::Forbidden, "registry administrators do not read traceability data"))?;
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    reg.entity(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::new(Code::UnknownEntity, format!("entity {id} is not registered")))
+}
+
+fn codes_in(doc: &Value) -> Vec<String> {
+    let mut out: Vec<String> = doc["traceCodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if let Some(aggs) = doc["aggregations"].as_array() {
+        for a in aggs {
+            if let Some(p) = a["parent"].as_str() {
+                out.push(p.to_string());
+            }
+            if let Some(cs) = a["children"].as_array() {
+                out.extend(cs.iter().filter_map(|v| v.as_str().map(str::to_string)));
+            }
+        }
+    }
+    out
+}
+
+/// May `e` read this event? Its own data always; otherwise its read scope.
+fn visible(e: &Entity, ev: &ProjectedEvent) -> bool {
+    if ev.signer == e.id || e.is_source(&ev.source) || e.policy.read.all {
+        return true;
+    }
+    let codes = codes_in(&ev.doc);
+    codes.iter().any(|c| e.policy.read.allows(Some(c), ev.lot.as_deref()))
+        || e.policy.read.allows(None, ev.lot.as_deref())
+}
+
+fn party(state: &AppState, id: &str) -> Value {
+    let reg = match state.registry.read() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    match reg.entity(id) {
+        Some(e) => json!({ "id": e.id, "alias": e.alias, "name": e.name, "role": e.role }),
+        None => json!({ "id": id }),
+    }
+}
+
+/// Steps of events with signer, proof paths against the latest checkpoint,
+/// cancellations, and personal data when allowed.
+async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -> Result<Value, ApiError> {
+    let (_, cp) = state
+        .ledger
+        .store()
+        .head()
+        .await?
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let cancels = state.projection.cancellations_of(&ids).await?;
+    let mut cancelled_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &cancels {
+        if let Some(t) = &c.cancels {
+            cancelled_by.entry(t.clone()).or_default().push(c.event_id.clone());
+        }
+    }
+    let leaves: Vec<u64> = events.iter().map(|e| e.leaf_index).collect();
+    let paths = ledger::audit_paths(state.ledger.store(), &leaves, cp.tree_size).await?;
+    let mut out = Vec::with_capacity(events.len());
+    for (ev, path) in events.into_iter().zip(paths) {
+        let mut step = json!({
+            "event_id": ev.event_id,
+            "category": ev.category,
+            "occurred_at": ev.doc["occurredAt"],
+            "signer": party(state, &ev.signer),
+            "source": ev.source,
+            "tx_id": ev.tx_id,
+            "height": ev.height,
+            "leaf_index": ev.leaf_index,
+            "event": ev.doc,
+            "proof": { "leaf_index": ev.leaf_index, "tree_size": cp.tree_size, "audit_path": path,
+                       "full_proof": format!("/v1/transactions/{}/proof", ev.tx_id) },
+        });
+        if let Some(c) = cancelled_by.get(&ev.event_id) {
+            step["cancelled_by"] = json!(c);
+        }
+        if reader.policy.personal_data
+            && let Some(st) = state.ledger.store().tx(&ev.tx_id).await?
+            && let Ok(Some(msg)) = open_event(state.provider.as_ref(), &state.node_handle, &st)
+            && !msg.payload.pii.is_empty()
+        {
+            let pii: BTreeMap<&str, &str> = msg.payload.pii.iter().collect();
+            step["personal_data"] = json!(pii);
+        }
+        out.push(step);
+    }
+    Ok(json!({ "steps": out, "checkpoint": cp }))
+}
+
+async fn trace(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    code: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let reader = reader(&req, &state)?;
+    if !mappings::checks::is_trace_code(&code) {
+        return Err(ApiError::new(
+            Code::InvalidTraceCode,
+            format!("{code} is not a 20-digit trace code (NMPAB/T 1002)"),
+        ));
+    }
+    let codes = state.projection.closure(&code, MAX_TRACE_CODES).await?;
+    let all = state.projection.events_for_codes(&codes).await?;
+    let total = all.len();
+    let events: Vec<ProjectedEvent> = all.into_iter().filter(|e| visible(&reader, e)).collect();
+    if events.is_empty() {
+        let msg = if total == 0 {
+            format!("no events for trace code {code}")
+        } else {
+            format!("trace code {code} is outside {}'s read scope", reader.alias)
+        };
+        return Err(ApiError::new(
+            if total == 0 { Code::NotFound } else { Code::Forbidden },
+            msg,
+        ));
+    }
+    let hidden = total - events.len();
+    let mut body = steps(&state, &reader, events).await?;
+    body["code"] = json!(code.as_str());
+    body["codes"] = json!(codes);
+    body["hidden_steps"] = json!(hidden);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn recall(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    lot: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let reader = reader(&req, &state)?;
+    let events: Vec<ProjectedEvent> = state
+        .projection
+        .events_for_lot(&lot)
+        .await?
+        .into_iter()
+        .filter(|e| visible(&reader, e))
+        .collect();
+    if events.is_empty() {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!("no visible events for lot {lot}"),
+        ));
+    }
+    // Per code: the last holder (receiver of the latest movement, or the
+    // reporting unit) and whether it was administered.
+    let mut holders: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
+    for ev in &events {
+        let holder = ev.doc["to"]["code"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| ev.source.clone());
+        for c in codes_in(&ev.doc) {
+            let entry = holders.entry(c).or_insert((holder.clone(), ev.category.clone(), false));
+            entry.0 = holder.clone();
+            entry.1 = ev.category.clone();
+            if ev.category == "vaccination" {
+                entry.2 = true;
+            }
+        }
+    }
+    let administered = holders.values().filter(|h| h.2).count();
+    let by_holder: BTreeMap<&str, usize> = holders.values().fold(BTreeMap::new(), |mut m, h| {
+        if !h.2 {
+            *m.entry(h.0.as_str()).or_insert(0) += 1;
+        }
+        m
+    });
+    let codes: Vec<Value> = holders
+        .iter()
+        .map(|(c, (h, last, adm))| json!({ "code": c, "holder": h, "last_event": last, "administered": adm }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "lot": lot.as_str(),
+        "codes": codes,
+        "code_count": holders.len(),
+        "administered_doses": administered,
+        "in_stock_by_holder": by_holder,
+        "events": events.len(),
+    })))
+}
+
+async fn event(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let reader = reader(&req, &state)?;
+    let ev = state
+        .projection
+        .event(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("event {id}")))?;
+    if !visible(&reader, &ev) {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("event {id} is outside {}'s read scope", reader.alias),
+        ));
+    }
+    let mut body = steps(&state, &reader, vec![ev]).await?;
+    let step = body["steps"][0].take();
+    body["event"] = step;
+    if let Some(o) = body.as_object_mut() {
+        o.remove("steps");
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn block(state: web::Data<AppState>, height: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+    let b = state
+        .ledger
+        .store()
+        .block(*height)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("block {height}")))?;
+    block_json(&state, b).await
+}
+
+async fn block_by_hash(state: web::Data<AppState>, hash: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let h =
+        Sm3Digest::from_hex(&hash).map_err(|_| ApiError::new(Code::NotFound, format!("{hash} is not an SM3 hash")))?;
+    let b = state
+        .ledger
+        .store()
+        .block_by_hash(&h)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("block {hash}")))?;
+    block_json(&state, b).await
+}
+
+async fn block_json(state: &AppState, b: ledger::BlockHeader) -> Result<HttpResponse, ApiError> {
+    let txs = state
+        .ledger
+        .store()
+        .txs(b.first_leaf, b.first_leaf + b.tx_count.min(1000))
+        .await?;
+    let list: Vec<Value> = txs
+        .iter()
+        .map(|st| {
+            json!({ "tx_id": st.tx.content.tx_id, "kind": st.tx.content.kind, "category": st.tx.content.category,
+                    "signer": st.tx.auth.signer, "data_hash": st.tx.content.data_hash, "leaf_index": st.leaf_index })
+        })
+        .collect();
+    let cp = state.ledger.store().checkpoint(b.height).await?;
+    Ok(HttpResponse::Ok().json(json!({ "block": b, "transactions": list, "checkpoint": cp })))
+}
+
+async fn transaction(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let st = state
+        .ledger
+        .store()
+        .tx(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("transaction {id}")))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "tx_id": st.tx.content.tx_id, "record_id": st.tx.content.record_id, "kind": st.tx.content.kind,
+        "category": st.tx.content.category, "content_type": st.tx.content.content_type,
+        "data_hash": st.tx.content.data_hash, "height": st.height, "leaf_index": st.leaf_index,
+        "signer": party(&state, &st.tx.auth.signer), "batch_id": st.tx.auth.batch.batch_id,
+        "payload_bytes": st.tx.content.payload.len(),
+    })))
+}
+
+async fn transaction_proof(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.ledger.prove(&id).await?))
+}
+
+async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let s = state.ledger.store().stats().await?;
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let roles: BTreeSet<String> = reg.entities().map(|e| format!("{:?}", e.role).to_lowercase()).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "height": s.height, "transactions": s.transactions, "size_bytes": s.size_bytes,
+        "entities": reg.entities().count(), "roles": roles, "node_key_id": state.ledger.node_key().key_id(),
+    })))
+}
+
+async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (_, cp) = state
+        .ledger
+        .store()
+        .head()
+        .await?
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
+    Ok(HttpResponse::Ok().json(cp))
+}
+
+/// Read routes under `/v1` (inside the query authentication scope).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/trace/{code}", web::get().to(trace))
+        .route("/batches/{lot}/recall", web::get().to(recall))
+        .route("/events/{id}", web::get().to(event))
+        .route("/blocks/by-hash/{hash}", web::get().to(block_by_hash))
+        .route("/blocks/{height}", web::get().to(block))
+        .route("/stats", web::get().to(stats))
+        .route("/checkpoints/latest", web::get().to(latest_checkpoint));
+}
+
+/// Read routes under `/v1/transactions/{id}`.
+pub fn transaction_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/{id}", web::get().to(transaction))
+        .route("/{id}/proof", web::get().to(transaction_proof));
+}

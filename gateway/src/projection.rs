@@ -1,0 +1,398 @@
+//! The relational projection (R6.4): the decrypted, non-personal part of
+//! every accepted event, split into rows for field-level queries: events,
+//! the trace codes they touch, and packaging links. Personal data never
+//! enters these tables; a query that is allowed to see it decrypts the
+//! ledger payload instead.
+//!
+//! The projection is derived data: it is written after each durable append
+//! and caught up from the ledger at start (so a crash in between loses
+//! nothing). Its tables are insert-only, like the ledger's.
+
+use ledger::{AnyStore, LedgerStore, StoredTx, TxKind};
+use mappings::ExchangeMessage;
+use secure_gateway::envelope::{ContentType, RecipientKey};
+use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row};
+
+use crate::error::ApiError;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS proj_events (
+        leaf_index BIGINT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        tx_id TEXT NOT NULL,
+        height BIGINT NOT NULL,
+        category TEXT NOT NULL,
+        occurred_ms BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        signer TEXT NOT NULL,
+        lot TEXT,
+        cancels TEXT,
+        doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS proj_events_event ON proj_events (event_id)",
+    "CREATE INDEX IF NOT EXISTS proj_events_lot ON proj_events (lot)",
+    "CREATE INDEX IF NOT EXISTS proj_events_cancels ON proj_events (cancels)",
+    "CREATE TABLE IF NOT EXISTS proj_codes (code TEXT NOT NULL, leaf_index BIGINT NOT NULL, PRIMARY KEY (code, leaf_index))",
+    "CREATE TABLE IF NOT EXISTS proj_links (parent TEXT NOT NULL, child TEXT NOT NULL, leaf_index BIGINT NOT NULL,
+        PRIMARY KEY (parent, child, leaf_index))",
+    "CREATE INDEX IF NOT EXISTS proj_links_child ON proj_links (child)",
+];
+
+/// One projected event.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectedEvent {
+    /// Log position of its transaction.
+    pub leaf_index: u64,
+    /// Event id.
+    pub event_id: String,
+    /// Transaction id.
+    pub tx_id: String,
+    /// Block height.
+    pub height: u64,
+    /// Dataset category.
+    pub category: String,
+    /// When it happened (ms since the Unix epoch).
+    pub occurred_ms: i64,
+    /// Reporting organisation code.
+    pub source: String,
+    /// Entity whose key signed it.
+    pub signer: String,
+    /// Lot number, if any.
+    pub lot: Option<String>,
+    /// The event it cancels, for a cancellation.
+    pub cancels: Option<String>,
+    /// The event without personal data (JSON).
+    pub doc: serde_json::Value,
+}
+
+/// Opens a stored transaction's envelope with the node key and parses the
+/// exchange message. `None` for transactions that are not events.
+pub fn open_event(
+    provider: &dyn CryptoProvider,
+    node: &KeyHandle,
+    st: &StoredTx,
+) -> Result<Option<ExchangeMessage>, String> {
+    if !matches!(st.tx.content.kind, TxKind::Data | TxKind::Cancellation) {
+        return Ok(None);
+    }
+    let env = SealedEnvelope::from_json(&st.tx.content.payload).map_err(|e| e.to_string())?;
+    let a = &st.tx.auth;
+    let pk = hex::decode(&a.public_key).map_err(|_| "signer public key is not hex".to_string())?;
+    let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;
+    let proof = RecordProof {
+        batch: a.batch.clone(),
+        index: a.index,
+        audit_path: a.audit_path.clone(),
+        record: env.clone(),
+    };
+    let opened = proof
+        .open(provider, &vk, RecipientKey::Sm2(node))
+        .map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&opened.plaintext).map_err(|_| "plaintext is not UTF-8".to_string())?;
+    let msg = match env.header.content_type {
+        ContentType::Json => mappings::exchange::from_json(text),
+        ContentType::Xml => mappings::exchange::from_xml(text),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Some(msg))
+}
+
+/// The projected row of an event (personal data removed).
+pub fn project(st: &StoredTx, msg: &ExchangeMessage) -> ProjectedEvent {
+    let mut ev = msg.payload.clone();
+    ev.pii = Default::default();
+    let doc = serde_json::to_value(&ev).unwrap_or_default();
+    ProjectedEvent {
+        leaf_index: st.leaf_index,
+        event_id: msg.event_id.to_string(),
+        tx_id: st.tx.content.tx_id.to_string(),
+        height: st.height,
+        category: ev.category.clone(),
+        occurred_ms: ev.occurred_at.timestamp_millis(),
+        source: ev.source.clone(),
+        signer: st.tx.auth.signer.clone(),
+        lot: ev.field_str("lot_number").map(str::to_string),
+        cancels: ev.field_str("cancels_event_id").map(str::to_string),
+        doc,
+    }
+}
+
+/// One projected event with its trace codes and packaging links.
+type ProjRow = (ProjectedEvent, Vec<String>, Vec<(String, String)>);
+
+fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
+    let mut c: Vec<String> = msg.payload.trace_codes.clone();
+    for a in &msg.payload.aggregations {
+        c.push(a.parent.clone());
+        c.extend(a.children.iter().cloned());
+    }
+    c.sort();
+    c.dedup();
+    c
+}
+
+// The projection store, per backend. Written as a macro over the concrete
+// sqlx pool type so one body serves SQLite and PostgreSQL.
+macro_rules! projection_impl {
+    ($name:ident, $pool:ty, $db:ty) => {
+        /// Projection tables on this backend.
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            async fn init(&self) -> Result<(), String> {
+                for s in SCHEMA {
+                    sqlx::query(sqlx::AssertSqlSafe(*s)).execute(&self.pool).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+
+            async fn insert(&self, rows: &[ProjRow]) -> Result<(), String> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
+                for chunk in rows.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc) ",
+                    );
+                    qb.push_values(chunk, |mut r, (e, _, _)| {
+                        r.push_bind(e.leaf_index as i64)
+                            .push_bind(e.event_id.clone())
+                            .push_bind(e.tx_id.clone())
+                            .push_bind(e.height as i64)
+                            .push_bind(e.category.clone())
+                            .push_bind(e.occurred_ms)
+                            .push_bind(e.source.clone())
+                            .push_bind(e.signer.clone())
+                            .push_bind(e.lot.clone())
+                            .push_bind(e.cancels.clone())
+                            .push_bind(e.doc.to_string());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    let codes: Vec<(String, i64)> =
+                        chunk.iter().flat_map(|(e, cs, _)| cs.iter().map(move |c| (c.clone(), e.leaf_index as i64))).collect();
+                    for cc in codes.chunks(5000) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_codes (code, leaf_index) ");
+                        qb.push_values(cc, |mut r, (c, l)| {
+                            r.push_bind(c.clone()).push_bind(*l);
+                        });
+                        qb.push(" ON CONFLICT DO NOTHING");
+                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    }
+                    let links: Vec<(String, String, i64)> = chunk
+                        .iter()
+                        .flat_map(|(e, _, ls)| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), e.leaf_index as i64)))
+                        .collect();
+                    for lc in links.chunks(3000) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_links (parent, child, leaf_index) ");
+                        qb.push_values(lc, |mut r, (p, c, l)| {
+                            r.push_bind(p.clone()).push_bind(c.clone()).push_bind(*l);
+                        });
+                        qb.push(" ON CONFLICT DO NOTHING");
+                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                db.commit().await.map_err(|e| e.to_string())
+            }
+
+            async fn max_leaf(&self) -> Result<Option<u64>, String> {
+                let r = sqlx::query("SELECT MAX(leaf_index) AS m FROM proj_events")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let m: Option<i64> = r.try_get("m").map_err(|e| e.to_string())?;
+                Ok(m.map(|v| v as u64))
+            }
+
+            /// Codes linked to `codes` (parents and children), one step.
+            async fn linked(&self, codes: &[String]) -> Result<Vec<String>, String> {
+                let mut out = Vec::new();
+                for (want, have) in [("parent", "child"), ("child", "parent")] {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new(format!("SELECT DISTINCT {want} AS c FROM proj_links WHERE {have} IN ("));
+                    let mut sep = qb.separated(", ");
+                    for c in codes {
+                        sep.push_bind(c.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        out.push(r.try_get::<String, _>("c").map_err(|e| e.to_string())?);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn events_where(&self, sql_tail: &str, binds: &[String]) -> Result<Vec<ProjectedEvent>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT DISTINCT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e ",
+                );
+                let mut parts = sql_tail.split('?');
+                if let Some(first) = parts.next() {
+                    qb.push(first);
+                }
+                for (part, b) in parts.zip(binds) {
+                    qb.push_bind(b.clone());
+                    qb.push(part);
+                }
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
+                rows.iter()
+                    .map(|r| {
+                        let g = |c: &str| r.try_get::<String, _>(c).map_err(|e| e.to_string());
+                        Ok(ProjectedEvent {
+                            leaf_index: r.try_get::<i64, _>("leaf_index").map_err(|e| e.to_string())? as u64,
+                            event_id: g("event_id")?,
+                            tx_id: g("tx_id")?,
+                            height: r.try_get::<i64, _>("height").map_err(|e| e.to_string())? as u64,
+                            category: g("category")?,
+                            occurred_ms: r.try_get("occurred_ms").map_err(|e| e.to_string())?,
+                            source: g("source")?,
+                            signer: g("signer")?,
+                            lot: r.try_get("lot").map_err(|e| e.to_string())?,
+                            cancels: r.try_get("cancels").map_err(|e| e.to_string())?,
+                            doc: serde_json::from_str(&g("doc")?).map_err(|e| e.to_string())?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+projection_impl!(SqliteProjection, sqlx::SqlitePool, sqlx::Sqlite);
+projection_impl!(PgProjection, sqlx::PgPool, sqlx::Postgres);
+
+/// The projection, on the ledger's own database.
+#[derive(Debug, Clone)]
+pub enum Projection {
+    /// SQLite.
+    Sqlite(SqliteProjection),
+    /// PostgreSQL.
+    Postgres(PgProjection),
+}
+
+macro_rules! each {
+    ($self:ident, $p:ident => $e:expr) => {
+        match $self {
+            Projection::Sqlite($p) => $e,
+            Projection::Postgres($p) => $e,
+        }
+    };
+}
+
+impl Projection {
+    /// Creates the tables in the ledger's database if needed.
+    pub async fn open(store: &AnyStore) -> Result<Self, String> {
+        let p = match store {
+            AnyStore::Sqlite(s) => Projection::Sqlite(SqliteProjection { pool: s.pool().clone() }),
+            AnyStore::Postgres(s) => Projection::Postgres(PgProjection { pool: s.pool().clone() }),
+        };
+        let r = &p;
+        each!(r, x => x.init().await)?;
+        Ok(p)
+    }
+
+    /// Writes projected events (idempotent).
+    pub async fn insert(&self, events: &[(StoredTx, ExchangeMessage)]) -> Result<(), String> {
+        let rows: Vec<ProjRow> = events
+            .iter()
+            .map(|(st, m)| {
+                let links = m
+                    .payload
+                    .aggregations
+                    .iter()
+                    .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
+                    .collect();
+                (project(st, m), codes_of(m), links)
+            })
+            .collect();
+        each!(self, x => x.insert(&rows).await)
+    }
+
+    /// Projects every event of the ledger not yet projected (at start).
+    pub async fn catch_up(
+        &self,
+        store: &AnyStore,
+        provider: &dyn CryptoProvider,
+        node: &KeyHandle,
+    ) -> Result<u64, String> {
+        let mut from = each!(self, x => x.max_leaf().await)?.map(|m| m + 1).unwrap_or(0);
+        let mut done = 0;
+        loop {
+            let page = store.txs(from, from + 1000).await.map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            from = last.leaf_index + 1;
+            let mut batch = Vec::new();
+            for st in page {
+                match open_event(provider, node, &st) {
+                    Ok(Some(m)) => batch.push((st, m)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(tx = %st.tx.content.tx_id, error = %e, "cannot project transaction"),
+                }
+            }
+            done += batch.len() as u64;
+            self.insert(&batch).await?;
+        }
+        Ok(done)
+    }
+
+    /// Every code connected to `code` through packaging links (both ways).
+    pub async fn closure(&self, code: &str, max: usize) -> Result<Vec<String>, String> {
+        let mut all = vec![code.to_string()];
+        let mut frontier = all.clone();
+        while !frontier.is_empty() && all.len() < max {
+            let next = each!(self, x => x.linked(&frontier).await)?;
+            frontier = next.into_iter().filter(|c| !all.contains(c)).collect();
+            frontier.sort();
+            frontier.dedup();
+            all.extend(frontier.iter().cloned());
+        }
+        all.truncate(max);
+        Ok(all)
+    }
+
+    /// Events touching any of `codes`, oldest first.
+    pub async fn events_for_codes(&self, codes: &[String]) -> Result<Vec<ProjectedEvent>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; codes.len()].join(", ");
+        let tail = format!(
+            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE c.code IN ({marks}) ORDER BY e.occurred_ms, e.leaf_index"
+        );
+        each!(self, x => x.events_where(&tail, codes).await)
+    }
+
+    /// Events of a lot, oldest first.
+    pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, String> {
+        each!(self, x => x.events_where("WHERE e.lot = ? ORDER BY e.occurred_ms, e.leaf_index", &[lot.to_string()]).await)
+    }
+
+    /// An event by id.
+    pub async fn event(&self, event_id: &str) -> Result<Option<ProjectedEvent>, String> {
+        Ok(
+            each!(self, x => x.events_where("WHERE e.event_id = ?", &[event_id.to_string()]).await)?
+                .into_iter()
+                .next(),
+        )
+    }
+
+    /// Cancellations of these events.
+    pub async fn cancellations_of(&self, event_ids: &[String]) -> Result<Vec<ProjectedEvent>, String> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; event_ids.len()].join(", ");
+        each!(self, x => x.events_where(&format!("WHERE e.cancels IN ({marks}) ORDER BY e.occurred_ms"), event_ids).await)
+    }
+}
+
+impl From<String> for ApiError {
+    fn from(e: String) -> Self {
+        ApiError::internal(e)
+    }
+}
