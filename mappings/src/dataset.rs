@@ -172,26 +172,58 @@ impl Category {
     }
 }
 
-/// FNV-1a: a fast hasher for the small, trusted key set of the dataset
-/// (element keys come from the dataset file, not from the network).
+/// A fast word-at-a-time hasher (the FxHash mixing step) for the small,
+/// trusted key sets of the dataset and specs (element keys, column names,
+/// codes: they come from configuration files, not from the network).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Fnv(u64);
+pub(crate) struct FastHash(u64);
 
-impl std::hash::Hasher for Fnv {
+impl std::hash::Hasher for FastHash {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut a = [0u8; 8];
+            a[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(a) ^ ((rest.len() as u64) << 59)).wrapping_mul(K);
         }
         self.0 = h;
     }
 }
 
-pub(crate) type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+/// String equality without a `memcmp` call: the short keys compared on the
+/// hot path (column names, element keys) are done in a few word compares.
+#[inline]
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let mut p = [0u8; 8];
+        let mut q = [0u8; 8];
+        p.copy_from_slice(x);
+        q.copy_from_slice(y);
+        if p != q {
+            return false;
+        }
+    }
+    ca.remainder().iter().zip(cb.remainder()).all(|(x, y)| x == y)
+}
+
+pub(crate) type FastHashBuild = std::hash::BuildHasherDefault<FastHash>;
 
 /// A code table: code → meaning.
 #[derive(Debug, Clone)]
@@ -203,7 +235,7 @@ pub struct CodeTable {
     /// code → meaning.
     pub codes: BTreeMap<String, String>,
     /// The codes, hashed for fast membership tests.
-    set: std::collections::HashSet<String, FnvBuild>,
+    set: std::collections::HashSet<String, FastHashBuild>,
 }
 
 impl CodeTable {
@@ -222,8 +254,11 @@ pub struct Dataset {
     pub version: String,
     /// Provenance note.
     pub note: String,
-    elements: HashMap<String, Element, FnvBuild>,
-    element_order: Vec<String>,
+    /// Elements in file order (`Element::index` is the position).
+    elements: Vec<Element>,
+    index: HashMap<String, usize, FastHashBuild>,
+    /// Identity for per-thread caches.
+    pub(crate) uid: u64,
     categories: BTreeMap<String, Category>,
     code_tables: BTreeMap<String, std::sync::Arc<CodeTable>>,
     by_bill_type: HashMap<String, String>,
@@ -327,7 +362,7 @@ impl Dataset {
                 }),
             );
         }
-        let mut elements: HashMap<String, Element, FnvBuild> = HashMap::default();
+        let mut elements: HashMap<String, Element, FastHashBuild> = HashMap::default();
         let mut element_order = Vec::new();
         let mut raw_elements: Vec<(String, Spanned<RawElement>)> = raw.elements.into_iter().collect();
         raw_elements.sort_by_key(|(_, e)| e.span().start);
@@ -447,12 +482,18 @@ impl Dataset {
                 },
             );
         }
+        drop(element_order);
+        let mut ordered: Vec<Element> = elements.into_values().collect();
+        ordered.sort_by_key(|e| e.index);
+        let index = ordered.iter().map(|e| (e.key.clone(), e.index)).collect();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Dataset {
             id: raw.dataset.id,
             version: raw.dataset.version,
             note: raw.dataset.note,
-            elements,
-            element_order,
+            elements: ordered,
+            index,
+            uid: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             categories,
             code_tables,
             by_bill_type,
@@ -461,17 +502,22 @@ impl Dataset {
 
     /// The element with this key.
     pub fn element(&self, key: &str) -> Option<&Element> {
-        self.elements.get(key)
+        self.index.get(key).and_then(|&i| self.elements.get(i))
+    }
+
+    /// The element at a position (file order).
+    pub(crate) fn element_at(&self, i: usize) -> Option<&Element> {
+        self.elements.get(i)
     }
 
     /// Number of elements.
     pub fn element_count(&self) -> usize {
-        self.element_order.len()
+        self.elements.len()
     }
 
     /// All elements, in file order.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
-        self.element_order.iter().filter_map(|k| self.elements.get(k))
+        self.elements.iter()
     }
 
     /// The category with this key.
@@ -501,7 +547,7 @@ impl Dataset {
 
     /// Up to three element keys near `name`.
     pub fn near_elements(&self, name: &str) -> Vec<String> {
-        near_matches(name, self.element_order.iter().map(String::as_str))
+        near_matches(name, self.elements.iter().map(|e| e.key.as_str()))
     }
 
     /// Up to three category keys near `name`.

@@ -84,7 +84,12 @@ pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_93b7_5d10_8c2e_
 impl TraceEvent {
     /// The deterministic event id of a source record.
     pub fn derive_id(source: &str, category: &str, record_key: &str) -> Uuid {
-        let name = format!("{source}/{category}/{record_key}");
+        let mut name = String::with_capacity(source.len() + category.len() + record_key.len() + 2);
+        name.push_str(source);
+        name.push('/');
+        name.push_str(category);
+        name.push('/');
+        name.push_str(record_key);
         Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
     }
 

@@ -13,13 +13,23 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use crate::dataset::{Dataset, ElementType, FnvBuild};
+use crate::dataset::{Dataset, ElementType, FastHashBuild};
 use crate::datefmt::DateFormat;
 use crate::error::{Location, SpecError, near_matches};
 use crate::event::{AggregationLink, Party, TraceEvent};
 use crate::pii::{Pii, mask};
 use crate::sources::{Hl7Path, Hl7Record, JsonPath, Record, XmlNode, XmlPath, json_text, split_xml_records};
 use crate::validate::{Problem, Severity, validate};
+
+/// A spec's local code table (source code → dataset code).
+type LookupTable = HashMap<String, String, FastHashBuild>;
+
+static NEXT_SPEC_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// (spec id, [(column name at row position, spec column slot)]).
+    static ROW_LAYOUT: std::cell::RefCell<(u64, Vec<(String, usize)>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
 
 /// The kind of input a spec reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +117,7 @@ struct FieldMap {
     all: bool,
     trim: bool,
     upper: bool,
-    lookup: Option<(String, Arc<HashMap<String, String>>)>,
+    lookup: Option<(String, Arc<LookupTable>)>,
     lookup_keep: bool,
     date: Option<DateFormat>,
     tz: Option<Tz>,
@@ -152,7 +162,9 @@ pub struct MappingSpec {
     group_by: Option<String>,
     category: CategoryRule,
     columns: Vec<String>,
-    col_index: HashMap<String, usize, FnvBuild>,
+    col_index: HashMap<String, usize, FastHashBuild>,
+    /// Identity for the per-thread row layout cache.
+    id: u64,
     fields: Vec<FieldMap>,
     dataset: Arc<Dataset>,
 }
@@ -452,7 +464,7 @@ impl MappingSpec {
             }
         };
 
-        let tables: HashMap<String, Arc<HashMap<String, String>>> = raw
+        let tables: HashMap<String, Arc<LookupTable>> = raw
             .code_tables
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v.into_iter().collect())))
@@ -641,7 +653,7 @@ impl MappingSpec {
         fields.sort_by(|a, b| a.name.cmp(&b.name));
         // number the row columns so a row is scanned once per record
         let mut columns: Vec<String> = Vec::new();
-        let mut col_index: HashMap<String, usize, FnvBuild> = HashMap::default();
+        let mut col_index: HashMap<String, usize, FastHashBuild> = HashMap::default();
         {
             let mut number = |p: &mut SrcPath| {
                 if let SrcPath::Column(name, slot) = p {
@@ -679,6 +691,7 @@ impl MappingSpec {
             fields,
             columns,
             col_index,
+            id: NEXT_SPEC_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dataset: Arc::new(dataset.clone()),
         })
     }
@@ -687,12 +700,34 @@ impl MappingSpec {
     /// a cheap hash; names that differ only in ASCII case are matched too.
     fn columns_into<'r>(&self, row: &'r Map<String, Value>, cols: &mut [Option<&'r Value>]) {
         let mut exact = 0;
-        for (k, v) in row {
-            if let Some(slot) = self.col_index.get(k.as_str()).and_then(|&i| cols.get_mut(i)) {
-                *slot = Some(v);
-                exact += 1;
+        // Rows of one source come with the same columns in the same order:
+        // remember the layout per thread and confirm each name with one
+        // comparison instead of a hash lookup.
+        ROW_LAYOUT.with(|cell| {
+            let mut layout = cell.borrow_mut();
+            if layout.0 != self.id {
+                layout.0 = self.id;
+                layout.1.clear();
             }
-        }
+            for (pos, (k, v)) in row.iter().enumerate() {
+                let slot = match layout.1.get(pos) {
+                    Some((name, slot)) if crate::dataset::same_key(name, k) => *slot,
+                    _ => {
+                        let slot = self.col_index.get(k.as_str()).copied().unwrap_or(usize::MAX);
+                        if pos < layout.1.len() {
+                            layout.1[pos] = (k.clone(), slot);
+                        } else if pos == layout.1.len() && pos < 1024 {
+                            layout.1.push((k.clone(), slot));
+                        }
+                        slot
+                    }
+                };
+                if let Some(c) = cols.get_mut(slot) {
+                    *c = Some(v);
+                    exact += 1;
+                }
+            }
+        });
         if exact < row.len() {
             for (slot, name) in cols.iter_mut().zip(&self.columns) {
                 if slot.is_none() {
@@ -1107,7 +1142,27 @@ impl MappingSpec {
 
 fn ymd(dt: DateTime<FixedOffset>) -> String {
     use chrono::Datelike as _;
-    format!("{:04}-{:02}-{:02}", dt.year(), dt.month(), dt.day())
+    let (y, m, d) = (dt.year(), dt.month(), dt.day());
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}");
+    }
+    let y = y as u32;
+    let digits = [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        10,
+        m / 10,
+        m % 10,
+        10,
+        d / 10,
+        d % 10,
+    ];
+    digits
+        .iter()
+        .map(|&n| if n == 10 { '-' } else { char::from(b'0' + n as u8) })
+        .collect()
 }
 
 fn trim_cow(v: Cow<'_, str>) -> Cow<'_, str> {

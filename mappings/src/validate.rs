@@ -14,6 +14,11 @@ use crate::dataset::{Dataset, Element, ElementType, TraceCodePolicy};
 use crate::event::TraceEvent;
 use crate::pii::mask;
 
+thread_local! {
+    /// (dataset uid, [(field key at position, element index)]).
+    static FIELD_LAYOUT: std::cell::Cell<(u64, Vec<(String, usize)>)> = const { std::cell::Cell::new((0, Vec::new())) };
+}
+
 /// How serious a problem is. Records with an `Error` fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,8 +146,28 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             *w |= 1u64 << (el.index % 64);
         }
     };
-    for (key, value) in &event.fields {
-        match dataset.element(key) {
+    // Events of one source carry the same fields in the same order: remember
+    // the element positions per thread and confirm each with one comparison.
+    let mut layout = FIELD_LAYOUT.with(|c| c.take());
+    if layout.0 != dataset.uid {
+        layout = (dataset.uid, Vec::new());
+    }
+    for (pos, (key, value)) in event.fields.iter().enumerate() {
+        let el = match layout.1.get(pos) {
+            Some((k, i)) if crate::dataset::same_key(k, key) => dataset.element_at(*i),
+            _ => {
+                let el = dataset.element(key);
+                if let Some(e) = el
+                    && pos <= layout.1.len()
+                    && pos < 1024
+                {
+                    layout.1.truncate(pos);
+                    layout.1.push((key.clone(), e.index));
+                }
+                el
+            }
+        };
+        match el {
             None => {
                 let near = dataset.near_elements(key);
                 cx.err(
@@ -179,6 +204,7 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             }
         }
     }
+    FIELD_LAYOUT.with(|c| c.replace(layout));
     for (key, value) in event.pii.iter() {
         match dataset.element(key) {
             Some(el) if el.pii => {
@@ -186,7 +212,12 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
                 if el.cross {
                     cross.push(key, CrossVal::S(value));
                 }
-                check_value(&mut cx, el, &Value::String(value.to_string()));
+                match el.ty {
+                    ElementType::Integer | ElementType::Decimal | ElementType::Boolean | ElementType::Json => {
+                        check_value(&mut cx, el, &Value::String(value.to_string()));
+                    }
+                    _ => check_str(&mut cx, el, value),
+                }
             }
             Some(_) => cx.err(key, "not_pii", None, "element is not personal data; carry it in fields"),
             None => cx.err(
@@ -334,85 +365,93 @@ fn check_value(cx: &mut Ctx<'_>, el: &Element, value: &Value) {
             let Some(s) = value.as_str() else {
                 return bad_type(cx, "text");
             };
-            let n = s.chars().count();
-            if let Some(max) = el.max_len
-                && n > max
-            {
-                cx.err(
-                    key,
-                    "max_length",
-                    Some(shown(value, pii)),
-                    format!("{n} characters, at most {max} allowed"),
-                );
-            }
-            if let Some(min) = el.min_len
-                && n < min
-            {
-                cx.err(
-                    key,
-                    "min_length",
-                    Some(shown(value, pii)),
-                    format!("{n} characters, at least {min} required"),
-                );
-            }
-            let ok = match el.ty {
-                ElementType::Digits => s.bytes().all(|b| b.is_ascii_digit()),
-                ElementType::Date => parse_ymd(s).is_some(),
-                ElementType::Datetime => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
-                ElementType::TraceCode => checks::is_trace_code(s),
-                ElementType::RecipientCode => checks::is_recipient_code(s),
-                ElementType::Uscc => checks::is_valid_uscc(s),
-                ElementType::Sm3Hex => checks::is_sm3_hex(s),
-                ElementType::Uuid => uuid::Uuid::parse_str(s).is_ok(),
-                ElementType::Uri => checks::is_uri(s),
-                ElementType::Phone => checks::is_phone(s),
-                _ => true,
-            };
-            if !ok {
-                let (rule, msg) = match el.ty {
-                    ElementType::Digits => ("type", "expected digits only"),
-                    ElementType::Date => ("type", "expected a date YYYY-MM-DD"),
-                    ElementType::Datetime => ("type", "expected an RFC 3339 date-time with offset"),
-                    ElementType::TraceCode => ("trace_code_format", "trace code must be 20 digits (NMPAB/T 1002)"),
-                    ElementType::RecipientCode => ("recipient_code_format", "受种者编码 must be 18 digits"),
-                    ElementType::Uscc => ("uscc_check", "unified social credit code fails the GB 32100 check"),
-                    ElementType::Sm3Hex => ("type", "expected an SM3 digest: 64 lowercase hex digits"),
-                    ElementType::Uuid => ("type", "expected a UUID"),
-                    ElementType::Uri => ("type", "expected a URI (scheme:...)"),
-                    ElementType::Phone => ("type", "expected a phone number"),
-                    _ => ("type", "bad value"),
-                };
-                cx.err(key, rule, Some(shown(value, pii)), msg);
-                return;
-            }
-            if el.ty == ElementType::RecipientCode
-                && let Some(y) = checks::recipient_code_birth_year(s)
-                && !(1900..=2100).contains(&y)
-            {
-                cx.warn(
-                    key,
-                    "recipient_code_birth_year",
-                    Some(shown(value, pii)),
-                    format!("birth year {y} in 受种者编码 is implausible"),
-                );
-            }
-            if el.ty == ElementType::IdNumber {
-                check_id_number(cx, el, s);
-            }
-            if let Some(table) = &el.table
-                && !table.contains(s)
-            {
-                let t = &table.key;
-                let mut valid: Vec<&str> = table.codes.keys().map(String::as_str).collect();
-                valid.truncate(12);
-                cx.err(
-                    key,
-                    "code_table",
-                    Some(shown(value, pii)),
-                    format!("not in code table `{t}` ({}); valid: {}", table.zh, valid.join(", ")),
-                );
-            }
+            check_str(cx, el, s);
         }
+    }
+}
+
+/// Checks a text value (shared by business fields and personal data).
+fn check_str(cx: &mut Ctx<'_>, el: &Element, s: &str) {
+    let key = el.key.as_str();
+    let pii = el.pii;
+    let shown_s = || if pii { mask(s) } else { s.to_string() };
+    let n = s.chars().count();
+    if let Some(max) = el.max_len
+        && n > max
+    {
+        cx.err(
+            key,
+            "max_length",
+            Some(shown_s()),
+            format!("{n} characters, at most {max} allowed"),
+        );
+    }
+    if let Some(min) = el.min_len
+        && n < min
+    {
+        cx.err(
+            key,
+            "min_length",
+            Some(shown_s()),
+            format!("{n} characters, at least {min} required"),
+        );
+    }
+    let ok = match el.ty {
+        ElementType::Digits => s.bytes().all(|b| b.is_ascii_digit()),
+        ElementType::Date => parse_ymd(s).is_some(),
+        ElementType::Datetime => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        ElementType::TraceCode => checks::is_trace_code(s),
+        ElementType::RecipientCode => checks::is_recipient_code(s),
+        ElementType::Uscc => checks::is_valid_uscc(s),
+        ElementType::Sm3Hex => checks::is_sm3_hex(s),
+        ElementType::Uuid => uuid::Uuid::parse_str(s).is_ok(),
+        ElementType::Uri => checks::is_uri(s),
+        ElementType::Phone => checks::is_phone(s),
+        _ => true,
+    };
+    if !ok {
+        let (rule, msg) = match el.ty {
+            ElementType::Digits => ("type", "expected digits only"),
+            ElementType::Date => ("type", "expected a date YYYY-MM-DD"),
+            ElementType::Datetime => ("type", "expected an RFC 3339 date-time with offset"),
+            ElementType::TraceCode => ("trace_code_format", "trace code must be 20 digits (NMPAB/T 1002)"),
+            ElementType::RecipientCode => ("recipient_code_format", "受种者编码 must be 18 digits"),
+            ElementType::Uscc => ("uscc_check", "unified social credit code fails the GB 32100 check"),
+            ElementType::Sm3Hex => ("type", "expected an SM3 digest: 64 lowercase hex digits"),
+            ElementType::Uuid => ("type", "expected a UUID"),
+            ElementType::Uri => ("type", "expected a URI (scheme:...)"),
+            ElementType::Phone => ("type", "expected a phone number"),
+            _ => ("type", "bad value"),
+        };
+        cx.err(key, rule, Some(shown_s()), msg);
+        return;
+    }
+    if el.ty == ElementType::RecipientCode
+        && let Some(y) = checks::recipient_code_birth_year(s)
+        && !(1900..=2100).contains(&y)
+    {
+        cx.warn(
+            key,
+            "recipient_code_birth_year",
+            Some(shown_s()),
+            format!("birth year {y} in 受种者编码 is implausible"),
+        );
+    }
+    if el.ty == ElementType::IdNumber {
+        check_id_number(cx, el, s);
+    }
+    if let Some(table) = &el.table
+        && !table.contains(s)
+    {
+        let t = &table.key;
+        let mut valid: Vec<&str> = table.codes.keys().map(String::as_str).collect();
+        valid.truncate(12);
+        cx.err(
+            key,
+            "code_table",
+            Some(shown_s()),
+            format!("not in code table `{t}` ({}); valid: {}", table.zh, valid.join(", ")),
+        );
     }
 }
 
