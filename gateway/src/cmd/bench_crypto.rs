@@ -163,12 +163,12 @@ pub fn run(a: BenchCryptoArgs) -> anyhow::Result<u8> {
             envelope_open_per_s,
         ),
         (
-            "batch open 256 x 1 KiB, sm2 per record (rec)",
+            "batch open (256 x 1 KiB, sm2 per record)",
             "batch_open_sm2_per_record_records_per_s",
             batch_open_sm2_per_record_s,
         ),
         (
-            "batch open 256 x 1 KiB, batch kek (rec)",
+            "batch open (256 x 1 KiB, batch kek)",
             "batch_open_batch_kek_records_per_s",
             batch_open_batch_kek_s,
         ),
@@ -183,7 +183,13 @@ pub fn run(a: BenchCryptoArgs) -> anyhow::Result<u8> {
     json.insert("provider".into(), provider.name().into());
     json.insert("seconds".into(), s.into());
     for (label, field, v) in rows.iter().filter(|r| !r.0.is_empty()) {
-        let unit = if field.ends_with("mb_s") { "MB/s" } else { "ops/s" };
+        let unit = if field.ends_with("mb_s") {
+            "MB/s"
+        } else if field.ends_with("records_per_s") {
+            "records/s"
+        } else {
+            "ops/s"
+        };
         println!("{label:<42} {v:>10.1} {unit}");
         json.insert((*field).into(), ((v * 10.0).round() / 10.0).into());
     }
