@@ -72,6 +72,8 @@ case "${1:-}" in
     start)
         shift
         mkdir -p "$DIR"
+        # Services run as their own users (postgres); they must reach their folders.
+        chmod 755 "$DIR"
         for s in "$@"; do
             case "$s" in
                 pg) start_pg ;;

@@ -35,7 +35,8 @@ need_pkg curl curl
 export VAXGATE_SERVICES_DIR=${VAXGATE_SERVICES_DIR:-$(mktemp -d /tmp/vaxgate-services.XXXXXX)}
 trap 'scripts/services.sh stop' EXIT
 step "starting PostgreSQL"
-eval "$(scripts/services.sh start pg)"
+pg_env=$(scripts/services.sh start pg)   # a failed start stops the run here
+eval "$pg_env"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -266,6 +266,38 @@ fn ingest_receipts_refusals_idempotency_and_proof() {
         .unwrap());
     assert!(out.starts_with("proof OK"), "{out}");
 
+    // Cancellation (R4.5): the original stays, both show in the trace.
+    let mut cancel = good[0].clone();
+    cancel.event_id = uuid::Uuid::new_v4();
+    cancel.payload.event_id = cancel.event_id;
+    cancel.payload.category = "cancellation".into();
+    cancel.event_type = "cancellation".into();
+    cancel.payload.bill_type = None;
+    cancel.payload.pii = Default::default();
+    cancel.payload.fields = serde_json::Map::new();
+    cancel
+        .payload
+        .fields
+        .insert("cancels_event_id".into(), good[0].event_id.to_string().into());
+    cancel.payload.fields.insert("cancel_reason_code".into(), "01".into());
+    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &[cancel.clone()]).unwrap();
+    let body = rt
+        .block_on(client.send("POST", "/v1/cancellations", batch.to_json().into_bytes()))
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(c["accepted"], 1, "{c}");
+    let (_, t) = get(&client, &format!("/v1/trace/{code0}"));
+    let steps = t["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{t}");
+    assert_eq!(steps[0]["cancelled_by"][0], cancel.event_id.to_string(), "{t}");
+    // Only cancellations on that route, and only the submitter's own events.
+    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &good[..1]).unwrap();
+    let body = rt
+        .block_on(client.send("POST", "/v1/cancellations", batch.to_json().into_bytes()))
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(c["rejected"], 1, "{c}");
+
     // A partner whose policy grants one product (first 7 digits), and a
     // regulator with the personal-data scope.
     let register = |alias: &str, prefix: &str, role: &str, policy: &str| -> GatewayClient {

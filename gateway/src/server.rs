@@ -131,6 +131,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .configure(crate::api::ingest::routes),
             )
             .service(
+                web::scope("/v1/cancellations")
+                    .wrap(from_fn(crate::auth::ingest))
+                    .configure(crate::api::ingest::cancellation_routes),
+            )
+            .service(
                 web::scope("/v1/admin")
                     .wrap(from_fn(crate::auth::admin))
                     .configure(crate::api::admin::routes),

@@ -142,6 +142,55 @@ async fn post(
     query: web::Query<std::collections::HashMap<String, String>>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    ingest(req, state, query, body, false).await
+}
+
+/// `POST /v1/cancellations`: the same batch format, every record a
+/// `cancellation` (R4.5).
+async fn post_cancellations(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    ingest(req, state, query, body, true).await
+}
+
+/// A cancellation must name an event in the ledger that the same entity
+/// submitted, and not a cancellation itself.
+async fn check_cancellation(state: &AppState, entity_id: &str, msg: &ExchangeMessage) -> Result<(), (Code, String)> {
+    let target = msg.payload.field_str("cancels_event_id").ok_or((
+        Code::ValidationFailed,
+        "a cancellation names the cancelled event in cancels_event_id".to_string(),
+    ))?;
+    let ev = state
+        .projection
+        .event(target)
+        .await
+        .map_err(|e| (Code::Internal, e))?
+        .ok_or((Code::NotFound, format!("cancelled event {target} is not in the ledger")))?;
+    if ev.category == "cancellation" {
+        return Err((
+            Code::ValidationFailed,
+            format!("event {target} is itself a cancellation"),
+        ));
+    }
+    if ev.signer != entity_id {
+        return Err((
+            Code::Forbidden,
+            format!("event {target} was submitted by another entity; only its submitter may cancel it"),
+        ));
+    }
+    Ok(())
+}
+
+async fn ingest(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    body: web::Bytes,
+    cancellations_only: bool,
+) -> Result<HttpResponse, ApiError> {
     let principal = req
         .extensions()
         .get::<Principal>()
@@ -184,6 +233,15 @@ async fn post(
     let mut candidates: Vec<(usize, Transaction, ExchangeMessage)> = Vec::new();
     for (i, (env, opened)) in batch.records.iter().zip(opened).enumerate() {
         let h = &env.header;
+        if cancellations_only && h.dataset_category != "cancellation" {
+            results[i] = Some(reject(
+                i,
+                None,
+                Code::ValidationFailed,
+                "only cancellation records are accepted here",
+            ));
+            continue;
+        }
         if h.entity_id != entity_id {
             results[i] = Some(reject(
                 i,
@@ -277,6 +335,12 @@ async fn post(
                     problems,
                 }),
             });
+            continue;
+        }
+        if h.dataset_category == "cancellation"
+            && let Err((code, m)) = check_cancellation(&state, &entity_id, &msg).await
+        {
+            results[i] = Some(reject(i, Some(event_id), code, m));
             continue;
         }
         let kind = if h.dataset_category == "cancellation" {
@@ -452,6 +516,11 @@ async fn post(
         rejected: count("rejected"),
         results,
     }))
+}
+
+/// Registers `/v1/cancellations` (inside the ingest authentication scope).
+pub fn cancellation_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("", web::post().to(post_cancellations));
 }
 
 /// Registers `/v1/transactions`: POST is ingest; the GET routes are reads.
