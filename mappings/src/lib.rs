@@ -41,13 +41,26 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The parts:
-//! - [`Dataset`]: categories, elements and code tables, loaded from data.
-//! - [`MappingSpec`]: a source's mapping (rows, HL7 v2, XML, JSON → events);
-//!   [`MappingSpec::map`] returns a [`MapOutcome`] with events and problems.
-//! - [`TraceEvent`]: the event; personal data apart in [`Pii`].
-//! - [`validate`] and [`QualityTracker`]: rules per event and per batch.
-//! - [`exchange`], [`canonical`], [`epcis`]: codecs.
+//! # API for the gateway, the adapters and the agent
+//!
+//! | call | use |
+//! |---|---|
+//! | [`Dataset::builtin`], [`Dataset::load`], [`Dataset::from_toml_str`] | the NMPAB/T 1004 definition (categories, elements, code tables) |
+//! | [`MappingSpec::load`]`(path, &Dataset)`, [`MappingSpec::from_toml_str`]`(text, origin, &Dataset)` | compile a source's mapping; [`SpecError`] names file, line and key |
+//! | [`MappingSpec::map`]`(&Record) -> MapOutcome`, [`MappingSpec::map_at`] (fixed `recorded_at`) | map one record: [`Record::Row`] (SQL row as a JSON object), [`Record::Hl7`] (one message; one event per `group_by` group), [`Record::Xml`] (one record fragment, e.g. from a streaming reader at `spec.record_path`), [`Record::Json`] (a document; `records` path splits it) |
+//! | [`records_from_text`]`(&spec, format, text)` | split a whole sample file into records (tests, CLI) |
+//! | [`validate()`]`(&TraceEvent, &Dataset) -> Vec<Problem>` | validation on ingest (events posted directly, e.g. by ERPs) |
+//! | [`QualityTracker::observe`]`(&TraceEvent) -> Vec<Problem>` | batch rule: a trace code used more times than its package has doses |
+//! | [`TraceEvent::subject_pseudonym`]`(key, &Dataset)`, [`pseudonym`], [`hmac_sm3`] | keyed SM3-HMAC pseudonym of the ID number for lookups |
+//! | [`TraceEvent::masked`], [`mask`] | display without personal data |
+//! | [`exchange::ExchangeMessage::new`], [`exchange::to_json`]/[`exchange::from_json`], [`exchange::to_xml`]/[`exchange::from_xml`] | NMPAB/T 1005-style messages |
+//! | [`to_canonical_json`], [`canonical_sm3`], [`event_canonical_json`], [`canonical::write_event_canonical`], [`event_sm3`] | canonical bytes and SM3 for hashing and signing |
+//! | [`epcis::to_epcis_document`]`(&[TraceEvent], &Dataset)` | GS1 EPCIS 2.0 JSON-LD export |
+//!
+//! Every [`Problem`] names the record key, the field, the rule and the value
+//! (personal values masked). Personal elements never enter
+//! [`TraceEvent::fields`]; they are kept in [`TraceEvent::pii`], which masks
+//! itself in `Debug` output.
 //!
 //! **Architecture invariant:** this crate depends on no other vaxgate crate.
 #![forbid(unsafe_code)]

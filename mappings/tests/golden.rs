@@ -203,3 +203,40 @@ fn row_columns_match_ignoring_ascii_case() {
     assert!(b.is_ok(), "{:?}", b.problems);
     assert_eq!(a.events, b.events);
 }
+
+#[test]
+fn hl7_escapes_and_chinese_text_decode() {
+    let spec = spec("hl7-vxu.toml");
+    let outcomes = run(&spec, "samples/hl7-vxu.hl7", "hl7");
+    let first = &outcomes[0].events[0];
+    assert_eq!(first.field_str("remark"), Some("首剂|无不良反应\r\n已留观30分钟")); // \F\ and \X0D0A\
+    assert_eq!(first.pii.get("recipient_address"), Some("南京市玄武区中山路1号&3栋")); // \T\
+    assert_eq!(first.pii.get("recipient_name"), Some("王小明"));
+    assert_eq!(first.record_key, "JZ202403050001");
+    // one event per ORC group, each with its own OBX trace code
+    let codes: Vec<&str> = outcomes
+        .iter()
+        .flat_map(|o| &o.events)
+        .map(|e| e.trace_codes[0].as_str())
+        .collect();
+    assert_eq!(
+        codes,
+        ["86123450000000001001", "86345670000000003010", "86234560000000002003"]
+    );
+}
+
+#[test]
+fn xml_fragment_maps_alone() {
+    // the adapters stream large exports and hand over one fragment at a time
+    let spec = spec("mah-export.toml");
+    let frag = r#"<Record type="CANCEL" id="C-1"><Time>2023-12-22 10:00:00</Time>
+        <Cancel record="PI-1"><Reason code="01">录入错误</Reason></Cancel></Record>"#;
+    let out = spec.map_at(&mappings::Record::Xml(frag.into()), common::recorded_at());
+    assert!(out.is_ok(), "{:?}", out.problems);
+    let e = &out.events[0];
+    assert_eq!(e.category, "cancellation");
+    let target = mappings::TraceEvent::derive_id("mah-export", "production_inbound", "PI-1").to_string();
+    assert_eq!(e.field_str("cancels_event_id"), Some(target.as_str()));
+    let bad = spec.map_at(&mappings::Record::Xml("<Record><Time>".into()), common::recorded_at());
+    assert_eq!(bad.problems[0].rule, "parse");
+}
