@@ -57,7 +57,27 @@ fn golden_vaccinations() -> Vec<ExchangeMessage> {
 }
 
 #[test]
-fn ingest_receipts_refusals_idempotency_and_proof() {
+fn ingest_on_sqlite() {
+    ingest_receipts_refusals_idempotency_and_proof(None);
+}
+
+/// The same against a fresh PostgreSQL database (`VAXGATE_TEST_PG_URL`,
+/// started by scripts/test.sh; the test fails without it).
+#[test]
+fn ingest_on_postgres() {
+    let base = std::env::var("VAXGATE_TEST_PG_URL")
+        .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
+    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("psql")
+        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    ingest_receipts_refusals_idempotency_and_proof(Some(format!("{prefix}/{name}")));
+}
+
+fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -78,6 +98,17 @@ fn ingest_receipts_refusals_idempotency_and_proof() {
         ])
         .output()
         .unwrap());
+    if let Some(url) = &pg {
+        let cfg = dir.join("vaxgate.toml");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\""));
+        assert!(text.contains(url.as_str()));
+        std::fs::write(&cfg, text).unwrap();
+    }
+    let db_arg = pg
+        .clone()
+        .unwrap_or_else(|| dir.join("data/ledger.db").to_string_lossy().into_owned());
     let _server = Server(
         vaxgate()
             .args(["serve", "--config", dir.join("vaxgate.toml").to_str().unwrap()])
@@ -373,13 +404,12 @@ fn ingest_receipts_refusals_idempotency_and_proof() {
     assert!(t["steps"][0]["personal_data"]["recipient_name"].is_string(), "{t}");
 
     // The accepted record is provable offline with the node key.
-    let db = dir.join("data/ledger.db");
     let proof = ok(vaxgate()
         .args([
             "ledger",
             "proof",
             "--db",
-            db.to_str().unwrap(),
+            &db_arg,
             "--tx",
             receipt["tx_id"].as_str().unwrap(),
         ])
@@ -397,20 +427,22 @@ fn ingest_receipts_refusals_idempotency_and_proof() {
         .output()
         .unwrap());
     assert!(out.starts_with("proof OK"), "{out}");
-    // The ledger stores ciphertext only: no personal data in the file.
-    let bytes = std::fs::read(&db).unwrap();
-    for secret in ["王小明", "320102202301150028", "13812345678"] {
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{secret} found in the ledger file"
-        );
+    // The ledger (and the projection beside it) store no personal data.
+    if pg.is_none() {
+        let bytes = std::fs::read(dir.join("data/ledger.db")).unwrap();
+        for secret in ["王小明", "320102202301150028", "13812345678"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} found in the ledger file"
+            );
+        }
     }
     let out = ok(vaxgate()
         .args([
             "ledger",
             "verify",
             "--db",
-            db.to_str().unwrap(),
+            &db_arg,
             "--checkpoint-key",
             dir.join("keys/node.pub.pem").to_str().unwrap(),
         ])

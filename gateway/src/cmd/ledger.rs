@@ -18,7 +18,7 @@ pub enum LedgerCmd {
     /// Recompute every Merkle root, the block-hash chain, every transaction
     /// signature and every checkpoint. Exit 0 when intact, 1 when not.
     Verify {
-        /// The ledger database (SQLite file).
+        /// The ledger database: a SQLite file or a postgres:// URL.
         #[arg(long)]
         db: PathBuf,
         /// Require checkpoints signed by this node public key (SPKI PEM)
@@ -28,7 +28,7 @@ pub enum LedgerCmd {
     },
     /// Height, transactions, size and the latest checkpoint.
     Stats {
-        /// The ledger database (SQLite file).
+        /// The ledger database: a SQLite file or a postgres:// URL.
         #[arg(long)]
         db: PathBuf,
         /// Print JSON instead of text.
@@ -37,7 +37,7 @@ pub enum LedgerCmd {
     },
     /// Print an offline-verifiable inclusion proof of one transaction (JSON).
     Proof {
-        /// The ledger database (SQLite file).
+        /// The ledger database: a SQLite file or a postgres:// URL.
         #[arg(long)]
         db: PathBuf,
         /// Transaction id.
@@ -49,7 +49,7 @@ pub enum LedgerCmd {
     },
     /// Write the node public key named in the genesis block (SPKI PEM).
     NodeKey {
-        /// The ledger database (SQLite file).
+        /// The ledger database: a SQLite file or a postgres:// URL.
         #[arg(long)]
         db: PathBuf,
     },
@@ -85,6 +85,16 @@ pub struct BenchLedgerArgs {
     pub clients: usize,
 }
 
+/// Opens an existing ledger: a SQLite file, or a `postgres://` URL.
+async fn open_db(db: &std::path::Path) -> anyhow::Result<ledger::AnyStore> {
+    let s = db.to_string_lossy();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(ledger::AnyStore::Postgres(ledger::PgStore::connect(&s).await?))
+    } else {
+        Ok(ledger::AnyStore::Sqlite(SqliteStore::open_existing(db).await?))
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,7 +114,7 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
             LedgerCmd::Verify { db, checkpoint_key } => verify(db, checkpoint_key).await,
             LedgerCmd::Stats { db, json } => stats(db, json).await,
             LedgerCmd::Proof { db, tx, record } => {
-                let store = SqliteStore::open_existing(&db).await?;
+                let store = open_db(&db).await?;
                 let tx = match (tx, record) {
                     (Some(tx), _) => tx,
                     (None, Some(r)) => store
@@ -122,7 +132,7 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
                 Ok(0)
             }
             LedgerCmd::NodeKey { db } => {
-                let store = SqliteStore::open_existing(&db).await?;
+                let store = open_db(&db).await?;
                 let g = store.txs(0, 1).await?;
                 let g = g.first().context("the ledger has no genesis transaction")?;
                 let info: ledger::GenesisInfo = serde_json::from_slice(&g.tx.content.payload)?;
@@ -135,7 +145,7 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
 
 async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<u8> {
     let trusted = checkpoint_key.as_ref().map(read_key).transpose()?;
-    let store = SqliteStore::open_existing(&db).await?;
+    let store = open_db(&db).await?;
     let show = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last = Instant::now();
@@ -176,7 +186,7 @@ async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<
 }
 
 async fn stats(db: PathBuf, json: bool) -> anyhow::Result<u8> {
-    let store = SqliteStore::open_existing(&db).await?;
+    let store = open_db(&db).await?;
     let s = store.stats().await?;
     let (_, cp) = store.head().await?.context("the ledger is empty")?;
     if json {
