@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it: `./scripts/test.sh`.
 #
 # 1. Installs what the tests need that a fresh machine may lack (the openssl
-#    CLI for the SM2/SM3/SM4 interop tests) and starts a throw-away
-#    PostgreSQL on 127.0.0.1 (scripts/services.sh), stopped on exit.
+#    CLI for the SM2/SM3/SM4 interop tests) and starts throw-away
+#    PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (scripts/services.sh),
+#    stopped on exit.
 # 2. Checks formatting and clippy (warnings are errors).
 # 3. Runs every test of the workspace, including the end-to-end tests of the
 #    built binary in tests/.
@@ -34,9 +35,9 @@ need_pkg curl curl
 # A service already given by URL (e.g. VAXGATE_TEST_PG_URL) is used as is.
 export VAXGATE_SERVICES_DIR=${VAXGATE_SERVICES_DIR:-$(mktemp -d /tmp/vaxgate-services.XXXXXX)}
 trap 'scripts/services.sh stop' EXIT
-step "starting PostgreSQL"
-pg_env=$(scripts/services.sh start pg)   # a failed start stops the run here
-eval "$pg_env"
+step "starting PostgreSQL, MariaDB, RabbitMQ"
+svc_env=$(scripts/services.sh start pg mariadb rabbitmq)   # a failed start stops the run here
+eval "$svc_env"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -24,7 +24,7 @@ pub fn seal_batch(
         .iter()
         .map(|m| {
             let meta = EnvelopeMeta {
-                transaction_id: uuid::Uuid::new_v4(),
+                transaction_id: uuid::Uuid::now_v7(),
                 entity_id: entity_id.to_string(),
                 timestamp_ms: now,
                 content_type: ContentType::Json,

@@ -63,6 +63,9 @@ pub struct Receipt {
 
 struct AppendRequest {
     txs: Vec<Transaction>,
+    /// The log leaf hash of each transaction, computed by [`precheck`] in the
+    /// caller's task so that hashing and signature checks run in parallel.
+    leaves: Vec<Sm3Digest>,
     respond: oneshot::Sender<Result<Vec<Receipt>, LedgerError>>,
 }
 
@@ -72,6 +75,7 @@ pub struct Ledger<S: LedgerStore> {
     store: Arc<S>,
     node_key: Sm2VerifyingKey,
     sender: mpsc::Sender<AppendRequest>,
+    max_payload: usize,
 }
 
 impl<S: LedgerStore> Clone for Ledger<S> {
@@ -80,6 +84,7 @@ impl<S: LedgerStore> Clone for Ledger<S> {
             store: self.store.clone(),
             node_key: self.node_key.clone(),
             sender: self.sender.clone(),
+            max_payload: self.max_payload,
         }
     }
 }
@@ -138,6 +143,7 @@ impl<S: LedgerStore> Ledger<S> {
             });
         }
         let (sender, receiver) = mpsc::channel(config.queue_depth);
+        let max_payload = config.max_payload;
         let vk = node_key.verifying_key().clone();
         let committer = Committer {
             store: store.clone(),
@@ -152,6 +158,7 @@ impl<S: LedgerStore> Ledger<S> {
             store,
             node_key: vk,
             sender,
+            max_payload,
         })
     }
 
@@ -171,9 +178,10 @@ impl<S: LedgerStore> Ledger<S> {
         if txs.is_empty() {
             return Ok(Vec::new());
         }
+        let leaves = precheck(&txs, self.max_payload)?;
         let (respond, rx) = oneshot::channel();
         self.sender
-            .send(AppendRequest { txs, respond })
+            .send(AppendRequest { txs, leaves, respond })
             .await
             .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
@@ -286,7 +294,7 @@ async fn create_genesis<S: LedgerStore>(store: &S, key: &Sm2SigningKey, name: &s
     };
     let payload = serde_json::to_vec(&info).map_err(|e| LedgerError::Setup(e.to_string()))?;
     let content = TxContent {
-        tx_id: Uuid::new_v4(),
+        tx_id: Uuid::now_v7(),
         record_id: "genesis".into(),
         kind: TxKind::Genesis,
         category: "registry".into(),
@@ -385,17 +393,17 @@ impl<S: LedgerStore> Committer<S> {
     /// Validates each request on its own, then writes the accepted ones as
     /// one block.
     async fn commit_group(&mut self, group: Vec<AppendRequest>) {
-        let mut accepted: Vec<(AppendRequest, Vec<Sm3Digest>)> = Vec::with_capacity(group.len());
+        let mut accepted: Vec<AppendRequest> = Vec::with_capacity(group.len());
         let mut seen_records: HashSet<String> = HashSet::new();
         let mut seen_txs: HashSet<String> = HashSet::new();
         for req in group {
             match self.check(&req.txs, &seen_records, &seen_txs).await {
-                Ok(leaves) => {
+                Ok(()) => {
                     for t in &req.txs {
                         seen_records.insert(t.content.record_id.clone());
                         seen_txs.insert(t.content.tx_id.to_string());
                     }
-                    accepted.push((req, leaves));
+                    accepted.push(req);
                 }
                 Err(e) => {
                     let _ = req.respond.send(Err(e));
@@ -410,10 +418,10 @@ impl<S: LedgerStore> Committer<S> {
         let mut sizes = Vec::with_capacity(accepted.len());
         let accepted: Vec<AppendRequest> = accepted
             .into_iter()
-            .map(|(mut req, mut l)| {
+            .map(|mut req| {
                 sizes.push(req.txs.len());
                 txs.append(&mut req.txs);
-                leaves.append(&mut l);
+                leaves.append(&mut req.leaves);
                 req
             })
             .collect();
@@ -458,60 +466,82 @@ impl<S: LedgerStore> Committer<S> {
         }
     }
 
-    /// Checks one request; returns the log leaf hash of each transaction.
+    /// The checks that need the ledger's state: record and transaction ids
+    /// not used before (in the store or earlier in this group).
     async fn check(
         &self,
         txs: &[Transaction],
         seen_records: &HashSet<String>,
         seen_txs: &HashSet<String>,
-    ) -> Result<Vec<Sm3Digest>, LedgerError> {
-        let mut leaves = Vec::with_capacity(txs.len());
-        let mut verified_batches: HashSet<(Uuid, Vec<u8>)> = HashSet::new();
-        let mut records = HashSet::new();
-        let mut ids = HashSet::new();
+    ) -> Result<(), LedgerError> {
+        let mut rids = Vec::with_capacity(txs.len());
+        let mut tids = Vec::with_capacity(txs.len());
         for t in txs {
             let c = &t.content;
-            let bad = |reason: String| LedgerError::BadTransaction {
-                tx_id: c.tx_id.to_string(),
-                reason,
-            };
-            if c.payload.len() > self.config.max_payload {
-                return Err(bad(format!(
-                    "payload is {} bytes; the limit is {}",
-                    c.payload.len(),
-                    self.config.max_payload
-                )));
-            }
-            if c.record_id.is_empty() {
-                return Err(bad("record id is empty".into()));
-            }
-            if matches!(c.kind, TxKind::Genesis) {
-                return Err(bad("only the ledger itself writes a genesis transaction".into()));
-            }
-            if !records.insert(c.record_id.clone()) || seen_records.contains(&c.record_id) {
+            let tx_id = c.tx_id.to_string();
+            if seen_records.contains(&c.record_id) || seen_txs.contains(&tx_id) {
                 return Err(LedgerError::Duplicate {
                     record_id: c.record_id.clone(),
-                    tx_id: c.tx_id.to_string(),
+                    tx_id,
                 });
             }
-            if !ids.insert(c.tx_id.to_string()) || seen_txs.contains(&c.tx_id.to_string()) {
-                return Err(bad("transaction id used twice".into()));
-            }
-            // The audit path per record; one SM2 verification per signed batch.
-            let content_hash = c.content_hash();
-            t.auth.verify_membership(c).map_err(bad)?;
-            let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
-            if !verified_batches.contains(&batch_key) {
-                t.auth.verify_signature().map_err(bad)?;
-                verified_batches.insert(batch_key);
-            }
-            leaves.push(t.leaf_hash_with(&content_hash));
+            rids.push(c.record_id.clone());
+            tids.push(tx_id);
         }
-        let rids: Vec<String> = records.into_iter().collect();
-        let tids: Vec<String> = ids.into_iter().collect();
         if let Some((record_id, tx_id)) = self.store.conflicts(&rids, &tids).await?.into_iter().next() {
             return Err(LedgerError::Duplicate { record_id, tx_id });
         }
-        Ok(leaves)
+        Ok(())
     }
+}
+
+/// The checks of one request that need no ledger state: sizes, ids unique
+/// within the request, each record's audit path to its signed batch root and
+/// one SM2 verification per batch. Returns the log leaf hash of each
+/// transaction. Runs in the caller's task, so requests verify in parallel and
+/// the committer only orders, deduplicates and writes.
+fn precheck(txs: &[Transaction], max_payload: usize) -> Result<Vec<Sm3Digest>, LedgerError> {
+    let mut leaves = Vec::with_capacity(txs.len());
+    let mut verified_batches: HashSet<(Uuid, Vec<u8>)> = HashSet::new();
+    let mut records = HashSet::new();
+    let mut ids = HashSet::new();
+    for t in txs {
+        let c = &t.content;
+        let bad = |reason: String| LedgerError::BadTransaction {
+            tx_id: c.tx_id.to_string(),
+            reason,
+        };
+        if c.payload.len() > max_payload {
+            return Err(bad(format!(
+                "payload is {} bytes; the limit is {}",
+                c.payload.len(),
+                max_payload
+            )));
+        }
+        if c.record_id.is_empty() {
+            return Err(bad("record id is empty".into()));
+        }
+        if matches!(c.kind, TxKind::Genesis) {
+            return Err(bad("only the ledger itself writes a genesis transaction".into()));
+        }
+        if !records.insert(c.record_id.as_str()) {
+            return Err(LedgerError::Duplicate {
+                record_id: c.record_id.clone(),
+                tx_id: c.tx_id.to_string(),
+            });
+        }
+        if !ids.insert(c.tx_id) {
+            return Err(bad("transaction id used twice".into()));
+        }
+        // The audit path per record; one SM2 verification per signed batch.
+        let content_hash = c.content_hash();
+        t.auth.verify_membership_with(c, Some(&content_hash)).map_err(bad)?;
+        let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
+        if !verified_batches.contains(&batch_key) {
+            t.auth.verify_signature().map_err(bad)?;
+            verified_batches.insert(batch_key);
+        }
+        leaves.push(t.leaf_hash_with(&content_hash));
+    }
+    Ok(leaves)
 }

@@ -130,8 +130,14 @@ impl TxAuth {
     /// The leaf input of `content` under this proof (checking, for an
     /// envelope, that its header agrees with the transaction).
     pub fn leaf_input(&self, content: &TxContent) -> Result<Sm3Digest, String> {
+        self.leaf_input_with(content, None)
+    }
+
+    /// [`TxAuth::leaf_input`] with the content hash already computed by the
+    /// caller (it hashes the whole payload; appends compute it once).
+    fn leaf_input_with(&self, content: &TxContent, content_hash: Option<&Sm3Digest>) -> Result<Sm3Digest, String> {
         match self.leaf {
-            LeafInput::Content => Ok(content.content_hash()),
+            LeafInput::Content => Ok(content_hash.copied().unwrap_or_else(|| content.content_hash())),
             LeafInput::Envelope => {
                 let env = SealedEnvelope::from_json(&content.payload).map_err(|e| e.to_string())?;
                 let h = &env.header;
@@ -162,7 +168,12 @@ impl TxAuth {
     /// Checks that the record is leaf `index` of the signed batch. The batch
     /// signature itself is [`TxAuth::verify_signature`] (shared by the batch).
     pub fn verify_membership(&self, content: &TxContent) -> Result<(), String> {
-        let leaf = merkle::leaf_hash(&self.leaf_input(content)?.0);
+        self.verify_membership_with(content, None)
+    }
+
+    /// [`TxAuth::verify_membership`] with a precomputed content hash.
+    pub fn verify_membership_with(&self, content: &TxContent, content_hash: Option<&Sm3Digest>) -> Result<(), String> {
+        let leaf = merkle::leaf_hash(&self.leaf_input_with(content, content_hash)?.0);
         if merkle::verify_inclusion(
             self.index,
             self.batch.tree_size,

@@ -108,7 +108,7 @@ impl EnvelopeMeta {
     /// A fresh transaction id (UUID v4) and the current time.
     pub fn now(entity_id: impl Into<String>, content_type: ContentType, dataset_category: impl Into<String>) -> Self {
         EnvelopeMeta {
-            transaction_id: Uuid::new_v4(),
+            transaction_id: Uuid::now_v7(),
             entity_id: entity_id.into(),
             timestamp_ms: chrono::Utc::now().timestamp_millis(),
             content_type,

@@ -386,16 +386,17 @@ async fn bench_async(a: BenchLedgerArgs) -> anyhow::Result<u8> {
 /// `i · 0x9E3779B97F4A7C15 | 1`, low byte of each step (tests rely on it).
 fn synthetic(i: u64, len: usize) -> TxContent {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let payload: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    // Ciphertext-like bytes, eight at a time (xorshift64).
+    let mut payload: Vec<u8> = Vec::with_capacity(len + 8);
+    while payload.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        payload.extend_from_slice(&x.to_le_bytes());
+    }
+    payload.truncate(len);
     TxContent {
-        tx_id: uuid::Uuid::new_v4(),
+        tx_id: uuid::Uuid::now_v7(),
         record_id: format!("bench-{i}"),
         kind: TxKind::Data,
         category: "vaccination".into(),
