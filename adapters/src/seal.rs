@@ -1,9 +1,12 @@
 //! Turning mapped exchange messages into what the gateway ingests: one
-//! sealed envelope per message (SM4-GCM, data key wrapped for the gateway),
-//! all under one batch signature.
+//! sealed envelope per message (SM4-GCM), all under one batch signature.
+//! Data keys are wrapped under one batch key-encryption key that is
+//! SM2-encrypted once per batch and recipient (`sm2-batch-kek`, see
+//! docs/envelope.md): the gateway does one SM2 decryption per batch instead
+//! of one per record.
 
 use mappings::ExchangeMessage;
-use secure_gateway::envelope::{ContentType, EnvelopeMeta, Recipient, seal_unsigned};
+use secure_gateway::envelope::{BatchSealer, ContentType, EnvelopeMeta, Recipient};
 use secure_gateway::{CryptoError, CryptoProvider, KeyHandle, SignedBatch, Sm2VerifyingKey};
 
 /// Seals `messages` as JSON for `gateway` (and any `extra` recipients) and
@@ -20,6 +23,7 @@ pub fn seal_batch(
     let mut recipients = vec![Recipient::Sm2(gateway.clone())];
     recipients.extend(extra.iter().cloned());
     let now = chrono::Utc::now().timestamp_millis();
+    let sealer = BatchSealer::new(provider, &key_id, &recipients)?;
     let records = messages
         .iter()
         .map(|m| {
@@ -31,8 +35,8 @@ pub fn seal_batch(
                 dataset_category: m.payload.category.clone(),
             };
             let json = mappings::exchange::to_json(m);
-            seal_unsigned(provider, &key_id, meta, json.as_bytes(), &recipients)
+            sealer.seal_unsigned(meta, json.as_bytes())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    secure_gateway::sign_batch(provider, signer, uuid::Uuid::new_v4(), now, records)
+    sealer.sign(signer, now, records)
 }
