@@ -1,8 +1,18 @@
 //! Sources (SQL, HL7 v2 over MLLP, XML exports, AMQP) and the agent that
-//! pushes sealed batches to the gateway. Today: the signed gateway client.
+//! pushes sealed batches to the gateway: the signed gateway client, batch
+//! sealing, the submit pipeline with its state database (checkpoints,
+//! receipts, quarantine) and retry backoff.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod retry;
 pub mod seal;
+pub mod state;
 
 pub use client::{ClientError, GatewayClient, GatewayClientConfig};
+pub use error::AgentError;
+pub use pipeline::{EventReceipt, Pipeline, PipelineConfig, RecordOutcome};
+pub use state::StateDb;

@@ -1,0 +1,585 @@
+//! The agent's configuration (`vaxgate agent --config config/agent.toml`):
+//! TOML with unknown keys refused, `${NAME}` replaced from the environment
+//! (secrets such as database passwords), and validation before anything
+//! starts. Every error names the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// `agent.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's identity and state.
+    pub agent: AgentSection,
+    /// How to reach the gateway.
+    pub gateway: GatewaySection,
+    /// The sources to run.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The registered entity id (USCC with check digit) the agent submits as.
+    pub entity_id: String,
+    /// The entity's SM2 private key (encrypted PKCS#8 PEM).
+    pub key: PathBuf,
+    /// Environment variable holding the key's passphrase.
+    #[serde(default = "default_passphrase_env")]
+    pub passphrase_env: String,
+    /// The agent's own SQLite state database (checkpoints, receipts, quarantine).
+    pub state_db: PathBuf,
+    /// NMPAB/T 1004 dataset definition; the built-in one when absent.
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
+}
+
+fn default_passphrase_env() -> String {
+    "VAXGATE_AGENT_PASSPHRASE".into()
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Base URL, e.g. `https://gateway.example:8443`.
+    pub url: String,
+    /// Extra CA certificate (PEM) to trust.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_identity: Option<PathBuf>,
+    /// The gateway node's SM2 public key (records are sealed for it).
+    pub node_key: PathBuf,
+    /// Per-request timeout, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Attempts per batch on transient errors before the source backs off.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// First retry delay, milliseconds.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry_base() -> u64 {
+    200
+}
+fn default_retry_max() -> u64 {
+    30_000
+}
+
+/// One `[[sources]]` entry, selected by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SourceConfig {
+    /// A SQLite database file.
+    Sqlite(SqlSourceConfig),
+    /// PostgreSQL.
+    Postgres(SqlSourceConfig),
+    /// MySQL or MariaDB.
+    Mysql(SqlSourceConfig),
+    /// SQL Server (tiberius).
+    Mssql(SqlSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
+                &c.name
+            }
+        }
+    }
+
+    /// The `type` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Sqlite(_) => "sqlite",
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Mysql(_) => "mysql",
+            SourceConfig::Mssql(_) => "mssql",
+        }
+    }
+
+    /// The mapping spec file.
+    pub fn mapping(&self) -> &Path {
+        match self {
+            SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
+                &c.mapping
+            }
+        }
+    }
+}
+
+/// A SQL source: incremental pull by watermark (with a tie-breaker key)
+/// or by a change table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceConfig {
+    /// Unique name (checkpoints and quarantine are kept under it).
+    pub name: String,
+    /// The mapping spec (`config/mappings/*.toml`).
+    pub mapping: PathBuf,
+    /// Connection URL (`sqlite:path`, `postgres://...`, `mysql://...`,
+    /// or an ADO.NET string for `mssql`); use `${ENV}` for passwords.
+    pub url: String,
+    /// The table or view to read (alternative to `query`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A SELECT whose rows are the records (alternative to `table`); it is
+    /// wrapped as a subquery, filtered by the watermark and ordered.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// The watermark column (an increasing id or a timestamp).
+    #[serde(default)]
+    pub watermark: Option<String>,
+    /// The tie-breaker key column (unique); default: the watermark column.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Pull by a change table instead of a watermark.
+    #[serde(default)]
+    pub change_table: Option<ChangeTable>,
+    /// Rows per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Seconds between polls once caught up.
+    #[serde(default = "default_poll")]
+    pub poll_interval_secs: f64,
+    /// A statement run once per accepted record after its receipt is
+    /// stored, with `{key}` standing for the record's key value, e.g.
+    /// `UPDATE T_JZ_JZJL SET SCBZ = '1' WHERE JZJL_ID = {key}`.
+    #[serde(default)]
+    pub mark_processed: Option<String>,
+    /// Rows fetched ahead while a batch is at the gateway (bounded queue).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+fn default_batch() -> usize {
+    500
+}
+fn default_poll() -> f64 {
+    5.0
+}
+fn default_prefetch() -> usize {
+    2
+}
+
+/// A change table: one row per change with an increasing sequence number
+/// and the changed record's key; the record is read by joining the source
+/// table on its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeTable {
+    /// The change table.
+    pub table: String,
+    /// Its increasing sequence column.
+    pub seq: String,
+    /// Its column holding the changed record's key.
+    pub key: String,
+}
+
+/// A loaded configuration with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedAgentConfig {
+    /// The configuration.
+    pub config: AgentConfig,
+    /// The file.
+    pub path: PathBuf,
+    text: String,
+}
+
+impl LoadedAgentConfig {
+    /// Resolves a path relative to the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    /// An error at `key` (dotted, or `sources[n].key`).
+    pub fn invalid(&self, key: &str, message: impl Into<String>) -> AgentError {
+        AgentError::Config {
+            path: self.path.display().to_string(),
+            line: line_of_key(&self.text, key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads, expands and parses a config file, then validates it.
+pub fn load(path: &Path) -> Result<LoadedAgentConfig, AgentError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| AgentError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    load_str(&raw, path, &|name| std::env::var(name).ok())
+}
+
+/// Like [`load`] from text, with an explicit environment (for tests).
+pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedAgentConfig, AgentError> {
+    let p = path.display().to_string();
+    let text = expand_env(raw, &p, env)?;
+    let config: AgentConfig = toml::from_str(&text).map_err(|e| {
+        let mut line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        let mut key = "-".to_string();
+        // Inside a tagged `[[sources]]` entry toml points at the entry's
+        // header; find the offending key's own line.
+        if let Some(rest) = e.message().strip_prefix("unknown field `")
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            key = name.to_string();
+            if let Some(n) = text
+                .lines()
+                .enumerate()
+                .skip(line.saturating_sub(1))
+                .find_map(|(n, l)| l.split_once('=').filter(|(k, _)| k.trim() == name).map(|_| n + 1))
+            {
+                line = n;
+            }
+        }
+        AgentError::Config {
+            path: p.clone(),
+            line,
+            key,
+            message: e.message().to_string(),
+        }
+    })?;
+    let loaded = LoadedAgentConfig {
+        config,
+        path: path.to_path_buf(),
+        text,
+    };
+    loaded.validate()?;
+    Ok(loaded)
+}
+
+/// Replaces `${NAME}` with the variable's value (escaped for a TOML basic
+/// string); an unset variable is an error naming its line.
+fn expand_env(raw: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, AgentError> {
+    let mut out = String::with_capacity(raw.len());
+    for (n, line) in raw.lines().enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            if rest[..start].contains('#') {
+                break;
+            }
+            let Some(len) = rest[start + 2..].find('}') else { break };
+            let name = &rest[start + 2..start + 2 + len];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                break;
+            }
+            let value = env(name).ok_or_else(|| AgentError::Config {
+                path: path.to_string(),
+                line: n + 1,
+                key: format!("${{{name}}}"),
+                message: format!("environment variable {name} is not set"),
+            })?;
+            out.push_str(&rest[..start]);
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            rest = &rest[start + 3 + len..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The 1-based line of `table.key` or `sources[n].key` (0 if absent).
+fn line_of_key(text: &str, key: &str) -> usize {
+    let (table, index, leaf) = if let Some(rest) = key.strip_prefix("sources[") {
+        let Some((n, leaf)) = rest.split_once("].") else {
+            return 0;
+        };
+        ("sources".to_string(), n.parse::<usize>().ok(), leaf.to_string())
+    } else {
+        match key.rsplit_once('.') {
+            Some((t, l)) => (t.to_string(), None, l.to_string()),
+            None => (String::new(), None, key.to_string()),
+        }
+    };
+    let mut seen = 0usize;
+    let mut in_target = table.is_empty();
+    let mut header_line = 0;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let array = t.starts_with("[[");
+            let current = t.trim_matches(|c| c == '[' || c == ']').trim();
+            in_target = if current == table {
+                if array {
+                    seen += 1;
+                    index.is_none_or(|i| i + 1 == seen)
+                } else {
+                    true
+                }
+            } else {
+                false
+            };
+            if in_target {
+                header_line = n + 1;
+            }
+            continue;
+        }
+        if in_target
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == leaf
+        {
+            return n + 1;
+        }
+    }
+    header_line
+}
+
+impl LoadedAgentConfig {
+    /// Checks everything that can be checked without IO, and that the
+    /// files the config names exist.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let c = &self.config;
+        if c.agent.entity_id.trim().is_empty() {
+            return Err(self.invalid("agent.entity_id", "must not be empty"));
+        }
+        if !self.resolve(&c.agent.key).is_file() {
+            return Err(self.invalid(
+                "agent.key",
+                format!("no key file at {}", self.resolve(&c.agent.key).display()),
+            ));
+        }
+        if !(c.gateway.url.starts_with("https://") || c.gateway.url.starts_with("http://")) {
+            return Err(self.invalid(
+                "gateway.url",
+                "must start with https:// (or http:// for a loopback test)",
+            ));
+        }
+        for (k, p) in [
+            ("gateway.ca", &c.gateway.ca),
+            ("gateway.client_identity", &c.gateway.client_identity),
+        ] {
+            if let Some(p) = p
+                && !self.resolve(p).is_file()
+            {
+                return Err(self.invalid(k, format!("no file at {}", self.resolve(p).display())));
+            }
+        }
+        if !self.resolve(&c.gateway.node_key).is_file() {
+            return Err(self.invalid(
+                "gateway.node_key",
+                format!("no file at {}", self.resolve(&c.gateway.node_key).display()),
+            ));
+        }
+        if c.gateway.attempts == 0 {
+            return Err(self.invalid("gateway.attempts", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in c.sources.iter().enumerate() {
+            let k = |leaf: &str| format!("sources[{i}].{leaf}");
+            if s.name().is_empty()
+                || !s
+                    .name()
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(self.invalid(&k("name"), "use letters, digits, `-`, `_` or `.`"));
+            }
+            if !names.insert(s.name().to_string()) {
+                return Err(self.invalid(&k("name"), format!("source `{}` is configured twice", s.name())));
+            }
+            if !self.resolve(s.mapping()).is_file() {
+                return Err(self.invalid(
+                    &k("mapping"),
+                    format!("no mapping spec at {}", self.resolve(s.mapping()).display()),
+                ));
+            }
+            match s {
+                SourceConfig::Sqlite(q)
+                | SourceConfig::Postgres(q)
+                | SourceConfig::Mysql(q)
+                | SourceConfig::Mssql(q) => self.validate_sql(i, s.kind(), q)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sql(&self, i: usize, kind: &str, q: &SqlSourceConfig) -> Result<(), AgentError> {
+        let k = |leaf: &str| format!("sources[{i}].{leaf}");
+        let scheme_ok = match kind {
+            "sqlite" => q.url.starts_with("sqlite:"),
+            "postgres" => q.url.starts_with("postgres://") || q.url.starts_with("postgresql://"),
+            "mysql" => q.url.starts_with("mysql://") || q.url.starts_with("mariadb://"),
+            _ => !q.url.is_empty(),
+        };
+        if !scheme_ok {
+            return Err(self.invalid(&k("url"), format!("not a {kind} connection URL")));
+        }
+        match (&q.table, &q.query, &q.change_table) {
+            (Some(_), Some(_), _) => return Err(self.invalid(&k("query"), "give `table` or `query`, not both")),
+            (None, None, _) => return Err(self.invalid(&k("table"), "give `table` or `query`")),
+            (None, Some(_), Some(_)) => {
+                return Err(self.invalid(&k("change_table"), "a change table needs `table` (joined on its key)"));
+            }
+            _ => {}
+        }
+        if q.change_table.is_none() && q.watermark.is_none() {
+            return Err(self.invalid(&k("watermark"), "give a watermark column (or a `change_table`)"));
+        }
+        if q.change_table.is_some() && q.watermark.is_some() {
+            return Err(self.invalid(&k("watermark"), "a change table source has no watermark"));
+        }
+        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        for (leaf, v) in [
+            ("table", q.table.as_deref()),
+            ("watermark", q.watermark.as_deref()),
+            ("key", q.key.as_deref()),
+        ] {
+            if let Some(v) = v
+                && !ident_ok(v)
+            {
+                return Err(self.invalid(&k(leaf), format!("`{v}` is not a plain column/table name")));
+            }
+        }
+        if let Some(ct) = &q.change_table {
+            for v in [&ct.table, &ct.seq, &ct.key] {
+                if !ident_ok(v) {
+                    return Err(self.invalid(&k("change_table"), format!("`{v}` is not a plain column/table name")));
+                }
+            }
+        }
+        if q.batch_size == 0 || q.batch_size > 10_000 {
+            return Err(self.invalid(&k("batch_size"), "must be between 1 and 10000"));
+        }
+        if !(q.poll_interval_secs > 0.0 && q.poll_interval_secs <= 86_400.0) {
+            return Err(self.invalid(&k("poll_interval_secs"), "must be > 0 and at most 86400"));
+        }
+        if q.prefetch == 0 || q.prefetch > 64 {
+            return Err(self.invalid(&k("prefetch"), "must be between 1 and 64"));
+        }
+        if let Some(m) = &q.mark_processed
+            && m.matches("{key}").count() != 1
+        {
+            return Err(self.invalid(&k("mark_processed"), "must contain `{key}` exactly once"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for f in ["k.pem", "node.pem", "m.toml"] {
+            std::fs::write(d.path().join(f), "x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        d
+    }
+
+    const GOOD: &str = r#"
+[agent]
+entity_id = "12320102MB1234567X"
+key = "k.pem"
+state_db = "state.db"
+
+[gateway]
+url = "https://127.0.0.1:8443"
+node_key = "node.pem"
+
+[[sources]]
+type = "sqlite"
+name = "a"
+mapping = "m.toml"
+url = "sqlite:a.db"
+table = "T"
+watermark = "ID"
+
+[[sources]]
+type = "postgres"
+name = "b"
+mapping = "m.toml"
+url = "postgres://u:${PGPASS}@h/db"
+table = "T"
+watermark = "GXSJ"
+key = "ID"
+batch_size = 0
+"#;
+
+    fn load(text: &str, dir: &Path) -> Result<LoadedAgentConfig, AgentError> {
+        load_str(text, &dir.join("agent.toml"), &|n| {
+            (n == "PGPASS").then(|| "s\"ecret".to_string())
+        })
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let d = files();
+        let e = load(GOOD, d.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.ends_with(":27: `sources[1].batch_size`: must be between 1 and 10000"),
+            "{e}"
+        );
+        let ok = load(&GOOD.replace("batch_size = 0", ""), d.path()).unwrap_or_else(|e| panic!("{e}"));
+        let SourceConfig::Postgres(pg) = &ok.config.sources[1] else {
+            panic!()
+        };
+        assert_eq!(pg.url, "postgres://u:s\"ecret@h/db");
+        let e = load(&GOOD.replace("${PGPASS}", "${NOPE}"), d.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.unwrap_or_default()
+                .contains(":23: `${NOPE}`: environment variable NOPE is not set")
+        );
+        let e = load(&GOOD.replace("type = \"postgres\"", "type = \"oracle\""), d.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("unknown variant `oracle`") && e.contains("`mysql`"), "{e}");
+        let e = load(
+            &GOOD.replace(
+                "table = \"T\"\nwatermark = \"ID\"",
+                "table = \"T\"\nwatermark = \"ID\"\nwatermrk = 1",
+            ),
+            d.path(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains(":18:") && e.contains("unknown field `watermrk`"), "{e}");
+        let e = load(&GOOD.replace("node.pem", "gone.pem"), d.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains(":9: `gateway.node_key`: no file at"));
+    }
+}

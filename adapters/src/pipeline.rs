@@ -1,0 +1,477 @@
+//! The submit interface every source uses: map through the source's spec,
+//! quarantine what fails, seal and sign one batch, post it to the gateway,
+//! and record the gateway's durable receipts (and, for pull sources, the
+//! new checkpoint) in the agent's state database in one transaction.
+//!
+//! Push sources (MLLP, AMQP) call [`Pipeline::submit`] and acknowledge
+//! their peers from the returned [`RecordOutcome`]s; pull sources (SQL,
+//! XML directories) call [`Pipeline::submit_with_checkpoint`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use mappings::{ExchangeMessage, MappingSpec, Problem, QualityTracker, Record};
+use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey, Sm2VerifyingKey};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::client::GatewayClient;
+use crate::error::AgentError;
+use crate::retry::Backoff;
+use crate::state::{EventState, NewQuarantine, StateDb};
+
+/// One event of a record, durably in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventReceipt {
+    /// The event id (derived from source, category and record key).
+    pub event_id: Uuid,
+    /// The ledger transaction holding it.
+    pub tx_id: Uuid,
+    /// Its block height.
+    pub height: u64,
+    /// It was already in the ledger with the same content (a resend).
+    pub duplicate: bool,
+}
+
+/// What became of one submitted record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Every event of the record is in the ledger (receipts recorded).
+    Accepted {
+        /// One receipt per event (usually one).
+        receipts: Vec<EventReceipt>,
+    },
+    /// The gateway refused the record for good (its code and message; no
+    /// personal data). Kept in quarantine too.
+    Rejected {
+        /// Stable code (`invalid_trace_code`, `forbidden`, `conflict`, ...).
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+    /// Mapping or validation failed; kept in quarantine for a replay.
+    Quarantined {
+        /// Why (rules and fields, values masked).
+        reason: String,
+    },
+}
+
+impl RecordOutcome {
+    /// Whether the record is durably accepted.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, RecordOutcome::Accepted { .. })
+    }
+}
+
+/// How the pipeline reaches the gateway and signs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The agent's registered entity id (USCC with check digit).
+    pub entity_id: String,
+    /// The agent's signing key.
+    pub key: Sm2SigningKey,
+    /// The gateway's SM2 public key (records are sealed for it).
+    pub gateway_key: Sm2VerifyingKey,
+    /// Attempts per batch on transient gateway errors before `submit`
+    /// returns the error (at least 1).
+    pub attempts: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+struct SourceEntry {
+    spec: RwLock<Arc<MappingSpec>>,
+    tracker: Mutex<QualityTracker>,
+}
+
+/// The shared map → seal → post → record pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: GatewayClient,
+    provider: RustCryptoProvider,
+    signer: KeyHandle,
+    cfg: PipelineConfig,
+    state: StateDb,
+    sources: RwLock<HashMap<String, Arc<SourceEntry>>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("entity_id", &self.inner.cfg.entity_id)
+            .field("state", &self.inner.state.path())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    results: Vec<AnswerRecord>,
+}
+
+#[derive(Deserialize)]
+struct AnswerRecord {
+    index: usize,
+    status: String,
+    #[serde(default)]
+    receipt: Option<AnswerReceipt>,
+    #[serde(default)]
+    error: Option<AnswerError>,
+}
+
+#[derive(Deserialize)]
+struct AnswerReceipt {
+    tx_id: Uuid,
+    height: u64,
+}
+
+#[derive(Deserialize)]
+struct AnswerError {
+    code: String,
+    message: String,
+}
+
+/// A record in its stored form (kind, text) for the quarantine.
+pub fn record_to_stored(r: &Record) -> (String, String) {
+    match r {
+        Record::Row(m) => ("row".into(), serde_json::Value::Object(m.clone()).to_string()),
+        Record::Hl7(s) => ("hl7".into(), s.clone()),
+        Record::Xml(s) => ("xml".into(), s.clone()),
+        Record::Json(v) => ("json".into(), v.to_string()),
+        _ => ("unknown".into(), String::new()),
+    }
+}
+
+/// The record back from its stored form.
+pub fn record_from_stored(kind: &str, text: &str) -> Option<Record> {
+    match kind {
+        "row" => match serde_json::from_str(text).ok()? {
+            serde_json::Value::Object(m) => Some(Record::Row(m)),
+            _ => None,
+        },
+        "hl7" => Some(Record::Hl7(text.to_string())),
+        "xml" => Some(Record::Xml(text.to_string())),
+        "json" => serde_json::from_str(text).ok().map(Record::Json),
+        _ => None,
+    }
+}
+
+fn reason_of(problems: &[&Problem]) -> String {
+    let mut s = String::new();
+    for (n, p) in problems.iter().take(5).enumerate() {
+        if n > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&format!("field `{}`: rule {}: {}", p.field, p.rule, p.message));
+    }
+    if problems.len() > 5 {
+        s.push_str(&format!("; and {} more", problems.len() - 5));
+    }
+    s
+}
+
+/// A record after mapping.
+enum Mapped {
+    Events(Vec<mappings::TraceEvent>),
+    Failed {
+        reason: String,
+        problems: serde_json::Value,
+    },
+}
+
+impl Pipeline {
+    /// A pipeline posting through `client`, recording in `state`.
+    pub fn new(client: GatewayClient, cfg: PipelineConfig, state: StateDb) -> Pipeline {
+        let provider = RustCryptoProvider::new();
+        let signer = KeyHandle::new("agent");
+        provider.insert_sm2_key(signer.clone(), cfg.key.clone());
+        Pipeline {
+            inner: Arc::new(Inner {
+                client,
+                provider,
+                signer,
+                cfg,
+                state,
+                sources: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Registers (or replaces) the mapping spec of source `name`.
+    pub fn add_source(&self, name: &str, spec: MappingSpec) {
+        let tracker = QualityTracker::new(spec.dataset());
+        let entry = Arc::new(SourceEntry {
+            spec: RwLock::new(Arc::new(spec)),
+            tracker: Mutex::new(tracker),
+        });
+        if let Ok(mut s) = self.inner.sources.write() {
+            s.insert(name.to_string(), entry);
+        }
+    }
+
+    /// The state database.
+    pub fn state(&self) -> &StateDb {
+        &self.inner.state
+    }
+
+    /// The gateway client.
+    pub fn client(&self) -> &GatewayClient {
+        &self.inner.client
+    }
+
+    /// The spec of source `name`.
+    pub fn spec(&self, name: &str) -> Result<Arc<MappingSpec>, AgentError> {
+        let e = self.entry(name)?;
+        let s = e.spec.read().map_err(|_| AgentError::UnknownSource(name.into()))?;
+        Ok(s.clone())
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<SourceEntry>, AgentError> {
+        self.inner
+            .sources
+            .read()
+            .ok()
+            .and_then(|s| s.get(name).cloned())
+            .ok_or_else(|| AgentError::UnknownSource(name.into()))
+    }
+
+    /// Submits records of a push source: one outcome per record, in order.
+    /// `Err` means nothing was decided (gateway unreachable after the
+    /// configured attempts, state database failure): the peer must retry.
+    pub async fn submit(&self, source: &str, records: Vec<(String, Record)>) -> Result<Vec<RecordOutcome>, AgentError> {
+        self.submit_with_checkpoint(source, records, None).await
+    }
+
+    /// Like [`Pipeline::submit`], and stores `checkpoint` as the source's
+    /// position in the same state transaction as the batch's receipts.
+    pub async fn submit_with_checkpoint(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Vec<RecordOutcome>, AgentError> {
+        let entry = self.entry(source)?;
+        let spec = entry
+            .spec
+            .read()
+            .map_err(|_| AgentError::UnknownSource(source.into()))?
+            .clone();
+
+        // 1. Map (CPU work off the async threads).
+        let spec2 = spec.clone();
+        let (records, mapped) = tokio::task::spawn_blocking(move || {
+            let mapped: Vec<Mapped> = records
+                .iter()
+                .map(|(_, r)| {
+                    let out = spec2.map(r);
+                    let errors: Vec<&Problem> = out.problems.iter().filter(|p| p.is_error()).collect();
+                    if !errors.is_empty() {
+                        Mapped::Failed {
+                            reason: reason_of(&errors),
+                            problems: serde_json::to_value(&out.problems).unwrap_or_default(),
+                        }
+                    } else if out.events.is_empty() {
+                        Mapped::Failed {
+                            reason: "the record produced no event".into(),
+                            problems: serde_json::Value::Array(Vec::new()),
+                        }
+                    } else {
+                        Mapped::Events(out.events)
+                    }
+                })
+                .collect();
+            (records, mapped)
+        })
+        .await
+        .map_err(|e| AgentError::Crypto(format!("mapping task: {e}")))?;
+
+        // 2. Reserve each event's recorded_at (stable across resends).
+        let mut reserve = Vec::new();
+        for m in &mapped {
+            if let Mapped::Events(evs) = m {
+                for e in evs {
+                    reserve.push((e.event_id, e.record_key.clone(), e.recorded_at));
+                }
+            }
+        }
+        let reserved = self.inner.state.reserve(source, &reserve).await?;
+
+        // 3. Batch rules over new events; build messages.
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
+        let mut quarantine = Vec::new();
+        let mut messages: Vec<ExchangeMessage> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        {
+            let mut tracker = entry
+                .tracker
+                .lock()
+                .map_err(|_| AgentError::UnknownSource(source.into()))?;
+            let mut it = reserved.into_iter();
+            for (i, m) in mapped.into_iter().enumerate() {
+                match m {
+                    Mapped::Failed { reason, problems } => {
+                        let (kind, text) = record_to_stored(&records[i].1);
+                        quarantine.push(NewQuarantine {
+                            source: source.into(),
+                            record_key: records[i].0.clone(),
+                            kind,
+                            record: text,
+                            reason: reason.clone(),
+                            problems,
+                        });
+                        outcomes[i] = Some(RecordOutcome::Quarantined { reason });
+                    }
+                    Mapped::Events(evs) => {
+                        let mut batch_problems = Vec::new();
+                        let mut msgs = Vec::new();
+                        for mut e in evs {
+                            let (at, known) = it.next().unwrap_or((e.recorded_at, false));
+                            e.recorded_at = at;
+                            if !known {
+                                batch_problems.extend(tracker.observe(&e).into_iter().filter(Problem::is_error));
+                            }
+                            msgs.push(ExchangeMessage::new(e, &spec.receiver));
+                        }
+                        if batch_problems.is_empty() {
+                            for msg in msgs {
+                                messages.push(msg);
+                                owner.push(i);
+                            }
+                        } else {
+                            let refs: Vec<&Problem> = batch_problems.iter().collect();
+                            let reason = reason_of(&refs);
+                            let (kind, text) = record_to_stored(&records[i].1);
+                            quarantine.push(NewQuarantine {
+                                source: source.into(),
+                                record_key: records[i].0.clone(),
+                                kind,
+                                record: text,
+                                reason: reason.clone(),
+                                problems: serde_json::to_value(&batch_problems).unwrap_or_default(),
+                            });
+                            outcomes[i] = Some(RecordOutcome::Quarantined { reason });
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. Seal, sign, post (retrying transient failures).
+        let mut events = Vec::new();
+        let mut accepted_keys = Vec::new();
+        if !messages.is_empty() {
+            let answer = self.post(messages.clone()).await?;
+            if answer.results.len() != messages.len() {
+                return Err(AgentError::Answer(format!(
+                    "{} results for {} records",
+                    answer.results.len(),
+                    messages.len()
+                )));
+            }
+            let mut receipts: Vec<Vec<EventReceipt>> = vec![Vec::new(); records.len()];
+            for r in answer.results {
+                let Some(msg) = messages.get(r.index) else {
+                    return Err(AgentError::Answer(format!("result index {} out of range", r.index)));
+                };
+                let i = owner[r.index];
+                match (r.status.as_str(), r.receipt, r.error) {
+                    ("accepted" | "duplicate", Some(rc), _) => {
+                        events.push(EventState::Accepted {
+                            event_id: msg.event_id,
+                            tx_id: rc.tx_id,
+                            height: rc.height,
+                        });
+                        receipts[i].push(EventReceipt {
+                            event_id: msg.event_id,
+                            tx_id: rc.tx_id,
+                            height: rc.height,
+                            duplicate: r.status == "duplicate",
+                        });
+                    }
+                    (_, _, err) => {
+                        let (code, message) = err
+                            .map(|e| (e.code, e.message))
+                            .unwrap_or_else(|| ("unknown".into(), format!("status {}", r.status)));
+                        events.push(EventState::Rejected {
+                            event_id: msg.event_id,
+                            code: code.clone(),
+                        });
+                        if !matches!(outcomes[i], Some(RecordOutcome::Rejected { .. })) {
+                            let (kind, text) = record_to_stored(&records[i].1);
+                            quarantine.push(NewQuarantine {
+                                source: source.into(),
+                                record_key: records[i].0.clone(),
+                                kind,
+                                record: text,
+                                reason: format!("gateway refused: {code}: {message}"),
+                                problems: serde_json::json!([{ "code": code, "message": message }]),
+                            });
+                            outcomes[i] = Some(RecordOutcome::Rejected { code, message });
+                        }
+                    }
+                }
+            }
+            for (i, rs) in receipts.into_iter().enumerate() {
+                if outcomes[i].is_none() && !rs.is_empty() {
+                    accepted_keys.push(records[i].0.clone());
+                    outcomes[i] = Some(RecordOutcome::Accepted { receipts: rs });
+                }
+            }
+        }
+
+        // 5. One local transaction: receipts, quarantine, checkpoint.
+        self.inner
+            .state
+            .commit_batch(source, &events, &quarantine, &accepted_keys, checkpoint.as_ref())
+            .await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| RecordOutcome::Rejected {
+                    code: "no_result".into(),
+                    message: "the gateway returned no result for this record".into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn post(&self, messages: Vec<ExchangeMessage>) -> Result<Answer, AgentError> {
+        let mut backoff = Backoff::new(self.inner.cfg.retry_base, self.inner.cfg.retry_max);
+        let messages = Arc::new(messages);
+        loop {
+            let inner = self.inner.clone();
+            let msgs = messages.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                crate::seal::seal_batch(
+                    &inner.provider,
+                    &inner.signer,
+                    &inner.cfg.entity_id,
+                    &inner.cfg.gateway_key,
+                    &[],
+                    &msgs,
+                )
+                .map(|b| b.to_json().into_bytes())
+            })
+            .await
+            .map_err(|e| AgentError::Crypto(format!("sealing task: {e}")))?
+            .map_err(|e| AgentError::Crypto(e.to_string()))?;
+            match self.inner.client.send("POST", "/v1/transactions", body).await {
+                Ok(bytes) => {
+                    return serde_json::from_slice(&bytes).map_err(|e| AgentError::Answer(e.to_string()));
+                }
+                Err(e) if e.is_transient() && backoff.attempts() + 1 < self.inner.cfg.attempts.max(1) => {
+                    tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "gateway call failed; retrying");
+                    backoff.wait().await;
+                }
+                Err(e) => return Err(AgentError::Gateway(e)),
+            }
+        }
+    }
+}
