@@ -39,6 +39,18 @@ step "starting PostgreSQL, MariaDB, RabbitMQ"
 svc_env=$(scripts/services.sh start pg mariadb rabbitmq)   # a failed start stops the run here
 eval "$svc_env"
 
+# An HL7 MLLP client nobody here wrote, for adapters/tests/hl7_mllp.rs: the
+# PyPI `hl7` package's `mllp_send`, in a venv (idempotent; pip reaches PyPI).
+if [ -z "${VAXGATE_MLLP_SEND:-}" ]; then
+    if [ ! -x /tmp/vaxgate-py/bin/mllp_send ]; then
+        step "installing the PyPI hl7 package (mllp_send) in /tmp/vaxgate-py"
+        python3 -c 'import ensurepip' 2>/dev/null || need_pkg no-such-command-venv python3-venv
+        python3 -m venv /tmp/vaxgate-py
+        /tmp/vaxgate-py/bin/pip install -q hl7
+    fi
+    export VAXGATE_MLLP_SEND=/tmp/vaxgate-py/bin/mllp_send
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

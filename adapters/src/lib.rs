@@ -7,6 +7,9 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod hl7;
+pub mod intake;
+pub mod mllp;
 pub mod pipeline;
 pub mod retry;
 pub mod seal;
