@@ -174,6 +174,7 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Appends transactions; returns once they are durable in a block. The
     /// request is all-or-nothing: one bad transaction refuses them all.
+    #[tracing::instrument(name = "ledger.append", level = "info", skip_all, fields(transactions = txs.len()))]
     pub async fn append(&self, txs: Vec<Transaction>) -> Result<Vec<Receipt>, LedgerError> {
         if txs.is_empty() {
             return Ok(Vec::new());
