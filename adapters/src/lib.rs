@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod retry;
 pub mod seal;
 pub mod state;
+pub mod xml_source;
 
 pub use client::{ClientError, GatewayClient, GatewayClientConfig};
 pub use error::AgentError;
