@@ -1,0 +1,1356 @@
+//! The simulated supply chain: products, lots, codes, movements, shipments,
+//! cold-chain readings, vaccinations, AEFI reports and hospital documents.
+//! Pure and deterministic: the same [`crate::Options`] give the same world.
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Weekday};
+
+use crate::ids;
+use crate::rng::Rng;
+
+/// One organisation of the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Org {
+    /// Short alias (used for keys and aliases in the gateway).
+    pub alias: &'static str,
+    /// The code the legacy systems use (USCC, 接种单位编码 or 医疗机构代码).
+    pub code: &'static str,
+    /// The unified social credit code the gateway registers it under.
+    pub uscc: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Address (an organisation's, never a person's).
+    pub address: &'static str,
+    /// Gateway role.
+    pub role: &'static str,
+}
+
+/// Manufacturer / marketing authorisation holder.
+pub const MAH: Org = Org {
+    alias: "mah",
+    code: "91320000134567890Y",
+    uscc: "91320000134567890Y",
+    name: "江苏某生物制品有限公司",
+    address: "江苏省测试市生物医药产业园1号",
+    role: "manufacturer",
+};
+/// Cold-chain logistics firm.
+pub const CARRIER: Org = Org {
+    alias: "carrier",
+    code: "91110000100012345L",
+    uscc: "91110000100012345L",
+    name: "某冷链物流有限公司",
+    address: "江苏省测试市物流园8号",
+    role: "logistics",
+};
+/// Provincial CDC.
+pub const PROVINCE: Org = Org {
+    alias: "js-cdc",
+    code: "12320000466000456J",
+    uscc: "12320000466000456J",
+    name: "江苏省疾病预防控制中心",
+    address: "南京市江苏路172号",
+    role: "cdc",
+};
+/// City CDC.
+pub const CITY: Org = Org {
+    alias: "nj-cdc",
+    code: "12320100466001234B",
+    uscc: "12320100466001234B",
+    name: "南京市疾病预防控制中心",
+    address: "南京市紫竹林2号",
+    role: "cdc",
+};
+/// County (district) CDC.
+pub const COUNTY: Org = Org {
+    alias: "xw-cdc",
+    code: "123201024660123451",
+    uscc: "123201024660123451",
+    name: "南京市玄武区疾病预防控制中心",
+    address: "南京市玄武区太平门街55号",
+    role: "cdc",
+};
+/// The vaccination clinic running the SQLite immunization system.
+pub const CLINIC_A: Org = Org {
+    alias: "meiyuan",
+    code: "3201020001",
+    uscc: "12320102MB0001001E",
+    name: "玄武区梅园社区卫生服务中心预防接种门诊",
+    address: "南京市玄武区测试街1号",
+    role: "vaccination_unit",
+};
+/// The vaccination clinic reporting through the provincial HL7 feed.
+pub const CLINIC_B: Org = Org {
+    alias: "xinjiekou",
+    code: "3201020002",
+    uscc: "12320102MB00020024",
+    name: "玄武区新街口社区卫生服务中心预防接种门诊",
+    address: "南京市玄武区测试街2号",
+    role: "vaccination_unit",
+};
+/// The hospital whose EMR publishes a document index.
+pub const HOSPITAL: Org = Org {
+    alias: "hospital",
+    code: "320102H001",
+    uscc: "12320102MB0003003X",
+    name: "玄武区某医院",
+    address: "南京市玄武区测试街3号",
+    role: "hospital",
+};
+
+/// Every organisation that runs a legacy system.
+pub const ORGS: [Org; 8] = [MAH, CARRIER, PROVINCE, CITY, COUNTY, CLINIC_A, CLINIC_B, HOSPITAL];
+
+/// A vaccine product of the holder.
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    /// 7-digit 药品标识码 (the first 7 digits of its trace codes).
+    pub code7: &'static str,
+    /// National 4-digit vaccine code.
+    pub vaccine_code: &'static str,
+    /// CVX code used by the HL7 feed.
+    pub cvx: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Generic name.
+    pub generic: &'static str,
+    /// Strength.
+    pub strength: &'static str,
+    /// Approval number.
+    pub approval: &'static str,
+    /// Shelf life in months.
+    pub shelf_months: u32,
+    /// Lot-number letter.
+    pub letter: char,
+}
+
+/// The holder's products.
+pub const PRODUCTS: [Product; 3] = [
+    Product {
+        code7: "8612345",
+        vaccine_code: "0201",
+        cvx: "08",
+        name: "乙型肝炎疫苗(酿酒酵母)",
+        generic: "乙型肝炎疫苗",
+        strength: "0.5mL:10μg",
+        approval: "国药准字S20130001",
+        shelf_months: 36,
+        letter: 'A',
+    },
+    Product {
+        code7: "8623456",
+        vaccine_code: "0301",
+        cvx: "10",
+        name: "脊髓灰质炎灭活疫苗(Vero细胞)",
+        generic: "脊髓灰质炎灭活疫苗",
+        strength: "0.5mL/支",
+        approval: "国药准字S20170002",
+        shelf_months: 24,
+        letter: 'B',
+    },
+    Product {
+        code7: "8634567",
+        vaccine_code: "2801",
+        cvx: "141",
+        name: "流感病毒裂解疫苗",
+        generic: "流感病毒裂解疫苗",
+        strength: "0.5mL/支",
+        approval: "国药准字S20100003",
+        shelf_months: 12,
+        letter: 'C',
+    },
+];
+
+/// Units per carton (level-2 code).
+pub const CARTON: usize = 10;
+/// Cartons per shipment and bill at most (bills carry ≤ 10,000 codes).
+pub const MAX_CARTONS_PER_BILL: usize = 500;
+
+/// A production lot.
+#[derive(Debug, Clone)]
+pub struct Lot {
+    /// Index into [`PRODUCTS`].
+    pub product: usize,
+    /// Lot number (upper case).
+    pub number: String,
+    /// Production date.
+    pub produced: NaiveDate,
+    /// Expiry date (production + shelf life − 1 day).
+    pub expires: NaiveDate,
+    /// Lot release date.
+    pub released: NaiveDate,
+    /// Lot index in the code (1-based, 3 digits).
+    pub code_index: usize,
+    /// Cartons produced.
+    pub cartons: usize,
+}
+
+impl Lot {
+    /// The product of this lot.
+    pub fn product(&self) -> &'static Product {
+        &PRODUCTS[self.product]
+    }
+    /// Code of unit `serial` (1-based): 7-digit product, 3-digit lot, level
+    /// digit 0, 9-digit serial. No check digit is invented.
+    pub fn unit_code(&self, serial: usize) -> String {
+        format!("{}{:03}0{:09}", self.product().code7, self.code_index, serial)
+    }
+    /// Code of carton `serial` (1-based), level digit 1.
+    pub fn carton_code(&self, serial: usize) -> String {
+        format!("{}{:03}1{:09}", self.product().code7, self.code_index, serial)
+    }
+    /// Unit codes of carton `serial`.
+    pub fn carton_units(&self, serial: usize) -> Vec<String> {
+        (0..CARTON)
+            .map(|k| self.unit_code((serial - 1) * CARTON + k + 1))
+            .collect()
+    }
+}
+
+/// A person (recipient or patient). Plainly synthetic.
+#[derive(Debug, Clone)]
+pub struct Person {
+    /// 受种者编码 (18 digits).
+    pub code: String,
+    /// Name, `测试` + number.
+    pub name: String,
+    /// 男 / 女.
+    pub sex: &'static str,
+    /// Date of birth.
+    pub birth: NaiveDate,
+    /// Local document type (1 身份证, 2 出生证明).
+    pub id_type: &'static str,
+    /// Document number.
+    pub id_number: String,
+    /// Resident ID number when the person has one.
+    pub resident_id: Option<String>,
+    /// Phone (a non-assignable `0000-` number).
+    pub phone: Option<String>,
+    /// Address (`测试路` + number).
+    pub address: Option<String>,
+    /// Guardian name (children).
+    pub guardian: Option<String>,
+    /// Is a child.
+    pub child: bool,
+}
+
+/// A truck, vehicle box, cooler box or logger trip with its readings.
+#[derive(Debug, Clone)]
+pub struct Trip {
+    /// Logger / device id.
+    pub device: &'static str,
+    /// Local device type (LCC, LCX, JLY).
+    pub device_type: &'static str,
+    /// Where the probe is.
+    pub place: &'static str,
+    /// Vehicle plate.
+    pub plate: &'static str,
+    /// ERP cold mode.
+    pub cold_mode: &'static str,
+    /// Departure.
+    pub depart: NaiveDateTime,
+    /// Arrival.
+    pub arrive: NaiveDateTime,
+    /// Readings every 5 min: (time, tenths of °C).
+    pub readings: Vec<(NaiveDateTime, i64)>,
+    /// Local alarm state (ZC, CW, GZ ...).
+    pub alarm: &'static str,
+    /// Ambient temperature at departure / arrival, tenths.
+    pub ambient: (i64, i64),
+    /// Distance in tenths of km.
+    pub distance: i64,
+}
+
+/// One waybill (one lot, some cartons) on a trip.
+#[derive(Debug, Clone)]
+pub struct Shipment {
+    /// Waybill number.
+    pub waybill: String,
+    /// Sender's outbound bill / dispatch note.
+    pub dispatch: String,
+    /// Trip index.
+    pub trip: usize,
+    /// From.
+    pub from: Org,
+    /// To.
+    pub to: Org,
+    /// Lot index.
+    pub lot: usize,
+    /// Carton serials.
+    pub cartons: Vec<usize>,
+    /// Purpose text.
+    pub purpose: &'static str,
+}
+
+/// One bill line in a CDC stock system.
+#[derive(Debug, Clone)]
+pub struct Bill {
+    /// Which CDC system holds it (0 province, 1 city, 2 county).
+    pub system: usize,
+    /// Bill number.
+    pub code: String,
+    /// Bill type (码上放心 code).
+    pub bill_type: &'static str,
+    /// Time.
+    pub time: NaiveDateTime,
+    /// From.
+    pub from: Option<Org>,
+    /// To.
+    pub to: Option<Org>,
+    /// Upstream dispatch note.
+    pub from_bill: Option<String>,
+    /// Lot index.
+    pub lot: usize,
+    /// Unit codes (empty = not scanned, a dirty row).
+    pub codes: Vec<String>,
+    /// Quantity.
+    pub quantity: usize,
+    /// Receipt check (inbound).
+    pub verified: Option<bool>,
+    /// Extra columns: return reason, recall, loss.
+    pub extra: BillExtra,
+}
+
+/// Bill-type-specific columns.
+#[derive(Debug, Clone, Default)]
+pub struct BillExtra {
+    /// THYY.
+    pub return_reason: Option<&'static str>,
+    /// ZHJB, ZHYY, ZHTZBH.
+    pub recall: Option<(&'static str, &'static str, String)>,
+    /// BSYY, XHFS.
+    pub loss: Option<(&'static str, &'static str)>,
+}
+
+/// A vaccination.
+#[derive(Debug, Clone)]
+pub struct Vaccination {
+    /// Record id (JZJL_ID / ORC-3).
+    pub id: String,
+    /// 0 = clinic A (SQLite IMS), 1 = clinic B (HL7 feed).
+    pub clinic: usize,
+    /// Time.
+    pub time: NaiveDateTime,
+    /// Recipient index.
+    pub person: usize,
+    /// Lot index.
+    pub lot: usize,
+    /// Trace code of the dose.
+    pub code: String,
+    /// Dose number.
+    pub dose: u32,
+    /// Site (SX0504_n index 1..4).
+    pub site: u32,
+    /// Clinician number.
+    pub clinician: u32,
+    /// Deliberate defect (a dirty row): the rule it must fail.
+    pub dirty: Option<&'static str>,
+}
+
+/// An AEFI report.
+#[derive(Debug, Clone)]
+pub struct Aefi {
+    /// Report number.
+    pub id: String,
+    /// Vaccination index.
+    pub vaccination: usize,
+    /// Onset.
+    pub onset: NaiveDateTime,
+    /// Report time.
+    pub reported: NaiveDateTime,
+    /// Symptoms.
+    pub symptoms: &'static str,
+    /// 一般 / 严重.
+    pub severity: &'static str,
+    /// Classification 1-5, 9.
+    pub class: &'static str,
+    /// Deliberate defect.
+    pub dirty: Option<&'static str>,
+}
+
+/// A storage or transport reading summary (LL_WDHZ row).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Device.
+    pub device: &'static str,
+    /// Device type (LK, BX, LCC, LCX, JLY).
+    pub device_type: &'static str,
+    /// Place.
+    pub place: &'static str,
+    /// Owning unit code.
+    pub owner: &'static str,
+    /// Period start / end.
+    pub start: NaiveDateTime,
+    /// End.
+    pub end: NaiveDateTime,
+    /// Reading count.
+    pub count: i64,
+    /// Min, max, mean in tenths.
+    pub min: i64,
+    /// Max.
+    pub max: i64,
+    /// Mean.
+    pub mean: i64,
+    /// Humidity (tenths of %), NULL sometimes.
+    pub humidity: Option<i64>,
+    /// Whether WDXX/WDSX are filled.
+    pub range_given: bool,
+    /// Alarm state.
+    pub alarm: &'static str,
+    /// Interval in minutes.
+    pub interval: i64,
+    /// Deliberate defect.
+    pub dirty: Option<&'static str>,
+}
+
+/// An EMR document index row.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// Document id.
+    pub id: String,
+    /// Patient index into `patients`.
+    pub patient: usize,
+    /// Local patient id.
+    pub patient_local: String,
+    /// Encounter id.
+    pub encounter: String,
+    /// Local type code.
+    pub doc_type: &'static str,
+    /// Time.
+    pub time: NaiveDateTime,
+    /// Relative storage path.
+    pub path: String,
+    /// Document text (stays at the hospital).
+    pub content: String,
+    /// Deliberate defect.
+    pub dirty: Option<&'static str>,
+}
+
+/// The whole simulated world.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// Lots.
+    pub lots: Vec<Lot>,
+    /// Recipients.
+    pub people: Vec<Person>,
+    /// Hospital patients (index into `people` or own).
+    pub patients: Vec<Person>,
+    /// Trips.
+    pub trips: Vec<Trip>,
+    /// Shipments.
+    pub shipments: Vec<Shipment>,
+    /// Bills of the three CDC systems.
+    pub bills: Vec<Bill>,
+    /// Vaccinations in time order.
+    pub vaccinations: Vec<Vaccination>,
+    /// AEFI reports.
+    pub aefi: Vec<Aefi>,
+    /// Cold-chain summaries.
+    pub summaries: Vec<Summary>,
+    /// EMR documents.
+    pub documents: Vec<Document>,
+    /// Clinic stock: (clinic, lot, unit code, received, state).
+    pub clinic_stock: Vec<(usize, usize, String, NaiveDateTime, &'static str)>,
+    /// Recalled lot.
+    pub recalled_lot: usize,
+    /// Recall notice number and time.
+    pub recall: (String, NaiveDateTime),
+    /// Index of the shipment refused at receipt.
+    pub refused_shipment: usize,
+}
+
+fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, day).unwrap_or_default()
+}
+
+fn at(day: NaiveDate, h: u32, m: u32) -> NaiveDateTime {
+    day.and_hms_opt(h, m, 0).unwrap_or_default()
+}
+
+/// First vaccination day.
+pub fn first_day() -> NaiveDate {
+    d(2025, 2, 10)
+}
+/// Last vaccination day.
+pub fn last_day() -> NaiveDate {
+    d(2025, 5, 30)
+}
+/// The recall of the second flu lot.
+pub fn recall_time() -> NaiveDateTime {
+    at(d(2025, 4, 15), 10, 0)
+}
+
+/// The lot a dose of `product` given on `day` comes from.
+fn lot_for(product: usize, day: NaiveDate) -> usize {
+    let second = match product {
+        2 => day >= d(2025, 3, 17) && day < recall_time().date(),
+        _ => day >= d(2025, 4, 1),
+    };
+    product * 2 + usize::from(second)
+}
+
+struct Plan {
+    day: NaiveDate,
+    minute: u32,
+    clinic: usize,
+    product: usize,
+    lot: usize,
+}
+
+/// Simulates the world for `doses` vaccinations from `seed`.
+pub fn simulate(seed: u64, doses: usize) -> World {
+    let root = Rng::new(seed);
+    let mut rng = root.fork("plan");
+    let doses = doses.max(20);
+
+    // Lots: two per product.
+    let mut lots: Vec<Lot> = (0..6)
+        .map(|li| {
+            let p = &PRODUCTS[li / 2];
+            let produced = d(2024, 8, 5) + Duration::days(10 * li as i64);
+            let expires = produced
+                .checked_add_months(chrono::Months::new(p.shelf_months))
+                .unwrap_or(produced)
+                - Duration::days(1);
+            Lot {
+                product: li / 2,
+                number: format!("2024{:02}{}{:02}", produced.month(), p.letter, li % 2 + 1),
+                produced,
+                expires,
+                released: produced + Duration::days(45),
+                code_index: li + 1,
+                cartons: 0,
+            }
+        })
+        .collect();
+
+    // Vaccination plan spread over the working days.
+    let mut days = Vec::new();
+    let mut day = first_day();
+    while day <= last_day() {
+        if !matches!(day.weekday(), Weekday::Sat | Weekday::Sun) {
+            days.push(day);
+        }
+        day += Duration::days(1);
+    }
+    let mut plans: Vec<Plan> = (0..doses)
+        .map(|i| {
+            let day = days[i * days.len() / doses];
+            let minute = rng.range(9 * 60 + 30, 16 * 60 + 30) as u32;
+            let clinic = usize::from(!rng.chance(800));
+            let r = rng.below(100);
+            let product = if r < 40 {
+                0
+            } else if r < 75 {
+                1
+            } else {
+                2
+            };
+            Plan {
+                day,
+                minute,
+                clinic,
+                product,
+                lot: lot_for(product, day),
+            }
+        })
+        .collect();
+    plans.sort_by_key(|p| (p.day, p.minute));
+
+    // Deliveries to the clinics: on the Friday before each week, whole
+    // cartons for that week's doses beyond what is left.
+    let monday = |d: NaiveDate| d - Duration::days(i64::from(d.weekday().num_days_from_monday()));
+    let mut deliveries: Vec<(NaiveDate, usize, usize, usize)> = Vec::new(); // (friday, clinic, lot, cartons)
+    for clinic in 0..2 {
+        for (li, _) in lots.iter().enumerate() {
+            let mut left = 0usize;
+            let mut week_counts: Vec<(NaiveDate, usize)> = Vec::new();
+            for p in plans.iter().filter(|p| p.clinic == clinic && p.lot == li) {
+                let w = monday(p.day);
+                match week_counts.last_mut() {
+                    Some((lw, n)) if *lw == w => *n += 1,
+                    _ => week_counts.push((w, 1)),
+                }
+            }
+            for (w, need) in week_counts {
+                if need > left {
+                    let cartons = (need - left).div_ceil(CARTON);
+                    deliveries.push((w - Duration::days(3), clinic, li, cartons));
+                    left += cartons * CARTON;
+                }
+                left -= need;
+            }
+        }
+    }
+    deliveries.sort();
+
+    // Carton serials: clinic-bound first (in delivery order), then the
+    // buffers left at county, city and province, then the refused cartons.
+    let mut next_carton = vec![1usize; lots.len()];
+    let mut take = |li: usize, n: usize| -> Vec<usize> {
+        let s = next_carton[li];
+        next_carton[li] += n;
+        (s..s + n).collect()
+    };
+    let delivered: Vec<Vec<usize>> = deliveries.iter().map(|&(_, _, li, n)| take(li, n)).collect();
+    let buffers: Vec<[Vec<usize>; 3]> = (0..lots.len())
+        .map(|li| [take(li, 2), take(li, 2), take(li, 2)])
+        .collect(); // county, city, province
+    let refused_cartons = take(0, 3);
+    for (li, lot) in lots.iter_mut().enumerate() {
+        lot.cartons = next_carton[li] - 1;
+    }
+
+    let mut w = World {
+        lots,
+        people: Vec::new(),
+        patients: Vec::new(),
+        trips: Vec::new(),
+        shipments: Vec::new(),
+        bills: Vec::new(),
+        vaccinations: Vec::new(),
+        aefi: Vec::new(),
+        summaries: Vec::new(),
+        documents: Vec::new(),
+        clinic_stock: Vec::new(),
+        recalled_lot: 5,
+        recall: ("ZH-2025-017".to_string(), recall_time()),
+        refused_shipment: 0,
+    };
+    let mut trng = root.fork("transport");
+    let mut counters: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut number = |prefix: &str, day: NaiveDate| -> String {
+        let key = format!("{prefix}{}", day.format("%Y%m%d"));
+        let n = counters.entry(key.clone()).or_insert(0);
+        *n += 1;
+        format!("{key}{:03}", n)
+    };
+
+    // Chain shipments: holder → province → city → county, per lot, in
+    // chunks of at most MAX_CARTONS_PER_BILL cartons.
+    let sys_prefix = ["JS", "NJ", "XW"];
+    let legs: [(Org, Org, i64, u32, i64, usize); 3] = [
+        (MAH, PROVINCE, 0, 8 * 60, 150, 0),
+        (PROVINCE, CITY, 7, 9 * 60, 60, 0),
+        (CITY, COUNTY, 14, 9 * 60, 40, 2),
+    ];
+    #[allow(clippy::needless_range_loop)] // li indexes lots, buffers and codes alike
+    for li in 0..w.lots.len() {
+        let clinic_bound: Vec<usize> = deliveries
+            .iter()
+            .zip(&delivered)
+            .filter(|((_, _, l, _), _)| *l == li)
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        let county: Vec<usize> = clinic_bound.iter().chain(&buffers[li][0]).copied().collect();
+        let city: Vec<usize> = county.iter().chain(&buffers[li][1]).copied().collect();
+        let province: Vec<usize> = city
+            .iter()
+            .chain(&buffers[li][2])
+            .chain(if li == 0 { &refused_cartons[..] } else { &[] })
+            .copied()
+            .collect();
+        let s0 = d(2025, 1, 13) + Duration::days(li as i64);
+        for (leg, cartons) in legs.iter().zip([&province, &city, &county]) {
+            let (from, to, offset, start_min, minutes, vehicle) = *leg;
+            let depart = at(s0 + Duration::days(offset), start_min / 60, start_min % 60);
+            let trip = new_trip(&mut trng, vehicle, depart, minutes, false);
+            w.trips.push(trip);
+            let ti = w.trips.len() - 1;
+            for chunk in cartons.chunks(MAX_CARTONS_PER_BILL) {
+                ship_with_bills(
+                    &mut w,
+                    &mut number,
+                    &sys_prefix,
+                    ti,
+                    from,
+                    to,
+                    li,
+                    chunk.to_vec(),
+                    "调拨配送",
+                );
+            }
+        }
+    }
+    // The refused shipment: province → city, temperature excursion.
+    {
+        let depart = at(d(2025, 1, 22), 9, 0);
+        let trip = new_trip(&mut trng, 1, depart, 70, true);
+        w.trips.push(trip);
+        let ti = w.trips.len() - 1;
+        let arrive = w.trips[ti].arrive;
+        let dispatch = number("CKJS", depart.date());
+        let units: Vec<String> = refused_cartons
+            .iter()
+            .flat_map(|&c| w.lots[0].carton_units(c))
+            .collect();
+        w.shipments.push(Shipment {
+            waybill: number("YD", depart.date()),
+            dispatch: dispatch.clone(),
+            trip: ti,
+            from: PROVINCE,
+            to: CITY,
+            lot: 0,
+            cartons: refused_cartons.clone(),
+            purpose: "调拨配送",
+        });
+        w.refused_shipment = w.shipments.len() - 1;
+        let mk = |system, code: String, bill_type, time, from, to, from_bill: Option<String>, verified, extra| Bill {
+            system,
+            code,
+            bill_type,
+            time,
+            from: Some(from),
+            to,
+            from_bill,
+            lot: 0,
+            codes: units.clone(),
+            quantity: units.len(),
+            verified,
+            extra,
+        };
+        w.bills.push(mk(
+            0,
+            dispatch.clone(),
+            "203",
+            depart - Duration::minutes(30),
+            PROVINCE,
+            Some(CITY),
+            None,
+            None,
+            BillExtra::default(),
+        ));
+        w.bills.push(mk(
+            1,
+            number("RKNJ", arrive.date()),
+            "104",
+            arrive + Duration::minutes(20),
+            PROVINCE,
+            Some(CITY),
+            Some(dispatch.clone()),
+            Some(false),
+            BillExtra::default(),
+        ));
+        let back = number("THNJ", arrive.date());
+        w.bills.push(mk(
+            1,
+            back.clone(),
+            "202",
+            arrive + Duration::minutes(90),
+            CITY,
+            Some(PROVINCE),
+            Some(dispatch),
+            None,
+            BillExtra {
+                return_reason: Some("WD"),
+                ..Default::default()
+            },
+        ));
+        w.bills.push(mk(
+            0,
+            number("THJS", arrive.date() + Duration::days(1)),
+            "103",
+            at(arrive.date() + Duration::days(1), 9, 0),
+            CITY,
+            Some(PROVINCE),
+            Some(back),
+            None,
+            BillExtra {
+                return_reason: Some("WD"),
+                ..Default::default()
+            },
+        ));
+        w.bills.push(mk(
+            0,
+            number("XHJS", arrive.date() + Duration::days(7)),
+            "205",
+            at(arrive.date() + Duration::days(7), 15, 0),
+            PROVINCE,
+            None,
+            None,
+            None,
+            BillExtra {
+                loss: Some(("WD", "高压灭菌后医疗废物处置")),
+                ..Default::default()
+            },
+        ));
+    }
+
+    // County → clinics: one cooler-box trip per clinic and Friday.
+    let mut stock: Vec<Vec<std::collections::VecDeque<String>>> = vec![vec![Default::default(); w.lots.len()]; 2];
+    let mut trip_of: std::collections::BTreeMap<(NaiveDate, usize), usize> = Default::default();
+    for (&(friday, clinic, li, _), cartons) in deliveries.iter().zip(&delivered) {
+        let ti = *trip_of.entry((friday, clinic)).or_insert_with(|| {
+            let depart = at(friday, 14, 0) + Duration::minutes(90 * clinic as i64);
+            let mins = trng.range(25, 40);
+            let t = new_trip(&mut trng, 3 + clinic, depart, mins, false);
+            w.trips.push(t);
+            w.trips.len() - 1
+        });
+        let to = if clinic == 0 { CLINIC_A } else { CLINIC_B };
+        ship_with_bills(
+            &mut w,
+            &mut number,
+            &sys_prefix,
+            ti,
+            COUNTY,
+            to,
+            li,
+            cartons.clone(),
+            "接种单位配送",
+        );
+        let arrive = w.trips[ti].arrive;
+        for &c in cartons {
+            for u in w.lots[li].carton_units(c) {
+                stock[clinic][li].push_back(u.clone());
+                w.clinic_stock.push((clinic, li, u, arrive, "在库"));
+            }
+        }
+    }
+
+    // People and vaccinations.
+    let mut prng = root.fork("people");
+    let n_children = (doses * 3 / 10).max(4);
+    let n_adults = (doses / 5).max(4);
+    let mut born: std::collections::BTreeMap<NaiveDate, u32> = Default::default();
+    for i in 0..n_children + n_adults {
+        let child = i < n_children;
+        let birth = if child {
+            d(2024, 1, 1) + Duration::days(prng.range(0, 364))
+        } else {
+            d(1950, 1, 1) + Duration::days(prng.range(0, 365 * 50))
+        };
+        let sex = if prng.chance(500) { "男" } else { "女" };
+        // GB 11643: the 17th digit is odd for men, even for women.
+        let k = born.entry(birth).or_insert(0);
+        *k += 1;
+        let seq = (*k % 500) * 2 + u32::from(sex == "男");
+        let resident = ids::resident_id("329999", birth, seq);
+        let birth_cert = child && prng.chance(600);
+        // 受种者编码: the registering 接种点编码, birth year, serial.
+        let code = format!("32010200{:02}{}{:04}", 1 + i / 10_000, birth.year(), i % 10_000);
+        w.people.push(Person {
+            code,
+            name: format!("测试{:05}", i + 1),
+            sex,
+            birth,
+            id_type: if birth_cert { "2" } else { "1" },
+            id_number: if birth_cert {
+                format!("Q3299{:05}", i % 100_000)
+            } else {
+                resident.clone()
+            },
+            resident_id: (!birth_cert).then_some(resident),
+            phone: (!prng.chance(100)).then(|| format!("0000-{:07}", prng.below(10_000_000))),
+            address: (!prng.chance(50)).then(|| format!("测试市测试区测试路{}号", prng.range(1, 999))),
+            guardian: child.then(|| format!("测试监护人{:05}", i + 1)),
+            child,
+        });
+    }
+    let mut doses_of: std::collections::BTreeMap<(usize, usize), u32> = Default::default();
+    let mut per_day: std::collections::BTreeMap<(usize, NaiveDate), u32> = Default::default();
+    let mut vrng = root.fork("vaccinations");
+    for p in &plans {
+        let pool = if p.product == 2 {
+            n_children..n_children + n_adults
+        } else {
+            0..n_children
+        };
+        let mut person = pool.start + vrng.below(pool.len() as u64) as usize;
+        // at most 3 doses of a product per person (1 of flu)
+        let cap = if p.product == 2 { 1 } else { 3 };
+        let mut tries = 0;
+        while doses_of.get(&(person, p.product)).copied().unwrap_or(0) >= cap && tries < pool.len() {
+            person = if person + 1 >= pool.end { pool.start } else { person + 1 };
+            tries += 1;
+        }
+        let dose = doses_of.entry((person, p.product)).or_insert(0);
+        *dose += 1;
+        let dose = (*dose).min(10);
+        let Some(code) = stock[p.clinic][p.lot].pop_front() else {
+            continue; // cannot happen: deliveries cover every planned dose
+        };
+        let n = per_day.entry((p.clinic, p.day)).or_insert(0);
+        *n += 1;
+        let clinic_code = if p.clinic == 0 { CLINIC_A.code } else { CLINIC_B.code };
+        w.vaccinations.push(Vaccination {
+            id: format!("JZ{}{}{:04}", &clinic_code[6..], p.day.format("%Y%m%d"), n),
+            clinic: p.clinic,
+            time: at(p.day, p.minute / 60, p.minute % 60) + Duration::seconds(vrng.range(0, 59)),
+            person,
+            lot: p.lot,
+            code,
+            dose,
+            site: vrng.range(1, 4) as u32,
+            clinician: vrng.range(1, 4) as u32,
+            dirty: None,
+        });
+    }
+    // Stock states: used and recalled units.
+    let used: std::collections::BTreeSet<&str> = w.vaccinations.iter().map(|v| v.code.as_str()).collect();
+    let recalled = w.recalled_lot;
+    let mut returned = Vec::new();
+    for s in &mut w.clinic_stock {
+        if used.contains(s.2.as_str()) {
+            s.4 = "已接种";
+        } else if s.1 == recalled {
+            s.4 = "召回退回";
+            returned.push(s.2.clone());
+        }
+    }
+    // Recall bills: whatever each CDC still holds of the lot, plus what the
+    // clinics send back through the county.
+    let (notice, rt) = w.recall.clone();
+    let reason = "持有人主动召回: 效价检测偏低";
+    for (system, held) in [
+        (0usize, &buffers[recalled][2]),
+        (1, &buffers[recalled][1]),
+        (2, &buffers[recalled][0]),
+    ] {
+        let mut codes: Vec<String> = held.iter().flat_map(|&c| w.lots[recalled].carton_units(c)).collect();
+        if system == 2 {
+            codes.extend(returned.iter().cloned());
+        }
+        let org = [PROVINCE, CITY, COUNTY][system];
+        let t = rt + Duration::hours(2 + 2 * system as i64);
+        w.bills.push(Bill {
+            system,
+            code: number(&format!("ZH{}", sys_prefix[system]), t.date()),
+            bill_type: "211",
+            time: t,
+            from: Some(org),
+            to: Some(MAH),
+            from_bill: None,
+            lot: recalled,
+            quantity: codes.len(),
+            codes,
+            verified: None,
+            extra: BillExtra {
+                recall: Some(("2", reason, notice.clone())),
+                ..Default::default()
+            },
+        });
+    }
+    // A county write-off whose code was never scanned (dirty: no trace code).
+    w.bills.push(Bill {
+        system: 2,
+        code: number("XHXW", d(2025, 3, 20)),
+        bill_type: "205",
+        time: at(d(2025, 3, 20), 16, 0),
+        from: Some(COUNTY),
+        to: None,
+        from_bill: None,
+        lot: 0,
+        codes: Vec::new(),
+        quantity: 1,
+        verified: None,
+        extra: BillExtra {
+            loss: Some(("PS", "高压灭菌后医疗废物处置")),
+            ..Default::default()
+        },
+    });
+
+    // Dirty vaccination rows: a bad ID check digit, a missing trace code
+    // (clinic A), a bad ID check digit in the HL7 feed (clinic B).
+    let pick_dirty = |w: &World, clinic: usize, nth: usize, need_resident: bool| -> Option<usize> {
+        w.vaccinations
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.clinic == clinic && v.dirty.is_none())
+            .filter(|(_, v)| !need_resident || w.people[v.person].resident_id.is_some())
+            .map(|(i, _)| i)
+            .nth(nth)
+    };
+    if let Some(i) = pick_dirty(&w, 0, 7, true) {
+        w.vaccinations[i].dirty = Some("id_number_check");
+    }
+    if let Some(i) = pick_dirty(&w, 0, 13, false) {
+        w.vaccinations[i].dirty = Some("trace_code_missing");
+    }
+    if let Some(i) = pick_dirty(&w, 1, 5, true) {
+        w.vaccinations[i].dirty = Some("id_number_check");
+    }
+
+    // AEFI reports for about 1 % of clinic A's doses.
+    let mut arng = root.fork("aefi");
+    const SYMPTOMS: [&str; 5] = [
+        "接种部位红肿(直径2.5cm)",
+        "发热37.8℃",
+        "接种部位硬结",
+        "皮疹",
+        "发热38.6℃, 哭闹",
+    ];
+    let mut per_month: std::collections::BTreeMap<String, u32> = Default::default();
+    for (vi, v) in w.vaccinations.iter().enumerate() {
+        if v.clinic != 0 || v.dirty.is_some() || !arng.chance(10) {
+            continue;
+        }
+        let onset = v.time + Duration::minutes(arng.range(30, 36 * 60));
+        let reported = at(onset.date() + Duration::days(1), 9, 0) + Duration::minutes(arng.range(0, 240));
+        let month = reported.format("%Y%m").to_string();
+        let n = per_month.entry(month.clone()).or_insert(0);
+        *n += 1;
+        let severe = arng.chance(60);
+        w.aefi.push(Aefi {
+            id: format!("AEFI{}{}{:03}", CLINIC_A.code, month, n),
+            vaccination: vi,
+            onset,
+            reported,
+            symptoms: SYMPTOMS[arng.below(SYMPTOMS.len() as u64) as usize],
+            severity: if severe { "严重" } else { "一般" },
+            class: ["1", "1", "1", "4", "5", "9"][arng.below(6) as usize],
+            dirty: None,
+        });
+    }
+    if let Some(a) = w.aefi.get_mut(1) {
+        a.dirty = Some("onset_before_vaccination");
+    }
+
+    storage_summaries(&mut w, &mut root.fork("storage"));
+    hospital(&mut w, &mut root.fork("hospital"));
+    w
+}
+
+/// Vehicles: (device, type, place, plate, cold mode).
+const VEHICLES: [(&str, &str, &str, &str, &str); 5] = [
+    (
+        "LCC-SU-A1234",
+        "LCC",
+        "冷藏车 苏A·L1234 车厢前部探头",
+        "苏A·L1234",
+        "REEFER_TRUCK",
+    ),
+    (
+        "LCC-SU-A5678",
+        "LCC",
+        "冷藏车 苏A·L5678 车厢前部探头",
+        "苏A·L5678",
+        "REEFER_TRUCK",
+    ),
+    ("LCX-NJ-0001", "LCX", "车载冷藏箱 苏A·C3456", "苏A·C3456", "VEHICLE_BOX"),
+    (
+        "JLY-XW-0001",
+        "JLY",
+        "冷藏箱 记录仪1号 (梅园线)",
+        "苏A·D1001",
+        "COOLER_BOX",
+    ),
+    (
+        "JLY-XW-0002",
+        "JLY",
+        "冷藏箱 记录仪2号 (新街口线)",
+        "苏A·D1002",
+        "COOLER_BOX",
+    ),
+];
+
+fn new_trip(rng: &mut Rng, vehicle: usize, depart: NaiveDateTime, minutes: i64, excursion: bool) -> Trip {
+    let (device, device_type, place, plate, cold_mode) = VEHICLES[vehicle];
+    let arrive = depart + Duration::minutes(minutes);
+    let mut readings = Vec::new();
+    let mut t = depart;
+    let mut v = rng.range(38, 52);
+    let mut k = 0;
+    while t <= arrive {
+        v = (v + rng.range(-3, 3)).clamp(30, 65);
+        let mut x = v;
+        if excursion && k >= 4 {
+            // the reefer unit fails: the load warms past 8 °C
+            x = (v + (k as i64 - 3) * 9).min(118);
+        }
+        readings.push((t, x));
+        t += Duration::minutes(5);
+        k += 1;
+    }
+    Trip {
+        device,
+        device_type,
+        place,
+        plate,
+        cold_mode,
+        depart,
+        arrive,
+        readings,
+        alarm: if excursion { "CW" } else { "ZC" },
+        ambient: (rng.range(20, 150), rng.range(20, 180)),
+        distance: minutes * rng.range(4, 9),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ship_with_bills(
+    w: &mut World,
+    number: &mut impl FnMut(&str, NaiveDate) -> String,
+    sys_prefix: &[&str; 3],
+    trip: usize,
+    from: Org,
+    to: Org,
+    lot: usize,
+    cartons: Vec<usize>,
+    purpose: &'static str,
+) {
+    let (depart, arrive) = (w.trips[trip].depart, w.trips[trip].arrive);
+    let system_of = |o: &Org| {
+        [PROVINCE.code, CITY.code, COUNTY.code]
+            .iter()
+            .position(|c| *c == o.code)
+    };
+    let units: Vec<String> = cartons.iter().flat_map(|&c| w.lots[lot].carton_units(c)).collect();
+    let dispatch = match system_of(&from) {
+        Some(s) => number(&format!("CK{}", sys_prefix[s]), depart.date()),
+        None => number("XS", depart.date()),
+    };
+    if let Some(s) = system_of(&from) {
+        w.bills.push(Bill {
+            system: s,
+            code: dispatch.clone(),
+            bill_type: "203",
+            time: depart - Duration::minutes(30),
+            from: Some(from),
+            to: Some(to),
+            from_bill: None,
+            lot,
+            codes: units.clone(),
+            quantity: units.len(),
+            verified: None,
+            extra: BillExtra::default(),
+        });
+    }
+    if let Some(s) = system_of(&to) {
+        w.bills.push(Bill {
+            system: s,
+            code: number(&format!("RK{}", sys_prefix[s]), arrive.date()),
+            bill_type: if from.code == MAH.code { "102" } else { "104" },
+            time: arrive + Duration::minutes(20),
+            from: Some(from),
+            to: Some(to),
+            from_bill: Some(dispatch.clone()),
+            lot,
+            quantity: units.len(),
+            codes: units,
+            verified: Some(true),
+            extra: BillExtra::default(),
+        });
+    }
+    w.shipments.push(Shipment {
+        waybill: number("YD", depart.date()),
+        dispatch,
+        trip,
+        from,
+        to,
+        lot,
+        cartons,
+        purpose,
+    });
+}
+
+/// Storage devices: (device, type, place, owner).
+const STORES: [(&str, &str, &str, &str); 7] = [
+    ("LK-MAH-0001", "LK", "持有人成品冷库1号", MAH.code),
+    ("LK-JS-0001", "LK", "江苏省疾控中心 疫苗冷库1号", PROVINCE.code),
+    ("LK-NJ-0003", "LK", "南京市疾控中心 疫苗冷库3号", CITY.code),
+    ("BX-XWCDC-01", "BX", "玄武区疾控中心 疫苗冰箱1号", COUNTY.code),
+    ("BX-XW-0001", "BX", "梅园接种门诊 冷藏冰箱1号", CLINIC_A.code),
+    ("BX-XW-0002", "BX", "梅园接种门诊 冷藏冰箱2号", CLINIC_A.code),
+    ("BX-XJK-0001", "BX", "新街口接种门诊 冷藏冰箱1号", CLINIC_B.code),
+];
+
+fn storage_summaries(w: &mut World, rng: &mut Rng) {
+    // Transport: one set per trip, readings every 5 minutes.
+    for t in &w.trips {
+        let vals: Vec<i64> = t.readings.iter().map(|r| r.1).collect();
+        w.summaries.push(Summary {
+            device: t.device,
+            device_type: t.device_type,
+            place: t.place,
+            owner: CARRIER.code,
+            start: t.depart,
+            end: t.arrive,
+            count: vals.len() as i64,
+            min: vals.iter().copied().min().unwrap_or(0),
+            max: vals.iter().copied().max().unwrap_or(0),
+            mean: mean(&vals),
+            humidity: None,
+            range_given: false,
+            alarm: t.alarm,
+            interval: 5,
+            dirty: None,
+        });
+    }
+    // Storage: daily sets of 30-minute readings, with a few power cuts
+    // (gaps), one fridge excursion and one low-temperature alarm.
+    let (mut day, end) = (d(2025, 1, 6), d(2025, 5, 31));
+    let special_excursion = (5usize, d(2025, 3, 5));
+    let special_low = (2usize, d(2025, 2, 20));
+    let gaps: Vec<(usize, NaiveDate)> = (0..3)
+        .map(|_| {
+            (
+                rng.below(STORES.len() as u64) as usize,
+                d(2025, 1, 20) + Duration::days(rng.range(0, 100)),
+            )
+        })
+        .collect();
+    while day <= end {
+        for (si, (device, device_type, place, owner)) in STORES.iter().enumerate() {
+            let gap = gaps.contains(&(si, day));
+            let n = if gap { rng.range(28, 40) } else { 48 };
+            let mut v = rng.range(40, 52);
+            let mut vals = Vec::with_capacity(48);
+            for k in 0..n {
+                v = (v + rng.range(-2, 2)).clamp(30, 65);
+                let mut x = v;
+                if (si, day) == special_excursion && (20..23).contains(&k) {
+                    x = 80 + (k - 19) * 5; // door left open
+                }
+                if (si, day) == special_low && (10..12).contains(&k) {
+                    x = 15;
+                }
+                vals.push(x);
+            }
+            let alarm = if (si, day) == special_excursion {
+                "CW"
+            } else if (si, day) == special_low {
+                "DW"
+            } else if gap {
+                "DD"
+            } else {
+                "ZC"
+            };
+            w.summaries.push(Summary {
+                device,
+                device_type,
+                place,
+                owner,
+                start: at(day, 0, 0),
+                end: at(day + Duration::days(1), 0, 0),
+                count: n,
+                min: vals.iter().copied().min().unwrap_or(0),
+                max: vals.iter().copied().max().unwrap_or(0),
+                mean: mean(&vals),
+                humidity: (!rng.chance(200)).then(|| rng.range(350, 650)),
+                range_given: !rng.chance(100),
+                alarm,
+                interval: 30,
+                dirty: None,
+            });
+        }
+        day += Duration::days(1);
+    }
+    // A logger whose clock was reset: the period ends before it starts.
+    let t = at(d(2025, 3, 12), 10, 0);
+    w.summaries.push(Summary {
+        device: "JLY-XW-0002",
+        device_type: "JLY",
+        place: VEHICLES[4].2,
+        owner: CARRIER.code,
+        start: t,
+        end: t - Duration::hours(3),
+        count: 7,
+        min: 41,
+        max: 47,
+        mean: 44,
+        humidity: None,
+        range_given: false,
+        alarm: "GZ",
+        interval: 5,
+        dirty: Some("period_order"),
+    });
+    w.summaries.sort_by_key(|s| (s.end, s.device));
+}
+
+fn mean(v: &[i64]) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let s: i64 = v.iter().sum();
+    let n = v.len() as i64;
+    (2 * s + n) / (2 * n)
+}
+
+fn hospital(w: &mut World, rng: &mut Rng) {
+    // Patients: children with serious AEFI come to the hospital, plus adults.
+    let mut patients: Vec<(Person, Option<NaiveDateTime>)> = Vec::new();
+    for a in &w.aefi {
+        if a.severity == "严重" || rng.chance(300) {
+            let v = &w.vaccinations[a.vaccination];
+            patients.push((w.people[v.person].clone(), Some(a.onset + Duration::hours(2))));
+        }
+    }
+    let extra = (w.vaccinations.len() / 20).max(3);
+    for i in 0..extra {
+        let birth = d(1940, 1, 1) + Duration::days(rng.range(0, 365 * 60));
+        let sex = if rng.chance(500) { "男" } else { "女" };
+        let id = ids::resident_id("329998", birth, (i % 999) as u32);
+        patients.push((
+            Person {
+                code: String::new(),
+                name: format!("测试患者{:05}", i + 1),
+                sex,
+                birth,
+                id_type: "1",
+                id_number: id.clone(),
+                resident_id: Some(id),
+                phone: Some(format!("0000-{:07}", rng.below(10_000_000))),
+                address: None,
+                guardian: None,
+                child: false,
+            },
+            None,
+        ));
+    }
+    let mut per_day: std::collections::BTreeMap<NaiveDate, u32> = Default::default();
+    for (pi, (person, when)) in patients.into_iter().enumerate() {
+        let visit = when.unwrap_or_else(|| {
+            at(d(2025, 2, 3) + Duration::days(rng.range(0, 110)), 8, 0) + Duration::minutes(rng.range(0, 600))
+        });
+        let local = format!("{:010}", 1_000_000 + pi);
+        let inpatient = when.is_some() && rng.chance(300);
+        let types: &[&str] = if inpatient {
+            &["RYJL", "JYBG", "CYXJ"]
+        } else if when.is_some() {
+            &["MZBL", "JYBG"]
+        } else {
+            [&["MZBL"][..], &["MZBL", "JYBG"], &["MZBL", "JCBG"]][rng.below(3) as usize]
+        };
+        let encounter = format!("JZ{}{:06}", visit.format("%Y%m%d"), pi);
+        for (k, t) in types.iter().enumerate() {
+            let time = visit + Duration::hours(if *t == "CYXJ" { 72 } else { k as i64 });
+            let n = per_day.entry(time.date()).or_insert(0);
+            *n += 1;
+            let prefix = match *t {
+                "MZBL" => "MZ",
+                "RYJL" => "RY",
+                "CYXJ" => "CY",
+                "JYBG" => "JY",
+                _ => "JC",
+            };
+            let id = format!("{prefix}{}{:04}", time.format("%Y%m%d"), n);
+            let path = format!("{}/{id}.txt", time.format("%Y/%m/%d"));
+            let content = format!(
+                "文档 {id}\n类型 {t}\n患者 {}\n时间 {}\n内容: 合成测试文档, 非真实病历。\n",
+                person.name,
+                time.format("%Y-%m-%d %H:%M")
+            );
+            w.documents.push(Document {
+                id,
+                patient: pi,
+                patient_local: local.clone(),
+                encounter: encounter.clone(),
+                doc_type: t,
+                time,
+                path,
+                content,
+                dirty: None,
+            });
+        }
+        w.patients.push(person);
+    }
+    w.documents.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    // One index row whose ID number was mistyped (bad check digit).
+    if let Some(i) = w
+        .documents
+        .iter()
+        .position(|doc| w.patients[doc.patient].resident_id.is_some() && doc.time.date() > d(2025, 3, 1))
+    {
+        w.documents[i].dirty = Some("id_number_check");
+    }
+}
