@@ -94,7 +94,8 @@ pub fn normalise(mut outcomes: Vec<Outcome>, n: usize) -> Vec<Outcome> {
 
 /// An in-memory sink: maps each record with its spec and accepts the
 /// records that map without errors (quarantining the others), keeping the
-/// accepted record keys and the checkpoints. It is durable only for the
+/// accepted record keys (a repeated key is accepted again but kept once, as
+/// the gateway's idempotency does) and the checkpoints. It is durable only for the
 /// life of the process: for unit tests and benchmarks of the sources.
 #[derive(Debug, Default)]
 pub struct MemorySink {
@@ -105,6 +106,7 @@ pub struct MemorySink {
 #[derive(Debug, Default)]
 struct MemoryState {
     accepted: Vec<(String, String)>,
+    seen: std::collections::HashSet<(String, String)>,
     checkpoints: std::collections::HashMap<String, serde_json::Value>,
     unavailable: bool,
 }
@@ -159,7 +161,11 @@ impl RecordSink for MemorySink {
                 Some(spec) => {
                     let mapped = spec.map(record);
                     if mapped.is_ok() && !mapped.events.is_empty() {
-                        state.accepted.push((source.to_string(), key.clone()));
+                        // idempotent like the gateway: a repeat is accepted, not stored twice
+                        let entry = (source.to_string(), key.clone());
+                        if state.seen.insert(entry.clone()) {
+                            state.accepted.push(entry);
+                        }
                         Outcome::Accepted
                     } else {
                         let reason = mapped

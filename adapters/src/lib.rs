@@ -4,6 +4,7 @@
 //! receipts, quarantine) and retry backoff.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod client;
 pub mod config;
 pub mod error;

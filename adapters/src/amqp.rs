@@ -1,0 +1,383 @@
+//! AMQP consumer (R1.6): shipment events posted by logistics ERPs to a
+//! durable RabbitMQ queue (JSON, mapped with e.g.
+//! config/mappings/erp-shipment.toml).
+//!
+//! - Messages are consumed with manual acks and a prefetch bound, collected
+//!   into batches and handed to the [`RecordSink`]; a message is acked only
+//!   after the sink reports it durably accepted (gateway receipt).
+//! - The record key is the event id: the `message_id` property, else the
+//!   JSON field `event_id_field` (default `eventId`). The sink (the agent's
+//!   pipeline; the gateway behind it) answers a repeat of an accepted event
+//!   with `Accepted`, so redeliveries are acked without a second event.
+//! - Permanent failures (not JSON, no event id, mapping/validation errors,
+//!   rejected by the gateway) go to the dead-letter exchange at once;
+//!   transient ones (`Retry`) are republished to the queue with the header
+//!   `x-vaxgate-attempts` incremented after a delay, and after
+//!   `max_attempts` go to the dead-letter exchange. Dead-lettered messages
+//!   keep body and properties and carry `x-vaxgate-reason`,
+//!   `x-vaxgate-attempts` and `x-vaxgate-queue` headers. Every republish is
+//!   publisher-confirmed before the original is acked.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, message::Delivery};
+use mappings::Record;
+
+use crate::intake::{Outcome, RecordSink, normalise};
+
+/// Header with the number of failed attempts so far.
+pub const ATTEMPTS_HEADER: &str = "x-vaxgate-attempts";
+/// Header with the reason a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-vaxgate-reason";
+/// Header naming the queue a dead-lettered message came from.
+pub const QUEUE_HEADER: &str = "x-vaxgate-queue";
+
+/// AMQP source errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// Connecting, declaring, consuming or publishing failed.
+    #[error("amqp source `{source_name}`: {action}: {message}")]
+    Broker {
+        /// The configured source.
+        source_name: String,
+        /// What was being done.
+        action: &'static str,
+        /// The broker's or client's message.
+        message: String,
+    },
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// Broker URL (`amqp://user:pass@host:port/vhost`); keep secrets in `${ENV}`.
+    pub url: String,
+    /// The durable queue to consume (declared if missing).
+    pub queue: String,
+    /// The dead-letter exchange (declared as a durable fanout if missing).
+    pub dead_letter_exchange: String,
+    /// Failed attempts (transient failures) before dead-lettering.
+    pub max_attempts: u32,
+    /// Most messages per sink call; also the prefetch is twice this.
+    pub batch_size: usize,
+    /// How long to wait for more messages to fill a batch.
+    pub linger: Duration,
+    /// Delay before a failed message is republished (times the attempt).
+    pub retry_delay: Duration,
+    /// JSON field holding the event id when `message_id` is not set.
+    pub event_id_field: String,
+}
+
+impl AmqpConfig {
+    /// Defaults for `url`/`queue`/`dead_letter_exchange`.
+    pub fn new(url: &str, queue: &str, dead_letter_exchange: &str) -> AmqpConfig {
+        AmqpConfig {
+            url: url.to_string(),
+            queue: queue.to_string(),
+            dead_letter_exchange: dead_letter_exchange.to_string(),
+            max_attempts: 5,
+            batch_size: 100,
+            linger: Duration::from_millis(20),
+            retry_delay: Duration::from_secs(2),
+            event_id_field: "eventId".into(),
+        }
+    }
+}
+
+/// Counters of one consumer run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmqpStats {
+    /// Messages acked after acceptance.
+    pub accepted: u64,
+    /// Messages republished for another attempt.
+    pub retried: u64,
+    /// Messages sent to the dead-letter exchange.
+    pub dead_lettered: u64,
+}
+
+/// One queue consumer.
+#[derive(Debug)]
+pub struct AmqpSource<S> {
+    name: String,
+    cfg: AmqpConfig,
+    sink: S,
+}
+
+fn header_u32(props: &BasicProperties, name: &str) -> u32 {
+    let Some(headers) = props.headers().as_ref() else {
+        return 0;
+    };
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongLongInt(v)) => u32::try_from(*v).unwrap_or(0),
+        Some(AMQPValue::LongInt(v)) => u32::try_from(*v).unwrap_or(0),
+        Some(AMQPValue::LongUInt(v)) => *v,
+        Some(AMQPValue::ShortInt(v)) => u32::try_from(*v).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn with_headers(props: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    for (k, v) in set {
+        headers.insert(ShortString::from(*k), v.clone());
+    }
+    props.clone().with_headers(headers)
+}
+
+enum Parsed {
+    Ok { key: String, record: Record },
+    Bad(String),
+}
+
+impl<S: RecordSink> AmqpSource<S> {
+    /// A consumer named `name` (the agent's source name).
+    pub fn new(name: &str, cfg: AmqpConfig, sink: S) -> Self {
+        AmqpSource {
+            name: name.to_string(),
+            cfg,
+            sink,
+        }
+    }
+
+    fn err(&self, action: &'static str, e: impl std::fmt::Display) -> AmqpError {
+        AmqpError::Broker {
+            source_name: self.name.clone(),
+            action,
+            message: e.to_string(),
+        }
+    }
+
+    /// Connects and declares the durable queue and the dead-letter exchange.
+    ///
+    /// # Errors
+    /// [`AmqpError::Broker`] naming the step that failed.
+    pub async fn connect(&self) -> Result<(Connection, Channel), AmqpError> {
+        let conn = Connection::connect(&self.cfg.url, ConnectionProperties::default())
+            .await
+            .map_err(|e| self.err("connect", e))?;
+        let ch = conn.create_channel().await.map_err(|e| self.err("open channel", e))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.err("enable publisher confirms", e))?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.queue_declare(self.cfg.queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .map_err(|e| self.err("declare queue", e))?;
+        let ex = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            self.cfg.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ex,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| self.err("declare dead-letter exchange", e))?;
+        let prefetch = u16::try_from(self.cfg.batch_size.saturating_mul(2))
+            .unwrap_or(u16::MAX)
+            .max(1);
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| self.err("set prefetch", e))?;
+        Ok((conn, ch))
+    }
+
+    fn parse(&self, d: &Delivery) -> Parsed {
+        let value: serde_json::Value = match serde_json::from_slice(&d.data) {
+            Ok(v) => v,
+            Err(e) => return Parsed::Bad(format!("body is not JSON: {e}")),
+        };
+        let key = d
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| match value.get(&self.cfg.event_id_field) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+        match key {
+            Some(key) => Parsed::Ok {
+                key,
+                record: Record::Json(value),
+            },
+            None => Parsed::Bad(format!(
+                "no event id: neither the message_id property nor the JSON field `{}` is set",
+                self.cfg.event_id_field
+            )),
+        }
+    }
+
+    /// Consumes until `stop` turns true (or the channel closes); returns the
+    /// counters.
+    ///
+    /// # Errors
+    /// [`AmqpError::Broker`] when the broker connection fails.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<AmqpStats, AmqpError> {
+        let (conn, ch) = self.connect().await?;
+        let tag = format!("vaxgate-{}-{}", self.name, uuid::Uuid::new_v4().simple());
+        let mut consumer = ch
+            .basic_consume(
+                self.cfg.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.err("consume", e))?;
+        let mut stats = AmqpStats::default();
+        loop {
+            let first = tokio::select! {
+                _ = stop.changed() => break,
+                d = consumer.next() => d,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first.map_err(|e| self.err("receive", e))?];
+            let deadline = tokio::time::Instant::now() + self.cfg.linger;
+            while batch.len() < self.cfg.batch_size.max(1) {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(d)) => batch.push(d.map_err(|e| self.err("receive", e))?),
+                    _ => break,
+                }
+            }
+            self.handle_batch(&ch, batch, &mut stats).await?;
+        }
+        let _ = conn.close(200, "vaxgate agent stopping".into()).await;
+        Ok(stats)
+    }
+
+    async fn handle_batch(&self, ch: &Channel, batch: Vec<Delivery>, stats: &mut AmqpStats) -> Result<(), AmqpError> {
+        let parsed: Vec<Parsed> = batch.iter().map(|d| self.parse(d)).collect();
+        let records: Vec<(String, Record)> = parsed
+            .iter()
+            .filter_map(|p| match p {
+                Parsed::Ok { key, record } => Some((key.clone(), record.clone())),
+                Parsed::Bad(_) => None,
+            })
+            .collect();
+        let n = records.len();
+        let outcomes = if n == 0 {
+            Vec::new()
+        } else {
+            normalise(self.sink.submit(&self.name, records, None).await, n)
+        };
+        if outcomes.iter().any(|o| matches!(o, Outcome::Retry { .. })) {
+            // one pause per batch before republishing, growing with the attempts
+            let most = batch
+                .iter()
+                .map(|d| header_u32(&d.properties, ATTEMPTS_HEADER))
+                .max()
+                .unwrap_or(0);
+            let pause = (self.cfg.retry_delay * (most + 1)).min(Duration::from_secs(60));
+            tokio::time::sleep(pause).await;
+        }
+        let mut outcomes = outcomes.into_iter();
+        for (d, p) in batch.iter().zip(parsed) {
+            let attempts = header_u32(&d.properties, ATTEMPTS_HEADER);
+            match p {
+                Parsed::Bad(reason) => self.dead_letter(ch, d, attempts, &reason).await?,
+                Parsed::Ok { .. } => match outcomes.next().unwrap_or(Outcome::Retry {
+                    reason: "no outcome".into(),
+                }) {
+                    Outcome::Accepted => {
+                        d.acker
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .map_err(|e| self.err("ack", e))?;
+                        stats.accepted += 1;
+                        continue;
+                    }
+                    Outcome::Rejected { code, message } => {
+                        self.dead_letter(ch, d, attempts, &format!("rejected ({code}): {message}"))
+                            .await?
+                    }
+                    Outcome::Quarantined { reason } => {
+                        self.dead_letter(ch, d, attempts, &format!("mapping/validation failed: {reason}"))
+                            .await?
+                    }
+                    Outcome::Retry { reason } => {
+                        let attempts = attempts + 1;
+                        if attempts >= self.cfg.max_attempts {
+                            self.dead_letter(ch, d, attempts, &format!("gave up after {attempts} attempts: {reason}"))
+                                .await?;
+                        } else {
+                            self.republish(ch, d, attempts).await?;
+                            stats.retried += 1;
+                            continue;
+                        }
+                    }
+                },
+            }
+            stats.dead_lettered += 1;
+        }
+        Ok(())
+    }
+
+    async fn publish_confirmed(
+        &self,
+        ch: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        d: &Delivery,
+        props: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &d.data,
+                props,
+            )
+            .await
+            .map_err(|e| self.err("publish", e))?
+            .await
+            .map_err(|e| self.err("publisher confirm", e))?;
+        if confirm.is_nack() {
+            return Err(self.err("publisher confirm", "the broker refused the message (nack)"));
+        }
+        d.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| self.err("ack", e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, ch: &Channel, d: &Delivery, attempts: u32, reason: &str) -> Result<(), AmqpError> {
+        tracing::warn!(source = %self.name, queue = %self.cfg.queue, attempts, reason, "dead-lettering message");
+        let props = with_headers(
+            &d.properties,
+            &[
+                (REASON_HEADER, AMQPValue::LongString(LongString::from(reason))),
+                (ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts))),
+                (
+                    QUEUE_HEADER,
+                    AMQPValue::LongString(LongString::from(self.cfg.queue.as_str())),
+                ),
+            ],
+        );
+        self.publish_confirmed(ch, &self.cfg.dead_letter_exchange, &self.cfg.queue, d, props)
+            .await
+    }
+
+    async fn republish(&self, ch: &Channel, d: &Delivery, attempts: u32) -> Result<(), AmqpError> {
+        let props = with_headers(
+            &d.properties,
+            &[(ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts)))],
+        );
+        self.publish_confirmed(ch, "", &self.cfg.queue, d, props).await
+    }
+}
