@@ -558,6 +558,8 @@ pub struct Processed {
     pub code: AckCode,
     /// The ACK message (segments separated by CR).
     pub ack: String,
+    /// The downstream was unavailable: resend later.
+    pub retry: bool,
 }
 
 /// A message checked and mapped, waiting for the sink.
@@ -597,6 +599,7 @@ impl<S: RecordSink> Hl7Processor<S> {
                 return Prepared::Done(Processed {
                     code: AckCode::Ar,
                     ack: build_ack(None, AckCode::Ar, "not an HL7 v2 message", &[err]),
+                    retry: false,
                 });
             }
         };
@@ -624,7 +627,11 @@ impl<S: RecordSink> Hl7Processor<S> {
                 ),
             };
             let ack = build_ack(Some(&header), AckCode::Ar, "unsupported message type", &[err]);
-            return Prepared::Done(Processed { code: AckCode::Ar, ack });
+            return Prepared::Done(Processed {
+                code: AckCode::Ar,
+                ack,
+                retry: false,
+            });
         }
         let outcome = self.spec.map(&Record::Hl7(text.clone()));
         if !outcome.is_ok() {
@@ -648,7 +655,11 @@ impl<S: RecordSink> Hl7Processor<S> {
                 })
                 .collect();
             let ack = build_ack(Some(&header), AckCode::Ae, "message has errors", &errs);
-            return Prepared::Done(Processed { code: AckCode::Ae, ack });
+            return Prepared::Done(Processed {
+                code: AckCode::Ae,
+                ack,
+                retry: false,
+            });
         }
         Prepared::Submit {
             header: Box::new(header),
@@ -694,6 +705,7 @@ impl<S: RecordSink> Hl7Processor<S> {
         v.pop().unwrap_or_else(|| Processed {
             code: AckCode::Ar,
             ack: build_ack(None, AckCode::Ar, "internal error", &[]),
+            retry: true,
         })
     }
 }
@@ -738,6 +750,7 @@ fn ack_for_outcome(header: &MessageHeader, o: &Outcome) -> Processed {
     Processed {
         code,
         ack: build_ack(Some(header), code, text, err.as_slice()),
+        retry: matches!(o, Outcome::Retry { .. }),
     }
 }
 

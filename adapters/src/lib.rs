@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod hl7;
+pub mod hl7_files;
 pub mod intake;
 pub mod mllp;
 pub mod pipeline;

@@ -1,0 +1,224 @@
+//! HL7 v2 file-drop directory (R1.4): `.hl7` files (one or more messages,
+//! optionally in FHS/BHS batch envelopes, segments separated by CR, LF or
+//! CR LF) are processed like MLLP messages by the same
+//! [`Hl7Processor`]; the ACKs are written to `<name>.ack` next to the moved
+//! file.
+//!
+//! - Every message `AA` → the file moves to `done/`.
+//! - Any message `AE`/`AR` for its content → the file moves to `failed/`
+//!   with `<name>.reason.txt` listing each such message's control id and
+//!   its MSA/ERR segments (no personal data: ERR texts name fields and
+//!   rules only). The accepted messages of that file are in the ledger;
+//!   resending the fixed file is safe (the gateway is idempotent).
+//! - The downstream unavailable → the file stays and is tried again at the
+//!   next poll (already accepted messages come back as duplicates).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::hl7::{AckCode, Hl7Processor, MessageHeader, segments, split_messages};
+use crate::intake::RecordSink;
+use crate::xml_source::{move_into, ready_files};
+
+/// Errors of the file drop.
+#[derive(Debug, thiserror::Error)]
+pub enum Hl7FilesError {
+    /// A directory or file operation failed.
+    #[error("hl7 file drop `{source_name}`: {path}: {message}")]
+    Dir {
+        /// The configured source.
+        source_name: String,
+        /// File or directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The downstream is unavailable; the file stays.
+    #[error("hl7 file drop `{source_name}`: {file}: downstream unavailable, will retry")]
+    Retry {
+        /// The configured source.
+        source_name: String,
+        /// The file.
+        file: String,
+    },
+}
+
+/// Settings of the drop directory.
+#[derive(Debug, Clone)]
+pub struct Hl7FilesConfig {
+    /// The watched directory.
+    pub dir: std::path::PathBuf,
+    /// Extension picked up (default `hl7`).
+    pub extension: String,
+    /// Minimum age of a file's last modification.
+    pub settle: Duration,
+    /// Largest file read (bytes); larger ones go to `failed/`.
+    pub max_file_bytes: u64,
+    /// Messages per sink call.
+    pub batch_size: usize,
+    /// Pause between scans in [`Hl7FileDrop::run`].
+    pub poll_interval: Duration,
+}
+
+impl Hl7FilesConfig {
+    /// Defaults for `dir`.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        Hl7FilesConfig {
+            dir: dir.into(),
+            extension: "hl7".into(),
+            settle: Duration::from_secs(2),
+            max_file_bytes: 64 * 1024 * 1024,
+            batch_size: 200,
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What became of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hl7FileReport {
+    /// File name.
+    pub file: String,
+    /// Messages acknowledged `AA`.
+    pub accepted: usize,
+    /// Messages acknowledged `AE`/`AR`.
+    pub refused: usize,
+    /// Where the file went (`done` or `failed`).
+    pub moved_to: &'static str,
+}
+
+/// A watched `.hl7` directory.
+#[derive(Debug)]
+pub struct Hl7FileDrop<S> {
+    name: String,
+    processor: Arc<Hl7Processor<S>>,
+    cfg: Hl7FilesConfig,
+}
+
+impl<S: RecordSink> Hl7FileDrop<S> {
+    /// A drop directory named `name` using `processor`.
+    pub fn new(name: &str, processor: Arc<Hl7Processor<S>>, cfg: Hl7FilesConfig) -> Self {
+        Hl7FileDrop {
+            name: name.to_string(),
+            processor,
+            cfg,
+        }
+    }
+
+    fn err(&self, path: &Path, e: impl std::fmt::Display) -> Hl7FilesError {
+        Hl7FilesError::Dir {
+            source_name: self.name.clone(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Processes every ready file once.
+    ///
+    /// # Errors
+    /// [`Hl7FilesError::Retry`] when the downstream is unavailable (the
+    /// file stays), [`Hl7FilesError::Dir`] for directory problems.
+    pub async fn poll_once(&self) -> Result<Vec<Hl7FileReport>, Hl7FilesError> {
+        let files =
+            ready_files(&self.cfg.dir, &self.cfg.extension, self.cfg.settle).map_err(|e| self.err(&self.cfg.dir, e))?;
+        let mut out = Vec::new();
+        for f in files {
+            out.push(self.process_file(&f).await?);
+        }
+        Ok(out)
+    }
+
+    /// Polls until `stop` turns true.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.poll_once().await {
+                Ok(reports) => {
+                    for r in reports {
+                        tracing::info!(source = %self.name, file = %r.file, accepted = r.accepted,
+                            refused = r.refused, moved_to = r.moved_to, "hl7 file processed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "hl7 file drop scan"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn process_file(&self, path: &Path) -> Result<Hl7FileReport, Hl7FilesError> {
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let dir = &self.cfg.dir;
+        let size = std::fs::metadata(path).map_err(|e| self.err(path, e))?.len();
+        if size > self.cfg.max_file_bytes {
+            let reason = format!(
+                "{file}: {size} bytes is more than the limit of {}",
+                self.cfg.max_file_bytes
+            );
+            move_into(path, &dir.join("failed"), Some(&reason)).map_err(|e| self.err(path, e))?;
+            return Ok(Hl7FileReport {
+                file,
+                accepted: 0,
+                refused: 0,
+                moved_to: "failed",
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| self.err(path, e))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let messages = split_messages(&text);
+        let mut acks = String::new();
+        let mut problems = Vec::new();
+        let mut accepted = 0;
+        for chunk in messages.chunks(self.cfg.batch_size.max(1)) {
+            let results = self.processor.process_batch(chunk.to_vec()).await;
+            if results.iter().any(|r| r.retry) {
+                return Err(Hl7FilesError::Retry {
+                    source_name: self.name.clone(),
+                    file,
+                });
+            }
+            for (msg, r) in chunk.iter().zip(results) {
+                acks.push_str(&r.ack.replace('\r', "\n"));
+                acks.push('\n');
+                if r.code == AckCode::Aa {
+                    accepted += 1;
+                } else {
+                    let id = MessageHeader::parse(msg).map(|h| h.control_id).unwrap_or_default();
+                    let detail: Vec<&str> = segments(&r.ack)
+                        .filter(|s| s.starts_with("MSA") || s.starts_with("ERR"))
+                        .collect();
+                    problems.push(format!("message {id}:\n  {}", detail.join("\n  ")));
+                }
+            }
+        }
+        if messages.is_empty() {
+            problems.push("the file holds no HL7 message".to_string());
+        }
+        let (target, reason) = if problems.is_empty() {
+            ("done", None)
+        } else {
+            (
+                "failed",
+                Some(format!(
+                    "{file}: {} of {} messages refused\n{}",
+                    problems.len(),
+                    messages.len(),
+                    problems.join("\n")
+                )),
+            )
+        };
+        let target_dir = dir.join(target);
+        let moved = move_into(path, &target_dir, reason.as_deref()).map_err(|e| self.err(path, e))?;
+        let mut ack_name = moved.file_name().unwrap_or_default().to_os_string();
+        ack_name.push(".ack");
+        std::fs::write(target_dir.join(ack_name), acks).map_err(|e| self.err(&target_dir, e))?;
+        Ok(Hl7FileReport {
+            file,
+            accepted,
+            refused: problems.len(),
+            moved_to: target,
+        })
+    }
+}
