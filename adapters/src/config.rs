@@ -235,10 +235,13 @@ pub fn load(path: &Path) -> Result<LoadedAgentConfig, AgentError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    load_str(&raw, path, &|name| std::env::var(name).ok())
+    let loaded = load_str(&raw, path, &|name| std::env::var(name).ok())?;
+    loaded.validate_files()?;
+    Ok(loaded)
 }
 
-/// Like [`load`] from text, with an explicit environment (for tests).
+/// Like [`load`] from text, with an explicit environment (for tests);
+/// checks everything except that the named files exist.
 pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedAgentConfig, AgentError> {
     let p = path.display().to_string();
     let text = expand_env(raw, &p, env)?;
@@ -364,39 +367,43 @@ fn line_of_key(text: &str, key: &str) -> usize {
 }
 
 impl LoadedAgentConfig {
-    /// Checks everything that can be checked without IO, and that the
-    /// files the config names exist.
+    /// Checks that the files the config names exist.
+    pub fn validate_files(&self) -> Result<(), AgentError> {
+        let c = &self.config;
+        let mut files: Vec<(String, &Path)> = vec![
+            ("agent.key".into(), c.agent.key.as_path()),
+            ("gateway.node_key".into(), c.gateway.node_key.as_path()),
+        ];
+        if let Some(p) = &c.gateway.ca {
+            files.push(("gateway.ca".into(), p));
+        }
+        if let Some(p) = &c.gateway.client_identity {
+            files.push(("gateway.client_identity".into(), p));
+        }
+        if let Some(p) = &c.agent.dataset {
+            files.push(("agent.dataset".into(), p));
+        }
+        for (i, s) in c.sources.iter().enumerate() {
+            files.push((format!("sources[{i}].mapping"), s.mapping()));
+        }
+        for (k, p) in files {
+            if !self.resolve(p).is_file() {
+                return Err(self.invalid(&k, format!("no file at {}", self.resolve(p).display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks everything that can be checked without IO.
     pub fn validate(&self) -> Result<(), AgentError> {
         let c = &self.config;
         if c.agent.entity_id.trim().is_empty() {
             return Err(self.invalid("agent.entity_id", "must not be empty"));
         }
-        if !self.resolve(&c.agent.key).is_file() {
-            return Err(self.invalid(
-                "agent.key",
-                format!("no key file at {}", self.resolve(&c.agent.key).display()),
-            ));
-        }
         if !(c.gateway.url.starts_with("https://") || c.gateway.url.starts_with("http://")) {
             return Err(self.invalid(
                 "gateway.url",
                 "must start with https:// (or http:// for a loopback test)",
-            ));
-        }
-        for (k, p) in [
-            ("gateway.ca", &c.gateway.ca),
-            ("gateway.client_identity", &c.gateway.client_identity),
-        ] {
-            if let Some(p) = p
-                && !self.resolve(p).is_file()
-            {
-                return Err(self.invalid(k, format!("no file at {}", self.resolve(p).display())));
-            }
-        }
-        if !self.resolve(&c.gateway.node_key).is_file() {
-            return Err(self.invalid(
-                "gateway.node_key",
-                format!("no file at {}", self.resolve(&c.gateway.node_key).display()),
             ));
         }
         if c.gateway.attempts == 0 {
@@ -415,12 +422,6 @@ impl LoadedAgentConfig {
             }
             if !names.insert(s.name().to_string()) {
                 return Err(self.invalid(&k("name"), format!("source `{}` is configured twice", s.name())));
-            }
-            if !self.resolve(s.mapping()).is_file() {
-                return Err(self.invalid(
-                    &k("mapping"),
-                    format!("no mapping spec at {}", self.resolve(s.mapping()).display()),
-                ));
             }
             match s {
                 SourceConfig::Sqlite(q)
@@ -577,9 +578,37 @@ batch_size = 0
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains(":18:") && e.contains("unknown field `watermrk`"), "{e}");
-        let e = load(&GOOD.replace("node.pem", "gone.pem"), d.path())
-            .err()
-            .map(|e| e.to_string());
+        let e = load(
+            &GOOD.replace("node.pem", "gone.pem").replace("batch_size = 0", ""),
+            d.path(),
+        )
+        .and_then(|c| c.validate_files())
+        .err()
+        .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains(":9: `gateway.node_key`: no file at"));
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// config/agent.toml parses, validates and its mapping specs compile.
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = load_str(&text, &path, &|name| Some(format!("secret-for-{name}"))).unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<&str> = cfg.config.sources.iter().map(SourceConfig::kind).collect();
+        assert_eq!(kinds, ["sqlite", "postgres", "mysql"]);
+        let SourceConfig::Postgres(pg) = &cfg.config.sources[1] else {
+            panic!("not postgres")
+        };
+        assert!(pg.url.contains("secret-for-CDC_DB_PASSWORD"));
+        let specs = crate::agent::load_specs(&cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(specs.len(), 3);
+        for (i, s) in cfg.config.sources.iter().enumerate() {
+            assert!(cfg.resolve(s.mapping()).is_file(), "sources[{i}].mapping");
+        }
     }
 }

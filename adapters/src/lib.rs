@@ -4,6 +4,7 @@
 //! receipts, quarantine) and retry backoff.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod amqp;
 pub mod client;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod mllp;
 pub mod pipeline;
 pub mod retry;
 pub mod seal;
+pub mod sql;
 pub mod state;
 pub mod xml_source;
 

@@ -35,6 +35,8 @@ enum Command {
     /// Test mapping specs against sample input.
     #[command(subcommand)]
     Mapping(cmd::mapping::MappingCmd),
+    /// The agent: pull/push legacy sources into the gateway, exactly once.
+    Agent(cmd::agent::AgentCmd),
     /// Benchmarks (each prints a final line of JSON with its figures).
     #[command(subcommand)]
     Bench(cmd::BenchCmd),
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::VerifyProof(a) => cmd::ledger::verify_proof(a),
         Command::Mapping(c) => cmd::mapping::run(c),
+        Command::Agent(c) => cmd::agent::run(c),
         Command::Bench(c) => cmd::run_bench(c),
     };
     match result {

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each `run` returns the process exit code.
 
 pub mod admin;
+pub mod agent;
 pub mod bench_crypto;
 pub mod init;
 pub mod keys;

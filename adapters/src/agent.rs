@@ -1,0 +1,447 @@
+//! The agent: builds the pipeline from the configuration, runs each
+//! configured source, and offers `check` and the quarantine operations.
+//!
+//! A pull source runs as two tasks joined by a bounded channel
+//! (`prefetch` pages): a reader that fetches pages after its in-memory
+//! position, and a submitter that hands each page to the pipeline with the
+//! page's last position as the checkpoint. The checkpoint is stored only in
+//! the transaction that stores the page's receipts, so a restart resumes
+//! after the last page whose receipts are in the state database.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use mappings::{Dataset, MappingSpec, Record};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{GatewayClient, GatewayClientConfig};
+use crate::config::{LoadedAgentConfig, SourceConfig};
+use crate::error::AgentError;
+use crate::pipeline::{Pipeline, PipelineConfig, RecordOutcome, record_from_stored};
+use crate::retry::Backoff;
+use crate::sql::{SourceRow, SqlCheckpoint, SqlSource};
+use crate::state::StateDb;
+
+fn file_err(path: &std::path::Path, e: impl std::fmt::Display) -> AgentError {
+    AgentError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Loads the dataset and every source's mapping spec.
+pub fn load_specs(cfg: &LoadedAgentConfig) -> Result<Vec<(String, MappingSpec)>, AgentError> {
+    let dataset = match &cfg.config.agent.dataset {
+        Some(p) => {
+            let p = cfg.resolve(p);
+            Dataset::load(&p).map_err(|e| file_err(&p, e))?
+        }
+        None => Dataset::builtin(),
+    };
+    cfg.config
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = cfg.resolve(s.mapping());
+            let spec = MappingSpec::load(&p, &dataset)
+                .map_err(|e| cfg.invalid(&format!("sources[{i}].mapping"), e.to_string()))?;
+            Ok((s.name().to_string(), spec))
+        })
+        .collect()
+}
+
+/// Builds the signed pipeline (key, gateway client, state database, specs).
+pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentError> {
+    let c = &cfg.config;
+    let key_path = cfg.resolve(&c.agent.key);
+    let pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
+    let pass = std::env::var(&c.agent.passphrase_env).ok();
+    let key = secure_gateway::keys::private_key_from_pem(&pem, pass.as_deref(), secure_gateway::DEFAULT_DIST_ID)
+        .map_err(|e| {
+            let hint = if pass.is_none() {
+                format!(" (is {} set?)", c.agent.passphrase_env)
+            } else {
+                String::new()
+            };
+            cfg.invalid("agent.key", format!("cannot open the key: {e}{hint}"))
+        })?;
+    let node_key_path = cfg.resolve(&c.gateway.node_key);
+    let gateway_key = secure_gateway::load_verifying_key(&node_key_path)
+        .map_err(|e| cfg.invalid("gateway.node_key", e.to_string()))?;
+    let client = GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: c.gateway.url.clone(),
+            ca_cert: c.gateway.ca.as_ref().map(|p| cfg.resolve(p)),
+            client_identity: c.gateway.client_identity.as_ref().map(|p| cfg.resolve(p)),
+            timeout: Some(Duration::from_secs(c.gateway.timeout_secs)),
+        },
+        key.clone(),
+    )?;
+    let state = StateDb::open(&cfg.resolve(&c.agent.state_db)).await?;
+    let pipeline = Pipeline::new(
+        client,
+        PipelineConfig {
+            entity_id: c.agent.entity_id.clone(),
+            key,
+            gateway_key,
+            attempts: c.gateway.attempts,
+            retry_base: Duration::from_millis(c.gateway.retry_base_ms),
+            retry_max: Duration::from_millis(c.gateway.retry_max_ms),
+        },
+        state,
+    );
+    for (name, spec) in load_specs(cfg)? {
+        pipeline.add_source(&name, spec);
+    }
+    Ok(pipeline)
+}
+
+/// What one pull-source run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records accepted (including duplicates of earlier sends).
+    pub accepted: u64,
+    /// Records refused by the gateway.
+    pub rejected: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+    /// Batches committed.
+    pub batches: u64,
+}
+
+/// Runs every configured source until `stop` turns true (or, with
+/// `until_caught_up`, until each pull source has nothing left to read).
+pub async fn run(
+    cfg: &LoadedAgentConfig,
+    stop: watch::Receiver<bool>,
+    until_caught_up: bool,
+) -> Result<Vec<(String, RunStats)>, AgentError> {
+    let pipeline = build_pipeline(cfg).await?;
+    let progress = std::io::stderr().is_terminal();
+    let mut tasks = Vec::new();
+    for s in &cfg.config.sources {
+        let pipeline = pipeline.clone();
+        let stop = stop.clone();
+        match s {
+            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) => {
+                let src = SqlSource::new(s.kind(), q)?;
+                tasks.push(tokio::spawn(async move {
+                    let name = src.name().to_string();
+                    let r = run_sql_source(pipeline, src, stop, until_caught_up, progress).await;
+                    (name, r)
+                }));
+            }
+            SourceConfig::Mssql(q) => {
+                return Err(AgentError::Source {
+                    source_name: q.name.clone(),
+                    message: "the `mssql` source type is not available in this build".into(),
+                    transient: false,
+                });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        let (name, r) = t.await.map_err(|e| AgentError::Source {
+            source_name: "?".into(),
+            message: format!("source task failed: {e}"),
+            transient: false,
+        })?;
+        out.push((name, r?));
+    }
+    pipeline.state().close().await;
+    Ok(out)
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Runs one SQL source: reader → bounded channel → submitter.
+pub async fn run_sql_source(
+    pipeline: Pipeline,
+    src: SqlSource,
+    mut stop: watch::Receiver<bool>,
+    until_caught_up: bool,
+    progress: bool,
+) -> Result<RunStats, AgentError> {
+    let name = src.name().to_string();
+    let start: Option<SqlCheckpoint> =
+        match pipeline.state().checkpoint(&name).await? {
+            Some(v) => Some(serde_json::from_value(v).map_err(|e| {
+                AgentError::state(pipeline.state().path(), format!("checkpoint of source `{name}`: {e}"))
+            })?),
+            None => None,
+        };
+    let cfg = src.config().clone();
+    let poll = Duration::from_secs_f64(cfg.poll_interval_secs);
+    let bar = if progress {
+        match src.count_after(start.as_ref()).await {
+            Ok(n) if n > 0 => {
+                let b = indicatif::ProgressBar::new(n);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.set_prefix(name.clone());
+                Some(b)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    tracing::info!(source = %name, resumed = start.is_some(), "source started");
+
+    let (tx, mut rx) = mpsc::channel::<Vec<SourceRow>>(cfg.prefetch);
+    let reader_src = src.clone();
+    let mut reader_stop = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut pos = start;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            if *reader_stop.borrow() {
+                return;
+            }
+            match reader_src.fetch(pos.as_ref(), reader_src.config().batch_size).await {
+                Ok(rows) if rows.is_empty() => {
+                    backoff.reset();
+                    if until_caught_up || sleep_or_stop(poll, &mut reader_stop).await {
+                        return;
+                    }
+                }
+                Ok(rows) => {
+                    backoff.reset();
+                    pos = rows.last().map(|r| r.position.clone());
+                    if tx.send(rows).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %reader_src.name(), error = %e, "reading the source failed; retrying");
+                    if !e.is_transient() && backoff.attempts() == 0 {
+                        tracing::error!(source = %reader_src.name(), error = %e, "source error (will keep retrying)");
+                    }
+                    if sleep_or_stop(backoff.next_delay(), &mut reader_stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut stats = RunStats::default();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    while let Some(rows) = rx.recv().await {
+        let Some(last) = rows.last() else { continue };
+        let checkpoint =
+            serde_json::to_value(&last.position).map_err(|e| AgentError::state(pipeline.state().path(), e))?;
+        let records: Vec<(String, Record)> = rows
+            .iter()
+            .map(|r| (r.key.key_string(), Record::Row(r.row.clone())))
+            .collect();
+        let outcomes = loop {
+            match pipeline
+                .submit_with_checkpoint(&name, records.clone(), Some(checkpoint.clone()))
+                .await
+            {
+                Ok(o) => {
+                    backoff.reset();
+                    break o;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
+                    if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                        reader.abort();
+                        return Ok(stats);
+                    }
+                }
+            }
+        };
+        let mut accepted_keys = Vec::new();
+        for (o, r) in outcomes.iter().zip(&rows) {
+            match o {
+                RecordOutcome::Accepted { .. } => {
+                    stats.accepted += 1;
+                    accepted_keys.push(r.key.clone());
+                }
+                RecordOutcome::Rejected { .. } => stats.rejected += 1,
+                RecordOutcome::Quarantined { .. } => stats.quarantined += 1,
+            }
+        }
+        stats.batches += 1;
+        if let Err(e) = src.mark_processed(&accepted_keys).await {
+            tracing::warn!(source = %name, error = %e, "mark_processed failed (the records are delivered)");
+        }
+        if let Some(b) = &bar {
+            b.inc(rows.len() as u64);
+        }
+        tracing::info!(
+            source = %name, rows = rows.len(), accepted = stats.accepted, rejected = stats.rejected,
+            quarantined = stats.quarantined, "batch committed"
+        );
+        if *stop.borrow() {
+            break;
+        }
+    }
+    reader.abort();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    src.close().await;
+    Ok(stats)
+}
+
+/// One line of `vaxgate agent check`.
+#[derive(Debug, Clone)]
+pub struct CheckLine {
+    /// What was checked (`gateway`, `state`, `source <name>`).
+    pub what: String,
+    /// Whether it works.
+    pub ok: bool,
+    /// Details.
+    pub detail: String,
+}
+
+/// Tests the state database, the gateway (reachable, key registered) and
+/// every source's connection and query.
+pub async fn check(cfg: &LoadedAgentConfig) -> Result<Vec<CheckLine>, AgentError> {
+    let pipeline = build_pipeline(cfg).await?;
+    let mut out = vec![CheckLine {
+        what: "state".into(),
+        ok: true,
+        detail: format!("state database {} opens", pipeline.state().path()),
+    }];
+    let gw = match pipeline.client().get("/v1/stats").await {
+        Ok(_) => CheckLine {
+            what: "gateway".into(),
+            ok: true,
+            detail: format!(
+                "{} reachable; the agent's key is registered for {}",
+                cfg.config.gateway.url, cfg.config.agent.entity_id
+            ),
+        },
+        Err(crate::ClientError::Api { status: 403, .. }) => CheckLine {
+            what: "gateway".into(),
+            ok: true,
+            detail: format!(
+                "{} reachable; the agent's key is registered (no read scope for /v1/stats)",
+                cfg.config.gateway.url
+            ),
+        },
+        Err(e) => CheckLine {
+            what: "gateway".into(),
+            ok: false,
+            detail: e.to_string(),
+        },
+    };
+    out.push(gw);
+    for s in &cfg.config.sources {
+        let what = format!("source {} ({})", s.name(), s.kind());
+        let line = match s {
+            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) => {
+                match SqlSource::new(s.kind(), q) {
+                    Ok(src) => {
+                        let r = tokio::time::timeout(Duration::from_secs(15), src.check()).await;
+                        src.close().await;
+                        match r {
+                            Ok(Ok(d)) => CheckLine {
+                                what,
+                                ok: true,
+                                detail: d,
+                            },
+                            Ok(Err(e)) => CheckLine {
+                                what,
+                                ok: false,
+                                detail: e.to_string(),
+                            },
+                            Err(_) => CheckLine {
+                                what,
+                                ok: false,
+                                detail: "no answer within 15 s".into(),
+                            },
+                        }
+                    }
+                    Err(e) => CheckLine {
+                        what,
+                        ok: false,
+                        detail: e.to_string(),
+                    },
+                }
+            }
+            SourceConfig::Mssql(_) => CheckLine {
+                what,
+                ok: false,
+                detail: "the `mssql` source type is not available in this build".into(),
+            },
+        };
+        out.push(line);
+    }
+    pipeline.state().close().await;
+    Ok(out)
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Now accepted (resolved).
+    pub accepted: usize,
+    /// Still failing mapping/validation (kept).
+    pub quarantined: usize,
+    /// Refused by the gateway (kept).
+    pub rejected: usize,
+}
+
+/// Re-maps quarantined records with the current specs and submits them:
+/// the given ids, or every open entry (of `source`, if given).
+pub async fn replay(pipeline: &Pipeline, ids: &[i64], source: Option<&str>) -> Result<ReplayStats, AgentError> {
+    let mut entries = Vec::new();
+    if ids.is_empty() {
+        entries = pipeline.state().quarantine_list(source, false).await?;
+    } else {
+        for id in ids {
+            match pipeline.state().quarantine_get(*id).await? {
+                Some(e) if e.resolved_at.is_none() => entries.push(e),
+                Some(_) => {
+                    return Err(AgentError::Answer(format!("quarantine entry {id} is already resolved")));
+                }
+                None => return Err(AgentError::Answer(format!("no quarantine entry {id}"))),
+            }
+        }
+    }
+    let mut stats = ReplayStats::default();
+    let mut by_source: std::collections::BTreeMap<String, Vec<(String, Record)>> = Default::default();
+    for e in entries {
+        let Some(r) = record_from_stored(&e.kind, &e.record) else {
+            return Err(AgentError::Answer(format!(
+                "quarantine entry {} holds an unreadable {} record",
+                e.id, e.kind
+            )));
+        };
+        by_source
+            .entry(e.source.clone())
+            .or_default()
+            .push((e.record_key.clone(), r));
+    }
+    for (src, records) in by_source {
+        for chunk in records.chunks(500) {
+            for o in pipeline.submit(&src, chunk.to_vec()).await? {
+                match o {
+                    RecordOutcome::Accepted { .. } => stats.accepted += 1,
+                    RecordOutcome::Quarantined { .. } => stats.quarantined += 1,
+                    RecordOutcome::Rejected { .. } => stats.rejected += 1,
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Opens only the state database (for `quarantine list/show`).
+pub async fn open_state(cfg: &LoadedAgentConfig) -> Result<StateDb, AgentError> {
+    StateDb::open(&cfg.resolve(&cfg.config.agent.state_db)).await
+}

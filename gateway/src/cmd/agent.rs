@@ -1,0 +1,172 @@
+//! `vaxgate agent`: run the configured sources, `check` the config and
+//! connections, inspect and replay the quarantine.
+
+use std::path::PathBuf;
+
+use adapters::agent;
+use adapters::config::LoadedAgentConfig;
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+/// `vaxgate agent [--config FILE] [run|check|quarantine ...]`
+#[derive(Debug, Args)]
+pub struct AgentCmd {
+    /// The agent configuration (TOML).
+    #[arg(long, global = true, default_value = "config/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    sub: Option<AgentSub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentSub {
+    /// Run the sources (the default).
+    Run {
+        /// Stop once every pull source has nothing left to read (a backfill).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Validate the config and test the state database, the gateway (reachable,
+    /// key registered) and each source's connection.
+    Check,
+    /// Records that failed mapping or validation.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// Open entries (reasons only, no personal data).
+    List {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Resolved entries too.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry with its problems; the record's values only with `--reveal`.
+    Show {
+        /// Entry id.
+        id: i64,
+        /// Print the record itself (contains personal data).
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Re-map entries with the current mapping specs and submit them.
+    Replay {
+        /// Entry ids (default: every open entry).
+        ids: Vec<i64>,
+        /// Only entries of this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<LoadedAgentConfig> {
+    Ok(adapters::config::load(path)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Runs `vaxgate agent`.
+pub fn run(c: AgentCmd) -> anyhow::Result<u8> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = load(&c.config)?;
+    let rt = runtime()?;
+    match c.sub.unwrap_or(AgentSub::Run { once: false }) {
+        AgentSub::Run { once } => rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::info!("stopping after the current batches");
+                    let _ = tx.send(true);
+                }
+            });
+            let stats = agent::run(&cfg, rx, once).await?;
+            for (name, s) in stats {
+                println!(
+                    "source {name}: {} accepted, {} rejected, {} quarantined in {} batches",
+                    s.accepted, s.rejected, s.quarantined, s.batches
+                );
+            }
+            Ok(0)
+        }),
+        AgentSub::Check => rt.block_on(async {
+            println!("config {}: valid", c.config.display());
+            let lines = agent::check(&cfg).await?;
+            let mut bad = 0;
+            for l in &lines {
+                println!("{:<40} {}  {}", l.what, if l.ok { "OK  " } else { "FAIL" }, l.detail);
+                if !l.ok {
+                    bad += 1;
+                }
+            }
+            Ok(if bad == 0 { 0 } else { 1 })
+        }),
+        AgentSub::Quarantine(q) => rt.block_on(quarantine(&cfg, q)),
+    }
+}
+
+async fn quarantine(cfg: &LoadedAgentConfig, q: QuarantineCmd) -> anyhow::Result<u8> {
+    match q {
+        QuarantineCmd::List { source, all, json } => {
+            let state = agent::open_state(cfg).await?;
+            let entries = state.quarantine_list(source.as_deref(), all).await?;
+            for e in &entries {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!(
+                        "{:>6}  {:<16} {:<24} {:>3}x  {}{}",
+                        e.id,
+                        e.source,
+                        e.record_key,
+                        e.attempts,
+                        e.resolution.as_deref().map(|r| format!("[{r}] ")).unwrap_or_default(),
+                        e.reason
+                    );
+                }
+            }
+            if !json {
+                println!("{} entries", entries.len());
+            }
+            Ok(0)
+        }
+        QuarantineCmd::Show { id, reveal } => {
+            let state = agent::open_state(cfg).await?;
+            let e = state
+                .quarantine_get(id)
+                .await?
+                .with_context(|| format!("no quarantine entry {id}"))?;
+            let mut v = serde_json::to_value(&e)?;
+            if reveal {
+                v["record"] = serde_json::Value::String(e.record.clone());
+            } else if e.kind == "row"
+                && let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&e.record)
+            {
+                v["columns"] = m.keys().cloned().collect::<Vec<_>>().into();
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        QuarantineCmd::Replay { ids, source } => {
+            let pipeline = agent::build_pipeline(cfg).await?;
+            let s = agent::replay(&pipeline, &ids, source.as_deref()).await?;
+            println!(
+                "replayed: {} accepted, {} still quarantined, {} rejected by the gateway",
+                s.accepted, s.quarantined, s.rejected
+            );
+            pipeline.state().close().await;
+            Ok(if s.quarantined + s.rejected == 0 { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! End to end: `vaxgate agent` pulling the clinic table `T_JZ_JZJL` from
+//! SQLite, PostgreSQL and MariaDB into a real `vaxgate serve`: watermark
+//! resume without gap or duplicate, change table, mark-processed, `check`,
+//! and the quarantine (list, show, replay after a spec fix).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "agent_common.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn copy_spec(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("clinic-ims.toml");
+    std::fs::copy(repo().join("config/mappings/clinic-ims.toml"), &p).unwrap();
+    p
+}
+
+#[test]
+fn sqlite_watermark_resume_and_quarantine_replay() {
+    let gw = Gateway::start();
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("clinic.db");
+    let bad = |i: usize| i % 50 == 7;
+    sqlite_clinic(&db, 0..300, &bad);
+    let spec = copy_spec(work.path());
+    let cfg = gw.agent_config(
+        work.path(),
+        "sqlite",
+        &format!("sqlite:{}", db.display()),
+        "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 64\npoll_interval_secs = 0.2",
+        &spec,
+    );
+
+    let out = ok(agent(&cfg, &["check"]));
+    assert!(
+        out.contains("gateway") && out.contains("source clinic-ims (sqlite)"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(out.contains("300 rows"), "{out}");
+
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(
+        out.contains("source clinic-ims: 294 accepted, 0 rejected, 6 quarantined"),
+        "{out}"
+    );
+
+    // New rows only: the watermark resumes after the last committed page.
+    sqlite_clinic(&db, 300..400, &|_| false);
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(
+        out.contains("source clinic-ims: 100 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let good: Vec<String> = (0..400).filter(|i| !(*i < 300 && bad(*i))).map(row_key).collect();
+    assert_exactly_once(&gw.ledger_db(), &expected_event_ids(good));
+
+    // Quarantine: reasons without personal data; the record only on --reveal.
+    let list = ok(agent(&cfg, &["quarantine", "list"]));
+    assert!(list.contains("6 entries"), "{list}");
+    assert!(list.contains(&row_key(7)) && list.contains("jzbw"), "{list}");
+    assert!(!list.contains("王小明") && !list.contains("13812345678"), "{list}");
+    let json = ok(agent(&cfg, &["quarantine", "list", "--json"]));
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    let id = first["id"].as_i64().unwrap().to_string();
+    let show = ok(agent(&cfg, &["quarantine", "show", &id]));
+    assert!(show.contains("JZBW") && !show.contains("王小明"), "{show}");
+    let shown = ok(agent(&cfg, &["quarantine", "show", &id, "--reveal"]));
+    assert!(shown.contains("王小明"), "{shown}");
+
+    // Replay with the unchanged spec: still quarantined (exit 1).
+    let o = agent(&cfg, &["quarantine", "replay"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 accepted, 6 still quarantined"));
+
+    // Fix the spec (the local code SX0504_9 is the left upper arm too), replay.
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("\"SX0504_1\" = \"LA\"", "\"SX0504_1\" = \"LA\"\n\"SX0504_9\" = \"LA\"");
+    std::fs::write(&spec, text).unwrap();
+    let out = ok(agent(&cfg, &["quarantine", "replay"]));
+    assert!(out.contains("6 accepted, 0 still quarantined, 0 rejected"), "{out}");
+    let list = ok(agent(&cfg, &["quarantine", "list"]));
+    assert!(list.contains("0 entries"), "{list}");
+    let all = ok(agent(&cfg, &["quarantine", "list", "--all"]));
+    assert!(all.contains("[accepted]"), "{all}");
+    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..400).map(row_key)));
+    assert_eq!(state_counts(work.path()), vec![("accepted".to_string(), 400)]);
+}
+
+fn pg_url() -> String {
+    std::env::var("VAXGATE_TEST_PG_URL")
+        .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL")
+}
+
+fn mysql_url() -> String {
+    std::env::var("VAXGATE_TEST_MYSQL_URL")
+        .expect("VAXGATE_TEST_MYSQL_URL is not set: run ./scripts/test.sh, which starts MariaDB")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// PostgreSQL with the legacy quoted upper-case schema, a TIMESTAMP update
+/// column as watermark (ties broken by the id) and a mark-processed flag.
+#[test]
+fn postgres_timestamp_watermark_and_mark_processed() {
+    let base = pg_url();
+    let name = format!("agent_{}", uuid::Uuid::new_v4().simple());
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{name}");
+    let rt = rt();
+    let insert = |range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let cols: Vec<String> = COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
+            let ph: Vec<String> = (1..=COLUMNS.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "INSERT INTO \"T_JZ_JZJL\" ({}, \"GXSJ\") VALUES ({}, TIMESTAMP '2024-03-05 08:00:00' + (${} || ' seconds')::interval)",
+                cols.join(", "),
+                ph.join(", "),
+                COLUMNS.len() + 1
+            );
+            let mut tx = pool.begin().await.unwrap();
+            for i in range {
+                let row = clinic_row(i, false);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for c in COLUMNS {
+                    q = match &row[*c] {
+                        Value::Number(n) => q.bind(n.as_i64().map(|v| v as i32)),
+                        Value::String(s) => q.bind(s.clone()),
+                        _ => q.bind(None::<String>),
+                    };
+                }
+                q = q.bind(((i / 10) as i64).to_string());
+                q.execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            pool.close().await;
+        })
+    };
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let cols: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| {
+                if *c == "BZJC" {
+                    format!("\"{c}\" INTEGER")
+                } else {
+                    format!("\"{c}\" TEXT")
+                }
+            })
+            .collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE \"T_JZ_JZJL\" ({}, \"GXSJ\" TIMESTAMP NOT NULL, \"SCBZ\" TEXT, PRIMARY KEY (\"JZJL_ID\"))",
+            cols.join(", ")
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    insert(0..500);
+
+    let gw = Gateway::start();
+    let work = tempfile::tempdir().unwrap();
+    let spec = copy_spec(work.path());
+    let cfg = gw.agent_config(
+        work.path(),
+        "postgres",
+        &url,
+        "table = \"T_JZ_JZJL\"\nwatermark = \"GXSJ\"\nkey = \"JZJL_ID\"\nbatch_size = 70\n\
+         mark_processed = \"UPDATE \\\"T_JZ_JZJL\\\" SET \\\"SCBZ\\\" = '1' WHERE \\\"JZJL_ID\\\" = {key}\"",
+        &spec,
+    );
+    let out = ok(agent(&cfg, &["check"]));
+    assert!(!out.contains("FAIL") && out.contains("500 rows"), "{out}");
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(out.contains("500 accepted, 0 rejected, 0 quarantined"), "{out}");
+    insert(500..560);
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(out.contains("60 accepted, 0 rejected, 0 quarantined"), "{out}");
+    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..560).map(row_key)));
+    let marked: i64 = rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM \"T_JZ_JZJL\" WHERE \"SCBZ\" = '1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    });
+    assert_eq!(marked, 560);
+}
+
+/// MariaDB read through a change table (`T_JZ_BG`, an AUTO_INCREMENT
+/// sequence and the changed record's key).
+#[test]
+fn mariadb_change_table() {
+    let base = mysql_url();
+    let name = format!("agent_{}", uuid::Uuid::new_v4().simple());
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{name}");
+    let rt = rt();
+    let insert = |range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+            let ph = vec!["?"; COLUMNS.len()].join(", ");
+            let sql = format!("INSERT INTO T_JZ_JZJL ({}) VALUES ({ph})", COLUMNS.join(", "));
+            let mut tx = pool.begin().await.unwrap();
+            for i in range {
+                let row = clinic_row(i, false);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for c in COLUMNS {
+                    q = match &row[*c] {
+                        Value::Number(n) => q.bind(n.as_i64()),
+                        Value::String(s) => q.bind(s.clone()),
+                        _ => q.bind(None::<String>),
+                    };
+                }
+                q.execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO T_JZ_BG (JZJL_ID) VALUES (?)")
+                    .bind(row_key(i))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+            pool.close().await;
+        })
+    };
+    rt.block_on(async {
+        let admin = sqlx::MySqlPool::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+        let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+        let cols: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "BZJC" => format!("{c} INT"),
+                "JZJL_ID" => format!("{c} VARCHAR(32) NOT NULL"),
+                _ => format!("{c} VARCHAR(200)"),
+            })
+            .collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE T_JZ_JZJL ({}, PRIMARY KEY (JZJL_ID)) DEFAULT CHARSET=utf8mb4",
+            cols.join(", ")
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE T_JZ_BG (BGXH BIGINT AUTO_INCREMENT PRIMARY KEY, JZJL_ID VARCHAR(32) NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    insert(0..250);
+
+    let gw = Gateway::start();
+    let work = tempfile::tempdir().unwrap();
+    let spec = copy_spec(work.path());
+    let cfg = gw.agent_config(
+        work.path(),
+        "mysql",
+        &url,
+        "table = \"T_JZ_JZJL\"\nkey = \"JZJL_ID\"\nbatch_size = 40\n\
+         change_table = { table = \"T_JZ_BG\", seq = \"BGXH\", key = \"JZJL_ID\" }",
+        &spec,
+    );
+    let out = ok(agent(&cfg, &["check"]));
+    assert!(!out.contains("FAIL") && out.contains("250 rows"), "{out}");
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(out.contains("250 accepted, 0 rejected, 0 quarantined"), "{out}");
+    insert(250..300);
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(out.contains("50 accepted, 0 rejected, 0 quarantined"), "{out}");
+    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..300).map(row_key)));
+    // The record keys in the agent's receipts are the table's, not the sequence.
+    assert_eq!(state_counts(work.path()), vec![("accepted".to_string(), 300)]);
+}
