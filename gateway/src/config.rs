@@ -252,8 +252,11 @@ impl Default for RateLimits {
 pub struct TelemetryConfig {
     /// `json` (default) or `text`.
     pub log_format: Option<String>,
-    /// OTLP/gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`.
+    /// OTLP/gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`; no
+    /// traces are exported without it.
     pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported traces (default `vaxgate`).
+    pub service_name: Option<String>,
 }
 
 /// `[forwarding]`
@@ -262,13 +265,35 @@ pub struct TelemetryConfig {
 pub struct ForwardingConfig {
     /// AMQP URL (use `${NAME}` for the password).
     pub amqp_url: String,
-    /// Topic exchange to publish to.
+    /// Topic exchange to publish to (declared durable by the forwarder).
     #[serde(default = "default_exchange")]
     pub exchange: String,
+    /// Categories whose transactions are also published as alerts
+    /// (routing key `alert.coldchain`).
+    #[serde(default = "default_alert_categories")]
+    pub alert_categories: Vec<String>,
+    /// How often the forwarder looks for new blocks, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Most transactions published per confirmed round (a block is never split).
+    #[serde(default = "default_fwd_batch")]
+    pub max_batch: usize,
 }
 
 fn default_exchange() -> String {
     "vaxgate.events".into()
+}
+
+fn default_alert_categories() -> Vec<String> {
+    vec!["cold_chain_alert".into()]
+}
+
+fn default_poll_ms() -> u64 {
+    200
+}
+
+fn default_fwd_batch() -> usize {
+    2000
 }
 
 /// A loaded configuration with where it came from.
@@ -502,10 +527,35 @@ impl LoadedConfig {
         {
             return Err(self.invalid("telemetry.log_format", format!("{f:?} is not json or text")));
         }
-        if let Some(fw) = &c.forwarding
-            && !(fw.amqp_url.starts_with("amqp://") || fw.amqp_url.starts_with("amqps://"))
+        if let Some(fw) = &c.forwarding {
+            if !(fw.amqp_url.starts_with("amqp://") || fw.amqp_url.starts_with("amqps://")) {
+                return Err(self.invalid("forwarding.amqp_url", "must start with amqp:// or amqps://"));
+            }
+            if fw.exchange.is_empty() || fw.exchange.len() > 255 || fw.exchange.chars().any(|c| c.is_whitespace()) {
+                return Err(self.invalid("forwarding.exchange", "must be 1 to 255 characters without spaces"));
+            }
+            if fw.alert_categories.iter().any(|a| a.trim().is_empty()) {
+                return Err(self.invalid("forwarding.alert_categories", "must not contain an empty name"));
+            }
+            if !(10..=60_000).contains(&fw.poll_interval_ms) {
+                return Err(self.invalid("forwarding.poll_interval_ms", "must be between 10 and 60000"));
+            }
+            if !(1..=100_000).contains(&fw.max_batch) {
+                return Err(self.invalid("forwarding.max_batch", "must be between 1 and 100000"));
+            }
+        }
+        if let Some(e) = &c.telemetry.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            return Err(self.invalid("forwarding.amqp_url", "must start with amqp:// or amqps://"));
+            return Err(self.invalid(
+                "telemetry.otlp_endpoint",
+                format!("{e:?} must be an http:// or https:// URL of an OTLP/gRPC receiver"),
+            ));
+        }
+        if let Some(n) = &c.telemetry.service_name
+            && n.trim().is_empty()
+        {
+            return Err(self.invalid("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }
@@ -567,6 +617,26 @@ amqp_url = "amqp://vaxgate:${AMQP_PASSWORD}@127.0.0.1:5672/%2f"
     fn missing_env_names_line_and_variable() {
         let e = load_str(GOOD, Path::new("v.toml"), &|_| None).unwrap_err().to_string();
         assert!(e.contains("v.toml:20:") && e.contains("AMQP_PASSWORD"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_and_telemetry_are_validated() {
+        let c = load_text(GOOD).unwrap();
+        let fw = c.config.forwarding.unwrap();
+        assert_eq!(fw.exchange, "vaxgate.events");
+        assert_eq!(fw.alert_categories, vec!["cold_chain_alert".to_string()]);
+        let t = format!("{GOOD}poll_interval_ms = 0\n");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.contains(":21: `forwarding.poll_interval_ms`"), "{e}");
+        let t = format!("{GOOD}exchange = \"a b\"\n");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.contains("`forwarding.exchange`"), "{e}");
+        let t = format!("{GOOD}\n[telemetry]\notlp_endpoint = \"127.0.0.1:4317\"\n");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.contains(":23: `telemetry.otlp_endpoint`"), "{e}");
+        let t = format!("{GOOD}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampler = 1\n");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.contains("sampler"), "{e}");
     }
 
     #[test]

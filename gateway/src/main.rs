@@ -49,7 +49,10 @@ fn config_load(path: &std::path::Path) -> anyhow::Result<gateway::config::Loaded
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cmd::init_logging();
+    // `serve` installs its own subscriber from `[telemetry]` (logs and traces).
+    if !matches!(cli.command, Command::Serve(_)) {
+        cmd::init_logging();
+    }
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Serve(a) => cmd::serve::run(a),

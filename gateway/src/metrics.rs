@@ -82,6 +82,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 impl Metrics {
+    /// The registry `/metrics` renders; other modules register their own
+    /// collectors here (`forward`, `telemetry`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -75,7 +75,13 @@ pub fn run(a: InitArgs) -> anyhow::Result<u8> {
          [server]\nlisten = \"{listen}\"\n{plain}{tls}\n\
          [node]\nname = \"{name}\"\nkey = \"keys/node.key.pem\"\npassphrase_env = \"{penv}\"\n\n\
          [ledger]\n# sqlite:PATH (relative to this file) or postgres://user:${{PGPASSWORD}}@host/db\nurl = \"sqlite:data/ledger.db\"\n\n\
-         [registry]\nadmins = [{admins}]\nthreshold = {threshold}\n",
+         [registry]\nadmins = [{admins}]\nthreshold = {threshold}\n\n\
+         # Publish committed blocks, transaction summaries (no personal data) and cold-chain\n\
+         # alerts to a RabbitMQ topic exchange, at least once (docs/operations.md).\n\
+         # [forwarding]\n# amqp_url = \"amqp://vaxgate:${{AMQP_PASSWORD}}@127.0.0.1:5672/%2f\"\n\
+         # exchange = \"vaxgate.events\"\n\n\
+         # Logs (json or text) and OpenTelemetry traces over OTLP/gRPC.\n\
+         # [telemetry]\n# log_format = \"json\"\n# otlp_endpoint = \"http://127.0.0.1:4317\"\n",
         listen = a.listen,
         plain = if a.plain_http { "plain_http = true\n" } else { "" },
         tls = tls,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bench_crypto;
+pub mod bench_http;
 pub mod init;
 pub mod keys;
 pub mod ledger;
@@ -18,6 +19,8 @@ pub enum BenchCmd {
     Crypto(bench_crypto::BenchCryptoArgs),
     /// Durable ledger appends of batch-signed transactions.
     Ledger(ledger::BenchLedgerArgs),
+    /// The gateway over HTTP on loopback: ingest, trace latency, GET throughput.
+    Http(bench_http::BenchHttpArgs),
 }
 
 /// Dispatches `vaxgate bench`.
@@ -25,6 +28,7 @@ pub fn run_bench(c: BenchCmd) -> anyhow::Result<u8> {
     match c {
         BenchCmd::Crypto(a) => bench_crypto::run(a),
         BenchCmd::Ledger(a) => ledger::bench(a),
+        BenchCmd::Http(a) => bench_http::run(a),
     }
 }
 

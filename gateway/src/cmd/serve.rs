@@ -42,6 +42,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         c.server.workers
     };
     actix_web::rt::System::new().block_on(async move {
+        let telemetry = gateway::telemetry::init(&c.telemetry)?;
+        if telemetry.exporting() {
+            tracing::info!("exporting traces over OTLP");
+        }
         let store = AnyStore::open(&c.ledger.url, &base)
             .await
             .context("opening the ledger")?;
@@ -79,6 +83,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         if caught_up > 0 {
             tracing::info!(events = caught_up, "projection caught up from the ledger");
         }
+        if let Some(fw) = &c.forwarding {
+            let f = gateway::forward::Forwarder::open(store.clone(), fw.clone(), provider.clone(), node_handle.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "{}: [forwarding]: creating the forwarding cursor",
+                        config_path.display()
+                    )
+                })?;
+            actix_web::rt::spawn(f.run());
+        }
         let state = actix_web::web::Data::new(AppState {
             ledger,
             node_key: node_key_copy,
@@ -103,6 +118,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         let max_body = c.server.max_body_bytes;
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
+                .wrap(actix_web::middleware::from_fn(gateway::telemetry::http_span))
                 .app_data(state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(max_body))
                 .app_data(actix_web::web::JsonConfig::default().limit(max_body))
@@ -130,6 +146,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             ledger::LedgerStore::location(&store)
         );
         server.run().await?;
+        telemetry.shutdown().await;
         store.close().await?;
         Ok::<_, anyhow::Error>(0)
     })

@@ -1,0 +1,456 @@
+//! `vaxgate bench http`: the gateway over HTTP on loopback, end to end.
+//!
+//! Creates a node in a temporary folder (`vaxgate init`, SQLite ledger,
+//! plain HTTP on 127.0.0.1), starts the real server as a child process
+//! (`vaxgate serve`), registers a vaccination unit through `vaxgate admin`,
+//! then measures:
+//!
+//! - (a) ingest: `--records` vaccination records through
+//!   `POST /v1/transactions` in sealed, batch-signed batches
+//!   (`adapters::seal::seal_batch`: one SM2-wrapped KEK and one SM2
+//!   signature per batch) from `--clients` concurrent `GatewayClient`s.
+//!   Batches are sealed in chunks before they are sent, and only the sending
+//!   is timed (`records_per_s`); `records_per_s_wall` includes the sealing,
+//!   which shares the same cores. Every response is checked: all accepted.
+//! - (b) `GET /v1/trace/{code}` latency for `--trace-samples` random codes
+//!   with the ledger holding every ingested record (one signed client).
+//! - (c) authenticated, rate-limited GET throughput
+//!   (`GET /v1/checkpoints/latest`, SM2-signed requests, per-principal
+//!   limit in force) against the unauthenticated
+//!   `GET /v1/public/checkpoints/latest`, which returns the same body from
+//!   the same handler work, in the same run. Requests are signed before the
+//!   timed loop: the signing cost belongs to the clients' machines.
+//!
+//! Prints progress to stderr and a final line of JSON with every figure.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use adapters::{GatewayClient, GatewayClientConfig};
+use anyhow::Context;
+use mappings::ExchangeMessage;
+use secure_gateway::{KeyHandle, RustCryptoProvider};
+
+/// Arguments of `vaxgate bench http`.
+#[derive(Debug, clap::Args)]
+pub struct BenchHttpArgs {
+    /// Records to ingest (the ledger size for the trace measurement).
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    /// Records per sealed, batch-signed request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Concurrent ingest clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// `GET /v1/trace/{code}` requests for the latency figures.
+    #[arg(long, default_value_t = 2000)]
+    pub trace_samples: usize,
+    /// Requests per route for the GET throughput comparison.
+    #[arg(long, default_value_t = 20_000)]
+    pub get_requests: usize,
+    /// Concurrent connections for the GET throughput comparison.
+    #[arg(long, default_value_t = 16)]
+    pub get_clients: usize,
+    /// Server worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Keep the node folder here instead of a temporary one (must not exist).
+    #[arg(long)]
+    pub keep_dir: Option<PathBuf>,
+}
+
+const PASS_ENV: &str = "VAXGATE_BENCH_PASSPHRASE";
+const GOLDEN: &str = include_str!("../../../mappings/tests/golden/vaccination/clinic-ims.json");
+
+struct ServerProcess(Child);
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vaxgate(pass: &str) -> anyhow::Result<Command> {
+    let mut c = Command::new(std::env::current_exe().context("locating the vaxgate binary")?);
+    c.env(PASS_ENV, pass);
+    Ok(c)
+}
+
+fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
+    let o = c.output().with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted_ms(mut v: Vec<Duration>) -> Vec<f64> {
+    v.sort();
+    v.into_iter().map(|d| d.as_secs_f64() * 1e3).collect()
+}
+
+/// The bench's records: the golden vaccination record under fresh ids and
+/// one distinct 20-digit trace code per record.
+fn record(template: &ExchangeMessage, i: usize) -> ExchangeMessage {
+    let mut m = template.clone();
+    m.event_id = uuid::Uuid::new_v4();
+    m.payload.event_id = m.event_id;
+    m.payload.trace_codes = vec![trace_code(i)];
+    m.payload.record_key = format!("BENCH{i:010}");
+    m
+}
+
+fn trace_code(i: usize) -> String {
+    format!("8699{i:016}")
+}
+
+/// Runs the benchmark.
+pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        a.records >= 1 && a.batch >= 1 && a.clients >= 1,
+        "--records, --batch and --clients must be ≥ 1"
+    );
+    anyhow::ensure!(a.get_clients >= 1, "--get-clients must be ≥ 1");
+    anyhow::ensure!(
+        a.records < 10_000_000_000_000_000,
+        "--records is too large for the trace-code scheme"
+    );
+    let tmp;
+    let root: PathBuf = match &a.keep_dir {
+        Some(d) => {
+            anyhow::ensure!(!d.exists(), "{} exists; --keep-dir must name a new folder", d.display());
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("creating a temporary folder")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let pass = hex::encode(secure_gateway::random::bytes::<16>().context("random passphrase")?);
+    let dir = root.join("node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    eprintln!("bench http: node in {}, gateway on {base}", dir.display());
+    let mut c = vaxgate(&pass)?;
+    c.args([
+        "init",
+        "--plain-http",
+        "--admins",
+        "1",
+        "--threshold",
+        "1",
+        "--passphrase-env",
+        PASS_ENV,
+    ])
+    .arg("--dir")
+    .arg(&dir)
+    .arg("--listen")
+    .arg(format!("127.0.0.1:{port}"));
+    run_ok(c, "vaxgate init")?;
+    // Limits in force (rate limiting is part of what is measured) but high
+    // enough not to refuse the benchmark's own load.
+    let cfg = dir.join("vaxgate.toml");
+    let mut text = std::fs::read_to_string(&cfg)?;
+    text = text.replace(
+        "plain_http = true\n",
+        &format!("plain_http = true\nworkers = {}\n", a.workers),
+    );
+    text.push_str(
+        "\n[rate_limits]\ningest = { per_second = 100000, burst = 100000 }\n\
+         query = { per_second = 1000000, burst = 1000000 }\npublic = { per_second = 1000000, burst = 1000000 }\n",
+    );
+    std::fs::write(&cfg, text)?;
+    let mut c = vaxgate(&pass)?;
+    c.arg("serve").arg("--config").arg(&cfg).stdout(Stdio::null());
+    let _server = ServerProcess(c.spawn().context("starting vaxgate serve")?);
+
+    let ent = root.join("entity");
+    let mut c = vaxgate(&pass)?;
+    c.args(["keys", "generate", "--entity", "bench", "--passphrase-env", PASS_ENV])
+        .arg("--out")
+        .arg(&ent);
+    run_ok(c, "vaxgate keys generate")?;
+    let entity_id = gateway::registry::uscc_with_check("12320102MB1234567").context("the bench entity id")?;
+    let start = Instant::now();
+    loop {
+        let mut c = vaxgate(&pass)?;
+        c.args([
+            "admin",
+            "--gateway",
+            &base,
+            "--passphrase-env",
+            PASS_ENV,
+            "register-entity",
+        ])
+        .args(["--id", &entity_id, "--name", "基准测试接种单位", "--alias", "bench"])
+        .args(["--role", "vaccination_unit", "--code", "3201020001", "--master-key"])
+        .arg(ent.join("bench.pub.pem"))
+        .arg("--approve")
+        .arg(dir.join("keys/admin-1.key.pem"));
+        let o = c.output()?;
+        if o.status.success() {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "registering the bench entity: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pem = std::fs::read_to_string(ent.join("bench.key.pem"))?;
+    let key = secure_gateway::keys::private_key_from_pem(&pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)?;
+    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(bench(&a, &base, &entity_id, key, gateway_key))
+}
+
+#[derive(serde::Deserialize)]
+struct IngestSummary {
+    accepted: usize,
+    duplicates: usize,
+    rejected: usize,
+}
+
+async fn bench(
+    a: &BenchHttpArgs,
+    base: &str,
+    entity_id: &str,
+    key: secure_gateway::Sm2SigningKey,
+    gateway_key: secure_gateway::Sm2VerifyingKey,
+) -> anyhow::Result<u8> {
+    let client = GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: base.to_string(),
+            timeout: Some(Duration::from_secs(300)),
+            ..Default::default()
+        },
+        key.clone(),
+    )?;
+    let provider = Arc::new(RustCryptoProvider::new());
+    let handle = KeyHandle::new("bench");
+    provider.insert_sm2_key(handle.clone(), key.clone());
+    let golden: Vec<serde_json::Value> = serde_json::from_str(GOLDEN)?;
+    let template = mappings::exchange::from_json(&golden[0].to_string())
+        .map_err(|e| anyhow::anyhow!("the golden vaccination record: {e}"))?;
+
+    // (a) Ingest.
+    let batches = a.records.div_ceil(a.batch);
+    let chunk_batches = (a.clients * 8).max(1);
+    let mut send_time = Duration::ZERO;
+    let mut latencies = Vec::with_capacity(batches);
+    let wall = Instant::now();
+    let mut next_record = 0usize;
+    let mut last_report = Instant::now();
+    while next_record < a.records {
+        // Seal a chunk of batches on every core.
+        let first = next_record;
+        let n_batches = chunk_batches.min((a.records - first).div_ceil(a.batch));
+        let mut sealers = Vec::new();
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        for t in 0..threads {
+            let (provider, handle, gk, template) =
+                (provider.clone(), handle.clone(), gateway_key.clone(), template.clone());
+            let (entity_id, batch, records) = (entity_id.to_string(), a.batch, a.records);
+            sealers.push(tokio::task::spawn_blocking(
+                move || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+                    let mut out = Vec::new();
+                    for b in (t..n_batches).step_by(threads) {
+                        let lo = first + b * batch;
+                        let hi = (lo + batch).min(records);
+                        let msgs: Vec<ExchangeMessage> = (lo..hi).map(|i| record(&template, i)).collect();
+                        let sealed =
+                            adapters::seal::seal_batch(provider.as_ref(), &handle, &entity_id, &gk, &[], &msgs)?;
+                        out.push((hi - lo, sealed.to_json().into_bytes()));
+                    }
+                    Ok(out)
+                },
+            ));
+        }
+        let mut bodies = Vec::new();
+        for s in sealers {
+            bodies.extend(s.await??);
+        }
+        next_record = (first + n_batches * a.batch).min(a.records);
+        // Send the chunk from `clients` concurrent clients.
+        let bodies = Arc::new(bodies);
+        let cursor = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let mut senders = Vec::new();
+        for _ in 0..a.clients {
+            let (client, bodies, cursor) = (client.clone(), bodies.clone(), cursor.clone());
+            senders.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = cursor.fetch_add(1, Ordering::Relaxed);
+                    let Some((n, body)) = bodies.get(i) else { break };
+                    let t = Instant::now();
+                    let resp = client.send("POST", "/v1/transactions", body.clone()).await?;
+                    lat.push(t.elapsed());
+                    let r: IngestSummary = serde_json::from_slice(&resp)?;
+                    anyhow::ensure!(
+                        r.accepted == *n && r.rejected == 0 && r.duplicates == 0,
+                        "a batch of {n} records: {} accepted, {} duplicates, {} rejected",
+                        r.accepted,
+                        r.duplicates,
+                        r.rejected
+                    );
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        for s in senders {
+            latencies.extend(s.await??);
+        }
+        send_time += t0.elapsed();
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "  ingested {next_record} / {} ({:.0} records/s while sending)",
+                a.records,
+                next_record as f64 / send_time.as_secs_f64()
+            );
+        }
+    }
+    let wall_time = wall.elapsed();
+    let ingest_rate = a.records as f64 / send_time.as_secs_f64();
+    let ingest_rate_wall = a.records as f64 / wall_time.as_secs_f64();
+    let lat = sorted_ms(latencies);
+    eprintln!(
+        "(a) ingest: {} records in batches of {} from {} clients: {:.0} records/s sending ({:.0} records/s with sealing); \
+         request p50 {:.1} ms p99 {:.1} ms",
+        a.records,
+        a.batch,
+        a.clients,
+        ingest_rate,
+        ingest_rate_wall,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    // (b) Trace latency.
+    let stats: serde_json::Value = serde_json::from_slice(&client.get("/v1/stats").await?)?;
+    let ledger_txs = stats["transactions"].as_u64().unwrap_or(0);
+    let mut trace_lat = Vec::with_capacity(a.trace_samples);
+    let mut state = (wall.elapsed().as_nanos() as u64) | 1;
+    for _ in 0..a.trace_samples {
+        // xorshift: a spread of codes over the whole ledger.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let i = (state % a.records as u64) as usize;
+        let t = Instant::now();
+        let body = client.get(&format!("/v1/trace/{}", trace_code(i))).await?;
+        trace_lat.push(t.elapsed());
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        anyhow::ensure!(
+            v["steps"].as_array().is_some_and(|s| s.len() == 1),
+            "trace of record {i}: expected one step, got {v}"
+        );
+    }
+    let tl = sorted_ms(trace_lat);
+    eprintln!(
+        "(b) GET /v1/trace/{{code}} with {ledger_txs} transactions in the ledger: p50 {:.2} ms p99 {:.2} ms ({} samples)",
+        pct(&tl, 0.5),
+        pct(&tl, 0.99),
+        a.trace_samples
+    );
+
+    // (c) Authenticated vs unauthenticated GET of the same body.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.get_clients * 2)
+        .build()?;
+    let auth_path = "/v1/checkpoints/latest";
+    let public_path = "/v1/public/checkpoints/latest";
+    let signed: Vec<[(&'static str, String); 5]> = (0..a.get_requests)
+        .map(|_| secure_gateway::request::sign_request(&key, "GET", auth_path, b"").map(|s| s.headers()))
+        .collect::<Result<_, _>>()?;
+    let signed = Arc::new(signed);
+    let rate = |path: &'static str, auth: bool| {
+        let (http, signed) = (http.clone(), signed.clone());
+        let url = format!("{base}{path}");
+        async move {
+            let cursor = Arc::new(AtomicUsize::new(0));
+            let t0 = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..a.get_clients {
+                let (http, signed, cursor, url) = (http.clone(), signed.clone(), cursor.clone(), url.clone());
+                let n = a.get_requests;
+                tasks.push(tokio::spawn(async move {
+                    let mut bytes = 0usize;
+                    loop {
+                        let i = cursor.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let mut rb = http.get(&url);
+                        if auth {
+                            for (k, v) in &signed[i] {
+                                rb = rb.header(*k, v);
+                            }
+                        }
+                        let resp = rb.send().await?;
+                        anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+                        bytes = resp.bytes().await?.len();
+                    }
+                    Ok::<_, anyhow::Error>(bytes)
+                }));
+            }
+            let mut size = 0;
+            for t in tasks {
+                size = size.max(t.await??);
+            }
+            Ok::<_, anyhow::Error>((a.get_requests as f64 / t0.elapsed().as_secs_f64(), size))
+        }
+    };
+    // Warm both routes' connections first.
+    let _ = http.get(format!("{base}{public_path}")).send().await?;
+    let (public_rate, public_bytes) = rate(public_path, false).await?;
+    let (auth_rate, auth_bytes) = rate(auth_path, true).await?;
+    let ratio = auth_rate / public_rate;
+    eprintln!(
+        "(c) GET {auth_path} (SM2-signed, rate-limited): {auth_rate:.0} req/s ({auth_bytes} B); \
+         GET {public_path} (unauthenticated): {public_rate:.0} req/s ({public_bytes} B); ratio {ratio:.2}"
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "http",
+            "records": a.records,
+            "batch": a.batch,
+            "clients": a.clients,
+            "ingest_records_per_s": ingest_rate.round(),
+            "ingest_records_per_s_wall": ingest_rate_wall.round(),
+            "ingest_send_s": send_time.as_secs_f64(),
+            "ingest_wall_s": wall_time.as_secs_f64(),
+            "ingest_p50_ms": pct(&lat, 0.5),
+            "ingest_p99_ms": pct(&lat, 0.99),
+            "ledger_transactions": ledger_txs,
+            "trace_samples": a.trace_samples,
+            "trace_p50_ms": pct(&tl, 0.5),
+            "trace_p99_ms": pct(&tl, 0.99),
+            "get_requests": a.get_requests,
+            "get_clients": a.get_clients,
+            "auth_get_per_s": auth_rate.round(),
+            "public_get_per_s": public_rate.round(),
+            "auth_to_public_ratio": (ratio * 1000.0).round() / 1000.0,
+            "auth_body_bytes": auth_bytes,
+            "public_body_bytes": public_bytes,
+        })
+    );
+    Ok(0)
+}
