@@ -40,6 +40,8 @@ enum Command {
     /// Benchmarks (each prints a final line of JSON with its figures).
     #[command(subcommand)]
     Bench(cmd::BenchCmd),
+    /// Synthetic legacy systems, a loopback gateway and the agent, end to end.
+    Sandbox(cmd::sandbox::SandboxArgs),
 }
 
 /// Loads and validates a gateway config, or explains what is wrong.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Mapping(c) => cmd::mapping::run(c),
         Command::Agent(c) => cmd::agent::run(c),
         Command::Bench(c) => cmd::run_bench(c),
+        Command::Sandbox(a) => cmd::sandbox::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -78,3 +78,13 @@ mod uscc_tests {
         assert_eq!(super::uscc_with_check("1232010046600123"), None);
     }
 }
+
+#[cfg(test)]
+mod org_tests {
+    #[test]
+    fn every_org_has_a_valid_uscc() {
+        for o in crate::world::ORGS {
+            assert_eq!(super::uscc_with_check(&o.uscc[..17]).as_deref(), Some(o.uscc), "{}", o.alias);
+        }
+    }
+}

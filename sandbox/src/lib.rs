@@ -123,11 +123,19 @@ pub struct Source {
     /// Table or view (SQLite sources).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub table: Option<String>,
-    /// Column to order rows by (SQLite sources).
+    /// Increasing column an incremental reader follows (SQLite sources).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub order_by: Option<String>,
-    /// Alias of the organisation that runs the system (and signs its batches).
+    pub watermark: Option<String>,
+    /// Unique tie-breaker column (SQLite sources).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    /// Alias of the organisation that runs the system (and signs its
+    /// batches); empty when `owner_column` splits the rows.
     pub operator: String,
+    /// A multi-tenant system: each organisation reads (and signs) the rows
+    /// whose `owner_column` holds its code (the cold-chain platform).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner_column: Option<String>,
     /// Records in the source (rows, messages, XML records, shipments).
     pub records: usize,
 }
@@ -301,7 +309,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         |tables: &[write::Table], name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len());
 
     let mut sources = Vec::new();
-    let mut src = |name: &str, base: &str, kind, path: &str, table: Option<(&str, &str)>, operator: &str, records| {
+    let mut src = |name: &str, base: &str, kind, path: &str, table: Option<(&str, &str, &str)>, operator: &str, records| {
         sources.push(Source {
             name: name.into(),
             spec: format!("mappings/{name}.toml"),
@@ -309,8 +317,10 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             kind,
             path: path.into(),
             table: table.map(|t| t.0.to_string()),
-            order_by: table.map(|t| t.1.to_string()),
+            watermark: table.map(|t| t.1.to_string()),
+            key: table.map(|t| t.2.to_string()),
             operator: operator.into(),
+            owner_column: (operator.is_empty() && table.is_some()).then(|| "DWBM".to_string()),
             records,
         });
     };
@@ -343,7 +353,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             "cdc-stock.toml",
             SourceKind::Sqlite,
             file,
-            Some(("V_YM_CRKD", "DJRQ, DJH")),
+            Some(("V_YM_CRKD", "DJRQ", "DJH")),
             alias,
             count(&cdc[s], "YM_CRKD_ZB"),
         );
@@ -369,8 +379,8 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "coldchain.toml",
         SourceKind::Sqlite,
         "coldchain/coldchain.db",
-        Some(("LL_WDHZ", "JLID")),
-        world::PROVINCE.alias,
+        Some(("LL_WDHZ", "JLID", "JLID")),
+        "",
         count(&cold, "LL_WDHZ"),
     );
     write::write_db(&dir.join("clinic/clinic.db"), &clinic, &[]).await?;
@@ -379,7 +389,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic-ims.toml",
         SourceKind::Sqlite,
         "clinic/clinic.db",
-        Some(("T_JZ_JZJL", "JZRQ, JZJL_ID")),
+        Some(("T_JZ_JZJL", "JZRQ", "JZJL_ID")),
         world::CLINIC_A.alias,
         count(&clinic, "T_JZ_JZJL"),
     );
@@ -388,7 +398,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic-aefi.toml",
         SourceKind::Sqlite,
         "clinic/clinic.db",
-        Some(("T_AEFI_BG", "BGSJ, BGBH")),
+        Some(("T_AEFI_BG", "BGSJ", "BGBH")),
         world::CLINIC_A.alias,
         count(&clinic, "T_AEFI_BG"),
     );
@@ -416,7 +426,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "emr.toml",
         SourceKind::Sqlite,
         "hospital/his.db",
-        Some(("EMR_WDSY", "CJSJ, WDID")),
+        Some(("EMR_WDSY", "CJSJ", "WDID")),
         world::HOSPITAL.alias,
         count(&his, "EMR_WDSY"),
     );

@@ -65,7 +65,7 @@ fn records(dir: &Path, s: &Source, spec: &MappingSpec) -> Vec<Record> {
             .block_on(sqlite_rows(
                 &dir.join(&s.path),
                 s.table.as_deref().unwrap(),
-                s.order_by.as_deref().unwrap(),
+                &format!("{}, {}", s.watermark.as_deref().unwrap(), s.key.as_deref().unwrap()),
             ))
             .unwrap()
             .into_iter()
@@ -352,8 +352,10 @@ fn specs_are_embedded_and_renamed() {
         kind: SourceKind::Sqlite,
         path: String::new(),
         table: None,
-        order_by: None,
+        watermark: None,
+        key: None,
         operator: String::new(),
+        owner_column: None,
         records: 0,
     };
     let text = spec_text(&src, Some(world::COUNTY.code)).unwrap();

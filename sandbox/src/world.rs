@@ -73,7 +73,7 @@ pub const COUNTY: Org = Org {
 pub const CLINIC_A: Org = Org {
     alias: "meiyuan",
     code: "3201020001",
-    uscc: "12320102MB0001001E",
+    uscc: "12320102MB0001001N",
     name: "玄武区梅园社区卫生服务中心预防接种门诊",
     address: "南京市玄武区测试街1号",
     role: "vaccination_unit",
@@ -82,7 +82,7 @@ pub const CLINIC_A: Org = Org {
 pub const CLINIC_B: Org = Org {
     alias: "xinjiekou",
     code: "3201020002",
-    uscc: "12320102MB00020024",
+    uscc: "12320102MB00020021",
     name: "玄武区新街口社区卫生服务中心预防接种门诊",
     address: "南京市玄武区测试街2号",
     role: "vaccination_unit",
@@ -91,7 +91,7 @@ pub const CLINIC_B: Org = Org {
 pub const HOSPITAL: Org = Org {
     alias: "hospital",
     code: "320102H001",
-    uscc: "12320102MB0003003X",
+    uscc: "12320102MB0003003B",
     name: "玄武区某医院",
     address: "南京市玄武区测试街3号",
     role: "hospital",

@@ -8,6 +8,7 @@ pub mod init;
 pub mod keys;
 pub mod ledger;
 pub mod mapping;
+pub mod sandbox;
 pub mod serve;
 
 use clap::Subcommand;

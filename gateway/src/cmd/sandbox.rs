@@ -1,0 +1,939 @@
+//! `vaxgate sandbox`: generate synthetic legacy systems (crate `sandbox`),
+//! start a gateway on loopback (SQLite ledger, plain HTTP), register the
+//! organisations, run the agent over every source, verify the ledger and
+//! print a summary with one complete trace of one dose.
+//!
+//! Layout of `--dir` (default `vaxgate-sandbox`):
+//! `manifest.json`, `mappings/*.toml` (the example specs of
+//! `config/mappings/`, embedded in the binary at build time and written
+//! here, so an installed binary needs no repository), the legacy systems
+//! (`clinic/`, `cdc/`, `coldchain/`, `hospital/`, `hl7/`, `erp/`, `mah/`),
+//! `node/` (the gateway: config, keys, ledger, `serve.log`), `keys/` (one SM2
+//! key per organisation, encrypted with the passphrase in
+//! `secrets/passphrase`), `agents/<alias>.toml` (agent configs: run
+//! `vaxgate agent --config` on them), `state/` (agent state databases),
+//! `summary.json`.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use adapters::config::SourceConfig;
+use adapters::pipeline::{Pipeline, PipelineConfig, RecordOutcome};
+use adapters::{GatewayClient, GatewayClientConfig, StateDb};
+use anyhow::{Context as _, bail};
+use gateway::registry::{Entity, Policy, RegistryChange, RegistryOp, Role};
+use mappings::{Dataset, MappingSpec, Record, TraceEvent};
+use sandbox::{Manifest, Source, SourceKind};
+use secure_gateway::{KeyProtection, Sm2SigningKey};
+use serde_json::{Value, json};
+
+/// Environment variable the sandbox hands its passphrase in to the
+/// processes it starts (`init`, `serve`, `admin`, `keys`).
+pub const PASS_ENV: &str = "VAXGATE_SANDBOX_PASSPHRASE";
+
+/// Arguments of `vaxgate sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Vaccinations to simulate.
+    #[arg(long, default_value_t = 2_000)]
+    pub doses: usize,
+    /// Seed of the synthetic world (same seed, same systems).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Folder for everything the sandbox writes.
+    #[arg(long, default_value = "vaxgate-sandbox")]
+    pub dir: PathBuf,
+    /// Keep the gateway running after the summary (Ctrl-C stops it).
+    #[arg(long)]
+    pub serve: bool,
+    /// Loopback port of a new gateway (default: a free one). An existing
+    /// sandbox keeps its port.
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+/// The partner firm and the regulator (query-only organisations).
+const READERS: [(&str, &str, &str, &str, &str); 2] = [
+    (
+        "partner",
+        "91320100MA0123456E",
+        "某医药科技有限公司 (合作伙伴)",
+        "partner",
+        r#"{"read": {"products": ["8612345"]}}"#,
+    ),
+    (
+        "nmpa-js",
+        "11320000MB0123456K",
+        "江苏省药品监督管理局",
+        "regulator",
+        r#"{"read": {"all": true}, "personal_data": true}"#,
+    ),
+];
+
+/// The holder also runs cold rooms: its policy adds cold-chain readings
+/// to the manufacturer's default categories.
+const MAH_POLICY: &str = r#"{"write": ["vaccine_product", "lot_release", "production_inbound", "outbound", "return",
+    "recall", "loss_destruction", "cancellation", "cold_chain_readings"]}"#;
+
+struct Org {
+    alias: String,
+    uscc: String,
+    name: String,
+    role: String,
+    code: Option<String>,
+    policy: Option<String>,
+}
+
+/// The key `<alias>.key.pem` in `keys`: opened, or generated and written
+/// (encrypted with the sandbox passphrase) when missing.
+fn ensure_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<Sm2SigningKey> {
+    let private = keys.join(format!("{alias}.key.pem"));
+    if private.exists() {
+        let pem = std::fs::read_to_string(&private)?;
+        return secure_gateway::keys::private_key_from_pem(&pem, Some(pass), secure_gateway::DEFAULT_DIST_ID)
+            .with_context(|| format!("opening {}", private.display()));
+    }
+    let key = Sm2SigningKey::generate();
+    let protection = KeyProtection::Passphrase(zeroize::Zeroizing::new(pass.to_string()));
+    secure_gateway::keys::write_signing_key(&private, &key, &protection)?;
+    secure_gateway::keys::write_verifying_key(&keys.join(format!("{alias}.pub.pem")), key.verifying_key())?;
+    Ok(key)
+}
+
+struct Server(Child);
+
+impl Server {
+    /// Asks the server to stop (SIGTERM: it finishes in-flight appends) and
+    /// waits; kills it after 15 s.
+    fn stop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn vaxgate(pass: &str) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("locating the vaxgate binary")?;
+    // Linux reports "<path> (deleted)" once the file was replaced (a rebuild
+    // while the sandbox runs): start the new binary at the same path.
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => exe,
+    };
+    let mut c = Command::new(exe);
+    c.env(PASS_ENV, pass);
+    if std::env::var_os("RUST_LOG").is_none() {
+        c.env("RUST_LOG", "warn");
+    }
+    Ok(c)
+}
+
+fn run_ok(mut c: Command, what: &str) -> anyhow::Result<String> {
+    let o = c.output().with_context(|| format!("{what}: starting"))?;
+    if !o.status.success() {
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The sandbox passphrase: `secrets/passphrase` (0600), created once.
+fn passphrase(dir: &Path) -> anyhow::Result<String> {
+    let p = dir.join("secrets/passphrase");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        return Ok(s.trim().to_string());
+    }
+    std::fs::create_dir_all(dir.join("secrets"))?;
+    let pass = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(pass.as_bytes())?;
+    Ok(pass)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `GET /readyz` over plain HTTP until it answers 200.
+fn wait_ready(port: u16, server: &mut Server, log: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = server.0.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("the gateway exited ({st}); {}:\n{tail}", log.display());
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the gateway did not become ready on 127.0.0.1:{port} within 60 s; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Per source: what the agent did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct SourceSummary {
+    records: u64,
+    accepted: u64,
+    rejected: u64,
+    quarantined: u64,
+    /// rule or gateway code → records
+    reasons: BTreeMap<String, u64>,
+}
+
+/// Runs `vaxgate sandbox`.
+pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let dir = a.dir.canonicalize()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+
+    // 1. Legacy systems.
+    println!(
+        "vaxgate sandbox: seed {}, {} doses, in {}",
+        a.seed,
+        a.doses,
+        dir.display()
+    );
+    let t = Instant::now();
+    let manifest = rt
+        .block_on(sandbox::generate(
+            &dir,
+            &sandbox::Options {
+                seed: a.seed,
+                doses: a.doses,
+            },
+        ))
+        .context("generating the legacy systems")?;
+    let gen_secs = t.elapsed().as_secs_f64();
+    println!("[1/6] legacy systems generated in {gen_secs:.2} s:");
+    for s in &manifest.sources {
+        println!("      {:<20} {:>7} records  {}", s.name, s.records, s.path);
+    }
+
+    // 2. Gateway node.
+    let pass = passphrase(&dir)?;
+    let node = dir.join("node");
+    let cfg_path = node.join("vaxgate.toml");
+    let port = if cfg_path.exists() {
+        let text = std::fs::read_to_string(&cfg_path)?;
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|r| r.trim_end_matches('"').parse().ok())
+            .with_context(|| format!("{}: no loopback listen address", cfg_path.display()))?
+    } else {
+        let port = match a.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let mut c = vaxgate(&pass)?;
+        c.args(["init", "--dir"]).arg(&node).args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--plain-http",
+            "--passphrase-env",
+            PASS_ENV,
+        ]);
+        run_ok(c, "vaxgate init")?;
+        port
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let log = node.join("serve.log");
+    let logf = std::fs::File::create(&log)?;
+    let mut server = Server(
+        vaxgate(&pass)?
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .context("starting vaxgate serve")?,
+    );
+    wait_ready(port, &mut server, &log)?;
+    println!(
+        "[2/6] gateway listening on {base} (ledger {})",
+        node.join("data/ledger.db").display()
+    );
+
+    // 3. Keys and registration (in this process: each key is decrypted once).
+    let t = Instant::now();
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let registered_marker = node.join("sandbox-registered.json");
+    let mut registered: Vec<String> = std::fs::read_to_string(&registered_marker)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut orgs: Vec<Org> = manifest
+        .entities
+        .iter()
+        .map(|e| Org {
+            alias: e.alias.clone(),
+            uscc: e.uscc.clone(),
+            name: e.name.clone(),
+            role: e.role.clone(),
+            code: (e.code != e.uscc).then(|| e.code.clone()),
+            policy: (e.role == "manufacturer").then(|| MAH_POLICY.to_string()),
+        })
+        .collect();
+    for (alias, uscc, name, role, policy) in READERS {
+        orgs.push(Org {
+            alias: alias.into(),
+            uscc: uscc.into(),
+            name: name.into(),
+            role: role.into(),
+            code: None,
+            policy: Some(policy.into()),
+        });
+    }
+    // PBKDF2 (600,000 iterations) per key: one thread each.
+    let signing: BTreeMap<String, Sm2SigningKey> = std::thread::scope(|sc| {
+        let handles: Vec<_> = orgs
+            .iter()
+            .map(|o| {
+                let (keys, pass) = (&keys, &pass);
+                (o.alias.clone(), sc.spawn(move || ensure_key(keys, &o.alias, pass)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(alias, h)| {
+                let k = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("key thread of {alias} panicked"))??;
+                Ok((alias, k))
+            })
+            .collect::<anyhow::Result<_>>()
+    })?;
+    let keys_secs = t.elapsed().as_secs_f64();
+    let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
+    if !pending.is_empty() {
+        let admin = |n: u32| -> anyhow::Result<Sm2SigningKey> {
+            let p = node.join(format!("keys/admin-{n}.key.pem"));
+            let pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(
+                secure_gateway::keys::private_key_from_pem(&pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            )
+        };
+        let (a1, a2) = (admin(1)?, admin(2)?);
+        let client = GatewayClient::new(
+            &GatewayClientConfig {
+                base_url: base.clone(),
+                ..Default::default()
+            },
+            a1.clone(),
+        )?;
+        for o in pending {
+            let policy: Policy = match &o.policy {
+                Some(p) => serde_json::from_str(p).with_context(|| format!("policy of {}", o.alias))?,
+                None => Policy::default(),
+            };
+            let role: Role = serde_json::from_value(json!(o.role)).with_context(|| format!("role {}", o.role))?;
+            let pem = std::fs::read_to_string(keys.join(format!("{}.pub.pem", o.alias)))?;
+            let mut change = RegistryChange::new(RegistryOp::RegisterEntity {
+                entity: Entity {
+                    id: o.uscc.clone(),
+                    name: o.name.clone(),
+                    alias: o.alias.clone(),
+                    role,
+                    policy,
+                    codes: o.code.iter().cloned().collect(),
+                },
+                master_key: pem,
+            });
+            change.approve(&a1);
+            change.approve(&a2);
+            rt.block_on(client.post_json("/v1/admin/registry", &change))
+                .with_context(|| format!("registering {}", o.alias))?;
+            registered.push(o.alias.clone());
+            std::fs::write(&registered_marker, serde_json::to_string(&registered)?)?;
+        }
+    }
+    println!(
+        "[3/6] {} organisations registered (2-of-3 administrator approvals): keys {keys_secs:.1} s, registration {:.1} s",
+        orgs.len(),
+        t.elapsed().as_secs_f64() - keys_secs
+    );
+    for o in &orgs {
+        println!("      {:<10} {:<17} {}  {}", o.alias, o.role, o.uscc, o.name);
+    }
+
+    // 4. The agent over every source.
+    println!("[4/6] agent: map, validate, seal (SM4/SM2), sign and post every source");
+    let t = Instant::now();
+    let sources = rt.block_on(run_agents(&dir, &manifest, &base, &signing))?;
+    let agent_secs = t.elapsed().as_secs_f64();
+    let total: u64 = sources.values().map(|s| s.records).sum();
+    let accepted: u64 = sources.values().map(|s| s.accepted).sum();
+
+    // 5. Ledger verification and statistics.
+    let db = node.join("data/ledger.db");
+    let node_pub = node.join("keys/node.pub.pem");
+    let mut c = vaxgate(&pass)?;
+    c.args(["ledger", "stats", "--json", "--db"]).arg(&db);
+    let stats: Value = serde_json::from_str(run_ok(c, "vaxgate ledger stats")?.trim()).unwrap_or_default();
+    let mut c = vaxgate(&pass)?;
+    c.args(["ledger", "verify", "--db"])
+        .arg(&db)
+        .arg("--checkpoint-key")
+        .arg(&node_pub);
+    let verify = c.output()?;
+    let verify_text = String::from_utf8_lossy(&verify.stdout).trim().to_string();
+    println!("[5/6] ledger: {verify_text}");
+
+    // 6. One dose from production to vaccination.
+    let regulator = signing.get("nmpa-js").cloned().context("no regulator key")?;
+    let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator))?;
+
+    // Summary.
+    println!();
+    println!("== summary ==");
+    println!(
+        "{:<20} {:>8} {:>9} {:>9} {:>12}  reasons",
+        "source", "records", "accepted", "rejected", "quarantined"
+    );
+    for (name, s) in &sources {
+        let reasons: Vec<String> = s.reasons.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+        println!(
+            "{name:<20} {:>8} {:>9} {:>9} {:>12}  {}",
+            s.records,
+            s.accepted,
+            s.rejected,
+            s.quarantined,
+            reasons.join(", ")
+        );
+    }
+    let height = stats["stats"]["height"].as_u64().unwrap_or(0);
+    let txs = stats["stats"]["transactions"].as_u64().unwrap_or(0);
+    println!(
+        "records: {total} read, {accepted} accepted; ledger: {} blocks, {txs} transactions",
+        height + 1
+    );
+    println!(
+        "verification: {}",
+        if verify.status.success() { "OK" } else { "FAILED" }
+    );
+    println!(
+        "time: generate {gen_secs:.2} s, agent {agent_secs:.2} s ({:.0} records/s), total {:.1} s",
+        total as f64 / agent_secs.max(1e-9),
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    print!("{}", trace.text);
+    let partner_key = keys.join("partner.key.pem");
+    println!("\n== partner query (ready to paste; the partner may read product 8612345) ==");
+    println!(
+        "export {PASS_ENV}=$(cat {})\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/trace/{}\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/batches/{}/recall",
+        dir.join("secrets/passphrase").display(),
+        partner_key.display(),
+        manifest.demo_trace_code,
+        partner_key.display(),
+        manifest.demo_lot,
+    );
+    println!("\n== files ==");
+    println!("legacy systems   {}  (manifest.json lists them)", dir.display());
+    println!("mapping specs    {}", dir.join("mappings").display());
+    println!(
+        "agent configs    {}  (vaxgate agent --config <file> run)",
+        dir.join("agents").display()
+    );
+    println!(
+        "gateway          {}  (vaxgate serve --config {})",
+        node.display(),
+        cfg_path.display()
+    );
+    println!("ledger           {}", db.display());
+    println!("demo proof       {}", dir.join("demo-proof.json").display());
+
+    let summary = json!({
+        "seed": a.seed,
+        "doses": a.doses,
+        "sources": sources,
+        "records": total,
+        "accepted": accepted,
+        "transactions": txs,
+        "blocks": height + 1,
+        "verified": verify.status.success(),
+        "verify_output": verify_text,
+        "demo_trace_code": manifest.demo_trace_code,
+        "demo_steps": trace.steps,
+        "demo_proof_verified": trace.proof_ok,
+        "gateway": base,
+        "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
+    });
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+
+    if a.serve {
+        println!("\ngateway running on {base}; Ctrl-C stops it");
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        println!("stopping the gateway");
+    }
+    server.stop();
+    Ok(if verify.status.success() && trace.proof_ok {
+        0
+    } else {
+        1
+    })
+}
+
+fn agent_toml(dir: &Path, base: &str, alias: &str, uscc: &str, sources: &[(&Source, Option<&str>)]) -> String {
+    let mut t = format!(
+        "# Agent of {alias} in the vaxgate sandbox (generated).\n\
+         # vaxgate agent --config {cfg} run --once   (passphrase in ../secrets/passphrase, env {PASS_ENV})\n\
+         [agent]\nentity_id = \"{uscc}\"\nkey = \"../keys/{alias}.key.pem\"\npassphrase_env = \"{PASS_ENV}\"\n\
+         state_db = \"../state/{alias}.db\"\n\n[gateway]\nurl = \"{base}\"\nnode_key = \"../node/keys/node.pub.pem\"\n",
+        cfg = dir.join("agents").join(format!("{alias}.toml")).display(),
+    );
+    for (s, owner) in sources {
+        let file = dir.join(&s.path);
+        match s.kind {
+            SourceKind::Sqlite => {
+                t.push_str(&format!(
+                    "\n[[sources]]\ntype = \"sqlite\"\nname = \"{}\"\nmapping = \"../{}\"\nurl = \"sqlite://{}?mode=ro\"\n",
+                    s.name,
+                    s.spec,
+                    file.display()
+                ));
+                match (owner, &s.owner_column) {
+                    (Some(code), Some(col)) => t.push_str(&format!(
+                        "query = \"SELECT * FROM {} WHERE {col} = '{code}'\"\n",
+                        s.table.as_deref().unwrap_or_default()
+                    )),
+                    _ => t.push_str(&format!("table = \"{}\"\n", s.table.as_deref().unwrap_or_default())),
+                }
+                t.push_str(&format!(
+                    "watermark = \"{}\"\nkey = \"{}\"\npoll_interval_secs = 0.2\n",
+                    s.watermark.as_deref().unwrap_or_default(),
+                    s.key.as_deref().unwrap_or_default()
+                ));
+            }
+            _ => t.push_str(&format!(
+                "\n# source {} ({:?}, {}): submitted by `vaxgate sandbox` through this agent's pipeline\n# with the spec ../{}\n",
+                s.name, s.kind, s.path, s.spec
+            )),
+        }
+    }
+    t
+}
+
+/// Reads a file source's records (XML records, HL7 messages, JSON documents).
+fn file_records(dir: &Path, s: &Source, spec: &MappingSpec) -> anyhow::Result<Vec<(String, Record)>> {
+    let path = dir.join(&s.path);
+    let mut files = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path]
+    };
+    let mut out = Vec::new();
+    for f in files.drain(..) {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match s.kind {
+            SourceKind::XmlFile => {
+                let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+                let path = spec.record_path.clone().unwrap_or_else(|| "/".into());
+                let mut r = adapters::xml_source::XmlRecordReader::new(std::io::BufReader::new(file), &path, 64 << 20);
+                let mut n = 0;
+                while let Some(frag) = r.next_record().map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))? {
+                    n += 1;
+                    out.push((format!("{name}#{n}"), Record::Xml(frag)));
+                }
+            }
+            SourceKind::Hl7Dir => {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                for (n, m) in adapters::hl7::split_messages(&text).into_iter().enumerate() {
+                    out.push((format!("{name}#{}", n + 1), Record::Hl7(m)));
+                }
+            }
+            SourceKind::JsonDir => {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+                // One record per shipment, as the ERP publishes them (one
+                // AMQP message each): a bad waybill holds back only itself.
+                let empty = Vec::new();
+                for sh in v["shipments"].as_array().unwrap_or(&empty) {
+                    let key = sh["waybillNo"].as_str().unwrap_or(&name).to_string();
+                    let one = json!({"batchId": v["batchId"], "shipments": [sh]});
+                    out.push((key, Record::Json(one)));
+                }
+            }
+            SourceKind::Sqlite => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn run_agents(
+    dir: &Path,
+    manifest: &Manifest,
+    base: &str,
+    keys: &BTreeMap<String, Sm2SigningKey>,
+) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
+    std::fs::create_dir_all(dir.join("agents"))?;
+    std::fs::create_dir_all(dir.join("state"))?;
+    let node_key = secure_gateway::load_verifying_key(&dir.join("node/keys/node.pub.pem"))?;
+    // One agent per organisation, all running at once (as they would, each
+    // at its own site).
+    let mut runs = Vec::new();
+    for e in &manifest.entities {
+        let mine: Vec<(&Source, Option<&str>)> = manifest
+            .sources
+            .iter()
+            .filter_map(|s| {
+                if s.operator == e.alias {
+                    Some((s, None))
+                } else if s.owner_column.is_some() {
+                    Some((s, Some(e.code.as_str())))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let key = keys
+            .get(&e.alias)
+            .cloned()
+            .with_context(|| format!("no key for {}", e.alias))?;
+        runs.push(run_agent(dir, e, mine, base, key, node_key.clone()));
+    }
+    let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
+    for r in futures_util::future::join_all(runs).await {
+        let (lines, per_source) = r?;
+        for l in lines {
+            println!("      {l}");
+        }
+        for (name, s) in per_source {
+            let e = out.entry(name).or_default();
+            e.records += s.records;
+            e.accepted += s.accepted;
+            e.rejected += s.rejected;
+            e.quarantined += s.quarantined;
+            for (r, n) in s.reasons {
+                *e.reasons.entry(r).or_default() += n;
+            }
+        }
+    }
+    Ok(out)
+}
+
+type AgentRun = (Vec<String>, BTreeMap<String, SourceSummary>);
+
+/// One organisation's agent: its SQL sources through the agent's SQL
+/// reader, its file sources through the same pipeline.
+async fn run_agent(
+    dir: &Path,
+    e: &sandbox::Entity,
+    mine: Vec<(&Source, Option<&str>)>,
+    base: &str,
+    key: Sm2SigningKey,
+    node_key: secure_gateway::Sm2VerifyingKey,
+) -> anyhow::Result<AgentRun> {
+    let mut lines = Vec::new();
+    let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
+    let cfg_path = dir.join("agents").join(format!("{}.toml", e.alias));
+    std::fs::write(&cfg_path, agent_toml(dir, base, &e.alias, &e.uscc, &mine))?;
+    let loaded = adapters::config::load(&cfg_path)?;
+    let client = GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: base.to_string(),
+            timeout: Some(Duration::from_secs(120)),
+            ..Default::default()
+        },
+        key.clone(),
+    )?;
+    let state = StateDb::open(&dir.join("state").join(format!("{}.db", e.alias))).await?;
+    let pipeline = Pipeline::new(
+        client,
+        PipelineConfig {
+            entity_id: e.uscc.clone(),
+            key,
+            gateway_key: node_key,
+            attempts: 5,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(5),
+        },
+        state,
+    );
+    for (name, spec) in adapters::agent::load_specs(&loaded)? {
+        pipeline.add_source(&name, spec);
+    }
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut tasks = Vec::new();
+    for s in &loaded.config.sources {
+        if let SourceConfig::Sqlite(q) = s {
+            let src = adapters::sql::SqlSource::new("sqlite", q)?;
+            let (p, stop) = (pipeline.clone(), stop.clone());
+            let name = q.name.clone();
+            tasks.push(tokio::spawn(async move {
+                (
+                    name,
+                    adapters::agent::run_sql_source(p, src, stop, true, progress).await,
+                )
+            }));
+        }
+    }
+    let dataset = Dataset::builtin();
+    for (s, _) in mine.iter().filter(|(s, _)| s.kind != SourceKind::Sqlite) {
+        let spec = MappingSpec::load(dir.join(&s.spec), &dataset)?;
+        pipeline.add_source(&s.name, spec.clone());
+        let records = file_records(dir, s, &spec)?;
+        let entry = out.entry(s.name.clone()).or_default();
+        for chunk in records.chunks(500) {
+            for o in pipeline.submit(&s.name, chunk.to_vec()).await? {
+                match o {
+                    RecordOutcome::Accepted { .. } => entry.accepted += 1,
+                    // reasons: from the quarantine below (refused records are kept there too)
+                    RecordOutcome::Rejected { .. } => entry.rejected += 1,
+                    RecordOutcome::Quarantined { .. } => entry.quarantined += 1,
+                }
+            }
+        }
+        entry.records += records.len() as u64;
+        lines.push(format!(
+            "{:<20} {:>6} records submitted by {:<10} ({} accepted)",
+            s.name, entry.records, e.alias, entry.accepted
+        ));
+    }
+    for t in tasks {
+        let (name, r) = t.await?;
+        let st = r.with_context(|| format!("agent of {}: source {name}", e.alias))?;
+        let entry = out.entry(name.clone()).or_default();
+        let n = st.accepted + st.rejected + st.quarantined;
+        entry.records += n;
+        entry.accepted += st.accepted;
+        entry.rejected += st.rejected;
+        entry.quarantined += st.quarantined;
+        lines.push(format!(
+            "{name:<20} {n:>6} rows read by {:<15} ({} accepted, {} batches)",
+            e.alias, st.accepted, st.batches
+        ));
+    }
+    // Why records were kept back: the rules of the quarantined ones, the
+    // gateway's code for refused ones.
+    for q in pipeline.state().quarantine_list(None, false).await? {
+        let entry = out.entry(q.source.clone()).or_default();
+        let mut rules: Vec<String> = q
+            .problems
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["severity"] != "warning")
+                    .filter_map(|p| p["rule"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rules.is_empty() {
+            let code = q.reason.split([':', ' ']).next().unwrap_or(&q.kind).to_string();
+            rules.push(code);
+        }
+        rules.sort();
+        rules.dedup();
+        for r in rules {
+            *entry.reasons.entry(r).or_default() += 1;
+        }
+    }
+    pipeline.state().close().await;
+    Ok((lines, out))
+}
+
+struct DemoTrace {
+    text: String,
+    steps: Vec<Value>,
+    proof_ok: bool,
+}
+
+async fn demo_trace(
+    dir: &Path,
+    manifest: &Manifest,
+    base: &str,
+    pass: &str,
+    key: Sm2SigningKey,
+) -> anyhow::Result<DemoTrace> {
+    let client = GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: base.to_string(),
+            ..Default::default()
+        },
+        key,
+    )?;
+    let code = &manifest.demo_trace_code;
+    let body = client
+        .get(&format!("/v1/trace/{code}"))
+        .await
+        .with_context(|| format!("GET /v1/trace/{code}"))?;
+    let t: Value = serde_json::from_slice(&body)?;
+    let mut text = format!("== one dose: trace code {code} (lot {}) ==\n", manifest.demo_lot);
+    let mut steps = Vec::new();
+    let empty = Vec::new();
+    let mut vaccination_tx = None;
+    let mut legs = Vec::new();
+    for s in t["steps"].as_array().unwrap_or(&empty) {
+        let ev = &s["event"];
+        let f = &ev["fields"];
+        let cat = s["category"].as_str().unwrap_or("?");
+        // The trace follows packaging (a carton's units): keep the dose's own
+        // vaccination and AEFI, not its carton siblings'.
+        let own = ev["traceCodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(code.as_str())));
+        if matches!(cat, "vaccination" | "aefi_report") && !own {
+            continue;
+        }
+        let detail = match cat {
+            "production_inbound" | "inbound_receipt" | "outbound" | "recall" | "return" | "loss_destruction" => {
+                format!(
+                    "bill {} type {} qty {}",
+                    f["bill_code"].as_str().unwrap_or("-"),
+                    f["bill_type"].as_str().unwrap_or("-"),
+                    f["quantity"]
+                )
+            }
+            "lot_release" => format!("certificate {}", f["lot_release_cert_no"].as_str().unwrap_or("-")),
+            "shipment" => {
+                legs.push((
+                    ev["device"].as_str().unwrap_or("").to_string(),
+                    f["departure_time"].as_str().unwrap_or("").to_string(),
+                    f["arrival_time"].as_str().unwrap_or("").to_string(),
+                ));
+                format!(
+                    "waybill {} {} → {} °C, logger {}",
+                    f["shipment_no"].as_str().unwrap_or("-"),
+                    f["departure_temp"],
+                    f["arrival_temp"],
+                    ev["device"].as_str().unwrap_or("-")
+                )
+            }
+            "vaccination" => {
+                vaccination_tx = s["tx_id"].as_str().map(str::to_string);
+                format!(
+                    "{} dose {} at unit {}",
+                    f["vaccine_name"].as_str().unwrap_or("-"),
+                    f["dose_number"],
+                    f["vaccination_unit_code"].as_str().unwrap_or("-")
+                )
+            }
+            _ => String::new(),
+        };
+        text.push_str(&format!(
+            "  {:<25} {:<19} {:<10} block {:>5}  {}\n",
+            s["occurred_at"].as_str().unwrap_or("-"),
+            cat,
+            s["signer"]["alias"].as_str().unwrap_or("-"),
+            s["height"],
+            detail
+        ));
+        steps.push(json!({"category": cat, "occurred_at": s["occurred_at"], "signer": s["signer"]["alias"]}));
+    }
+    // Temperature history: the reading sets of each leg's logger, from the
+    // ledger (event ids derive from the cold-chain source and record key).
+    let cold = sandbox::sqlite_rows(&dir.join("coldchain/coldchain.db"), "LL_WDHZ", "JLID").await?;
+    text.push_str("  temperature history (reading sets in the ledger):\n");
+    for (device, dep, arr) in &legs {
+        let (Ok(d), Ok(a)) = (
+            chrono::DateTime::parse_from_rfc3339(dep),
+            chrono::DateTime::parse_from_rfc3339(arr),
+        ) else {
+            continue;
+        };
+        for r in cold.iter().filter(|r| {
+            r["SBBH"] == device.as_str()
+                && r["KSSJ"].as_i64().is_some_and(|k| k <= d.timestamp())
+                && r["JSSJ"].as_i64().is_some_and(|j| j >= a.timestamp())
+        }) {
+            let key = r["JLID"].to_string();
+            let id = TraceEvent::derive_id("coldchain", "cold_chain_readings", &key);
+            let ev: Value = match client.get(&format!("/v1/events/{id}")).await {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            let f = &ev["event"]["event"]["fields"];
+            text.push_str(&format!(
+                "    {device:<14} {} .. {}  {} readings every {} min, {} .. {} °C (mean {}), alarm {}  [block {}]\n",
+                f["period_start"].as_str().unwrap_or(dep),
+                f["period_end"].as_str().unwrap_or(arr),
+                f["reading_count"],
+                f["log_interval_min"],
+                f["temp_min"],
+                f["temp_max"],
+                f["temp_mean"],
+                f["alarm_state"].as_str().unwrap_or("-"),
+                ev["event"]["height"]
+            ));
+        }
+    }
+    // Inclusion proof of the vaccination, verified offline.
+    let mut proof_ok = false;
+    if let Some(tx) = vaccination_tx {
+        let p = client.get(&format!("/v1/transactions/{tx}/proof")).await?;
+        let pf = dir.join("demo-proof.json");
+        std::fs::write(&pf, &p)?;
+        let mut c = vaxgate(pass)?;
+        c.arg("verify-proof")
+            .arg(&pf)
+            .arg("--checkpoint-key")
+            .arg(dir.join("node/keys/node.pub.pem"));
+        let o = c.output()?;
+        proof_ok = o.status.success();
+        text.push_str(&format!(
+            "  proof of the vaccination (tx {tx}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
+    } else {
+        text.push_str("  no vaccination step in the trace\n");
+    }
+    Ok(DemoTrace { text, steps, proof_ok })
+}
