@@ -2,11 +2,19 @@
 //! ([`secure_gateway::request`]) checked against the registry, with clock
 //! skew and nonce replay refused, then the per-principal rate limit.
 //!
-//! Order of checks, and why: headers present → timestamp within the skew
-//! (cheap, stops stale replays early) → key registered and active → body
-//! within the cap and its SM3 equal to the header → signature → nonce
-//! unseen (recorded only after the signature verified, so nobody can fill
-//! the cache with nonces of requests they could not sign) → rate limit.
+//! Read-only partners may instead send `Authorization: ApiKey <key>` on GET
+//! routes of the query class: the key is hashed (SM3) and compared with the
+//! registry's hash, then the entity's read policy applies as for a signed
+//! request, and the same per-entity rate limit. An API key on a write or
+//! admin route is refused (403) whatever else the request carries.
+//!
+//! Order of checks, and why: declared length within the cap (413 before
+//! anything is read) → headers present → timestamp within the skew (cheap,
+//! stops stale replays early) → key registered and active → body within
+//! the cap and its SM3 equal to the header → signature → nonce unseen
+//! (recorded only after the signature verified, so nobody can fill the
+//! cache with nonces of requests they could not sign) → rate limit → a
+//! POST body declared `application/json` (415).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +30,7 @@ use secure_gateway::Sm2VerifyingKey;
 use secure_gateway::request::{SignedRequest, headers, valid_nonce, verify_request};
 
 use crate::error::{ApiError, Code};
+use crate::metrics::METRICS;
 use crate::ratelimit::RouteClass;
 use crate::registry::{KeyKind, KeyStatus};
 use crate::server::AppState;
@@ -33,8 +42,11 @@ pub struct Principal {
     pub key_id: String,
     /// The entity (None for a registry administrator).
     pub entity_id: Option<String>,
-    /// The key's place in the hierarchy (None for an administrator).
+    /// The key's place in the hierarchy (None for an administrator or an
+    /// API key).
     pub kind: Option<KeyKind>,
+    /// Authenticated with a read-only API key (not a signature).
+    pub api_key: bool,
 }
 
 impl Principal {
@@ -108,7 +120,7 @@ async fn read_body(req: &mut ServiceRequest, limit: usize) -> Result<Bytes, ApiE
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 Code::BodyTooLarge,
-                format!("the body exceeds {limit} bytes"),
+                format!("the body exceeds server.max_body_bytes = {limit}"),
             ));
         }
         buf.extend_from_slice(&chunk);
@@ -136,6 +148,7 @@ fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2Veri
                 key_id: key_id.into(),
                 entity_id: Some(k.entity_id.clone()),
                 kind: Some(k.kind),
+                api_key: false,
             },
         ));
     }
@@ -146,6 +159,7 @@ fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2Veri
                 key_id: key_id.into(),
                 entity_id: None,
                 kind: None,
+                api_key: false,
             },
         ));
     }
@@ -153,6 +167,118 @@ fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2Veri
         Code::UnknownEntity,
         format!("key {key_id} is not registered"),
     ))
+}
+
+/// Before the body is read: a declared length beyond the cap is 413.
+fn check_length(req: &ServiceRequest, limit: usize) -> Result<(), ApiError> {
+    if let Some(n) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && n > limit as u64
+    {
+        return Err(ApiError::new(
+            Code::BodyTooLarge,
+            format!("the body ({n} bytes) exceeds server.max_body_bytes = {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// After authentication: a POST body must be declared `application/json`
+/// (415 otherwise). Authentication comes first so that an unauthenticated
+/// caller learns nothing but 401.
+fn check_content_type(req: &ServiceRequest) -> Result<(), ApiError> {
+    if req.method() != actix_web::http::Method::POST {
+        return Ok(());
+    }
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            Code::UnsupportedContentType,
+            format!(
+                "content-type {:?} is not accepted on {}; send application/json",
+                if ct.is_empty() { "(none)" } else { ct },
+                req.path()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The scheme name of API-key authentication.
+pub const API_KEY_SCHEME: &str = "ApiKey";
+
+/// The API key of `Authorization: ApiKey <key>`, if the request has one.
+fn presented_api_key(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::new(Code::Unauthenticated, "header authorization is not ASCII"))?;
+    match v.split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case(API_KEY_SCHEME) => Ok(Some(key.trim().to_string())),
+        _ => Err(ApiError::new(
+            Code::Unauthenticated,
+            "header authorization: only the ApiKey scheme is accepted (writes use the x-vaxgate-* signature headers)",
+        )),
+    }
+}
+
+/// API-key authentication (read routes only).
+fn authenticate_api_key(
+    state: &AppState,
+    req: &ServiceRequest,
+    class: RouteClass,
+    key: &str,
+) -> Result<(Principal, crate::ratelimit::Allowed), ApiError> {
+    if class != RouteClass::Query || req.method() != actix_web::http::Method::GET {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "API keys authorise GET requests on read routes only; {} {} needs an SM2 request signature",
+                req.method(),
+                req.path()
+            ),
+        ));
+    }
+    let reg = state
+        .registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    // The message never repeats the presented key.
+    let rec = reg
+        .match_api_key(key)
+        .ok_or_else(|| ApiError::new(Code::Unauthenticated, "the API key is not valid"))?;
+    if rec.status != KeyStatus::Active {
+        return Err(ApiError::new(
+            Code::KeyRevoked,
+            format!("API key {} is revoked", rec.key_id),
+        ));
+    }
+    if reg.entity(&rec.entity_id).is_none() {
+        return Err(ApiError::new(
+            Code::UnknownEntity,
+            format!("entity {} of API key {} is not registered", rec.entity_id, rec.key_id),
+        ));
+    }
+    let principal = Principal {
+        key_id: format!("apikey:{}", rec.key_id),
+        entity_id: Some(rec.entity_id.clone()),
+        kind: None,
+        api_key: true,
+    };
+    drop(reg);
+    let allowed = state.limiters.check(class, &principal.limit_key())?;
+    METRICS.api_key_requests.with_label_values(&[class.as_str()]).inc();
+    Ok((principal, allowed))
 }
 
 async fn authenticate(
@@ -163,6 +289,10 @@ async fn authenticate(
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::internal("application state missing"))?;
+    if let Some(key) = presented_api_key(req)? {
+        return authenticate_api_key(&state, req, class, &key);
+    }
+    check_length(req, state.max_body_bytes)?;
     let sr = signed_request(req)?;
     let now = chrono::Utc::now().timestamp();
     let skew = state.max_clock_skew_secs as i64;
@@ -191,6 +321,7 @@ async fn authenticate(
         ));
     }
     let allowed = state.limiters.check(class, &principal.limit_key())?;
+    check_content_type(req)?;
     req.set_payload(body.into());
     Ok((principal, allowed))
 }
@@ -218,19 +349,6 @@ pub async fn ingest<B: MessageBody + 'static>(
     next: Next<B>,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
     run(req, next, RouteClass::Ingest).await
-}
-
-/// Middleware for a scope with writes (POST) and reads (everything else).
-pub async fn by_method<B: MessageBody + 'static>(
-    req: ServiceRequest,
-    next: Next<B>,
-) -> Result<ServiceResponse<B>, actix_web::Error> {
-    let class = if req.method() == actix_web::http::Method::POST {
-        RouteClass::Ingest
-    } else {
-        RouteClass::Query
-    };
-    run(req, next, class).await
 }
 
 /// Middleware for read routes.

@@ -41,6 +41,8 @@ pub enum Code {
     Conflict,
     /// Nothing there.
     NotFound,
+    /// The path exists, but not with this method.
+    MethodNotAllowed,
     /// Too many requests.
     RateLimited,
     /// The ledger or a dependency is not ready.
@@ -50,6 +52,29 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, for documentation (the OpenAPI error schema).
+    pub const ALL: &[Code] = &[
+        Code::MalformedBody,
+        Code::UnsupportedContentType,
+        Code::BodyTooLarge,
+        Code::Unauthenticated,
+        Code::BadSignature,
+        Code::UnknownEntity,
+        Code::KeyLocked,
+        Code::KeyRevoked,
+        Code::ReplayedNonce,
+        Code::ExpiredTimestamp,
+        Code::Forbidden,
+        Code::ValidationFailed,
+        Code::InvalidTraceCode,
+        Code::Conflict,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::RateLimited,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
     /// The HTTP status of this code.
     pub fn status(self) -> StatusCode {
         match self {
@@ -66,6 +91,7 @@ impl Code {
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::Conflict => StatusCode::CONFLICT,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,6 +116,7 @@ impl Code {
             Code::InvalidTraceCode => "invalid_trace_code",
             Code::Conflict => "conflict",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",

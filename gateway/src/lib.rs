@@ -5,10 +5,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod coldchain;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod metrics;
+pub mod openapi;
 pub mod projection;
 pub mod ratelimit;
 pub mod registry;

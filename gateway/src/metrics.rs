@@ -23,6 +23,10 @@ pub struct Metrics {
     pub rate_limit_per_second: IntCounterVec,
     /// Current ledger height.
     pub ledger_height: IntGauge,
+    /// Cold-chain alerts written, by type.
+    pub cold_chain_alerts: IntCounterVec,
+    /// Requests authenticated with an API key, by route class.
+    pub api_key_requests: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,6 +69,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["class"],
         ),
         ledger_height: IntGauge::new("vaxgate_ledger_height", "Height of the newest block").expect("static metric"),
+        cold_chain_alerts: counter(
+            "vaxgate_cold_chain_alerts_total",
+            "Cold-chain alert events written (excursion, gap, device_alarm, receipt_refused)",
+            &["type"],
+        ),
+        api_key_requests: counter(
+            "vaxgate_api_key_requests_total",
+            "Read requests authenticated with an API key",
+            &["class"],
+        ),
         registry,
     };
     for c in [
@@ -75,6 +89,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.append_seconds.clone()),
         Box::new(m.rate_limit_per_second.clone()),
         Box::new(m.ledger_height.clone()),
+        Box::new(m.cold_chain_alerts.clone()),
+        Box::new(m.api_key_requests.clone()),
     ] {
         m.registry.register(c).expect("metrics register once");
     }

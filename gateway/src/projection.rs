@@ -8,7 +8,7 @@
 //! and caught up from the ledger at start (so a crash in between loses
 //! nothing). Its tables are insert-only, like the ledger's.
 
-use ledger::{AnyStore, LedgerStore, StoredTx, TxKind};
+use ledger::{AnyStore, LeafInput, LedgerStore, StoredTx, TxKind};
 use mappings::ExchangeMessage;
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
@@ -37,6 +37,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS proj_links (parent TEXT NOT NULL, child TEXT NOT NULL, leaf_index BIGINT NOT NULL,
         PRIMARY KEY (parent, child, leaf_index))",
     "CREATE INDEX IF NOT EXISTS proj_links_child ON proj_links (child)",
+    "CREATE TABLE IF NOT EXISTS proj_shipments (shipment_no TEXT NOT NULL, leaf_index BIGINT NOT NULL,
+        PRIMARY KEY (shipment_no, leaf_index))",
 ];
 
 /// One projected event.
@@ -60,7 +62,8 @@ pub struct ProjectedEvent {
     pub signer: String,
     /// Lot number, if any.
     pub lot: Option<String>,
-    /// The event it cancels, for a cancellation.
+    /// The event it refers to: the cancelled event of a cancellation, the
+    /// related record of a cold-chain alert.
     pub cancels: Option<String>,
     /// The event without personal data (JSON).
     pub doc: serde_json::Value,
@@ -75,6 +78,11 @@ pub fn open_event(
 ) -> Result<Option<ExchangeMessage>, String> {
     if !matches!(st.tx.content.kind, TxKind::Data | TxKind::Cancellation) {
         return Ok(None);
+    }
+    if st.tx.auth.leaf == LeafInput::Content && st.tx.content.category == crate::coldchain::ALERT_CATEGORY {
+        // A node-written cold-chain alert: plain exchange JSON, no personal data.
+        let text = std::str::from_utf8(&st.tx.content.payload).map_err(|_| "alert is not UTF-8".to_string())?;
+        return mappings::exchange::from_json(text).map(Some).map_err(|e| e.to_string());
     }
     let env = SealedEnvelope::from_json(&st.tx.content.payload).map_err(|e| e.to_string())?;
     let a = &st.tx.auth;
@@ -113,13 +121,18 @@ pub fn project(st: &StoredTx, msg: &ExchangeMessage) -> ProjectedEvent {
         source: ev.source.clone(),
         signer: st.tx.auth.signer.clone(),
         lot: ev.field_str("lot_number").map(str::to_string),
-        cancels: ev.field_str("cancels_event_id").map(str::to_string),
+        // The event this one refers to: the cancelled event of a
+        // cancellation, the related record of a cold-chain alert.
+        cancels: ev
+            .field_str("cancels_event_id")
+            .or_else(|| ev.field_str("related_event_id"))
+            .map(str::to_string),
         doc,
     }
 }
 
-/// One projected event with its trace codes and packaging links.
-type ProjRow = (ProjectedEvent, Vec<String>, Vec<(String, String)>);
+/// One projected event with its trace codes, packaging links and shipment number.
+type ProjRow = (ProjectedEvent, Vec<String>, Vec<(String, String)>, Option<String>);
 
 fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
     let mut c: Vec<String> = msg.payload.trace_codes.clone();
@@ -159,7 +172,7 @@ macro_rules! projection_impl {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc) ",
                     );
-                    qb.push_values(chunk, |mut r, (e, _, _)| {
+                    qb.push_values(chunk, |mut r, (e, _, _, _)| {
                         r.push_bind(e.leaf_index as i64)
                             .push_bind(e.event_id.clone())
                             .push_bind(e.tx_id.clone())
@@ -175,7 +188,7 @@ macro_rules! projection_impl {
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     let codes: Vec<(String, i64)> =
-                        chunk.iter().flat_map(|(e, cs, _)| cs.iter().map(move |c| (c.clone(), e.leaf_index as i64))).collect();
+                        chunk.iter().flat_map(|(e, cs, _, _)| cs.iter().map(move |c| (c.clone(), e.leaf_index as i64))).collect();
                     for cc in codes.chunks(5000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_codes (code, leaf_index) ");
                         qb.push_values(cc, |mut r, (c, l)| {
@@ -186,12 +199,24 @@ macro_rules! projection_impl {
                     }
                     let links: Vec<(String, String, i64)> = chunk
                         .iter()
-                        .flat_map(|(e, _, ls)| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), e.leaf_index as i64)))
+                        .flat_map(|(e, _, ls, _)| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), e.leaf_index as i64)))
                         .collect();
                     for lc in links.chunks(3000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_links (parent, child, leaf_index) ");
                         qb.push_values(lc, |mut r, (p, c, l)| {
                             r.push_bind(p.clone()).push_bind(c.clone()).push_bind(*l);
+                        });
+                        qb.push(" ON CONFLICT DO NOTHING");
+                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    }
+                    let ships: Vec<(String, i64)> = chunk
+                        .iter()
+                        .filter_map(|(e, _, _, s)| s.as_ref().map(|s| (s.clone(), e.leaf_index as i64)))
+                        .collect();
+                    if !ships.is_empty() {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_shipments (shipment_no, leaf_index) ");
+                        qb.push_values(&ships, |mut r, (s, l)| {
+                            r.push_bind(s.clone()).push_bind(*l);
                         });
                         qb.push(" ON CONFLICT DO NOTHING");
                         qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
@@ -307,7 +332,8 @@ impl Projection {
                     .iter()
                     .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
                     .collect();
-                (project(st, m), codes_of(m), links)
+                let ship = m.payload.field_str("shipment_no").map(str::to_string);
+                (project(st, m), codes_of(m), links, ship)
             })
             .collect();
         each!(self, x => x.insert(&rows).await)
@@ -370,6 +396,15 @@ impl Projection {
     /// Events of a lot, oldest first.
     pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, String> {
         each!(self, x => x.events_where("WHERE e.lot = ? ORDER BY e.occurred_ms, e.leaf_index", &[lot.to_string()]).await)
+    }
+
+    /// Events naming shipment `no` (the shipment record, its reading sets,
+    /// receipts and alerts), oldest first.
+    pub async fn events_for_shipment(&self, no: &str) -> Result<Vec<ProjectedEvent>, String> {
+        each!(self, x => x.events_where(
+            "JOIN proj_shipments s ON s.leaf_index = e.leaf_index WHERE s.shipment_no = ? ORDER BY e.occurred_ms, e.leaf_index",
+            &[no.to_string()],
+        ).await)
     }
 
     /// An event by id.

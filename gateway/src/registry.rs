@@ -184,6 +184,42 @@ pub struct KeyRecord {
     pub replaced_by: Option<String>,
 }
 
+/// A read-only API key (R5.7): only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id (the middle part of the key).
+    pub key_id: String,
+    /// Owning entity; the key reads with the entity's read policy.
+    pub entity_id: String,
+    /// SM3 of the key, hex.
+    pub key_sm3: String,
+    /// What it is for.
+    pub label: String,
+    /// `active` or `revoked` (locked is not used).
+    pub status: KeyStatus,
+}
+
+/// The prefix of API keys.
+pub const API_KEY_PREFIX: &str = "vgk_";
+
+/// A new API key: `vgk_<16 hex id>_<64 hex secret>` (256 random bits), its
+/// public id and its SM3 hash (hex). The key itself is never stored.
+pub fn generate_api_key() -> Result<(String, String, String), secure_gateway::CryptoError> {
+    let id = hex::encode(secure_gateway::random::bytes::<8>()?);
+    let secret = hex::encode(secure_gateway::random::bytes::<32>()?);
+    let key = format!("{API_KEY_PREFIX}{id}_{secret}");
+    let hash = secure_gateway::sm3(key.as_bytes()).to_hex();
+    Ok((key, id, hash))
+}
+
+/// The public id of a presented API key, when it is well formed.
+pub fn api_key_id(presented: &str) -> Option<&str> {
+    let rest = presented.strip_prefix(API_KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, 16) && hex(secret, 64)).then_some(id)
+}
+
 /// A registered entity (R5.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entity {
@@ -268,6 +304,28 @@ pub enum RegistryOp {
         key_id: String,
         /// New state (revoked is final).
         status: KeyStatus,
+        /// Why (kept in the ledger).
+        reason: String,
+    },
+    /// Give an entity a read-only API key (R5.7). Only the key's SM3 hash
+    /// is in the change (and so in the ledger); the key itself is shown once
+    /// to whoever created it. Approved by the entity's master key, or by
+    /// k-of-n administrators.
+    CreateApiKey {
+        /// Entity id.
+        entity_id: String,
+        /// The public part of the key (`vgk_<key_id>_<secret>`).
+        key_id: String,
+        /// SM3 of the whole key string, hex.
+        key_sm3: String,
+        /// What it is for (no personal data).
+        #[serde(default)]
+        label: String,
+    },
+    /// Revoke an API key (final). Approved like [`RegistryOp::CreateApiKey`].
+    RevokeApiKey {
+        /// The key's public id.
+        key_id: String,
         /// Why (kept in the ledger).
         reason: String,
     },
@@ -381,6 +439,7 @@ pub struct Registry {
     threshold: usize,
     entities: BTreeMap<String, Entity>,
     keys: BTreeMap<String, KeyRecord>,
+    api_keys: BTreeMap<String, ApiKeyRecord>,
 }
 
 fn parse_key(pem: &str) -> Result<Sm2VerifyingKey, RegistryError> {
@@ -395,6 +454,7 @@ impl Registry {
             threshold,
             entities: BTreeMap::new(),
             keys: BTreeMap::new(),
+            api_keys: BTreeMap::new(),
         }
     }
 
@@ -413,6 +473,31 @@ impl Registry {
     /// A key by id (entity keys only; administrators are separate).
     pub fn key(&self, key_id: &str) -> Option<&KeyRecord> {
         self.keys.get(key_id)
+    }
+
+    /// An API key record by public id.
+    pub fn api_key(&self, key_id: &str) -> Option<&ApiKeyRecord> {
+        self.api_keys.get(key_id)
+    }
+
+    /// The API keys of an entity (hashes only).
+    pub fn api_keys_of<'a>(&'a self, entity_id: &'a str) -> impl Iterator<Item = &'a ApiKeyRecord> + 'a {
+        self.api_keys.values().filter(move |k| k.entity_id == entity_id)
+    }
+
+    /// The record of a presented API key when it is well formed, registered
+    /// and its hash matches (compared in constant time); `None` otherwise.
+    /// Its status is the caller's to check.
+    pub fn match_api_key(&self, presented: &str) -> Option<&ApiKeyRecord> {
+        let rec = self.api_keys.get(api_key_id(presented)?)?;
+        let want = secure_gateway::Sm3Digest::from_hex(&rec.key_sm3).ok()?;
+        let got = secure_gateway::sm3(presented.as_bytes());
+        let diff = want
+            .as_bytes()
+            .iter()
+            .zip(got.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (diff == 0).then_some(rec)
     }
 
     /// An administrator's key.
@@ -610,6 +695,59 @@ impl Registry {
                     k.status = *status;
                 }
             }
+            RegistryOp::CreateApiKey {
+                entity_id,
+                key_id,
+                key_sm3,
+                label,
+            } => {
+                self.known_entity(entity_id)?;
+                let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+                if !hex(key_id, 16) {
+                    return Err(RegistryError::Invalid(format!(
+                        "API key id {key_id:?} is not 16 hexadecimal characters"
+                    )));
+                }
+                if !hex(key_sm3, 64) {
+                    return Err(RegistryError::Invalid(
+                        "key_sm3 is not an SM3 hash (64 hexadecimal characters)".into(),
+                    ));
+                }
+                if self.api_keys.contains_key(key_id) {
+                    return Err(RegistryError::Invalid(format!(
+                        "API key {key_id} is already registered"
+                    )));
+                }
+                if self.require_master(c, entity_id, "creating an API key").is_err() {
+                    self.require_admins(c, "creating an API key")?;
+                }
+                self.api_keys.insert(
+                    key_id.clone(),
+                    ApiKeyRecord {
+                        key_id: key_id.clone(),
+                        entity_id: entity_id.clone(),
+                        key_sm3: key_sm3.to_ascii_lowercase(),
+                        label: label.clone(),
+                        status: KeyStatus::Active,
+                    },
+                );
+            }
+            RegistryOp::RevokeApiKey { key_id, .. } => {
+                let k = self
+                    .api_keys
+                    .get(key_id)
+                    .cloned()
+                    .ok_or_else(|| RegistryError::Invalid(format!("API key {key_id} is not registered")))?;
+                if k.status == KeyStatus::Revoked {
+                    return Err(RegistryError::Invalid(format!("API key {key_id} is already revoked")));
+                }
+                if self.require_master(c, &k.entity_id, "revoking an API key").is_err() {
+                    self.require_admins(c, "revoking an API key")?;
+                }
+                if let Some(k) = self.api_keys.get_mut(key_id) {
+                    k.status = KeyStatus::Revoked;
+                }
+            }
             RegistryOp::ReplaceKey { key_id, public_key, .. } => {
                 let old = self
                     .keys
@@ -653,6 +791,9 @@ impl Registry {
             | RegistryOp::AddKey { entity_id, .. }
             | RegistryOp::RegisterDevice { entity_id, .. } => entity_id.clone(),
             RegistryOp::SetKeyStatus { key_id, .. } | RegistryOp::ReplaceKey { key_id, .. } => key_id.clone(),
+            RegistryOp::CreateApiKey { key_id, .. } | RegistryOp::RevokeApiKey { key_id, .. } => {
+                format!("apikey:{key_id}")
+            }
         }
     }
 }
@@ -802,6 +943,47 @@ mod tests {
         });
         c.approve(&admin);
         assert!(reg.apply(&c).unwrap_err().to_string().contains("public key"));
+    }
+
+    #[test]
+    fn api_keys_hash_only_master_or_admins_and_revocation() {
+        let admin = Sm2SigningKey::generate();
+        let mut reg = Registry::new(vec![admin.verifying_key().clone()], 1);
+        let id = uscc_with_check("91320100MA1XYA123").unwrap();
+        let master = Sm2SigningKey::generate();
+        let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
+            entity: entity(&id, "partner", Role::Partner),
+            master_key: master.verifying_key().to_public_key_pem(),
+        });
+        c.approve(&admin);
+        reg.apply(&c).unwrap();
+        let (key, key_id, hash) = generate_api_key().unwrap();
+        assert_eq!(api_key_id(&key), Some(key_id.as_str()));
+        let mut create = RegistryChange::new(RegistryOp::CreateApiKey {
+            entity_id: id.clone(),
+            key_id: key_id.clone(),
+            key_sm3: hash,
+            label: "dashboard".into(),
+        });
+        assert!(reg.check(&create).is_err(), "unapproved");
+        create.approve(&master);
+        reg.apply(&create).unwrap();
+        let text = serde_json::to_string(&create).unwrap();
+        assert!(!text.contains(&key[20..]), "the secret is not in the change");
+        assert_eq!(reg.match_api_key(&key).unwrap().entity_id, id);
+        let mut forged = key.clone();
+        forged.pop();
+        forged.push(if key.ends_with('0') { '1' } else { '0' });
+        assert!(reg.match_api_key(&forged).is_none());
+        assert!(reg.match_api_key("vgk_short_x").is_none());
+        let mut revoke = RegistryChange::new(RegistryOp::RevokeApiKey {
+            key_id: key_id.clone(),
+            reason: "contract ended".into(),
+        });
+        revoke.approve(&admin);
+        reg.apply(&revoke).unwrap();
+        assert_eq!(reg.match_api_key(&key).unwrap().status, KeyStatus::Revoked);
+        assert!(reg.check(&revoke).is_err(), "revocation is final");
     }
 
     #[test]

@@ -114,41 +114,260 @@ async fn public_limit(
     Ok(res)
 }
 
-/// Configures every route.
+/// How a route authenticates, and so which rate limit applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No authentication, no limit (probes, metrics, the OpenAPI document).
+    None,
+    /// No authentication; limited per client address.
+    Public,
+    /// An SM2 request signature; ingest limit per entity.
+    Write,
+    /// An SM2 request signature or a read-only API key; query limit per entity.
+    Read,
+    /// An SM2 request signature of an entity key or a registry
+    /// administrator; admin limit.
+    Admin,
+}
+
+/// One route: the single table from which the router is built and the
+/// OpenAPI document (`/openapi.json`) is generated, so the two cannot
+/// disagree.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Path template, OpenAPI style (`/v1/trace/{code}`).
+    pub path: &'static str,
+    /// Authentication.
+    pub auth: Auth,
+    /// One line for the OpenAPI summary.
+    pub summary: &'static str,
+    /// Query parameters (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// The handler, with its method.
+    pub handler: fn() -> actix_web::Route,
+}
+
+/// Every route the gateway serves, in matching order.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        method: "GET",
+        path: "/healthz",
+        auth: Auth::None,
+        summary: "Liveness probe",
+        query: &[],
+        handler: || web::get().to(healthz),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/readyz",
+        auth: Auth::None,
+        summary: "Readiness probe (the ledger store answers)",
+        query: &[],
+        handler: || web::get().to(readyz),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/metrics",
+        auth: Auth::None,
+        summary: "Prometheus metrics",
+        query: &[],
+        handler: || web::get().to(metrics),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/openapi.json",
+        auth: Auth::None,
+        summary: "This OpenAPI 3.1 document",
+        query: &[],
+        handler: || web::get().to(crate::openapi::serve),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/public/stats",
+        auth: Auth::Public,
+        summary: "Chain statistics (height, transactions, size, node key id)",
+        query: &[],
+        handler: || web::get().to(stats),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/public/checkpoints/latest",
+        auth: Auth::Public,
+        summary: "The newest signed checkpoint (tree head)",
+        query: &[],
+        handler: || web::get().to(latest_checkpoint),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/transactions",
+        auth: Auth::Write,
+        summary: "Ingest a batch of sealed, batch-signed records; one receipt per record",
+        query: &[(
+            "mode",
+            "`partial` (default): bad records are refused alone; `all_or_nothing`: one bad record refuses the batch",
+        )],
+        handler: || web::post().to(crate::api::ingest::post),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/transactions/{id}",
+        auth: Auth::Read,
+        summary: "A transaction's metadata",
+        query: &[],
+        handler: || web::get().to(crate::api::query::transaction),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/transactions/{id}/proof",
+        auth: Auth::Read,
+        summary: "An offline-verifiable inclusion proof of a transaction",
+        query: &[],
+        handler: || web::get().to(crate::api::query::transaction_proof),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/cancellations",
+        auth: Auth::Write,
+        summary: "Ingest signed cancellations of the submitter's own events (R4.5)",
+        query: &[("mode", "`partial` (default) or `all_or_nothing`")],
+        handler: || web::post().to(crate::api::ingest::post_cancellations),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/admin/registry",
+        auth: Auth::Admin,
+        summary: "Submit an approved registry change (entities, keys, devices, policies, API keys)",
+        query: &[],
+        handler: || web::post().to(crate::api::admin::post_change),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/admin/entities",
+        auth: Auth::Admin,
+        summary: "List registered entities",
+        query: &[],
+        handler: || web::get().to(crate::api::admin::list_entities),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/admin/entities/{id}",
+        auth: Auth::Admin,
+        summary: "One entity with its keys and API keys (ids and status only)",
+        query: &[],
+        handler: || web::get().to(crate::api::admin::get_entity),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/trace/{code}",
+        auth: Auth::Read,
+        summary: "Custody chain of a trace code, packaging expanded both ways, with proofs, cancellations and cold-chain alerts",
+        query: &[],
+        handler: || web::get().to(crate::api::query::trace),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/batches/{lot}/recall",
+        auth: Auth::Read,
+        summary: "Recall scope of a lot: every code, its holder, administered doses",
+        query: &[],
+        handler: || web::get().to(crate::api::query::recall),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/events/{id}",
+        auth: Auth::Read,
+        summary: "One event with its proof, cancellations and cold-chain alerts",
+        query: &[],
+        handler: || web::get().to(crate::api::query::event),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/blocks/by-hash/{hash}",
+        auth: Auth::Read,
+        summary: "A block by its SM3 hash",
+        query: &[],
+        handler: || web::get().to(crate::api::query::block_by_hash),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/blocks/{height}",
+        auth: Auth::Read,
+        summary: "A block by height, with its transactions and checkpoint",
+        query: &[],
+        handler: || web::get().to(crate::api::query::block),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/stats",
+        auth: Auth::Read,
+        summary: "Chain and registry statistics",
+        query: &[],
+        handler: || web::get().to(crate::api::query::stats),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/checkpoints/latest",
+        auth: Auth::Read,
+        summary: "The newest signed checkpoint",
+        query: &[],
+        handler: || web::get().to(crate::api::query::latest_checkpoint),
+    },
+];
+
+/// Configures every route of [`ROUTES`]. Authentication and rate limits
+/// wrap each route, so they run only after the router matched path and
+/// method: an unknown path is 404 (`not_found`) and a known path with
+/// another method 405, whatever the headers.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("")
-            .wrap(from_fn(count))
-            .service(
-                web::scope("/v1/public")
-                    .wrap(from_fn(public_limit))
-                    .route("/stats", web::get().to(stats))
-                    .route("/checkpoints/latest", web::get().to(latest_checkpoint)),
-            )
-            .service(
-                web::scope("/v1/transactions")
-                    .wrap(from_fn(crate::auth::by_method))
-                    .configure(crate::api::ingest::routes),
-            )
-            .service(
-                web::scope("/v1/cancellations")
-                    .wrap(from_fn(crate::auth::ingest))
-                    .configure(crate::api::ingest::cancellation_routes),
-            )
-            .service(
-                web::scope("/v1/admin")
-                    .wrap(from_fn(crate::auth::admin))
-                    .configure(crate::api::admin::routes),
-            )
-            .service(
-                web::scope("/v1")
-                    .wrap(from_fn(crate::auth::query))
-                    .configure(crate::api::query::routes),
-            )
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics)),
-    );
+    let mut scope = web::scope("").wrap(from_fn(count)).default_service(web::to(no_route));
+    for r in ROUTES {
+        let route = (r.handler)();
+        let route = match r.auth {
+            Auth::None => route,
+            Auth::Public => route.wrap(from_fn(public_limit)),
+            Auth::Write => route.wrap(from_fn(crate::auth::ingest)),
+            Auth::Read => route.wrap(from_fn(crate::auth::query)),
+            Auth::Admin => route.wrap(from_fn(crate::auth::admin)),
+        };
+        scope = scope.route(r.path, route);
+    }
+    cfg.service(scope);
+}
+
+/// Does `path` match the template `tpl` (`{name}` matches one segment)?
+pub fn path_matches(tpl: &str, path: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (tpl.split('/').collect(), path.split('/').collect());
+    a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}') && !p.is_empty()))
+}
+
+/// Unrouted requests: 405 when the path is served with other methods,
+/// else 404.
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| path_matches(r.path, req.path()))
+        .map(|r| r.method)
+        .collect();
+    if !methods.is_empty() {
+        return Err(ApiError::new(
+            Code::MethodNotAllowed,
+            format!(
+                "{} {} is not served; allowed: {}",
+                req.method(),
+                req.path(),
+                methods.join(", ")
+            ),
+        ));
+    }
+    Err(ApiError::new(
+        Code::NotFound,
+        format!("no route {} {}; see /openapi.json", req.method(), req.path()),
+    ))
 }
 
 async fn healthz() -> HttpResponse {

@@ -89,14 +89,14 @@ pub async fn replay<S: ledger::LedgerStore>(store: &S, mut reg: Registry) -> any
     Ok(reg)
 }
 
-async fn post_change(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn post_change(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let change: RegistryChange = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(Code::MalformedBody, format!("not a registry change: {e}")))?;
     let r = submit(&state, change).await?;
     Ok(HttpResponse::Created().json(r))
 }
 
-async fn list_entities(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list_entities(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let reg = state
         .registry
         .read()
@@ -105,7 +105,7 @@ async fn list_entities(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn get_entity(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn get_entity(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let reg = state
         .registry
         .read()
@@ -114,12 +114,10 @@ async fn get_entity(state: web::Data<AppState>, id: web::Path<String>) -> Result
         .entity(&id)
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("entity {id} is not registered")))?;
     let keys: Vec<_> = reg.keys_of(&e.id).collect();
-    Ok(HttpResponse::Ok().json(json!({ "entity": e, "keys": keys })))
-}
-
-/// Registers the admin routes (inside the admin authentication scope).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/registry", web::post().to(post_change))
-        .route("/entities", web::get().to(list_entities))
-        .route("/entities/{id}", web::get().to(get_entity));
+    // API keys by public id, label and status; not even the hash.
+    let api_keys: Vec<_> = reg
+        .api_keys_of(&e.id)
+        .map(|k| json!({ "key_id": k.key_id, "label": k.label, "status": k.status }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "entity": e, "keys": keys, "api_keys": api_keys })))
 }

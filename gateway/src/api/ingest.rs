@@ -11,12 +11,13 @@
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use ledger::{LeafInput, LedgerStore, Receipt, Transaction, TxAuth, TxContent, TxKind};
-use mappings::{ExchangeMessage, Problem};
+use mappings::{ExchangeMessage, Problem, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{SignedBatch, Sm2VerifyingKey, Sm3Digest};
 use serde::Serialize;
 
 use crate::auth::Principal;
+use crate::coldchain::{self, AlertType, Finding};
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::registry::KeyStatus;
@@ -42,6 +43,37 @@ pub struct RecordResult {
     /// Why it was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RecordError>,
+    /// What the cold-chain rules found (R11.2), for reading sets, shipments
+    /// and inbound receipts that raised an alert or were refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_chain: Option<ColdChainOutcome>,
+}
+
+/// The cold-chain outcome of one accepted record.
+#[derive(Debug, Default, Serialize)]
+pub struct ColdChainOutcome {
+    /// `refused` for an inbound receipt refused for its temperature record:
+    /// the receipt is in the ledger, the holder of its codes does not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_status: Option<&'static str>,
+    /// Why the receipt was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_reason: Option<String>,
+    /// Alert events written for this record.
+    pub alerts: Vec<AlertRef>,
+}
+
+/// An alert event written to the ledger.
+#[derive(Debug, Serialize)]
+pub struct AlertRef {
+    /// The alert's event id (`GET /v1/events/{id}`).
+    pub event_id: String,
+    /// Its transaction id.
+    pub tx_id: String,
+    /// Kind.
+    pub alert_type: AlertType,
+    /// What was wrong.
+    pub reason: String,
 }
 
 /// A per-record refusal.
@@ -84,6 +116,7 @@ fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into
             message: message.into(),
             problems: Vec::new(),
         }),
+        cold_chain: None,
     }
 }
 
@@ -136,7 +169,7 @@ fn state_key(msg: &ExchangeMessage) -> String {
         .unwrap_or_else(|| msg.event_id.to_string())
 }
 
-async fn post(
+pub(crate) async fn post(
     req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<std::collections::HashMap<String, String>>,
@@ -147,7 +180,7 @@ async fn post(
 
 /// `POST /v1/cancellations`: the same batch format, every record a
 /// `cancellation` (R4.5).
-async fn post_cancellations(
+pub(crate) async fn post_cancellations(
     req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<std::collections::HashMap<String, String>>,
@@ -206,7 +239,8 @@ async fn ingest(
             ));
         }
     };
-    let batch = SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, e.to_string()))?;
+    let batch =
+        SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, format!("the body: {e}")))?;
     let (vk, entity_id) = batch_signer(&state, &principal, &batch.header.key_id)?;
     let opened = secure_gateway::batch::open_batch_each(
         state.provider.as_ref(),
@@ -334,6 +368,7 @@ async fn ingest(
                     message: format!("{} validation problem(s)", problems.len()),
                     problems,
                 }),
+                cold_chain: None,
             });
             continue;
         }
@@ -404,6 +439,7 @@ async fn ingest(
                     }),
                     audit_path: path.into_iter().next(),
                     error: None,
+                    cold_chain: None,
                 });
             }
             Some(st) => {
@@ -454,7 +490,38 @@ async fn ingest(
             txs.push(t);
             msgs.push(m);
         }
-        let cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
+        // Cold-chain rules (R11.2): alerts are node-written transactions in
+        // the same durable append as the records they are about.
+        let alerts = cold_chain_alerts(&state, &msgs).await?;
+        let n_records = txs.len();
+        let mut alert_msgs = Vec::with_capacity(alerts.len());
+        let mut alert_contents = Vec::with_capacity(alerts.len());
+        for (_, _, ev) in &alerts {
+            let msg = ExchangeMessage::new(ev.clone(), NODE_RECEIVER);
+            let payload = mappings::exchange::to_json(&msg).into_bytes();
+            alert_contents.push(TxContent {
+                tx_id: uuid::Uuid::now_v7(),
+                record_id: msg.event_id.to_string(),
+                kind: TxKind::Data,
+                category: coldchain::ALERT_CATEGORY.into(),
+                state_key: state_key(&msg),
+                content_type: "json".into(),
+                data_hash: secure_gateway::sm3(&payload),
+                payload,
+            });
+            alert_msgs.push(msg);
+        }
+        let mut cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
+        if !alert_contents.is_empty() {
+            cats.extend(alert_contents.iter().map(|c| c.category.clone()));
+            txs.extend(ledger::sign_batch(
+                coldchain::NODE_SIGNER,
+                &state.node_key,
+                alert_contents,
+                chrono::Utc::now().timestamp_millis(),
+            ));
+        }
+        msgs.extend(alert_msgs);
         let stored_txs = txs.clone();
         let receipts = match state.ledger.append(txs).await {
             Ok(r) => {
@@ -495,8 +562,28 @@ async fn ingest(
         let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
         let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
         let paths = ledger::audit_paths(state.ledger.store(), &leaves, tree_size).await?;
-        for ((i, r), (p, cat)) in idx.into_iter().zip(receipts).zip(paths.into_iter().zip(cats)) {
-            METRICS.ingested.with_label_values(&[cat.as_str()]).inc();
+        for c in &cats {
+            METRICS.ingested.with_label_values(&[c.as_str()]).inc();
+        }
+        let mut outcomes: Vec<Option<ColdChainOutcome>> = (0..n_records).map(|_| None).collect();
+        for ((pos, finding, _), r) in alerts.into_iter().zip(&receipts[n_records..]) {
+            METRICS
+                .cold_chain_alerts
+                .with_label_values(&[finding.alert_type.as_str()])
+                .inc();
+            let o = outcomes[pos].get_or_insert_with(ColdChainOutcome::default);
+            if finding.alert_type == AlertType::ReceiptRefused {
+                o.receipt_status = Some("refused");
+                o.refusal_reason = Some(finding.reason.clone());
+            }
+            o.alerts.push(AlertRef {
+                event_id: r.record_id.clone(),
+                tx_id: r.tx_id.to_string(),
+                alert_type: finding.alert_type,
+                reason: finding.reason,
+            });
+        }
+        for (((i, r), p), cc) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes) {
             results[i] = Some(RecordResult {
                 index: i,
                 event_id: Some(r.record_id.clone()),
@@ -504,6 +591,7 @@ async fn ingest(
                 receipt: Some(r),
                 audit_path: Some(p),
                 error: None,
+                cold_chain: cc,
             });
         }
     }
@@ -518,13 +606,117 @@ async fn ingest(
     }))
 }
 
-/// Registers `/v1/cancellations` (inside the ingest authentication scope).
-pub fn cancellation_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("", web::post().to(post_cancellations));
+/// The receiver named in node-written exchange messages.
+const NODE_RECEIVER: &str = "vaxgate";
+
+fn doc_event(doc: &serde_json::Value) -> Option<TraceEvent> {
+    serde_json::from_value(doc.clone()).ok()
 }
 
-/// Registers `/v1/transactions`: POST is ingest; the GET routes are reads.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("", web::post().to(post))
-        .configure(crate::api::query::transaction_routes);
+/// Shipment records and reading sets that document the delivery `ev`
+/// belongs to: by shipment number, else (for a receipt) shipments to the
+/// receiver that carried its trace codes. `batch` holds the records of the
+/// request being ingested, which are not in the projection yet.
+async fn delivery_records(
+    state: &AppState,
+    ev: &TraceEvent,
+    batch: &[ExchangeMessage],
+) -> Result<(Vec<TraceEvent>, Vec<TraceEvent>), ApiError> {
+    let mut shipments: Vec<TraceEvent> = Vec::new();
+    let mut readings: Vec<TraceEvent> = Vec::new();
+    let mut numbers: Vec<String> = ev.field_str("shipment_no").map(str::to_string).into_iter().collect();
+    if numbers.is_empty() && ev.category == "inbound_receipt" {
+        let receiver: Vec<&str> = std::iter::once(ev.source.as_str())
+            .chain(ev.to.as_ref().map(|p| p.code.as_str()))
+            .collect();
+        let codes = coldchain::codes_of(ev);
+        let to_receiver = |s: &TraceEvent| {
+            s.category == "shipment"
+                && s.to.as_ref().is_some_and(|p| receiver.contains(&p.code.as_str()))
+                && s.occurred_at <= ev.occurred_at
+                && coldchain::codes_of(s).iter().any(|c| codes.contains(c))
+        };
+        let mut found: Vec<TraceEvent> = state
+            .projection
+            .events_for_codes(&codes)
+            .await?
+            .iter()
+            .filter_map(|p| doc_event(&p.doc))
+            .chain(batch.iter().map(|m| m.payload.clone()))
+            .filter(|s| to_receiver(s))
+            .collect();
+        // The latest delivery to this receiver.
+        found.sort_by_key(|s| s.occurred_at);
+        if let Some(s) = found.pop() {
+            numbers.extend(s.field_str("shipment_no").map(str::to_string));
+            shipments.push(s);
+        }
+    }
+    for no in &numbers {
+        let stored = state.projection.events_for_shipment(no).await?;
+        let local = batch.iter().map(|m| m.payload.clone());
+        for e in stored.iter().filter_map(|p| doc_event(&p.doc)).chain(local) {
+            if e.field_str("shipment_no") != Some(no.as_str()) || e.event_id == ev.event_id {
+                continue;
+            }
+            match e.category.as_str() {
+                "shipment" if !shipments.iter().any(|s| s.event_id == e.event_id) => shipments.push(e),
+                "cold_chain_readings" if !readings.iter().any(|s| s.event_id == e.event_id) => readings.push(e),
+                _ => {}
+            }
+        }
+    }
+    Ok((shipments, readings))
+}
+
+/// Runs the cold-chain rules over the records about to be appended: the
+/// (record position, finding, alert event) of every alert to write.
+async fn cold_chain_alerts(
+    state: &AppState,
+    msgs: &[ExchangeMessage],
+) -> Result<Vec<(usize, Finding, TraceEvent)>, ApiError> {
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    for (pos, m) in msgs.iter().enumerate() {
+        let ev = &m.payload;
+        let findings = match ev.category.as_str() {
+            "cold_chain_readings" => coldchain::assess_readings(ev),
+            "shipment" => coldchain::assess_shipment(ev),
+            "inbound_receipt" => {
+                let (shipments, readings) = delivery_records(state, ev, msgs).await?;
+                coldchain::assess_receipt(ev, &shipments, &readings)
+                    .map(|reason| Finding {
+                        alert_type: AlertType::ReceiptRefused,
+                        reason,
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            _ => continue,
+        };
+        if findings.is_empty() {
+            continue;
+        }
+        // The affected codes: the record's own, and for a reading set tied
+        // to a shipment, the shipment's.
+        let mut codes = coldchain::codes_of(ev);
+        if ev.category == "cold_chain_readings" && ev.field_str("shipment_no").is_some() {
+            let (shipments, _) = delivery_records(state, ev, msgs).await?;
+            codes.extend(shipments.iter().flat_map(coldchain::codes_of));
+        }
+        for f in findings {
+            let alert = coldchain::alert_event(ev, &f, codes.clone(), now);
+            if state
+                .ledger
+                .store()
+                .tx_by_record(&alert.event_id.to_string())
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            out.push((pos, f, alert));
+        }
+    }
+    Ok(out)
 }

@@ -89,10 +89,20 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         .await?
         .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    let cancels = state.projection.cancellations_of(&ids).await?;
+    // Events referring to these: cancellations and cold-chain alerts.
+    let referrers = state.projection.cancellations_of(&ids).await?;
     let mut cancelled_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in &cancels {
-        if let Some(t) = &c.cancels {
+    let mut alerts: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for c in &referrers {
+        let Some(t) = &c.cancels else { continue };
+        if c.category == crate::coldchain::ALERT_CATEGORY {
+            alerts.entry(t.clone()).or_default().push(json!({
+                "event_id": c.event_id,
+                "alert_type": c.doc["fields"]["alert_type"],
+                "reason": c.doc["fields"]["alert_reason"],
+                "tx_id": c.tx_id,
+            }));
+        } else {
             cancelled_by.entry(t.clone()).or_default().push(c.event_id.clone());
         }
     }
@@ -116,6 +126,13 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         if let Some(c) = cancelled_by.get(&ev.event_id) {
             step["cancelled_by"] = json!(c);
         }
+        if let Some(a) = alerts.get(&ev.event_id) {
+            if let Some(r) = a.iter().find(|a| a["alert_type"] == "receipt_refused") {
+                step["receipt_status"] = json!("refused");
+                step["refusal_reason"] = r["reason"].clone();
+            }
+            step["alerts"] = json!(a);
+        }
         if reader.policy.personal_data
             && let Some(st) = state.ledger.store().tx(&ev.tx_id).await?
             && let Ok(Some(msg)) = open_event(state.provider.as_ref(), &state.node_handle, &st)
@@ -129,7 +146,7 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
     Ok(json!({ "steps": out, "checkpoint": cp }))
 }
 
-async fn trace(
+pub(crate) async fn trace(
     req: HttpRequest,
     state: web::Data<AppState>,
     code: web::Path<String>,
@@ -164,7 +181,7 @@ async fn trace(
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn recall(
+pub(crate) async fn recall(
     req: HttpRequest,
     state: web::Data<AppState>,
     lot: web::Path<String>,
@@ -183,10 +200,29 @@ async fn recall(
             format!("no visible events for lot {lot}"),
         ));
     }
+    // Receipts refused for their temperature record (R11.2) move nothing.
+    let receipt_ids: Vec<String> = events
+        .iter()
+        .filter(|e| e.category == "inbound_receipt")
+        .map(|e| e.event_id.clone())
+        .collect();
+    let refused: BTreeSet<String> = state
+        .projection
+        .cancellations_of(&receipt_ids)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            a.category == crate::coldchain::ALERT_CATEGORY && a.doc["fields"]["alert_type"] == "receipt_refused"
+        })
+        .filter_map(|a| a.cancels)
+        .collect();
     // Per code: the last holder (receiver of the latest movement, or the
     // reporting unit) and whether it was administered.
     let mut holders: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
     for ev in &events {
+        if ev.category == crate::coldchain::ALERT_CATEGORY || refused.contains(&ev.event_id) {
+            continue;
+        }
         let holder = ev.doc["to"]["code"]
             .as_str()
             .map(str::to_string)
@@ -221,7 +257,11 @@ async fn recall(
     })))
 }
 
-async fn event(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn event(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let reader = reader(&req, &state)?;
     let ev = state
         .projection
@@ -243,7 +283,7 @@ async fn event(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Strin
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn block(state: web::Data<AppState>, height: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn block(state: web::Data<AppState>, height: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let b = state
         .ledger
         .store()
@@ -253,7 +293,10 @@ async fn block(state: web::Data<AppState>, height: web::Path<u64>) -> Result<Htt
     block_json(&state, b).await
 }
 
-async fn block_by_hash(state: web::Data<AppState>, hash: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn block_by_hash(
+    state: web::Data<AppState>,
+    hash: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let h =
         Sm3Digest::from_hex(&hash).map_err(|_| ApiError::new(Code::NotFound, format!("{hash} is not an SM3 hash")))?;
     let b = state
@@ -282,7 +325,7 @@ async fn block_json(state: &AppState, b: ledger::BlockHeader) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(json!({ "block": b, "transactions": list, "checkpoint": cp })))
 }
 
-async fn transaction(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn transaction(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let st = state
         .ledger
         .store()
@@ -298,11 +341,14 @@ async fn transaction(state: web::Data<AppState>, id: web::Path<String>) -> Resul
     })))
 }
 
-async fn transaction_proof(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn transaction_proof(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.ledger.prove(&id).await?))
 }
 
-async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let s = state.ledger.store().stats().await?;
     let reg = state
         .registry
@@ -315,7 +361,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     })))
 }
 
-async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (_, cp) = state
         .ledger
         .store()
@@ -323,21 +369,4 @@ async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, A
         .await?
         .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
     Ok(HttpResponse::Ok().json(cp))
-}
-
-/// Read routes under `/v1` (inside the query authentication scope).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/trace/{code}", web::get().to(trace))
-        .route("/batches/{lot}/recall", web::get().to(recall))
-        .route("/events/{id}", web::get().to(event))
-        .route("/blocks/by-hash/{hash}", web::get().to(block_by_hash))
-        .route("/blocks/{height}", web::get().to(block))
-        .route("/stats", web::get().to(stats))
-        .route("/checkpoints/latest", web::get().to(latest_checkpoint));
-}
-
-/// Read routes under `/v1/transactions/{id}`.
-pub fn transaction_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/{id}", web::get().to(transaction))
-        .route("/{id}/proof", web::get().to(transaction_proof));
 }

@@ -159,6 +159,9 @@ pub enum AdminCmd {
         #[command(flatten)]
         approve: Approve,
     },
+    /// Read-only API keys for partners (GET routes only; the entity's read policy).
+    #[command(subcommand)]
+    ApiKey(ApiKeyCmd),
     /// Add an approval to a change file.
     Approve {
         /// The change (JSON).
@@ -179,6 +182,83 @@ pub enum AdminCmd {
         /// Entity id or alias.
         id: String,
     },
+}
+
+/// `vaxgate admin api-key ...`
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCmd {
+    /// Create a key for an entity (its master key, or k-of-n administrators,
+    /// approve). The key is printed once; only its SM3 hash is submitted.
+    Create {
+        /// Entity id (unified social credit code).
+        #[arg(long)]
+        entity: String,
+        /// What the key is for.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Also write the key to this file (mode 0600) instead of only printing it.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        #[command(flatten)]
+        approve: Approve,
+    },
+    /// Revoke a key by its public id (final).
+    Revoke {
+        /// The key's public id (the 16 hex characters after `vgk_`).
+        #[arg(long)]
+        key_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        approve: Approve,
+    },
+}
+
+fn write_secret(p: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(p)
+        .with_context(|| format!("creating {} (it must not exist yet)", p.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+fn api_key(c: &Connect, cmd: ApiKeyCmd) -> anyhow::Result<u8> {
+    match cmd {
+        ApiKeyCmd::Create {
+            entity,
+            label,
+            key_out,
+            approve,
+        } => {
+            let (key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
+            let op = RegistryOp::CreateApiKey {
+                entity_id: entity,
+                key_id: key_id.clone(),
+                key_sm3,
+                label,
+            };
+            if let Some(p) = &key_out {
+                write_secret(p, &format!("{key}\n"))?;
+            }
+            let code = finish(c, op, &approve)?;
+            match &key_out {
+                Some(p) => println!("API key {key_id} written to {} (shown nowhere else)", p.display()),
+                None => println!("API key (shown once, store it now): {key}"),
+            }
+            Ok(code)
+        }
+        ApiKeyCmd::Revoke {
+            key_id,
+            reason,
+            approve,
+        } => finish(c, RegistryOp::RevokeApiKey { key_id, reason }, &approve),
+    }
 }
 
 fn enum_value<T: serde::de::DeserializeOwned>(what: &str, v: &str, valid: &str) -> anyhow::Result<T> {
@@ -359,6 +439,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<u8> {
             },
             &approve,
         ),
+        AdminCmd::ApiKey(cmd) => api_key(c, cmd),
         AdminCmd::Approve { file, key: k } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut change: RegistryChange =

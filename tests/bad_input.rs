@@ -1,0 +1,288 @@
+//! Bad input (issue 4 §10) against the real `vaxgate serve` on loopback:
+//! every case answers a specific 4xx with a stable code and a message that
+//! names what was wrong, is counted in `vaxgate_rejections_total{code}`,
+//! and writes nothing (the ledger's transaction count does not move).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use secure_gateway::Sm2SigningKey;
+use secure_gateway::envelope::{BatchSealer, ContentType, EnvelopeMeta, Recipient};
+use secure_gateway::{KeyHandle, RustCryptoProvider};
+use support::{Ent, Node, Resp, fresh, golden, nonce};
+
+/// Runs one case: the response must carry `code` with `status`, the
+/// message must contain `names`, the metric must grow, and the ledger must
+/// not.
+fn case(node: &Node, what: &str, code: &str, status: u16, names: &str, f: impl FnOnce() -> Resp) -> Resp {
+    let series = format!("vaxgate_rejections_total{{code=\"{code}\"}}");
+    let (before, txs) = (node.metric(&series), node.transactions());
+    let r = f();
+    assert_eq!(r.status, status, "{what}: {}", r.text);
+    let (got, message) = if r.body["error"].is_object() {
+        (
+            r.code().to_string(),
+            r.body["error"]["message"].as_str().unwrap_or("").to_string(),
+        )
+    } else {
+        // A per-record refusal inside a 200 batch response.
+        let e = &r.body["results"][0]["error"];
+        (
+            e["code"].as_str().unwrap_or("").to_string(),
+            e["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(got, code, "{what}: {}", r.text);
+    assert!(
+        message.contains(names),
+        "{what}: message {message:?} does not name {names:?}"
+    );
+    assert!(
+        node.metric(&series) >= before + 1.0,
+        "{what}: {series} did not grow from {before}"
+    );
+    assert_eq!(node.transactions(), txs, "{what}: something was written");
+    r
+}
+
+fn vaccination(node: &Node, e: &Ent) -> Vec<u8> {
+    let m = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+    node.seal(e, &[m]).to_json().into_bytes()
+}
+
+#[test]
+fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
+    let node = Node::start();
+    let clinic = node.register(
+        "12320102MB1234567",
+        "meiyuan",
+        "vaccination_unit",
+        &["3201020001"],
+        None,
+    );
+    let locked = node.register("12320102MB1234568", "locked", "vaccination_unit", &[], None);
+    let revoked = node.register("12320102MB1234569", "revoked", "vaccination_unit", &[], None);
+    for (e, status) in [(&locked, "locked"), (&revoked, "revoked")] {
+        support::ok(node.admin(&[
+            "key-status",
+            "--key-id",
+            e.key.verifying_key().key_id(),
+            "--status",
+            status,
+            "--reason",
+            "test",
+            "--approve",
+            &node.admin_key(1),
+            "--approve",
+            &node.admin_key(3),
+        ]));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let json = "application/json";
+
+    // A good batch is accepted (the baseline the cases deviate from).
+    let body = vaccination(&node, &clinic);
+    let good = node.signed(&clinic.key, "POST", "/v1/transactions", body, json);
+    assert_eq!(good.status, 200, "{}", good.text);
+    assert_eq!(good.body["accepted"], 1, "{}", good.text);
+
+    case(
+        &node,
+        "malformed JSON",
+        "malformed_body",
+        400,
+        "not a signed batch json",
+        || {
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions",
+                b"{\"header\": [1, 2".to_vec(),
+                json,
+            )
+        },
+    );
+
+    case(
+        &node,
+        "malformed XML record",
+        "malformed_body",
+        200,
+        "not an exchange message",
+        || {
+            let provider = RustCryptoProvider::new();
+            let h = KeyHandle::new("k");
+            provider.insert_sm2_key(h.clone(), clinic.key.clone());
+            let key_id = clinic.key.verifying_key().key_id().to_string();
+            let sealer = BatchSealer::new(&provider, &key_id, &[Recipient::Sm2(node.gateway_key.clone())]).unwrap();
+            let ts = chrono::Utc::now().timestamp_millis();
+            let meta = EnvelopeMeta {
+                transaction_id: uuid::Uuid::now_v7(),
+                entity_id: clinic.id.clone(),
+                timestamp_ms: ts,
+                content_type: ContentType::Xml,
+                dataset_category: "vaccination".into(),
+            };
+            let rec = sealer
+                .seal_unsigned(meta, b"<exchange><payload><category>vaccination</categ")
+                .unwrap();
+            let batch = sealer.sign(&h, ts, vec![rec]).unwrap();
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions",
+                batch.to_json().into_bytes(),
+                json,
+            )
+        },
+    );
+
+    case(
+        &node,
+        "wrong content type",
+        "unsupported_content_type",
+        415,
+        "text/xml",
+        || {
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions",
+                vaccination(&node, &clinic),
+                "text/xml",
+            )
+        },
+    );
+
+    case(&node, "oversize body", "body_too_large", 413, "max_body_bytes", || {
+        let mut body = b"{\"pad\": \"".to_vec();
+        body.resize(support::MAX_BODY + 10, b'x');
+        node.signed(&clinic.key, "POST", "/v1/transactions", body, json)
+    });
+
+    case(
+        &node,
+        "bad signature",
+        "bad_signature",
+        401,
+        "request signature",
+        || {
+            let body = vaccination(&node, &clinic);
+            // Signed for another path.
+            let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/cancellations", &body, now, &nonce());
+            h.push(("content-type".into(), json.into()));
+            node.raw("POST", "/v1/transactions", &h, body)
+        },
+    );
+
+    case(
+        &node,
+        "unknown entity",
+        "unknown_entity",
+        401,
+        "is not registered",
+        || {
+            let stranger = Sm2SigningKey::generate();
+            node.signed(&stranger, "POST", "/v1/transactions", vaccination(&node, &clinic), json)
+        },
+    );
+
+    case(&node, "locked key", "key_locked", 401, "is locked", || {
+        node.signed(
+            &locked.key,
+            "POST",
+            "/v1/transactions",
+            vaccination(&node, &locked),
+            json,
+        )
+    });
+
+    case(&node, "revoked key", "key_revoked", 401, "is revoked", || {
+        node.signed(
+            &revoked.key,
+            "POST",
+            "/v1/transactions",
+            vaccination(&node, &revoked),
+            json,
+        )
+    });
+
+    // Replay: the first request is accepted, the identical second refused.
+    let body = vaccination(&node, &clinic);
+    let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/transactions", &body, now, &nonce());
+    h.push(("content-type".into(), json.into()));
+    let first = node.raw("POST", "/v1/transactions", &h, body.clone());
+    assert_eq!(first.body["accepted"], 1, "{}", first.text);
+    case(
+        &node,
+        "replayed nonce",
+        "replayed_nonce",
+        401,
+        "was already used",
+        || node.raw("POST", "/v1/transactions", &h, body),
+    );
+
+    case(
+        &node,
+        "expired timestamp",
+        "expired_timestamp",
+        401,
+        "x-vaxgate-timestamp",
+        || {
+            let body = vaccination(&node, &clinic);
+            let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/transactions", &body, now - 3600, &nonce());
+            h.push(("content-type".into(), json.into()));
+            node.raw("POST", "/v1/transactions", &h, body)
+        },
+    );
+
+    case(
+        &node,
+        "invalid trace code in a query",
+        "invalid_trace_code",
+        400,
+        "12345",
+        || node.signed(&clinic.key, "GET", "/v1/trace/12345", Vec::new(), json),
+    );
+
+    case(
+        &node,
+        "invalid trace code in a record",
+        "invalid_trace_code",
+        200,
+        "validation problem",
+        || {
+            let mut m = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+            m.payload.trace_codes = vec!["12345".into()];
+            node.post_batch(&clinic, "/v1/transactions", &[m])
+        },
+    );
+
+    case(
+        &node,
+        "write outside permission",
+        "forbidden",
+        200,
+        "may not write lot_release",
+        || {
+            let mut m = fresh(&golden("vaccination", "clinic-ims.json")[1]);
+            m.payload.category = "lot_release".into();
+            node.post_batch(&clinic, "/v1/transactions", &[m])
+        },
+    );
+
+    // Missing signature headers on a write.
+    case(&node, "no authentication", "unauthenticated", 401, "x-vaxgate", || {
+        node.raw(
+            "POST",
+            "/v1/transactions",
+            &[("content-type".into(), json.into())],
+            b"{}".to_vec(),
+        )
+    });
+
+    // No message carries the request body or a key.
+    let log = node.log_text();
+    assert!(!log.contains("BEGIN"), "no key material in the log");
+}

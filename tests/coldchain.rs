@@ -1,0 +1,206 @@
+//! Cold-chain rules (R11.2) end to end over HTTP against the real `vaxgate
+//! serve`: reading sets with an excursion or a gap raise node-written alert
+//! events shown in traces and events; a warm shipment raises an alert; an
+//! inbound receipt of a shipment whose temperature record is out of range
+//! or missing is recorded as refused, and the holder of its codes does not
+//! change, while a receipt of a conformant shipment moves it.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Node, from_source, golden};
+
+const LOT: &str = "202311A05";
+
+fn result(r: &support::Resp) -> &Value {
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    &r.body["results"][0]
+}
+
+#[test]
+fn alerts_and_refused_receipts() {
+    let node = Node::start();
+    let cdc = node.register("12320100MB1234561", "nj-cdc", "cdc", &["12320100466001234B"], None);
+    let logistics = node.register(
+        "91320100MA1XYA121",
+        "coldlink",
+        "logistics",
+        &["91110000100012345L"],
+        None,
+    );
+    let receiver = node.register("12320102MB1234562", "xw-cdc", "cdc", &["123201024660123451"], None);
+    let regulator = node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    );
+    let alerts_metric = |t: &str| node.metric(&format!("vaxgate_cold_chain_alerts_total{{type=\"{t}\"}}"));
+    let read = |path: &str| {
+        let r = node.signed(&regulator.key, "GET", path, Vec::new(), "");
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        r.body
+    };
+
+    // 1. A reading set above the range: an excursion alert.
+    let sets = golden("cold_chain_readings", "coldchain.json");
+    let mut warm = from_source(&sets[1], "12320100466001234B");
+    warm.payload.trace_codes = vec!["86123450000000001001".into()];
+    let before = (node.transactions(), alerts_metric("excursion"));
+    let r = node.post_batch(&cdc, "/v1/transactions", std::slice::from_ref(&warm));
+    let res = result(&r);
+    let alert = &res["cold_chain"]["alerts"][0];
+    assert_eq!(alert["alert_type"], "excursion", "{}", r.text);
+    assert!(alert["reason"].as_str().unwrap().contains("9.4 °C"), "{alert}");
+    assert_eq!(node.transactions(), before.0 + 2, "the record and its alert");
+    assert!(alerts_metric("excursion") >= before.1 + 1.0);
+    let alert_id = alert["event_id"].as_str().unwrap().to_string();
+
+    // Shown with the reading set, and as its own step in the code's trace.
+    let ev = read(&format!("/v1/events/{}", warm.event_id));
+    assert_eq!(ev["event"]["alerts"][0]["event_id"], alert_id.as_str(), "{ev}");
+    let trace = read("/v1/trace/86123450000000001001");
+    let steps = trace["steps"].as_array().unwrap();
+    let a = steps
+        .iter()
+        .find(|s| s["category"] == "cold_chain_alert")
+        .expect("alert step in the trace");
+    assert_eq!(a["event_id"], alert_id.as_str());
+    assert_eq!(a["signer"]["id"], "node");
+    let fields = &a["event"]["fields"];
+    assert_eq!(fields["related_event_id"], warm.event_id.to_string());
+    assert_eq!(a["event"]["device"], "LK-NJ-0003");
+    assert!(a["event"].get("pii").is_none());
+    let alert_doc = read(&format!("/v1/events/{alert_id}"));
+    assert_eq!(alert_doc["event"]["category"], "cold_chain_alert", "{alert_doc}");
+
+    // 2. Too few readings for the period at the logging interval: a gap.
+    let mut sparse = from_source(&sets[0], "12320100466001234B");
+    sparse.payload.fields.insert("reading_count".into(), json!(100));
+    let r = node.post_batch(&cdc, "/v1/transactions", &[sparse]);
+    assert_eq!(result(&r)["cold_chain"]["alerts"][0]["alert_type"], "gap", "{}", r.text);
+
+    // 3. A conformant set: no alert, one transaction.
+    let t = node.transactions();
+    let r = node.post_batch(&cdc, "/v1/transactions", &[from_source(&sets[0], "12320100466001234B")]);
+    assert!(result(&r).get("cold_chain").is_none(), "{}", r.text);
+    assert_eq!(node.transactions(), t + 1);
+
+    // 4. Two shipments by the logistics firm (no receiver named, so the
+    // firm holds the codes until a receipt): one conformant, one warm.
+    let ship = golden("shipment", "erp-shipment.json").remove(0);
+    let shipment = |no: &str, code: &str, arrival: f64| {
+        let mut s = from_source(&ship, "91110000100012345L");
+        s.payload.fields.insert("shipment_no".into(), json!(no));
+        s.payload.fields.insert("arrival_temp".into(), json!(arrival));
+        s.payload.trace_codes = vec![code.into()];
+        s.payload.aggregations.clear();
+        s.payload.to = None;
+        s
+    };
+    let r = node.post_batch(
+        &logistics,
+        "/v1/transactions",
+        &[shipment("YD-OK-1", "86123450000000002001", 5.0)],
+    );
+    assert!(result(&r).get("cold_chain").is_none(), "{}", r.text);
+    let r = node.post_batch(
+        &logistics,
+        "/v1/transactions",
+        &[shipment("YD-WARM-1", "86123450000000003001", 9.5)],
+    );
+    assert_eq!(
+        result(&r)["cold_chain"]["alerts"][0]["alert_type"],
+        "excursion",
+        "{}",
+        r.text
+    );
+
+    // 5. Receipts at the receiving CDC.
+    let rec = golden("inbound_receipt", "cdc-stock.json").remove(0);
+    let receipt = |no: &str, code: &str| {
+        let mut m = from_source(&rec, "123201024660123451");
+        m.payload.fields.insert("shipment_no".into(), json!(no));
+        m.payload.fields.insert("bill_code".into(), json!(format!("RK-{no}")));
+        m.payload.trace_codes = vec![code.into()];
+        // After the shipments (2024-03-02T10:05).
+        m.payload.occurred_at = chrono::DateTime::parse_from_rfc3339("2024-03-02T15:00:00+08:00").unwrap();
+        m.payload.to = Some(mappings::Party {
+            code: "123201024660123451".into(),
+            name: None,
+        });
+        m
+    };
+    let ok = node.post_batch(
+        &receiver,
+        "/v1/transactions",
+        &[receipt("YD-OK-1", "86123450000000002001")],
+    );
+    assert!(result(&ok).get("cold_chain").is_none(), "{}", ok.text);
+
+    let refused_metric = alerts_metric("receipt_refused");
+    let warm_receipt = receipt("YD-WARM-1", "86123450000000003001");
+    let r = node.post_batch(&receiver, "/v1/transactions", std::slice::from_ref(&warm_receipt));
+    let cc = &result(&r)["cold_chain"];
+    assert_eq!(cc["receipt_status"], "refused", "{}", r.text);
+    let reason = cc["refusal_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("shipment YD-WARM-1") && reason.contains("arrival temp 9.5 °C"),
+        "{reason}"
+    );
+    assert!(alerts_metric("receipt_refused") >= refused_metric + 1.0);
+
+    let r = node.post_batch(
+        &receiver,
+        "/v1/transactions",
+        &[receipt("YD-MISSING-1", "86123450000000004001")],
+    );
+    let cc = &result(&r)["cold_chain"];
+    assert_eq!(cc["receipt_status"], "refused");
+    assert!(
+        cc["refusal_reason"]
+            .as_str()
+            .unwrap()
+            .contains("YD-MISSING-1 has no temperature record"),
+        "{cc}"
+    );
+
+    // The custody chain shows the refusal; the receipt is in the ledger.
+    let trace = read("/v1/trace/86123450000000003001");
+    let step = trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["category"] == "inbound_receipt")
+        .expect("the refused receipt is in the chain");
+    assert_eq!(step["event_id"], warm_receipt.event_id.to_string());
+    assert_eq!(step["receipt_status"], "refused", "{step}");
+    assert!(step["refusal_reason"].as_str().unwrap().contains("YD-WARM-1"));
+
+    // Recall: the accepted receipt moved its code to the receiver; the
+    // refused one left the code with the logistics firm.
+    let recall = read(&format!("/v1/batches/{LOT}/recall"));
+    let holder = |code: &str| {
+        recall["codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["code"] == code)
+            .map(|c| c["holder"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{code} not in {recall}"))
+    };
+    assert_eq!(holder("86123450000000002001"), "123201024660123451");
+    assert_eq!(holder("86123450000000003001"), "91110000100012345L");
+
+    // Alerts carry no personal data: the receipt's contact names stay out.
+    let alert_id = cc["alerts"][0]["event_id"].as_str().unwrap();
+    let a = read(&format!("/v1/events/{alert_id}"));
+    let text = a.to_string();
+    for name in ["周敏", "孙磊"] {
+        assert!(!text.contains(name), "{name} in {text}");
+    }
+}

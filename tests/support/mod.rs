@@ -1,0 +1,325 @@
+//! Shared by the end-to-end tests of the gateway (bad_input, coldchain,
+//! openapi, api_keys): a fresh node from `vaxgate init --plain-http`, the
+//! real `vaxgate serve` on a loopback port, entity registration through
+//! `vaxgate admin`, signed requests, ledger height and metrics.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mappings::ExchangeMessage;
+use secure_gateway::request::sign_request_at;
+use secure_gateway::{KeyHandle, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey};
+use serde_json::Value;
+
+pub const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
+pub const PASS: &str = "correct horse battery staple";
+/// The body cap the test nodes run with.
+pub const MAX_BODY: usize = 256 * 1024;
+
+pub fn vaxgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
+    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
+    c
+}
+
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A registered entity with its master key (also as an encrypted PEM file).
+#[derive(Debug)]
+pub struct Ent {
+    pub id: String,
+    pub alias: String,
+    pub key: Sm2SigningKey,
+    pub key_file: PathBuf,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub base: String,
+    pub log: PathBuf,
+    pub http: reqwest::blocking::Client,
+    pub gateway_key: Sm2VerifyingKey,
+    server: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The response of a raw request.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Node {
+    /// `vaxgate init --plain-http` and `vaxgate serve`, logs (debug for the
+    /// gateway) in `server.log`; returns once `/healthz` answers.
+    pub fn start() -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        ok(vaxgate()
+            .args(["init", "--dir", dir.to_str().unwrap(), "--plain-http"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--passphrase-env", PASS_ENV])
+            .output()
+            .unwrap());
+        let cfg = dir.join("vaxgate.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "plain_http = true\n",
+            &format!("plain_http = true\nmax_body_bytes = {MAX_BODY}\n"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let log = tmp.path().join("server.log");
+        let server = vaxgate()
+            .env("RUST_LOG", "info,gateway=debug,vaxgate=debug")
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        gateway::tls::install_provider();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while http.get(format!("{base}/healthz")).send().is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the server did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
+        Node {
+            tmp,
+            dir,
+            base,
+            log,
+            http,
+            gateway_key,
+            server,
+        }
+    }
+
+    /// `vaxgate admin --gateway ... ARGS`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        vaxgate()
+            .args(["admin", "--gateway", &self.base, "--passphrase-env", PASS_ENV])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn admin_key(&self, i: usize) -> String {
+        self.dir
+            .join(format!("keys/admin-{i}.key.pem"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Registers an entity (two administrators approve) with a fresh master
+    /// key written as an encrypted PEM.
+    pub fn register(&self, prefix17: &str, alias: &str, role: &str, codes: &[&str], policy: Option<Value>) -> Ent {
+        let id = gateway::registry::uscc_with_check(prefix17).unwrap();
+        let out = self.tmp.path().join(format!("keys-{alias}"));
+        ok(vaxgate()
+            .args(["keys", "generate", "--out", out.to_str().unwrap(), "--entity", alias])
+            .args(["--passphrase-env", PASS_ENV])
+            .output()
+            .unwrap());
+        let key_file = out.join(format!("{alias}.key.pem"));
+        let key = secure_gateway::keys::private_key_from_pem(
+            &std::fs::read_to_string(&key_file).unwrap(),
+            Some(PASS),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+        let pub_file = out.join(format!("{alias}.pub.pem"));
+        let mut args: Vec<String> = [
+            "register-entity",
+            "--id",
+            &id,
+            "--name",
+            &format!("{alias} 测试单位"),
+            "--alias",
+            alias,
+            "--role",
+            role,
+            "--master-key",
+            pub_file.to_str().unwrap(),
+            "--approve",
+            &self.admin_key(1),
+            "--approve",
+            &self.admin_key(2),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for c in codes {
+            args.push("--code".into());
+            args.push(c.to_string());
+        }
+        if let Some(p) = policy {
+            let f = self.tmp.path().join(format!("policy-{alias}.json"));
+            std::fs::write(&f, p.to_string()).unwrap();
+            args.push("--policy".into());
+            args.push(f.to_string_lossy().into_owned());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(self.admin(&a));
+        Ent {
+            id,
+            alias: alias.into(),
+            key,
+            key_file,
+        }
+    }
+
+    /// A batch of `msgs` sealed for the gateway and signed by `e`.
+    pub fn seal(&self, e: &Ent, msgs: &[ExchangeMessage]) -> SignedBatch {
+        let provider = RustCryptoProvider::new();
+        let h = KeyHandle::new("k");
+        provider.insert_sm2_key(h.clone(), e.key.clone());
+        adapters::seal::seal_batch(&provider, &h, &e.id, &self.gateway_key, &[], msgs).unwrap()
+    }
+
+    /// A request with the given headers.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = self.http.request(m, format!("{}{path}", self.base));
+        for (k, v) in headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let r = rb.body(body).send().unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().unwrap();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+            headers,
+        }
+    }
+
+    /// The signature headers of a request (at `timestamp`, with `nonce`).
+    pub fn sig_headers(
+        key: &Sm2SigningKey,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timestamp: i64,
+        nonce: &str,
+    ) -> Vec<(String, String)> {
+        sign_request_at(key, method, path, body, timestamp, nonce)
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// A signed request (fresh nonce, now); `content_type` for a body.
+    pub fn signed(&self, key: &Sm2SigningKey, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> Resp {
+        let mut h = Self::sig_headers(key, method, path, &body, chrono::Utc::now().timestamp(), &nonce());
+        if !body.is_empty() {
+            h.push(("content-type".into(), content_type.into()));
+        }
+        self.raw(method, path, &h, body)
+    }
+
+    /// Signed POST of a sealed batch.
+    pub fn post_batch(&self, e: &Ent, path: &str, msgs: &[ExchangeMessage]) -> Resp {
+        let b = self.seal(e, msgs).to_json().into_bytes();
+        self.signed(&e.key, "POST", path, b, "application/json")
+    }
+
+    /// Ledger height (public stats).
+    pub fn height(&self) -> u64 {
+        let r = self.raw("GET", "/v1/public/stats", &[], Vec::new());
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["height"].as_u64().unwrap()
+    }
+
+    /// Transactions in the ledger.
+    pub fn transactions(&self) -> u64 {
+        let r = self.raw("GET", "/v1/public/stats", &[], Vec::new());
+        r.body["transactions"].as_u64().unwrap()
+    }
+
+    /// A sample of `/metrics`, e.g. `vaxgate_rejections_total{code="bad_signature"}` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let r = self.raw("GET", "/metrics", &[], Vec::new());
+        r.text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Golden exchange messages of `category` from the mappings crate.
+pub fn golden(category: &str, file: &str) -> Vec<ExchangeMessage> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../mappings/tests/golden/{category}/{file}"));
+    let v: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v.into_iter()
+        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
+        .collect()
+}
+
+/// A copy of `m` with a fresh event id (and record key).
+pub fn fresh(m: &ExchangeMessage) -> ExchangeMessage {
+    let mut m = m.clone();
+    m.event_id = uuid::Uuid::new_v4();
+    m.payload.event_id = m.event_id;
+    m.payload.record_key = m.event_id.to_string();
+    m
+}
+
+/// `m` re-sourced to `source` (event and exchange sender).
+pub fn from_source(m: &ExchangeMessage, source: &str) -> ExchangeMessage {
+    let mut m = fresh(m);
+    m.payload.source = source.to_string();
+    m.sender = source.to_string();
+    m
+}
