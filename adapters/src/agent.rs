@@ -139,6 +139,19 @@ pub async fn run(
                     transient: false,
                 });
             }
+            other => {
+                // push sources (HL7 MLLP / files, XML directory, AMQP): crate::push_sources
+                let Some(p) = other.push() else { continue };
+                let p = p.resolved(|path| cfg.resolve(path));
+                let spec = pipeline.spec(p.name())?;
+                tasks.push(tokio::spawn(async move {
+                    let name = p.name().to_string();
+                    let r = crate::push_sources::run_push_source(&p, spec, pipeline, stop, until_caught_up)
+                        .await
+                        .map(|()| RunStats::default());
+                    (name, r)
+                }));
+            }
         }
     }
     let mut out = Vec::new();
@@ -377,6 +390,21 @@ pub async fn check(cfg: &LoadedAgentConfig) -> Result<Vec<CheckLine>, AgentError
                 what,
                 ok: false,
                 detail: "the `mssql` source type is not available in this build".into(),
+            },
+            other => match other.push() {
+                Some(p) => match crate::push_sources::check_push_source(&p.resolved(|path| cfg.resolve(path))).await {
+                    Ok(detail) => CheckLine { what, ok: true, detail },
+                    Err(detail) => CheckLine {
+                        what,
+                        ok: false,
+                        detail,
+                    },
+                },
+                None => CheckLine {
+                    what,
+                    ok: false,
+                    detail: "unknown source type".into(),
+                },
             },
         };
         out.push(line);

@@ -98,6 +98,14 @@ pub enum SourceConfig {
     Mysql(SqlSourceConfig),
     /// SQL Server (tiberius).
     Mssql(SqlSourceConfig),
+    /// HL7 v2 over MLLP (push).
+    Hl7Mllp(crate::push_sources::Hl7MllpSourceConfig),
+    /// A drop directory of `.hl7` files.
+    Hl7Files(crate::push_sources::Hl7FilesSourceConfig),
+    /// A directory of XML exports.
+    XmlDir(crate::push_sources::XmlDirSourceConfig),
+    /// A RabbitMQ queue of JSON events.
+    Amqp(crate::push_sources::AmqpSourceConfig),
 }
 
 impl SourceConfig {
@@ -107,6 +115,10 @@ impl SourceConfig {
             SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
                 &c.name
             }
+            SourceConfig::Hl7Mllp(c) => &c.name,
+            SourceConfig::Hl7Files(c) => &c.name,
+            SourceConfig::XmlDir(c) => &c.name,
+            SourceConfig::Amqp(c) => &c.name,
         }
     }
 
@@ -117,6 +129,10 @@ impl SourceConfig {
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Mysql(_) => "mysql",
             SourceConfig::Mssql(_) => "mssql",
+            SourceConfig::Hl7Mllp(_) => "hl7_mllp",
+            SourceConfig::Hl7Files(_) => "hl7_files",
+            SourceConfig::XmlDir(_) => "xml_dir",
+            SourceConfig::Amqp(_) => "amqp",
         }
     }
 
@@ -126,6 +142,22 @@ impl SourceConfig {
             SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
                 &c.mapping
             }
+            SourceConfig::Hl7Mllp(c) => &c.mapping,
+            SourceConfig::Hl7Files(c) => &c.mapping,
+            SourceConfig::XmlDir(c) => &c.mapping,
+            SourceConfig::Amqp(c) => &c.mapping,
+        }
+    }
+
+    /// The push-source config (HL7, XML, AMQP), paths as written.
+    pub fn push(&self) -> Option<crate::push_sources::PushSourceConfig> {
+        use crate::push_sources::PushSourceConfig as P;
+        match self {
+            SourceConfig::Hl7Mllp(c) => Some(P::Hl7Mllp(c.clone())),
+            SourceConfig::Hl7Files(c) => Some(P::Hl7Files(c.clone())),
+            SourceConfig::XmlDir(c) => Some(P::XmlDir(c.clone())),
+            SourceConfig::Amqp(c) => Some(P::Amqp(c.clone())),
+            _ => None,
         }
     }
 }
@@ -428,6 +460,13 @@ impl LoadedAgentConfig {
                 | SourceConfig::Postgres(q)
                 | SourceConfig::Mysql(q)
                 | SourceConfig::Mssql(q) => self.validate_sql(i, s.kind(), q)?,
+                _ => {
+                    if let Some(p) = s.push() {
+                        p.resolved(|p| self.resolve(p))
+                            .validate()
+                            .map_err(|(key, msg)| self.invalid(&k(key), msg))?;
+                    }
+                }
             }
         }
         Ok(())

@@ -14,6 +14,7 @@ pub mod hl7_files;
 pub mod intake;
 pub mod mllp;
 pub mod pipeline;
+pub mod push_sources;
 pub mod retry;
 pub mod seal;
 pub mod sql;

@@ -1,0 +1,77 @@
+//! The push-source entries of the agent config (`hl7_mllp`, `hl7_files`,
+//! `xml_dir`, `amqp`): parsing with defaults, unknown keys refused,
+//! validation messages naming the key, and an unknown type listing the
+//! valid ones.
+
+use adapters::config::SourceConfig;
+use adapters::push_sources::{PushSourceConfig, check_push_source};
+
+fn parse(text: &str) -> Result<SourceConfig, String> {
+    toml::from_str::<SourceConfig>(text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn push_sources_parse_with_defaults_and_validate() {
+    let s = parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"127.0.0.1:2575\"\n")
+        .expect("hl7_mllp");
+    assert_eq!((s.kind(), s.name()), ("hl7_mllp", "iis"));
+    match s.push() {
+        Some(PushSourceConfig::Hl7Mllp(c)) => {
+            assert_eq!(
+                (c.max_frame_bytes, c.max_connections, c.batch_max),
+                (1024 * 1024, 256, 256)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.push().expect("push").validate().is_ok());
+
+    let bad =
+        parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"port 2575\"\n").expect("parses");
+    let (key, msg) = bad.push().expect("push").validate().expect_err("bad listen");
+    assert_eq!(key, "listen");
+    assert!(msg.contains("port 2575"), "{msg}");
+
+    let e = parse("type = \"xml_dir\"\nname = \"mah\"\nmapping = \"m.toml\"\ndir = \"/x\"\nrecord_path = \"/A\"\n")
+        .expect_err("unknown key");
+    assert!(e.contains("record_path"), "{e}");
+    let x =
+        parse("type = \"xml_dir\"\nname = \"mah\"\nmapping = \"m.toml\"\ndir = \"/nonexistent/dir\"\n").expect("xml");
+    let (key, _) = x.push().expect("push").validate().expect_err("missing dir");
+    assert_eq!(key, "dir");
+
+    let a = parse(
+        "type = \"amqp\"\nname = \"erp\"\nmapping = \"m.toml\"\nurl = \"http://x\"\nqueue = \"q\"\ndead_letter_exchange = \"d\"\n",
+    )
+    .expect("amqp");
+    assert_eq!(a.push().expect("push").validate().expect_err("url").0, "url");
+
+    let e = parse("type = \"hl7\"\nname = \"x\"\n").expect_err("unknown type");
+    for t in ["hl7_mllp", "hl7_files", "xml_dir", "amqp", "postgres"] {
+        assert!(e.contains(t), "the error lists `{t}`: {e}");
+    }
+}
+
+#[tokio::test]
+async fn check_reports_per_push_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.xml"), "<A/>").expect("write");
+    let x = parse(&format!(
+        "type = \"xml_dir\"\nname = \"mah\"\nmapping = \"m.toml\"\ndir = \"{}\"\n",
+        dir.path().display()
+    ))
+    .expect("xml");
+    let ok = check_push_source(&x.push().expect("push")).await.expect("dir ok");
+    assert!(ok.contains("1 .xml file(s) waiting"), "{ok}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr");
+    let m = parse(&format!(
+        "type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"{addr}\"\n"
+    ))
+    .expect("mllp");
+    let err = check_push_source(&m.push().expect("push"))
+        .await
+        .expect_err("address in use");
+    assert!(err.contains(&addr.to_string()), "{err}");
+}
