@@ -21,8 +21,18 @@ fn result(r: &support::Resp) -> &Value {
 }
 
 #[test]
-fn alerts_and_refused_receipts() {
-    let node = Node::start();
+fn alerts_and_refused_receipts_on_sqlite() {
+    alerts_and_refused_receipts(Node::start());
+}
+
+/// The same on PostgreSQL (the projection's shipment index and referrer
+/// queries on the other backend).
+#[test]
+fn alerts_and_refused_receipts_on_postgres() {
+    alerts_and_refused_receipts(Node::start_postgres());
+}
+
+fn alerts_and_refused_receipts(node: Node) {
     let cdc = node.register("12320100MB1234561", "nj-cdc", "cdc", &["12320100466001234B"], None);
     let logistics = node.register(
         "91320100MA1XYA121",

@@ -79,9 +79,29 @@ impl Resp {
 }
 
 impl Node {
-    /// `vaxgate init --plain-http` and `vaxgate serve`, logs (debug for the
-    /// gateway) in `server.log`; returns once `/healthz` answers.
+    /// `vaxgate init --plain-http` and `vaxgate serve` on SQLite, logs
+    /// (debug for the gateway) in `server.log`; returns once `/healthz`
+    /// answers.
     pub fn start() -> Node {
+        Node::start_on(None)
+    }
+
+    /// The same on a fresh PostgreSQL database under `VAXGATE_TEST_PG_URL`
+    /// (started by scripts/test.sh; panics when it is not set).
+    pub fn start_postgres() -> Node {
+        let base = std::env::var("VAXGATE_TEST_PG_URL")
+            .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
+        let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
+        let out = Command::new("psql")
+            .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        Node::start_on(Some(format!("{prefix}/{name}")))
+    }
+
+    fn start_on(pg: Option<String>) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -99,6 +119,10 @@ impl Node {
             "plain_http = true\n",
             &format!("plain_http = true\nmax_body_bytes = {MAX_BODY}\n"),
         );
+        let text = match &pg {
+            Some(url) => text.replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\"")),
+            None => text,
+        };
         std::fs::write(&cfg, text).unwrap();
         let log = tmp.path().join("server.log");
         let server = vaxgate()
