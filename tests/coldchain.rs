@@ -179,6 +179,29 @@ fn alerts_and_refused_receipts(node: Node) {
         "{cc}"
     );
 
+    // A receipt that names no shipment: the latest shipment to the
+    // receiver carrying its code is found by trace code.
+    let mut to_receiver = shipment("YD-TO-1", "86123450000000006001", 8.9);
+    to_receiver.payload.to = Some(mappings::Party {
+        code: "123201024660123451".into(),
+        name: None,
+    });
+    let r = node.post_batch(&logistics, "/v1/transactions", &[to_receiver]);
+    assert_eq!(
+        result(&r)["cold_chain"]["alerts"][0]["alert_type"],
+        "excursion",
+        "{}",
+        r.text
+    );
+    let mut unnamed = receipt("unused", "86123450000000006001");
+    unnamed.payload.fields.remove("shipment_no");
+    let r = node.post_batch(&receiver, "/v1/transactions", &[unnamed]);
+    let reason = result(&r)["cold_chain"]["refusal_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("shipment YD-TO-1: arrival temp 8.9 °C"), "{}", r.text);
+
     // The custody chain shows the refusal; the receipt is in the ledger.
     let trace = read("/v1/trace/86123450000000003001");
     let step = trace["steps"]
