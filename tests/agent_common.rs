@@ -264,7 +264,7 @@ pub fn clinic_row(i: usize, bad: bool) -> Value {
         "JZJL_ID": row_key(i),
         "SZZBM": format!("320102000120{:06}", i % 1_000_000),
         "SZZ_XM": "王小明",
-        "SZZ_XB": if i % 2 == 0 { "男" } else { "女" },
+        "SZZ_XB": if i.is_multiple_of(2) { "男" } else { "女" },
         "CSRQ": "2023/01/15",
         "ZJLX": "2",
         "ZJHM": "320102202301150028",

@@ -204,6 +204,13 @@ pub struct SqlSourceConfig {
     /// Rows fetched ahead while a batch is at the gateway (bounded queue).
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// Pages at the gateway at once (their receipts are committed in order).
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+}
+
+fn default_in_flight() -> usize {
+    2
 }
 
 fn default_batch() -> usize {
@@ -521,6 +528,9 @@ impl LoadedAgentConfig {
         }
         if !(q.poll_interval_secs > 0.0 && q.poll_interval_secs <= 86_400.0) {
             return Err(self.invalid(&k("poll_interval_secs"), "must be > 0 and at most 86400"));
+        }
+        if q.in_flight == 0 || q.in_flight > 16 {
+            return Err(self.invalid(&k("in_flight"), "must be between 1 and 16"));
         }
         if q.prefetch == 0 || q.prefetch > 64 {
             return Err(self.invalid(&k("prefetch"), "must be between 1 and 64"));

@@ -13,6 +13,7 @@ pub mod hl7;
 pub mod hl7_files;
 pub mod intake;
 pub mod mllp;
+pub mod mssql;
 pub mod pipeline;
 pub mod push_sources;
 pub mod retry;

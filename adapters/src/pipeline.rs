@@ -64,6 +64,25 @@ impl RecordOutcome {
     }
 }
 
+/// A batch whose receipts are in hand, not yet recorded (see
+/// [`Pipeline::deliver`]).
+#[derive(Debug)]
+pub struct Delivered {
+    source: String,
+    events: Vec<EventState>,
+    quarantine: Vec<NewQuarantine>,
+    accepted_keys: Vec<String>,
+    checkpoint: Option<serde_json::Value>,
+    outcomes: Vec<RecordOutcome>,
+}
+
+impl Delivered {
+    /// The per-record outcomes (final once committed).
+    pub fn outcomes(&self) -> &[RecordOutcome] {
+        &self.outcomes
+    }
+}
+
 /// How the pipeline reaches the gateway and signs.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -84,7 +103,9 @@ pub struct PipelineConfig {
 
 struct SourceEntry {
     spec: RwLock<Arc<MappingSpec>>,
-    tracker: Mutex<QualityTracker>,
+    /// The batch rule's counts, and the events already counted (a page
+    /// retried after a gateway error must not count its trace codes twice).
+    tracker: Mutex<(QualityTracker, std::collections::HashSet<Uuid>)>,
 }
 
 /// The shared map → seal → post → record pipeline. Cheap to clone.
@@ -209,7 +230,7 @@ impl Pipeline {
         let tracker = QualityTracker::new(spec.dataset());
         let entry = Arc::new(SourceEntry {
             spec: RwLock::new(Arc::new(spec)),
-            tracker: Mutex::new(tracker),
+            tracker: Mutex::new((tracker, std::collections::HashSet::new())),
         });
         if let Ok(mut s) = self.inner.sources.write() {
             s.insert(name.to_string(), entry);
@@ -257,6 +278,21 @@ impl Pipeline {
         records: Vec<(String, Record)>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Vec<RecordOutcome>, AgentError> {
+        let d = self.deliver(source, records, checkpoint).await?;
+        self.commit(d).await
+    }
+
+    /// Steps 1-4 of a submit: map, quarantine, reserve, seal, post; the
+    /// gateway's receipts are in hand but not yet recorded. Pull sources
+    /// keep several batches in flight and [`Pipeline::commit`] them in
+    /// order, so a checkpoint never passes a batch whose receipts are not
+    /// stored.
+    pub async fn deliver(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Delivered, AgentError> {
         let entry = self.entry(source)?;
         let spec = entry
             .spec
@@ -264,6 +300,7 @@ impl Pipeline {
             .map_err(|_| AgentError::UnknownSource(source.into()))?
             .clone();
 
+        let t0 = std::time::Instant::now();
         // 1. Map (CPU work off the async threads).
         let spec2 = spec.clone();
         let (records, mapped) = tokio::task::spawn_blocking(move || {
@@ -301,7 +338,9 @@ impl Pipeline {
                 }
             }
         }
+        let t1 = std::time::Instant::now();
         let reserved = self.inner.state.reserve(source, &reserve).await?;
+        let t2 = std::time::Instant::now();
 
         // 3. Batch rules over new events; build messages.
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
@@ -309,10 +348,11 @@ impl Pipeline {
         let mut messages: Vec<ExchangeMessage> = Vec::new();
         let mut owner: Vec<usize> = Vec::new();
         {
-            let mut tracker = entry
+            let mut guard = entry
                 .tracker
                 .lock()
                 .map_err(|_| AgentError::UnknownSource(source.into()))?;
+            let (tracker, counted) = &mut *guard;
             let mut it = reserved.into_iter();
             for (i, m) in mapped.into_iter().enumerate() {
                 match m {
@@ -334,8 +374,13 @@ impl Pipeline {
                         for mut e in evs {
                             let (at, known) = it.next().unwrap_or((e.recorded_at, false));
                             e.recorded_at = at;
-                            if !known {
-                                batch_problems.extend(tracker.observe(&e).into_iter().filter(Problem::is_error));
+                            if !known && !counted.contains(&e.event_id) {
+                                let problems: Vec<Problem> =
+                                    tracker.observe(&e).into_iter().filter(Problem::is_error).collect();
+                                if problems.is_empty() {
+                                    counted.insert(e.event_id);
+                                }
+                                batch_problems.extend(problems);
                             }
                             msgs.push(ExchangeMessage::new(e, &spec.receiver));
                         }
@@ -426,20 +471,47 @@ impl Pipeline {
             }
         }
 
-        // 5. One local transaction: receipts, quarantine, checkpoint.
+        let t3 = std::time::Instant::now();
+        tracing::debug!(
+            source,
+            records = records.len(),
+            map_ms = (t1 - t0).as_millis() as u64,
+            reserve_ms = (t2 - t1).as_millis() as u64,
+            post_ms = (t3 - t2).as_millis() as u64,
+            "batch delivered"
+        );
+        Ok(Delivered {
+            source: source.to_string(),
+            events,
+            quarantine,
+            accepted_keys,
+            checkpoint,
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| RecordOutcome::Rejected {
+                        code: "no_result".into(),
+                        message: "the gateway returned no result for this record".into(),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// Step 5: records a delivered batch's receipts, quarantined records
+    /// and checkpoint in one local transaction; returns the outcomes.
+    pub async fn commit(&self, d: Delivered) -> Result<Vec<RecordOutcome>, AgentError> {
         self.inner
             .state
-            .commit_batch(source, &events, &quarantine, &accepted_keys, checkpoint.as_ref())
+            .commit_batch(
+                &d.source,
+                &d.events,
+                &d.quarantine,
+                &d.accepted_keys,
+                d.checkpoint.as_ref(),
+            )
             .await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| RecordOutcome::Rejected {
-                    code: "no_result".into(),
-                    message: "the gateway returned no result for this record".into(),
-                })
-            })
-            .collect())
+        Ok(d.outcomes)
     }
 
     async fn post(&self, messages: Vec<ExchangeMessage>) -> Result<Answer, AgentError> {
