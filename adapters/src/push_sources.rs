@@ -367,6 +367,18 @@ impl RecordSink for NoSink {
     }
 }
 
+/// What a one-off scan (`once`) of a directory source did; zero for the
+/// continuously running sources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushStats {
+    /// Records (XML) or messages (HL7 files) accepted.
+    pub accepted: u64,
+    /// Records refused by the gateway (XML) or messages refused (HL7 files: AE/AR).
+    pub rejected: u64,
+    /// Records quarantined (XML).
+    pub quarantined: u64,
+}
+
 /// Runs one push source until `stop` turns true (with `once`, the
 /// directory sources scan once and return, the listener and the queue
 /// consumer return at once: they have no "caught up"), delivering to
@@ -382,11 +394,11 @@ pub async fn run_push_source<S: RecordSink>(
     sink: S,
     mut stop: watch::Receiver<bool>,
     once: bool,
-) -> Result<(), AgentError> {
+) -> Result<PushStats, AgentError> {
     let name = cfg.name().to_string();
     if once && matches!(cfg, PushSourceConfig::Hl7Mllp(_) | PushSourceConfig::Amqp(_)) {
         tracing::info!(source = %name, "push source skipped: it only runs continuously");
-        return Ok(());
+        return Ok(PushStats::default());
     }
     let hl7_processor = |mapping: &PathBuf, sink: S| -> Result<Arc<Hl7Processor<S>>, AgentError> {
         let text = std::fs::read_to_string(mapping).map_err(|e| AgentError::File {
@@ -412,7 +424,7 @@ pub async fn run_push_source<S: RecordSink>(
             tracing::info!(source = %name, addr = %server.local_addr(), "MLLP listener started");
             let _ = stop.changed().await;
             server.shutdown().await;
-            Ok(())
+            Ok(PushStats::default())
         }
         PushSourceConfig::Hl7Files(c) => {
             let processor = hl7_processor(&c.mapping, sink)?;
@@ -425,15 +437,20 @@ pub async fn run_push_source<S: RecordSink>(
                 poll_interval: Duration::from_millis(c.poll_interval_ms),
             };
             let drop_dir = Hl7FileDrop::new(&name, processor, files);
+            let mut stats = PushStats::default();
             if once {
-                drop_dir
+                for r in drop_dir
                     .poll_once()
                     .await
-                    .map_err(|e| source_err(&name, e.to_string(), true))?;
+                    .map_err(|e| source_err(&name, e.to_string(), true))?
+                {
+                    stats.accepted += r.accepted as u64;
+                    stats.rejected += r.refused as u64;
+                }
             } else {
                 drop_dir.run(stop).await;
             }
-            Ok(())
+            Ok(stats)
         }
         PushSourceConfig::XmlDir(c) => {
             let xml = XmlDirConfig {
@@ -444,15 +461,21 @@ pub async fn run_push_source<S: RecordSink>(
                 ..XmlDirConfig::new(&c.dir)
             };
             let source = XmlDirSource::new(&name, &spec, sink, xml);
+            let mut stats = PushStats::default();
             if once {
-                source
+                for r in source
                     .poll_once()
                     .await
-                    .map_err(|e| source_err(&name, e.to_string(), true))?;
+                    .map_err(|e| source_err(&name, e.to_string(), true))?
+                {
+                    stats.accepted += r.accepted;
+                    stats.rejected += r.rejected;
+                    stats.quarantined += r.not_accepted - r.rejected;
+                }
             } else {
                 source.run(stop).await;
             }
-            Ok(())
+            Ok(stats)
         }
         PushSourceConfig::Amqp(c) => {
             let amqp = AmqpConfig {
@@ -470,13 +493,13 @@ pub async fn run_push_source<S: RecordSink>(
                         tracing::info!(source = %name, accepted = stats.accepted, retried = stats.retried,
                             dead_lettered = stats.dead_lettered, "AMQP consumer stopped");
                         if *stop.borrow() {
-                            return Ok(());
+                            return Ok(PushStats::default());
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "AMQP consumer failed; reconnecting"),
                 }
                 tokio::select! {
-                    _ = stop.changed() => return Ok(()),
+                    _ = stop.changed() => return Ok(PushStats::default()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));

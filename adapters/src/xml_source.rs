@@ -106,6 +106,8 @@ pub struct FileReport {
     pub accepted: u64,
     /// Records quarantined or rejected now.
     pub not_accepted: u64,
+    /// Of those, records the gateway rejected (the rest are quarantined).
+    pub rejected: u64,
     /// `Some(reason)` when the file went to `failed/`.
     pub failed: Option<String>,
 }
@@ -333,6 +335,7 @@ impl<S: RecordSink> XmlDirSource<S> {
             skipped: 0,
             accepted: 0,
             not_accepted: 0,
+            rejected: 0,
             failed: None,
         };
         let Some(record_path) = self.record_path.clone() else {
@@ -382,6 +385,10 @@ impl<S: RecordSink> XmlDirSource<S> {
             let acc = outcomes.iter().filter(|o| o.is_accepted()).count() as u64;
             report.accepted += acc;
             report.not_accepted += n as u64 - acc;
+            report.rejected += outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Rejected { .. }))
+                .count() as u64;
             report.submitted += n as u64;
             done += n as u64;
         }

@@ -75,3 +75,41 @@ async fn check_reports_per_push_source() {
         .expect_err("address in use");
     assert!(err.contains(&addr.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn once_mode_scans_directories_and_reports_counts() {
+    use std::sync::Arc;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mapping = root.join("config/mappings/mah-export.toml");
+    let spec = Arc::new(mappings::MappingSpec::load(&mapping, &mappings::Dataset::builtin()).expect("spec"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        root.join("config/mappings/samples/mah-export.xml"),
+        dir.path().join("e.xml"),
+    )
+    .expect("copy");
+    let x = parse(&format!(
+        "type = \"xml_dir\"\nname = \"mah\"\nmapping = \"{}\"\ndir = \"{}\"\nsettle_ms = 0\n",
+        mapping.display(),
+        dir.path().display()
+    ))
+    .expect("xml");
+    let sink = Arc::new(adapters::intake::MemorySink::new("mah", spec.clone()));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let stats = adapters::push_sources::run_push_source(&x.push().expect("push"), spec.clone(), sink.clone(), rx, true)
+        .await
+        .expect("scan");
+    assert_eq!(stats.accepted + stats.quarantined + stats.rejected, 4, "{stats:?}");
+    assert_eq!(stats.accepted as usize, sink.accepted().len());
+    assert!(stats.accepted > 0);
+    assert!(dir.path().join("done/e.xml").exists());
+
+    // the listener has no "caught up": skipped in once mode
+    let m =
+        parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"127.0.0.1:1\"\n").expect("mllp");
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let stats = adapters::push_sources::run_push_source(&m.push().expect("push"), spec, sink, rx, true)
+        .await
+        .expect("skipped");
+    assert_eq!(stats, adapters::push_sources::PushStats::default());
+}
