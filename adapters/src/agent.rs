@@ -57,19 +57,15 @@ pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentEr
     let key_path = cfg.resolve(&c.agent.key);
     let pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
     let pass = std::env::var(&c.agent.passphrase_env).ok();
-    let key = secure_gateway::keys::private_key_from_pem(
-        &pem,
-        pass.as_deref(),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .map_err(|e| {
-        let hint = if pass.is_none() {
-            format!(" (is {} set?)", c.agent.passphrase_env)
-        } else {
-            String::new()
-        };
-        cfg.invalid("agent.key", format!("cannot open the key: {e}{hint}"))
-    })?;
+    let key = secure_gateway::keys::private_key_from_pem(&pem, pass.as_deref(), secure_gateway::DEFAULT_DIST_ID)
+        .map_err(|e| {
+            let hint = if pass.is_none() {
+                format!(" (is {} set?)", c.agent.passphrase_env)
+            } else {
+                String::new()
+            };
+            cfg.invalid("agent.key", format!("cannot open the key: {e}{hint}"))
+        })?;
     let node_key_path = cfg.resolve(&c.gateway.node_key);
     let gateway_key = secure_gateway::load_verifying_key(&node_key_path)
         .map_err(|e| cfg.invalid("gateway.node_key", e.to_string()))?;
@@ -150,20 +146,14 @@ pub async fn run(
                 let spec = pipeline.spec(p.name())?;
                 tasks.push(tokio::spawn(async move {
                     let name = p.name().to_string();
-                    let r = crate::push_sources::run_push_source(
-                        &p,
-                        spec,
-                        pipeline,
-                        stop,
-                        until_caught_up,
-                    )
-                    .await
-                    .map(|s| RunStats {
-                        accepted: s.accepted,
-                        rejected: s.rejected,
-                        quarantined: s.quarantined,
-                        ..RunStats::default()
-                    });
+                    let r = crate::push_sources::run_push_source(&p, spec, pipeline, stop, until_caught_up)
+                        .await
+                        .map(|s| RunStats {
+                            accepted: s.accepted,
+                            rejected: s.rejected,
+                            quarantined: s.quarantined,
+                            ..RunStats::default()
+                        });
                     (name, r)
                 }));
             }
@@ -198,15 +188,13 @@ pub async fn run_sql_source(
     progress: bool,
 ) -> Result<RunStats, AgentError> {
     let name = src.name().to_string();
-    let start: Option<SqlCheckpoint> = match pipeline.state().checkpoint(&name).await? {
-        Some(v) => Some(serde_json::from_value(v).map_err(|e| {
-            AgentError::state(
-                pipeline.state().path(),
-                format!("checkpoint of source `{name}`: {e}"),
-            )
-        })?),
-        None => None,
-    };
+    let start: Option<SqlCheckpoint> =
+        match pipeline.state().checkpoint(&name).await? {
+            Some(v) => Some(serde_json::from_value(v).map_err(|e| {
+                AgentError::state(pipeline.state().path(), format!("checkpoint of source `{name}`: {e}"))
+            })?),
+            None => None,
+        };
     let cfg = src.config().clone();
     let poll = Duration::from_secs_f64(cfg.poll_interval_secs);
     let bar = if progress {
@@ -214,10 +202,8 @@ pub async fn run_sql_source(
             Ok(n) if n > 0 => {
                 let b = indicatif::ProgressBar::new(n);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{prefix} {bar:40} {pos}/{len} rows {per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 b.set_prefix(name.clone());
                 Some(b)
@@ -239,10 +225,7 @@ pub async fn run_sql_source(
             if *reader_stop.borrow() {
                 return;
             }
-            match reader_src
-                .fetch(pos.as_ref(), reader_src.config().batch_size)
-                .await
-            {
+            match reader_src.fetch(pos.as_ref(), reader_src.config().batch_size).await {
                 Ok(rows) if rows.is_empty() => {
                     backoff.reset();
                     if until_caught_up || sleep_or_stop(poll, &mut reader_stop).await {
@@ -273,8 +256,8 @@ pub async fn run_sql_source(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     while let Some(rows) = rx.recv().await {
         let Some(last) = rows.last() else { continue };
-        let checkpoint = serde_json::to_value(&last.position)
-            .map_err(|e| AgentError::state(pipeline.state().path(), e))?;
+        let checkpoint =
+            serde_json::to_value(&last.position).map_err(|e| AgentError::state(pipeline.state().path(), e))?;
         let records: Vec<(String, Record)> = rows
             .iter()
             .map(|r| (r.key.key_string(), Record::Row(r.row.clone())))
@@ -414,16 +397,8 @@ pub async fn check(cfg: &LoadedAgentConfig) -> Result<Vec<CheckLine>, AgentError
                 detail: "the `mssql` source type is not available in this build".into(),
             },
             other => match other.push() {
-                Some(p) => match crate::push_sources::check_push_source(
-                    &p.resolved(|path| cfg.resolve(path)),
-                )
-                .await
-                {
-                    Ok(detail) => CheckLine {
-                        what,
-                        ok: true,
-                        detail,
-                    },
+                Some(p) => match crate::push_sources::check_push_source(&p.resolved(|path| cfg.resolve(path))).await {
+                    Ok(detail) => CheckLine { what, ok: true, detail },
                     Err(detail) => CheckLine {
                         what,
                         ok: false,
@@ -456,11 +431,7 @@ pub struct ReplayStats {
 
 /// Re-maps quarantined records with the current specs and submits them:
 /// the given ids, or every open entry (of `source`, if given).
-pub async fn replay(
-    pipeline: &Pipeline,
-    ids: &[i64],
-    source: Option<&str>,
-) -> Result<ReplayStats, AgentError> {
+pub async fn replay(pipeline: &Pipeline, ids: &[i64], source: Option<&str>) -> Result<ReplayStats, AgentError> {
     let mut entries = Vec::new();
     if ids.is_empty() {
         entries = pipeline.state().quarantine_list(source, false).await?;
@@ -469,17 +440,14 @@ pub async fn replay(
             match pipeline.state().quarantine_get(*id).await? {
                 Some(e) if e.resolved_at.is_none() => entries.push(e),
                 Some(_) => {
-                    return Err(AgentError::Answer(format!(
-                        "quarantine entry {id} is already resolved"
-                    )));
+                    return Err(AgentError::Answer(format!("quarantine entry {id} is already resolved")));
                 }
                 None => return Err(AgentError::Answer(format!("no quarantine entry {id}"))),
             }
         }
     }
     let mut stats = ReplayStats::default();
-    let mut by_source: std::collections::BTreeMap<String, Vec<(String, Record)>> =
-        Default::default();
+    let mut by_source: std::collections::BTreeMap<String, Vec<(String, Record)>> = Default::default();
     for e in entries {
         let Some(r) = record_from_stored(&e.kind, &e.record) else {
             return Err(AgentError::Answer(format!(
