@@ -11,15 +11,17 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use mappings::{Dataset, MappingSpec, Record};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{GatewayClient, GatewayClientConfig};
 use crate::config::{LoadedAgentConfig, SourceConfig};
 use crate::error::AgentError;
+use crate::mssql::MssqlSource;
 use crate::pipeline::{Pipeline, PipelineConfig, RecordOutcome, record_from_stored};
 use crate::retry::Backoff;
-use crate::sql::{SourceRow, SqlCheckpoint, SqlSource};
+use crate::sql::{Cell, SourceRow, SqlCheckpoint, SqlSource};
 use crate::state::StateDb;
 
 fn file_err(path: &std::path::Path, e: impl std::fmt::Display) -> AgentError {
@@ -97,6 +99,94 @@ pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentEr
     Ok(pipeline)
 }
 
+/// A pull source: sqlx (SQLite, PostgreSQL, MySQL/MariaDB) or tiberius
+/// (SQL Server), with the same watermark semantics.
+#[derive(Debug)]
+pub enum PullSource {
+    /// sqlx.
+    Sqlx(Box<SqlSource>),
+    /// tiberius.
+    Mssql(Box<MssqlSource>),
+}
+
+impl From<SqlSource> for PullSource {
+    fn from(s: SqlSource) -> PullSource {
+        PullSource::Sqlx(Box::new(s))
+    }
+}
+
+impl From<MssqlSource> for PullSource {
+    fn from(s: MssqlSource) -> PullSource {
+        PullSource::Mssql(Box::new(s))
+    }
+}
+
+impl PullSource {
+    /// The source for a `[[sources]]` entry of type `kind`.
+    pub fn new(kind: &str, cfg: &crate::config::SqlSourceConfig) -> Result<PullSource, AgentError> {
+        Ok(match kind {
+            "mssql" => PullSource::Mssql(Box::new(MssqlSource::new(cfg)?)),
+            _ => PullSource::Sqlx(Box::new(SqlSource::new(kind, cfg)?)),
+        })
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            PullSource::Sqlx(s) => s.name(),
+            PullSource::Mssql(s) => s.name(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &crate::config::SqlSourceConfig {
+        match self {
+            PullSource::Sqlx(s) => s.config(),
+            PullSource::Mssql(s) => s.config(),
+        }
+    }
+
+    /// Rows after `after`, at most `limit`.
+    pub async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
+        match self {
+            PullSource::Sqlx(s) => s.fetch(after, limit).await,
+            PullSource::Mssql(s) => s.fetch(after, limit).await,
+        }
+    }
+
+    /// Rows after `after`.
+    pub async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
+        match self {
+            PullSource::Sqlx(s) => s.count_after(after).await,
+            PullSource::Mssql(s) => s.count_after(after).await,
+        }
+    }
+
+    /// The `mark_processed` statement for accepted keys.
+    pub async fn mark_processed(&self, keys: &[Cell]) -> Result<(), AgentError> {
+        match self {
+            PullSource::Sqlx(s) => s.mark_processed(keys).await,
+            PullSource::Mssql(s) => s.mark_processed(keys).await,
+        }
+    }
+
+    /// Connection test.
+    pub async fn check(&self) -> Result<String, AgentError> {
+        match self {
+            PullSource::Sqlx(s) => s.check().await,
+            PullSource::Mssql(s) => s.check().await,
+        }
+    }
+
+    /// Closes connections.
+    pub async fn close(&self) {
+        match self {
+            PullSource::Sqlx(s) => s.close().await,
+            PullSource::Mssql(s) => s.close().await,
+        }
+    }
+}
+
 /// What one pull-source run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunStats {
@@ -124,20 +214,13 @@ pub async fn run(
         let pipeline = pipeline.clone();
         let stop = stop.clone();
         match s {
-            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) => {
-                let src = SqlSource::new(s.kind(), q)?;
+            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) | SourceConfig::Mssql(q) => {
+                let src = PullSource::new(s.kind(), q)?;
                 tasks.push(tokio::spawn(async move {
                     let name = src.name().to_string();
                     let r = run_sql_source(pipeline, src, stop, until_caught_up, progress).await;
                     (name, r)
                 }));
-            }
-            SourceConfig::Mssql(q) => {
-                return Err(AgentError::Source {
-                    source_name: q.name.clone(),
-                    message: "the `mssql` source type is not available in this build".into(),
-                    transient: false,
-                });
             }
             other => {
                 // push sources (HL7 MLLP / files, XML directory, AMQP): crate::push_sources
@@ -182,11 +265,12 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 /// Runs one SQL source: reader → bounded channel → submitter.
 pub async fn run_sql_source(
     pipeline: Pipeline,
-    src: SqlSource,
-    mut stop: watch::Receiver<bool>,
+    src: impl Into<PullSource>,
+    stop: watch::Receiver<bool>,
     until_caught_up: bool,
     progress: bool,
 ) -> Result<RunStats, AgentError> {
+    let src: PullSource = src.into();
     let name = src.name().to_string();
     let start: Option<SqlCheckpoint> =
         match pipeline.state().checkpoint(&name).await? {
@@ -215,7 +299,8 @@ pub async fn run_sql_source(
     };
     tracing::info!(source = %name, resumed = start.is_some(), "source started");
 
-    let (tx, mut rx) = mpsc::channel::<Vec<SourceRow>>(cfg.prefetch);
+    let (tx, rx) = mpsc::channel::<Vec<SourceRow>>(cfg.prefetch);
+    let src = std::sync::Arc::new(src);
     let reader_src = src.clone();
     let mut reader_stop = stop.clone();
     let reader = tokio::spawn(async move {
@@ -253,33 +338,46 @@ pub async fn run_sql_source(
     });
 
     let mut stats = RunStats::default();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    while let Some(rows) = rx.recv().await {
-        let Some(last) = rows.last() else { continue };
-        let checkpoint =
-            serde_json::to_value(&last.position).map_err(|e| AgentError::state(pipeline.state().path(), e))?;
-        let records: Vec<(String, Record)> = rows
-            .iter()
-            .map(|r| (r.key.key_string(), Record::Row(r.row.clone())))
-            .collect();
-        let outcomes = loop {
-            match pipeline
-                .submit_with_checkpoint(&name, records.clone(), Some(checkpoint.clone()))
-                .await
-            {
-                Ok(o) => {
-                    backoff.reset();
-                    break o;
-                }
-                Err(e) => {
-                    tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
-                    if sleep_or_stop(backoff.next_delay(), &mut stop).await {
-                        reader.abort();
-                        return Ok(stats);
+    // Up to `in_flight` pages at the gateway at once (mapping and sealing of
+    // one overlap the gateway's work on another); commits stay in page order.
+    let name2 = name.clone();
+    let pipe2 = pipeline.clone();
+    let stop2 = stop.clone();
+    let pages = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut deliveries = pages
+        .map(move |rows: Vec<SourceRow>| {
+            let pipeline = pipe2.clone();
+            let name = name2.clone();
+            let mut stop = stop2.clone();
+            // A task of its own: it must progress (and release the state
+            // database) while the consumer waits on an earlier commit.
+            let task = tokio::spawn(async move {
+                let last = rows.last()?;
+                let checkpoint = serde_json::to_value(&last.position).ok()?;
+                let records: Vec<(String, Record)> = rows
+                    .iter()
+                    .map(|r| (r.key.key_string(), Record::Row(r.row.clone())))
+                    .collect();
+                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+                loop {
+                    match pipeline.deliver(&name, records.clone(), Some(checkpoint.clone())).await {
+                        Ok(d) => return Some((rows, d)),
+                        Err(e) => {
+                            tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
+                            if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                                return None;
+                            }
+                        }
                     }
                 }
-            }
-        };
+            });
+            async move { task.await.ok().flatten() }
+        })
+        .buffered(cfg.in_flight)
+        .boxed();
+    while let Some(item) = deliveries.next().await {
+        let Some((rows, delivered)) = item else { break };
+        let outcomes = pipeline.commit(delivered).await?;
         let mut accepted_keys = Vec::new();
         for (o, r) in outcomes.iter().zip(&rows) {
             match o {
@@ -361,8 +459,8 @@ pub async fn check(cfg: &LoadedAgentConfig) -> Result<Vec<CheckLine>, AgentError
     for s in &cfg.config.sources {
         let what = format!("source {} ({})", s.name(), s.kind());
         let line = match s {
-            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) => {
-                match SqlSource::new(s.kind(), q) {
+            SourceConfig::Sqlite(q) | SourceConfig::Postgres(q) | SourceConfig::Mysql(q) | SourceConfig::Mssql(q) => {
+                match PullSource::new(s.kind(), q) {
                     Ok(src) => {
                         let r = tokio::time::timeout(Duration::from_secs(15), src.check()).await;
                         src.close().await;
@@ -391,11 +489,6 @@ pub async fn check(cfg: &LoadedAgentConfig) -> Result<Vec<CheckLine>, AgentError
                     },
                 }
             }
-            SourceConfig::Mssql(_) => CheckLine {
-                what,
-                ok: false,
-                detail: "the `mssql` source type is not available in this build".into(),
-            },
             other => match other.push() {
                 Some(p) => match crate::push_sources::check_push_source(&p.resolved(|path| cfg.resolve(path))).await {
                     Ok(detail) => CheckLine { what, ok: true, detail },
