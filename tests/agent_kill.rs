@@ -190,7 +190,13 @@ fn kill_agent_then_gateway_during_backfill() {
     let remaining = ROWS - committed as usize;
     assert!(
         sent >= remaining && sent <= remaining + 2 * 1000,
-        "second run accepted {sent}, {remaining} were left: {out}"
+        "second run accepted {sent}, {remaining} were left: {out}\n{}",
+        std::fs::read_to_string(&log2)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("batch committed"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..ROWS).map(row_key)));
     assert_eq!(state_counts(work.path()), vec![("accepted".to_string(), ROWS as i64)]);

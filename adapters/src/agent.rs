@@ -231,12 +231,7 @@ pub async fn run(
                     let name = p.name().to_string();
                     let r = crate::push_sources::run_push_source(&p, spec, pipeline, stop, until_caught_up)
                         .await
-                        .map(|s| RunStats {
-                            accepted: s.accepted,
-                            rejected: s.rejected,
-                            quarantined: s.quarantined,
-                            ..RunStats::default()
-                        });
+                        .map(|()| RunStats::default());
                     (name, r)
                 }));
             }
@@ -255,10 +250,18 @@ pub async fn run(
     Ok(out)
 }
 
+/// Sleeps `d` unless a stop is requested first; whether to stop. A closed
+/// stop channel (no sender left) never means "stop".
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
+        r = stop.changed() => match r {
+            Ok(()) => *stop.borrow(),
+            Err(_) => {
+                tokio::time::sleep(d).await;
+                *stop.borrow()
+            }
+        },
     }
 }
 
@@ -313,7 +316,11 @@ pub async fn run_sql_source(
             match reader_src.fetch(pos.as_ref(), reader_src.config().batch_size).await {
                 Ok(rows) if rows.is_empty() => {
                     backoff.reset();
-                    if until_caught_up || sleep_or_stop(poll, &mut reader_stop).await {
+                    if until_caught_up {
+                        tracing::info!(source = %reader_src.name(), "caught up");
+                        return;
+                    }
+                    if sleep_or_stop(poll, &mut reader_stop).await {
                         return;
                     }
                 }
@@ -371,12 +378,36 @@ pub async fn run_sql_source(
                     }
                 }
             });
-            async move { task.await.ok().flatten() }
+            async move {
+                match task.await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Err(format!("delivery task failed: {e}")),
+                }
+            }
         })
         .buffered(cfg.in_flight)
         .boxed();
     while let Some(item) = deliveries.next().await {
-        let Some((rows, delivered)) = item else { break };
+        let (rows, delivered) = match item {
+            Ok(Some(x)) => x,
+            // Only a requested stop ends the loop before the source is read.
+            Ok(None) if *stop.borrow() => break,
+            Ok(None) => {
+                return Err(AgentError::Source {
+                    source_name: name.clone(),
+                    message: "a delivery ended without a stop request".into(),
+                    transient: false,
+                });
+            }
+            Err(message) => {
+                tracing::error!(source = %name, error = %message, "delivery failed");
+                return Err(AgentError::Source {
+                    source_name: name.clone(),
+                    message,
+                    transient: false,
+                });
+            }
+        };
         let outcomes = pipeline.commit(delivered).await?;
         let mut accepted_keys = Vec::new();
         for (o, r) in outcomes.iter().zip(&rows) {
