@@ -231,7 +231,12 @@ pub async fn run(
                     let name = p.name().to_string();
                     let r = crate::push_sources::run_push_source(&p, spec, pipeline, stop, until_caught_up)
                         .await
-                        .map(|()| RunStats::default());
+                        .map(|s| RunStats {
+                            accepted: s.accepted,
+                            rejected: s.rejected,
+                            quarantined: s.quarantined,
+                            ..RunStats::default()
+                        });
                     (name, r)
                 }));
             }
