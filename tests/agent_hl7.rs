@@ -196,11 +196,10 @@ fn mllp_acks_only_after_the_ledger_has_the_events() {
     assert_eq!(vaccination_ids(&db), all3);
 }
 
-/// Known failure (2026-11-21): after the POST failed, the resent record is
-/// quarantined with `trace_code_overused` (the pipeline's batch tracker
-/// counted its trace code on the failed attempt). Run with `--ignored`.
+/// The gateway is down: the sender gets AR 207 and nothing is stored; the
+/// same message resent after the gateway is back is accepted once (the
+/// pipeline counts the record's trace codes once across the retry).
 #[test]
-#[ignore = "agent pipeline counts a resent record's trace codes twice after a failed POST (trace_code_overused)"]
 fn gateway_down_gives_ar_207_and_the_resend_is_accepted() {
     let mut r = start();
     let db = r.gw.ledger_db();
