@@ -84,7 +84,12 @@ mod org_tests {
     #[test]
     fn every_org_has_a_valid_uscc() {
         for o in crate::world::ORGS {
-            assert_eq!(super::uscc_with_check(&o.uscc[..17]).as_deref(), Some(o.uscc), "{}", o.alias);
+            assert_eq!(
+                super::uscc_with_check(&o.uscc[..17]).as_deref(),
+                Some(o.uscc),
+                "{}",
+                o.alias
+            );
         }
     }
 }

@@ -309,21 +309,22 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         |tables: &[write::Table], name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len());
 
     let mut sources = Vec::new();
-    let mut src = |name: &str, base: &str, kind, path: &str, table: Option<(&str, &str, &str)>, operator: &str, records| {
-        sources.push(Source {
-            name: name.into(),
-            spec: format!("mappings/{name}.toml"),
-            base_spec: base.into(),
-            kind,
-            path: path.into(),
-            table: table.map(|t| t.0.to_string()),
-            watermark: table.map(|t| t.1.to_string()),
-            key: table.map(|t| t.2.to_string()),
-            operator: operator.into(),
-            owner_column: (operator.is_empty() && table.is_some()).then(|| "DWBM".to_string()),
-            records,
-        });
-    };
+    let mut src =
+        |name: &str, base: &str, kind, path: &str, table: Option<(&str, &str, &str)>, operator: &str, records| {
+            sources.push(Source {
+                name: name.into(),
+                spec: format!("mappings/{name}.toml"),
+                base_spec: base.into(),
+                kind,
+                path: path.into(),
+                table: table.map(|t| t.0.to_string()),
+                watermark: table.map(|t| t.1.to_string()),
+                key: table.map(|t| t.2.to_string()),
+                operator: operator.into(),
+                owner_column: (operator.is_empty() && table.is_some()).then(|| "DWBM".to_string()),
+                records,
+            });
+        };
     let prodin_and_more = {
         let xml = write::mah_xml(&w);
         let n = xml.matches("<Record ").count();
@@ -487,11 +488,18 @@ fn manifest(w: &world::World, opts: &Options, sources: Vec<Source>) -> Manifest 
         rule: "trace_code_format".into(),
     });
     rejects.sort();
-    // The demo dose: the first clean clinic-A dose from a lot's first carton.
+    // The demo dose: the first clean clinic-A dose of the first product
+    // (8612345, which the sandbox's partner firm may read) from a lot's
+    // first carton.
     let demo = w
         .vaccinations
         .iter()
-        .find(|v| v.clinic == 0 && v.dirty.is_none() && w.lots[v.lot].carton_units(1).contains(&v.code))
+        .find(|v| {
+            v.clinic == 0
+                && v.dirty.is_none()
+                && w.lots[v.lot].product == 0
+                && w.lots[v.lot].carton_units(1).contains(&v.code)
+        })
         .or_else(|| w.vaccinations.iter().find(|v| v.clinic == 0 && v.dirty.is_none()));
     let entities = world::ORGS
         .iter()

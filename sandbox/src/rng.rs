@@ -90,7 +90,10 @@ mod tests {
         let mut r = Rng::new(42);
         let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
         // computed independently (Python transcription of the reference C code)
-        assert_eq!(first, [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e, 0xae17_5332_39e4_99a1]);
+        assert_eq!(
+            first,
+            [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e, 0xae17_5332_39e4_99a1]
+        );
         let mut r2 = Rng::new(42);
         assert_eq!(first, (0..3).map(|_| r2.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::new(43).next_u64(), first[0]);

@@ -318,6 +318,7 @@ fn lifecycle_is_consistent() {
         }
     }
     assert!(seen.contains(&m.demo_trace_code));
+    assert!(m.demo_trace_code.starts_with(world::PRODUCTS[0].code7));
     // Persons are synthetic.
     for r in rows("clinic/clinic.db", "T_JZ_SZZ", "SZZBM") {
         assert!(s(&r, "XM").starts_with("测试"));

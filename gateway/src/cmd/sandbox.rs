@@ -20,9 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use adapters::config::SourceConfig;
-use adapters::pipeline::{Pipeline, PipelineConfig, RecordOutcome};
-use adapters::{GatewayClient, GatewayClientConfig, StateDb};
+use adapters::pipeline::RecordOutcome;
+use adapters::{GatewayClient, GatewayClientConfig};
 use anyhow::{Context as _, bail};
 use gateway::registry::{Entity, Policy, RegistryChange, RegistryOp, Role};
 use mappings::{Dataset, MappingSpec, Record, TraceEvent};
@@ -87,20 +86,25 @@ struct Org {
     policy: Option<String>,
 }
 
-/// The key `<alias>.key.pem` in `keys`: opened, or generated and written
-/// (encrypted with the sandbox passphrase) when missing.
-fn ensure_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<Sm2SigningKey> {
+/// Generates `<alias>.key.pem` (encrypted with the sandbox passphrase) and
+/// `<alias>.pub.pem` in `keys` unless they exist.
+fn ensure_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<()> {
     let private = keys.join(format!("{alias}.key.pem"));
     if private.exists() {
-        let pem = std::fs::read_to_string(&private)?;
-        return secure_gateway::keys::private_key_from_pem(&pem, Some(pass), secure_gateway::DEFAULT_DIST_ID)
-            .with_context(|| format!("opening {}", private.display()));
+        return Ok(());
     }
     let key = Sm2SigningKey::generate();
     let protection = KeyProtection::Passphrase(zeroize::Zeroizing::new(pass.to_string()));
     secure_gateway::keys::write_signing_key(&private, &key, &protection)?;
     secure_gateway::keys::write_verifying_key(&keys.join(format!("{alias}.pub.pem")), key.verifying_key())?;
-    Ok(key)
+    Ok(())
+}
+
+fn open_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<Sm2SigningKey> {
+    let p = keys.join(format!("{alias}.key.pem"));
+    let pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    secure_gateway::keys::private_key_from_pem(&pem, Some(pass), secure_gateway::DEFAULT_DIST_ID)
+        .with_context(|| format!("opening {}", p.display()))
 }
 
 struct Server(Child);
@@ -131,15 +135,18 @@ impl Drop for Server {
     }
 }
 
-fn vaxgate(pass: &str) -> anyhow::Result<Command> {
+fn current_exe() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the vaxgate binary")?;
     // Linux reports "<path> (deleted)" once the file was replaced (a rebuild
     // while the sandbox runs): start the new binary at the same path.
-    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+    Ok(match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
         Some(s) => PathBuf::from(s),
         None => exe,
-    };
-    let mut c = Command::new(exe);
+    })
+}
+
+fn vaxgate(pass: &str) -> anyhow::Result<Command> {
+    let mut c = Command::new(current_exe()?);
     c.env(PASS_ENV, pass);
     if std::env::var_os("RUST_LOG").is_none() {
         c.env("RUST_LOG", "warn");
@@ -159,14 +166,24 @@ fn run_ok(mut c: Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// The sandbox passphrase: `secrets/passphrase` (0600), created once.
+/// The sandbox passphrase: `secrets/passphrase` (0600), created once; the
+/// environment variable, when set, must agree with it (or creates it).
 fn passphrase(dir: &Path) -> anyhow::Result<String> {
     let p = dir.join("secrets/passphrase");
+    let from_env = std::env::var(PASS_ENV).ok();
     if let Ok(s) = std::fs::read_to_string(&p) {
-        return Ok(s.trim().to_string());
+        let s = s.trim().to_string();
+        if from_env.as_deref().is_some_and(|e| e != s) {
+            bail!(
+                "{PASS_ENV} differs from the passphrase in {} that encrypts this sandbox's keys",
+                p.display()
+            );
+        }
+        return Ok(s);
     }
     std::fs::create_dir_all(dir.join("secrets"))?;
-    let pass = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let pass =
+        from_env.unwrap_or_else(|| format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
     let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
     #[cfg(unix)]
     {
@@ -175,6 +192,36 @@ fn passphrase(dir: &Path) -> anyhow::Result<String> {
     }
     f.write_all(pass.as_bytes())?;
     Ok(pass)
+}
+
+/// The agent library reads key passphrases from the environment, and this
+/// process cannot set its own environment (no unsafe code): run the sandbox
+/// in a child process that has the passphrase in `PASS_ENV`, forwarding
+/// Ctrl-C to it.
+fn reexec_with_passphrase(pass: &str) -> anyhow::Result<u8> {
+    let exe = current_exe()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut child = tokio::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(PASS_ENV, pass)
+            .spawn()
+            .context("starting the sandbox process")?;
+        let pid = child.id().map(|p| p.to_string());
+        loop {
+            tokio::select! {
+                st = child.wait() => {
+                    let st = st?;
+                    return Ok(st.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    if let Some(pid) = &pid {
+                        let _ = Command::new("kill").args(["-INT", pid]).status();
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -224,6 +271,10 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let dir = a.dir.canonicalize()?;
+    let pass = passphrase(&dir)?;
+    if std::env::var(PASS_ENV).ok().as_deref() != Some(pass.as_str()) {
+        return reexec_with_passphrase(&pass);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,7 +304,6 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     }
 
     // 2. Gateway node.
-    let pass = passphrase(&dir)?;
     let node = dir.join("node");
     let cfg_path = node.join("vaxgate.toml");
     let port = if cfg_path.exists() {
@@ -327,8 +377,8 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             policy: Some(policy.into()),
         });
     }
-    // PBKDF2 (600,000 iterations) per key: one thread each.
-    let signing: BTreeMap<String, Sm2SigningKey> = std::thread::scope(|sc| {
+    // PBKDF2 (600,000 iterations) per new key: one thread each.
+    std::thread::scope(|sc| {
         let handles: Vec<_> = orgs
             .iter()
             .map(|o| {
@@ -336,28 +386,19 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
                 (o.alias.clone(), sc.spawn(move || ensure_key(keys, &o.alias, pass)))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|(alias, h)| {
-                let k = h
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("key thread of {alias} panicked"))??;
-                Ok((alias, k))
-            })
-            .collect::<anyhow::Result<_>>()
+        for (alias, h) in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("key thread of {alias} panicked"))??;
+        }
+        anyhow::Ok(())
     })?;
     let keys_secs = t.elapsed().as_secs_f64();
     let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
     if !pending.is_empty() {
-        let admin = |n: u32| -> anyhow::Result<Sm2SigningKey> {
-            let p = node.join(format!("keys/admin-{n}.key.pem"));
-            let pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ok(
-                secure_gateway::keys::private_key_from_pem(&pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)
-                    .with_context(|| format!("opening {}", p.display()))?,
-            )
-        };
-        let (a1, a2) = (admin(1)?, admin(2)?);
+        let (a1, a2) = (
+            open_key(&node.join("keys"), "admin-1", &pass)?,
+            open_key(&node.join("keys"), "admin-2", &pass)?,
+        );
         let client = GatewayClient::new(
             &GatewayClientConfig {
                 base_url: base.clone(),
@@ -391,6 +432,35 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             std::fs::write(&registered_marker, serde_json::to_string(&registered)?)?;
         }
     }
+    // A read-only API key for the partner (approved by its master key).
+    let api_key_file = dir.join("secrets/partner.apikey");
+    if !api_key_file.exists() {
+        let partner = open_key(&keys, "partner", &pass)?;
+        let (api_key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
+        let mut change = RegistryChange::new(RegistryOp::CreateApiKey {
+            entity_id: READERS[0].1.to_string(),
+            key_id,
+            key_sm3,
+            label: "vaxgate sandbox partner queries".into(),
+        });
+        change.approve(&partner);
+        let client = GatewayClient::new(
+            &GatewayClientConfig {
+                base_url: base.clone(),
+                ..Default::default()
+            },
+            partner,
+        )?;
+        rt.block_on(client.post_json("/v1/admin/registry", &change))
+            .context("creating the partner's API key")?;
+        let mut f = std::fs::File::create(&api_key_file)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(api_key.as_bytes())?;
+    }
     println!(
         "[3/6] {} organisations registered (2-of-3 administrator approvals): keys {keys_secs:.1} s, registration {:.1} s",
         orgs.len(),
@@ -403,7 +473,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     // 4. The agent over every source.
     println!("[4/6] agent: map, validate, seal (SM4/SM2), sign and post every source");
     let t = Instant::now();
-    let sources = rt.block_on(run_agents(&dir, &manifest, &base, &signing))?;
+    let sources = rt.block_on(run_agents(&dir, &manifest, &base))?;
     let agent_secs = t.elapsed().as_secs_f64();
     let total: u64 = sources.values().map(|s| s.records).sum();
     let accepted: u64 = sources.values().map(|s| s.accepted).sum();
@@ -424,7 +494,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     println!("[5/6] ledger: {verify_text}");
 
     // 6. One dose from production to vaccination.
-    let regulator = signing.get("nmpa-js").cloned().context("no regulator key")?;
+    let regulator = open_key(&keys, "nmpa-js", &pass)?;
     let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator))?;
 
     // Summary.
@@ -463,7 +533,15 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     println!();
     print!("{}", trace.text);
     let partner_key = keys.join("partner.key.pem");
-    println!("\n== partner query (ready to paste; the partner may read product 8612345) ==");
+    println!("\n== partner queries (ready to paste; the partner may read product 8612345) ==");
+    println!(
+        "curl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/trace/{}\ncurl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/batches/{}/recall",
+        api_key_file.display(),
+        manifest.demo_trace_code,
+        api_key_file.display(),
+        manifest.demo_lot,
+    );
+    println!("# or signed with the partner's SM2 key (curl + openssl):");
     println!(
         "export {PASS_ENV}=$(cat {})\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/trace/{}\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/batches/{}/recall",
         dir.join("secrets/passphrase").display(),
@@ -614,17 +692,10 @@ fn file_records(dir: &Path, s: &Source, spec: &MappingSpec) -> anyhow::Result<Ve
     Ok(out)
 }
 
-async fn run_agents(
-    dir: &Path,
-    manifest: &Manifest,
-    base: &str,
-    keys: &BTreeMap<String, Sm2SigningKey>,
-) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
+async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
-    let node_key = secure_gateway::load_verifying_key(&dir.join("node/keys/node.pub.pem"))?;
-    // One agent per organisation, all running at once (as they would, each
-    // at its own site).
+    // One agent per organisation (as each would run at its own site).
     let mut runs = Vec::new();
     for e in &manifest.entities {
         let mine: Vec<(&Source, Option<&str>)> = manifest
@@ -640,17 +711,16 @@ async fn run_agents(
                 }
             })
             .collect();
-        if mine.is_empty() {
-            continue;
+        if !mine.is_empty() {
+            runs.push(run_agent(dir, e, mine, base));
         }
-        let key = keys
-            .get(&e.alias)
-            .cloned()
-            .with_context(|| format!("no key for {}", e.alias))?;
-        runs.push(run_agent(dir, e, mine, base, key, node_key.clone()));
     }
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
-    for r in futures_util::future::join_all(runs).await {
+    // At most three at a time: the machine running the sandbox also runs
+    // the gateway, and SQLite state databases time out under heavy load.
+    use futures_util::StreamExt as _;
+    let results: Vec<anyhow::Result<AgentRun>> = futures_util::stream::iter(runs).buffered(3).collect().await;
+    for r in results {
         let (lines, per_source) = r?;
         for l in lines {
             println!("      {l}");
@@ -671,63 +741,50 @@ async fn run_agents(
 
 type AgentRun = (Vec<String>, BTreeMap<String, SourceSummary>);
 
-/// One organisation's agent: its SQL sources through the agent's SQL
-/// reader, its file sources through the same pipeline.
+/// One organisation's agent: `adapters::agent::run` over its SQL sources
+/// (until caught up), then its file sources through the pipeline the agent
+/// builds from the same config.
 async fn run_agent(
     dir: &Path,
     e: &sandbox::Entity,
     mine: Vec<(&Source, Option<&str>)>,
     base: &str,
-    key: Sm2SigningKey,
-    node_key: secure_gateway::Sm2VerifyingKey,
 ) -> anyhow::Result<AgentRun> {
     let mut lines = Vec::new();
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     let cfg_path = dir.join("agents").join(format!("{}.toml", e.alias));
     std::fs::write(&cfg_path, agent_toml(dir, base, &e.alias, &e.uscc, &mine))?;
     let loaded = adapters::config::load(&cfg_path)?;
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.to_string(),
-            timeout: Some(Duration::from_secs(120)),
-            ..Default::default()
-        },
-        key.clone(),
-    )?;
-    let state = StateDb::open(&dir.join("state").join(format!("{}.db", e.alias))).await?;
-    let pipeline = Pipeline::new(
-        client,
-        PipelineConfig {
-            entity_id: e.uscc.clone(),
-            key,
-            gateway_key: node_key,
-            attempts: 5,
-            retry_base: Duration::from_millis(200),
-            retry_max: Duration::from_secs(5),
-        },
-        state,
-    );
-    for (name, spec) in adapters::agent::load_specs(&loaded)? {
-        pipeline.add_source(&name, spec);
-    }
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut tasks = Vec::new();
-    for s in &loaded.config.sources {
-        if let SourceConfig::Sqlite(q) = s {
-            let src = adapters::sql::SqlSource::new("sqlite", q)?;
-            let (p, stop) = (pipeline.clone(), stop.clone());
-            let name = q.name.clone();
-            tasks.push(tokio::spawn(async move {
-                (
-                    name,
-                    adapters::agent::run_sql_source(p, src, stop, true, progress).await,
-                )
-            }));
+    let stats = adapters::agent::run(&loaded, stop, true)
+        .await
+        .with_context(|| format!("agent of {} ({})", e.alias, cfg_path.display()))?;
+    for (name, st) in stats {
+        let entry = out.entry(name.clone()).or_default();
+        let n = st.accepted + st.rejected + st.quarantined;
+        entry.records += n;
+        entry.accepted += st.accepted;
+        entry.rejected += st.rejected;
+        entry.quarantined += st.quarantined;
+        if n > 0 {
+            lines.push(format!(
+                "{name:<20} {n:>6} rows read by {:<15} ({} accepted, {} batches)",
+                e.alias, st.accepted, st.batches
+            ));
         }
     }
+    let files: Vec<&Source> = mine
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| s.kind != SourceKind::Sqlite)
+        .collect();
+    // The pipeline (its key opened once more) only for file sources.
+    let pipeline = match files.is_empty() {
+        true => None,
+        false => Some(adapters::agent::build_pipeline(&loaded).await?),
+    };
     let dataset = Dataset::builtin();
-    for (s, _) in mine.iter().filter(|(s, _)| s.kind != SourceKind::Sqlite) {
+    for (s, pipeline) in files.iter().filter_map(|s| pipeline.as_ref().map(|p| (s, p))) {
         let spec = MappingSpec::load(dir.join(&s.spec), &dataset)?;
         pipeline.add_source(&s.name, spec.clone());
         let records = file_records(dir, s, &spec)?;
@@ -748,23 +805,13 @@ async fn run_agent(
             s.name, entry.records, e.alias, entry.accepted
         ));
     }
-    for t in tasks {
-        let (name, r) = t.await?;
-        let st = r.with_context(|| format!("agent of {}: source {name}", e.alias))?;
-        let entry = out.entry(name.clone()).or_default();
-        let n = st.accepted + st.rejected + st.quarantined;
-        entry.records += n;
-        entry.accepted += st.accepted;
-        entry.rejected += st.rejected;
-        entry.quarantined += st.quarantined;
-        lines.push(format!(
-            "{name:<20} {n:>6} rows read by {:<15} ({} accepted, {} batches)",
-            e.alias, st.accepted, st.batches
-        ));
-    }
     // Why records were kept back: the rules of the quarantined ones, the
     // gateway's code for refused ones.
-    for q in pipeline.state().quarantine_list(None, false).await? {
+    let state = match &pipeline {
+        Some(p) => p.state().clone(),
+        None => adapters::StateDb::open(&dir.join("state").join(format!("{}.db", e.alias))).await?,
+    };
+    for q in state.quarantine_list(None, false).await? {
         let entry = out.entry(q.source.clone()).or_default();
         let mut rules: Vec<String> = q
             .problems
@@ -786,7 +833,7 @@ async fn run_agent(
             *entry.reasons.entry(r).or_default() += 1;
         }
     }
-    pipeline.state().close().await;
+    state.close().await;
     Ok((lines, out))
 }
 
@@ -821,6 +868,27 @@ async fn demo_trace(
     let empty = Vec::new();
     let mut vaccination_tx = None;
     let mut legs = Vec::new();
+    // The lot release is a lot-level event (no trace codes): fetch it by its
+    // id, derived from the holder's export record `L-<lot>`.
+    let lot_record = format!("L-{}", manifest.demo_lot);
+    let id = TraceEvent::derive_id("mah-export", "lot_release", &lot_record);
+    let rel: Value = serde_json::from_slice(
+        &client
+            .get(&format!("/v1/events/{id}"))
+            .await
+            .with_context(|| format!("GET /v1/events/{id} (lot release of {})", manifest.demo_lot))?,
+    )?;
+    let rel = &rel["event"];
+    text.push_str(&format!(
+        "  {:<25} {:<19} {:<10} block {:>5}  lot {} released, certificate {}\n",
+        rel["occurred_at"].as_str().unwrap_or("-"),
+        "lot_release",
+        rel["signer"]["alias"].as_str().unwrap_or("-"),
+        rel["height"],
+        manifest.demo_lot,
+        rel["event"]["fields"]["lot_release_cert_no"].as_str().unwrap_or("-"),
+    ));
+    steps.push(json!({"category": "lot_release", "occurred_at": rel["occurred_at"], "signer": rel["signer"]["alias"]}));
     for s in t["steps"].as_array().unwrap_or(&empty) {
         let ev = &s["event"];
         let f = &ev["fields"];

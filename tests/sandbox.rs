@@ -1,0 +1,283 @@
+//! End to end: `vaxgate sandbox` at a small size, twice with the same seed
+//! (the summaries agree), a restart with `--serve` (state intact, a partner
+//! query over HTTP, Ctrl-C stops it), and a flipped byte in the ledger file
+//! that `vaxgate ledger verify` pins to its block and transaction.
+//!
+//! What must be equal between two runs with the same seed (`summary.json`):
+//! per-source records, accepted, rejected, quarantined and rejection rules;
+//! records and accepted totals; the number of ledger transactions; the
+//! verification result; the demo trace code and its steps (category, time,
+//! signer). What may differ: timings, the port, the number of blocks (group
+//! commit depends on timing), hashes, keys and transaction ids.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+const DOSES: &str = "120";
+const SEED: &str = "5";
+
+fn vaxgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The part of a summary that the seed fixes.
+fn comparable(mut v: serde_json::Value) -> serde_json::Value {
+    let o = v.as_object_mut().unwrap();
+    for k in ["timings", "gateway", "blocks", "verify_output"] {
+        assert!(o.remove(k).is_some(), "summary lacks {k}");
+    }
+    v
+}
+
+fn flip_byte_of(files: &[&Path], needle: &[u8]) -> bool {
+    for f in files {
+        let Ok(mut bytes) = std::fs::read(f) else { continue };
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + needle.len() / 2] ^= 0x20;
+            std::fs::write(f, bytes).unwrap();
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn sandbox_summary_determinism_restart_and_tamper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // Two runs with the same seed (one after the other: the machine is small).
+    let run = |dir: &Path| {
+        let o = vaxgate()
+            .args(["sandbox", "--doses", DOSES, "--seed", SEED, "--dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    let oa = run(&a);
+    let out = String::from_utf8_lossy(&oa.stdout).into_owned();
+    for needle in [
+        "== summary ==",
+        "verification: OK",
+        "== one dose: trace code",
+        "production_inbound",
+        "lot_release",
+        "shipment",
+        "vaccination",
+        "temperature history",
+        "proof OK",
+        "sign-request.sh",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in\n{out}");
+    }
+
+    // Summaries: every source read, only the intended dirty rows held back.
+    let sa = summary(&a);
+    assert_eq!(sa["verified"], true, "{sa}");
+    assert_eq!(sa["demo_proof_verified"], true, "{sa}");
+    let manifest = sandbox::load_manifest(&a).unwrap();
+    for s in &manifest.sources {
+        let got = &sa["sources"][&s.name];
+        assert_eq!(got["records"].as_u64(), Some(s.records as u64), "{}: {got}", s.name);
+        let dirty: Vec<&sandbox::ExpectedReject> = manifest
+            .expected_rejects
+            .iter()
+            .filter(|r| r.source == s.name)
+            .collect();
+        assert_eq!(
+            got["accepted"].as_u64(),
+            Some((s.records - dirty.len()) as u64),
+            "{}: {got}",
+            s.name
+        );
+        for r in dirty {
+            assert!(
+                got["reasons"][&r.rule].as_u64().unwrap_or(0) >= 1,
+                "{}: {} missing in {got}",
+                s.name,
+                r.rule
+            );
+        }
+    }
+    let steps = sa["demo_steps"].as_array().unwrap();
+    let cats: Vec<&str> = steps.iter().map(|s| s["category"].as_str().unwrap()).collect();
+    assert_eq!(cats[..2], ["lot_release", "production_inbound"], "{cats:?}");
+    assert_eq!(cats.last(), Some(&"vaccination"), "{cats:?}");
+    assert!(cats.iter().filter(|c| **c == "shipment").count() >= 4, "{cats:?}");
+    run(&b);
+    assert_eq!(comparable(sa.clone()), comparable(summary(&b)));
+
+    // No personal data in the ledger file.
+    let db = a.join("node/data/ledger.db");
+    let ledger_bytes: Vec<u8> = [db.clone(), a.join("node/data/ledger.db-wal")]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .flatten()
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let people = rt
+        .block_on(sandbox::sqlite_rows(&a.join("clinic/clinic.db"), "T_JZ_SZZ", "SZZBM"))
+        .unwrap();
+    for p in people.iter().take(20) {
+        for k in ["XM", "ZJHM"] {
+            let v = p[k].as_str().unwrap();
+            assert!(
+                !ledger_bytes.windows(v.len()).any(|w| w == v.as_bytes()),
+                "{k} of a recipient found in the ledger file"
+            );
+        }
+    }
+
+    // Restart with --serve: same state, a partner query, Ctrl-C stops it.
+    let mut child = vaxgate()
+        .args(["sandbox", "--doses", DOSES, "--seed", SEED, "--serve", "--dir"])
+        .arg(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    let mut base = None;
+    let mut seen = Vec::new();
+    while base.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90).saturating_sub(start.elapsed()))
+            .unwrap_or_else(|_| panic!("no 'Ctrl-C stops it' line:\n{}", seen.join("\n")));
+        if let Some(rest) = line.strip_prefix("gateway running on ") {
+            base = rest.split(';').next().map(str::to_string);
+        }
+        seen.push(line);
+    }
+    let base = base.unwrap();
+    let restarted = summary(&a);
+    assert_eq!(
+        restarted["transactions"], sa["transactions"],
+        "a restart re-sends (duplicates) but appends nothing new"
+    );
+    assert_eq!(restarted["verified"], true);
+    let pass = std::fs::read_to_string(a.join("secrets/passphrase")).unwrap();
+    let key = secure_gateway::keys::private_key_from_pem(
+        &std::fs::read_to_string(a.join("keys/partner.key.pem")).unwrap(),
+        Some(pass.trim()),
+        secure_gateway::DEFAULT_DIST_ID,
+    )
+    .unwrap();
+    let partner = adapters::GatewayClient::new(
+        &adapters::GatewayClientConfig {
+            base_url: base.clone(),
+            ..Default::default()
+        },
+        key,
+    )
+    .unwrap();
+    let code = &manifest.demo_trace_code;
+    assert!(
+        code.starts_with("8612345"),
+        "the partner's policy covers product 8612345"
+    );
+    let body = rt.block_on(partner.get(&format!("/v1/trace/{code}"))).unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let own_vaccination = t["steps"].as_array().unwrap().iter().any(|s| {
+        s["category"] == "vaccination" && s["event"]["traceCodes"].as_array().unwrap().iter().any(|c| c == code)
+    });
+    assert!(own_vaccination, "{t}");
+    assert!(
+        t["steps"][0].get("personal_data").is_none(),
+        "partner sees no personal data"
+    );
+    // The printed curl command: the partner's read-only API key.
+    let api_key = std::fs::read_to_string(a.join("secrets/partner.apikey")).unwrap();
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{base}/v1/batches/{}/recall", manifest.demo_lot))
+        .header("Authorization", format!("ApiKey {}", api_key.trim()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let recall: serde_json::Value = r.json().unwrap();
+    assert!(recall["administered_doses"].as_u64().unwrap() >= 1, "{recall}");
+    assert!(String::from_utf8_lossy(&oa.stdout).contains("Authorization: ApiKey"));
+    // Ctrl-C (SIGINT) stops the sandbox and its gateway.
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "sandbox did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    let port = base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the gateway still listens after Ctrl-C"
+    );
+
+    // A flipped byte in the vaccination's payload: verify names its block.
+    let proof: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("demo-proof.json")).unwrap()).unwrap();
+    let height = proof["block"]["height"].as_u64().unwrap();
+    let tx_id = proof["transaction"]["tx_id"].as_str().unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(proof["transaction"]["payload"].as_str().unwrap())
+        .unwrap();
+    let wal = a.join("node/data/ledger.db-wal");
+    let needle = &payload[payload.len() / 2..payload.len() / 2 + 48];
+    assert!(
+        flip_byte_of(&[&db, &wal], needle),
+        "the vaccination's payload is not in the ledger files"
+    );
+    let key = a.join("node/keys/node.pub.pem");
+    let o = vaxgate()
+        .args(["ledger", "verify", "--db"])
+        .arg(&db)
+        .arg("--checkpoint-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("at block {height}, transaction {tx_id}")),
+        "{out}"
+    );
+}
