@@ -15,8 +15,9 @@
 //! - (b) `GET /v1/trace/{code}` latency for `--trace-samples` random codes
 //!   with the ledger holding every ingested record (one signed client).
 //! - (c) authenticated, rate-limited GET throughput
-//!   (`GET /v1/checkpoints/latest`, SM2-signed requests, per-principal
-//!   limit in force) against the unauthenticated
+//!   (`GET /v1/checkpoints/latest` with SM2-signed requests, and again with
+//!   a read-only API key; per-principal limit in force) against the
+//!   unauthenticated
 //!   `GET /v1/public/checkpoints/latest`, which returns the same body from
 //!   the same handler work, in the same run. Requests are signed before the
 //!   timed loop: the signing cost belongs to the clients' machines.
@@ -212,11 +213,30 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // A read-only API key of the same entity, for the API-key GET figures.
+    let api_key_file = root.join("api-key.txt");
+    let mut c = vaxgate(&pass)?;
+    c.args([
+        "admin",
+        "--gateway",
+        &base,
+        "--passphrase-env",
+        PASS_ENV,
+        "api-key",
+        "create",
+    ])
+    .args(["--entity", &entity_id, "--label", "bench"])
+    .arg("--key-out")
+    .arg(&api_key_file)
+    .arg("--approve")
+    .arg(dir.join("keys/admin-1.key.pem"));
+    run_ok(c, "vaxgate admin api-key create")?;
+    let api_key = std::fs::read_to_string(&api_key_file)?.trim().to_string();
     let pem = std::fs::read_to_string(ent.join("bench.key.pem"))?;
     let key = secure_gateway::keys::private_key_from_pem(&pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)?;
     let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(bench(&a, &base, &entity_id, key, gateway_key))
+    rt.block_on(bench(&a, &base, &entity_id, key, gateway_key, &api_key))
 }
 
 #[derive(serde::Deserialize)]
@@ -232,6 +252,7 @@ async fn bench(
     entity_id: &str,
     key: secure_gateway::Sm2SigningKey,
     gateway_key: secure_gateway::Sm2VerifyingKey,
+    api_key: &str,
 ) -> anyhow::Result<u8> {
     let client = GatewayClient::new(
         &GatewayClientConfig {
@@ -380,8 +401,10 @@ async fn bench(
         .map(|_| secure_gateway::request::sign_request(&key, "GET", auth_path, b"").map(|s| s.headers()))
         .collect::<Result<_, _>>()?;
     let signed = Arc::new(signed);
-    let rate = |path: &'static str, auth: bool| {
-        let (http, signed) = (http.clone(), signed.clone());
+    let api_header = format!("ApiKey {api_key}");
+    // auth: 0 none, 1 SM2-signed, 2 API key.
+    let rate = |path: &'static str, auth: u8| {
+        let (http, signed, api_header) = (http.clone(), signed.clone(), api_header.clone());
         let url = format!("{base}{path}");
         async move {
             let cursor = Arc::new(AtomicUsize::new(0));
@@ -389,6 +412,7 @@ async fn bench(
             let mut tasks = Vec::new();
             for _ in 0..a.get_clients {
                 let (http, signed, cursor, url) = (http.clone(), signed.clone(), cursor.clone(), url.clone());
+                let api_header = api_header.clone();
                 let n = a.get_requests;
                 tasks.push(tokio::spawn(async move {
                     let mut bytes = 0usize;
@@ -398,10 +422,14 @@ async fn bench(
                             break;
                         }
                         let mut rb = http.get(&url);
-                        if auth {
-                            for (k, v) in &signed[i] {
-                                rb = rb.header(*k, v);
+                        match auth {
+                            1 => {
+                                for (k, v) in &signed[i] {
+                                    rb = rb.header(*k, v);
+                                }
                             }
+                            2 => rb = rb.header("authorization", &api_header),
+                            _ => {}
                         }
                         let resp = rb.send().await?;
                         anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
@@ -419,13 +447,20 @@ async fn bench(
     };
     // Warm both routes' connections first.
     let _ = http.get(format!("{base}{public_path}")).send().await?;
-    let (public_rate, public_bytes) = rate(public_path, false).await?;
-    let (auth_rate, auth_bytes) = rate(auth_path, true).await?;
+    let (public_rate, public_bytes) = rate(public_path, 0).await?;
+    let (auth_rate, auth_bytes) = rate(auth_path, 1).await?;
+    let (key_rate, key_bytes) = rate(auth_path, 2).await?;
+    anyhow::ensure!(
+        auth_bytes == public_bytes && key_bytes == public_bytes,
+        "the compared routes answered {auth_bytes}, {key_bytes} and {public_bytes} bytes"
+    );
     let ratio = auth_rate / public_rate;
+    let key_ratio = key_rate / public_rate;
     eprintln!(
         "(c) GET {auth_path} (SM2-signed, rate-limited): {auth_rate:.0} req/s ({auth_bytes} B); \
          GET {public_path} (unauthenticated): {public_rate:.0} req/s ({public_bytes} B); ratio {ratio:.2}"
     );
+    eprintln!("    GET {auth_path} (API key, rate-limited): {key_rate:.0} req/s; ratio {key_ratio:.2}");
     println!(
         "{}",
         serde_json::json!({
@@ -448,6 +483,8 @@ async fn bench(
             "auth_get_per_s": auth_rate.round(),
             "public_get_per_s": public_rate.round(),
             "auth_to_public_ratio": (ratio * 1000.0).round() / 1000.0,
+            "api_key_get_per_s": key_rate.round(),
+            "api_key_to_public_ratio": (key_ratio * 1000.0).round() / 1000.0,
             "auth_body_bytes": auth_bytes,
             "public_body_bytes": public_bytes,
         })
