@@ -11,7 +11,7 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use mappings::{Dataset, MappingSpec, Record};
 use tokio::sync::{mpsc, watch};
 
@@ -198,6 +198,9 @@ pub struct RunStats {
     pub quarantined: u64,
     /// Batches committed.
     pub batches: u64,
+    /// A stop was requested before a `--once` run had read its source to
+    /// the end (the next run resumes after the last committed page).
+    pub stopped_early: bool,
 }
 
 /// Runs every configured source until `stop` turns true (or, with
@@ -270,6 +273,31 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// What the reader hands the submitter.
+enum Page {
+    /// The next rows, in watermark order.
+    Rows(Vec<SourceRow>),
+    /// Nothing after this position (`--once` only): the source is read.
+    End(Option<SqlCheckpoint>),
+}
+
+/// What one element of the in-order delivery stream is.
+enum Step {
+    /// A page whose receipts are in hand, ready to commit.
+    Delivered(Vec<SourceRow>, crate::pipeline::Delivered),
+    /// A delivery gave up because a stop was requested.
+    Stopped,
+    /// The reader's end marker (after every page it read).
+    End(Option<SqlCheckpoint>),
+}
+
+fn describe(p: Option<&SqlCheckpoint>) -> String {
+    match p {
+        None => "the start".into(),
+        Some(p) => format!("(watermark {}, key {})", p.wm.key_string(), p.key.key_string()),
+    }
+}
+
 /// Runs one SQL source: reader → bounded channel → submitter.
 pub async fn run_sql_source(
     pipeline: Pipeline,
@@ -307,12 +335,13 @@ pub async fn run_sql_source(
     };
     tracing::info!(source = %name, resumed = start.is_some(), "source started");
 
-    let (tx, rx) = mpsc::channel::<Vec<SourceRow>>(cfg.prefetch);
+    let (tx, rx) = mpsc::channel::<Page>(cfg.prefetch);
     let src = std::sync::Arc::new(src);
     let reader_src = src.clone();
     let mut reader_stop = stop.clone();
+    let reader_start = start.clone();
     let reader = tokio::spawn(async move {
-        let mut pos = start;
+        let mut pos = reader_start;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
             if *reader_stop.borrow() {
@@ -323,6 +352,9 @@ pub async fn run_sql_source(
                     backoff.reset();
                     if until_caught_up {
                         tracing::info!(source = %reader_src.name(), "caught up");
+                        // The end is said explicitly: a closed channel
+                        // without it means the reader died, not "done".
+                        let _ = tx.send(Page::End(pos)).await;
                         return;
                     }
                     if sleep_or_stop(poll, &mut reader_stop).await {
@@ -332,7 +364,7 @@ pub async fn run_sql_source(
                 Ok(rows) => {
                     backoff.reset();
                     pos = rows.last().map(|r| r.position.clone());
-                    if tx.send(rows).await.is_err() {
+                    if tx.send(Page::Rows(rows)).await.is_err() {
                         return;
                     }
                 }
@@ -357,7 +389,11 @@ pub async fn run_sql_source(
     let stop2 = stop.clone();
     let pages = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     let mut deliveries = pages
-        .map(move |rows: Vec<SourceRow>| {
+        .map(move |page: Page| {
+            let rows = match page {
+                Page::Rows(rows) => rows,
+                Page::End(pos) => return futures_util::future::ready(Ok(Step::End(pos))).boxed(),
+            };
             let pipeline = pipe2.clone();
             let name = name2.clone();
             let mut stop = stop2.clone();
@@ -385,19 +421,41 @@ pub async fn run_sql_source(
             });
             async move {
                 match task.await {
-                    Ok(r) => Ok(r),
+                    Ok(Some((rows, d))) => Ok(Step::Delivered(rows, d)),
+                    Ok(None) => Ok(Step::Stopped),
                     Err(e) => Err(format!("delivery task failed: {e}")),
                 }
             }
+            .boxed()
         })
         .buffered(cfg.in_flight)
         .boxed();
+    // The position of the last page whose receipts and checkpoint are
+    // committed; `--once` ends only when the reader's end is this position.
+    let mut committed: Option<SqlCheckpoint> = start.clone();
+    let mut reached_end = false;
     while let Some(item) = deliveries.next().await {
         let (rows, delivered) = match item {
-            Ok(Some(x)) => x,
+            Ok(Step::Delivered(rows, d)) => (rows, d),
+            Ok(Step::End(pos)) => {
+                if pos != committed {
+                    return Err(AgentError::Source {
+                        source_name: name.clone(),
+                        message: format!(
+                            "the reader reached the end at {} but the last committed page ends at {}: pages were \
+                             left unsent",
+                            describe(pos.as_ref()),
+                            describe(committed.as_ref())
+                        ),
+                        transient: false,
+                    });
+                }
+                reached_end = true;
+                break;
+            }
             // Only a requested stop ends the loop before the source is read.
-            Ok(None) if *stop.borrow() => break,
-            Ok(None) => {
+            Ok(Step::Stopped) if *stop.borrow() => break,
+            Ok(Step::Stopped) => {
                 return Err(AgentError::Source {
                     source_name: name.clone(),
                     message: "a delivery ended without a stop request".into(),
@@ -414,6 +472,7 @@ pub async fn run_sql_source(
             }
         };
         let outcomes = pipeline.commit(delivered).await?;
+        committed = rows.last().map(|r| r.position.clone());
         let mut accepted_keys = Vec::new();
         for (o, r) in outcomes.iter().zip(&rows) {
             match o {
@@ -439,6 +498,32 @@ pub async fn run_sql_source(
         if *stop.borrow() {
             break;
         }
+    }
+    drop(deliveries);
+    if until_caught_up && !reached_end && *stop.borrow() {
+        tracing::warn!(
+            source = %name,
+            resume_after = %describe(committed.as_ref()),
+            "stopped on request before the end of the source"
+        );
+        stats.stopped_early = true;
+    }
+    if !reached_end && !*stop.borrow() {
+        // The page stream closed without the reader's end marker and
+        // without a stop request: the reader task ended early (a panic).
+        let why = match reader.await {
+            Err(e) => format!("the source reader failed: {e}"),
+            Ok(()) => "the source reader ended before the end of the source".to_string(),
+        };
+        tracing::error!(source = %name, error = %why, "pages left unsent");
+        return Err(AgentError::Source {
+            source_name: name.clone(),
+            message: format!(
+                "{why}; the last committed page ends at {}",
+                describe(committed.as_ref())
+            ),
+            transient: false,
+        });
     }
     reader.abort();
     if let Some(b) = bar {
@@ -606,4 +691,43 @@ pub async fn replay(pipeline: &Pipeline, ids: &[i64], source: Option<&str>) -> R
 /// Opens only the state database (for `quarantine list/show`).
 pub async fn open_state(cfg: &LoadedAgentConfig) -> Result<StateDb, AgentError> {
     StateDb::open(&cfg.resolve(&cfg.config.agent.state_db)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent binary keeps the stop sender in its Ctrl-C task; a library
+    /// caller may drop it. A closed channel used to count as a stop request:
+    /// a delivery retrying through a gateway outage then gave up, and the
+    /// source ended with exit 0 and pages unsent.
+    #[tokio::test]
+    async fn a_closed_stop_channel_is_not_a_stop_request() {
+        let (tx, mut rx) = watch::channel(false);
+        drop(tx);
+        let t = std::time::Instant::now();
+        assert!(!sleep_or_stop(Duration::from_millis(50), &mut rx).await);
+        assert!(t.elapsed() >= Duration::from_millis(50), "it did not wait");
+
+        let (tx, mut rx) = watch::channel(false);
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(true);
+            tx
+        });
+        let t = std::time::Instant::now();
+        assert!(sleep_or_stop(Duration::from_secs(600), &mut rx).await);
+        assert!(t.elapsed() < Duration::from_secs(60));
+        drop(stopper.await);
+    }
+
+    #[test]
+    fn positions_are_described_without_row_values() {
+        assert_eq!(describe(None), "the start");
+        let p = SqlCheckpoint {
+            wm: Cell::Text("20240305080000".into()),
+            key: Cell::Text("JZ0000000006".into()),
+        };
+        assert_eq!(describe(Some(&p)), "(watermark 20240305080000, key JZ0000000006)");
+    }
 }

@@ -87,18 +87,29 @@ pub fn run(c: AgentCmd) -> anyhow::Result<u8> {
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::info!("stopping after the current batches");
+                    tracing::warn!("interrupted: stopping after the current batches");
                     let _ = tx.send(true);
                 }
             });
             let stats = agent::run(&cfg, rx, once).await?;
+            let mut incomplete = false;
             for (name, s) in stats {
                 println!(
-                    "source {name}: {} accepted, {} rejected, {} quarantined in {} batches",
-                    s.accepted, s.rejected, s.quarantined, s.batches
+                    "source {name}: {} accepted, {} rejected, {} quarantined in {} batches{}",
+                    s.accepted,
+                    s.rejected,
+                    s.quarantined,
+                    s.batches,
+                    if s.stopped_early {
+                        " (stopped before the end; the next run resumes there)"
+                    } else {
+                        ""
+                    }
                 );
+                incomplete |= s.stopped_early;
             }
-            Ok(0)
+            // A backfill that was interrupted is not a finished one.
+            Ok(if incomplete { 130 } else { 0 })
         }),
         AgentSub::Check => rt.block_on(async {
             println!("config {}: valid", c.config.display());
