@@ -31,5 +31,5 @@ pub use error::LedgerError;
 pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, audit_paths, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
 pub use store::{AnyStore, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
-pub use tx::{LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};
+pub use tx::{DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};
 pub use verify::{VerifyReport, verify_ledger};

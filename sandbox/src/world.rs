@@ -162,8 +162,9 @@ pub const PRODUCTS: [Product; 3] = [
 
 /// Units per carton (level-2 code).
 pub const CARTON: usize = 10;
-/// Cartons per shipment and bill at most (bills carry ≤ 10,000 codes).
-pub const MAX_CARTONS_PER_BILL: usize = 500;
+/// Cartons per shipment and bill at most: one bill is one ledger transaction,
+/// and its sealed record must stay under 8 KiB (T/CPMA 026-2023 Annex A).
+pub const MAX_CARTONS_PER_BILL: usize = 100;
 
 /// A production lot.
 #[derive(Debug, Clone)]

@@ -393,6 +393,19 @@ async fn ingest(
             data_hash: env.plaintext_sm3,
             payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
         };
+        // One ledger transaction carries at most 8 KiB (T/CPMA 026-2023 Annex A).
+        // Refuse the record alone, before the append, so that it cannot fail
+        // the whole batch.
+        if content.payload.len() > ledger::DEFAULT_MAX_PAYLOAD {
+            let m = format!(
+                "the sealed record is {} bytes; a ledger transaction carries at most {} (T/CPMA 026-2023 \
+                 Annex A): split it, e.g. fewer trace codes per record or carton-level codes",
+                content.payload.len(),
+                ledger::DEFAULT_MAX_PAYLOAD
+            );
+            results[i] = Some(reject(i, Some(event_id), Code::ValidationFailed, m));
+            continue;
+        }
         let auth = TxAuth {
             signer: entity_id.clone(),
             public_key: public_key.clone(),

@@ -383,7 +383,7 @@ async fn bench_async(a: BenchLedgerArgs) -> anyhow::Result<u8> {
 
 /// A synthetic record: an opaque pseudo-random payload (as ciphertext looks).
 /// Record `i`'s payload is the xorshift64 stream seeded with
-/// `i · 0x9E3779B97F4A7C15 | 1`, low byte of each step (tests rely on it).
+/// `i · 0x9E3779B97F4A7C15 | 1`, eight little-endian bytes per step (tests rely on it).
 fn synthetic(i: u64, len: usize) -> TxContent {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     // Ciphertext-like bytes, eight at a time (xorshift64).
