@@ -164,7 +164,7 @@ pub const PRODUCTS: [Product; 3] = [
 pub const CARTON: usize = 10;
 /// Cartons per shipment and bill at most: one bill is one ledger transaction,
 /// and its sealed record must stay under 8 KiB (T/CPMA 026-2023 Annex A).
-pub const MAX_CARTONS_PER_BILL: usize = 100;
+pub const MAX_CARTONS_PER_BILL: usize = 10;
 
 /// A production lot.
 #[derive(Debug, Clone)]
