@@ -17,8 +17,8 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use sm2::pkcs8::der::pem::LineEnding;
-use sm2::pkcs8::{DecodePrivateKey, EncodePrivateKey, PrivateKeyInfoRef};
+use sm2::pkcs8::der::pem::{LineEnding, PemLabel};
+use sm2::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncryptedPrivateKeyInfoRef, PrivateKeyInfoRef};
 use zeroize::Zeroizing;
 
 use crate::{CryptoError, DEFAULT_DIST_ID, Sm2SigningKey, Sm2VerifyingKey};
@@ -75,13 +75,36 @@ pub fn passphrase_from_env(var: &str) -> Result<Zeroizing<String>, CryptoError> 
     }
 }
 
+/// What a PEM private-key file holds, read from its label (RFC 7468).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemKind {
+    /// PKCS#8 `EncryptedPrivateKeyInfo` (the label `ENCRYPTED PRIVATE KEY`).
+    Encrypted,
+    /// PKCS#8 `PrivateKeyInfo` in the clear (the label `PRIVATE KEY`).
+    Unencrypted,
+}
+
+impl PemKind {
+    /// The kind of the PEM private key `pem`, or `None` when it is not a
+    /// PKCS#8 private-key PEM document.
+    pub fn of(pem: &str) -> Option<PemKind> {
+        match sm2::pkcs8::der::pem::decode_label(pem.trim().as_bytes()).ok()? {
+            EncryptedPrivateKeyInfoRef::PEM_LABEL => Some(PemKind::Encrypted),
+            PrivateKeyInfoRef::PEM_LABEL => Some(PemKind::Unencrypted),
+            _ => None,
+        }
+    }
+}
+
 /// Encodes a private key as PKCS#8 PEM: `ENCRYPTED PRIVATE KEY` (PBES2) or,
 /// with [`KeyProtection::DangerUnencrypted`], a plain `PRIVATE KEY`.
 pub fn private_key_to_pem(key: &Sm2SigningKey, protection: &KeyProtection) -> Result<Zeroizing<String>, CryptoError> {
     let enc_err = |e: &dyn std::fmt::Display| CryptoError::InvalidKey(format!("cannot encode pkcs#8: {e}"));
     let doc = key.secret_key().to_pkcs8_der().map_err(|e| enc_err(&e))?;
     match protection {
-        KeyProtection::DangerUnencrypted => doc.to_pem("PRIVATE KEY", LineEnding::LF).map_err(|e| enc_err(&e)),
+        KeyProtection::DangerUnencrypted => doc
+            .to_pem(PrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
+            .map_err(|e| enc_err(&e)),
         KeyProtection::Passphrase(pw) => {
             if pw.is_empty() {
                 return Err(CryptoError::PassphraseMissing("empty passphrase".into()));
@@ -95,7 +118,7 @@ pub fn private_key_to_pem(key: &Sm2SigningKey, protection: &KeyProtection) -> Re
             let enc = info
                 .encrypt_with_params(params, pw.as_bytes())
                 .map_err(|e| enc_err(&e))?;
-            enc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+            enc.to_pem(EncryptedPrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
                 .map_err(|e| enc_err(&e))
         }
     }
@@ -107,23 +130,29 @@ pub fn private_key_to_pem(key: &Sm2SigningKey, protection: &KeyProtection) -> Re
 /// plaintext key.
 pub fn private_key_from_pem(pem: &str, passphrase: Option<&str>, dist_id: &str) -> Result<Sm2SigningKey, CryptoError> {
     let pem = pem.trim();
-    let secret = if pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        let pw = passphrase.ok_or_else(|| CryptoError::PassphraseMissing("the key is encrypted".into()))?;
-        sm2::SecretKey::from_pkcs8_encrypted_pem(pem, pw.as_bytes()).map_err(|_| {
-            CryptoError::InvalidKey("cannot decrypt pkcs#8 key: wrong passphrase or not an SM2 key".into())
-        })?
-    } else if pem.starts_with("-----BEGIN PRIVATE KEY-----") {
-        if passphrase.is_some() {
-            return Err(CryptoError::InvalidKey(
-                "key is stored unencrypted but a passphrase was configured; re-encrypt it".into(),
-            ));
+    let secret = match PemKind::of(pem) {
+        Some(PemKind::Encrypted) => {
+            let pw = passphrase.ok_or_else(|| CryptoError::PassphraseMissing("the key is encrypted".into()))?;
+            sm2::SecretKey::from_pkcs8_encrypted_pem(pem, pw.as_bytes()).map_err(|_| {
+                CryptoError::InvalidKey("cannot decrypt pkcs#8 key: wrong passphrase or not an SM2 key".into())
+            })?
         }
-        sm2::SecretKey::from_pkcs8_pem(pem)
-            .map_err(|e| CryptoError::InvalidKey(format!("not an SM2 pkcs#8 private key: {e}")))?
-    } else {
-        return Err(CryptoError::InvalidKey(
-            "expected a PEM 'ENCRYPTED PRIVATE KEY' or 'PRIVATE KEY' block".into(),
-        ));
+        Some(PemKind::Unencrypted) => {
+            if passphrase.is_some() {
+                return Err(CryptoError::InvalidKey(
+                    "key is stored unencrypted but a passphrase was configured; re-encrypt it".into(),
+                ));
+            }
+            sm2::SecretKey::from_pkcs8_pem(pem)
+                .map_err(|e| CryptoError::InvalidKey(format!("not an SM2 pkcs#8 private key: {e}")))?
+        }
+        None => {
+            return Err(CryptoError::InvalidKey(format!(
+                "expected a PEM '{}' or '{}' block",
+                EncryptedPrivateKeyInfoRef::PEM_LABEL,
+                PrivateKeyInfoRef::PEM_LABEL
+            )));
+        }
     };
     Sm2SigningKey::from_secret(secret, dist_id)
 }
@@ -253,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = generate_key_files(dir.path(), "k", &KeyProtection::from_env("PATH").unwrap()).unwrap();
         let pem = fs::read_to_string(&files.private_key).unwrap();
-        assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        assert_eq!(PemKind::of(&pem), Some(PemKind::Encrypted));
         let back = load_signing_key(&files.private_key, "PATH").unwrap();
         assert_eq!(back.verifying_key(), &load_verifying_key(&files.public_key).unwrap());
         assert_eq!(back.verifying_key().key_id(), files.key_id);
@@ -272,7 +301,7 @@ mod tests {
     fn unencrypted_only_by_danger_option() {
         let k = Sm2SigningKey::generate();
         let pem = private_key_to_pem(&k, &KeyProtection::DangerUnencrypted).unwrap();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(PemKind::of(&pem), Some(PemKind::Unencrypted));
         assert!(private_key_from_pem(&pem, Some("pw"), DEFAULT_DIST_ID).is_err());
         let back = private_key_from_pem(&pem, None, DEFAULT_DIST_ID).unwrap();
         assert_eq!(back.verifying_key(), k.verifying_key());

@@ -24,17 +24,9 @@ const TIMESTAMP: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const NONCE: &str = "0123456789abcdef0123456789abcdef";
 const BODY: &[u8] = br#"{"hello":"vaxgate"}"#;
 
-const PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqBHM9VAYItBG0wawIBAQQgv1G5kVWN0AWXuBHL
-1sZz+a/Nswe39jzwvqygb51V7VehRANCAARfuLjW3zys/10N9MFo1jdeCQaaDdr+
-3lR00X0m+oIPdyDj5aXu6Vkh2k4dvsaUh/snhZb0qif+qOv4T2Uk0RHn
------END PRIVATE KEY-----
-";
-const PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoEcz1UBgi0DQgAEX7i41t88rP9dDfTBaNY3XgkGmg3a
-/t5UdNF9JvqCD3cg4+Wl7ulZIdpOHb7GlIf7J4WW9Kon/qjr+E9lJNER5w==
------END PUBLIC KEY-----
-";
+/// The worked example's throw-away key (test fixture, never a real key).
+const PRIVATE_PEM: &str = include_str!("fixtures/request-example.key.pem");
+const PUBLIC_PEM: &str = include_str!("fixtures/request-example.pub.pem");
 const KEY_ID: &str = "63a93826c61569b0e125e2bc7d3c4910";
 const CONTENT_SM3: &str = "0b682ce6ac5a9d624dd52ba7f4f94fcb62b604e328613715a0e1f51bad969145";
 const SIGNATURE_B64: &str =

@@ -57,6 +57,7 @@ pub fn run(c: KeysCmd) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secure_gateway::keys::PemKind;
 
     fn generate(out: &std::path::Path, entity: Option<&str>, env: &str, danger: bool) -> anyhow::Result<u8> {
         run(KeysCmd::Generate {
@@ -75,7 +76,7 @@ mod tests {
         // variable because set_var is unsafe in edition 2024.
         assert_eq!(generate(&out, Some("cdc-01"), "PATH", false).unwrap(), 0);
         let pem = std::fs::read_to_string(out.join("cdc-01.key.pem")).unwrap();
-        assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        assert_eq!(PemKind::of(&pem), Some(PemKind::Encrypted));
         let sk = secure_gateway::load_signing_key(&out.join("cdc-01.key.pem"), "PATH").unwrap();
         let vk = secure_gateway::load_verifying_key(&out.join("cdc-01.pub.pem")).unwrap();
         assert_eq!(sk.verifying_key(), &vk);
@@ -98,6 +99,6 @@ mod tests {
             0
         );
         let pem = std::fs::read_to_string(dir.path().join("key.key.pem")).unwrap();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(PemKind::of(&pem), Some(PemKind::Unencrypted));
     }
 }
