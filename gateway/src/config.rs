@@ -358,42 +358,15 @@ pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
 }
 
 /// Replaces `${NAME}` with the variable's value, escaped for a TOML basic
-/// string. An unset variable is an error naming its line.
+/// string ([`adapters::config::expand_env_vars`]). An unset variable is an
+/// error naming its line.
 fn expand_env(raw: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(raw.len());
-    for (n, line) in raw.lines().enumerate() {
-        let mut rest = line;
-        // A comment ends the expandable part of a line.
-        while let Some(start) = rest.find("${") {
-            if rest[..start].contains('#') {
-                break;
-            }
-            let Some(len) = rest[start + 2..].find('}') else { break };
-            let name = &rest[start + 2..start + 2 + len];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                break;
-            }
-            let value = env(name).ok_or_else(|| ConfigError::Invalid {
-                path: path.to_string(),
-                line: n + 1,
-                key: format!("${{{name}}}"),
-                message: format!("environment variable {name} is not set"),
-            })?;
-            out.push_str(&rest[..start]);
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            rest = &rest[start + 3 + len..];
-        }
-        out.push_str(rest);
-        out.push('\n');
-    }
-    Ok(out)
+    adapters::config::expand_env_vars(raw, env).map_err(|u| ConfigError::Invalid {
+        path: path.to_string(),
+        line: u.line,
+        key: format!("${{{}}}", u.name),
+        message: format!("environment variable {} is not set", u.name),
+    })
 }
 
 /// Finds the 1-based line of a dotted key (`server.tls.cert`): the line of
