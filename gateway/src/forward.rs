@@ -215,20 +215,7 @@ pub fn routing_word(category: &str) -> String {
 /// `mappings::TraceEvent`): its own codes and every code of its packaging
 /// links.
 fn trace_codes(doc: &Value) -> Vec<String> {
-    let mut codes: Vec<String> = doc["traceCodes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    if let Some(aggs) = doc["aggregations"].as_array() {
-        for a in aggs {
-            if let Some(p) = a["parent"].as_str() {
-                codes.push(p.to_string());
-            }
-            if let Some(cs) = a["children"].as_array() {
-                codes.extend(cs.iter().filter_map(|v| v.as_str().map(str::to_string)));
-            }
-        }
-    }
+    let mut codes = crate::api::query::codes_in(doc);
     codes.sort();
     codes.dedup();
     codes

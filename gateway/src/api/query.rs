@@ -40,7 +40,10 @@ fn reader(req: &HttpRequest, state: &AppState) -> Result<Entity, ApiError> {
         .ok_or_else(|| ApiError::new(Code::UnknownEntity, format!("entity {id} is not registered")))
 }
 
-fn codes_in(doc: &Value) -> Vec<String> {
+/// Trace codes of a projected event document (a serialised
+/// `mappings::TraceEvent`): its own codes, then every code of its packaging
+/// links, in document order.
+pub(crate) fn codes_in(doc: &Value) -> Vec<String> {
     let mut out: Vec<String> = doc["traceCodes"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
