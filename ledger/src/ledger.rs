@@ -16,7 +16,7 @@ use crate::block::{BLOCK_VERSION, BlockHeader, Checkpoint, compute_block_hash};
 use crate::error::LedgerError;
 use crate::merkle::{self, Frontier, NodeKey};
 use crate::proof::{ConsistencyProof, INCLUSION_PROOF_FORMAT, InclusionProof};
-use crate::store::{BlockCommit, LedgerStore, StoredTx};
+use crate::store::{BlockCommit, LedgerStore, SidePart, SideWrite, StoredTx};
 use crate::tx::{DEFAULT_MAX_PAYLOAD, Transaction, TxContent, TxKind, sign_batch};
 
 /// Tuning of the committer.
@@ -66,7 +66,21 @@ struct AppendRequest {
     /// The log leaf hash of each transaction, computed by [`precheck`] in the
     /// caller's task so that hashing and signature checks run in parallel.
     leaves: Vec<Sm3Digest>,
+    /// Rows to write in the block's own database transaction.
+    side: Option<Box<dyn SideWrite>>,
     respond: oneshot::Sender<Result<Vec<Receipt>, LedgerError>>,
+}
+
+/// Who checks that each transaction belongs to its signed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The ledger verifies every audit path and batch signature.
+    Check,
+    /// The caller has just verified them, on the same bytes, with
+    /// `secure_gateway::batch` (the gateway does so before it decrypts a
+    /// batch). The ledger then only hashes each transaction once for its
+    /// leaf. `vaxgate ledger verify` still checks every proof offline.
+    VerifiedByCaller,
 }
 
 /// An open ledger. Cheap to clone; all clones share one committer.
@@ -174,15 +188,34 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Appends transactions; returns once they are durable in a block. The
     /// request is all-or-nothing: one bad transaction refuses them all.
-    #[tracing::instrument(name = "ledger.append", level = "info", skip_all, fields(transactions = txs.len()))]
     pub async fn append(&self, txs: Vec<Transaction>) -> Result<Vec<Receipt>, LedgerError> {
+        self.append_with(txs, None, Membership::Check).await
+    }
+
+    /// [`Ledger::append`], and `side` writes rows derived from these
+    /// transactions in the same database transaction as their block: both
+    /// are durable, or neither is. With [`Membership::VerifiedByCaller`] the
+    /// batch audit paths and signatures are not verified again (everything
+    /// else is checked as usual).
+    #[tracing::instrument(name = "ledger.append", level = "info", skip_all, fields(transactions = txs.len()))]
+    pub async fn append_with(
+        &self,
+        txs: Vec<Transaction>,
+        side: Option<Box<dyn SideWrite>>,
+        membership: Membership,
+    ) -> Result<Vec<Receipt>, LedgerError> {
         if txs.is_empty() {
             return Ok(Vec::new());
         }
-        let leaves = precheck(&txs, self.max_payload)?;
+        let leaves = precheck(&txs, self.max_payload, membership)?;
         let (respond, rx) = oneshot::channel();
         self.sender
-            .send(AppendRequest { txs, leaves, respond })
+            .send(AppendRequest {
+                txs,
+                leaves,
+                side,
+                respond,
+            })
             .await
             .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
@@ -427,8 +460,22 @@ impl<S: LedgerStore> Committer<S> {
             })
             .collect();
         let saved = self.frontier.clone();
+        let first_leaf = self.frontier.size();
         let commit = build_block(&self.key, &mut self.frontier, Some(&self.head), txs, leaves, now_ms());
-        match self.store.commit_block(&commit).await {
+        let mut side = Vec::new();
+        let mut at = first_leaf;
+        for (req, n) in accepted.iter().zip(&sizes) {
+            if let Some(w) = &req.side {
+                side.push(SidePart {
+                    write: w.as_ref(),
+                    first_leaf: at,
+                });
+            }
+            at += *n as u64;
+        }
+        let result = self.store.commit_block_with(&commit, &side).await;
+        drop(side);
+        match result {
             Ok(()) => {
                 tracing::debug!(
                     height = commit.block.height,
@@ -501,7 +548,7 @@ impl<S: LedgerStore> Committer<S> {
 /// one SM2 verification per batch. Returns the log leaf hash of each
 /// transaction. Runs in the caller's task, so requests verify in parallel and
 /// the committer only orders, deduplicates and writes.
-fn precheck(txs: &[Transaction], max_payload: usize) -> Result<Vec<Sm3Digest>, LedgerError> {
+fn precheck(txs: &[Transaction], max_payload: usize, membership: Membership) -> Result<Vec<Sm3Digest>, LedgerError> {
     let mut leaves = Vec::with_capacity(txs.len());
     let mut verified_batches: HashSet<(Uuid, Vec<u8>)> = HashSet::new();
     let mut records = HashSet::new();
@@ -536,11 +583,13 @@ fn precheck(txs: &[Transaction], max_payload: usize) -> Result<Vec<Sm3Digest>, L
         }
         // The audit path per record; one SM2 verification per signed batch.
         let content_hash = c.content_hash();
-        t.auth.verify_membership_with(c, Some(&content_hash)).map_err(bad)?;
-        let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
-        if !verified_batches.contains(&batch_key) {
-            t.auth.verify_signature().map_err(bad)?;
-            verified_batches.insert(batch_key);
+        if membership == Membership::Check {
+            t.auth.verify_membership_with(c, Some(&content_hash)).map_err(bad)?;
+            let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
+            if !verified_batches.contains(&batch_key) {
+                t.auth.verify_signature().map_err(bad)?;
+                verified_batches.insert(batch_key);
+            }
         }
         leaves.push(t.leaf_hash_with(&content_hash));
     }

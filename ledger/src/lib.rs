@@ -28,8 +28,10 @@ pub mod verify;
 
 pub use block::{BlockHeader, Checkpoint};
 pub use error::LedgerError;
-pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Receipt, audit_paths, prove, prove_consistency};
+pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Membership, Receipt, audit_paths, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
-pub use store::{AnyStore, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
+pub use store::{
+    AnyStore, LedgerStore, PgStore, SideConn, SideFuture, SidePart, SideWrite, SqliteStore, StoreStats, StoredTx,
+};
 pub use tx::{DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};
 pub use verify::{VerifyReport, verify_ledger};

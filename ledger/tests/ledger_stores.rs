@@ -52,6 +52,8 @@ trait Backend {
     fn open(&self) -> impl std::future::Future<Output = Self::S>;
     /// Runs raw SQL against the store (to show the schema refuses it).
     fn raw(&self, s: &Self::S, sql: &'static str) -> impl std::future::Future<Output = Result<(), String>>;
+    /// `(leaf_index, height)` of every row of the test's side table, ascending.
+    fn side_rows(&self, s: &Self::S) -> impl std::future::Future<Output = Vec<(i64, i64)>>;
 }
 
 struct SqliteAt(tempfile::TempDir);
@@ -69,6 +71,12 @@ impl Backend for SqliteAt {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    async fn side_rows(&self, s: &SqliteStore) -> Vec<(i64, i64)> {
+        sqlx::query_as("SELECT leaf_index, height FROM side_marks ORDER BY leaf_index")
+            .fetch_all(s.pool())
+            .await
+            .unwrap()
     }
 }
 
@@ -106,6 +114,12 @@ impl Backend for PgAt {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    async fn side_rows(&self, s: &PgStore) -> Vec<(i64, i64)> {
+        sqlx::query_as("SELECT leaf_index, height FROM side_marks ORDER BY leaf_index")
+            .fetch_all(s.pool())
+            .await
+            .unwrap()
     }
 }
 
@@ -499,4 +513,117 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             );
         }
     });
+}
+
+/// A side write that records which leaves it saw, in its own table, and can
+/// be told to fail after writing (to show the block is then not written).
+struct Marks {
+    fail: bool,
+    n: u64,
+}
+
+impl ledger::SideWrite for Marks {
+    fn write<'c>(&'c self, mut conn: ledger::SideConn<'c>, first_leaf: u64, height: u64) -> ledger::SideFuture<'c> {
+        Box::pin(async move {
+            for k in 0..self.n {
+                let leaf = (first_leaf + k) as i64;
+                let sql = "INSERT INTO side_marks (leaf_index, height) VALUES ($1, $2)";
+                let q = sqlx::query(sql);
+                match &mut conn {
+                    ledger::SideConn::Sqlite(c) => q.bind(leaf).bind(height as i64).execute(&mut **c).await.map(|_| ()),
+                    ledger::SideConn::Postgres(c) => sqlx::query(sql)
+                        .bind(leaf)
+                        .bind(height as i64)
+                        .execute(&mut **c)
+                        .await
+                        .map(|_| ()),
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            if self.fail {
+                Err("refused on purpose".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[test]
+fn side_writes_share_the_block_transaction_sqlite() {
+    rt().block_on(async { side_writes_share_the_block_transaction(SqliteAt(tempfile::tempdir().unwrap())).await });
+}
+
+#[test]
+fn side_writes_share_the_block_transaction_postgres() {
+    rt().block_on(async { side_writes_share_the_block_transaction(PgAt::new().await).await });
+}
+
+async fn side_writes_share_the_block_transaction<B: Backend>(backend: B) {
+    let key = Sm2SigningKey::generate();
+    let ledger = open_on(&backend, &key).await;
+    backend
+        .raw(
+            ledger.store(),
+            "CREATE TABLE side_marks (leaf_index BIGINT PRIMARY KEY, height BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    // Two requests in flight at once: each side write sees its own leaves.
+    let a = ledger.append_with(
+        batch(&key, "a", 0, 5),
+        Some(Box::new(Marks { fail: false, n: 5 })),
+        ledger::Membership::Check,
+    );
+    let b = ledger.append_with(
+        batch(&key, "b", 0, 3),
+        Some(Box::new(Marks { fail: false, n: 3 })),
+        ledger::Membership::Check,
+    );
+    let (ra, rb) = tokio::join!(a, b);
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let before = ledger.store().stats().await.unwrap().transactions;
+    assert_eq!(before, 1 + 5 + 3, "genesis and both requests are in the ledger");
+
+    // A failing side write: neither the block nor any side row is written,
+    // and the ledger carries on from where it was.
+    let err = ledger
+        .append_with(
+            batch(&key, "c", 0, 4),
+            Some(Box::new(Marks { fail: true, n: 4 })),
+            ledger::Membership::Check,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused on purpose"), "{err}");
+    assert_eq!(ledger.store().stats().await.unwrap().transactions, before);
+    let rd = ledger.append(batch(&key, "d", 0, 2)).await.unwrap();
+    assert_eq!(rd[0].leaf_index, before, "the failed block left no gap");
+    let report = verify_ledger(ledger.store(), Some(key.verifying_key()), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.transactions, before + 2);
+
+    // The side table holds exactly the leaves of the two good requests.
+    let side_rows = backend.side_rows(ledger.store()).await;
+    let mut want: Vec<(i64, i64)> = ra
+        .iter()
+        .chain(&rb)
+        .map(|r| (r.leaf_index as i64, r.height as i64))
+        .collect();
+    want.sort();
+    assert_eq!(side_rows, want);
+
+    // Idempotency lookups of many record ids at once.
+    let ids: Vec<String> = vec!["a-1".into(), "b-2".into(), "c-0".into(), "nope".into()];
+    let mut found: Vec<String> = ledger
+        .store()
+        .txs_by_records(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|st| st.tx.content.record_id)
+        .collect();
+    found.sort();
+    assert_eq!(found, vec!["a-1".to_string(), "b-2".to_string()]);
 }

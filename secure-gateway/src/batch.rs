@@ -161,6 +161,13 @@ pub fn sign_batch(
 impl SignedBatch {
     /// Verifies the header signature and that the records hash to its root.
     pub fn verify(&self, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.verify_leaves(signer).map(|_| ())
+    }
+
+    /// [`SignedBatch::verify`], returning the verified leaf hashes (record
+    /// order), from which every record's audit path follows without
+    /// hashing the records again.
+    pub fn verify_leaves(&self, signer: &Sm2VerifyingKey) -> Result<Vec<Sm3Digest>, CryptoError> {
         self.header.verify(signer)?;
         if self.header.tree_size != self.records.len() as u64 {
             return Err(CryptoError::Envelope(format!(
@@ -179,13 +186,14 @@ impl SignedBatch {
                 });
             }
         }
-        if merkle::root(&leaf_hashes(&self.records)?) != self.header.root {
+        let leaves = leaf_hashes(&self.records)?;
+        if merkle::root(&leaves) != self.header.root {
             return Err(CryptoError::DigestMismatch(format!(
                 "batch {}: records do not hash to the signed root",
                 self.header.batch_id
             )));
         }
-        Ok(())
+        Ok(leaves)
     }
 
     /// The stand-alone proof for record `index`.
@@ -296,6 +304,36 @@ pub fn open_batch_each(
         .iter()
         .map(|r| decrypt_verified(provider, r, me, &mut ctx))
         .collect())
+}
+
+/// A verified batch, opened record by record, with every record's audit path.
+#[derive(Debug)]
+pub struct OpenedBatch {
+    /// Each record's plaintext, or why it could not be opened; record order.
+    pub records: Vec<Result<OpenedEnvelope, CryptoError>>,
+    /// Each record's audit path to the signed batch root; record order.
+    pub audit_paths: Vec<Vec<Sm3Digest>>,
+}
+
+/// [`open_batch_each`] plus every record's audit path, hashing each record
+/// once (what a gateway needs to store the records with their proofs).
+pub fn open_batch_with_paths(
+    provider: &dyn CryptoProvider,
+    batch: &SignedBatch,
+    signer: &Sm2VerifyingKey,
+    me: RecipientKey<'_>,
+) -> Result<OpenedBatch, CryptoError> {
+    let leaves = batch.verify_leaves(signer)?;
+    let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
+    let records = batch
+        .records
+        .iter()
+        .map(|r| decrypt_verified(provider, r, me, &mut ctx))
+        .collect();
+    Ok(OpenedBatch {
+        records,
+        audit_paths: merkle::all_inclusion_proofs(&leaves),
+    })
 }
 
 /// The audit paths of every record of a batch, in record order, in

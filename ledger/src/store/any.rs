@@ -4,7 +4,7 @@ use std::path::Path;
 
 use secure_gateway::Sm3Digest;
 
-use super::{BlockCommit, LedgerStore, PgStore, SqliteStore, StoreStats, StoredTx};
+use super::{BlockCommit, LedgerStore, PgStore, SidePart, SqliteStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
@@ -61,8 +61,8 @@ impl LedgerStore for AnyStore {
     fn location(&self) -> &str {
         delegate!(self, s => s.location())
     }
-    async fn commit_block(&self, c: &BlockCommit) -> Result<(), LedgerError> {
-        delegate!(self, s => s.commit_block(c).await)
+    async fn commit_block_with(&self, c: &BlockCommit, side: &[SidePart<'_>]) -> Result<(), LedgerError> {
+        delegate!(self, s => s.commit_block_with(c, side).await)
     }
     async fn head(&self) -> Result<Option<(BlockHeader, Checkpoint)>, LedgerError> {
         delegate!(self, s => s.head().await)
@@ -87,6 +87,9 @@ impl LedgerStore for AnyStore {
     }
     async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
         delegate!(self, s => s.tx_by_record(record_id).await)
+    }
+    async fn txs_by_records(&self, record_ids: &[String]) -> Result<Vec<StoredTx>, LedgerError> {
+        delegate!(self, s => s.txs_by_records(record_ids).await)
     }
     async fn conflicts(&self, record_ids: &[String], tx_ids: &[String]) -> Result<Vec<(String, String)>, LedgerError> {
         delegate!(self, s => s.conflicts(record_ids, tx_ids).await)

@@ -59,6 +59,46 @@ pub struct BlockCommit {
     pub checkpoint: Checkpoint,
 }
 
+/// A database connection lent to a [`SideWrite`] inside a block's own
+/// database transaction.
+#[derive(Debug)]
+pub enum SideConn<'c> {
+    /// The SQLite store's connection.
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    /// The PostgreSQL store's connection.
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+/// The future a [`SideWrite`] returns.
+pub type SideFuture<'c> = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'c>>;
+
+/// Rows derived from one append request that the store writes in the same
+/// database transaction as the block holding the request's transactions,
+/// so they exist exactly when the block does and cost no second commit
+/// (the gateway's relational projection). A side write must only insert,
+/// into its own tables; if it fails, the block is not written.
+pub trait SideWrite: Send + Sync {
+    /// Writes the rows of the request's transactions, which the block holds
+    /// at leaf indexes `first_leaf..` in request order, at `height`.
+    fn write<'c>(&'c self, conn: SideConn<'c>, first_leaf: u64, height: u64) -> SideFuture<'c>;
+}
+
+/// One request's side write within a block.
+pub struct SidePart<'a> {
+    /// What to write.
+    pub write: &'a dyn SideWrite,
+    /// Leaf index of the request's first transaction.
+    pub first_leaf: u64,
+}
+
+impl std::fmt::Debug for SidePart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidePart")
+            .field("first_leaf", &self.first_leaf)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A ledger storage backend. All writes go through [`LedgerStore::commit_block`],
 /// which must be atomic and durable when it returns.
 pub trait LedgerStore: Send + Sync + 'static {
@@ -66,7 +106,16 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn location(&self) -> &str;
     /// Writes one block, its transactions, tree nodes and checkpoint in one
     /// durable transaction.
-    fn commit_block(&self, c: &BlockCommit) -> impl Future<Output = Result<(), LedgerError>> + Send;
+    fn commit_block(&self, c: &BlockCommit) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        self.commit_block_with(c, &[])
+    }
+    /// [`LedgerStore::commit_block`] plus side writes in the same database
+    /// transaction: all of it is written, or none.
+    fn commit_block_with(
+        &self,
+        c: &BlockCommit,
+        side: &[SidePart<'_>],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
     /// The newest block and its checkpoint, or `None` for an empty ledger.
     fn head(&self) -> impl Future<Output = Result<Option<(BlockHeader, Checkpoint)>, LedgerError>> + Send;
     /// Stored tree nodes, in the order asked; an error if any is missing.
@@ -83,6 +132,9 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn tx(&self, tx_id: &str) -> impl Future<Output = Result<Option<StoredTx>, LedgerError>> + Send;
     /// A transaction by business record (event) id.
     fn tx_by_record(&self, record_id: &str) -> impl Future<Output = Result<Option<StoredTx>, LedgerError>> + Send;
+    /// The stored transactions of any of these record ids (one query per
+    /// few thousand ids), in no particular order; ids not stored are absent.
+    fn txs_by_records(&self, record_ids: &[String]) -> impl Future<Output = Result<Vec<StoredTx>, LedgerError>> + Send;
     /// Which of these record ids or transaction ids are already stored:
     /// `(record_id, tx_id)` of every stored transaction that matches either.
     fn conflicts(

@@ -141,7 +141,7 @@ impl PgStore {
     }
 }
 
-sql_store!(PgStore, Postgres, PgRow);
+sql_store!(PgStore, Postgres, PgRow, Postgres);
 
 #[cfg(test)]
 mod tests {

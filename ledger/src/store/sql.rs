@@ -31,7 +31,7 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 /// Implements [`LedgerStore`](super::LedgerStore) for a store struct with
 /// fields `pool` and `location` and a method `async fn size_bytes(&self)`.
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $row:ty) => {
+    ($store:ty, $db:ty, $row:ty, $side:ident) => {
         impl $store {
             fn err(&self, e: impl std::fmt::Display) -> LedgerError {
                 LedgerError::storage(&self.location, e)
@@ -126,7 +126,7 @@ macro_rules! sql_store {
                 &self.location
             }
 
-            async fn commit_block(&self, c: &BlockCommit) -> Result<(), LedgerError> {
+            async fn commit_block_with(&self, c: &BlockCommit, side: &[$crate::store::SidePart<'_>]) -> Result<(), LedgerError> {
                 use $crate::store::sql::{NODES_PER_STATEMENT, TX_COLS, TX_ROWS_PER_INSERT, to_i64};
                 let mut db = self.pool.begin().await.map_err(|e| self.err(e))?;
                 let b = &c.block;
@@ -188,6 +188,15 @@ macro_rules! sql_store {
                         .push_bind(cp.signature.clone());
                 });
                 qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+                for part in side {
+                    part.write
+                        .write($crate::store::SideConn::$side(&mut *db), part.first_leaf, b.height)
+                        .await
+                        .map_err(|message| LedgerError::Storage {
+                            location: self.location.clone(),
+                            message: format!("a side write of block {}: {message}", b.height),
+                        })?;
+                }
                 db.commit().await.map_err(|e| self.err(e))
             }
 
@@ -260,6 +269,23 @@ macro_rules! sql_store {
             async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
                 let rows = self.rows_where("transactions", "record_id", record_id.to_string(), "").await?;
                 rows.first().map(|r| self.tx_from_row(r)).transpose()
+            }
+
+            async fn txs_by_records(&self, record_ids: &[String]) -> Result<Vec<StoredTx>, LedgerError> {
+                let mut out = Vec::new();
+                // SQLite allows 32,766 bound parameters per statement.
+                for chunk in record_ids.chunks(5_000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE record_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
+                        out.push(self.tx_from_row(&r)?);
+                    }
+                }
+                Ok(out)
             }
 
             async fn conflicts(
