@@ -8,7 +8,7 @@
 //! and caught up from the ledger at start (so a crash in between loses
 //! nothing). Its tables are insert-only, like the ledger's.
 
-use ledger::{AnyStore, LeafInput, LedgerStore, StoredTx, TxKind};
+use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
 use mappings::ExchangeMessage;
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
@@ -108,18 +108,22 @@ pub fn open_event(
 
 /// The projected row of an event (personal data removed).
 pub fn project(st: &StoredTx, msg: &ExchangeMessage) -> ProjectedEvent {
+    project_at(&st.tx, st.leaf_index, st.height, msg)
+}
+
+fn project_at(tx: &Transaction, leaf_index: u64, height: u64, msg: &ExchangeMessage) -> ProjectedEvent {
     let mut ev = msg.payload.clone();
     ev.pii = Default::default();
     let doc = serde_json::to_value(&ev).unwrap_or_default();
     ProjectedEvent {
-        leaf_index: st.leaf_index,
+        leaf_index,
         event_id: msg.event_id.to_string(),
-        tx_id: st.tx.content.tx_id.to_string(),
-        height: st.height,
+        tx_id: tx.content.tx_id.to_string(),
+        height,
         category: ev.category.clone(),
         occurred_ms: ev.occurred_at.timestamp_millis(),
         source: ev.source.clone(),
-        signer: st.tx.auth.signer.clone(),
+        signer: tx.auth.signer.clone(),
         lot: ev.field_str("lot_number").map(str::to_string),
         // The event this one refers to: the cancelled event of a
         // cancellation, the related record of a cold-chain alert.
@@ -133,6 +137,51 @@ pub fn project(st: &StoredTx, msg: &ExchangeMessage) -> ProjectedEvent {
 
 /// One projected event with its trace codes, packaging links and shipment number.
 type ProjRow = (ProjectedEvent, Vec<String>, Vec<(String, String)>, Option<String>);
+
+fn row_of(ev: ProjectedEvent, m: &ExchangeMessage) -> ProjRow {
+    let links = m
+        .payload
+        .aggregations
+        .iter()
+        .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
+        .collect();
+    let ship = m.payload.field_str("shipment_no").map(str::to_string);
+    (ev, codes_of(m), links, ship)
+}
+
+/// The projection rows of transactions about to be appended, written by the
+/// ledger in the same database transaction as their block
+/// ([`ledger::Ledger::append_with`]): the projection then never lags behind
+/// the ledger nor holds an event the ledger does not.
+#[derive(Debug)]
+pub struct ProjectionWrite {
+    rows: Vec<ProjRow>,
+}
+
+impl ProjectionWrite {
+    /// Rows for `txs`, in append order, with `msgs[i]` the opened event of `txs[i]`.
+    pub fn new(txs: &[Transaction], msgs: &[ExchangeMessage]) -> Self {
+        debug_assert_eq!(txs.len(), msgs.len());
+        let rows = txs
+            .iter()
+            .zip(msgs)
+            .map(|(t, m)| row_of(project_at(t, 0, 0, m), m))
+            .collect();
+        ProjectionWrite { rows }
+    }
+}
+
+impl SideWrite for ProjectionWrite {
+    fn write<'c>(&'c self, conn: SideConn<'c>, first_leaf: u64, height: u64) -> SideFuture<'c> {
+        let place = Some((first_leaf, height));
+        Box::pin(async move {
+            match conn {
+                SideConn::Sqlite(c) => SqliteProjection::insert_rows(c, &self.rows, place).await,
+                SideConn::Postgres(c) => PgProjection::insert_rows(c, &self.rows, place).await,
+            }
+        })
+    }
+}
 
 fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
     let mut c: Vec<String> = msg.payload.trace_codes.clone();
@@ -168,15 +217,35 @@ macro_rules! projection_impl {
                     return Ok(());
                 }
                 let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
+                Self::insert_rows(&mut *db, rows, None).await?;
+                db.commit().await.map_err(|e| e.to_string())
+            }
+
+            /// Inserts rows on `db`, inside the caller's transaction. With
+            /// `place = Some((first_leaf, height))` the rows are a block's
+            /// consecutive transactions from `first_leaf` on (their own
+            /// `leaf_index` and `height` are not read).
+            async fn insert_rows(
+                db: &mut <$db as sqlx::Database>::Connection,
+                rows: &[ProjRow],
+                place: Option<(u64, u64)>,
+            ) -> Result<(), String> {
+                let leaf = |k: usize, e: &ProjectedEvent| place.map_or(e.leaf_index, |(f, _)| f + k as u64) as i64;
+                let height = |e: &ProjectedEvent| place.map_or(e.height, |(_, h)| h) as i64;
+                let mut at = 0usize;
                 for chunk in rows.chunks(500) {
+                    let base = at;
+                    at += chunk.len();
+                    let chunk: Vec<(i64, &ProjRow)> =
+                        chunk.iter().enumerate().map(|(k, r)| (leaf(base + k, &r.0), r)).collect();
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc) ",
                     );
-                    qb.push_values(chunk, |mut r, (e, _, _, _)| {
-                        r.push_bind(e.leaf_index as i64)
+                    qb.push_values(&chunk, |mut r, (l, (e, _, _, _))| {
+                        r.push_bind(*l)
                             .push_bind(e.event_id.clone())
                             .push_bind(e.tx_id.clone())
-                            .push_bind(e.height as i64)
+                            .push_bind(height(e))
                             .push_bind(e.category.clone())
                             .push_bind(e.occurred_ms)
                             .push_bind(e.source.clone())
@@ -188,7 +257,7 @@ macro_rules! projection_impl {
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     let codes: Vec<(String, i64)> =
-                        chunk.iter().flat_map(|(e, cs, _, _)| cs.iter().map(move |c| (c.clone(), e.leaf_index as i64))).collect();
+                        chunk.iter().flat_map(|(l, (_, cs, _, _))| cs.iter().map(move |c| (c.clone(), *l))).collect();
                     for cc in codes.chunks(5000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_codes (code, leaf_index) ");
                         qb.push_values(cc, |mut r, (c, l)| {
@@ -199,7 +268,7 @@ macro_rules! projection_impl {
                     }
                     let links: Vec<(String, String, i64)> = chunk
                         .iter()
-                        .flat_map(|(e, _, ls, _)| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), e.leaf_index as i64)))
+                        .flat_map(|(l, (_, _, ls, _))| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), *l)))
                         .collect();
                     for lc in links.chunks(3000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_links (parent, child, leaf_index) ");
@@ -211,7 +280,7 @@ macro_rules! projection_impl {
                     }
                     let ships: Vec<(String, i64)> = chunk
                         .iter()
-                        .filter_map(|(e, _, _, s)| s.as_ref().map(|s| (s.clone(), e.leaf_index as i64)))
+                        .filter_map(|(l, (_, _, _, s))| s.as_ref().map(|s| (s.clone(), *l)))
                         .collect();
                     if !ships.is_empty() {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_shipments (shipment_no, leaf_index) ");
@@ -222,7 +291,7 @@ macro_rules! projection_impl {
                         qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     }
                 }
-                db.commit().await.map_err(|e| e.to_string())
+                Ok(())
             }
 
             async fn max_leaf(&self) -> Result<Option<u64>, String> {
@@ -323,19 +392,7 @@ impl Projection {
 
     /// Writes projected events (idempotent).
     pub async fn insert(&self, events: &[(StoredTx, ExchangeMessage)]) -> Result<(), String> {
-        let rows: Vec<ProjRow> = events
-            .iter()
-            .map(|(st, m)| {
-                let links = m
-                    .payload
-                    .aggregations
-                    .iter()
-                    .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
-                    .collect();
-                let ship = m.payload.field_str("shipment_no").map(str::to_string);
-                (project(st, m), codes_of(m), links, ship)
-            })
-            .collect();
+        let rows: Vec<ProjRow> = events.iter().map(|(st, m)| row_of(project(st, m), m)).collect();
         each!(self, x => x.insert(&rows).await)
     }
 

@@ -242,15 +242,16 @@ async fn ingest(
     let batch =
         SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, format!("the body: {e}")))?;
     let (vk, entity_id) = batch_signer(&state, &principal, &batch.header.key_id)?;
-    let opened = secure_gateway::batch::open_batch_each(
+    let secure_gateway::batch::OpenedBatch {
+        records: opened,
+        audit_paths: paths,
+    } = secure_gateway::batch::open_batch_with_paths(
         state.provider.as_ref(),
         &batch,
         &vk,
         RecipientKey::Sm2(&state.node_handle),
     )
     .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
-    let paths =
-        secure_gateway::batch::audit_paths(&batch).map_err(|e| ApiError::new(Code::MalformedBody, e.to_string()))?;
     let public_key = hex::encode(vk.to_sec1());
     let entity = {
         let reg = state
@@ -418,9 +419,19 @@ async fn ingest(
     }
 
     // Idempotency: the same event id already in the ledger.
+    // One query for the whole batch; records seen before are rare.
+    let ids: Vec<String> = candidates.iter().map(|(_, t, _)| t.content.record_id.clone()).collect();
+    let mut stored: std::collections::HashMap<String, ledger::StoredTx> = state
+        .ledger
+        .store()
+        .txs_by_records(&ids)
+        .await?
+        .into_iter()
+        .map(|st| (st.tx.content.record_id.clone(), st))
+        .collect();
     let mut fresh = Vec::new();
     for (i, t, msg) in candidates {
-        match state.ledger.store().tx_by_record(&t.content.record_id).await? {
+        match stored.remove(&t.content.record_id) {
             None => fresh.push((i, t, msg)),
             Some(st)
                 if st.tx.content.data_hash == t.content.data_hash && st.tx.content.category == t.content.category =>
@@ -535,8 +546,12 @@ async fn ingest(
             ));
         }
         msgs.extend(alert_msgs);
-        let stored_txs = txs.clone();
-        let receipts = match state.ledger.append(txs).await {
+        let side = crate::projection::ProjectionWrite::new(&txs, &msgs);
+        let receipts = match state
+            .ledger
+            .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
+            .await
+        {
             Ok(r) => {
                 METRICS
                     .append_seconds
@@ -552,26 +567,6 @@ async fn ingest(
                 return Err(e.into());
             }
         };
-        // The projection is derived data: a failure here is repaired by the
-        // catch-up at the next start, so it does not fail the request.
-        let projected: Vec<(ledger::StoredTx, ExchangeMessage)> = stored_txs
-            .into_iter()
-            .zip(&receipts)
-            .zip(msgs)
-            .map(|((tx, r), m)| {
-                (
-                    ledger::StoredTx {
-                        leaf_index: r.leaf_index,
-                        height: r.height,
-                        tx,
-                    },
-                    m,
-                )
-            })
-            .collect();
-        if let Err(e) = state.projection.insert(&projected).await {
-            tracing::error!(error = %e, "projection insert failed; it will be caught up at the next start");
-        }
         let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
         let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
         let paths = ledger::audit_paths(state.ledger.store(), &leaves, tree_size).await?;
