@@ -9,7 +9,7 @@
 //! nothing). Its tables are insert-only, like the ledger's.
 
 use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
-use mappings::ExchangeMessage;
+use mappings::{ExchangeMessage, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
 use serde::Serialize;
@@ -108,16 +108,18 @@ pub fn open_event(
 
 /// The projected row of an event (personal data removed).
 pub fn project(st: &StoredTx, msg: &ExchangeMessage) -> ProjectedEvent {
-    project_at(&st.tx, st.leaf_index, st.height, msg)
-}
-
-fn project_at(tx: &Transaction, leaf_index: u64, height: u64, msg: &ExchangeMessage) -> ProjectedEvent {
     let mut ev = msg.payload.clone();
     ev.pii = Default::default();
-    let doc = serde_json::to_value(&ev).unwrap_or_default();
+    let mut p = columns(&st.tx, st.leaf_index, st.height, msg.event_id.to_string(), &ev);
+    p.doc = serde_json::to_value(&ev).unwrap_or_default();
+    p
+}
+
+/// Every column but `doc` (left `Null`).
+fn columns(tx: &Transaction, leaf_index: u64, height: u64, event_id: String, ev: &TraceEvent) -> ProjectedEvent {
     ProjectedEvent {
         leaf_index,
-        event_id: msg.event_id.to_string(),
+        event_id,
         tx_id: tx.content.tx_id.to_string(),
         height,
         category: ev.category.clone(),
@@ -131,22 +133,42 @@ fn project_at(tx: &Transaction, leaf_index: u64, height: u64, msg: &ExchangeMess
             .field_str("cancels_event_id")
             .or_else(|| ev.field_str("related_event_id"))
             .map(str::to_string),
-        doc,
+        doc: serde_json::Value::Null,
     }
 }
 
-/// One projected event with its trace codes, packaging links and shipment number.
-type ProjRow = (ProjectedEvent, Vec<String>, Vec<(String, String)>, Option<String>);
+/// One event as written: its columns (`event.doc` unused), the event
+/// without personal data as JSON text, its trace codes, packaging links and
+/// shipment number.
+#[derive(Debug)]
+struct ProjRow {
+    event: ProjectedEvent,
+    doc: String,
+    codes: Vec<String>,
+    links: Vec<(String, String)>,
+    shipment: Option<String>,
+}
 
-fn row_of(ev: ProjectedEvent, m: &ExchangeMessage) -> ProjRow {
-    let links = m
+/// The row of `msg`, consumed (no copy of the event is made).
+fn row_of(tx: &Transaction, leaf_index: u64, height: u64, msg: ExchangeMessage) -> ProjRow {
+    let codes = codes_of(&msg);
+    let links = msg
         .payload
         .aggregations
         .iter()
         .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
         .collect();
-    let ship = m.payload.field_str("shipment_no").map(str::to_string);
-    (ev, codes_of(m), links, ship)
+    let shipment = msg.payload.field_str("shipment_no").map(str::to_string);
+    let mut ev = msg.payload;
+    ev.pii = Default::default();
+    let doc = serde_json::to_string(&ev).unwrap_or_default();
+    ProjRow {
+        event: columns(tx, leaf_index, height, msg.event_id.to_string(), &ev),
+        doc,
+        codes,
+        links,
+        shipment,
+    }
 }
 
 /// The projection rows of transactions about to be appended, written by the
@@ -160,13 +182,9 @@ pub struct ProjectionWrite {
 
 impl ProjectionWrite {
     /// Rows for `txs`, in append order, with `msgs[i]` the opened event of `txs[i]`.
-    pub fn new(txs: &[Transaction], msgs: &[ExchangeMessage]) -> Self {
+    pub fn new(txs: &[Transaction], msgs: Vec<ExchangeMessage>) -> Self {
         debug_assert_eq!(txs.len(), msgs.len());
-        let rows = txs
-            .iter()
-            .zip(msgs)
-            .map(|(t, m)| row_of(project_at(t, 0, 0, m), m))
-            .collect();
+        let rows = txs.iter().zip(msgs).map(|(t, m)| row_of(t, 0, 0, m)).collect();
         ProjectionWrite { rows }
     }
 }
@@ -237,11 +255,12 @@ macro_rules! projection_impl {
                     let base = at;
                     at += chunk.len();
                     let chunk: Vec<(i64, &ProjRow)> =
-                        chunk.iter().enumerate().map(|(k, r)| (leaf(base + k, &r.0), r)).collect();
+                        chunk.iter().enumerate().map(|(k, r)| (leaf(base + k, &r.event), r)).collect();
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc) ",
                     );
-                    qb.push_values(&chunk, |mut r, (l, (e, _, _, _))| {
+                    qb.push_values(&chunk, |mut r, (l, row)| {
+                        let e = &row.event;
                         r.push_bind(*l)
                             .push_bind(e.event_id.clone())
                             .push_bind(e.tx_id.clone())
@@ -252,12 +271,12 @@ macro_rules! projection_impl {
                             .push_bind(e.signer.clone())
                             .push_bind(e.lot.clone())
                             .push_bind(e.cancels.clone())
-                            .push_bind(e.doc.to_string());
+                            .push_bind(row.doc.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     let codes: Vec<(String, i64)> =
-                        chunk.iter().flat_map(|(l, (_, cs, _, _))| cs.iter().map(move |c| (c.clone(), *l))).collect();
+                        chunk.iter().flat_map(|(l, row)| row.codes.iter().map(move |c| (c.clone(), *l))).collect();
                     for cc in codes.chunks(5000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_codes (code, leaf_index) ");
                         qb.push_values(cc, |mut r, (c, l)| {
@@ -268,7 +287,7 @@ macro_rules! projection_impl {
                     }
                     let links: Vec<(String, String, i64)> = chunk
                         .iter()
-                        .flat_map(|(l, (_, _, ls, _))| ls.iter().map(move |(p, c)| (p.clone(), c.clone(), *l)))
+                        .flat_map(|(l, row)| row.links.iter().map(move |(p, c)| (p.clone(), c.clone(), *l)))
                         .collect();
                     for lc in links.chunks(3000) {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_links (parent, child, leaf_index) ");
@@ -280,7 +299,7 @@ macro_rules! projection_impl {
                     }
                     let ships: Vec<(String, i64)> = chunk
                         .iter()
-                        .filter_map(|(l, (_, _, _, s))| s.as_ref().map(|s| (s.clone(), *l)))
+                        .filter_map(|(l, row)| row.shipment.as_ref().map(|s| (s.clone(), *l)))
                         .collect();
                     if !ships.is_empty() {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_shipments (shipment_no, leaf_index) ");
@@ -391,8 +410,11 @@ impl Projection {
     }
 
     /// Writes projected events (idempotent).
-    pub async fn insert(&self, events: &[(StoredTx, ExchangeMessage)]) -> Result<(), String> {
-        let rows: Vec<ProjRow> = events.iter().map(|(st, m)| row_of(project(st, m), m)).collect();
+    pub async fn insert(&self, events: Vec<(StoredTx, ExchangeMessage)>) -> Result<(), String> {
+        let rows: Vec<ProjRow> = events
+            .into_iter()
+            .map(|(st, m)| row_of(&st.tx, st.leaf_index, st.height, m))
+            .collect();
         each!(self, x => x.insert(&rows).await)
     }
 
@@ -418,7 +440,7 @@ impl Projection {
                 }
             }
             done += batch.len() as u64;
-            self.insert(&batch).await?;
+            self.insert(batch).await?;
         }
         Ok(done)
     }

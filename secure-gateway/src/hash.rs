@@ -22,7 +22,19 @@ impl Sm3Digest {
 
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut buf = [0u8; 64];
+        self.hex_into(&mut buf).to_string()
+    }
+
+    /// Lowercase hex written into `buf` (no allocation).
+    fn hex_into<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     /// Parses 64 hex digits.
@@ -65,7 +77,8 @@ impl FromStr for Sm3Digest {
 
 impl serde::Serialize for Sm3Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        let mut buf = [0u8; 64];
+        s.serialize_str(self.hex_into(&mut buf))
     }
 }
 
@@ -142,6 +155,8 @@ mod tests {
     #[test]
     fn hex_round_trip_and_errors() {
         let d = sm3(b"x");
+        assert_eq!(d.to_hex(), hex::encode(d.0));
+        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{}\"", hex::encode(d.0)));
         assert_eq!(Sm3Digest::from_hex(&d.to_hex()).unwrap(), d);
         assert!(Sm3Digest::from_hex("zz").is_err());
         assert!(Sm3Digest::from_hex("abcd").is_err());

@@ -546,7 +546,7 @@ async fn ingest(
             ));
         }
         msgs.extend(alert_msgs);
-        let side = crate::projection::ProjectionWrite::new(&txs, &msgs);
+        let side = crate::projection::ProjectionWrite::new(&txs, msgs);
         let receipts = match state
             .ledger
             .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
