@@ -89,9 +89,12 @@ impl SqliteStore {
             // appends touch index pages all over the unique record-id and
             // trace-code indexes, which otherwise are re-read for every block.
             .pragma("cache_size", "-65536")
-            // Checkpoint the write-ahead log every 32 MiB instead of 4 MiB,
-            // so that hot index pages are copied back once, not many times.
-            .pragma("wal_autocheckpoint", "8192");
+            // No checkpoint inside a committing connection: a background
+            // task checkpoints once a second (below), off the commit path,
+            // and copies hot index pages back once instead of many times.
+            .pragma("wal_autocheckpoint", "0")
+            // Truncate the write-ahead log back to 64 MiB after it restarts.
+            .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -103,7 +106,35 @@ impl SqliteStore {
             location,
         };
         s.init().await?;
+        s.spawn_checkpointer();
         Ok(s)
+    }
+
+    /// Copies the write-ahead log back into the database file once a second
+    /// (PASSIVE: never blocks readers or the writer) while the pool is open.
+    /// Outside a Tokio runtime (none here) SQLite's own end-of-connection
+    /// checkpoint and [`SqliteStore::close`] do it.
+    fn spawn_checkpointer(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if pool.is_closed() {
+                    break;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                    if pool.is_closed() {
+                        break;
+                    }
+                    tracing::warn!(error = %e, "write-ahead log checkpoint failed; retrying in a second");
+                }
+            }
+        });
     }
 
     /// Opens an existing ledger; an error if the file does not exist.
