@@ -302,8 +302,9 @@ impl std::fmt::Debug for Forwarder {
 }
 
 /// How long a transaction may stay missing from the projection before the
-/// forwarder decrypts it itself (the projection is written right after the
-/// append, so this only covers a failed projection insert).
+/// forwarder decrypts it itself (ingest writes the projection in the block's
+/// own transaction, so this only covers transactions written without it,
+/// until the catch-up at the next start).
 const PROJECTION_GRACE_MS: i64 = 5_000;
 
 impl Forwarder {

@@ -4,9 +4,12 @@
 //! enters these tables; a query that is allowed to see it decrypts the
 //! ledger payload instead.
 //!
-//! The projection is derived data: it is written after each durable append
-//! and caught up from the ledger at start (so a crash in between loses
-//! nothing). Its tables are insert-only, like the ledger's.
+//! The projection is derived data, written by the ledger in the same
+//! database transaction as the block that holds its events
+//! ([`ProjectionWrite`], a `ledger::SideWrite`), so it never lags behind the
+//! ledger. At start it is caught up from the ledger for transactions written
+//! without it (older versions, `vaxgate ledger` tools). Its tables are
+//! insert-only, like the ledger's.
 
 use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
 use mappings::{ExchangeMessage, TraceEvent};
