@@ -141,7 +141,10 @@ fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2Veri
             KeyStatus::Revoked => return Err(ApiError::new(Code::KeyRevoked, format!("key {key_id} is revoked"))),
             KeyStatus::Active => {}
         }
-        let vk = Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?;
+        let vk = match reg.verifying_key(key_id) {
+            Some(vk) => vk.clone(),
+            None => Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?,
+        };
         return Ok((
             vk,
             Principal {

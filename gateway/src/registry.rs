@@ -439,6 +439,9 @@ pub struct Registry {
     threshold: usize,
     entities: BTreeMap<String, Entity>,
     keys: BTreeMap<String, KeyRecord>,
+    /// Every registered key, parsed once (request signatures are checked
+    /// against these without parsing PEM per request).
+    verifying: BTreeMap<String, Sm2VerifyingKey>,
     api_keys: BTreeMap<String, ApiKeyRecord>,
 }
 
@@ -454,6 +457,7 @@ impl Registry {
             threshold,
             entities: BTreeMap::new(),
             keys: BTreeMap::new(),
+            verifying: BTreeMap::new(),
             api_keys: BTreeMap::new(),
         }
     }
@@ -473,6 +477,11 @@ impl Registry {
     /// A key by id (entity keys only; administrators are separate).
     pub fn key(&self, key_id: &str) -> Option<&KeyRecord> {
         self.keys.get(key_id)
+    }
+
+    /// The parsed public key of a registered entity key (any status).
+    pub fn verifying_key(&self, key_id: &str) -> Option<&Sm2VerifyingKey> {
+        self.verifying.get(key_id)
     }
 
     /// An API key record by public id.
@@ -592,6 +601,7 @@ impl Registry {
                 }
                 self.require_admins(c, "registering an entity")?;
                 let vk = self.new_key(master_key)?;
+                self.verifying.insert(vk.key_id().to_string(), vk.clone());
                 self.keys.insert(
                     vk.key_id().to_string(),
                     KeyRecord {
@@ -632,6 +642,7 @@ impl Registry {
                 self.require_master(c, entity_id, "adding a key")?;
                 let vk = self.new_key(public_key)?;
                 let master = self.master_of(entity_id).map(|m| m.key_id.clone());
+                self.verifying.insert(vk.key_id().to_string(), vk.clone());
                 self.keys.insert(
                     vk.key_id().to_string(),
                     KeyRecord {
@@ -658,6 +669,7 @@ impl Registry {
                 self.require_master(c, entity_id, "registering a device")?;
                 let vk = self.new_key(public_key)?;
                 let master = self.master_of(entity_id).map(|m| m.key_id.clone());
+                self.verifying.insert(vk.key_id().to_string(), vk.clone());
                 self.keys.insert(
                     vk.key_id().to_string(),
                     KeyRecord {
@@ -768,6 +780,7 @@ impl Registry {
                     o.status = KeyStatus::Revoked;
                     o.replaced_by = Some(new_id.clone());
                 }
+                self.verifying.insert(vk.key_id().to_string(), vk.clone());
                 self.keys.insert(
                     new_id.clone(),
                     KeyRecord {

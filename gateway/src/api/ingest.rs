@@ -156,7 +156,10 @@ fn batch_signer(state: &AppState, principal: &Principal, key_id: &str) -> Result
             ),
         ));
     }
-    let vk = Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?;
+    let vk = match reg.verifying_key(key_id) {
+        Some(vk) => vk.clone(),
+        None => Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?,
+    };
     Ok((vk, k.entity_id.clone()))
 }
 
