@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::client::GatewayClient;
 use crate::error::AgentError;
 use crate::retry::Backoff;
-use crate::state::{EventState, NewQuarantine, StateDb};
+use crate::state::{EventState, GatewayProblem, NewQuarantine, StateDb, describe_refusal};
 
 /// One event of a record, durably in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +157,10 @@ struct AnswerReceipt {
 struct AnswerError {
     code: String,
     message: String,
+    /// Validation problems (values masked by the gateway); absent for
+    /// refusals that are not about the record's content.
+    #[serde(default)]
+    problems: Vec<GatewayProblem>,
 }
 
 /// A record in its stored form (kind, text) for the quarantine.
@@ -441,13 +445,9 @@ impl Pipeline {
                         });
                     }
                     (_, _, err) => {
-                        let (code, message) = err
-                            .map(|e| (e.code, e.message))
-                            .unwrap_or_else(|| ("unknown".into(), format!("status {}", r.status)));
-                        events.push(EventState::Rejected {
-                            event_id: msg.event_id,
-                            code: code.clone(),
-                        });
+                        let (code, message, problems) = err
+                            .map(|e| (e.code, e.message, e.problems))
+                            .unwrap_or_else(|| ("unknown".into(), format!("status {}", r.status), Vec::new()));
                         if !matches!(outcomes[i], Some(RecordOutcome::Rejected { .. })) {
                             let (kind, text) = record_to_stored(&records[i].1);
                             quarantine.push(NewQuarantine {
@@ -455,11 +455,24 @@ impl Pipeline {
                                 record_key: records[i].0.clone(),
                                 kind,
                                 record: text,
-                                reason: format!("gateway refused: {code}: {message}"),
-                                problems: serde_json::json!([{ "code": code, "message": message }]),
+                                reason: format!("gateway refused: {}", describe_refusal(&code, &message, &problems)),
+                                problems: if problems.is_empty() {
+                                    serde_json::json!([{ "code": code, "message": message }])
+                                } else {
+                                    serde_json::to_value(&problems).unwrap_or_default()
+                                },
                             });
-                            outcomes[i] = Some(RecordOutcome::Rejected { code, message });
+                            outcomes[i] = Some(RecordOutcome::Rejected {
+                                code: code.clone(),
+                                message: message.clone(),
+                            });
                         }
+                        events.push(EventState::Rejected {
+                            event_id: msg.event_id,
+                            code,
+                            message,
+                            problems,
+                        });
                     }
                 }
             }
@@ -545,5 +558,207 @@ impl Pipeline {
                 Err(e) => return Err(AgentError::Gateway(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::GatewayClientConfig;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// The answer of the fake gateway for record `index` of a batch.
+    fn result(index: usize) -> serde_json::Value {
+        match index {
+            0 => serde_json::json!({
+                "index": 0, "status": "rejected",
+                "error": {
+                    "code": "invalid_trace_code",
+                    "message": "1 validation problem(s)",
+                    "problems": [{
+                        "record": "k0", "field": "trace_code", "rule": "trace_code_prefix",
+                        "value": "86123450000000001009", "message": "unknown product prefix",
+                        "severity": "error"
+                    }]
+                }
+            }),
+            2 => serde_json::json!({
+                "index": 2, "status": "rejected",
+                "error": { "code": "forbidden", "message": "the entity may not submit vaccination records" }
+            }),
+            i => serde_json::json!({
+                "index": i, "status": "accepted",
+                "receipt": { "tx_id": Uuid::new_v4(), "height": 7 }
+            }),
+        }
+    }
+
+    /// A one-route HTTP gateway answering `POST /v1/transactions` with
+    /// [`result`] for each record of the posted batch.
+    async fn fake_gateway() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head_end, len) = loop {
+                        let n = sock.read(&mut chunk).await.expect("read");
+                        assert!(n > 0, "connection closed before the request's headers");
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .expect("content-length");
+                            break (p + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        let n = sock.read(&mut chunk).await.expect("read body");
+                        assert!(n > 0, "connection closed in the body");
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let batch: serde_json::Value = serde_json::from_slice(&buf[head_end..]).expect("batch JSON");
+                    let n = batch["records"].as_array().expect("records").len();
+                    let body = serde_json::json!({
+                        "batch_id": "b1", "accepted": 0, "duplicates": 0, "rejected": 0,
+                        "results": (0..n).map(result).collect::<Vec<_>>()
+                    })
+                    .to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(resp.as_bytes()).await.expect("write");
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn root() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_refusal_keeps_its_message_and_problems() {
+        let spec = MappingSpec::load(
+            root().join("config/mappings/clinic-ims.toml"),
+            &mappings::Dataset::builtin(),
+        )
+        .expect("spec");
+        let text = std::fs::read_to_string(root().join("config/mappings/samples/clinic-ims.rows.json")).expect("rows");
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).expect("rows JSON");
+        // Three rows that map to exactly one event each.
+        let records: Vec<(String, Record)> = rows
+            .into_iter()
+            .map(Record::Row)
+            .filter(|r| {
+                let o = spec.map(r);
+                o.problems.iter().all(|p| !p.is_error()) && o.events.len() == 1
+            })
+            .take(3)
+            .map(|r| {
+                let Record::Row(m) = &r else { unreachable!("rows") };
+                (m["JZJL_ID"].as_str().expect("JZJL_ID").to_string(), r)
+            })
+            .collect();
+        assert_eq!(records.len(), 3, "the sample has three good rows");
+        let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+        let key = Sm2SigningKey::generate();
+        let gateway_key = Sm2SigningKey::generate().verifying_key().clone();
+        let client = GatewayClient::new(
+            &GatewayClientConfig {
+                base_url: fake_gateway().await,
+                ..Default::default()
+            },
+            key.clone(),
+        )
+        .expect("client");
+        let pipeline = Pipeline::new(
+            client,
+            PipelineConfig {
+                entity_id: "91320102MA1XXXXXX0".into(),
+                key,
+                gateway_key,
+                attempts: 1,
+                retry_base: Duration::from_millis(10),
+                retry_max: Duration::from_millis(10),
+            },
+            state.clone(),
+        );
+        pipeline.add_source("clinic", spec);
+        let start = chrono::Utc::now();
+        let out = pipeline.submit("clinic", records).await.expect("submit");
+
+        assert_eq!(
+            out[0],
+            RecordOutcome::Rejected {
+                code: "invalid_trace_code".into(),
+                message: "1 validation problem(s)".into()
+            }
+        );
+        assert!(out[1].is_accepted(), "{:?}", out[1]);
+        assert!(matches!(&out[2], RecordOutcome::Rejected { code, .. } if code == "forbidden"));
+
+        // The events table keeps code, message and the problems (only the
+        // fields the agent keeps: field, rule, masked value, message).
+        let problem = GatewayProblem {
+            field: "trace_code".into(),
+            rule: "trace_code_prefix".into(),
+            value: Some("86123450000000001009".into()),
+            message: "unknown product prefix".into(),
+        };
+        let r = state
+            .rejections(Some("clinic"), Some(start), 10)
+            .await
+            .expect("rejections");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(
+            (r[0].record_key.as_str(), r[0].code.as_str(), r[0].message.as_deref()),
+            (keys[0].as_str(), "invalid_trace_code", Some("1 validation problem(s)"))
+        );
+        assert_eq!(r[0].problems, vec![problem.clone()]);
+        assert_eq!(
+            (r[1].record_key.as_str(), r[1].code.as_str(), r[1].message.as_deref()),
+            (
+                keys[2].as_str(),
+                "forbidden",
+                Some("the entity may not submit vaccination records")
+            )
+        );
+        assert!(r[1].problems.is_empty());
+        assert_eq!(
+            state.event_counts("clinic").await.expect("counts"),
+            vec![("accepted".into(), 1), ("rejected".into(), 2)]
+        );
+
+        // The quarantine entry says why, field and rule included.
+        let q = state.quarantine_list(Some("clinic"), false).await.expect("quarantine");
+        assert_eq!(q.len(), 2, "{q:?}");
+        assert_eq!(q[0].record_key, keys[0]);
+        assert_eq!(
+            q[0].reason,
+            "gateway refused: invalid_trace_code: 1 validation problem(s): field `trace_code`: \
+             rule trace_code_prefix: unknown product prefix"
+        );
+        assert_eq!(q[0].problems, serde_json::to_value(vec![problem]).expect("json"));
+        assert_eq!(
+            q[1].reason,
+            "gateway refused: forbidden: the entity may not submit vaccination records"
+        );
+        assert_eq!(
+            q[1].problems,
+            serde_json::json!([{ "code": "forbidden", "message": "the entity may not submit vaccination records" }])
+        );
+        state.close().await;
     }
 }

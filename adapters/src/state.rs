@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -34,7 +34,9 @@ const SCHEMA: &[&str] = &[
         tx_id TEXT,
         height INTEGER,
         code TEXT,
-        updated_at TEXT NOT NULL)",
+        updated_at TEXT NOT NULL,
+        message TEXT,
+        problems TEXT)",
     "CREATE INDEX IF NOT EXISTS events_source ON events(source, status)",
     "CREATE TABLE IF NOT EXISTS quarantine (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +51,15 @@ const SCHEMA: &[&str] = &[
         resolved_at TEXT,
         resolution TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_open ON quarantine(source, record_key) WHERE resolved_at IS NULL",
+];
+
+/// Columns added after the first release: `(table, column, type)`. A state
+/// database created by an older agent gets them at [`StateDb::open`].
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The gateway's explanation of a refusal (no personal data).
+    ("events", "message", "TEXT"),
+    // The gateway's validation problems of a refusal (JSON, values masked).
+    ("events", "problems", "TEXT"),
 ];
 
 /// The agent's state database.
@@ -76,7 +87,72 @@ pub enum EventState {
         event_id: Uuid,
         /// The gateway's code.
         code: String,
+        /// The gateway's message (for a person, no personal data).
+        message: String,
+        /// The gateway's validation problems (values masked by the gateway).
+        problems: Vec<GatewayProblem>,
     },
+}
+
+/// One validation problem of a gateway refusal, as the gateway returned it
+/// (`error.problems[]` of `POST /v1/transactions`; personal values are
+/// masked by the gateway). Only these fields are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayProblem {
+    /// The element key (or `event.*` attribute) concerned.
+    pub field: String,
+    /// The rule's stable name (e.g. `required`, `trace_code_format`).
+    pub rule: String,
+    /// The offending value, masked if personal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Explanation.
+    pub message: String,
+}
+
+/// A gateway refusal in one line: code, message and the first problems'
+/// fields, rules and explanations (values are left to the detailed views).
+pub fn describe_refusal(code: &str, message: &str, problems: &[GatewayProblem]) -> String {
+    let mut s = format!("{code}: {message}");
+    for (n, p) in problems.iter().take(3).enumerate() {
+        s.push_str(if n == 0 { ": " } else { "; " });
+        s.push_str(&format!("field `{}`: rule {}: {}", p.field, p.rule, p.message));
+    }
+    if problems.len() > 3 {
+        s.push_str(&format!("; and {} more", problems.len() - 3));
+    }
+    s
+}
+
+/// An event the gateway refused, as stored (no personal data).
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// Source name.
+    pub source: String,
+    /// The record's key in its source.
+    pub record_key: String,
+    /// Event id.
+    pub event_id: String,
+    /// The gateway's code.
+    pub code: String,
+    /// The gateway's message (`None` for refusals stored by an older agent).
+    pub message: Option<String>,
+    /// The gateway's validation problems.
+    pub problems: Vec<GatewayProblem>,
+    /// When the refusal was recorded.
+    pub at: String,
+}
+
+impl Rejection {
+    /// The refusal in one line (see [`describe_refusal`]).
+    pub fn describe(&self) -> String {
+        describe_refusal(
+            &self.code,
+            self.message.as_deref().unwrap_or("(no message stored)"),
+            &self.problems,
+        )
+    }
 }
 
 /// A record kept aside, as stored.
@@ -129,6 +205,35 @@ fn now() -> String {
     Utc::now().to_rfc3339()
 }
 
+async fn has_column(pool: &SqlitePool, table: &str, column: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?) WHERE name = ?")
+        .bind(table)
+        .bind(column)
+        .fetch_one(pool)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Adds `column` to `table` unless it is there (a state database of an older
+/// agent). Another process opening the same file at the same moment may add
+/// it first: the column then exists and that is not an error.
+async fn add_column_if_missing(pool: &SqlitePool, table: &str, column: &str, ty: &str) -> Result<(), sqlx::Error> {
+    if has_column(pool, table, column).await? {
+        return Ok(());
+    }
+    let stmt = format!("ALTER TABLE {table} ADD COLUMN {column} {ty}");
+    match sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if has_column(pool, table, column).await? {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 impl StateDb {
     /// Opens (creating if needed) the state database at `path`.
     pub async fn open(path: &Path) -> Result<StateDb, AgentError> {
@@ -155,6 +260,11 @@ impl StateDb {
                 .execute(&pool)
                 .await
                 .map_err(|e| AgentError::state(&p, e))?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            add_column_if_missing(&pool, table, column, ty)
+                .await
+                .map_err(|e| AgentError::state(&p, format!("adding column {table}.{column}: {e}")))?;
         }
         Ok(StateDb { pool, path: p })
     }
@@ -239,7 +349,8 @@ impl StateDb {
                     height,
                 } => {
                     sqlx::query(
-                        "UPDATE events SET status = 'accepted', tx_id = ?, height = ?, code = NULL, updated_at = ?
+                        "UPDATE events SET status = 'accepted', tx_id = ?, height = ?, code = NULL,
+                           message = NULL, problems = NULL, updated_at = ?
                          WHERE event_id = ?",
                     )
                     .bind(tx_id.to_string())
@@ -250,12 +361,20 @@ impl StateDb {
                     .await
                     .map_err(|e| self.err(e))?;
                 }
-                EventState::Rejected { event_id, code } => {
+                EventState::Rejected {
+                    event_id,
+                    code,
+                    message,
+                    problems,
+                } => {
+                    let problems = serde_json::to_string(problems).map_err(|e| self.err(e))?;
                     sqlx::query(
-                        "UPDATE events SET status = 'rejected', code = ?, updated_at = ?
+                        "UPDATE events SET status = 'rejected', code = ?, message = ?, problems = ?, updated_at = ?
                          WHERE event_id = ? AND status <> 'accepted'",
                     )
                     .bind(code)
+                    .bind(message)
+                    .bind(problems)
                     .bind(&ts)
                     .bind(event_id.to_string())
                     .execute(&mut *tx)
@@ -387,8 +506,301 @@ impl StateDb {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Events the gateway refused, oldest first, at most `limit`: of one
+    /// source or all, and only those refused at or after `since` (e.g. the
+    /// start of a run) when given.
+    pub async fn rejections(
+        &self,
+        source: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<Rejection>, AgentError> {
+        let since = since.map(|t| t.to_rfc3339());
+        let rows = sqlx::query(
+            "SELECT source, record_key, event_id, code, message, problems, updated_at FROM events
+             WHERE status = 'rejected' AND (? IS NULL OR source = ?)
+               AND (? IS NULL OR julianday(updated_at) >= julianday(?))
+             ORDER BY julianday(updated_at), rowid LIMIT ?",
+        )
+        .bind(source)
+        .bind(source)
+        .bind(since.as_deref())
+        .bind(since.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                let event_id: String = r.get("event_id");
+                let problems: Option<String> = r.get("problems");
+                let problems = match problems.as_deref() {
+                    None | Some("") => Vec::new(),
+                    Some(p) => serde_json::from_str(p)
+                        .map_err(|e| self.err(format!("problems of rejected event {event_id}: {e}")))?,
+                };
+                Ok(Rejection {
+                    source: r.get("source"),
+                    record_key: r.get("record_key"),
+                    code: r.get::<Option<String>, _>("code").unwrap_or_else(|| "unknown".into()),
+                    message: r.get("message"),
+                    problems,
+                    at: r.get("updated_at"),
+                    event_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Refused events per source and code, most frequent first (same filters
+    /// as [`StateDb::rejections`]).
+    pub async fn rejection_counts(
+        &self,
+        source: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(String, String, i64)>, AgentError> {
+        let since = since.map(|t| t.to_rfc3339());
+        let rows = sqlx::query(
+            "SELECT source, coalesce(code, 'unknown') AS c, count(*) AS n FROM events
+             WHERE status = 'rejected' AND (? IS NULL OR source = ?)
+               AND (? IS NULL OR julianday(updated_at) >= julianday(?))
+             GROUP BY source, c ORDER BY source, n DESC, c",
+        )
+        .bind(source)
+        .bind(source)
+        .bind(since.as_deref())
+        .bind(since.as_deref())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
     /// Closes the pool (waits for connections to finish).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).expect("timestamp")
+    }
+
+    fn problem() -> GatewayProblem {
+        GatewayProblem {
+            field: "zjhm".into(),
+            rule: "id_number_check".into(),
+            value: Some("3201**********0028".into()),
+            message: "the check digit does not match".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rejections_keep_the_gateway_message_and_problems() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).await.expect("open");
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t = at("2024-03-05T09:30:00+08:00");
+        db.reserve(
+            "clinic",
+            &[(a, "K1".into(), t), (b, "K2".into(), t), (c, "K3".into(), t)],
+        )
+        .await
+        .expect("reserve");
+        let start = Utc::now();
+        db.commit_batch(
+            "clinic",
+            &[
+                EventState::Rejected {
+                    event_id: a,
+                    code: "validation_failed".into(),
+                    message: "1 validation problem(s)".into(),
+                    problems: vec![problem()],
+                },
+                EventState::Rejected {
+                    event_id: b,
+                    code: "forbidden".into(),
+                    message: "the event's source 1 is not the submitting entity".into(),
+                    problems: Vec::new(),
+                },
+                EventState::Accepted {
+                    event_id: c,
+                    tx_id: Uuid::new_v4(),
+                    height: 3,
+                },
+            ],
+            &[],
+            &[],
+            None,
+        )
+        .await
+        .expect("commit");
+        db.close().await;
+
+        // Stored durably: a new handle reads them back.
+        let db = StateDb::open(&path).await.expect("reopen");
+        let r = db.rejections(None, Some(start), 10).await.expect("rejections");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(
+            (r[0].record_key.as_str(), r[0].code.as_str(), r[0].message.as_deref()),
+            ("K1", "validation_failed", Some("1 validation problem(s)"))
+        );
+        assert_eq!(r[0].event_id, a.to_string());
+        assert_eq!(r[0].problems, vec![problem()]);
+        assert_eq!(
+            r[0].describe(),
+            "validation_failed: 1 validation problem(s): field `zjhm`: rule id_number_check: \
+             the check digit does not match"
+        );
+        assert_eq!((r[1].record_key.as_str(), r[1].code.as_str()), ("K2", "forbidden"));
+        assert!(r[1].problems.is_empty());
+        assert_eq!(
+            db.rejection_counts(Some("clinic"), Some(start)).await.expect("counts"),
+            vec![
+                ("clinic".to_string(), "forbidden".to_string(), 1),
+                ("clinic".to_string(), "validation_failed".to_string(), 1)
+            ]
+        );
+        assert_eq!(db.rejections(Some("other"), None, 10).await.expect("other").len(), 0);
+        assert_eq!(db.rejections(None, None, 1).await.expect("limit").len(), 1);
+
+        // Only refusals recorded since the given instant.
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert!(db.rejections(None, Some(later), 10).await.expect("later").is_empty());
+        assert!(db.rejection_counts(None, Some(later)).await.expect("later").is_empty());
+
+        // Accepted after a resend: message and problems are cleared.
+        db.commit_batch(
+            "clinic",
+            &[EventState::Accepted {
+                event_id: a,
+                tx_id: Uuid::new_v4(),
+                height: 4,
+            }],
+            &[],
+            &[],
+            None,
+        )
+        .await
+        .expect("commit");
+        let r = db.rejections(None, None, 10).await.expect("rejections");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].record_key, "K2");
+        let row: (Option<String>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT code, message, problems FROM events WHERE event_id = ?")
+                .bind(a.to_string())
+                .fetch_one(&db.pool)
+                .await
+                .expect("row");
+        assert_eq!(row, (None, None, None));
+        db.close().await;
+    }
+
+    /// A state database written by an agent before refusals kept their
+    /// message: it opens, its rows read back, and new refusals keep theirs.
+    #[tokio::test]
+    async fn a_state_db_of_an_older_agent_opens_and_gains_the_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let opts = SqliteConnectOptions::from_str("sqlite:")
+                .expect("options")
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .expect("create old db");
+            for stmt in [
+                "CREATE TABLE checkpoints (source TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)",
+                "CREATE TABLE events (
+                    event_id TEXT PRIMARY KEY,
+                    source TEXT NOT NULL,
+                    record_key TEXT NOT NULL,
+                    recorded_at TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    tx_id TEXT,
+                    height INTEGER,
+                    code TEXT,
+                    updated_at TEXT NOT NULL)",
+                "CREATE INDEX events_source ON events(source, status)",
+                "INSERT INTO events (event_id, source, record_key, recorded_at, status, code, updated_at)
+                 VALUES ('00000000-0000-0000-0000-000000000001', 'clinic', 'OLD1', '2024-03-05T09:30:00+08:00',
+                         'rejected', 'conflict', '2024-03-06T00:00:00+00:00')",
+                "INSERT INTO checkpoints VALUES ('clinic', '{\"wm\":1}', '2024-03-06T00:00:00+00:00')",
+            ] {
+                sqlx::query(stmt).execute(&pool).await.expect("old schema");
+            }
+            pool.close().await;
+        }
+
+        let db = StateDb::open(&path).await.expect("an old state db opens");
+        for column in ["message", "problems"] {
+            assert!(
+                has_column(&db.pool, "events", column).await.expect("pragma"),
+                "{column}"
+            );
+        }
+        assert_eq!(
+            db.checkpoint("clinic").await.expect("checkpoint"),
+            Some(serde_json::json!({"wm": 1}))
+        );
+        let r = db.rejections(None, None, 10).await.expect("old rejections");
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].record_key.as_str(), r[0].code.as_str()), ("OLD1", "conflict"));
+        assert_eq!(r[0].message, None);
+        assert!(r[0].problems.is_empty());
+        assert_eq!(r[0].describe(), "conflict: (no message stored)");
+
+        let e = Uuid::new_v4();
+        db.reserve("clinic", &[(e, "NEW1".into(), at("2024-03-07T10:00:00+08:00"))])
+            .await
+            .expect("reserve");
+        db.commit_batch(
+            "clinic",
+            &[EventState::Rejected {
+                event_id: e,
+                code: "validation_failed".into(),
+                message: "1 validation problem(s)".into(),
+                problems: vec![problem()],
+            }],
+            &[],
+            &[],
+            None,
+        )
+        .await
+        .expect("commit on the migrated db");
+        db.close().await;
+
+        // Opening again (columns already there) is a no-op.
+        let db = StateDb::open(&path).await.expect("reopen");
+        let r = db.rejections(Some("clinic"), None, 10).await.expect("rejections");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].record_key, "NEW1");
+        assert_eq!(r[1].message.as_deref(), Some("1 validation problem(s)"));
+        assert_eq!(r[1].problems, vec![problem()]);
+        db.close().await;
+    }
+
+    #[test]
+    fn refusals_are_described_in_one_line() {
+        let many: Vec<GatewayProblem> = (0..5)
+            .map(|i| GatewayProblem {
+                field: format!("f{i}"),
+                rule: "required".into(),
+                value: None,
+                message: "missing".into(),
+            })
+            .collect();
+        let s = describe_refusal("validation_failed", "5 validation problem(s)", &many);
+        assert!(s.starts_with("validation_failed: 5 validation problem(s): field `f0`: rule required: missing; "));
+        assert!(s.ends_with("field `f2`: rule required: missing; and 2 more"), "{s}");
+        assert_eq!(describe_refusal("forbidden", "no", &[]), "forbidden: no");
     }
 }

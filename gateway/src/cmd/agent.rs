@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use adapters::agent;
 use adapters::config::LoadedAgentConfig;
+use adapters::state::StateDb;
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
 /// `vaxgate agent [--config FILE] [run|check|quarantine ...]`
@@ -91,6 +93,7 @@ pub fn run(c: AgentCmd) -> anyhow::Result<u8> {
                     let _ = tx.send(true);
                 }
             });
+            let started = Utc::now();
             let stats = agent::run(&cfg, rx, once).await?;
             let mut incomplete = false;
             for (name, s) in stats {
@@ -107,6 +110,17 @@ pub fn run(c: AgentCmd) -> anyhow::Result<u8> {
                     }
                 );
                 incomplete |= s.stopped_early;
+            }
+            // The summary of the gateway's refusals is for the operator; a
+            // state database that cannot be read now does not undo the run.
+            match agent::open_state(&cfg).await {
+                Ok(state) => {
+                    if let Err(e) = print_refusals(&state, None, started).await {
+                        tracing::warn!(error = %e, "could not list the gateway's refusals of this run");
+                    }
+                    state.close().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not list the gateway's refusals of this run"),
             }
             // A backfill that was interrupted is not a finished one.
             Ok(if incomplete { 130 } else { 0 })
@@ -171,13 +185,52 @@ async fn quarantine(cfg: &LoadedAgentConfig, q: QuarantineCmd) -> anyhow::Result
         }
         QuarantineCmd::Replay { ids, source } => {
             let pipeline = agent::build_pipeline(cfg).await?;
+            let started = Utc::now();
             let s = agent::replay(&pipeline, &ids, source.as_deref()).await?;
             println!(
                 "replayed: {} accepted, {} still quarantined, {} rejected by the gateway",
                 s.accepted, s.quarantined, s.rejected
             );
+            print_refusals(pipeline.state(), source.as_deref(), started).await?;
             pipeline.state().close().await;
             Ok(if s.quarantined + s.rejected == 0 { 0 } else { 1 })
         }
     }
+}
+
+/// Refusals listed one per line after the counts.
+const REFUSALS_SHOWN: u32 = 5;
+
+/// Prints the gateway's refusals recorded since `since` (of `source`, or
+/// all): the count per source and code, then the first few with the
+/// gateway's message and problems (fields and rules; no record values).
+async fn print_refusals(state: &StateDb, source: Option<&str>, since: DateTime<Utc>) -> anyhow::Result<()> {
+    let counts = state.rejection_counts(source, Some(since)).await?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let total: i64 = counts.iter().map(|c| c.2).sum();
+    println!("refused by the gateway: {total} events");
+    let mut i = 0;
+    while i < counts.len() {
+        let src = &counts[i].0;
+        let per_code: Vec<String> = counts[i..]
+            .iter()
+            .take_while(|c| &c.0 == src)
+            .map(|(_, code, n)| format!("{n} {code}"))
+            .collect();
+        println!("  source {src}: {}", per_code.join(", "));
+        i += per_code.len();
+    }
+    let first = state.rejections(source, Some(since), REFUSALS_SHOWN).await?;
+    for r in &first {
+        println!("  {} {}: {}", r.source, r.record_key, r.describe());
+    }
+    let rest = total - first.len() as i64;
+    if rest > 0 {
+        println!("  and {rest} more: `vaxgate agent quarantine list` (details: `quarantine show ID`)");
+    } else {
+        println!("  details: `vaxgate agent quarantine show ID`");
+    }
+    Ok(())
 }
