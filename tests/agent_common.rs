@@ -164,6 +164,72 @@ impl Gateway {
         self.dir.join("data/ledger.db")
     }
 
+    /// Registers another entity (`id`: a USCC with its check digit) with a
+    /// fresh master key through `vaxgate admin register-entity`; returns its
+    /// private key file.
+    pub fn register_entity(&self, id: &str, name: &str, alias: &str, role: &str, codes: &[&str]) -> PathBuf {
+        let keys = self.tmp.path().join(format!("keys-{alias}"));
+        ok(vaxgate()
+            .args(["keys", "generate", "--out", keys.to_str().unwrap(), "--entity", alias])
+            .args(["--passphrase-env", PASS_ENV])
+            .output()
+            .unwrap());
+        let mut cmd = vaxgate();
+        cmd.args([
+            "admin",
+            "--gateway",
+            &self.base,
+            "--passphrase-env",
+            PASS_ENV,
+            "register-entity",
+        ])
+        .args(["--id", id, "--name", name, "--alias", alias, "--role", role])
+        .args(["--master-key", keys.join(format!("{alias}.pub.pem")).to_str().unwrap()])
+        .args(["--approve", self.dir.join("keys/admin-1.key.pem").to_str().unwrap()])
+        .args(["--approve", self.dir.join("keys/admin-2.key.pem").to_str().unwrap()]);
+        for c in codes {
+            cmd.args(["--code", c]);
+        }
+        ok(cmd.output().unwrap());
+        keys.join(format!("{alias}.key.pem"))
+    }
+
+    /// Writes an agent config submitting as `entity_id` (signing with
+    /// `key_file`) with the given `[[sources]]` tables; returns its path.
+    pub fn agent_config_with(&self, dir: &Path, entity_id: &str, key_file: &Path, sources: &str) -> PathBuf {
+        let text = format!(
+            r#"# written by the agent tests
+[agent]
+entity_id = "{entity_id}"
+key = "{key}"
+state_db = "{state}"
+
+[gateway]
+url = "{base}"
+node_key = "{node}"
+timeout_secs = 30
+attempts = 2
+retry_base_ms = 100
+retry_max_ms = 500
+
+{sources}
+"#,
+            key = key_file.display(),
+            state = dir.join("agent-state.db").display(),
+            base = self.base,
+            node = self.dir.join("keys/node.pub.pem").display(),
+        );
+        let p = dir.join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn server_log(&self) -> String {
+        let n = self.starts.saturating_sub(1);
+        std::fs::read_to_string(self.tmp.path().join(format!("server-{n}.log"))).unwrap_or_default()
+    }
+
     /// Writes an agent config for one SQL source; returns its path.
     pub fn agent_config(&self, dir: &Path, kind: &str, url: &str, source_extra: &str, mapping: &Path) -> PathBuf {
         let text = format!(
@@ -218,6 +284,31 @@ pub fn ledger_records(db: &Path) -> Vec<(String, String)> {
         pool.close().await;
         rows
     })
+}
+
+/// The record ids of the ledger's transactions of `category`, asserting
+/// that none is there twice.
+pub fn ledger_ids(db: &Path, category: &str) -> BTreeSet<String> {
+    let ids: Vec<String> = ledger_records(db)
+        .into_iter()
+        .filter(|(_, c)| c == category)
+        .map(|(r, _)| r)
+        .collect();
+    let set: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(set.len(), ids.len(), "a {category} event is in the ledger twice");
+    set
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `secs` have passed (false).
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
 }
 
 /// The event ids the clinic source derives for these record keys.

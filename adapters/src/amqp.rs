@@ -17,6 +17,13 @@
 //!   keep body and properties and carry `x-vaxgate-reason`,
 //!   `x-vaxgate-attempts` and `x-vaxgate-queue` headers. Every republish is
 //!   publisher-confirmed before the original is acked.
+//! - A sink call never carries one event id twice: a repeat inside a batch
+//!   (a redelivery, a publisher's retry) goes in a following call of the
+//!   same batch, where it is answered like any resend. In one call it would
+//!   make the gateway refuse the whole call (the ledger's record ids are
+//!   unique), and every message of the batch would be retried and
+//!   dead-lettered. A repeat whose first copy got `Retry` gets `Retry`
+//!   without a call.
 
 use std::time::Duration;
 
@@ -133,6 +140,24 @@ fn with_headers(props: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProp
 enum Parsed {
     Ok { key: String, record: Record },
     Bad(String),
+}
+
+/// Splits the positions of a batch's `keys` (`None`: not submitted) into
+/// rounds, in order, such that no round holds one key twice: round `r` has
+/// the `r`-th copy of every key.
+fn rounds(keys: &[Option<&str>]) -> Vec<Vec<usize>> {
+    let mut copies: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let Some(k) = k else { continue };
+        let c = copies.entry(k).or_insert(0);
+        if out.len() <= *c {
+            out.push(Vec::new());
+        }
+        out[*c].push(i);
+        *c += 1;
+    }
+    out
 }
 
 impl<S: RecordSink> AmqpSource<S> {
@@ -259,22 +284,51 @@ impl<S: RecordSink> AmqpSource<S> {
         Ok(stats)
     }
 
-    async fn handle_batch(&self, ch: &Channel, batch: Vec<Delivery>, stats: &mut AmqpStats) -> Result<(), AmqpError> {
-        let parsed: Vec<Parsed> = batch.iter().map(|d| self.parse(d)).collect();
-        let records: Vec<(String, Record)> = parsed
+    /// The outcome of every parsed message of a batch (`None` for the bad
+    /// ones), submitting in [`rounds`] so that no call repeats a key.
+    async fn submit_batch(&self, parsed: &[Parsed]) -> Vec<Option<Outcome>> {
+        let keys: Vec<Option<&str>> = parsed
             .iter()
-            .filter_map(|p| match p {
-                Parsed::Ok { key, record } => Some((key.clone(), record.clone())),
+            .map(|p| match p {
+                Parsed::Ok { key, .. } => Some(key.as_str()),
                 Parsed::Bad(_) => None,
             })
             .collect();
-        let n = records.len();
-        let outcomes = if n == 0 {
-            Vec::new()
-        } else {
-            normalise(self.sink.submit(&self.name, records, None).await, n)
-        };
-        if outcomes.iter().any(|o| matches!(o, Outcome::Retry { .. })) {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; parsed.len()];
+        // key → the outcome of its latest copy
+        let mut seen: std::collections::HashMap<&str, Outcome> = std::collections::HashMap::new();
+        for round in rounds(&keys) {
+            let mut send = Vec::new();
+            for i in round {
+                let Parsed::Ok { key, record } = &parsed[i] else {
+                    continue;
+                };
+                match seen.get(key.as_str()) {
+                    Some(o @ Outcome::Retry { .. }) => outcomes[i] = Some(o.clone()),
+                    _ => send.push((i, key.clone(), record.clone())),
+                }
+            }
+            if send.is_empty() {
+                continue;
+            }
+            let n = send.len();
+            let (idx, records): (Vec<usize>, Vec<(String, Record)>) =
+                send.into_iter().map(|(i, k, r)| (i, (k, r))).unzip();
+            let answered = normalise(self.sink.submit(&self.name, records, None).await, n);
+            for (i, o) in idx.into_iter().zip(answered) {
+                if let Parsed::Ok { key, .. } = &parsed[i] {
+                    seen.insert(key.as_str(), o.clone());
+                }
+                outcomes[i] = Some(o);
+            }
+        }
+        outcomes
+    }
+
+    async fn handle_batch(&self, ch: &Channel, batch: Vec<Delivery>, stats: &mut AmqpStats) -> Result<(), AmqpError> {
+        let parsed: Vec<Parsed> = batch.iter().map(|d| self.parse(d)).collect();
+        let outcomes = self.submit_batch(&parsed).await;
+        if outcomes.iter().any(|o| matches!(o, Some(Outcome::Retry { .. }))) {
             // one pause per batch before republishing, growing with the attempts
             let most = batch
                 .iter()
@@ -284,12 +338,11 @@ impl<S: RecordSink> AmqpSource<S> {
             let pause = (self.cfg.retry_delay * (most + 1)).min(Duration::from_secs(60));
             tokio::time::sleep(pause).await;
         }
-        let mut outcomes = outcomes.into_iter();
-        for (d, p) in batch.iter().zip(parsed) {
+        for ((d, p), outcome) in batch.iter().zip(parsed).zip(outcomes) {
             let attempts = header_u32(&d.properties, ATTEMPTS_HEADER);
             match p {
                 Parsed::Bad(reason) => self.dead_letter(ch, d, attempts, &reason).await?,
-                Parsed::Ok { .. } => match outcomes.next().unwrap_or(Outcome::Retry {
+                Parsed::Ok { .. } => match outcome.unwrap_or(Outcome::Retry {
                     reason: "no outcome".into(),
                 }) {
                     Outcome::Accepted => {
@@ -379,5 +432,109 @@ impl<S: RecordSink> AmqpSource<S> {
             &[(ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts)))],
         );
         self.publish_confirmed(ch, "", &self.cfg.queue, d, props).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_never_repeat_a_key() {
+        let keys = [Some("a"), Some("b"), None, Some("a"), Some("c"), Some("a"), Some("b")];
+        assert_eq!(rounds(&keys), vec![vec![0, 1, 4], vec![3, 6], vec![5]]);
+        assert!(rounds(&[None, None]).is_empty());
+        assert_eq!(rounds(&[Some("x")]), vec![vec![0]]);
+    }
+
+    /// Answers like the gateway: a call holding one key twice fails whole
+    /// (`Retry` for every record); otherwise a key seen before is a
+    /// duplicate (accepted), and `bad` keys are rejected.
+    #[derive(Default)]
+    struct LedgerLike {
+        stored: std::sync::Mutex<Vec<String>>,
+        calls: std::sync::atomic::AtomicUsize,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl RecordSink for LedgerLike {
+        async fn submit(&self, _: &str, records: Vec<(String, Record)>, _: Option<serde_json::Value>) -> Vec<Outcome> {
+            use std::sync::atomic::Ordering;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let keys: std::collections::HashSet<&String> = records.iter().map(|(k, _)| k).collect();
+            if keys.len() < records.len() || self.down.load(Ordering::SeqCst) {
+                let reason = "409: record is already in the ledger".to_string();
+                return records
+                    .iter()
+                    .map(|_| Outcome::Retry { reason: reason.clone() })
+                    .collect();
+            }
+            let mut stored = self.stored.lock().expect("lock");
+            records
+                .into_iter()
+                .map(|(k, _)| {
+                    if k == "bad" {
+                        Outcome::Rejected {
+                            code: "validation_failed".into(),
+                            message: "bad".into(),
+                        }
+                    } else {
+                        if !stored.contains(&k) {
+                            stored.push(k);
+                        }
+                        Outcome::Accepted
+                    }
+                })
+                .collect()
+        }
+
+        async fn checkpoint(&self, _: &str) -> Option<serde_json::Value> {
+            None
+        }
+    }
+
+    fn parsed(keys: &[&str]) -> Vec<Parsed> {
+        keys.iter()
+            .map(|k| match *k {
+                "" => Parsed::Bad("not JSON".into()),
+                k => Parsed::Ok {
+                    key: k.to_string(),
+                    record: Record::Json(serde_json::json!({ "eventId": k })),
+                },
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_in_a_batch_does_not_fail_the_others() {
+        let src = AmqpSource::new("erp", AmqpConfig::new("amqp://x", "q", "dlx"), LedgerLike::default());
+        let out = src.submit_batch(&parsed(&["a", "b", "a", "", "c", "bad", "a"])).await;
+        assert_eq!(
+            out,
+            vec![
+                Some(Outcome::Accepted),
+                Some(Outcome::Accepted),
+                Some(Outcome::Accepted),
+                None,
+                Some(Outcome::Accepted),
+                Some(Outcome::Rejected {
+                    code: "validation_failed".into(),
+                    message: "bad".into()
+                }),
+                Some(Outcome::Accepted),
+            ]
+        );
+        assert_eq!(*src.sink.stored.lock().expect("lock"), vec!["a", "b", "c"]);
+        assert_eq!(
+            src.sink.calls.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "one call per round"
+        );
+
+        // downstream unavailable: the repeats are not submitted again
+        src.sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = src.submit_batch(&parsed(&["d", "d", "e"])).await;
+        assert!(out.iter().all(|o| matches!(o, Some(Outcome::Retry { .. }))), "{out:?}");
+        assert_eq!(src.sink.calls.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 }

@@ -12,6 +12,11 @@
 //!   resending the fixed file is safe (the gateway is idempotent).
 //! - The downstream unavailable → the file stays and is tried again at the
 //!   next poll (already accepted messages come back as duplicates).
+//! - A message repeated in the file (a sender's resend appended to it) goes
+//!   to the sink in a later call than its first copy, and is acknowledged
+//!   like any resend: in one call, the repeated event ids would make the
+//!   gateway refuse the whole call, and the file would never leave the
+//!   directory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +47,31 @@ pub enum Hl7FilesError {
         /// The file.
         file: String,
     },
+}
+
+/// Splits `messages` into consecutive chunks of at most `size` messages
+/// in which no control id (MSH-10) occurs twice.
+fn chunks_without_repeats(messages: &[String], size: usize) -> Vec<&[String]> {
+    let size = size.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut ids = std::collections::HashSet::new();
+    for (i, m) in messages.iter().enumerate() {
+        let id = MessageHeader::parse(m).ok().map(|h| h.control_id);
+        let repeat = id.as_ref().is_some_and(|id| ids.contains(id));
+        if i > start && (i - start == size || repeat) {
+            out.push(&messages[start..i]);
+            start = i;
+            ids.clear();
+        }
+        if let Some(id) = id {
+            ids.insert(id);
+        }
+    }
+    if start < messages.len() {
+        out.push(&messages[start..]);
+    }
+    out
 }
 
 /// Settings of the drop directory.
@@ -171,7 +201,7 @@ impl<S: RecordSink> Hl7FileDrop<S> {
         let mut acks = String::new();
         let mut problems = Vec::new();
         let mut accepted = 0;
-        for chunk in messages.chunks(self.cfg.batch_size.max(1)) {
+        for chunk in chunks_without_repeats(&messages, self.cfg.batch_size) {
             let results = self.processor.process_batch(chunk.to_vec()).await;
             if results.iter().any(|r| r.retry) {
                 return Err(Hl7FilesError::Retry {
@@ -220,5 +250,88 @@ impl<S: RecordSink> Hl7FileDrop<S> {
             refused: problems.len(),
             moved_to: target,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::FieldLocator;
+    use crate::intake::{MemorySink, Outcome};
+    use mappings::{Dataset, MappingSpec, Record};
+
+    fn msg(id: &str) -> String {
+        format!("MSH|^~\\&|A|B|C|D|20240305||VXU^V04|{id}|P|2.5.1\rPID|1")
+    }
+
+    #[test]
+    fn chunks_hold_each_control_id_once() {
+        let m: Vec<String> = ["1", "2", "1", "3", "4", "5", "5"].iter().map(|i| msg(i)).collect();
+        let ids = |c: &[String]| -> Vec<String> {
+            c.iter()
+                .map(|m| MessageHeader::parse(m).map(|h| h.control_id).unwrap_or_default())
+                .collect()
+        };
+        let chunks: Vec<Vec<String>> = chunks_without_repeats(&m, 3).into_iter().map(ids).collect();
+        assert_eq!(chunks, vec![vec!["1", "2"], vec!["1", "3", "4"], vec!["5"], vec!["5"]]);
+        assert_eq!(chunks_without_repeats(&m, 100).len(), 3);
+        assert!(chunks_without_repeats(&[], 10).is_empty());
+        let no_header = vec!["PID|1".to_string(), "PID|1".to_string()];
+        assert_eq!(chunks_without_repeats(&no_header, 0).len(), 2, "size 0 counts as 1");
+    }
+
+    /// Like the gateway: a call with one record key twice fails whole.
+    struct GatewayLike(MemorySink);
+
+    impl RecordSink for GatewayLike {
+        async fn submit(
+            &self,
+            source: &str,
+            records: Vec<(String, Record)>,
+            cp: Option<serde_json::Value>,
+        ) -> Vec<Outcome> {
+            let keys: std::collections::HashSet<&String> = records.iter().map(|(k, _)| k).collect();
+            if keys.len() < records.len() {
+                let reason = "409: record is already in the ledger".to_string();
+                return records
+                    .iter()
+                    .map(|_| Outcome::Retry { reason: reason.clone() })
+                    .collect();
+            }
+            self.0.submit(source, records, cp).await
+        }
+
+        async fn checkpoint(&self, source: &str) -> Option<serde_json::Value> {
+            self.0.checkpoint(source).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_repeating_a_message_is_done() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("config/mappings/hl7-vxu.toml")).expect("spec");
+        let spec = Arc::new(MappingSpec::from_toml_str(&text, "hl7-vxu.toml", &Dataset::builtin()).expect("spec"));
+        let loc = FieldLocator::from_spec_toml(&text, "hl7-vxu.toml").expect("locator");
+        let sink = Arc::new(GatewayLike(MemorySink::new("files", spec.clone())));
+        let processor = Arc::new(Hl7Processor::new("files", spec, loc, sink.clone()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = Hl7FilesConfig {
+            settle: Duration::ZERO,
+            ..Hl7FilesConfig::new(dir.path())
+        };
+        let drop_dir = Hl7FileDrop::new("files", processor, cfg);
+        let sample = std::fs::read_to_string(root.join("config/mappings/samples/hl7-vxu.hl7")).expect("sample");
+        let msgs = split_messages(&sample);
+        // the second message resent: the file holds it twice
+        let file = format!("{}\r{}\r{}\r", msgs[0], msgs[1], msgs[1]);
+        std::fs::write(dir.path().join("resend.hl7"), file).expect("write");
+        let reports = drop_dir.poll_once().await.expect("poll");
+        assert_eq!(
+            (reports[0].accepted, reports[0].refused, reports[0].moved_to),
+            (3, 0, "done"),
+            "{reports:?}"
+        );
+        assert!(dir.path().join("done/resend.hl7").exists());
+        assert_eq!(sink.0.accepted().len(), 2, "two messages, each accepted once");
     }
 }

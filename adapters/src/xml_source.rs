@@ -6,9 +6,13 @@
 //! - Files are taken in name order once their modification time is older
 //!   than `settle` (an exporter still writing is left alone).
 //! - Records go to the [`RecordSink`] in batches of `batch_size`; each batch
-//!   carries the checkpoint `{file, size, records}` that the sink stores in
-//!   the same durable step as the receipts, so a restart skips exactly the
-//!   records already receipted (they are re-parsed, not resubmitted).
+//!   carries the checkpoint `{file, size, modified, records}` that the sink
+//!   stores in the same durable step as the receipts, so a restart skips
+//!   exactly the records already receipted (they are re-parsed, not
+//!   resubmitted). The file is the same one only with the same name, size
+//!   and modification time: a new export that reuses the name of a finished
+//!   one (a nightly `export.xml`), even at the same size, is read from its
+//!   first record.
 //! - A finished file moves to `done/`; a file that cannot be read or parsed
 //!   (malformed XML, a record over `max_record_bytes`, no record path in the
 //!   spec) moves to `failed/` with `<name>.reason.txt` beside it. Records
@@ -328,7 +332,15 @@ impl<S: RecordSink> XmlDirSource<S> {
 
     async fn process_file(&self, path: &Path) -> Result<FileReport, XmlSourceError> {
         let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let size = std::fs::metadata(path).map_err(|e| self.dir_err(path, e))?.len();
+        let meta = std::fs::metadata(path).map_err(|e| self.dir_err(path, e))?;
+        let size = meta.len();
+        // Part of the file's identity: name and size alone let a new export
+        // under a finished one's name and size be skipped as receipted.
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
         let mut report = FileReport {
             file: file.clone(),
             submitted: 0,
@@ -348,7 +360,7 @@ impl<S: RecordSink> XmlDirSource<S> {
         let cp = self.sink.checkpoint(&self.name).await;
         let skip = cp
             .as_ref()
-            .filter(|c| c["file"] == json!(file) && c["size"] == json!(size))
+            .filter(|c| c["file"] == json!(file) && c["size"] == json!(size) && c["modified"] == json!(modified))
             .and_then(|c| c["records"].as_u64())
             .unwrap_or(0);
         let (tx, mut rx) = mpsc::channel::<ReadMsg>(2);
@@ -371,7 +383,7 @@ impl<S: RecordSink> XmlDirSource<S> {
                 .enumerate()
                 .map(|(i, r)| (format!("{file}#{}", done + i as u64 + 1), Record::Xml(r)))
                 .collect();
-            let cp = json!({"file": file, "size": size, "records": done + n as u64});
+            let cp = json!({"file": file, "size": size, "modified": modified, "records": done + n as u64});
             let outcomes = normalise(self.sink.submit(&self.name, keyed, Some(cp)).await, n);
             if let Some(Outcome::Retry { reason }) = outcomes.iter().find(|o| matches!(o, Outcome::Retry { .. })) {
                 drop(rx);
@@ -473,6 +485,74 @@ mod tests {
         assert_eq!(got[2], r#"<Record id="3"><Record>nested</Record></Record>"#);
         let node = mappings::sources::XmlNode::parse(&got[0]).expect("fragment parses");
         assert_eq!(node.child("Name").map(|n| n.text.as_str()), Some("乙肝&疫苗"));
+    }
+
+    /// A nightly exporter reusing the name of a finished export: the new
+    /// file has the same name and size (same-width ids) but other records,
+    /// and must be read from its first record, not skipped as receipted.
+    /// The same file after an interruption is still resumed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_export_under_a_finished_ones_name_and_size_is_read_whole() {
+        use crate::intake::MemorySink;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let spec = std::sync::Arc::new(
+            MappingSpec::load(
+                root.join("config/mappings/mah-export.toml"),
+                &mappings::Dataset::builtin(),
+            )
+            .expect("spec"),
+        );
+        let export = |day: u32| {
+            let records: String = (1..=3)
+                .map(|k| {
+                    format!(
+                        "<Record type=\"PRODUCT\" id=\"P-{day:02}-{k}\"><Time>2023-11-20 09:00:00</Time>\
+                         <Product code=\"8612345\"><Name>乙型肝炎疫苗(酿酒酵母)</Name><GenericName>乙型肝炎疫苗</GenericName>\
+                         <Form>注射剂</Form><Strength>0.5mL:10μg</Strength><Package doses=\"1\">1支/盒</Package>\
+                         <ApprovalNo>国药准字S20130001</ApprovalNo><ShelfLife months=\"36\"/><Storage min=\"2\" max=\"8\"/>\
+                         </Product><Holder uscc=\"91320000134567890Y\">江苏某生物制品有限公司</Holder></Record>"
+                    )
+                })
+                .collect();
+            format!("<Export><Records>{records}</Records></Export>")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("export.xml");
+        let sink = std::sync::Arc::new(MemorySink::new("mah", spec.clone()));
+        let cfg = XmlDirConfig {
+            batch_size: 2,
+            settle: Duration::ZERO,
+            ..XmlDirConfig::new(dir.path())
+        };
+        let src = XmlDirSource::new("mah", &spec, sink.clone(), cfg);
+        let day1 = SystemTime::now() - Duration::from_secs(86_400);
+        std::fs::write(&file, export(1)).expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(day1))
+            .expect("mtime");
+        let r = src.poll_once().await.expect("poll");
+        assert_eq!((r[0].submitted, r[0].skipped, r[0].accepted), (3, 0, 3), "{r:?}");
+
+        // the next night: same name, same size, other records
+        std::fs::write(&file, export(2)).expect("write");
+        assert_eq!(export(1).len(), export(2).len());
+        let r = src.poll_once().await.expect("poll");
+        assert_eq!((r[0].submitted, r[0].skipped, r[0].accepted), (3, 0, 3), "{r:?}");
+
+        // an interrupted file (checkpoint after its first batch) is resumed
+        std::fs::write(&file, export(3)).expect("write");
+        let meta = std::fs::metadata(&file).expect("meta");
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
+        let cp = json!({"file": "export.xml", "size": meta.len(), "modified": modified, "records": 2});
+        let _ = sink.submit("mah", Vec::new(), Some(cp)).await;
+        let r = src.poll_once().await.expect("poll");
+        assert_eq!((r[0].submitted, r[0].skipped), (1, 2), "{r:?}");
     }
 
     #[test]
