@@ -53,6 +53,9 @@ const SCHEMA: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_open ON quarantine(source, record_key) WHERE resolved_at IS NULL",
 ];
 
+/// Rows per multi-row statement (6 parameters each; SQLite allows 32,766).
+const STATE_ROWS_PER_STATEMENT: usize = 1000;
+
 /// Columns added after the first release: `(table, column, type)`. A state
 /// database created by an older agent gets them at [`StateDb::open`].
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -303,26 +306,36 @@ impl StateDb {
         events: &[(Uuid, String, DateTime<FixedOffset>)],
     ) -> Result<Vec<(DateTime<FixedOffset>, bool)>, AgentError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(events.len());
         let ts = now();
-        for (id, key, at) in events {
-            let row = sqlx::query(
-                "INSERT INTO events (event_id, source, record_key, recorded_at, status, updated_at)
-                 VALUES (?, ?, ?, ?, 'pending', ?)
-                 ON CONFLICT(event_id) DO UPDATE SET event_id = excluded.event_id
-                 RETURNING recorded_at, status",
-            )
-            .bind(id.to_string())
-            .bind(source)
-            .bind(key)
-            .bind(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
-            .bind(&ts)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-            let stored: String = row.get(0);
-            let status: String = row.get(1);
-            let at = DateTime::parse_from_rfc3339(&stored).map_err(|e| self.err(format!("event {id}: {e}")))?;
+        // One multi-row statement per chunk (not one round trip per event).
+        let mut stored: std::collections::HashMap<String, (String, String)> =
+            std::collections::HashMap::with_capacity(events.len());
+        for chunk in events.chunks(STATE_ROWS_PER_STATEMENT) {
+            let mut qb: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                "INSERT INTO events (event_id, source, record_key, recorded_at, status, updated_at) ",
+            );
+            qb.push_values(chunk, |mut row, (id, key, at)| {
+                row.push_bind(id.to_string())
+                    .push_bind(source)
+                    .push_bind(key)
+                    .push_bind(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+                    .push_bind("pending")
+                    .push_bind(&ts);
+            });
+            qb.push(
+                " ON CONFLICT(event_id) DO UPDATE SET event_id = excluded.event_id
+                 RETURNING event_id, recorded_at, status",
+            );
+            for row in qb.build().fetch_all(&mut *tx).await.map_err(|e| self.err(e))? {
+                stored.insert(row.get(0), (row.get(1), row.get(2)));
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for (id, _, _) in events {
+            let (recorded, status) = stored
+                .get(&id.to_string())
+                .ok_or_else(|| self.err(format!("event {id}: not returned by its insert")))?;
+            let at = DateTime::parse_from_rfc3339(recorded).map_err(|e| self.err(format!("event {id}: {e}")))?;
             out.push((at, status == "accepted"));
         }
         tx.commit().await.map_err(|e| self.err(e))?;
@@ -341,46 +354,58 @@ impl StateDb {
     ) -> Result<(), AgentError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let ts = now();
-        for e in events {
-            match e {
+        let accepted: Vec<(String, String, i64)> = events
+            .iter()
+            .filter_map(|e| match e {
                 EventState::Accepted {
                     event_id,
                     tx_id,
                     height,
-                } => {
-                    sqlx::query(
-                        "UPDATE events SET status = 'accepted', tx_id = ?, height = ?, code = NULL,
-                           message = NULL, problems = NULL, updated_at = ?
-                         WHERE event_id = ?",
-                    )
-                    .bind(tx_id.to_string())
-                    .bind(*height as i64)
-                    .bind(&ts)
-                    .bind(event_id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                }
-                EventState::Rejected {
-                    event_id,
-                    code,
-                    message,
-                    problems,
-                } => {
-                    let problems = serde_json::to_string(problems).map_err(|e| self.err(e))?;
-                    sqlx::query(
-                        "UPDATE events SET status = 'rejected', code = ?, message = ?, problems = ?, updated_at = ?
-                         WHERE event_id = ? AND status <> 'accepted'",
-                    )
-                    .bind(code)
-                    .bind(message)
-                    .bind(problems)
-                    .bind(&ts)
-                    .bind(event_id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                }
+                } => Some((event_id.to_string(), tx_id.to_string(), *height as i64)),
+                EventState::Rejected { .. } => None,
+            })
+            .collect();
+        // Accepted events: one UPDATE ... FROM (VALUES ...) per chunk.
+        for chunk in accepted.chunks(STATE_ROWS_PER_STATEMENT) {
+            let mut qb: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                "UPDATE events SET status = 'accepted', tx_id = v.column2, height = v.column3, code = NULL,
+                   message = NULL, problems = NULL, updated_at = ",
+            );
+            qb.push_bind(&ts).push(" FROM (VALUES ");
+            let mut sep = qb.separated(", ");
+            for (event_id, tx_id, height) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(event_id)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(tx_id)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*height)
+                    .push_unseparated(")");
+            }
+            qb.push(") AS v WHERE events.event_id = v.column1");
+            qb.build().execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        }
+        for e in events {
+            if let EventState::Rejected {
+                event_id,
+                code,
+                message,
+                problems,
+            } = e
+            {
+                let problems = serde_json::to_string(problems).map_err(|e| self.err(e))?;
+                sqlx::query(
+                    "UPDATE events SET status = 'rejected', code = ?, message = ?, problems = ?, updated_at = ?
+                     WHERE event_id = ? AND status <> 'accepted'",
+                )
+                .bind(code)
+                .bind(message)
+                .bind(problems)
+                .bind(&ts)
+                .bind(event_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
             }
         }
         for q in quarantine {
