@@ -86,7 +86,44 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
     let good = node.signed(&clinic.key, "POST", "/v1/transactions", body, json);
     assert_eq!(good.status, 200, "{}", good.text);
     assert_eq!(good.body["accepted"], 1, "{}", good.text);
+    let full = &good.body["results"][0];
+    assert!(full["receipt"]["checkpoint"].is_object(), "{}", good.text);
+    assert!(full["audit_path"].is_array(), "{}", good.text);
 
+    // Brief receipts: no checkpoint or audit path per record; the block's
+    // checkpoint once, and the proof still to be had per transaction.
+    let msgs = [
+        fresh(&golden("vaccination", "clinic-ims.json")[0]),
+        fresh(&golden("vaccination", "clinic-ims.json")[0]),
+    ];
+    let brief = node.post_batch(&clinic, "/v1/transactions?receipts=brief", &msgs);
+    assert_eq!(brief.status, 200, "{}", brief.text);
+    assert_eq!(brief.body["accepted"], 2, "{}", brief.text);
+    let cps = brief.body["checkpoints"].as_array().expect("checkpoints");
+    for r in brief.body["results"].as_array().unwrap() {
+        assert!(r["audit_path"].is_null() && r["receipt"]["checkpoint"].is_null(), "{r}");
+        let h = &r["receipt"]["height"];
+        assert!(cps.iter().any(|c| &c["height"] == h), "no checkpoint of block {h}");
+        let tx = r["receipt"]["tx_id"].as_str().unwrap();
+        let proof = node.signed(
+            &clinic.key,
+            "GET",
+            &format!("/v1/transactions/{tx}/proof"),
+            Vec::new(),
+            json,
+        );
+        assert_eq!(proof.status, 200, "{}", proof.text);
+    }
+
+    case(&node, "unknown receipts form", "malformed_body", 400, "brief", || {
+        node.signed(
+            &clinic.key,
+            "POST",
+            "/v1/transactions?receipts=short",
+            vaccination(&node, &clinic),
+            json,
+        )
+    });
     case(
         &node,
         "malformed JSON",

@@ -547,7 +547,13 @@ impl Pipeline {
             .await
             .map_err(|e| AgentError::Crypto(format!("sealing task: {e}")))?
             .map_err(|e| AgentError::Crypto(e.to_string()))?;
-            match self.inner.client.send("POST", "/v1/transactions", body).await {
+            // Brief receipts: the agent keeps only where each record went.
+            match self
+                .inner
+                .client
+                .send("POST", "/v1/transactions?receipts=brief", body)
+                .await
+            {
                 Ok(bytes) => {
                     return serde_json::from_slice(&bytes).map_err(|e| AgentError::Answer(e.to_string()));
                 }

@@ -2,6 +2,8 @@
 //! limiting, ingest and queries over the ledger. The `vaxgate` binary lives
 //! in `src/main.rs`.
 #![forbid(unsafe_code)]
+// The OpenAPI document is one `serde_json::json!` literal.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod auth;

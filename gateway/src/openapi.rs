@@ -192,6 +192,8 @@ pub fn document() -> Value {
                         "accepted": { "type": "integer" },
                         "duplicates": { "type": "integer" },
                         "rejected": { "type": "integer" },
+                        "checkpoints": { "type": "array", "items": { "type": "object" },
+                                         "description": "with ?receipts=brief: the signed checkpoint of each block named, once" },
                         "results": { "type": "array", "items": { "type": "object", "properties": {
                             "index": { "type": "integer" },
                             "event_id": { "type": "string" },

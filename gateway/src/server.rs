@@ -204,10 +204,17 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/transactions",
         auth: Auth::Write,
         summary: "Ingest a batch of sealed, batch-signed records; one receipt per record",
-        query: &[(
-            "mode",
-            "`partial` (default): bad records are refused alone; `all_or_nothing`: one bad record refuses the batch",
-        )],
+        query: &[
+            (
+                "mode",
+                "`partial` (default): bad records are refused alone; `all_or_nothing`: one bad record refuses the batch",
+            ),
+            (
+                "receipts",
+                "`full` (default): each receipt with its checkpoint and audit path; `brief`: without them, \
+                 checkpoints once per block in `checkpoints`",
+            ),
+        ],
         handler: || web::post().to(crate::api::ingest::post),
     },
     RouteSpec {
@@ -231,7 +238,10 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/cancellations",
         auth: Auth::Write,
         summary: "Ingest signed cancellations of the submitter's own events (R4.5)",
-        query: &[("mode", "`partial` (default) or `all_or_nothing`")],
+        query: &[
+            ("mode", "`partial` (default) or `all_or_nothing`"),
+            ("receipts", "`full` (default) or `brief`"),
+        ],
         handler: || web::post().to(crate::api::ingest::post_cancellations),
     },
     RouteSpec {

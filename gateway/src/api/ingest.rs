@@ -36,7 +36,7 @@ pub struct RecordResult {
     pub status: &'static str,
     /// Where it is in the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<Receipt>,
+    pub receipt: Option<ReceiptView>,
     /// RFC 9162 audit path from the record's leaf to the receipt's checkpoint root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_path: Option<Vec<Sm3Digest>>,
@@ -47,6 +47,32 @@ pub struct RecordResult {
     /// and inbound receipts that raised an alert or were refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_chain: Option<ColdChainOutcome>,
+}
+
+/// A receipt as answered: whole (with its checkpoint), or brief.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ReceiptView {
+    /// `?receipts=full` (default): the receipt with its signed checkpoint.
+    Full(Receipt),
+    /// `?receipts=brief`: where the record is; the checkpoint is listed once
+    /// per block in [`IngestResponse::checkpoints`].
+    Brief(BriefReceipt),
+}
+
+/// A receipt without its checkpoint (`?receipts=brief`).
+#[derive(Debug, Serialize)]
+pub struct BriefReceipt {
+    /// The transaction id.
+    pub tx_id: uuid::Uuid,
+    /// The business record id.
+    pub record_id: String,
+    /// Position in the log.
+    pub leaf_index: u64,
+    /// Block height.
+    pub height: u64,
+    /// Block hash.
+    pub block_hash: Sm3Digest,
 }
 
 /// The cold-chain outcome of one accepted record.
@@ -101,6 +127,33 @@ pub struct IngestResponse {
     pub rejected: usize,
     /// One result per record, in batch order.
     pub results: Vec<RecordResult>,
+    /// With `?receipts=brief`: the signed checkpoint of each block the
+    /// receipts name, once per block.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<ledger::Checkpoint>,
+}
+
+/// `?receipts=brief`: receipts without checkpoints and audit paths (those
+/// come once per block in `checkpoints`, and per transaction from
+/// `GET /v1/transactions/{id}/proof`), for clients that keep only where
+/// each record went, such as the agent. Answers are about a third the size.
+fn make_brief(results: &mut [RecordResult]) -> Vec<ledger::Checkpoint> {
+    let mut cps: std::collections::BTreeMap<u64, ledger::Checkpoint> = std::collections::BTreeMap::new();
+    for r in results.iter_mut() {
+        r.audit_path = None;
+        if let Some(ReceiptView::Full(full)) = r.receipt.take() {
+            let brief = BriefReceipt {
+                tx_id: full.tx_id,
+                record_id: full.record_id,
+                leaf_index: full.leaf_index,
+                height: full.height,
+                block_hash: full.block_hash,
+            };
+            cps.entry(full.checkpoint.height).or_insert(full.checkpoint);
+            r.receipt = Some(ReceiptView::Brief(brief));
+        }
+    }
+    cps.into_values().collect()
 }
 
 fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into<String>) -> RecordResult {
@@ -239,6 +292,16 @@ async fn ingest(
             return Err(ApiError::new(
                 Code::MalformedBody,
                 format!("mode {other:?} is not partial or all_or_nothing"),
+            ));
+        }
+    };
+    let brief = match query.get("receipts").map(String::as_str) {
+        None | Some("full") => false,
+        Some("brief") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::MalformedBody,
+                format!("receipts {other:?} is not full or brief"),
             ));
         }
     };
@@ -456,14 +519,14 @@ async fn ingest(
                     index: i,
                     event_id: Some(t.content.record_id.clone()),
                     status: "duplicate",
-                    receipt: Some(Receipt {
+                    receipt: Some(ReceiptView::Full(Receipt {
                         tx_id: st.tx.content.tx_id,
                         record_id: st.tx.content.record_id.clone(),
                         leaf_index: st.leaf_index,
                         height: st.height,
                         block_hash: block.block_hash,
                         checkpoint: cp,
-                    }),
+                    })),
                     audit_path: path.into_iter().next(),
                     error: None,
                     cold_chain: None,
@@ -504,6 +567,7 @@ async fn ingest(
             duplicates: 0,
             rejected,
             results,
+            checkpoints: Vec::new(),
         }));
     }
 
@@ -570,9 +634,17 @@ async fn ingest(
                 return Err(e.into());
             }
         };
-        let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
-        let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
-        let paths = ledger::audit_paths(state.ledger.store(), &leaves, tree_size).await?;
+        let paths: Vec<Option<Vec<Sm3Digest>>> = if brief {
+            receipts.iter().map(|_| None).collect()
+        } else {
+            let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
+            let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
+            ledger::audit_paths(state.ledger.store(), &leaves, tree_size)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
         for c in &cats {
             METRICS.ingested.with_label_values(&[c.as_str()]).inc();
         }
@@ -599,14 +671,15 @@ async fn ingest(
                 index: i,
                 event_id: Some(r.record_id.clone()),
                 status: "accepted",
-                receipt: Some(r),
-                audit_path: Some(p),
+                receipt: Some(ReceiptView::Full(r)),
+                audit_path: p,
                 error: None,
                 cold_chain: cc,
             });
         }
     }
-    let results: Vec<RecordResult> = results.into_iter().flatten().collect();
+    let mut results: Vec<RecordResult> = results.into_iter().flatten().collect();
+    let checkpoints = if brief { make_brief(&mut results) } else { Vec::new() };
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
     Ok(HttpResponse::Ok().json(IngestResponse {
         batch_id: batch.header.batch_id.to_string(),
@@ -614,6 +687,7 @@ async fn ingest(
         duplicates: count("duplicate"),
         rejected: count("rejected"),
         results,
+        checkpoints,
     }))
 }
 
