@@ -115,6 +115,31 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         assert_eq!(proof.status, 200, "{}", proof.text);
     }
 
+    // One event twice in a batch (a redelivery): written once, the repeat
+    // answered as its duplicate; the same id with other content is refused
+    // alone; the rest of the batch is written.
+    let twice = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+    let mut changed = twice.clone();
+    changed.payload.occurred_at += chrono::Duration::minutes(1);
+    let other = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+    let before = node.transactions();
+    let r = node.post_batch(&clinic, "/v1/transactions", &[twice.clone(), twice, changed, other]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let status: Vec<&str> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["accepted", "duplicate", "rejected", "accepted"], "{}", r.text);
+    assert_eq!(r.body["results"][2]["error"]["code"], "conflict", "{}", r.text);
+    assert_eq!(
+        r.body["results"][0]["receipt"]["tx_id"], r.body["results"][1]["receipt"]["tx_id"],
+        "{}",
+        r.text
+    );
+    assert_eq!(node.transactions(), before + 2);
+
     case(&node, "unknown receipts form", "malformed_body", 400, "brief", || {
         node.signed(
             &clinic.key,

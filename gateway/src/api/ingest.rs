@@ -50,7 +50,7 @@ pub struct RecordResult {
 }
 
 /// A receipt as answered: whole (with its checkpoint), or brief.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ReceiptView {
     /// `?receipts=full` (default): the receipt with its signed checkpoint.
@@ -61,7 +61,7 @@ pub enum ReceiptView {
 }
 
 /// A receipt without its checkpoint (`?receipts=brief`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BriefReceipt {
     /// The transaction id.
     pub tx_id: uuid::Uuid,
@@ -484,6 +484,32 @@ async fn ingest(
         candidates.push((i, Transaction { content, auth }, msg));
     }
 
+    // An event twice in this batch (a redelivery, a publisher's retry): the
+    // first occurrence is written; a repeat with the same content is
+    // answered like it, one with other content is refused (409). Neither
+    // fails the rest of the batch.
+    let mut first_of: std::collections::HashMap<String, (usize, Sm3Digest, String)> = std::collections::HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    let mut unique = Vec::with_capacity(candidates.len());
+    for (i, t, msg) in candidates {
+        let c = &t.content;
+        match first_of.get(&c.record_id) {
+            None => {
+                first_of.insert(c.record_id.clone(), (i, c.data_hash, c.category.clone()));
+                unique.push((i, t, msg));
+            }
+            Some((j, h, cat)) if *h == c.data_hash && *cat == c.category => repeats.push((i, *j)),
+            Some((j, ..)) => {
+                let m = format!(
+                    "event {} is also record {j} of this batch, with other content",
+                    c.record_id
+                );
+                results[i] = Some(reject(i, Some(c.record_id.clone()), Code::Conflict, m));
+            }
+        }
+    }
+    let candidates = unique;
+
     // Idempotency: the same event id already in the ledger.
     // One query for the whole batch; records seen before are rare.
     let ids: Vec<String> = candidates.iter().map(|(_, t, _)| t.content.record_id.clone()).collect();
@@ -559,6 +585,7 @@ async fn ingest(
                 "not written: another record of this all-or-nothing batch was refused",
             ));
         }
+        fill_repeats(&mut results, &repeats);
         let results: Vec<RecordResult> = results.into_iter().flatten().collect();
         let rejected = results.len();
         return Ok(HttpResponse::UnprocessableEntity().json(IngestResponse {
@@ -678,6 +705,7 @@ async fn ingest(
             });
         }
     }
+    fill_repeats(&mut results, &repeats);
     let mut results: Vec<RecordResult> = results.into_iter().flatten().collect();
     let checkpoints = if brief { make_brief(&mut results) } else { Vec::new() };
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
@@ -689,6 +717,35 @@ async fn ingest(
         results,
         checkpoints,
     }))
+}
+
+/// Answers each repeat `(i, j)` of an event within the batch like its first
+/// occurrence `j`: a duplicate of the same receipt, or the same refusal.
+fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]) {
+    for &(i, j) in repeats {
+        let Some(first) = results[j].as_ref() else { continue };
+        let r = match &first.error {
+            None => RecordResult {
+                index: i,
+                event_id: first.event_id.clone(),
+                status: "duplicate",
+                receipt: first.receipt.clone(),
+                audit_path: first.audit_path.clone(),
+                error: None,
+                cold_chain: None,
+            },
+            Some(e) => reject(
+                i,
+                first.event_id.clone(),
+                e.code,
+                format!(
+                    "the same event is record {j} of this batch, which was refused: {}",
+                    e.message
+                ),
+            ),
+        };
+        results[i] = Some(r);
+    }
 }
 
 /// The receiver named in node-written exchange messages.
