@@ -365,3 +365,28 @@ fn specs_are_embedded_and_renamed() {
     assert!(text.contains("entity = \"123201024660123451\""));
     assert!(!text.contains("12320100466001234B\"     #"));
 }
+
+#[test]
+fn no_bill_or_shipment_outgrows_one_ledger_transaction_at_scale() {
+    // Weekly deliveries to a clinic grow with the number of doses; each
+    // must travel under bills of at most MAX_CARTONS_PER_BILL cartons, so
+    // that every sealed record stays under the 8 KiB transaction limit.
+    let w = world::simulate(1, 40_000);
+    let max_units = world::MAX_CARTONS_PER_BILL * world::CARTON;
+    for b in &w.bills {
+        assert!(
+            b.codes.len() <= max_units,
+            "bill {} carries {} codes",
+            b.code,
+            b.codes.len()
+        );
+    }
+    for s in &w.shipments {
+        assert!(
+            s.cartons.len() <= world::MAX_CARTONS_PER_BILL,
+            "waybill {} carries {} cartons",
+            s.waybill,
+            s.cartons.len()
+        );
+    }
+}

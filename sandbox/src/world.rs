@@ -164,7 +164,7 @@ pub const PRODUCTS: [Product; 3] = [
 pub const CARTON: usize = 10;
 /// Cartons per shipment and bill at most: one bill is one ledger transaction,
 /// and its sealed record must stay under 8 KiB (T/CPMA 026-2023 Annex A).
-pub const MAX_CARTONS_PER_BILL: usize = 10;
+pub const MAX_CARTONS_PER_BILL: usize = 5;
 
 /// A production lot.
 #[derive(Debug, Clone)]
@@ -788,17 +788,20 @@ pub fn simulate(seed: u64, doses: usize) -> World {
             w.trips.len() - 1
         });
         let to = if clinic == 0 { CLINIC_A } else { CLINIC_B };
-        ship_with_bills(
-            &mut w,
-            &mut number,
-            &sys_prefix,
-            ti,
-            COUNTY,
-            to,
-            li,
-            cartons.clone(),
-            "接种单位配送",
-        );
+        // A large week's delivery travels on one trip under several bills.
+        for chunk in cartons.chunks(MAX_CARTONS_PER_BILL) {
+            ship_with_bills(
+                &mut w,
+                &mut number,
+                &sys_prefix,
+                ti,
+                COUNTY,
+                to,
+                li,
+                chunk.to_vec(),
+                "接种单位配送",
+            );
+        }
         let arrive = w.trips[ti].arrive;
         for &c in cartons {
             for u in w.lots[li].carton_units(c) {
