@@ -136,7 +136,7 @@ pub struct IngestResponse {
 /// `?receipts=brief`: receipts without checkpoints and audit paths (those
 /// come once per block in `checkpoints`, and per transaction from
 /// `GET /v1/transactions/{id}/proof`), for clients that keep only where
-/// each record went, such as the agent. Answers are about a third the size.
+/// each record went, such as the agent.
 fn make_brief(results: &mut [RecordResult]) -> Vec<ledger::Checkpoint> {
     let mut cps: std::collections::BTreeMap<u64, ledger::Checkpoint> = std::collections::BTreeMap::new();
     for r in results.iter_mut() {
