@@ -71,6 +71,18 @@ pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
     location: String,
+    /// Stops the background checkpointer when the last clone is dropped.
+    _checkpointer: Option<std::sync::Arc<AbortOnDrop>>,
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SqliteStore {
@@ -100,26 +112,26 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(|e| LedgerError::storage(&location, e))?;
-        let s = SqliteStore {
+        let mut s = SqliteStore {
             pool,
             path: path.to_path_buf(),
             location,
+            _checkpointer: None,
         };
         s.init().await?;
-        s.spawn_checkpointer();
+        s._checkpointer = s.spawn_checkpointer().map(|h| std::sync::Arc::new(AbortOnDrop(h)));
         Ok(s)
     }
 
     /// Copies the write-ahead log back into the database file once a second
-    /// (PASSIVE: never blocks readers or the writer) while the pool is open.
+    /// (PASSIVE: never blocks readers or the writer) while the pool is open
+    /// and any clone of this store is alive.
     /// Outside a Tokio runtime (none here) SQLite's own end-of-connection
     /// checkpoint and [`SqliteStore::close`] do it.
-    fn spawn_checkpointer(&self) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    fn spawn_checkpointer(&self) -> Option<tokio::task::AbortHandle> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
         let pool = self.pool.clone();
-        rt.spawn(async move {
+        let task = rt.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -135,6 +147,7 @@ impl SqliteStore {
                 }
             }
         });
+        Some(task.abort_handle())
     }
 
     /// Opens an existing ledger; an error if the file does not exist.
