@@ -6,57 +6,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use adapters::{GatewayClient, GatewayClientConfig};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mappings::ExchangeMessage;
-use secure_gateway::{KeyHandle, RustCryptoProvider};
+use support::{Node, NodeOptions, free_port, golden};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-
-const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
-const PASS: &str = "correct horse battery staple";
-
-fn vaxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
-    c
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A TCP relay from `127.0.0.1:port` to the broker. `up` listens and
 /// relays; `down` closes the listener and every relayed connection.
@@ -97,17 +61,9 @@ impl Relay {
     }
 }
 
-fn golden_vaccinations() -> Vec<ExchangeMessage> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/tests/golden/vaccination/clinic-ims.json");
-    let v: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    v.into_iter()
-        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
-        .collect()
-}
-
 /// The golden records under fresh event ids.
 fn fresh(n: usize) -> Vec<ExchangeMessage> {
-    let g = golden_vaccinations();
+    let g = golden("vaccination", "clinic-ims.json");
     (0..n)
         .map(|i| {
             let mut m = g[i % g.len()].clone();
@@ -157,7 +113,6 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
         .enable_all()
         .build()
         .unwrap();
-    let _guard = rt.enter();
     let after_scheme = amqp.split_once("://").unwrap().1;
     let (creds, rest) = after_scheme.rsplit_once('@').unwrap();
     let (hostport, vhost) = rest.split_once('/').unwrap();
@@ -204,89 +159,27 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
     ))
     .unwrap();
 
-    // A node on loopback whose broker is unreachable at start.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    ok(vaxgate()
-        .args(["init", "--dir", dir.to_str().unwrap(), "--plain-http", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--passphrase-env", PASS_ENV])
-        .output()
-        .unwrap());
-    let cfg = dir.join("vaxgate.toml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[forwarding]\namqp_url = \"${{TEST_AMQP_URL}}\"\nexchange = \"{exchange}\"\npoll_interval_ms = 50\n"
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    let _server = Server(
-        vaxgate()
-            .env("TEST_AMQP_URL", &relayed_url)
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    // A node on loopback whose broker is unreachable at start (started
+    // outside the runtime's context: its blocking HTTP client may not run in it).
+    let node = Node::start_with(NodeOptions {
+        config: format!(
+            "\n[forwarding]\namqp_url = \"${{TEST_AMQP_URL}}\"\nexchange = \"{exchange}\"\npoll_interval_ms = 50\n"
+        ),
+        env: vec![("TEST_AMQP_URL".into(), relayed_url)],
+        ..Default::default()
+    });
+    let _guard = rt.enter();
+    let clinic = node.register(
+        "12320102MB1234567",
+        "meiyuan",
+        "vaccination_unit",
+        &["3201020001"],
+        None,
     );
-    let ent = tmp.path().join("ent");
-    ok(vaxgate()
-        .args(["keys", "generate", "--out", ent.to_str().unwrap(), "--entity", "clinic"])
-        .args(["--passphrase-env", PASS_ENV])
-        .output()
-        .unwrap());
-    let id = gateway::registry::uscc_with_check("12320102MB1234567").unwrap();
-    let start = Instant::now();
-    loop {
-        let o = vaxgate()
-            .args([
-                "admin",
-                "--gateway",
-                &base,
-                "--passphrase-env",
-                PASS_ENV,
-                "register-entity",
-            ])
-            .args(["--id", &id, "--name", "梅园社区卫生服务中心", "--alias", "meiyuan"])
-            .args(["--role", "vaccination_unit", "--code", "3201020001", "--master-key"])
-            .arg(ent.join("clinic.pub.pem"))
-            .arg("--approve")
-            .arg(dir.join("keys/admin-1.key.pem"))
-            .arg("--approve")
-            .arg(dir.join("keys/admin-2.key.pem"))
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let key = secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(ent.join("clinic.key.pem")).unwrap(),
-        Some(PASS),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap();
-    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
-    let provider = RustCryptoProvider::new();
-    let h = KeyHandle::new("clinic");
-    provider.insert_sm2_key(h.clone(), key.clone());
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.clone(),
-            ..Default::default()
-        },
-        key,
-    )
-    .unwrap();
+    let client = node.client(clinic.key.clone());
     // Ingest; returns event id → (trace codes, block height).
     let ingest = |msgs: &[ExchangeMessage]| -> HashMap<String, (Vec<String>, u64)> {
-        let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], msgs).unwrap();
+        let batch = node.seal(&clinic, msgs);
         let body = rt
             .block_on(client.send("POST", "/v1/transactions", batch.to_json().into_bytes()))
             .unwrap();
@@ -364,7 +257,7 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
         assert_eq!(k, "tx.vaccination");
         assert_eq!(b["category"], "vaccination");
         assert_eq!(b["kind"], "data");
-        assert_eq!(b["signer"], id.as_str());
+        assert_eq!(b["signer"], clinic.id.as_str());
         assert_eq!(b["height"].as_u64(), Some(*height));
         assert_eq!(b["block_hash"].as_str(), Some(block_hashes[height].as_str()));
         let fwd: Vec<String> = serde_json::from_value(b["trace_codes"].clone()).unwrap();

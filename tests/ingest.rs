@@ -4,195 +4,46 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-use adapters::{GatewayClient, GatewayClientConfig};
+use adapters::GatewayClient;
 use mappings::ExchangeMessage;
-use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey};
-
-const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
-const PASS: &str = "correct horse battery staple";
-
-fn vaxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
-    c
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn load_key(p: &Path) -> Sm2SigningKey {
-    secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(p).unwrap(),
-        Some(PASS),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap()
-}
-
-fn golden_vaccinations() -> Vec<ExchangeMessage> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/tests/golden/vaccination/clinic-ims.json");
-    let v: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    v.into_iter()
-        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
-        .collect()
-}
+use support::{Node, NodeOptions, golden, ok, vaxgate};
 
 #[test]
 fn ingest_on_sqlite() {
-    ingest_receipts_refusals_idempotency_and_proof(None);
+    ingest_receipts_refusals_idempotency_and_proof(false);
 }
 
 /// The same against a fresh PostgreSQL database (`VAXGATE_TEST_PG_URL`,
 /// started by scripts/test.sh; the test fails without it).
 #[test]
 fn ingest_on_postgres() {
-    let base = std::env::var("VAXGATE_TEST_PG_URL")
-        .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
-    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql")
-        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    ingest_receipts_refusals_idempotency_and_proof(Some(format!("{prefix}/{name}")));
+    ingest_receipts_refusals_idempotency_and_proof(true);
 }
 
-fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("https://127.0.0.1:{port}");
-    ok(vaxgate()
-        .args([
-            "init",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--passphrase-env",
-            PASS_ENV,
-        ])
-        .output()
-        .unwrap());
-    if let Some(url) = &pg {
-        let cfg = dir.join("vaxgate.toml");
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\""));
-        assert!(text.contains(url.as_str()));
-        std::fs::write(&cfg, text).unwrap();
-    }
-    let db_arg = pg
-        .clone()
-        .unwrap_or_else(|| dir.join("data/ledger.db").to_string_lossy().into_owned());
-    let _server = Server(
-        vaxgate()
-            .args(["serve", "--config", dir.join("vaxgate.toml").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let ca = dir.join("tls/server.crt.pem");
-    let ent = tmp.path().join("ent");
-    ok(vaxgate()
-        .args([
-            "keys",
-            "generate",
-            "--out",
-            ent.to_str().unwrap(),
-            "--entity",
-            "clinic",
-            "--passphrase-env",
-            PASS_ENV,
-        ])
-        .output()
-        .unwrap());
-    let id = gateway::registry::uscc_with_check("12320102MB1234567").unwrap();
-    let start = Instant::now();
-    loop {
-        let o = vaxgate()
-            .args([
-                "admin",
-                "--gateway",
-                &base,
-                "--ca",
-                ca.to_str().unwrap(),
-                "--passphrase-env",
-                PASS_ENV,
-                "register-entity",
-            ])
-            .args([
-                "--id",
-                &id,
-                "--name",
-                "玄武区梅园社区卫生服务中心",
-                "--alias",
-                "meiyuan",
-                "--role",
-                "vaccination_unit",
-            ])
-            .args([
-                "--code",
-                "3201020001",
-                "--master-key",
-                ent.join("clinic.pub.pem").to_str().unwrap(),
-            ])
-            .args(["--approve", dir.join("keys/admin-1.key.pem").to_str().unwrap()])
-            .args(["--approve", dir.join("keys/admin-3.key.pem").to_str().unwrap()])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    let key = load_key(&ent.join("clinic.key.pem"));
-    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
-    let provider = RustCryptoProvider::new();
-    let h = KeyHandle::new("clinic");
-    provider.insert_sm2_key(h.clone(), key.clone());
-    let cfg = GatewayClientConfig {
-        base_url: base.clone(),
-        ca_cert: Some(ca.clone()),
+fn ingest_receipts_refusals_idempotency_and_proof(postgres: bool) {
+    let node = Node::start_with(NodeOptions {
+        tls: true,
+        postgres,
         ..Default::default()
-    };
-    let client = GatewayClient::new(&cfg, key).unwrap();
+    });
+    let (tmp, dir, db_arg) = (&node.tmp, &node.dir, node.db.as_str());
+    let clinic = node.register_approved(
+        &[1, 3],
+        "12320102MB1234567",
+        "meiyuan",
+        "vaccination_unit",
+        &["3201020001"],
+        None,
+    );
+    let client = node.client(clinic.key.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let send = |msgs: &[ExchangeMessage], mode: &str| -> (u16, serde_json::Value) {
-        let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], msgs).unwrap();
+        let batch = node.seal(&clinic, msgs);
         let path = format!("/v1/transactions{mode}");
         match rt.block_on(client.send("POST", &path, batch.to_json().into_bytes())) {
             Ok(b) => (200, serde_json::from_slice(&b).unwrap()),
@@ -203,7 +54,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
         }
     };
 
-    let good = golden_vaccinations();
+    let good = golden("vaccination", "clinic-ims.json");
     let mut bad = good[0].clone();
     bad.event_id = uuid::Uuid::new_v4();
     bad.payload.event_id = bad.event_id;
@@ -311,7 +162,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
         .fields
         .insert("cancels_event_id".into(), good[0].event_id.to_string().into());
     cancel.payload.fields.insert("cancel_reason_code".into(), "01".into());
-    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &[cancel.clone()]).unwrap();
+    let batch = node.seal(&clinic, &[cancel.clone()]);
     let body = rt
         .block_on(client.send("POST", "/v1/cancellations", batch.to_json().into_bytes()))
         .unwrap();
@@ -322,7 +173,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
     assert_eq!(steps.len(), 2, "{t}");
     assert_eq!(steps[0]["cancelled_by"][0], cancel.event_id.to_string(), "{t}");
     // Only cancellations on that route, and only the submitter's own events.
-    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &good[..1]).unwrap();
+    let batch = node.seal(&clinic, &good[..1]);
     let body = rt
         .block_on(client.send("POST", "/v1/cancellations", batch.to_json().into_bytes()))
         .unwrap();
@@ -332,54 +183,15 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
     // A partner whose policy grants one product (first 7 digits), and a
     // regulator with the personal-data scope.
     let register = |alias: &str, prefix: &str, role: &str, policy: &str| -> GatewayClient {
-        ok(vaxgate()
-            .args([
-                "keys",
-                "generate",
-                "--out",
-                ent.to_str().unwrap(),
-                "--entity",
-                alias,
-                "--passphrase-env",
-                PASS_ENV,
-            ])
-            .output()
-            .unwrap());
-        let pol = tmp.path().join(format!("{alias}.json"));
-        std::fs::write(&pol, policy).unwrap();
-        let eid = gateway::registry::uscc_with_check(prefix).unwrap();
-        ok(vaxgate()
-            .args([
-                "admin",
-                "--gateway",
-                &base,
-                "--ca",
-                ca.to_str().unwrap(),
-                "--passphrase-env",
-                PASS_ENV,
-                "register-entity",
-            ])
-            .args([
-                "--id",
-                &eid,
-                "--name",
-                &format!("{alias} 有限公司"),
-                "--alias",
-                alias,
-                "--role",
-                role,
-            ])
-            .args([
-                "--policy",
-                pol.to_str().unwrap(),
-                "--master-key",
-                ent.join(format!("{alias}.pub.pem")).to_str().unwrap(),
-            ])
-            .args(["--approve", dir.join("keys/admin-2.key.pem").to_str().unwrap()])
-            .args(["--approve", dir.join("keys/admin-3.key.pem").to_str().unwrap()])
-            .output()
-            .unwrap());
-        GatewayClient::new(&cfg, load_key(&ent.join(format!("{alias}.key.pem")))).unwrap()
+        let e = node.register_approved(
+            &[2, 3],
+            prefix,
+            alias,
+            role,
+            &[],
+            Some(serde_json::from_str(policy).unwrap()),
+        );
+        node.client(e.key)
     };
     let partner = register(
         "partner",
@@ -409,7 +221,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
             "ledger",
             "proof",
             "--db",
-            &db_arg,
+            db_arg,
             "--tx",
             receipt["tx_id"].as_str().unwrap(),
         ])
@@ -428,7 +240,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
         .unwrap());
     assert!(out.starts_with("proof OK"), "{out}");
     // The ledger (and the projection beside it) store no personal data.
-    if pg.is_none() {
+    if !postgres {
         let bytes = std::fs::read(dir.join("data/ledger.db")).unwrap();
         for secret in ["王小明", "320102202301150028", "13812345678"] {
             assert!(
@@ -442,7 +254,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(pg: Option<String>) {
             "ledger",
             "verify",
             "--db",
-            &db_arg,
+            db_arg,
             "--checkpoint-key",
             dir.join("keys/node.pub.pem").to_str().unwrap(),
         ])

@@ -7,41 +7,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use adapters::{GatewayClient, GatewayClientConfig};
 use fake_opentelemetry_collector::FakeCollectorServer;
-use mappings::ExchangeMessage;
-use secure_gateway::{KeyHandle, RustCryptoProvider};
-
-const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
-const PASS: &str = "correct horse battery staple";
-
-fn vaxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
-    c
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Node, NodeOptions, golden};
 
 #[test]
 fn spans_reach_an_otlp_receiver_without_personal_data() {
@@ -52,94 +23,25 @@ fn spans_reach_an_otlp_receiver_without_personal_data() {
         .unwrap();
     let mut collector = rt.block_on(FakeCollectorServer::start()).unwrap();
 
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    ok(vaxgate()
-        .args(["init", "--dir", dir.to_str().unwrap(), "--plain-http", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--passphrase-env", PASS_ENV, "--admins", "1", "--threshold", "1"])
-        .output()
-        .unwrap());
-    let cfg = dir.join("vaxgate.toml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"vaxgate-test\"\n\n[rate_limits]\npublic = {{ per_second = 1, burst = 2 }}\n",
-        collector.endpoint()
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    let _server = Server(
-        vaxgate()
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let node = Node::start_with(NodeOptions {
+        init_args: ["--admins", "1", "--threshold", "1"].map(String::from).to_vec(),
+        config: format!(
+            "\n[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"vaxgate-test\"\n\n[rate_limits]\npublic = {{ per_second = 1, burst = 2 }}\n",
+            collector.endpoint()
+        ),
+        ..Default::default()
+    });
+    let clinic = node.register_approved(
+        &[1],
+        "12320102MB1234567",
+        "meiyuan",
+        "vaccination_unit",
+        &["3201020001"],
+        None,
     );
-    let ent = tmp.path().join("ent");
-    ok(vaxgate()
-        .args(["keys", "generate", "--out", ent.to_str().unwrap(), "--entity", "clinic"])
-        .args(["--passphrase-env", PASS_ENV])
-        .output()
-        .unwrap());
-    let id = gateway::registry::uscc_with_check("12320102MB1234567").unwrap();
-    let start = Instant::now();
-    loop {
-        let o = vaxgate()
-            .args([
-                "admin",
-                "--gateway",
-                &base,
-                "--passphrase-env",
-                PASS_ENV,
-                "register-entity",
-            ])
-            .args(["--id", &id, "--name", "梅园社区卫生服务中心", "--alias", "meiyuan"])
-            .args(["--role", "vaccination_unit", "--code", "3201020001", "--master-key"])
-            .arg(ent.join("clinic.pub.pem"))
-            .arg("--approve")
-            .arg(dir.join("keys/admin-1.key.pem"))
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let key = secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(ent.join("clinic.key.pem")).unwrap(),
-        Some(PASS),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap();
-    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
-    let provider = RustCryptoProvider::new();
-    let h = KeyHandle::new("clinic");
-    provider.insert_sm2_key(h.clone(), key.clone());
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.clone(),
-            ..Default::default()
-        },
-        key,
-    )
-    .unwrap();
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/tests/golden/vaccination/clinic-ims.json");
-    let v: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    let msgs: Vec<ExchangeMessage> = v
-        .into_iter()
-        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
-        .collect();
-    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &msgs).unwrap();
+    let client = node.client(clinic.key.clone());
+    let msgs = golden("vaccination", "clinic-ims.json");
+    let batch = node.seal(&clinic, &msgs);
     let body = rt
         .block_on(client.send("POST", "/v1/transactions", batch.to_json().into_bytes()))
         .unwrap();
@@ -152,7 +54,7 @@ fn spans_reach_an_otlp_receiver_without_personal_data() {
     bad.event_id = uuid::Uuid::new_v4();
     bad.payload.event_id = bad.event_id;
     bad.payload.trace_codes = vec!["12345".into()];
-    let batch = adapters::seal::seal_batch(&provider, &h, &id, &gateway_key, &[], &[bad]).unwrap();
+    let batch = node.seal(&clinic, &[bad]);
     let body = rt
         .block_on(client.send("POST", "/v1/transactions", batch.to_json().into_bytes()))
         .unwrap();

@@ -1,7 +1,9 @@
 //! Shared by the end-to-end tests of the gateway (bad_input, coldchain,
-//! openapi, api_keys): a fresh node from `vaxgate init --plain-http`, the
-//! real `vaxgate serve` on a loopback port, entity registration through
-//! `vaxgate admin`, signed requests, ledger height and metrics.
+//! openapi, api_keys, ingest, forwarding, telemetry): a fresh node from
+//! `vaxgate init` (plain HTTP unless TLS is asked for), the real
+//! `vaxgate serve` on a loopback port with optional extra configuration and
+//! environment, entity registration through `vaxgate admin`, signed
+//! requests, ledger height and metrics.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use adapters::{GatewayClient, GatewayClientConfig};
 use mappings::ExchangeMessage;
 use secure_gateway::request::sign_request_at;
 use secure_gateway::{KeyHandle, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey};
@@ -35,6 +38,40 @@ pub fn ok(o: Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An encrypted PEM private key (passphrase [`PASS`]).
+pub fn load_key(p: &Path) -> Sm2SigningKey {
+    secure_gateway::keys::private_key_from_pem(
+        &std::fs::read_to_string(p).unwrap(),
+        Some(PASS),
+        secure_gateway::DEFAULT_DIST_ID,
+    )
+    .unwrap()
+}
+
+/// A fresh, empty PostgreSQL database under `VAXGATE_TEST_PG_URL` (started
+/// by scripts/test.sh; panics when it is not set); returns its URL.
+pub fn fresh_postgres_database() -> String {
+    let base = std::env::var("VAXGATE_TEST_PG_URL")
+        .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
+    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("psql")
+        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}
+
 /// A registered entity with its master key (also as an encrypted PEM file).
 #[derive(Debug)]
 pub struct Ent {
@@ -53,7 +90,29 @@ pub struct Node {
     pub log: PathBuf,
     pub http: reqwest::blocking::Client,
     pub gateway_key: Sm2VerifyingKey,
+    /// The node's self-signed TLS certificate (TLS nodes only).
+    pub ca: Option<PathBuf>,
+    /// The ledger as `vaxgate ledger --db` takes it: the SQLite file or the
+    /// PostgreSQL URL.
+    pub db: String,
     server: Child,
+}
+
+/// How a node is set up; `Node::start_with(NodeOptions { .., ..Default::default() })`.
+#[derive(Debug, Default)]
+pub struct NodeOptions {
+    /// TLS with the self-signed certificate of `vaxgate init` (else `--plain-http`).
+    pub tls: bool,
+    /// A fresh PostgreSQL database (see [`fresh_postgres_database`]) instead of SQLite.
+    pub postgres: bool,
+    /// `server.max_body_bytes` (the gateway's default when `None`).
+    pub max_body: Option<usize>,
+    /// Extra arguments of `vaxgate init`, e.g. `--admins 1`.
+    pub init_args: Vec<String>,
+    /// TOML appended to `vaxgate.toml`, e.g. a `[forwarding]` table.
+    pub config: String,
+    /// Extra environment of `vaxgate serve`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for Node {
@@ -79,65 +138,77 @@ impl Resp {
 }
 
 impl Node {
-    /// `vaxgate init --plain-http` and `vaxgate serve` on SQLite, logs
-    /// (debug for the gateway) in `server.log`; returns once `/healthz`
-    /// answers.
+    /// `vaxgate init --plain-http` and `vaxgate serve` on SQLite with the
+    /// body cap [`MAX_BODY`], logs (debug for the gateway) in `server.log`;
+    /// returns once `/healthz` answers.
     pub fn start() -> Node {
-        Node::start_on(None)
+        Node::start_with(NodeOptions {
+            max_body: Some(MAX_BODY),
+            ..Default::default()
+        })
     }
 
     /// The same on a fresh PostgreSQL database under `VAXGATE_TEST_PG_URL`
     /// (started by scripts/test.sh; panics when it is not set).
     pub fn start_postgres() -> Node {
-        let base = std::env::var("VAXGATE_TEST_PG_URL")
-            .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
-        let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
-        let out = Command::new("psql")
-            .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (prefix, _) = base.rsplit_once('/').unwrap();
-        Node::start_on(Some(format!("{prefix}/{name}")))
+        Node::start_with(NodeOptions {
+            postgres: true,
+            max_body: Some(MAX_BODY),
+            ..Default::default()
+        })
     }
 
-    fn start_on(pg: Option<String>) -> Node {
+    /// `vaxgate init` and `vaxgate serve` as `o` says, logs (debug for the
+    /// gateway) in `server.log`; returns once `/healthz` answers.
+    pub fn start_with(o: NodeOptions) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        ok(vaxgate()
-            .args(["init", "--dir", dir.to_str().unwrap(), "--plain-http"])
+        let port = free_port();
+        let mut init = vaxgate();
+        init.args(["init", "--dir", dir.to_str().unwrap()]);
+        if !o.tls {
+            init.arg("--plain-http");
+        }
+        ok(init
             .args(["--listen", &format!("127.0.0.1:{port}"), "--passphrase-env", PASS_ENV])
+            .args(&o.init_args)
             .output()
             .unwrap());
         let cfg = dir.join("vaxgate.toml");
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "plain_http = true\n",
-            &format!("plain_http = true\nmax_body_bytes = {MAX_BODY}\n"),
-        );
-        let text = match &pg {
-            Some(url) => text.replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\"")),
-            None => text,
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        if let Some(max) = o.max_body {
+            text = text.replace("[server]\n", &format!("[server]\nmax_body_bytes = {max}\n"));
+            assert!(text.contains("max_body_bytes"), "{text}");
+        }
+        let db = if o.postgres {
+            let url = fresh_postgres_database();
+            text = text.replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\""));
+            assert!(text.contains(url.as_str()), "{text}");
+            url
+        } else {
+            dir.join("data/ledger.db").to_string_lossy().into_owned()
         };
+        text.push_str(&o.config);
         std::fs::write(&cfg, text).unwrap();
         let log = tmp.path().join("server.log");
         let server = vaxgate()
             .env("RUST_LOG", "info,gateway=debug,vaxgate=debug")
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         gateway::tls::install_provider();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        let ca = o.tls.then(|| dir.join("tls/server.crt.pem"));
+        if let Some(ca) = &ca {
+            let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+            http = http.tls_certs_only([cert]);
+        }
+        let http = http.build().unwrap();
+        let scheme = if o.tls { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{port}");
         let start = Instant::now();
         while http.get(format!("{base}/healthz")).send().is_err() {
             assert!(
@@ -155,17 +226,20 @@ impl Node {
             log,
             http,
             gateway_key,
+            ca,
+            db,
             server,
         }
     }
 
     /// `vaxgate admin --gateway ... ARGS`.
     pub fn admin(&self, args: &[&str]) -> Output {
-        vaxgate()
-            .args(["admin", "--gateway", &self.base, "--passphrase-env", PASS_ENV])
-            .args(args)
-            .output()
-            .unwrap()
+        let mut c = vaxgate();
+        c.args(["admin", "--gateway", &self.base, "--passphrase-env", PASS_ENV]);
+        if let Some(ca) = &self.ca {
+            c.arg("--ca").arg(ca);
+        }
+        c.args(args).output().unwrap()
     }
 
     pub fn admin_key(&self, i: usize) -> String {
@@ -175,9 +249,22 @@ impl Node {
             .into_owned()
     }
 
-    /// Registers an entity (two administrators approve) with a fresh master
-    /// key written as an encrypted PEM.
+    /// Registers an entity (administrators 1 and 2 approve) with a fresh
+    /// master key written as an encrypted PEM.
     pub fn register(&self, prefix17: &str, alias: &str, role: &str, codes: &[&str], policy: Option<Value>) -> Ent {
+        self.register_approved(&[1, 2], prefix17, alias, role, codes, policy)
+    }
+
+    /// The same, approved by the administrators numbered `approvers`.
+    pub fn register_approved(
+        &self,
+        approvers: &[usize],
+        prefix17: &str,
+        alias: &str,
+        role: &str,
+        codes: &[&str],
+        policy: Option<Value>,
+    ) -> Ent {
         let id = gateway::registry::uscc_with_check(prefix17).unwrap();
         let out = self.tmp.path().join(format!("keys-{alias}"));
         ok(vaxgate()
@@ -186,12 +273,7 @@ impl Node {
             .output()
             .unwrap());
         let key_file = out.join(format!("{alias}.key.pem"));
-        let key = secure_gateway::keys::private_key_from_pem(
-            &std::fs::read_to_string(&key_file).unwrap(),
-            Some(PASS),
-            secure_gateway::DEFAULT_DIST_ID,
-        )
-        .unwrap();
+        let key = load_key(&key_file);
         let pub_file = out.join(format!("{alias}.pub.pem"));
         let mut args: Vec<String> = [
             "register-entity",
@@ -205,14 +287,14 @@ impl Node {
             role,
             "--master-key",
             pub_file.to_str().unwrap(),
-            "--approve",
-            &self.admin_key(1),
-            "--approve",
-            &self.admin_key(2),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        for &a in approvers {
+            args.push("--approve".into());
+            args.push(self.admin_key(a));
+        }
         for c in codes {
             args.push("--code".into());
             args.push(c.to_string());
@@ -239,6 +321,16 @@ impl Node {
         let h = KeyHandle::new("k");
         provider.insert_sm2_key(h.clone(), e.key.clone());
         adapters::seal::seal_batch(&provider, &h, &e.id, &self.gateway_key, &[], msgs).unwrap()
+    }
+
+    /// A signed client of the node (trusting its certificate on TLS).
+    pub fn client(&self, key: Sm2SigningKey) -> GatewayClient {
+        let cfg = GatewayClientConfig {
+            base_url: self.base.clone(),
+            ca_cert: self.ca.clone(),
+            ..Default::default()
+        };
+        GatewayClient::new(&cfg, key).unwrap()
     }
 
     /// A request with the given headers.
