@@ -16,7 +16,7 @@ use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey, Sm2VerifyingK
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::client::GatewayClient;
+use crate::client::{ClientError, GatewayClient};
 use crate::error::AgentError;
 use crate::retry::Backoff;
 use crate::state::{EventState, GatewayProblem, NewQuarantine, StateDb, describe_refusal};
@@ -416,6 +416,7 @@ impl Pipeline {
         let mut events = Vec::new();
         let mut accepted_keys = Vec::new();
         if !messages.is_empty() {
+            let messages = Arc::new(messages);
             let answer = self.post(messages.clone()).await?;
             if answer.results.len() != messages.len() {
                 return Err(AgentError::Answer(format!(
@@ -527,9 +528,39 @@ impl Pipeline {
         Ok(d.outcomes)
     }
 
-    async fn post(&self, messages: Vec<ExchangeMessage>) -> Result<Answer, AgentError> {
+    /// Posts `messages` as one sealed batch; a batch the gateway finds too
+    /// large (413 `body_too_large`) is split in halves, each posted on its
+    /// own, and the answers joined in order. Retrying it whole would fail
+    /// forever.
+    fn post(
+        &self,
+        messages: Arc<Vec<ExchangeMessage>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, AgentError>> + Send + '_>> {
+        Box::pin(async move {
+            let n = messages.len();
+            match self.post_once(messages.clone()).await {
+                Err(AgentError::Gateway(ClientError::Api { status: 413, .. })) if n > 1 => {
+                    tracing::warn!(
+                        records = n,
+                        "the gateway refused the batch as too large; sending it in two halves"
+                    );
+                    let mut first = Arc::unwrap_or_clone(messages);
+                    let second = first.split_off(n / 2);
+                    let mut a = self.post(Arc::new(first)).await?;
+                    let b = self.post(Arc::new(second)).await?;
+                    a.results.extend(b.results.into_iter().map(|mut r| {
+                        r.index += n / 2;
+                        r
+                    }));
+                    Ok(a)
+                }
+                other => other,
+            }
+        })
+    }
+
+    async fn post_once(&self, messages: Arc<Vec<ExchangeMessage>>) -> Result<Answer, AgentError> {
         let mut backoff = Backoff::new(self.inner.cfg.retry_base, self.inner.cfg.retry_max);
-        let messages = Arc::new(messages);
         loop {
             let inner = self.inner.clone();
             let msgs = messages.clone();
@@ -602,10 +633,20 @@ mod tests {
     /// A one-route HTTP gateway answering `POST /v1/transactions` with
     /// [`result`] for each record of the posted batch.
     async fn fake_gateway() -> String {
+        fake_gateway_limited(None).await.0
+    }
+
+    /// With `Some(max)`: answers 413 `body_too_large` to a batch of more than
+    /// `max` records and accepts every record of the others; returns the
+    /// sizes of the batches posted, in order.
+    async fn fake_gateway_limited(max: Option<usize>) -> (String, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
@@ -630,13 +671,33 @@ mod tests {
                     }
                     let batch: serde_json::Value = serde_json::from_slice(&buf[head_end..]).expect("batch JSON");
                     let n = batch["records"].as_array().expect("records").len();
-                    let body = serde_json::json!({
-                        "batch_id": "b1", "accepted": 0, "duplicates": 0, "rejected": 0,
-                        "results": (0..n).map(result).collect::<Vec<_>>()
-                    })
-                    .to_string();
+                    seen.lock().expect("sizes").push(n);
+                    let (status, body) = match max {
+                        Some(m) if n > m => (
+                            "413 Payload Too Large",
+                            serde_json::json!({"error": {"code": "body_too_large", "message": "the body exceeds server.max_body_bytes"}}),
+                        ),
+                        Some(_) => (
+                            "200 OK",
+                            serde_json::json!({
+                                "batch_id": "b1", "accepted": n, "duplicates": 0, "rejected": 0,
+                                "results": (0..n).map(|i| serde_json::json!({
+                                    "index": i, "status": "accepted",
+                                    "receipt": { "tx_id": Uuid::new_v4(), "height": 7 }
+                                })).collect::<Vec<_>>()
+                            }),
+                        ),
+                        None => (
+                            "200 OK",
+                            serde_json::json!({
+                                "batch_id": "b1", "accepted": 0, "duplicates": 0, "rejected": 0,
+                                "results": (0..n).map(result).collect::<Vec<_>>()
+                            }),
+                        ),
+                    };
+                    let body = body.to_string();
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     sock.write_all(resp.as_bytes()).await.expect("write");
@@ -644,7 +705,7 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}")
+        (format!("http://{addr}"), sizes)
     }
 
     fn root() -> std::path::PathBuf {
@@ -766,5 +827,62 @@ mod tests {
             serde_json::json!([{ "code": "forbidden", "message": "the entity may not submit vaccination records" }])
         );
         state.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_too_large_for_the_gateway_is_split_not_retried_forever() {
+        let spec = MappingSpec::load(
+            root().join("config/mappings/clinic-ims.toml"),
+            &mappings::Dataset::builtin(),
+        )
+        .expect("spec");
+        let text = std::fs::read_to_string(root().join("config/mappings/samples/clinic-ims.rows.json")).expect("rows");
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).expect("rows JSON");
+        let records: Vec<(String, Record)> = rows
+            .into_iter()
+            .map(Record::Row)
+            .filter(|r| {
+                let o = spec.map(r);
+                o.problems.iter().all(|p| !p.is_error()) && o.events.len() == 1
+            })
+            .take(3)
+            .map(|r| {
+                let Record::Row(m) = &r else { unreachable!("rows") };
+                (m["JZJL_ID"].as_str().expect("JZJL_ID").to_string(), r)
+            })
+            .collect();
+        assert_eq!(records.len(), 3);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+        let key = Sm2SigningKey::generate();
+        let (url, sizes) = fake_gateway_limited(Some(1)).await;
+        let client = GatewayClient::new(
+            &GatewayClientConfig {
+                base_url: url,
+                ..Default::default()
+            },
+            key.clone(),
+        )
+        .expect("client");
+        let pipeline = Pipeline::new(
+            client,
+            PipelineConfig {
+                entity_id: "91320102MA1XXXXXX0".into(),
+                key,
+                gateway_key: Sm2SigningKey::generate().verifying_key().clone(),
+                attempts: 1,
+                retry_base: Duration::from_millis(10),
+                retry_max: Duration::from_millis(10),
+            },
+            state,
+        );
+        pipeline.add_source("clinic", spec);
+        let out = tokio::time::timeout(Duration::from_secs(30), pipeline.submit("clinic", records))
+            .await
+            .expect("the split batch is delivered, not retried forever")
+            .expect("submit");
+        assert!(out.iter().all(RecordOutcome::is_accepted), "{out:?}");
+        // 3 → 413; halves 1 and 2; 2 → 413; halves 1 and 1.
+        assert_eq!(*sizes.lock().expect("sizes"), vec![3, 1, 2, 1, 1]);
     }
 }
