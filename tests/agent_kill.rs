@@ -242,7 +242,8 @@ fn kill_agent_during_backfill() {
 }
 
 /// The gateway is killed with SIGKILL at 50,000 rows and restarted on the
-/// same ledger 2 s later while the agent keeps retrying its pages.
+/// same ledger once the agent has met the outage, while the agent keeps
+/// retrying its pages.
 #[test]
 fn kill_gateway_during_backfill() {
     let (mut gw, work, cfg) = setup();
@@ -253,7 +254,23 @@ fn kill_gateway_during_backfill() {
     gw.kill();
     let at_kill = in_ledger(&gw.ledger_db());
     assert!(at_kill < ROWS, "killed too late: {at_kill} rows already in");
-    std::thread::sleep(Duration::from_secs(2));
+    // Stay down until the agent has met the outage (its next page may still
+    // be being sealed when the gateway dies), then come back.
+    let down = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("retrying") {
+        assert!(
+            down.elapsed() < Duration::from_secs(300),
+            "the agent did not notice the gateway was down within 300 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if let Some(status) = agent.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "the agent ended ({status}) while the gateway was down: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     gw.serve();
     let out = finish(&mut agent, &log);
 
