@@ -141,10 +141,10 @@ fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2Veri
             KeyStatus::Revoked => return Err(ApiError::new(Code::KeyRevoked, format!("key {key_id} is revoked"))),
             KeyStatus::Active => {}
         }
-        let vk = match reg.verifying_key(key_id) {
-            Some(vk) => vk.clone(),
-            None => Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?,
-        };
+        let vk = reg
+            .verifying_key(key_id)
+            .cloned()
+            .ok_or_else(|| ApiError::internal(format!("registered key {key_id} has no parsed public key")))?;
         return Ok((
             vk,
             Principal {

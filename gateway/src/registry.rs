@@ -479,7 +479,8 @@ impl Registry {
         self.keys.get(key_id)
     }
 
-    /// The parsed public key of a registered entity key (any status).
+    /// The parsed public key of a registered entity key (any status); every
+    /// key in [`Registry::key`] has one.
     pub fn verifying_key(&self, key_id: &str) -> Option<&Sm2VerifyingKey> {
         self.verifying.get(key_id)
     }

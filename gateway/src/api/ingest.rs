@@ -209,10 +209,10 @@ fn batch_signer(state: &AppState, principal: &Principal, key_id: &str) -> Result
             ),
         ));
     }
-    let vk = match reg.verifying_key(key_id) {
-        Some(vk) => vk.clone(),
-        None => Sm2VerifyingKey::from_public_key_pem(&k.public_key).map_err(ApiError::internal)?,
-    };
+    let vk = reg
+        .verifying_key(key_id)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(format!("registered key {key_id} has no parsed public key")))?;
     Ok((vk, k.entity_id.clone()))
 }
 
