@@ -197,6 +197,17 @@ impl Gateway {
     /// Writes an agent config submitting as `entity_id` (signing with
     /// `key_file`) with the given `[[sources]]` tables; returns its path.
     pub fn agent_config_with(&self, dir: &Path, entity_id: &str, key_file: &Path, sources: &str) -> PathBuf {
+        self.write_agent_config(dir, entity_id, key_file, 500, sources)
+    }
+
+    fn write_agent_config(
+        &self,
+        dir: &Path,
+        entity_id: &str,
+        key_file: &Path,
+        retry_max_ms: u64,
+        sources: &str,
+    ) -> PathBuf {
         let text = format!(
             r#"# written by the agent tests
 [agent]
@@ -210,7 +221,7 @@ node_key = "{node}"
 timeout_secs = 30
 attempts = 2
 retry_base_ms = 100
-retry_max_ms = 500
+retry_max_ms = {retry_max_ms}
 
 {sources}
 "#,
@@ -232,38 +243,16 @@ retry_max_ms = 500
 
     /// Writes an agent config for one SQL source; returns its path.
     pub fn agent_config(&self, dir: &Path, kind: &str, url: &str, source_extra: &str, mapping: &Path) -> PathBuf {
-        let text = format!(
-            r#"# written by the agent tests
-[agent]
-entity_id = "{id}"
-key = "{key}"
-state_db = "{state}"
-
-[gateway]
-url = "{base}"
-node_key = "{node}"
-timeout_secs = 30
-attempts = 2
-retry_base_ms = 100
-retry_max_ms = 1000
-
-[[sources]]
+        let source = format!(
+            r#"[[sources]]
 type = "{kind}"
 name = "{SOURCE}"
 mapping = "{mapping}"
 url = "{url}"
-{source_extra}
-"#,
-            id = self.entity_id,
-            key = self.key_file.display(),
-            state = dir.join("agent-state.db").display(),
-            base = self.base,
-            node = self.dir.join("keys/node.pub.pem").display(),
+{source_extra}"#,
             mapping = mapping.display(),
         );
-        let p = dir.join("agent.toml");
-        std::fs::write(&p, text).unwrap();
-        p
+        self.write_agent_config(dir, &self.entity_id, &self.key_file, 1000, &source)
     }
 }
 

@@ -22,36 +22,15 @@ use common::*;
 const HL7_SOURCE: &str = "hl7-vxu";
 
 fn config(gw: &Gateway, dir: &Path, listen: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"[agent]
-entity_id = "{id}"
-key = "{key}"
-state_db = "{state}"
-
-[gateway]
-url = "{base}"
-node_key = "{node}"
-timeout_secs = 30
-attempts = 2
-retry_base_ms = 100
-retry_max_ms = 500
-
-[[sources]]
+    let source = format!(
+        r#"[[sources]]
 type = "hl7_mllp"
 name = "{HL7_SOURCE}"
 mapping = "{mapping}"
-listen = "{listen}"
-"#,
-        id = gw.entity_id,
-        key = gw.key_file.display(),
-        state = dir.join("agent-state.db").display(),
-        base = gw.base,
-        node = gw.dir.join("keys/node.pub.pem").display(),
+listen = "{listen}""#,
         mapping = repo().join("config/mappings/hl7-vxu.toml").display(),
     );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    gw.agent_config_with(dir, &gw.entity_id, &gw.key_file, &source)
 }
 
 fn vaccination_ids(db: &Path) -> BTreeSet<String> {

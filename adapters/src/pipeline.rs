@@ -712,16 +712,10 @@ mod tests {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_gateway_refusal_keeps_its_message_and_problems() {
-        let spec = MappingSpec::load(
-            root().join("config/mappings/clinic-ims.toml"),
-            &mappings::Dataset::builtin(),
-        )
-        .expect("spec");
+    /// Three rows of the clinic sample that map to exactly one event each.
+    fn three_good_records(spec: &MappingSpec) -> Vec<(String, Record)> {
         let text = std::fs::read_to_string(root().join("config/mappings/samples/clinic-ims.rows.json")).expect("rows");
         let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).expect("rows JSON");
-        // Three rows that map to exactly one event each.
         let records: Vec<(String, Record)> = rows
             .into_iter()
             .map(Record::Row)
@@ -736,32 +730,47 @@ mod tests {
             })
             .collect();
         assert_eq!(records.len(), 3, "the sample has three good rows");
-        let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
+        records
+    }
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+    /// A pipeline posting to the gateway at `url`, one attempt per call.
+    fn test_pipeline(url: String, state: StateDb) -> Pipeline {
         let key = Sm2SigningKey::generate();
-        let gateway_key = Sm2SigningKey::generate().verifying_key().clone();
         let client = GatewayClient::new(
             &GatewayClientConfig {
-                base_url: fake_gateway().await,
+                base_url: url,
                 ..Default::default()
             },
             key.clone(),
         )
         .expect("client");
-        let pipeline = Pipeline::new(
+        Pipeline::new(
             client,
             PipelineConfig {
                 entity_id: "91320102MA1XXXXXX0".into(),
                 key,
-                gateway_key,
+                gateway_key: Sm2SigningKey::generate().verifying_key().clone(),
                 attempts: 1,
                 retry_base: Duration::from_millis(10),
                 retry_max: Duration::from_millis(10),
             },
-            state.clone(),
-        );
+            state,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_refusal_keeps_its_message_and_problems() {
+        let spec = MappingSpec::load(
+            root().join("config/mappings/clinic-ims.toml"),
+            &mappings::Dataset::builtin(),
+        )
+        .expect("spec");
+        let records = three_good_records(&spec);
+        let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+        let pipeline = test_pipeline(fake_gateway().await, state.clone());
         pipeline.add_source("clinic", spec);
         let start = chrono::Utc::now();
         let out = pipeline.submit("clinic", records).await.expect("submit");
@@ -836,46 +845,11 @@ mod tests {
             &mappings::Dataset::builtin(),
         )
         .expect("spec");
-        let text = std::fs::read_to_string(root().join("config/mappings/samples/clinic-ims.rows.json")).expect("rows");
-        let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).expect("rows JSON");
-        let records: Vec<(String, Record)> = rows
-            .into_iter()
-            .map(Record::Row)
-            .filter(|r| {
-                let o = spec.map(r);
-                o.problems.iter().all(|p| !p.is_error()) && o.events.len() == 1
-            })
-            .take(3)
-            .map(|r| {
-                let Record::Row(m) = &r else { unreachable!("rows") };
-                (m["JZJL_ID"].as_str().expect("JZJL_ID").to_string(), r)
-            })
-            .collect();
-        assert_eq!(records.len(), 3);
+        let records = three_good_records(&spec);
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
-        let key = Sm2SigningKey::generate();
         let (url, sizes) = fake_gateway_limited(Some(1)).await;
-        let client = GatewayClient::new(
-            &GatewayClientConfig {
-                base_url: url,
-                ..Default::default()
-            },
-            key.clone(),
-        )
-        .expect("client");
-        let pipeline = Pipeline::new(
-            client,
-            PipelineConfig {
-                entity_id: "91320102MA1XXXXXX0".into(),
-                key,
-                gateway_key: Sm2SigningKey::generate().verifying_key().clone(),
-                attempts: 1,
-                retry_base: Duration::from_millis(10),
-                retry_max: Duration::from_millis(10),
-            },
-            state,
-        );
+        let pipeline = test_pipeline(url, state);
         pipeline.add_source("clinic", spec);
         let out = tokio::time::timeout(Duration::from_secs(30), pipeline.submit("clinic", records))
             .await
