@@ -19,11 +19,12 @@ BIN=${BIN:-target/release/vaxgate}
 export VAXGATE_BENCH_PASS="bench passphrase" VAXGATE_AGENT_PASSPHRASE="bench passphrase"
 WORK=$(mktemp -d /tmp/vaxgate-bench-agent.XXXXXX)
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"; }
+# KEEP=1 keeps the work directory (node, ledger, agent state) for inspection.
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi; }
 trap cleanup EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$BIN" init --dir "$WORK/node" --plain-http --listen "127.0.0.1:$PORT" --passphrase-env VAXGATE_BENCH_PASS >/dev/null
-RUST_LOG=warn "$BIN" serve --config "$WORK/node/vaxgate.toml" >/dev/null 2>"$WORK/server.log" &
+RUST_LOG=${SERVER_LOG:-warn} "$BIN" serve --config "$WORK/node/vaxgate.toml" >/dev/null 2>"$WORK/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 ID=12320102MB12345674
@@ -70,7 +71,7 @@ batch_size = $BATCH
 in_flight = $IN_FLIGHT
 TOML
 START=$(date +%s.%N)
-OUT=$(RUST_LOG=warn "$BIN" agent --config "$WORK/agent.toml" run --once)
+OUT=$(RUST_LOG=${AGENT_LOG:-warn} "$BIN" agent --config "$WORK/agent.toml" run --once)
 END=$(date +%s.%N)
 psql "$PG_URL" -qc "DROP DATABASE $DB" >/dev/null
 echo "$OUT" >&2

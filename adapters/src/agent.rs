@@ -9,6 +9,7 @@
 //! after the last page whose receipts are in the state database.
 
 use std::io::IsTerminal as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -282,9 +283,16 @@ enum Page {
 }
 
 /// What one element of the in-order delivery stream is.
+/// What the commit step needs of a delivered page: its rows' keys (in
+/// order) and the position after its last row.
+struct PageDone {
+    keys: Vec<Cell>,
+    last: SqlCheckpoint,
+}
+
 enum Step {
     /// A page whose receipts are in hand, ready to commit.
-    Delivered(Vec<SourceRow>, crate::pipeline::Delivered),
+    Delivered(PageDone, crate::pipeline::Delivered),
     /// A delivery gave up because a stop was requested.
     Stopped,
     /// The reader's end marker (after every page it read).
@@ -400,16 +408,24 @@ pub async fn run_sql_source(
             // A task of its own: it must progress (and release the state
             // database) while the consumer waits on an earlier commit.
             let task = tokio::spawn(async move {
-                let last = rows.last()?;
-                let checkpoint = serde_json::to_value(&last.position).ok()?;
-                let records: Vec<(String, Record)> = rows
-                    .iter()
-                    .map(|r| (r.key.key_string(), Record::Row(r.row.clone())))
-                    .collect();
+                let last = rows.last()?.position.clone();
+                let checkpoint = serde_json::to_value(&last).ok()?;
+                // The rows move into the records (no copy); what the commit
+                // step needs of them is the keys and the last position.
+                let mut keys = Vec::with_capacity(rows.len());
+                let records: Arc<Vec<(String, Record)>> = Arc::new(
+                    rows.into_iter()
+                        .map(|r| {
+                            let k = r.key.key_string();
+                            keys.push(r.key);
+                            (k, Record::Row(r.row))
+                        })
+                        .collect(),
+                );
                 let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
                 loop {
                     match pipeline.deliver(&name, records.clone(), Some(checkpoint.clone())).await {
-                        Ok(d) => return Some((rows, d)),
+                        Ok(d) => return Some((PageDone { keys, last }, d)),
                         Err(e) => {
                             tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
                             if sleep_or_stop(backoff.next_delay(), &mut stop).await {
@@ -435,8 +451,8 @@ pub async fn run_sql_source(
     let mut committed: Option<SqlCheckpoint> = start.clone();
     let mut reached_end = false;
     while let Some(item) = deliveries.next().await {
-        let (rows, delivered) = match item {
-            Ok(Step::Delivered(rows, d)) => (rows, d),
+        let (page, delivered) = match item {
+            Ok(Step::Delivered(page, d)) => (page, d),
             Ok(Step::End(pos)) => {
                 if pos != committed {
                     return Err(AgentError::Source {
@@ -472,13 +488,14 @@ pub async fn run_sql_source(
             }
         };
         let outcomes = pipeline.commit(delivered).await?;
-        committed = rows.last().map(|r| r.position.clone());
+        committed = Some(page.last);
+        let rows = page.keys.len();
         let mut accepted_keys = Vec::new();
-        for (o, r) in outcomes.iter().zip(&rows) {
+        for (o, key) in outcomes.iter().zip(page.keys) {
             match o {
                 RecordOutcome::Accepted { .. } => {
                     stats.accepted += 1;
-                    accepted_keys.push(r.key.clone());
+                    accepted_keys.push(key);
                 }
                 RecordOutcome::Rejected { .. } => stats.rejected += 1,
                 RecordOutcome::Quarantined { .. } => stats.quarantined += 1,
@@ -489,10 +506,10 @@ pub async fn run_sql_source(
             tracing::warn!(source = %name, error = %e, "mark_processed failed (the records are delivered)");
         }
         if let Some(b) = &bar {
-            b.inc(rows.len() as u64);
+            b.inc(rows as u64);
         }
         tracing::info!(
-            source = %name, rows = rows.len(), accepted = stats.accepted, rejected = stats.rejected,
+            source = %name, rows, accepted = stats.accepted, rejected = stats.rejected,
             quarantined = stats.quarantined, "batch committed"
         );
         if *stop.borrow() {

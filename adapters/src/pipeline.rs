@@ -282,7 +282,7 @@ impl Pipeline {
         records: Vec<(String, Record)>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Vec<RecordOutcome>, AgentError> {
-        let d = self.deliver(source, records, checkpoint).await?;
+        let d = self.deliver(source, Arc::new(records), checkpoint).await?;
         self.commit(d).await
     }
 
@@ -291,10 +291,11 @@ impl Pipeline {
     /// keep several batches in flight and [`Pipeline::commit`] them in
     /// order, so a checkpoint never passes a batch whose receipts are not
     /// stored.
+    /// `records` is shared so a caller that retries does not copy them.
     pub async fn deliver(
         &self,
         source: &str,
-        records: Vec<(String, Record)>,
+        records: Arc<Vec<(String, Record)>>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Delivered, AgentError> {
         let entry = self.entry(source)?;
