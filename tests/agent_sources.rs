@@ -407,7 +407,7 @@ fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
     let o = agent(&cfg, &["run", "--once"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("source iis-files: 3 accepted, 1 rejected, 0 quarantined"),
+        stdout(&o).contains("source iis-files: 3 accepted, 0 rejected, 1 quarantined"),
         "{}",
         stdout(&o)
     );
@@ -442,10 +442,14 @@ fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
         "no personal data in the reason: {reason}"
     );
     // A message that fails mapping is answered AE with located ERR
-    // segments before the pipeline: the refused file in failed/ is the only
-    // copy, nothing is quarantined.
+    // segments, and only once the agent's quarantine holds it (keyed by its
+    // control id, with the rule), so it can be replayed after a spec fix.
     let list = ok(agent(&cfg, &["quarantine", "list"]));
-    assert!(list.contains("0 entries"), "{list}");
+    assert!(
+        list.contains("1 entries") && list.contains("iis-files") && list.contains("BAD1"),
+        "{list}"
+    );
+    assert!(!list.contains("小明"), "no personal data in the list: {list}");
 
     // Gateway down: a new file stays in the directory, nothing moves and
     // the run fails; once the gateway is back it is delivered, and a resent

@@ -560,13 +560,24 @@ pub struct Processed {
     pub ack: String,
     /// The downstream was unavailable: resend later.
     pub retry: bool,
+    /// The message is kept in the agent's quarantine (it failed mapping or
+    /// validation): fixable and replayable there after a spec change.
+    pub quarantined: bool,
 }
 
 /// A message checked and mapped, waiting for the sink.
 #[derive(Debug)]
 enum Prepared {
     Done(Processed),
-    Submit { header: Box<MessageHeader>, text: String },
+    Submit {
+        header: Box<MessageHeader>,
+        text: String,
+    },
+    /// Failed mapping: submitted for the quarantine, answered with `refusal`.
+    Refuse {
+        text: String,
+        refusal: Processed,
+    },
 }
 
 impl<S: RecordSink> Hl7Processor<S> {
@@ -600,6 +611,7 @@ impl<S: RecordSink> Hl7Processor<S> {
                     code: AckCode::Ar,
                     ack: build_ack(None, AckCode::Ar, "not an HL7 v2 message", &[err]),
                     retry: false,
+                    quarantined: false,
                 });
             }
         };
@@ -631,6 +643,7 @@ impl<S: RecordSink> Hl7Processor<S> {
                 code: AckCode::Ar,
                 ack,
                 retry: false,
+                quarantined: false,
             });
         }
         let outcome = self.spec.map(&Record::Hl7(text.clone()));
@@ -655,11 +668,19 @@ impl<S: RecordSink> Hl7Processor<S> {
                 })
                 .collect();
             let ack = build_ack(Some(&header), AckCode::Ae, "message has errors", &errs);
-            return Prepared::Done(Processed {
-                code: AckCode::Ae,
-                ack,
-                retry: false,
-            });
+            // Still handed to the sink, which quarantines it durably (the
+            // agent's pipeline maps it again and keeps it with the reason,
+            // replayable after a spec fix); the sender gets this detailed AE
+            // once the quarantine holds it, or AR "resend later" if not.
+            return Prepared::Refuse {
+                text,
+                refusal: Processed {
+                    code: AckCode::Ae,
+                    ack,
+                    retry: false,
+                    quarantined: true,
+                },
+            };
         }
         Prepared::Submit {
             header: Box::new(header),
@@ -673,9 +694,18 @@ impl<S: RecordSink> Hl7Processor<S> {
         let prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
         let mut records = Vec::new();
         for p in &prepared {
-            if let Prepared::Submit { header, text } = p {
-                let key = decode(&header.control_id, &header.delimiters);
-                records.push((key, Record::Hl7(text.clone())));
+            match p {
+                Prepared::Submit { header, text } => {
+                    let key = decode(&header.control_id, &header.delimiters);
+                    records.push((key, Record::Hl7(text.clone())));
+                }
+                Prepared::Refuse { text, .. } => {
+                    let key = MessageHeader::parse(text)
+                        .map(|h| decode(&h.control_id, &h.delimiters))
+                        .unwrap_or_default();
+                    records.push((key, Record::Hl7(text.clone())));
+                }
+                Prepared::Done(_) => {}
             }
         }
         let n = records.len();
@@ -695,6 +725,21 @@ impl<S: RecordSink> Hl7Processor<S> {
                     });
                     ack_for_outcome(&header, &o)
                 }
+                Prepared::Refuse { text, refusal } => {
+                    let o = outcomes.next().unwrap_or(Outcome::Retry {
+                        reason: "no outcome".into(),
+                    });
+                    match (&o, MessageHeader::parse(&text)) {
+                        (Outcome::Retry { .. }, Ok(header)) => ack_for_outcome(&header, &o),
+                        (Outcome::Quarantined { .. }, _) => refusal,
+                        // A sink that does not quarantine (it accepted or
+                        // refused the record itself): still AE, not kept.
+                        _ => Processed {
+                            quarantined: false,
+                            ..refusal
+                        },
+                    }
+                }
             })
             .collect()
     }
@@ -706,6 +751,7 @@ impl<S: RecordSink> Hl7Processor<S> {
             code: AckCode::Ar,
             ack: build_ack(None, AckCode::Ar, "internal error", &[]),
             retry: true,
+            quarantined: false,
         })
     }
 }
@@ -751,6 +797,7 @@ fn ack_for_outcome(header: &MessageHeader, o: &Outcome) -> Processed {
         code,
         ack: build_ack(Some(header), code, text, err.as_slice()),
         retry: matches!(o, Outcome::Retry { .. }),
+        quarantined: matches!(o, Outcome::Quarantined { .. }),
     }
 }
 

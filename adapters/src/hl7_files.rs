@@ -114,6 +114,8 @@ pub struct Hl7FileReport {
     pub accepted: usize,
     /// Messages acknowledged `AE`/`AR`.
     pub refused: usize,
+    /// Of the refused, those kept in the agent's quarantine.
+    pub quarantined: usize,
     /// Where the file went (`done` or `failed`).
     pub moved_to: &'static str,
 }
@@ -192,6 +194,7 @@ impl<S: RecordSink> Hl7FileDrop<S> {
                 file,
                 accepted: 0,
                 refused: 0,
+                quarantined: 0,
                 moved_to: "failed",
             });
         }
@@ -201,6 +204,7 @@ impl<S: RecordSink> Hl7FileDrop<S> {
         let mut acks = String::new();
         let mut problems = Vec::new();
         let mut accepted = 0;
+        let mut quarantined = 0;
         for chunk in chunks_without_repeats(&messages, self.cfg.batch_size) {
             let results = self.processor.process_batch(chunk.to_vec()).await;
             if results.iter().any(|r| r.retry) {
@@ -215,6 +219,7 @@ impl<S: RecordSink> Hl7FileDrop<S> {
                 if r.code == AckCode::Aa {
                     accepted += 1;
                 } else {
+                    quarantined += usize::from(r.quarantined);
                     let id = MessageHeader::parse(msg).map(|h| h.control_id).unwrap_or_default();
                     let detail: Vec<&str> = segments(&r.ack)
                         .filter(|s| s.starts_with("MSA") || s.starts_with("ERR"))
@@ -248,6 +253,7 @@ impl<S: RecordSink> Hl7FileDrop<S> {
             file,
             accepted,
             refused: problems.len(),
+            quarantined,
             moved_to: target,
         })
     }

@@ -373,9 +373,9 @@ impl RecordSink for NoSink {
 pub struct PushStats {
     /// Records (XML) or messages (HL7 files) accepted.
     pub accepted: u64,
-    /// Records refused by the gateway (XML) or messages refused (HL7 files: AE/AR).
+    /// Records (XML) or messages (HL7 files: AE/AR) refused and not quarantined.
     pub rejected: u64,
-    /// Records quarantined (XML).
+    /// Records (XML) or messages (HL7 files) quarantined.
     pub quarantined: u64,
 }
 
@@ -445,7 +445,8 @@ pub async fn run_push_source<S: RecordSink>(
                     .map_err(|e| source_err(&name, e.to_string(), true))?
                 {
                     stats.accepted += r.accepted as u64;
-                    stats.rejected += r.refused as u64;
+                    stats.rejected += (r.refused - r.quarantined) as u64;
+                    stats.quarantined += r.quarantined as u64;
                 }
             } else {
                 drop_dir.run(stop).await;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use adapters::hl7::{Delimiters, FieldLocator, Hl7Processor, decode, encode, segments, split_messages};
+use adapters::hl7::{AckCode, Delimiters, FieldLocator, Hl7Processor, decode, encode, segments, split_messages};
 use adapters::intake::MemorySink;
 use adapters::mllp::{MllpClient, MllpConfig, MllpServer};
 use mappings::{Dataset, MappingSpec, Record};
@@ -79,6 +79,33 @@ async fn accepts_vxu_and_round_trips_chinese_escapes() {
     let name = out.events[0].pii.get("recipient_name").expect("name");
     assert_eq!(name, "王小明");
     server.shutdown().await;
+}
+
+/// A message that fails mapping goes to the sink too, which quarantines
+/// it; its detailed AE is sent only once the quarantine holds it (the sink
+/// down: AR, resend later), and it is never accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_failing_mapping_is_quarantined_before_its_ae() {
+    let (spec, loc) = spec_and_locator();
+    let sink = Arc::new(MemorySink::new("hl7", spec.clone()));
+    let proc = Hl7Processor::new("hl7", spec, loc, sink.clone());
+    let bad = sample_messages()[0].replace("||||20231001A|20240930|", "|||||20240930|");
+
+    sink.set_unavailable(true);
+    let p = proc.process(bad.clone()).await;
+    assert_eq!(p.code, AckCode::Ar, "{}", p.ack);
+    assert!(p.retry && !p.quarantined, "{}", p.ack);
+
+    sink.set_unavailable(false);
+    let p = proc.process(bad).await;
+    assert_eq!(p.code, AckCode::Ae, "{}", p.ack);
+    assert!(p.quarantined && !p.retry, "{}", p.ack);
+    assert!(p.ack.contains("ERR||RXA^2^15|101^"), "{}", p.ack);
+    assert!(sink.accepted().is_empty());
+
+    let good = proc.process(sample_messages()[1].clone()).await;
+    assert_eq!(good.code, AckCode::Aa, "{}", good.ack);
+    assert!(!good.quarantined);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
