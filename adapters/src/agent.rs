@@ -292,7 +292,7 @@ struct PageDone {
 
 enum Step {
     /// A page whose receipts are in hand, ready to commit.
-    Delivered(PageDone, crate::pipeline::Delivered),
+    Delivered(Box<(PageDone, crate::pipeline::Delivered)>),
     /// A delivery gave up because a stop was requested.
     Stopped,
     /// The reader's end marker (after every page it read).
@@ -425,7 +425,7 @@ pub async fn run_sql_source(
                 let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
                 loop {
                     match pipeline.deliver(&name, records.clone(), Some(checkpoint.clone())).await {
-                        Ok(d) => return Some((PageDone { keys, last }, d)),
+                        Ok(d) => return Some(Box::new((PageDone { keys, last }, d))),
                         Err(e) => {
                             tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
                             if sleep_or_stop(backoff.next_delay(), &mut stop).await {
@@ -437,7 +437,7 @@ pub async fn run_sql_source(
             });
             async move {
                 match task.await {
-                    Ok(Some((rows, d))) => Ok(Step::Delivered(rows, d)),
+                    Ok(Some(done)) => Ok(Step::Delivered(done)),
                     Ok(None) => Ok(Step::Stopped),
                     Err(e) => Err(format!("delivery task failed: {e}")),
                 }
@@ -452,7 +452,7 @@ pub async fn run_sql_source(
     let mut reached_end = false;
     while let Some(item) = deliveries.next().await {
         let (page, delivered) = match item {
-            Ok(Step::Delivered(page, d)) => (page, d),
+            Ok(Step::Delivered(done)) => *done,
             Ok(Step::End(pos)) => {
                 if pos != committed {
                     return Err(AgentError::Source {
