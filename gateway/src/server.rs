@@ -37,6 +37,12 @@ pub struct AppState {
     pub registry: std::sync::RwLock<crate::registry::Registry>,
     /// Serialises registry changes (check → append → apply).
     pub registry_writer: tokio::sync::Mutex<()>,
+    /// Orders cold-chain judgements with appends: a batch holding an
+    /// inbound receipt takes it exclusively (after every append in flight
+    /// is committed, and before any later one starts), so the receipt is
+    /// judged against every record before it in the ledger; other batches
+    /// share it.
+    pub ingest_order: tokio::sync::RwLock<()>,
     /// Nonces seen recently.
     pub nonces: crate::auth::NonceCache,
     /// Largest accepted difference between a request's clock and ours.

@@ -608,6 +608,19 @@ async fn ingest(
             txs.push(t);
             msgs.push(m);
         }
+        // A receipt is judged against the shipments and readings before it
+        // in the ledger, so its batch waits for the appends in flight (they
+        // may hold its shipment) and keeps later ones out until it is
+        // appended itself (`AppState::ingest_order`).
+        let has_receipt = msgs.iter().any(|m| m.payload.category == "inbound_receipt");
+        let _exclusive = match has_receipt {
+            true => Some(state.ingest_order.write().await),
+            false => None,
+        };
+        let _shared = match has_receipt {
+            true => None,
+            false => Some(state.ingest_order.read().await),
+        };
         // Cold-chain rules (R11.2): alerts are node-written transactions in
         // the same durable append as the records they are about.
         let alerts = cold_chain_alerts(&state, &msgs).await?;
