@@ -7,7 +7,7 @@
 //! per-source records, accepted, rejected, quarantined and rejection rules;
 //! records and accepted totals; the number of ledger transactions; the
 //! verification result; the demo trace code and its steps (category, time,
-//! signer). What may differ: timings, the port, the number of blocks (group
+//! signer); the refused delivery and its reason. What may differ: timings, the port, the number of blocks (group
 //! commit depends on timing), hashes, keys and transaction ids.
 
 #![allow(clippy::unwrap_used)]
@@ -95,6 +95,16 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     // Summaries: every source read, only the intended dirty rows held back.
     let sa = summary(&a);
     assert_eq!(sa["verified"], true, "{sa}");
+    // The world's warm delivery: its receipt is in the ledger, refused, with
+    // the gateway's reason (the receipt is judged after the shipment).
+    let refused = sa["refused_delivery"]["refused_receipts"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{sa}");
+    assert_eq!(refused[0]["category"], "inbound_receipt", "{sa}");
+    assert!(
+        refused[0]["refusal_reason"].as_str().unwrap().contains("arrival temp"),
+        "{sa}"
+    );
+    assert!(out.contains("== refused delivery: waybill"), "{out}");
     assert_eq!(sa["demo_proof_verified"], true, "{sa}");
     let manifest = sandbox::load_manifest(&a).unwrap();
     for s in &manifest.sources {

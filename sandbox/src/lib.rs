@@ -191,6 +191,9 @@ pub struct Manifest {
     pub recall_notice: String,
     /// Waybill of the shipment refused at receipt.
     pub refused_waybill: String,
+    /// A unit code of that shipment (its trace shows the refused receipt).
+    #[serde(default)]
+    pub refused_trace_code: String,
     /// Unit codes produced.
     pub units_produced: usize,
     /// Vaccinations generated (both clinics).
@@ -523,6 +526,13 @@ fn manifest(w: &world::World, opts: &Options, sources: Vec<Source>) -> Manifest 
         recalled_lot: w.lots[w.recalled_lot].number.clone(),
         recall_notice: w.recall.0.clone(),
         refused_waybill: w.shipments[w.refused_shipment].waybill.clone(),
+        refused_trace_code: {
+            let sh = &w.shipments[w.refused_shipment];
+            sh.cartons
+                .first()
+                .and_then(|c| w.lots[sh.lot].carton_units(*c).into_iter().next())
+                .unwrap_or_default()
+        },
         units_produced: w.lots.iter().map(|l| l.cartons * world::CARTON).sum(),
         vaccinations: w.vaccinations.len(),
     }

@@ -242,6 +242,12 @@ fn lifecycle_is_consistent() {
         }
     }
     assert!(!refused_units.is_empty());
+    assert!(
+        refused_units.contains(&m.refused_trace_code),
+        "the manifest's refused trace code {} is not in waybill {}",
+        m.refused_trace_code,
+        m.refused_waybill
+    );
     let mut billed_to: BTreeMap<String, Vec<(String, chrono::NaiveDateTime)>> = BTreeMap::new();
     let mut recalled = BTreeSet::new();
     for db in ["cdc/province.db", "cdc/city.db", "cdc/county.db"] {
@@ -341,6 +347,7 @@ fn specs_are_embedded_and_renamed() {
         recalled_lot: String::new(),
         recall_notice: String::new(),
         refused_waybill: String::new(),
+        refused_trace_code: String::new(),
         units_produced: 0,
         vaccinations: 0,
     };

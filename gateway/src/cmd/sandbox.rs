@@ -496,6 +496,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     // 6. One dose from production to vaccination.
     let regulator = open_key(&keys, "nmpa-js", &pass)?;
     let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator))?;
+    let refused = rt.block_on(refused_delivery(&manifest, &base, open_key(&keys, "nmpa-js", &pass)?))?;
 
     // Summary.
     println!();
@@ -532,6 +533,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     );
     println!();
     print!("{}", trace.text);
+    print!("{}", refused.0);
     let partner_key = keys.join("partner.key.pem");
     println!("\n== partner queries (ready to paste; the partner may read product 8612345) ==");
     println!(
@@ -578,6 +580,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         "demo_trace_code": manifest.demo_trace_code,
         "demo_steps": trace.steps,
         "demo_proof_verified": trace.proof_ok,
+        "refused_delivery": refused.1,
         "gateway": base,
         "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
     });
@@ -629,8 +632,27 @@ fn agent_toml(dir: &Path, base: &str, alias: &str, uscc: &str, sources: &[(&Sour
                     s.key.as_deref().unwrap_or_default()
                 ));
             }
-            _ => t.push_str(&format!(
-                "\n# source {} ({:?}, {}): submitted by `vaxgate sandbox` through this agent's pipeline\n# with the spec ../{}\n",
+            // The export's folder, watched by the agent's own XML source
+            // (finished files move to done/, failed ones to failed/).
+            SourceKind::XmlFile => t.push_str(&format!(
+                "\n[[sources]]\ntype = \"xml_dir\"\nname = \"{}\"\nmapping = \"../{}\"\ndir = \"{}\"\n\
+                 settle_ms = 0\nbatch_size = 500\n",
+                s.name,
+                s.spec,
+                file.parent().unwrap_or(dir).display()
+            )),
+            SourceKind::Hl7Dir => t.push_str(&format!(
+                "\n[[sources]]\ntype = \"hl7_files\"\nname = \"{}\"\nmapping = \"../{}\"\ndir = \"{}\"\n\
+                 settle_ms = 0\nbatch_size = 500\n",
+                s.name,
+                s.spec,
+                file.display()
+            )),
+            // The ERP posts its shipment events itself (over AMQP, or as
+            // here over HTTP with the carrier's key): no folder source.
+            SourceKind::JsonDir => t.push_str(&format!(
+                "\n# source {} ({:?}, {}): the ERP's shipment events, posted by `vaxgate sandbox` through\n\
+                 # this agent's pipeline with the spec ../{} (in production: an `amqp` source)\n",
                 s.name, s.kind, s.path, s.spec
             )),
         }
@@ -638,55 +660,30 @@ fn agent_toml(dir: &Path, base: &str, alias: &str, uscc: &str, sources: &[(&Sour
     t
 }
 
-/// Reads a file source's records (XML records, HL7 messages, JSON documents).
-fn file_records(dir: &Path, s: &Source, spec: &MappingSpec) -> anyhow::Result<Vec<(String, Record)>> {
+/// The ERP's shipment events: one record per shipment of each JSON file,
+/// as the ERP publishes them (one AMQP message each), so a bad waybill holds
+/// back only itself.
+fn erp_records(dir: &Path, s: &Source) -> anyhow::Result<Vec<(String, Record)>> {
     let path = dir.join(&s.path);
-    let mut files = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path]
-    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
     let mut out = Vec::new();
-    for f in files.drain(..) {
+    for f in files {
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match s.kind {
-            SourceKind::XmlFile => {
-                let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-                let path = spec.record_path.clone().unwrap_or_else(|| "/".into());
-                let mut r = adapters::xml_source::XmlRecordReader::new(std::io::BufReader::new(file), &path, 64 << 20);
-                let mut n = 0;
-                while let Some(frag) = r.next_record().map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))? {
-                    n += 1;
-                    out.push((format!("{name}#{n}"), Record::Xml(frag)));
-                }
-            }
-            SourceKind::Hl7Dir => {
-                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-                for (n, m) in adapters::hl7::split_messages(&text).into_iter().enumerate() {
-                    out.push((format!("{name}#{}", n + 1), Record::Hl7(m)));
-                }
-            }
-            SourceKind::JsonDir => {
-                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-                let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
-                // One record per shipment, as the ERP publishes them (one
-                // AMQP message each): a bad waybill holds back only itself.
-                let empty = Vec::new();
-                for sh in v["shipments"].as_array().unwrap_or(&empty) {
-                    let key = sh["waybillNo"].as_str().unwrap_or(&name).to_string();
-                    let one = json!({"batchId": v["batchId"], "shipments": [sh]});
-                    out.push((key, Record::Json(one)));
-                }
-            }
-            SourceKind::Sqlite => {}
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        let empty = Vec::new();
+        for sh in v["shipments"].as_array().unwrap_or(&empty) {
+            let key = sh["waybillNo"].as_str().unwrap_or(&name).to_string();
+            let one = json!({"batchId": v["batchId"], "shipments": [sh]});
+            out.push((key, Record::Json(one)));
         }
     }
     Ok(out)
@@ -695,8 +692,14 @@ fn file_records(dir: &Path, s: &Source, spec: &MappingSpec) -> anyhow::Result<Ve
 async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
-    // One agent per organisation (as each would run at its own site).
-    let mut runs = Vec::new();
+    // One agent per organisation (as each would run at its own site), in
+    // two waves that follow the goods: the holder's and the carrier's
+    // records first, then the receivers'. A receipt is judged against the
+    // shipment records already in the ledger (refused when its delivery
+    // has no temperature record), so a receiver's agent must not overtake
+    // the carrier's.
+    let upstream = |e: &sandbox::Entity| matches!(e.role.as_str(), "manufacturer" | "logistics");
+    let mut waves: [Vec<_>; 2] = [Vec::new(), Vec::new()];
     for e in &manifest.entities {
         let mine: Vec<(&Source, Option<&str>)> = manifest
             .sources
@@ -712,14 +715,17 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
             })
             .collect();
         if !mine.is_empty() {
-            runs.push(run_agent(dir, e, mine, base));
+            waves[usize::from(!upstream(e))].push(run_agent(dir, e, mine, base));
         }
     }
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     // At most three at a time: the machine running the sandbox also runs
     // the gateway, and SQLite state databases time out under heavy load.
     use futures_util::StreamExt as _;
-    let results: Vec<anyhow::Result<AgentRun>> = futures_util::stream::iter(runs).buffered(3).collect().await;
+    let mut results: Vec<anyhow::Result<AgentRun>> = Vec::new();
+    for wave in waves {
+        results.extend(futures_util::stream::iter(wave).buffered(3).collect::<Vec<_>>().await);
+    }
     for r in results {
         let (lines, per_source) = r?;
         for l in lines {
@@ -766,19 +772,24 @@ async fn run_agent(
         entry.accepted += st.accepted;
         entry.rejected += st.rejected;
         entry.quarantined += st.quarantined;
-        if n > 0 {
+        if n > 0 && st.batches > 0 {
             lines.push(format!(
                 "{name:<20} {n:>6} rows read by {:<15} ({} accepted, {} batches)",
                 e.alias, st.accepted, st.batches
+            ));
+        } else if n > 0 {
+            lines.push(format!(
+                "{name:<20} {n:>6} records read by {:<12} ({} accepted)",
+                e.alias, st.accepted
             ));
         }
     }
     let files: Vec<&Source> = mine
         .iter()
         .map(|(s, _)| *s)
-        .filter(|s| s.kind != SourceKind::Sqlite)
+        .filter(|s| s.kind == SourceKind::JsonDir)
         .collect();
-    // The pipeline (its key opened once more) only for file sources.
+    // The pipeline (its key opened once more) only for the ERP's events.
     let pipeline = match files.is_empty() {
         true => None,
         false => Some(adapters::agent::build_pipeline(&loaded).await?),
@@ -787,7 +798,7 @@ async fn run_agent(
     for (s, pipeline) in files.iter().filter_map(|s| pipeline.as_ref().map(|p| (s, p))) {
         let spec = MappingSpec::load(dir.join(&s.spec), &dataset)?;
         pipeline.add_source(&s.name, spec.clone());
-        let records = file_records(dir, s, &spec)?;
+        let records = erp_records(dir, s)?;
         let entry = out.entry(s.name.clone()).or_default();
         for chunk in records.chunks(500) {
             for o in pipeline.submit(&s.name, chunk.to_vec()).await? {
@@ -841,6 +852,68 @@ struct DemoTrace {
     text: String,
     steps: Vec<Value>,
     proof_ok: bool,
+}
+
+/// The delivery the world refuses at receipt (an arrival temperature out
+/// of range), as the regulator's trace of one of its unit codes shows it:
+/// the receipt is in the ledger with status `refused` and the gateway's
+/// reason. Text for the summary and its JSON.
+async fn refused_delivery(manifest: &Manifest, base: &str, key: Sm2SigningKey) -> anyhow::Result<(String, Value)> {
+    let code = &manifest.refused_trace_code;
+    if code.is_empty() {
+        return Ok((String::new(), Value::Null));
+    }
+    let client = GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: base.to_string(),
+            ..Default::default()
+        },
+        key,
+    )?;
+    let body = client
+        .get(&format!("/v1/trace/{code}"))
+        .await
+        .with_context(|| format!("GET /v1/trace/{code}"))?;
+    let t: Value = serde_json::from_slice(&body)?;
+    let empty = Vec::new();
+    let refused: Vec<&Value> = t["steps"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|s| s["receipt_status"] == "refused")
+        .collect();
+    let mut text = format!(
+        "\n== refused delivery: waybill {} (trace code {code}) ==\n",
+        manifest.refused_waybill
+    );
+    for s in &refused {
+        text.push_str(&format!(
+            "  {:<25} {:<19} {:<10} block {:>5}  bill {} refused: {}\n",
+            s["occurred_at"].as_str().unwrap_or("-"),
+            s["category"].as_str().unwrap_or("-"),
+            s["signer"]["alias"].as_str().unwrap_or("-"),
+            s["height"],
+            s["event"]["fields"]["bill_code"].as_str().unwrap_or("-"),
+            s["refusal_reason"].as_str().unwrap_or("-"),
+        ));
+    }
+    if refused.is_empty() {
+        text.push_str("  no receipt of this delivery is marked refused (one was expected)\n");
+    }
+    let json = json!({
+        "waybill": manifest.refused_waybill,
+        "trace_code": code,
+        "refused_receipts": refused
+            .iter()
+            .map(|s| json!({
+                "category": s["category"],
+                "occurred_at": s["occurred_at"],
+                "signer": s["signer"]["alias"],
+                "refusal_reason": s["refusal_reason"],
+            }))
+            .collect::<Vec<_>>(),
+    });
+    Ok((text, json))
 }
 
 async fn demo_trace(
