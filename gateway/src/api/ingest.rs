@@ -797,8 +797,10 @@ async fn delivery_records(
             .await?
             .iter()
             .filter_map(|p| doc_event(&p.doc))
-            .chain(batch.iter().map(|m| m.payload.clone()))
             .filter(|s| to_receiver(s))
+            // Only the matching records of the batch are copied (a batch of
+            // receipts would otherwise copy the whole batch per receipt).
+            .chain(batch.iter().map(|m| &m.payload).filter(|s| to_receiver(s)).cloned())
             .collect();
         // The latest delivery to this receiver.
         found.sort_by_key(|s| s.occurred_at);
@@ -809,9 +811,10 @@ async fn delivery_records(
     }
     for no in &numbers {
         let stored = state.projection.events_for_shipment(no).await?;
-        let local = batch.iter().map(|m| m.payload.clone());
+        let about = |e: &TraceEvent| e.field_str("shipment_no") == Some(no.as_str()) && e.event_id != ev.event_id;
+        let local = batch.iter().map(|m| &m.payload).filter(|e| about(e)).cloned();
         for e in stored.iter().filter_map(|p| doc_event(&p.doc)).chain(local) {
-            if e.field_str("shipment_no") != Some(no.as_str()) || e.event_id == ev.event_id {
+            if !about(&e) {
                 continue;
             }
             match e.category.as_str() {

@@ -692,15 +692,22 @@ fn erp_records(dir: &Path, s: &Source) -> anyhow::Result<Vec<(String, Record)>> 
 async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
-    // One agent per organisation (as each would run at its own site), in
-    // two waves that follow the goods: the holder's and the carrier's
-    // records first, then the receivers'. A receipt is judged against the
-    // shipment records already in the ledger (refused when its delivery
-    // has no temperature record), so a receiver's agent must not overtake
-    // the carrier's.
-    let upstream = |e: &sandbox::Entity| matches!(e.role.as_str(), "manufacturer" | "logistics");
-    let mut waves: [Vec<_>; 2] = [Vec::new(), Vec::new()];
-    for e in &manifest.entities {
+    // One agent per organisation (as each would run at its own site), three
+    // at a time, in two lanes. The goods lane runs one agent after the
+    // other in the order the goods move: holder, carrier, then the CDCs. A
+    // receipt is judged against the shipment records already in the ledger
+    // (refused when its delivery has no temperature record), so a receiver
+    // must never overtake the carrier. The other lane (clinics, hospital:
+    // no receipts) runs two at a time, largest first, from the start.
+    let goods_rank = |e: &sandbox::Entity| match e.role.as_str() {
+        "manufacturer" => Some(0),
+        "logistics" => Some(1),
+        "cdc" => Some(2),
+        _ => None,
+    };
+    let mut goods = Vec::new();
+    let mut others = Vec::new();
+    for (i, e) in manifest.entities.iter().enumerate() {
         let mine: Vec<(&Source, Option<&str>)> = manifest
             .sources
             .iter()
@@ -714,18 +721,39 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
                 }
             })
             .collect();
-        if !mine.is_empty() {
-            waves[usize::from(!upstream(e))].push(run_agent(dir, e, mine, base));
+        if mine.is_empty() {
+            continue;
+        }
+        let own: usize = mine.iter().filter(|(_, o)| o.is_none()).map(|(s, _)| s.records).sum();
+        match goods_rank(e) {
+            Some(rank) => goods.push((rank, i, e, mine)),
+            None => others.push((own, i, e, mine)),
         }
     }
+    goods.sort_by_key(|g| (g.0, g.1));
+    others.sort_by_key(|o| (std::cmp::Reverse(o.0), o.1));
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
-    // At most three at a time: the machine running the sandbox also runs
-    // the gateway, and SQLite state databases time out under heavy load.
     use futures_util::StreamExt as _;
-    let mut results: Vec<anyhow::Result<AgentRun>> = Vec::new();
-    for wave in waves {
-        results.extend(futures_util::stream::iter(wave).buffered(3).collect::<Vec<_>>().await);
-    }
+    let t0 = Instant::now();
+    let goods_lane = futures_util::stream::iter(
+        goods
+            .into_iter()
+            .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
+    )
+    .buffered(1)
+    .collect::<Vec<_>>();
+    let other_lane = futures_util::stream::iter(
+        others
+            .into_iter()
+            .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
+    )
+    .buffered(2)
+    .collect::<Vec<_>>();
+    let (mut results, rest) = futures_util::future::join(goods_lane, other_lane).await;
+    results.extend(rest);
+    // Printed in the manifest's order, whatever finished first.
+    results.sort_by_key(|r| r.0);
+    let results = results.into_iter().map(|r| r.1);
     for r in results {
         let (lines, per_source) = r?;
         for l in lines {
@@ -755,7 +783,9 @@ async fn run_agent(
     e: &sandbox::Entity,
     mine: Vec<(&Source, Option<&str>)>,
     base: &str,
+    t0: Instant,
 ) -> anyhow::Result<AgentRun> {
+    let started = t0.elapsed().as_secs_f64();
     let mut lines = Vec::new();
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     let cfg_path = dir.join("agents").join(format!("{}.toml", e.alias));
@@ -845,6 +875,12 @@ async fn run_agent(
         }
     }
     state.close().await;
+    lines.push(format!(
+        "{:<20} agent {} ran from {started:.1} s to {:.1} s",
+        "",
+        e.alias,
+        t0.elapsed().as_secs_f64()
+    ));
     Ok((lines, out))
 }
 
