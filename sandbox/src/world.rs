@@ -851,6 +851,7 @@ pub fn simulate(seed: u64, doses: usize) -> World {
         });
     }
     let mut doses_of: std::collections::BTreeMap<(usize, usize), u32> = Default::default();
+    let mut below_cap: std::collections::BTreeMap<usize, NextBelowCap> = Default::default();
     let mut per_day: std::collections::BTreeMap<(usize, NaiveDate), u32> = Default::default();
     let mut vrng = root.fork("vaccinations");
     for p in &plans {
@@ -860,15 +861,20 @@ pub fn simulate(seed: u64, doses: usize) -> World {
             0..n_children
         };
         let mut person = pool.start + vrng.below(pool.len() as u64) as usize;
-        // at most 3 doses of a product per person (1 of flu)
+        // at most 3 doses of a product per person (1 of flu): the next
+        // person (cyclically) below the cap, or the drawn one if all are full
         let cap = if p.product == 2 { 1 } else { 3 };
-        let mut tries = 0;
-        while doses_of.get(&(person, p.product)).copied().unwrap_or(0) >= cap && tries < pool.len() {
-            person = if person + 1 >= pool.end { pool.start } else { person + 1 };
-            tries += 1;
+        let free = below_cap
+            .entry(p.product)
+            .or_insert_with(|| NextBelowCap::new(pool.len()));
+        if let Some(r) = free.find(person - pool.start) {
+            person = pool.start + r;
         }
         let dose = doses_of.entry((person, p.product)).or_insert(0);
         *dose += 1;
+        if *dose == cap {
+            free.mark_full(person - pool.start);
+        }
         let dose = (*dose).min(10);
         let Some(code) = stock[p.clinic][p.lot].pop_front() else {
             continue; // cannot happen: deliveries cover every planned dose
@@ -1356,5 +1362,89 @@ fn hospital(w: &mut World, rng: &mut Rng) {
         .position(|doc| w.patients[doc.patient].resident_id.is_some() && doc.time.date() > d(2025, 3, 1))
     {
         w.documents[i].dirty = Some("id_number_check");
+    }
+}
+
+/// Linear probing over a pool of people for the first one (cyclically from
+/// a start) whose dose count of a product is below its cap, in near O(1):
+/// a full person points at a later candidate (path-compressed), so a
+/// saturated pool does not cost a scan per dose. `next[i]` is such that
+/// every person cyclically in `[i, next[i])` is full.
+#[derive(Debug)]
+struct NextBelowCap {
+    next: Vec<usize>,
+    full: usize,
+}
+
+impl NextBelowCap {
+    fn new(len: usize) -> Self {
+        NextBelowCap {
+            next: (0..len).collect(),
+            full: 0,
+        }
+    }
+
+    /// The first person at or after `i` (cyclically) below the cap; `None`
+    /// when everyone is full.
+    fn find(&mut self, i: usize) -> Option<usize> {
+        if self.full >= self.next.len() {
+            return None;
+        }
+        let mut root = i;
+        while self.next[root] != root {
+            root = self.next[root];
+        }
+        let mut j = i;
+        while self.next[j] != root && self.next[j] != j {
+            let n = self.next[j];
+            self.next[j] = root;
+            j = n;
+        }
+        Some(root)
+    }
+
+    /// Person `i` reached the cap.
+    fn mark_full(&mut self, i: usize) {
+        if self.next[i] == i {
+            self.next[i] = (i + 1) % self.next.len();
+            self.full += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod next_below_cap_tests {
+    use super::NextBelowCap;
+
+    /// Same answers as the scan it replaces, over random draws and caps.
+    #[test]
+    fn agrees_with_linear_probing() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        for len in [1usize, 2, 7, 50] {
+            for cap in [1u32, 3] {
+                let mut fast = NextBelowCap::new(len);
+                let mut counts = vec![0u32; len];
+                for _ in 0..(len * cap as usize + 20) {
+                    let start = rand(len);
+                    // the scan of `simulate` before NextBelowCap
+                    let mut p = start;
+                    let mut tries = 0;
+                    while counts[p] >= cap && tries < len {
+                        p = (p + 1) % len;
+                        tries += 1;
+                    }
+                    let q = fast.find(start).unwrap_or(start);
+                    assert_eq!(p, q, "len {len} cap {cap} start {start} counts {counts:?}");
+                    counts[p] += 1;
+                    if counts[p] == cap {
+                        fast.mark_full(p);
+                    }
+                }
+            }
+        }
     }
 }
