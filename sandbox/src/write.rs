@@ -41,6 +41,18 @@ pub(crate) fn unix(t: NaiveDateTime) -> i64 {
     (t - Duration::hours(8)).and_utc().timestamp()
 }
 
+/// Indexes the legacy systems keep on the columns their agents page by
+/// (watermark, key), as a production system indexes its dates: without
+/// one, every keyset page scans and sorts the whole table.
+const INDEXES: &[(&str, &str)] = &[
+    ("T_JZ_JZJL", "CREATE INDEX T_JZ_JZJL_JZRQ ON T_JZ_JZJL (JZRQ, JZJL_ID)"),
+    ("T_AEFI_BG", "CREATE INDEX T_AEFI_BG_BGSJ ON T_AEFI_BG (BGSJ, BGBH)"),
+    ("YM_CRKD_ZB", "CREATE INDEX YM_CRKD_ZB_DJRQ ON YM_CRKD_ZB (DJRQ, DJH)"),
+    ("YM_CRKD_MX", "CREATE INDEX YM_CRKD_MX_DJH ON YM_CRKD_MX (DJH)"),
+    ("EMR_WDSY", "CREATE INDEX EMR_WDSY_CJSJ ON EMR_WDSY (CJSJ, WDID)"),
+    ("LL_WDHZ", "CREATE INDEX LL_WDHZ_DWBM ON LL_WDHZ (DWBM, JLID)"),
+];
+
 pub(crate) async fn write_db(path: &Path, tables: &[Table], views: &[&'static str]) -> Result<(), SandboxError> {
     let at = |e: sqlx::Error| SandboxError::Sqlite {
         path: path.display().to_string(),
@@ -76,6 +88,11 @@ pub(crate) async fn write_db(path: &Path, tables: &[Table], views: &[&'static st
                 }
             });
             qb.build().execute(&mut *tx).await.map_err(at)?;
+        }
+    }
+    for (table, ddl) in INDEXES {
+        if tables.iter().any(|t| t.name == *table) {
+            sqlx::query(*ddl).execute(&mut *tx).await.map_err(at)?;
         }
     }
     for v in views {
