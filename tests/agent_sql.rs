@@ -42,6 +42,27 @@ fn sqlite_watermark_resume_and_quarantine_replay() {
     );
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("300 rows"), "{out}");
+    // No index on the watermark: every page would sort the table.
+    assert!(
+        out.contains("warning: each page sorts the whole source (no usable index on (JZRQ, JZJL_ID))"),
+        "{out}"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::query("CREATE INDEX T_JZ_JZJL_JZRQ ON T_JZ_JZJL (JZRQ, JZJL_ID)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    let out = ok(agent(&cfg, &["check"]));
+    assert!(out.contains("300 rows") && !out.contains("warning"), "{out}");
 
     let out = ok(agent(&cfg, &["run", "--once"]));
     assert!(
@@ -189,6 +210,10 @@ fn postgres_timestamp_watermark_and_mark_processed() {
     );
     let out = ok(agent(&cfg, &["check"]));
     assert!(!out.contains("FAIL") && out.contains("500 rows"), "{out}");
+    assert!(
+        out.contains("warning: each page sorts the whole source (no usable index on (GXSJ, JZJL_ID))"),
+        "{out}"
+    );
     let out = ok(agent(&cfg, &["run", "--once"]));
     assert!(out.contains("500 accepted, 0 rejected, 0 quarantined"), "{out}");
     insert(500..560);

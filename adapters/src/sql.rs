@@ -429,13 +429,66 @@ impl SqlSource {
         }
     }
 
-    /// Connects and runs the page query with `LIMIT 1` (for `agent check`).
+    /// Connects and runs the page query with `LIMIT 1` (for `agent check`);
+    /// warns when the database sorts the whole source for every page (no
+    /// index on the watermark and key), which makes a backfill quadratic.
     pub async fn check(&self) -> Result<String, AgentError> {
         let rows = self.fetch(None, 1).await?;
         let total = self.count_after(None).await?;
-        Ok(match rows.first() {
+        let mut out = match rows.first() {
             Some(r) => format!("connected; {total} rows; {} columns", r.row.len()),
             None => "connected; the table is empty".into(),
+        };
+        if let Ok(true) = self.sorts_every_page().await {
+            let cols = if self.wm_col == self.key_col {
+                self.wm_col.clone()
+            } else {
+                format!("{}, {}", self.wm_col, self.key_col)
+            };
+            out.push_str(&format!(
+                "; warning: each page sorts the whole source (no usable index on ({cols})): \
+                 create one before a large backfill"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether the database's plan for a page sorts the whole source
+    /// instead of reading an index in (watermark, key) order.
+    async fn sorts_every_page(&self) -> Result<bool, sqlx::Error> {
+        let (sql, _) = self.page_sql(None, self.cfg.batch_size.max(1));
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    r.try_get::<String, _>("detail")
+                        .is_ok_and(|d| d.contains("TEMP B-TREE FOR ORDER BY"))
+                }),
+            Pool::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    r.try_get::<String, _>(0).is_ok_and(|line| {
+                        let node = line.trim_start().trim_start_matches("->").trim_start();
+                        node.starts_with("Sort ")
+                    })
+                }),
+            Pool::Mysql(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    let extra = r.try_get::<Option<String>, _>("Extra").ok().flatten().or_else(|| {
+                        r.try_get::<Option<Vec<u8>>, _>("Extra")
+                            .ok()
+                            .flatten()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    });
+                    extra.is_some_and(|e| e.contains("filesort"))
+                }),
         })
     }
 
