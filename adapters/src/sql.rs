@@ -47,6 +47,23 @@ impl Cell {
     /// timestamps as `yyyy-MM-dd HH:mm:ss[.fff]` (with `Z` when zoned).
     pub fn to_json(&self) -> Value {
         match self {
+            Cell::Text(s) => Value::String(s.clone()),
+            Cell::Json(v) => v.clone(),
+            other => other.scalar_json(),
+        }
+    }
+
+    /// As a JSON value, without copying text.
+    pub fn into_json(self) -> Value {
+        match self {
+            Cell::Text(s) => Value::String(s),
+            Cell::Json(v) => v,
+            other => other.scalar_json(),
+        }
+    }
+
+    fn scalar_json(&self) -> Value {
+        match self {
             Cell::Null => Value::Null,
             Cell::Bool(b) => Value::Bool(*b),
             Cell::I64(i) => Value::from(*i),
@@ -275,6 +292,15 @@ impl SqlSource {
         }
         let name = &self.name;
         let fail = |e: sqlx::Error| src_err(name, format!("reading rows: {e}"), is_transient(&e));
+        let record_key_col = self
+            .cfg
+            .change_table
+            .as_ref()
+            .map(|ct| self.cfg.key.as_deref().unwrap_or(&ct.key));
+        let wanted: Vec<&str> = [Some(self.wm_col.as_str()), Some(self.key_col.as_str()), record_key_col]
+            .into_iter()
+            .flatten()
+            .collect();
         let rows: Vec<Decoded> = match &self.pool {
             Pool::Sqlite(p) => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -283,7 +309,7 @@ impl SqlSource {
                 }
                 let rows = q.fetch_all(p).await.map_err(fail)?;
                 rows.iter()
-                    .map(|r| decode_row(r, sqlite_cell))
+                    .map(|r| decode_row(r, sqlite_cell, &wanted))
                     .collect::<Result<_, _>>()
             }
             Pool::Postgres(p) => {
@@ -292,7 +318,9 @@ impl SqlSource {
                     q = bind_pg(q, b);
                 }
                 let rows = q.fetch_all(p).await.map_err(fail)?;
-                rows.iter().map(|r| decode_row(r, pg_cell)).collect::<Result<_, _>>()
+                rows.iter()
+                    .map(|r| decode_row(r, pg_cell, &wanted))
+                    .collect::<Result<_, _>>()
             }
             Pool::Mysql(p) => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -300,7 +328,9 @@ impl SqlSource {
                     q = bind_mysql(q, b);
                 }
                 let rows = q.fetch_all(p).await.map_err(fail)?;
-                rows.iter().map(|r| decode_row(r, mysql_cell)).collect::<Result<_, _>>()
+                rows.iter()
+                    .map(|r| decode_row(r, mysql_cell, &wanted))
+                    .collect::<Result<_, _>>()
             }
         }
         .map_err(|e| src_err(name, e, false))?;
@@ -504,13 +534,21 @@ impl SqlSource {
 
 type Decoded = (Map<String, Value>, Vec<(String, Cell)>);
 
-fn decode_row<R: Row>(row: &R, cell: fn(&R, usize) -> Result<Cell, String>) -> Result<Decoded, String> {
+/// A row as column → JSON value, plus the typed cells of the `wanted`
+/// columns (watermark, key, record key).
+fn decode_row<R: Row>(
+    row: &R,
+    cell: fn(&R, usize) -> Result<Cell, String>,
+    wanted: &[&str],
+) -> Result<Decoded, String> {
     let mut map = Map::new();
-    let mut cells = Vec::with_capacity(row.columns().len());
+    let mut cells = Vec::with_capacity(wanted.len());
     for (i, c) in row.columns().iter().enumerate() {
         let v = cell(row, i).map_err(|e| format!("column `{}`: {e}", c.name()))?;
-        map.insert(c.name().to_string(), v.to_json());
-        cells.push((c.name().to_string(), v));
+        if wanted.contains(&c.name()) {
+            cells.push((c.name().to_string(), v.clone()));
+        }
+        map.insert(c.name().to_string(), v.into_json());
     }
     Ok((map, cells))
 }

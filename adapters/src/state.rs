@@ -254,7 +254,7 @@ impl StateDb {
             .synchronous(SqliteSynchronous::Full)
             // Each batch updates rows spread over the whole event index
             // (event ids are content hashes, not ordered): a 16 MiB page
-            // cache per connection keeps those pages in memory, and a WAL
+            // cache keeps those pages in memory, and a WAL
             // checkpointed every 8,192 pages (32 MiB) writes a page that
             // many batches touched once instead of once per batch. The WAL
             // file is truncated back to 64 MiB after a checkpoint.
@@ -262,8 +262,12 @@ impl StateDb {
             .pragma("wal_autocheckpoint", "8192")
             .pragma("journal_size_limit", "67108864")
             .busy_timeout(Duration::from_secs(30));
+        // One connection: SQLite serialises writers anyway, and a page cache
+        // survives only on the connection that wrote last (another
+        // connection's write empties it), so a pool of several reread the
+        // event index from the OS for every batch.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(opts)
             .await
             .map_err(|e| AgentError::state(&p, e))?;
