@@ -37,7 +37,12 @@ const SCHEMA: &[&str] = &[
         updated_at TEXT NOT NULL,
         message TEXT,
         problems TEXT)",
-    "CREATE INDEX IF NOT EXISTS events_source ON events(source, status)",
+    // Refusals are looked up by source and time (`agent run`'s summary);
+    // accepted events, nearly all of them, stay out of the index, so
+    // accepting one changes its row only. (`events_source` indexed every
+    // status change: two index writes per event, dropped.)
+    "DROP INDEX IF EXISTS events_source",
+    "CREATE INDEX IF NOT EXISTS events_rejected ON events(source, updated_at) WHERE status = 'rejected'",
     "CREATE TABLE IF NOT EXISTS quarantine (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         source TEXT NOT NULL,
@@ -779,6 +784,16 @@ mod tests {
         }
 
         let db = StateDb::open(&path).await.expect("an old state db opens");
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("indexes");
+        assert!(
+            indexes.contains(&"events_rejected".to_string()) && !indexes.contains(&"events_source".to_string()),
+            "{indexes:?}"
+        );
         for column in ["message", "problems"] {
             assert!(
                 has_column(&db.pool, "events", column).await.expect("pragma"),
