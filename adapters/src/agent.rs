@@ -282,7 +282,6 @@ enum Page {
     End(Option<SqlCheckpoint>),
 }
 
-/// What one element of the in-order delivery stream is.
 /// What the commit step needs of a delivered page: its rows' keys (in
 /// order) and the position after its last row.
 struct PageDone {
@@ -290,6 +289,7 @@ struct PageDone {
     last: SqlCheckpoint,
 }
 
+/// What one element of the in-order delivery stream is.
 enum Step {
     /// A page whose receipts are in hand, ready to commit.
     Delivered(Box<(PageDone, crate::pipeline::Delivered)>),

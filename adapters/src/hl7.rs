@@ -575,6 +575,7 @@ enum Prepared {
     },
     /// Failed mapping: submitted for the quarantine, answered with `refusal`.
     Refuse {
+        header: Box<MessageHeader>,
         text: String,
         refusal: Processed,
     },
@@ -673,6 +674,7 @@ impl<S: RecordSink> Hl7Processor<S> {
             // replayable after a spec fix); the sender gets this detailed AE
             // once the quarantine holds it, or AR "resend later" if not.
             return Prepared::Refuse {
+                header: Box::new(header),
                 text,
                 refusal: Processed {
                     code: AckCode::Ae,
@@ -694,18 +696,9 @@ impl<S: RecordSink> Hl7Processor<S> {
         let prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
         let mut records = Vec::new();
         for p in &prepared {
-            match p {
-                Prepared::Submit { header, text } => {
-                    let key = decode(&header.control_id, &header.delimiters);
-                    records.push((key, Record::Hl7(text.clone())));
-                }
-                Prepared::Refuse { text, .. } => {
-                    let key = MessageHeader::parse(text)
-                        .map(|h| decode(&h.control_id, &h.delimiters))
-                        .unwrap_or_default();
-                    records.push((key, Record::Hl7(text.clone())));
-                }
-                Prepared::Done(_) => {}
+            if let Prepared::Submit { header, text } | Prepared::Refuse { header, text, .. } = p {
+                let key = decode(&header.control_id, &header.delimiters);
+                records.push((key, Record::Hl7(text.clone())));
             }
         }
         let n = records.len();
@@ -725,13 +718,13 @@ impl<S: RecordSink> Hl7Processor<S> {
                     });
                     ack_for_outcome(&header, &o)
                 }
-                Prepared::Refuse { text, refusal } => {
+                Prepared::Refuse { header, refusal, .. } => {
                     let o = outcomes.next().unwrap_or(Outcome::Retry {
                         reason: "no outcome".into(),
                     });
-                    match (&o, MessageHeader::parse(&text)) {
-                        (Outcome::Retry { .. }, Ok(header)) => ack_for_outcome(&header, &o),
-                        (Outcome::Quarantined { .. }, _) => refusal,
+                    match &o {
+                        Outcome::Retry { .. } => ack_for_outcome(&header, &o),
+                        Outcome::Quarantined { .. } => refusal,
                         // A sink that does not quarantine (it accepted or
                         // refused the record itself): still AE, not kept.
                         _ => Processed {

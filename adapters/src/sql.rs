@@ -46,35 +46,23 @@ impl Cell {
     /// The JSON value handed to the mapping: strings, numbers, null;
     /// timestamps as `yyyy-MM-dd HH:mm:ss[.fff]` (with `Z` when zoned).
     pub fn to_json(&self) -> Value {
-        match self {
-            Cell::Text(s) => Value::String(s.clone()),
-            Cell::Json(v) => v.clone(),
-            other => other.scalar_json(),
-        }
+        self.clone().into_json()
     }
 
-    /// As a JSON value, without copying text.
+    /// [`Cell::to_json`] without copying text.
     pub fn into_json(self) -> Value {
         match self {
-            Cell::Text(s) => Value::String(s),
-            Cell::Json(v) => v,
-            other => other.scalar_json(),
-        }
-    }
-
-    fn scalar_json(&self) -> Value {
-        match self {
             Cell::Null => Value::Null,
-            Cell::Bool(b) => Value::Bool(*b),
-            Cell::I64(i) => Value::from(*i),
-            Cell::F64(f) => serde_json::Number::from_f64(*f)
+            Cell::Bool(b) => Value::Bool(b),
+            Cell::I64(i) => Value::from(i),
+            Cell::F64(f) => serde_json::Number::from_f64(f)
                 .map(Value::Number)
                 .unwrap_or(Value::Null),
-            Cell::Text(s) => Value::String(s.clone()),
+            Cell::Text(s) => Value::String(s),
             Cell::Ts(t) => Value::String(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
             Cell::Tstz(t) => Value::String(t.format("%Y-%m-%d %H:%M:%S%.fZ").to_string()),
             Cell::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
-            Cell::Json(v) => v.clone(),
+            Cell::Json(v) => v,
         }
     }
 

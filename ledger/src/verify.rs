@@ -267,7 +267,8 @@ fn check_tx(st: &StoredTx, height: u64, expected_leaf: u64) -> Result<(Sm3Digest
 /// `f` over `items` (with their index) on up to four threads, results in
 /// order; small inputs stay on the caller's thread.
 fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
     if threads < 2 || items.len() < 64 {
         return items.iter().enumerate().map(|(i, t)| f(i, t)).collect();
     }

@@ -613,13 +613,9 @@ async fn ingest(
         // may hold its shipment) and keeps later ones out until it is
         // appended itself (`AppState::ingest_order`).
         let has_receipt = msgs.iter().any(|m| m.payload.category == "inbound_receipt");
-        let _exclusive = match has_receipt {
-            true => Some(state.ingest_order.write().await),
-            false => None,
-        };
-        let _shared = match has_receipt {
-            true => None,
-            false => Some(state.ingest_order.read().await),
+        let _order = match has_receipt {
+            true => (Some(state.ingest_order.write().await), None),
+            false => (None, Some(state.ingest_order.read().await)),
         };
         // Cold-chain rules (R11.2): alerts are node-written transactions in
         // the same durable append as the records they are about.
@@ -813,10 +809,8 @@ async fn delivery_records(
         let stored = state.projection.events_for_shipment(no).await?;
         let about = |e: &TraceEvent| e.field_str("shipment_no") == Some(no.as_str()) && e.event_id != ev.event_id;
         let local = batch.iter().map(|m| &m.payload).filter(|e| about(e)).cloned();
-        for e in stored.iter().filter_map(|p| doc_event(&p.doc)).chain(local) {
-            if !about(&e) {
-                continue;
-            }
+        let from_ledger = stored.iter().filter_map(|p| doc_event(&p.doc)).filter(|e| about(e));
+        for e in from_ledger.chain(local) {
             match e.category.as_str() {
                 "shipment" if !shipments.iter().any(|s| s.event_id == e.event_id) => shipments.push(e),
                 "cold_chain_readings" if !readings.iter().any(|s| s.event_id == e.event_id) => readings.push(e),

@@ -699,11 +699,13 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
     // (refused when its delivery has no temperature record), so a receiver
     // must never overtake the carrier. The other lane (clinics, hospital:
     // no receipts) runs two at a time, largest first, from the start.
-    let goods_rank = |e: &sandbox::Entity| match e.role.as_str() {
-        "manufacturer" => Some(0),
-        "logistics" => Some(1),
-        "cdc" => Some(2),
-        _ => None,
+    let goods_rank = |e: &sandbox::Entity| -> Option<usize> {
+        match e.role.as_str() {
+            "manufacturer" => Some(0),
+            "logistics" => Some(1),
+            "cdc" => Some(2),
+            _ => None,
+        }
     };
     let mut goods = Vec::new();
     let mut others = Vec::new();
@@ -735,21 +737,17 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     use futures_util::StreamExt as _;
     let t0 = Instant::now();
-    let goods_lane = futures_util::stream::iter(
-        goods
-            .into_iter()
-            .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
-    )
-    .buffered(1)
-    .collect::<Vec<_>>();
-    let other_lane = futures_util::stream::iter(
-        others
-            .into_iter()
-            .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
-    )
-    .buffered(2)
-    .collect::<Vec<_>>();
-    let (mut results, rest) = futures_util::future::join(goods_lane, other_lane).await;
+    // A lane runs its agents `width` at a time, in its order.
+    let lane = |agents: Vec<_>, width| {
+        futures_util::stream::iter(
+            agents
+                .into_iter()
+                .map(move |(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
+        )
+        .buffered(width)
+        .collect::<Vec<_>>()
+    };
+    let (mut results, rest) = futures_util::future::join(lane(goods, 1), lane(others, 2)).await;
     results.extend(rest);
     // Printed in the manifest's order, whatever finished first.
     results.sort_by_key(|r| r.0);
