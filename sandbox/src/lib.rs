@@ -299,6 +299,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         }
         std::fs::create_dir_all(&p).map_err(|e| SandboxError::io(&p, e))?;
     }
+    // Documents were files in hospital/docs before they moved into his.db.
     let docs = dir.join("hospital/docs");
     if docs.exists() {
         std::fs::remove_dir_all(&docs).map_err(|e| SandboxError::io(&docs, e))?;
@@ -422,9 +423,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         n_msg,
     );
     write::write_db(&dir.join("hospital/his.db"), &his, &[]).await?;
-    for doc in &w.documents {
-        write_file(dir, &format!("hospital/docs/{}", doc.path), doc.content.as_bytes())?;
-    }
     src(
         "emr",
         "emr.toml",

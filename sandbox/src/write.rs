@@ -436,7 +436,8 @@ pub(crate) fn coldchain_tables(w: &World) -> Vec<Table> {
     vec![sb, hz, jl]
 }
 
-/// his.db: patients, encounters and the EMR document index.
+/// his.db: patients, encounters, the EMR document index and the documents
+/// themselves (`EMR_WDNR`, by storage path: the index's `CCLJ`).
 pub(crate) fn hospital_tables(w: &World) -> Vec<Table> {
     let mut br = Table {
         name: "HIS_BRXX",
@@ -454,6 +455,12 @@ pub(crate) fn hospital_tables(w: &World) -> Vec<Table> {
         name: "EMR_WDSY",
         ddl: "CREATE TABLE EMR_WDSY (WDID TEXT PRIMARY KEY, YLJGDM TEXT, BRID TEXT, SFZH TEXT, WDLX TEXT, CJSJ TEXT, NRZY TEXT, CCLJ TEXT)",
         cols: &["WDID", "YLJGDM", "BRID", "SFZH", "WDLX", "CJSJ", "NRZY", "CCLJ"],
+        rows: Vec::new(),
+    };
+    let mut nr = Table {
+        name: "EMR_WDNR",
+        ddl: "CREATE TABLE EMR_WDNR (CCLJ TEXT PRIMARY KEY, NR TEXT)",
+        cols: &["CCLJ", "NR"],
         rows: Vec::new(),
     };
     let mut seen_p = std::collections::BTreeSet::new();
@@ -497,10 +504,11 @@ pub(crate) fn hospital_tables(w: &World) -> Vec<Table> {
             t(secure_gateway::hash::sm3(doc.content.as_bytes()).to_hex()),
             t(&doc.path),
         ]);
+        nr.rows.push(vec![t(&doc.path), t(&doc.content)]);
     }
     br.rows
         .sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
-    vec![br, jz, wd]
+    vec![br, jz, wd, nr]
 }
 
 fn xml_escape(s: &str) -> String {
