@@ -693,12 +693,13 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
     // One agent per organisation (as each would run at its own site), three
-    // at a time, in two lanes. The goods lane runs one agent after the
-    // other in the order the goods move: holder, carrier, then the CDCs. A
-    // receipt is judged against the shipment records already in the ledger
-    // (refused when its delivery has no temperature record), so a receiver
-    // must never overtake the carrier. The other lane (clinics, hospital:
-    // no receipts) runs two at a time, largest first, from the start.
+    // at a time. The goods lane runs one agent after the other in the order
+    // the goods move: holder, carrier, then the CDCs. A receipt is judged
+    // against the shipment records already in the ledger (refused when its
+    // delivery has no temperature record), so a receiver must never overtake
+    // the carrier. The others (clinics, hospital: no receipts) wait in one
+    // queue, largest first: two workers take from it from the start, and the
+    // goods lane joins them once its own agents are done.
     let goods_rank = |e: &sandbox::Entity| -> Option<usize> {
         match e.role.as_str() {
             "manufacturer" => Some(0),
@@ -735,20 +736,26 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
     goods.sort_by_key(|g| (g.0, g.1));
     others.sort_by_key(|o| (std::cmp::Reverse(o.0), o.1));
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
-    use futures_util::StreamExt as _;
     let t0 = Instant::now();
-    // A lane runs its agents `width` at a time, in its order.
-    let lane = |agents: Vec<_>, width| {
-        futures_util::stream::iter(
-            agents
-                .into_iter()
-                .map(move |(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) }),
-        )
-        .buffered(width)
-        .collect::<Vec<_>>()
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(others));
+    let next_other = || queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+    let from_queue = || async {
+        let mut done = Vec::new();
+        while let Some((_, i, e, mine)) = next_other() {
+            done.push((i, run_agent(dir, e, mine, base, t0).await));
+        }
+        done
     };
-    let (mut results, rest) = futures_util::future::join(lane(goods, 1), lane(others, 2)).await;
-    results.extend(rest);
+    let goods_lane = async {
+        let mut done = Vec::new();
+        for (_, i, e, mine) in goods {
+            done.push((i, run_agent(dir, e, mine, base, t0).await));
+        }
+        done.extend(from_queue().await);
+        done
+    };
+    let (a, b, c) = futures_util::future::join3(goods_lane, from_queue(), from_queue()).await;
+    let mut results: Vec<_> = a.into_iter().chain(b).chain(c).collect();
     // Printed in the manifest's order, whatever finished first.
     results.sort_by_key(|r| r.0);
     let results = results.into_iter().map(|r| r.1);
