@@ -150,7 +150,11 @@ impl SqlSource {
                 let opts = SqliteConnectOptions::from_str(&cfg.url)
                     .map_err(|e| src_err(&name, e, false))?
                     .read_only(cfg.mark_processed.is_none())
-                    .busy_timeout(std::time::Duration::from_secs(30));
+                    .busy_timeout(std::time::Duration::from_secs(30))
+                    // A whole page may queue for the agent (sqlx's default is
+                    // 50 rows): the reader is woken once per page, not per
+                    // few rows.
+                    .row_buffer_size(cfg.batch_size.clamp(50, 4096));
                 (
                     Pool::Sqlite(SqlitePoolOptions::new().max_connections(2).connect_lazy_with(opts)),
                     Dialect::Sqlite,

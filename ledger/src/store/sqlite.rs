@@ -106,7 +106,11 @@ impl SqliteStore {
             // and copies hot index pages back once instead of many times.
             .pragma("wal_autocheckpoint", "0")
             // Truncate the write-ahead log back to 64 MiB after it restarts.
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "67108864")
+            // Rows a query may queue for its reader (sqlx's default is 50):
+            // reading a block's transactions then wakes the reader once per
+            // block, not once per few rows.
+            .row_buffer_size(1024);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
