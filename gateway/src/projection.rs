@@ -38,12 +38,16 @@ const SCHEMA: &[&str] = &[
     // write per record).
     "CREATE INDEX IF NOT EXISTS proj_events_lot ON proj_events (lot)",
     "CREATE INDEX IF NOT EXISTS proj_events_cancels ON proj_events (cancels)",
-    "CREATE TABLE IF NOT EXISTS proj_codes (code TEXT NOT NULL, leaf_index BIGINT NOT NULL, PRIMARY KEY (code, leaf_index))",
+    // The lookup tables are their primary keys: on SQLite they are stored
+    // as that key alone (`WITHOUT ROWID`, the `{wr}` below), not as a rowid
+    // table plus an index holding the same columns again. Tables created by
+    // older versions keep their layout; both read the same.
+    "CREATE TABLE IF NOT EXISTS proj_codes (code TEXT NOT NULL, leaf_index BIGINT NOT NULL, PRIMARY KEY (code, leaf_index)){wr}",
     "CREATE TABLE IF NOT EXISTS proj_links (parent TEXT NOT NULL, child TEXT NOT NULL, leaf_index BIGINT NOT NULL,
-        PRIMARY KEY (parent, child, leaf_index))",
+        PRIMARY KEY (parent, child, leaf_index)){wr}",
     "CREATE INDEX IF NOT EXISTS proj_links_child ON proj_links (child)",
     "CREATE TABLE IF NOT EXISTS proj_shipments (shipment_no TEXT NOT NULL, leaf_index BIGINT NOT NULL,
-        PRIMARY KEY (shipment_no, leaf_index))",
+        PRIMARY KEY (shipment_no, leaf_index)){wr}",
 ];
 
 /// One projected event.
@@ -220,7 +224,7 @@ fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
 // The projection store, per backend. Written as a macro over the concrete
 // sqlx pool type so one body serves SQLite and PostgreSQL.
 macro_rules! projection_impl {
-    ($name:ident, $pool:ty, $db:ty) => {
+    ($name:ident, $pool:ty, $db:ty, $without_rowid:expr) => {
         /// Projection tables on this backend.
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -230,7 +234,8 @@ macro_rules! projection_impl {
         impl $name {
             async fn init(&self) -> Result<(), String> {
                 for s in SCHEMA {
-                    sqlx::query(sqlx::AssertSqlSafe(*s)).execute(&self.pool).await.map_err(|e| e.to_string())?;
+                    let s = s.replace("{wr}", $without_rowid);
+                    sqlx::query(sqlx::AssertSqlSafe(s)).execute(&self.pool).await.map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }
@@ -381,8 +386,8 @@ macro_rules! projection_impl {
     };
 }
 
-projection_impl!(SqliteProjection, sqlx::SqlitePool, sqlx::Sqlite);
-projection_impl!(PgProjection, sqlx::PgPool, sqlx::Postgres);
+projection_impl!(SqliteProjection, sqlx::SqlitePool, sqlx::Sqlite, " WITHOUT ROWID");
+projection_impl!(PgProjection, sqlx::PgPool, sqlx::Postgres, "");
 
 /// The projection, on the ledger's own database.
 #[derive(Debug, Clone)]
