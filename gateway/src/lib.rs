@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod openapi;
+pub mod order;
 pub mod projection;
 pub mod ratelimit;
 pub mod registry;

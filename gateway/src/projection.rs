@@ -482,6 +482,22 @@ impl Projection {
         each!(self, x => x.events_where(&tail, codes).await)
     }
 
+    /// Events of one `category` touching any of `codes`, oldest first (a
+    /// receipt's candidate shipments: not every event its codes went
+    /// through, vaccinations included).
+    pub async fn events_for_codes_in(&self, codes: &[String], category: &str) -> Result<Vec<ProjectedEvent>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; codes.len()].join(", ");
+        let tail = format!(
+            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE e.category = ? AND c.code IN ({marks}) \
+             ORDER BY e.occurred_ms, e.leaf_index"
+        );
+        let binds: Vec<String> = std::iter::once(category.to_string()).chain(codes.iter().cloned()).collect();
+        each!(self, x => x.events_where(&tail, &binds).await)
+    }
+
     /// Events of a lot, oldest first.
     pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, String> {
         each!(self, x => x.events_where("WHERE e.lot = ? ORDER BY e.occurred_ms, e.leaf_index", &[lot.to_string()]).await)

@@ -37,12 +37,10 @@ pub struct AppState {
     pub registry: std::sync::RwLock<crate::registry::Registry>,
     /// Serialises registry changes (check → append → apply).
     pub registry_writer: tokio::sync::Mutex<()>,
-    /// Orders cold-chain judgements with appends: a batch holding an
-    /// inbound receipt takes it exclusively (after every append in flight
-    /// is committed, and before any later one starts), so the receipt is
-    /// judged against every record before it in the ledger; other batches
-    /// share it.
-    pub ingest_order: tokio::sync::RwLock<()>,
+    /// Orders cold-chain judgements with appends: a batch holding inbound
+    /// receipts is judged after every shipment/reading batch before it is
+    /// appended, and before any later one (`crate::order`).
+    pub ingest_order: crate::order::IngestOrder,
     /// Nonces seen recently.
     pub nonces: crate::auth::NonceCache,
     /// Largest accepted difference between a request's clock and ours.

@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::coldchain::{self, AlertType, Finding};
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
+use crate::order::Kind;
 use crate::registry::KeyStatus;
 use crate::server::AppState;
 
@@ -609,13 +610,19 @@ async fn ingest(
             msgs.push(m);
         }
         // A receipt is judged against the shipments and readings before it
-        // in the ledger, so its batch waits for the appends in flight (they
-        // may hold its shipment) and keeps later ones out until it is
-        // appended itself (`AppState::ingest_order`).
-        let has_receipt = msgs.iter().any(|m| m.payload.category == "inbound_receipt");
-        let _order = match has_receipt {
-            true => (Some(state.ingest_order.write().await), None),
-            false => (None, Some(state.ingest_order.read().await)),
+        // in the ledger: batches holding either take their turn in
+        // `AppState::ingest_order` (crate::order); other batches do not.
+        let has = |c: &str| msgs.iter().any(|m| m.payload.category == c);
+        let evidence = has("shipment") || has("cold_chain_readings");
+        let kind = match (has("inbound_receipt"), evidence) {
+            (true, true) => Some(Kind::Both),
+            (true, false) => Some(Kind::Receipts),
+            (false, true) => Some(Kind::Evidence),
+            (false, false) => None,
+        };
+        let _order = match kind {
+            Some(k) => Some(state.ingest_order.enter(k).await),
+            None => None,
         };
         // Cold-chain rules (R11.2): alerts are node-written transactions in
         // the same durable append as the records they are about.
@@ -789,7 +796,7 @@ async fn delivery_records(
         };
         let mut found: Vec<TraceEvent> = state
             .projection
-            .events_for_codes(&codes)
+            .events_for_codes_in(&codes, "shipment")
             .await?
             .iter()
             .filter_map(|p| doc_event(&p.doc))

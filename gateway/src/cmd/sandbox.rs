@@ -692,14 +692,14 @@ fn erp_records(dir: &Path, s: &Source) -> anyhow::Result<Vec<(String, Record)>> 
 async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
-    // One agent per organisation (as each would run at its own site), three
-    // at a time. The goods lane runs one agent after the other in the order
-    // the goods move: holder, carrier, then the CDCs. A receipt is judged
-    // against the shipment records already in the ledger (refused when its
-    // delivery has no temperature record), so a receiver must never overtake
-    // the carrier. The others (clinics, hospital: no receipts) wait in one
-    // queue, largest first: two workers take from it from the start, and the
-    // goods lane joins them once its own agents are done.
+    // One agent per organisation (as each would run at its own site). The
+    // goods lane runs in the order the goods move: holder, carrier, then the
+    // CDCs side by side. A receipt is judged against the shipment records
+    // already in the ledger (refused when its delivery has no temperature
+    // record), so a receiver must never overtake the carrier. The others
+    // (clinics, hospital: no receipts) wait in one queue, largest first: two
+    // workers take from it from the start, and the goods lane joins them
+    // once its own agents are done.
     let goods_rank = |e: &sandbox::Entity| -> Option<usize> {
         match e.role.as_str() {
             "manufacturer" => Some(0),
@@ -748,8 +748,17 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
     };
     let goods_lane = async {
         let mut done = Vec::new();
-        for (_, i, e, mine) in goods {
-            done.push((i, run_agent(dir, e, mine, base, t0).await));
+        let mut goods = goods.into_iter().peekable();
+        while let Some(first) = goods.next() {
+            let rank = first.0;
+            let mut step = vec![first];
+            while let Some(next) = goods.next_if(|g| g.0 == rank) {
+                step.push(next);
+            }
+            let runs = step
+                .into_iter()
+                .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) });
+            done.extend(futures_util::future::join_all(runs).await);
         }
         done.extend(from_queue().await);
         done

@@ -100,7 +100,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             limiters: Limiters::new(&c.rate_limits),
             registry: std::sync::RwLock::new(registry),
             registry_writer: tokio::sync::Mutex::new(()),
-            ingest_order: tokio::sync::RwLock::new(()),
+            ingest_order: gateway::order::IngestOrder::new(),
             nonces: Default::default(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,
             max_body_bytes: c.server.max_body_bytes,
