@@ -494,7 +494,9 @@ impl Projection {
             "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE e.category = ? AND c.code IN ({marks}) \
              ORDER BY e.occurred_ms, e.leaf_index"
         );
-        let binds: Vec<String> = std::iter::once(category.to_string()).chain(codes.iter().cloned()).collect();
+        let binds: Vec<String> = std::iter::once(category.to_string())
+            .chain(codes.iter().cloned())
+            .collect();
         each!(self, x => x.events_where(&tail, &binds).await)
     }
 
