@@ -28,6 +28,27 @@ pub enum Kind {
     Both,
 }
 
+impl Kind {
+    /// The kind of a batch of these dataset categories; `None` when it has
+    /// neither receipts nor what they are judged against.
+    pub fn of<'a>(categories: impl IntoIterator<Item = &'a str>) -> Option<Kind> {
+        let (mut receipts, mut evidence) = (false, false);
+        for c in categories {
+            match c {
+                "inbound_receipt" => receipts = true,
+                "shipment" | "cold_chain_readings" => evidence = true,
+                _ => {}
+            }
+        }
+        match (receipts, evidence) {
+            (true, true) => Some(Kind::Both),
+            (true, false) => Some(Kind::Receipts),
+            (false, true) => Some(Kind::Evidence),
+            (false, false) => None,
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct IngestOrder {
@@ -102,6 +123,15 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), order.enter(kind))
             .await
             .is_ok()
+    }
+
+    #[test]
+    fn a_batch_is_classed_by_its_categories() {
+        assert_eq!(Kind::of(["vaccination", "aefi_report"]), None);
+        assert_eq!(Kind::of(["vaccination", "shipment"]), Some(Kind::Evidence));
+        assert_eq!(Kind::of(["cold_chain_readings"]), Some(Kind::Evidence));
+        assert_eq!(Kind::of(["outbound", "inbound_receipt"]), Some(Kind::Receipts));
+        assert_eq!(Kind::of(["inbound_receipt", "cold_chain_readings"]), Some(Kind::Both));
     }
 
     #[tokio::test]

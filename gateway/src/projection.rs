@@ -472,29 +472,29 @@ impl Projection {
 
     /// Events touching any of `codes`, oldest first.
     pub async fn events_for_codes(&self, codes: &[String]) -> Result<Vec<ProjectedEvent>, String> {
-        if codes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let marks = vec!["?"; codes.len()].join(", ");
-        let tail = format!(
-            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE c.code IN ({marks}) ORDER BY e.occurred_ms, e.leaf_index"
-        );
-        each!(self, x => x.events_where(&tail, codes).await)
+        self.events_of_codes(codes, None).await
     }
 
     /// Events of one `category` touching any of `codes`, oldest first (a
     /// receipt's candidate shipments: not every event its codes went
     /// through, vaccinations included).
     pub async fn events_for_codes_in(&self, codes: &[String], category: &str) -> Result<Vec<ProjectedEvent>, String> {
+        self.events_of_codes(codes, Some(category)).await
+    }
+
+    async fn events_of_codes(&self, codes: &[String], category: Option<&str>) -> Result<Vec<ProjectedEvent>, String> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
         let marks = vec!["?"; codes.len()].join(", ");
+        let only = if category.is_some() { "e.category = ? AND " } else { "" };
         let tail = format!(
-            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE e.category = ? AND c.code IN ({marks}) \
+            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE {only}c.code IN ({marks}) \
              ORDER BY e.occurred_ms, e.leaf_index"
         );
-        let binds: Vec<String> = std::iter::once(category.to_string())
+        let binds: Vec<String> = category
+            .map(str::to_string)
+            .into_iter()
             .chain(codes.iter().cloned())
             .collect();
         each!(self, x => x.events_where(&tail, &binds).await)

@@ -612,15 +612,7 @@ async fn ingest(
         // A receipt is judged against the shipments and readings before it
         // in the ledger: batches holding either take their turn in
         // `AppState::ingest_order` (crate::order); other batches do not.
-        let has = |c: &str| msgs.iter().any(|m| m.payload.category == c);
-        let evidence = has("shipment") || has("cold_chain_readings");
-        let kind = match (has("inbound_receipt"), evidence) {
-            (true, true) => Some(Kind::Both),
-            (true, false) => Some(Kind::Receipts),
-            (false, true) => Some(Kind::Evidence),
-            (false, false) => None,
-        };
-        let _order = match kind {
+        let _order = match Kind::of(msgs.iter().map(|m| m.payload.category.as_str())) {
             Some(k) => Some(state.ingest_order.enter(k).await),
             None => None,
         };

@@ -399,13 +399,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             open_key(&node.join("keys"), "admin-1", &pass)?,
             open_key(&node.join("keys"), "admin-2", &pass)?,
         );
-        let client = GatewayClient::new(
-            &GatewayClientConfig {
-                base_url: base.clone(),
-                ..Default::default()
-            },
-            a1.clone(),
-        )?;
+        let client = gateway_client(&base, a1.clone())?;
         for o in pending {
             let policy: Policy = match &o.policy {
                 Some(p) => serde_json::from_str(p).with_context(|| format!("policy of {}", o.alias))?,
@@ -444,13 +438,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             label: "vaxgate sandbox partner queries".into(),
         });
         change.approve(&partner);
-        let client = GatewayClient::new(
-            &GatewayClientConfig {
-                base_url: base.clone(),
-                ..Default::default()
-            },
-            partner,
-        )?;
+        let client = gateway_client(&base, partner)?;
         rt.block_on(client.post_json("/v1/admin/registry", &change))
             .context("creating the partner's API key")?;
         let mut f = std::fs::File::create(&api_key_file)?;
@@ -904,6 +892,17 @@ struct DemoTrace {
     proof_ok: bool,
 }
 
+/// A client of the sandbox's gateway signing with `key`.
+fn gateway_client(base: &str, key: Sm2SigningKey) -> anyhow::Result<GatewayClient> {
+    Ok(GatewayClient::new(
+        &GatewayClientConfig {
+            base_url: base.to_string(),
+            ..Default::default()
+        },
+        key,
+    )?)
+}
+
 /// The delivery the world refuses at receipt (an arrival temperature out
 /// of range), as the regulator's trace of one of its unit codes shows it:
 /// the receipt is in the ledger with status `refused` and the gateway's
@@ -913,13 +912,7 @@ async fn refused_delivery(manifest: &Manifest, base: &str, key: Sm2SigningKey) -
     if code.is_empty() {
         return Ok((String::new(), Value::Null));
     }
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.to_string(),
-            ..Default::default()
-        },
-        key,
-    )?;
+    let client = gateway_client(base, key)?;
     let body = client
         .get(&format!("/v1/trace/{code}"))
         .await
@@ -973,13 +966,7 @@ async fn demo_trace(
     pass: &str,
     key: Sm2SigningKey,
 ) -> anyhow::Result<DemoTrace> {
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.to_string(),
-            ..Default::default()
-        },
-        key,
-    )?;
+    let client = gateway_client(base, key)?;
     let code = &manifest.demo_trace_code;
     let body = client
         .get(&format!("/v1/trace/{code}"))
