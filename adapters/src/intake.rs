@@ -109,6 +109,7 @@ struct MemoryState {
     seen: std::collections::HashSet<(String, String)>,
     checkpoints: std::collections::HashMap<String, serde_json::Value>,
     unavailable: bool,
+    refusals: usize,
 }
 
 impl MemorySink {
@@ -133,6 +134,11 @@ impl MemorySink {
     pub fn accepted(&self) -> Vec<(String, String)> {
         self.state.lock().map(|s| s.accepted.clone()).unwrap_or_default()
     }
+
+    /// How many records were answered `Retry` while the sink was unavailable.
+    pub fn refusals(&self) -> usize {
+        self.state.lock().map(|s| s.refusals).unwrap_or_default()
+    }
 }
 
 impl RecordSink for MemorySink {
@@ -148,6 +154,7 @@ impl RecordSink for MemorySink {
             return std::future::ready(normalise(out, records.len()));
         };
         if state.unavailable {
+            state.refusals += records.len();
             let reason = "downstream unavailable".to_string();
             out.extend(records.iter().map(|_| Outcome::Retry { reason: reason.clone() }));
             return std::future::ready(out);

@@ -265,12 +265,21 @@ async fn retries_then_dead_letters_after_max_attempts() {
     };
     let source = Arc::new(AmqpSource::new("erp", cfg, sink.clone()));
     publish(&ch, &n.queue, &event("EV-10", "YD10"), None).await;
+    let refused_before = sink.refusals();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = {
         let source = source.clone();
         tokio::spawn(async move { source.run(stop_rx).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // stop once the consumer has met the unavailable downstream at least once
+    let start = std::time::Instant::now();
+    while sink.refusals() == refused_before {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the consumer did not deliver the message within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = stop_tx.send(true);
     let stats = runner.await.expect("join").expect("run");
     assert!(stats.retried >= 1 && stats.accepted == 0, "{stats:?}");
