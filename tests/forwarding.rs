@@ -208,9 +208,7 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
     let start = Instant::now();
     loop {
         let m = metrics();
-        if metric(&m, "vaxgate_forward_broker_errors_total") >= 1.0
-            && metric(&m, "vaxgate_forward_lag_blocks") >= 2.0
-        {
+        if metric(&m, "vaxgate_forward_broker_errors_total") >= 1.0 && metric(&m, "vaxgate_forward_lag_blocks") >= 2.0 {
             break;
         }
         assert!(
