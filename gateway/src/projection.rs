@@ -350,9 +350,11 @@ macro_rules! projection_impl {
                 Ok(out)
             }
 
+            /// The events `sql_tail` selects; it must name each event at most
+            /// once (no DISTINCT over rows carrying whole documents).
             async fn events_where(&self, sql_tail: &str, binds: &[String]) -> Result<Vec<ProjectedEvent>, String> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT DISTINCT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e ",
+                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e ",
                 );
                 let mut parts = sql_tail.split('?');
                 if let Some(first) = parts.next() {
@@ -489,7 +491,7 @@ impl Projection {
         let marks = vec!["?"; codes.len()].join(", ");
         let only = if category.is_some() { "e.category = ? AND " } else { "" };
         let tail = format!(
-            "JOIN proj_codes c ON c.leaf_index = e.leaf_index WHERE {only}c.code IN ({marks}) \
+            "WHERE {only}e.leaf_index IN (SELECT c.leaf_index FROM proj_codes c WHERE c.code IN ({marks})) \
              ORDER BY e.occurred_ms, e.leaf_index"
         );
         let binds: Vec<String> = category
