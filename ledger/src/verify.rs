@@ -120,7 +120,9 @@ pub async fn verify_ledger<S: LedgerStore>(
                 .unwrap_or(height);
             return Err(fail(missing, None, "block is missing"));
         }
-        for b in blocks {
+        // The next block's transactions, read while a block is checked.
+        let mut prefetched: Option<Result<Vec<StoredTx>, LedgerError>> = None;
+        for (i, b) in blocks.iter().enumerate() {
             let h = b.height;
             if h != height {
                 return Err(fail(height, None, format!("expected block {height}, found height {h}")));
@@ -144,7 +146,10 @@ pub async fn verify_ledger<S: LedgerStore>(
                     format!("first_leaf is {}, expected {}", b.first_leaf, frontier.size()),
                 ));
             }
-            let txs = store.txs(b.first_leaf, b.first_leaf + b.tx_count).await?;
+            let txs = match prefetched.take() {
+                Some(read) => read?,
+                None => store.txs(b.first_leaf, b.first_leaf + b.tx_count).await?,
+            };
             if txs.len() as u64 != b.tx_count {
                 return Err(fail(
                     h,
@@ -152,62 +157,88 @@ pub async fn verify_ledger<S: LedgerStore>(
                     format!("block lists {} transactions, {} are stored", b.tx_count, txs.len()),
                 ));
             }
-            let mut leaves = Vec::with_capacity(txs.len());
-            let mut emitted: Vec<(NodeKey, Sm3Digest)> = Vec::with_capacity(txs.len() * 2);
-            // The per-transaction hashing on all cores; batch signatures
-            // (one SM2 check per batch) and the tree in order.
-            let checked = par_map(&txs, |k, st| check_tx(st, h, b.first_leaf + k as u64));
-            for (st, c) in txs.iter().zip(checked) {
-                let (leaf, memo) = c?;
-                if !verified_batches.contains(&memo) {
-                    let a = &st.tx.auth;
-                    a.verify_signature().map_err(|e| {
-                        fail(
-                            h,
-                            Some(st.tx.content.tx_id.to_string()),
-                            format!("batch signature of {}: {e}", a.signer),
-                        )
-                    })?;
-                    verified_batches.insert(memo);
-                    report.batch_signatures += 1;
-                }
-                report.transactions += 1;
-                leaves.push(leaf);
-                frontier.push(leaf, |level, index, hash| {
-                    emitted.push((NodeKey { level, index }, hash))
+            // This block is checked while the next block's transactions are
+            // read: reading (one SQLite thread) overlaps with the hashing (all
+            // cores, off this task) and the in-order checks. The next block is
+            // read ahead only where this one says it starts: a damaged header
+            // is reported by the checks above before anything is read.
+            let first_leaf = b.first_leaf;
+            let check = async {
+                let hashing = tokio::task::spawn_blocking(move || {
+                    let checked = par_map(&txs, |k, st| check_tx(st, h, first_leaf + k as u64));
+                    (txs, checked)
                 });
-            }
-            if merkle::root_of(&leaves) != b.merkle_root {
-                return Err(fail(h, None, "merkle_root does not match the block's transactions"));
-            }
-            if compute_block_hash(&b.previous_block_hash, b.timestamp, &b.merkle_root) != b.block_hash {
-                return Err(fail(
-                    h,
-                    None,
-                    "block_hash is not SM3(SM3(previous_block_hash ‖ timestamp ‖ merkle_root))",
-                ));
-            }
-            let keys: Vec<NodeKey> = emitted.iter().map(|(k, _)| *k).collect();
-            let stored = store.nodes(&keys).await.map_err(|e| fail(h, None, e.to_string()))?;
-            if let Some(((k, _), _)) = emitted.iter().zip(&stored).find(|((_, want), got)| want != *got) {
-                return Err(fail(
-                    h,
-                    None,
-                    format!("stored tree node level {} index {} is wrong", k.level, k.index),
-                ));
-            }
-            let cp = store
-                .checkpoint(h)
-                .await?
-                .ok_or_else(|| fail(h, None, "checkpoint is missing"))?;
-            if cp.height != h
-                || cp.tree_size != frontier.size()
-                || cp.root != frontier.root()
-                || cp.block_hash != b.block_hash
-            {
-                return Err(fail(h, None, "checkpoint does not match the block and the tree"));
-            }
-            cp.verify(&node_key).map_err(|e| fail(h, None, e))?;
+                let (txs, checked) = match hashing.await {
+                    Ok(done) => done,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => return Err(fail(h, None, format!("hashing stopped: {e}"))),
+                };
+                // Batch signatures (one SM2 check per batch) and the tree, in order.
+                let mut leaves = Vec::with_capacity(txs.len());
+                let mut emitted: Vec<(NodeKey, Sm3Digest)> = Vec::with_capacity(txs.len() * 2);
+                for (st, c) in txs.iter().zip(checked) {
+                    let (leaf, memo) = c?;
+                    if !verified_batches.contains(&memo) {
+                        let a = &st.tx.auth;
+                        a.verify_signature().map_err(|e| {
+                            fail(
+                                h,
+                                Some(st.tx.content.tx_id.to_string()),
+                                format!("batch signature of {}: {e}", a.signer),
+                            )
+                        })?;
+                        verified_batches.insert(memo);
+                        report.batch_signatures += 1;
+                    }
+                    report.transactions += 1;
+                    leaves.push(leaf);
+                    frontier.push(leaf, |level, index, hash| {
+                        emitted.push((NodeKey { level, index }, hash))
+                    });
+                }
+                if merkle::root_of(&leaves) != b.merkle_root {
+                    return Err(fail(h, None, "merkle_root does not match the block's transactions"));
+                }
+                if compute_block_hash(&b.previous_block_hash, b.timestamp, &b.merkle_root) != b.block_hash {
+                    return Err(fail(
+                        h,
+                        None,
+                        "block_hash is not SM3(SM3(previous_block_hash ‖ timestamp ‖ merkle_root))",
+                    ));
+                }
+                let keys: Vec<NodeKey> = emitted.iter().map(|(k, _)| *k).collect();
+                let stored = store.nodes(&keys).await.map_err(|e| fail(h, None, e.to_string()))?;
+                if let Some(((k, _), _)) = emitted.iter().zip(&stored).find(|((_, want), got)| want != *got) {
+                    return Err(fail(
+                        h,
+                        None,
+                        format!("stored tree node level {} index {} is wrong", k.level, k.index),
+                    ));
+                }
+                let cp = store
+                    .checkpoint(h)
+                    .await?
+                    .ok_or_else(|| fail(h, None, "checkpoint is missing"))?;
+                if cp.height != h
+                    || cp.tree_size != frontier.size()
+                    || cp.root != frontier.root()
+                    || cp.block_hash != b.block_hash
+                {
+                    return Err(fail(h, None, "checkpoint does not match the block and the tree"));
+                }
+                cp.verify(&node_key).map_err(|e| fail(h, None, e))
+            };
+            let read_ahead = async {
+                match blocks.get(i + 1) {
+                    Some(n) if n.first_leaf == b.first_leaf + b.tx_count => {
+                        Some(store.txs(n.first_leaf, n.first_leaf + n.tx_count).await)
+                    }
+                    _ => None,
+                }
+            };
+            let (checked, next) = tokio::join!(check, read_ahead);
+            checked?;
+            prefetched = next;
             prev_hash = b.block_hash;
             prev_ts = b.timestamp;
             report.blocks += 1;
