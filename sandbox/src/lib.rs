@@ -276,6 +276,16 @@ fn write_file(dir: &Path, rel: &str, data: &[u8]) -> Result<(), SandboxError> {
     std::fs::write(&p, data).map_err(|e| SandboxError::io(&p, e))
 }
 
+/// Aborts the task when dropped (an early error return stops the writer of
+/// the clinic system instead of leaving it running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Generates the legacy systems into `dir` (created if missing; the
 /// sandbox's own files are overwritten) and returns the manifest, also
 /// written to `dir/manifest.json`.
@@ -290,7 +300,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(dir, e))?;
-    let w = world::simulate(opts.seed, opts.doses);
+    let w = std::sync::Arc::new(world::simulate(opts.seed, opts.doses));
 
     for sub in ["clinic", "cdc", "coldchain", "hospital", "hl7", "erp", "mah"] {
         let p = dir.join(sub);
@@ -305,12 +315,40 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         std::fs::remove_dir_all(&docs).map_err(|e| SandboxError::io(&docs, e))?;
     }
 
-    let clinic = write::clinic_tables(&w);
+    // The clinic system (80 % of the rows) is built and written on a task of
+    // its own while this one builds and writes the others.
+    let clinic_db = dir.join("clinic/clinic.db");
+    let mut clinic = {
+        let w = w.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let tables = tokio::task::spawn_blocking(move || write::clinic_tables(&w))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            write::write_db(&clinic_db, &tables, &[]).await?;
+            Ok::<_, SandboxError>(tables.into_iter().map(|t| (t.name, t.rows.len())).collect::<Vec<_>>())
+        }))
+    };
     let cdc: Vec<Vec<write::Table>> = (0..3).map(|s| write::cdc_tables(&w, s)).collect();
     let cold = write::coldchain_tables(&w);
     let his = write::hospital_tables(&w);
     let count =
         |tables: &[write::Table], name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len());
+    // The legacy systems written on this task, before the clinic's are awaited.
+    let xml = write::mah_xml(&w);
+    let erp = write::erp_files(&w);
+    let hl7 = write::hl7_files(&w);
+    for (s, file) in ["cdc/province.db", "cdc/city.db", "cdc/county.db"]
+        .into_iter()
+        .enumerate()
+    {
+        write::write_db(&dir.join(file), &cdc[s], &[write::CDC_VIEW]).await?;
+    }
+    write::write_db(&dir.join("coldchain/coldchain.db"), &cold, &[]).await?;
+    write::write_db(&dir.join("hospital/his.db"), &his, &[]).await?;
+    let clinic = (&mut clinic.0)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let clinic_rows = |name: &str| clinic.iter().find(|(n, _)| *n == name).map_or(0, |(_, rows)| *rows);
 
     let mut sources = Vec::new();
     let mut src =
@@ -330,7 +368,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             });
         };
     let prodin_and_more = {
-        let xml = write::mah_xml(&w);
         let n = xml.matches("<Record ").count();
         write_file(dir, "mah/export.xml", xml.as_bytes())?;
         n
@@ -352,7 +389,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
     .into_iter()
     .enumerate()
     {
-        write::write_db(&dir.join(file), &cdc[s], &[write::CDC_VIEW]).await?;
         src(
             name,
             "cdc-stock.toml",
@@ -363,7 +399,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             count(&cdc[s], "YM_CRKD_ZB"),
         );
     }
-    let erp = write::erp_files(&w);
     let mut n_ship = 0;
     for (name, text) in &erp {
         n_ship += text.matches("\"waybillNo\"").count();
@@ -378,7 +413,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         world::CARRIER.alias,
         n_ship,
     );
-    write::write_db(&dir.join("coldchain/coldchain.db"), &cold, &[]).await?;
     src(
         "coldchain",
         "coldchain.toml",
@@ -388,7 +422,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "",
         count(&cold, "LL_WDHZ"),
     );
-    write::write_db(&dir.join("clinic/clinic.db"), &clinic, &[]).await?;
     src(
         "clinic-ims",
         "clinic-ims.toml",
@@ -396,7 +429,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_JZ_JZJL", "JZRQ", "JZJL_ID")),
         world::CLINIC_A.alias,
-        count(&clinic, "T_JZ_JZJL"),
+        clinic_rows("T_JZ_JZJL"),
     );
     src(
         "clinic-aefi",
@@ -405,9 +438,8 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_AEFI_BG", "BGSJ", "BGBH")),
         world::CLINIC_A.alias,
-        count(&clinic, "T_AEFI_BG"),
+        clinic_rows("T_AEFI_BG"),
     );
-    let hl7 = write::hl7_files(&w);
     let mut n_msg = 0;
     for (name, text) in &hl7 {
         n_msg += text.matches("MSH|").count();
@@ -422,7 +454,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         world::CLINIC_B.alias,
         n_msg,
     );
-    write::write_db(&dir.join("hospital/his.db"), &his, &[]).await?;
     src(
         "emr",
         "emr.toml",
