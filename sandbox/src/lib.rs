@@ -166,6 +166,21 @@ pub struct Entity {
     pub role: String,
 }
 
+/// The organisations of every sandbox (the same for any seed and size):
+/// known before the legacy systems are generated.
+pub fn entities() -> Vec<Entity> {
+    world::ORGS
+        .iter()
+        .map(|o| Entity {
+            alias: o.alias.into(),
+            uscc: o.uscc.into(),
+            code: o.code.into(),
+            name: o.name.into(),
+            role: o.role.into(),
+        })
+        .collect()
+}
+
 /// Facts about the generated world, written to `manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -533,21 +548,11 @@ fn manifest(w: &world::World, opts: &Options, sources: Vec<Source>) -> Manifest 
                 && w.lots[v.lot].carton_units(1).contains(&v.code)
         })
         .or_else(|| w.vaccinations.iter().find(|v| v.clinic == 0 && v.dirty.is_none()));
-    let entities = world::ORGS
-        .iter()
-        .map(|o| Entity {
-            alias: o.alias.into(),
-            uscc: o.uscc.into(),
-            code: o.code.into(),
-            name: o.name.into(),
-            role: o.role.into(),
-        })
-        .collect();
     Manifest {
         generator: "vaxgate-sandbox/1".into(),
         seed: opts.seed,
         doses: opts.doses,
-        entities,
+        entities: entities(),
         sources,
         expected_rejects: rejects,
         demo_trace_code: demo.map(|v| v.code.clone()).unwrap_or_default(),

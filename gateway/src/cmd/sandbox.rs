@@ -287,21 +287,24 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         a.doses,
         dir.display()
     );
-    let t = Instant::now();
-    let manifest = rt
-        .block_on(sandbox::generate(
-            &dir,
-            &sandbox::Options {
+    // Generated on the runtime while the gateway starts and the
+    // organisations (known in advance) are registered: steps 2 and 3 print
+    // after step 1.
+    let generation = {
+        let (dir, opts) = (
+            dir.clone(),
+            sandbox::Options {
                 seed: a.seed,
                 doses: a.doses,
             },
-        ))
-        .context("generating the legacy systems")?;
-    let gen_secs = t.elapsed().as_secs_f64();
-    println!("[1/6] legacy systems generated in {gen_secs:.2} s:");
-    for s in &manifest.sources {
-        println!("      {:<20} {:>7} records  {}", s.name, s.records, s.path);
-    }
+        );
+        rt.spawn(async move {
+            let t = Instant::now();
+            let manifest = sandbox::generate(&dir, &opts).await;
+            (manifest, t.elapsed().as_secs_f64())
+        })
+    };
+    let mut later: Vec<String> = Vec::new();
 
     // 2. Gateway node.
     let node = dir.join("node");
@@ -341,10 +344,10 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             .context("starting vaxgate serve")?,
     );
     wait_ready(port, &mut server, &log)?;
-    println!(
+    later.push(format!(
         "[2/6] gateway listening on {base} (ledger {})",
         node.join("data/ledger.db").display()
-    );
+    ));
 
     // 3. Keys and registration (in this process: each key is decrypted once).
     let t = Instant::now();
@@ -355,8 +358,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let mut orgs: Vec<Org> = manifest
-        .entities
+    let mut orgs: Vec<Org> = sandbox::entities()
         .iter()
         .map(|e| Org {
             alias: e.alias.clone(),
@@ -449,13 +451,23 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         }
         f.write_all(api_key.as_bytes())?;
     }
-    println!(
+    later.push(format!(
         "[3/6] {} organisations registered (2-of-3 administrator approvals): keys {keys_secs:.1} s, registration {:.1} s",
         orgs.len(),
         t.elapsed().as_secs_f64() - keys_secs
-    );
+    ));
     for o in &orgs {
-        println!("      {:<10} {:<17} {}  {}", o.alias, o.role, o.uscc, o.name);
+        later.push(format!("      {:<10} {:<17} {}  {}", o.alias, o.role, o.uscc, o.name));
+    }
+
+    let (manifest, gen_secs) = rt.block_on(generation).context("the generation task failed")?;
+    let manifest = manifest.context("generating the legacy systems")?;
+    println!("[1/6] legacy systems generated in {gen_secs:.2} s:");
+    for s in &manifest.sources {
+        println!("      {:<20} {:>7} records  {}", s.name, s.records, s.path);
+    }
+    for line in later {
+        println!("{line}");
     }
 
     // 4. The agent over every source.
