@@ -767,10 +767,36 @@ fn doc_event(doc: &serde_json::Value) -> Option<TraceEvent> {
 /// belongs to: by shipment number, else (for a receipt) shipments to the
 /// receiver that carried its trace codes. `batch` holds the records of the
 /// request being ingested, which are not in the projection yet.
+/// The records of a batch that a delivery lookup may use, indexed once per
+/// batch (a batch of receipts would otherwise scan the whole batch per
+/// receipt): its shipments, and its records by shipment number, in batch order.
+struct BatchIndex<'a> {
+    shipments: Vec<&'a TraceEvent>,
+    by_number: std::collections::HashMap<&'a str, Vec<&'a TraceEvent>>,
+}
+
+impl<'a> BatchIndex<'a> {
+    fn new(batch: &'a [ExchangeMessage]) -> Self {
+        let mut idx = BatchIndex {
+            shipments: Vec::new(),
+            by_number: Default::default(),
+        };
+        for e in batch.iter().map(|m| &m.payload) {
+            if e.category == "shipment" {
+                idx.shipments.push(e);
+            }
+            if let Some(no) = e.field_str("shipment_no") {
+                idx.by_number.entry(no).or_default().push(e);
+            }
+        }
+        idx
+    }
+}
+
 async fn delivery_records(
     state: &AppState,
     ev: &TraceEvent,
-    batch: &[ExchangeMessage],
+    batch: &BatchIndex<'_>,
 ) -> Result<(Vec<TraceEvent>, Vec<TraceEvent>), ApiError> {
     let mut shipments: Vec<TraceEvent> = Vec::new();
     let mut readings: Vec<TraceEvent> = Vec::new();
@@ -795,7 +821,7 @@ async fn delivery_records(
             .filter(|s| to_receiver(s))
             // Only the matching records of the batch are copied (a batch of
             // receipts would otherwise copy the whole batch per receipt).
-            .chain(batch.iter().map(|m| &m.payload).filter(|s| to_receiver(s)).cloned())
+            .chain(batch.shipments.iter().copied().filter(|s| to_receiver(s)).cloned())
             .collect();
         // The latest delivery to this receiver.
         found.sort_by_key(|s| s.occurred_at);
@@ -807,7 +833,14 @@ async fn delivery_records(
     for no in &numbers {
         let stored = state.projection.events_for_shipment(no).await?;
         let about = |e: &TraceEvent| e.field_str("shipment_no") == Some(no.as_str()) && e.event_id != ev.event_id;
-        let local = batch.iter().map(|m| &m.payload).filter(|e| about(e)).cloned();
+        let local = batch
+            .by_number
+            .get(no.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|e| e.event_id != ev.event_id)
+            .cloned();
         let from_ledger = stored.iter().filter_map(|p| doc_event(&p.doc)).filter(|e| about(e));
         for e in from_ledger.chain(local) {
             match e.category.as_str() {
@@ -828,13 +861,14 @@ async fn cold_chain_alerts(
 ) -> Result<Vec<(usize, Finding, TraceEvent)>, ApiError> {
     let now = chrono::Utc::now();
     let mut out = Vec::new();
+    let index = BatchIndex::new(msgs);
     for (pos, m) in msgs.iter().enumerate() {
         let ev = &m.payload;
         let findings = match ev.category.as_str() {
             "cold_chain_readings" => coldchain::assess_readings(ev),
             "shipment" => coldchain::assess_shipment(ev),
             "inbound_receipt" => {
-                let (shipments, readings) = delivery_records(state, ev, msgs).await?;
+                let (shipments, readings) = delivery_records(state, ev, &index).await?;
                 coldchain::assess_receipt(ev, &shipments, &readings)
                     .map(|reason| Finding {
                         alert_type: AlertType::ReceiptRefused,
@@ -852,7 +886,7 @@ async fn cold_chain_alerts(
         // to a shipment, the shipment's.
         let mut codes = coldchain::codes_of(ev);
         if ev.category == "cold_chain_readings" && ev.field_str("shipment_no").is_some() {
-            let (shipments, _) = delivery_records(state, ev, msgs).await?;
+            let (shipments, _) = delivery_records(state, ev, &index).await?;
             codes.extend(shipments.iter().flat_map(coldchain::codes_of));
         }
         for f in findings {
@@ -870,4 +904,35 @@ async fn cold_chain_alerts(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_index_keeps_shipments_and_records_by_number_in_batch_order() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../mappings/tests/golden/shipment/erp-shipment.json");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let mut msgs: Vec<ExchangeMessage> = v
+            .iter()
+            .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
+            .collect();
+        // A third record about the first shipment that is not a shipment.
+        let mut about_first = msgs[0].clone();
+        about_first.payload.category = "cold_chain_readings".into();
+        about_first.payload.event_id = uuid::Uuid::new_v4();
+        about_first.event_id = about_first.payload.event_id;
+        msgs.push(about_first.clone());
+        let idx = BatchIndex::new(&msgs);
+        let ids = |v: &[&TraceEvent]| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        assert_eq!(ids(&idx.shipments), [msgs[0].event_id, msgs[1].event_id]);
+        assert_eq!(
+            ids(&idx.by_number["YD20240302001"]),
+            [msgs[0].event_id, about_first.event_id]
+        );
+        assert_eq!(ids(&idx.by_number["YD20240302002"]), [msgs[1].event_id]);
+        assert!(!idx.by_number.contains_key("YD20240302003"));
+    }
 }
