@@ -340,14 +340,15 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             write::write_db(&clinic_db, &tables, &[]).await?;
-            Ok::<_, SandboxError>(tables.into_iter().map(|t| (t.name, t.rows.len())).collect::<Vec<_>>())
+            Ok::<_, SandboxError>((
+                write::rows_of(&tables, "T_JZ_JZJL"),
+                write::rows_of(&tables, "T_AEFI_BG"),
+            ))
         }))
     };
     let cdc: Vec<Vec<write::Table>> = (0..3).map(|s| write::cdc_tables(&w, s)).collect();
     let cold = write::coldchain_tables(&w);
     let his = write::hospital_tables(&w);
-    let count =
-        |tables: &[write::Table], name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len());
     // The legacy systems written on this task, before the clinic's are awaited.
     let xml = write::mah_xml(&w);
     let erp = write::erp_files(&w);
@@ -360,10 +361,9 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
     }
     write::write_db(&dir.join("coldchain/coldchain.db"), &cold, &[]).await?;
     write::write_db(&dir.join("hospital/his.db"), &his, &[]).await?;
-    let clinic = (&mut clinic.0)
+    let (vaccinations, aefi) = (&mut clinic.0)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-    let clinic_rows = |name: &str| clinic.iter().find(|(n, _)| *n == name).map_or(0, |(_, rows)| *rows);
 
     let mut sources = Vec::new();
     let mut src =
@@ -411,7 +411,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             file,
             Some(("V_YM_CRKD", "DJRQ", "DJH")),
             alias,
-            count(&cdc[s], "YM_CRKD_ZB"),
+            write::rows_of(&cdc[s], "YM_CRKD_ZB"),
         );
     }
     let mut n_ship = 0;
@@ -435,7 +435,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "coldchain/coldchain.db",
         Some(("LL_WDHZ", "JLID", "JLID")),
         "",
-        count(&cold, "LL_WDHZ"),
+        write::rows_of(&cold, "LL_WDHZ"),
     );
     src(
         "clinic-ims",
@@ -444,7 +444,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_JZ_JZJL", "JZRQ", "JZJL_ID")),
         world::CLINIC_A.alias,
-        clinic_rows("T_JZ_JZJL"),
+        vaccinations,
     );
     src(
         "clinic-aefi",
@@ -453,7 +453,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_AEFI_BG", "BGSJ", "BGBH")),
         world::CLINIC_A.alias,
-        clinic_rows("T_AEFI_BG"),
+        aefi,
     );
     let mut n_msg = 0;
     for (name, text) in &hl7 {
@@ -476,7 +476,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "hospital/his.db",
         Some(("EMR_WDSY", "CJSJ", "WDID")),
         world::HOSPITAL.alias,
-        count(&his, "EMR_WDSY"),
+        write::rows_of(&his, "EMR_WDSY"),
     );
 
     let manifest = manifest(&w, opts, sources);

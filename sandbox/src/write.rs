@@ -36,6 +36,11 @@ pub(crate) struct Table {
     pub rows: Vec<Vec<Val>>,
 }
 
+/// Rows of table `name` among `tables` (0 if absent).
+pub(crate) fn rows_of(tables: &[Table], name: &str) -> usize {
+    tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len())
+}
+
 /// Local time (Asia/Shanghai, no DST) as Unix seconds.
 pub(crate) fn unix(t: NaiveDateTime) -> i64 {
     (t - Duration::hours(8)).and_utc().timestamp()
