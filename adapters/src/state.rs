@@ -266,6 +266,8 @@ impl StateDb {
             .pragma("cache_size", "-16384")
             .pragma("wal_autocheckpoint", "8192")
             .pragma("journal_size_limit", "67108864")
+            // Statement journals in memory, not in temporary files.
+            .pragma("temp_store", "MEMORY")
             .busy_timeout(Duration::from_secs(30));
         // One connection: SQLite serialises writers anyway, and a page cache
         // survives only on the connection that wrote last (another

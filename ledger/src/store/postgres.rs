@@ -95,6 +95,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The pool that commits (the server keeps one buffer cache for all).
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Closes every connection.
     pub async fn close(&self) -> Result<(), LedgerError> {
         self.pool.close().await;

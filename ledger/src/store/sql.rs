@@ -29,7 +29,9 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 /// Implements [`LedgerStore`](super::LedgerStore) for a store struct with
-/// fields `pool` and `location` and a method `async fn size_bytes(&self)`.
+/// fields `pool` and `location` and methods `async fn size_bytes(&self)` and
+/// `fn write_pool(&self)` (the pool that commits blocks and checks them for
+/// conflicts).
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty, $side:ident) => {
         impl $store {
@@ -128,7 +130,7 @@ macro_rules! sql_store {
 
             async fn commit_block_with(&self, c: &BlockCommit, side: &[$crate::store::SidePart<'_>]) -> Result<(), LedgerError> {
                 use $crate::store::sql::{NODES_PER_STATEMENT, TX_COLS, TX_ROWS_PER_INSERT, to_i64};
-                let mut db = self.pool.begin().await.map_err(|e| self.err(e))?;
+                let mut db = self.write_pool().begin().await.map_err(|e| self.err(e))?;
                 let b = &c.block;
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                     "INSERT INTO blocks (height, version, provider, previous_block_hash, block_hash, timestamp, merkle_root, tx_count, first_leaf) ",
@@ -304,7 +306,7 @@ macro_rules! sql_store {
                             sep.push_bind(id.clone());
                         }
                         qb.push(")");
-                        for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
+                        for r in qb.build().fetch_all(self.write_pool()).await.map_err(|e| self.err(e))? {
                             out.push((
                                 r.try_get("record_id").map_err(|e| self.err(e))?,
                                 r.try_get("tx_id").map_err(|e| self.err(e))?,
