@@ -206,13 +206,24 @@ pub struct RunStats {
 
 /// Runs every configured source until `stop` turns true (or, with
 /// `until_caught_up`, until each pull source has nothing left to read).
+/// On a terminal each pull source shows a progress bar.
 pub async fn run(
     cfg: &LoadedAgentConfig,
     stop: watch::Receiver<bool>,
     until_caught_up: bool,
 ) -> Result<Vec<(String, RunStats)>, AgentError> {
+    run_with_bars(cfg, stop, until_caught_up, std::io::stderr().is_terminal()).await
+}
+
+/// [`run`], with the pull sources' progress bars on stderr only if
+/// `progress` (a caller running several agents at once shows its own).
+pub async fn run_with_bars(
+    cfg: &LoadedAgentConfig,
+    stop: watch::Receiver<bool>,
+    until_caught_up: bool,
+    progress: bool,
+) -> Result<Vec<(String, RunStats)>, AgentError> {
     let pipeline = build_pipeline(cfg).await?;
-    let progress = std::io::stderr().is_terminal();
     let mut tasks = Vec::new();
     for s in &cfg.config.sources {
         let pipeline = pipeline.clone();

@@ -255,6 +255,86 @@ fn wait_ready(port: u16, server: &mut Server, log: &Path) -> anyhow::Result<()> 
     }
 }
 
+/// While the agents run: how many records the ledger has taken since they
+/// started, read from the gateway's public statistics. On a terminal one
+/// line rewritten twice a second; otherwise (a log) a line every 5 s.
+struct Progress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(port: u16, expected: u64) -> Progress {
+        use std::io::IsTerminal as _;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let terminal = std::io::stderr().is_terminal();
+        let every = Duration::from_millis(if terminal { 500 } else { 5_000 });
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let Some(before) = ledger_transactions(port) else {
+                return;
+            };
+            let mut shown = false;
+            let mut next = start + every;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if Instant::now() < next {
+                    continue;
+                }
+                next += every;
+                let Some(now) = ledger_transactions(port) else { continue };
+                // The gateway adds a few transactions of its own (cold-chain
+                // alerts): a progress line, not a count, so capped.
+                let done = now.saturating_sub(before).min(expected);
+                let secs = start.elapsed().as_secs_f64();
+                let line = format!(
+                    "      {done} of {expected} records in the ledger ({:.0} %), {:.0} records/s, {secs:.0} s",
+                    100.0 * done as f64 / expected.max(1) as f64,
+                    done as f64 / secs.max(0.001),
+                );
+                if terminal {
+                    eprint!("\r\x1b[K{line}");
+                    shown = true;
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+            if shown {
+                eprint!("\r\x1b[K");
+            }
+        });
+        Progress {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// Stops the line (and clears it on a terminal).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `transactions` of `GET /v1/public/stats` over plain HTTP; `None` when
+/// the gateway does not answer.
+fn ledger_transactions(port: u16) -> Option<u64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /v1/public/stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (_, body) = buf.split_once("\r\n\r\n")?;
+    serde_json::from_str::<Value>(body).ok()?["transactions"].as_u64()
+}
+
 /// Per source: what the agent did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct SourceSummary {
@@ -473,7 +553,9 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     // 4. The agent over every source.
     println!("[4/6] agent: map, validate, seal (SM4/SM2), sign and post every source");
     let t = Instant::now();
-    let sources = rt.block_on(run_agents(&dir, &manifest, &base))?;
+    let expected: u64 = manifest.sources.iter().map(|s| s.records as u64).sum();
+    let progress = Progress::start(port, expected);
+    let sources = rt.block_on(run_agents(&dir, &manifest, &base, progress))?;
     let agent_secs = t.elapsed().as_secs_f64();
     let total: u64 = sources.values().map(|s| s.records).sum();
     let accepted: u64 = sources.values().map(|s| s.accepted).sum();
@@ -489,7 +571,8 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         .arg(&db)
         .arg("--checkpoint-key")
         .arg(&node_pub);
-    let verify = c.output()?;
+    // Its progress line (on a terminal) goes straight to ours.
+    let verify = c.stderr(std::process::Stdio::inherit()).output()?;
     let verify_text = String::from_utf8_lossy(&verify.stdout).trim().to_string();
     println!("[5/6] ledger: {verify_text}");
 
@@ -689,7 +772,14 @@ fn erp_records(dir: &Path, s: &Source) -> anyhow::Result<Vec<(String, Record)>> 
     Ok(out)
 }
 
-async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
+/// Runs every organisation's agent; `progress` is stopped before the
+/// agents' lines are printed.
+async fn run_agents(
+    dir: &Path,
+    manifest: &Manifest,
+    base: &str,
+    progress: Progress,
+) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
     // One agent per organisation (as each would run at its own site). The
@@ -764,6 +854,7 @@ async fn run_agents(dir: &Path, manifest: &Manifest, base: &str) -> anyhow::Resu
         done
     };
     let (a, b, c) = futures_util::future::join3(goods_lane, from_queue(), from_queue()).await;
+    drop(progress);
     let mut results: Vec<_> = a.into_iter().chain(b).chain(c).collect();
     // Printed in the manifest's order, whatever finished first.
     results.sort_by_key(|r| r.0);
@@ -806,7 +897,9 @@ async fn run_agent(
     std::fs::write(&cfg_path, agent_toml(dir, base, &e.alias, &e.uscc, &mine))?;
     let loaded = adapters::config::load(&cfg_path)?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let stats = adapters::agent::run(&loaded, stop, true)
+    // Several agents run at once: their own progress bars would overwrite
+    // each other on one line; the sandbox shows one line for all.
+    let stats = adapters::agent::run_with_bars(&loaded, stop, true, false)
         .await
         .with_context(|| format!("agent of {} ({})", e.alias, cfg_path.display()))?;
     for (name, st) in stats {
