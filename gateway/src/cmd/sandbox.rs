@@ -236,14 +236,10 @@ fn wait_ready(port: u16, server: &mut Server, log: &Path) -> anyhow::Result<()> 
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             bail!("the gateway exited ({st}); {}:\n{tail}", log.display());
         }
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if let Some(buf) = http_get(port, "/readyz")
+            && (buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"))
+        {
+            return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
             bail!(
@@ -322,15 +318,22 @@ impl Drop for Progress {
     }
 }
 
-/// `transactions` of `GET /v1/public/stats` over plain HTTP; `None` when
-/// the gateway does not answer.
-fn ledger_transactions(port: u16) -> Option<u64> {
+/// The whole response (status line, headers, body) of a plain HTTP/1.0 GET
+/// on the loopback gateway; `None` when it does not answer within 2 s.
+fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /v1/public/stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// `transactions` of `GET /v1/public/stats`; `None` when the gateway does
+/// not answer.
+fn ledger_transactions(port: u16) -> Option<u64> {
+    let buf = http_get(port, "/v1/public/stats")?;
     let (_, body) = buf.split_once("\r\n\r\n")?;
     serde_json::from_str::<Value>(body).ok()?["transactions"].as_u64()
 }
