@@ -291,3 +291,25 @@ fn sandbox_summary_determinism_restart_and_tamper() {
         "{out}"
     );
 }
+
+/// A size outside the generator's range is refused before anything is
+/// written (no folder, no passphrase, no gateway).
+#[test]
+fn sandbox_refuses_a_bad_size_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    for bad in ["0", "19", "10000001", "many"] {
+        let o = vaxgate()
+            .args(["sandbox", "--doses", bad, "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--doses"), "{err}");
+        if bad != "many" {
+            assert!(err.contains("outside 20..=10000000"), "{err}");
+        }
+        assert!(!dir.exists(), "--doses {bad} wrote {}", dir.display());
+    }
+}

@@ -301,6 +301,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The numbers of vaccinations a world can have.
+pub const DOSES: std::ops::RangeInclusive<usize> = 20..=10_000_000;
+
 /// Generates the legacy systems into `dir` (created if missing; the
 /// sandbox's own files are overwritten) and returns the manifest, also
 /// written to `dir/manifest.json`.
@@ -308,10 +311,12 @@ impl<T> Drop for AbortOnDrop<T> {
 /// # Errors
 /// [`SandboxError`] naming the file that could not be written.
 pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxError> {
-    if opts.doses < 20 || opts.doses > 10_000_000 {
+    if !DOSES.contains(&opts.doses) {
         return Err(SandboxError::Options(format!(
-            "--doses {} is outside 20..=10000000",
-            opts.doses
+            "--doses {} is outside {}..={}",
+            opts.doses,
+            DOSES.start(),
+            DOSES.end()
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(dir, e))?;

@@ -36,8 +36,8 @@ pub const PASS_ENV: &str = "VAXGATE_SANDBOX_PASSPHRASE";
 /// Arguments of `vaxgate sandbox`.
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
-    /// Vaccinations to simulate.
-    #[arg(long, default_value_t = 2_000)]
+    /// Vaccinations to simulate (20 to 10,000,000).
+    #[arg(long, default_value_t = 2_000, value_parser = doses)]
     pub doses: usize,
     /// Seed of the synthetic world (same seed, same systems).
     #[arg(long, default_value_t = 1)]
@@ -52,6 +52,20 @@ pub struct SandboxArgs {
     /// sandbox keeps its port.
     #[arg(long)]
     pub port: Option<u16>,
+}
+
+/// `--doses`, checked before anything is written.
+fn doses(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if sandbox::DOSES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is outside {}..={}",
+            sandbox::DOSES.start(),
+            sandbox::DOSES.end()
+        ))
+    }
 }
 
 /// The partner firm and the regulator (query-only organisations).
