@@ -209,6 +209,26 @@ pub struct SqlSourceConfig {
     pub in_flight: usize,
 }
 
+/// The column alias under which a change table's sequence number is read
+/// (removed from the record before mapping).
+pub const CHANGE_SEQ_ALIAS: &str = "vg_change_seq";
+
+impl SqlSourceConfig {
+    /// The columns the pull pages by: (watermark, tie-breaker key). With a
+    /// change table both are its sequence number, read as
+    /// [`CHANGE_SEQ_ALIAS`]; otherwise the watermark column and the key
+    /// column (default: the watermark column).
+    pub fn paging_columns(&self) -> (String, String) {
+        match &self.change_table {
+            Some(_) => (CHANGE_SEQ_ALIAS.to_string(), CHANGE_SEQ_ALIAS.to_string()),
+            None => {
+                let wm = self.watermark.clone().unwrap_or_default();
+                (wm.clone(), self.key.clone().unwrap_or(wm))
+            }
+        }
+    }
+}
+
 fn default_in_flight() -> usize {
     2
 }

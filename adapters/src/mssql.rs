@@ -13,11 +13,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt as _};
 
-use crate::config::SqlSourceConfig;
+use crate::config::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, SqlSourceConfig};
 use crate::error::AgentError;
 use crate::sql::{Cell, SourceRow, SqlCheckpoint};
-
-const SEQ_ALIAS: &str = "vg_change_seq";
 
 type Conn = Client<Compat<TcpStream>>;
 
@@ -59,13 +57,7 @@ impl MssqlSource {
     pub fn new(cfg: &SqlSourceConfig) -> Result<MssqlSource, AgentError> {
         let tds = Config::from_ado_string(&cfg.url)
             .map_err(|e| src_err(&cfg.name, format!("connection string: {e}"), false))?;
-        let (wm_col, key_col) = match &cfg.change_table {
-            Some(_) => (SEQ_ALIAS.to_string(), SEQ_ALIAS.to_string()),
-            None => {
-                let wm = cfg.watermark.clone().unwrap_or_default();
-                (wm.clone(), cfg.key.clone().unwrap_or(wm))
-            }
-        };
+        let (wm_col, key_col) = cfg.paging_columns();
         Ok(MssqlSource {
             name: cfg.name.clone(),
             cfg: cfg.clone(),

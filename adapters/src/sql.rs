@@ -15,7 +15,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use crate::config::SqlSourceConfig;
+use crate::config::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, SqlSourceConfig};
 use crate::error::AgentError;
 
 /// A typed SQL value, as read from a row and bound back into a query.
@@ -120,8 +120,6 @@ pub struct SqlSource {
     key_col: String,
 }
 
-const SEQ_ALIAS: &str = "vg_change_seq";
-
 fn src_err(name: &str, e: impl std::fmt::Display, transient: bool) -> AgentError {
     AgentError::Source {
         source_name: name.to_string(),
@@ -182,13 +180,7 @@ impl SqlSource {
             ),
             other => return Err(src_err(&name, format!("`{other}` is not a sqlx source type"), false)),
         };
-        let (wm_col, key_col) = match &cfg.change_table {
-            Some(_) => (SEQ_ALIAS.to_string(), SEQ_ALIAS.to_string()),
-            None => {
-                let wm = cfg.watermark.clone().unwrap_or_default();
-                (wm.clone(), cfg.key.clone().unwrap_or(wm))
-            }
-        };
+        let (wm_col, key_col) = cfg.paging_columns();
         Ok(SqlSource {
             name,
             cfg: cfg.clone(),
