@@ -564,6 +564,34 @@ impl Registry {
         Ok(vk)
     }
 
+    /// Records `vk` (parsed from `pem` by [`Self::new_key`]) as an active key
+    /// of `entity_id`.
+    fn add_active_key(
+        &mut self,
+        vk: Sm2VerifyingKey,
+        pem: &str,
+        kind: KeyKind,
+        entity_id: &str,
+        device_id: Option<String>,
+        authorised_by: Option<String>,
+    ) {
+        let key_id = vk.key_id().to_string();
+        self.verifying.insert(key_id.clone(), vk);
+        self.keys.insert(
+            key_id.clone(),
+            KeyRecord {
+                key_id,
+                public_key: pem.to_string(),
+                kind,
+                entity_id: entity_id.to_string(),
+                device_id,
+                authorised_by,
+                status: KeyStatus::Active,
+                replaced_by: None,
+            },
+        );
+    }
+
     fn known_entity(&self, id: &str) -> Result<&Entity, RegistryError> {
         self.entities
             .get(id)
@@ -602,20 +630,7 @@ impl Registry {
                 }
                 self.require_admins(c, "registering an entity")?;
                 let vk = self.new_key(master_key)?;
-                self.verifying.insert(vk.key_id().to_string(), vk.clone());
-                self.keys.insert(
-                    vk.key_id().to_string(),
-                    KeyRecord {
-                        key_id: vk.key_id().to_string(),
-                        public_key: master_key.clone(),
-                        kind: KeyKind::Master,
-                        entity_id: entity.id.clone(),
-                        device_id: None,
-                        authorised_by: None,
-                        status: KeyStatus::Active,
-                        replaced_by: None,
-                    },
-                );
+                self.add_active_key(vk, master_key, KeyKind::Master, &entity.id, None, None);
                 self.entities.insert(entity.id.clone(), entity.clone());
             }
             RegistryOp::SetPolicy {
@@ -643,20 +658,7 @@ impl Registry {
                 self.require_master(c, entity_id, "adding a key")?;
                 let vk = self.new_key(public_key)?;
                 let master = self.master_of(entity_id).map(|m| m.key_id.clone());
-                self.verifying.insert(vk.key_id().to_string(), vk.clone());
-                self.keys.insert(
-                    vk.key_id().to_string(),
-                    KeyRecord {
-                        key_id: vk.key_id().to_string(),
-                        public_key: public_key.clone(),
-                        kind: *kind,
-                        entity_id: entity_id.clone(),
-                        device_id: device_id.clone(),
-                        authorised_by: master,
-                        status: KeyStatus::Active,
-                        replaced_by: None,
-                    },
-                );
+                self.add_active_key(vk, public_key, *kind, entity_id, device_id.clone(), master);
             }
             RegistryOp::RegisterDevice {
                 entity_id,
@@ -670,19 +672,13 @@ impl Registry {
                 self.require_master(c, entity_id, "registering a device")?;
                 let vk = self.new_key(public_key)?;
                 let master = self.master_of(entity_id).map(|m| m.key_id.clone());
-                self.verifying.insert(vk.key_id().to_string(), vk.clone());
-                self.keys.insert(
-                    vk.key_id().to_string(),
-                    KeyRecord {
-                        key_id: vk.key_id().to_string(),
-                        public_key: public_key.clone(),
-                        kind: KeyKind::Device,
-                        entity_id: entity_id.clone(),
-                        device_id: Some(device_id.clone()),
-                        authorised_by: master,
-                        status: KeyStatus::Active,
-                        replaced_by: None,
-                    },
+                self.add_active_key(
+                    vk,
+                    public_key,
+                    KeyKind::Device,
+                    entity_id,
+                    Some(device_id.clone()),
+                    master,
                 );
             }
             RegistryOp::SetKeyStatus { key_id, status, .. } => {

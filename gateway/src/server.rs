@@ -201,7 +201,7 @@ pub const ROUTES: &[RouteSpec] = &[
         auth: Auth::Public,
         summary: "The newest signed checkpoint (tree head)",
         query: &[],
-        handler: || web::get().to(latest_checkpoint),
+        handler: || web::get().to(crate::api::query::latest_checkpoint),
     },
     RouteSpec {
         method: "POST",
@@ -417,16 +417,4 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         "size_bytes": s.size_bytes,
         "node_key_id": state.ledger.node_key().key_id(),
     })))
-}
-
-/// `GET /v1/public/checkpoints/latest`: the newest signed tree head, which
-/// anyone may use to check proofs.
-async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (_, cp) = state
-        .ledger
-        .store()
-        .head()
-        .await?
-        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
-    Ok(HttpResponse::Ok().json(cp))
 }

@@ -82,15 +82,17 @@ fn party(state: &AppState, id: &str) -> Value {
     }
 }
 
+/// The newest signed checkpoint; 503 `unavailable` before the genesis block.
+async fn newest_checkpoint(state: &AppState) -> Result<ledger::Checkpoint, ApiError> {
+    let head = state.ledger.store().head().await?;
+    head.map(|(_, cp)| cp)
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))
+}
+
 /// Steps of events with signer, proof paths against the latest checkpoint,
 /// cancellations, and personal data when allowed.
 async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -> Result<Value, ApiError> {
-    let (_, cp) = state
-        .ledger
-        .store()
-        .head()
-        .await?
-        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
+    let cp = newest_checkpoint(state).await?;
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     // Events referring to these: cancellations and cold-chain alerts.
     let referrers = state.projection.cancellations_of(&ids).await?;
@@ -364,12 +366,9 @@ pub(crate) async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, Ap
     })))
 }
 
+/// `GET /v1/checkpoints/latest` and `GET /v1/public/checkpoints/latest`:
+/// the newest signed tree head, which anyone may use to check proofs.
 pub(crate) async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (_, cp) = state
-        .ledger
-        .store()
-        .head()
-        .await?
-        .ok_or_else(|| ApiError::new(Code::Unavailable, "empty ledger"))?;
+    let cp = newest_checkpoint(&state).await?;
     Ok(HttpResponse::Ok().json(cp))
 }
