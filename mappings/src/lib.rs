@@ -68,6 +68,7 @@
 
 pub mod canonical;
 pub mod checks;
+pub mod custody;
 pub mod dataset;
 pub mod datefmt;
 pub mod epcis;

@@ -1,0 +1,911 @@
+//! Custody of trace codes: what each traceability event says about where a
+//! code is ([`Fact`], [`LotFact`]), and the rules that find histories that
+//! cannot be true or should not have happened ([`judge`]).
+//!
+//! Pure: no IO and no clock. The gateway keeps the facts of every event in
+//! the ledger (`gateway::custody`) and judges each new record against them;
+//! `docs/custody.md` describes the states, rules, actions and defaults.
+//!
+//! Records reach the ledger in the order their legacy systems are
+//! connected, not in the order things happened: a vaccination may arrive
+//! before the delivery that brought the dose. So a code's state at a time
+//! is computed from the facts *dated* before it, whatever order they
+//! arrived in, and what is missing upstream is a [`Action::Pending`]
+//! finding that a later record can resolve, not a refusal.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::TraceEvent;
+
+/// What an event did to a trace code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Move {
+    /// Produced and put into stock by the holder (production inbound, 101).
+    Produce,
+    /// Sent onwards: sale, transfer, supply (outbound bills).
+    Dispatch,
+    /// Sent back up the chain: a return (202, 237) or a recall (211).
+    DispatchBack,
+    /// Received into stock (inbound receipt).
+    Receive,
+    /// Received back: a return (103) or recall (108) inbound.
+    ReceiveBack,
+    /// Delivered but refused at receipt (cold-chain record incomplete or out
+    /// of range): with the receiver, not in its stock.
+    ReceiveRefused,
+    /// Given to a person (vaccination).
+    Administer,
+    /// Lost, scrapped or destroyed.
+    Destroy,
+    /// Carried by a logistics firm from a shipper to a receiver (a
+    /// shipment record); moves no custody on its own.
+    Transport,
+    /// A cancellation (注销) of an earlier event touching this code.
+    Cancel,
+}
+
+impl Move {
+    /// Every move, in storage order.
+    pub const ALL: [Move; 10] = [
+        Move::Produce,
+        Move::Dispatch,
+        Move::DispatchBack,
+        Move::Receive,
+        Move::ReceiveBack,
+        Move::ReceiveRefused,
+        Move::Administer,
+        Move::Destroy,
+        Move::Transport,
+        Move::Cancel,
+    ];
+
+    /// The stable number stored in the custody tables.
+    #[must_use]
+    pub fn as_i16(self) -> i16 {
+        match self {
+            Move::Produce => 1,
+            Move::Dispatch => 2,
+            Move::DispatchBack => 3,
+            Move::Receive => 4,
+            Move::ReceiveBack => 5,
+            Move::ReceiveRefused => 6,
+            Move::Administer => 7,
+            Move::Destroy => 8,
+            Move::Transport => 9,
+            Move::Cancel => 10,
+        }
+    }
+
+    /// The move stored as `v`.
+    #[must_use]
+    pub fn from_i16(v: i16) -> Option<Move> {
+        Move::ALL.into_iter().find(|m| m.as_i16() == v)
+    }
+
+    /// Lower-case name, as in answers and docs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Move::Produce => "produce",
+            Move::Dispatch => "dispatch",
+            Move::DispatchBack => "dispatch_back",
+            Move::Receive => "receive",
+            Move::ReceiveBack => "receive_back",
+            Move::ReceiveRefused => "receive_refused",
+            Move::Administer => "administer",
+            Move::Destroy => "destroy",
+            Move::Transport => "transport",
+            Move::Cancel => "cancel",
+        }
+    }
+}
+
+/// One event's statement about one trace code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fact {
+    /// The trace code.
+    pub code: String,
+    /// Ledger order: the leaf index of the event's transaction (a record
+    /// not yet appended gets a number above every leaf).
+    pub seq: u64,
+    /// The event.
+    pub event_id: Uuid,
+    /// When it happened (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// What happened.
+    pub kind: Move,
+    /// Who did it: the holder that produced, sent, received, gave or
+    /// destroyed it (for [`Move::Transport`], the shipper). A registered
+    /// entity's id where the party code is registered, else the code.
+    pub actor: String,
+    /// The other party: the receiver of a dispatch or transport, the
+    /// sender of a receipt.
+    pub peer: Option<String>,
+    /// Doses in the package (production and vaccination records), 0 when
+    /// the record does not say.
+    pub doses: u16,
+    /// For [`Move::Cancel`]: the `seq` of the cancelled event.
+    pub cancels: Option<u64>,
+}
+
+/// What an event said about a lot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LotMove {
+    /// Production dates: `day` produced, `day2` expires.
+    Produced,
+    /// Lot release (批签发): `day` the release date, `ok` the conclusion.
+    Released,
+    /// A recall of the lot began at `at_ms`.
+    Recalled,
+}
+
+impl LotMove {
+    /// The stable number stored in the custody tables.
+    #[must_use]
+    pub fn as_i16(self) -> i16 {
+        match self {
+            LotMove::Produced => 1,
+            LotMove::Released => 2,
+            LotMove::Recalled => 3,
+        }
+    }
+
+    /// The lot move stored as `v`.
+    #[must_use]
+    pub fn from_i16(v: i16) -> Option<LotMove> {
+        [LotMove::Produced, LotMove::Released, LotMove::Recalled]
+            .into_iter()
+            .find(|m| m.as_i16() == v)
+    }
+}
+
+/// One event's statement about a lot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotFact {
+    /// The lot: [`lot_key`] of product and lot number.
+    pub lot: String,
+    /// Ledger order, as [`Fact::seq`].
+    pub seq: u64,
+    /// The event.
+    pub event_id: Uuid,
+    /// When the event happened (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// What it said.
+    pub kind: LotMove,
+    /// Production date, or release date.
+    pub day: Option<NaiveDate>,
+    /// Expiry date (with [`LotMove::Produced`]).
+    pub day2: Option<NaiveDate>,
+    /// Release conclusion: conforming (with [`LotMove::Released`]).
+    pub ok: bool,
+}
+
+/// The key of a lot: the product (first seven digits of its trace codes,
+/// or the record's `product_id_code`) and the lot number, `8612345/202311A05`.
+/// Lot numbers are unique per product, not across products.
+#[must_use]
+pub fn lot_key(product7: &str, lot_number: &str) -> String {
+    format!("{product7}/{lot_number}")
+}
+
+/// The lot an event is about, if it names one.
+#[must_use]
+pub fn lot_of(ev: &TraceEvent) -> Option<String> {
+    let lot = ev.field_str("lot_number")?;
+    let product = ev
+        .field_str("product_id_code")
+        .filter(|p| p.len() == 7)
+        .map(str::to_string)
+        .or_else(|| {
+            ev.trace_codes
+                .iter()
+                .chain(ev.aggregations.iter().flat_map(|a| a.children.iter()))
+                .find(|c| c.len() >= 7)
+                .map(|c| c[..7].to_string())
+        })?;
+    Some(lot_key(&product, lot))
+}
+
+fn date_field(ev: &TraceEvent, key: &str) -> Option<NaiveDate> {
+    let s = ev.field_str(key)?;
+    NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok()
+}
+
+/// The move a record makes, by category and (for returns and recalls)
+/// bill type; `None` for records that move no custody (readings, AEFI
+/// reports, EMR entries, products, lot releases, alerts).
+#[must_use]
+pub fn move_of(ev: &TraceEvent) -> Option<Move> {
+    let bill = ev.bill_type.as_deref().or_else(|| ev.field_str("bill_type"));
+    Some(match ev.category.as_str() {
+        "production_inbound" => Move::Produce,
+        "outbound" => Move::Dispatch,
+        "inbound_receipt" => Move::Receive,
+        // 103 退货入库, 108 召回入库: received back; 202/237/211: sent back.
+        "return" | "recall" => match bill {
+            Some("103" | "108") => Move::ReceiveBack,
+            _ => Move::DispatchBack,
+        },
+        "loss_destruction" => Move::Destroy,
+        "vaccination" => Move::Administer,
+        "shipment" => Move::Transport,
+        _ => return None,
+    })
+}
+
+/// The facts of one event, before it has a place in the ledger.
+#[derive(Debug, Clone, Default)]
+pub struct EventFacts {
+    /// One per trace code the event moves.
+    pub facts: Vec<Fact>,
+    /// What it says about its lot.
+    pub lot_facts: Vec<LotFact>,
+    /// Its lot, if it names one.
+    pub lot: Option<String>,
+    /// Its own expiry date field, if any.
+    pub expiry: Option<NaiveDate>,
+}
+
+/// The facts `ev` states, with `seq` as its ledger order and `party`
+/// turning a party code into the registered entity id (or the code).
+/// A cancellation's facts come from [`cancel_facts`] instead.
+pub fn facts_of(ev: &TraceEvent, seq: u64, party: &dyn Fn(&str) -> String) -> EventFacts {
+    let lot = lot_of(ev);
+    let mut out = EventFacts {
+        lot: lot.clone(),
+        expiry: date_field(ev, "expiry_date"),
+        ..EventFacts::default()
+    };
+    let at_ms = ev.occurred_at.timestamp_millis();
+    let lot_fact = |kind, day, day2, ok| LotFact {
+        lot: lot.clone().unwrap_or_default(),
+        seq,
+        event_id: ev.event_id,
+        at_ms,
+        kind,
+        day,
+        day2,
+        ok,
+    };
+    match ev.category.as_str() {
+        "production_inbound" | "lot_release" if lot.is_some() => {
+            let (produced, expires) = (date_field(ev, "production_date"), date_field(ev, "expiry_date"));
+            if produced.is_some() || expires.is_some() {
+                out.lot_facts.push(lot_fact(LotMove::Produced, produced, expires, true));
+            }
+            if ev.category == "lot_release" {
+                out.lot_facts.push(lot_fact(
+                    LotMove::Released,
+                    date_field(ev, "lot_release_date").or(Some(ev.occurred_at.date_naive())),
+                    None,
+                    ev.field_str("lot_release_conclusion") != Some("2"),
+                ));
+            }
+        }
+        "recall" if lot.is_some() => out.lot_facts.push(lot_fact(LotMove::Recalled, None, None, true)),
+        _ => {}
+    }
+    let Some(kind) = move_of(ev) else { return out };
+    let from = ev.from.as_ref().map(|p| party(&p.code));
+    let to = ev.to.as_ref().map(|p| party(&p.code));
+    let source = party(&ev.source);
+    let (actor, peer) = match kind {
+        Move::Dispatch | Move::DispatchBack | Move::Destroy | Move::Transport => (from.unwrap_or(source), to),
+        Move::Receive | Move::ReceiveBack | Move::ReceiveRefused => (to.unwrap_or(source), from),
+        Move::Produce | Move::Administer | Move::Cancel => (source, None),
+    };
+    let doses = ev
+        .fields
+        .get("doses_per_package")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|d| u16::try_from(d).ok())
+        .unwrap_or(0);
+    let mut codes: Vec<&String> = ev.trace_codes.iter().collect();
+    if kind == Move::Transport {
+        // A shipment names cartons; their units travel with them.
+        codes.extend(ev.aggregations.iter().flat_map(|a| a.children.iter()));
+    }
+    codes.sort();
+    codes.dedup();
+    out.facts = codes
+        .into_iter()
+        .map(|c| Fact {
+            code: c.clone(),
+            seq,
+            event_id: ev.event_id,
+            at_ms,
+            kind,
+            actor: actor.clone(),
+            peer: peer.clone(),
+            doses,
+            cancels: None,
+        })
+        .collect();
+    out
+}
+
+/// The facts of a cancellation (`cancellation`, its own `seq`, `source`)
+/// of the event at `cancelled_seq` that touched `codes`.
+#[must_use]
+pub fn cancel_facts(cancellation: &TraceEvent, seq: u64, codes: &[String], cancelled_seq: u64) -> Vec<Fact> {
+    codes
+        .iter()
+        .map(|c| Fact {
+            code: c.clone(),
+            seq,
+            event_id: cancellation.event_id,
+            at_ms: cancellation.occurred_at.timestamp_millis(),
+            kind: Move::Cancel,
+            actor: cancellation.source.clone(),
+            peer: None,
+            doses: 0,
+            cancels: Some(cancelled_seq),
+        })
+        .collect()
+}
+
+/// A custody rule. Each has a stable code (`docs/custody.md`) and a default
+/// [`Action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rule {
+    /// A code produced a second time.
+    ProducedTwice,
+    /// A unit dose administered more often than its package holds doses.
+    AdministeredTwice,
+    /// A code sent, received or destroyed after all its doses were given.
+    AdministeredMoved,
+    /// A code used after it was destroyed or lost, or destroyed before a
+    /// later use already in the ledger.
+    DestroyedUsed,
+    /// An event dated before the lot's production date.
+    BeforeProduction,
+    /// Sent on or given before the lot's release (批签发) date.
+    BeforeRelease,
+    /// Sent on or given from a lot whose release found it non-conforming.
+    ReleaseFailed,
+    /// Sent on or given from a lot after its recall began.
+    RecalledUsed,
+    /// Sent on or given after the expiry date.
+    ExpiredUsed,
+    /// Sent, given or destroyed by an entity that does not hold the code.
+    NotHolder,
+    /// Received with no dispatch or shipment to the receiver.
+    ReceiptUnmatched,
+    /// A code nobody produced (no production record in the ledger).
+    UnknownCode,
+}
+
+impl Rule {
+    /// Every rule.
+    pub const ALL: [Rule; 12] = [
+        Rule::ProducedTwice,
+        Rule::AdministeredTwice,
+        Rule::AdministeredMoved,
+        Rule::DestroyedUsed,
+        Rule::BeforeProduction,
+        Rule::BeforeRelease,
+        Rule::ReleaseFailed,
+        Rule::RecalledUsed,
+        Rule::ExpiredUsed,
+        Rule::NotHolder,
+        Rule::ReceiptUnmatched,
+        Rule::UnknownCode,
+    ];
+
+    /// The stable code.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::ProducedTwice => "produced_twice",
+            Rule::AdministeredTwice => "administered_twice",
+            Rule::AdministeredMoved => "administered_moved",
+            Rule::DestroyedUsed => "destroyed_used",
+            Rule::BeforeProduction => "before_production",
+            Rule::BeforeRelease => "before_release",
+            Rule::ReleaseFailed => "release_failed",
+            Rule::RecalledUsed => "recalled_used",
+            Rule::ExpiredUsed => "expired_used",
+            Rule::NotHolder => "not_holder",
+            Rule::ReceiptUnmatched => "receipt_unmatched",
+            Rule::UnknownCode => "unknown_code",
+        }
+    }
+
+    /// The rule with code `s`.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// What a CDC would want by default: a record that cannot be true is
+    /// refused; one of something that happened but should not have is kept
+    /// and flagged; one whose upstream may simply not have arrived yet is
+    /// kept as pending.
+    #[must_use]
+    pub fn default_action(self) -> Action {
+        match self {
+            Rule::ProducedTwice
+            | Rule::AdministeredTwice
+            | Rule::AdministeredMoved
+            | Rule::DestroyedUsed
+            | Rule::BeforeProduction => Action::Refuse,
+            Rule::BeforeRelease | Rule::ReleaseFailed | Rule::RecalledUsed | Rule::ExpiredUsed => Action::Flag,
+            Rule::NotHolder | Rule::ReceiptUnmatched | Rule::UnknownCode => Action::Pending,
+        }
+    }
+
+    /// Whether a later record can make the finding go away (the missing
+    /// upstream record arrives): only these may be [`Action::Pending`].
+    #[must_use]
+    pub fn may_resolve(self) -> bool {
+        matches!(self, Rule::NotHolder | Rule::ReceiptUnmatched | Rule::UnknownCode)
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the gateway does with a record that breaks a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Refused like a validation failure; nothing is written.
+    Refuse,
+    /// Kept as the source's statement of a real-world fact, with an alert
+    /// transaction naming the conflict.
+    Flag,
+    /// Kept with a `provenance_pending` alert, resolved by a later
+    /// transaction when the missing upstream records arrive.
+    Pending,
+}
+
+impl Action {
+    /// Lower-case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Refuse => "refuse",
+            Action::Flag => "flag",
+            Action::Pending => "pending",
+        }
+    }
+}
+
+/// A broken rule, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Which rule.
+    pub rule: Rule,
+    /// The trace code.
+    pub code: String,
+    /// The earlier event it conflicts with, and its ledger order.
+    pub conflict: Option<(Uuid, u64)>,
+    /// For a person: what was wrong, without personal data.
+    pub message: String,
+}
+
+/// What is known of the codes and lots a batch touches: every fact already
+/// in the ledger (or ahead of the record in its batch), by code and by lot.
+#[derive(Debug, Clone, Default)]
+pub struct Book {
+    codes: HashMap<String, Vec<Fact>>,
+    lots: HashMap<String, Vec<LotFact>>,
+}
+
+impl Book {
+    /// An empty book.
+    #[must_use]
+    pub fn new() -> Book {
+        Book::default()
+    }
+
+    /// Adds facts (a fact already present, same code and `seq`, is kept once).
+    pub fn add(&mut self, facts: impl IntoIterator<Item = Fact>) {
+        for f in facts {
+            let v = self.codes.entry(f.code.clone()).or_default();
+            if !v.iter().any(|g| g.seq == f.seq) {
+                v.push(f);
+            }
+        }
+    }
+
+    /// Adds lot facts (kept once per lot and `seq`).
+    pub fn add_lots(&mut self, facts: impl IntoIterator<Item = LotFact>) {
+        for f in facts {
+            let v = self.lots.entry(f.lot.clone()).or_default();
+            if !v.iter().any(|g| g.seq == f.seq && g.kind == f.kind) {
+                v.push(f);
+            }
+        }
+    }
+
+    /// The live facts of `code` (cancelled events and cancellations left
+    /// out), ordered by when they happened, then by ledger order.
+    #[must_use]
+    pub fn history(&self, code: &str) -> Vec<&Fact> {
+        let Some(all) = self.codes.get(code) else {
+            return Vec::new();
+        };
+        let cancelled: Vec<u64> = all.iter().filter_map(|f| f.cancels).collect();
+        let mut live: Vec<&Fact> = all
+            .iter()
+            .filter(|f| f.kind != Move::Cancel && !cancelled.contains(&f.seq))
+            .collect();
+        live.sort_by_key(|f| (f.at_ms, f.seq));
+        live
+    }
+
+    /// What is known of lot `lot`.
+    #[must_use]
+    pub fn lot(&self, lot: &str) -> LotState {
+        let mut s = LotState::default();
+        let Some(all) = self.lots.get(lot) else { return s };
+        let mut all: Vec<&LotFact> = all.iter().collect();
+        all.sort_by_key(|f| f.seq);
+        for f in all {
+            match f.kind {
+                LotMove::Produced => {
+                    s.produced = f.day.or(s.produced);
+                    s.expires = f.day2.or(s.expires);
+                }
+                LotMove::Released => s.released = Some((f.day, f.ok, f.event_id, f.seq)),
+                LotMove::Recalled => {
+                    if s.recalled.is_none_or(|(at, ..)| f.at_ms < at) {
+                        s.recalled = Some((f.at_ms, f.event_id, f.seq));
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Codes with facts in the book.
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        self.codes.keys().map(String::as_str)
+    }
+}
+
+/// What is known of a lot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LotState {
+    /// Production date.
+    pub produced: Option<NaiveDate>,
+    /// Expiry date.
+    pub expires: Option<NaiveDate>,
+    /// Release date, conclusion (conforming), event and its ledger order.
+    pub released: Option<(Option<NaiveDate>, bool, Uuid, u64)>,
+    /// Earliest recall start (ms), event and its ledger order.
+    pub recalled: Option<(i64, Uuid, u64)>,
+}
+
+/// Where a code is at some time, from the facts dated up to then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Custody<'a> {
+    /// No fact dated up to then.
+    Unknown,
+    /// In the stock of this entity.
+    Held(&'a str),
+    /// On its way from one entity to another (the receiver may be unknown).
+    Transit {
+        /// The sender.
+        from: &'a str,
+        /// The receiver.
+        to: Option<&'a str>,
+    },
+    /// Refused at receipt: with this entity, not in its stock.
+    Refused(&'a str),
+    /// Doses given by this entity, so far.
+    Administered(&'a str, u16),
+    /// Destroyed or lost by this entity.
+    Destroyed(&'a str),
+}
+
+impl<'a> Custody<'a> {
+    /// The state after `facts` (in time order).
+    #[must_use]
+    pub fn after(facts: &[&'a Fact]) -> Custody<'a> {
+        let mut s = Custody::Unknown;
+        for f in facts {
+            s = match f.kind {
+                Move::Produce | Move::Receive | Move::ReceiveBack => Custody::Held(&f.actor),
+                Move::Dispatch | Move::DispatchBack => Custody::Transit {
+                    from: &f.actor,
+                    to: f.peer.as_deref(),
+                },
+                Move::Transport => match (&s, f.peer.as_deref()) {
+                    // The carrier's record says where it goes; it does not
+                    // take custody from the receiver that already has it.
+                    (Custody::Held(h), Some(to)) if *h == to => s,
+                    (_, Some(to)) => Custody::Transit {
+                        from: &f.actor,
+                        to: Some(to),
+                    },
+                    (_, None) => s,
+                },
+                Move::ReceiveRefused => Custody::Refused(&f.actor),
+                Move::Administer => match s {
+                    Custody::Administered(by, n) if by == f.actor => Custody::Administered(by, n.saturating_add(1)),
+                    _ => Custody::Administered(&f.actor, 1),
+                },
+                Move::Destroy => Custody::Destroyed(&f.actor),
+                Move::Cancel => s,
+            };
+        }
+        s
+    }
+
+    /// Whether `actor` has the code (to send, give or destroy it): in its
+    /// stock, on its way to it, or partly given by it; a refused delivery
+    /// only to send back or destroy.
+    #[must_use]
+    pub fn with(&self, actor: &str, kind: Move) -> bool {
+        match *self {
+            Custody::Held(h) => h == actor,
+            Custody::Transit { to, .. } => to == Some(actor),
+            Custody::Administered(by, _) => by == actor,
+            Custody::Refused(at) => at == actor && matches!(kind, Move::DispatchBack | Move::Destroy),
+            Custody::Unknown | Custody::Destroyed(_) => false,
+        }
+    }
+
+    /// For messages: where the code is.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Custody::Unknown => "nowhere known".into(),
+            Custody::Held(h) => format!("held by {h}"),
+            Custody::Transit { from, to: Some(to) } => format!("in transit from {from} to {to}"),
+            Custody::Transit { from, to: None } => format!("in transit from {from}"),
+            Custody::Refused(at) => format!("refused at receipt by {at}"),
+            Custody::Administered(by, n) => format!("administered by {by} ({n} dose(s))"),
+            Custody::Destroyed(by) => format!("destroyed by {by}"),
+        }
+    }
+}
+
+/// A day from a time in ms (UTC+8, the calendar the records are kept in).
+fn day_of(at_ms: i64) -> Option<NaiveDate> {
+    chrono::DateTime::from_timestamp_millis(at_ms + 8 * 3_600_000).map(|t| t.date_naive())
+}
+
+/// A receipt's dispatch may be entered up to a day after the receipt
+/// (the sender's clerk types it in later).
+const DISPATCH_SLACK_MS: i64 = 24 * 3_600_000;
+
+/// Judges an event (its `facts`, its `lot` and its own `expiry`, from
+/// [`facts_of`]) against what `book` knows. Every broken rule is a finding;
+/// the caller applies each rule's [`Action`].
+#[must_use]
+pub fn judge(ev: &EventFacts, book: &Book) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let lot = ev.lot.as_deref().map(|l| book.lot(l)).unwrap_or_default();
+    for f in &ev.facts {
+        judge_code(f, &lot, ev.expiry, book, &mut out);
+    }
+    out
+}
+
+fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Book, out: &mut Vec<Finding>) {
+    let hist: Vec<&Fact> = book.history(&f.code).into_iter().filter(|g| g.seq != f.seq).collect();
+    let code = f.code.as_str();
+    let mut find = |rule: Rule, conflict: Option<&Fact>, message: String| {
+        out.push(Finding {
+            rule,
+            code: code.to_string(),
+            conflict: conflict.map(|c| (c.event_id, c.seq)),
+            message,
+        });
+    };
+    let name = |g: &Fact| format!("event {} ({})", g.event_id, g.kind.as_str());
+    let day = day_of(f.at_ms);
+
+    if let (Some(p), Some(d)) = (lot.produced, day)
+        && d < p
+    {
+        find(
+            Rule::BeforeProduction,
+            None,
+            format!("code {code}: a {} dated {d} is before its lot was produced ({p})", f.kind.as_str()),
+        );
+    }
+    let produce = hist.iter().copied().find(|g| g.kind == Move::Produce);
+    if f.kind == Move::Produce {
+        if let Some(p) = produce {
+            find(
+                Rule::ProducedTwice,
+                Some(p),
+                format!("code {code} was already produced by {}", name(p)),
+            );
+        }
+        return;
+    }
+    if f.kind == Move::Transport {
+        // A carrier's record: checked only against the end of the code's life.
+        if let Some(d) = hist.iter().copied().find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms) {
+            find(
+                Rule::DestroyedUsed,
+                Some(d),
+                format!("code {code} is shipped after it was destroyed ({})", name(d)),
+            );
+        }
+        return;
+    }
+
+    // The end of a code's life: destroyed, or every dose given.
+    let doses = produce
+        .map(|p| p.doses)
+        .filter(|d| *d > 0)
+        .or(Some(f.doses).filter(|d| *d > 0))
+        .unwrap_or(1);
+    let given: Vec<&Fact> = hist.iter().copied().filter(|g| g.kind == Move::Administer).collect();
+    if f.kind == Move::Administer && given.len() >= usize::from(doses) {
+        let last = given[given.len() - 1];
+        find(
+            Rule::AdministeredTwice,
+            Some(last),
+            format!(
+                "code {code} holds {doses} dose(s), already given {} time(s), last by {}",
+                given.len(),
+                name(last)
+            ),
+        );
+    } else if f.kind != Move::Administer
+        && given.len() >= usize::from(doses)
+        && let Some(last) = given.iter().copied().find(|g| g.at_ms <= f.at_ms)
+    {
+        find(
+            Rule::AdministeredMoved,
+            Some(last),
+            format!("code {code}: a {} after its last dose was given ({})", f.kind.as_str(), name(last)),
+        );
+    }
+    if let Some(d) = hist.iter().copied().find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms) {
+        find(
+            Rule::DestroyedUsed,
+            Some(d),
+            format!("code {code}: a {} after it was destroyed ({})", f.kind.as_str(), name(d)),
+        );
+    } else if f.kind == Move::Destroy
+        && let Some(u) = hist
+            .iter()
+            .copied()
+            .find(|g| g.at_ms > f.at_ms && matches!(g.kind, Move::Administer | Move::Dispatch | Move::Receive))
+    {
+        find(
+            Rule::DestroyedUsed,
+            Some(u),
+            format!("code {code}: destroyed before a later use already in the ledger ({})", name(u)),
+        );
+    }
+
+    // The lot: released, not recalled, not expired.
+    if matches!(f.kind, Move::Dispatch | Move::Administer) {
+        if let Some((rday, ok, ev, seq)) = lot.released {
+            let at = Fact {
+                event_id: ev,
+                seq,
+                ..f.clone()
+            };
+            if !ok {
+                find(
+                    Rule::ReleaseFailed,
+                    Some(&at),
+                    format!("code {code}: its lot's release (批签发) found it non-conforming"),
+                );
+            } else if let (Some(r), Some(d)) = (rday, day)
+                && d < r
+            {
+                find(
+                    Rule::BeforeRelease,
+                    Some(&at),
+                    format!("code {code}: a {} dated {d} is before its lot's release ({r})", f.kind.as_str()),
+                );
+            }
+        }
+        if let Some((rat, ev, seq)) = lot.recalled
+            && f.at_ms >= rat
+        {
+            let at = Fact {
+                event_id: ev,
+                seq,
+                ..f.clone()
+            };
+            find(
+                Rule::RecalledUsed,
+                Some(&at),
+                format!("code {code}: a {} after its lot was recalled", f.kind.as_str()),
+            );
+        }
+        if let (Some(e), Some(d)) = (lot.expires.or(own_expiry), day)
+            && d > e
+        {
+            find(
+                Rule::ExpiredUsed,
+                None,
+                format!("code {code}: a {} dated {d} is after its expiry date ({e})", f.kind.as_str()),
+            );
+        }
+    }
+
+    // Custody: who has it when this happens.
+    let before: Vec<&Fact> = hist.iter().copied().filter(|g| g.at_ms <= f.at_ms).collect();
+    let state = Custody::after(&before);
+    let nobody_produced = || produce.is_none();
+    match f.kind {
+        Move::Dispatch | Move::DispatchBack | Move::Administer | Move::Destroy => {
+            if matches!(state, Custody::Destroyed(_)) || state.with(&f.actor, f.kind) {
+                return;
+            }
+            if matches!(state, Custody::Administered(..)) && given.len() >= usize::from(doses) {
+                return; // reported above
+            }
+            if state == Custody::Unknown && nobody_produced() {
+                find(
+                    Rule::UnknownCode,
+                    None,
+                    format!("code {code}: no production, shipment or receipt of it is in the ledger"),
+                );
+            } else {
+                let last = before.last().copied();
+                find(
+                    Rule::NotHolder,
+                    last,
+                    format!(
+                        "code {code}: {} by {} while it is {}{}",
+                        f.kind.as_str(),
+                        f.actor,
+                        state.describe(),
+                        last.map(|l| format!(" ({})", name(l))).unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        Move::Receive | Move::ReceiveRefused | Move::ReceiveBack => {
+            let sent_here = hist.iter().copied().any(|g| {
+                matches!(g.kind, Move::Dispatch | Move::DispatchBack | Move::Transport)
+                    && g.peer.as_deref() == Some(f.actor.as_str())
+                    && g.at_ms <= f.at_ms + DISPATCH_SLACK_MS
+            });
+            // A return is often documented by its receiver alone: from the holder.
+            let back_from_holder = f.kind == Move::ReceiveBack
+                && f.peer
+                    .as_deref()
+                    .is_some_and(|p| state.with(p, Move::DispatchBack) || state == Custody::Held(p));
+            if sent_here || back_from_holder {
+                return;
+            }
+            if nobody_produced() && hist.is_empty() {
+                find(
+                    Rule::UnknownCode,
+                    None,
+                    format!("code {code}: no production, shipment or receipt of it is in the ledger"),
+                );
+            } else {
+                find(
+                    Rule::ReceiptUnmatched,
+                    before.last().copied(),
+                    format!(
+                        "code {code}: received by {} but no dispatch or shipment to it is in the ledger (it is {})",
+                        f.actor,
+                        state.describe()
+                    ),
+                );
+            }
+        }
+        Move::Produce | Move::Transport | Move::Cancel => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+use chrono::{DateTime, FixedOffset};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::event::Party;
+
+const MAH: &str = "91320000134567890Y";
+const PROV: &str = "12320000466000456J";
+const CLINIC_A: &str = "3201020001";
+const CLINIC_B: &str = "3201020002";
+const CARRIER: &str = "91110000100012345L";
+const UNIT: &str = "86123450000000001001";
+
+fn t(s: &str) -> DateTime<FixedOffset> {
+    DateTime::parse_from_rfc3339(&format!("{s}+08:00")).unwrap_or_default()
+}
+
+/// A record of `category` at `time` by `source`, moving `codes` from → to.
+fn ev(category: &str, bill: Option<&str>, time: &str, source: &str, from: Option<&str>, to: Option<&str>) -> TraceEvent {
+    let mut fields = serde_json::Map::new();
+    fields.insert("lot_number".into(), json!("202311A05"));
+    TraceEvent {
+        category: category.into(),
+        event_id: Uuid::new_v4(),
+        occurred_at: t(time),
+        recorded_at: t(time),
+        source: source.into(),
+        device: None,
+        record_key: format!("{category}-{time}"),
+        bill_type: bill.map(str::to_string),
+        trace_codes: vec![UNIT.into()],
+        aggregations: Vec::new(),
+        from: from.map(|c| Party { code: c.into(), name: None }),
+        to: to.map(|c| Party { code: c.into(), name: None }),
+        fields,
+        pii: Default::default(),
+    }
+}
+
+fn produce(time: &str) -> TraceEvent {
+    let mut e = ev("production_inbound", Some("101"), time, MAH, None, None);
+    e.fields.insert("production_date".into(), json!("2023-12-01"));
+    e.fields.insert("expiry_date".into(), json!("2025-11-30"));
+    e
+}
+fn dispatch(time: &str, from: &str, to: &str) -> TraceEvent {
+    ev("outbound", Some("203"), time, from, Some(from), Some(to))
+}
+fn receive(time: &str, from: &str, to: &str) -> TraceEvent {
+    ev("inbound_receipt", Some("104"), time, to, Some(from), Some(to))
+}
+fn give(time: &str, clinic: &str) -> TraceEvent {
+    ev("vaccination", None, time, clinic, None, None)
+}
+fn destroy(time: &str, by: &str) -> TraceEvent {
+    ev("loss_destruction", Some("205"), time, by, Some(by), None)
+}
+fn release(time: &str, day: &str, ok: bool) -> TraceEvent {
+    let mut e = ev("lot_release", None, time, MAH, None, None);
+    e.trace_codes.clear();
+    e.fields.insert("product_id_code".into(), json!("8612345"));
+    e.fields.insert("lot_release_date".into(), json!(day));
+    e.fields.insert("lot_release_conclusion".into(), json!(if ok { "1" } else { "2" }));
+    e
+}
+
+/// Appends events in arrival order, judging each against what came before;
+/// returns the rule codes found for each.
+struct Ledger {
+    book: Book,
+    seq: u64,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        Ledger { book: Book::new(), seq: 0 }
+    }
+    fn facts(&mut self, e: &TraceEvent) -> EventFacts {
+        self.seq += 1;
+        facts_of(e, self.seq, &|c: &str| c.to_string())
+    }
+    /// Judges and (whatever the finding) records `e`.
+    fn put(&mut self, e: &TraceEvent) -> Vec<Finding> {
+        let f = self.facts(e);
+        let found = judge(&f, &self.book);
+        self.book.add(f.facts);
+        self.book.add_lots(f.lot_facts);
+        found
+    }
+    fn rules(&mut self, e: &TraceEvent) -> Vec<&'static str> {
+        self.put(e).iter().map(|f| f.rule.as_str()).collect()
+    }
+}
+
+fn chain() -> Vec<TraceEvent> {
+    vec![
+        produce("2023-12-21T08:00:00"),
+        release("2023-12-22T16:30:00", "2023-12-22", true),
+        dispatch("2024-01-05T09:00:00", MAH, PROV),
+        receive("2024-01-05T15:00:00", MAH, PROV),
+        dispatch("2024-02-01T09:00:00", PROV, CLINIC_A),
+        receive("2024-02-01T15:00:00", PROV, CLINIC_A),
+        give("2024-03-05T09:30:00", CLINIC_A),
+    ]
+}
+
+#[test]
+fn a_true_history_breaks_no_rule() {
+    let mut l = Ledger::new();
+    for e in chain() {
+        assert_eq!(l.rules(&e), Vec::<&str>::new(), "{}", e.category);
+    }
+}
+
+#[test]
+fn a_dose_given_twice_is_found_with_the_first_vaccination() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events {
+        l.put(e);
+    }
+    let found = l.put(&give("2024-03-06T10:00:00", CLINIC_A));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].rule, Rule::AdministeredTwice);
+    assert_eq!(found[0].code, UNIT);
+    assert_eq!(found[0].conflict.map(|c| c.0), Some(events[6].event_id));
+    assert!(found[0].message.contains("already given 1 time"), "{}", found[0].message);
+}
+
+#[test]
+fn a_package_of_two_doses_is_given_twice_not_three_times() {
+    let mut l = Ledger::new();
+    let mut events = chain();
+    events[0].fields.insert("doses_per_package".into(), json!(2));
+    for e in &events {
+        assert!(l.put(e).is_empty());
+    }
+    assert_eq!(l.rules(&give("2024-03-05T10:00:00", CLINIC_A)), Vec::<&str>::new());
+    assert_eq!(l.rules(&give("2024-03-05T11:00:00", CLINIC_A)), ["administered_twice"]);
+}
+
+#[test]
+fn a_destroyed_dose_cannot_be_given_nor_destroyed_before_a_later_use() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events[..6] {
+        l.put(e);
+    }
+    let d = destroy("2024-02-10T16:00:00", CLINIC_A);
+    assert!(l.put(&d).is_empty());
+    let found = l.put(&give("2024-03-05T09:30:00", CLINIC_A));
+    assert_eq!(found.iter().map(|f| f.rule).collect::<Vec<_>>(), [Rule::DestroyedUsed]);
+    assert_eq!(found[0].conflict.map(|c| c.0), Some(d.event_id));
+
+    // The other way round: the vaccination is in, a destruction dated before it arrives.
+    let mut l = Ledger::new();
+    for e in &events {
+        l.put(e);
+    }
+    assert_eq!(l.rules(&destroy("2024-02-10T16:00:00", CLINIC_A)), ["destroyed_used"]);
+    // After the dose was given: the package was used up.
+    let mut l = Ledger::new();
+    for e in &events {
+        l.put(e);
+    }
+    assert_eq!(l.rules(&destroy("2024-04-10T16:00:00", CLINIC_A)), ["administered_moved"]);
+}
+
+#[test]
+fn an_event_before_production_is_found() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events[..6] {
+        l.put(e);
+    }
+    let rules = l.rules(&give("2023-09-05T09:30:00", CLINIC_A));
+    assert!(rules.contains(&"before_production"), "{rules:?}");
+}
+
+#[test]
+fn a_dose_held_by_another_clinic_names_its_holder() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events[..6] {
+        l.put(e);
+    }
+    let found = l.put(&give("2024-03-05T09:30:00", CLINIC_B));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].rule, Rule::NotHolder);
+    assert_eq!(found[0].conflict.map(|c| c.0), Some(events[5].event_id));
+    assert!(found[0].message.contains(&format!("held by {CLINIC_A}")), "{}", found[0].message);
+}
+
+#[test]
+fn codes_nobody_produced_and_receipts_nobody_sent() {
+    let mut l = Ledger::new();
+    assert_eq!(l.rules(&give("2024-03-05T09:30:00", CLINIC_A)), ["unknown_code"]);
+    let mut l = Ledger::new();
+    assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), ["unknown_code"]);
+    let mut l = Ledger::new();
+    l.put(&produce("2023-12-21T08:00:00"));
+    assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), ["receipt_unmatched"]);
+    // A carrier's shipment to the receiver is enough.
+    let mut ship = ev("shipment", None, "2024-01-05T10:00:00", CARRIER, Some(MAH), Some(PROV));
+    ship.trace_codes = vec!["86123450000000100001".into()];
+    ship.aggregations = vec![crate::event::AggregationLink {
+        parent: "86123450000000100001".into(),
+        children: vec![UNIT.into()],
+    }];
+    assert!(l.put(&ship).is_empty());
+    assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), Vec::<&str>::new());
+}
+
+#[test]
+fn recalled_and_expired_doses_given_are_flagged_not_refused() {
+    let mut l = Ledger::new();
+    for e in &chain()[..6] {
+        l.put(e);
+    }
+    let mut recall = ev("recall", Some("211"), "2024-03-01T10:00:00", PROV, Some(PROV), Some(MAH));
+    recall.trace_codes = vec!["86123450000000009999".into()];
+    assert!(l.put(&recall).iter().all(|f| f.rule.may_resolve()));
+    let found = l.put(&give("2024-03-05T09:30:00", CLINIC_A));
+    assert_eq!(found.iter().map(|f| f.rule).collect::<Vec<_>>(), [Rule::RecalledUsed]);
+    assert_eq!(found[0].conflict.map(|c| c.0), Some(recall.event_id));
+    assert_eq!(Rule::RecalledUsed.default_action(), Action::Flag);
+
+    let mut l = Ledger::new();
+    for e in &chain()[..6] {
+        l.put(e);
+    }
+    assert_eq!(l.rules(&give("2025-12-05T09:30:00", CLINIC_A)), ["expired_used"]);
+}
+
+#[test]
+fn release_dates_and_failed_releases() {
+    let mut l = Ledger::new();
+    let events = chain();
+    l.put(&events[0]);
+    l.put(&release("2024-01-20T16:30:00", "2024-01-20", true));
+    assert_eq!(l.rules(&events[2]), ["before_release"]);
+    let mut l = Ledger::new();
+    l.put(&events[0]);
+    l.put(&release("2023-12-22T16:30:00", "2023-12-22", false));
+    assert_eq!(l.rules(&events[2]), ["release_failed"]);
+}
+
+#[test]
+fn a_cancelled_vaccination_frees_the_dose() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events {
+        l.put(e);
+    }
+    // The vaccination (seq 7) is cancelled (注销) by seq 8.
+    let c = ev("cancellation", None, "2024-03-05T12:00:00", CLINIC_A, None, None);
+    l.seq += 1;
+    l.book.add(cancel_facts(&c, l.seq, &[UNIT.to_string()], 7));
+    assert_eq!(l.rules(&give("2024-03-06T09:30:00", CLINIC_A)), Vec::<&str>::new());
+}
+
+#[test]
+fn a_refused_delivery_may_be_sent_back_and_a_return_documented_by_its_receiver() {
+    let mut l = Ledger::new();
+    let events = chain();
+    for e in &events[..5] {
+        l.put(e);
+    }
+    // The clinic refuses the delivery: it may send it back, not give it.
+    let mut refused = l.facts(&events[5]);
+    for f in &mut refused.facts {
+        f.kind = Move::ReceiveRefused;
+    }
+    assert!(judge(&refused, &l.book).is_empty());
+    l.book.add(refused.facts);
+    assert_eq!(l.rules(&give("2024-03-05T09:30:00", CLINIC_A)), ["not_holder"]);
+    let back = ev("return", Some("202"), "2024-02-02T09:00:00", CLINIC_A, Some(CLINIC_A), Some(PROV));
+    assert_eq!(l.rules(&back), Vec::<&str>::new());
+    let back_in = ev("return", Some("103"), "2024-02-03T09:00:00", PROV, Some(CLINIC_A), Some(PROV));
+    assert_eq!(l.rules(&back_in), Vec::<&str>::new());
+
+    // A return the clinic never billed, documented by the county alone.
+    let mut l = Ledger::new();
+    for e in &events[..6] {
+        l.put(e);
+    }
+    let back_in = ev("return", Some("103"), "2024-02-10T09:00:00", PROV, Some(CLINIC_A), Some(PROV));
+    assert_eq!(l.rules(&back_in), Vec::<&str>::new());
+    let recall = ev("recall", Some("211"), "2024-02-11T09:00:00", PROV, Some(PROV), Some(MAH));
+    assert_eq!(l.rules(&recall), Vec::<&str>::new());
+}
+
+#[test]
+fn moves_and_lot_moves_round_trip_their_stored_numbers() {
+    for m in Move::ALL {
+        assert_eq!(Move::from_i16(m.as_i16()), Some(m));
+    }
+    for m in [LotMove::Produced, LotMove::Released, LotMove::Recalled] {
+        assert_eq!(LotMove::from_i16(m.as_i16()), Some(m));
+    }
+    assert_eq!(Move::from_i16(0), None);
+    for r in Rule::ALL {
+        assert_eq!(Rule::parse(r.as_str()), Some(r));
+        assert!(r.default_action() != Action::Pending || r.may_resolve(), "{r}");
+    }
+}
+
+proptest! {
+    /// Whatever order the records of a true history arrive in, once all of
+    /// them are in, none of them breaks a rule: what was pending resolves.
+    #[test]
+    fn a_true_history_judged_in_any_arrival_order_ends_clean(order in proptest::sample::subsequence((0..7usize).collect::<Vec<_>>(), 7).prop_shuffle()) {
+        let events = chain();
+        let mut l = Ledger::new();
+        let mut facts = Vec::new();
+        for &i in &order {
+            let f = l.facts(&events[i]);
+            // Judged on arrival: only findings a later record may resolve.
+            for found in judge(&f, &l.book) {
+                prop_assert!(found.rule.may_resolve(), "{:?} on arrival of {}", found, events[i].category);
+            }
+            l.book.add(f.facts.clone());
+            l.book.add_lots(f.lot_facts.clone());
+            facts.push(f);
+        }
+        for f in &facts {
+            let again = judge(f, &l.book);
+            prop_assert!(again.is_empty(), "{:?}", again);
+        }
+    }
+}
