@@ -73,6 +73,46 @@ pub struct GatewayConfig {
     /// Publishing committed blocks and alerts to AMQP (optional).
     #[serde(default)]
     pub forwarding: Option<ForwardingConfig>,
+    /// What the custody rules do (`docs/custody.md`).
+    #[serde(default)]
+    pub custody: CustodyConfig,
+}
+
+/// `[custody]`: the action of each custody rule, where it differs from the
+/// default (`docs/custody.md`), e.g. `rules = { not_holder = "refuse" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustodyConfig {
+    /// Rule code → `refuse`, `flag` or `pending`.
+    #[serde(default)]
+    pub rules: BTreeMap<String, mappings::custody::Action>,
+}
+
+impl CustodyConfig {
+    /// The action of every rule: the configured ones, else the defaults.
+    /// An unknown rule name, or `pending` for a rule no later record can
+    /// resolve, is an error naming the valid choices.
+    pub fn actions(&self) -> Result<BTreeMap<mappings::custody::Rule, mappings::custody::Action>, (String, String)> {
+        use mappings::custody::{Action, Rule};
+        let mut out: BTreeMap<Rule, Action> = Rule::ALL.into_iter().map(|r| (r, r.default_action())).collect();
+        for (name, action) in &self.rules {
+            let Some(rule) = Rule::parse(name) else {
+                let valid: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+                return Err((
+                    format!("custody.rules.{name}"),
+                    format!("no custody rule {name:?}; the rules are {}", valid.join(", ")),
+                ));
+            };
+            if *action == Action::Pending && !rule.may_resolve() {
+                return Err((
+                    format!("custody.rules.{name}"),
+                    format!("{name} cannot be \"pending\" (no later record can resolve it): use \"refuse\" or \"flag\""),
+                ));
+            }
+            out.insert(rule, *action);
+        }
+        Ok(out)
+    }
 }
 
 /// `[server]`
@@ -285,7 +325,7 @@ fn default_exchange() -> String {
 }
 
 fn default_alert_categories() -> Vec<String> {
-    vec!["cold_chain_alert".into()]
+    vec!["cold_chain_alert".into(), "custody_alert".into()]
 }
 
 fn default_poll_ms() -> u64 {
@@ -464,6 +504,9 @@ impl LoadedConfig {
         if c.ledger.max_block_txs == 0 {
             return Err(self.invalid("ledger.max_block_txs", "must be at least 1"));
         }
+        if let Err((key, message)) = c.custody.actions() {
+            return Err(self.invalid(&key, message));
+        }
         if c.registry.admins.is_empty() {
             return Err(self.invalid("registry.admins", "at least one registry administrator key is needed"));
         }
@@ -597,7 +640,7 @@ amqp_url = "amqp://vaxgate:${AMQP_PASSWORD}@127.0.0.1:5672/%2f"
         let c = load_text(GOOD).unwrap();
         let fw = c.config.forwarding.unwrap();
         assert_eq!(fw.exchange, "vaxgate.events");
-        assert_eq!(fw.alert_categories, vec!["cold_chain_alert".to_string()]);
+        assert_eq!(fw.alert_categories, vec!["cold_chain_alert".to_string(), "custody_alert".to_string()]);
         let t = format!("{GOOD}poll_interval_ms = 0\n");
         let e = load_text(&t).unwrap_err().to_string();
         assert!(e.contains(":21: `forwarding.poll_interval_ms`"), "{e}");

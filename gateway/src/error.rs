@@ -39,6 +39,9 @@ pub enum Code {
     InvalidTraceCode,
     /// Same id, different content.
     Conflict,
+    /// A record breaks a custody rule whose action is `refuse`
+    /// (`docs/custody.md`): a history that cannot be true.
+    CustodyViolation,
     /// Nothing there.
     NotFound,
     /// The path exists, but not with this method.
@@ -68,6 +71,7 @@ impl Code {
         Code::ValidationFailed,
         Code::InvalidTraceCode,
         Code::Conflict,
+        Code::CustodyViolation,
         Code::NotFound,
         Code::MethodNotAllowed,
         Code::RateLimited,
@@ -89,7 +93,7 @@ impl Code {
             | Code::ReplayedNonce
             | Code::ExpiredTimestamp => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
-            Code::Conflict => StatusCode::CONFLICT,
+            Code::Conflict | Code::CustodyViolation => StatusCode::CONFLICT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +119,7 @@ impl Code {
             Code::ValidationFailed => "validation_failed",
             Code::InvalidTraceCode => "invalid_trace_code",
             Code::Conflict => "conflict",
+            Code::CustodyViolation => "custody_violation",
             Code::NotFound => "not_found",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::RateLimited => "rate_limited",

@@ -260,7 +260,11 @@ fn block_messages(
             alert["type"] = json!("alert");
             alert["event"] = ev.map(|e| e.doc.clone()).unwrap_or(Value::Null);
             out.push(OutMessage {
-                routing_key: "alert.coldchain".into(),
+                routing_key: if c.category == "custody_alert" {
+                    "alert.custody".into()
+                } else {
+                    "alert.coldchain".into()
+                },
                 message_id: format!("alert:{}", c.tx_id),
                 body: alert,
             });

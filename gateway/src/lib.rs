@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod coldchain;
+pub mod custody;
 pub mod config;
 pub mod error;
 pub mod forward;

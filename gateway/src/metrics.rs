@@ -25,6 +25,8 @@ pub struct Metrics {
     pub ledger_height: IntGauge,
     /// Cold-chain alerts written, by type.
     pub cold_chain_alerts: IntCounterVec,
+    /// Custody rules broken, by rule and action (`docs/custody.md`).
+    pub custody_findings: IntCounterVec,
     /// Requests authenticated with an API key, by route class.
     pub api_key_requests: IntCounterVec,
 }
@@ -74,6 +76,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Cold-chain alert events written (excursion, gap, device_alarm, receipt_refused)",
             &["type"],
         ),
+        custody_findings: counter(
+            "vaxgate_custody_findings_total",
+            "Records that broke a custody rule, by rule and action (refuse, flag, pending)",
+            &["rule", "action"],
+        ),
         api_key_requests: counter(
             "vaxgate_api_key_requests_total",
             "Read requests authenticated with an API key",
@@ -90,6 +97,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.rate_limit_per_second.clone()),
         Box::new(m.ledger_height.clone()),
         Box::new(m.cold_chain_alerts.clone()),
+        Box::new(m.custody_findings.clone()),
         Box::new(m.api_key_requests.clone()),
     ] {
         m.registry.register(c).expect("metrics register once");

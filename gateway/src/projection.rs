@@ -48,7 +48,37 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS proj_links_child ON proj_links (child)",
     "CREATE TABLE IF NOT EXISTS proj_shipments (shipment_no TEXT NOT NULL, leaf_index BIGINT NOT NULL,
         PRIMARY KEY (shipment_no, leaf_index)){wr}",
+    // Custody (crate::custody, docs/custody.md): what each event says about
+    // each trace code it moves, and about its lot; a code's history is its
+    // rows, read by the primary key.
+    "CREATE TABLE IF NOT EXISTS custody_facts (code TEXT NOT NULL, leaf_index BIGINT NOT NULL,
+        occurred_ms BIGINT NOT NULL, kind SMALLINT NOT NULL, actor TEXT NOT NULL, peer TEXT,
+        doses INTEGER NOT NULL, event_id TEXT NOT NULL, cancels TEXT,
+        PRIMARY KEY (code, leaf_index)){wr}",
+    "CREATE TABLE IF NOT EXISTS custody_lots (lot TEXT NOT NULL, leaf_index BIGINT NOT NULL, kind SMALLINT NOT NULL,
+        occurred_ms BIGINT NOT NULL, day1 TEXT, day2 TEXT, ok SMALLINT NOT NULL, event_id TEXT NOT NULL,
+        PRIMARY KEY (lot, leaf_index, kind)){wr}",
+    // Open provenance_pending alerts by code, and the transactions that
+    // resolved them.
+    "CREATE TABLE IF NOT EXISTS custody_pending (code TEXT NOT NULL, alert_leaf BIGINT NOT NULL,
+        event_leaf BIGINT NOT NULL, PRIMARY KEY (code, alert_leaf)){wr}",
+    "CREATE INDEX IF NOT EXISTS custody_pending_alert ON custody_pending (alert_leaf)",
+    "CREATE TABLE IF NOT EXISTS custody_resolved (alert_leaf BIGINT PRIMARY KEY, by_leaf BIGINT NOT NULL)",
 ];
+
+/// What a row adds to the custody tables (crate::custody).
+#[derive(Debug, Default, Clone)]
+pub struct CustodyRows {
+    /// Facts about its trace codes (their `seq` is replaced by the row's leaf).
+    pub facts: Vec<mappings::custody::Fact>,
+    /// Facts about its lot.
+    pub lots: Vec<mappings::custody::LotFact>,
+    /// For a `provenance_pending` alert: the pending codes and the position,
+    /// in the same append, of the record it is about.
+    pub pending: Option<(Vec<String>, usize)>,
+    /// For a `provenance_resolved` alert: the leaf of the alert it resolves.
+    pub resolves: Option<u64>,
+}
 
 /// One projected event.
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +186,7 @@ struct ProjRow {
     codes: Vec<String>,
     links: Vec<(String, String)>,
     shipment: Option<String>,
+    custody: CustodyRows,
 }
 
 /// The row of `msg`, consumed (no copy of the event is made).
@@ -177,6 +208,7 @@ fn row_of(tx: &Transaction, leaf_index: u64, height: u64, msg: ExchangeMessage) 
         codes,
         links,
         shipment,
+        custody: CustodyRows::default(),
     }
 }
 
@@ -190,10 +222,20 @@ pub struct ProjectionWrite {
 }
 
 impl ProjectionWrite {
-    /// Rows for `txs`, in append order, with `msgs[i]` the opened event of `txs[i]`.
-    pub fn new(txs: &[Transaction], msgs: Vec<ExchangeMessage>) -> Self {
+    /// Rows for `txs`, in append order, with `msgs[i]` the opened event of
+    /// `txs[i]` and `custody[i]` what it adds to the custody tables.
+    pub fn new(txs: &[Transaction], msgs: Vec<ExchangeMessage>, custody: Vec<CustodyRows>) -> Self {
         debug_assert_eq!(txs.len(), msgs.len());
-        let rows = txs.iter().zip(msgs).map(|(t, m)| row_of(t, 0, 0, m)).collect();
+        let mut custody = custody.into_iter();
+        let rows = txs
+            .iter()
+            .zip(msgs)
+            .map(|(t, m)| {
+                let mut r = row_of(t, 0, 0, m);
+                r.custody = custody.next().unwrap_or_default();
+                r
+            })
+            .collect();
         ProjectionWrite { rows }
     }
 }
@@ -319,8 +361,202 @@ macro_rules! projection_impl {
                         qb.push(" ON CONFLICT DO NOTHING");
                         qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     }
+                    let first = chunk.first().map(|(l, _)| *l - base as i64).unwrap_or(0);
+                    Self::insert_custody(&mut *db, &chunk, first).await?;
                 }
                 Ok(())
+            }
+
+            /// The custody rows of `chunk` (leaf, row); `first` is the leaf
+            /// of the append's first row (a pending alert names its record
+            /// by position in the append).
+            async fn insert_custody(
+                db: &mut <$db as sqlx::Database>::Connection,
+                chunk: &[(i64, &ProjRow)],
+                first: i64,
+            ) -> Result<(), String> {
+                let facts: Vec<(i64, &mappings::custody::Fact)> =
+                    chunk.iter().flat_map(|(l, row)| row.custody.facts.iter().map(move |f| (*l, f))).collect();
+                for fc in facts.chunks(2000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO custody_facts (code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels) ",
+                    );
+                    qb.push_values(fc, |mut r, (l, f)| {
+                        r.push_bind(f.code.clone())
+                            .push_bind(*l)
+                            .push_bind(f.at_ms)
+                            .push_bind(f.kind.as_i16())
+                            .push_bind(f.actor.clone())
+                            .push_bind(f.peer.clone())
+                            .push_bind(i32::from(f.doses))
+                            .push_bind(f.event_id.to_string())
+                            .push_bind(f.cancels.map(|c| c.to_string()));
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                let lots: Vec<(i64, &mappings::custody::LotFact)> =
+                    chunk.iter().flat_map(|(l, row)| row.custody.lots.iter().map(move |f| (*l, f))).collect();
+                if !lots.is_empty() {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) ",
+                    );
+                    qb.push_values(&lots, |mut r, (l, f)| {
+                        r.push_bind(f.lot.clone())
+                            .push_bind(*l)
+                            .push_bind(f.kind.as_i16())
+                            .push_bind(f.at_ms)
+                            .push_bind(f.day.map(|d| d.to_string()))
+                            .push_bind(f.day2.map(|d| d.to_string()))
+                            .push_bind(i16::from(f.ok))
+                            .push_bind(f.event_id.to_string());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                let pending: Vec<(String, i64, i64)> = chunk
+                    .iter()
+                    .filter_map(|(l, row)| row.custody.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
+                    .flat_map(|(l, codes, pos)| codes.iter().map(move |c| (c.clone(), *l, first + *pos as i64)))
+                    .collect();
+                for pc in pending.chunks(3000) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("INSERT INTO custody_pending (code, alert_leaf, event_leaf) ");
+                    qb.push_values(pc, |mut r, (c, a, e)| {
+                        r.push_bind(c.clone()).push_bind(*a).push_bind(*e);
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                let resolved: Vec<(i64, i64)> = chunk
+                    .iter()
+                    .filter_map(|(l, row)| row.custody.resolves.map(|a| (a as i64, *l)))
+                    .collect();
+                if !resolved.is_empty() {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_resolved (alert_leaf, by_leaf) ");
+                    qb.push_values(&resolved, |mut r, (a, by)| {
+                        r.push_bind(*a).push_bind(*by);
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+
+            /// Every custody fact of these codes.
+            async fn custody_facts(&self, codes: &[String]) -> Result<Vec<mappings::custody::Fact>, String> {
+                let mut out = Vec::new();
+                for cc in codes.chunks(5000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels FROM custody_facts WHERE code IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for c in cc {
+                        sep.push_bind(c.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        let e = |e: sqlx::Error| e.to_string();
+                        let kind: i16 = r.try_get("kind").map_err(e)?;
+                        let uuid = |s: String| uuid::Uuid::parse_str(&s).map_err(|e| format!("custody_facts: {e}"));
+                        out.push(mappings::custody::Fact {
+                            code: r.try_get("code").map_err(e)?,
+                            seq: r.try_get::<i64, _>("leaf_index").map_err(e)? as u64,
+                            at_ms: r.try_get("occurred_ms").map_err(e)?,
+                            kind: mappings::custody::Move::from_i16(kind)
+                                .ok_or_else(|| format!("custody_facts: unknown kind {kind}"))?,
+                            actor: r.try_get("actor").map_err(e)?,
+                            peer: r.try_get("peer").map_err(e)?,
+                            doses: u16::try_from(r.try_get::<i32, _>("doses").map_err(e)?).unwrap_or(0),
+                            event_id: uuid(r.try_get("event_id").map_err(e)?)?,
+                            cancels: r.try_get::<Option<String>, _>("cancels").map_err(e)?.map(uuid).transpose()?,
+                        });
+                    }
+                }
+                Ok(out)
+            }
+
+            /// Every custody fact of these lots.
+            async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
+                if lots.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id FROM custody_lots WHERE lot IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for l in lots {
+                    sep.push_bind(l.clone());
+                }
+                qb.push(")");
+                let day = |s: Option<String>| s.and_then(|s| chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok());
+                let mut out = Vec::new();
+                for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                    let e = |e: sqlx::Error| e.to_string();
+                    let kind: i16 = r.try_get("kind").map_err(e)?;
+                    out.push(mappings::custody::LotFact {
+                        lot: r.try_get("lot").map_err(e)?,
+                        seq: r.try_get::<i64, _>("leaf_index").map_err(e)? as u64,
+                        event_id: uuid::Uuid::parse_str(&r.try_get::<String, _>("event_id").map_err(e)?)
+                            .map_err(|e| format!("custody_lots: {e}"))?,
+                        at_ms: r.try_get("occurred_ms").map_err(e)?,
+                        kind: mappings::custody::LotMove::from_i16(kind)
+                            .ok_or_else(|| format!("custody_lots: unknown kind {kind}"))?,
+                        day: day(r.try_get("day1").map_err(e)?),
+                        day2: day(r.try_get("day2").map_err(e)?),
+                        ok: r.try_get::<i16, _>("ok").map_err(e)? != 0,
+                    });
+                }
+                Ok(out)
+            }
+
+            /// Open (unresolved) pending alerts touching `codes`, with every
+            /// code each of them is pending on: (code, alert leaf, event leaf).
+            async fn open_pending(&self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String> {
+                let mut alerts: Vec<i64> = Vec::new();
+                for cc in codes.chunks(5000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "SELECT DISTINCT p.alert_leaf AS a FROM custody_pending p WHERE p.code IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for c in cc {
+                        sep.push_bind(c.clone());
+                    }
+                    qb.push(") AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = p.alert_leaf)");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        alerts.push(r.try_get("a").map_err(|e| e.to_string())?);
+                    }
+                }
+                alerts.sort_unstable();
+                alerts.dedup();
+                let mut out = Vec::new();
+                for ac in alerts.chunks(2000) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("SELECT code, alert_leaf, event_leaf FROM custody_pending WHERE alert_leaf IN (");
+                    let mut sep = qb.separated(", ");
+                    for a in ac {
+                        sep.push_bind(*a);
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        let e = |e: sqlx::Error| e.to_string();
+                        out.push((
+                            r.try_get("code").map_err(e)?,
+                            r.try_get::<i64, _>("alert_leaf").map_err(e)? as u64,
+                            r.try_get::<i64, _>("event_leaf").map_err(e)? as u64,
+                        ));
+                    }
+                }
+                Ok(out)
+            }
+
+            /// Whether the custody tables hold anything yet.
+            async fn custody_is_empty(&self) -> Result<bool, String> {
+                let r = sqlx::query("SELECT COUNT(*) AS n FROM (SELECT 1 FROM custody_facts LIMIT 1) x")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(r.try_get::<i64, _>("n").map_err(|e| e.to_string())? == 0)
             }
 
             async fn max_leaf(&self) -> Result<Option<u64>, String> {
@@ -364,6 +600,23 @@ macro_rules! projection_impl {
                     qb.push_bind(b.clone());
                     qb.push(part);
                 }
+                self.fetch_events(qb).await
+            }
+
+            /// Events by leaf index.
+            async fn events_at(&self, leaves: &[u64]) -> Result<Vec<ProjectedEvent>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for l in leaves {
+                    sep.push_bind(*l as i64);
+                }
+                qb.push(")");
+                self.fetch_events(qb).await
+            }
+
+            async fn fetch_events(&self, mut qb: QueryBuilder<$db>) -> Result<Vec<ProjectedEvent>, String> {
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
                 rows.iter()
                     .map(|r| {
@@ -524,6 +777,36 @@ impl Projection {
             ).await)?
         .into_iter()
         .next())
+    }
+
+    /// Every custody fact of these codes (any order).
+    pub async fn custody_facts(&self, codes: &[String]) -> Result<Vec<mappings::custody::Fact>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.custody_facts(codes).await)
+    }
+
+    /// Every custody fact of these lots.
+    pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
+        each!(self, x => x.custody_lots(lots).await)
+    }
+
+    /// Open pending alerts touching `codes`: (code, alert leaf, event leaf)
+    /// for every code each of them waits on.
+    pub async fn open_pending(&self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.open_pending(codes).await)
+    }
+
+    /// Events by leaf index (any order).
+    pub async fn events_at(&self, leaves: &[u64]) -> Result<Vec<ProjectedEvent>, String> {
+        if leaves.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.events_at(leaves).await)
     }
 
     /// Cancellations of these events.

@@ -469,6 +469,14 @@ impl Registry {
             .or_else(|| self.entities.values().find(|e| e.alias == id_or_alias))
     }
 
+    /// The entity an organisation code belongs to: its id, or one of the
+    /// codes its legacy systems report under.
+    pub fn entity_of_code(&self, code: &str) -> Option<&Entity> {
+        self.entities
+            .get(code)
+            .or_else(|| self.entities.values().find(|e| e.codes.iter().any(|c| c == code)))
+    }
+
     /// Every entity.
     pub fn entities(&self) -> impl Iterator<Item = &Entity> {
         self.entities.values()

@@ -41,6 +41,8 @@ pub struct AppState {
     /// receipts is judged after every shipment/reading batch before it is
     /// appended, and before any later one (`crate::order`).
     pub ingest_order: crate::order::IngestOrder,
+    /// The custody rules and the facts of batches being appended.
+    pub custody: crate::custody::Custody,
     /// Nonces seen recently.
     pub nonces: crate::auth::NonceCache,
     /// Largest accepted difference between a request's clock and ours.

@@ -129,8 +129,8 @@ pub struct Fact {
     /// Doses in the package (production and vaccination records), 0 when
     /// the record does not say.
     pub doses: u16,
-    /// For [`Move::Cancel`]: the `seq` of the cancelled event.
-    pub cancels: Option<u64>,
+    /// For [`Move::Cancel`]: the cancelled event.
+    pub cancels: Option<Uuid>,
 }
 
 /// What an event said about a lot.
@@ -330,10 +330,10 @@ pub fn facts_of(ev: &TraceEvent, seq: u64, party: &dyn Fn(&str) -> String) -> Ev
     out
 }
 
-/// The facts of a cancellation (`cancellation`, its own `seq`, `source`)
-/// of the event at `cancelled_seq` that touched `codes`.
+/// The facts of a cancellation (`cancellation`, its own `seq`) of the event
+/// `cancelled` that touched `codes`.
 #[must_use]
-pub fn cancel_facts(cancellation: &TraceEvent, seq: u64, codes: &[String], cancelled_seq: u64) -> Vec<Fact> {
+pub fn cancel_facts(cancellation: &TraceEvent, seq: u64, codes: &[String], cancelled: Uuid) -> Vec<Fact> {
     codes
         .iter()
         .map(|c| Fact {
@@ -345,7 +345,7 @@ pub fn cancel_facts(cancellation: &TraceEvent, seq: u64, codes: &[String], cance
             actor: cancellation.source.clone(),
             peer: None,
             doses: 0,
-            cancels: Some(cancelled_seq),
+            cancels: Some(cancelled),
         })
         .collect()
 }
@@ -510,21 +510,23 @@ impl Book {
         Book::default()
     }
 
-    /// Adds facts (a fact already present, same code and `seq`, is kept once).
+    /// Adds facts. A fact already present (same code and event: the same
+    /// record seen in the ledger and still in flight) is kept once, as
+    /// first added.
     pub fn add(&mut self, facts: impl IntoIterator<Item = Fact>) {
         for f in facts {
             let v = self.codes.entry(f.code.clone()).or_default();
-            if !v.iter().any(|g| g.seq == f.seq) {
+            if !v.iter().any(|g| g.event_id == f.event_id) {
                 v.push(f);
             }
         }
     }
 
-    /// Adds lot facts (kept once per lot and `seq`).
+    /// Adds lot facts (kept once per lot, event and kind).
     pub fn add_lots(&mut self, facts: impl IntoIterator<Item = LotFact>) {
         for f in facts {
             let v = self.lots.entry(f.lot.clone()).or_default();
-            if !v.iter().any(|g| g.seq == f.seq && g.kind == f.kind) {
+            if !v.iter().any(|g| g.event_id == f.event_id && g.kind == f.kind) {
                 v.push(f);
             }
         }
@@ -537,10 +539,10 @@ impl Book {
         let Some(all) = self.codes.get(code) else {
             return Vec::new();
         };
-        let cancelled: Vec<u64> = all.iter().filter_map(|f| f.cancels).collect();
+        let cancelled: Vec<Uuid> = all.iter().filter_map(|f| f.cancels).collect();
         let mut live: Vec<&Fact> = all
             .iter()
-            .filter(|f| f.kind != Move::Cancel && !cancelled.contains(&f.seq))
+            .filter(|f| f.kind != Move::Cancel && !cancelled.contains(&f.event_id))
             .collect();
         live.sort_by_key(|f| (f.at_ms, f.seq));
         live
@@ -697,7 +699,11 @@ pub fn judge(ev: &EventFacts, book: &Book) -> Vec<Finding> {
 }
 
 fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Book, out: &mut Vec<Finding>) {
-    let hist: Vec<&Fact> = book.history(&f.code).into_iter().filter(|g| g.seq != f.seq).collect();
+    let hist: Vec<&Fact> = book
+        .history(&f.code)
+        .into_iter()
+        .filter(|g| g.event_id != f.event_id)
+        .collect();
     let code = f.code.as_str();
     let mut find = |rule: Rule, conflict: Option<&Fact>, message: String| {
         out.push(Finding {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::auth::Principal;
 use crate::coldchain::{self, AlertType, Finding};
+use crate::custody;
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::order::Kind;
@@ -48,6 +49,34 @@ pub struct RecordResult {
     /// and inbound receipts that raised an alert or were refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_chain: Option<ColdChainOutcome>,
+    /// The custody alerts written for this record (`docs/custody.md`):
+    /// rules it broke whose action is `flag` or `pending`, and pending
+    /// alerts it resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custody: Option<CustodyOutcome>,
+}
+
+/// The custody alerts of one accepted record.
+#[derive(Debug, Default, Serialize)]
+pub struct CustodyOutcome {
+    /// Alert events written for (or resolved by) this record.
+    pub alerts: Vec<CustodyAlertRef>,
+}
+
+/// A custody alert written to the ledger.
+#[derive(Debug, Serialize)]
+pub struct CustodyAlertRef {
+    /// The alert's event id (`GET /v1/events/{id}`).
+    pub event_id: String,
+    /// Its transaction id.
+    pub tx_id: String,
+    /// `custody_violation`, `provenance_pending` or `provenance_resolved`.
+    pub alert_type: &'static str,
+    /// The rule codes broken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<&'static str>,
+    /// What was wrong, or what was resolved.
+    pub reason: String,
 }
 
 /// A receipt as answered: whole (with its checkpoint), or brief.
@@ -171,6 +200,7 @@ fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into
             problems: Vec::new(),
         }),
         cold_chain: None,
+        custody: None,
     }
 }
 
@@ -437,6 +467,7 @@ async fn ingest(
                     problems,
                 }),
                 cold_chain: None,
+                custody: None,
             });
             continue;
         }
@@ -557,6 +588,7 @@ async fn ingest(
                     audit_path: path.into_iter().next(),
                     error: None,
                     cold_chain: None,
+                    custody: None,
                 });
             }
             Some(st) => {
@@ -618,78 +650,346 @@ async fn ingest(
         };
         // Cold-chain rules (R11.2): alerts are node-written transactions in
         // the same durable append as the records they are about.
-        let alerts = cold_chain_alerts(&state, &msgs).await?;
-        let n_records = txs.len();
-        let mut alert_msgs = Vec::with_capacity(alerts.len());
-        let mut alert_contents = Vec::with_capacity(alerts.len());
-        for (_, _, ev) in &alerts {
-            let msg = ExchangeMessage::new(ev.clone(), NODE_RECEIVER);
-            let payload = mappings::exchange::to_json(&msg).into_bytes();
-            alert_contents.push(TxContent {
-                tx_id: uuid::Uuid::now_v7(),
-                record_id: msg.event_id.to_string(),
-                kind: TxKind::Data,
-                category: coldchain::ALERT_CATEGORY.into(),
-                state_key: state_key(&msg),
-                content_type: "json".into(),
-                data_hash: secure_gateway::sm3(&payload),
-                payload,
-            });
-            alert_msgs.push(msg);
-        }
-        let mut cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
-        if !alert_contents.is_empty() {
-            cats.extend(alert_contents.iter().map(|c| c.category.clone()));
-            txs.extend(ledger::sign_batch(
-                coldchain::NODE_SIGNER,
-                &state.node_key,
-                alert_contents,
-                chrono::Utc::now().timestamp_millis(),
-            ));
-        }
-        msgs.extend(alert_msgs);
-        let side = crate::projection::ProjectionWrite::new(&txs, msgs);
-        let receipts = match state
-            .ledger
-            .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
-            .await
-        {
-            Ok(r) => {
-                METRICS
-                    .append_seconds
-                    .with_label_values(&["ok"])
-                    .observe(started.elapsed().as_secs_f64());
-                r
+        let mut alerts = cold_chain_alerts(&state, &msgs).await?;
+        let refused_receipts: std::collections::HashSet<usize> = alerts
+            .iter()
+            .filter(|(_, f, _)| f.alert_type == AlertType::ReceiptRefused)
+            .map(|(pos, ..)| *pos)
+            .collect();
+        // Custody rules (docs/custody.md): every record that moves a code
+        // is judged against every fact about it, from any source.
+        let (verdict, ticket) = state
+            .custody
+            .judge(&state.projection, &state.registry, &msgs, &refused_receipts)
+            .await?;
+        let custody::Verdict {
+            records: verdicts,
+            resolutions,
+        } = verdict;
+        for v in &verdicts {
+            for (list, action) in [(&v.refused, "refuse"), (&v.flagged, "flag"), (&v.pending, "pending")] {
+                for r in custody::rules_of(list) {
+                    METRICS.custody_findings.with_label_values(&[r, action]).inc();
+                }
             }
-            Err(e) => {
-                METRICS
-                    .append_seconds
-                    .with_label_values(&["error"])
-                    .observe(started.elapsed().as_secs_f64());
-                return Err(e.into());
+        }
+        if all_or_nothing && verdicts.iter().any(|v| !v.refused.is_empty()) {
+            for ((i, t), v) in idx.into_iter().zip(&txs).zip(&verdicts) {
+                results[i] = Some(if v.refused.is_empty() {
+                    reject(
+                        i,
+                        Some(t.content.record_id.clone()),
+                        Code::ValidationFailed,
+                        "not written: another record of this all-or-nothing batch was refused",
+                    )
+                } else {
+                    custody_refusal(i, t, v)
+                });
             }
-        };
-        let paths: Vec<Option<Vec<Sm3Digest>>> = if brief {
-            receipts.iter().map(|_| None).collect()
+            fill_repeats(&mut results, &repeats);
+            let results: Vec<RecordResult> = results.into_iter().flatten().collect();
+            let rejected = results.len();
+            return Ok(HttpResponse::UnprocessableEntity().json(IngestResponse {
+                batch_id: batch.header.batch_id.to_string(),
+                accepted: 0,
+                duplicates: 0,
+                rejected,
+                results,
+                checkpoints: Vec::new(),
+            }));
+        }
+        let batch_id = batch.header.batch_id.to_string();
+        let kept = keep_unrefused(&mut results, idx, txs, msgs, alerts, verdicts, resolutions);
+        if kept.txs.is_empty() {
+            drop(ticket);
+            fill_repeats(&mut results, &repeats);
+            return Ok(answer(batch_id, results, brief));
+        }
+        append_and_answer(&state, &mut results, kept, brief, started).await?;
+        ticket.committed();
+    }
+    fill_repeats(&mut results, &repeats);
+    Ok(answer(batch.header.batch_id.to_string(), results, brief))
+}
+
+/// The 200 answer of an ingest call.
+fn answer(batch_id: String, results: Vec<Option<RecordResult>>, brief: bool) -> HttpResponse {
+    let mut results: Vec<RecordResult> = results.into_iter().flatten().collect();
+    let checkpoints = if brief { make_brief(&mut results) } else { Vec::new() };
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    HttpResponse::Ok().json(IngestResponse {
+        batch_id,
+        accepted: count("accepted"),
+        duplicates: count("duplicate"),
+        rejected: count("rejected"),
+        results,
+        checkpoints,
+    })
+}
+
+/// A record refused by custody rules (`docs/custody.md`).
+fn custody_refusal(i: usize, t: &Transaction, v: &custody::RecordVerdict) -> RecordResult {
+    let mut r = reject(
+        i,
+        Some(t.content.record_id.clone()),
+        Code::CustodyViolation,
+        format!(
+            "custody rule(s) {} broken: {}",
+            custody::rules_of(&v.refused).join(", "),
+            custody::summary(&v.refused)
+        ),
+    );
+    if let Some(e) = r.error.as_mut() {
+        let key = v.facts.facts.first().map(|f| f.event_id.to_string()).unwrap_or_default();
+        e.problems = custody::problems(&key, &v.refused);
+    }
+    r
+}
+
+/// The records of a batch that are to be appended, with what the rules
+/// found about them: positions in the batch, transactions, events,
+/// cold-chain alerts (by position in `txs`), custody verdicts and the
+/// pending alerts they resolve.
+struct Appendable {
+    idx: Vec<usize>,
+    txs: Vec<Transaction>,
+    msgs: Vec<ExchangeMessage>,
+    alerts: Vec<(usize, Finding, TraceEvent)>,
+    verdicts: Vec<custody::RecordVerdict>,
+    resolutions: Vec<custody::Resolution>,
+}
+
+/// Answers the records custody rules refused and keeps the others (their
+/// cold-chain alerts and resolutions renumbered to their new positions).
+fn keep_unrefused(
+    results: &mut [Option<RecordResult>],
+    idx: Vec<usize>,
+    txs: Vec<Transaction>,
+    msgs: Vec<ExchangeMessage>,
+    alerts: Vec<(usize, Finding, TraceEvent)>,
+    verdicts: Vec<custody::RecordVerdict>,
+    resolutions: Vec<custody::Resolution>,
+) -> Appendable {
+    let mut new_pos: Vec<Option<usize>> = Vec::with_capacity(verdicts.len());
+    let mut kept = 0;
+    for v in &verdicts {
+        new_pos.push(v.refused.is_empty().then(|| {
+            kept += 1;
+            kept - 1
+        }));
+    }
+    let mut out = Appendable {
+        idx: Vec::with_capacity(kept),
+        txs: Vec::with_capacity(kept),
+        msgs: Vec::with_capacity(kept),
+        alerts: alerts
+            .into_iter()
+            .filter_map(|(pos, f, ev)| new_pos[pos].map(|p| (p, f, ev)))
+            .collect(),
+        verdicts: Vec::with_capacity(kept),
+        resolutions: resolutions
+            .into_iter()
+            .filter_map(|mut r| {
+                r.by = new_pos[r.by]?;
+                Some(r)
+            })
+            .collect(),
+    };
+    for (((i, t), m), v) in idx.into_iter().zip(txs).zip(msgs).zip(verdicts) {
+        if v.refused.is_empty() {
+            out.idx.push(i);
+            out.txs.push(t);
+            out.msgs.push(m);
+            out.verdicts.push(v);
         } else {
-            let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
-            let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
-            ledger::audit_paths(state.ledger.store(), &leaves, tree_size)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect()
-        };
-        for c in &cats {
-            METRICS.ingested.with_label_values(&[c.as_str()]).inc();
+            results[i] = Some(custody_refusal(i, &t, &v));
         }
-        let mut outcomes: Vec<Option<ColdChainOutcome>> = (0..n_records).map(|_| None).collect();
-        for ((pos, finding, _), r) in alerts.into_iter().zip(&receipts[n_records..]) {
+    }
+    out
+}
+
+/// What a custody alert of the append is: the record it is about (or the
+/// record that resolved it), its type and rules, and why.
+struct CustodyAlert {
+    record: usize,
+    alert_type: &'static str,
+    rules: Vec<&'static str>,
+    reason: String,
+}
+
+/// Appends the kept records with their cold-chain and custody alerts in
+/// one durable append, and fills in their results.
+async fn append_and_answer(
+    state: &AppState,
+    results: &mut [Option<RecordResult>],
+    a: Appendable,
+    brief: bool,
+    started: std::time::Instant,
+) -> Result<(), ApiError> {
+    let Appendable {
+        idx,
+        mut txs,
+        mut msgs,
+        alerts,
+        verdicts,
+        resolutions,
+    } = a;
+    let n_records = txs.len();
+    let now = chrono::Utc::now();
+    let mut custody_rows: Vec<crate::projection::CustodyRows> = Vec::with_capacity(n_records + alerts.len());
+    for v in &verdicts {
+        custody_rows.push(crate::projection::CustodyRows {
+            facts: v.facts.facts.clone(),
+            lots: v.facts.lot_facts.clone(),
+            ..Default::default()
+        });
+    }
+    let mut alert_events: Vec<TraceEvent> = alerts.iter().map(|(_, _, ev)| ev.clone()).collect();
+    custody_rows.extend(alerts.iter().map(|_| crate::projection::CustodyRows::default()));
+    // Custody alerts: one per kept record that broke a flag or pending
+    // rule, and one per pending alert a record of this batch resolved.
+    let mut custody_alerts: Vec<CustodyAlert> = Vec::new();
+    for (k, v) in verdicts.iter().enumerate() {
+        let ev = &msgs[k].payload;
+        for (list, alert_type) in [(&v.flagged, custody::alert::VIOLATION), (&v.pending, custody::alert::PENDING)] {
+            if list.is_empty() {
+                continue;
+            }
+            alert_events.push(custody::alert_event(ev, alert_type, list, None, &[], now));
+            let mut codes: Vec<String> = list.iter().map(|f| f.code.clone()).collect();
+            codes.sort();
+            codes.dedup();
+            custody_rows.push(crate::projection::CustodyRows {
+                pending: (alert_type == custody::alert::PENDING).then_some((codes, k)),
+                ..Default::default()
+            });
+            custody_alerts.push(CustodyAlert {
+                record: k,
+                alert_type,
+                rules: custody::rules_of(list),
+                reason: custody::summary(list),
+            });
+        }
+    }
+    for r in &resolutions {
+        let ev = custody::alert_event(
+            &r.related,
+            custody::alert::RESOLVED,
+            &[],
+            Some(&r.alert_event_id),
+            &r.codes,
+            now,
+        );
+        custody_alerts.push(CustodyAlert {
+            record: r.by,
+            alert_type: custody::alert::RESOLVED,
+            rules: Vec::new(),
+            reason: format!(
+                "resolves alert {} about event {}",
+                r.alert_event_id, r.related.event_id
+            ),
+        });
+        alert_events.push(ev);
+        custody_rows.push(crate::projection::CustodyRows {
+            resolves: Some(r.alert_leaf),
+            ..Default::default()
+        });
+    }
+    // An alert already in the ledger (a cold-chain alert of a record sent
+    // again after a failed append) is not written twice.
+    let ids: Vec<String> = alert_events.iter().map(|e| e.event_id.to_string()).collect();
+    let existing: std::collections::HashSet<String> = state
+        .ledger
+        .store()
+        .txs_by_records(&ids)
+        .await?
+        .into_iter()
+        .map(|st| st.tx.content.record_id)
+        .collect();
+    let n_cold = alerts.len();
+    let mut written: Vec<bool> = Vec::with_capacity(alert_events.len());
+    let mut alert_contents = Vec::with_capacity(alert_events.len());
+    let mut rows = custody_rows.into_iter();
+    let mut kept_rows: Vec<crate::projection::CustodyRows> = rows.by_ref().take(n_records).collect();
+    for (ev, row) in alert_events.into_iter().zip(rows) {
+        if existing.contains(&ev.event_id.to_string()) {
+            written.push(false);
+            continue;
+        }
+        written.push(true);
+        let msg = ExchangeMessage::new(ev, NODE_RECEIVER);
+        let payload = mappings::exchange::to_json(&msg).into_bytes();
+        alert_contents.push(TxContent {
+            tx_id: uuid::Uuid::now_v7(),
+            record_id: msg.event_id.to_string(),
+            kind: TxKind::Data,
+            category: msg.payload.category.clone(),
+            state_key: state_key(&msg),
+            content_type: "json".into(),
+            data_hash: secure_gateway::sm3(&payload),
+            payload,
+        });
+        msgs.push(msg);
+        kept_rows.push(row);
+    }
+    let mut cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
+    if !alert_contents.is_empty() {
+        cats.extend(alert_contents.iter().map(|c| c.category.clone()));
+        txs.extend(ledger::sign_batch(
+            coldchain::NODE_SIGNER,
+            &state.node_key,
+            alert_contents,
+            now.timestamp_millis(),
+        ));
+    }
+    let side = crate::projection::ProjectionWrite::new(&txs, msgs, kept_rows);
+    let receipts = match state
+        .ledger
+        .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
+        .await
+    {
+        Ok(r) => {
+            METRICS
+                .append_seconds
+                .with_label_values(&["ok"])
+                .observe(started.elapsed().as_secs_f64());
+            r
+        }
+        Err(e) => {
+            METRICS
+                .append_seconds
+                .with_label_values(&["error"])
+                .observe(started.elapsed().as_secs_f64());
+            return Err(e.into());
+        }
+    };
+    let paths: Vec<Option<Vec<Sm3Digest>>> = if brief {
+        receipts.iter().map(|_| None).collect()
+    } else {
+        let tree_size = receipts.first().map(|r| r.checkpoint.tree_size).unwrap_or(0);
+        let leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
+        ledger::audit_paths(state.ledger.store(), &leaves, tree_size)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    for c in &cats {
+        METRICS.ingested.with_label_values(&[c.as_str()]).inc();
+    }
+    let mut outcomes: Vec<Option<ColdChainOutcome>> = (0..n_records).map(|_| None).collect();
+    let mut custody_out: Vec<Option<CustodyOutcome>> = (0..n_records).map(|_| None).collect();
+    let mut alert_receipts = receipts[n_records..].iter();
+    for (k, w) in written.iter().enumerate() {
+        let receipt = if *w { alert_receipts.next() } else { None };
+        if k < n_cold {
+            let (pos, finding, _) = &alerts[k];
+            let Some(r) = receipt else { continue };
             METRICS
                 .cold_chain_alerts
                 .with_label_values(&[finding.alert_type.as_str()])
                 .inc();
-            let o = outcomes[pos].get_or_insert_with(ColdChainOutcome::default);
+            let o = outcomes[*pos].get_or_insert_with(ColdChainOutcome::default);
             if finding.alert_type == AlertType::ReceiptRefused {
                 o.receipt_status = Some("refused");
                 o.refusal_reason = Some(finding.reason.clone());
@@ -698,33 +998,34 @@ async fn ingest(
                 event_id: r.record_id.clone(),
                 tx_id: r.tx_id.to_string(),
                 alert_type: finding.alert_type,
-                reason: finding.reason,
+                reason: finding.reason.clone(),
             });
-        }
-        for (((i, r), p), cc) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes) {
-            results[i] = Some(RecordResult {
-                index: i,
-                event_id: Some(r.record_id.clone()),
-                status: "accepted",
-                receipt: Some(ReceiptView::Full(r)),
-                audit_path: p,
-                error: None,
-                cold_chain: cc,
-            });
+        } else if let (Some(c), Some(r)) = (custody_alerts.get(k - n_cold), receipt) {
+            custody_out[c.record]
+                .get_or_insert_with(CustodyOutcome::default)
+                .alerts
+                .push(CustodyAlertRef {
+                    event_id: r.record_id.clone(),
+                    tx_id: r.tx_id.to_string(),
+                    alert_type: c.alert_type,
+                    rules: c.rules.clone(),
+                    reason: c.reason.clone(),
+                });
         }
     }
-    fill_repeats(&mut results, &repeats);
-    let mut results: Vec<RecordResult> = results.into_iter().flatten().collect();
-    let checkpoints = if brief { make_brief(&mut results) } else { Vec::new() };
-    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
-    Ok(HttpResponse::Ok().json(IngestResponse {
-        batch_id: batch.header.batch_id.to_string(),
-        accepted: count("accepted"),
-        duplicates: count("duplicate"),
-        rejected: count("rejected"),
-        results,
-        checkpoints,
-    }))
+    for ((((i, r), p), cc), cu) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes).zip(custody_out) {
+        results[i] = Some(RecordResult {
+            index: i,
+            event_id: Some(r.record_id.clone()),
+            status: "accepted",
+            receipt: Some(ReceiptView::Full(r)),
+            audit_path: p,
+            error: None,
+            cold_chain: cc,
+            custody: cu,
+        });
+    }
+    Ok(())
 }
 
 /// Answers each repeat `(i, j)` of an event within the batch like its first
@@ -741,6 +1042,7 @@ fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]
                 audit_path: first.audit_path.clone(),
                 error: None,
                 cold_chain: None,
+                custody: None,
             },
             Some(e) => reject(
                 i,

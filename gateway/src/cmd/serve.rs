@@ -101,6 +101,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             registry: std::sync::RwLock::new(registry),
             registry_writer: tokio::sync::Mutex::new(()),
             ingest_order: gateway::order::IngestOrder::new(),
+            custody: gateway::custody::Custody::new(
+                c.custody
+                    .actions()
+                    .map_err(|(key, m)| anyhow::anyhow!("{}: {key}: {m}", config_path.display()))?,
+            ),
             nonces: Default::default(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,
             max_body_bytes: c.server.max_body_bytes,

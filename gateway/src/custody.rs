@@ -1,0 +1,533 @@
+//! Custody rules at the gateway (`docs/custody.md`): every record that
+//! moves a trace code is judged against every fact the ledger holds about
+//! that code and its lot ([`mappings::custody`]), whichever source, run or
+//! organisation sent them. Facts are written by the ledger in the block's
+//! own database transaction (`projection::CustodyRows`), so they never lag
+//! behind it.
+//!
+//! Batches are judged concurrently with other batches still being appended:
+//! a batch's facts are *in flight* from its judgement until its block is
+//! durable, and every later judgement sees them ([`Custody::judge`] adds
+//! them to the facts it read from the database). A batch that fails to
+//! append leaves no facts behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use mappings::custody::{self, Action, Book, EventFacts, Fact, Finding, LotFact, Rule};
+use mappings::{ExchangeMessage, Problem, Severity, TraceEvent};
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::projection::Projection;
+use crate::registry::Registry;
+
+/// The category of node-written custody alerts (not a dataset category:
+/// nobody can submit one).
+pub const ALERT_CATEGORY: &str = "custody_alert";
+
+/// The alert types of [`ALERT_CATEGORY`].
+pub mod alert {
+    /// A record kept although it breaks a rule whose action is `flag`.
+    pub const VIOLATION: &str = "custody_violation";
+    /// A record kept while what should precede it is not in the ledger.
+    pub const PENDING: &str = "provenance_pending";
+    /// A later record supplied what a pending alert waited for.
+    pub const RESOLVED: &str = "provenance_resolved";
+}
+
+/// Most trace codes an alert names in its own content (a ledger transaction
+/// carries at most 8 KiB); the rest are counted in `codes_total`.
+const MAX_ALERT_CODES: usize = 150;
+/// Most messages quoted in an alert's reason.
+const MAX_ALERT_MESSAGES: usize = 5;
+
+/// The order number of a record that is not in the ledger yet: above every
+/// leaf index, ordered by its batch and place.
+const IN_FLIGHT: u64 = 1 << 62;
+
+/// The custody rules with their configured actions, and the facts of the
+/// batches in flight.
+#[derive(Debug)]
+pub struct Custody {
+    actions: BTreeMap<Rule, Action>,
+    inflight: Mutex<Inflight>,
+}
+
+#[derive(Debug, Default)]
+struct Inflight {
+    /// Counts appends that finished (durable).
+    epoch: u64,
+    next_ticket: u64,
+    batches: Vec<InflightBatch>,
+    /// Judgements reading the database, by the epoch they started at.
+    readers: BTreeMap<u64, usize>,
+}
+
+#[derive(Debug)]
+struct InflightBatch {
+    ticket: u64,
+    facts: Vec<Fact>,
+    lots: Vec<LotFact>,
+    /// Leaves of the pending alerts this batch resolves.
+    resolving: Vec<u64>,
+    /// The epoch at which its append became durable.
+    committed_at: Option<u64>,
+}
+
+/// What a batch's records get.
+#[derive(Debug, Default)]
+pub struct RecordVerdict {
+    /// Broken rules whose action is `refuse`: the record is refused.
+    pub refused: Vec<Finding>,
+    /// Broken rules whose action is `flag`.
+    pub flagged: Vec<Finding>,
+    /// Broken rules whose action is `pending`.
+    pub pending: Vec<Finding>,
+    /// Its facts (written with it when it is kept).
+    pub facts: EventFacts,
+}
+
+/// A pending alert that a record of this batch resolves.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// The pending alert's leaf.
+    pub alert_leaf: u64,
+    /// Its event id.
+    pub alert_event_id: String,
+    /// The record it was about.
+    pub related: TraceEvent,
+    /// The codes it waited on.
+    pub codes: Vec<String>,
+    /// The position in the batch of the record that resolves it.
+    pub by: usize,
+}
+
+/// The judgement of a batch: one verdict per record, and the pending alerts
+/// its records resolve.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Per record, in batch order.
+    pub records: Vec<RecordVerdict>,
+    /// Pending alerts resolved by records of this batch.
+    pub resolutions: Vec<Resolution>,
+}
+
+/// A batch's facts in flight; dropped without [`Ticket::committed`] (the
+/// append failed or was abandoned), they are forgotten.
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    custody: &'a Custody,
+    ticket: u64,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// The batch's block is durable: its facts are in the database.
+    pub fn committed(mut self) {
+        self.done = true;
+        let mut g = self.custody.lock();
+        g.epoch += 1;
+        let epoch = g.epoch;
+        if let Some(b) = g.batches.iter_mut().find(|b| b.ticket == self.ticket) {
+            b.committed_at = Some(epoch);
+        }
+        g.collect();
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut g = self.custody.lock();
+            g.batches.retain(|b| b.ticket != self.ticket);
+        }
+    }
+}
+
+/// A judgement reading the database: facts committed after it started
+/// reading must still come from the in-flight list.
+struct Reader<'a> {
+    custody: &'a Custody,
+    epoch: u64,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        let mut g = self.custody.lock();
+        if let Some(n) = g.readers.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                g.readers.remove(&self.epoch);
+            }
+        }
+        g.collect();
+    }
+}
+
+impl Inflight {
+    /// Forgets committed batches that every running judgement reads from
+    /// the database.
+    fn collect(&mut self) {
+        let oldest = self.readers.keys().next().copied().unwrap_or(self.epoch);
+        self.batches.retain(|b| b.committed_at.is_none_or(|c| c > oldest));
+    }
+}
+
+impl Custody {
+    /// The rules with these actions (from `[custody]`, validated).
+    pub fn new(actions: BTreeMap<Rule, Action>) -> Custody {
+        Custody {
+            actions,
+            inflight: Mutex::new(Inflight::default()),
+        }
+    }
+
+    /// The action configured for `rule`.
+    pub fn action(&self, rule: Rule) -> Action {
+        self.actions.get(&rule).copied().unwrap_or(rule.default_action())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inflight> {
+        // The list holds no invariant a panic could break half-way.
+        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn begin_read(&self) -> Reader<'_> {
+        let mut g = self.lock();
+        let epoch = g.epoch;
+        *g.readers.entry(epoch).or_insert(0) += 1;
+        Reader { custody: self, epoch }
+    }
+
+    /// Judges a batch's records (`msgs`, in batch order) against the
+    /// ledger and the batches in flight. `refused_receipts` are the
+    /// positions of inbound receipts the cold-chain rules refused (their
+    /// codes stay with the receiver, outside its stock). The facts of every
+    /// record not refused are in flight until the returned ticket is
+    /// committed or dropped.
+    pub async fn judge<'a>(
+        &'a self,
+        projection: &Projection,
+        registry: &std::sync::RwLock<Registry>,
+        msgs: &[ExchangeMessage],
+        refused_receipts: &HashSet<usize>,
+    ) -> Result<(Verdict, Ticket<'a>), ApiError> {
+        let ticket_no = {
+            let mut g = self.lock();
+            g.next_ticket += 1;
+            g.next_ticket
+        };
+        let base = IN_FLIGHT + ticket_no * 1_000_000;
+        let mut per_record = Vec::with_capacity(msgs.len());
+        {
+            let reg = registry.read().map_err(|_| ApiError::internal("registry lock poisoned"))?;
+            // Party codes to entity ids, once per code and batch.
+            let cache: std::cell::RefCell<HashMap<String, String>> = Default::default();
+            let resolve = |code: &str| -> String {
+                if let Some(v) = cache.borrow().get(code) {
+                    return v.clone();
+                }
+                let v = reg
+                    .entity_of_code(code)
+                    .map(|e| e.id.clone())
+                    .unwrap_or_else(|| code.to_string());
+                cache.borrow_mut().insert(code.to_string(), v.clone());
+                v
+            };
+            for (i, m) in msgs.iter().enumerate() {
+                let mut f = custody::facts_of(&m.payload, base + i as u64, &resolve);
+                if refused_receipts.contains(&i) {
+                    for fact in &mut f.facts {
+                        if fact.kind == custody::Move::Receive {
+                            fact.kind = custody::Move::ReceiveRefused;
+                        }
+                    }
+                }
+                per_record.push(f);
+            }
+        }
+        // Cancellations: the cancelled event's codes are freed of it.
+        for (i, m) in msgs.iter().enumerate() {
+            if m.payload.category != "cancellation" {
+                continue;
+            }
+            let Some(target) = m.payload.field_str("cancels_event_id") else { continue };
+            if let Some(ev) = projection.event(target).await? {
+                let codes = crate::api::query::codes_in(&ev.doc);
+                let target = uuid::Uuid::parse_str(target).map_err(ApiError::internal)?;
+                per_record[i].facts = custody::cancel_facts(&m.payload, base + i as u64, &codes, target);
+            }
+        }
+
+        let mut codes: Vec<String> = per_record.iter().flat_map(|f| f.facts.iter().map(|x| x.code.clone())).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        let mut lots: Vec<String> = per_record.iter().filter_map(|f| f.lot.clone()).collect();
+        lots.sort_unstable();
+        lots.dedup();
+
+        let reader = self.begin_read();
+        let mut stored = projection.custody_facts(&codes).await?;
+        let stored_lots = projection.custody_lots(&lots).await?;
+        let pending = projection.open_pending(&codes).await?;
+        let extra: Vec<String> = {
+            let have: HashSet<&str> = codes.iter().map(String::as_str).collect();
+            let mut e: Vec<String> = pending
+                .iter()
+                .filter(|p| !have.contains(p.0.as_str()))
+                .map(|p| p.0.clone())
+                .collect();
+            e.sort_unstable();
+            e.dedup();
+            e
+        };
+        stored.extend(projection.custody_facts(&extra).await?);
+
+        let (verdict_records, resolving, ticket) = {
+            let mut g = self.lock();
+            let mut book = Book::new();
+            book.add(stored);
+            book.add_lots(stored_lots);
+            let mut busy: HashSet<u64> = HashSet::new();
+            for b in &g.batches {
+                if b.committed_at.is_none_or(|c| c > reader.epoch) {
+                    book.add(b.facts.iter().cloned());
+                    book.add_lots(b.lots.iter().cloned());
+                    busy.extend(b.resolving.iter().copied());
+                }
+            }
+            let mut records = Vec::with_capacity(per_record.len());
+            let mut kept_facts = Vec::new();
+            let mut kept_lots = Vec::new();
+            for f in per_record {
+                let mut v = RecordVerdict::default();
+                for finding in custody::judge(&f, &book) {
+                    match self.action(finding.rule) {
+                        Action::Refuse => v.refused.push(finding),
+                        Action::Flag => v.flagged.push(finding),
+                        Action::Pending => v.pending.push(finding),
+                    }
+                }
+                if v.refused.is_empty() {
+                    book.add(f.facts.iter().cloned());
+                    book.add_lots(f.lot_facts.iter().cloned());
+                    kept_facts.extend(f.facts.iter().cloned());
+                    kept_lots.extend(f.lot_facts.iter().cloned());
+                }
+                v.facts = f;
+                records.push(v);
+            }
+            // Pending alerts whose missing records are now all there.
+            let mut by_alert: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
+            for (code, alert, event) in &pending {
+                by_alert.entry(*alert).or_insert((*event, Vec::new())).1.push(code.clone());
+            }
+            let mut resolving: Vec<(u64, u64, Vec<String>, usize)> = Vec::new();
+            for (alert, (event_leaf, waits)) in by_alert {
+                if busy.contains(&alert) {
+                    continue;
+                }
+                let Some(by) = records
+                    .iter()
+                    .position(|r| r.refused.is_empty() && r.facts.facts.iter().any(|f| waits.contains(&f.code)))
+                else {
+                    continue;
+                };
+                let facts: Vec<Fact> = waits
+                    .iter()
+                    .flat_map(|c| book.history(c))
+                    .filter(|f| f.seq == event_leaf)
+                    .cloned()
+                    .collect();
+                if facts.is_empty() {
+                    continue; // the pending record was cancelled since
+                }
+                let again = EventFacts {
+                    facts,
+                    ..EventFacts::default()
+                };
+                let still = custody::judge(&again, &book)
+                    .into_iter()
+                    .any(|f| self.action(f.rule) == Action::Pending);
+                if !still {
+                    resolving.push((alert, event_leaf, waits, by));
+                }
+            }
+            let ticket = g.next_ticket_batch(ticket_no, kept_facts, kept_lots, &resolving);
+            (records, resolving, ticket)
+        };
+        drop(reader);
+        let ticket = Ticket {
+            custody: self,
+            ticket,
+            done: false,
+        };
+
+        let mut resolutions = Vec::with_capacity(resolving.len());
+        if !resolving.is_empty() {
+            let leaves: Vec<u64> = resolving.iter().flat_map(|r| [r.0, r.1]).collect();
+            let events: HashMap<u64, crate::projection::ProjectedEvent> = projection
+                .events_at(&leaves)
+                .await?
+                .into_iter()
+                .map(|e| (e.leaf_index, e))
+                .collect();
+            for (alert, event_leaf, codes, by) in resolving {
+                let (Some(a), Some(e)) = (events.get(&alert), events.get(&event_leaf)) else {
+                    continue;
+                };
+                let Ok(related) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
+                    continue;
+                };
+                resolutions.push(Resolution {
+                    alert_leaf: alert,
+                    alert_event_id: a.event_id.clone(),
+                    related,
+                    codes,
+                    by,
+                });
+            }
+        }
+        Ok((
+            Verdict {
+                records: verdict_records,
+                resolutions,
+            },
+            ticket,
+        ))
+    }
+}
+
+impl Inflight {
+    fn next_ticket_batch(
+        &mut self,
+        ticket: u64,
+        facts: Vec<Fact>,
+        lots: Vec<LotFact>,
+        resolving: &[(u64, u64, Vec<String>, usize)],
+    ) -> u64 {
+        self.batches.push(InflightBatch {
+            ticket,
+            facts,
+            lots,
+            resolving: resolving.iter().map(|r| r.0).collect(),
+            committed_at: None,
+        });
+        ticket
+    }
+}
+
+/// The refusal of a record as validation problems (one per broken rule and
+/// code), for the ingest answer and the agent's quarantine.
+pub fn problems(record_key: &str, findings: &[Finding]) -> Vec<Problem> {
+    findings
+        .iter()
+        .map(|f| Problem {
+            record: record_key.to_string(),
+            field: "event.trace_codes".into(),
+            rule: f.rule.as_str(),
+            value: Some(f.code.clone()),
+            message: f.message.clone(),
+            severity: Severity::Error,
+        })
+        .collect()
+}
+
+/// A one-line summary of findings: the first few messages and how many more.
+pub fn summary(findings: &[Finding]) -> String {
+    let mut parts: Vec<&str> = findings
+        .iter()
+        .take(MAX_ALERT_MESSAGES)
+        .map(|f| f.message.as_str())
+        .collect();
+    let more;
+    if findings.len() > MAX_ALERT_MESSAGES {
+        more = format!("and {} more", findings.len() - MAX_ALERT_MESSAGES);
+        parts.push(&more);
+    }
+    parts.join("; ")
+}
+
+/// The distinct rule codes of findings, in rule order.
+pub fn rules_of(findings: &[Finding]) -> Vec<&'static str> {
+    let mut r: Vec<Rule> = findings.iter().map(|f| f.rule).collect();
+    r.sort();
+    r.dedup();
+    r.into_iter().map(Rule::as_str).collect()
+}
+
+/// A node-written custody alert about `related`: `alert_type` one of
+/// [`alert`], with the findings (or, for a resolution, the codes) it names.
+/// The id is derived from the related record and the type (for a
+/// resolution, from the pending alert), so the same alert is never written
+/// twice.
+pub fn alert_event(
+    related: &TraceEvent,
+    alert_type: &str,
+    findings: &[Finding],
+    resolves: Option<&str>,
+    codes: &[String],
+    now: DateTime<Utc>,
+) -> TraceEvent {
+    let record_key = match resolves {
+        Some(a) => format!("{a}/{alert_type}"),
+        None => format!("{}/{alert_type}", related.event_id),
+    };
+    let mut fields = Map::new();
+    fields.insert("alert_type".into(), alert_type.into());
+    let reason = match resolves {
+        Some(a) => format!("the records alert {a} waited for are in the ledger"),
+        None => summary(findings),
+    };
+    fields.insert("alert_reason".into(), reason.into());
+    if !findings.is_empty() {
+        fields.insert("rules".into(), json!(rules_of(findings)));
+        let mut conflicts: Vec<String> = findings
+            .iter()
+            .filter_map(|f| f.conflict.map(|c| c.0.to_string()))
+            .collect();
+        conflicts.sort();
+        conflicts.dedup();
+        conflicts.truncate(20);
+        if !conflicts.is_empty() {
+            fields.insert("conflicting_event_ids".into(), json!(conflicts));
+        }
+    }
+    if let Some(a) = resolves {
+        fields.insert("resolves_alert_id".into(), a.into());
+    }
+    fields.insert("related_event_id".into(), related.event_id.to_string().into());
+    fields.insert("related_category".into(), related.category.clone().into());
+    if let Some(v) = related.fields.get("lot_number") {
+        fields.insert("lot_number".into(), v.clone());
+    }
+    let mut all: Vec<String> = if findings.is_empty() {
+        codes.to_vec()
+    } else {
+        findings.iter().map(|f| f.code.clone()).collect()
+    };
+    all.sort();
+    all.dedup();
+    if all.len() > MAX_ALERT_CODES {
+        fields.insert("codes_total".into(), Value::from(all.len()));
+        all.truncate(MAX_ALERT_CODES);
+    }
+    TraceEvent {
+        category: ALERT_CATEGORY.into(),
+        event_id: TraceEvent::derive_id(crate::coldchain::NODE_SIGNER, ALERT_CATEGORY, &record_key),
+        occurred_at: related.occurred_at,
+        recorded_at: now.fixed_offset(),
+        source: related.source.clone(),
+        device: None,
+        record_key,
+        bill_type: None,
+        trace_codes: all,
+        aggregations: Vec::new(),
+        from: None,
+        to: None,
+        fields,
+        pii: Default::default(),
+    }
+}
