@@ -380,6 +380,12 @@ pub const COLUMNS: &[&str] = &[
 
 /// Creates `T_JZ_JZJL` in a SQLite file and inserts rows `range`.
 pub fn sqlite_clinic(db: &Path, range: std::ops::Range<usize>, bad: &dyn Fn(usize) -> bool) {
+    sqlite_clinic_rows(db, range.map(|i| clinic_row(i, bad(i))).collect());
+}
+
+/// Creates `T_JZ_JZJL` in a SQLite file and inserts `rows` (from
+/// [`clinic_row`], changed as a test needs).
+pub fn sqlite_clinic_rows(db: &Path, rows: Vec<Value>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -410,8 +416,7 @@ pub fn sqlite_clinic(db: &Path, range: std::ops::Range<usize>, bad: &dyn Fn(usiz
         let ph = vec!["?"; COLUMNS.len()].join(", ");
         let sql = format!("INSERT INTO T_JZ_JZJL ({}) VALUES ({ph})", COLUMNS.join(", "));
         let mut tx = pool.begin().await.unwrap();
-        for i in range {
-            let row = clinic_row(i, bad(i));
+        for row in rows {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
             for c in COLUMNS {
                 q = match &row[*c] {

@@ -61,17 +61,10 @@ impl Relay {
     }
 }
 
-/// The golden records under fresh event ids.
+/// The golden records under fresh event ids, each a dose of its own.
 fn fresh(n: usize) -> Vec<ExchangeMessage> {
     let g = golden("vaccination", "clinic-ims.json");
-    (0..n)
-        .map(|i| {
-            let mut m = g[i % g.len()].clone();
-            m.event_id = uuid::Uuid::new_v4();
-            m.payload.event_id = m.event_id;
-            m
-        })
-        .collect()
+    (0..n).map(|i| support::fresh(&g[i % g.len()])).collect()
 }
 
 /// Every message delivered so far: routing key and body.

@@ -64,6 +64,9 @@ const SCHEMA: &[&str] = &[
         event_leaf BIGINT NOT NULL, PRIMARY KEY (code, alert_leaf)){wr}",
     "CREATE INDEX IF NOT EXISTS custody_pending_alert ON custody_pending (alert_leaf)",
     "CREATE TABLE IF NOT EXISTS custody_resolved (alert_leaf BIGINT PRIMARY KEY, by_leaf BIGINT NOT NULL)",
+    // Up to which leaf the facts of events projected before custody
+    // existed (or projected at start) were derived.
+    "CREATE TABLE IF NOT EXISTS custody_marks (through_leaf BIGINT PRIMARY KEY)",
 ];
 
 /// What a row adds to the custody tables (crate::custody).
@@ -118,8 +121,11 @@ pub fn open_event(
     if !matches!(st.tx.content.kind, TxKind::Data | TxKind::Cancellation) {
         return Ok(None);
     }
-    if st.tx.auth.leaf == LeafInput::Content && st.tx.content.category == crate::coldchain::ALERT_CATEGORY {
-        // A node-written cold-chain alert: plain exchange JSON, no personal data.
+    if st.tx.auth.leaf == LeafInput::Content
+        && (st.tx.content.category == crate::coldchain::ALERT_CATEGORY
+            || st.tx.content.category == crate::custody::ALERT_CATEGORY)
+    {
+        // A node-written alert: plain exchange JSON, no personal data.
         let text = std::str::from_utf8(&st.tx.content.payload).map_err(|_| "alert is not UTF-8".to_string())?;
         return mappings::exchange::from_json(text).map(Some).map_err(|e| e.to_string());
     }
@@ -362,7 +368,14 @@ macro_rules! projection_impl {
                         qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                     }
                     let first = chunk.first().map(|(l, _)| *l - base as i64).unwrap_or(0);
-                    Self::insert_custody(&mut *db, &chunk, first).await?;
+                    let custody: Vec<(i64, &CustodyRows)> = chunk.iter().map(|(l, r)| (*l, &r.custody)).collect();
+                    Self::insert_custody(&mut *db, &custody, first).await?;
+                }
+                // An append (not a catch-up at start) wrote its custody facts.
+                if let Some((first, _)) = place
+                    && !rows.is_empty()
+                {
+                    Self::mark_custody(&mut *db, (first + rows.len() as u64 - 1) as i64).await?;
                 }
                 Ok(())
             }
@@ -372,11 +385,11 @@ macro_rules! projection_impl {
             /// by position in the append).
             async fn insert_custody(
                 db: &mut <$db as sqlx::Database>::Connection,
-                chunk: &[(i64, &ProjRow)],
+                chunk: &[(i64, &CustodyRows)],
                 first: i64,
             ) -> Result<(), String> {
                 let facts: Vec<(i64, &mappings::custody::Fact)> =
-                    chunk.iter().flat_map(|(l, row)| row.custody.facts.iter().map(move |f| (*l, f))).collect();
+                    chunk.iter().flat_map(|(l, row)| row.facts.iter().map(move |f| (*l, f))).collect();
                 for fc in facts.chunks(2000) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO custody_facts (code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels) ",
@@ -396,7 +409,7 @@ macro_rules! projection_impl {
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                 }
                 let lots: Vec<(i64, &mappings::custody::LotFact)> =
-                    chunk.iter().flat_map(|(l, row)| row.custody.lots.iter().map(move |f| (*l, f))).collect();
+                    chunk.iter().flat_map(|(l, row)| row.lots.iter().map(move |f| (*l, f))).collect();
                 if !lots.is_empty() {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) ",
@@ -416,7 +429,7 @@ macro_rules! projection_impl {
                 }
                 let pending: Vec<(String, i64, i64)> = chunk
                     .iter()
-                    .filter_map(|(l, row)| row.custody.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
+                    .filter_map(|(l, row)| row.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
                     .flat_map(|(l, codes, pos)| codes.iter().map(move |c| (c.clone(), *l, first + *pos as i64)))
                     .collect();
                 for pc in pending.chunks(3000) {
@@ -430,7 +443,7 @@ macro_rules! projection_impl {
                 }
                 let resolved: Vec<(i64, i64)> = chunk
                     .iter()
-                    .filter_map(|(l, row)| row.custody.resolves.map(|a| (a as i64, *l)))
+                    .filter_map(|(l, row)| row.resolves.map(|a| (a as i64, *l)))
                     .collect();
                 if !resolved.is_empty() {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_resolved (alert_leaf, by_leaf) ");
@@ -550,13 +563,44 @@ macro_rules! projection_impl {
                 Ok(out)
             }
 
-            /// Whether the custody tables hold anything yet.
-            async fn custody_is_empty(&self) -> Result<bool, String> {
-                let r = sqlx::query("SELECT COUNT(*) AS n FROM (SELECT 1 FROM custody_facts LIMIT 1) x")
+            /// Up to which leaf custody facts were derived by
+            /// [`Projection::derive_custody`] for ledgers written before
+            /// custody existed (`None`: never).
+            async fn custody_mark(&self) -> Result<Option<u64>, String> {
+                let r = sqlx::query("SELECT MAX(through_leaf) AS m FROM custody_marks")
                     .fetch_one(&self.pool)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(r.try_get::<i64, _>("n").map_err(|e| e.to_string())? == 0)
+                Ok(r.try_get::<Option<i64>, _>("m").map_err(|e| e.to_string())?.map(|m| m as u64))
+            }
+
+            /// Writes derived custody rows and the mark up to which they are.
+            async fn insert_derived(&self, rows: &[(i64, CustodyRows)], through: u64) -> Result<(), String> {
+                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
+                let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
+                Self::insert_custody(&mut *db, &refs, 0).await?;
+                Self::mark_custody(&mut *db, through as i64).await?;
+                db.commit().await.map_err(|e| e.to_string())
+            }
+
+            /// Records that custody facts are written up to leaf `through`.
+            async fn mark_custody(db: &mut <$db as sqlx::Database>::Connection, through: i64) -> Result<(), String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_marks (through_leaf) VALUES (");
+                qb.push_bind(through);
+                qb.push(") ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+
+            /// Events with leaf index ≥ `from`, in leaf order, at most `limit`.
+            async fn events_from(&self, from: u64, limit: i64) -> Result<Vec<ProjectedEvent>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index >= ",
+                );
+                qb.push_bind(from as i64);
+                qb.push(" ORDER BY e.leaf_index LIMIT ");
+                qb.push_bind(limit);
+                self.fetch_events(qb).await
             }
 
             async fn max_leaf(&self) -> Result<Option<u64>, String> {
@@ -681,6 +725,58 @@ impl Projection {
             .map(|(st, m)| row_of(&st.tx, st.leaf_index, st.height, m))
             .collect();
         each!(self, x => x.insert(&rows).await)
+    }
+
+    /// Derives the custody facts of projected events from leaf `from` on,
+    /// which were projected without them (a ledger written before custody
+    /// existed, or events projected at start by [`Projection::catch_up`]),
+    /// and marks how far it got. `party` turns a party code into the
+    /// registered entity id. Returns how many events it read.
+    pub async fn derive_custody(&self, from: u64, party: &dyn Fn(&str) -> String) -> Result<u64, String> {
+        let mut from = from;
+        let mut done = 0;
+        loop {
+            let page = each!(self, x => x.events_from(from, 1000).await)?;
+            let Some(last) = page.last().map(|e| e.leaf_index) else { break };
+            let mut rows = Vec::new();
+            for e in &page {
+                let Ok(ev) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else { continue };
+                let mut c = mappings::custody::facts_of(&ev, e.leaf_index, party);
+                if ev.category == "cancellation"
+                    && let Some(target) = ev.field_str("cancels_event_id")
+                    && let Some(t) = self.event(target).await?
+                    && let Ok(id) = uuid::Uuid::parse_str(target)
+                {
+                    c.facts = mappings::custody::cancel_facts(
+                        &ev,
+                        e.leaf_index,
+                        &crate::api::query::codes_in(&t.doc),
+                        id,
+                    );
+                }
+                if !c.facts.is_empty() || !c.lot_facts.is_empty() {
+                    rows.push((
+                        e.leaf_index as i64,
+                        CustodyRows {
+                            facts: c.facts,
+                            lots: c.lot_facts,
+                            ..Default::default()
+                        },
+                    ));
+                }
+            }
+            done += page.len() as u64;
+            each!(self, x => x.insert_derived(&rows, last).await)?;
+            from = last + 1;
+        }
+        Ok(done)
+    }
+
+    /// Where custody derivation must start at start-up: 0 for a ledger
+    /// that never had it, else after the last mark (`None`: nothing to do
+    /// unless events were projected at start).
+    pub async fn custody_from(&self) -> Result<Option<u64>, String> {
+        Ok(each!(self, x => x.custody_mark().await)?.map(|m| m + 1))
     }
 
     /// Projects every event of the ledger not yet projected (at start).

@@ -692,7 +692,9 @@ const DISPATCH_SLACK_MS: i64 = 24 * 3_600_000;
 pub fn judge(ev: &EventFacts, book: &Book) -> Vec<Finding> {
     let mut out = Vec::new();
     let lot = ev.lot.as_deref().map(|l| book.lot(l)).unwrap_or_default();
-    for f in &ev.facts {
+    // A cancellation states nothing about where a code is: it only takes
+    // the cancelled record's facts away.
+    for f in ev.facts.iter().filter(|f| f.kind != Move::Cancel) {
         judge_code(f, &lot, ev.expiry, book, &mut out);
     }
     out

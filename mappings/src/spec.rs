@@ -166,6 +166,7 @@ pub struct MappingSpec {
     /// Identity for the per-thread row layout cache.
     id: u64,
     fields: Vec<FieldMap>,
+    packages: Vec<PackageMap>,
     dataset: Arc<Dataset>,
 }
 
@@ -204,6 +205,27 @@ struct RawSpec {
     code_tables: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     fields: Vec<RawField>,
+    #[serde(default)]
+    packages: Vec<RawPackage>,
+}
+
+/// `[[packages]]`: packaging links (aggregation), one per node `from`
+/// selects: the parent code at `parent` and its child codes at `children`,
+/// both relative to the node (JSON sources).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    from: Spanned<String>,
+    parent: Spanned<String>,
+    children: Spanned<String>,
+}
+
+/// A compiled `[[packages]]` table.
+#[derive(Debug, Clone)]
+struct PackageMap {
+    from: JsonPath,
+    parent: JsonPath,
+    children: JsonPath,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +697,24 @@ impl MappingSpec {
                 }
             }
         }
+        let mut packages = Vec::with_capacity(raw.packages.len());
+        for p in &raw.packages {
+            if format != InputFormat::Json {
+                return Err(ld.invalid(
+                    &p.from,
+                    "packages.from",
+                    "[[packages]] reads JSON sources; for other formats map one link with event.parent_code and event.child_codes",
+                ));
+            }
+            let path = |s: &Spanned<String>, key: &str| {
+                JsonPath::parse(s.get_ref()).map_err(|m| ld.invalid(s, key, m))
+            };
+            packages.push(PackageMap {
+                from: path(&p.from, "packages.from")?,
+                parent: path(&p.parent, "packages.parent")?,
+                children: path(&p.children, "packages.children")?,
+            });
+        }
         Ok(MappingSpec {
             name: src.name,
             description: src.description,
@@ -689,6 +729,7 @@ impl MappingSpec {
             group_by,
             category,
             fields,
+            packages,
             columns,
             col_index,
             id: NEXT_SPEC_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -1090,6 +1131,28 @@ impl MappingSpec {
         }
         let bill_type = fields.get("bill_type").and_then(Value::as_str).map(str::to_string);
         let mut aggregations = Vec::new();
+        if let Ctx::Json(v) = ctx {
+            for pkg in &self.packages {
+                for node in pkg.from.eval(v) {
+                    let Some(parent) = pkg.parent.eval(node).into_iter().find_map(json_text) else {
+                        continue;
+                    };
+                    let children: Vec<String> = pkg
+                        .children
+                        .eval(node)
+                        .into_iter()
+                        .filter_map(json_text)
+                        .map(|c| c.trim().to_string())
+                        .collect();
+                    if !children.is_empty() {
+                        aggregations.push(AggregationLink {
+                            parent: parent.trim().to_string(),
+                            children,
+                        });
+                    }
+                }
+            }
+        }
         if let Some(p) = parent {
             aggregations.push(AggregationLink { parent: p, children });
         } else if !children.is_empty() {

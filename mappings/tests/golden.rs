@@ -240,3 +240,29 @@ fn xml_fragment_maps_alone() {
     let bad = spec.map_at(&mappings::Record::Xml("<Record><Time>".into()), common::recorded_at());
     assert_eq!(bad.problems[0].rule, "parse");
 }
+
+/// A shipment of three cartons: one packaging link per carton, each with
+/// its own units (was: the first carton's only).
+#[test]
+fn every_carton_of_a_shipment_is_linked_to_its_units() {
+    let spec = spec("erp-shipment.toml");
+    let doc = serde_json::json!({ "shipments": [{
+        "waybillNo": "YD1", "dispatchNote": "XS1",
+        "vehicle": { "plate": "苏A·L1234", "coldMode": "REEFER_TRUCK" }, "logger": { "id": "L1" },
+        "shipper": { "uscc": "91320000134567890Y", "name": "甲" },
+        "consignee": { "uscc": "12320000466000456J", "name": "乙" },
+        "departure": { "time": "2025-01-13T08:00:00+08:00", "vaccineTemp": 5.0 },
+        "arrival": { "time": "2025-01-13T10:30:00+08:00", "vaccineTemp": 5.0 },
+        "cartons": [
+            { "code": "86123450011000000001", "units": ["86123450010000000001", "86123450010000000002"] },
+            { "code": "86123450011000000002", "units": ["86123450010000000011"] },
+            { "code": "86123450011000000003", "units": [] }
+        ]
+    }]});
+    let out = spec.map(&mappings::Record::Json(doc));
+    let ev = &out.events[0];
+    let links: Vec<(&str, usize)> = ev.aggregations.iter().map(|a| (a.parent.as_str(), a.children.len())).collect();
+    // An empty carton links nothing.
+    assert_eq!(links, [("86123450011000000001", 2), ("86123450011000000002", 1)]);
+    assert_eq!(ev.aggregations[1].children, ["86123450010000000011"]);
+}

@@ -128,3 +128,12 @@ fn unknown_event_attribute() {
         "{e}"
     );
 }
+
+#[test]
+fn packages_are_for_json_sources_only() {
+    let e = err(&format!(
+        "{BASE}\n[[packages]]\nfrom = \"cartons[*]\"\nparent = \"code\"\nchildren = \"units[*]\"\n"
+    ));
+    let text = e.to_string();
+    assert!(text.contains("packages.from") && text.contains("JSON"), "{text}");
+}

@@ -899,18 +899,45 @@ pub fn simulate(seed: u64, doses: usize) -> World {
     let used: std::collections::BTreeSet<&str> = w.vaccinations.iter().map(|v| v.code.as_str()).collect();
     let recalled = w.recalled_lot;
     let mut returned = Vec::new();
+    let mut returned_by: [Vec<String>; 2] = Default::default();
     for s in &mut w.clinic_stock {
         if used.contains(s.2.as_str()) {
             s.4 = "已接种";
         } else if s.1 == recalled {
             s.4 = "召回退回";
             returned.push(s.2.clone());
+            returned_by[s.0].push(s.2.clone());
         }
     }
     // Recall bills: whatever each CDC still holds of the lot, plus what the
     // clinics send back through the county.
     let (notice, rt) = w.recall.clone();
     let reason = "持有人主动召回: 效价检测偏低";
+    // The clinics bill nothing: the county documents what each sends back
+    // (103 退货入库 from the clinic) before recalling it with its own stock.
+    for (clinic, codes) in returned_by.into_iter().enumerate() {
+        if codes.is_empty() {
+            continue;
+        }
+        let t = rt + Duration::hours(5) + Duration::minutes(10 * clinic as i64);
+        w.bills.push(Bill {
+            system: 2,
+            code: number("THXW", t.date()),
+            bill_type: "103",
+            time: t,
+            from: Some(if clinic == 0 { CLINIC_A } else { CLINIC_B }),
+            to: Some(COUNTY),
+            from_bill: None,
+            lot: recalled,
+            quantity: codes.len(),
+            codes,
+            verified: None,
+            extra: BillExtra {
+                return_reason: Some("ZL"),
+                ..Default::default()
+            },
+        });
+    }
     for (system, held) in [
         (0usize, &buffers[recalled][2]),
         (1, &buffers[recalled][1]),

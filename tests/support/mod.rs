@@ -423,12 +423,20 @@ pub fn golden(category: &str, file: &str) -> Vec<ExchangeMessage> {
         .collect()
 }
 
-/// A copy of `m` with a fresh event id (and record key).
+/// A copy of `m` with a fresh event id (and record key). A vaccination
+/// also gets a dose of its own (a fresh unit trace code of the same
+/// product): the gateway refuses a dose given twice (docs/custody.md).
 pub fn fresh(m: &ExchangeMessage) -> ExchangeMessage {
     let mut m = m.clone();
     m.event_id = uuid::Uuid::new_v4();
     m.payload.event_id = m.event_id;
     m.payload.record_key = m.event_id.to_string();
+    if m.payload.category == "vaccination" {
+        for c in &mut m.payload.trace_codes {
+            let serial = m.event_id.as_u128() % 10_000_000_000_000;
+            *c = format!("{}{serial:013}", &c[..7]);
+        }
+    }
     m
 }
 

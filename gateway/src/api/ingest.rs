@@ -650,7 +650,7 @@ async fn ingest(
         };
         // Cold-chain rules (R11.2): alerts are node-written transactions in
         // the same durable append as the records they are about.
-        let mut alerts = cold_chain_alerts(&state, &msgs).await?;
+        let alerts = cold_chain_alerts(&state, &msgs).await?;
         let refused_receipts: std::collections::HashSet<usize> = alerts
             .iter()
             .filter(|(_, f, _)| f.alert_type == AlertType::ReceiptRefused)

@@ -100,13 +100,17 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
     let mut alerts: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for c in &referrers {
         let Some(t) = &c.cancels else { continue };
-        if c.category == crate::coldchain::ALERT_CATEGORY {
-            alerts.entry(t.clone()).or_default().push(json!({
+        if c.category == crate::coldchain::ALERT_CATEGORY || c.category == crate::custody::ALERT_CATEGORY {
+            let mut a = json!({
                 "event_id": c.event_id,
                 "alert_type": c.doc["fields"]["alert_type"],
                 "reason": c.doc["fields"]["alert_reason"],
                 "tx_id": c.tx_id,
-            }));
+            });
+            if let Some(r) = c.doc["fields"].get("rules") {
+                a["rules"] = r.clone();
+            }
+            alerts.entry(t.clone()).or_default().push(a);
         } else {
             cancelled_by.entry(t.clone()).or_default().push(c.event_id.clone());
         }
@@ -225,7 +229,10 @@ pub(crate) async fn recall(
     // reporting unit) and whether it was administered.
     let mut holders: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
     for ev in &events {
-        if ev.category == crate::coldchain::ALERT_CATEGORY || refused.contains(&ev.event_id) {
+        if ev.category == crate::coldchain::ALERT_CATEGORY
+            || ev.category == crate::custody::ALERT_CATEGORY
+            || refused.contains(&ev.event_id)
+        {
             continue;
         }
         let holder = ev.doc["to"]["code"]

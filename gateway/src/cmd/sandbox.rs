@@ -800,18 +800,22 @@ async fn run_agents(
     std::fs::create_dir_all(dir.join("agents"))?;
     std::fs::create_dir_all(dir.join("state"))?;
     // One agent per organisation (as each would run at its own site). The
-    // goods lane runs in the order the goods move: holder, carrier, then the
-    // CDCs side by side. A receipt is judged against the shipment records
-    // already in the ledger (refused when its delivery has no temperature
-    // record), so a receiver must never overtake the carrier. The others
-    // (clinics, hospital: no receipts) wait in one queue, largest first: two
-    // workers take from it from the start, and the goods lane joins them
-    // once its own agents are done.
+    // goods lane runs in the order the goods move: holder, carrier, the
+    // CDCs side by side, then the clinics side by side. A receipt is judged
+    // against the shipment records already in the ledger (refused when its
+    // delivery has no temperature record), so a receiver must never
+    // overtake the carrier; a vaccination is judged against the custody of
+    // its dose (docs/custody.md), so a clinic that overtook its county's
+    // delivery would leave its doses pending until the delivery arrived.
+    // The others (hospital, cold-chain platform: no custody moves) wait in
+    // one queue, largest first: two workers take from it from the start,
+    // and the goods lane joins them once its own agents are done.
     let goods_rank = |e: &sandbox::Entity| -> Option<usize> {
         match e.role.as_str() {
             "manufacturer" => Some(0),
             "logistics" => Some(1),
             "cdc" => Some(2),
+            "vaccination_unit" => Some(3),
             _ => None,
         }
     };

@@ -83,6 +83,28 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         if caught_up > 0 {
             tracing::info!(events = caught_up, "projection caught up from the ledger");
         }
+        // Custody facts of events projected without them (a ledger written
+        // before custody rules existed, or the catch-up above).
+        let from = projection
+            .custody_from()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the custody tables: {e}"))?
+            .unwrap_or(0);
+        let derived = {
+            let reg = &registry;
+            let party = |code: &str| {
+                reg.entity_of_code(code)
+                    .map(|e| e.id.clone())
+                    .unwrap_or_else(|| code.to_string())
+            };
+            projection
+                .derive_custody(from, &party)
+                .await
+                .map_err(|e| anyhow::anyhow!("deriving custody facts from the projection: {e}"))?
+        };
+        if derived > 0 {
+            tracing::info!(events = derived, from_leaf = from, "custody facts derived from the projection");
+        }
         if let Some(fw) = &c.forwarding {
             let f = gateway::forward::Forwarder::open(store.clone(), fw.clone(), provider.clone(), node_handle.clone())
                 .await

@@ -1,0 +1,349 @@
+//! Custody rules (docs/custody.md) end to end, against the real `vaxgate
+//! serve` on SQLite and on PostgreSQL, with the real `vaxgate agent`
+//! reading a legacy clinic table: a destroyed dose given, a dose given
+//! twice (in a second run of the agent, past its own early check), a dose
+//! given by another organisation, and a vaccination dated before its lot
+//! was produced are refused at the gateway and quarantined by the agent; a
+//! quarantine replay is judged again (still refused, then accepted once the
+//! first vaccination is cancelled); a dose held by another clinic and a
+//! code nobody produced are kept with a `provenance_pending` alert, the
+//! latter resolved by the production and delivery that arrive later; a
+//! recalled dose given is kept and flagged.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+#[path = "agent_common.rs"]
+mod agent_common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use support::{Ent, Node, from_source, golden};
+
+const MAH_CODE: &str = "91320000134567890Y";
+const CLINIC_A: &str = "3201020001";
+const CLINIC_B: &str = "3201020002";
+const LOT: &str = "202311A05";
+
+/// The trace code of clinic row `i` (`agent_common::clinic_row`).
+fn code(i: usize) -> String {
+    format!("8612345{i:013}")
+}
+
+/// Clinic row `i` (a vaccination of [`code`]`(i)` by clinic A on
+/// 2024-03-05), with its trace code, clinic or time replaced.
+fn row(i: usize, code_of: usize, clinic: &str, time: Option<&str>) -> Value {
+    let mut r = agent_common::clinic_row(i, false);
+    r["DZJGM"] = json!(code(code_of));
+    r["JZDW_BM"] = json!(clinic);
+    if let Some(t) = time {
+        r["JZRQ"] = json!(t);
+    }
+    r
+}
+
+/// An agent reading `T_JZ_JZJL` in `db` for entity `e`, whose clinic
+/// system reports as `clinic`.
+fn agent_config(node: &Node, dir: &Path, e: &Ent, clinic: &str, db: &Path) -> PathBuf {
+    let spec = dir.join("clinic-ims.toml");
+    let text = std::fs::read_to_string(agent_common::repo().join("config/mappings/clinic-ims.toml"))
+        .unwrap()
+        .replace("entity = \"3201020001\"", &format!("entity = \"{clinic}\""));
+    assert!(text.contains(clinic));
+    std::fs::write(&spec, text).unwrap();
+    let text = format!(
+        r#"[agent]
+entity_id = "{id}"
+key = "{key}"
+state_db = "{state}"
+
+[gateway]
+url = "{base}"
+node_key = "{node_key}"
+timeout_secs = 30
+attempts = 2
+retry_base_ms = 100
+retry_max_ms = 500
+
+[[sources]]
+type = "sqlite"
+name = "clinic-ims"
+mapping = "{spec}"
+url = "sqlite:{db}"
+table = "T_JZ_JZJL"
+watermark = "JZRQ"
+key = "JZJL_ID"
+batch_size = 64
+"#,
+        id = e.id,
+        key = e.key_file.display(),
+        state = dir.join("agent-state.db").display(),
+        base = node.base,
+        node_key = node.dir.join("keys/node.pub.pem").display(),
+        spec = spec.display(),
+        db = db.display(),
+    );
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `vaxgate agent --config C run --once`: its stdout.
+fn run_once(cfg: &Path) -> String {
+    agent_common::ok(agent_common::agent(cfg, &["run", "--once"]))
+}
+
+fn record(msg: &mappings::ExchangeMessage, f: impl FnOnce(&mut mappings::TraceEvent)) -> mappings::ExchangeMessage {
+    let mut m = msg.clone();
+    f(&mut m.payload);
+    m
+}
+
+fn party(code: &str) -> Option<mappings::Party> {
+    Some(mappings::Party {
+        code: code.into(),
+        name: None,
+    })
+}
+
+fn at(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+/// Production by the holder of `codes`, and its delivery to clinic A
+/// (outbound by the holder, receipt by the clinic).
+fn produce_and_deliver(node: &Node, mah: &Ent, clinic: &Ent, codes: &[String]) {
+    let prod = golden("production_inbound", "mah-export.json").remove(0);
+    let prod = record(&from_source(&prod, MAH_CODE), |e| {
+        e.trace_codes = codes.to_vec();
+        e.fields.insert("quantity".into(), json!(codes.len()));
+    });
+    let out = golden("outbound", "cdc-stock.json").remove(0);
+    let out = record(&from_source(&out, MAH_CODE), |e| {
+        e.trace_codes = codes.to_vec();
+        e.occurred_at = at("2024-01-05T09:00:00+08:00");
+        e.from = party(MAH_CODE);
+        e.to = party(CLINIC_A);
+        e.fields.insert("quantity".into(), json!(codes.len()));
+    });
+    let r = node.post_batch(mah, "/v1/transactions", &[prod, out]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["accepted"], 2, "{}", r.text);
+    let rec = golden("inbound_receipt", "cdc-stock.json").remove(0);
+    let rec = record(&from_source(&rec, CLINIC_A), |e| {
+        e.trace_codes = codes.to_vec();
+        e.occurred_at = at("2024-01-06T10:00:00+08:00");
+        e.from = party(MAH_CODE);
+        e.to = party(CLINIC_A);
+        e.fields.insert("quantity".into(), json!(codes.len()));
+        e.fields.insert("quantity_receivable".into(), json!(codes.len()));
+        e.fields.remove("shipment_no");
+    });
+    let r = node.post_batch(clinic, "/v1/transactions", &[rec]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+}
+
+/// The custody alerts on the steps of `code`'s trace, as the regulator reads it.
+fn alerts_of(node: &Node, reader: &Ent, code: &str) -> Vec<Value> {
+    let r = node.signed(&reader.key, "GET", &format!("/v1/trace/{code}"), Vec::new(), "");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["category"] == "custody_alert")
+        .cloned()
+        .collect()
+}
+
+fn quarantine_reasons(cfg: &Path) -> String {
+    agent_common::ok(agent_common::agent(cfg, &["quarantine", "list"]))
+}
+
+#[test]
+fn custody_rules_on_sqlite() {
+    custody_rules(Node::start());
+}
+
+#[test]
+fn custody_rules_on_postgres() {
+    custody_rules(Node::start_postgres());
+}
+
+fn custody_rules(node: Node) {
+    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let clinic_a = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
+    let clinic_b = node.register("12320102MB7654321", "xinjiekou", "vaccination_unit", &[CLINIC_B], None);
+    let regulator = node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    );
+    let codes: Vec<String> = (0..10).map(code).collect();
+    produce_and_deliver(&node, &mah, &clinic_a, &codes);
+
+    // Clinic A destroys dose 5 (expired in the fridge) before the agent runs.
+    let loss = golden("loss_destruction", "cdc-stock.json").remove(0);
+    let loss = record(&from_source(&loss, CLINIC_A), |e| {
+        e.trace_codes = vec![code(5)];
+        e.occurred_at = at("2024-02-01T16:00:00+08:00");
+        e.from = party(CLINIC_A);
+        e.fields.insert("lot_number".into(), json!(LOT));
+    });
+    let r = node.post_batch(&clinic_a, "/v1/transactions", &[loss]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+
+    // 1. Clinic A's agent: doses 0-4 given (accepted); the destroyed dose 5
+    // and dose 8 dated before its lot was produced are refused by the
+    // gateway and quarantined.
+    let work_a = tempfile::tempdir().unwrap();
+    let db_a = work_a.path().join("clinic.db");
+    let mut rows: Vec<Value> = (0..5).map(|i| row(i, i, CLINIC_A, None)).collect();
+    rows.push(row(5, 5, CLINIC_A, None));
+    rows.push(row(8, 8, CLINIC_A, Some("20230601090000")));
+    agent_common::sqlite_clinic_rows(&db_a, rows);
+    let cfg_a = agent_config(&node, work_a.path(), &clinic_a, CLINIC_A, &db_a);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 5 accepted, 2 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let q = quarantine_reasons(&cfg_a);
+    assert!(q.contains("destroyed_used") && q.contains("before_production"), "{q}");
+    assert!(!q.contains("王小明"), "no personal data in the reasons: {q}");
+    assert!(node.metric("vaxgate_custody_findings_total{action=\"refuse\",rule=\"destroyed_used\"}") >= 1.0);
+
+    // 2. A second run of the same agent: dose 1 again, under another record
+    // (the agent's own trace_code_overused check only knows its own run).
+    agent_common::sqlite_clinic_rows(&db_a, vec![row(20, 1, CLINIC_A, Some("20240306090000"))]);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 0 accepted, 1 rejected, 0 quarantined"),
+        "{out}"
+    );
+    assert!(quarantine_reasons(&cfg_a).contains("administered_twice"));
+
+    // 3. Another organisation: clinic B gives dose 2 (given by A: refused)
+    // and dose 6 (in A's stock, no transfer recorded: kept, pending).
+    let work_b = tempfile::tempdir().unwrap();
+    let db_b = work_b.path().join("clinic.db");
+    agent_common::sqlite_clinic_rows(
+        &db_b,
+        vec![
+            row(100, 2, CLINIC_B, Some("20240307090000")),
+            row(101, 6, CLINIC_B, Some("20240307093000")),
+        ],
+    );
+    let cfg_b = agent_config(&node, work_b.path(), &clinic_b, CLINIC_B, &db_b);
+    let out = run_once(&cfg_b);
+    assert!(
+        out.contains("source clinic-ims: 1 accepted, 1 rejected, 0 quarantined"),
+        "{out}"
+    );
+    assert!(quarantine_reasons(&cfg_b).contains("administered_twice"));
+    let pending = alerts_of(&node, &regulator, &code(6));
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let fields = &pending[0]["event"]["fields"];
+    assert_eq!(fields["alert_type"], "provenance_pending", "{fields}");
+    assert_eq!(fields["rules"], json!(["not_holder"]), "{fields}");
+    assert!(
+        fields["alert_reason"].as_str().unwrap().contains(&clinic_a.id),
+        "the holder is named: {fields}"
+    );
+    assert_eq!(pending[0]["signer"]["id"], "node");
+
+    // 4. A replay is judged again: still refused while dose 1's first
+    // vaccination stands; accepted once clinic A cancels it (注销).
+    let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
+    let replay = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(replay.contains("0 accepted") && replay.contains("3 rejected"), "{replay}");
+    let trace = node.signed(&regulator.key, "GET", &format!("/v1/trace/{}", code(1)), Vec::new(), "");
+    let first = trace.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["category"] == "vaccination")
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancel = golden("cancellation", "mah-export.json").remove(0);
+    let cancel = record(&from_source(&cancel, CLINIC_A), |e| {
+        e.fields.insert("cancels_event_id".into(), json!(first));
+        e.fields.insert("cancel_reason_code".into(), json!("01"));
+    });
+    let r = node.post_batch(&clinic_a, "/v1/cancellations", &[cancel]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
+    let replay = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(replay.contains("1 accepted") && replay.contains("2 rejected"), "{replay}");
+
+    // 5. A code nobody produced: kept, pending; resolved by the production
+    // and delivery that arrive later.
+    agent_common::sqlite_clinic_rows(&db_a, vec![row(30, 30, CLINIC_A, Some("20240308090000"))]);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let a = alerts_of(&node, &regulator, &code(30));
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["event"]["fields"]["rules"], json!(["unknown_code"]));
+    let prod = golden("production_inbound", "mah-export.json").remove(0);
+    let prod = record(&from_source(&prod, MAH_CODE), |e| e.trace_codes = vec![code(30)]);
+    let r = node.post_batch(&mah, "/v1/transactions", &[prod]);
+    assert!(r.body["results"][0].get("custody").is_none(), "{}", r.text);
+    let out = golden("outbound", "cdc-stock.json").remove(0);
+    let out = record(&from_source(&out, MAH_CODE), |e| {
+        e.trace_codes = vec![code(30)];
+        e.occurred_at = at("2024-01-05T09:00:00+08:00");
+        e.from = party(MAH_CODE);
+        e.to = party(CLINIC_A);
+    });
+    let r = node.post_batch(&mah, "/v1/transactions", &[out]);
+    let res = &r.body["results"][0]["custody"]["alerts"][0];
+    assert_eq!(res["alert_type"], "provenance_resolved", "{}", r.text);
+    let a = alerts_of(&node, &regulator, &code(30));
+    let types: Vec<&str> = a
+        .iter()
+        .map(|s| s["event"]["fields"]["alert_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["provenance_pending", "provenance_resolved"], "{a:?}");
+
+    // 6. A recall of the lot from 2024-03-05 12:00: a dose given after it is
+    // kept (it was given) and flagged loudly.
+    let recall = golden("recall", "cdc-stock.json").remove(0);
+    let recall = record(&from_source(&recall, MAH_CODE), |e| {
+        e.trace_codes = vec![code(9)];
+        e.occurred_at = at("2024-03-05T12:00:00+08:00");
+        e.from = party(CLINIC_A);
+        e.to = party(MAH_CODE);
+        e.fields.insert("lot_number".into(), json!(LOT));
+    });
+    let r = node.post_batch(&mah, "/v1/transactions", &[recall]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    agent_common::sqlite_clinic_rows(&db_a, vec![row(7, 7, CLINIC_A, Some("20240309090000"))]);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let a = alerts_of(&node, &regulator, &code(7));
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["event"]["fields"]["alert_type"], "custody_violation");
+    assert_eq!(a[0]["event"]["fields"]["rules"], json!(["recalled_used"]));
+    // The vaccination's own step carries its alert.
+    let trace = node.signed(&regulator.key, "GET", &format!("/v1/trace/{}", code(7)), Vec::new(), "");
+    let v = trace.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["category"] == "vaccination")
+        .cloned()
+        .unwrap();
+    assert_eq!(v["alerts"][0]["rules"], json!(["recalled_used"]), "{v}");
+}
