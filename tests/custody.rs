@@ -12,9 +12,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
 #[path = "agent_common.rs"]
 mod agent_common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -260,7 +260,10 @@ fn custody_rules(node: Node) {
     // vaccination stands; accepted once clinic A cancels it (注销).
     let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
     let replay = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(replay.contains("0 accepted") && replay.contains("3 rejected"), "{replay}");
+    assert!(
+        replay.contains("0 accepted") && replay.contains("3 rejected"),
+        "{replay}"
+    );
     let trace = node.signed(&regulator.key, "GET", &format!("/v1/trace/{}", code(1)), Vec::new(), "");
     let first = trace.body["steps"]
         .as_array()
@@ -280,7 +283,10 @@ fn custody_rules(node: Node) {
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
     let replay = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(replay.contains("1 accepted") && replay.contains("2 rejected"), "{replay}");
+    assert!(
+        replay.contains("1 accepted") && replay.contains("2 rejected"),
+        "{replay}"
+    );
 
     // 5. A code nobody produced: kept, pending; resolved by the production
     // and delivery that arrive later.
@@ -346,4 +352,33 @@ fn custody_rules(node: Node) {
         .cloned()
         .unwrap();
     assert_eq!(v["alerts"][0]["rules"], json!(["recalled_used"]), "{v}");
+}
+
+/// Eight batches sent at once, each giving the same dose: the gateway judges
+/// each against the others still being appended, so exactly one is written.
+#[test]
+fn concurrent_batches_cannot_give_one_dose_twice() {
+    let node = Node::start();
+    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
+    for round in 0..3 {
+        let dose = code(50 + round);
+        produce_and_deliver(&node, &mah, &clinic, std::slice::from_ref(&dose));
+        let vax = golden("vaccination", "clinic-ims.json").remove(0);
+        let results: Vec<support::Resp> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let m = record(&from_source(&vax, CLINIC_A), |e| e.trace_codes = vec![dose.clone()]);
+                    let (node, clinic) = (&node, &clinic);
+                    s.spawn(move || node.post_batch(clinic, "/v1/transactions", &[m]))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let accepted = results.iter().filter(|r| r.body["accepted"] == 1).count();
+        assert_eq!(accepted, 1, "round {round}: {results:?}");
+        for r in results.iter().filter(|r| r.body["accepted"] == 0) {
+            assert_eq!(r.body["results"][0]["error"]["code"], "custody_violation", "{}", r.text);
+        }
+    }
 }

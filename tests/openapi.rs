@@ -120,5 +120,8 @@ fn example_config_loads_and_validates() {
     assert_eq!(c.registry.threshold, 2);
     assert_eq!(c.rate_limits.admin.burst, 20);
     assert!(c.server.tls.unwrap().require_client_cert);
-    assert_eq!(c.forwarding.unwrap().alert_categories, vec!["cold_chain_alert", "custody_alert"]);
+    assert_eq!(
+        c.forwarding.unwrap().alert_categories,
+        vec!["cold_chain_alert", "custody_alert"]
+    );
 }

@@ -106,7 +106,9 @@ impl CustodyConfig {
             if *action == Action::Pending && !rule.may_resolve() {
                 return Err((
                     format!("custody.rules.{name}"),
-                    format!("{name} cannot be \"pending\" (no later record can resolve it): use \"refuse\" or \"flag\""),
+                    format!(
+                        "{name} cannot be \"pending\" (no later record can resolve it): use \"refuse\" or \"flag\""
+                    ),
                 ));
             }
             out.insert(rule, *action);
@@ -640,7 +642,10 @@ amqp_url = "amqp://vaxgate:${AMQP_PASSWORD}@127.0.0.1:5672/%2f"
         let c = load_text(GOOD).unwrap();
         let fw = c.config.forwarding.unwrap();
         assert_eq!(fw.exchange, "vaxgate.events");
-        assert_eq!(fw.alert_categories, vec!["cold_chain_alert".to_string(), "custody_alert".to_string()]);
+        assert_eq!(
+            fw.alert_categories,
+            vec!["cold_chain_alert".to_string(), "custody_alert".to_string()]
+        );
         let t = format!("{GOOD}poll_interval_ms = 0\n");
         let e = load_text(&t).unwrap_err().to_string();
         assert!(e.contains(":21: `forwarding.poll_interval_ms`"), "{e}");

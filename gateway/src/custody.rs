@@ -222,7 +222,9 @@ impl Custody {
         let base = IN_FLIGHT + ticket_no * 1_000_000;
         let mut per_record = Vec::with_capacity(msgs.len());
         {
-            let reg = registry.read().map_err(|_| ApiError::internal("registry lock poisoned"))?;
+            let reg = registry
+                .read()
+                .map_err(|_| ApiError::internal("registry lock poisoned"))?;
             // Party codes to entity ids, once per code and batch.
             let cache: std::cell::RefCell<HashMap<String, String>> = Default::default();
             let resolve = |code: &str| -> String {
@@ -253,7 +255,9 @@ impl Custody {
             if m.payload.category != "cancellation" {
                 continue;
             }
-            let Some(target) = m.payload.field_str("cancels_event_id") else { continue };
+            let Some(target) = m.payload.field_str("cancels_event_id") else {
+                continue;
+            };
             if let Some(ev) = projection.event(target).await? {
                 let codes = crate::api::query::codes_in(&ev.doc);
                 let target = uuid::Uuid::parse_str(target).map_err(ApiError::internal)?;
@@ -261,7 +265,10 @@ impl Custody {
             }
         }
 
-        let mut codes: Vec<String> = per_record.iter().flat_map(|f| f.facts.iter().map(|x| x.code.clone())).collect();
+        let mut codes: Vec<String> = per_record
+            .iter()
+            .flat_map(|f| f.facts.iter().map(|x| x.code.clone()))
+            .collect();
         codes.sort_unstable();
         codes.dedup();
         let mut lots: Vec<String> = per_record.iter().filter_map(|f| f.lot.clone()).collect();
@@ -322,7 +329,11 @@ impl Custody {
             // Pending alerts whose missing records are now all there.
             let mut by_alert: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
             for (code, alert, event) in &pending {
-                by_alert.entry(*alert).or_insert((*event, Vec::new())).1.push(code.clone());
+                by_alert
+                    .entry(*alert)
+                    .or_insert((*event, Vec::new()))
+                    .1
+                    .push(code.clone());
             }
             let mut resolving: Vec<(u64, u64, Vec<String>, usize)> = Vec::new();
             for (alert, (event_leaf, waits)) in by_alert {

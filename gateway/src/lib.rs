@@ -8,8 +8,8 @@
 pub mod api;
 pub mod auth;
 pub mod coldchain;
-pub mod custody;
 pub mod config;
+pub mod custody;
 pub mod error;
 pub mod forward;
 pub mod metrics;

@@ -737,22 +737,22 @@ impl Projection {
         let mut done = 0;
         loop {
             let page = each!(self, x => x.events_from(from, 1000).await)?;
-            let Some(last) = page.last().map(|e| e.leaf_index) else { break };
+            let Some(last) = page.last().map(|e| e.leaf_index) else {
+                break;
+            };
             let mut rows = Vec::new();
             for e in &page {
-                let Ok(ev) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else { continue };
+                let Ok(ev) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
+                    continue;
+                };
                 let mut c = mappings::custody::facts_of(&ev, e.leaf_index, party);
                 if ev.category == "cancellation"
                     && let Some(target) = ev.field_str("cancels_event_id")
                     && let Some(t) = self.event(target).await?
                     && let Ok(id) = uuid::Uuid::parse_str(target)
                 {
-                    c.facts = mappings::custody::cancel_facts(
-                        &ev,
-                        e.leaf_index,
-                        &crate::api::query::codes_in(&t.doc),
-                        id,
-                    );
+                    c.facts =
+                        mappings::custody::cancel_facts(&ev, e.leaf_index, &crate::api::query::codes_in(&t.doc), id);
                 }
                 if !c.facts.is_empty() || !c.lot_facts.is_empty() {
                     rows.push((

@@ -724,7 +724,10 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         find(
             Rule::BeforeProduction,
             None,
-            format!("code {code}: a {} dated {d} is before its lot was produced ({p})", f.kind.as_str()),
+            format!(
+                "code {code}: a {} dated {d} is before its lot was produced ({p})",
+                f.kind.as_str()
+            ),
         );
     }
     let produce = hist.iter().copied().find(|g| g.kind == Move::Produce);
@@ -740,7 +743,11 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
     }
     if f.kind == Move::Transport {
         // A carrier's record: checked only against the end of the code's life.
-        if let Some(d) = hist.iter().copied().find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms) {
+        if let Some(d) = hist
+            .iter()
+            .copied()
+            .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms)
+        {
             find(
                 Rule::DestroyedUsed,
                 Some(d),
@@ -775,14 +782,26 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         find(
             Rule::AdministeredMoved,
             Some(last),
-            format!("code {code}: a {} after its last dose was given ({})", f.kind.as_str(), name(last)),
+            format!(
+                "code {code}: a {} after its last dose was given ({})",
+                f.kind.as_str(),
+                name(last)
+            ),
         );
     }
-    if let Some(d) = hist.iter().copied().find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms) {
+    if let Some(d) = hist
+        .iter()
+        .copied()
+        .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms)
+    {
         find(
             Rule::DestroyedUsed,
             Some(d),
-            format!("code {code}: a {} after it was destroyed ({})", f.kind.as_str(), name(d)),
+            format!(
+                "code {code}: a {} after it was destroyed ({})",
+                f.kind.as_str(),
+                name(d)
+            ),
         );
     } else if f.kind == Move::Destroy
         && let Some(u) = hist
@@ -793,7 +812,10 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         find(
             Rule::DestroyedUsed,
             Some(u),
-            format!("code {code}: destroyed before a later use already in the ledger ({})", name(u)),
+            format!(
+                "code {code}: destroyed before a later use already in the ledger ({})",
+                name(u)
+            ),
         );
     }
 
@@ -817,7 +839,10 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
                 find(
                     Rule::BeforeRelease,
                     Some(&at),
-                    format!("code {code}: a {} dated {d} is before its lot's release ({r})", f.kind.as_str()),
+                    format!(
+                        "code {code}: a {} dated {d} is before its lot's release ({r})",
+                        f.kind.as_str()
+                    ),
                 );
             }
         }
@@ -841,7 +866,10 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             find(
                 Rule::ExpiredUsed,
                 None,
-                format!("code {code}: a {} dated {d} is after its expiry date ({e})", f.kind.as_str()),
+                format!(
+                    "code {code}: a {} dated {d} is after its expiry date ({e})",
+                    f.kind.as_str()
+                ),
             );
         }
     }

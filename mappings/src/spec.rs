@@ -706,9 +706,7 @@ impl MappingSpec {
                     "[[packages]] reads JSON sources; for other formats map one link with event.parent_code and event.child_codes",
                 ));
             }
-            let path = |s: &Spanned<String>, key: &str| {
-                JsonPath::parse(s.get_ref()).map_err(|m| ld.invalid(s, key, m))
-            };
+            let path = |s: &Spanned<String>, key: &str| JsonPath::parse(s.get_ref()).map_err(|m| ld.invalid(s, key, m));
             packages.push(PackageMap {
                 from: path(&p.from, "packages.from")?,
                 parent: path(&p.parent, "packages.parent")?,

@@ -261,7 +261,11 @@ fn every_carton_of_a_shipment_is_linked_to_its_units() {
     }]});
     let out = spec.map(&mappings::Record::Json(doc));
     let ev = &out.events[0];
-    let links: Vec<(&str, usize)> = ev.aggregations.iter().map(|a| (a.parent.as_str(), a.children.len())).collect();
+    let links: Vec<(&str, usize)> = ev
+        .aggregations
+        .iter()
+        .map(|a| (a.parent.as_str(), a.children.len()))
+        .collect();
     // An empty carton links nothing.
     assert_eq!(links, [("86123450011000000001", 2), ("86123450011000000002", 1)]);
     assert_eq!(ev.aggregations[1].children, ["86123450010000000011"]);

@@ -740,7 +740,12 @@ fn custody_refusal(i: usize, t: &Transaction, v: &custody::RecordVerdict) -> Rec
         ),
     );
     if let Some(e) = r.error.as_mut() {
-        let key = v.facts.facts.first().map(|f| f.event_id.to_string()).unwrap_or_default();
+        let key = v
+            .facts
+            .facts
+            .first()
+            .map(|f| f.event_id.to_string())
+            .unwrap_or_default();
         e.problems = custody::problems(&key, &v.refused);
     }
     r
@@ -851,7 +856,10 @@ async fn append_and_answer(
     let mut custody_alerts: Vec<CustodyAlert> = Vec::new();
     for (k, v) in verdicts.iter().enumerate() {
         let ev = &msgs[k].payload;
-        for (list, alert_type) in [(&v.flagged, custody::alert::VIOLATION), (&v.pending, custody::alert::PENDING)] {
+        for (list, alert_type) in [
+            (&v.flagged, custody::alert::VIOLATION),
+            (&v.pending, custody::alert::PENDING),
+        ] {
             if list.is_empty() {
                 continue;
             }
@@ -884,10 +892,7 @@ async fn append_and_answer(
             record: r.by,
             alert_type: custody::alert::RESOLVED,
             rules: Vec::new(),
-            reason: format!(
-                "resolves alert {} about event {}",
-                r.alert_event_id, r.related.event_id
-            ),
+            reason: format!("resolves alert {} about event {}", r.alert_event_id, r.related.event_id),
         });
         alert_events.push(ev);
         custody_rows.push(crate::projection::CustodyRows {

@@ -103,7 +103,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
                 .map_err(|e| anyhow::anyhow!("deriving custody facts from the projection: {e}"))?
         };
         if derived > 0 {
-            tracing::info!(events = derived, from_leaf = from, "custody facts derived from the projection");
+            tracing::info!(
+                events = derived,
+                from_leaf = from,
+                "custody facts derived from the projection"
+            );
         }
         if let Some(fw) = &c.forwarding {
             let f = gateway::forward::Forwarder::open(store.clone(), fw.clone(), provider.clone(), node_handle.clone())

@@ -17,7 +17,14 @@ fn t(s: &str) -> DateTime<FixedOffset> {
 }
 
 /// A record of `category` at `time` by `source`, moving `codes` from → to.
-fn ev(category: &str, bill: Option<&str>, time: &str, source: &str, from: Option<&str>, to: Option<&str>) -> TraceEvent {
+fn ev(
+    category: &str,
+    bill: Option<&str>,
+    time: &str,
+    source: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> TraceEvent {
     let mut fields = serde_json::Map::new();
     fields.insert("lot_number".into(), json!("202311A05"));
     TraceEvent {
@@ -31,8 +38,14 @@ fn ev(category: &str, bill: Option<&str>, time: &str, source: &str, from: Option
         bill_type: bill.map(str::to_string),
         trace_codes: vec![UNIT.into()],
         aggregations: Vec::new(),
-        from: from.map(|c| Party { code: c.into(), name: None }),
-        to: to.map(|c| Party { code: c.into(), name: None }),
+        from: from.map(|c| Party {
+            code: c.into(),
+            name: None,
+        }),
+        to: to.map(|c| Party {
+            code: c.into(),
+            name: None,
+        }),
         fields,
         pii: Default::default(),
     }
@@ -61,7 +74,8 @@ fn release(time: &str, day: &str, ok: bool) -> TraceEvent {
     e.trace_codes.clear();
     e.fields.insert("product_id_code".into(), json!("8612345"));
     e.fields.insert("lot_release_date".into(), json!(day));
-    e.fields.insert("lot_release_conclusion".into(), json!(if ok { "1" } else { "2" }));
+    e.fields
+        .insert("lot_release_conclusion".into(), json!(if ok { "1" } else { "2" }));
     e
 }
 
@@ -74,7 +88,10 @@ struct Ledger {
 
 impl Ledger {
     fn new() -> Ledger {
-        Ledger { book: Book::new(), seq: 0 }
+        Ledger {
+            book: Book::new(),
+            seq: 0,
+        }
     }
     fn facts(&mut self, e: &TraceEvent) -> EventFacts {
         self.seq += 1;
@@ -125,7 +142,11 @@ fn a_dose_given_twice_is_found_with_the_first_vaccination() {
     assert_eq!(found[0].rule, Rule::AdministeredTwice);
     assert_eq!(found[0].code, UNIT);
     assert_eq!(found[0].conflict.map(|c| c.0), Some(events[6].event_id));
-    assert!(found[0].message.contains("already given 1 time"), "{}", found[0].message);
+    assert!(
+        found[0].message.contains("already given 1 time"),
+        "{}",
+        found[0].message
+    );
 }
 
 #[test]
@@ -164,7 +185,10 @@ fn a_destroyed_dose_cannot_be_given_nor_destroyed_before_a_later_use() {
     for e in &events {
         l.put(e);
     }
-    assert_eq!(l.rules(&destroy("2024-04-10T16:00:00", CLINIC_A)), ["administered_moved"]);
+    assert_eq!(
+        l.rules(&destroy("2024-04-10T16:00:00", CLINIC_A)),
+        ["administered_moved"]
+    );
 }
 
 #[test]
@@ -189,7 +213,11 @@ fn a_dose_held_by_another_clinic_names_its_holder() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].rule, Rule::NotHolder);
     assert_eq!(found[0].conflict.map(|c| c.0), Some(events[5].event_id));
-    assert!(found[0].message.contains(&format!("held by {CLINIC_A}")), "{}", found[0].message);
+    assert!(
+        found[0].message.contains(&format!("held by {CLINIC_A}")),
+        "{}",
+        found[0].message
+    );
 }
 
 #[test]
@@ -200,7 +228,10 @@ fn codes_nobody_produced_and_receipts_nobody_sent() {
     assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), ["unknown_code"]);
     let mut l = Ledger::new();
     l.put(&produce("2023-12-21T08:00:00"));
-    assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), ["receipt_unmatched"]);
+    assert_eq!(
+        l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)),
+        ["receipt_unmatched"]
+    );
     // A carrier's shipment to the receiver is enough.
     let mut ship = ev("shipment", None, "2024-01-05T10:00:00", CARRIER, Some(MAH), Some(PROV));
     ship.trace_codes = vec!["86123450000000100001".into()];
@@ -218,7 +249,14 @@ fn recalled_and_expired_doses_given_are_flagged_not_refused() {
     for e in &chain()[..6] {
         l.put(e);
     }
-    let mut recall = ev("recall", Some("211"), "2024-03-01T10:00:00", PROV, Some(PROV), Some(MAH));
+    let mut recall = ev(
+        "recall",
+        Some("211"),
+        "2024-03-01T10:00:00",
+        PROV,
+        Some(PROV),
+        Some(MAH),
+    );
     recall.trace_codes = vec!["86123450000000009999".into()];
     assert!(l.put(&recall).iter().all(|f| f.rule.may_resolve()));
     let found = l.put(&give("2024-03-05T09:30:00", CLINIC_A));
@@ -256,7 +294,8 @@ fn a_cancelled_vaccination_frees_the_dose() {
     // The vaccination is cancelled (注销).
     let c = ev("cancellation", None, "2024-03-05T12:00:00", CLINIC_A, None, None);
     l.seq += 1;
-    l.book.add(cancel_facts(&c, l.seq, &[UNIT.to_string()], events[6].event_id));
+    l.book
+        .add(cancel_facts(&c, l.seq, &[UNIT.to_string()], events[6].event_id));
     assert_eq!(l.rules(&give("2024-03-06T09:30:00", CLINIC_A)), Vec::<&str>::new());
 }
 
@@ -275,9 +314,23 @@ fn a_refused_delivery_may_be_sent_back_and_a_return_documented_by_its_receiver()
     assert!(judge(&refused, &l.book).is_empty());
     l.book.add(refused.facts);
     assert_eq!(l.rules(&give("2024-03-05T09:30:00", CLINIC_A)), ["not_holder"]);
-    let back = ev("return", Some("202"), "2024-02-02T09:00:00", CLINIC_A, Some(CLINIC_A), Some(PROV));
+    let back = ev(
+        "return",
+        Some("202"),
+        "2024-02-02T09:00:00",
+        CLINIC_A,
+        Some(CLINIC_A),
+        Some(PROV),
+    );
     assert_eq!(l.rules(&back), Vec::<&str>::new());
-    let back_in = ev("return", Some("103"), "2024-02-03T09:00:00", PROV, Some(CLINIC_A), Some(PROV));
+    let back_in = ev(
+        "return",
+        Some("103"),
+        "2024-02-03T09:00:00",
+        PROV,
+        Some(CLINIC_A),
+        Some(PROV),
+    );
     assert_eq!(l.rules(&back_in), Vec::<&str>::new());
 
     // A return the clinic never billed, documented by the county alone.
@@ -285,9 +338,23 @@ fn a_refused_delivery_may_be_sent_back_and_a_return_documented_by_its_receiver()
     for e in &events[..6] {
         l.put(e);
     }
-    let back_in = ev("return", Some("103"), "2024-02-10T09:00:00", PROV, Some(CLINIC_A), Some(PROV));
+    let back_in = ev(
+        "return",
+        Some("103"),
+        "2024-02-10T09:00:00",
+        PROV,
+        Some(CLINIC_A),
+        Some(PROV),
+    );
     assert_eq!(l.rules(&back_in), Vec::<&str>::new());
-    let recall = ev("recall", Some("211"), "2024-02-11T09:00:00", PROV, Some(PROV), Some(MAH));
+    let recall = ev(
+        "recall",
+        Some("211"),
+        "2024-02-11T09:00:00",
+        PROV,
+        Some(PROV),
+        Some(MAH),
+    );
     assert_eq!(l.rules(&recall), Vec::<&str>::new());
 }
 
