@@ -214,20 +214,42 @@ fn alerts_and_refused_receipts(node: Node) {
     assert_eq!(step["receipt_status"], "refused", "{step}");
     assert!(step["refusal_reason"].as_str().unwrap().contains("YD-WARM-1"));
 
-    // Recall: the accepted receipt moved its code to the receiver; the
-    // refused one left the code with the logistics firm.
+    // Recall: the accepted receipt moved its code into the receiver's
+    // stock; the refused one is with the receiver but not in its stock.
     let recall = read(&format!("/v1/batches/{LOT}/recall"));
-    let holder = |code: &str| {
+    let of = |code: &str| {
         recall["codes"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["code"] == code)
-            .map(|c| c["holder"].as_str().unwrap().to_string())
+            .map(|c| {
+                (
+                    c["state"].as_str().unwrap().to_string(),
+                    c["holder"].as_str().unwrap().to_string(),
+                )
+            })
             .unwrap_or_else(|| panic!("{code} not in {recall}"))
     };
-    assert_eq!(holder("86123450000000002001"), "123201024660123451");
-    assert_eq!(holder("86123450000000003001"), "91110000100012345L");
+    assert_eq!(of("86123450000000002001"), ("held".to_string(), receiver.id.clone()));
+    assert_eq!(
+        of("86123450000000003001"),
+        ("refused_at_receipt".to_string(), receiver.id.clone())
+    );
+    let stock = recall["held_by"].as_array().unwrap();
+    let mine = stock
+        .iter()
+        .find(|h| h["holder"]["id"] == receiver.id.as_str())
+        .unwrap();
+    let held_here = recall["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "unit" && c["state"] == "held" && c["holder"] == receiver.id.as_str())
+        .count();
+    assert_eq!(mine["units"], held_here, "{recall}");
+    // The three refused deliveries (YD-WARM-1, YD-MISSING-1, YD-TO-1).
+    assert_eq!(recall["refused_at_receipt"][0]["units"], 3, "{recall}");
 
     // Alerts carry no personal data: the receipt's contact names stay out.
     let alert_id = cc["alerts"][0]["event_id"].as_str().unwrap();

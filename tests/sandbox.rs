@@ -237,6 +237,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     assert_eq!(r.status().as_u16(), 200);
     let recall: serde_json::Value = r.json().unwrap();
     assert!(recall["administered_doses"].as_u64().unwrap() >= 1, "{recall}");
+    recall_matches_the_world(&manifest, &recall);
     assert!(String::from_utf8_lossy(&oa.stdout).contains("Authorization: ApiKey"));
     // Ctrl-C (SIGINT) stops the sandbox and its gateway.
     let st = Command::new("kill")
@@ -312,4 +313,79 @@ fn sandbox_refuses_a_bad_size_before_writing() {
         }
         assert!(!dir.exists(), "--doses {bad} wrote {}", dir.display());
     }
+}
+
+/// The recall answer of the demo lot against the generator's ground truth
+/// (the world knows where every dose is), as far as the ledger can know it:
+/// doses whose vaccination record was quarantined (deliberately dirty rows)
+/// are still in their clinic's stock for the ledger.
+fn recall_matches_the_world(manifest: &sandbox::Manifest, recall: &serde_json::Value) {
+    use sandbox::world::{CARTON, CLINIC_A, CLINIC_B, PROVINCE};
+    use std::collections::BTreeMap;
+    let world = sandbox::world::simulate(SEED.parse().unwrap(), DOSES.parse().unwrap());
+    let li = world.lots.iter().position(|l| l.number == manifest.demo_lot).unwrap();
+    let clinics = [CLINIC_A.uscc, CLINIC_B.uscc];
+    let mut administered: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut given = std::collections::BTreeSet::new();
+    for v in world.vaccinations.iter().filter(|v| v.lot == li && v.dirty.is_none()) {
+        *administered.entry(clinics[v.clinic]).or_insert(0) += 1;
+        given.insert(v.code.as_str());
+    }
+    let mut clinic_held: BTreeMap<&str, u64> = BTreeMap::new();
+    for (clinic, lot, code, _, _) in &world.clinic_stock {
+        if *lot == li && !given.contains(code.as_str()) {
+            *clinic_held.entry(clinics[*clinic]).or_insert(0) += 1;
+        }
+    }
+    let units = (world.lots[li].cartons * CARTON) as u64;
+    // The delivery refused at receipt (lot 0) was returned and destroyed.
+    let destroyed = if li == 0 { 3 * CARTON as u64 } else { 0 };
+    assert_eq!(recall["units"], units, "{recall}");
+    assert_eq!(recall["unknown_units"], 0, "{recall}");
+    let got_admin: BTreeMap<String, u64> = recall["administered_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["vaccinating_unit"]["id"].as_str().unwrap().to_string(),
+                a["units"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want_admin: BTreeMap<String, u64> = administered.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(got_admin, want_admin, "{recall}");
+    let held: BTreeMap<String, u64> = recall["held_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["holder"]["id"].as_str().unwrap().to_string(),
+                h["units"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (clinic, n) in &clinic_held {
+        assert_eq!(held.get(*clinic), Some(n), "{clinic} in {recall}");
+    }
+    let destroyed_got: u64 = recall["destroyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["by"]["id"], PROVINCE.uscc, "{recall}");
+            d["units"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(destroyed_got, destroyed, "{recall}");
+    // Everything else is in the CDCs' stock.
+    let cdc_held: u64 = held
+        .iter()
+        .filter(|(h, _)| !clinics.contains(&h.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    let admin_total: u64 = administered.values().sum();
+    let clinic_total: u64 = clinic_held.values().sum();
+    assert_eq!(cdc_held, units - admin_total - clinic_total - destroyed, "{recall}");
 }

@@ -190,6 +190,13 @@ pub(crate) async fn trace(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// `GET /v1/batches/{lot}/recall`: where every code of a lot is now, from
+/// custody state (docs/custody.md): unit doses and packages apart; per
+/// holder the units still in its stock (a delivery whose receipt is not
+/// recorded counts for its receiver, as awaiting receipt); units on their
+/// way; units refused at receipt; units administered per vaccinating unit
+/// (whose recipients are to be followed up); destroyed units; units whose
+/// state is unknown.
 pub(crate) async fn recall(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -209,64 +216,161 @@ pub(crate) async fn recall(
             format!("no visible events for lot {lot}"),
         ));
     }
-    // Receipts refused for their temperature record (R11.2) move nothing.
-    let receipt_ids: Vec<String> = events
-        .iter()
-        .filter(|e| e.category == "inbound_receipt")
-        .map(|e| e.event_id.clone())
-        .collect();
-    let refused: BTreeSet<String> = state
-        .projection
-        .cancellations_of(&receipt_ids)
-        .await?
-        .into_iter()
-        .filter(|a| {
-            a.category == crate::coldchain::ALERT_CATEGORY && a.doc["fields"]["alert_type"] == "receipt_refused"
-        })
-        .filter_map(|a| a.cancels)
-        .collect();
-    // Per code: the last holder (receiver of the latest movement, or the
-    // reporting unit) and whether it was administered.
-    let mut holders: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
+    // The lot's codes: those its (visible) records name, alerts aside;
+    // packages are the parents of packaging links.
+    let mut codes: BTreeSet<String> = BTreeSet::new();
+    let mut packages: BTreeSet<String> = BTreeSet::new();
     for ev in &events {
-        if ev.category == crate::coldchain::ALERT_CATEGORY
-            || ev.category == crate::custody::ALERT_CATEGORY
-            || refused.contains(&ev.event_id)
-        {
+        if ev.category == crate::coldchain::ALERT_CATEGORY || ev.category == crate::custody::ALERT_CATEGORY {
             continue;
         }
-        let holder = ev.doc["to"]["code"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| ev.source.clone());
-        for c in codes_in(&ev.doc) {
-            let entry = holders.entry(c).or_insert((holder.clone(), ev.category.clone(), false));
-            entry.0 = holder.clone();
-            entry.1 = ev.category.clone();
-            if ev.category == "vaccination" {
-                entry.2 = true;
-            }
+        codes.extend(codes_in(&ev.doc));
+        if let Some(aggs) = ev.doc["aggregations"].as_array() {
+            packages.extend(aggs.iter().filter_map(|a| a["parent"].as_str().map(str::to_string)));
         }
     }
-    let administered = holders.values().filter(|h| h.2).count();
-    let by_holder: BTreeMap<&str, usize> = holders.values().fold(BTreeMap::new(), |mut m, h| {
-        if !h.2 {
-            *m.entry(h.0.as_str()).or_insert(0) += 1;
+    let list: Vec<String> = codes.iter().cloned().collect();
+    let mut book = mappings::custody::Book::new();
+    book.add(state.projection.custody_facts(&list).await?);
+    let answer = recall_answer(&state, &lot, &codes, &packages, &book);
+    let mut answer = answer;
+    answer["events"] = json!(events.len());
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Counts by key, as `[{key_name: party, "units": n}]`, largest first.
+fn tally(state: &AppState, key_name: &str, counts: BTreeMap<String, usize>) -> Value {
+    let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    json!(
+        v.into_iter()
+            .map(|(k, n)| json!({ key_name: party(state, &k), "units": n }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The recall answer of `codes` (of which `packages` are packages) from the
+/// custody facts in `book`.
+fn recall_answer(
+    state: &AppState,
+    lot: &str,
+    codes: &BTreeSet<String>,
+    packages: &BTreeSet<String>,
+    book: &mappings::custody::Book,
+) -> Value {
+    use mappings::custody::Custody;
+    let mut held: BTreeMap<String, usize> = BTreeMap::new();
+    let mut awaiting: BTreeMap<String, usize> = BTreeMap::new();
+    let mut in_transit: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut administered: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut destroyed: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut unknown, mut units, mut package_count) = (0usize, 0usize, 0usize);
+    let mut package_states: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut per_code = Vec::with_capacity(codes.len());
+    for code in codes {
+        let hist = book.history(code);
+        let now = Custody::after(&hist);
+        let last = hist.last().map(|f| f.kind.as_str());
+        let received = |to: &str| {
+            hist.iter()
+                .rev()
+                .take_while(|f| {
+                    !matches!(
+                        f.kind,
+                        mappings::custody::Move::Dispatch | mappings::custody::Move::DispatchBack
+                    )
+                })
+                .any(|f| {
+                    f.actor == to
+                        && matches!(
+                            f.kind,
+                            mappings::custody::Move::Receive | mappings::custody::Move::ReceiveBack
+                        )
+                })
+        };
+        let (state_name, holder): (&'static str, Option<&str>) = match &now {
+            Custody::Unknown => ("unknown", None),
+            Custody::Held(h) => ("held", Some(*h)),
+            Custody::Transit { to: Some(to), .. } if !received(to) => ("awaiting_receipt", Some(*to)),
+            Custody::Transit { to: Some(to), .. } => ("held", Some(*to)),
+            Custody::Transit { from, to: None } => ("in_transit", Some(*from)),
+            Custody::Refused(at) => ("refused_at_receipt", Some(*at)),
+            Custody::Administered(by, _) => ("administered", Some(*by)),
+            Custody::Destroyed(by) => ("destroyed", Some(*by)),
+        };
+        let is_package = packages.contains(code);
+        per_code.push(json!({
+            "code": code,
+            "kind": if is_package { "package" } else { "unit" },
+            "state": state_name,
+            "holder": holder,
+            "last_event": last,
+        }));
+        if is_package {
+            package_count += 1;
+            *package_states.entry(state_name).or_insert(0) += 1;
+            continue;
         }
-        m
-    });
-    let codes: Vec<Value> = holders
+        units += 1;
+        match &now {
+            Custody::Unknown => unknown += 1,
+            Custody::Held(h) => *held.entry(h.to_string()).or_insert(0) += 1,
+            Custody::Transit { to: Some(to), .. } => {
+                *held.entry(to.to_string()).or_insert(0) += 1;
+                if state_name == "awaiting_receipt" {
+                    *awaiting.entry(to.to_string()).or_insert(0) += 1;
+                }
+            }
+            Custody::Transit { from, to: None } => {
+                *in_transit.entry((from.to_string(), String::new())).or_insert(0) += 1;
+            }
+            Custody::Refused(at) => *refused.entry(at.to_string()).or_insert(0) += 1,
+            Custody::Administered(by, n) => {
+                let e = administered.entry(by.to_string()).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += usize::from(*n);
+            }
+            Custody::Destroyed(by) => *destroyed.entry(by.to_string()).or_insert(0) += 1,
+        }
+    }
+    let mut held_list: Vec<(String, usize)> = held.into_iter().collect();
+    held_list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let held_json: Vec<Value> = held_list
         .iter()
-        .map(|(c, (h, last, adm))| json!({ "code": c, "holder": h, "last_event": last, "administered": adm }))
+        .map(|(h, n)| {
+            json!({ "holder": party(state, h), "units": n,
+                    "awaiting_receipt": awaiting.get(h).copied().unwrap_or(0) })
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "lot": lot.as_str(),
-        "codes": codes,
-        "code_count": holders.len(),
-        "administered_doses": administered,
-        "in_stock_by_holder": by_holder,
-        "events": events.len(),
-    })))
+    let mut admin_list: Vec<(String, (usize, usize))> = administered.into_iter().collect();
+    admin_list.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    let administered_doses: usize = admin_list.iter().map(|a| a.1.1).sum();
+    let admin_json: Vec<Value> = admin_list
+        .iter()
+        .map(|(u, (n, d))| json!({ "vaccinating_unit": party(state, u), "units": n, "doses": d }))
+        .collect();
+    let transit_json: Vec<Value> = in_transit
+        .iter()
+        .map(|((from, _), n)| json!({ "from": party(state, from), "units": n }))
+        .collect();
+    let in_stock_by_holder: BTreeMap<&str, usize> = held_list.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    json!({
+        "lot": lot,
+        "units": units,
+        "packages": package_count,
+        "package_states": package_states,
+        "held_by": held_json,
+        "in_transit": transit_json,
+        "refused_at_receipt": tally(state, "holder", refused),
+        "administered_by": admin_json,
+        "administered_doses": administered_doses,
+        "destroyed": tally(state, "by", destroyed),
+        "unknown_units": unknown,
+        "in_stock_by_holder": in_stock_by_holder,
+        "code_count": codes.len(),
+        "codes": per_code,
+    })
 }
 
 pub(crate) async fn event(
