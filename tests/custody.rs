@@ -382,3 +382,132 @@ fn concurrent_batches_cannot_give_one_dose_twice() {
         }
     }
 }
+
+/// A carton of two doses: the trace of one dose holds its own records, its
+/// carton's shipment (relation `parent`) and its lot's release (`lot`), in
+/// time order, and nothing about the other dose unless asked
+/// (`?siblings=true`); the carton's trace shows its doses as `child`.
+#[test]
+fn trace_relations_and_siblings() {
+    let node = Node::start();
+    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
+    let carrier = node.register(
+        "91320100MA1XYA121",
+        "coldlink",
+        "logistics",
+        &["91110000100012345L"],
+        None,
+    );
+    let regulator = node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    );
+    let (u1, u2, carton) = (code(1), code(2), "86123450000000900001".to_string());
+    let release = golden("lot_release", "mah-export.json").remove(0);
+    let r = node.post_batch(&mah, "/v1/transactions", &[from_source(&release, MAH_CODE)]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    produce_and_deliver(&node, &mah, &clinic, &[u1.clone(), u2.clone()]);
+    let ship = golden("shipment", "erp-shipment.json").remove(0);
+    let ship = record(&from_source(&ship, "91110000100012345L"), |e| {
+        e.trace_codes = vec![carton.clone()];
+        e.aggregations = vec![mappings::AggregationLink {
+            parent: carton.clone(),
+            children: vec![u1.clone(), u2.clone()],
+        }];
+        e.occurred_at = at("2024-01-05T12:00:00+08:00");
+        e.from = party(MAH_CODE);
+        e.to = party(CLINIC_A);
+    });
+    let r = node.post_batch(&carrier, "/v1/transactions", &[ship]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    let vax = golden("vaccination", "clinic-ims.json").remove(0);
+    let give = |c: &str, t: &str| {
+        record(&from_source(&vax, CLINIC_A), |e| {
+            e.trace_codes = vec![c.to_string()];
+            e.occurred_at = at(t);
+        })
+    };
+    let aefi = golden("aefi_report", "clinic-aefi.json").remove(0);
+    let aefi = record(&from_source(&aefi, CLINIC_A), |e| e.trace_codes = vec![u2.clone()]);
+    let r = node.post_batch(
+        &clinic,
+        "/v1/transactions",
+        &[
+            give(&u1, "2024-03-05T09:30:00+08:00"),
+            give(&u2, "2024-03-05T10:30:00+08:00"),
+            aefi,
+        ],
+    );
+    assert_eq!(r.body["accepted"], 3, "{}", r.text);
+
+    let read = |path: &str| {
+        let r = node.signed(&regulator.key, "GET", path, Vec::new(), "");
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        r.body
+    };
+    let steps = |t: &Value| -> Vec<(String, String)> {
+        t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["category"].as_str().unwrap().to_string(),
+                    s["relation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    };
+    let t = read(&format!("/v1/trace/{u1}"));
+    assert_eq!(
+        steps(&t),
+        pairs(&[
+            ("lot_release", "lot"),
+            ("production_inbound", "self"),
+            ("outbound", "self"),
+            ("shipment", "parent"),
+            ("inbound_receipt", "self"),
+            ("vaccination", "self"),
+        ]),
+        "{t}"
+    );
+    let times: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["occurred_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "steps in time order");
+    assert!(!t.to_string().contains("aefi_report"), "no sibling's AEFI report: {t}");
+
+    let t = read(&format!("/v1/trace/{u1}?siblings=true"));
+    let with: Vec<(String, String)> = steps(&t);
+    assert!(with.contains(&("vaccination".into(), "sibling".into())), "{t}");
+    assert!(with.contains(&("aefi_report".into(), "sibling".into())), "{t}");
+    let r = node.signed(
+        &regulator.key,
+        "GET",
+        &format!("/v1/trace/{u1}?siblings=maybe"),
+        Vec::new(),
+        "",
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_body"), "{}", r.text);
+
+    let t = read(&format!("/v1/trace/{carton}"));
+    let s = steps(&t);
+    assert!(s.contains(&("shipment".into(), "self".into())), "{t}");
+    assert_eq!(
+        s.iter().filter(|(c, r)| c == "vaccination" && r == "child").count(),
+        2,
+        "{t}"
+    );
+}

@@ -132,7 +132,16 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     }
     let steps = sa["demo_steps"].as_array().unwrap();
     let cats: Vec<&str> = steps.iter().map(|s| s["category"].as_str().unwrap()).collect();
-    assert_eq!(cats[..2], ["lot_release", "production_inbound"], "{cats:?}");
+    // In time order: the dose's production bill, then its lot's release.
+    assert_eq!(cats[..2], ["production_inbound", "lot_release"], "{cats:?}");
+    let relations: Vec<&str> = steps.iter().map(|s| s["relation"].as_str().unwrap()).collect();
+    assert_eq!(relations[..2], ["self", "lot"], "{relations:?}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["category"] != "shipment" || s["relation"] == "parent"),
+        "the carrier ships the dose's carton: {steps:?}"
+    );
     assert_eq!(cats.last(), Some(&"vaccination"), "{cats:?}");
     assert!(cats.iter().filter(|c| **c == "shipment").count() >= 4, "{cats:?}");
     run(&b);

@@ -612,10 +612,12 @@ macro_rules! projection_impl {
                 Ok(m.map(|v| v as u64))
             }
 
-            /// Codes linked to `codes` (parents and children), one step.
-            async fn linked(&self, codes: &[String]) -> Result<Vec<String>, String> {
+            /// Codes linked to `codes` one step up (`up`: their parents) or
+            /// down (their children).
+            async fn linked(&self, codes: &[String], up: bool) -> Result<Vec<String>, String> {
                 let mut out = Vec::new();
-                for (want, have) in [("parent", "child"), ("child", "parent")] {
+                let (want, have) = if up { ("parent", "child") } else { ("child", "parent") };
+                {
                     let mut qb: QueryBuilder<$db> =
                         QueryBuilder::new(format!("SELECT DISTINCT {want} AS c FROM proj_links WHERE {have} IN ("));
                     let mut sep = qb.separated(", ");
@@ -806,19 +808,36 @@ impl Projection {
         Ok(done)
     }
 
-    /// Every code connected to `code` through packaging links (both ways).
-    pub async fn closure(&self, code: &str, max: usize) -> Result<Vec<String>, String> {
-        let mut all = vec![code.to_string()];
-        let mut frontier = all.clone();
+    /// The codes packaging links connect to `code` in one direction: its
+    /// packages, their packages ... (`up`), or its contents (down); at most
+    /// `max`, `code` itself not included.
+    pub async fn packaging(&self, code: &str, up: bool, max: usize) -> Result<Vec<String>, String> {
+        let mut all: Vec<String> = Vec::new();
+        let mut frontier = vec![code.to_string()];
         while !frontier.is_empty() && all.len() < max {
-            let next = each!(self, x => x.linked(&frontier).await)?;
-            frontier = next.into_iter().filter(|c| !all.contains(c)).collect();
+            let next = each!(self, x => x.linked(&frontier, up).await)?;
+            frontier = next.into_iter().filter(|c| c != code && !all.contains(c)).collect();
             frontier.sort();
             frontier.dedup();
             all.extend(frontier.iter().cloned());
         }
         all.truncate(max);
         Ok(all)
+    }
+
+    /// The leaves of the lot-level events of lot `lot` (a
+    /// [`mappings::custody::lot_key`]): its release (批签发) and recall
+    /// records (not the production bills of its other codes).
+    pub async fn lot_event_leaves(&self, lot: &str) -> Result<Vec<u64>, String> {
+        let facts = self.custody_lots(&[lot.to_string()]).await?;
+        let mut leaves: Vec<u64> = facts
+            .into_iter()
+            .filter(|f| f.kind != mappings::custody::LotMove::Produced)
+            .map(|f| f.seq)
+            .collect();
+        leaves.sort_unstable();
+        leaves.dedup();
+        Ok(leaves)
     }
 
     /// Events touching any of `codes`, oldest first.

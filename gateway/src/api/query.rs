@@ -155,10 +155,51 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
     Ok(json!({ "steps": out, "checkpoint": cp }))
 }
 
+/// How a step relates to the code asked for: an event naming it among its
+/// own codes is `self`; one naming a package that holds it (a carton's
+/// shipment) `parent`; one naming what it holds `child`; a lot-level event
+/// (production dates, release, recall) `lot`; with `?siblings=true`, one
+/// about another dose of the same package `sibling`.
+fn relation(
+    doc: &Value,
+    code: &str,
+    ancestors: &BTreeSet<String>,
+    descendants: &BTreeSet<String>,
+    siblings: &BTreeSet<String>,
+) -> &'static str {
+    let own: Vec<&str> = doc["traceCodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let linked = codes_in(doc);
+    let names_one_of = |set: &BTreeSet<String>| linked.iter().any(|c| set.contains(c));
+    if own.contains(&code) {
+        "self"
+    } else if own.iter().any(|c| ancestors.contains(*c)) || linked.iter().any(|c| c == code) {
+        "parent"
+    } else if names_one_of(descendants) {
+        "child"
+    } else if names_one_of(ancestors) {
+        "parent"
+    } else if names_one_of(siblings) {
+        "sibling"
+    } else {
+        "lot"
+    }
+}
+
+/// `GET /v1/trace/{code}[?siblings=true]`: the custody chain of one code,
+/// sorted by time, each step with its `relation` to the code: the code's
+/// own events, its packages' custody and cold chain, what it holds (for a
+/// package), its lot's production, release and recall; other doses of the
+/// same package only when asked (`siblings=true`). A reader sees its own
+/// records, what its read scope grants, and the upstream history of codes
+/// it held (every step dated up to its last custody of the code).
 pub(crate) async fn trace(
     req: HttpRequest,
     state: web::Data<AppState>,
     code: web::Path<String>,
+    query: web::Query<std::collections::HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let reader = reader(&req, &state)?;
     if !mappings::checks::is_trace_code(&code) {
@@ -167,10 +208,110 @@ pub(crate) async fn trace(
             format!("{code} is not a 20-digit trace code (NMPAB/T 1002)"),
         ));
     }
-    let codes = state.projection.closure(&code, MAX_TRACE_CODES).await?;
-    let all = state.projection.events_for_codes(&codes).await?;
+    let with_siblings = match query.get("siblings").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::MalformedBody,
+                format!("siblings {other:?} is not true or false"),
+            ));
+        }
+    };
+    let code = code.into_inner();
+    let ancestors: BTreeSet<String> = state
+        .projection
+        .packaging(&code, true, MAX_TRACE_CODES)
+        .await?
+        .into_iter()
+        .collect();
+    let descendants: BTreeSet<String> = state
+        .projection
+        .packaging(&code, false, MAX_TRACE_CODES)
+        .await?
+        .into_iter()
+        .collect();
+    let mut siblings: BTreeSet<String> = BTreeSet::new();
+    if with_siblings {
+        for a in &ancestors {
+            siblings.extend(state.projection.packaging(a, false, MAX_TRACE_CODES).await?);
+        }
+        siblings.retain(|c| *c != code && !descendants.contains(c) && !ancestors.contains(c));
+    }
+    let codes: Vec<String> = std::iter::once(code.clone())
+        .chain(ancestors.iter().cloned())
+        .chain(descendants.iter().cloned())
+        .collect();
+    let mut all: BTreeMap<u64, ProjectedEvent> = BTreeMap::new();
+    for e in state.projection.events_for_codes(&codes).await? {
+        all.insert(e.leaf_index, e);
+    }
+    if !siblings.is_empty() {
+        let sib: Vec<String> = siblings.iter().cloned().collect();
+        for e in state.projection.events_for_codes(&sib).await? {
+            all.entry(e.leaf_index).or_insert(e);
+        }
+    }
+    // The lot: its production dates, release and recall.
+    let lots: BTreeSet<String> = all
+        .values()
+        .filter_map(|e| e.lot.as_deref())
+        .map(|l| mappings::custody::lot_key(&code[..7], l))
+        .collect();
+    for lot in &lots {
+        let leaves = state.projection.lot_event_leaves(lot).await?;
+        let missing: Vec<u64> = leaves.into_iter().filter(|l| !all.contains_key(l)).collect();
+        for e in state.projection.events_at(&missing).await? {
+            all.insert(e.leaf_index, e);
+        }
+    }
+    // The cold chain of the shipments that carried it: their reading sets.
+    let numbers: BTreeSet<String> = all
+        .values()
+        .filter(|e| e.category == "shipment")
+        .filter_map(|e| e.doc["fields"]["shipment_no"].as_str().map(str::to_string))
+        .collect();
+    let mut reading_of: BTreeMap<u64, String> = BTreeMap::new();
+    for no in &numbers {
+        for e in state.projection.events_for_shipment(no).await? {
+            if e.category == "cold_chain_readings" && !all.contains_key(&e.leaf_index) {
+                reading_of.insert(e.leaf_index, no.clone());
+                all.insert(e.leaf_index, e);
+            }
+        }
+    }
+    let mut relations: BTreeMap<u64, &'static str> = BTreeMap::new();
+    let shipment_relation: BTreeMap<String, &'static str> = all
+        .values()
+        .filter(|e| e.category == "shipment")
+        .filter_map(|e| {
+            let no = e.doc["fields"]["shipment_no"].as_str()?.to_string();
+            Some((no, relation(&e.doc, &code, &ancestors, &descendants, &siblings)))
+        })
+        .collect();
+    for e in all.values() {
+        let r = match reading_of.get(&e.leaf_index) {
+            Some(no) => shipment_relation.get(no).copied().unwrap_or("parent"),
+            None => relation(&e.doc, &code, &ancestors, &descendants, &siblings),
+        };
+        relations.insert(e.leaf_index, r);
+    }
+    let mut all: Vec<ProjectedEvent> = all.into_values().collect();
+    all.sort_by_key(|e| (e.occurred_ms, e.leaf_index));
     let total = all.len();
-    let events: Vec<ProjectedEvent> = all.into_iter().filter(|e| visible(&reader, e)).collect();
+    // A holder reads the upstream history of what it held.
+    let held_until: Option<i64> = state
+        .projection
+        .custody_facts(&codes)
+        .await?
+        .into_iter()
+        .filter(|f| f.actor == reader.id)
+        .map(|f| f.at_ms)
+        .max();
+    let events: Vec<ProjectedEvent> = all
+        .into_iter()
+        .filter(|e| visible(&reader, e) || held_until.is_some_and(|t| e.occurred_ms <= t))
+        .collect();
     if events.is_empty() {
         let msg = if total == 0 {
             format!("no events for trace code {code}")
@@ -183,8 +324,14 @@ pub(crate) async fn trace(
         ));
     }
     let hidden = total - events.len();
+    let leaves: Vec<u64> = events.iter().map(|e| e.leaf_index).collect();
     let mut body = steps(&state, &reader, events).await?;
-    body["code"] = json!(code.as_str());
+    if let Some(steps) = body["steps"].as_array_mut() {
+        for (s, leaf) in steps.iter_mut().zip(leaves) {
+            s["relation"] = json!(relations.get(&leaf).copied().unwrap_or("self"));
+        }
+    }
+    body["code"] = json!(code);
     body["codes"] = json!(codes);
     body["hidden_steps"] = json!(hidden);
     Ok(HttpResponse::Ok().json(body))

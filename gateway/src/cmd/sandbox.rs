@@ -1104,39 +1104,11 @@ async fn demo_trace(
     let empty = Vec::new();
     let mut vaccination_tx = None;
     let mut legs = Vec::new();
-    // The lot release is a lot-level event (no trace codes): fetch it by its
-    // id, derived from the holder's export record `L-<lot>`.
-    let lot_record = format!("L-{}", manifest.demo_lot);
-    let id = TraceEvent::derive_id("mah-export", "lot_release", &lot_record);
-    let rel: Value = serde_json::from_slice(
-        &client
-            .get(&format!("/v1/events/{id}"))
-            .await
-            .with_context(|| format!("GET /v1/events/{id} (lot release of {})", manifest.demo_lot))?,
-    )?;
-    let rel = &rel["event"];
-    text.push_str(&format!(
-        "  {:<25} {:<19} {:<10} block {:>5}  lot {} released, certificate {}\n",
-        rel["occurred_at"].as_str().unwrap_or("-"),
-        "lot_release",
-        rel["signer"]["alias"].as_str().unwrap_or("-"),
-        rel["height"],
-        manifest.demo_lot,
-        rel["event"]["fields"]["lot_release_cert_no"].as_str().unwrap_or("-"),
-    ));
-    steps.push(json!({"category": "lot_release", "occurred_at": rel["occurred_at"], "signer": rel["signer"]["alias"]}));
     for s in t["steps"].as_array().unwrap_or(&empty) {
         let ev = &s["event"];
         let f = &ev["fields"];
         let cat = s["category"].as_str().unwrap_or("?");
-        // The trace follows packaging (a carton's units): keep the dose's own
-        // vaccination and AEFI, not its carton siblings'.
-        let own = ev["traceCodes"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(code.as_str())));
-        if matches!(cat, "vaccination" | "aefi_report") && !own {
-            continue;
-        }
+        let relation = s["relation"].as_str().unwrap_or("?");
         let detail = match cat {
             "production_inbound" | "inbound_receipt" | "outbound" | "recall" | "return" | "loss_destruction" => {
                 format!(
@@ -1173,14 +1145,15 @@ async fn demo_trace(
             _ => String::new(),
         };
         text.push_str(&format!(
-            "  {:<25} {:<19} {:<10} block {:>5}  {}\n",
+            "  {:<25} {:<19} {:<7} {:<10} block {:>5}  {}\n",
             s["occurred_at"].as_str().unwrap_or("-"),
             cat,
+            relation,
             s["signer"]["alias"].as_str().unwrap_or("-"),
             s["height"],
             detail
         ));
-        steps.push(json!({"category": cat, "occurred_at": s["occurred_at"], "signer": s["signer"]["alias"]}));
+        steps.push(json!({"category": cat, "relation": relation, "occurred_at": s["occurred_at"], "signer": s["signer"]["alias"]}));
     }
     // Temperature history: the reading sets of each leg's logger, from the
     // ledger (event ids derive from the cold-chain source and record key).
