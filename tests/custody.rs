@@ -352,6 +352,31 @@ fn custody_rules(node: Node) {
         .cloned()
         .unwrap();
     assert_eq!(v["alerts"][0]["rules"], json!(["recalled_used"]), "{v}");
+
+    // 7. Clinic A's stock now: of the ten doses delivered, 0-4 and 7 were
+    // given (1 again after its cancellation), 5 destroyed, 6 given by clinic
+    // B, 9 recalled: only dose 8 (whose vaccination was refused) is left.
+    let r = node.signed(
+        &clinic_a.key,
+        "GET",
+        &format!("/v1/holders/{}/stock?codes=true", clinic_a.id),
+        Vec::new(),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["units"], 1, "{}", r.text);
+    assert_eq!(r.body["lots"][0]["lot"], LOT, "{}", r.text);
+    assert_eq!(r.body["lots"][0]["codes"], json!([code(8)]), "{}", r.text);
+    let by_alias = node.signed(&regulator.key, "GET", "/v1/holders/meiyuan/stock", Vec::new(), "");
+    assert_eq!(by_alias.body["units"], 1, "{}", by_alias.text);
+    let other = node.signed(
+        &clinic_b.key,
+        "GET",
+        &format!("/v1/holders/{}/stock", clinic_a.id),
+        Vec::new(),
+        "",
+    );
+    assert_eq!((other.status, other.code()), (403, "forbidden"), "{}", other.text);
 }
 
 /// Eight batches sent at once, each giving the same dose: the gateway judges

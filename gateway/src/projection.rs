@@ -53,8 +53,10 @@ const SCHEMA: &[&str] = &[
     // rows, read by the primary key.
     "CREATE TABLE IF NOT EXISTS custody_facts (code TEXT NOT NULL, leaf_index BIGINT NOT NULL,
         occurred_ms BIGINT NOT NULL, kind SMALLINT NOT NULL, actor TEXT NOT NULL, peer TEXT,
-        doses INTEGER NOT NULL, event_id TEXT NOT NULL, cancels TEXT,
+        doses INTEGER NOT NULL, event_id TEXT NOT NULL, cancels TEXT, lot TEXT, holder TEXT,
         PRIMARY KEY (code, leaf_index)){wr}",
+    // A holder's candidate stock: every code some fact left with it.
+    "CREATE INDEX IF NOT EXISTS custody_facts_holder ON custody_facts (holder, code)",
     "CREATE TABLE IF NOT EXISTS custody_lots (lot TEXT NOT NULL, leaf_index BIGINT NOT NULL, kind SMALLINT NOT NULL,
         occurred_ms BIGINT NOT NULL, day1 TEXT, day2 TEXT, ok SMALLINT NOT NULL, event_id TEXT NOT NULL,
         PRIMARY KEY (lot, leaf_index, kind)){wr}",
@@ -392,7 +394,7 @@ macro_rules! projection_impl {
                     chunk.iter().flat_map(|(l, row)| row.facts.iter().map(move |f| (*l, f))).collect();
                 for fc in facts.chunks(2000) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO custody_facts (code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels) ",
+                        "INSERT INTO custody_facts (code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot, holder) ",
                     );
                     qb.push_values(fc, |mut r, (l, f)| {
                         r.push_bind(f.code.clone())
@@ -403,7 +405,9 @@ macro_rules! projection_impl {
                             .push_bind(f.peer.clone())
                             .push_bind(i32::from(f.doses))
                             .push_bind(f.event_id.to_string())
-                            .push_bind(f.cancels.map(|c| c.to_string()));
+                            .push_bind(f.cancels.map(|c| c.to_string()))
+                            .push_bind(f.lot.clone())
+                            .push_bind(f.holder_after().map(str::to_string));
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
@@ -461,7 +465,7 @@ macro_rules! projection_impl {
                 let mut out = Vec::new();
                 for cc in codes.chunks(5000) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels FROM custody_facts WHERE code IN (",
+                        "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot FROM custody_facts WHERE code IN (",
                     );
                     let mut sep = qb.separated(", ");
                     for c in cc {
@@ -483,6 +487,7 @@ macro_rules! projection_impl {
                             doses: u16::try_from(r.try_get::<i32, _>("doses").map_err(e)?).unwrap_or(0),
                             event_id: uuid(r.try_get("event_id").map_err(e)?)?,
                             cancels: r.try_get::<Option<String>, _>("cancels").map_err(e)?.map(uuid).transpose()?,
+                            lot: r.try_get("lot").map_err(e)?,
                         });
                     }
                 }
@@ -521,6 +526,16 @@ macro_rules! projection_impl {
                     });
                 }
                 Ok(out)
+            }
+
+            /// Every code some custody fact left with `holder`.
+            async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT DISTINCT code FROM custody_facts WHERE holder = ");
+                qb.push_bind(holder.to_string());
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>("code").map_err(|e| e.to_string()))
+                    .collect()
             }
 
             /// Open (unresolved) pending alerts touching `codes`, with every
@@ -905,6 +920,12 @@ impl Projection {
     /// Every custody fact of these lots.
     pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
         each!(self, x => x.custody_lots(lots).await)
+    }
+
+    /// Every code some custody fact left with `holder` (an entity id): the
+    /// candidates of its stock.
+    pub async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
+        each!(self, x => x.codes_left_with(holder).await)
     }
 
     /// Open pending alerts touching `codes`: (code, alert leaf, event leaf)

@@ -287,6 +287,14 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: "GET",
+        path: "/v1/holders/{id}/stock",
+        auth: Auth::Read,
+        summary: "What an entity holds now, from custody state, by product and lot (the entity itself and regulators)",
+        query: &[("codes", "true: list the trace codes of each lot; default false")],
+        handler: || web::get().to(crate::api::query::stock),
+    },
+    RouteSpec {
+        method: "GET",
         path: "/v1/batches/{lot}/recall",
         auth: Auth::Read,
         summary: "Recall scope of a lot from custody state: units per holder, in transit, refused, administered per vaccinating unit, destroyed, unknown; packages apart",

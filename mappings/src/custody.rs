@@ -131,6 +131,22 @@ pub struct Fact {
     pub doses: u16,
     /// For [`Move::Cancel`]: the cancelled event.
     pub cancels: Option<Uuid>,
+    /// The record's lot ([`lot_key`]), if it names one.
+    pub lot: Option<String>,
+}
+
+impl Fact {
+    /// Who has the code once this fact happened: the actor of a
+    /// production, receipt, vaccination or destruction, the receiver of a
+    /// dispatch or transport (if named); `None` for a cancellation.
+    #[must_use]
+    pub fn holder_after(&self) -> Option<&str> {
+        match self.kind {
+            Move::Dispatch | Move::DispatchBack | Move::Transport => self.peer.as_deref(),
+            Move::Cancel => None,
+            _ => Some(&self.actor),
+        }
+    }
 }
 
 /// What an event said about a lot.
@@ -325,6 +341,7 @@ pub fn facts_of(ev: &TraceEvent, seq: u64, party: &dyn Fn(&str) -> String) -> Ev
             peer: peer.clone(),
             doses,
             cancels: None,
+            lot: lot.clone(),
         })
         .collect();
     out
@@ -346,6 +363,7 @@ pub fn cancel_facts(cancellation: &TraceEvent, seq: u64, codes: &[String], cance
             peer: None,
             doses: 0,
             cancels: Some(cancelled),
+            lot: None,
         })
         .collect()
 }

@@ -520,6 +520,95 @@ fn recall_answer(
     })
 }
 
+/// `GET /v1/holders/{id}/stock[?codes=true]`: what an entity holds now,
+/// from custody state (docs/custody.md), by product and lot: units in its
+/// stock (of which deliveries awaiting its receipt), and units refused at
+/// its receipt (with it, not in its stock). Read by the entity itself and by
+/// readers whose scope is everything (regulators). `codes=true` lists the
+/// trace codes too.
+pub(crate) async fn stock(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    use mappings::custody::Custody;
+    let reader = reader(&req, &state)?;
+    let with_codes = match query.get("codes").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::MalformedBody,
+                format!("codes {other:?} is not true or false"),
+            ));
+        }
+    };
+    let holder = {
+        let reg = state
+            .registry
+            .read()
+            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        reg.entity(&id)
+            .or_else(|| reg.entity_of_code(&id))
+            .map(|e| e.id.clone())
+            .ok_or_else(|| ApiError::new(Code::NotFound, format!("no registered entity {id}")))?
+    };
+    if holder != reader.id && !reader.policy.read.all {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "the stock of {holder} is read by itself and by regulators, not by {}",
+                reader.alias
+            ),
+        ));
+    }
+    let candidates = state.projection.codes_left_with(&holder).await?;
+    let mut book = mappings::custody::Book::new();
+    book.add(state.projection.custody_facts(&candidates).await?);
+    // lot → (units held, awaiting receipt, refused at receipt, codes)
+    let mut lots: BTreeMap<String, (usize, usize, usize, Vec<String>)> = BTreeMap::new();
+    for code in &candidates {
+        let hist = book.history(code);
+        let (held, awaiting, refused) = match Custody::after(&hist) {
+            Custody::Held(h) if h == holder => (1, 0, 0),
+            Custody::Transit { to: Some(to), .. } if to == holder => (1, 1, 0),
+            Custody::Refused(at) if at == holder => (0, 0, 1),
+            _ => continue,
+        };
+        let lot = hist
+            .iter()
+            .rev()
+            .find_map(|f| f.lot.clone())
+            .unwrap_or_else(|| format!("{}/?", &code[..7.min(code.len())]));
+        let e = lots.entry(lot).or_default();
+        e.0 += held;
+        e.1 += awaiting;
+        e.2 += refused;
+        if with_codes {
+            e.3.push(code.clone());
+        }
+    }
+    let rows: Vec<Value> = lots
+        .into_iter()
+        .map(|(lot, (units, awaiting, refused, codes))| {
+            let (product, number) = lot.split_once('/').unwrap_or(("", lot.as_str()));
+            let mut row = json!({ "product": product, "lot": number, "units": units,
+                                  "awaiting_receipt": awaiting, "refused_at_receipt": refused });
+            if with_codes {
+                row["codes"] = json!(codes);
+            }
+            row
+        })
+        .collect();
+    let units: usize = rows.iter().filter_map(|r| r["units"].as_u64()).sum::<u64>() as usize;
+    Ok(HttpResponse::Ok().json(json!({
+        "holder": party(&state, &holder),
+        "units": units,
+        "lots": rows,
+    })))
+}
+
 pub(crate) async fn event(
     req: HttpRequest,
     state: web::Data<AppState>,
