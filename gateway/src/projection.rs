@@ -528,6 +528,24 @@ macro_rules! projection_impl {
                 Ok(out)
             }
 
+            /// Which of `codes` are packages (the parent of some link).
+            async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, String> {
+                let mut out = Vec::new();
+                for cc in codes.chunks(5000) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("SELECT DISTINCT parent FROM proj_links WHERE parent IN (");
+                    let mut sep = qb.separated(", ");
+                    for c in cc {
+                        sep.push_bind(c.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        out.push(r.try_get::<String, _>("parent").map_err(|e| e.to_string())?);
+                    }
+                }
+                Ok(out)
+            }
+
             /// Every code some custody fact left with `holder`.
             async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT DISTINCT code FROM custody_facts WHERE holder = ");
@@ -920,6 +938,14 @@ impl Projection {
     /// Every custody fact of these lots.
     pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
         each!(self, x => x.custody_lots(lots).await)
+    }
+
+    /// Which of `codes` are packages: the parent of some packaging link.
+    pub async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.parents_among(codes).await)
     }
 
     /// Every code some custody fact left with `holder` (an entity id): the

@@ -521,9 +521,10 @@ fn recall_answer(
 }
 
 /// `GET /v1/holders/{id}/stock[?codes=true]`: what an entity holds now,
-/// from custody state (docs/custody.md), by product and lot: units in its
-/// stock (of which deliveries awaiting its receipt), and units refused at
-/// its receipt (with it, not in its stock). Read by the entity itself and by
+/// from custody state (docs/custody.md), by product and lot: unit doses in
+/// its stock (of which deliveries awaiting its receipt), and units refused
+/// at its receipt (with it, not in its stock); packages (cartons) counted
+/// apart. Read by the entity itself and by
 /// readers whose scope is everything (regulators). `codes=true` lists the
 /// trace codes too.
 pub(crate) async fn stock(
@@ -564,10 +565,12 @@ pub(crate) async fn stock(
         ));
     }
     let candidates = state.projection.codes_left_with(&holder).await?;
+    let packages: BTreeSet<String> = state.projection.parents_among(&candidates).await?.into_iter().collect();
     let mut book = mappings::custody::Book::new();
     book.add(state.projection.custody_facts(&candidates).await?);
     // lot → (units held, awaiting receipt, refused at receipt, codes)
     let mut lots: BTreeMap<String, (usize, usize, usize, Vec<String>)> = BTreeMap::new();
+    let mut package_count = 0usize;
     for code in &candidates {
         let hist = book.history(code);
         let (held, awaiting, refused) = match Custody::after(&hist) {
@@ -576,6 +579,10 @@ pub(crate) async fn stock(
             Custody::Refused(at) if at == holder => (0, 0, 1),
             _ => continue,
         };
+        if packages.contains(code) {
+            package_count += held;
+            continue;
+        }
         let lot = hist
             .iter()
             .rev()
@@ -605,6 +612,7 @@ pub(crate) async fn stock(
     Ok(HttpResponse::Ok().json(json!({
         "holder": party(&state, &holder),
         "units": units,
+        "packages": package_count,
         "lots": rows,
     })))
 }

@@ -597,6 +597,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let regulator = open_key(&keys, "nmpa-js", &pass)?;
     let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator))?;
     let refused = rt.block_on(refused_delivery(&manifest, &base, open_key(&keys, "nmpa-js", &pass)?))?;
+    let stock = rt.block_on(stock_reconciliation(&dir, &base, open_key(&keys, "nmpa-js", &pass)?))?;
 
     // Summary.
     println!();
@@ -634,6 +635,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     println!();
     print!("{}", trace.text);
     print!("{}", refused.0);
+    print!("{}", stock.0);
     let partner_key = keys.join("partner.key.pem");
     println!("\n== partner queries (ready to paste; the partner may read product 8612345) ==");
     println!(
@@ -681,6 +683,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         "demo_steps": trace.steps,
         "demo_proof_verified": trace.proof_ok,
         "refused_delivery": refused.1,
+        "stock_reconciliation": stock.1,
         "gateway": base,
         "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
     });
@@ -1027,6 +1030,83 @@ fn gateway_client(base: &str, key: Sm2SigningKey) -> anyhow::Result<GatewayClien
         },
         key,
     )?)
+}
+
+/// Clinic A's legacy stock table (`T_KC_YMKC`, rows `在库`) against what
+/// the ledger says it holds (`GET /v1/holders/{id}/stock`, custody state),
+/// lot by lot, with the codes that differ: the first question a county CDC
+/// asks. Text for the summary and its JSON.
+async fn stock_reconciliation(dir: &Path, base: &str, key: Sm2SigningKey) -> anyhow::Result<(String, Value)> {
+    use std::collections::BTreeSet;
+    let clinic = sandbox::world::CLINIC_A;
+    let rows = sandbox::sqlite_rows(&dir.join("clinic/clinic.db"), "T_KC_YMKC", "KCID").await?;
+    let mut legacy: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r["ZT"] == "在库") {
+        if let (Some(lot), Some(code)) = (r["PH"].as_str(), r["DZJGM"].as_str()) {
+            legacy.entry(lot.to_string()).or_default().insert(code.to_string());
+        }
+    }
+    let client = gateway_client(base, key)?;
+    let path = format!("/v1/holders/{}/stock?codes=true", clinic.uscc);
+    let body = client.get(&path).await.with_context(|| format!("GET {path}"))?;
+    let answer: Value = serde_json::from_slice(&body)?;
+    let mut ledger: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for l in answer["lots"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let codes = l["codes"].as_array().map(Vec::as_slice).unwrap_or_default();
+        ledger
+            .entry(l["lot"].as_str().unwrap_or("?").to_string())
+            .or_default()
+            .extend(codes.iter().filter_map(|c| c.as_str().map(str::to_string)));
+    }
+    let mut text = format!(
+        "\n== stock reconciliation: {} ({}), legacy table T_KC_YMKC (在库) against the ledger ==\n",
+        clinic.alias, clinic.uscc
+    );
+    let lots: BTreeSet<&String> = legacy.keys().chain(ledger.keys()).collect();
+    let empty = BTreeSet::new();
+    let mut out = Vec::new();
+    for lot in lots {
+        let (l, g) = (legacy.get(lot).unwrap_or(&empty), ledger.get(lot).unwrap_or(&empty));
+        let only_legacy: Vec<&String> = l.difference(g).collect();
+        let only_ledger: Vec<&String> = g.difference(l).collect();
+        text.push_str(&format!(
+            "  lot {lot:<12} legacy {:>5}  ledger {:>5}  {}\n",
+            l.len(),
+            g.len(),
+            if only_legacy.is_empty() && only_ledger.is_empty() {
+                "same codes".to_string()
+            } else {
+                format!(
+                    "{} only in the legacy table, {} only in the ledger",
+                    only_legacy.len(),
+                    only_ledger.len()
+                )
+            }
+        ));
+        for (what, codes) in [
+            ("only in the legacy table", &only_legacy),
+            ("only in the ledger", &only_ledger),
+        ] {
+            if !codes.is_empty() {
+                let shown: Vec<&str> = codes.iter().take(5).map(|c| c.as_str()).collect();
+                text.push_str(&format!(
+                    "    {what}: {}{}\n",
+                    shown.join(", "),
+                    if codes.len() > 5 {
+                        format!(" and {} more", codes.len() - 5)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        out.push(json!({ "lot": lot, "legacy": l.len(), "ledger": g.len(),
+                         "only_legacy": only_legacy, "only_ledger": only_ledger }));
+    }
+    text.push_str(
+        "  (a dose the legacy system records as given whose vaccination record the agent quarantined is still in the ledger's stock: see `vaxgate agent quarantine list`)\n",
+    );
+    Ok((text, json!({ "holder": clinic.uscc, "lots": out })))
 }
 
 /// The delivery the world refuses at receipt (an arrival temperature out
