@@ -311,7 +311,7 @@ impl Custody {
             for f in per_record {
                 let mut v = RecordVerdict::default();
                 for finding in custody::judge(&f, &book) {
-                    match self.action(finding.rule) {
+                    match finding.action(self.action(finding.rule)) {
                         Action::Refuse => v.refused.push(finding),
                         Action::Flag => v.flagged.push(finding),
                         Action::Pending => v.pending.push(finding),

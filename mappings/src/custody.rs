@@ -511,6 +511,24 @@ pub struct Finding {
     pub conflict: Option<(Uuid, u64)>,
     /// For a person: what was wrong, without personal data.
     pub message: String,
+    /// The conflicting record is dated *after* this one, which may be the
+    /// true one of the two (records arrive out of order): a refusal is
+    /// kept and flagged instead ([`Finding::action`]).
+    pub later: bool,
+}
+
+impl Finding {
+    /// What to do with the record: the rule's configured action, except
+    /// that a record whose conflict is dated after it is flagged, not
+    /// refused (the earlier record is not the impossible one of the two).
+    #[must_use]
+    pub fn action(&self, configured: Action) -> Action {
+        if self.later && configured == Action::Refuse {
+            Action::Flag
+        } else {
+            configured
+        }
+    }
 }
 
 /// What is known of the codes and lots a batch touches: every fact already
@@ -730,6 +748,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             rule,
             code: code.to_string(),
             conflict: conflict.map(|c| (c.event_id, c.seq)),
+            later: conflict.is_some_and(|c| c.at_ms > f.at_ms),
             message,
         });
     };
@@ -783,14 +802,22 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         .unwrap_or(1);
     let given: Vec<&Fact> = hist.iter().copied().filter(|g| g.kind == Move::Administer).collect();
     if f.kind == Move::Administer && given.len() >= usize::from(doses) {
-        let last = given[given.len() - 1];
+        // The conflict: the last dose given up to this one's time, else the
+        // first given after it.
+        let prior = given.iter().copied().filter(|g| g.at_ms <= f.at_ms).count();
+        let conflict = if prior >= usize::from(doses) {
+            given[prior - 1]
+        } else {
+            given[prior]
+        };
         find(
             Rule::AdministeredTwice,
-            Some(last),
+            Some(conflict),
             format!(
-                "code {code} holds {doses} dose(s), already given {} time(s), last by {}",
+                "code {code} holds {doses} dose(s), already given {} time(s), {} by {}",
                 given.len(),
-                name(last)
+                if conflict.at_ms > f.at_ms { "later" } else { "last" },
+                name(conflict)
             ),
         );
     } else if f.kind != Move::Administer

@@ -194,8 +194,13 @@ pub struct Manifest {
     pub entities: Vec<Entity>,
     /// Sources in the order an agent should read them (upstream first).
     pub sources: Vec<Source>,
-    /// Dirty records.
+    /// Dirty records (refused by the agent's mapping and validation, or by
+    /// the gateway's custody rules).
     pub expected_rejects: Vec<ExpectedReject>,
+    /// Records the gateway keeps and flags with a custody alert (a recalled
+    /// dose given: docs/custody.md).
+    #[serde(default)]
+    pub expected_flags: Vec<ExpectedReject>,
     /// A dose whose trace is complete: production to vaccination.
     pub demo_trace_code: String,
     /// The lot number of the demo dose.
@@ -560,6 +565,16 @@ fn manifest(w: &world::World, opts: &Options, sources: Vec<Source>) -> Manifest 
         entities: entities(),
         sources,
         expected_rejects: rejects,
+        expected_flags: w
+            .vaccinations
+            .iter()
+            .filter(|v| v.dirty.is_none() && v.lot == w.recalled_lot && v.time >= w.recall.1)
+            .map(|v| ExpectedReject {
+                source: if v.clinic == 0 { "clinic-ims" } else { "hl7-vxu" }.into(),
+                record: v.id.clone(),
+                rule: "recalled_used".into(),
+            })
+            .collect(),
         demo_trace_code: demo.map(|v| v.code.clone()).unwrap_or_default(),
         demo_lot: demo.map(|v| w.lots[v.lot].number.clone()).unwrap_or_default(),
         recalled_lot: w.lots[w.recalled_lot].number.clone(),

@@ -141,7 +141,13 @@ fn every_record_maps_except_the_intended_dirty_rows() {
     let dir = tempfile::tempdir().unwrap();
     let m = gen_into(dir.path(), 3, 600);
     let mapped = map_all(dir.path(), &m);
-    let expected: BTreeSet<ExpectedReject> = m.expected_rejects.iter().cloned().collect();
+    // The custody violations map cleanly: the gateway refuses them.
+    let expected: BTreeSet<ExpectedReject> = m
+        .expected_rejects
+        .iter()
+        .filter(|r| mappings::custody::Rule::parse(&r.rule).is_none())
+        .cloned()
+        .collect();
     assert_eq!(mapped.errors, expected, "errors differ from the intended dirty rows");
     // one of each kind: clinic, HL7, AEFI, cold chain, EMR, CDC, ERP
     let sources: BTreeSet<&str> = expected.iter().map(|e| e.source.as_str()).collect();
@@ -155,10 +161,22 @@ fn every_record_maps_except_the_intended_dirty_rows() {
         );
     }
     assert_eq!(mapped.warnings.len(), 1);
-    // No dose is given twice (the quality rule across records).
+    // No dose is given twice (the quality rule across records), but for the
+    // deliberate incident the gateway refuses (administered_twice).
     let ds = Dataset::builtin();
     let mut q = QualityTracker::new(&ds);
-    for e in mapped.events.iter().filter(|e| e.category == "vaccination") {
+    let twice: BTreeSet<&str> = m
+        .expected_rejects
+        .iter()
+        .filter(|r| r.rule == "administered_twice")
+        .map(|r| r.record.as_str())
+        .collect();
+    assert_eq!(twice.len(), 1, "{:?}", m.expected_rejects);
+    for e in mapped
+        .events
+        .iter()
+        .filter(|e| e.category == "vaccination" && !twice.iter().any(|r| e.record_key.ends_with(r)))
+    {
         assert!(q.observe(e).is_empty(), "{}", e.record_key);
     }
     let cats: BTreeSet<&str> = mapped.events.iter().map(|e| e.category.as_str()).collect();
@@ -273,12 +291,21 @@ fn lifecycle_is_consistent() {
     }
     assert!(!recalled.is_empty());
 
-    // Every vaccinated code was shipped and billed to that clinic before.
+    // Every vaccinated code was shipped and billed to that clinic before,
+    // but for the deliberate custody incidents the gateway must catch.
+    let incidents: BTreeSet<&str> = m
+        .expected_rejects
+        .iter()
+        .filter(|r| mappings::custody::Rule::parse(&r.rule).is_some())
+        .chain(&m.expected_flags)
+        .map(|r| r.record.as_str())
+        .collect();
+    assert_eq!(incidents.len(), 3, "{incidents:?}");
     let recall_at = world::recall_time();
     let mut given = Vec::new();
     for r in rows("clinic/clinic.db", "T_JZ_JZJL", "JZRQ, JZJL_ID") {
         let code = s(&r, "DZJGM").trim().to_string();
-        if !code.is_empty() {
+        if !code.is_empty() && !incidents.contains(s(&r, "JZJL_ID")) {
             given.push((
                 code,
                 world::CLINIC_A.code,
@@ -291,6 +318,18 @@ fn lifecycle_is_consistent() {
         let text = std::fs::read_to_string(d.join("hl7").join(f)).unwrap();
         for msg in text.split("MSH|").skip(1) {
             let seg = |name: &str| msg.split('\r').find(|l| l.starts_with(name)).unwrap().to_string();
+            // MSH-10 (the split removed "MSH|": field 1 is MSH-2).
+            let control = msg
+                .split('\r')
+                .next()
+                .unwrap_or("")
+                .split('|')
+                .nth(8)
+                .unwrap_or("")
+                .to_string();
+            if incidents.iter().any(|id| control == format!("MSG{id}")) {
+                continue;
+            }
             let rxa: Vec<String> = seg("RXA|").split('|').map(str::to_string).collect();
             let code = msg.split("ZTC^疫苗追溯码^L|1|").nth(1).unwrap()[..20].to_string();
             given.push((
@@ -301,7 +340,7 @@ fn lifecycle_is_consistent() {
             ));
         }
     }
-    assert!(given.len() >= m.vaccinations - 1);
+    assert!(given.len() >= m.vaccinations - 1 - incidents.len());
     let mut seen = BTreeSet::new();
     for (code, clinic, at, lot) in &given {
         assert!(seen.insert(code.clone()), "{code} given twice");
@@ -342,6 +381,7 @@ fn specs_are_embedded_and_renamed() {
         entities: Vec::new(),
         sources: Vec::new(),
         expected_rejects: Vec::new(),
+        expected_flags: Vec::new(),
         demo_trace_code: String::new(),
         demo_lot: String::new(),
         recalled_lot: String::new(),

@@ -895,9 +895,39 @@ pub fn simulate(seed: u64, doses: usize) -> World {
             dirty: None,
         });
     }
-    // Stock states: used and recalled units.
-    let used: std::collections::BTreeSet<&str> = w.vaccinations.iter().map(|v| v.code.as_str()).collect();
+    // Stock states: used and recalled units. One unit of the recalled lot
+    // that clinic A still has is given after the recall began (an incident
+    // the gateway keeps and flags as recalled_used) instead of being sent
+    // back.
+    let (_, rt) = w.recall.clone();
     let recalled = w.recalled_lot;
+    let given_after_recall = {
+        let used: std::collections::BTreeSet<&str> = w.vaccinations.iter().map(|v| v.code.as_str()).collect();
+        w.clinic_stock
+            .iter()
+            .find(|s| s.0 == 0 && s.1 == recalled && !used.contains(s.2.as_str()))
+            .map(|s| s.2.clone())
+    };
+    if let Some(code) = &given_after_recall {
+        let person = n_children; // an adult: the recalled lot is the flu vaccine's
+        w.vaccinations.push(Vaccination {
+            id: format!(
+                "JZ{}{}R001",
+                &CLINIC_A.code[6..],
+                (rt + Duration::days(1)).date().format("%Y%m%d")
+            ),
+            clinic: 0,
+            time: rt + Duration::days(1),
+            person,
+            lot: recalled,
+            code: code.clone(),
+            dose: 1,
+            site: 1,
+            clinician: 1,
+            dirty: None,
+        });
+    }
+    let used: std::collections::BTreeSet<&str> = w.vaccinations.iter().map(|v| v.code.as_str()).collect();
     let mut returned = Vec::new();
     let mut returned_by: [Vec<String>; 2] = Default::default();
     for s in &mut w.clinic_stock {
@@ -911,7 +941,7 @@ pub fn simulate(seed: u64, doses: usize) -> World {
     }
     // Recall bills: whatever each CDC still holds of the lot, plus what the
     // clinics send back through the county.
-    let (notice, rt) = w.recall.clone();
+    let notice = w.recall.0.clone();
     let reason = "持有人主动召回: 效价检测偏低";
     // The clinics bill nothing: the county documents what each sends back
     // (103 退货入库 from the clinic) before recalling it with its own stock.
@@ -1005,6 +1035,36 @@ pub fn simulate(seed: u64, doses: usize) -> World {
     }
     if let Some(i) = pick_dirty(&w, 1, 5, true) {
         w.vaccinations[i].dirty = Some("id_number_check");
+    }
+    // Custody violations the gateway refuses whichever agent sends them
+    // (docs/custody.md): a dose clinic A gave, given again two days later
+    // in clinic B's HL7 feed (administered_twice); a dose of the delivery
+    // refused at receipt and destroyed by the province, given by clinic A
+    // (destroyed_used).
+    if let Some(v) = w
+        .vaccinations
+        .iter()
+        .find(|v| v.clinic == 0 && v.dirty.is_none())
+        .cloned()
+    {
+        let again = v.time + Duration::days(2);
+        w.vaccinations.push(Vaccination {
+            id: format!("JZ{}{}X001", &CLINIC_B.code[6..], again.date().format("%Y%m%d")),
+            clinic: 1,
+            time: again,
+            dirty: Some("administered_twice"),
+            ..v.clone()
+        });
+        let destroyed_at = w.trips[w.shipments[w.refused_shipment].trip].arrive + Duration::days(14);
+        w.vaccinations.push(Vaccination {
+            id: format!("JZ{}{}X002", &CLINIC_A.code[6..], destroyed_at.date().format("%Y%m%d")),
+            clinic: 0,
+            time: destroyed_at,
+            lot: 0,
+            code: w.lots[0].unit_code((refused_cartons[0] - 1) * CARTON + 1),
+            dirty: Some("destroyed_used"),
+            ..v
+        });
     }
 
     // AEFI reports for about 1 % of clinic A's doses.

@@ -352,6 +352,32 @@ fn ledger_transactions(port: u16) -> Option<u64> {
     serde_json::from_str::<Value>(body).ok()?["transactions"].as_u64()
 }
 
+/// The gateway's custody findings so far (`vaxgate_custody_findings_total`
+/// on `/metrics`): action → rule → records (docs/custody.md).
+fn custody_findings(port: u16) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let Some(buf) = http_get(port, "/metrics") else {
+        return out;
+    };
+    for line in buf.lines().filter(|l| l.starts_with("vaxgate_custody_findings_total{")) {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        };
+        let n = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if let (Some(action), Some(rule)) = (label("action"), label("rule")) {
+            out.entry(action).or_default().insert(rule, n);
+        }
+    }
+    out
+}
+
 /// Per source: what the agent did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct SourceSummary {
@@ -574,6 +600,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let progress = Progress::start(port, expected);
     let sources = rt.block_on(run_agents(&dir, &manifest, &base, progress))?;
     let agent_secs = t.elapsed().as_secs_f64();
+    let findings = custody_findings(port);
     let total: u64 = sources.values().map(|s| s.records).sum();
     let accepted: u64 = sources.values().map(|s| s.accepted).sum();
 
@@ -626,6 +653,24 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     println!(
         "verification: {}",
         if verify.status.success() { "OK" } else { "FAILED" }
+    );
+    let line = |action: &str| -> String {
+        findings
+            .get(action)
+            .map(|m| {
+                m.iter()
+                    .map(|(r, n)| format!("{r} x{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "none".into())
+    };
+    println!(
+        "custody rules (docs/custody.md): refused {}; kept and flagged {}; pending {}",
+        line("refuse"),
+        line("flag"),
+        line("pending")
     );
     println!(
         "time: generate {gen_secs:.2} s, agent {agent_secs:.2} s ({:.0} records/s), total {:.1} s",
@@ -684,6 +729,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         "demo_proof_verified": trace.proof_ok,
         "refused_delivery": refused.1,
         "stock_reconciliation": stock.1,
+        "custody_findings": findings,
         "gateway": base,
         "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
     });
@@ -804,7 +850,7 @@ async fn run_agents(
     std::fs::create_dir_all(dir.join("state"))?;
     // One agent per organisation (as each would run at its own site). The
     // goods lane runs in the order the goods move: holder, carrier, the
-    // CDCs side by side, then the clinics side by side. A receipt is judged
+    // CDCs side by side, then the clinics one after the other. A receipt is judged
     // against the shipment records already in the ledger (refused when its
     // delivery has no temperature record), so a receiver must never
     // overtake the carrier; a vaccination is judged against the custody of
@@ -868,6 +914,15 @@ async fn run_agents(
             let mut step = vec![first];
             while let Some(next) = goods.next_if(|g| g.0 == rank) {
                 step.push(next);
+            }
+            if rank == 3 {
+                // Clinics one after the other, in the manifest's order: a
+                // dose one clinic gave and another gives again is refused
+                // in the second one's feed, whatever the timing.
+                for (_, i, e, mine) in step {
+                    done.push((i, run_agent(dir, e, mine, base, t0).await));
+                }
+                continue;
             }
             let runs = step
                 .into_iter()

@@ -397,3 +397,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_conflict_dated_later_flags_instead_of_refusing() {
+    // Clinic B's vaccination (dated later) arrived first; clinic A's, the
+    // true one, arrives second: both are given, the second is flagged.
+    let mut l = Ledger::new();
+    for e in &chain()[..6] {
+        l.put(e);
+    }
+    l.put(&give("2024-03-07T09:30:00", CLINIC_B));
+    let found = l.put(&give("2024-03-05T09:30:00", CLINIC_A));
+    let f = found.iter().find(|f| f.rule == Rule::AdministeredTwice).unwrap();
+    assert!(f.later, "{f:?}");
+    assert_eq!(f.action(Action::Refuse), Action::Flag);
+    // The other order: the later record is refused.
+    let mut l = Ledger::new();
+    for e in &chain()[..6] {
+        l.put(e);
+    }
+    l.put(&give("2024-03-05T09:30:00", CLINIC_A));
+    let found = l.put(&give("2024-03-07T09:30:00", CLINIC_B));
+    let f = found.iter().find(|f| f.rule == Rule::AdministeredTwice).unwrap();
+    assert!(!f.later, "{f:?}");
+    assert_eq!(f.action(Action::Refuse), Action::Refuse);
+}
