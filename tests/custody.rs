@@ -536,3 +536,63 @@ fn trace_relations_and_siblings() {
         "{t}"
     );
 }
+
+/// A pending alert that no later record resolves is escalated after the
+/// configured time, naming the pending alert and its rules; one resolved
+/// in time is not.
+#[test]
+fn a_pending_alert_nothing_resolves_is_escalated() {
+    let node = Node::start_with(support::NodeOptions {
+        max_body: Some(support::MAX_BODY),
+        config: "\n[custody]\nescalate_after_secs = 2\nescalation_check_secs = 1\n".into(),
+        ..Default::default()
+    });
+    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
+    let regulator = node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    );
+    let vax = golden("vaccination", "clinic-ims.json").remove(0);
+    let give = |c: String| record(&from_source(&vax, CLINIC_A), |e| e.trace_codes = vec![c]);
+    let r = node.post_batch(&clinic, "/v1/transactions", &[give(code(70)), give(code(71))]);
+    assert_eq!(r.body["accepted"], 2, "{}", r.text);
+    let pending_id = r.body["results"][0]["custody"]["alerts"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Dose 71's production and delivery arrive at once: resolved, never escalated.
+    produce_and_deliver(&node, &mah, &clinic, &[code(71)]);
+    let types = |c: &str| -> Vec<String> {
+        alerts_of(&node, &regulator, c)
+            .iter()
+            .map(|s| s["event"]["fields"]["alert_type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while !types(&code(70)).contains(&"provenance_escalated".to_string()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "not escalated after 30 s: {:?}",
+            alerts_of(&node, &regulator, &code(70))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let a = alerts_of(&node, &regulator, &code(70));
+    let esc = a
+        .iter()
+        .find(|s| s["event"]["fields"]["alert_type"] == "provenance_escalated")
+        .unwrap();
+    assert_eq!(esc["event"]["fields"]["pending_alert_id"], pending_id.as_str(), "{esc}");
+    assert_eq!(esc["event"]["fields"]["rules"], json!(["unknown_code"]), "{esc}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(types(&code(71)), ["provenance_pending", "provenance_resolved"]);
+    // Escalated once, however often the gateway looks.
+    assert_eq!(
+        types(&code(70)).iter().filter(|t| *t == "provenance_escalated").count(),
+        1
+    );
+}

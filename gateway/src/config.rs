@@ -79,13 +79,41 @@ pub struct GatewayConfig {
 }
 
 /// `[custody]`: the action of each custody rule, where it differs from the
-/// default (`docs/custody.md`), e.g. `rules = { not_holder = "refuse" }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// default (`docs/custody.md`), e.g. `rules = { not_holder = "refuse" }`,
+/// and when pending alerts are escalated.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustodyConfig {
     /// Rule code → `refuse`, `flag` or `pending`.
     #[serde(default)]
     pub rules: BTreeMap<String, mappings::custody::Action>,
+    /// Seconds after which a `provenance_pending` alert that no later
+    /// record resolved is escalated (`provenance_escalated`); 0 = never.
+    /// Default 72 hours.
+    #[serde(default = "default_escalate_after")]
+    pub escalate_after_secs: u64,
+    /// How often the gateway looks for pending alerts to escalate, in
+    /// seconds (1..86400). Default 300.
+    #[serde(default = "default_escalation_check")]
+    pub escalation_check_secs: u64,
+}
+
+impl Default for CustodyConfig {
+    fn default() -> Self {
+        CustodyConfig {
+            rules: BTreeMap::new(),
+            escalate_after_secs: default_escalate_after(),
+            escalation_check_secs: default_escalation_check(),
+        }
+    }
+}
+
+fn default_escalate_after() -> u64 {
+    72 * 3600
+}
+
+fn default_escalation_check() -> u64 {
+    300
 }
 
 impl CustodyConfig {
@@ -508,6 +536,9 @@ impl LoadedConfig {
         }
         if let Err((key, message)) = c.custody.actions() {
             return Err(self.invalid(&key, message));
+        }
+        if !(1..=86_400).contains(&c.custody.escalation_check_secs) {
+            return Err(self.invalid("custody.escalation_check_secs", "must be 1..86400"));
         }
         if c.registry.admins.is_empty() {
             return Err(self.invalid("registry.admins", "at least one registry administrator key is needed"));

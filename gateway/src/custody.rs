@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use ledger::LedgerStore;
 use mappings::custody::{self, Action, Book, EventFacts, Fact, Finding, LotFact, Rule};
 use mappings::{ExchangeMessage, Problem, Severity, TraceEvent};
 use serde_json::{Map, Value, json};
@@ -35,6 +36,8 @@ pub mod alert {
     pub const PENDING: &str = "provenance_pending";
     /// A later record supplied what a pending alert waited for.
     pub const RESOLVED: &str = "provenance_resolved";
+    /// A pending alert nothing resolved within the configured time.
+    pub const ESCALATED: &str = "provenance_escalated";
 }
 
 /// Most trace codes an alert names in its own content (a ledger transaction
@@ -469,30 +472,45 @@ pub fn rules_of(findings: &[Finding]) -> Vec<&'static str> {
     r.into_iter().map(Rule::as_str).collect()
 }
 
+/// What a follow-up alert (resolution, escalation) says about a pending one.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUp<'a> {
+    /// The pending alert's event id.
+    pub pending_alert: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The rules the pending alert named.
+    pub rules: &'a [&'a str],
+}
+
 /// A node-written custody alert about `related`: `alert_type` one of
-/// [`alert`], with the findings (or, for a resolution, the codes) it names.
-/// The id is derived from the related record and the type (for a
-/// resolution, from the pending alert), so the same alert is never written
-/// twice.
+/// [`alert`], with the findings it names, or, for a resolution or an
+/// escalation, the pending alert it follows up and its codes. The id is
+/// derived from the related record and the type (for a follow-up, from the
+/// pending alert), so the same alert is never written twice.
 pub fn alert_event(
     related: &TraceEvent,
     alert_type: &str,
     findings: &[Finding],
-    resolves: Option<&str>,
+    follow_up: Option<FollowUp<'_>>,
     codes: &[String],
     now: DateTime<Utc>,
 ) -> TraceEvent {
+    let resolves = follow_up.map(|f| f.pending_alert);
     let record_key = match resolves {
         Some(a) => format!("{a}/{alert_type}"),
         None => format!("{}/{alert_type}", related.event_id),
     };
     let mut fields = Map::new();
     fields.insert("alert_type".into(), alert_type.into());
-    let reason = match resolves {
-        Some(a) => format!("the records alert {a} waited for are in the ledger"),
+    let reason = match follow_up {
+        Some(f) => f.reason.to_string(),
         None => summary(findings),
     };
     fields.insert("alert_reason".into(), reason.into());
+    if let Some(f) = follow_up.filter(|f| !f.rules.is_empty()) {
+        fields.insert("rules".into(), json!(f.rules));
+    }
     if !findings.is_empty() {
         fields.insert("rules".into(), json!(rules_of(findings)));
         let mut conflicts: Vec<String> = findings
@@ -507,7 +525,7 @@ pub fn alert_event(
         }
     }
     if let Some(a) = resolves {
-        fields.insert("resolves_alert_id".into(), a.into());
+        fields.insert("pending_alert_id".into(), a.into());
     }
     fields.insert("related_event_id".into(), related.event_id.to_string().into());
     fields.insert("related_category".into(), related.category.clone().into());
@@ -541,4 +559,100 @@ pub fn alert_event(
         fields,
         pii: Default::default(),
     }
+}
+
+/// Writes a `provenance_escalated` alert for every pending alert opened
+/// more than `after` ago that no later record resolved (at most 500 per
+/// call); returns how many it wrote. The pending alerts stay open: a later
+/// record can still resolve them.
+pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Duration) -> Result<usize, ApiError> {
+    let now = Utc::now();
+    let before = now.timestamp_millis() - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+    let due = state.projection.pending_due(before, 500).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut by_alert: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
+    for (code, alert, event) in due {
+        by_alert.entry(alert).or_insert((event, Vec::new())).1.push(code);
+    }
+    let leaves: Vec<u64> = by_alert.iter().flat_map(|(a, (e, _))| [*a, *e]).collect();
+    let events: HashMap<u64, crate::projection::ProjectedEvent> = state
+        .projection
+        .events_at(&leaves)
+        .await?
+        .into_iter()
+        .map(|e| (e.leaf_index, e))
+        .collect();
+    let hours = after.as_secs_f64() / 3600.0;
+    let mut contents = Vec::new();
+    let mut msgs = Vec::new();
+    let mut rows = Vec::new();
+    for (alert_leaf, (event_leaf, codes)) in &by_alert {
+        let (Some(a), Some(e)) = (events.get(alert_leaf), events.get(event_leaf)) else {
+            continue;
+        };
+        let Ok(related) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
+            continue;
+        };
+        let rules: Vec<&str> = a.doc["fields"]["rules"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let reason = format!(
+            "alert {} ({}) has waited more than {hours:.0} h for the records that would resolve it",
+            a.event_id,
+            rules.join(", ")
+        );
+        let ev = alert_event(
+            &related,
+            alert::ESCALATED,
+            &[],
+            Some(FollowUp {
+                pending_alert: &a.event_id,
+                reason: &reason,
+                rules: &rules,
+            }),
+            codes,
+            now,
+        );
+        if state
+            .ledger
+            .store()
+            .tx_by_record(&ev.event_id.to_string())
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        for r in &rules {
+            crate::metrics::METRICS
+                .custody_findings
+                .with_label_values(&[r, "escalated"])
+                .inc();
+        }
+        let (content, msg) = crate::api::ingest::node_alert(ev);
+        contents.push(content);
+        msgs.push(msg);
+        rows.push(crate::projection::CustodyRows {
+            escalates: Some(*alert_leaf),
+            ..Default::default()
+        });
+    }
+    if contents.is_empty() {
+        return Ok(0);
+    }
+    let n = contents.len();
+    let txs = ledger::sign_batch(
+        crate::coldchain::NODE_SIGNER,
+        &state.node_key,
+        contents,
+        now.timestamp_millis(),
+    );
+    let side = crate::projection::ProjectionWrite::new(&txs, msgs, rows);
+    state
+        .ledger
+        .append_with(txs, Some(Box::new(side)), ledger::Membership::Check)
+        .await?;
+    Ok(n)
 }

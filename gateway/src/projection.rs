@@ -63,7 +63,9 @@ const SCHEMA: &[&str] = &[
     // Open provenance_pending alerts by code, and the transactions that
     // resolved them.
     "CREATE TABLE IF NOT EXISTS custody_pending (code TEXT NOT NULL, alert_leaf BIGINT NOT NULL,
-        event_leaf BIGINT NOT NULL, PRIMARY KEY (code, alert_leaf)){wr}",
+        event_leaf BIGINT NOT NULL, opened_ms BIGINT NOT NULL, PRIMARY KEY (code, alert_leaf)){wr}",
+    "CREATE INDEX IF NOT EXISTS custody_pending_opened ON custody_pending (opened_ms)",
+    "CREATE TABLE IF NOT EXISTS custody_escalated (alert_leaf BIGINT PRIMARY KEY, by_leaf BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS custody_pending_alert ON custody_pending (alert_leaf)",
     "CREATE TABLE IF NOT EXISTS custody_resolved (alert_leaf BIGINT PRIMARY KEY, by_leaf BIGINT NOT NULL)",
     // Up to which leaf the facts of events projected before custody
@@ -83,6 +85,8 @@ pub struct CustodyRows {
     pub pending: Option<(Vec<String>, usize)>,
     /// For a `provenance_resolved` alert: the leaf of the alert it resolves.
     pub resolves: Option<u64>,
+    /// For a `provenance_escalated` alert: the leaf of the pending alert.
+    pub escalates: Option<u64>,
 }
 
 /// One projected event.
@@ -436,11 +440,24 @@ macro_rules! projection_impl {
                     .filter_map(|(l, row)| row.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
                     .flat_map(|(l, codes, pos)| codes.iter().map(move |c| (c.clone(), *l, first + *pos as i64)))
                     .collect();
+                let now_ms = chrono::Utc::now().timestamp_millis();
                 for pc in pending.chunks(3000) {
                     let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("INSERT INTO custody_pending (code, alert_leaf, event_leaf) ");
+                        QueryBuilder::new("INSERT INTO custody_pending (code, alert_leaf, event_leaf, opened_ms) ");
                     qb.push_values(pc, |mut r, (c, a, e)| {
-                        r.push_bind(c.clone()).push_bind(*a).push_bind(*e);
+                        r.push_bind(c.clone()).push_bind(*a).push_bind(*e).push_bind(now_ms);
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                let escalated: Vec<(i64, i64)> = chunk
+                    .iter()
+                    .filter_map(|(l, row)| row.escalates.map(|a| (a as i64, *l)))
+                    .collect();
+                if !escalated.is_empty() {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_escalated (alert_leaf, by_leaf) ");
+                    qb.push_values(&escalated, |mut r, (a, by)| {
+                        r.push_bind(*a).push_bind(*by);
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
@@ -542,6 +559,33 @@ macro_rules! projection_impl {
                     for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
                         out.push(r.try_get::<String, _>("parent").map_err(|e| e.to_string())?);
                     }
+                }
+                Ok(out)
+            }
+
+            /// Pending alerts opened before `before_ms`, neither resolved nor
+            /// escalated: (code, alert leaf, event leaf), at most `limit` alerts.
+            async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT p.code, p.alert_leaf, p.event_leaf FROM custody_pending p WHERE p.alert_leaf IN (
+                        SELECT DISTINCT q.alert_leaf FROM custody_pending q WHERE q.opened_ms < ",
+                );
+                qb.push_bind(before_ms);
+                qb.push(
+                    " AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = q.alert_leaf)
+                      AND NOT EXISTS (SELECT 1 FROM custody_escalated x WHERE x.alert_leaf = q.alert_leaf)
+                      ORDER BY q.alert_leaf LIMIT ",
+                );
+                qb.push_bind(limit);
+                qb.push(")");
+                let mut out = Vec::new();
+                for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                    let e = |e: sqlx::Error| e.to_string();
+                    out.push((
+                        r.try_get("code").map_err(e)?,
+                        r.try_get::<i64, _>("alert_leaf").map_err(e)? as u64,
+                        r.try_get::<i64, _>("event_leaf").map_err(e)? as u64,
+                    ));
                 }
                 Ok(out)
             }
@@ -938,6 +982,12 @@ impl Projection {
     /// Every custody fact of these lots.
     pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
         each!(self, x => x.custody_lots(lots).await)
+    }
+
+    /// Pending alerts opened before `before_ms` that nothing resolved or
+    /// escalated yet: (code, alert leaf, event leaf) of at most `limit` alerts.
+    pub async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
+        each!(self, x => x.pending_due(before_ms, limit).await)
     }
 
     /// Which of `codes` are packages: the parent of some packaging link.

@@ -880,11 +880,16 @@ async fn append_and_answer(
         }
     }
     for r in &resolutions {
+        let reason = format!("the records alert {} waited for are in the ledger", r.alert_event_id);
         let ev = custody::alert_event(
             &r.related,
             custody::alert::RESOLVED,
             &[],
-            Some(&r.alert_event_id),
+            Some(custody::FollowUp {
+                pending_alert: &r.alert_event_id,
+                reason: &reason,
+                rules: &[],
+            }),
             &r.codes,
             now,
         );
@@ -922,18 +927,8 @@ async fn append_and_answer(
             continue;
         }
         written.push(true);
-        let msg = ExchangeMessage::new(ev, NODE_RECEIVER);
-        let payload = mappings::exchange::to_json(&msg).into_bytes();
-        alert_contents.push(TxContent {
-            tx_id: uuid::Uuid::now_v7(),
-            record_id: msg.event_id.to_string(),
-            kind: TxKind::Data,
-            category: msg.payload.category.clone(),
-            state_key: state_key(&msg),
-            content_type: "json".into(),
-            data_hash: secure_gateway::sm3(&payload),
-            payload,
-        });
+        let (content, msg) = node_alert(ev);
+        alert_contents.push(content);
         msgs.push(msg);
         kept_rows.push(row);
     }
@@ -1065,6 +1060,25 @@ fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]
 
 /// The receiver named in node-written exchange messages.
 const NODE_RECEIVER: &str = "vaxgate";
+
+/// The transaction content of a node-written alert event (plain exchange
+/// JSON, no personal data) and its message; signed with the node key by
+/// `ledger::sign_batch`.
+pub(crate) fn node_alert(ev: TraceEvent) -> (TxContent, ExchangeMessage) {
+    let msg = ExchangeMessage::new(ev, NODE_RECEIVER);
+    let payload = mappings::exchange::to_json(&msg).into_bytes();
+    let content = TxContent {
+        tx_id: uuid::Uuid::now_v7(),
+        record_id: msg.event_id.to_string(),
+        kind: TxKind::Data,
+        category: msg.payload.category.clone(),
+        state_key: state_key(&msg),
+        content_type: "json".into(),
+        data_hash: secure_gateway::sm3(&payload),
+        payload,
+    };
+    (content, msg)
+}
 
 fn doc_event(doc: &serde_json::Value) -> Option<TraceEvent> {
     serde_json::from_value(doc.clone()).ok()

@@ -140,6 +140,23 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             dataset: std::sync::Arc::new(mappings::Dataset::builtin()),
             projection,
         });
+        if c.custody.escalate_after_secs > 0 {
+            let (state, after, every) = (
+                state.clone(),
+                std::time::Duration::from_secs(c.custody.escalate_after_secs),
+                std::time::Duration::from_secs(c.custody.escalation_check_secs),
+            );
+            actix_web::rt::spawn(async move {
+                loop {
+                    actix_web::rt::time::sleep(every).await;
+                    match gateway::custody::escalate_due(&state, after).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(alerts = n, "custody: pending alerts escalated"),
+                        Err(e) => tracing::error!(error = %e, "custody: escalating pending alerts failed"),
+                    }
+                }
+            });
+        }
         let limiters = state.limiters.clone();
         actix_web::rt::spawn(async move {
             loop {
