@@ -85,7 +85,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
         "lot_release",
         "shipment",
         "vaccination",
-        "temperature history",
+        "cold_chain_readings",
         "proof OK",
         "sign-request.sh",
     ] {
@@ -142,6 +142,11 @@ fn sandbox_summary_determinism_restart_and_tamper() {
             .all(|s| s["category"] != "shipment" || s["relation"] == "parent"),
         "the carrier ships the dose's carton: {steps:?}"
     );
+    // Each leg's temperature history: its logger's reading sets, found by
+    // the gateway (logger and trip period), as steps of the carton.
+    let readings = steps.iter().filter(|s| s["category"] == "cold_chain_readings");
+    assert!(readings.clone().count() >= 4, "{steps:?}");
+    assert!(readings.clone().all(|s| s["relation"] == "parent"), "{steps:?}");
     assert_eq!(cats.last(), Some(&"vaccination"), "{cats:?}");
     assert!(cats.iter().filter(|c| **c == "shipment").count() >= 4, "{cats:?}");
     stock_differences_are_the_quarantined_vaccinations(&sa);

@@ -48,6 +48,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS proj_links_child ON proj_links (child)",
     "CREATE TABLE IF NOT EXISTS proj_shipments (shipment_no TEXT NOT NULL, leaf_index BIGINT NOT NULL,
         PRIMARY KEY (shipment_no, leaf_index)){wr}",
+    // Reading sets by logger and period: a shipment's temperature history
+    // is the sets of its logger that overlap its trip.
+    "CREATE TABLE IF NOT EXISTS proj_readings (device TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL,
+        leaf_index BIGINT NOT NULL, PRIMARY KEY (device, start_ms, leaf_index)){wr}",
     // Custody (crate::custody, docs/custody.md): what each event says about
     // each trace code it moves, and about its lot; a code's history is its
     // rows, read by the primary key.
@@ -198,6 +202,8 @@ struct ProjRow {
     codes: Vec<String>,
     links: Vec<(String, String)>,
     shipment: Option<String>,
+    /// A reading set's logger and period (ms).
+    reading: Option<(String, i64, i64)>,
     custody: CustodyRows,
 }
 
@@ -211,6 +217,18 @@ fn row_of(tx: &Transaction, leaf_index: u64, height: u64, msg: ExchangeMessage) 
         .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
         .collect();
     let shipment = msg.payload.field_str("shipment_no").map(str::to_string);
+    let time = |k: &str| {
+        msg.payload
+            .field_str(k)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let reading = match (msg.payload.category.as_str(), &msg.payload.device) {
+        ("cold_chain_readings", Some(d)) => time("period_start")
+            .zip(time("period_end"))
+            .map(|(a, b)| (d.clone(), a, b)),
+        _ => None,
+    };
     let mut ev = msg.payload;
     ev.pii = Default::default();
     let doc = serde_json::to_string(&ev).unwrap_or_default();
@@ -220,6 +238,7 @@ fn row_of(tx: &Transaction, leaf_index: u64, height: u64, msg: ExchangeMessage) 
         codes,
         links,
         shipment,
+        reading,
         custody: CustodyRows::default(),
     }
 }
@@ -369,6 +388,19 @@ macro_rules! projection_impl {
                         let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_shipments (shipment_no, leaf_index) ");
                         qb.push_values(&ships, |mut r, (s, l)| {
                             r.push_bind(s.clone()).push_bind(*l);
+                        });
+                        qb.push(" ON CONFLICT DO NOTHING");
+                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    }
+                    let readings: Vec<(&str, i64, i64, i64)> = chunk
+                        .iter()
+                        .filter_map(|(l, row)| row.reading.as_ref().map(|(d, a, b)| (d.as_str(), *a, *b, *l)))
+                        .collect();
+                    if !readings.is_empty() {
+                        let mut qb: QueryBuilder<$db> =
+                            QueryBuilder::new("INSERT INTO proj_readings (device, start_ms, end_ms, leaf_index) ");
+                        qb.push_values(&readings, |mut r, (d, a, b, l)| {
+                            r.push_bind(d.to_string()).push_bind(*a).push_bind(*b).push_bind(*l);
                         });
                         qb.push(" ON CONFLICT DO NOTHING");
                         qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
@@ -543,6 +575,22 @@ macro_rules! projection_impl {
                     });
                 }
                 Ok(out)
+            }
+
+            /// Leaves of the reading sets of logger `device` whose period
+            /// overlaps `[from_ms, to_ms]`.
+            async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT leaf_index FROM proj_readings WHERE device = ");
+                qb.push_bind(device.to_string());
+                qb.push(" AND start_ms <= ");
+                qb.push_bind(to_ms);
+                qb.push(" AND end_ms >= ");
+                qb.push_bind(from_ms);
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
+                rows.iter()
+                    .map(|r| r.try_get::<i64, _>("leaf_index").map(|l| l as u64).map_err(|e| e.to_string()))
+                    .collect()
             }
 
             /// Which of `codes` are packages (the parent of some link).
@@ -988,6 +1036,12 @@ impl Projection {
     /// escalated yet: (code, alert leaf, event leaf) of at most `limit` alerts.
     pub async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
         each!(self, x => x.pending_due(before_ms, limit).await)
+    }
+
+    /// Leaves of the reading sets of logger `device` whose period overlaps
+    /// `[from_ms, to_ms]` (a shipment's temperature history).
+    pub async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
+        each!(self, x => x.readings_of(device, from_ms, to_ms).await)
     }
 
     /// Which of `codes` are packages: the parent of some packaging link.

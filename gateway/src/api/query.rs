@@ -265,16 +265,45 @@ pub(crate) async fn trace(
             all.insert(e.leaf_index, e);
         }
     }
-    // The cold chain of the shipments that carried it: their reading sets.
-    let numbers: BTreeSet<String> = all
+    // The cold chain of the shipments that carried it: the reading sets
+    // naming their shipment number, and those of their logger over the trip.
+    let trips: Vec<(String, Option<(String, i64, i64)>)> = all
         .values()
         .filter(|e| e.category == "shipment")
-        .filter_map(|e| e.doc["fields"]["shipment_no"].as_str().map(str::to_string))
+        .filter_map(|e| {
+            let f = &e.doc["fields"];
+            let no = f["shipment_no"].as_str()?.to_string();
+            let time = |k: &str| {
+                f[k].as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_millis())
+            };
+            let logger = e.doc["device"]
+                .as_str()
+                .zip(time("departure_time").zip(time("arrival_time")))
+                .map(|(d, (a, b))| (d.to_string(), a, b));
+            Some((no, logger))
+        })
         .collect();
     let mut reading_of: BTreeMap<u64, String> = BTreeMap::new();
-    for no in &numbers {
-        for e in state.projection.events_for_shipment(no).await? {
-            if e.category == "cold_chain_readings" && !all.contains_key(&e.leaf_index) {
+    for (no, logger) in &trips {
+        let mut sets: Vec<ProjectedEvent> = state
+            .projection
+            .events_for_shipment(no)
+            .await?
+            .into_iter()
+            .filter(|e| e.category == "cold_chain_readings")
+            .collect();
+        if let Some((device, from, to)) = logger {
+            let leaves = state.projection.readings_of(device, *from, *to).await?;
+            let missing: Vec<u64> = leaves
+                .into_iter()
+                .filter(|l| !all.contains_key(l) && !sets.iter().any(|e| e.leaf_index == *l))
+                .collect();
+            sets.extend(state.projection.events_at(&missing).await?);
+        }
+        for e in sets {
+            if !all.contains_key(&e.leaf_index) {
                 reading_of.insert(e.leaf_index, no.clone());
                 all.insert(e.leaf_index, e);
             }

@@ -24,7 +24,7 @@ use adapters::pipeline::RecordOutcome;
 use adapters::{GatewayClient, GatewayClientConfig};
 use anyhow::{Context as _, bail};
 use gateway::registry::{Entity, Policy, RegistryChange, RegistryOp, Role};
-use mappings::{Dataset, MappingSpec, Record, TraceEvent};
+use mappings::{Dataset, MappingSpec, Record};
 use sandbox::{Manifest, Source, SourceKind};
 use secure_gateway::{KeyProtection, Sm2SigningKey};
 use serde_json::{Value, json};
@@ -1238,7 +1238,6 @@ async fn demo_trace(
     let mut steps = Vec::new();
     let empty = Vec::new();
     let mut vaccination_tx = None;
-    let mut legs = Vec::new();
     for s in t["steps"].as_array().unwrap_or(&empty) {
         let ev = &s["event"];
         let f = &ev["fields"];
@@ -1254,12 +1253,17 @@ async fn demo_trace(
                 )
             }
             "lot_release" => format!("certificate {}", f["lot_release_cert_no"].as_str().unwrap_or("-")),
+            "cold_chain_readings" => format!(
+                "logger {}: {} readings every {} min, {} .. {} °C (mean {}), alarm {}",
+                ev["device"].as_str().unwrap_or("-"),
+                f["reading_count"],
+                f["log_interval_min"],
+                f["temp_min"],
+                f["temp_max"],
+                f["temp_mean"],
+                f["alarm_state"].as_str().unwrap_or("-")
+            ),
             "shipment" => {
-                legs.push((
-                    ev["device"].as_str().unwrap_or("").to_string(),
-                    f["departure_time"].as_str().unwrap_or("").to_string(),
-                    f["arrival_time"].as_str().unwrap_or("").to_string(),
-                ));
                 format!(
                     "waybill {} {} → {} °C, logger {}",
                     f["shipment_no"].as_str().unwrap_or("-"),
@@ -1289,43 +1293,6 @@ async fn demo_trace(
             detail
         ));
         steps.push(json!({"category": cat, "relation": relation, "occurred_at": s["occurred_at"], "signer": s["signer"]["alias"]}));
-    }
-    // Temperature history: the reading sets of each leg's logger, from the
-    // ledger (event ids derive from the cold-chain source and record key).
-    let cold = sandbox::sqlite_rows(&dir.join("coldchain/coldchain.db"), "LL_WDHZ", "JLID").await?;
-    text.push_str("  temperature history (reading sets in the ledger):\n");
-    for (device, dep, arr) in &legs {
-        let (Ok(d), Ok(a)) = (
-            chrono::DateTime::parse_from_rfc3339(dep),
-            chrono::DateTime::parse_from_rfc3339(arr),
-        ) else {
-            continue;
-        };
-        for r in cold.iter().filter(|r| {
-            r["SBBH"] == device.as_str()
-                && r["KSSJ"].as_i64().is_some_and(|k| k <= d.timestamp())
-                && r["JSSJ"].as_i64().is_some_and(|j| j >= a.timestamp())
-        }) {
-            let key = r["JLID"].to_string();
-            let id = TraceEvent::derive_id("coldchain", "cold_chain_readings", &key);
-            let ev: Value = match client.get(&format!("/v1/events/{id}")).await {
-                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-                Err(e) => json!({"error": e.to_string()}),
-            };
-            let f = &ev["event"]["event"]["fields"];
-            text.push_str(&format!(
-                "    {device:<14} {} .. {}  {} readings every {} min, {} .. {} °C (mean {}), alarm {}  [block {}]\n",
-                f["period_start"].as_str().unwrap_or(dep),
-                f["period_end"].as_str().unwrap_or(arr),
-                f["reading_count"],
-                f["log_interval_min"],
-                f["temp_min"],
-                f["temp_max"],
-                f["temp_mean"],
-                f["alarm_state"].as_str().unwrap_or("-"),
-                ev["event"]["height"]
-            ));
-        }
     }
     // Inclusion proof of the vaccination, verified offline.
     let mut proof_ok = false;
