@@ -267,7 +267,9 @@ pub(crate) async fn trace(
     }
     // The cold chain of the shipments that carried it: the reading sets
     // naming their shipment number, and those of their logger over the trip.
-    let trips: Vec<(String, Option<(String, i64, i64)>)> = all
+    // (shipment number, its logger and trip period)
+    type Trip = (String, Option<(String, i64, i64)>);
+    let trips: Vec<Trip> = all
         .values()
         .filter(|e| e.category == "shipment")
         .filter_map(|e| {
@@ -303,9 +305,9 @@ pub(crate) async fn trace(
             sets.extend(state.projection.events_at(&missing).await?);
         }
         for e in sets {
-            if !all.contains_key(&e.leaf_index) {
+            if let std::collections::btree_map::Entry::Vacant(v) = all.entry(e.leaf_index) {
                 reading_of.insert(e.leaf_index, no.clone());
-                all.insert(e.leaf_index, e);
+                v.insert(e);
             }
         }
     }
