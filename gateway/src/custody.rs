@@ -278,33 +278,55 @@ impl Custody {
         lots.sort_unstable();
         lots.dedup();
 
+        // Packaging links: a carton's transports are its contents' too
+        // (from the ledger, and from this batch's own shipments).
+        let mut children: HashMap<String, Vec<String>> = HashMap::new();
+        for (p, c) in projection.parents_of(&codes).await? {
+            children.entry(p).or_default().push(c);
+        }
+        for m in msgs {
+            for a in &m.payload.aggregations {
+                children
+                    .entry(a.parent.clone())
+                    .or_default()
+                    .extend(a.children.iter().cloned());
+            }
+        }
         let reader = self.begin_read();
-        let mut stored = projection.custody_facts(&codes).await?;
-        let stored_lots = projection.custody_lots(&lots).await?;
         let pending = projection.open_pending(&codes).await?;
         let extra: Vec<String> = {
             let have: HashSet<&str> = codes.iter().map(String::as_str).collect();
             let mut e: Vec<String> = pending
                 .iter()
-                .filter(|p| !have.contains(p.0.as_str()))
                 .map(|p| p.0.clone())
+                .chain(children.keys().cloned())
+                .filter(|c| !have.contains(c.as_str()))
                 .collect();
             e.sort_unstable();
             e.dedup();
             e
         };
+        let mut stored = projection.custody_facts(&codes).await?;
         stored.extend(projection.custody_facts(&extra).await?);
+        let stored_lots = projection.custody_lots(&lots).await?;
 
         let (verdict_records, resolving, ticket) = {
             let mut g = self.lock();
             let mut book = Book::new();
-            book.add(stored);
+            book.add_inherited(&children, stored);
             book.add_lots(stored_lots);
+            // Facts of batches in flight (or committed since the read began)
+            // about this batch's codes and lots only.
+            let mine: HashSet<&str> = codes.iter().chain(&extra).map(String::as_str).collect();
+            let my_lots: HashSet<&str> = lots.iter().map(String::as_str).collect();
             let mut busy: HashSet<u64> = HashSet::new();
             for b in &g.batches {
                 if b.committed_at.is_none_or(|c| c > reader.epoch) {
-                    book.add(b.facts.iter().cloned());
-                    book.add_lots(b.lots.iter().cloned());
+                    book.add_inherited(
+                        &children,
+                        b.facts.iter().filter(|f| mine.contains(f.code.as_str())).cloned(),
+                    );
+                    book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
                     busy.extend(b.resolving.iter().copied());
                 }
             }
@@ -321,7 +343,7 @@ impl Custody {
                     }
                 }
                 if v.refused.is_empty() {
-                    book.add(f.facts.iter().cloned());
+                    book.add_inherited(&children, f.facts.iter().cloned());
                     book.add_lots(f.lot_facts.iter().cloned());
                     kept_facts.extend(f.facts.iter().cloned());
                     kept_lots.extend(f.lot_facts.iter().cloned());

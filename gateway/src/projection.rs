@@ -593,6 +593,25 @@ macro_rules! projection_impl {
                     .collect()
             }
 
+            /// The packaging links whose child is one of `codes`: (parent, child).
+            async fn parents_of(&self, codes: &[String]) -> Result<Vec<(String, String)>, String> {
+                let mut out = Vec::new();
+                for cc in codes.chunks(5000) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("SELECT DISTINCT parent, child FROM proj_links WHERE child IN (");
+                    let mut sep = qb.separated(", ");
+                    for c in cc {
+                        sep.push_bind(c.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        let e = |e: sqlx::Error| e.to_string();
+                        out.push((r.try_get("parent").map_err(e)?, r.try_get("child").map_err(e)?));
+                    }
+                }
+                Ok(out)
+            }
+
             /// Which of `codes` are packages (the parent of some link).
             async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, String> {
                 let mut out = Vec::new();
@@ -1042,6 +1061,32 @@ impl Projection {
     /// `[from_ms, to_ms]` (a shipment's temperature history).
     pub async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
         each!(self, x => x.readings_of(device, from_ms, to_ms).await)
+    }
+
+    /// The packaging links whose child is one of `codes`: (parent, child).
+    pub async fn parents_of(&self, codes: &[String]) -> Result<Vec<(String, String)>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.parents_of(codes).await)
+    }
+
+    /// The custody facts of `codes`, with the transports of the packages
+    /// they are in inherited ([`mappings::custody::Book::add_inherited`]),
+    /// as a book.
+    pub async fn custody_book(&self, codes: &[String]) -> Result<mappings::custody::Book, String> {
+        let links = self.parents_of(codes).await?;
+        let mut children: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (p, c) in &links {
+            children.entry(p.clone()).or_default().push(c.clone());
+        }
+        let mut all: Vec<String> = codes.to_vec();
+        all.extend(children.keys().cloned());
+        all.sort_unstable();
+        all.dedup();
+        let mut book = mappings::custody::Book::new();
+        book.add_inherited(&children, self.custody_facts(&all).await?);
+        Ok(book)
     }
 
     /// Which of `codes` are packages: the parent of some packaging link.

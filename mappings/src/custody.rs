@@ -324,8 +324,10 @@ pub fn facts_of(ev: &TraceEvent, seq: u64, party: &dyn Fn(&str) -> String) -> Ev
         .unwrap_or(0);
     let mut codes: Vec<&String> = ev.trace_codes.iter().collect();
     if kind == Move::Transport {
-        // A shipment names cartons; their units travel with them.
-        codes.extend(ev.aggregations.iter().flat_map(|a| a.children.iter()));
+        // A shipment names cartons: their facts are the carton's, and its
+        // units inherit them through the packaging links
+        // ([`Book::add_inherited`]), one fact per carton, not per unit.
+        codes.extend(ev.aggregations.iter().map(|a| &a.parent));
     }
     codes.sort();
     codes.dedup();
@@ -555,6 +557,27 @@ impl Book {
             if !v.iter().any(|g| g.event_id == f.event_id) {
                 v.push(f);
             }
+        }
+    }
+
+    /// Adds facts, and for every transport of a package (a carton a
+    /// carrier moved) a copy for each of its contents that `children` lists:
+    /// what travels in a carton travels with it.
+    pub fn add_inherited(&mut self, children: &HashMap<String, Vec<String>>, facts: impl IntoIterator<Item = Fact>) {
+        for f in facts {
+            if f.kind == Move::Transport
+                && let Some(kids) = children.get(&f.code)
+            {
+                let copies: Vec<Fact> = kids
+                    .iter()
+                    .map(|c| Fact {
+                        code: c.clone(),
+                        ..f.clone()
+                    })
+                    .collect();
+                self.add(copies);
+            }
+            self.add([f]);
         }
     }
 

@@ -408,8 +408,7 @@ pub(crate) async fn recall(
         }
     }
     let list: Vec<String> = codes.iter().cloned().collect();
-    let mut book = mappings::custody::Book::new();
-    book.add(state.projection.custody_facts(&list).await?);
+    let book = state.projection.custody_book(&list).await?;
     let answer = recall_answer(&state, &lot, &codes, &packages, &book);
     let mut answer = answer;
     answer["events"] = json!(events.len());
@@ -597,8 +596,7 @@ pub(crate) async fn stock(
     }
     let candidates = state.projection.codes_left_with(&holder).await?;
     let packages: BTreeSet<String> = state.projection.parents_among(&candidates).await?.into_iter().collect();
-    let mut book = mappings::custody::Book::new();
-    book.add(state.projection.custody_facts(&candidates).await?);
+    let book = state.projection.custody_book(&candidates).await?;
     // lot → (units held, awaiting receipt, refused at receipt, codes)
     let mut lots: BTreeMap<String, (usize, usize, usize, Vec<String>)> = BTreeMap::new();
     let mut package_count = 0usize;

@@ -239,7 +239,15 @@ fn codes_nobody_produced_and_receipts_nobody_sent() {
         parent: "86123450000000100001".into(),
         children: vec![UNIT.into()],
     }];
-    assert!(l.put(&ship).is_empty());
+    // The shipment states a fact about the carton; its unit inherits it.
+    let f = l.facts(&ship);
+    assert_eq!(
+        f.facts.iter().map(|x| x.code.as_str()).collect::<Vec<_>>(),
+        ["86123450000000100001"]
+    );
+    assert!(judge(&f, &l.book).is_empty());
+    let links: HashMap<String, Vec<String>> = [("86123450000000100001".to_string(), vec![UNIT.to_string()])].into();
+    l.book.add_inherited(&links, f.facts);
     assert_eq!(l.rules(&receive("2024-01-05T15:00:00", MAH, PROV)), Vec::<&str>::new());
 }
 
