@@ -162,6 +162,22 @@ fn quarantine_reasons(cfg: &Path) -> String {
     agent_common::ok(agent_common::agent(cfg, &["quarantine", "list"]))
 }
 
+/// The holder, registered with its code in the golden records.
+fn manufacturer(node: &Node) -> Ent {
+    node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None)
+}
+
+/// A regulator that reads everything.
+fn regulator(node: &Node) -> Ent {
+    node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    )
+}
+
 #[test]
 fn custody_rules_on_sqlite() {
     custody_rules(Node::start());
@@ -173,16 +189,10 @@ fn custody_rules_on_postgres() {
 }
 
 fn custody_rules(node: Node) {
-    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let mah = manufacturer(&node);
     let clinic_a = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
     let clinic_b = node.register("12320102MB7654321", "xinjiekou", "vaccination_unit", &[CLINIC_B], None);
-    let regulator = node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    );
+    let regulator = regulator(&node);
     let codes: Vec<String> = (0..10).map(code).collect();
     produce_and_deliver(&node, &mah, &clinic_a, &codes);
 
@@ -384,7 +394,7 @@ fn custody_rules(node: Node) {
 #[test]
 fn concurrent_batches_cannot_give_one_dose_twice() {
     let node = Node::start();
-    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let mah = manufacturer(&node);
     let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
     for round in 0..3 {
         let dose = code(50 + round);
@@ -415,7 +425,7 @@ fn concurrent_batches_cannot_give_one_dose_twice() {
 #[test]
 fn trace_relations_and_siblings() {
     let node = Node::start();
-    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let mah = manufacturer(&node);
     let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
     let carrier = node.register(
         "91320100MA1XYA121",
@@ -424,13 +434,7 @@ fn trace_relations_and_siblings() {
         &["91110000100012345L"],
         None,
     );
-    let regulator = node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    );
+    let regulator = regulator(&node);
     let (u1, u2, carton) = (code(1), code(2), "86123450000000900001".to_string());
     let release = golden("lot_release", "mah-export.json").remove(0);
     let r = node.post_batch(&mah, "/v1/transactions", &[from_source(&release, MAH_CODE)]);
@@ -547,15 +551,9 @@ fn a_pending_alert_nothing_resolves_is_escalated() {
         config: "\n[custody]\nescalate_after_secs = 2\nescalation_check_secs = 1\n".into(),
         ..Default::default()
     });
-    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let mah = manufacturer(&node);
     let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
-    let regulator = node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    );
+    let regulator = regulator(&node);
     let vax = golden("vaccination", "clinic-ims.json").remove(0);
     let give = |c: String| record(&from_source(&vax, CLINIC_A), |e| e.trace_codes = vec![c]);
     let r = node.post_batch(&clinic, "/v1/transactions", &[give(code(70)), give(code(71))]);

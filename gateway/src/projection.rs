@@ -482,25 +482,19 @@ macro_rules! projection_impl {
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
                 }
-                let escalated: Vec<(i64, i64)> = chunk
-                    .iter()
-                    .filter_map(|(l, row)| row.escalates.map(|a| (a as i64, *l)))
-                    .collect();
-                if !escalated.is_empty() {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_escalated (alert_leaf, by_leaf) ");
-                    qb.push_values(&escalated, |mut r, (a, by)| {
-                        r.push_bind(*a).push_bind(*by);
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                let resolved: Vec<(i64, i64)> = chunk
-                    .iter()
-                    .filter_map(|(l, row)| row.resolves.map(|a| (a as i64, *l)))
-                    .collect();
-                if !resolved.is_empty() {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_resolved (alert_leaf, by_leaf) ");
-                    qb.push_values(&resolved, |mut r, (a, by)| {
+                // Follow-ups of pending alerts: (pending alert leaf, this row's leaf).
+                for (table, of) in [
+                    ("custody_escalated", (|r: &CustodyRows| r.escalates) as fn(&CustodyRows) -> Option<u64>),
+                    ("custody_resolved", |r: &CustodyRows| r.resolves),
+                ] {
+                    let pairs: Vec<(i64, i64)> =
+                        chunk.iter().filter_map(|(l, row)| of(row).map(|a| (a as i64, *l))).collect();
+                    if pairs.is_empty() {
+                        continue;
+                    }
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new(format!("INSERT INTO {table} (alert_leaf, by_leaf) "));
+                    qb.push_values(&pairs, |mut r, (a, by)| {
                         r.push_bind(*a).push_bind(*by);
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
