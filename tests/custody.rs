@@ -8,7 +8,9 @@
 //! first vaccination is cancelled); a dose held by another clinic and a
 //! code nobody produced are kept with a `provenance_pending` alert, the
 //! latter resolved by the production and delivery that arrive later; a
-//! recalled dose given is kept and flagged.
+//! recalled dose given, a dose given after its expiry date and one given
+//! before its lot's release are kept and flagged; the clinic's stock is what
+//! is left.
 
 #![allow(clippy::unwrap_used)]
 
@@ -387,6 +389,44 @@ fn custody_rules(node: Node) {
         "",
     );
     assert_eq!((other.status, other.code()), (403, "forbidden"), "{}", other.text);
+
+    // 8. A dose given after its expiry date (the lot expires 2026-11-30):
+    // kept (it was given) and flagged (with the recall of step 6).
+    produce_and_deliver(&node, &mah, &clinic_a, &[code(40)]);
+    agent_common::sqlite_clinic_rows(&db_a, vec![row(40, 40, CLINIC_A, Some("20261210090000"))]);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let a = alerts_of(&node, &regulator, &code(40));
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        a[0]["event"]["fields"]["rules"],
+        json!(["recalled_used", "expired_used"]),
+        "{a:?}"
+    );
+
+    // 9. The lot's release (批签发) recorded late, dated 2027-02-01: a dose
+    // given before it is flagged too.
+    let release = golden("lot_release", "mah-export.json").remove(0);
+    let release = record(&from_source(&release, MAH_CODE), |e| {
+        e.occurred_at = at("2027-02-01T16:30:00+08:00");
+        e.fields.insert("lot_release_date".into(), json!("2027-02-01"));
+    });
+    let r = node.post_batch(&mah, "/v1/transactions", &[release]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    produce_and_deliver(&node, &mah, &clinic_a, &[code(41)]);
+    agent_common::sqlite_clinic_rows(&db_a, vec![row(41, 41, CLINIC_A, Some("20270110090000"))]);
+    let out = run_once(&cfg_a);
+    assert!(
+        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    let a = alerts_of(&node, &regulator, &code(41));
+    assert_eq!(a.len(), 1, "{a:?}");
+    let rules = &a[0]["event"]["fields"]["rules"];
+    assert_eq!(rules, &json!(["before_release", "recalled_used", "expired_used"]), "{rules}");
 }
 
 /// Eight batches sent at once, each giving the same dose: the gateway judges
