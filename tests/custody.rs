@@ -390,10 +390,17 @@ fn custody_rules(node: Node) {
     );
     assert_eq!((other.status, other.code()), (403, "forbidden"), "{}", other.text);
 
-    // 8. A dose given after its expiry date (the lot expires 2026-11-30):
-    // kept (it was given) and flagged (with the recall of step 6).
+    // 8. A dose given after its lot's expiry date (2026-11-30, from its
+    // production record; the clinic's row claims 2027-12-31, so the agent's
+    // own expiry check passes it): kept (it was given) and flagged (with the
+    // recall of step 6).
+    let late = |i: usize, t: &str| {
+        let mut r = row(i, i, CLINIC_A, Some(t));
+        r["YXQ"] = json!("2027/12/31");
+        r
+    };
     produce_and_deliver(&node, &mah, &clinic_a, &[code(40)]);
-    agent_common::sqlite_clinic_rows(&db_a, vec![row(40, 40, CLINIC_A, Some("20261210090000"))]);
+    agent_common::sqlite_clinic_rows(&db_a, vec![late(40, "20261201090000")]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
@@ -407,26 +414,38 @@ fn custody_rules(node: Node) {
         "{a:?}"
     );
 
-    // 9. The lot's release (批签发) recorded late, dated 2027-02-01: a dose
-    // given before it is flagged too.
+    // 9. The lot's release (批签发) recorded late, dated 2026-12-06: a dose
+    // given before it is flagged too. (Dates stay in the past: the agent
+    // quarantines records dated in the future.)
     let release = golden("lot_release", "mah-export.json").remove(0);
     let release = record(&from_source(&release, MAH_CODE), |e| {
-        e.occurred_at = at("2027-02-01T16:30:00+08:00");
-        e.fields.insert("lot_release_date".into(), json!("2027-02-01"));
+        e.occurred_at = at("2026-12-06T16:30:00+08:00");
+        e.recorded_at = e.occurred_at;
+        e.fields.insert("lot_release_date".into(), json!("2026-12-06"));
     });
     let r = node.post_batch(&mah, "/v1/transactions", &[release]);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     produce_and_deliver(&node, &mah, &clinic_a, &[code(41)]);
-    agent_common::sqlite_clinic_rows(&db_a, vec![row(41, 41, CLINIC_A, Some("20270110090000"))]);
+    agent_common::sqlite_clinic_rows(&db_a, vec![late(41, "20261205090000")]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
         "{out}"
     );
+    // The holder's dispatch dated before the release is flagged as well.
     let a = alerts_of(&node, &regulator, &code(41));
-    assert_eq!(a.len(), 1, "{a:?}");
-    let rules = &a[0]["event"]["fields"]["rules"];
-    assert_eq!(rules, &json!(["before_release", "recalled_used", "expired_used"]), "{rules}");
+    let of = |cat: &str| {
+        a.iter()
+            .find(|s| s["event"]["fields"]["related_category"] == cat)
+            .unwrap_or_else(|| panic!("no alert about the {cat}: {a:?}"))
+    };
+    assert_eq!(of("outbound")["event"]["fields"]["rules"], json!(["before_release"]));
+    let rules = &of("vaccination")["event"]["fields"]["rules"];
+    assert_eq!(
+        rules,
+        &json!(["before_release", "recalled_used", "expired_used"]),
+        "{rules}"
+    );
 }
 
 /// Eight batches sent at once, each giving the same dose: the gateway judges

@@ -87,6 +87,23 @@ impl Move {
         Move::ALL.into_iter().find(|m| m.as_i16() == v)
     }
 
+    /// The record it is, for messages ("a vaccination dated ...").
+    #[must_use]
+    pub fn noun(self) -> &'static str {
+        match self {
+            Move::Produce => "production",
+            Move::Dispatch => "dispatch",
+            Move::DispatchBack => "return or recall dispatch",
+            Move::Receive => "receipt",
+            Move::ReceiveBack => "return or recall receipt",
+            Move::ReceiveRefused => "refused receipt",
+            Move::Administer => "vaccination",
+            Move::Destroy => "destruction",
+            Move::Transport => "shipment",
+            Move::Cancel => "cancellation",
+        }
+    }
+
     /// Lower-case name, as in answers and docs.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -775,7 +792,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             message,
         });
     };
-    let name = |g: &Fact| format!("event {} ({})", g.event_id, g.kind.as_str());
+    let name = |g: &Fact| format!("event {} ({})", g.event_id, g.kind.noun());
     let day = day_of(f.at_ms);
 
     if let (Some(p), Some(d)) = (lot.produced, day)
@@ -786,7 +803,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             None,
             format!(
                 "code {code}: a {} dated {d} is before its lot was produced ({p})",
-                f.kind.as_str()
+                f.kind.noun()
             ),
         );
     }
@@ -852,7 +869,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             Some(last),
             format!(
                 "code {code}: a {} after its last dose was given ({})",
-                f.kind.as_str(),
+                f.kind.noun(),
                 name(last)
             ),
         );
@@ -865,11 +882,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         find(
             Rule::DestroyedUsed,
             Some(d),
-            format!(
-                "code {code}: a {} after it was destroyed ({})",
-                f.kind.as_str(),
-                name(d)
-            ),
+            format!("code {code}: a {} after it was destroyed ({})", f.kind.noun(), name(d)),
         );
     } else if f.kind == Move::Destroy
         && let Some(u) = hist
@@ -909,7 +922,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
                     Some(&at),
                     format!(
                         "code {code}: a {} dated {d} is before its lot's release ({r})",
-                        f.kind.as_str()
+                        f.kind.noun()
                     ),
                 );
             }
@@ -925,7 +938,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             find(
                 Rule::RecalledUsed,
                 Some(&at),
-                format!("code {code}: a {} after its lot was recalled", f.kind.as_str()),
+                format!("code {code}: a {} after its lot was recalled", f.kind.noun()),
             );
         }
         if let (Some(e), Some(d)) = (lot.expires.or(own_expiry), day)
@@ -936,7 +949,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
                 None,
                 format!(
                     "code {code}: a {} dated {d} is after its expiry date ({e})",
-                    f.kind.as_str()
+                    f.kind.noun()
                 ),
             );
         }
@@ -967,7 +980,7 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
                     last,
                     format!(
                         "code {code}: {} by {} while it is {}{}",
-                        f.kind.as_str(),
+                        f.kind.noun(),
                         f.actor,
                         state.describe(),
                         last.map(|l| format!(" ({})", name(l))).unwrap_or_default()
