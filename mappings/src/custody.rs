@@ -818,19 +818,22 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
         }
         return;
     }
-    if f.kind == Move::Transport {
-        // A carrier's record: checked only against the end of the code's life.
-        if let Some(d) = hist
-            .iter()
-            .copied()
-            .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms)
-        {
+    let destroyed_before = hist
+        .iter()
+        .copied()
+        .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms);
+    let destroyed_used = |find: &mut dyn FnMut(Rule, Option<&Fact>, String)| {
+        if let Some(d) = destroyed_before {
             find(
                 Rule::DestroyedUsed,
                 Some(d),
-                format!("code {code} is shipped after it was destroyed ({})", name(d)),
+                format!("code {code}: a {} after it was destroyed ({})", f.kind.noun(), name(d)),
             );
         }
+    };
+    if f.kind == Move::Transport {
+        // A carrier's record: checked only against the end of the code's life.
+        destroyed_used(&mut find);
         return;
     }
 
@@ -874,16 +877,8 @@ fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Bo
             ),
         );
     }
-    if let Some(d) = hist
-        .iter()
-        .copied()
-        .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms)
-    {
-        find(
-            Rule::DestroyedUsed,
-            Some(d),
-            format!("code {code}: a {} after it was destroyed ({})", f.kind.noun(), name(d)),
-        );
+    if destroyed_before.is_some() {
+        destroyed_used(&mut find);
     } else if f.kind == Move::Destroy
         && let Some(u) = hist
             .iter()

@@ -619,16 +619,7 @@ async fn ingest(
             ));
         }
         fill_repeats(&mut results, &repeats);
-        let results: Vec<RecordResult> = results.into_iter().flatten().collect();
-        let rejected = results.len();
-        return Ok(HttpResponse::UnprocessableEntity().json(IngestResponse {
-            batch_id: batch.header.batch_id.to_string(),
-            accepted: 0,
-            duplicates: 0,
-            rejected,
-            results,
-            checkpoints: Vec::new(),
-        }));
+        return Ok(refused_whole(batch.header.batch_id.to_string(), results));
     }
 
     if !fresh.is_empty() {
@@ -687,16 +678,7 @@ async fn ingest(
                 });
             }
             fill_repeats(&mut results, &repeats);
-            let results: Vec<RecordResult> = results.into_iter().flatten().collect();
-            let rejected = results.len();
-            return Ok(HttpResponse::UnprocessableEntity().json(IngestResponse {
-                batch_id: batch.header.batch_id.to_string(),
-                accepted: 0,
-                duplicates: 0,
-                rejected,
-                results,
-                checkpoints: Vec::new(),
-            }));
+            return Ok(refused_whole(batch.header.batch_id.to_string(), results));
         }
         let batch_id = batch.header.batch_id.to_string();
         let kept = keep_unrefused(&mut results, idx, txs, msgs, alerts, verdicts, resolutions);
@@ -710,6 +692,20 @@ async fn ingest(
     }
     fill_repeats(&mut results, &repeats);
     Ok(answer(batch.header.batch_id.to_string(), results, brief))
+}
+
+/// The 422 answer of an all-or-nothing batch of which a record was refused:
+/// nothing written, every record answered.
+fn refused_whole(batch_id: String, results: Vec<Option<RecordResult>>) -> HttpResponse {
+    let results: Vec<RecordResult> = results.into_iter().flatten().collect();
+    HttpResponse::UnprocessableEntity().json(IngestResponse {
+        batch_id,
+        accepted: 0,
+        duplicates: 0,
+        rejected: results.len(),
+        results,
+        checkpoints: Vec::new(),
+    })
 }
 
 /// The 200 answer of an ingest call.
