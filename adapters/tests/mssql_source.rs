@@ -183,14 +183,17 @@ async fn login_refused_and_server_errors_name_the_source() {
     assert!(e.to_string().contains("Invalid object name 'BROKEN'"), "{e}");
 }
 
-/// Against a real SQL Server when `VAXGATE_MSSQL_URL` is set (an ADO.NET
-/// string whose user may create tables); otherwise it says so and returns.
+/// Against a real SQL Server (an ADO.NET string in `VAXGATE_MSSQL_URL`
+/// whose user may create tables). No SQL Server installs from the package
+/// registries this project's machines reach, so CI tests tiberius against
+/// the TDS mock above only (README, "Not there yet"); run this one by hand:
+/// `VAXGATE_MSSQL_URL=... cargo test -p adapters --test mssql_source -- --ignored`.
+/// It fails when the variable is missing.
 #[tokio::test]
-async fn real_sql_server_when_configured() {
-    let Ok(url) = std::env::var("VAXGATE_MSSQL_URL") else {
-        eprintln!("VAXGATE_MSSQL_URL is not set: the real SQL Server test is not run (documented exception)");
-        return;
-    };
+#[ignore = "needs a real SQL Server: set VAXGATE_MSSQL_URL and run with --ignored"]
+async fn real_sql_server() {
+    let url = std::env::var("VAXGATE_MSSQL_URL")
+        .expect("VAXGATE_MSSQL_URL is not set: this test needs a real SQL Server (ADO.NET connection string)");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let table = format!("vg_agent_{}", uuid::Uuid::new_v4().simple());
     let mut c: SqlSourceConfig = toml::from_str(&format!(

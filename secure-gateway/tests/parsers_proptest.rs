@@ -87,15 +87,36 @@ fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
     proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)
 }
 
+/// Parsing never panics; and whatever verifies or opens is the original
+/// document, and opens to the original plaintext: a forgery never passes.
 fn exercise_envelope(bytes: &[u8]) {
     let f = fx();
     let signer = f.p.public_key(&f.sender).unwrap();
     if let Ok(env) = SealedEnvelope::from_json(bytes) {
-        let _ = env.verify(&signer);
-        let _ = env.record_digest();
-        let _ = open(&f.p, &env, &signer, RecipientKey::Sm2(&f.me));
-        let _ = open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek));
+        let original = env.to_json() == f.env_json;
+        if env.verify(&signer).is_ok() {
+            assert!(original, "a changed envelope verified");
+        }
+        let _digest_of_anything = env.record_digest(); // computed for any content; must not panic
+        for me in [RecipientKey::Sm2(&f.me), RecipientKey::Kek(&f.kek)] {
+            if let Ok(o) = open(&f.p, &env, &signer, me) {
+                assert!(original, "a changed envelope opened");
+                assert_eq!(&o.plaintext[..], b"{\"a\":1}");
+            }
+        }
     }
+}
+
+/// The checks above see the fixture itself verify and open, so their
+/// "only the original passes" assertions are live.
+#[test]
+fn the_unchanged_envelope_verifies_and_opens() {
+    let f = fx();
+    let signer = f.p.public_key(&f.sender).unwrap();
+    let env = SealedEnvelope::from_json(f.env_json.as_bytes()).unwrap();
+    assert!(env.verify(&signer).is_ok());
+    assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
+    exercise_envelope(f.env_json.as_bytes());
 }
 
 proptest! {
@@ -116,13 +137,25 @@ proptest! {
         let f = fx();
         let signer = f.p.public_key(&f.sender).unwrap();
         if let Ok(b) = SignedBatch::from_json(&mutate(f.batch_json.as_bytes(), &e)) {
-            let _ = b.verify(&signer);
-            let _ = b.proof(1);
-            let _ = secure_gateway::batch::open_batch(&f.p, &b, &signer, RecipientKey::Sm2(&f.me));
+            let original = b.to_json() == f.batch_json;
+            if b.verify(&signer).is_ok() {
+                prop_assert!(original, "a changed batch verified");
+            }
+            let _ = b.proof(1); // may fail on a short batch; must not panic
+            if let Ok(opened) = secure_gateway::batch::open_batch(&f.p, &b, &signer, RecipientKey::Sm2(&f.me)) {
+                prop_assert!(original, "a changed batch opened");
+                prop_assert!(opened.iter().all(|o| o.plaintext.as_slice() == b"{}".as_slice()), "opened to other plaintext");
+            }
         }
         if let Ok(pr) = RecordProof::from_json(&mutate(f.proof_json.as_bytes(), &e)) {
-            let _ = pr.verify(&signer);
-            let _ = pr.open(&f.p, &signer, RecipientKey::Kek(&f.kek));
+            let original = pr.to_json() == f.proof_json;
+            if pr.verify(&signer).is_ok() {
+                prop_assert!(original, "a changed record proof verified");
+            }
+            if let Ok(o) = pr.open(&f.p, &signer, RecipientKey::Kek(&f.kek)) {
+                prop_assert!(original, "a changed record proof opened");
+                prop_assert_eq!(&o.plaintext[..], b"{}");
+            }
         }
         let _ = SignedBatch::from_json(&e.iter().map(|x| x.2).collect::<Vec<_>>());
         let _ = RecordProof::from_json(&e.iter().map(|x| x.1).collect::<Vec<_>>());
@@ -136,7 +169,8 @@ proptest! {
         let _ = Sm2Signature::from_hex(&hex::encode(&b));
         if let Ok(sig) = Sm2Signature::from_der(&mutate(&fx().sig_der, &e)) {
             let _ = sig.to_der();
-            let _ = fx().p.public_key(&fx().sender).unwrap().verify(b"x", &sig);
+            // The fixture signature signs an envelope, not "x".
+            prop_assert!(fx().p.public_key(&fx().sender).unwrap().verify(b"x", &sig).is_err());
         }
         let _ = Sm3Digest::from_hex(&s);
     }
