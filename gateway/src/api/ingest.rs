@@ -681,7 +681,15 @@ async fn ingest(
             return Ok(refused_whole(batch.header.batch_id.to_string(), results));
         }
         let batch_id = batch.header.batch_id.to_string();
-        let kept = keep_unrefused(&mut results, idx, txs, msgs, alerts, verdicts, resolutions);
+        let all = Appendable {
+            idx,
+            txs,
+            msgs,
+            alerts,
+            verdicts,
+            resolutions,
+        };
+        let kept = keep_unrefused(&mut results, all);
         if kept.txs.is_empty() {
             drop(ticket);
             fill_repeats(&mut results, &repeats);
@@ -762,15 +770,15 @@ struct Appendable {
 
 /// Answers the records custody rules refused and keeps the others (their
 /// cold-chain alerts and resolutions renumbered to their new positions).
-fn keep_unrefused(
-    results: &mut [Option<RecordResult>],
-    idx: Vec<usize>,
-    txs: Vec<Transaction>,
-    msgs: Vec<ExchangeMessage>,
-    alerts: Vec<(usize, Finding, TraceEvent)>,
-    verdicts: Vec<custody::RecordVerdict>,
-    resolutions: Vec<custody::Resolution>,
-) -> Appendable {
+fn keep_unrefused(results: &mut [Option<RecordResult>], all: Appendable) -> Appendable {
+    let Appendable {
+        idx,
+        txs,
+        msgs,
+        alerts,
+        verdicts,
+        resolutions,
+    } = all;
     let mut new_pos: Vec<Option<usize>> = Vec::with_capacity(verdicts.len());
     let mut kept = 0;
     for v in &verdicts {
