@@ -653,3 +653,104 @@ fn a_pending_alert_nothing_resolves_is_escalated() {
         1
     );
 }
+
+/// A ledger written when custody facts were one row each (`custody_facts`)
+/// is moved, at the projection's opening, to one history per code: the
+/// facts read back in full, the holders' stock candidates are kept, and the
+/// old table is gone (so the move happens once).
+#[test]
+fn per_fact_custody_rows_are_moved_to_histories_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    old_custody_rows_migrate(&url, dir.path());
+}
+
+#[test]
+fn per_fact_custody_rows_are_moved_to_histories_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    old_custody_rows_migrate(&support::fresh_postgres_database(), dir.path());
+}
+
+fn old_custody_rows_migrate(url: &str, base: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = ledger::AnyStore::open(url, base).await.unwrap();
+        // The old table, as the previous version created it, with three
+        // facts of one code (produced by mah, sent to and received by the
+        // clinic) and one cancellation of another; then the new layout is
+        // created over it as an upgraded gateway would find it.
+        let old = [
+            "CREATE TABLE custody_facts (code TEXT NOT NULL, leaf_index BIGINT NOT NULL,
+                occurred_ms BIGINT NOT NULL, kind SMALLINT NOT NULL, actor TEXT NOT NULL, peer TEXT,
+                doses INTEGER NOT NULL, event_id TEXT NOT NULL, cancels TEXT, lot TEXT, holder TEXT,
+                PRIMARY KEY (code, leaf_index))",
+            "CREATE INDEX custody_facts_holder ON custody_facts (holder, code)",
+            "INSERT INTO custody_facts VALUES
+                ('C1', 5, 1000, 1, 'mah', NULL, 1, '00000000-0000-0000-0000-000000000005', NULL, '8612345|L1', 'mah'),
+                ('C1', 9, 2000, 2, 'mah', 'clinic', 1, '00000000-0000-0000-0000-000000000009', NULL, '8612345|L1', 'clinic'),
+                ('C1', 12, 3000, 4, 'clinic', 'mah', 1, '00000000-0000-0000-0000-000000000012', NULL, '8612345|L1', 'clinic'),
+                ('C2', 13, 4000, 10, 'clinic', NULL, 0, '00000000-0000-0000-0000-000000000013',
+                 '00000000-0000-0000-0000-000000000012', NULL, NULL)",
+        ];
+        for s in old {
+            match &store {
+                ledger::AnyStore::Sqlite(x) => {
+                    sqlx::query(s).execute(x.pool()).await.unwrap();
+                }
+                ledger::AnyStore::Postgres(x) => {
+                    sqlx::query(s).execute(x.pool()).await.unwrap();
+                }
+            }
+        }
+        let p = gateway::projection::Projection::open(&store).await.unwrap();
+        let mut facts = p.custody_facts(&["C1".into(), "C2".into()]).await.unwrap();
+        facts.sort_by_key(|f| f.seq);
+        type Row = (String, u64, i64, i16, String, Option<String>, Option<String>);
+        let got: Vec<Row> = facts
+            .iter()
+            .map(|f| {
+                (
+                    f.code.clone(),
+                    f.seq,
+                    f.at_ms,
+                    f.kind.as_i16(),
+                    f.actor.clone(),
+                    f.peer.clone(),
+                    f.cancels.map(|c| c.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("C1".into(), 5, 1000, 1, "mah".into(), None, None),
+                ("C1".into(), 9, 2000, 2, "mah".into(), Some("clinic".into()), None),
+                ("C1".into(), 12, 3000, 4, "clinic".into(), Some("mah".into()), None),
+                (
+                    "C2".into(),
+                    13,
+                    4000,
+                    10,
+                    "clinic".into(),
+                    None,
+                    Some("00000000-0000-0000-0000-000000000012".into())
+                ),
+            ]
+        );
+        assert_eq!(facts[0].lot.as_deref(), Some("8612345|L1"));
+        assert_eq!(p.codes_left_with("clinic").await.unwrap(), vec!["C1".to_string()]);
+        assert_eq!(p.codes_left_with("mah").await.unwrap(), vec!["C1".to_string()]);
+        drop(p);
+        // Opened again: the old table is gone, nothing is moved twice.
+        let p = gateway::projection::Projection::open(&store).await.unwrap();
+        assert_eq!(p.custody_facts(&["C1".into()]).await.unwrap().len(), 3);
+        let left = match &store {
+            ledger::AnyStore::Sqlite(x) => sqlx::query("SELECT 1 FROM custody_facts").execute(x.pool()).await.is_ok(),
+            ledger::AnyStore::Postgres(x) => sqlx::query("SELECT 1 FROM custody_facts").execute(x.pool()).await.is_ok(),
+        };
+        assert!(!left, "custody_facts still exists after the move");
+    });
+}

@@ -96,6 +96,12 @@ pub struct CustodyConfig {
     /// seconds (1..86400). Default 300.
     #[serde(default = "default_escalation_check")]
     pub escalation_check_secs: u64,
+    /// How many trace codes' histories the gateway keeps in memory for
+    /// judging the next records about them (least recently used are
+    /// dropped; ~0.5 KB each); 0 = read every history from the database.
+    /// Default 200000.
+    #[serde(default = "default_cache_codes")]
+    pub cache_codes: usize,
 }
 
 impl Default for CustodyConfig {
@@ -104,8 +110,13 @@ impl Default for CustodyConfig {
             rules: BTreeMap::new(),
             escalate_after_secs: default_escalate_after(),
             escalation_check_secs: default_escalation_check(),
+            cache_codes: default_cache_codes(),
         }
     }
+}
+
+fn default_cache_codes() -> usize {
+    200_000
 }
 
 fn default_escalate_after() -> u64 {
@@ -539,6 +550,12 @@ impl LoadedConfig {
         }
         if !(1..=86_400).contains(&c.custody.escalation_check_secs) {
             return Err(self.invalid("custody.escalation_check_secs", "must be 1..86400"));
+        }
+        if c.custody.cache_codes > 50_000_000 {
+            return Err(self.invalid(
+                "custody.cache_codes",
+                "must be at most 50000000 (~25 GB of memory); 0 turns the cache off",
+            ));
         }
         if c.registry.admins.is_empty() {
             return Err(self.invalid("registry.admins", "at least one registry administrator key is needed"));

@@ -66,6 +66,42 @@ struct Inflight {
     batches: Vec<InflightBatch>,
     /// Judgements reading the database, by the epoch they started at.
     readers: BTreeMap<u64, usize>,
+    /// Recently judged codes as the database holds them (`None`: off).
+    cache: Option<hashlink::LruCache<String, Cached>>,
+}
+
+/// A code's committed custody history in its stored form
+/// (`projection::history`, leaf indexes as `seq`) and the packages it is
+/// in. Kept equal to the database: filled only from reads no batch in
+/// flight could have outdated, and appended to when a batch's block is
+/// durable ([`Ticket::committed`]).
+#[derive(Debug)]
+struct Cached {
+    history: Vec<u8>,
+    /// Its packages (`None`: not read; it was looked up as a package).
+    parents: Option<Vec<String>>,
+}
+
+/// What a judgement knows of its codes, from the cache or the database.
+#[derive(Debug, Default)]
+struct Known {
+    /// Stored histories (a code without one has none).
+    history: HashMap<String, Vec<u8>>,
+    /// Packages of the codes looked up with theirs.
+    parents: HashMap<String, Vec<String>>,
+    /// Codes whose history must be read from the database.
+    need_history: Vec<String>,
+    /// Codes whose packages must be read from the database.
+    need_parents: Vec<String>,
+}
+
+impl Known {
+    fn merge(&mut self, o: Known) {
+        self.history.extend(o.history);
+        self.parents.extend(o.parents);
+        self.need_history.extend(o.need_history);
+        self.need_parents.extend(o.need_parents);
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +109,8 @@ struct InflightBatch {
     ticket: u64,
     facts: Vec<Fact>,
     lots: Vec<LotFact>,
+    /// Packaging links its records state: (parent, child, record seq).
+    links: Vec<(String, String, u64)>,
     /// Leaves of the pending alerts this batch resolves.
     resolving: Vec<u64>,
     /// The epoch at which its append became durable.
@@ -90,6 +128,8 @@ pub struct RecordVerdict {
     pub pending: Vec<Finding>,
     /// Its facts (written with it when it is kept).
     pub facts: EventFacts,
+    /// Its order number while in flight (the `seq` of its facts).
+    pub seq: u64,
 }
 
 /// A pending alert that a record of this batch resolves.
@@ -128,13 +168,19 @@ pub struct Ticket<'a> {
 
 impl Ticket<'_> {
     /// The batch's block is durable: its facts are in the database.
-    pub fn committed(mut self) {
+    /// `leaves` maps the order number of each record written (the `seq`
+    /// of its facts while in flight) to its leaf index.
+    pub fn committed(mut self, leaves: &HashMap<u64, u64>) {
         self.done = true;
         let mut g = self.custody.lock();
         g.epoch += 1;
         let epoch = g.epoch;
-        if let Some(b) = g.batches.iter_mut().find(|b| b.ticket == self.ticket) {
+        let Inflight { batches, cache, .. } = &mut *g;
+        if let Some(b) = batches.iter_mut().find(|b| b.ticket == self.ticket) {
             b.committed_at = Some(epoch);
+            if let Some(cache) = cache {
+                Inflight::cache_append(cache, b, leaves);
+            }
         }
         g.collect();
     }
@@ -170,6 +216,84 @@ impl Drop for Reader<'_> {
 }
 
 impl Inflight {
+    /// What the cache holds of `codes`; the rest is to be read. With
+    /// `parents`, the codes' packages are wanted too.
+    fn cache_lookup(&mut self, codes: &[String], parents: bool) -> Known {
+        let mut k = Known::default();
+        for c in codes {
+            match self.cache.as_mut().and_then(|m| m.get(c)) {
+                Some(e) => {
+                    k.history.insert(c.clone(), e.history.clone());
+                    if parents {
+                        match &e.parents {
+                            Some(p) => {
+                                k.parents.insert(c.clone(), p.clone());
+                            }
+                            None => k.need_parents.push(c.clone()),
+                        }
+                    }
+                }
+                None => {
+                    k.need_history.push(c.clone());
+                    if parents {
+                        k.need_parents.push(c.clone());
+                    }
+                }
+            }
+        }
+        k
+    }
+
+    /// Keeps what was read from the database, except for `touched` codes.
+    fn cache_store(&mut self, k: &Known, touched: &HashSet<String>) {
+        let Some(cache) = self.cache.as_mut() else { return };
+        for c in &k.need_history {
+            if touched.contains(c) {
+                continue;
+            }
+            let history = k.history.get(c).cloned().unwrap_or_default();
+            cache.insert(
+                c.clone(),
+                Cached {
+                    history,
+                    parents: k.parents.get(c).cloned(),
+                },
+            );
+        }
+        for c in &k.need_parents {
+            if touched.contains(c) {
+                continue;
+            }
+            if let Some(e) = cache.get_mut(c) {
+                e.parents = k.parents.get(c).cloned();
+            }
+        }
+    }
+
+    /// Appends a durable batch's facts and links to the cached codes they
+    /// concern; a code whose record's leaf is unknown is dropped instead.
+    fn cache_append(cache: &mut hashlink::LruCache<String, Cached>, b: &InflightBatch, leaves: &HashMap<u64, u64>) {
+        for f in &b.facts {
+            let Some(e) = cache.get_mut(&f.code) else { continue };
+            let ok = leaves
+                .get(&f.seq)
+                .is_some_and(|leaf| crate::projection::history::encode_into(&mut e.history, *leaf, f).is_ok());
+            if !ok {
+                cache.remove(&f.code);
+            }
+        }
+        for (p, c, seq) in &b.links {
+            let Some(e) = cache.get_mut(c) else { continue };
+            if !leaves.contains_key(seq) {
+                cache.remove(c);
+            } else if let Some(ps) = &mut e.parents
+                && !ps.contains(p)
+            {
+                ps.push(p.clone());
+            }
+        }
+    }
+
     /// Forgets committed batches that every running judgement reads from
     /// the database.
     fn collect(&mut self) {
@@ -180,10 +304,14 @@ impl Inflight {
 
 impl Custody {
     /// The rules with these actions (from `[custody]`, validated).
-    pub fn new(actions: BTreeMap<Rule, Action>) -> Custody {
+    /// `cache_codes`: how many codes' histories to keep in memory (0: none).
+    pub fn new(actions: BTreeMap<Rule, Action>, cache_codes: usize) -> Custody {
         Custody {
             actions,
-            inflight: Mutex::new(Inflight::default()),
+            inflight: Mutex::new(Inflight {
+                cache: (cache_codes > 0).then(|| hashlink::LruCache::new(cache_codes)),
+                ..Inflight::default()
+            }),
         }
     }
 
@@ -278,21 +406,34 @@ impl Custody {
         lots.sort_unstable();
         lots.dedup();
 
+        // This batch's own packaging links (parent, child), written with it.
+        let own_links: Vec<(String, String)> = msgs
+            .iter()
+            .flat_map(|m| &m.payload.aggregations)
+            .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
+            .collect();
+
+        let reader = self.begin_read();
+        // The codes' histories and packages: from memory where the cache
+        // has them, else from the database.
+        let mut known = self.lock().cache_lookup(&codes, true);
+        for (p, c) in projection.parents_of(&known.need_parents).await? {
+            known.parents.entry(c).or_default().push(p);
+        }
+        for c in &known.need_parents {
+            known.parents.entry(c.clone()).or_default();
+        }
         // Packaging links: a carton's transports are its contents' too
         // (from the ledger, and from this batch's own shipments).
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
-        for (p, c) in projection.parents_of(&codes).await? {
-            children.entry(p).or_default().push(c);
-        }
-        for m in msgs {
-            for a in &m.payload.aggregations {
-                children
-                    .entry(a.parent.clone())
-                    .or_default()
-                    .extend(a.children.iter().cloned());
+        for (c, ps) in &known.parents {
+            for p in ps {
+                children.entry(p.clone()).or_default().push(c.clone());
             }
         }
-        let reader = self.begin_read();
+        for (p, c) in &own_links {
+            children.entry(p.clone()).or_default().push(c.clone());
+        }
         let pending = projection.open_pending(&codes).await?;
         let extra: Vec<String> = {
             let have: HashSet<&str> = codes.iter().map(String::as_str).collect();
@@ -306,8 +447,23 @@ impl Custody {
             e.dedup();
             e
         };
-        let mut stored = projection.custody_facts(&codes).await?;
-        stored.extend(projection.custody_facts(&extra).await?);
+        let known_extra = self.lock().cache_lookup(&extra, false);
+        known.merge(known_extra);
+        for (c, h) in projection.custody_histories(&known.need_history).await? {
+            known.history.insert(c, h);
+        }
+        crate::metrics::METRICS
+            .custody_cache
+            .with_label_values(&["miss"])
+            .inc_by(known.need_history.len() as u64);
+        crate::metrics::METRICS
+            .custody_cache
+            .with_label_values(&["hit"])
+            .inc_by((codes.len() + extra.len()).saturating_sub(known.need_history.len()) as u64);
+        let mut stored = Vec::new();
+        for (c, h) in &known.history {
+            stored.extend(crate::projection::history::decode(c, h).map_err(ApiError::internal)?);
+        }
         let stored_lots = projection.custody_lots(&lots).await?;
 
         let (verdict_records, resolving, ticket) = {
@@ -320,6 +476,10 @@ impl Custody {
             let mine: HashSet<&str> = codes.iter().chain(&extra).map(String::as_str).collect();
             let my_lots: HashSet<&str> = lots.iter().map(String::as_str).collect();
             let mut busy: HashSet<u64> = HashSet::new();
+            // Codes a batch in flight, or committed since the read began,
+            // moved or packed: what the database said of them may be
+            // stale by now, so it is not cached.
+            let mut touched: HashSet<&str> = HashSet::new();
             for b in &g.batches {
                 if b.committed_at.is_none_or(|c| c > reader.epoch) {
                     book.add_inherited(
@@ -328,13 +488,20 @@ impl Custody {
                     );
                     book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
                     busy.extend(b.resolving.iter().copied());
+                    touched.extend(b.facts.iter().map(|f| f.code.as_str()));
+                    touched.extend(b.links.iter().map(|l| l.1.as_str()));
                 }
             }
+            let touched: HashSet<String> = touched.into_iter().map(str::to_string).collect();
+            g.cache_store(&known, &touched);
             let mut records = Vec::with_capacity(per_record.len());
             let mut kept_facts = Vec::new();
             let mut kept_lots = Vec::new();
-            for f in per_record {
-                let mut v = RecordVerdict::default();
+            for (i, f) in per_record.into_iter().enumerate() {
+                let mut v = RecordVerdict {
+                    seq: base + i as u64,
+                    ..RecordVerdict::default()
+                };
                 for finding in custody::judge(&f, &book) {
                     match finding.action(self.action(finding.rule)) {
                         Action::Refuse => v.refused.push(finding),
@@ -391,7 +558,19 @@ impl Custody {
                     resolving.push((alert, event_leaf, waits, by));
                 }
             }
-            let ticket = g.next_ticket_batch(ticket_no, kept_facts, kept_lots, &resolving);
+            let kept_links: Vec<(String, String, u64)> = records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.refused.is_empty())
+                .flat_map(|(i, _)| {
+                    msgs[i].payload.aggregations.iter().flat_map(move |a| {
+                        a.children
+                            .iter()
+                            .map(move |c| (a.parent.clone(), c.clone(), base + i as u64))
+                    })
+                })
+                .collect();
+            let ticket = g.next_ticket_batch(ticket_no, kept_facts, kept_lots, kept_links, &resolving);
             (records, resolving, ticket)
         };
         drop(reader);
@@ -442,12 +621,14 @@ impl Inflight {
         ticket: u64,
         facts: Vec<Fact>,
         lots: Vec<LotFact>,
+        links: Vec<(String, String, u64)>,
         resolving: &[(u64, u64, Vec<String>, usize)],
     ) -> u64 {
         self.batches.push(InflightBatch {
             ticket,
             facts,
             lots,
+            links,
             resolving: resolving.iter().map(|r| r.0).collect(),
             committed_at: None,
         });
@@ -677,4 +858,129 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
         .append_with(txs, Some(Box::new(side)), ledger::Membership::Check)
         .await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mappings::custody::Move;
+
+    fn fact(code: &str, seq: u64, kind: Move) -> Fact {
+        Fact {
+            code: code.into(),
+            seq,
+            event_id: uuid::Uuid::from_u128(u128::from(seq)),
+            at_ms: seq as i64,
+            kind,
+            actor: "clinic".into(),
+            peer: None,
+            doses: 1,
+            cancels: None,
+            lot: None,
+        }
+    }
+
+    fn stored(facts: &[Fact]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for f in facts {
+            crate::projection::history::encode_into(&mut b, f.seq, f).unwrap();
+        }
+        b
+    }
+
+    fn cached_seqs(c: &Custody, code: &str) -> Option<Vec<u64>> {
+        let mut g = c.lock();
+        let e = g.cache.as_mut().unwrap().get(code)?;
+        Some(
+            crate::projection::history::decode(code, &e.history)
+                .unwrap()
+                .iter()
+                .map(|f| f.seq)
+                .collect(),
+        )
+    }
+
+    /// What a judgement read from the database is cached unless a batch in
+    /// flight, or committed since the read began, touched the code; a
+    /// committed batch's facts are appended to the cached codes under
+    /// their leaves, and a code whose record has no leaf is dropped.
+    #[test]
+    fn the_cache_holds_what_the_database_holds() {
+        let c = Custody::new(BTreeMap::new(), 100);
+        // A batch in flight moves B; one reading A and B starts.
+        let (ticket, inflight_seq) = {
+            let mut g = c.lock();
+            g.next_ticket += 1;
+            let t = g.next_ticket;
+            let seq = IN_FLIGHT + t * 1_000_000;
+            g.next_ticket_batch(
+                t,
+                vec![fact("B", seq, Move::Administer), fact("C", seq + 1, Move::Administer)],
+                vec![],
+                vec![("P".into(), "B".into(), seq)],
+                &[],
+            );
+            (t, seq)
+        };
+        let reader = c.begin_read();
+        let mut k = c.lock().cache_lookup(&["A".into(), "B".into()], true);
+        assert_eq!(k.need_history, ["A", "B"]);
+        k.history.insert("A".into(), stored(&[fact("A", 1, Move::Produce)]));
+        k.history.insert("B".into(), stored(&[fact("B", 2, Move::Produce)]));
+        k.parents.insert("A".into(), vec![]);
+        k.parents.insert("B".into(), vec![]);
+        let touched: HashSet<String> = c.lock().batches[0].facts.iter().map(|f| f.code.clone()).collect();
+        c.lock().cache_store(&k, &touched);
+        drop(reader);
+        assert_eq!(cached_seqs(&c, "A"), Some(vec![1]));
+        assert_eq!(cached_seqs(&c, "B"), None, "B was being moved: not cached");
+
+        // B is now read again and cached; the batch commits with only its
+        // first record written (leaf 7).
+        let k = Known {
+            history: [("B".to_string(), stored(&[fact("B", 2, Move::Produce)]))].into(),
+            parents: [("B".to_string(), vec![])].into(),
+            need_history: vec!["B".into()],
+            need_parents: vec!["B".into()],
+        };
+        c.lock().cache_store(&k, &HashSet::new());
+        {
+            let mut g = c.lock();
+            g.cache.as_mut().unwrap().insert(
+                "C".into(),
+                Cached {
+                    history: Vec::new(),
+                    parents: Some(vec![]),
+                },
+            );
+        }
+        Ticket {
+            custody: &c,
+            ticket,
+            done: false,
+        }
+        .committed(&[(inflight_seq, 7)].into());
+        assert_eq!(cached_seqs(&c, "B"), Some(vec![2, 7]), "appended under its leaf");
+        assert_eq!(cached_seqs(&c, "C"), None, "no leaf for its record: dropped");
+        let mut g = c.lock();
+        let parents = g.cache.as_mut().unwrap().get("B").unwrap().parents.clone();
+        assert_eq!(parents, Some(vec!["P".to_string()]), "the batch's packaging link");
+    }
+
+    /// Least recently used codes leave first; 0 turns the cache off.
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = Custody::new(BTreeMap::new(), 2);
+        let k = Known {
+            need_history: vec!["A".into(), "B".into(), "C".into()],
+            ..Known::default()
+        };
+        c.lock().cache_store(&k, &HashSet::new());
+        assert_eq!(c.lock().cache.as_ref().unwrap().len(), 2);
+        assert!(cached_seqs(&c, "A").is_none());
+        let off = Custody::new(BTreeMap::new(), 0);
+        off.lock().cache_store(&k, &HashSet::new());
+        assert!(off.lock().cache.is_none());
+        assert_eq!(off.lock().cache_lookup(&["A".into()], true).need_history, ["A"]);
+    }
 }

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub cold_chain_alerts: IntCounterVec,
     /// Custody rules broken, by rule and action (`docs/custody.md`).
     pub custody_findings: IntCounterVec,
+    /// Trace-code histories the custody judgement found in its memory
+    /// (`hit`) or read from the database (`miss`).
+    pub custody_cache: IntCounterVec,
     /// Requests authenticated with an API key, by route class.
     pub api_key_requests: IntCounterVec,
 }
@@ -81,6 +84,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Records that broke a custody rule, by rule and action (refuse, flag, pending)",
             &["rule", "action"],
         ),
+        custody_cache: counter(
+            "vaxgate_custody_cache_total",
+            "Trace-code histories the custody judgement found in memory (hit) or read from the database (miss)",
+            &["result"],
+        ),
         api_key_requests: counter(
             "vaxgate_api_key_requests_total",
             "Read requests authenticated with an API key",
@@ -98,6 +106,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.ledger_height.clone()),
         Box::new(m.cold_chain_alerts.clone()),
         Box::new(m.custody_findings.clone()),
+        Box::new(m.custody_cache.clone()),
         Box::new(m.api_key_requests.clone()),
     ] {
         m.registry.register(c).expect("metrics register once");

@@ -9,7 +9,8 @@
 //! ([`ProjectionWrite`], a `ledger::SideWrite`), so it never lags behind the
 //! ledger. At start it is caught up from the ledger for transactions written
 //! without it (older versions, `vaxgate ledger` tools). Its tables are
-//! insert-only, like the ledger's.
+//! insert-only, like the ledger's, except that a trace code's custody
+//! history is one row that blocks append to ([`history`]).
 
 use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
 use mappings::{ExchangeMessage, TraceEvent};
@@ -19,6 +20,8 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 
 use crate::error::ApiError;
+
+pub(crate) mod history;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS proj_events (
@@ -53,14 +56,12 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS proj_readings (device TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL,
         leaf_index BIGINT NOT NULL, PRIMARY KEY (device, start_ms, leaf_index)){wr}",
     // Custody (crate::custody, docs/custody.md): what each event says about
-    // each trace code it moves, and about its lot; a code's history is its
-    // rows, read by the primary key.
-    "CREATE TABLE IF NOT EXISTS custody_facts (code TEXT NOT NULL, leaf_index BIGINT NOT NULL,
-        occurred_ms BIGINT NOT NULL, kind SMALLINT NOT NULL, actor TEXT NOT NULL, peer TEXT,
-        doses INTEGER NOT NULL, event_id TEXT NOT NULL, cancels TEXT, lot TEXT, holder TEXT,
-        PRIMARY KEY (code, leaf_index)){wr}",
+    // each trace code it moves, and about its lot. A code's history is one
+    // row, its facts appended to it (`history`).
+    "CREATE TABLE IF NOT EXISTS custody_codes (code TEXT PRIMARY KEY, facts {blob} NOT NULL){wr}",
     // A holder's candidate stock: every code some fact left with it.
-    "CREATE INDEX IF NOT EXISTS custody_facts_holder ON custody_facts (holder, code)",
+    "CREATE TABLE IF NOT EXISTS custody_holders (holder TEXT NOT NULL, code TEXT NOT NULL,
+        PRIMARY KEY (holder, code)){wr}",
     "CREATE TABLE IF NOT EXISTS custody_lots (lot TEXT NOT NULL, leaf_index BIGINT NOT NULL, kind SMALLINT NOT NULL,
         occurred_ms BIGINT NOT NULL, day1 TEXT, day2 TEXT, ok SMALLINT NOT NULL, event_id TEXT NOT NULL,
         PRIMARY KEY (lot, leaf_index, kind)){wr}",
@@ -297,7 +298,7 @@ fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
 // The projection store, per backend. Written as a macro over the concrete
 // sqlx pool type so one body serves SQLite and PostgreSQL.
 macro_rules! projection_impl {
-    ($name:ident, $pool:ty, $db:ty, $without_rowid:expr) => {
+    ($name:ident, $pool:ty, $db:ty, $without_rowid:expr, $blob:literal, $table_exists:expr) => {
         /// Projection tables on this backend.
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -307,9 +308,74 @@ macro_rules! projection_impl {
         impl $name {
             async fn init(&self) -> Result<(), String> {
                 for s in SCHEMA {
-                    let s = s.replace("{wr}", $without_rowid);
+                    let s = s.replace("{wr}", $without_rowid).replace("{blob}", $blob);
                     sqlx::query(sqlx::AssertSqlSafe(s)).execute(&self.pool).await.map_err(|e| e.to_string())?;
                 }
+                self.migrate_custody_facts().await
+            }
+
+            /// Moves the custody facts of a ledger written by a version that
+            /// kept one row per fact (`custody_facts`) into one history per
+            /// code, in one transaction, and drops the old table.
+            async fn migrate_custody_facts(&self) -> Result<(), String> {
+                let exists = sqlx::query(sqlx::AssertSqlSafe($table_exists))
+                    .bind("custody_facts")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if !exists {
+                    return Ok(());
+                }
+                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
+                let (mut after_code, mut after_leaf) = (String::new(), -1i64);
+                let mut moved = 0usize;
+                loop {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot, holder \
+                         FROM custody_facts WHERE code > ",
+                    );
+                    qb.push_bind(after_code.clone());
+                    qb.push(" OR (code = ");
+                    qb.push_bind(after_code.clone());
+                    qb.push(" AND leaf_index > ");
+                    qb.push_bind(after_leaf);
+                    qb.push(") ORDER BY code, leaf_index LIMIT 20000");
+                    let page = qb.build().fetch_all(&mut *db).await.map_err(|e| e.to_string())?;
+                    let Some(last) = page.last() else { break };
+                    after_code = last.try_get("code").map_err(|e| e.to_string())?;
+                    after_leaf = last.try_get("leaf_index").map_err(|e| e.to_string())?;
+                    let mut rows = Vec::with_capacity(page.len());
+                    for r in &page {
+                        let e = |e: sqlx::Error| format!("custody_facts: {e}");
+                        let kind: i16 = r.try_get("kind").map_err(e)?;
+                        let uuid = |s: String| uuid::Uuid::parse_str(&s).map_err(|e| format!("custody_facts: {e}"));
+                        let leaf: i64 = r.try_get("leaf_index").map_err(e)?;
+                        rows.push((leaf, CustodyRows {
+                            facts: vec![mappings::custody::Fact {
+                                code: r.try_get("code").map_err(e)?,
+                                seq: leaf as u64,
+                                at_ms: r.try_get("occurred_ms").map_err(e)?,
+                                kind: mappings::custody::Move::from_i16(kind)
+                                    .ok_or_else(|| format!("custody_facts: unknown kind {kind}"))?,
+                                actor: r.try_get("actor").map_err(e)?,
+                                peer: r.try_get("peer").map_err(e)?,
+                                doses: u16::try_from(r.try_get::<i32, _>("doses").map_err(e)?).unwrap_or(0),
+                                event_id: uuid(r.try_get("event_id").map_err(e)?)?,
+                                cancels: r.try_get::<Option<String>, _>("cancels").map_err(e)?.map(uuid).transpose()?,
+                                lot: r.try_get("lot").map_err(e)?,
+                            }],
+                            ..Default::default()
+                        }));
+                    }
+                    moved += rows.len();
+                    let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
+                    Self::insert_custody(&mut *db, &refs, 0).await?;
+                    tracing::info!(facts = moved, "moving custody facts to one history per trace code");
+                }
+                sqlx::query("DROP TABLE custody_facts").execute(&mut *db).await.map_err(|e| e.to_string())?;
+                db.commit().await.map_err(|e| e.to_string())?;
+                tracing::info!(facts = moved, "custody facts moved to one history per trace code (custody_codes)");
                 Ok(())
             }
 
@@ -426,24 +492,36 @@ macro_rules! projection_impl {
                 chunk: &[(i64, &CustodyRows)],
                 first: i64,
             ) -> Result<(), String> {
-                let facts: Vec<(i64, &mappings::custody::Fact)> =
-                    chunk.iter().flat_map(|(l, row)| row.facts.iter().map(move |f| (*l, f))).collect();
-                for fc in facts.chunks(2000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO custody_facts (code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot, holder) ",
-                    );
-                    qb.push_values(fc, |mut r, (l, f)| {
-                        r.push_bind(f.code.clone())
-                            .push_bind(*l)
-                            .push_bind(f.at_ms)
-                            .push_bind(f.kind.as_i16())
-                            .push_bind(f.actor.clone())
-                            .push_bind(f.peer.clone())
-                            .push_bind(i32::from(f.doses))
-                            .push_bind(f.event_id.to_string())
-                            .push_bind(f.cancels.map(|c| c.to_string()))
-                            .push_bind(f.lot.clone())
-                            .push_bind(f.holder_after().map(str::to_string));
+                // Each code's new facts, in order, appended to its history
+                // in one statement (a code may appear once per statement).
+                let mut by_code: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
+                let mut holders: std::collections::BTreeSet<(&str, &str)> = Default::default();
+                for (l, row) in chunk {
+                    for f in &row.facts {
+                        history::encode_into(by_code.entry(f.code.as_str()).or_default(), *l as u64, f)?;
+                        if let Some(h) = f.holder_after() {
+                            holders.insert((h, f.code.as_str()));
+                        }
+                    }
+                }
+                let by_code: Vec<(&str, Vec<u8>)> = by_code.into_iter().collect();
+                for hc in by_code.chunks(2000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_codes (code, facts) ");
+                    qb.push_values(hc, |mut r, (c, b)| {
+                        r.push_bind(c.to_string()).push_bind(b.clone());
+                    });
+                    qb.push(concat!(
+                        " ON CONFLICT (code) DO UPDATE SET facts = CAST(custody_codes.facts || excluded.facts AS ",
+                        $blob,
+                        ")"
+                    ));
+                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                }
+                let holders: Vec<(&str, &str)> = holders.into_iter().collect();
+                for hc in holders.chunks(3000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_holders (holder, code) ");
+                    qb.push_values(hc, |mut r, (h, c)| {
+                        r.push_bind(h.to_string()).push_bind(c.to_string());
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
@@ -503,35 +581,22 @@ macro_rules! projection_impl {
                 Ok(())
             }
 
-            /// Every custody fact of these codes.
-            async fn custody_facts(&self, codes: &[String]) -> Result<Vec<mappings::custody::Fact>, String> {
+            /// The stored histories of these codes (those that have one).
+            async fn custody_histories(&self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
                 let mut out = Vec::new();
                 for cc in codes.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot FROM custody_facts WHERE code IN (",
-                    );
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("SELECT code, facts FROM custody_codes WHERE code IN (");
                     let mut sep = qb.separated(", ");
                     for c in cc {
                         sep.push_bind(c.clone());
                     }
                     qb.push(")");
                     for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        let e = |e: sqlx::Error| e.to_string();
-                        let kind: i16 = r.try_get("kind").map_err(e)?;
-                        let uuid = |s: String| uuid::Uuid::parse_str(&s).map_err(|e| format!("custody_facts: {e}"));
-                        out.push(mappings::custody::Fact {
-                            code: r.try_get("code").map_err(e)?,
-                            seq: r.try_get::<i64, _>("leaf_index").map_err(e)? as u64,
-                            at_ms: r.try_get("occurred_ms").map_err(e)?,
-                            kind: mappings::custody::Move::from_i16(kind)
-                                .ok_or_else(|| format!("custody_facts: unknown kind {kind}"))?,
-                            actor: r.try_get("actor").map_err(e)?,
-                            peer: r.try_get("peer").map_err(e)?,
-                            doses: u16::try_from(r.try_get::<i32, _>("doses").map_err(e)?).unwrap_or(0),
-                            event_id: uuid(r.try_get("event_id").map_err(e)?)?,
-                            cancels: r.try_get::<Option<String>, _>("cancels").map_err(e)?.map(uuid).transpose()?,
-                            lot: r.try_get("lot").map_err(e)?,
-                        });
+                        out.push((
+                            r.try_get("code").map_err(|e| e.to_string())?,
+                            r.try_get("facts").map_err(|e| e.to_string())?,
+                        ));
                     }
                 }
                 Ok(out)
@@ -653,7 +718,7 @@ macro_rules! projection_impl {
 
             /// Every code some custody fact left with `holder`.
             async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT DISTINCT code FROM custody_facts WHERE holder = ");
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT code FROM custody_holders WHERE holder = ");
                 qb.push_bind(holder.to_string());
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
                 rows.iter()
@@ -825,8 +890,22 @@ macro_rules! projection_impl {
     };
 }
 
-projection_impl!(SqliteProjection, sqlx::SqlitePool, sqlx::Sqlite, " WITHOUT ROWID");
-projection_impl!(PgProjection, sqlx::PgPool, sqlx::Postgres, "");
+projection_impl!(
+    SqliteProjection,
+    sqlx::SqlitePool,
+    sqlx::Sqlite,
+    " WITHOUT ROWID",
+    "BLOB",
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+);
+projection_impl!(
+    PgProjection,
+    sqlx::PgPool,
+    sqlx::Postgres,
+    "",
+    "BYTEA",
+    "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = $1"
+);
 
 /// The projection, on the ledger's own database.
 #[derive(Debug, Clone)]
@@ -1037,7 +1116,20 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.custody_facts(codes).await)
+        let mut out = Vec::new();
+        for (code, bytes) in self.custody_histories(codes).await? {
+            out.extend(history::decode(&code, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// The stored custody histories of `codes` ([`history`]), as bytes:
+    /// (code, history) for those that have one.
+    pub async fn custody_histories(&self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        each!(self, x => x.custody_histories(codes).await)
     }
 
     /// Every custody fact of these lots.

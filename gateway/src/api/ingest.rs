@@ -695,8 +695,8 @@ async fn ingest(
             fill_repeats(&mut results, &repeats);
             return Ok(answer(batch_id, results, brief));
         }
-        append_and_answer(&state, &mut results, kept, brief, started).await?;
-        ticket.committed();
+        let leaves = append_and_answer(&state, &mut results, kept, brief, started).await?;
+        ticket.committed(&leaves);
     }
     fill_repeats(&mut results, &repeats);
     Ok(answer(batch.header.batch_id.to_string(), results, brief))
@@ -834,7 +834,7 @@ async fn append_and_answer(
     a: Appendable,
     brief: bool,
     started: std::time::Instant,
-) -> Result<(), ApiError> {
+) -> Result<std::collections::HashMap<u64, u64>, ApiError> {
     let Appendable {
         idx,
         mut txs,
@@ -1017,6 +1017,13 @@ async fn append_and_answer(
                 });
         }
     }
+    // Each written record's leaf, by its order number in the custody
+    // judgement (for the cache of custody histories).
+    let leaves = verdicts
+        .iter()
+        .zip(&receipts)
+        .map(|(v, r)| (v.seq, r.leaf_index))
+        .collect();
     for ((((i, r), p), cc), cu) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes).zip(custody_out) {
         results[i] = Some(RecordResult {
             index: i,
@@ -1029,7 +1036,7 @@ async fn append_and_answer(
             custody: cu,
         });
     }
-    Ok(())
+    Ok(leaves)
 }
 
 /// Answers each repeat `(i, j)` of an event within the batch like its first

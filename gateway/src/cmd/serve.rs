@@ -131,6 +131,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
                 c.custody
                     .actions()
                     .map_err(|(key, m)| anyhow::anyhow!("{}: {key}: {m}", config_path.display()))?,
+                c.custody.cache_codes,
             ),
             nonces: Default::default(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,

@@ -75,8 +75,9 @@ pub type SideFuture<'c> = std::pin::Pin<Box<dyn Future<Output = Result<(), Strin
 /// Rows derived from one append request that the store writes in the same
 /// database transaction as the block holding the request's transactions,
 /// so they exist exactly when the block does and cost no second commit
-/// (the gateway's relational projection). A side write must only insert,
-/// into its own tables; if it fails, the block is not written.
+/// (the gateway's relational projection). A side write must only insert
+/// into its own tables, or append to rows of its own (the gateway's
+/// custody histories); if it fails, the block is not written.
 pub trait SideWrite: Send + Sync {
     /// Writes the rows of the request's transactions, which the block holds
     /// at leaf indexes `first_leaf..` in request order, at `height`.
