@@ -10,7 +10,11 @@
 //! latter resolved by the production and delivery that arrive later; a
 //! recalled dose given, a dose given after its expiry date and one given
 //! before its lot's release are kept and flagged; the clinic's stock is what
-//! is left.
+//! is left. The real agent reading a CDC's legacy stock table (`V_YM_CRKD`)
+//! does the same for receipts and outbounds: a receipt nobody sent to the
+//! CDC and an outbound of a dose another organisation holds are kept
+//! pending (the first resolved by the dispatch that arrives later); an
+//! outbound of a dose the CDC destroyed is refused, on replay too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -753,4 +757,371 @@ fn old_custody_rows_migrate(url: &str, base: &Path) {
         };
         assert!(!left, "custody_facts still exists after the move");
     });
+}
+
+/// The city CDC's organisation code in its stock system: the mapping's
+/// `entity` and the sender or receiver its bills name, registered as one of
+/// the CDC's codes (so its bills and the holder's dispatches to it name one
+/// holder).
+const CDC_CODE: &str = "3201000000";
+
+/// The columns of the CDC stock system's view `V_YM_CRKD`, one row per bill
+/// line, as the sandbox writes it (sandbox/src/write.rs, `CDC_VIEW`).
+const CDC_COLUMNS: &[&str] = &[
+    "DJH", "DJLX", "DJRQ", "FHDW_DM", "FHDW_MC", "SHDW_DM", "SHDW_MC", "FHDH", "FHDZ", "SHDZ", "FHR", "SHR", "WTQY",
+    "YMBM", "YMMC", "PH", "SCRQ", "YXQZ", "SL", "YSSL", "YSJG", "WDJL", "ZSM", "BZJC", "THYY", "ZHJB", "ZHYY",
+    "ZHTZBH", "BSYY", "XHFS", "ZXR", "JDR", "CZY",
+];
+
+/// A bill line of the CDC's stock system: bill `bill` of type `bill_type`
+/// (102 receipt 入库, 203 outbound 出库, 205 loss 报损) dated `time`
+/// (`yyyy-MM-dd HH:mm:ss`), from `from` to `to`, naming `codes` of [`LOT`].
+fn cdc_row(bill: &str, bill_type: &str, time: &str, from: &str, to: Option<&str>, codes: &[String]) -> Value {
+    let n = codes.len() as i64;
+    let mut r = json!({
+        "DJH": bill,
+        "DJLX": bill_type,
+        "DJRQ": time,
+        "FHDW_DM": from,
+        "SHDW_DM": to,
+        "YMBM": "0201",
+        "YMMC": "乙肝疫苗(酿酒酵母)",
+        "PH": LOT,
+        "YXQZ": "20261130",
+        "SL": n,
+        "ZSM": codes.join(","),
+        "CZY": "孙磊",
+    });
+    match bill_type {
+        "102" => {
+            r["SCRQ"] = json!("20231201");
+            r["YSSL"] = json!(n);
+            r["YSJG"] = json!("合格");
+            r["WDJL"] = json!("Y");
+            r["BZJC"] = json!("1");
+        }
+        "203" => {
+            r["SCRQ"] = json!("20231201");
+            r["WTQY"] = json!(MAH_CODE);
+            r["BZJC"] = json!("1");
+        }
+        "205" => {
+            r["BSYY"] = json!("GQ");
+            r["XHFS"] = json!("高压灭菌后医疗废物处置");
+            r["ZXR"] = json!("钱进");
+            r["JDR"] = json!("郑洁");
+        }
+        other => panic!("no bill line of type {other} here"),
+    }
+    r
+}
+
+/// Creates `V_YM_CRKD` (as a table with the view's columns; SL and YSSL
+/// untyped, as in the sandbox's bill lines) in a SQLite file and inserts
+/// `rows` (from [`cdc_row`]).
+fn sqlite_cdc_rows(db: &Path, rows: Vec<Value>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let cols: Vec<String> = CDC_COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "SL" | "YSSL" => c.to_string(),
+                _ => format!("{c} TEXT"),
+            })
+            .collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS V_YM_CRKD ({}, PRIMARY KEY (DJH))",
+            cols.join(", ")
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let ph = vec!["?"; CDC_COLUMNS.len()].join(", ");
+        let sql = format!("INSERT INTO V_YM_CRKD ({}) VALUES ({ph})", CDC_COLUMNS.join(", "));
+        let mut tx = pool.begin().await.unwrap();
+        for row in rows {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for c in CDC_COLUMNS {
+                q = match &row[*c] {
+                    Value::Number(n) => q.bind(n.as_i64()),
+                    Value::String(s) => q.bind(s.clone()),
+                    _ => q.bind(None::<String>),
+                };
+            }
+            q.execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        pool.close().await;
+    });
+}
+
+/// An agent reading `V_YM_CRKD` in `db` for the CDC `e`, whose stock system
+/// reports as `cdc` (a copy of config/mappings/cdc-stock.toml with that
+/// `entity`).
+fn cdc_agent_config(node: &Node, dir: &Path, e: &Ent, cdc: &str, db: &Path) -> PathBuf {
+    let spec = dir.join("cdc-stock.toml");
+    let original = std::fs::read_to_string(agent_common::repo().join("config/mappings/cdc-stock.toml")).unwrap();
+    let text = original.replace("entity = \"12320100466001234B\"", &format!("entity = \"{cdc}\""));
+    assert!(text != original && text.contains(cdc), "{text}");
+    std::fs::write(&spec, text).unwrap();
+    let text = format!(
+        r#"[agent]
+entity_id = "{id}"
+key = "{key}"
+state_db = "{state}"
+
+[gateway]
+url = "{base}"
+node_key = "{node_key}"
+timeout_secs = 30
+attempts = 2
+retry_base_ms = 100
+retry_max_ms = 500
+
+[[sources]]
+type = "sqlite"
+name = "cdc-stock"
+mapping = "{spec}"
+url = "sqlite:{db}"
+table = "V_YM_CRKD"
+watermark = "DJRQ"
+key = "DJH"
+batch_size = 64
+"#,
+        id = e.id,
+        key = e.key_file.display(),
+        state = dir.join("agent-state.db").display(),
+        base = node.base,
+        node_key = node.dir.join("keys/node.pub.pem").display(),
+        spec = spec.display(),
+        db = db.display(),
+    );
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The holder's production of `codes` (lot [`LOT`]), sent by it.
+fn produce(node: &Node, mah: &Ent, codes: &[String]) {
+    let prod = golden("production_inbound", "mah-export.json").remove(0);
+    let prod = record(&from_source(&prod, MAH_CODE), |e| {
+        e.trace_codes = codes.to_vec();
+        e.fields.insert("quantity".into(), json!(codes.len()));
+    });
+    let r = node.post_batch(mah, "/v1/transactions", &[prod]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+}
+
+/// The holder's dispatch (出库) of `codes` to the party `to`, dated
+/// 2024-01-05 09:00.
+fn mah_dispatch(to: &str, codes: &[String]) -> mappings::ExchangeMessage {
+    let out = golden("outbound", "cdc-stock.json").remove(0);
+    record(&from_source(&out, MAH_CODE), |e| {
+        e.trace_codes = codes.to_vec();
+        e.occurred_at = at("2024-01-05T09:00:00+08:00");
+        e.from = party(MAH_CODE);
+        e.to = party(to);
+        e.fields.insert("quantity".into(), json!(codes.len()));
+    })
+}
+
+/// The alert types on `code`'s trace, in order.
+fn alert_types(node: &Node, reader: &Ent, code: &str) -> Vec<String> {
+    alerts_of(node, reader, code)
+        .iter()
+        .map(|s| s["event"]["fields"]["alert_type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn cdc_stock_custody_rules_on_sqlite() {
+    cdc_stock_custody_rules(Node::start());
+}
+
+#[test]
+fn cdc_stock_custody_rules_on_postgres() {
+    cdc_stock_custody_rules(Node::start_postgres());
+}
+
+/// The receipt and dispatch rules through the real agent reading a CDC's
+/// legacy stock table (`V_YM_CRKD`, config/mappings/cdc-stock.toml): a
+/// receipt (入库) of codes nobody sent to the CDC is kept pending
+/// (`receipt_unmatched`) and resolved by the holder's dispatch that arrives
+/// later; an outbound (出库) of a dose another organisation holds is kept
+/// pending (`not_holder`); an outbound of a dose the CDC received and then
+/// destroyed (报损) is refused (`destroyed_used`), quarantined by the agent
+/// and refused again on replay.
+fn cdc_stock_custody_rules(node: Node) {
+    let mah = manufacturer(&node);
+    let cdc = node.register("12320100MB2345678", "nj-cdc", "cdc", &[CDC_CODE], None);
+    let clinic_a = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
+    let regulator = regulator(&node);
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("cdc.db");
+    let cfg = cdc_agent_config(&node, work.path(), &cdc, CDC_CODE, &db);
+
+    // 1. Doses 60 and 61 were produced; the CDC's receipt of them from the
+    // holder arrives before any dispatch to the CDC: kept, pending.
+    let unmatched = vec![code(60), code(61)];
+    produce(&node, &mah, &unmatched);
+    sqlite_cdc_rows(
+        &db,
+        vec![cdc_row(
+            "RK20240106001",
+            "102",
+            "2024-01-06 10:00:00",
+            MAH_CODE,
+            Some(CDC_CODE),
+            &unmatched,
+        )],
+    );
+    let out = run_once(&cfg);
+    assert!(
+        out.contains("source cdc-stock: 1 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    for c in &unmatched {
+        let a = alerts_of(&node, &regulator, c);
+        assert_eq!(a.len(), 1, "{c}: {a:?}");
+        let fields = &a[0]["event"]["fields"];
+        assert_eq!(fields["alert_type"], "provenance_pending", "{fields}");
+        assert_eq!(fields["rules"], json!(["receipt_unmatched"]), "{fields}");
+        assert_eq!(fields["related_category"], "inbound_receipt", "{fields}");
+        assert!(
+            fields["alert_reason"].as_str().unwrap().contains(&cdc.id),
+            "the receiver is named: {fields}"
+        );
+        assert_eq!(a[0]["signer"]["id"], "node");
+    }
+    // The holder's dispatch to the CDC (dated the day before the receipt)
+    // arrives later: it resolves the pending receipt.
+    let r = node.post_batch(&mah, "/v1/transactions", &[mah_dispatch(CDC_CODE, &unmatched)]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    let res = &r.body["results"][0]["custody"]["alerts"][0];
+    assert_eq!(res["alert_type"], "provenance_resolved", "{}", r.text);
+    for c in &unmatched {
+        assert_eq!(
+            alert_types(&node, &regulator, c),
+            ["provenance_pending", "provenance_resolved"],
+            "{c}"
+        );
+    }
+
+    // 2. Dose 80 is produced and sent to the CDC, which receives it and
+    // then destroys it (报损): both kept, nothing to say.
+    let destroyed = vec![code(80)];
+    produce(&node, &mah, &destroyed);
+    let r = node.post_batch(&mah, "/v1/transactions", &[mah_dispatch(CDC_CODE, &destroyed)]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    sqlite_cdc_rows(
+        &db,
+        vec![
+            cdc_row(
+                "RK20240107001",
+                "102",
+                "2024-01-07 10:00:00",
+                MAH_CODE,
+                Some(CDC_CODE),
+                &destroyed,
+            ),
+            cdc_row(
+                "XH20240120001",
+                "205",
+                "2024-01-20 16:00:00",
+                CDC_CODE,
+                None,
+                &destroyed,
+            ),
+        ],
+    );
+    let out = run_once(&cfg);
+    assert!(
+        out.contains("source cdc-stock: 2 accepted, 0 rejected, 0 quarantined"),
+        "{out}"
+    );
+    assert_eq!(alerts_of(&node, &regulator, &code(80)), Vec::<Value>::new());
+
+    // 3. The CDC's outbounds: dose 70, delivered to and held by clinic A
+    // (no transfer to the CDC recorded), to clinic B: kept, pending; the
+    // destroyed dose 80 to clinic A: refused and quarantined.
+    produce_and_deliver(&node, &mah, &clinic_a, &[code(70)]);
+    sqlite_cdc_rows(
+        &db,
+        vec![
+            cdc_row(
+                "CK20240201001",
+                "203",
+                "2024-02-01 09:00:00",
+                CDC_CODE,
+                Some(CLINIC_B),
+                &[code(70)],
+            ),
+            cdc_row(
+                "CK20240201002",
+                "203",
+                "2024-02-01 09:30:00",
+                CDC_CODE,
+                Some(CLINIC_A),
+                &destroyed,
+            ),
+        ],
+    );
+    let out = run_once(&cfg);
+    assert!(
+        out.contains("source cdc-stock: 1 accepted, 1 rejected, 0 quarantined"),
+        "{out}"
+    );
+    assert!(out.contains("custody_violation"), "{out}");
+    let pending = alerts_of(&node, &regulator, &code(70));
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let fields = &pending[0]["event"]["fields"];
+    assert_eq!(fields["alert_type"], "provenance_pending", "{fields}");
+    assert_eq!(fields["rules"], json!(["not_holder"]), "{fields}");
+    assert_eq!(fields["related_category"], "outbound", "{fields}");
+    assert!(
+        fields["alert_reason"].as_str().unwrap().contains(&clinic_a.id),
+        "the holder is named: {fields}"
+    );
+    let q = quarantine_reasons(&cfg);
+    assert!(
+        q.contains("CK20240201002") && q.contains("destroyed_used") && q.contains("1 entries"),
+        "{q}"
+    );
+    assert!(!q.contains("CK20240201001") && !q.contains("not_holder"), "{q}");
+    assert!(node.metric("vaxgate_custody_findings_total{action=\"refuse\",rule=\"destroyed_used\"}") >= 1.0);
+    // Nothing of the refused outbound is in dose 80's trace.
+    let steps = |c: &str| -> Vec<String> {
+        let t = node.signed(&regulator.key, "GET", &format!("/v1/trace/{c}"), Vec::new(), "");
+        assert_eq!(t.status, 200, "{}", t.text);
+        t.body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["category"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let life = ["production_inbound", "outbound", "inbound_receipt", "loss_destruction"];
+    assert_eq!(steps(&code(80)), life);
+
+    // 4. A replay is judged again by the gateway: still refused.
+    let o = agent_common::agent(&cfg, &["quarantine", "replay"]);
+    let replay = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        replay.contains("replayed: 0 accepted, 0 still quarantined, 1 rejected by the gateway")
+            && replay.contains("destroyed_used"),
+        "{replay}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{replay}");
+    let q = quarantine_reasons(&cfg);
+    assert!(q.contains("destroyed_used") && q.contains("1 entries"), "{q}");
+    assert_eq!(steps(&code(80)), life);
 }
