@@ -386,6 +386,28 @@ pub fn sqlite_clinic(db: &Path, range: std::ops::Range<usize>, bad: &dyn Fn(usiz
 /// Creates `T_JZ_JZJL` in a SQLite file and inserts `rows` (from
 /// [`clinic_row`], changed as a test needs).
 pub fn sqlite_clinic_rows(db: &Path, rows: Vec<Value>) {
+    sqlite_table_rows(
+        db,
+        "T_JZ_JZJL",
+        "JZJL_ID",
+        COLUMNS,
+        &|c| if c == "BZJC" { "INTEGER" } else { "TEXT" },
+        rows,
+    );
+}
+
+/// Creates table `table` (primary key `key`, `columns` typed by `ty`: ""
+/// leaves a column untyped) in a SQLite file if needed and inserts `rows`
+/// (JSON objects by column name; numbers as integers, strings as text,
+/// anything else NULL).
+pub fn sqlite_table_rows(
+    db: &Path,
+    table: &str,
+    key: &str,
+    columns: &[&str],
+    ty: &dyn Fn(&str) -> &'static str,
+    rows: Vec<Value>,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -396,29 +418,23 @@ pub fn sqlite_clinic_rows(db: &Path, rows: Vec<Value>) {
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
         let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        let cols: Vec<String> = COLUMNS
+        let cols: Vec<String> = columns
             .iter()
-            .map(|c| {
-                if *c == "BZJC" {
-                    format!("{c} INTEGER")
-                } else {
-                    format!("{c} TEXT")
-                }
-            })
+            .map(|c| format!("{c} {}", ty(c)).trim().to_string())
             .collect();
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS T_JZ_JZJL ({}, PRIMARY KEY (JZJL_ID))",
+            "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({key}))",
             cols.join(", ")
         )))
         .execute(&pool)
         .await
         .unwrap();
-        let ph = vec!["?"; COLUMNS.len()].join(", ");
-        let sql = format!("INSERT INTO T_JZ_JZJL ({}) VALUES ({ph})", COLUMNS.join(", "));
+        let ph = vec!["?"; columns.len()].join(", ");
+        let sql = format!("INSERT INTO {table} ({}) VALUES ({ph})", columns.join(", "));
         let mut tx = pool.begin().await.unwrap();
         for row in rows {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for c in COLUMNS {
+            for c in columns {
                 q = match &row[*c] {
                     Value::Number(n) => q.bind(n.as_i64()),
                     Value::String(s) => q.bind(s.clone()),

@@ -820,47 +820,14 @@ fn cdc_row(bill: &str, bill_type: &str, time: &str, from: &str, to: Option<&str>
 /// untyped, as in the sandbox's bill lines) in a SQLite file and inserts
 /// `rows` (from [`cdc_row`]).
 fn sqlite_cdc_rows(db: &Path, rows: Vec<Value>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        let cols: Vec<String> = CDC_COLUMNS
-            .iter()
-            .map(|c| match *c {
-                "SL" | "YSSL" => c.to_string(),
-                _ => format!("{c} TEXT"),
-            })
-            .collect();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS V_YM_CRKD ({}, PRIMARY KEY (DJH))",
-            cols.join(", ")
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        let ph = vec!["?"; CDC_COLUMNS.len()].join(", ");
-        let sql = format!("INSERT INTO V_YM_CRKD ({}) VALUES ({ph})", CDC_COLUMNS.join(", "));
-        let mut tx = pool.begin().await.unwrap();
-        for row in rows {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for c in CDC_COLUMNS {
-                q = match &row[*c] {
-                    Value::Number(n) => q.bind(n.as_i64()),
-                    Value::String(s) => q.bind(s.clone()),
-                    _ => q.bind(None::<String>),
-                };
-            }
-            q.execute(&mut *tx).await.unwrap();
-        }
-        tx.commit().await.unwrap();
-        pool.close().await;
-    });
+    agent_common::sqlite_table_rows(
+        db,
+        "V_YM_CRKD",
+        "DJH",
+        CDC_COLUMNS,
+        &|c| if matches!(c, "SL" | "YSSL") { "" } else { "TEXT" },
+        rows,
+    );
 }
 
 /// An agent reading `V_YM_CRKD` in `db` for the CDC `e`, whose stock system
