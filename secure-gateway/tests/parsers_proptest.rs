@@ -194,21 +194,32 @@ proptest! {
     #[test]
     fn sm2_ciphertexts(b in proptest::collection::vec(any::<u8>(), 0..200), e in edits()) {
         let f = fx();
-        let _ = f.p.sm2_decrypt(&f.me, &b);
-        let _ = f.p.sm2_decrypt(&f.me, &mutate(&f.sm2_der, &e));
+        prop_assert!(f.p.sm2_decrypt(&f.me, &b).is_err(), "random bytes decrypted");
+        // Only the unchanged ciphertext decrypts, to its plaintext.
+        prop_assert_eq!(&f.p.sm2_decrypt(&f.me, &f.sm2_der).unwrap()[..], b"sixteen byte key");
+        let m = mutate(&f.sm2_der, &e);
+        if let Ok(p) = f.p.sm2_decrypt(&f.me, &m) {
+            prop_assert!(m == f.sm2_der, "a changed SM2 ciphertext decrypted");
+            prop_assert_eq!(&p[..], b"sixteen byte key");
+        }
+        // Another key decrypts none of them.
         let k = Sm2SigningKey::generate();
-        let _ = k.decrypt(&b, Sm2CiphertextFormat::Raw);
-        let _ = k.decrypt(&mutate(&f.sm2_raw, &e), Sm2CiphertextFormat::Raw);
+        prop_assert!(k.decrypt(&b, Sm2CiphertextFormat::Raw).is_err());
+        prop_assert!(k.decrypt(&mutate(&f.sm2_raw, &e), Sm2CiphertextFormat::Raw).is_err());
         let mut with_tag = vec![0x04];
         with_tag.extend_from_slice(&b);
-        let _ = k.decrypt(&with_tag, Sm2CiphertextFormat::Raw);
+        prop_assert!(k.decrypt(&with_tag, Sm2CiphertextFormat::Raw).is_err());
     }
 
     #[test]
     fn sm4_ciphertexts(b in proptest::collection::vec(any::<u8>(), 0..100)) {
         let k = Sm4Key::new([1; 16]);
-        let _ = sm4_gcm_open(&k, &[0; 12], b"", &b);
-        let _ = sm4_cbc_decrypt(&k, &[0; 16], &b);
-        let _ = Sm4Key::from_slice(&b);
+        prop_assert!(sm4_gcm_open(&k, &[0; 12], b"", &b).is_err(), "random bytes passed the GCM tag");
+        // CBC has no tag: random bytes may end in valid padding, which is
+        // then removed (at least one byte).
+        if let Ok(p) = sm4_cbc_decrypt(&k, &[0; 16], &b) {
+            prop_assert!(!b.is_empty() && b.len() % 16 == 0 && p.len() < b.len());
+        }
+        prop_assert_eq!(Sm4Key::from_slice(&b).is_ok(), b.len() == 16);
     }
 }
