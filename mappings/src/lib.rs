@@ -55,6 +55,7 @@
 //! | [`TraceEvent::masked`], [`mask`] | display without personal data |
 //! | [`exchange::ExchangeMessage::new`], [`exchange::to_json`]/[`exchange::from_json`], [`exchange::to_xml`]/[`exchange::from_xml`] | NMPAB/T 1005-style messages |
 //! | [`to_canonical_json`], [`canonical_sm3`], [`event_canonical_json`], [`canonical::write_event_canonical`], [`event_sm3`] | canonical bytes and SM3 for hashing and signing |
+//! | [`commitment::commit`]`(&TraceEvent, &seed)`, [`commitment::disclose`], [`commitment::check`] | per-member salted commitments (the `fields_root` of a transaction) and what a reader needs to check an answer against them |
 //! | [`epcis::to_epcis_document`]`(&[TraceEvent], &Dataset)` | GS1 EPCIS 2.0 JSON-LD export |
 //!
 //! Every [`Problem`] names the record key, the field, the rule and the value
@@ -68,6 +69,7 @@
 
 pub mod canonical;
 pub mod checks;
+pub mod commitment;
 pub mod custody;
 pub mod dataset;
 pub mod datefmt;

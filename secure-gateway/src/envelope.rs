@@ -206,6 +206,20 @@ pub struct OpenedEnvelope {
     pub header: EnvelopeHeader,
     /// The plaintext (zeroised on drop).
     pub plaintext: Zeroizing<Vec<u8>>,
+    /// The record seed of the plaintext's field commitments
+    /// (`mappings::commitment`): HMAC-SM3 keyed with the data key over
+    /// `"vaxgate/field-seed-v1" ‖ transaction id (16 bytes)`, so that every
+    /// recipient, and only a recipient, derives it again from the ledger.
+    pub field_seed: Zeroizing<[u8; 32]>,
+}
+
+/// The record seed of an envelope's field commitments from its data key.
+pub(crate) fn field_seed(data_key: &[u8], tx: &Uuid) -> Zeroizing<[u8; 32]> {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<sm3::Sm3> as hmac::KeyInit>::new_from_slice(data_key).expect("HMAC takes any key length");
+    mac.update(b"vaxgate/field-seed-v1");
+    mac.update(tx.as_bytes());
+    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 impl fmt::Debug for OpenedEnvelope {
@@ -806,6 +820,7 @@ pub(crate) fn decrypt_verified(
     Ok(OpenedEnvelope {
         header: env.header.clone(),
         plaintext,
+        field_seed: field_seed(&raw_key, &tx),
     })
 }
 
@@ -840,5 +855,20 @@ pub(crate) mod b64_opt {
         let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
         s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Known answer, computed independently with Python's
+    /// `hmac.new(bytes(range(16)), b"vaxgate/field-seed-v1" + uuid.bytes, "sm3")`.
+    #[test]
+    fn field_seed_known_answer() {
+        let tx = uuid::Uuid::parse_str("0b9a6a2e-5f0e-5d53-9a57-9d2f5cfa0f53").unwrap();
+        let key: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            hex::encode(*super::field_seed(&key, &tx)),
+            "fd0fb28dae132dcf969d042c7e872cd7ec757ce754b963494b8556d8eb1b68ff"
+        );
     }
 }

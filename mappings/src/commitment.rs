@@ -1,0 +1,477 @@
+//! Field commitments: what a record says, member by member, committed to in
+//! its ledger transaction so that every answer built from it can be checked
+//! by its reader, with personal members left out.
+//!
+//! An event's *members* are the top-level members of its JSON form (the
+//! [`TraceEvent`] without personal data, exactly as queries return it),
+//! each member of its `fields` object and each personal element:
+//!
+//! | member | path |
+//! |---|---|
+//! | top-level member `k` (not `fields`, not `pii`) | `k` |
+//! | business element `k` (`fields.k`) | `fields/k` |
+//! | personal element `k` | `pii/k` |
+//!
+//! Each member is committed with its own 16-byte salt, derived from a
+//! 32-byte record seed the gateway gets when it opens the record (so that
+//! it can be derived again from the ledger, by the node only):
+//!
+//! ```text
+//! field(x)      = u32_be(len(x)) ‖ x
+//! public_seed   = SM3(field("vaxgate/field-seed-public-v1") ‖ field(seed))
+//! personal_seed = SM3(field("vaxgate/field-seed-personal-v1") ‖ field(seed))
+//! salt(path)    = SM3(field("vaxgate/field-salt-v1") ‖ field(s) ‖ field(path))[0..16]
+//!                 with s = personal_seed for pii/… paths, else public_seed
+//! digest        = SM3(field("vaxgate/field-v1") ‖ field(salt) ‖ field(path)
+//!                     ‖ field(canonical JSON of the value))
+//! fields_root   = SM3(field("vaxgate/fields-v1") ‖ field(u32_be(n))
+//!                     ‖ field(d_1) ‖ … ‖ field(d_n))   digests sorted ascending
+//! ```
+//!
+//! A reader is given the members it may see with their salts
+//! ([`Disclosure::salts`]) and the digests of the others
+//! ([`Disclosure::withheld`]); [`check`] recomputes the root, which must
+//! equal the `fields_root` of the transaction its inclusion proof covers.
+//! The salts of withheld members are never given, so their digests say
+//! nothing of their values; the personal salts derive from a seed of their
+//! own, so the public seed the gateway keeps beside its projection opens no
+//! personal member. A record stored in the clear (a node-written alert)
+//! takes its seed from its payload ([`plain_seed`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sm3::{Digest, Sm3};
+
+use crate::canonical::write_canonical;
+use crate::event::TraceEvent;
+use crate::pii::Pii;
+
+/// Bytes of a member's salt.
+pub const SALT_LEN: usize = 16;
+
+/// Path prefix of business elements.
+pub const FIELDS_PREFIX: &str = "fields/";
+/// Path prefix of personal elements.
+pub const PERSONAL_PREFIX: &str = "pii/";
+
+/// Why a disclosure does not check out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitmentError {
+    /// A shown member has no salt.
+    #[error("member {0} is shown but has no salt")]
+    MissingSalt(String),
+    /// A salt names a member that is not shown.
+    #[error("a salt is given for member {0}, which is not shown")]
+    ExtraSalt(String),
+    /// A salt or digest is not the hex it must be.
+    #[error("{what} {value:?} is not {len} bytes of lowercase hex")]
+    BadHex {
+        /// What it is (`salt of fields/lot_number`, `withheld digest 3`).
+        what: String,
+        /// The offending text.
+        value: String,
+        /// Bytes expected.
+        len: usize,
+    },
+    /// The event is not a JSON object.
+    #[error("the event is not a JSON object")]
+    NotAnObject,
+}
+
+fn field(h: &mut Sm3, x: &[u8]) {
+    h.update((x.len() as u32).to_be_bytes());
+    h.update(x);
+}
+
+fn tagged(tag: &str) -> Sm3 {
+    let mut h = Sm3::new();
+    field(&mut h, tag.as_bytes());
+    h
+}
+
+/// The seeds a record's salts derive from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seeds {
+    /// Salts of the event's own members.
+    pub public: [u8; 32],
+    /// Salts of its personal members.
+    pub personal: [u8; 32],
+}
+
+impl std::fmt::Debug for Seeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seeds(..)")
+    }
+}
+
+impl Seeds {
+    /// The seeds of a record seed.
+    #[must_use]
+    pub fn of(seed: &[u8; 32]) -> Seeds {
+        let derive = |tag| {
+            let mut h = tagged(tag);
+            field(&mut h, seed);
+            h.finalize().into()
+        };
+        Seeds {
+            public: derive("vaxgate/field-seed-public-v1"),
+            personal: derive("vaxgate/field-seed-personal-v1"),
+        }
+    }
+}
+
+/// The record seed of a record stored in the clear (a node-written alert,
+/// which holds no personal data): `SM3(field("vaxgate/field-seed-plain-v1")
+/// ‖ field(payload))`. Its salts hide nothing from whoever has the
+/// payload; they are there so that every answer is checked the same way.
+#[must_use]
+pub fn plain_seed(payload: &[u8]) -> [u8; 32] {
+    let mut h = tagged("vaxgate/field-seed-plain-v1");
+    field(&mut h, payload);
+    h.finalize().into()
+}
+
+/// The salt of member `path` under seed `s` (the public or the personal one).
+#[must_use]
+pub fn salt(s: &[u8; 32], path: &str) -> [u8; SALT_LEN] {
+    let mut h = tagged("vaxgate/field-salt-v1");
+    field(&mut h, s);
+    field(&mut h, path.as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; SALT_LEN];
+    out.copy_from_slice(&d[..SALT_LEN]);
+    out
+}
+
+/// The digest of one member.
+#[must_use]
+pub fn digest(salt: &[u8; SALT_LEN], path: &str, value: &Value) -> [u8; 32] {
+    let mut v = Vec::with_capacity(64);
+    write_canonical(value, &mut v);
+    let mut h = tagged("vaxgate/field-v1");
+    field(&mut h, salt);
+    field(&mut h, path.as_bytes());
+    field(&mut h, &v);
+    h.finalize().into()
+}
+
+/// The root over members' digests (in any order; sorted here).
+#[must_use]
+pub fn root(mut digests: Vec<[u8; 32]>) -> [u8; 32] {
+    digests.sort_unstable();
+    let mut h = tagged("vaxgate/fields-v1");
+    field(&mut h, &(digests.len() as u32).to_be_bytes());
+    for d in &digests {
+        field(&mut h, d);
+    }
+    h.finalize().into()
+}
+
+/// The members of an event document (the event without personal data, as
+/// JSON): (path, value), top-level members first, then business elements.
+pub fn members(doc: &Map<String, Value>) -> impl Iterator<Item = (String, &Value)> {
+    let top = doc
+        .iter()
+        .filter(|(k, _)| k.as_str() != "fields" && k.as_str() != "pii")
+        .map(|(k, v)| (k.clone(), v));
+    let fields = doc
+        .get("fields")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (format!("{FIELDS_PREFIX}{k}"), v));
+    top.chain(fields)
+}
+
+/// What the gateway keeps of a record's commitment: the root (in the
+/// ledger transaction), the public seed and the digests of the personal
+/// members (beside the projection, which holds no personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commitment {
+    /// The root over every member.
+    pub root: [u8; 32],
+    /// The seeds.
+    pub seeds: Seeds,
+    /// Digests of the personal members, sorted.
+    pub personal: Vec<[u8; 32]>,
+}
+
+/// The event's JSON form without personal data, as the projection keeps it
+/// and queries return it.
+#[must_use]
+pub fn public_doc(event: &TraceEvent) -> Value {
+    let mut e = event.clone();
+    e.pii = Pii::default();
+    serde_json::to_value(&e).unwrap_or(Value::Null)
+}
+
+/// Commits to `event` (its public document and personal elements) under
+/// the record seed `seed`.
+#[must_use]
+pub fn commit(event: &TraceEvent, seed: &[u8; 32]) -> Commitment {
+    let doc = public_doc(event);
+    let seeds = Seeds::of(seed);
+    let mut all: Vec<[u8; 32]> = Vec::new();
+    if let Value::Object(m) = &doc {
+        for (path, v) in members(m) {
+            all.push(digest(&salt(&seeds.public, &path), &path, v));
+        }
+    }
+    let mut personal: Vec<[u8; 32]> = event
+        .pii
+        .iter()
+        .map(|(k, v)| {
+            let path = format!("{PERSONAL_PREFIX}{k}");
+            digest(&salt(&seeds.personal, &path), &path, &Value::String(v.to_string()))
+        })
+        .collect();
+    personal.sort_unstable();
+    all.extend(&personal);
+    Commitment {
+        root: root(all),
+        seeds,
+        personal,
+    }
+}
+
+/// What a reader is given beside the members it sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disclosure {
+    /// The salt (32 lowercase hex digits) of every member shown, by path.
+    pub salts: BTreeMap<String, String>,
+    /// The digests (64 lowercase hex digits) of the members not shown.
+    #[serde(default)]
+    pub withheld: Vec<String>,
+}
+
+/// The disclosure of `doc` (the public document) with every member shown
+/// but those whose path is in `hide`; the personal members are shown
+/// (`personal = Some((values, personal seed))`) or withheld (their
+/// digests, `personal_digests`).
+#[must_use]
+pub fn disclose(
+    doc: &Map<String, Value>,
+    public_seed: &[u8; 32],
+    hide: &[&str],
+    personal: Option<(&BTreeMap<String, String>, &[u8; 32])>,
+    personal_digests: &[[u8; 32]],
+) -> Disclosure {
+    let mut d = Disclosure::default();
+    for (path, v) in members(doc) {
+        let s = salt(public_seed, &path);
+        if hide.contains(&path.as_str()) {
+            d.withheld.push(hex::encode(digest(&s, &path, v)));
+        } else {
+            d.salts.insert(path, hex::encode(s));
+        }
+    }
+    match personal {
+        Some((values, seed)) => {
+            for k in values.keys() {
+                let path = format!("{PERSONAL_PREFIX}{k}");
+                let s = salt(seed, &path);
+                d.salts.insert(path, hex::encode(s));
+            }
+        }
+        None => d.withheld.extend(personal_digests.iter().map(hex::encode)),
+    }
+    d.withheld.sort_unstable();
+    d
+}
+
+fn unhex<const N: usize>(what: impl FnOnce() -> String, s: &str) -> Result<[u8; N], CommitmentError> {
+    let bad = |what: String| CommitmentError::BadHex {
+        what,
+        value: s.chars().take(80).collect(),
+        len: N,
+    };
+    if s.len() != 2 * N || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad(what()));
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).map_err(|_| bad(what()))?;
+    Ok(out)
+}
+
+/// Recomputes the root from what a reader was shown: the public document
+/// `doc` (members may be missing: withheld), the personal elements shown
+/// (`personal`, element key → value; empty when none), and the disclosure.
+/// Every shown member needs its salt and every salt a shown member.
+pub fn check(doc: &Value, personal: &BTreeMap<String, String>, d: &Disclosure) -> Result<[u8; 32], CommitmentError> {
+    let m = doc.as_object().ok_or(CommitmentError::NotAnObject)?;
+    let mut shown: Vec<(String, Value)> = members(m).map(|(p, v)| (p, v.clone())).collect();
+    shown.extend(
+        personal
+            .iter()
+            .map(|(k, v)| (format!("{PERSONAL_PREFIX}{k}"), Value::String(v.clone()))),
+    );
+    let mut all = Vec::with_capacity(shown.len() + d.withheld.len());
+    for (path, v) in &shown {
+        let s = d
+            .salts
+            .get(path)
+            .ok_or_else(|| CommitmentError::MissingSalt(path.clone()))?;
+        let s: [u8; SALT_LEN] = unhex(|| format!("salt of {path}"), s)?;
+        all.push(digest(&s, path, v));
+    }
+    if let Some(extra) = d.salts.keys().find(|k| !shown.iter().any(|(p, _)| p == *k)) {
+        return Err(CommitmentError::ExtraSalt(extra.clone()));
+    }
+    for (i, w) in d.withheld.iter().enumerate() {
+        all.push(unhex(|| format!("withheld digest {i}"), w)?);
+    }
+    Ok(root(all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn event() -> TraceEvent {
+        let mut e: TraceEvent = serde_json::from_value(json!({
+            "category": "vaccination",
+            "eventID": "0b9a6a2e-5f0e-5d53-9a57-9d2f5cfa0f53",
+            "occurredAt": "2024-03-05T09:30:00+08:00",
+            "recordedAt": "2024-03-05T09:31:00+08:00",
+            "source": "3201020001",
+            "recordKey": "7",
+            "traceCodes": ["81234567890123456789"],
+            "fields": {"lot_number": "202401A", "dose_number": 2, "site": "左上臂"}
+        }))
+        .unwrap();
+        e.pii.insert("recipient_name", "王小明");
+        e.pii.insert("recipient_id_number", "11010519491231002X");
+        e
+    }
+
+    fn doc_of(e: &TraceEvent) -> Map<String, Value> {
+        match public_doc(e) {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    const SEED: [u8; 32] = [7; 32];
+
+    /// Known answer: pinned so that a change of any rule above shows here.
+    /// Both values were computed independently, from the definitions in the
+    /// module documentation, with Python's `hashlib.new("sm3")` and
+    /// `json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True)`.
+    #[test]
+    fn known_answer() {
+        let c = commit(&event(), &SEED);
+        assert_eq!(
+            hex::encode(salt(&c.seeds.public, "fields/lot_number")),
+            "39af606976db77bcf8d204fd152cea37"
+        );
+        assert_eq!(
+            hex::encode(c.root),
+            "ddf12bea0cf81599e17fadfed5dd2cfec91f8ef4daad3a494f706aa347366fcf"
+        );
+    }
+
+    #[test]
+    fn everything_shown_checks() {
+        let e = event();
+        let c = commit(&e, &SEED);
+        let doc = doc_of(&e);
+        let values: BTreeMap<String, String> = e.pii.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let d = disclose(
+            &doc,
+            &c.seeds.public,
+            &[],
+            Some((&values, &c.seeds.personal)),
+            &c.personal,
+        );
+        assert!(d.withheld.is_empty());
+        assert_eq!(check(&Value::Object(doc), &values, &d), Ok(c.root));
+    }
+
+    #[test]
+    fn personal_withheld_checks_and_reveals_no_salt() {
+        let e = event();
+        let c = commit(&e, &SEED);
+        let doc = doc_of(&e);
+        let d = disclose(&doc, &c.seeds.public, &["fields/site"], None, &c.personal);
+        assert_eq!(d.withheld.len(), 3);
+        assert!(
+            d.salts
+                .keys()
+                .all(|k| !k.starts_with(PERSONAL_PREFIX) && k != "fields/site")
+        );
+        let mut shown = doc.clone();
+        shown["fields"].as_object_mut().unwrap().remove("site");
+        assert_eq!(check(&Value::Object(shown), &BTreeMap::new(), &d), Ok(c.root));
+    }
+
+    #[test]
+    fn a_changed_or_added_member_does_not_check() {
+        let e = event();
+        let c = commit(&e, &SEED);
+        let doc = doc_of(&e);
+        let d = disclose(&doc, &c.seeds.public, &[], None, &c.personal);
+        let mut forged = doc.clone();
+        forged["fields"]["lot_number"] = json!("202401B");
+        assert_ne!(check(&Value::Object(forged), &BTreeMap::new(), &d), Ok(c.root));
+        let mut added = doc.clone();
+        added["fields"]["extra"] = json!(1);
+        assert_eq!(
+            check(&Value::Object(added), &BTreeMap::new(), &d),
+            Err(CommitmentError::MissingSalt("fields/extra".into()))
+        );
+        let mut removed = doc;
+        removed.remove("recordKey");
+        assert_eq!(
+            check(&Value::Object(removed), &BTreeMap::new(), &d),
+            Err(CommitmentError::ExtraSalt("recordKey".into()))
+        );
+    }
+
+    #[test]
+    fn bad_hex_is_named() {
+        let e = event();
+        let c = commit(&e, &SEED);
+        let doc = doc_of(&e);
+        let mut d = disclose(&doc, &c.seeds.public, &[], None, &c.personal);
+        d.withheld[1] = d.withheld[1].to_uppercase();
+        let err = check(&Value::Object(doc), &BTreeMap::new(), &d).unwrap_err();
+        assert!(err.to_string().contains("withheld digest 1"), "{err}");
+    }
+
+    proptest! {
+        /// Whatever members are hidden, the root is the one committed to;
+        /// a changed value of any shown member gives another root.
+        #[test]
+        fn any_subset_hidden_checks(hide_mask in any::<u16>(), change in any::<u8>(), seed in any::<[u8; 32]>()) {
+            let e = event();
+            let c = commit(&e, &seed);
+            let doc = doc_of(&e);
+            let paths: Vec<String> = members(&doc).map(|(p, _)| p).collect();
+            let hide: Vec<&str> = paths.iter().enumerate()
+                .filter(|(i, _)| hide_mask & (1 << i) != 0).map(|(_, p)| p.as_str()).collect();
+            let d = disclose(&doc, &c.seeds.public, &hide, None, &c.personal);
+            let mut shown = doc.clone();
+            for p in &hide {
+                match p.strip_prefix(FIELDS_PREFIX) {
+                    Some(k) => { shown["fields"].as_object_mut().unwrap().remove(k); }
+                    None => { shown.remove(*p); }
+                }
+            }
+            prop_assert_eq!(check(&Value::Object(shown.clone()), &BTreeMap::new(), &d), Ok(c.root));
+            let visible: Vec<&String> = paths.iter().filter(|p| !hide.contains(&p.as_str())).collect();
+            if !visible.is_empty() {
+                let p = visible[change as usize % visible.len()];
+                match p.strip_prefix(FIELDS_PREFIX) {
+                    Some(k) => shown["fields"][k] = json!("changed"),
+                    None => { shown.insert(p.clone(), json!("changed")); }
+                }
+                prop_assert_ne!(check(&Value::Object(shown), &BTreeMap::new(), &d), Ok(c.root));
+            }
+        }
+    }
+}
