@@ -790,6 +790,7 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
     let hours = after.as_secs_f64() / 3600.0;
     let mut contents = Vec::new();
     let mut msgs = Vec::new();
+    let mut fields = Vec::new();
     let mut rows = Vec::new();
     for (alert_leaf, (event_leaf, codes)) in &by_alert {
         let (Some(a), Some(e)) = (events.get(alert_leaf), events.get(event_leaf)) else {
@@ -834,9 +835,10 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
                 .with_label_values(&[r, "escalated"])
                 .inc();
         }
-        let (content, msg) = crate::api::ingest::node_alert(ev);
+        let (content, msg, commitment) = crate::api::ingest::node_alert(ev);
         contents.push(content);
         msgs.push(msg);
+        fields.push(commitment);
         rows.push(crate::projection::CustodyRows {
             escalates: Some(*alert_leaf),
             ..Default::default()
@@ -852,7 +854,7 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
         contents,
         now.timestamp_millis(),
     );
-    let side = crate::projection::ProjectionWrite::new(&txs, msgs, rows);
+    let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, rows);
     state
         .ledger
         .append_with(txs, Some(Box::new(side)), ledger::Membership::Check)

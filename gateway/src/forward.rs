@@ -468,7 +468,7 @@ impl Forwarder {
                     }
                     match crate::projection::open_event(self.provider.as_ref(), &self.node, t) {
                         Ok(Some(m)) => {
-                            let p = crate::projection::project(t, &m);
+                            let p = crate::projection::project(t, &m.msg);
                             events.insert(
                                 t.leaf_index,
                                 EventInfo {

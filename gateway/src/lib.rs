@@ -5,6 +5,7 @@
 // The OpenAPI document is one `serde_json::json!` literal.
 #![recursion_limit = "256"]
 
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod coldchain;

@@ -12,7 +12,10 @@
 //! insert-only, like the ledger's, except that a trace code's custody
 //! history is one row that blocks append to ([`history`]).
 
+use std::collections::HashMap;
+
 use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
+use mappings::commitment::Commitment;
 use mappings::{ExchangeMessage, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
@@ -39,6 +42,12 @@ const SCHEMA: &[&str] = &[
     // No index on event_id: an event id is its transaction's record id,
     // which the ledger's own unique index finds (one random index fewer to
     // write per record).
+    // What queries need of each event's field commitments (public seed and
+    // personal digests, `fields_blob`); no row for events written before
+    // field commitments.
+    "CREATE TABLE IF NOT EXISTS proj_fields (
+        leaf_index BIGINT PRIMARY KEY,
+        fields {blob} NOT NULL){wr}",
     "CREATE INDEX IF NOT EXISTS proj_events_lot ON proj_events (lot)",
     "CREATE INDEX IF NOT EXISTS proj_events_cancels ON proj_events (cancels)",
     // The lookup tables are their primary keys: on SQLite they are stored
@@ -122,13 +131,39 @@ pub struct ProjectedEvent {
     pub doc: serde_json::Value,
 }
 
+/// An event opened from the ledger: its message and the record seed of its
+/// field commitments ([`mappings::commitment`]).
+pub struct OpenedEvent {
+    /// The exchange message, personal data included.
+    pub msg: ExchangeMessage,
+    /// The record seed (from the envelope's data key; from the payload for
+    /// a node-written alert).
+    pub seed: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for OpenedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedEvent")
+            .field("msg", &self.msg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenedEvent {
+    /// The record's field commitments.
+    #[must_use]
+    pub fn commitment(&self) -> Commitment {
+        mappings::commitment::commit(&self.msg.payload, &self.seed)
+    }
+}
+
 /// Opens a stored transaction's envelope with the node key and parses the
 /// exchange message. `None` for transactions that are not events.
 pub fn open_event(
     provider: &dyn CryptoProvider,
     node: &KeyHandle,
     st: &StoredTx,
-) -> Result<Option<ExchangeMessage>, String> {
+) -> Result<Option<OpenedEvent>, String> {
     if !matches!(st.tx.content.kind, TxKind::Data | TxKind::Cancellation) {
         return Ok(None);
     }
@@ -138,7 +173,11 @@ pub fn open_event(
     {
         // A node-written alert: plain exchange JSON, no personal data.
         let text = std::str::from_utf8(&st.tx.content.payload).map_err(|_| "alert is not UTF-8".to_string())?;
-        return mappings::exchange::from_json(text).map(Some).map_err(|e| e.to_string());
+        let msg = mappings::exchange::from_json(text).map_err(|e| e.to_string())?;
+        return Ok(Some(OpenedEvent {
+            msg,
+            seed: zeroize::Zeroizing::new(mappings::commitment::plain_seed(&st.tx.content.payload)),
+        }));
     }
     let env = SealedEnvelope::from_json(&st.tx.content.payload).map_err(|e| e.to_string())?;
     let a = &st.tx.auth;
@@ -159,7 +198,10 @@ pub fn open_event(
         ContentType::Xml => mappings::exchange::from_xml(text),
     }
     .map_err(|e| e.to_string())?;
-    Ok(Some(msg))
+    Ok(Some(OpenedEvent {
+        msg,
+        seed: opened.field_seed,
+    }))
 }
 
 /// The projected row of an event (personal data removed).
@@ -206,6 +248,110 @@ struct ProjRow {
     /// A reading set's logger and period (ms).
     reading: Option<(String, i64, i64)>,
     custody: CustodyRows,
+    /// What queries need of the field commitments: the public seed, then
+    /// the digests of the personal members ([`fields_blob`]).
+    fields: Option<Vec<u8>>,
+}
+
+/// What [`Projection::check_against`] found.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectionCheck {
+    /// Event rows read.
+    pub rows: u64,
+    /// Rows whose content was checked against a field-commitment root.
+    pub committed: u64,
+    /// Each difference, naming the leaf and event.
+    pub differences: Vec<String>,
+}
+
+/// Checks one projected event against its ledger transaction: the columns
+/// against the transaction and the event document, and (for a transaction
+/// with field commitments) every member of the document against the
+/// committed root.
+pub fn check_event(e: &ProjectedEvent, st: Option<&StoredTx>, fields: Option<&Vec<u8>>) -> Result<(), String> {
+    let st = st.ok_or("no transaction at this leaf in the ledger")?;
+    let c = &st.tx.content;
+    let col = |name: &str, row: &str, ledger: &str| -> Result<(), String> {
+        if row == ledger {
+            Ok(())
+        } else {
+            Err(format!("column {name} is {row:?}, the ledger says {ledger:?}"))
+        }
+    };
+    col("event_id", &e.event_id, &c.record_id)?;
+    col("tx_id", &e.tx_id, &c.tx_id.to_string())?;
+    col("category", &e.category, &c.category)?;
+    col("signer", &e.signer, &st.tx.auth.signer)?;
+    if e.height != st.height {
+        return Err(format!("column height is {}, the ledger says {}", e.height, st.height));
+    }
+    let doc = &e.doc;
+    let s = |k: &str| doc[k].as_str().map(str::to_string);
+    let f = |k: &str| doc["fields"][k].as_str().map(str::to_string);
+    let occurred = s("occurredAt")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.timestamp_millis());
+    if occurred != Some(e.occurred_ms) {
+        return Err(format!(
+            "column occurred_ms {} is not the document's occurredAt",
+            e.occurred_ms
+        ));
+    }
+    if s("source").as_deref() != Some(e.source.as_str()) {
+        return Err("column source is not the document's".into());
+    }
+    if f("lot_number") != e.lot {
+        return Err("column lot is not the document's lot_number".into());
+    }
+    if f("cancels_event_id").or_else(|| f("related_event_id")) != e.cancels {
+        return Err("column cancels is not the document's".into());
+    }
+    let Some(root) = c.fields_root else {
+        return Ok(()); // written before field commitments: nothing to check the document against
+    };
+    let blob = fields.ok_or("no field-commitment row (proj_fields)")?;
+    let (seed, personal) = parse_fields_blob(blob)?;
+    let m = doc.as_object().ok_or("the document is not a JSON object")?;
+    let d = mappings::commitment::disclose(m, &seed, &[], None, &personal);
+    let got = mappings::commitment::check(doc, &std::collections::BTreeMap::new(), &d).map_err(|e| e.to_string())?;
+    if got != root.0 {
+        return Err(format!(
+            "the document is not what transaction {} commits to (a member was changed, added or removed, or its \
+             field-commitment row was)",
+            c.tx_id
+        ));
+    }
+    Ok(())
+}
+
+/// The stored form of what queries need of a record's field commitments:
+/// the public seed (32 bytes), then the digest of each personal member
+/// (32 bytes each, sorted). No personal salt can be derived from it.
+#[must_use]
+pub fn fields_blob(c: &Commitment) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32 * (1 + c.personal.len()));
+    b.extend_from_slice(&c.seeds.public);
+    for d in &c.personal {
+        b.extend_from_slice(d);
+    }
+    b
+}
+
+/// The public seed and personal digests of a [`fields_blob`].
+pub fn parse_fields_blob(b: &[u8]) -> Result<([u8; 32], Vec<[u8; 32]>), String> {
+    if b.len() < 32 || !b.len().is_multiple_of(32) {
+        return Err(format!(
+            "a field-commitment row of {} bytes (a multiple of 32, at least 32)",
+            b.len()
+        ));
+    }
+    let mut chunks = b.chunks_exact(32).map(|c| {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(c);
+        a
+    });
+    let seed = chunks.next().unwrap_or_default();
+    Ok((seed, chunks.collect()))
 }
 
 /// The row of `msg`, consumed (no copy of the event is made).
@@ -241,6 +387,7 @@ fn row_of(tx: &Transaction, leaf_index: u64, height: u64, msg: ExchangeMessage) 
         shipment,
         reading,
         custody: CustodyRows::default(),
+        fields: None,
     }
 }
 
@@ -255,16 +402,25 @@ pub struct ProjectionWrite {
 
 impl ProjectionWrite {
     /// Rows for `txs`, in append order, with `msgs[i]` the opened event of
-    /// `txs[i]` and `custody[i]` what it adds to the custody tables.
-    pub fn new(txs: &[Transaction], msgs: Vec<ExchangeMessage>, custody: Vec<CustodyRows>) -> Self {
+    /// `txs[i]`, `fields[i]` its field commitments and `custody[i]` what it
+    /// adds to the custody tables.
+    pub fn new(
+        txs: &[Transaction],
+        msgs: Vec<ExchangeMessage>,
+        fields: Vec<Commitment>,
+        custody: Vec<CustodyRows>,
+    ) -> Self {
         debug_assert_eq!(txs.len(), msgs.len());
+        debug_assert_eq!(txs.len(), fields.len());
         let mut custody = custody.into_iter();
+        let mut fields = fields.into_iter();
         let rows = txs
             .iter()
             .zip(msgs)
             .map(|(t, m)| {
                 let mut r = row_of(t, 0, 0, m);
                 r.custody = custody.next().unwrap_or_default();
+                r.fields = fields.next().as_ref().map(fields_blob);
                 r
             })
             .collect();
@@ -424,6 +580,16 @@ macro_rules! projection_impl {
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    let fields: Vec<(i64, &Vec<u8>)> =
+                        chunk.iter().filter_map(|(l, row)| row.fields.as_ref().map(|f| (*l, f))).collect();
+                    if !fields.is_empty() {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_fields (leaf_index, fields) ");
+                        qb.push_values(&fields, |mut r, (l, f)| {
+                            r.push_bind(*l).push_bind((*f).clone());
+                        });
+                        qb.push(" ON CONFLICT DO NOTHING");
+                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                    }
                     let codes: Vec<(String, i64)> =
                         chunk.iter().flat_map(|(l, row)| row.codes.iter().map(move |c| (c.clone(), *l))).collect();
                     for cc in codes.chunks(5000) {
@@ -597,6 +763,24 @@ macro_rules! projection_impl {
                             r.try_get("code").map_err(|e| e.to_string())?,
                             r.try_get("facts").map_err(|e| e.to_string())?,
                         ));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn fields_of(&self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String> {
+                let mut out = HashMap::new();
+                for cc in leaves.chunks(5000) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("SELECT leaf_index, fields FROM proj_fields WHERE leaf_index IN (");
+                    let mut sep = qb.separated(", ");
+                    for l in cc {
+                        sep.push_bind(*l as i64);
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
+                        let l: i64 = r.try_get("leaf_index").map_err(|e| e.to_string())?;
+                        out.insert(l as u64, r.try_get("fields").map_err(|e| e.to_string())?);
                     }
                 }
                 Ok(out)
@@ -796,6 +980,26 @@ macro_rules! projection_impl {
             }
 
             /// Events with leaf index ≥ `from`, in leaf order, at most `limit`.
+            async fn has_table(&self, name: &str) -> Result<bool, String> {
+                Ok(sqlx::query(sqlx::AssertSqlSafe($table_exists))
+                    .bind(name.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some())
+            }
+
+            async fn events_between(&self, from: u64, to: u64) -> Result<Vec<ProjectedEvent>, String> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index >= ",
+                );
+                qb.push_bind(from as i64);
+                qb.push(" AND e.leaf_index < ");
+                qb.push_bind(to as i64);
+                qb.push(" ORDER BY e.leaf_index");
+                self.fetch_events(qb).await
+            }
+
             async fn events_from(&self, from: u64, limit: i64) -> Result<Vec<ProjectedEvent>, String> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index >= ",
@@ -937,11 +1141,86 @@ impl Projection {
         Ok(p)
     }
 
+    /// The projection of a ledger database as it is, without creating or
+    /// changing anything (`None` when it has no projection tables, e.g. a
+    /// ledger written by `vaxgate bench ledger`).
+    pub async fn attach(store: &AnyStore) -> Result<Option<Self>, String> {
+        let p = match store {
+            AnyStore::Sqlite(s) => Projection::Sqlite(SqliteProjection { pool: s.pool().clone() }),
+            AnyStore::Postgres(s) => Projection::Postgres(PgProjection { pool: s.pool().clone() }),
+        };
+        let r = &p;
+        let events = each!(r, x => x.has_table("proj_events").await)?;
+        let fields = each!(r, x => x.has_table("proj_fields").await)?;
+        Ok((events && fields).then_some(p))
+    }
+
+    /// Checks the events the projection serves against the ledger
+    /// ([`check_event`]), in pages of leaves up to `size`, calling
+    /// `progress(done, size)` after each page. Every ledger event must have
+    /// its row and every row its ledger event.
+    pub async fn check_against(
+        &self,
+        store: &AnyStore,
+        size: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ProjectionCheck, String> {
+        const PAGE: u64 = 2000;
+        let mut out = ProjectionCheck::default();
+        let mut from = 0;
+        while from < size {
+            let to = (from + PAGE).min(size);
+            let txs: HashMap<u64, StoredTx> = store
+                .txs(from, to)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|t| (t.leaf_index, t))
+                .collect();
+            let rows = each!(self, x => x.events_between(from, to).await)?;
+            let leaves: Vec<u64> = rows.iter().map(|e| e.leaf_index).collect();
+            let fields = self.fields_of(&leaves).await?;
+            let mut seen = std::collections::HashSet::new();
+            for e in &rows {
+                seen.insert(e.leaf_index);
+                out.rows += 1;
+                if let Err(why) = check_event(e, txs.get(&e.leaf_index), fields.get(&e.leaf_index)) {
+                    out.differences
+                        .push(format!("leaf {} (event {}): {why}", e.leaf_index, e.event_id));
+                } else if fields.contains_key(&e.leaf_index) {
+                    out.committed += 1;
+                }
+            }
+            for (leaf, t) in &txs {
+                if matches!(t.tx.content.kind, TxKind::Data | TxKind::Cancellation)
+                    && t.tx.content.fields_root.is_some()
+                    && !seen.contains(leaf)
+                {
+                    out.differences.push(format!(
+                        "leaf {leaf} (event {}): in the ledger, missing from the projection",
+                        t.tx.content.record_id
+                    ));
+                }
+            }
+            from = to;
+            progress(from, size);
+        }
+        out.differences.sort();
+        Ok(out)
+    }
+
     /// Writes projected events (idempotent).
-    pub async fn insert(&self, events: Vec<(StoredTx, ExchangeMessage)>) -> Result<(), String> {
+    pub async fn insert(&self, events: Vec<(StoredTx, OpenedEvent)>) -> Result<(), String> {
         let rows: Vec<ProjRow> = events
             .into_iter()
-            .map(|(st, m)| row_of(&st.tx, st.leaf_index, st.height, m))
+            .map(|(st, o)| {
+                // Field commitments only where the transaction has them (a
+                // ledger written before them has none to check against).
+                let fields = st.tx.content.fields_root.map(|_| fields_blob(&o.commitment()));
+                let mut r = row_of(&st.tx, st.leaf_index, st.height, o.msg);
+                r.fields = fields;
+                r
+            })
             .collect();
         each!(self, x => x.insert(&rows).await)
     }
@@ -1130,6 +1409,15 @@ impl Projection {
             return Ok(Vec::new());
         }
         each!(self, x => x.custody_histories(codes).await)
+    }
+
+    /// The stored field-commitment rows ([`fields_blob`]) of events, by
+    /// leaf; events written before field commitments have none.
+    pub async fn fields_of(&self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String> {
+        if leaves.is_empty() {
+            return Ok(HashMap::new());
+        }
+        each!(self, x => x.fields_of(leaves).await)
     }
 
     /// Every custody fact of these lots.

@@ -336,6 +336,7 @@ async fn create_genesis<S: LedgerStore>(store: &S, key: &Sm2SigningKey, name: &s
         content_type: "json".into(),
         data_hash: sm3(&payload),
         payload,
+        fields_root: None,
     };
     let ts = now_ms();
     let txs = sign_batch("node", key, vec![content], ts);

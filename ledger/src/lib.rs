@@ -33,5 +33,7 @@ pub use proof::{ConsistencyProof, InclusionProof};
 pub use store::{
     AnyStore, LedgerStore, PgStore, SideConn, SideFuture, SidePart, SideWrite, SqliteStore, StoreStats, StoredTx,
 };
-pub use tx::{DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, sign_batch, sign_leaves};
+pub use tx::{
+    DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, TxSummary, sign_batch, sign_leaves,
+};
 pub use verify::{VerifyReport, verify_ledger};

@@ -274,14 +274,36 @@ pub struct TxContent {
     /// The encrypted business data (sealed envelope bytes).
     #[serde(with = "b64")]
     pub payload: Vec<u8>,
+    /// The root of the record's field commitments
+    /// (`mappings::commitment`): what every answer built from this record
+    /// is checked against. Absent in transactions written before them and
+    /// in transactions that are not events (genesis, registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_root: Option<Sm3Digest>,
 }
 
 impl TxContent {
     /// The content hash a batch signature covers:
     /// `SM3(canonical(tx_id, record_id, kind, category, state_key,
     /// content_type, data_hash, SM3(payload)))`.
+    ///
+    /// A transaction with a [`TxContent::fields_root`] is hashed under the
+    /// tag `vaxgate-tx-content-v2` with the root appended; one without
+    /// keeps the v1 form, so transactions written before field commitments
+    /// verify as they did.
     pub fn content_hash(&self) -> Sm3Digest {
-        let mut c = Canon::new("vaxgate-tx-content-v1");
+        self.content_hash_with(&sm3(&self.payload))
+    }
+
+    /// The content hash from the SM3 of the payload (for a reader that has
+    /// the digest but not the payload).
+    pub fn content_hash_with(&self, payload_sm3: &Sm3Digest) -> Sm3Digest {
+        let tag = if self.fields_root.is_some() {
+            "vaxgate-tx-content-v2"
+        } else {
+            "vaxgate-tx-content-v1"
+        };
+        let mut c = Canon::new(tag);
         c.str(&self.tx_id.to_string())
             .str(&self.record_id)
             .str(self.kind.as_str())
@@ -289,7 +311,10 @@ impl TxContent {
             .str(&self.state_key)
             .str(&self.content_type)
             .bytes(&self.data_hash.0)
-            .bytes(&sm3(&self.payload).0);
+            .bytes(&payload_sm3.0);
+        if let Some(r) = &self.fields_root {
+            c.bytes(&r.0);
+        }
         sm3(&c.into_bytes())
     }
 }
@@ -335,6 +360,81 @@ impl Transaction {
                 tx_id: self.content.tx_id.to_string(),
                 reason,
             })
+    }
+}
+
+/// A transaction without its payload, the payload's SM3 in its place: what
+/// the reader of a query answer needs to recompute the transaction's leaf
+/// (and so check it against the signed checkpoint with the audit path)
+/// without the sealed record, which it cannot open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxSummary {
+    /// Transaction id.
+    pub tx_id: Uuid,
+    /// Business event id.
+    pub record_id: String,
+    /// What the transaction does.
+    pub kind: TxKind,
+    /// Dataset category.
+    pub category: String,
+    /// State key.
+    pub state_key: String,
+    /// `json` or `xml`.
+    pub content_type: String,
+    /// SM3 of the business data in plain text.
+    pub data_hash: Sm3Digest,
+    /// SM3 of the payload (the sealed record).
+    pub payload_sm3: Sm3Digest,
+    /// The root of the record's field commitments, if it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_root: Option<Sm3Digest>,
+    /// The submitter's batch proof.
+    pub auth: TxAuth,
+}
+
+impl TxSummary {
+    /// The summary of `t`.
+    #[must_use]
+    pub fn of(t: &Transaction) -> TxSummary {
+        let c = &t.content;
+        TxSummary {
+            tx_id: c.tx_id,
+            record_id: c.record_id.clone(),
+            kind: c.kind,
+            category: c.category.clone(),
+            state_key: c.state_key.clone(),
+            content_type: c.content_type.clone(),
+            data_hash: c.data_hash,
+            payload_sm3: sm3(&c.payload),
+            fields_root: c.fields_root,
+            auth: t.auth.clone(),
+        }
+    }
+
+    /// The transaction's content hash.
+    #[must_use]
+    pub fn content_hash(&self) -> Sm3Digest {
+        TxContent {
+            tx_id: self.tx_id,
+            record_id: self.record_id.clone(),
+            kind: self.kind,
+            category: self.category.clone(),
+            state_key: self.state_key.clone(),
+            content_type: self.content_type.clone(),
+            data_hash: self.data_hash,
+            payload: Vec::new(),
+            fields_root: self.fields_root,
+        }
+        .content_hash_with(&self.payload_sm3)
+    }
+
+    /// The transaction's RFC 9162 leaf hash.
+    #[must_use]
+    pub fn leaf_hash(&self) -> Sm3Digest {
+        let mut c = Canon::new("vaxgate-tx-v1");
+        c.bytes(&self.content_hash().0).bytes(&self.auth.canonical());
+        merkle::leaf_hash(&c.into_bytes())
     }
 }
 
@@ -433,7 +533,33 @@ mod tests {
             content_type: "json".into(),
             data_hash: sm3(&i.to_be_bytes()),
             payload: vec![i as u8; 100],
+            fields_root: (i % 2 == 1).then(|| sm3(&[i as u8; 3])),
         }
+    }
+
+    #[test]
+    fn a_summary_has_the_leaf_of_its_transaction() {
+        let k = Sm2SigningKey::generate();
+        let txs = sign_batch(
+            "91110000MA0000000X",
+            &k,
+            (0..4).map(content).collect(),
+            1_700_000_000_000,
+        );
+        for t in &txs {
+            let s = TxSummary::of(t);
+            assert_eq!(s.leaf_hash(), t.leaf_hash());
+            let back: TxSummary = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+            let mut other = s.clone();
+            other.fields_root = Some(sm3(b"forged"));
+            assert_ne!(other.leaf_hash(), t.leaf_hash());
+        }
+        // With and without a root, the content hash differs (v2 and v1).
+        let mut c = content(2);
+        let v1 = c.content_hash();
+        c.fields_root = Some(sm3(b"x"));
+        assert_ne!(c.content_hash(), v1);
     }
 
     #[test]

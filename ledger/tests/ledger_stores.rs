@@ -27,6 +27,9 @@ fn content(n: usize, tag: &str) -> TxContent {
         content_type: "json".into(),
         data_hash: sm3(&payload),
         payload,
+        // Half the transactions carry a field-commitment root (the v2
+        // content hash), half do not (v1, as written before them).
+        fields_root: (n % 2 == 1).then(|| sm3(format!("fields {n}").as_bytes())),
     }
 }
 
@@ -223,6 +226,55 @@ async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
         .unwrap_err();
         assert!(err.to_string().contains("node key"), "{err}");
     }
+}
+
+#[test]
+fn a_ledger_from_before_field_commitments_gains_the_column_sqlite() {
+    rt().block_on(ledger_before_field_commitments(SqliteAt(tempfile::tempdir().unwrap())));
+}
+
+#[test]
+fn a_ledger_from_before_field_commitments_gains_the_column_postgres() {
+    rt().block_on(async { ledger_before_field_commitments(PgAt::new().await).await });
+}
+
+/// A ledger written before transactions carried a field-commitment root
+/// (no `fields_root` column, v1 content hashes) opens, gains the column,
+/// takes transactions with roots and verifies as a whole.
+async fn ledger_before_field_commitments<B: Backend>(backend: B) {
+    let node = Sm2SigningKey::generate();
+    let client = Sm2SigningKey::generate();
+    let l = open_on(&backend, &node).await;
+    let old: Vec<TxContent> = (0..6)
+        .map(|n| TxContent {
+            fields_root: None,
+            ..content(n, "old")
+        })
+        .collect();
+    l.append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000))
+        .await
+        .unwrap();
+    backend
+        .raw(l.store(), "ALTER TABLE transactions DROP COLUMN fields_root")
+        .await
+        .unwrap();
+    drop(l);
+    let l = open_on(&backend, &node).await;
+    let r = l.append(batch(&client, "new", 0, 6)).await.unwrap();
+    assert_eq!(r[0].leaf_index, 7);
+    let with_root = l.store().txs(0, 100).await.unwrap();
+    assert_eq!(
+        with_root.iter().filter(|t| t.tx.content.fields_root.is_some()).count(),
+        3,
+        "the new odd-numbered records carry a root, the old ones none"
+    );
+    let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.transactions, 13);
+    let p = l.prove(&r[1].tx_id.to_string()).await.unwrap();
+    assert!(p.transaction.content.fields_root.is_some());
+    p.verify(node.verifying_key()).unwrap();
 }
 
 #[test]

@@ -36,6 +36,7 @@ pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt,
         content_type: "json".into(),
         data_hash: sm3(&payload),
         payload,
+        fields_root: None,
     };
     let txs = ledger::sign_batch(
         "node",

@@ -11,6 +11,7 @@
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use ledger::{LeafInput, LedgerStore, Receipt, Transaction, TxAuth, TxContent, TxKind};
+use mappings::commitment::Commitment;
 use mappings::{ExchangeMessage, Problem, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{SignedBatch, Sm2VerifyingKey, Sm3Digest};
@@ -363,6 +364,9 @@ async fn ingest(
     let mut results: Vec<Option<RecordResult>> = (0..batch.records.len()).map(|_| None).collect();
     // (index, transaction, plaintext SM3) of records that passed every check so far.
     let mut candidates: Vec<(usize, Transaction, ExchangeMessage)> = Vec::new();
+    // Each record's field commitments (docs/api.md, "Checking an answer"),
+    // by position in the batch.
+    let mut commitments: std::collections::HashMap<usize, Commitment> = std::collections::HashMap::new();
     for (i, (env, opened)) in batch.records.iter().zip(opened).enumerate() {
         let h = &env.header;
         if cancellations_only && h.dataset_category != "cancellation" {
@@ -482,6 +486,7 @@ async fn ingest(
         } else {
             TxKind::Data
         };
+        let commitment = mappings::commitment::commit(&msg.payload, &plain.field_seed);
         let content = TxContent {
             tx_id: h.transaction_id,
             record_id: event_id.clone(),
@@ -491,6 +496,7 @@ async fn ingest(
             content_type: h.content_type.as_str().to_string(),
             data_hash: env.plaintext_sm3,
             payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
+            fields_root: Some(Sm3Digest(commitment.root)),
         };
         // One ledger transaction carries at most 8 KiB (T/CPMA 026-2023 Annex A).
         // Refuse the record alone, before the append, so that it cannot fail
@@ -514,6 +520,7 @@ async fn ingest(
             audit_path: paths[i].clone(),
         };
         candidates.push((i, Transaction { content, auth }, msg));
+        commitments.insert(i, commitment);
     }
 
     // An event twice in this batch (a redelivery, a publisher's retry): the
@@ -627,10 +634,16 @@ async fn ingest(
         let mut idx = Vec::with_capacity(fresh.len());
         let mut txs = Vec::with_capacity(fresh.len());
         let mut msgs = Vec::with_capacity(fresh.len());
+        let mut fields = Vec::with_capacity(fresh.len());
         for (i, t, m) in fresh {
             idx.push(i);
             txs.push(t);
             msgs.push(m);
+            fields.push(
+                commitments
+                    .remove(&i)
+                    .ok_or_else(|| ApiError::internal("a record without its field commitments"))?,
+            );
         }
         // A receipt is judged against the shipments and readings before it
         // in the ledger: batches holding either take their turn in
@@ -685,6 +698,7 @@ async fn ingest(
             idx,
             txs,
             msgs,
+            fields,
             alerts,
             verdicts,
             resolutions,
@@ -763,6 +777,8 @@ struct Appendable {
     idx: Vec<usize>,
     txs: Vec<Transaction>,
     msgs: Vec<ExchangeMessage>,
+    /// Each record's field commitments.
+    fields: Vec<Commitment>,
     alerts: Vec<(usize, Finding, TraceEvent)>,
     verdicts: Vec<custody::RecordVerdict>,
     resolutions: Vec<custody::Resolution>,
@@ -775,6 +791,7 @@ fn keep_unrefused(results: &mut [Option<RecordResult>], all: Appendable) -> Appe
         idx,
         txs,
         msgs,
+        fields,
         alerts,
         verdicts,
         resolutions,
@@ -791,6 +808,7 @@ fn keep_unrefused(results: &mut [Option<RecordResult>], all: Appendable) -> Appe
         idx: Vec::with_capacity(kept),
         txs: Vec::with_capacity(kept),
         msgs: Vec::with_capacity(kept),
+        fields: Vec::with_capacity(kept),
         alerts: alerts
             .into_iter()
             .filter_map(|(pos, f, ev)| new_pos[pos].map(|p| (p, f, ev)))
@@ -804,11 +822,12 @@ fn keep_unrefused(results: &mut [Option<RecordResult>], all: Appendable) -> Appe
             })
             .collect(),
     };
-    for (((i, t), m), v) in idx.into_iter().zip(txs).zip(msgs).zip(verdicts) {
+    for ((((i, t), m), f), v) in idx.into_iter().zip(txs).zip(msgs).zip(fields).zip(verdicts) {
         if v.refused.is_empty() {
             out.idx.push(i);
             out.txs.push(t);
             out.msgs.push(m);
+            out.fields.push(f);
             out.verdicts.push(v);
         } else {
             results[i] = Some(custody_refusal(i, &t, &v));
@@ -839,6 +858,7 @@ async fn append_and_answer(
         idx,
         mut txs,
         mut msgs,
+        mut fields,
         alerts,
         verdicts,
         resolutions,
@@ -931,9 +951,10 @@ async fn append_and_answer(
             continue;
         }
         written.push(true);
-        let (content, msg) = node_alert(ev);
+        let (content, msg, commitment) = node_alert(ev);
         alert_contents.push(content);
         msgs.push(msg);
+        fields.push(commitment);
         kept_rows.push(row);
     }
     let mut cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
@@ -946,7 +967,7 @@ async fn append_and_answer(
             now.timestamp_millis(),
         ));
     }
-    let side = crate::projection::ProjectionWrite::new(&txs, msgs, kept_rows);
+    let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, kept_rows);
     let receipts = match state
         .ledger
         .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
@@ -1073,12 +1094,14 @@ fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]
 const NODE_RECEIVER: &str = "vaxgate";
 
 /// The transaction content of a node-written alert event (plain exchange
-/// JSON, no personal data) and its message; signed with the node key by
-/// `ledger::sign_batch`.
-pub(crate) fn node_alert(ev: TraceEvent) -> (TxContent, ExchangeMessage) {
+/// JSON, no personal data), its message and its field commitments (seeded
+/// by the payload); signed with the node key by `ledger::sign_batch`.
+pub(crate) fn node_alert(ev: TraceEvent) -> (TxContent, ExchangeMessage, Commitment) {
     let msg = ExchangeMessage::new(ev, NODE_RECEIVER);
     let payload = mappings::exchange::to_json(&msg).into_bytes();
+    let commitment = mappings::commitment::commit(&msg.payload, &mappings::commitment::plain_seed(&payload));
     let content = TxContent {
+        fields_root: Some(Sm3Digest(commitment.root)),
         tx_id: uuid::Uuid::now_v7(),
         record_id: msg.event_id.to_string(),
         kind: TxKind::Data,
@@ -1088,7 +1111,7 @@ pub(crate) fn node_alert(ev: TraceEvent) -> (TxContent, ExchangeMessage) {
         data_hash: secure_gateway::sm3(&payload),
         payload,
     };
-    (content, msg)
+    (content, msg, commitment)
 }
 
 fn doc_event(doc: &serde_json::Value) -> Option<TraceEvent> {

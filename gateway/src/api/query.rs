@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, Code};
-use crate::projection::{ProjectedEvent, open_event};
+use crate::projection::{ProjectedEvent, open_event, parse_fields_blob};
 use crate::registry::Entity;
 use crate::server::AppState;
+use mappings::commitment::{Seeds, disclose};
 
 /// Most codes one trace expands to through packaging links.
 const MAX_TRACE_CODES: usize = 10_000;
@@ -117,8 +118,20 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
     }
     let leaves: Vec<u64> = events.iter().map(|e| e.leaf_index).collect();
     let paths = ledger::audit_paths(state.ledger.store(), &leaves, cp.tree_size).await?;
+    // The transactions (an event id is its transaction's record id) and
+    // what the field commitments need, to make each step checkable.
+    let mut txs: BTreeMap<String, ledger::StoredTx> = state
+        .ledger
+        .store()
+        .txs_by_records(&ids)
+        .await?
+        .into_iter()
+        .map(|st| (st.tx.content.record_id.clone(), st))
+        .collect();
+    let fields = state.projection.fields_of(&leaves).await?;
     let mut out = Vec::with_capacity(events.len());
     for (ev, path) in events.into_iter().zip(paths) {
+        let st = txs.remove(&ev.event_id);
         let mut step = json!({
             "event_id": ev.event_id,
             "category": ev.category,
@@ -142,13 +155,38 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
             }
             step["alerts"] = json!(a);
         }
+        let mut personal: Option<(BTreeMap<String, String>, [u8; 32])> = None;
         if reader.policy.personal_data
-            && let Some(st) = state.ledger.store().tx(&ev.tx_id).await?
-            && let Ok(Some(msg)) = open_event(state.provider.as_ref(), &state.node_handle, &st)
-            && !msg.payload.pii.is_empty()
+            && let Some(st) = &st
+            && let Ok(Some(o)) = open_event(state.provider.as_ref(), &state.node_handle, st)
+            && !o.msg.payload.pii.is_empty()
         {
-            let pii: BTreeMap<&str, &str> = msg.payload.pii.iter().collect();
+            let pii: BTreeMap<String, String> = o
+                .msg
+                .payload
+                .pii
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             step["personal_data"] = json!(pii);
+            personal = Some((pii, Seeds::of(&o.seed).personal));
+        }
+        // What makes the step checkable (docs/api.md, "Checking an
+        // answer"): the transaction without its payload, and the salts of
+        // the members shown with the digests of those withheld.
+        if let Some(st) = &st {
+            step["transaction"] = json!(ledger::TxSummary::of(&st.tx));
+            if let (Some(blob), Some(doc)) = (fields.get(&ev.leaf_index), step["event"].as_object()) {
+                let (public_seed, personal_digests) = parse_fields_blob(blob).map_err(ApiError::internal)?;
+                let d = disclose(
+                    doc,
+                    &public_seed,
+                    &[],
+                    personal.as_ref().map(|(v, s)| (v, s)),
+                    &personal_digests,
+                );
+                step["disclosure"] = json!(d);
+            }
         }
         out.push(step);
     }

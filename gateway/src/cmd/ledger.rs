@@ -16,7 +16,9 @@ use secure_gateway::{Sm2SigningKey, Sm2VerifyingKey, sm3};
 #[derive(Debug, Subcommand)]
 pub enum LedgerCmd {
     /// Recompute every Merkle root, the block-hash chain, every transaction
-    /// signature and every checkpoint. Exit 0 when intact, 1 when not.
+    /// signature and every checkpoint, then check the gateway's projection
+    /// (what queries answer from) against the ledger, row by row. Exit 0
+    /// when intact, 1 when not.
     Verify {
         /// The ledger database: a SQLite file or a postgres:// URL.
         #[arg(long)]
@@ -58,7 +60,10 @@ pub enum LedgerCmd {
 /// Arguments of `vaxgate verify-proof`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyProofArgs {
-    /// The proof (JSON written by `vaxgate ledger proof` or the gateway).
+    /// The proof (JSON written by `vaxgate ledger proof` or the gateway), or
+    /// a query answer (`GET /v1/trace/{code}`, `GET /v1/events/{id}`):
+    /// every step's content is checked against its transaction's field
+    /// commitments and every transaction against the answer's checkpoint.
     pub proof: PathBuf,
     /// The ledger node's public key (SPKI PEM), obtained out of band.
     #[arg(long)]
@@ -171,7 +176,7 @@ async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<
                 r.node_key_id,
                 started.elapsed().as_secs_f64()
             );
-            Ok(0)
+            verify_projection(&store, r.transactions, show).await
         }
         Err(e @ LedgerError::Integrity { .. }) => {
             println!("LEDGER NOT INTACT: {e}");
@@ -183,6 +188,53 @@ async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The second half of `ledger verify`: the gateway's projection (what
+/// queries answer from) against the verified ledger. Exit 1 when a row
+/// differs, naming each.
+async fn verify_projection(store: &ledger::AnyStore, size: u64, show: bool) -> anyhow::Result<u8> {
+    let Some(p) = gateway::projection::Projection::attach(store)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the projection: {e}"))?
+    else {
+        return Ok(0); // a bare ledger (e.g. `vaxgate bench ledger`): no projection to check
+    };
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let c = p
+        .check_against(store, size, |done, of| {
+            if show && last.elapsed() > Duration::from_millis(500) {
+                eprint!("\rchecking the projection: leaf {done}/{of}");
+                last = Instant::now();
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("checking the projection: {e}"))?;
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    if c.differences.is_empty() {
+        println!(
+            "projection matches the ledger: {} events, {} checked member by member against their field commitments ({:.1}s)",
+            c.rows,
+            c.committed,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(0);
+    }
+    println!(
+        "PROJECTION DIFFERS FROM THE LEDGER: {} row(s) of {}; queries would serve what the ledger does not hold",
+        c.differences.len(),
+        c.rows
+    );
+    for d in c.differences.iter().take(50) {
+        println!("  {d}");
+    }
+    if c.differences.len() > 50 {
+        println!("  ... and {} more", c.differences.len() - 50);
+    }
+    Ok(1)
 }
 
 async fn stats(db: PathBuf, json: bool) -> anyhow::Result<u8> {
@@ -214,6 +266,29 @@ async fn stats(db: PathBuf, json: bool) -> anyhow::Result<u8> {
 pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
     let key = read_key(&a.checkpoint_key)?;
     let text = std::fs::read_to_string(&a.proof).with_context(|| format!("reading {}", a.proof.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", a.proof.display()))?;
+    if gateway::answer::is_answer(&doc) {
+        return match gateway::answer::verify_answer(&doc, &key) {
+            Ok(r) => {
+                let withheld: usize = r.steps.iter().map(|s| s.withheld).sum();
+                println!(
+                    "answer OK: {} step(s), every member shown is the one committed to in its transaction, \
+                     every transaction is in the log under the checkpoint of tree size {} signed by {} \
+                     ({} member(s) withheld, checked by digest)",
+                    r.steps.len(),
+                    r.checkpoint.tree_size,
+                    key.key_id(),
+                    withheld
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                println!("ANSWER INVALID: {e}");
+                Ok(1)
+            }
+        };
+    }
     let proof: InclusionProof =
         serde_json::from_str(&text).with_context(|| format!("{}: not an inclusion proof", a.proof.display()))?;
     match proof.verify(&key) {
@@ -404,5 +479,6 @@ fn synthetic(i: u64, len: usize) -> TxContent {
         content_type: "json".into(),
         data_hash: sm3(&payload),
         payload,
+        fields_root: None,
     }
 }

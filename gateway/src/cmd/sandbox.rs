@@ -1314,5 +1314,21 @@ async fn demo_trace(
     } else {
         text.push_str("  no vaccination step in the trace\n");
     }
+    // The whole answer, every step checked against its transaction's field
+    // commitments (docs/api.md, "Checking an answer").
+    let af = dir.join("demo-trace.json");
+    std::fs::write(&af, &body)?;
+    let mut c = vaxgate(pass)?;
+    c.arg("verify-proof")
+        .arg(&af)
+        .arg("--checkpoint-key")
+        .arg(dir.join("node/keys/node.pub.pem"));
+    let o = c.output()?;
+    proof_ok &= o.status.success();
+    text.push_str(&format!(
+        "  the trace answer above ({}): {}",
+        af.display(),
+        String::from_utf8_lossy(&o.stdout)
+    ));
     Ok(DemoTrace { text, steps, proof_ok })
 }

@@ -35,7 +35,10 @@ const SCHEMA: &[&str] = &[
         content_type TEXT NOT NULL,
         data_hash TEXT NOT NULL,
         payload BYTEA NOT NULL,
-        auth BYTEA NOT NULL)",
+        auth BYTEA NOT NULL,
+        fields_root TEXT)",
+    // A ledger made before field commitments (no row changes).
+    "ALTER TABLE transactions ADD COLUMN IF NOT EXISTS fields_root TEXT",
     "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
     "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id BIGINT PRIMARY KEY, hash BYTEA NOT NULL)",

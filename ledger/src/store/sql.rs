@@ -4,14 +4,13 @@
 //!
 //! Only `INSERT` and `SELECT` appear here: the ledger has no update or delete.
 
-/// Rows per multi-row INSERT (11 columns; well under SQLite's 32766 and
+/// Rows per multi-row INSERT (12 columns; well under SQLite's 32766 and
 /// PostgreSQL's 65535 bind parameters).
 pub(crate) const TX_ROWS_PER_INSERT: usize = 2000;
 /// Tree nodes per INSERT, and ids per `IN (...)` lookup.
 pub(crate) const NODES_PER_STATEMENT: usize = 10_000;
 
-pub(crate) const TX_COLS: &str =
-    "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth";
+pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root";
 
 /// Parses a stored digest; only the canonical lowercase form is accepted, so
 /// that no byte of a stored row can change without the change being seen.
@@ -85,6 +84,10 @@ macro_rules! sql_store {
                             content_type: s("content_type")?,
                             data_hash: $crate::store::sql::digest(&s("data_hash")?).ok_or_else(|| bad("data_hash"))?,
                             payload: r.try_get("payload").map_err(|e| self.err(e))?,
+                            fields_root: match r.try_get::<Option<String>, _>("fields_root").map_err(|e| self.err(e))? {
+                                Some(h) => Some($crate::store::sql::digest(&h).ok_or_else(|| bad("fields_root"))?),
+                                None => None,
+                            },
                         },
                         auth: decode_auth(&auth_bytes).ok_or_else(|| bad("auth"))?,
                     },
@@ -163,7 +166,8 @@ macro_rules! sql_store {
                             .push_bind(ct.content_type.clone())
                             .push_bind(ct.data_hash.to_hex())
                             .push_bind(ct.payload.clone())
-                            .push_bind(encode_auth(&t.auth));
+                            .push_bind(encode_auth(&t.auth))
+                            .push_bind(ct.fields_root.map(|r| r.to_hex()));
                     });
                     qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
                 }

@@ -42,7 +42,8 @@ const SCHEMA: &[&str] = &[
         content_type TEXT NOT NULL,
         data_hash TEXT NOT NULL,
         payload BLOB NOT NULL,
-        auth BLOB NOT NULL)",
+        auth BLOB NOT NULL,
+        fields_root TEXT)",
     "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
     "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
@@ -213,6 +214,19 @@ impl SqliteStore {
         let mut tx = self.writer.begin().await.map_err(|e| self.err(e))?;
         for stmt in SCHEMA {
             sqlx::query(sqlx::AssertSqlSafe(*stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        // A ledger made before field commitments: the column is added (no
+        // row changes; its transactions keep no root).
+        let has_root: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM pragma_table_info('transactions') WHERE name = 'fields_root'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        if has_root.is_none() {
+            sqlx::query("ALTER TABLE transactions ADD COLUMN fields_root TEXT")
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(e))?;

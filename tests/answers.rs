@@ -1,0 +1,249 @@
+//! Answers anyone can check (docs/api.md, "Checking an answer"), against
+//! the real `vaxgate serve` on SQLite and on PostgreSQL: a dose's trace and
+//! an event, read by a partner without personal data and by one with it,
+//! pass `vaxgate verify-proof` with only the node's public key; an answer
+//! changed after it left the gateway does not; and when the projection
+//! the gateway answers from is forged in the database (the lot of the
+//! vaccination changed in `proj_events`), the gateway serves the forged
+//! value, `verify-proof` names the step that is not what its transaction
+//! commits to, and `vaxgate ledger verify` names the row.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::{Ent, Node, from_source, golden, vaxgate};
+
+const MAH_CODE: &str = "91320000134567890Y";
+const CLINIC: &str = "3201020001";
+const CODE: &str = "86123450000000001001";
+const LOT: &str = "202311A05";
+
+fn at(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+fn party(code: &str) -> Option<mappings::Party> {
+    Some(mappings::Party {
+        code: code.into(),
+        name: None,
+    })
+}
+
+/// The dose's production and delivery to the clinic, and its vaccination
+/// (with the recipient's personal data); returns the vaccination's event id.
+fn history(node: &Node, mah: &Ent, clinic: &Ent) -> String {
+    let mut prod = from_source(&golden("production_inbound", "mah-export.json").remove(0), MAH_CODE);
+    prod.payload.trace_codes = vec![CODE.into()];
+    prod.payload.fields.insert("quantity".into(), json!(1));
+    let mut out = from_source(&golden("outbound", "cdc-stock.json").remove(0), MAH_CODE);
+    out.payload.trace_codes = vec![CODE.into()];
+    out.payload.occurred_at = at("2024-01-05T09:00:00+08:00");
+    out.payload.from = party(MAH_CODE);
+    out.payload.to = party(CLINIC);
+    out.payload.fields.insert("quantity".into(), json!(1));
+    let r = node.post_batch(mah, "/v1/transactions", &[prod, out]);
+    assert_eq!(r.body["accepted"], 2, "{}", r.text);
+    let mut rec = from_source(&golden("inbound_receipt", "cdc-stock.json").remove(0), CLINIC);
+    rec.payload.trace_codes = vec![CODE.into()];
+    rec.payload.occurred_at = at("2024-01-06T10:00:00+08:00");
+    rec.payload.from = party(MAH_CODE);
+    rec.payload.to = party(CLINIC);
+    rec.payload.fields.insert("quantity".into(), json!(1));
+    rec.payload.fields.insert("quantity_receivable".into(), json!(1));
+    rec.payload.fields.remove("shipment_no");
+    let vac = golden("vaccination", "clinic-ims.json").remove(0);
+    assert_eq!(vac.payload.trace_codes, [CODE]);
+    assert!(!vac.payload.pii.is_empty());
+    let id = vac.event_id.to_string();
+    let r = node.post_batch(clinic, "/v1/transactions", &[rec, vac]);
+    assert_eq!(r.body["accepted"], 2, "{}", r.text);
+    id
+}
+
+/// `vaxgate verify-proof` of `answer` (written to `dir/name`): (exit code, stdout).
+fn verify(node: &Node, dir: &Path, name: &str, answer: &Value) -> (i32, String) {
+    let f = dir.join(name);
+    std::fs::write(&f, serde_json::to_vec_pretty(answer).unwrap()).unwrap();
+    let o = vaxgate()
+        .args(["verify-proof", f.to_str().unwrap(), "--checkpoint-key"])
+        .arg(node.dir.join("keys/node.pub.pem"))
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn get(node: &Node, e: &Ent, path: &str) -> Value {
+    let r = node.signed(&e.key, "GET", path, Vec::new(), "");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
+fn ledger_verify(node: &Node) -> (i32, String) {
+    let o = vaxgate().args(["ledger", "verify", "--db", &node.db]).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// The position of the vaccination among the steps.
+fn vaccination_step(t: &Value) -> usize {
+    t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["category"] == "vaccination")
+        .unwrap()
+}
+
+#[test]
+fn answers_are_checkable_and_a_forged_projection_is_caught_on_sqlite() {
+    let node = Node::start();
+    let db = node.db.clone();
+    answers(node, |sql| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{db}")).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+    });
+}
+
+#[test]
+fn answers_are_checkable_and_a_forged_projection_is_caught_on_postgres() {
+    let node = Node::start_postgres();
+    let db = node.db.clone();
+    answers(node, |sql| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&db).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+    });
+}
+
+fn answers(node: Node, forge: impl Fn(String)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
+    let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC], None);
+    let regulator = node.register(
+        "11320000MB1234563",
+        "js-mpa",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true } })),
+    );
+    let inspector = node.register(
+        "11320000MB7654321",
+        "js-cdc",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true }, "personal_data": true })),
+    );
+    let vaccination = history(&node, &mah, &clinic);
+
+    // 1. The regulator's trace: every step checks; the six personal
+    // members of the vaccination are withheld (digests only).
+    let trace = get(&node, &regulator, &format!("/v1/trace/{CODE}"));
+    let v = vaccination_step(&trace);
+    assert!(trace["steps"].as_array().unwrap().len() >= 4, "{trace}");
+    assert!(trace["steps"][v].get("personal_data").is_none(), "{trace}");
+    assert_eq!(trace["steps"][v]["disclosure"]["withheld"].as_array().unwrap().len(), 6);
+    assert!(!trace.to_string().contains("王小明"));
+    let (code, out) = verify(&node, dir, "trace.json", &trace);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("answer OK") && out.contains("(6 member(s) withheld"),
+        "{out}"
+    );
+
+    // 2. With personal data: shown, and checked too.
+    let full = get(&node, &inspector, &format!("/v1/trace/{CODE}"));
+    let fv = vaccination_step(&full);
+    assert_eq!(full["steps"][fv]["personal_data"]["recipient_name"], "王小明");
+    let (code, out) = verify(&node, dir, "full.json", &full);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(0 member(s) withheld"), "{out}");
+
+    // 3. One event.
+    let event = get(&node, &regulator, &format!("/v1/events/{vaccination}"));
+    let (code, out) = verify(&node, dir, "event.json", &event);
+    assert_eq!(code, 0, "{out}");
+
+    // 4. An answer changed on its way: a shown member, a personal member,
+    // a withheld digest dropped, a member removed, the audit path.
+    let mut changed = trace.clone();
+    changed["steps"][v]["event"]["fields"]["lot_number"] = json!("202311A99");
+    let (code, out) = verify(&node, dir, "changed.json", &changed);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ANSWER INVALID: step {v} (event {vaccination})"))
+            && out.contains("not what its transaction commits to"),
+        "{out}"
+    );
+    let mut changed = full.clone();
+    changed["steps"][fv]["personal_data"]["recipient_name"] = json!("王小红");
+    assert_eq!(verify(&node, dir, "changed.json", &changed).0, 1);
+    let mut changed = trace.clone();
+    changed["steps"][v]["disclosure"]["withheld"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    assert_eq!(verify(&node, dir, "changed.json", &changed).0, 1);
+    let mut changed = trace.clone();
+    changed["steps"][v]["event"]["fields"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clinician");
+    let (code, out) = verify(&node, dir, "changed.json", &changed);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("fields/clinician"), "{out}");
+    let mut changed = trace.clone();
+    changed["steps"][v]["transaction"]["fields_root"] = json!("00".repeat(32));
+    let (code, out) = verify(&node, dir, "changed.json", &changed);
+    assert_eq!(code, 1, "{out}");
+
+    // 5. The ledger and its projection agree.
+    let (code, out) = ledger_verify(&node);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("projection matches the ledger"), "{out}");
+
+    // 6. The projection forged in the database, document and lot column
+    // alike: the gateway serves the forged lot, and both checks name what
+    // differs.
+    forge(format!(
+        "UPDATE proj_events SET doc = REPLACE(doc, '\"lot_number\":\"{LOT}\"', '\"lot_number\":\"202311A99\"'), \
+         lot = '202311A99' WHERE event_id = '{vaccination}'"
+    ));
+    let forged = get(&node, &regulator, &format!("/v1/trace/{CODE}"));
+    let fv = vaccination_step(&forged);
+    assert_eq!(
+        forged["steps"][fv]["event"]["fields"]["lot_number"], "202311A99",
+        "{forged}"
+    );
+    let (code, out) = verify(&node, dir, "forged.json", &forged);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ANSWER INVALID: step {fv} (event {vaccination})"))
+            && out.contains("not what its transaction commits to"),
+        "{out}"
+    );
+    let (code, out) = ledger_verify(&node);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("ledger intact")
+            && out.contains("PROJECTION DIFFERS FROM THE LEDGER: 1 row(s)")
+            && out.contains(&format!("(event {vaccination}): the document is not what transaction")),
+        "{out}"
+    );
+}
