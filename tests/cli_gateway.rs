@@ -257,6 +257,24 @@ fn init_serve_registry_auth_and_restart() {
     );
     let r = c.get(format!("{base}{path}")).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // A second nonce (or any security header twice) is refused, whichever
+    // of the two the signature covers.
+    let r = secure_gateway::request::sign_request_at(&mk, "GET", path, b"", now, "nonce-eeeeeeeeeeeeeeee");
+    let mut rb = c.get(format!("{base}{path}"));
+    for (k, v) in r.headers() {
+        rb = rb.header(k, v);
+    }
+    let resp = rb.header("x-vaxgate-nonce", "nonce-ffffffffffffffff").send().unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let e: serde_json::Value = resp.json().unwrap();
+    assert_eq!(e["error"]["code"], "unauthenticated", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-vaxgate-nonce appears 2 times"),
+        "{e}"
+    );
     // A body that does not match its hash.
     let r = secure_gateway::request::sign_request_at(
         &mk,
@@ -281,9 +299,24 @@ fn init_serve_registry_auth_and_restart() {
     let m = c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
     assert!(m.contains("vaxgate_rejections_total{code=\"replayed_nonce\"} 1"), "{m}");
 
-    // Restart: the registry is rebuilt from the ledger.
+    // Restart: the registry is rebuilt from the ledger, and the request
+    // refused as a replay before it stays refused (data/nonces.db).
     drop(server);
     let _server = serve(&dir, &base);
+    assert_eq!(
+        signed_get(&c, &base, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
+        (401, "replayed_nonce".into()),
+        "a captured request replayed after a restart"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(dir.join("data/nonces.db"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let out = ok(&admin(
         &dir,
         &base,

@@ -58,15 +58,106 @@ impl Principal {
     }
 }
 
-/// Nonces seen within the skew window, per key.
+/// Nonces seen within the skew window, per key: in memory, and (in a
+/// running gateway) in a small SQLite file of their own, so that a request
+/// refused as a replay stays refused after a restart.
 #[derive(Debug, Default, Clone)]
-pub struct NonceCache(Arc<Mutex<HashMap<(String, String), i64>>>);
+pub struct NonceCache {
+    mem: Arc<Mutex<HashMap<(String, String), i64>>>,
+    db: Option<sqlx::SqlitePool>,
+}
 
 impl NonceCache {
+    /// A cache backed by the SQLite file `path` (created 0600 if missing;
+    /// WAL, `synchronous=NORMAL`: a nonce survives the gateway's crash or
+    /// restart, not a power cut in the moment after it was written).
+    pub async fn open(path: &std::path::Path) -> Result<NonceCache, String> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if !path.exists() {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS used_nonces (key_id TEXT NOT NULL, nonce TEXT NOT NULL, \
+             expires INTEGER NOT NULL, PRIMARY KEY (key_id, nonce)) WITHOUT ROWID",
+        )
+        .execute(&pool)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(NonceCache {
+            mem: Arc::default(),
+            db: Some(pool),
+        })
+    }
+
+    /// Forgets the nonces whose window has passed (the timestamp check
+    /// refuses their requests anyway); returns how many.
+    pub async fn purge(&self, now: i64) -> Result<u64, String> {
+        match &self.db {
+            Some(db) => sqlx::query("DELETE FROM used_nonces WHERE expires <= ?")
+                .bind(now)
+                .execute(db)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| e.to_string()),
+            None => Ok(0),
+        }
+    }
+
     /// Records `nonce` for `key_id` until `expires` (Unix seconds); false
-    /// when it was already there.
-    pub fn insert(&self, key_id: &str, nonce: &str, now: i64, expires: i64) -> bool {
-        let mut m = match self.0.lock() {
+    /// when it is still there from an earlier request (this process's or,
+    /// through the file, an earlier one's).
+    pub async fn record(&self, key_id: &str, nonce: &str, now: i64, expires: i64) -> Result<bool, ApiError> {
+        if !self.insert(key_id, nonce, now, expires) {
+            return Ok(false);
+        }
+        let Some(db) = &self.db else { return Ok(true) };
+        // A fresh row, or an expired one taken over; an unexpired one is a replay.
+        let r = sqlx::query(
+            "INSERT INTO used_nonces (key_id, nonce, expires) VALUES (?, ?, ?) \
+             ON CONFLICT (key_id, nonce) DO UPDATE SET expires = excluded.expires WHERE used_nonces.expires <= ?",
+        )
+        .bind(key_id)
+        .bind(nonce)
+        .bind(expires)
+        .bind(now)
+        .execute(db)
+        .await
+        .map_err(|e| ApiError::internal(format!("recording a nonce: {e}")))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether `nonce` is already recorded in memory for `key_id` (a cheap
+    /// early refusal, before the body is read; [`NonceCache::record`] is the
+    /// check that counts).
+    pub fn seen(&self, key_id: &str, nonce: &str, now: i64) -> bool {
+        let m = match self.mem.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get(&(key_id.to_string(), nonce.to_string()))
+            .is_some_and(|exp| *exp > now)
+    }
+
+    /// Records `nonce` for `key_id` until `expires` (Unix seconds) in
+    /// memory; false when it was already there.
+    fn insert(&self, key_id: &str, nonce: &str, now: i64, expires: i64) -> bool {
+        let mut m = match self.mem.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
@@ -93,6 +184,23 @@ fn header<'a>(req: &'a ServiceRequest, name: &str) -> Result<&'a str, ApiError> 
 }
 
 fn signed_request(req: &ServiceRequest) -> Result<SignedRequest, ApiError> {
+    // One of each: a second timestamp or nonce header must not be a way to
+    // show one value to a check and another to the signature.
+    for name in [
+        headers::KEY_ID,
+        headers::TIMESTAMP,
+        headers::NONCE,
+        headers::CONTENT_SM3,
+        headers::SIGNATURE,
+    ] {
+        let n = req.headers().get_all(name).count();
+        if n > 1 {
+            return Err(ApiError::new(
+                Code::Unauthenticated,
+                format!("header {name} appears {n} times; a signed request carries each security header once"),
+            ));
+        }
+    }
     let timestamp = header(req, headers::TIMESTAMP)?
         .parse::<i64>()
         .map_err(|_| ApiError::new(Code::Unauthenticated, "x-vaxgate-timestamp is not Unix seconds"))?;
@@ -309,6 +417,12 @@ async fn authenticate(
         ));
     }
     let (vk, principal) = resolve(&state, &sr.key_id, class == RouteClass::Admin)?;
+    if state.nonces.seen(&sr.key_id, &sr.nonce, now) {
+        return Err(ApiError::new(
+            Code::ReplayedNonce,
+            format!("nonce {} was already used with key {}", sr.nonce, sr.key_id),
+        ));
+    }
     let body = read_body(req, state.max_body_bytes).await?;
     let path = req
         .uri()
@@ -317,7 +431,11 @@ async fn authenticate(
         .unwrap_or_else(|| req.path().to_string());
     verify_request(&vk, req.method().as_str(), &path, &body, &sr)
         .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
-    if !state.nonces.insert(&sr.key_id, &sr.nonce, now, sr.timestamp + skew + 1) {
+    if !state
+        .nonces
+        .record(&sr.key_id, &sr.nonce, now, sr.timestamp + skew + 1)
+        .await?
+    {
         return Err(ApiError::new(
             Code::ReplayedNonce,
             format!("nonce {} was already used with key {}", sr.nonce, sr.key_id),
@@ -373,6 +491,31 @@ pub async fn admin<B: MessageBody + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonces_survive_a_restart_through_their_file() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("data/nonces.db");
+            let c = NonceCache::open(&f).await.unwrap();
+            assert!(c.record("k", "n1", 100, 400).await.unwrap());
+            assert!(!c.record("k", "n1", 200, 500).await.unwrap());
+            drop(c);
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+            // A new process: memory empty, the file remembers.
+            let c = NonceCache::open(&f).await.unwrap();
+            assert!(!c.seen("k", "n1", 200));
+            assert!(
+                !c.record("k", "n1", 200, 500).await.unwrap(),
+                "replayed after a restart"
+            );
+            assert!(c.record("k2", "n1", 200, 500).await.unwrap(), "per key");
+            assert!(c.record("k", "n1", 501, 800).await.unwrap(), "expired: taken over");
+            assert_eq!(c.purge(1000).await.unwrap(), 2);
+        });
+    }
 
     #[test]
     fn nonces_are_single_use_within_their_window() {

@@ -248,16 +248,25 @@ pub struct AuthConfig {
     /// Largest accepted difference between a request's timestamp and ours.
     #[serde(default = "default_skew")]
     pub max_clock_skew_secs: u64,
+    /// The SQLite file that remembers used nonces across restarts
+    /// (relative to the config file).
+    #[serde(default = "default_nonce_store")]
+    pub nonce_store: PathBuf,
 }
 
 fn default_skew() -> u64 {
     300
 }
 
+fn default_nonce_store() -> PathBuf {
+    PathBuf::from("data/nonces.db")
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             max_clock_skew_secs: default_skew(),
+            nonce_store: default_nonce_store(),
         }
     }
 }

@@ -120,6 +120,21 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
                 })?;
             actix_web::rt::spawn(f.run());
         }
+        let nonce_file = loaded.resolve(&c.auth.nonce_store);
+        let nonces = gateway::auth::NonceCache::open(&nonce_file)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: [auth] nonce_store: {e}", config_path.display()))?;
+        {
+            let nonces = nonces.clone();
+            actix_web::rt::spawn(async move {
+                loop {
+                    actix_web::rt::time::sleep(std::time::Duration::from_secs(60)).await;
+                    if let Err(e) = nonces.purge(chrono::Utc::now().timestamp()).await {
+                        tracing::warn!(error = %e, "forgetting expired nonces failed");
+                    }
+                }
+            });
+        }
         let state = actix_web::web::Data::new(AppState {
             ledger,
             node_key: node_key_copy,
@@ -133,7 +148,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
                     .map_err(|(key, m)| anyhow::anyhow!("{}: {key}: {m}", config_path.display()))?,
                 c.custody.cache_codes,
             ),
-            nonces: Default::default(),
+            nonces: nonces.clone(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,
             max_body_bytes: c.server.max_body_bytes,
             provider: provider.clone(),
