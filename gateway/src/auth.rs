@@ -175,6 +175,75 @@ impl NonceCache {
     }
 }
 
+/// Requests in flight per client address whose signature is not verified
+/// yet (their body being read): capped, so that requests carrying only a
+/// public key id cannot hold the gateway's connections open.
+#[derive(Debug, Clone)]
+pub struct Unverified {
+    cap: usize,
+    map: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One unverified request; counted until dropped.
+#[derive(Debug)]
+pub struct UnverifiedSlot {
+    ip: std::net::IpAddr,
+    map: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Unverified {
+    /// At most `cap` per address.
+    #[must_use]
+    pub fn new(cap: usize) -> Unverified {
+        Unverified {
+            cap,
+            map: Arc::default(),
+        }
+    }
+
+    /// A slot for a request from `ip`, or `None` when `ip` has `cap` already.
+    pub fn enter(&self, ip: std::net::IpAddr) -> Option<UnverifiedSlot> {
+        let mut m = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(UnverifiedSlot {
+            ip,
+            map: self.map.clone(),
+        })
+    }
+
+    /// Requests in flight from `ip`.
+    #[must_use]
+    pub fn in_flight(&self, ip: std::net::IpAddr) -> usize {
+        let m = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UnverifiedSlot {
+    fn drop(&mut self) {
+        let mut m = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 fn header<'a>(req: &'a ServiceRequest, name: &str) -> Result<&'a str, ApiError> {
     req.headers()
         .get(name)
@@ -423,7 +492,38 @@ async fn authenticate(
             format!("nonce {} was already used with key {}", sr.nonce, sr.key_id),
         ));
     }
-    let body = read_body(req, state.max_body_bytes).await?;
+    // The body: from a capped number of requests per address, within a
+    // deadline (a key id is public; the signature is checked only once the
+    // body is here).
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let _slot = state.unverified.enter(ip).ok_or_else(|| {
+        METRICS.rate_limited.with_label_values(&["unverified"]).inc();
+        let mut e = ApiError::new(
+            Code::RateLimited,
+            format!(
+                "{} requests from {ip} are already waiting for their bodies or signature checks",
+                state.unverified.in_flight(ip)
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    })?;
+    let limit = state.max_body_bytes;
+    let body = match tokio::time::timeout(state.body_read_timeout, read_body(req, limit)).await {
+        Ok(b) => b?,
+        Err(_) => {
+            return Err(ApiError::new(
+                Code::RequestTimeout,
+                format!(
+                    "the body did not arrive within server.body_read_timeout_secs = {}",
+                    state.body_read_timeout.as_secs()
+                ),
+            ));
+        }
+    };
     let path = req
         .uri()
         .path_and_query()

@@ -177,10 +177,25 @@ pub struct ServerConfig {
     /// Worker threads (0 = one per core).
     #[serde(default)]
     pub workers: usize,
+    /// Seconds a request body may take to arrive, whole.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// Requests from one client address that may be in flight before their
+    /// signature is verified (reading their body, waiting for it).
+    #[serde(default = "default_unverified")]
+    pub unverified_per_address: usize,
 }
 
 fn default_max_body() -> usize {
     8 * 1024 * 1024
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+
+fn default_unverified() -> usize {
+    32
 }
 
 /// `[server.tls]`
@@ -535,6 +550,12 @@ impl LoadedConfig {
                 }
                 _ => {}
             }
+        }
+        if !(1..=3600).contains(&c.server.body_read_timeout_secs) {
+            return Err(self.invalid("server.body_read_timeout_secs", "must be between 1 and 3600"));
+        }
+        if !(1..=100_000).contains(&c.server.unverified_per_address) {
+            return Err(self.invalid("server.unverified_per_address", "must be between 1 and 100000"));
         }
         if c.server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));

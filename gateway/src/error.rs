@@ -17,6 +17,8 @@ pub enum Code {
     UnsupportedContentType,
     /// The body exceeds `server.max_body_bytes`.
     BodyTooLarge,
+    /// The body did not arrive within `server.body_read_timeout_secs`.
+    RequestTimeout,
     /// Authentication headers are missing or malformed.
     Unauthenticated,
     /// A request or batch signature does not verify.
@@ -60,6 +62,7 @@ impl Code {
         Code::MalformedBody,
         Code::UnsupportedContentType,
         Code::BodyTooLarge,
+        Code::RequestTimeout,
         Code::Unauthenticated,
         Code::BadSignature,
         Code::UnknownEntity,
@@ -85,6 +88,7 @@ impl Code {
             Code::MalformedBody | Code::ValidationFailed | Code::InvalidTraceCode => StatusCode::BAD_REQUEST,
             Code::UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::Unauthenticated
             | Code::BadSignature
             | Code::UnknownEntity
@@ -108,6 +112,7 @@ impl Code {
             Code::MalformedBody => "malformed_body",
             Code::UnsupportedContentType => "unsupported_content_type",
             Code::BodyTooLarge => "body_too_large",
+            Code::RequestTimeout => "request_timeout",
             Code::Unauthenticated => "unauthenticated",
             Code::BadSignature => "bad_signature",
             Code::UnknownEntity => "unknown_entity",

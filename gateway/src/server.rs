@@ -49,6 +49,10 @@ pub struct AppState {
     pub max_clock_skew_secs: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
+    /// Requests per client address not yet verified.
+    pub unverified: crate::auth::Unverified,
     /// The crypto provider (holds the node key as `node_handle`).
     pub provider: std::sync::Arc<dyn secure_gateway::CryptoProvider>,
     /// The node key's handle in the provider (opens envelopes).

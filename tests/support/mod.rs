@@ -113,6 +113,10 @@ pub struct NodeOptions {
     pub config: String,
     /// Extra environment of `vaxgate serve`.
     pub env: Vec<(String, String)>,
+    /// TOML lines added to the `[server]` table, e.g. `body_read_timeout_secs = 3`.
+    pub server: String,
+    /// Run `vaxgate serve` under `prlimit --nofile=N:N` (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 impl Drop for Node {
@@ -188,10 +192,22 @@ impl Node {
         } else {
             dir.join("data/ledger.db").to_string_lossy().into_owned()
         };
+        if !o.server.is_empty() {
+            text = text.replace("[server]\n", &format!("[server]\n{}\n", o.server));
+        }
         text.push_str(&o.config);
         std::fs::write(&cfg, text).unwrap();
         let log = tmp.path().join("server.log");
-        let server = vaxgate()
+        let mut serve = match o.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_vaxgate"));
+                c.env(PASS_ENV, PASS);
+                c
+            }
+            None => vaxgate(),
+        };
+        let server = serve
             .env("RUST_LOG", "info,gateway=debug,vaxgate=debug")
             .envs(o.env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--config", cfg.to_str().unwrap()])

@@ -151,6 +151,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             nonces: nonces.clone(),
             max_clock_skew_secs: c.auth.max_clock_skew_secs,
             max_body_bytes: c.server.max_body_bytes,
+            body_read_timeout: std::time::Duration::from_secs(c.server.body_read_timeout_secs),
+            unverified: gateway::auth::Unverified::new(c.server.unverified_per_address),
             provider: provider.clone(),
             node_handle: node_handle.clone(),
             dataset: std::sync::Arc::new(mappings::Dataset::builtin()),
@@ -181,6 +183,37 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             }
         });
         let max_body = c.server.max_body_bytes;
+        // Open files: raise the soft limit to the hard one, keep what the
+        // workers may accept under it (the rest wait in the listen backlog
+        // rather than failing with "Too many open files"), and say when
+        // the process comes close to it.
+        let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map(|l| l.0).unwrap_or(1024)
+            }
+        };
+        let per_worker = (nofile.saturating_sub(128) / workers as u64).clamp(32, 25_000) as usize;
+        tracing::info!(
+            open_file_limit = nofile,
+            connections_per_worker = per_worker,
+            "connection limits"
+        );
+        actix_web::rt::spawn(async move {
+            let mut warned = false;
+            loop {
+                actix_web::rt::time::sleep(std::time::Duration::from_secs(5)).await;
+                let open = std::fs::read_dir("/proc/self/fd")
+                    .map(|d| d.count() as u64)
+                    .unwrap_or(0);
+                let close = open * 10 >= nofile * 8;
+                if close && !warned {
+                    tracing::warn!(open_files = open, limit = nofile, "open files above 80 % of the limit");
+                }
+                warned = close;
+            }
+        });
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .wrap(actix_web::middleware::from_fn(gateway::telemetry::http_span))
@@ -190,6 +223,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
                 .configure(routes)
         })
         .workers(workers)
+        .max_connections(per_worker)
         .on_connect(|conn, ext| {
             use actix_tls::accept::rustls_0_23::TlsStream;
             if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
