@@ -152,18 +152,27 @@ fn answers(node: Node, forge: impl Fn(String)) {
     );
     let vaccination = history(&node, &mah, &clinic);
 
-    // 1. The regulator's trace: every step checks; the six personal
-    // members of the vaccination are withheld (digests only).
+    // 1. The regulator's trace (no personal-data scope): every step checks;
+    // the six personal members of the vaccination and its three elements
+    // that identify a person (recipient code, sex, clinician) are withheld
+    // (digests only).
     let trace = get(&node, &regulator, &format!("/v1/trace/{CODE}"));
     let v = vaccination_step(&trace);
     assert!(trace["steps"].as_array().unwrap().len() >= 4, "{trace}");
     assert!(trace["steps"][v].get("personal_data").is_none(), "{trace}");
-    assert_eq!(trace["steps"][v]["disclosure"]["withheld"].as_array().unwrap().len(), 6);
-    assert!(!trace.to_string().contains("王小明"));
+    let f = &trace["steps"][v]["event"]["fields"];
+    for k in ["recipient_code", "recipient_sex", "clinician"] {
+        assert!(f.get(k).is_none(), "{k} shown without the scope: {f}");
+    }
+    assert_eq!(f["lot_number"], LOT);
+    assert_eq!(trace["steps"][v]["disclosure"]["withheld"].as_array().unwrap().len(), 9);
+    for personal in ["王小明", "320102000120230001", "李医生"] {
+        assert!(!trace.to_string().contains(personal), "{personal}");
+    }
     let (code, out) = verify(&node, dir, "trace.json", &trace);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with("answer OK") && out.contains("(6 member(s) withheld"),
+        out.starts_with("answer OK") && out.contains("(9 member(s) withheld"),
         "{out}"
     );
 
@@ -171,6 +180,10 @@ fn answers(node: Node, forge: impl Fn(String)) {
     let full = get(&node, &inspector, &format!("/v1/trace/{CODE}"));
     let fv = vaccination_step(&full);
     assert_eq!(full["steps"][fv]["personal_data"]["recipient_name"], "王小明");
+    assert_eq!(
+        full["steps"][fv]["event"]["fields"]["recipient_code"],
+        "320102000120230001"
+    );
     let (code, out) = verify(&node, dir, "full.json", &full);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("(0 member(s) withheld"), "{out}");
@@ -178,6 +191,41 @@ fn answers(node: Node, forge: impl Fn(String)) {
     // 3. One event.
     let event = get(&node, &regulator, &format!("/v1/events/{vaccination}"));
     let (code, out) = verify(&node, dir, "event.json", &event);
+    assert_eq!(code, 0, "{out}");
+
+    // 3b. An AEFI report: its findings only under the `aefi_data` scope,
+    // who reported it only under `personal_data`; checkable either way.
+    let aefi = golden("aefi_report", "clinic-aefi.json").remove(0);
+    let aefi_id = aefi.event_id.to_string();
+    let r = node.post_batch(&clinic, "/v1/transactions", &[aefi]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    let a = get(&node, &regulator, &format!("/v1/events/{aefi_id}"));
+    let f = &a["event"]["event"]["fields"];
+    for k in [
+        "aefi_symptoms",
+        "aefi_severity",
+        "aefi_classification",
+        "onset_time",
+        "reporter",
+        "recipient_code",
+    ] {
+        assert!(f.get(k).is_none(), "{k} shown without its scope: {f}");
+    }
+    assert_eq!(f["aefi_report_no"], "AEFI320102202403001");
+    let (code, out) = verify(&node, dir, "aefi.json", &a);
+    assert_eq!(code, 0, "{out}");
+    let monitor = node.register(
+        "11320000MB1122334",
+        "js-aefi",
+        "regulator",
+        &[],
+        Some(json!({ "read": { "all": true }, "aefi_data": true })),
+    );
+    let a = get(&node, &monitor, &format!("/v1/events/{aefi_id}"));
+    let f = &a["event"]["event"]["fields"];
+    assert!(f["aefi_symptoms"].as_str().unwrap().contains("红肿"), "{f}");
+    assert!(f.get("reporter").is_none(), "{f}");
+    let (code, out) = verify(&node, dir, "aefi-monitor.json", &a);
     assert_eq!(code, 0, "{out}");
 
     // 4. An answer changed on its way: a shown member, a personal member,
@@ -204,10 +252,10 @@ fn answers(node: Node, forge: impl Fn(String)) {
     changed["steps"][v]["event"]["fields"]
         .as_object_mut()
         .unwrap()
-        .remove("clinician");
+        .remove("vaccine_name");
     let (code, out) = verify(&node, dir, "changed.json", &changed);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("fields/clinician"), "{out}");
+    assert!(out.contains("fields/vaccine_name"), "{out}");
     let mut changed = trace.clone();
     changed["steps"][v]["transaction"]["fields_root"] = json!("00".repeat(32));
     let (code, out) = verify(&node, dir, "changed.json", &changed);

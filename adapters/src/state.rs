@@ -251,6 +251,14 @@ impl StateDb {
         {
             std::fs::create_dir_all(dir).map_err(|e| AgentError::state(&p, e))?;
         }
+        // It keeps quarantined records verbatim (personal data): readable
+        // by the agent's user only, from the moment it exists.
+        if !path.exists() {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(path).map_err(|e| AgentError::state(&p, e))?;
+        }
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| AgentError::state(&p, e))?
             .filename(path)
@@ -744,6 +752,19 @@ mod tests {
                 .expect("row");
         assert_eq!(row, (None, None, None));
         db.close().await;
+    }
+
+    /// A new state database is readable by the agent's user only: it
+    /// keeps quarantined records (personal data) verbatim.
+    #[tokio::test]
+    async fn a_new_state_db_is_private_to_its_user() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state/agent.db");
+        let db = StateDb::open(&path).await.expect("open");
+        db.close().await;
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 
     /// A state database written by an agent before refusals kept their

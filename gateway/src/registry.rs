@@ -89,9 +89,26 @@ pub struct Policy {
     /// What it may read.
     #[serde(default)]
     pub read: ReadScope,
-    /// May see personal-data fields unmasked.
+    /// May see personal data: the personal elements, and the business
+    /// elements that identify a person (dataset `scope = "personal_data"`:
+    /// recipient code, sex, clinician, reporter).
     #[serde(default)]
     pub personal_data: bool,
+    /// May see adverse-event findings (dataset `scope = "aefi"`: onset,
+    /// symptoms, severity, classification).
+    #[serde(default)]
+    pub aefi_data: bool,
+}
+
+impl Policy {
+    /// Whether this policy grants `scope`.
+    #[must_use]
+    pub fn grants(&self, scope: mappings::ReadScope) -> bool {
+        match scope {
+            mappings::ReadScope::PersonalData => self.personal_data,
+            mappings::ReadScope::Aefi => self.aefi_data,
+        }
+    }
 }
 
 /// Which traceability data an entity may read.

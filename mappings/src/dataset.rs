@@ -101,6 +101,11 @@ pub struct Element {
     /// Personal data of a person (name, ID number, phone, address...): kept
     /// apart in [`crate::Pii`], encrypted by the gateway, masked in output.
     pub pii: bool,
+    /// A business element shown to a reader only under this read scope
+    /// (TOML `scope`): an identifier that links records to one person
+    /// ([`ReadScope::PersonalData`]) or an adverse-event finding
+    /// ([`ReadScope::Aefi`]). Withheld otherwise (its digest only).
+    pub scope: Option<ReadScope>,
     /// Position in the dataset (file order).
     pub(crate) index: usize,
     /// Read by a cross-field rule.
@@ -284,6 +289,16 @@ struct RawHeader {
     note: String,
 }
 
+/// The read scope an element needs ([`Element::scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadScope {
+    /// The reader's policy grants personal data.
+    PersonalData,
+    /// The reader's policy grants adverse-event (AEFI) findings.
+    Aefi,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawElement {
@@ -299,6 +314,7 @@ struct RawElement {
     code_table: Option<Spanned<String>>,
     #[serde(default)]
     pii: bool,
+    scope: Option<ReadScope>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +417,7 @@ impl Dataset {
                     max: e.max,
                     code_table: e.code_table.as_ref().map(|c| c.get_ref().clone()),
                     pii: e.pii,
+                    scope: e.scope,
                     index: element_order.len() - 1,
                     cross,
                     table: e

@@ -83,7 +83,7 @@ pub mod spec;
 pub mod validate;
 
 pub use canonical::{canonical_sm3, event_canonical_json, event_sm3, to_canonical_json};
-pub use dataset::{Category, CodeTable, Dataset, Element, ElementType, TraceCodePolicy};
+pub use dataset::{Category, CodeTable, Dataset, Element, ElementType, ReadScope, TraceCodePolicy};
 pub use error::{CodecError, Location, SpecError};
 pub use event::{AggregationLink, Party, TraceEvent};
 pub use exchange::ExchangeMessage;

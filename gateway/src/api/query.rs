@@ -129,6 +129,14 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         .map(|st| (st.tx.content.record_id.clone(), st))
         .collect();
     let fields = state.projection.fields_of(&leaves).await?;
+    // Business elements this reader's policy does not grant: left out of
+    // the answer, their digests given instead.
+    let hidden: Vec<String> = state
+        .dataset
+        .elements()
+        .filter(|e| e.scope.is_some_and(|s| !reader.policy.grants(s)))
+        .map(|e| format!("{}{}", mappings::commitment::FIELDS_PREFIX, e.key))
+        .collect();
     let mut out = Vec::with_capacity(events.len());
     for (ev, path) in events.into_iter().zip(paths) {
         let st = txs.remove(&ev.event_id);
@@ -141,7 +149,7 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
             "tx_id": ev.tx_id,
             "height": ev.height,
             "leaf_index": ev.leaf_index,
-            "event": ev.doc,
+            "event": without(ev.doc.clone(), &hidden),
             "proof": { "leaf_index": ev.leaf_index, "tree_size": cp.tree_size, "audit_path": path,
                        "full_proof": format!("/v1/transactions/{}/proof", ev.tx_id) },
         });
@@ -176,12 +184,13 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         // the members shown with the digests of those withheld.
         if let Some(st) = &st {
             step["transaction"] = json!(ledger::TxSummary::of(&st.tx));
-            if let (Some(blob), Some(doc)) = (fields.get(&ev.leaf_index), step["event"].as_object()) {
+            if let (Some(blob), Some(doc)) = (fields.get(&ev.leaf_index), ev.doc.as_object()) {
                 let (public_seed, personal_digests) = parse_fields_blob(blob).map_err(ApiError::internal)?;
+                let hide: Vec<&str> = hidden.iter().map(String::as_str).collect();
                 let d = disclose(
                     doc,
                     &public_seed,
-                    &[],
+                    &hide,
                     personal.as_ref().map(|(v, s)| (v, s)),
                     &personal_digests,
                 );
@@ -191,6 +200,19 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         out.push(step);
     }
     Ok(json!({ "steps": out, "checkpoint": cp }))
+}
+
+/// `doc` without the business elements whose paths (`fields/NAME`) are in
+/// `hidden`.
+fn without(mut doc: Value, hidden: &[String]) -> Value {
+    if let Some(f) = doc.get_mut("fields").and_then(Value::as_object_mut) {
+        for p in hidden {
+            if let Some(k) = p.strip_prefix(mappings::commitment::FIELDS_PREFIX) {
+                f.remove(k);
+            }
+        }
+    }
+    doc
 }
 
 /// How a step relates to the code asked for: an event naming it among its
