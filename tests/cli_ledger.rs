@@ -141,3 +141,164 @@ fn ledger_commands_and_tamper_detection() {
         "{out}"
     );
 }
+
+/// A ledger whose newest blocks were removed still verifies on its own
+/// (every remaining block, tree node and checkpoint is consistent); with a
+/// checkpoint seen before (or `--min-size`) it is refused, naming the
+/// checkpoint and how many transactions are missing. A checkpoint of an
+/// earlier size checks by a consistency proof.
+#[test]
+fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let db_s = db.to_str().unwrap();
+    let key = format!("{db_s}.node.pub.pem");
+    let o = vaxgate(&[
+        "bench",
+        "ledger",
+        "--records",
+        "700",
+        "--db",
+        db_s,
+        "--batch",
+        "16",
+        "--clients",
+        "1",
+        "--payload",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = vaxgate(&["ledger", "stats", "--db", db_s, "--json"]);
+    let seen = dir.path().join("seen.json");
+    std::fs::write(&seen, &o.stdout).unwrap();
+    let seen_s = seen.to_str().unwrap();
+
+    // A copy with its newest 10 blocks removed (the triggers dropped first,
+    // as an operator with file access could).
+    let cut = dir.path().join("cut.db");
+    std::fs::copy(&db, &cut).unwrap();
+    let wal = dir.path().join("ledger.db-wal");
+    if wal.exists() {
+        std::fs::copy(&wal, dir.path().join("cut.db-wal")).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kept: i64 = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", cut.display()))
+            .await
+            .unwrap();
+        let (h,): (i64,) = sqlx::query_as("SELECT MAX(height) FROM blocks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let from = h - 9;
+        let (n,): (i64,) = sqlx::query_as("SELECT first_leaf FROM blocks WHERE height = ?")
+            .bind(from)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        for t in ["blocks", "transactions", "checkpoints", "merkle_nodes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}_no_delete")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for t in ["blocks", "transactions", "checkpoints"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE height >= {from}")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        // Tree nodes covering a removed leaf (id = level << 56 | index).
+        sqlx::query("DELETE FROM merkle_nodes WHERE ((id & 72057594037927935) + 1) << (id >> 56) > ?")
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    });
+    let cut_s = cut.to_str().unwrap();
+    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--checkpoint-key", &key]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "alone, the cut ledger verifies: {}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains(&format!("{kept} transactions")), "{}", stdout(&o));
+
+    let o = vaxgate(&[
+        "ledger",
+        "verify",
+        "--db",
+        cut_s,
+        "--checkpoint-key",
+        &key,
+        "--checkpoint",
+        seen_s,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "LEDGER NOT INTACT: it holds {kept} transactions, but the checkpoint in {seen_s}"
+        )) && stdout(&o).contains(&format!("saw 701: the newest {} were cut off", 701 - kept)),
+        "{}",
+        stdout(&o)
+    );
+    // The genesis key checks the file's signature when no key is given.
+    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--checkpoint", seen_s]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--min-size", "701"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("at least 701 were expected"), "{}", stdout(&o));
+
+    // The whole ledger extends both its own checkpoint and the cut copy's
+    // (an earlier size: a consistency proof).
+    let o = vaxgate(&["ledger", "stats", "--db", cut_s, "--json"]);
+    let older = dir.path().join("older.json");
+    std::fs::write(&older, &o.stdout).unwrap();
+    let o = vaxgate(&[
+        "ledger",
+        "verify",
+        "--db",
+        db_s,
+        "--checkpoint",
+        seen_s,
+        "--checkpoint",
+        older.to_str().unwrap(),
+        "--min-size",
+        "701",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout(&o)
+            .contains("ledger not cut short: it holds every transaction of the 2 checkpoint(s) given and at least 701"),
+        "{}",
+        stdout(&o)
+    );
+    // A checkpoint of the right size with another root: a rewritten history.
+    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&older).unwrap()).unwrap();
+    forged["latest_checkpoint"]["root"] = serde_json::json!("11".repeat(32));
+    std::fs::write(&older, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let o = vaxgate(&[
+        "ledger",
+        "verify",
+        "--db",
+        db_s,
+        "--checkpoint",
+        older.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a checkpoint that does not verify is the caller's error: {}",
+        stdout(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the checkpoint does not verify"));
+}

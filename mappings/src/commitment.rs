@@ -20,13 +20,18 @@
 //! field(x)      = u32_be(len(x)) ‖ x
 //! public_seed   = SM3(field("vaxgate/field-seed-public-v1") ‖ field(seed))
 //! personal_seed = SM3(field("vaxgate/field-seed-personal-v1") ‖ field(seed))
-//! salt(path)    = SM3(field("vaxgate/field-salt-v1") ‖ field(s) ‖ field(path))[0..16]
-//!                 with s = personal_seed for pii/… paths, else public_seed
+//! salts         = SM3(s ‖ u32_be(0)) ‖ SM3(s ‖ u32_be(1)) ‖ …, cut in
+//!                 16-byte salts given to the members in ascending path
+//!                 order; s = personal_seed for pii/… members, else public_seed
 //! digest        = SM3(field("vaxgate/field-v1") ‖ field(salt) ‖ field(path)
 //!                     ‖ field(canonical JSON of the value))
 //! fields_root   = SM3(field("vaxgate/fields-v1") ‖ field(u32_be(n))
 //!                     ‖ field(d_1) ‖ … ‖ field(d_n))   digests sorted ascending
 //! ```
+//!
+//! Readers never derive salts (they are given them), so only `digest` and
+//! `fields_root` are part of what a reader checks; how the node derives
+//! salts is its own affair, documented here for auditors.
 //!
 //! A reader is given the members it may see with their salts
 //! ([`Disclosure::salts`]) and the digests of the others
@@ -46,7 +51,6 @@ use sm3::{Digest, Sm3};
 
 use crate::canonical::write_canonical;
 use crate::event::TraceEvent;
-use crate::pii::Pii;
 
 /// Bytes of a member's salt.
 pub const SALT_LEN: usize = 16;
@@ -133,16 +137,39 @@ pub fn plain_seed(payload: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The salt of member `path` under seed `s` (the public or the personal one).
+/// `n` salts from seed `s` (the public or the personal one): two per SM3
+/// block of the stream `SM3(s ‖ u32_be(j))`, one compression each.
 #[must_use]
-pub fn salt(s: &[u8; 32], path: &str) -> [u8; SALT_LEN] {
-    let mut h = tagged("vaxgate/field-salt-v1");
-    field(&mut h, s);
-    field(&mut h, path.as_bytes());
-    let d: [u8; 32] = h.finalize().into();
-    let mut out = [0u8; SALT_LEN];
-    out.copy_from_slice(&d[..SALT_LEN]);
+pub fn salt_stream(s: &[u8; 32], n: usize) -> Vec<[u8; SALT_LEN]> {
+    let mut out = Vec::with_capacity(n + 1);
+    for j in 0..n.div_ceil(2) {
+        let mut h = Sm3::new();
+        h.update(s);
+        h.update((j as u32).to_be_bytes());
+        let d: [u8; 32] = h.finalize().into();
+        let (a, b) = d.split_at(SALT_LEN);
+        out.push(a.try_into().unwrap_or_default());
+        out.push(b.try_into().unwrap_or_default());
+    }
+    out.truncate(n);
     out
+}
+
+/// `members` sorted by path, each with its salt from seed `s`.
+fn salted<'a>(s: &[u8; 32], mut members: Vec<(String, &'a Value)>) -> Vec<(String, &'a Value, [u8; SALT_LEN])> {
+    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let salts = salt_stream(s, members.len());
+    members.into_iter().zip(salts).map(|((p, v), s)| (p, v, s)).collect()
+}
+
+/// The salt of member `path` of the public document `doc` (its place
+/// among the document's members fixes it).
+#[must_use]
+pub fn salt_of(doc: &Map<String, Value>, public_seed: &[u8; 32], path: &str) -> Option<[u8; SALT_LEN]> {
+    salted(public_seed, members(doc).collect())
+        .into_iter()
+        .find(|(p, ..)| p == path)
+        .map(|(.., s)| s)
 }
 
 /// The digest of one member.
@@ -202,9 +229,16 @@ pub struct Commitment {
 /// and queries return it.
 #[must_use]
 pub fn public_doc(event: &TraceEvent) -> Value {
-    let mut e = event.clone();
-    e.pii = Pii::default();
-    serde_json::to_value(&e).unwrap_or(Value::Null)
+    let mut v = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.shift_remove("pii");
+    }
+    v
+}
+
+/// The personal members of `pii` as (path, value).
+fn personal_members(pii: &BTreeMap<String, Value>) -> Vec<(String, &Value)> {
+    pii.iter().map(|(k, v)| (format!("{PERSONAL_PREFIX}{k}"), v)).collect()
 }
 
 /// Commits to `event` (its public document and personal elements) under
@@ -215,17 +249,18 @@ pub fn commit(event: &TraceEvent, seed: &[u8; 32]) -> Commitment {
     let seeds = Seeds::of(seed);
     let mut all: Vec<[u8; 32]> = Vec::new();
     if let Value::Object(m) = &doc {
-        for (path, v) in members(m) {
-            all.push(digest(&salt(&seeds.public, &path), &path, v));
+        for (path, v, s) in salted(&seeds.public, members(m).collect()) {
+            all.push(digest(&s, &path, v));
         }
     }
-    let mut personal: Vec<[u8; 32]> = event
+    let pii: BTreeMap<String, Value> = event
         .pii
         .iter()
-        .map(|(k, v)| {
-            let path = format!("{PERSONAL_PREFIX}{k}");
-            digest(&salt(&seeds.personal, &path), &path, &Value::String(v.to_string()))
-        })
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    let mut personal: Vec<[u8; 32]> = salted(&seeds.personal, personal_members(&pii))
+        .into_iter()
+        .map(|(path, v, s)| digest(&s, &path, v))
         .collect();
     personal.sort_unstable();
     all.extend(&personal);
@@ -260,8 +295,7 @@ pub fn disclose(
     personal_digests: &[[u8; 32]],
 ) -> Disclosure {
     let mut d = Disclosure::default();
-    for (path, v) in members(doc) {
-        let s = salt(public_seed, &path);
+    for (path, v, s) in salted(public_seed, members(doc).collect()) {
         if hide.contains(&path.as_str()) {
             d.withheld.push(hex::encode(digest(&s, &path, v)));
         } else {
@@ -270,9 +304,11 @@ pub fn disclose(
     }
     match personal {
         Some((values, seed)) => {
-            for k in values.keys() {
-                let path = format!("{PERSONAL_PREFIX}{k}");
-                let s = salt(seed, &path);
+            let values: BTreeMap<String, Value> = values
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            for (path, _, s) in salted(seed, personal_members(&values)) {
                 d.salts.insert(path, hex::encode(s));
             }
         }
@@ -366,12 +402,12 @@ mod tests {
     fn known_answer() {
         let c = commit(&event(), &SEED);
         assert_eq!(
-            hex::encode(salt(&c.seeds.public, "fields/lot_number")),
-            "39af606976db77bcf8d204fd152cea37"
+            hex::encode(salt_of(&doc_of(&event()), &c.seeds.public, "fields/lot_number").unwrap()),
+            "61e81ccb906142bd79e80f6c8916b3ab"
         );
         assert_eq!(
             hex::encode(c.root),
-            "ddf12bea0cf81599e17fadfed5dd2cfec91f8ef4daad3a494f706aa347366fcf"
+            "738e981bbcbb43ad3faec42bc78ef3a19eb0dccda1816d5a1ea8aeb0ae826e42"
         );
     }
 

@@ -27,6 +27,16 @@ pub enum LedgerCmd {
         /// instead of trusting the key named in the genesis block.
         #[arg(long)]
         checkpoint_key: Option<PathBuf>,
+        /// A signed checkpoint seen before (a JSON file: the checkpoint, or a
+        /// receipt, proof or answer holding one); repeatable. The ledger must
+        /// hold at least its transactions, and the same ones (a consistency
+        /// proof from its size to the ledger's), or it was cut short or
+        /// rewritten.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+        /// The ledger must hold at least this many transactions.
+        #[arg(long)]
+        min_size: Option<u64>,
     },
     /// Height, transactions, size and the latest checkpoint.
     Stats {
@@ -116,7 +126,12 @@ fn read_key(path: &PathBuf) -> anyhow::Result<Sm2VerifyingKey> {
 pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
     runtime()?.block_on(async move {
         match c {
-            LedgerCmd::Verify { db, checkpoint_key } => verify(db, checkpoint_key).await,
+            LedgerCmd::Verify {
+                db,
+                checkpoint_key,
+                checkpoint,
+                min_size,
+            } => verify(db, checkpoint_key, checkpoint, min_size).await,
             LedgerCmd::Stats { db, json } => stats(db, json).await,
             LedgerCmd::Proof { db, tx, record } => {
                 let store = open_db(&db).await?;
@@ -148,8 +163,29 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
     })
 }
 
-async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<u8> {
+async fn verify(
+    db: PathBuf,
+    checkpoint_key: Option<PathBuf>,
+    seen: Vec<PathBuf>,
+    min_size: Option<u64>,
+) -> anyhow::Result<u8> {
     let trusted = checkpoint_key.as_ref().map(read_key).transpose()?;
+    // The checkpoints seen before: read and checked against the key first,
+    // so a bad file is the caller's error (exit 2), not the ledger's.
+    let node_key = match &trusted {
+        Some(k) => Some(k.clone()),
+        None if seen.is_empty() => None,
+        None => Some(genesis_key(&open_db(&db).await?).await?),
+    };
+    let mut earlier = Vec::new();
+    for f in &seen {
+        let cp = read_checkpoint(f)?;
+        if let Some(k) = &node_key {
+            cp.verify(k)
+                .map_err(|e| anyhow::anyhow!("{}: the checkpoint does not verify: {e}", f.display()))?;
+        }
+        earlier.push((f.clone(), cp));
+    }
     let store = open_db(&db).await?;
     let show = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -176,6 +212,17 @@ async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<
                 r.node_key_id,
                 started.elapsed().as_secs_f64()
             );
+            if let Some(why) = cut_short(&store, r.transactions, &earlier, min_size).await? {
+                println!("LEDGER NOT INTACT: {why}");
+                return Ok(1);
+            }
+            if !earlier.is_empty() || min_size.is_some() {
+                println!(
+                    "ledger not cut short: it holds every transaction of the {} checkpoint(s) given{}",
+                    earlier.len(),
+                    min_size.map(|m| format!(" and at least {m}")).unwrap_or_default()
+                );
+            }
             verify_projection(&store, r.transactions, show).await
         }
         Err(e @ LedgerError::Integrity { .. }) => {
@@ -188,6 +235,83 @@ async fn verify(db: PathBuf, checkpoint_key: Option<PathBuf>) -> anyhow::Result<
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The node key the genesis block names.
+async fn genesis_key(store: &ledger::AnyStore) -> anyhow::Result<Sm2VerifyingKey> {
+    let g = store.txs(0, 1).await?;
+    let g = g.first().context("the ledger has no genesis transaction")?;
+    let info: ledger::GenesisInfo = serde_json::from_slice(&g.tx.content.payload)?;
+    Sm2VerifyingKey::from_public_key_pem(&info.node_public_key).context("the genesis block's node key")
+}
+
+/// A signed checkpoint from a file: the checkpoint itself, or any JSON
+/// holding one under `checkpoint` (a receipt, a proof, a query answer) or
+/// `latest_checkpoint` (`ledger stats --json`).
+fn read_checkpoint(f: &PathBuf) -> anyhow::Result<ledger::Checkpoint> {
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", f.display()))?;
+    let cp = if v.get("tree_size").is_some() {
+        v
+    } else if let Some(c) = v.get("checkpoint").or_else(|| v.get("latest_checkpoint")) {
+        c.clone()
+    } else {
+        anyhow::bail!("{}: no signed checkpoint in it", f.display());
+    };
+    serde_json::from_value(cp).with_context(|| format!("{}: not a signed checkpoint", f.display()))
+}
+
+/// Why a verified ledger of `size` transactions is shorter than, or
+/// another history than, what was seen of it before; `None` when it
+/// extends every checkpoint given.
+async fn cut_short(
+    store: &ledger::AnyStore,
+    size: u64,
+    earlier: &[(PathBuf, ledger::Checkpoint)],
+    min_size: Option<u64>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(m) = min_size
+        && size < m
+    {
+        return Ok(Some(format!(
+            "it holds {size} transactions, at least {m} were expected (--min-size): it was cut short"
+        )));
+    }
+    let (_, head) = store.head().await?.context("the ledger is empty")?;
+    for (f, cp) in earlier {
+        let when = chrono::DateTime::from_timestamp_millis(cp.timestamp)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        if cp.tree_size > size {
+            return Ok(Some(format!(
+                "it holds {size} transactions, but the checkpoint in {} (block {}, signed {when}) saw {}: \
+                 the newest {} were cut off",
+                f.display(),
+                cp.height,
+                cp.tree_size,
+                cp.tree_size - size
+            )));
+        }
+        let same = if cp.tree_size == head.tree_size {
+            cp.root == head.root
+        } else {
+            cp.tree_size == 0
+                || ledger::prove_consistency(store, cp.tree_size, head.tree_size)
+                    .await?
+                    .verify(cp, &head)
+        };
+        if !same {
+            return Ok(Some(format!(
+                "its first {} transactions are not those the checkpoint in {} (block {}, signed {when}, root {}) \
+                 covers: the history was rewritten",
+                cp.tree_size,
+                f.display(),
+                cp.height,
+                cp.root
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The second half of `ledger verify`: the gateway's projection (what
