@@ -23,8 +23,9 @@
 //! salts         = SM3(s ‖ u32_be(0)) ‖ SM3(s ‖ u32_be(1)) ‖ …, cut in
 //!                 16-byte salts given to the members in ascending path
 //!                 order; s = personal_seed for pii/… members, else public_seed
-//! digest        = SM3(field("vaxgate/field-v1") ‖ field(salt) ‖ field(path)
-//!                     ‖ field(canonical JSON of the value))
+//! digest        = SM3(salt ‖ u16_be(len(path)) ‖ path ‖ canonical JSON of the value)
+//!                 (one SM3 block for most members; paths are member names,
+//!                 far below 65,536 bytes)
 //! fields_root   = SM3(field("vaxgate/fields-v1") ‖ field(u32_be(n))
 //!                     ‖ field(d_1) ‖ … ‖ field(d_n))   digests sorted ascending
 //! ```
@@ -172,16 +173,18 @@ pub fn salt_of(doc: &Map<String, Value>, public_seed: &[u8; 32], path: &str) -> 
         .map(|(.., s)| s)
 }
 
-/// The digest of one member.
+/// The digest of one member: `SM3(salt ‖ u16_be(len(path)) ‖ path ‖
+/// canonical JSON of the value)`, one SM3 block for most members (the
+/// salt's length is fixed and the value comes last, so the encoding is
+/// unambiguous; digests are only ever hashed into a root, under its tag).
 #[must_use]
 pub fn digest(salt: &[u8; SALT_LEN], path: &str, value: &Value) -> [u8; 32] {
-    let mut v = Vec::with_capacity(64);
-    write_canonical(value, &mut v);
-    let mut h = tagged("vaxgate/field-v1");
-    field(&mut h, salt);
-    field(&mut h, path.as_bytes());
-    field(&mut h, &v);
-    h.finalize().into()
+    let mut b = Vec::with_capacity(64);
+    b.extend_from_slice(salt);
+    b.extend_from_slice(&(path.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    b.extend_from_slice(path.as_bytes());
+    write_canonical(value, &mut b);
+    Sm3::digest(&b).into()
 }
 
 /// The root over members' digests (in any order; sorted here).
@@ -407,7 +410,7 @@ mod tests {
         );
         assert_eq!(
             hex::encode(c.root),
-            "738e981bbcbb43ad3faec42bc78ef3a19eb0dccda1816d5a1ea8aeb0ae826e42"
+            "c8843ec1e0b3beb399b45cc3f5bb0c748661b81b6dd4a8bbd08001881158b651"
         );
     }
 
