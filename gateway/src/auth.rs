@@ -65,6 +65,87 @@ impl Principal {
 pub struct NonceCache {
     mem: Arc<Mutex<HashMap<(String, String), i64>>>,
     db: Option<sqlx::SqlitePool>,
+    /// The group-committing writer of `db` (every request waits for its
+    /// nonce's row; the requests waiting together share one transaction).
+    writer: Option<tokio::sync::mpsc::Sender<NonceJob>>,
+}
+
+/// A nonce to record: key id, nonce, expiry, now, and where to answer
+/// whether it was fresh.
+type NonceJob = (
+    String,
+    String,
+    i64,
+    i64,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Most nonces written in one transaction.
+const NONCES_PER_COMMIT: usize = 1024;
+
+/// Writes the nonces queued on `rx`, everything queued at once in one
+/// transaction: one query for those already recorded and unexpired
+/// (replays), one insert for the others.
+async fn write_nonces(db: sqlx::SqlitePool, mut rx: tokio::sync::mpsc::Receiver<NonceJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < NONCES_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match commit_nonces(&db, &jobs).await {
+            Ok(fresh) => {
+                for (j, f) in jobs.into_iter().zip(fresh) {
+                    let _ = j.4.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.4.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_nonces(db: &sqlx::SqlitePool, jobs: &[NonceJob]) -> Result<Vec<bool>, String> {
+    use sqlx::QueryBuilder;
+    let e = |e: sqlx::Error| e.to_string();
+    let mut tx = db.begin().await.map_err(e)?;
+    let mut qb: QueryBuilder<sqlx::Sqlite> =
+        QueryBuilder::new("SELECT key_id, nonce FROM used_nonces WHERE expires > ");
+    qb.push_bind(jobs[0].3).push(" AND (key_id, nonce) IN (VALUES ");
+    let mut sep = qb.separated(", ");
+    for j in jobs {
+        sep.push("(").push_bind_unseparated(j.0.clone()).push_unseparated(", ");
+        sep.push_bind_unseparated(j.1.clone()).push_unseparated(")");
+    }
+    qb.push(")");
+    let used: std::collections::HashSet<(String, String)> = qb
+        .build_query_as::<(String, String)>()
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(e)?
+        .into_iter()
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<bool> = jobs
+        .iter()
+        .map(|j| !used.contains(&(j.0.clone(), j.1.clone())) && seen.insert((j.0.as_str(), j.1.as_str())))
+        .collect();
+    let rows: Vec<&NonceJob> = jobs.iter().zip(&fresh).filter(|(_, f)| **f).map(|(j, _)| j).collect();
+    if !rows.is_empty() {
+        let mut qb: QueryBuilder<sqlx::Sqlite> =
+            QueryBuilder::new("INSERT OR REPLACE INTO used_nonces (key_id, nonce, expires) ");
+        qb.push_values(rows, |mut r, j| {
+            r.push_bind(j.0.clone()).push_bind(j.1.clone()).push_bind(j.2);
+        });
+        qb.build().execute(&mut *tx).await.map_err(e)?;
+    }
+    tx.commit().await.map_err(e)?;
+    Ok(fresh)
 }
 
 impl NonceCache {
@@ -99,9 +180,12 @@ impl NonceCache {
         .execute(&pool)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * NONCES_PER_COMMIT);
+        tokio::spawn(write_nonces(pool.clone(), rx));
         Ok(NonceCache {
             mem: Arc::default(),
             db: Some(pool),
+            writer: Some(tx),
         })
     }
 
@@ -126,20 +210,17 @@ impl NonceCache {
         if !self.insert(key_id, nonce, now, expires) {
             return Ok(false);
         }
-        let Some(db) = &self.db else { return Ok(true) };
-        // A fresh row, or an expired one taken over; an unexpired one is a replay.
-        let r = sqlx::query(
-            "INSERT INTO used_nonces (key_id, nonce, expires) VALUES (?, ?, ?) \
-             ON CONFLICT (key_id, nonce) DO UPDATE SET expires = excluded.expires WHERE used_nonces.expires <= ?",
-        )
-        .bind(key_id)
-        .bind(nonce)
-        .bind(expires)
-        .bind(now)
-        .execute(db)
-        .await
-        .map_err(|e| ApiError::internal(format!("recording a nonce: {e}")))?;
-        Ok(r.rows_affected() == 1)
+        let Some(w) = &self.writer else { return Ok(true) };
+        // A fresh row, or an expired one taken over; an unexpired one is a
+        // replay (of a request this process never saw: an earlier one's).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || ApiError::internal("the nonce writer stopped");
+        w.send((key_id.to_string(), nonce.to_string(), expires, now, tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| ApiError::internal(format!("recording a nonce: {e}")))
     }
 
     /// Whether `nonce` is already recorded in memory for `key_id` (a cheap
@@ -614,6 +695,37 @@ mod tests {
             assert!(c.record("k2", "n1", 200, 500).await.unwrap(), "per key");
             assert!(c.record("k", "n1", 501, 800).await.unwrap(), "expired: taken over");
             assert_eq!(c.purge(1000).await.unwrap(), 2);
+        });
+    }
+
+    /// Requests waiting together share a transaction: of 400 concurrent
+    /// records of 100 nonces (each four times, memory bypassed as after a
+    /// restart), exactly one per nonce is fresh, and all are on disk.
+    #[test]
+    fn concurrent_nonces_are_fresh_once() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("nonces.db");
+            let c = NonceCache::open(&f).await.unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..400 {
+                // A fresh cache per call: memory empty, only the file decides.
+                let c = NonceCache {
+                    mem: Arc::default(),
+                    ..c.clone()
+                };
+                tasks.push(tokio::spawn(async move {
+                    c.record("k", &format!("nonce-{:04}", i % 100), 100, 400).await.unwrap()
+                }));
+            }
+            let mut fresh = 0;
+            for t in tasks {
+                fresh += usize::from(t.await.unwrap());
+            }
+            assert_eq!(fresh, 100);
+            let c = NonceCache::open(&f).await.unwrap();
+            assert!(!c.record("k", "nonce-0042", 200, 500).await.unwrap());
         });
     }
 
