@@ -37,6 +37,9 @@ pub enum TelemetryError {
     },
 }
 
+/// The log directive that silences actix-http's per-request parse errors.
+const CLIENT_PROTOCOL_ERRORS: &str = "actix_http::h1::dispatcher=off";
+
 /// Keeps the exporter alive; [`Telemetry::shutdown`] flushes it.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -46,7 +49,19 @@ pub struct Telemetry {
 /// Installs the global subscriber: logs, plus the OTLP layer when
 /// configured. Must run inside a Tokio runtime (the gRPC channel lives there).
 pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // actix-http logs every malformed request it reads at ERROR ("stream
+    // error: request parse error"): any client could flood the log. The
+    // client gets its 400; the log keeps quiet about it unless RUST_LOG
+    // names `actix_http` itself.
+    let filter = || {
+        let given = std::env::var("RUST_LOG").unwrap_or_default();
+        let f = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        if given.contains("actix_http") {
+            f
+        } else {
+            f.add_directive(CLIENT_PROTOCOL_ERRORS.parse().expect("static directive"))
+        }
+    };
     let logs = match cfg.log_format.as_deref() {
         Some("text") => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
