@@ -266,13 +266,24 @@ pub async fn verify_ledger<S: LedgerStore>(
 fn check_tx(st: &StoredTx, height: u64, expected_leaf: u64) -> Result<(Sm3Digest, Sm3Digest), LedgerError> {
     let t = &st.tx;
     let id = || Some(t.content.tx_id.to_string());
-    if st.leaf_index != expected_leaf || st.height != height {
+    if st.height != height {
         return Err(fail(
             height,
             id(),
             format!(
-                "stored at leaf {} of block {}, expected leaf {expected_leaf}",
-                st.leaf_index, st.height
+                "its row says block {}, but it is leaf {expected_leaf}, inside block {height}'s range \
+                 (the row's height or the block header was changed)",
+                st.height
+            ),
+        ));
+    }
+    if st.leaf_index != expected_leaf {
+        return Err(fail(
+            height,
+            id(),
+            format!(
+                "its row says leaf {}, but it is read as leaf {expected_leaf} of block {height}",
+                st.leaf_index
             ),
         ));
     }

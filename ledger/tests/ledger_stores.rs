@@ -549,6 +549,27 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             }
             other => panic!("expected an integrity failure, got {other:?}"),
         }
+        // A row moved to another block: the message says which field lies.
+        let dir2 = tempfile::tempdir().unwrap();
+        let l2 = open(&dir2.path().join("l.db"), &node).await;
+        l2.append(batch(&node, "a", 0, 5)).await.unwrap();
+        let r2 = l2.append(batch(&node, "b", 0, 3)).await.unwrap();
+        for sql in [
+            "DROP TRIGGER transactions_no_update",
+            "UPDATE transactions SET height = 3 WHERE leaf_index = 7",
+        ] {
+            sqlx::query(sql).execute(l2.store().pool()).await.unwrap();
+        }
+        match verify_ledger(l2.store(), None, |_, _| {}).await {
+            Err(LedgerError::Integrity { height, tx, reason }) => {
+                assert_eq!((height, tx), (2, Some(r2[1].tx_id.to_string())));
+                assert!(
+                    reason.contains("its row says block 3, but it is leaf 7, inside block 2's range"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected an integrity failure, got {other:?}"),
+        }
         // Every table: a change is caught.
         for (table, col, kind) in [
             ("blocks", "timestamp", 'i'),
