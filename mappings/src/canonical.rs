@@ -313,8 +313,8 @@ mod tests {
     #[test]
     fn sorted_compact_escaped() {
         let v: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"y":[1,2.5,"x\n\u0001"],"x":null},"中":"文/"}"#).unwrap_or(Value::Null);
-        let s = String::from_utf8(to_canonical_json(&v)).unwrap_or_default();
+            serde_json::from_str(r#"{"b":1,"a":{"y":[1,2.5,"x\n\u0001"],"x":null},"中":"文/"}"#).expect("test JSON");
+        let s = String::from_utf8(to_canonical_json(&v)).expect("canonical JSON is UTF-8");
         assert_eq!(s, r#"{"a":{"x":null,"y":[1,2.5,"x\n\u0001"]},"b":1,"中":"文/"}"#);
     }
 }
@@ -332,12 +332,12 @@ mod time_tests {
             "2024-03-05T01:02:03+00:00",
             "2024-03-05T01:02:03.123456789+14:00",
         ] {
-            let dt = chrono::DateTime::parse_from_rfc3339(t).unwrap_or_default();
+            let dt = chrono::DateTime::parse_from_rfc3339(t).expect("test time");
             let mut out = Vec::new();
             write_time(&dt, &mut out);
             assert_eq!(
-                String::from_utf8(out).unwrap_or_default(),
-                serde_json::to_string(&dt).unwrap_or_default()
+                String::from_utf8(out).expect("UTF-8"),
+                serde_json::to_string(&dt).expect("chrono serialises")
             );
         }
     }
