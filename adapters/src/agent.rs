@@ -436,7 +436,11 @@ pub async fn run_sql_source(
                 let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
                 loop {
                     match pipeline.deliver(&name, records.clone(), Some(checkpoint.clone())).await {
-                        Ok(d) => return Some(Box::new((PageDone { keys, last }, d))),
+                        Ok(d) => return Some(Ok(Box::new((PageDone { keys, last }, d)))),
+                        // Not the network: the gateway's ledger is not the
+                        // one it signed before. Retrying cannot help; an
+                        // operator must look.
+                        Err(e @ AgentError::LedgerRewound(_)) => return Some(Err(e.to_string())),
                         Err(e) => {
                             tracing::warn!(source = %name, error = %e, "batch not delivered; retrying");
                             if sleep_or_stop(backoff.next_delay(), &mut stop).await {
@@ -448,7 +452,8 @@ pub async fn run_sql_source(
             });
             async move {
                 match task.await {
-                    Ok(Some(done)) => Ok(Step::Delivered(done)),
+                    Ok(Some(Ok(done))) => Ok(Step::Delivered(done)),
+                    Ok(Some(Err(fatal))) => Err(fatal),
                     Ok(None) => Ok(Step::Stopped),
                     Err(e) => Err(format!("delivery task failed: {e}")),
                 }

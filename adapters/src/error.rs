@@ -26,6 +26,10 @@ pub enum AgentError {
         /// What went wrong.
         message: String,
     },
+    /// The gateway's ledger is not the one it showed before: smaller than
+    /// a checkpoint it signed earlier, or another history.
+    #[error("the gateway's ledger does not extend what it signed before: {0}")]
+    LedgerRewound(String),
     /// The agent's own state database failed.
     #[error("state database {path}: {message}")]
     State {

@@ -121,6 +121,8 @@ struct Inner {
     cfg: PipelineConfig,
     state: StateDb,
     sources: RwLock<HashMap<String, Arc<SourceEntry>>>,
+    /// Serialises the checks of the gateway's checkpoints.
+    log_check: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -135,6 +137,10 @@ impl std::fmt::Debug for Pipeline {
 #[derive(Deserialize)]
 struct Answer {
     results: Vec<AnswerRecord>,
+    /// The signed checkpoint of each block the records went into (brief
+    /// receipts).
+    #[serde(default)]
+    checkpoints: Vec<ledger::Checkpoint>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +231,7 @@ impl Pipeline {
                 cfg,
                 state,
                 sources: RwLock::new(HashMap::new()),
+                log_check: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -419,6 +426,7 @@ impl Pipeline {
         if !messages.is_empty() {
             let messages = Arc::new(messages);
             let answer = self.post(messages.clone()).await?;
+            self.check_log(&answer.checkpoints).await?;
             if answer.results.len() != messages.len() {
                 return Err(AgentError::Answer(format!(
                     "{} results for {} records",
@@ -527,6 +535,75 @@ impl Pipeline {
             )
             .await?;
         Ok(d.outcomes)
+    }
+
+    /// Checks the newest of `checkpoints` (from a batch's receipts) against
+    /// the largest one kept: signed by the node key, and one of the two
+    /// extends the other (a consistency proof from the gateway, RFC 9162).
+    /// A gateway whose ledger shrank or was rewritten since it signed the
+    /// kept one is an error naming both, and nothing of the batch is
+    /// recorded as delivered.
+    async fn check_log(&self, checkpoints: &[ledger::Checkpoint]) -> Result<(), AgentError> {
+        let Some(new) = checkpoints.iter().max_by_key(|c| c.tree_size) else {
+            return Ok(());
+        };
+        let key = &self.inner.cfg.gateway_key;
+        new.verify(key).map_err(|e| {
+            AgentError::LedgerRewound(format!(
+                "a receipt's checkpoint (tree size {}) does not verify: {e}",
+                new.tree_size
+            ))
+        })?;
+        let _one = self.inner.log_check.lock().await;
+        let Some(kept) = self.inner.state.gateway_checkpoint().await? else {
+            return self.inner.state.set_gateway_checkpoint(new).await;
+        };
+        let show = |c: &ledger::Checkpoint| {
+            format!(
+                "tree size {} root {} (block {}, signed {})",
+                c.tree_size,
+                c.root,
+                c.height,
+                chrono::DateTime::from_timestamp_millis(c.timestamp)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            )
+        };
+        let (small, large) = if new.tree_size <= kept.tree_size {
+            (new, &kept)
+        } else {
+            (&kept, new)
+        };
+        let consistent = if small.tree_size == large.tree_size {
+            small.root == large.root
+        } else {
+            let path = format!(
+                "/v1/public/consistency?first={}&second={}",
+                small.tree_size, large.tree_size
+            );
+            match self.inner.client.send("GET", &path, Vec::new()).await {
+                Ok(bytes) => serde_json::from_slice::<ledger::ConsistencyProof>(&bytes)
+                    .map_err(|e| AgentError::Answer(format!("{path}: {e}")))?
+                    .verify(small, large),
+                // The gateway cannot prove its ledger ever was as large as
+                // a checkpoint it signed: it shrank.
+                Err(ClientError::Api { status: 404, .. }) => false,
+                Err(e) => return Err(AgentError::Gateway(e)),
+            }
+        };
+        if !consistent {
+            return Err(AgentError::LedgerRewound(format!(
+                "it signed {} before, and now {}: the log {}",
+                show(&kept),
+                show(new),
+                if new.tree_size < kept.tree_size {
+                    "shrank or forked"
+                } else {
+                    "forked"
+                }
+            )));
+        }
+        self.inner.state.set_gateway_checkpoint(new).await
     }
 
     /// Posts `messages` as one sealed batch; a batch the gateway finds too

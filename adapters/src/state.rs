@@ -56,6 +56,13 @@ const SCHEMA: &[&str] = &[
         resolved_at TEXT,
         resolution TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_open ON quarantine(source, record_key) WHERE resolved_at IS NULL",
+    // The largest signed checkpoint of the gateway's ledger seen in a
+    // receipt: every later one must extend it.
+    "CREATE TABLE IF NOT EXISTS gateway_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        tree_size INTEGER NOT NULL,
+        checkpoint TEXT NOT NULL,
+        updated_at TEXT NOT NULL)",
 ];
 
 /// Rows per multi-row statement (6 parameters each; SQLite allows 32,766).
@@ -307,6 +314,38 @@ impl StateDb {
     /// The file.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The largest signed checkpoint of the gateway's ledger seen so far.
+    pub async fn gateway_checkpoint(&self) -> Result<Option<ledger::Checkpoint>, AgentError> {
+        let row = sqlx::query("SELECT checkpoint FROM gateway_checkpoint WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let v: String = r.get(0);
+                serde_json::from_str(&v).map(Some).map_err(|e| self.err(e))
+            }
+        }
+    }
+
+    /// Keeps `cp` as the largest signed checkpoint seen (if it is larger).
+    pub async fn set_gateway_checkpoint(&self, cp: &ledger::Checkpoint) -> Result<(), AgentError> {
+        let text = serde_json::to_string(cp).map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO gateway_checkpoint (id, tree_size, checkpoint, updated_at) VALUES (1, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET tree_size = excluded.tree_size, checkpoint = excluded.checkpoint, \
+             updated_at = excluded.updated_at WHERE excluded.tree_size > gateway_checkpoint.tree_size",
+        )
+        .bind(cp.tree_size as i64)
+        .bind(text)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The stored checkpoint of `source` (JSON), if any.

@@ -210,6 +210,17 @@ pub const ROUTES: &[RouteSpec] = &[
         handler: || web::get().to(crate::api::query::latest_checkpoint),
     },
     RouteSpec {
+        method: "GET",
+        path: "/v1/public/consistency",
+        auth: Auth::Public,
+        summary: "Consistency proof (RFC 9162) between two tree sizes",
+        query: &[
+            ("first", "the earlier tree size (a checkpoint kept before)"),
+            ("second", "the later tree size, at most the newest"),
+        ],
+        handler: || web::get().to(crate::api::query::consistency),
+    },
+    RouteSpec {
         method: "POST",
         path: "/v1/transactions",
         auth: Auth::Write,

@@ -810,6 +810,35 @@ pub(crate) async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, Ap
     })))
 }
 
+/// Query of `GET /v1/public/consistency`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsistencyQuery {
+    first: u64,
+    second: u64,
+}
+
+/// `GET /v1/public/consistency?first=N&second=M`: the RFC 9162 consistency
+/// proof between two tree sizes, so that whoever kept a checkpoint (an
+/// agent, a partner) can check that a later one extends it.
+pub(crate) async fn consistency(
+    state: web::Data<AppState>,
+    q: web::Query<ConsistencyQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let cp = newest_checkpoint(&state).await?;
+    if q.first == 0 || q.first > q.second || q.second > cp.tree_size {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!(
+                "no consistency proof from size {} to {}: sizes must satisfy 0 < first <= second <= {} (the tree size)",
+                q.first, q.second, cp.tree_size
+            ),
+        ));
+    }
+    let p = ledger::prove_consistency(state.ledger.store(), q.first, q.second).await?;
+    Ok(HttpResponse::Ok().json(p))
+}
+
 /// `GET /v1/checkpoints/latest` and `GET /v1/public/checkpoints/latest`:
 /// the newest signed tree head, which anyone may use to check proofs.
 pub(crate) async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

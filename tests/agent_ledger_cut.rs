@@ -1,0 +1,99 @@
+//! An agent keeps the largest signed checkpoint of the gateway's ledger
+//! its receipts carried, and checks every later one against it with a
+//! consistency proof (`GET /v1/public/consistency`). Here the real gateway
+//! is stopped, the newest blocks of its ledger are removed (as an operator
+//! with file access could: the ledger alone still verifies), and the
+//! gateway restarted: the agent's next run stops with an error naming the
+//! checkpoint it kept and the one it got, and records nothing as
+//! delivered.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "agent_common.rs"]
+mod common;
+
+use common::*;
+
+#[test]
+fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
+    let mut gw = Gateway::start();
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("clinic.db");
+    sqlite_clinic(&db, 0..200, &|_| false);
+    let cfg = gw.agent_config(
+        work.path(),
+        "sqlite",
+        &format!("sqlite:{}", db.display()),
+        "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 50",
+        &repo().join("config/mappings/clinic-ims.toml"),
+    );
+    let out = ok(agent(&cfg, &["run", "--once"]));
+    assert!(out.contains("200 accepted"), "{out}");
+
+    // The newest three blocks (150 vaccinations) removed from the ledger.
+    gw.kill();
+    let ledger = gw.ledger_db();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kept: i64 = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", ledger.display()))
+            .await
+            .unwrap();
+        let (h,): (i64,) = sqlx::query_as("SELECT MAX(height) FROM blocks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let from = h - 2;
+        let (n,): (i64,) = sqlx::query_as("SELECT first_leaf FROM blocks WHERE height = ?")
+            .bind(from)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        for t in ["blocks", "transactions", "checkpoints", "merkle_nodes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}_no_delete")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for t in ["blocks", "transactions", "checkpoints"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE height >= {from}")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("DELETE FROM merkle_nodes WHERE ((id & 72057594037927935) + 1) << (id >> 56) > ?")
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    });
+    let o = vaxgate()
+        .args(["ledger", "verify", "--db", ledger.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{kept} transactions")),
+        "alone, the cut ledger verifies: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    gw.serve();
+
+    // Ten new rows: their receipts carry a checkpoint smaller than the one
+    // the agent kept, and the gateway cannot prove it ever held that one.
+    sqlite_clinic(&db, 200..210, &|_| false);
+    let o = agent(&cfg, &["run", "--once"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{err}");
+    // It names the checkpoint it kept (the 200 vaccinations and their
+    // alerts) and the smaller one it got (the cut ledger plus the new rows).
+    assert!(
+        err.contains("the gateway's ledger does not extend what it signed before: it signed tree size 402")
+            && err.contains(&format!("and now tree size {}", kept + 20))
+            && err.contains("the log shrank or forked"),
+        "{err}"
+    );
+    // Nothing of the batch was recorded as delivered.
+    let counts = state_counts(work.path());
+    assert!(!counts.iter().any(|(s, n)| s == "accepted" && *n > 200), "{counts:?}");
+}
