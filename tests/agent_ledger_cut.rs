@@ -14,6 +14,10 @@ mod common;
 
 use common::*;
 
+#[path = "support/ledger_cut.rs"]
+mod ledger_cut;
+use ledger_cut::cut_ledger;
+
 #[test]
 fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
     let mut gw = Gateway::start();
@@ -33,41 +37,7 @@ fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
     // The newest three blocks (150 vaccinations) removed from the ledger.
     gw.kill();
     let ledger = gw.ledger_db();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let kept: i64 = rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", ledger.display()))
-            .await
-            .unwrap();
-        let (h,): (i64,) = sqlx::query_as("SELECT MAX(height) FROM blocks")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let from = h - 2;
-        let (n,): (i64,) = sqlx::query_as("SELECT first_leaf FROM blocks WHERE height = ?")
-            .bind(from)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        for t in ["blocks", "transactions", "checkpoints", "merkle_nodes"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}_no_delete")))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        for t in ["blocks", "transactions", "checkpoints"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE height >= {from}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        sqlx::query("DELETE FROM merkle_nodes WHERE ((id & 72057594037927935) + 1) << (id >> 56) > ?")
-            .bind(n)
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        n
-    });
+    let kept = cut_ledger(&ledger, |newest| newest - 2);
     let o = vaxgate()
         .args(["ledger", "verify", "--db", ledger.to_str().unwrap()])
         .output()

@@ -4,6 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+
+#[path = "support/ledger_cut.rs"]
+mod ledger_cut;
+use ledger_cut::cut_ledger;
 use std::process::{Command, Output};
 
 fn vaxgate(args: &[&str]) -> Output {
@@ -30,6 +34,25 @@ fn bench_payload(i: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `vaxgate bench ledger` of 700 records in blocks of 16 into `db`.
+fn small_bench_ledger(db: &str) {
+    let o = vaxgate(&[
+        "bench",
+        "ledger",
+        "--records",
+        "700",
+        "--db",
+        db,
+        "--batch",
+        "16",
+        "--clients",
+        "1",
+        "--payload",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn flip_byte_of(file: &Path, needle: &[u8]) {
@@ -153,21 +176,7 @@ fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
     let db = dir.path().join("ledger.db");
     let db_s = db.to_str().unwrap();
     let key = format!("{db_s}.node.pub.pem");
-    let o = vaxgate(&[
-        "bench",
-        "ledger",
-        "--records",
-        "700",
-        "--db",
-        db_s,
-        "--batch",
-        "16",
-        "--clients",
-        "1",
-        "--payload",
-        "100",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    small_bench_ledger(db_s);
     let o = vaxgate(&["ledger", "stats", "--db", db_s, "--json"]);
     let seen = dir.path().join("seen.json");
     std::fs::write(&seen, &o.stdout).unwrap();
@@ -181,42 +190,7 @@ fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
     if wal.exists() {
         std::fs::copy(&wal, dir.path().join("cut.db-wal")).unwrap();
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let kept: i64 = rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", cut.display()))
-            .await
-            .unwrap();
-        let (h,): (i64,) = sqlx::query_as("SELECT MAX(height) FROM blocks")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let from = h - 9;
-        let (n,): (i64,) = sqlx::query_as("SELECT first_leaf FROM blocks WHERE height = ?")
-            .bind(from)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        for t in ["blocks", "transactions", "checkpoints", "merkle_nodes"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}_no_delete")))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        for t in ["blocks", "transactions", "checkpoints"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE height >= {from}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        // Tree nodes covering a removed leaf (id = level << 56 | index).
-        sqlx::query("DELETE FROM merkle_nodes WHERE ((id & 72057594037927935) + 1) << (id >> 56) > ?")
-            .bind(n)
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        n
-    });
+    let kept = cut_ledger(&cut, |newest| newest - 9);
     let cut_s = cut.to_str().unwrap();
     let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--checkpoint-key", &key]);
     assert_eq!(
@@ -312,21 +286,7 @@ fn a_damaged_index_page_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
     let db_s = db.to_str().unwrap();
-    let o = vaxgate(&[
-        "bench",
-        "ledger",
-        "--records",
-        "700",
-        "--db",
-        db_s,
-        "--batch",
-        "16",
-        "--clients",
-        "1",
-        "--payload",
-        "100",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    small_bench_ledger(db_s);
     assert!(
         !dir.path().join("ledger.db-wal").exists(),
         "the benchmark's log was checkpointed on close"
