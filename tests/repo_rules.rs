@@ -15,7 +15,7 @@ fn allowed(c: &str) -> &'static [&'static str] {
     match c {
         "mappings" | "secure-gateway" => &[],
         "ledger" => &["secure-gateway"],
-        "adapters" => &["mappings", "secure-gateway"],
+        "adapters" => &["mappings", "secure-gateway", "ledger"],
         "sandbox" => &["mappings", "secure-gateway", "ledger", "adapters"],
         "gateway" => &["mappings", "secure-gateway", "ledger", "adapters", "sandbox"],
         _ => panic!("unknown crate {c}"),
