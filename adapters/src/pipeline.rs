@@ -564,9 +564,7 @@ impl Pipeline {
                 c.tree_size,
                 c.root,
                 c.height,
-                chrono::DateTime::from_timestamp_millis(c.timestamp)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default()
+                c.signed_at()
             )
         };
         let (small, large) = if new.tree_size <= kept.tree_size {

@@ -64,6 +64,14 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// When the node signed it, RFC 3339 (empty for a timestamp out of range).
+    #[must_use]
+    pub fn signed_at(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.timestamp)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    }
+
     /// The bytes the node key signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let mut c = Canon::new("vaxgate-checkpoint-v1");

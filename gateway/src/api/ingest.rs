@@ -552,14 +552,7 @@ async fn ingest(
     // Idempotency: the same event id already in the ledger.
     // One query for the whole batch; records seen before are rare.
     let ids: Vec<String> = candidates.iter().map(|(_, t, _)| t.content.record_id.clone()).collect();
-    let mut stored: std::collections::HashMap<String, ledger::StoredTx> = state
-        .ledger
-        .store()
-        .txs_by_records(&ids)
-        .await?
-        .into_iter()
-        .map(|st| (st.tx.content.record_id.clone(), st))
-        .collect();
+    let mut stored = txs_by_record(&state, &ids).await?;
     let mut fresh = Vec::new();
     for (i, t, msg) in candidates {
         match stored.remove(&t.content.record_id) {
@@ -1088,6 +1081,21 @@ fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]
         };
         results[i] = Some(r);
     }
+}
+
+/// The stored transactions of these record (event) ids, by record id.
+pub(crate) async fn txs_by_record(
+    state: &AppState,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, ledger::StoredTx>, ApiError> {
+    Ok(state
+        .ledger
+        .store()
+        .txs_by_records(ids)
+        .await?
+        .into_iter()
+        .map(|st| (st.tx.content.record_id.clone(), st))
+        .collect())
 }
 
 /// The receiver named in node-written exchange messages.

@@ -120,14 +120,7 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
     let paths = ledger::audit_paths(state.ledger.store(), &leaves, cp.tree_size).await?;
     // The transactions (an event id is its transaction's record id) and
     // what the field commitments need, to make each step checkable.
-    let mut txs: BTreeMap<String, ledger::StoredTx> = state
-        .ledger
-        .store()
-        .txs_by_records(&ids)
-        .await?
-        .into_iter()
-        .map(|st| (st.tx.content.record_id.clone(), st))
-        .collect();
+    let mut txs = crate::api::ingest::txs_by_record(state, &ids).await?;
     let fields = state.projection.fields_of(&leaves).await?;
     // Business elements this reader's policy does not grant: left out of
     // the answer, their digests given instead.

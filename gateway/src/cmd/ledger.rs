@@ -303,9 +303,7 @@ async fn cut_short(
     }
     let (_, head) = store.head().await?.context("the ledger is empty")?;
     for (f, cp) in earlier {
-        let when = chrono::DateTime::from_timestamp_millis(cp.timestamp)
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_default();
+        let when = cp.signed_at();
         if cp.tree_size > size {
             return Ok(Some(format!(
                 "it holds {size} transactions, but the checkpoint in {} (block {}, signed {when}) saw {}: \
@@ -401,9 +399,7 @@ async fn stats(db: PathBuf, json: bool) -> anyhow::Result<u8> {
             cp.tree_size,
             cp.root,
             cp.block_hash,
-            chrono::DateTime::from_timestamp_millis(cp.timestamp)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default(),
+            cp.signed_at(),
             cp.key_id
         );
     }
