@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: `./scripts/test.sh`.
 #
 # 1. Installs what the tests need that a fresh machine may lack (the openssl
-#    CLI for the SM2/SM3/SM4 interop tests) and starts throw-away
+#    CLI for the SM2/SM3/SM4 interop tests, libssl-dev for the OpenSSL
+#    crypto provider) and starts throw-away
 #    PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (scripts/services.sh),
 #    stopped on exit.
 # 2. Checks formatting and clippy (warnings are errors).
@@ -30,6 +31,9 @@ need_pkg() { # need_pkg COMMAND DEBIAN-PACKAGE
 
 need_pkg openssl openssl
 need_pkg curl curl
+# The OpenSSL crypto provider links the system libssl3 (secure-gateway/src/openssl_provider.rs).
+need_pkg pkg-config pkg-config
+pkg-config --exists openssl || need_pkg no-such-command-libssl libssl-dev
 
 # Real services for the integration tests, stopped again however we exit.
 # A service already given by URL (e.g. VAXGATE_TEST_PG_URL) is used as is.

@@ -164,7 +164,7 @@ fn io_err(path: &Path, source: std::io::Error) -> CryptoError {
     }
 }
 
-fn in_file(path: &Path, e: CryptoError) -> CryptoError {
+pub(crate) fn in_file(path: &Path, e: CryptoError) -> CryptoError {
     match e {
         CryptoError::InvalidKey(m) => CryptoError::InvalidKey(format!("{}: {m}", path.display())),
         CryptoError::PassphraseMissing(m) => CryptoError::PassphraseMissing(format!("{}: {m}", path.display())),

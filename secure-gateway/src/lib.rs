@@ -1,10 +1,12 @@
 //! Everything in vaxgate that touches keys: SM3 hashing (GB/T 32905), SM2
 //! signatures and public-key encryption (GB/T 32918), SM4 (GB/T 32907),
-//! key storage, sealed envelopes, request signing and the air-gap bridge.
+//! key storage, sealed envelopes and request signing.
 //!
-//! The pure-Rust RustCrypto implementation is the default; the
-//! [`provider::CryptoProvider`] trait lets another conforming library or an
-//! HSM be plugged in (T/CPMA 026-2023 7.2.1, requirement R3.2).
+//! Every private-key operation goes through a [`provider::CryptoProvider`]
+//! chosen by configuration ([`provider::ProviderKind`]): pure-Rust
+//! RustCrypto (the default) or the system OpenSSL 3
+//! ([`openssl_provider`]); an HSM fits the same trait (T/CPMA 026-2023
+//! 7.2.1, requirement R3.2).
 //!
 //! Every parse of outside bytes returns a typed [`CryptoError`]; nothing here
 //! panics on input.
@@ -16,6 +18,7 @@ pub mod error;
 pub mod hash;
 pub mod keys;
 pub mod merkle;
+pub mod openssl_provider;
 pub mod pke;
 pub mod provider;
 pub mod random;
@@ -32,7 +35,10 @@ pub use envelope::{
 pub use error::CryptoError;
 pub use hash::{Sm3Digest, Sm3Hasher, sm3};
 pub use keys::{DEFAULT_PASSPHRASE_ENV, KeyProtection, load_signing_key, load_verifying_key};
+pub use openssl_provider::OpensslProvider;
 pub use pke::Sm2CiphertextFormat;
-pub use provider::{CryptoProvider, KeyHandle, RustCryptoProvider};
+pub use provider::{
+    CryptoConfig, CryptoProvider, KeyHandle, ProviderKind, RustCryptoProvider, Signer, load_sm2_key_file,
+};
 pub use sign::{DEFAULT_DIST_ID, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
 pub use sym::Sm4Key;

@@ -6,9 +6,14 @@
 //! **Invariant:** private keys never cross this interface. Callers name them
 //! by [`KeyHandle`]; the provider signs, decrypts and unwraps inside. Public
 //! keys, digests, ciphertexts and the per-message data keys of sealed
-//! envelopes (which exist only to encrypt one payload) do cross it.
+//! envelopes (which exist only to encrypt one payload) do cross it. Software
+//! keys go *in* once, at start ([`CryptoProvider::import_sm2_pem`]), and
+//! never come out.
 //!
-//! The trait is object safe: pass `Arc<dyn CryptoProvider>` around.
+//! The trait is object safe: pass `Arc<dyn CryptoProvider>` around, or a
+//! [`Signer`] (a provider and the handle of one of its SM2 keys) where
+//! something signs. [`ProviderKind`] is the `[crypto] provider` setting of
+//! every configuration file that names one.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
+use crate::openssl_provider::OpensslProvider;
 use crate::sym::GCM_NONCE_LEN;
 use crate::{CryptoError, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key};
 
@@ -114,6 +120,201 @@ pub trait CryptoProvider: Send + Sync + fmt::Debug {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+
+    /// Takes a software SM2 key into the provider under `handle` (keys
+    /// generated in process, e.g. by the sandbox and the tests) and returns
+    /// its public half. A provider that keeps its keys outside the process
+    /// (an HSM) refuses; its keys are named by handle in its configuration.
+    fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
+        let _ = (handle, key);
+        Err(refuses_software_keys(self.name()))
+    }
+
+    /// Takes a PKCS#8 PEM private key (encrypted under `passphrase`, or in
+    /// the clear when `passphrase` is `None`) into the provider under
+    /// `handle`, signing with the distinguishing ID `dist_id`; returns its
+    /// public half. The default decodes with [`crate::keys`] and calls
+    /// [`CryptoProvider::import_sm2_key`].
+    fn import_sm2_pem(
+        &self,
+        handle: KeyHandle,
+        pem: &str,
+        passphrase: Option<&str>,
+        dist_id: &str,
+    ) -> Result<Sm2VerifyingKey, CryptoError> {
+        let key = crate::keys::private_key_from_pem(pem, passphrase, dist_id)?;
+        self.import_sm2_key(handle, &key)
+    }
+
+    /// Takes an SM4 key-encryption key into the provider under `handle`.
+    fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
+        let _ = (handle, key);
+        Err(refuses_software_keys(self.name()))
+    }
+}
+
+fn refuses_software_keys(name: &str) -> CryptoError {
+    CryptoError::UnknownKey(format!(
+        "the {name} provider does not take software keys; name its keys by handle"
+    ))
+}
+
+/// Reads the encrypted PKCS#8 key file `path` (passphrase from the
+/// environment variable named `passphrase_env`) into `provider` under
+/// `handle`, with the default distinguishing ID. Errors name the file and
+/// the variable, never the passphrase.
+pub fn load_sm2_key_file(
+    provider: &dyn CryptoProvider,
+    handle: KeyHandle,
+    path: &Path,
+    passphrase_env: &str,
+) -> Result<Sm2VerifyingKey, CryptoError> {
+    let in_file = |e: CryptoError| crate::keys::in_file(path, e);
+    let pem = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| CryptoError::Io {
+        path: path.display().to_string(),
+        source,
+    })?);
+    let pw = crate::keys::passphrase_from_env(passphrase_env).map_err(in_file)?;
+    provider
+        .import_sm2_pem(handle, &pem, Some(&pw), crate::DEFAULT_DIST_ID)
+        .map_err(in_file)
+}
+
+/// Which library does the SM2/SM3/SM4 work: the `[crypto] provider` key of
+/// the gateway's, the agent's and the sandbox's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ProviderKind {
+    /// Pure-Rust RustCrypto `sm2`/`sm3`/`sm4` (the default).
+    #[default]
+    #[serde(rename = "rustcrypto")]
+    RustCrypto,
+    /// The system OpenSSL 3 (`libssl3`), see [`crate::openssl_provider`].
+    #[serde(rename = "openssl")]
+    Openssl,
+}
+
+impl ProviderKind {
+    /// Every provider, in the order `--help` and errors list them.
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::RustCrypto, ProviderKind::Openssl];
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::RustCrypto => "rustcrypto",
+            ProviderKind::Openssl => "openssl",
+        }
+    }
+
+    /// A new provider of this kind, with no keys.
+    pub fn build(self) -> Result<Arc<dyn CryptoProvider>, CryptoError> {
+        Ok(match self {
+            ProviderKind::RustCrypto => Arc::new(RustCryptoProvider::new()),
+            ProviderKind::Openssl => Arc::new(OpensslProvider::new()?),
+        })
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProviderKind {
+    type Err = CryptoError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            CryptoError::UnknownKey(format!("unknown crypto provider {s:?}; valid: rustcrypto, openssl"))
+        })
+    }
+}
+
+/// The `[crypto]` table of a configuration file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// `"rustcrypto"` (default) or `"openssl"`.
+    #[serde(default)]
+    pub provider: ProviderKind,
+}
+
+/// One SM2 key of a provider, ready to sign: what the ledger, the gateway
+/// and the agent hold instead of a private key. Cloning shares the provider.
+#[derive(Clone)]
+pub struct Signer {
+    provider: Arc<dyn CryptoProvider>,
+    handle: KeyHandle,
+    public: Sm2VerifyingKey,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("provider", &self.provider.name())
+            .field("key", &self.handle)
+            .field("key_id", &self.public.key_id())
+            .finish()
+    }
+}
+
+impl Signer {
+    /// The key behind `handle` in `provider` (which must hold it).
+    pub fn new(provider: Arc<dyn CryptoProvider>, handle: KeyHandle) -> Result<Self, CryptoError> {
+        let public = provider.public_key(&handle)?;
+        Ok(Signer {
+            provider,
+            handle,
+            public,
+        })
+    }
+
+    /// Imports a software key into `provider` under `handle` and returns
+    /// its signer (the sandbox's generated keys, tests).
+    pub fn import(
+        provider: Arc<dyn CryptoProvider>,
+        handle: KeyHandle,
+        key: &Sm2SigningKey,
+    ) -> Result<Self, CryptoError> {
+        provider.import_sm2_key(handle.clone(), key)?;
+        Self::new(provider, handle)
+    }
+
+    /// Loads an encrypted key file into `provider` (see
+    /// [`load_sm2_key_file`]) and returns its signer.
+    pub fn load_file(
+        provider: Arc<dyn CryptoProvider>,
+        handle: KeyHandle,
+        path: &Path,
+        passphrase_env: &str,
+    ) -> Result<Self, CryptoError> {
+        load_sm2_key_file(&*provider, handle.clone(), path, passphrase_env)?;
+        Self::new(provider, handle)
+    }
+
+    /// SM2 signature of `msg` (with Z_A) by this key.
+    pub fn sign(&self, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
+        self.provider.sign(&self.handle, msg)
+    }
+
+    /// The public half.
+    pub fn verifying_key(&self) -> &Sm2VerifyingKey {
+        &self.public
+    }
+
+    /// The key id of the public half.
+    pub fn key_id(&self) -> &str {
+        self.public.key_id()
+    }
+
+    /// The handle in the provider.
+    pub fn handle(&self) -> &KeyHandle {
+        &self.handle
+    }
+
+    /// The provider that holds the key.
+    pub fn provider(&self) -> &Arc<dyn CryptoProvider> {
+        &self.provider
+    }
 }
 
 /// The default provider: pure-Rust RustCrypto `sm2`/`sm3`/`sm4`, keys held
@@ -144,7 +345,7 @@ impl fmt::Debug for RustCryptoProvider {
     }
 }
 
-fn unknown(kind: &str, h: &KeyHandle) -> CryptoError {
+pub(crate) fn unknown_key(kind: &str, h: &KeyHandle) -> CryptoError {
     CryptoError::UnknownKey(format!("no {kind} key named {:?} in the provider", h.0))
 }
 
@@ -173,20 +374,6 @@ impl RustCryptoProvider {
         h
     }
 
-    /// Loads an encrypted PKCS#8 key file (passphrase from the environment
-    /// variable named `passphrase_env`) under `handle`.
-    pub fn load_sm2_key_file(
-        &self,
-        handle: KeyHandle,
-        path: &Path,
-        passphrase_env: &str,
-    ) -> Result<Sm2VerifyingKey, CryptoError> {
-        let key = crate::keys::load_signing_key(path, passphrase_env)?;
-        let vk = key.verifying_key().clone();
-        self.insert_sm2_key(handle, key);
-        Ok(vk)
-    }
-
     /// Adds (or replaces) the SM4 key-encryption key behind `handle`.
     pub fn insert_kek(&self, handle: KeyHandle, key: Sm4Key) {
         if let Ok(mut m) = self.kek.write() {
@@ -203,7 +390,7 @@ impl RustCryptoProvider {
             .sm2
             .read()
             .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
-        f(m.get(h).ok_or_else(|| unknown("sm2", h))?)
+        f(m.get(h).ok_or_else(|| unknown_key("sm2", h))?)
     }
 
     fn with_kek<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm4Key) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
@@ -211,7 +398,7 @@ impl RustCryptoProvider {
             .kek
             .read()
             .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
-        f(m.get(h).ok_or_else(|| unknown("sm4 key-encryption", h))?)
+        f(m.get(h).ok_or_else(|| unknown_key("sm4 key-encryption", h))?)
     }
 }
 
@@ -287,6 +474,21 @@ impl CryptoProvider for RustCryptoProvider {
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.with_kek(kek, |k| crate::sym::sm4_gcm_open(k, nonce, aad, ct))
     }
+
+    fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
+        let m = &mut self.sm2.write().map_err(|_| poisoned())?;
+        m.insert(handle, key.clone());
+        Ok(key.verifying_key().clone())
+    }
+
+    fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
+        self.kek.write().map_err(|_| poisoned())?.insert(handle, key);
+        Ok(())
+    }
+}
+
+fn poisoned() -> CryptoError {
+    CryptoError::Cipher("provider key store lock poisoned".into())
 }
 
 #[cfg(test)]

@@ -193,6 +193,11 @@ impl Sm2VerifyingKey {
         &self.key_id
     }
 
+    /// The distinguishing ID signatures under this key use (GB/T 32918.2).
+    pub fn dist_id(&self) -> &str {
+        self.inner.distid()
+    }
+
     /// The full SM3 of the uncompressed SEC1 point (a block's `provider`).
     pub fn fingerprint(&self) -> Sm3Digest {
         sm3(&self.to_sec1())

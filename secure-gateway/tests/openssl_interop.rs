@@ -4,16 +4,21 @@
 //!
 //! Both sides pin the SM2 distinguishing ID: OpenSSL's `pkeyutl` uses an
 //! empty ID unless told `-pkeyopt distid:1234567812345678`.
+//!
+//! The SM2 and SM3 tests run through every crypto provider
+//! ([`ProviderKind::ALL`]): the command-line tool must accept what each
+//! provider produces and each provider must accept what the tool produces.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use secure_gateway::keys::{KeyProtection, private_key_from_pem, private_key_to_pem};
 use secure_gateway::sym::{sm4_cbc_decrypt, sm4_cbc_encrypt, sm4_ctr_apply, sm4_gcm_open};
 use secure_gateway::{
-    ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, Recipient, RustCryptoProvider, Sm2CiphertextFormat,
-    Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal, sm3,
+    ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, ProviderKind, Recipient, Sm2Signature,
+    Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal,
 };
 use zeroize::Zeroizing;
 
@@ -49,6 +54,11 @@ fn openssl_ok(args: &[&str]) -> Vec<u8> {
     o.stdout
 }
 
+/// One fresh provider of each kind.
+fn providers() -> Vec<Arc<dyn CryptoProvider>> {
+    ProviderKind::ALL.iter().map(|k| k.build().unwrap()).collect()
+}
+
 fn p(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
@@ -75,20 +85,29 @@ fn sm3_equals_openssl_dgst() {
     {
         let f = p(dir.path(), &format!("m{i}"));
         std::fs::write(&f, data).unwrap();
-        let out = openssl_ok(&["dgst", "-sm3", "-binary", s(&f)]);
-        assert_eq!(hex::encode(out), sm3(data).to_hex(), "input {i}");
+        let out = hex::encode(openssl_ok(&["dgst", "-sm3", "-binary", s(&f)]));
+        for prov in providers() {
+            assert_eq!(out, prov.sm3(data).to_hex(), "input {i}, provider {}", prov.name());
+        }
     }
 }
 
 #[test]
 fn openssl_verifies_our_signature() {
+    for prov in providers() {
+        openssl_verifies_a_signature_of(&*prov);
+    }
+}
+
+fn openssl_verifies_a_signature_of(prov: &dyn CryptoProvider) {
     let dir = tempfile::tempdir().unwrap();
-    let k = Sm2SigningKey::generate();
+    let h = KeyHandle::new("signer");
+    let vk = prov.import_sm2_key(h.clone(), &Sm2SigningKey::generate()).unwrap();
     let msg = "疫苗追溯 vaccine traceability record".as_bytes();
     let (pubf, msgf, sigf) = (p(dir.path(), "pub.pem"), p(dir.path(), "msg"), p(dir.path(), "sig.der"));
-    std::fs::write(&pubf, k.verifying_key().to_public_key_pem()).unwrap();
+    std::fs::write(&pubf, vk.to_public_key_pem()).unwrap();
     std::fs::write(&msgf, msg).unwrap();
-    std::fs::write(&sigf, k.sign(msg).to_der()).unwrap();
+    std::fs::write(&sigf, prov.sign(&h, msg).unwrap().to_der()).unwrap();
     let args = [
         "pkeyutl",
         "-verify",
@@ -106,9 +125,13 @@ fn openssl_verifies_our_signature() {
     let mut with_id = args.to_vec();
     with_id.extend(["-pkeyopt", DISTID]);
     let out = String::from_utf8(openssl_ok(&with_id)).unwrap();
-    assert!(out.contains("Signature Verified Successfully"), "{out}");
+    assert!(
+        out.contains("Signature Verified Successfully"),
+        "{}: {out}",
+        prov.name()
+    );
     // Without the distinguishing ID OpenSSL (empty ID) must reject it.
-    assert!(!openssl(&args).status.success());
+    assert!(!openssl(&args).status.success(), "{}", prov.name());
 }
 
 #[test]
@@ -142,6 +165,41 @@ fn we_verify_an_openssl_signature_and_read_its_keys() {
     let sig = Sm2Signature::from_der(&std::fs::read(&sigf).unwrap()).unwrap();
     vk.verify(b"cold chain reading: 4.2C", &sig).unwrap();
     assert!(vk.verify(b"cold chain reading: 4.3C", &sig).is_err());
+    for prov in providers() {
+        prov.verify(&vk, b"cold chain reading: 4.2C", &sig).unwrap();
+        assert!(
+            prov.verify(&vk, b"cold chain reading: 4.3C", &sig).is_err(),
+            "{}",
+            prov.name()
+        );
+        // Each provider takes OpenSSL's key file and signs what OpenSSL verifies.
+        let pem = std::fs::read_to_string(&keyf).unwrap();
+        let h = KeyHandle::new("theirs");
+        assert_eq!(prov.import_sm2_pem(h.clone(), &pem, None, DEFAULT_DIST_ID).unwrap(), vk);
+        std::fs::write(&sigf, prov.sign(&h, b"cold chain reading: 4.2C").unwrap().to_der()).unwrap();
+        let out = String::from_utf8(openssl_ok(&[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            s(&pubf),
+            "-rawin",
+            "-digest",
+            "sm3",
+            "-pkeyopt",
+            DISTID,
+            "-in",
+            s(&msgf),
+            "-sigfile",
+            s(&sigf),
+        ]))
+        .unwrap();
+        assert!(
+            out.contains("Signature Verified Successfully"),
+            "{}: {out}",
+            prov.name()
+        );
+    }
     // OpenSSL's unencrypted PKCS#8 private key is readable and matches.
     let sk = private_key_from_pem(&std::fs::read_to_string(&keyf).unwrap(), None, DEFAULT_DIST_ID).unwrap();
     assert_eq!(sk.verifying_key(), &vk);
@@ -162,6 +220,17 @@ fn we_verify_an_openssl_signature_and_read_its_keys() {
     ]);
     let sk2 = private_key_from_pem(&std::fs::read_to_string(&encf).unwrap(), Some(PW), DEFAULT_DIST_ID).unwrap();
     assert_eq!(sk2.verifying_key(), &vk);
+    for prov in providers() {
+        let enc = std::fs::read_to_string(&encf).unwrap();
+        let got = prov.import_sm2_pem(KeyHandle::new("enc"), &enc, Some(PW), DEFAULT_DIST_ID);
+        assert_eq!(got.unwrap(), vk, "{}", prov.name());
+        let wrong = prov.import_sm2_pem(KeyHandle::new("enc"), &enc, Some("wrong"), DEFAULT_DIST_ID);
+        assert!(
+            wrong.unwrap_err().to_string().contains("wrong passphrase"),
+            "{}",
+            prov.name()
+        );
+    }
 }
 
 #[test]
@@ -203,8 +272,16 @@ fn openssl_reads_our_encrypted_pkcs8_and_spki() {
 
 #[test]
 fn sm2_encryption_both_ways() {
+    for prov in providers() {
+        sm2_encryption_both_ways_with(&*prov);
+    }
+}
+
+fn sm2_encryption_both_ways_with(prov: &dyn CryptoProvider) {
     let dir = tempfile::tempdir().unwrap();
     let k = Sm2SigningKey::generate();
+    let h = KeyHandle::new("recipient");
+    prov.import_sm2_key(h.clone(), &k).unwrap();
     let (keyf, pubf) = (p(dir.path(), "k.key.pem"), p(dir.path(), "k.pub.pem"));
     let pem = private_key_to_pem(&k, &KeyProtection::DangerUnencrypted).unwrap();
     std::fs::write(&keyf, pem.as_bytes()).unwrap();
@@ -213,9 +290,9 @@ fn sm2_encryption_both_ways() {
 
     // vaxgate -> OpenSSL
     let ctf = p(dir.path(), "ours.der");
-    std::fs::write(&ctf, k.verifying_key().encrypt(msg, Sm2CiphertextFormat::Der).unwrap()).unwrap();
+    std::fs::write(&ctf, prov.sm2_encrypt(k.verifying_key(), msg).unwrap()).unwrap();
     let out = openssl_ok(&["pkeyutl", "-decrypt", "-inkey", s(&keyf), "-in", s(&ctf)]);
-    assert_eq!(out, msg);
+    assert_eq!(out, msg, "{}", prov.name());
 
     // OpenSSL -> vaxgate
     let (msgf, ct2) = (p(dir.path(), "msg"), p(dir.path(), "theirs.der"));
@@ -231,10 +308,8 @@ fn sm2_encryption_both_ways() {
         "-out",
         s(&ct2),
     ]);
-    let pt = k
-        .decrypt(&std::fs::read(&ct2).unwrap(), Sm2CiphertextFormat::Der)
-        .unwrap();
-    assert_eq!(&pt[..], msg);
+    let pt = prov.sm2_decrypt(&h, &std::fs::read(&ct2).unwrap()).unwrap();
+    assert_eq!(&pt[..], msg, "{}", prov.name());
 }
 
 #[test]
@@ -299,14 +374,20 @@ fn sm4_cbc_and_ctr_both_ways() {
 /// key OpenSSL recovered.)
 #[test]
 fn partner_with_openssl_verifies_envelope_and_unwraps_data_key() {
+    for prov in providers() {
+        partner_with_openssl_checks_an_envelope_of(&*prov);
+    }
+}
+
+fn partner_with_openssl_checks_an_envelope_of(p_: &dyn CryptoProvider) {
     let dir = tempfile::tempdir().unwrap();
-    let p_ = RustCryptoProvider::new();
-    let sender = p_.add_sm2_key(Sm2SigningKey::generate());
+    let sender = KeyHandle::new("sender");
+    p_.import_sm2_key(sender.clone(), &Sm2SigningKey::generate()).unwrap();
     let partner = Sm2SigningKey::generate();
     let partner_pk = partner.verifying_key().clone();
     let meta = EnvelopeMeta::now("cdc-310000", ContentType::Xml, "adverse-event");
     let payload = b"<aefi><case>1</case></aefi>";
-    let env = seal(&p_, &sender, meta, payload, &[Recipient::Sm2(partner_pk.clone())]).unwrap();
+    let env = seal(p_, &sender, meta, payload, &[Recipient::Sm2(partner_pk.clone())]).unwrap();
 
     let (tbs, sig, pubf, keyf, wk) = (
         p(dir.path(), "tbs.bin"),
