@@ -4,87 +4,21 @@
 //! and records moved to another batch id.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
 
 use proptest::prelude::*;
 use secure_gateway::batch::{open_batch, open_batch_each};
 use secure_gateway::envelope::WrapKind;
-use secure_gateway::sym::GCM_NONCE_LEN;
 use secure_gateway::{
     BatchHeader, BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient,
-    RecipientKey, RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey,
-    Sm3Digest, Sm4Key, merkle, open, sign_batch,
+    RecipientKey, RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key,
+    merkle, open, sign_batch,
 };
+use support::TestProvider;
 use uuid::Uuid;
-use zeroize::Zeroizing;
-
-/// The default provider, counting SM2 decryptions.
-#[derive(Debug)]
-struct Counting {
-    inner: RustCryptoProvider,
-    sm2_decrypts: AtomicUsize,
-}
-
-impl Counting {
-    fn take(&self) -> usize {
-        self.sm2_decrypts.swap(0, Ordering::SeqCst)
-    }
-}
-
-impl CryptoProvider for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-    fn sm3(&self, data: &[u8]) -> Sm3Digest {
-        self.inner.sm3(data)
-    }
-    fn random(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
-        self.inner.random(buf)
-    }
-    fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
-        self.inner.public_key(key)
-    }
-    fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
-        self.inner.sign(key, msg)
-    }
-    fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
-        self.inner.verify(key, msg, sig)
-    }
-    fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.sm2_encrypt(recipient, msg)
-    }
-    fn sm2_decrypt(&self, key: &KeyHandle, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.sm2_decrypts.fetch_add(1, Ordering::SeqCst);
-        self.inner.sm2_decrypt(key, ct)
-    }
-    fn sm4_gcm_seal(&self, k: &Sm4Key, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.sm4_gcm_seal(k, n, aad, pt)
-    }
-    fn sm4_gcm_open(
-        &self,
-        k: &Sm4Key,
-        n: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.inner.sm4_gcm_open(k, n, aad, ct)
-    }
-    fn kek_seal(&self, h: &KeyHandle, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.kek_seal(h, n, aad, pt)
-    }
-    fn kek_open(
-        &self,
-        h: &KeyHandle,
-        n: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.inner.kek_open(h, n, aad, ct)
-    }
-}
 
 struct World {
-    p: Counting,
+    p: TestProvider,
     sender: KeyHandle,
     sender_pk: Sm2VerifyingKey,
     gateway: KeyHandle,
@@ -101,10 +35,7 @@ fn world() -> World {
     inner.insert_kek(kek.clone(), Sm4Key::new([0x42; 16]));
     let sender_pk = inner.public_key(&sender).unwrap();
     World {
-        p: Counting {
-            inner,
-            sm2_decrypts: AtomicUsize::new(0),
-        },
+        p: TestProvider::counting(inner),
         sender,
         sender_pk,
         gateway,

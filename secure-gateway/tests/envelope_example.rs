@@ -7,104 +7,17 @@
 //! prints the values.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
-use std::sync::Mutex;
+mod support;
 
-use secure_gateway::sym::GCM_NONCE_LEN;
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoError, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient,
-    RecipientKey, RustCryptoProvider, SealedEnvelope, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key,
-    merkle, open, seal, seal_unsigned, sign_batch, sm3,
+    BatchSealer, ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
+    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm3Digest, Sm4Key, merkle, open, seal, seal_unsigned,
+    sign_batch, sm3,
 };
-use zeroize::Zeroizing;
-
-/// Delegates to [`RustCryptoProvider`] but draws "random" bytes from a
-/// fixed pattern: call `c` fills byte `i` with `(c << 4 | i) & 0xff`.
-/// For the example only; a real provider must never do this.
-#[derive(Debug)]
-struct ExampleProvider {
-    inner: RustCryptoProvider,
-    calls: Mutex<u8>,
-}
-
-impl CryptoProvider for ExampleProvider {
-    fn name(&self) -> &str {
-        "example"
-    }
-    fn sm3(&self, data: &[u8]) -> Sm3Digest {
-        self.inner.sm3(data)
-    }
-    fn random(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
-        let mut c = self.calls.lock().unwrap();
-        *c += 1;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = ((*c as usize) << 4 | i) as u8;
-        }
-        Ok(())
-    }
-    fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
-        self.inner.public_key(key)
-    }
-    fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
-        self.inner.sign(key, msg)
-    }
-    fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
-        self.inner.verify(key, msg, sig)
-    }
-    /// SM2 encryption with the fixed k = SM3("vaxgate example sm2 k"), so
-    /// that the batch-KEK example is reproducible (never do this for real).
-    fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let ek = sm2::pke::EncryptingKey::new_with_mode(*recipient.public_key(), sm2::pke::Mode::C1C3C2);
-        ek.encrypt_der(&mut FixedK(sm3(b"vaxgate example sm2 k").0), msg)
-            .map_err(|_| CryptoError::Cipher("sm2 encryption failed".into()))
-    }
-    fn sm2_decrypt(&self, key: &KeyHandle, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.inner.sm2_decrypt(key, ct)
-    }
-    fn sm4_gcm_seal(&self, k: &Sm4Key, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.sm4_gcm_seal(k, n, aad, pt)
-    }
-    fn sm4_gcm_open(
-        &self,
-        k: &Sm4Key,
-        n: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.inner.sm4_gcm_open(k, n, aad, ct)
-    }
-    fn kek_seal(&self, h: &KeyHandle, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.kek_seal(h, n, aad, pt)
-    }
-    fn kek_open(
-        &self,
-        h: &KeyHandle,
-        n: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.inner.kek_open(h, n, aad, ct)
-    }
-}
-
-/// An RNG that returns a fixed k for SM2 encryption.
-struct FixedK([u8; 32]);
-impl sm2::elliptic_curve::rand_core::TryRng for FixedK {
-    type Error = std::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        unreachable!("sm2 draws k with fill_bytes")
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        unreachable!("sm2 draws k with fill_bytes")
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        dst.copy_from_slice(&self.0[..dst.len()]);
-        Ok(())
-    }
-}
-impl sm2::elliptic_curve::rand_core::TryCryptoRng for FixedK {}
+use support::TestProvider;
 
 /// Signer private key: SM3("vaxgate example signer") as the scalar.
-fn example() -> (ExampleProvider, KeyHandle, KeyHandle) {
+fn example() -> (TestProvider, KeyHandle, KeyHandle) {
     let inner = RustCryptoProvider::new();
     let d = sm3(b"vaxgate example signer");
     let signer = KeyHandle::new("example-signer");
@@ -117,14 +30,7 @@ fn example() -> (ExampleProvider, KeyHandle, KeyHandle) {
         kek.clone(),
         Sm4Key::new(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"),
     );
-    (
-        ExampleProvider {
-            inner,
-            calls: Mutex::new(0),
-        },
-        signer,
-        kek,
-    )
+    (TestProvider::deterministic(inner), signer, kek)
 }
 
 fn meta(tx: &str) -> EnvelopeMeta {

@@ -1,0 +1,131 @@
+//! The default provider with test hooks, shared by the test files that need
+//! to count or pin what a provider does.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use secure_gateway::sym::GCM_NONCE_LEN;
+use secure_gateway::{
+    CryptoError, CryptoProvider, KeyHandle, RustCryptoProvider, Sm2Signature, Sm2VerifyingKey, Sm3Digest, Sm4Key, sm3,
+};
+use zeroize::Zeroizing;
+
+/// Delegates to [`RustCryptoProvider`], counting SM2 decryptions. A
+/// deterministic one (the worked examples of `docs/envelope.md`) also draws
+/// "random" bytes from a fixed pattern (call `c` fills byte `i` with
+/// `(c << 4 | i) & 0xff`) and SM2-encrypts with the fixed k =
+/// SM3("vaxgate example sm2 k"). A real provider must never do either.
+#[derive(Debug)]
+pub struct TestProvider {
+    pub inner: RustCryptoProvider,
+    sm2_decrypts: AtomicUsize,
+    /// `Some(calls so far)` when deterministic.
+    fixed: Option<Mutex<u8>>,
+}
+
+impl TestProvider {
+    /// Counts SM2 decryptions; otherwise the default provider.
+    pub fn counting(inner: RustCryptoProvider) -> Self {
+        TestProvider {
+            inner,
+            sm2_decrypts: AtomicUsize::new(0),
+            fixed: None,
+        }
+    }
+
+    /// Fixed "random" bytes and SM2 nonce (see the type's docs).
+    pub fn deterministic(inner: RustCryptoProvider) -> Self {
+        TestProvider {
+            fixed: Some(Mutex::new(0)),
+            ..Self::counting(inner)
+        }
+    }
+
+    /// SM2 decryptions since the last call.
+    pub fn take(&self) -> usize {
+        self.sm2_decrypts.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// An RNG that returns a fixed k for SM2 encryption.
+struct FixedK([u8; 32]);
+impl sm2::elliptic_curve::rand_core::TryRng for FixedK {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        unreachable!("sm2 draws k with fill_bytes")
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        unreachable!("sm2 draws k with fill_bytes")
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        dst.copy_from_slice(&self.0[..dst.len()]);
+        Ok(())
+    }
+}
+impl sm2::elliptic_curve::rand_core::TryCryptoRng for FixedK {}
+
+impl CryptoProvider for TestProvider {
+    fn name(&self) -> &str {
+        if self.fixed.is_some() { "example" } else { "counting" }
+    }
+    fn sm3(&self, data: &[u8]) -> Sm3Digest {
+        self.inner.sm3(data)
+    }
+    fn random(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
+        let Some(calls) = &self.fixed else {
+            return self.inner.random(buf);
+        };
+        let mut c = calls.lock().unwrap();
+        *c += 1;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = ((*c as usize) << 4 | i) as u8;
+        }
+        Ok(())
+    }
+    fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
+        self.inner.public_key(key)
+    }
+    fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
+        self.inner.sign(key, msg)
+    }
+    fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
+        self.inner.verify(key, msg, sig)
+    }
+    fn sm2_encrypt(&self, recipient: &Sm2VerifyingKey, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if self.fixed.is_none() {
+            return self.inner.sm2_encrypt(recipient, msg);
+        }
+        let ek = sm2::pke::EncryptingKey::new_with_mode(*recipient.public_key(), sm2::pke::Mode::C1C3C2);
+        ek.encrypt_der(&mut FixedK(sm3(b"vaxgate example sm2 k").0), msg)
+            .map_err(|_| CryptoError::Cipher("sm2 encryption failed".into()))
+    }
+    fn sm2_decrypt(&self, key: &KeyHandle, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.sm2_decrypts.fetch_add(1, Ordering::SeqCst);
+        self.inner.sm2_decrypt(key, ct)
+    }
+    fn sm4_gcm_seal(&self, k: &Sm4Key, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.inner.sm4_gcm_seal(k, n, aad, pt)
+    }
+    fn sm4_gcm_open(
+        &self,
+        k: &Sm4Key,
+        n: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.inner.sm4_gcm_open(k, n, aad, ct)
+    }
+    fn kek_seal(&self, h: &KeyHandle, n: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.inner.kek_seal(h, n, aad, pt)
+    }
+    fn kek_open(
+        &self,
+        h: &KeyHandle,
+        n: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.inner.kek_open(h, n, aad, ct)
+    }
+}
