@@ -419,6 +419,12 @@ fn no_bill_or_shipment_outgrows_one_ledger_transaction_at_scale() {
     // must travel under bills of at most MAX_CARTONS_PER_BILL cartons, so
     // that every sealed record stays under the 8 KiB transaction limit.
     let w = world::simulate(1, 40_000);
+    assert!(
+        w.bills.len() > 100 && w.shipments.len() > 100,
+        "the world has {} bills and {} shipments: nothing to check",
+        w.bills.len(),
+        w.shipments.len()
+    );
     let max_units = world::MAX_CARTONS_PER_BILL * world::CARTON;
     for b in &w.bills {
         assert!(
