@@ -7,7 +7,7 @@
 
 mod support;
 
-use secure_gateway::Sm2SigningKey;
+use secure_gateway::Signer;
 use secure_gateway::envelope::{BatchSealer, ContentType, EnvelopeMeta, Recipient};
 use secure_gateway::{KeyHandle, RustCryptoProvider};
 use support::{Ent, Node, Resp, fresh, golden, nonce};
@@ -175,11 +175,9 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         200,
         "not an exchange message",
         || {
-            let provider = RustCryptoProvider::new();
-            let h = KeyHandle::new("k");
-            provider.insert_sm2_key(h.clone(), clinic.key.clone());
-            let key_id = clinic.key.verifying_key().key_id().to_string();
-            let sealer = BatchSealer::new(&provider, &key_id, &[Recipient::Sm2(node.gateway_key.clone())]).unwrap();
+            let (provider, h) = (clinic.key.provider().as_ref(), clinic.key.handle());
+            let key_id = clinic.key.key_id().to_string();
+            let sealer = BatchSealer::new(provider, &key_id, &[Recipient::Sm2(node.gateway_key.clone())]).unwrap();
             let ts = chrono::Utc::now().timestamp_millis();
             let meta = EnvelopeMeta {
                 transaction_id: uuid::Uuid::now_v7(),
@@ -191,7 +189,7 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
             let rec = sealer
                 .seal_unsigned(meta, b"<exchange><payload><category>vaccination</categ")
                 .unwrap();
-            let batch = sealer.sign(&h, ts, vec![rec]).unwrap();
+            let batch = sealer.sign(h, ts, vec![rec]).unwrap();
             node.signed(
                 &clinic.key,
                 "POST",
@@ -247,7 +245,7 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         401,
         "is not registered",
         || {
-            let stranger = Sm2SigningKey::generate();
+            let stranger = Signer::generate(RustCryptoProvider::shared(), KeyHandle::new("stranger")).unwrap();
             node.signed(&stranger, "POST", "/v1/transactions", vaccination(&node, &clinic), json)
         },
     );

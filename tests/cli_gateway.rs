@@ -103,11 +103,11 @@ fn signed_get(
     c: &reqwest::blocking::Client,
     base: &str,
     path: &str,
-    key: &secure_gateway::Sm2SigningKey,
+    key: &secure_gateway::Signer,
     ts: i64,
     nonce: &str,
 ) -> (u16, String) {
-    let r = secure_gateway::request::sign_request_at(key, "GET", path, b"", ts, nonce);
+    let r = secure_gateway::request::sign_request_at(key, "GET", path, b"", ts, nonce).unwrap();
     let mut rb = c.get(format!("{base}{path}"));
     for (k, v) in r.headers() {
         rb = rb.header(k, v);
@@ -230,12 +230,19 @@ fn init_serve_registry_auth_and_restart() {
 
     // Authentication failures, each with its stable code.
     let c = client(&dir);
-    let mk = secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(&master).unwrap(),
-        Some("correct horse battery staple"),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap();
+    // The master key in the OpenSSL provider: requests OpenSSL signs are
+    // what the gateway checks.
+    let openssl = secure_gateway::ProviderKind::Openssl.build().unwrap();
+    let mk = secure_gateway::KeyHandle::new("master");
+    openssl
+        .import_sm2_pem(
+            mk.clone(),
+            &std::fs::read_to_string(&master).unwrap(),
+            Some("correct horse battery staple"),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+    let mk = secure_gateway::Signer::new(openssl.clone(), mk).unwrap();
     let now = chrono::Utc::now().timestamp();
     let path = "/v1/admin/entities";
     assert_eq!(
@@ -250,7 +257,7 @@ fn init_serve_registry_auth_and_restart() {
         signed_get(&c, &base, path, &mk, now - 301, "nonce-bbbbbbbbbbbbbbbb"),
         (401, "expired_timestamp".into())
     );
-    let stranger = secure_gateway::Sm2SigningKey::generate();
+    let stranger = secure_gateway::Signer::generate(openssl, secure_gateway::KeyHandle::new("stranger")).unwrap();
     assert_eq!(
         signed_get(&c, &base, path, &stranger, now, "nonce-cccccccccccccccc"),
         (401, "unknown_entity".into())
@@ -259,7 +266,7 @@ fn init_serve_registry_auth_and_restart() {
     assert_eq!(r.status().as_u16(), 401);
     // A second nonce (or any security header twice) is refused, whichever
     // of the two the signature covers.
-    let r = secure_gateway::request::sign_request_at(&mk, "GET", path, b"", now, "nonce-eeeeeeeeeeeeeeee");
+    let r = secure_gateway::request::sign_request_at(&mk, "GET", path, b"", now, "nonce-eeeeeeeeeeeeeeee").unwrap();
     let mut rb = c.get(format!("{base}{path}"));
     for (k, v) in r.headers() {
         rb = rb.header(k, v);
@@ -283,7 +290,8 @@ fn init_serve_registry_auth_and_restart() {
         b"{}",
         now,
         "nonce-dddddddddddddddd",
-    );
+    )
+    .unwrap();
     let mut rb = c.post(format!("{base}/v1/admin/registry")).body("{ }");
     for (k, v) in r.headers() {
         rb = rb.header(k, v);

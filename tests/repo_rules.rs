@@ -159,3 +159,74 @@ fn every_crate_forbids_unsafe_code() {
         );
     }
 }
+
+/// Files outside `secure-gateway` that may hold a private key: the
+/// key-generation commands, which create key files and nothing else.
+const KEY_GENERATION: [&str; 2] = ["gateway/src/cmd/init.rs", "gateway/src/cmd/keys.rs"];
+
+/// What only code that holds a private key names.
+const RAW_KEY_NAMES: [&str; 6] = [
+    "Sm2SigningKey",
+    "load_signing_key",
+    "private_key_from_pem",
+    "danger_load_unencrypted_signing_key",
+    "secret_key()",
+    "insert_sm2_key",
+];
+
+/// Every `secure_gateway::...` path of `code` that names a raw private key.
+fn raw_key_uses(code: &str) -> Vec<&'static str> {
+    RAW_KEY_NAMES.iter().copied().filter(|n| code.contains(n)).collect()
+}
+
+#[test]
+fn only_the_crypto_provider_holds_private_keys() {
+    // Every signature, decryption and key import goes through a
+    // `CryptoProvider` and a `KeyHandle` (`secure_gateway::Signer`), so a
+    // provider chosen in `[crypto] provider` (or an HSM) changes no caller.
+    let mut files = Vec::new();
+    for c in CRATES.iter().filter(|c| **c != "secure-gateway") {
+        rust_files(&root().join(c), &mut files);
+    }
+    assert!(files.len() > 20, "{files:?}");
+    for f in files {
+        let rel = f.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/");
+        if KEY_GENERATION.contains(&rel.as_str()) {
+            continue;
+        }
+        let code = without_test_items(&std::fs::read_to_string(&f).unwrap());
+        let found = raw_key_uses(&code);
+        assert!(
+            found.is_empty(),
+            "{rel} names {found:?} outside a test: use the crypto provider (secure_gateway::Signer, \
+             CryptoProvider::import_sm2_pem) instead"
+        );
+    }
+}
+
+#[test]
+fn the_raw_key_rule_sees_a_key_after_a_test_module() {
+    let code = without_test_items(
+        "#[cfg(test)]\nmod t { fn k() -> Sm2SigningKey { todo!() } }\nfn sign(k: &secure_gateway::Sm2SigningKey) {}\n",
+    );
+    assert_eq!(raw_key_uses(&code), ["Sm2SigningKey"]);
+    assert!(raw_key_uses(&without_test_items("#[cfg(test)]\nfn k() -> Sm2SigningKey { x }\n")).is_empty());
+}
+
+#[test]
+fn anyhow_only_in_the_binary() {
+    // Libraries return their crate's `thiserror` enum; `anyhow` is for the
+    // `vaxgate` binary (gateway/src/main.rs and its commands in cmd/).
+    let mut files = Vec::new();
+    for c in CRATES {
+        rust_files(&root().join(c), &mut files);
+    }
+    for f in files {
+        let rel = f.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/");
+        if rel == "gateway/src/main.rs" || rel.starts_with("gateway/src/cmd/") || rel.contains("/benches/") {
+            continue;
+        }
+        let code = without_test_items(&std::fs::read_to_string(&f).unwrap());
+        assert!(!code.contains("anyhow"), "{rel} uses anyhow outside the binary");
+    }
+}

@@ -40,10 +40,10 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
-/// The part of a summary that the seed fixes.
+/// The part of a summary that the seed fixes (whatever the crypto provider).
 fn comparable(mut v: serde_json::Value) -> serde_json::Value {
     let o = v.as_object_mut().unwrap();
-    for k in ["timings", "gateway", "blocks", "verify_output"] {
+    for k in ["timings", "gateway", "blocks", "verify_output", "crypto_provider"] {
         assert!(o.remove(k).is_some(), "summary lacks {k}");
     }
     v
@@ -65,17 +65,28 @@ fn flip_byte_of(files: &[&Path], needle: &[u8]) -> bool {
 fn sandbox_summary_determinism_restart_and_tamper() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    // Two runs with the same seed (one after the other: the machine is small).
-    let run = |dir: &Path| {
+    // Two runs with the same seed (one after the other: the machine is
+    // small), the second with the other crypto provider: the same records,
+    // refusals and findings, and its OpenSSL-signed ledger verifies.
+    let run = |dir: &Path, provider: &str| {
         let o = vaxgate()
-            .args(["sandbox", "--doses", DOSES, "--seed", SEED, "--dir"])
+            .args([
+                "sandbox",
+                "--doses",
+                DOSES,
+                "--seed",
+                SEED,
+                "--crypto-provider",
+                provider,
+                "--dir",
+            ])
             .arg(dir)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         o
     };
-    let oa = run(&a);
+    let oa = run(&a, "rustcrypto");
     let out = String::from_utf8_lossy(&oa.stdout).into_owned();
     for needle in [
         "== summary ==",
@@ -167,8 +178,16 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     );
     assert!(findings.get("pending").is_none(), "{findings}");
     assert!(out.contains("kept and flagged recalled_used x1"), "{out}");
-    run(&b);
-    assert_eq!(comparable(sa.clone()), comparable(summary(&b)));
+    let ob = run(&b, "openssl");
+    let sb = summary(&b);
+    assert_eq!(sb["crypto_provider"], "openssl", "{sb}");
+    assert_eq!(sa["crypto_provider"], "rustcrypto", "{sa}");
+    assert!(
+        String::from_utf8_lossy(&ob.stdout).contains("verification: OK (signed with the openssl crypto provider"),
+        "{}",
+        text(&ob)
+    );
+    assert_eq!(comparable(sa.clone()), comparable(sb));
 
     // No personal data in the ledger file.
     let db = a.join("node/data/ledger.db");
@@ -196,7 +215,17 @@ fn sandbox_summary_determinism_restart_and_tamper() {
 
     // Restart with --serve: same state, a partner query, Ctrl-C stops it.
     let mut child = vaxgate()
-        .args(["sandbox", "--doses", DOSES, "--seed", SEED, "--serve", "--dir"])
+        .args([
+            "sandbox",
+            "--doses",
+            DOSES,
+            "--seed",
+            SEED,
+            "--serve",
+            "--crypto-provider",
+            "openssl",
+            "--dir",
+        ])
         .arg(&a)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -230,12 +259,17 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     );
     assert_eq!(restarted["verified"], true);
     let pass = std::fs::read_to_string(a.join("secrets/passphrase")).unwrap();
-    let key = secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(a.join("keys/partner.key.pem")).unwrap(),
-        Some(pass.trim()),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap();
+    let provider = secure_gateway::RustCryptoProvider::shared();
+    let h = secure_gateway::KeyHandle::new("partner");
+    provider
+        .import_sm2_pem(
+            h.clone(),
+            &std::fs::read_to_string(a.join("keys/partner.key.pem")).unwrap(),
+            Some(pass.trim()),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+    let key = secure_gateway::Signer::new(provider, h).unwrap();
     let partner = adapters::GatewayClient::new(
         &adapters::GatewayClientConfig {
             base_url: base.clone(),

@@ -58,9 +58,21 @@ pub fn load_specs(cfg: &LoadedAgentConfig) -> Result<Vec<(String, MappingSpec)>,
 pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentError> {
     let c = &cfg.config;
     let key_path = cfg.resolve(&c.agent.key);
-    let pem = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;
-    let pass = std::env::var(&c.agent.passphrase_env).ok();
-    let key = secure_gateway::keys::private_key_from_pem(&pem, pass.as_deref(), secure_gateway::DEFAULT_DIST_ID)
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?);
+    let pass = std::env::var(&c.agent.passphrase_env).ok().map(zeroize::Zeroizing::new);
+    let provider = c
+        .crypto
+        .provider
+        .build()
+        .map_err(|e| cfg.invalid("crypto.provider", e.to_string()))?;
+    let handle = secure_gateway::KeyHandle::new("agent");
+    provider
+        .import_sm2_pem(
+            handle.clone(),
+            &pem,
+            pass.as_deref().map(String::as_str),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
         .map_err(|e| {
             let hint = if pass.is_none() {
                 format!(" (is {} set?)", c.agent.passphrase_env)
@@ -69,6 +81,7 @@ pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentEr
             };
             cfg.invalid("agent.key", format!("cannot open the key: {e}{hint}"))
         })?;
+    let key = secure_gateway::Signer::new(provider, handle).map_err(|e| cfg.invalid("agent.key", e.to_string()))?;
     let node_key_path = cfg.resolve(&c.gateway.node_key);
     let gateway_key = secure_gateway::load_verifying_key(&node_key_path)
         .map_err(|e| cfg.invalid("gateway.node_key", e.to_string()))?;

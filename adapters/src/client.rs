@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secure_gateway::Sm2SigningKey;
+use secure_gateway::Signer;
 use secure_gateway::request::sign_request;
 
 /// Why a call to the gateway failed.
@@ -76,7 +76,7 @@ pub struct GatewayClientConfig {
 pub struct GatewayClient {
     base: String,
     http: reqwest::Client,
-    key: Sm2SigningKey,
+    key: Signer,
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
@@ -87,8 +87,8 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
 }
 
 impl GatewayClient {
-    /// A client that signs with `key`.
-    pub fn new(cfg: &GatewayClientConfig, key: Sm2SigningKey) -> Result<Self, ClientError> {
+    /// A client that signs with `key` (held by its crypto provider).
+    pub fn new(cfg: &GatewayClientConfig, key: Signer) -> Result<Self, ClientError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout.unwrap_or(Duration::from_secs(60)))
@@ -122,7 +122,7 @@ impl GatewayClient {
     }
 
     /// The signing key.
-    pub fn key(&self) -> &Sm2SigningKey {
+    pub fn key(&self) -> &Signer {
         &self.key
     }
 

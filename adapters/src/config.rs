@@ -20,6 +20,10 @@ pub struct AgentConfig {
     /// The sources to run.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Which library holds the agent's key and seals its records:
+    /// `provider = "rustcrypto"` (default) or `"openssl"` (`docs/crypto.md`).
+    #[serde(default)]
+    pub crypto: secure_gateway::CryptoConfig,
 }
 
 /// `[agent]`.

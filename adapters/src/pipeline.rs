@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mappings::{ExchangeMessage, MappingSpec, Problem, QualityTracker, Record};
-use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey, Sm2VerifyingKey};
+use secure_gateway::{Signer, Sm2VerifyingKey};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -88,8 +88,9 @@ impl Delivered {
 pub struct PipelineConfig {
     /// The agent's registered entity id (USCC with check digit).
     pub entity_id: String,
-    /// The agent's signing key.
-    pub key: Sm2SigningKey,
+    /// The agent's signing key, in the configured crypto provider (which
+    /// also seals the records).
+    pub key: Signer,
     /// The gateway's SM2 public key (records are sealed for it).
     pub gateway_key: Sm2VerifyingKey,
     /// Attempts per batch on transient gateway errors before `submit`
@@ -116,8 +117,6 @@ pub struct Pipeline {
 
 struct Inner {
     client: GatewayClient,
-    provider: RustCryptoProvider,
-    signer: KeyHandle,
     cfg: PipelineConfig,
     state: StateDb,
     sources: RwLock<HashMap<String, Arc<SourceEntry>>>,
@@ -220,14 +219,9 @@ enum Mapped {
 impl Pipeline {
     /// A pipeline posting through `client`, recording in `state`.
     pub fn new(client: GatewayClient, cfg: PipelineConfig, state: StateDb) -> Pipeline {
-        let provider = RustCryptoProvider::new();
-        let signer = KeyHandle::new("agent");
-        provider.insert_sm2_key(signer.clone(), cfg.key.clone());
         Pipeline {
             inner: Arc::new(Inner {
                 client,
-                provider,
-                signer,
                 cfg,
                 state,
                 sources: RwLock::new(HashMap::new()),
@@ -642,8 +636,8 @@ impl Pipeline {
             let msgs = messages.clone();
             let body = tokio::task::spawn_blocking(move || {
                 crate::seal::seal_batch(
-                    &inner.provider,
-                    &inner.signer,
+                    inner.cfg.key.provider().as_ref(),
+                    inner.cfg.key.handle(),
                     &inner.cfg.entity_id,
                     &inner.cfg.gateway_key,
                     &[],
@@ -811,7 +805,8 @@ mod tests {
 
     /// A pipeline posting to the gateway at `url`, one attempt per call.
     fn test_pipeline(url: String, state: StateDb) -> Pipeline {
-        let key = Sm2SigningKey::generate();
+        use secure_gateway::{KeyHandle, RustCryptoProvider, Sm2SigningKey};
+        let key = Signer::generate(RustCryptoProvider::shared(), KeyHandle::new("agent")).expect("key");
         let client = GatewayClient::new(
             &GatewayClientConfig {
                 base_url: url,

@@ -76,6 +76,10 @@ pub struct GatewayConfig {
     /// What the custody rules do (`docs/custody.md`).
     #[serde(default)]
     pub custody: CustodyConfig,
+    /// Which library holds the node key and does the SM2/SM3/SM4 work:
+    /// `provider = "rustcrypto"` (default) or `"openssl"` (`docs/crypto.md`).
+    #[serde(default)]
+    pub crypto: secure_gateway::CryptoConfig,
 }
 
 /// `[custody]`: the action of each custody rule, where it differs from the
@@ -707,6 +711,26 @@ amqp_url = "amqp://vaxgate:${AMQP_PASSWORD}@127.0.0.1:5672/%2f"
         let e = load_text(&t).unwrap_err().to_string();
         assert!(e.starts_with("vaxgate.toml:7:"), "{e}");
         assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn crypto_provider_is_chosen_and_an_unknown_one_lists_the_valid_ones() {
+        assert_eq!(
+            load_text(GOOD).unwrap().config.crypto.provider,
+            secure_gateway::ProviderKind::RustCrypto
+        );
+        let t = format!("{GOOD}\n[crypto]\nprovider = \"openssl\"\n");
+        assert_eq!(
+            load_text(&t).unwrap().config.crypto.provider,
+            secure_gateway::ProviderKind::Openssl
+        );
+        let t = format!("{GOOD}\n[crypto]\nprovider = \"gmssl\"\n");
+        let e = load_text(&t).unwrap_err().to_string();
+        assert!(e.starts_with("vaxgate.toml:23:"), "{e}");
+        assert!(
+            e.contains("gmssl") && e.contains("rustcrypto") && e.contains("openssl"),
+            "{e}"
+        );
     }
 
     #[test]

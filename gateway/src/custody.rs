@@ -850,10 +850,11 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
     let n = contents.len();
     let txs = ledger::sign_batch(
         crate::coldchain::NODE_SIGNER,
-        &state.node_key,
+        &state.node,
         contents,
         now.timestamp_millis(),
-    );
+    )
+    .map_err(ApiError::internal)?;
     let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, rows);
     state
         .ledger

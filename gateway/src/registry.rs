@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use secure_gateway::{Sm2Signature, Sm2SigningKey, Sm2VerifyingKey};
+use secure_gateway::{CryptoError, Signer, Sm2Signature, Sm2VerifyingKey};
 
 /// Roles (R5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -418,14 +418,15 @@ impl RegistryChange {
         out
     }
 
-    /// Adds `key`'s approval.
-    pub fn approve(&mut self, key: &Sm2SigningKey) {
+    /// Adds `key`'s approval (signed through its crypto provider).
+    pub fn approve(&mut self, key: &Signer) -> Result<(), CryptoError> {
         use base64::Engine as _;
-        let sig = key.sign(&self.signing_bytes());
+        let sig = key.sign(&self.signing_bytes())?;
         self.approvals.push(Approval {
-            key_id: key.verifying_key().key_id().to_string(),
+            key_id: key.key_id().to_string(),
             signature: base64::engine::general_purpose::STANDARD.encode(sig.to_der()),
         });
+        Ok(())
     }
 
     /// The key ids whose approval signatures verify under `keys`.
@@ -527,12 +528,7 @@ impl Registry {
         let rec = self.api_keys.get(api_key_id(presented)?)?;
         let want = secure_gateway::Sm3Digest::from_hex(&rec.key_sm3).ok()?;
         let got = secure_gateway::sm3(presented.as_bytes());
-        let diff = want
-            .as_bytes()
-            .iter()
-            .zip(got.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (diff == 0).then_some(rec)
+        want.ct_eq(&got).then_some(rec)
     }
 
     /// An administrator's key.
@@ -853,6 +849,14 @@ pub fn uscc_with_check(prefix17: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn new_key() -> Signer {
+        Signer::generate(
+            secure_gateway::RustCryptoProvider::shared(),
+            secure_gateway::KeyHandle::new("k"),
+        )
+        .unwrap()
+    }
+
     fn entity(id: &str, alias: &str, role: Role) -> Entity {
         Entity {
             id: id.into(),
@@ -866,52 +870,52 @@ mod tests {
 
     #[test]
     fn k_of_n_master_hierarchy_devices_and_key_life() {
-        let admins: Vec<Sm2SigningKey> = (0..3).map(|_| Sm2SigningKey::generate()).collect();
+        let admins: Vec<Signer> = (0..3).map(|_| new_key()).collect();
         let mut reg = Registry::new(admins.iter().map(|k| k.verifying_key().clone()).collect(), 2);
         let id = uscc_with_check("91320100MA1XYA123").unwrap();
         assert!(mappings::checks::is_valid_uscc(&id), "{id}");
-        let master = Sm2SigningKey::generate();
+        let master = new_key();
         let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
             entity: entity(&id, "nj-cdc", Role::Cdc),
             master_key: master.verifying_key().to_public_key_pem(),
         });
-        c.approve(&admins[0]);
+        c.approve(&admins[0]).unwrap();
         let e = reg.check(&c).unwrap_err();
         assert!(
             e.to_string()
                 .contains("needs 2 registry-administrator approvals, 1 valid"),
             "{e}"
         );
-        c.approve(&admins[0]);
+        c.approve(&admins[0]).unwrap();
         assert!(reg.check(&c).is_err(), "the same admin twice is one approval");
-        c.approve(&admins[2]);
+        c.approve(&admins[2]).unwrap();
         reg.apply(&c).unwrap();
         assert!(reg.entity("nj-cdc").unwrap().may_write("inbound_receipt"));
         assert!(!reg.entity(&id).unwrap().may_write("vaccination"));
 
         // The master key authorises an operational key; an admin alone cannot.
-        let op = Sm2SigningKey::generate();
+        let op = new_key();
         let mut add = RegistryChange::new(RegistryOp::AddKey {
             entity_id: id.clone(),
             public_key: op.verifying_key().to_public_key_pem(),
             kind: KeyKind::Operational,
             device_id: None,
         });
-        add.approve(&admins[0]);
+        add.approve(&admins[0]).unwrap();
         assert!(reg.check(&add).is_err());
-        add.approve(&master);
+        add.approve(&master).unwrap();
         reg.apply(&add).unwrap();
         let rec = reg.key(op.verifying_key().key_id()).unwrap();
         assert_eq!(rec.authorised_by.as_deref(), Some(master.verifying_key().key_id()));
 
         // A device with its entity-signed certificate.
-        let dev = Sm2SigningKey::generate();
+        let dev = new_key();
         let mut d = RegistryChange::new(RegistryOp::RegisterDevice {
             entity_id: id.clone(),
             device_id: "LOGGER-0001".into(),
             public_key: dev.verifying_key().to_public_key_pem(),
         });
-        d.approve(&master);
+        d.approve(&master).unwrap();
         reg.apply(&d).unwrap();
 
         // Lock and revoke; revocation is final.
@@ -920,24 +924,24 @@ mod tests {
             status: KeyStatus::Locked,
             reason: "lost laptop".into(),
         });
-        lock.approve(&master);
+        lock.approve(&master).unwrap();
         reg.apply(&lock).unwrap();
         assert_eq!(reg.key(op.verifying_key().key_id()).unwrap().status, KeyStatus::Locked);
 
         // A lost master key is replaced by the administrators (R3.3).
-        let new_master = Sm2SigningKey::generate();
+        let new_master = new_key();
         let mut rep = RegistryChange::new(RegistryOp::ReplaceKey {
             key_id: master.verifying_key().key_id().into(),
             public_key: new_master.verifying_key().to_public_key_pem(),
             reason: "USB key lost".into(),
         });
-        rep.approve(&master);
+        rep.approve(&master).unwrap();
         assert!(
             reg.check(&rep).is_err(),
             "a master key is replaced only by administrators"
         );
-        rep.approve(&admins[1]);
-        rep.approve(&admins[2]);
+        rep.approve(&admins[1]).unwrap();
+        rep.approve(&admins[2]).unwrap();
         reg.apply(&rep).unwrap();
         assert_eq!(
             reg.key(master.verifying_key().key_id()).unwrap().status,
@@ -959,13 +963,13 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused() {
-        let admin = Sm2SigningKey::generate();
+        let admin = new_key();
         let mut reg = Registry::new(vec![admin.verifying_key().clone()], 1);
         let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
             entity: entity("91320100MA1XYA1230", "x", Role::Partner),
-            master_key: Sm2SigningKey::generate().verifying_key().to_public_key_pem(),
+            master_key: new_key().verifying_key().to_public_key_pem(),
         });
-        c.approve(&admin);
+        c.approve(&admin).unwrap();
         assert!(
             reg.apply(&c)
                 .unwrap_err()
@@ -976,21 +980,21 @@ mod tests {
             entity: entity(&uscc_with_check("91320100MA1XYA123").unwrap(), "x", Role::Partner),
             master_key: "not a key".into(),
         });
-        c.approve(&admin);
+        c.approve(&admin).unwrap();
         assert!(reg.apply(&c).unwrap_err().to_string().contains("public key"));
     }
 
     #[test]
     fn api_keys_hash_only_master_or_admins_and_revocation() {
-        let admin = Sm2SigningKey::generate();
+        let admin = new_key();
         let mut reg = Registry::new(vec![admin.verifying_key().clone()], 1);
         let id = uscc_with_check("91320100MA1XYA123").unwrap();
-        let master = Sm2SigningKey::generate();
+        let master = new_key();
         let mut c = RegistryChange::new(RegistryOp::RegisterEntity {
             entity: entity(&id, "partner", Role::Partner),
             master_key: master.verifying_key().to_public_key_pem(),
         });
-        c.approve(&admin);
+        c.approve(&admin).unwrap();
         reg.apply(&c).unwrap();
         let (key, key_id, hash) = generate_api_key().unwrap();
         assert_eq!(api_key_id(&key), Some(key_id.as_str()));
@@ -1001,7 +1005,7 @@ mod tests {
             label: "dashboard".into(),
         });
         assert!(reg.check(&create).is_err(), "unapproved");
-        create.approve(&master);
+        create.approve(&master).unwrap();
         reg.apply(&create).unwrap();
         let text = serde_json::to_string(&create).unwrap();
         assert!(!text.contains(&key[20..]), "the secret is not in the change");
@@ -1015,7 +1019,7 @@ mod tests {
             key_id: key_id.clone(),
             reason: "contract ended".into(),
         });
-        revoke.approve(&admin);
+        revoke.approve(&admin).unwrap();
         reg.apply(&revoke).unwrap();
         assert_eq!(reg.match_api_key(&key).unwrap().status, KeyStatus::Revoked);
         assert!(reg.check(&revoke).is_err(), "revocation is final");

@@ -29,8 +29,9 @@ use crate::ratelimit::{Limiters, RouteClass};
 pub struct AppState {
     /// The ledger.
     pub ledger: Ledger<AnyStore>,
-    /// The node key (signs registry transactions; opens envelopes).
-    pub node_key: secure_gateway::Sm2SigningKey,
+    /// The node key, held by the configured crypto provider: signs
+    /// registry transactions and node alerts, opens envelopes.
+    pub node: secure_gateway::Signer,
     /// Rate limiters.
     pub limiters: Limiters,
     /// The registry, rebuilt from the ledger at start.
@@ -53,10 +54,6 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// Requests per client address not yet verified.
     pub unverified: crate::auth::Unverified,
-    /// The crypto provider (holds the node key as `node_handle`).
-    pub provider: std::sync::Arc<dyn secure_gateway::CryptoProvider>,
-    /// The node key's handle in the provider (opens envelopes).
-    pub node_handle: secure_gateway::KeyHandle,
     /// The relational projection of accepted events.
     pub projection: crate::projection::Projection,
     /// The dataset definition records are validated against.
@@ -76,7 +73,7 @@ async fn count(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let class = class_of(req.path());
+    let class = class_of(req.method().as_str(), req.path());
     let res = next.call(req).await?;
     METRICS
         .requests
@@ -85,22 +82,12 @@ async fn count(
     Ok(res)
 }
 
-fn class_of(path: &str) -> &'static str {
-    if path.starts_with("/v1/transactions") && !path.starts_with("/v1/transactions/") {
-        "ingest"
-    } else if path.starts_with("/v1/public/") {
-        "public"
-    } else if path.starts_with("/v1/transactions") && !path.starts_with("/v1/transactions/")
-        || path.starts_with("/v1/cancellations")
-    {
-        "ingest"
-    } else if path.starts_with("/v1/admin") {
-        "admin"
-    } else if path.starts_with("/v1/") {
-        "query"
-    } else {
-        "public"
-    }
+fn class_of(method: &str, path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method && path_matches(r.path, path))
+        .map_or(RouteClass::Public, |r| r.auth.class())
+        .as_str()
 }
 
 /// Per-address limit for unauthenticated routes; adds the headers.
@@ -138,6 +125,18 @@ pub enum Auth {
     /// An SM2 request signature of an entity key or a registry
     /// administrator; admin limit.
     Admin,
+}
+
+impl Auth {
+    /// The rate-limit and metrics class of routes with this authentication.
+    pub fn class(self) -> RouteClass {
+        match self {
+            Auth::None | Auth::Public => RouteClass::Public,
+            Auth::Write => RouteClass::Ingest,
+            Auth::Read => RouteClass::Query,
+            Auth::Admin => RouteClass::Admin,
+        }
+    }
 }
 
 /// One route: the single table from which the router is built and the

@@ -1,7 +1,7 @@
 //! Block headers as T/CPMA 026-2023 Annex A (table A.1) specifies them, and
 //! the signed checkpoints that vouch for the log-level tree.
 
-use secure_gateway::{Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, sm3};
+use secure_gateway::{CryptoError, Signer, Sm2Signature, Sm2VerifyingKey, Sm3Digest, sm3};
 use serde::{Deserialize, Serialize};
 
 use crate::encoding::Canon;
@@ -84,15 +84,15 @@ impl Checkpoint {
         c.into_bytes()
     }
 
-    /// Creates and signs a checkpoint.
+    /// Creates and signs a checkpoint (through the key's provider).
     pub fn sign(
-        key: &Sm2SigningKey,
+        key: &Signer,
         tree_size: u64,
         root: Sm3Digest,
         height: u64,
         block_hash: Sm3Digest,
         timestamp: i64,
-    ) -> Self {
+    ) -> Result<Self, CryptoError> {
         let mut cp = Checkpoint {
             tree_size,
             root,
@@ -102,8 +102,8 @@ impl Checkpoint {
             key_id: key.verifying_key().key_id().to_string(),
             signature: String::new(),
         };
-        cp.signature = key.sign(&cp.signing_bytes()).to_hex();
-        cp
+        cp.signature = key.sign(&cp.signing_bytes())?.to_hex();
+        Ok(cp)
     }
 
     /// Verifies the node's signature.
@@ -142,12 +142,12 @@ mod tests {
 
     #[test]
     fn checkpoint_sign_verify() {
-        let k = Sm2SigningKey::generate();
-        let cp = Checkpoint::sign(&k, 5, Sm3Digest([3; 32]), 2, Sm3Digest([4; 32]), 42);
+        let k = crate::test_signer();
+        let cp = Checkpoint::sign(&k, 5, Sm3Digest([3; 32]), 2, Sm3Digest([4; 32]), 42).unwrap();
         cp.verify(k.verifying_key()).unwrap();
         let mut bad = cp.clone();
         bad.tree_size = 6;
         assert!(bad.verify(k.verifying_key()).is_err());
-        assert!(cp.verify(Sm2SigningKey::generate().verifying_key()).is_err());
+        assert!(cp.verify(crate::test_signer().verifying_key()).is_err());
     }
 }

@@ -48,6 +48,16 @@ pub enum LedgerError {
     /// initialised.
     #[error("{0}")]
     Setup(String),
+    /// The crypto provider could not sign (an HSM unreachable, a key
+    /// missing from the provider).
+    #[error("signing {what}: {source}")]
+    Signing {
+        /// What was being signed (a block checkpoint, a batch).
+        what: &'static str,
+        /// The provider's error.
+        #[source]
+        source: secure_gateway::CryptoError,
+    },
     /// The ledger task has stopped (shutdown or a previous fatal error).
     #[error("the ledger committer has stopped")]
     Closed,

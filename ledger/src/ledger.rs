@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secure_gateway::{Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, sm3};
+use secure_gateway::{Signer, Sm2VerifyingKey, Sm3Digest, sm3};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -120,13 +120,9 @@ fn now_ms() -> i64 {
 
 impl<S: LedgerStore> Ledger<S> {
     /// Opens the ledger in `store`, creating the genesis block if the store
-    /// is empty. The node key must be the one the ledger was created with.
-    pub async fn open(
-        store: S,
-        node_key: Sm2SigningKey,
-        name: &str,
-        config: LedgerConfig,
-    ) -> Result<Self, LedgerError> {
+    /// is empty. The node key (held by its crypto provider) must be the one
+    /// the ledger was created with.
+    pub async fn open(store: S, node_key: Signer, name: &str, config: LedgerConfig) -> Result<Self, LedgerError> {
         let store = Arc::new(store);
         let head = match store.head().await? {
             Some(h) => h,
@@ -320,7 +316,7 @@ async fn resolve_plan<S: LedgerStore>(store: &S, plan: &[Vec<NodeKey>]) -> Resul
     Ok(out)
 }
 
-async fn create_genesis<S: LedgerStore>(store: &S, key: &Sm2SigningKey, name: &str) -> Result<(), LedgerError> {
+async fn create_genesis<S: LedgerStore>(store: &S, key: &Signer, name: &str) -> Result<(), LedgerError> {
     let info = GenesisInfo {
         ledger_name: name.to_string(),
         node_public_key: key.verifying_key().to_public_key_pem(),
@@ -339,23 +335,27 @@ async fn create_genesis<S: LedgerStore>(store: &S, key: &Sm2SigningKey, name: &s
         fields_root: None,
     };
     let ts = now_ms();
-    let txs = sign_batch("node", key, vec![content], ts);
+    let txs = sign_batch("node", key, vec![content], ts).map_err(|source| LedgerError::Signing {
+        what: "the genesis record",
+        source,
+    })?;
     let leaves = txs.iter().map(Transaction::leaf_hash).collect();
     let mut frontier = Frontier::default();
-    let commit = build_block(key, &mut frontier, None, txs, leaves, ts);
+    let commit = build_block(key, &mut frontier, None, txs, leaves, ts)?;
     store.commit_block(&commit).await
 }
 
 /// Assembles the next block on top of `prev` (None = genesis).
 /// `leaves` are the transactions' leaf hashes, computed once by the caller.
+/// On a signing failure `frontier` has grown; the caller restores it.
 fn build_block(
-    key: &Sm2SigningKey,
+    key: &Signer,
     frontier: &mut Frontier,
     prev: Option<&BlockHeader>,
     txs: Vec<Transaction>,
     leaves: Vec<Sm3Digest>,
     now: i64,
-) -> BlockCommit {
+) -> Result<BlockCommit, LedgerError> {
     debug_assert_eq!(txs.len(), leaves.len());
     let first_leaf = frontier.size();
     let mut nodes = Vec::with_capacity(txs.len() * 2 + 8);
@@ -379,18 +379,24 @@ fn build_block(
         tx_count: txs.len() as u64,
         first_leaf,
     };
-    let checkpoint = Checkpoint::sign(key, frontier.size(), frontier.root(), height, block_hash, timestamp);
-    BlockCommit {
+    let checkpoint =
+        Checkpoint::sign(key, frontier.size(), frontier.root(), height, block_hash, timestamp).map_err(|source| {
+            LedgerError::Signing {
+                what: "a block checkpoint",
+                source,
+            }
+        })?;
+    Ok(BlockCommit {
         block,
         txs,
         nodes,
         checkpoint,
-    }
+    })
 }
 
 struct Committer<S: LedgerStore> {
     store: Arc<S>,
-    key: Sm2SigningKey,
+    key: Signer,
     config: LedgerConfig,
     frontier: Frontier,
     head: BlockHeader,
@@ -462,7 +468,18 @@ impl<S: LedgerStore> Committer<S> {
             .collect();
         let saved = self.frontier.clone();
         let first_leaf = self.frontier.size();
-        let commit = build_block(&self.key, &mut self.frontier, Some(&self.head), txs, leaves, now_ms());
+        let commit = match build_block(&self.key, &mut self.frontier, Some(&self.head), txs, leaves, now_ms()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "block not signed; nothing of it was written");
+                self.frontier = saved;
+                let msg = e.to_string();
+                for req in accepted {
+                    let _ = req.respond.send(Err(LedgerError::Setup(msg.clone())));
+                }
+                return;
+            }
+        };
         let mut side = Vec::new();
         let mut at = first_leaf;
         for (req, n) in accepted.iter().zip(&sizes) {

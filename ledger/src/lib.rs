@@ -37,3 +37,13 @@ pub use tx::{
     DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, TxSummary, sign_batch, sign_leaves,
 };
 pub use verify::{VerifyReport, verify_ledger};
+
+/// A fresh node key in the default provider, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_signer() -> secure_gateway::Signer {
+    secure_gateway::Signer::generate(
+        secure_gateway::RustCryptoProvider::shared(),
+        secure_gateway::KeyHandle::new("test"),
+    )
+    .expect("a generated key imports into the default provider")
+}

@@ -7,7 +7,7 @@
 //! batch, so one record proves its origin without the rest of the batch
 //! (records of a batch that were rejected are simply absent).
 
-use secure_gateway::{BatchHeader, SealedEnvelope, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, sm3};
+use secure_gateway::{BatchHeader, CryptoError, SealedEnvelope, Signer, Sm2VerifyingKey, Sm3Digest, sm3};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -204,14 +204,15 @@ impl TxAuth {
     }
 }
 
-/// Builds the proofs of a batch whose leaves are `inputs`, signed by `key`.
+/// Builds the proofs of a batch whose leaves are `inputs`, signed by `key`
+/// (through its crypto provider).
 pub fn sign_leaves(
     signer: &str,
-    key: &Sm2SigningKey,
+    key: &Signer,
     inputs: &[Sm3Digest],
     leaf: LeafInput,
     signed_at_ms: i64,
-) -> Vec<TxAuth> {
+) -> Result<Vec<TxAuth>, CryptoError> {
     let hashes: Vec<Sm3Digest> = inputs.iter().map(|d| merkle::leaf_hash(&d.0)).collect();
     let n = hashes.len() as u64;
     let vk = key.verifying_key();
@@ -226,7 +227,7 @@ pub fn sign_leaves(
     };
     // signed_bytes cannot fail for a header built here (all fields are short).
     let msg = batch.signed_bytes().unwrap_or_default();
-    batch.signature = key.sign(&msg).to_der();
+    batch.signature = key.sign(&msg)?.to_der();
     let mut nodes = std::collections::HashMap::new();
     let mut f = merkle::Frontier::default();
     for h in &hashes {
@@ -235,7 +236,7 @@ pub fn sign_leaves(
         });
     }
     let public_key = hex::encode(vk.to_sec1());
-    (0..n)
+    Ok((0..n)
         .map(|i| TxAuth {
             signer: signer.to_string(),
             public_key: public_key.clone(),
@@ -250,7 +251,7 @@ pub fn sign_leaves(
                 })
                 .collect(),
         })
-        .collect()
+        .collect())
 }
 
 /// A record before it is signed: what the submitter vouches for.
@@ -440,14 +441,19 @@ impl TxSummary {
 
 /// Signs records the ledger node (or a test client) writes itself, with one
 /// SM2 signature over the Merkle root of their content hashes.
-pub fn sign_batch(signer: &str, key: &Sm2SigningKey, records: Vec<TxContent>, signed_at_ms: i64) -> Vec<Transaction> {
+pub fn sign_batch(
+    signer: &str,
+    key: &Signer,
+    records: Vec<TxContent>,
+    signed_at_ms: i64,
+) -> Result<Vec<Transaction>, CryptoError> {
     let inputs: Vec<Sm3Digest> = records.iter().map(TxContent::content_hash).collect();
-    let auths = sign_leaves(signer, key, &inputs, LeafInput::Content, signed_at_ms);
-    records
+    let auths = sign_leaves(signer, key, &inputs, LeafInput::Content, signed_at_ms)?;
+    Ok(records
         .into_iter()
         .zip(auths)
         .map(|(content, auth)| Transaction { content, auth })
-        .collect()
+        .collect())
 }
 
 /// Encodes [`TxAuth`] for storage (the same canonical bytes).
@@ -539,13 +545,14 @@ mod tests {
 
     #[test]
     fn a_summary_has_the_leaf_of_its_transaction() {
-        let k = Sm2SigningKey::generate();
+        let k = crate::test_signer();
         let txs = sign_batch(
             "91110000MA0000000X",
             &k,
             (0..4).map(content).collect(),
             1_700_000_000_000,
-        );
+        )
+        .unwrap();
         for t in &txs {
             let s = TxSummary::of(t);
             assert_eq!(s.leaf_hash(), t.leaf_hash());
@@ -564,13 +571,14 @@ mod tests {
 
     #[test]
     fn batch_records_verify_alone_and_tamper_fails() {
-        let k = Sm2SigningKey::generate();
+        let k = crate::test_signer();
         let txs = sign_batch(
             "91110000MA0000000X",
             &k,
             (0..7).map(content).collect(),
             1_700_000_000_000,
-        );
+        )
+        .unwrap();
         for t in &txs {
             t.verify_auth().unwrap();
             assert_eq!(decode_auth(&encode_auth(&t.auth)).as_ref(), Some(&t.auth));

@@ -13,7 +13,7 @@ use ledger::{
     sign_batch, verify_ledger,
 };
 use proptest::prelude::*;
-use secure_gateway::{Sm2SigningKey, sm3};
+use secure_gateway::{KeyHandle, ProviderKind, RustCryptoProvider, Signer, Sm2SigningKey, sm3};
 use uuid::Uuid;
 
 fn content(n: usize, tag: &str) -> TxContent {
@@ -33,16 +33,27 @@ fn content(n: usize, tag: &str) -> TxContent {
     }
 }
 
-fn batch(key: &Sm2SigningKey, tag: &str, from: usize, n: usize) -> Vec<Transaction> {
+/// A fresh node or client key in the default provider.
+fn key() -> Signer {
+    Signer::generate(RustCryptoProvider::shared(), KeyHandle::new("k")).unwrap()
+}
+
+/// `k` in a fresh provider of kind `p`.
+fn signer_in(p: ProviderKind, k: &Sm2SigningKey) -> Signer {
+    Signer::import(p.build().unwrap(), KeyHandle::new("node"), k).unwrap()
+}
+
+fn batch(key: &Signer, tag: &str, from: usize, n: usize) -> Vec<Transaction> {
     sign_batch(
         "91320000MA1XXXXX0Y",
         key,
         (from..from + n).map(|i| content(i, tag)).collect(),
         1_700_000_000_000,
     )
+    .unwrap()
 }
 
-async fn open(path: &Path, key: &Sm2SigningKey) -> Ledger<SqliteStore> {
+async fn open(path: &Path, key: &Signer) -> Ledger<SqliteStore> {
     let store = SqliteStore::open(path).await.expect("open store");
     Ledger::open(store, key.clone(), "test", LedgerConfig::default())
         .await
@@ -126,7 +137,7 @@ impl Backend for PgAt {
     }
 }
 
-async fn open_on<B: Backend>(b: &B, key: &Sm2SigningKey) -> Ledger<B::S> {
+async fn open_on<B: Backend>(b: &B, key: &Signer) -> Ledger<B::S> {
     Ledger::open(b.open().await, key.clone(), "test", LedgerConfig::default())
         .await
         .expect("open ledger")
@@ -152,8 +163,11 @@ fn append_prove_restart_and_verify_postgres() {
 
 async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
     {
-        let node = Sm2SigningKey::generate();
-        let client = Sm2SigningKey::generate();
+        // Written with the default provider, reopened and appended to
+        // with OpenSSL holding the same node key.
+        let node_key = Sm2SigningKey::generate();
+        let node = signer_in(ProviderKind::RustCrypto, &node_key);
+        let client = key();
         let l = open_on(&backend, &node).await;
         let r1 = l.append(batch(&client, "a", 0, 10)).await.unwrap();
         assert_eq!(r1.len(), 10);
@@ -205,7 +219,7 @@ async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
         drop(l);
 
         // Restart: state intact, appends continue on the same chain.
-        let l = open_on(&backend, &node).await;
+        let l = open_on(&backend, &signer_in(ProviderKind::Openssl, &node_key)).await;
         let r2 = l.append(batch(&client, "after", 0, 5)).await.unwrap();
         assert_eq!(r2[0].leaf_index, 171);
         let cp_old = r1[0].checkpoint.clone();
@@ -216,14 +230,9 @@ async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
         drop(l);
 
         // The wrong node key cannot open it.
-        let err = Ledger::open(
-            backend.open().await,
-            Sm2SigningKey::generate(),
-            "test",
-            LedgerConfig::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = Ledger::open(backend.open().await, key(), "test", LedgerConfig::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("node key"), "{err}");
     }
 }
@@ -242,8 +251,8 @@ fn a_ledger_from_before_field_commitments_gains_the_column_postgres() {
 /// (no `fields_root` column, v1 content hashes) opens, gains the column,
 /// takes transactions with roots and verifies as a whole.
 async fn ledger_before_field_commitments<B: Backend>(backend: B) {
-    let node = Sm2SigningKey::generate();
-    let client = Sm2SigningKey::generate();
+    let node = key();
+    let client = key();
     let l = open_on(&backend, &node).await;
     let old: Vec<TxContent> = (0..6)
         .map(|n| TxContent {
@@ -251,7 +260,7 @@ async fn ledger_before_field_commitments<B: Backend>(backend: B) {
             ..content(n, "old")
         })
         .collect();
-    l.append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000))
+    l.append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000).unwrap())
         .await
         .unwrap();
     backend
@@ -288,7 +297,7 @@ fn update_and_delete_are_refused_by_the_schema_postgres() {
 }
 
 async fn update_and_delete_are_refused<B: Backend>(backend: B) {
-    let node = Sm2SigningKey::generate();
+    let node = key();
     let l = open_on(&backend, &node).await;
     l.append(batch(&node, "x", 0, 2)).await.unwrap();
     for sql in [
@@ -308,7 +317,7 @@ async fn update_and_delete_are_refused<B: Backend>(backend: B) {
 fn postgres_tamper_is_detected() {
     rt().block_on(async {
         let backend = PgAt::new().await;
-        let node = Sm2SigningKey::generate();
+        let node = key();
         let l = open_on(&backend, &node).await;
         l.append(batch(&node, "a", 0, 4)).await.unwrap();
         let r = l.append(batch(&node, "b", 0, 4)).await.unwrap();
@@ -337,11 +346,11 @@ fn postgres_tamper_is_detected() {
 fn payload_limit_is_enforced() {
     rt().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Sm2SigningKey::generate();
+        let node = key();
         let l = open(&dir.path().join("l.db"), &node).await;
         let mut c = content(0, "big");
         c.payload = vec![0u8; 8 * 1024 + 1];
-        let err = l.append(sign_batch("e", &node, vec![c], 0)).await.unwrap_err();
+        let err = l.append(sign_batch("e", &node, vec![c], 0).unwrap()).await.unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
     });
 }
@@ -452,7 +461,7 @@ proptest! {
     fn random_appends_all_proofs_verify(sizes in proptest::collection::vec(1usize..12, 1..8)) {
         rt().block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let node = Sm2SigningKey::generate();
+            let node = key();
             let l = open(&dir.path().join("l.db"), &node).await;
             let mut receipts = Vec::new();
             let mut next = 0;
@@ -483,7 +492,7 @@ proptest! {
     fn random_appends_all_proofs_verify_postgres(sizes in proptest::collection::vec(1usize..12, 1..5)) {
         rt().block_on(async {
             let backend = PgAt::new().await;
-            let node = Sm2SigningKey::generate();
+            let node = key();
             let l = open_on(&backend, &node).await;
             let mut receipts = Vec::new();
             let mut next = 0;
@@ -515,7 +524,7 @@ proptest! {
     ) {
         rt().block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let node = Sm2SigningKey::generate();
+            let node = key();
             let l = open(&dir.path().join("l.db"), &node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();
             l.append(batch(&node, "b", 0, 3)).await.unwrap();
@@ -537,7 +546,7 @@ proptest! {
 fn tamper_names_the_first_bad_block_and_transaction() {
     rt().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Sm2SigningKey::generate();
+        let node = key();
         let l = open(&dir.path().join("l.db"), &node).await;
         l.append(batch(&node, "a", 0, 5)).await.unwrap();
         let r = l.append(batch(&node, "b", 0, 3)).await.unwrap();
@@ -637,7 +646,7 @@ fn side_writes_share_the_block_transaction_postgres() {
 }
 
 async fn side_writes_share_the_block_transaction<B: Backend>(backend: B) {
-    let key = Sm2SigningKey::generate();
+    let key = key();
     let ledger = open_on(&backend, &key).await;
     backend
         .raw(

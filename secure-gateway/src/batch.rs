@@ -57,6 +57,19 @@ impl BatchHeader {
 
     /// Verifies the header's signature under the expected signer.
     pub fn verify(&self, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.check(signer, |m, sig| signer.verify(m, sig))
+    }
+
+    /// [`BatchHeader::verify`] with the signature checked by `provider`.
+    pub fn verify_in(&self, provider: &dyn CryptoProvider, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.check(signer, |m, sig| provider.verify(signer, m, sig))
+    }
+
+    fn check(
+        &self,
+        signer: &Sm2VerifyingKey,
+        verify: impl FnOnce(&[u8], &Sm2Signature) -> Result<(), CryptoError>,
+    ) -> Result<(), CryptoError> {
         if self.version != BATCH_VERSION {
             return Err(CryptoError::Envelope(format!(
                 "unsupported batch version {}",
@@ -70,11 +83,9 @@ impl BatchHeader {
             });
         }
         let sig = Sm2Signature::from_der(&self.signature)?;
-        signer
-            .verify(&self.signed_bytes()?, &sig)
-            .map_err(|_| CryptoError::BadSignature {
-                context: format!("batch {}", self.batch_id),
-            })
+        verify(&self.signed_bytes()?, &sig).map_err(|_| CryptoError::BadSignature {
+            context: format!("batch {}", self.batch_id),
+        })
     }
 }
 
@@ -169,6 +180,21 @@ impl SignedBatch {
     /// hashing the records again.
     pub fn verify_leaves(&self, signer: &Sm2VerifyingKey) -> Result<Vec<Sm3Digest>, CryptoError> {
         self.header.verify(signer)?;
+        self.leaves_of_verified()
+    }
+
+    /// [`SignedBatch::verify_leaves`] with the signature checked by `provider`.
+    pub fn verify_leaves_in(
+        &self,
+        provider: &dyn CryptoProvider,
+        signer: &Sm2VerifyingKey,
+    ) -> Result<Vec<Sm3Digest>, CryptoError> {
+        self.header.verify_in(provider, signer)?;
+        self.leaves_of_verified()
+    }
+
+    /// The records' leaves, checked against the (verified) header.
+    fn leaves_of_verified(&self) -> Result<Vec<Sm3Digest>, CryptoError> {
         if self.header.tree_size != self.records.len() as u64 {
             return Err(CryptoError::Envelope(format!(
                 "batch {} declares {} records but carries {}",
@@ -277,7 +303,7 @@ pub fn open_batch(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<Vec<OpenedEnvelope>, CryptoError> {
-    batch.verify(signer)?;
+    batch.verify_leaves_in(provider, signer)?;
     let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     batch
         .records
@@ -297,7 +323,7 @@ pub fn open_batch_each(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<Vec<Result<OpenedEnvelope, CryptoError>>, CryptoError> {
-    batch.verify(signer)?;
+    batch.verify_leaves_in(provider, signer)?;
     let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     Ok(batch
         .records
@@ -323,7 +349,7 @@ pub fn open_batch_with_paths(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<OpenedBatch, CryptoError> {
-    let leaves = batch.verify_leaves(signer)?;
+    let leaves = batch.verify_leaves_in(provider, signer)?;
     let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     let records = batch
         .records

@@ -452,17 +452,28 @@ impl SealedEnvelope {
     /// without decrypting anything. Fails for batch records (no signature):
     /// verify those with [`crate::batch::RecordProof::verify`].
     pub fn verify(&self, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.check_signature(signer, |m, sig| signer.verify(m, sig))
+    }
+
+    /// [`SealedEnvelope::verify`] with the signature checked by `provider`.
+    pub fn verify_in(&self, provider: &dyn CryptoProvider, signer: &Sm2VerifyingKey) -> Result<(), CryptoError> {
+        self.check_signature(signer, |m, sig| provider.verify(signer, m, sig))
+    }
+
+    fn check_signature(
+        &self,
+        signer: &Sm2VerifyingKey,
+        verify: impl FnOnce(&[u8], &Sm2Signature) -> Result<(), CryptoError>,
+    ) -> Result<(), CryptoError> {
         self.check_shape()?;
         self.check_signer(signer)?;
         let der = self.signature.as_ref().ok_or_else(|| {
             CryptoError::Envelope("unsigned envelope (a batch record): verify it with its batch proof".into())
         })?;
         let sig = Sm2Signature::from_der(der)?;
-        signer
-            .verify(&self.signed_bytes()?, &sig)
-            .map_err(|_| CryptoError::BadSignature {
-                context: format!("envelope {}", self.header.transaction_id),
-            })
+        verify(&self.signed_bytes()?, &sig).map_err(|_| CryptoError::BadSignature {
+            context: format!("envelope {}", self.header.transaction_id),
+        })
     }
 }
 
@@ -692,7 +703,7 @@ pub fn open(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<OpenedEnvelope, CryptoError> {
-    env.verify(signer)?;
+    env.verify_in(provider, signer)?;
     decrypt_verified(provider, env, me, &mut OpenCtx::new(None))
 }
 

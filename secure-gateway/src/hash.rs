@@ -15,6 +15,11 @@ impl Sm3Digest {
     /// The all-zero digest (the previous hash of the genesis block).
     pub const ZERO: Sm3Digest = Sm3Digest([0u8; 32]);
 
+    /// Equality in constant time (for digests of secrets, e.g. API keys).
+    pub fn ct_eq(&self, other: &Sm3Digest) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

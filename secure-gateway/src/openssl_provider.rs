@@ -40,7 +40,7 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::symm::{Cipher, Crypter, Mode};
 use zeroize::Zeroizing;
 
-use crate::provider::{CryptoProvider, KeyHandle, unknown_key};
+use crate::provider::{CryptoProvider, KeyHandle, KeyStore, poisoned};
 use crate::sym::{GCM_NONCE_LEN, GCM_TAG_LEN};
 use crate::{CryptoError, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key};
 
@@ -60,30 +60,23 @@ pub struct OpensslProvider {
     group: EcGroup,
     /// `a ‖ b ‖ x_G ‖ y_G`, 128 bytes: the curve part of every `Z_A`.
     curve_z: Vec<u8>,
-    sm2: RwLock<HashMap<KeyHandle, PrivateKey>>,
-    kek: RwLock<HashMap<KeyHandle, Sm4Key>>,
+    sm2: KeyStore<PrivateKey>,
+    kek: KeyStore<Sm4Key>,
     public_cache: RwLock<HashMap<String, PKey<Public>>>,
 }
 
 impl fmt::Debug for OpensslProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |v: Option<Vec<String>>| v.unwrap_or_default();
-        let sm2 = names(self.sm2.read().ok().map(|m| m.keys().map(|h| h.to_string()).collect()));
-        let kek = names(self.kek.read().ok().map(|m| m.keys().map(|h| h.to_string()).collect()));
         f.debug_struct("OpensslProvider")
             .field("library", &openssl::version::version())
-            .field("sm2_keys", &sm2)
-            .field("keks", &kek)
+            .field("sm2_keys", &self.sm2.names())
+            .field("keks", &self.kek.names())
             .finish()
     }
 }
 
 fn ossl(what: &str) -> impl Fn(openssl::error::ErrorStack) -> CryptoError + '_ {
     move |e| CryptoError::Cipher(format!("openssl: {what}: {e}"))
-}
-
-fn poisoned() -> CryptoError {
-    CryptoError::Cipher("provider key store lock poisoned".into())
 }
 
 /// `n` as exactly 32 big-endian bytes.
@@ -122,8 +115,8 @@ impl OpensslProvider {
         Ok(OpensslProvider {
             group,
             curve_z,
-            sm2: RwLock::default(),
-            kek: RwLock::default(),
+            sm2: KeyStore::new("sm2"),
+            kek: KeyStore::new("sm4 key-encryption"),
             public_cache: RwLock::default(),
         })
     }
@@ -165,20 +158,6 @@ impl OpensslProvider {
         Ok(pkey)
     }
 
-    fn with_sm2<T>(
-        &self,
-        h: &KeyHandle,
-        f: impl FnOnce(&PrivateKey) -> Result<T, CryptoError>,
-    ) -> Result<T, CryptoError> {
-        let m = self.sm2.read().map_err(|_| poisoned())?;
-        f(m.get(h).ok_or_else(|| unknown_key("sm2", h))?)
-    }
-
-    fn with_kek<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm4Key) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
-        let m = self.kek.read().map_err(|_| poisoned())?;
-        f(m.get(h).ok_or_else(|| unknown_key("sm4 key-encryption", h))?)
-    }
-
     /// Takes an OpenSSL SM2 private key under `handle`; returns its public half.
     fn insert_pkey(
         &self,
@@ -193,13 +172,13 @@ impl OpensslProvider {
             .map_err(|_| CryptoError::InvalidKey("openssl wrote a public key PEM that is not UTF-8".into()))?;
         let public = Sm2VerifyingKey::from_public_key_pem(&spki)?;
         let public = Sm2VerifyingKey::from_sec1(&public.to_sec1(), dist_id)?;
-        self.sm2.write().map_err(|_| poisoned())?.insert(
+        self.sm2.insert(
             handle,
             PrivateKey {
                 pkey,
                 public: public.clone(),
             },
-        );
+        )?;
         Ok(public)
     }
 }
@@ -311,11 +290,11 @@ impl CryptoProvider for OpensslProvider {
     }
 
     fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
-        self.with_sm2(key, |k| Ok(k.public.clone()))
+        self.sm2.with(key, |k| Ok(k.public.clone()))
     }
 
     fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
-        self.with_sm2(key, |k| {
+        self.sm2.with(key, |k| {
             let e = self.digest_e(&k.public, msg)?;
             let mut ctx = PkeyCtx::new(&k.pkey).map_err(ossl("sm2 sign"))?;
             ctx.sign_init().map_err(ossl("sm2 sign"))?;
@@ -346,7 +325,7 @@ impl CryptoProvider for OpensslProvider {
     }
 
     fn sm2_decrypt(&self, key: &KeyHandle, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.with_sm2(key, |k| {
+        self.sm2.with(key, |k| {
             let mut ctx = PkeyCtx::new(&k.pkey).map_err(ossl("sm2 decrypt"))?;
             ctx.decrypt_init().map_err(ossl("sm2 decrypt"))?;
             let mut out = Zeroizing::new(Vec::new());
@@ -383,7 +362,7 @@ impl CryptoProvider for OpensslProvider {
         aad: &[u8],
         pt: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.with_kek(kek, |k| gcm_seal(k, nonce, aad, pt))
+        self.kek.with(kek, |k| gcm_seal(k, nonce, aad, pt))
     }
 
     fn kek_open(
@@ -393,7 +372,7 @@ impl CryptoProvider for OpensslProvider {
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.with_kek(kek, |k| gcm_open(k, nonce, aad, ct))
+        self.kek.with(kek, |k| gcm_open(k, nonce, aad, ct))
     }
 
     fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
@@ -442,8 +421,7 @@ impl CryptoProvider for OpensslProvider {
     }
 
     fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
-        self.kek.write().map_err(|_| poisoned())?.insert(handle, key);
-        Ok(())
+        self.kek.insert(handle, key)
     }
 }
 

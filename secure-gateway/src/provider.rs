@@ -279,6 +279,13 @@ impl Signer {
         Self::new(provider, handle)
     }
 
+    /// A fresh software key (the operating system's random source, default
+    /// distinguishing ID) imported into `provider` under `handle`: the
+    /// sandbox's participants and the tests.
+    pub fn generate(provider: Arc<dyn CryptoProvider>, handle: KeyHandle) -> Result<Self, CryptoError> {
+        Self::import(provider, handle, &Sm2SigningKey::generate())
+    }
+
     /// Loads an encrypted key file into `provider` (see
     /// [`load_sm2_key_file`]) and returns its signer.
     pub fn load_file(
@@ -317,35 +324,79 @@ impl Signer {
     }
 }
 
+/// The keys of one kind a software provider holds, by handle.
+pub(crate) struct KeyStore<K> {
+    kind: &'static str,
+    keys: RwLock<HashMap<KeyHandle, K>>,
+}
+
+impl<K> KeyStore<K> {
+    /// An empty store of `kind` keys ("sm2", "sm4 key-encryption").
+    pub(crate) fn new(kind: &'static str) -> Self {
+        KeyStore {
+            kind,
+            keys: RwLock::default(),
+        }
+    }
+
+    /// Runs `f` on the key behind `h`; an unknown handle is an error naming it.
+    pub(crate) fn with<T>(
+        &self,
+        h: &KeyHandle,
+        f: impl FnOnce(&K) -> Result<T, CryptoError>,
+    ) -> Result<T, CryptoError> {
+        let m = self.keys.read().map_err(|_| poisoned())?;
+        f(m.get(h).ok_or_else(|| unknown_key(self.kind, h))?)
+    }
+
+    /// Adds (or replaces) the key behind `h`.
+    pub(crate) fn insert(&self, h: KeyHandle, key: K) -> Result<(), CryptoError> {
+        self.keys.write().map_err(|_| poisoned())?.insert(h, key);
+        Ok(())
+    }
+
+    /// The handles, sorted (for `Debug`; never the keys).
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .keys
+            .read()
+            .map(|m| m.keys().map(|h| h.0.clone()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+pub(crate) fn poisoned() -> CryptoError {
+    CryptoError::Cipher("provider key store lock poisoned".into())
+}
+
 /// The default provider: pure-Rust RustCrypto `sm2`/`sm3`/`sm4`, keys held
 /// in process memory (zeroised on drop).
-#[derive(Default)]
 pub struct RustCryptoProvider {
-    sm2: RwLock<HashMap<KeyHandle, Sm2SigningKey>>,
-    kek: RwLock<HashMap<KeyHandle, Sm4Key>>,
+    sm2: KeyStore<Sm2SigningKey>,
+    kek: KeyStore<Sm4Key>,
+}
+
+impl Default for RustCryptoProvider {
+    fn default() -> Self {
+        RustCryptoProvider {
+            sm2: KeyStore::new("sm2"),
+            kek: KeyStore::new("sm4 key-encryption"),
+        }
+    }
 }
 
 impl fmt::Debug for RustCryptoProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |m: Vec<KeyHandle>| m.into_iter().map(|h| h.0).collect::<Vec<_>>();
-        let sm2 = self
-            .sm2
-            .read()
-            .map(|m| names(m.keys().cloned().collect()))
-            .unwrap_or_default();
-        let kek = self
-            .kek
-            .read()
-            .map(|m| names(m.keys().cloned().collect()))
-            .unwrap_or_default();
         f.debug_struct("RustCryptoProvider")
-            .field("sm2_keys", &sm2)
-            .field("keks", &kek)
+            .field("sm2_keys", &self.sm2.names())
+            .field("keks", &self.kek.names())
             .finish()
     }
 }
 
-pub(crate) fn unknown_key(kind: &str, h: &KeyHandle) -> CryptoError {
+fn unknown_key(kind: &str, h: &KeyHandle) -> CryptoError {
     CryptoError::UnknownKey(format!("no {kind} key named {:?} in the provider", h.0))
 }
 
@@ -362,9 +413,7 @@ impl RustCryptoProvider {
 
     /// Adds (or replaces) the SM2 key behind `handle`.
     pub fn insert_sm2_key(&self, handle: KeyHandle, key: Sm2SigningKey) {
-        if let Ok(mut m) = self.sm2.write() {
-            m.insert(handle, key);
-        }
+        let _ = self.sm2.insert(handle, key);
     }
 
     /// Adds an SM2 key under a handle equal to its key id, and returns it.
@@ -376,29 +425,7 @@ impl RustCryptoProvider {
 
     /// Adds (or replaces) the SM4 key-encryption key behind `handle`.
     pub fn insert_kek(&self, handle: KeyHandle, key: Sm4Key) {
-        if let Ok(mut m) = self.kek.write() {
-            m.insert(handle, key);
-        }
-    }
-
-    fn with_sm2<T>(
-        &self,
-        h: &KeyHandle,
-        f: impl FnOnce(&Sm2SigningKey) -> Result<T, CryptoError>,
-    ) -> Result<T, CryptoError> {
-        let m = self
-            .sm2
-            .read()
-            .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
-        f(m.get(h).ok_or_else(|| unknown_key("sm2", h))?)
-    }
-
-    fn with_kek<T>(&self, h: &KeyHandle, f: impl FnOnce(&Sm4Key) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
-        let m = self
-            .kek
-            .read()
-            .map_err(|_| CryptoError::Cipher("provider key store lock poisoned".into()))?;
-        f(m.get(h).ok_or_else(|| unknown_key("sm4 key-encryption", h))?)
+        let _ = self.kek.insert(handle, key);
     }
 }
 
@@ -416,11 +443,11 @@ impl CryptoProvider for RustCryptoProvider {
     }
 
     fn public_key(&self, key: &KeyHandle) -> Result<Sm2VerifyingKey, CryptoError> {
-        self.with_sm2(key, |k| Ok(k.verifying_key().clone()))
+        self.sm2.with(key, |k| Ok(k.verifying_key().clone()))
     }
 
     fn sign(&self, key: &KeyHandle, msg: &[u8]) -> Result<Sm2Signature, CryptoError> {
-        self.with_sm2(key, |k| Ok(k.sign(msg)))
+        self.sm2.with(key, |k| Ok(k.sign(msg)))
     }
 
     fn verify(&self, key: &Sm2VerifyingKey, msg: &[u8], sig: &Sm2Signature) -> Result<(), CryptoError> {
@@ -432,7 +459,7 @@ impl CryptoProvider for RustCryptoProvider {
     }
 
     fn sm2_decrypt(&self, key: &KeyHandle, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.with_sm2(key, |k| k.decrypt(ciphertext, Sm2CiphertextFormat::Der))
+        self.sm2.with(key, |k| k.decrypt(ciphertext, Sm2CiphertextFormat::Der))
     }
 
     fn sm4_gcm_seal(
@@ -462,7 +489,7 @@ impl CryptoProvider for RustCryptoProvider {
         aad: &[u8],
         pt: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.with_kek(kek, |k| crate::sym::sm4_gcm_seal(k, nonce, aad, pt))
+        self.kek.with(kek, |k| crate::sym::sm4_gcm_seal(k, nonce, aad, pt))
     }
 
     fn kek_open(
@@ -472,23 +499,17 @@ impl CryptoProvider for RustCryptoProvider {
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.with_kek(kek, |k| crate::sym::sm4_gcm_open(k, nonce, aad, ct))
+        self.kek.with(kek, |k| crate::sym::sm4_gcm_open(k, nonce, aad, ct))
     }
 
     fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
-        let m = &mut self.sm2.write().map_err(|_| poisoned())?;
-        m.insert(handle, key.clone());
+        self.sm2.insert(handle, key.clone())?;
         Ok(key.verifying_key().clone())
     }
 
     fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
-        self.kek.write().map_err(|_| poisoned())?.insert(handle, key);
-        Ok(())
+        self.kek.insert(handle, key)
     }
-}
-
-fn poisoned() -> CryptoError {
-    CryptoError::Cipher("provider key store lock poisoned".into())
 }
 
 #[cfg(test)]

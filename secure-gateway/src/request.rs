@@ -20,7 +20,7 @@
 
 use base64::Engine as _;
 
-use crate::{CryptoError, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, sm3};
+use crate::{CryptoError, Signer, Sm2Signature, Sm2VerifyingKey, sm3};
 
 /// First line of the canonical string.
 pub const SCHEME: &str = "VAXGATE-SM2-SM3-V1";
@@ -89,42 +89,42 @@ pub fn valid_nonce(n: &str) -> bool {
 
 /// Signs a request with a fresh random nonce and the current time.
 pub fn sign_request(
-    key: &Sm2SigningKey,
+    key: &Signer,
     method: &str,
     path_and_query: &str,
     body: &[u8],
 ) -> Result<SignedRequest, CryptoError> {
     let nonce = hex::encode(crate::random::bytes::<16>()?);
-    Ok(sign_request_at(
+    sign_request_at(
         key,
         method,
         path_and_query,
         body,
         chrono::Utc::now().timestamp(),
         &nonce,
-    ))
+    )
 }
 
 /// Signs a request with a given time and nonce (tests, worked examples).
 pub fn sign_request_at(
-    key: &Sm2SigningKey,
+    key: &Signer,
     method: &str,
     path_and_query: &str,
     body: &[u8],
     timestamp: i64,
     nonce: &str,
-) -> SignedRequest {
+) -> Result<SignedRequest, CryptoError> {
     let key_id = key.verifying_key().key_id().to_string();
     let content_sm3 = sm3(body).to_hex();
     let canon = canonical_request(method, path_and_query, &key_id, timestamp, nonce, &content_sm3);
-    let sig = key.sign(canon.as_bytes());
-    SignedRequest {
+    let sig = key.sign(canon.as_bytes())?;
+    Ok(SignedRequest {
         key_id,
         timestamp,
         nonce: nonce.to_string(),
         content_sm3,
         signature: base64::engine::general_purpose::STANDARD.encode(sig.to_der()),
-    }
+    })
 }
 
 /// Checks a request's body hash and signature under `key` (the caller has
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn sign_and_verify() {
-        let k = Sm2SigningKey::generate();
+        let k = Signer::generate(crate::RustCryptoProvider::shared(), crate::KeyHandle::new("k")).unwrap();
         let r = sign_request(&k, "post", "/v1/transactions", b"{}").unwrap();
         assert!(valid_nonce(&r.nonce));
         verify_request(k.verifying_key(), "POST", "/v1/transactions", b"{}", &r).unwrap();

@@ -50,11 +50,7 @@ impl fmt::Debug for Sm4Key {
 impl PartialEq for Sm4Key {
     /// Constant-time comparison.
     fn eq(&self, other: &Self) -> bool {
-        let mut diff = 0u8;
-        for (a, b) in self.0.iter().zip(other.0.iter()) {
-            diff |= a ^ b;
-        }
-        diff == 0
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
     }
 }
 impl Eq for Sm4Key {}

@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 
 use secure_gateway::keys::private_key_to_pem;
 use secure_gateway::request::{SignedRequest, canonical_request, sign_request_at, verify_request};
-use secure_gateway::{DEFAULT_DIST_ID, KeyProtection, Sm2SigningKey, sm3};
+use secure_gateway::{DEFAULT_DIST_ID, KeyHandle, KeyProtection, RustCryptoProvider, Signer, Sm2SigningKey, sm3};
 
 const METHOD: &str = "POST";
 const PATH: &str = "/v1/transactions?mode=all";
@@ -79,7 +79,8 @@ fn files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 #[test]
 fn worked_example_is_stable() {
     let k = example_key();
-    let r = sign_request_at(&k, METHOD, PATH, BODY, TIMESTAMP, NONCE);
+    let signer = Signer::import(RustCryptoProvider::shared(), KeyHandle::new("example"), &k).unwrap();
+    let r = sign_request_at(&signer, METHOD, PATH, BODY, TIMESTAMP, NONCE).unwrap();
     let canon = canonical_request(METHOD, PATH, &r.key_id, TIMESTAMP, NONCE, &r.content_sm3);
     println!(
         "private key (PKCS#8, unencrypted):\n{}",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use adapters::{GatewayClient, GatewayClientConfig};
 use mappings::ExchangeMessage;
 use secure_gateway::request::sign_request_at;
-use secure_gateway::{KeyHandle, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey};
+use secure_gateway::{KeyHandle, RustCryptoProvider, SignedBatch, Signer, Sm2VerifyingKey};
 use serde_json::Value;
 
 pub const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
@@ -47,14 +47,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An encrypted PEM private key (passphrase [`PASS`]).
-pub fn load_key(p: &Path) -> Sm2SigningKey {
-    secure_gateway::keys::private_key_from_pem(
-        &std::fs::read_to_string(p).unwrap(),
-        Some(PASS),
-        secure_gateway::DEFAULT_DIST_ID,
-    )
-    .unwrap()
+/// An encrypted PEM private key (passphrase [`PASS`]) in a fresh default
+/// provider.
+pub fn load_key(p: &Path) -> Signer {
+    let provider = RustCryptoProvider::shared();
+    let h = KeyHandle::new(p.display().to_string());
+    provider
+        .import_sm2_pem(
+            h.clone(),
+            &std::fs::read_to_string(p).unwrap(),
+            Some(PASS),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+    Signer::new(provider, h).unwrap()
 }
 
 /// A fresh, empty PostgreSQL database under `VAXGATE_TEST_PG_URL` (started
@@ -77,7 +83,7 @@ pub fn fresh_postgres_database() -> String {
 pub struct Ent {
     pub id: String,
     pub alias: String,
-    pub key: Sm2SigningKey,
+    pub key: Signer,
     pub key_file: PathBuf,
 }
 
@@ -333,14 +339,19 @@ impl Node {
 
     /// A batch of `msgs` sealed for the gateway and signed by `e`.
     pub fn seal(&self, e: &Ent, msgs: &[ExchangeMessage]) -> SignedBatch {
-        let provider = RustCryptoProvider::new();
-        let h = KeyHandle::new("k");
-        provider.insert_sm2_key(h.clone(), e.key.clone());
-        adapters::seal::seal_batch(&provider, &h, &e.id, &self.gateway_key, &[], msgs).unwrap()
+        adapters::seal::seal_batch(
+            e.key.provider().as_ref(),
+            e.key.handle(),
+            &e.id,
+            &self.gateway_key,
+            &[],
+            msgs,
+        )
+        .unwrap()
     }
 
     /// A signed client of the node (trusting its certificate on TLS).
-    pub fn client(&self, key: Sm2SigningKey) -> GatewayClient {
+    pub fn client(&self, key: Signer) -> GatewayClient {
         let cfg = GatewayClientConfig {
             base_url: self.base.clone(),
             ca_cert: self.ca.clone(),
@@ -370,7 +381,7 @@ impl Node {
 
     /// The signature headers of a request (at `timestamp`, with `nonce`).
     pub fn sig_headers(
-        key: &Sm2SigningKey,
+        key: &Signer,
         method: &str,
         path: &str,
         body: &[u8],
@@ -378,6 +389,7 @@ impl Node {
         nonce: &str,
     ) -> Vec<(String, String)> {
         sign_request_at(key, method, path, body, timestamp, nonce)
+            .unwrap()
             .headers()
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -385,7 +397,7 @@ impl Node {
     }
 
     /// A signed request (fresh nonce, now); `content_type` for a body.
-    pub fn signed(&self, key: &Sm2SigningKey, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> Resp {
+    pub fn signed(&self, key: &Signer, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> Resp {
         let mut h = Self::sig_headers(key, method, path, &body, chrono::Utc::now().timestamp(), &nonce());
         if !body.is_empty() {
             h.push(("content-type".into(), content_type.into()));

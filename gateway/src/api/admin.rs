@@ -40,10 +40,11 @@ pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt,
     };
     let txs = ledger::sign_batch(
         "node",
-        &state.node_key,
+        &state.node,
         vec![content],
         chrono::Utc::now().timestamp_millis(),
-    );
+    )
+    .map_err(ApiError::internal)?;
     let receipt = state
         .ledger
         .append(txs)
@@ -59,8 +60,40 @@ pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt,
     Ok(receipt)
 }
 
+/// Why the registry could not be rebuilt from the ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// Reading the registry transactions failed.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    /// A registry transaction does not hold a registry change.
+    #[error("registry transaction {tx} (block {height}) is not a registry change: {message}")]
+    NotAChange {
+        /// The transaction id.
+        tx: String,
+        /// Its block.
+        height: u64,
+        /// What the parser said.
+        message: String,
+    },
+    /// A registry change does not apply to the registry built so far.
+    #[error(
+        "registry transaction {tx} (block {height}) does not apply to the registry built so far: {message}; \
+         was the ledger written with other administrator keys?"
+    )]
+    DoesNotApply {
+        /// The transaction id.
+        tx: String,
+        /// Its block.
+        height: u64,
+        /// Why.
+        message: String,
+    },
+}
+
 /// Rebuilds the registry from the ledger's registry transactions.
-pub async fn replay<S: ledger::LedgerStore>(store: &S, mut reg: Registry) -> anyhow::Result<Registry> {
+pub async fn replay<S: ledger::LedgerStore>(store: &S, mut reg: Registry) -> Result<Registry, ReplayError> {
     let mut from = 0u64;
     loop {
         let page = store.category(REGISTRY_CATEGORY, from, 1000).await?;
@@ -70,20 +103,16 @@ pub async fn replay<S: ledger::LedgerStore>(store: &S, mut reg: Registry) -> any
             if st.tx.content.kind != TxKind::Registry {
                 continue;
             }
-            let change: RegistryChange = serde_json::from_slice(&st.tx.content.payload).map_err(|e| {
-                anyhow::anyhow!(
-                    "registry transaction {} (block {}) is not a registry change: {e}",
-                    st.tx.content.tx_id,
-                    st.height
-                )
-            })?;
-            reg.apply(&change).map_err(|e| {
-                anyhow::anyhow!(
-                    "registry transaction {} (block {}) does not apply to the registry built so far: {e}; \
-                     was the ledger written with other administrator keys?",
-                    st.tx.content.tx_id,
-                    st.height
-                )
+            let change: RegistryChange =
+                serde_json::from_slice(&st.tx.content.payload).map_err(|e| ReplayError::NotAChange {
+                    tx: st.tx.content.tx_id.to_string(),
+                    height: st.height,
+                    message: e.to_string(),
+                })?;
+            reg.apply(&change).map_err(|e| ReplayError::DoesNotApply {
+                tx: st.tx.content.tx_id.to_string(),
+                height: st.height,
+                message: e.to_string(),
             })?;
         }
     }

@@ -344,10 +344,10 @@ async fn ingest(
         records: opened,
         audit_paths: paths,
     } = secure_gateway::batch::open_batch_with_paths(
-        state.provider.as_ref(),
+        state.node.provider().as_ref(),
         &batch,
         &vk,
-        RecipientKey::Sm2(&state.node_handle),
+        RecipientKey::Sm2(state.node.handle()),
     )
     .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
     let public_key = hex::encode(vk.to_sec1());
@@ -953,12 +953,15 @@ async fn append_and_answer(
     let mut cats: Vec<String> = txs.iter().map(|t| t.content.category.clone()).collect();
     if !alert_contents.is_empty() {
         cats.extend(alert_contents.iter().map(|c| c.category.clone()));
-        txs.extend(ledger::sign_batch(
-            coldchain::NODE_SIGNER,
-            &state.node_key,
-            alert_contents,
-            now.timestamp_millis(),
-        ));
+        txs.extend(
+            ledger::sign_batch(
+                coldchain::NODE_SIGNER,
+                &state.node,
+                alert_contents,
+                now.timestamp_millis(),
+            )
+            .map_err(ApiError::internal)?,
+        );
     }
     let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, kept_rows);
     let receipts = match state

@@ -159,7 +159,7 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
         let mut personal: Option<(BTreeMap<String, String>, [u8; 32])> = None;
         if reader.policy.personal_data
             && let Some(st) = &st
-            && let Ok(Some(o)) = open_event(state.provider.as_ref(), &state.node_handle, st)
+            && let Ok(Some(o)) = open_event(state.node.provider().as_ref(), state.node.handle(), st)
             && !o.msg.payload.pii.is_empty()
         {
             let pii: BTreeMap<String, String> = o

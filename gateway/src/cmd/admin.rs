@@ -10,7 +10,7 @@ use adapters::{GatewayClient, GatewayClientConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use gateway::registry::{Entity, KeyKind, KeyStatus, Policy, RegistryChange, RegistryOp, Role};
-use secure_gateway::{Sm2SigningKey, load_signing_key};
+use secure_gateway::{KeyHandle, ProviderKind, Signer};
 
 /// How to reach the gateway and sign.
 #[derive(Debug, Args)]
@@ -35,6 +35,9 @@ pub struct Connect {
     /// Environment variable with the private keys' passphrase.
     #[arg(long, global = true, default_value = secure_gateway::DEFAULT_PASSPHRASE_ENV)]
     pub passphrase_env: String,
+    /// The crypto provider that loads the keys and signs: rustcrypto or openssl.
+    #[arg(long, global = true, default_value_t = ProviderKind::RustCrypto)]
+    pub crypto_provider: ProviderKind,
 }
 
 /// Approvals and where the change goes.
@@ -290,8 +293,14 @@ fn policy(p: &Option<PathBuf>) -> anyhow::Result<Policy> {
     }
 }
 
-fn key(c: &Connect, p: &Path) -> anyhow::Result<Sm2SigningKey> {
-    load_signing_key(p, &c.passphrase_env).with_context(|| format!("loading {}", p.display()))
+fn key(c: &Connect, p: &Path) -> anyhow::Result<Signer> {
+    Signer::load_file(
+        c.crypto_provider.build()?,
+        KeyHandle::new(p.display().to_string()),
+        p,
+        &c.passphrase_env,
+    )
+    .with_context(|| format!("loading {}", p.display()))
 }
 
 fn client(c: &Connect, signer: Option<&Path>) -> anyhow::Result<GatewayClient> {
@@ -329,7 +338,7 @@ fn submit(c: &Connect, change: &RegistryChange, signer: Option<&Path>) -> anyhow
 fn finish(c: &Connect, op: RegistryOp, a: &Approve) -> anyhow::Result<u8> {
     let mut change = RegistryChange::new(op);
     for k in &a.approve {
-        change.approve(&key(c, k)?);
+        change.approve(&key(c, k)?)?;
     }
     match &a.out {
         Some(out) => {
@@ -444,7 +453,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<u8> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut change: RegistryChange =
                 serde_json::from_str(&text).with_context(|| format!("{}: not a registry change", file.display()))?;
-            change.approve(&key(c, &k)?);
+            change.approve(&key(c, &k)?)?;
             std::fs::write(&file, serde_json::to_string_pretty(&change)?)?;
             println!("{}: {} approval(s)", file.display(), change.approvals.len());
             Ok(0)

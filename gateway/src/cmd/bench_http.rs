@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use adapters::{GatewayClient, GatewayClientConfig};
 use anyhow::Context;
 use mappings::ExchangeMessage;
-use secure_gateway::{KeyHandle, RustCryptoProvider};
+use secure_gateway::{KeyHandle, ProviderKind, Signer};
 
 /// Arguments of `vaxgate bench http`.
 #[derive(Debug, clap::Args)]
@@ -67,6 +67,10 @@ pub struct BenchHttpArgs {
     /// Keep the node folder here instead of a temporary one (must not exist).
     #[arg(long)]
     pub keep_dir: Option<PathBuf>,
+    /// The crypto provider of the gateway and of the benchmark's clients:
+    /// rustcrypto or openssl.
+    #[arg(long, default_value_t = ProviderKind::RustCrypto)]
+    pub provider: ProviderKind,
 }
 
 const PASS_ENV: &str = "VAXGATE_BENCH_PASSPHRASE";
@@ -181,6 +185,8 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
         "1",
         "--passphrase-env",
         PASS_ENV,
+        "--crypto-provider",
+        a.provider.as_str(),
     ])
     .arg("--dir")
     .arg(&dir)
@@ -268,8 +274,13 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
     .arg("--approve")
     .arg(dir.join("keys/admin-1.key.pem"));
     run_ok(c, "vaxgate admin register-entity (manufacturer)")?;
-    let mah_pem = std::fs::read_to_string(mah_dir.join("mah.key.pem"))?;
-    let mah_key = secure_gateway::keys::private_key_from_pem(&mah_pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)?;
+    let provider = a.provider.build()?;
+    let mah_key = Signer::load_file(
+        provider.clone(),
+        KeyHandle::new("mah"),
+        &mah_dir.join("mah.key.pem"),
+        PASS_ENV,
+    )?;
     // A read-only API key of the same entity, for the API-key GET figures.
     let api_key_file = root.join("api-key.txt");
     let mut c = vaxgate(&pass)?;
@@ -289,8 +300,7 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
     .arg(dir.join("keys/admin-1.key.pem"));
     run_ok(c, "vaxgate admin api-key create")?;
     let api_key = std::fs::read_to_string(&api_key_file)?.trim().to_string();
-    let pem = std::fs::read_to_string(ent.join("bench.key.pem"))?;
-    let key = secure_gateway::keys::private_key_from_pem(&pem, Some(&pass), secure_gateway::DEFAULT_DIST_ID)?;
+    let key = Signer::load_file(provider, KeyHandle::new("bench"), &ent.join("bench.key.pem"), PASS_ENV)?;
     let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let server_pid = _server.0.id();
@@ -311,7 +321,7 @@ async fn upstream(
     a: &BenchHttpArgs,
     base: &str,
     mah_id: &str,
-    key: secure_gateway::Sm2SigningKey,
+    key: Signer,
     gateway_key: &secure_gateway::Sm2VerifyingKey,
 ) -> anyhow::Result<()> {
     let client = GatewayClient::new(
@@ -322,9 +332,7 @@ async fn upstream(
         },
         key.clone(),
     )?;
-    let provider = RustCryptoProvider::new();
-    let handle = KeyHandle::new("mah");
-    provider.insert_sm2_key(handle.clone(), key);
+    let (provider, handle) = (key.provider().clone(), key.handle().clone());
     let template = |text: &str, what: &str| -> anyhow::Result<ExchangeMessage> {
         let golden: Vec<serde_json::Value> = serde_json::from_str(text)?;
         mappings::exchange::from_json(&golden[0].to_string())
@@ -364,7 +372,7 @@ async fn upstream(
             msgs.push(out);
         }
         let n = msgs.len();
-        let sealed = adapters::seal::seal_batch(&provider, &handle, mah_id, gateway_key, &[], &msgs)?;
+        let sealed = adapters::seal::seal_batch(provider.as_ref(), &handle, mah_id, gateway_key, &[], &msgs)?;
         let resp = client
             .send("POST", "/v1/transactions?receipts=brief", sealed.to_json().into_bytes())
             .await?;
@@ -390,7 +398,7 @@ async fn bench(
     a: &BenchHttpArgs,
     base: &str,
     entity_id: &str,
-    key: secure_gateway::Sm2SigningKey,
+    key: Signer,
     gateway_key: secure_gateway::Sm2VerifyingKey,
     api_key: &str,
     server_pid: u32,
@@ -403,9 +411,7 @@ async fn bench(
         },
         key.clone(),
     )?;
-    let provider = Arc::new(RustCryptoProvider::new());
-    let handle = KeyHandle::new("bench");
-    provider.insert_sm2_key(handle.clone(), key.clone());
+    let (provider, handle) = (key.provider().clone(), key.handle().clone());
     let golden: Vec<serde_json::Value> = serde_json::from_str(GOLDEN)?;
     let template = mappings::exchange::from_json(&golden[0].to_string())
         .map_err(|e| anyhow::anyhow!("the golden vaccination record: {e}"))?;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use secure_gateway::KeyProtection;
-use secure_gateway::keys::{generate_key_files, load_signing_key};
+use secure_gateway::keys::generate_key_files;
+use secure_gateway::{KeyHandle, ProviderKind, Signer};
 
 /// Arguments of `vaxgate init`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,10 @@ pub struct InitArgs {
     /// Environment variable holding the passphrase for every private key.
     #[arg(long, default_value = secure_gateway::DEFAULT_PASSPHRASE_ENV)]
     pub passphrase_env: String,
+    /// The crypto provider written into `[crypto] provider` (and used to
+    /// sign the genesis block): rustcrypto or openssl.
+    #[arg(long, default_value_t = ProviderKind::RustCrypto)]
+    pub crypto_provider: ProviderKind,
 }
 
 /// Runs `init`.
@@ -73,6 +78,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<u8> {
         "# vaxgate gateway configuration (written by `vaxgate init`).\n\
          version = 1\n\n\
          [server]\nlisten = \"{listen}\"\n{plain}{tls}\n\
+         [crypto]\n# rustcrypto (pure Rust) or openssl (the system OpenSSL 3): docs/crypto.md\nprovider = \"{provider}\"\n\n\
          [node]\nname = \"{name}\"\nkey = \"keys/node.key.pem\"\npassphrase_env = \"{penv}\"\n\n\
          [ledger]\n# sqlite:PATH (relative to this file) or postgres://user:${{PGPASSWORD}}@host/db\nurl = \"sqlite:data/ledger.db\"\n\n\
          [registry]\nadmins = [{admins}]\nthreshold = {threshold}\n\n\
@@ -86,6 +92,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<u8> {
         plain = if a.plain_http { "plain_http = true\n" } else { "" },
         tls = tls,
         name = a.name,
+        provider = a.crypto_provider,
         penv = a.passphrase_env,
         admins = admin_lines.join(", "),
         threshold = a.threshold,
@@ -95,7 +102,12 @@ pub fn run(a: InitArgs) -> anyhow::Result<u8> {
     let loaded = crate::config_load(&config_path)?;
 
     // The genesis block, signed by the node key.
-    let key = load_signing_key(&node.private_key, &a.passphrase_env)?;
+    let key = Signer::load_file(
+        loaded.config.crypto.provider.build()?,
+        KeyHandle::new("node"),
+        &node.private_key,
+        &a.passphrase_env,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let height = rt.block_on(async {
         let store = ledger::AnyStore::open(&loaded.config.ledger.url, &a.dir).await?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Subcommand;
 use ledger::{InclusionProof, Ledger, LedgerConfig, LedgerError, LedgerStore, SqliteStore, TxContent, TxKind};
-use secure_gateway::{Sm2SigningKey, Sm2VerifyingKey, sm3};
+use secure_gateway::{KeyHandle, ProviderKind, Signer, Sm2VerifyingKey, sm3};
 
 /// `vaxgate ledger ...`
 #[derive(Debug, Subcommand)]
@@ -98,6 +98,9 @@ pub struct BenchLedgerArgs {
     /// Concurrent submitting clients.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// The crypto provider that holds the node and client keys.
+    #[arg(long, default_value_t = ProviderKind::RustCrypto)]
+    pub provider: ProviderKind,
 }
 
 /// Opens an existing ledger: a SQLite file, or a `postgres://` URL.
@@ -480,12 +483,13 @@ pub fn bench(a: BenchLedgerArgs) -> anyhow::Result<u8> {
 }
 
 async fn bench_async(a: BenchLedgerArgs) -> anyhow::Result<u8> {
-    let node = Sm2SigningKey::generate();
+    let provider = a.provider.build()?;
+    let node = Signer::generate(provider.clone(), KeyHandle::new("node"))?;
     let key_path = PathBuf::from(format!("{}.node.pub.pem", a.db.display()));
     std::fs::write(&key_path, node.verifying_key().to_public_key_pem())?;
     let store = SqliteStore::open(&a.db).await?;
     let l = Ledger::open(store, node, "bench", LedgerConfig::default()).await?;
-    let client = Sm2SigningKey::generate();
+    let client = Signer::generate(provider, KeyHandle::new("client"))?;
     let batches = a.records.div_ceil(a.batch as u64);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -505,7 +509,11 @@ async fn bench_async(a: BenchLedgerArgs) -> anyhow::Result<u8> {
                 let from = b * batch as u64;
                 let to = (from + batch as u64).min(records);
                 let contents: Vec<TxContent> = (from..to).map(|i| synthetic(i, payload)).collect();
-                let txs = ledger::sign_batch("bench-client", &client, contents, chrono::Utc::now().timestamp_millis());
+                let txs = ledger::sign_batch("bench-client", &client, contents, chrono::Utc::now().timestamp_millis())
+                    .map_err(|source| LedgerError::Signing {
+                        what: "a benchmark batch",
+                        source,
+                    })?;
                 let t = Instant::now();
                 l.append(txs).await?;
                 lat.push(t.elapsed());

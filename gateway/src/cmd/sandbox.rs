@@ -15,7 +15,7 @@
 //! `summary.json`.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use gateway::registry::{Entity, Policy, RegistryChange, RegistryOp, Role};
 use mappings::{Dataset, MappingSpec, Record};
 use sandbox::{Manifest, Source, SourceKind};
-use secure_gateway::{KeyProtection, Sm2SigningKey};
+use secure_gateway::{CryptoProvider, KeyHandle, KeyProtection, ProviderKind, Signer};
 use serde_json::{Value, json};
 
 /// Environment variable the sandbox hands its passphrase in to the
@@ -52,6 +52,10 @@ pub struct SandboxArgs {
     /// sandbox keeps its port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// The crypto provider of the gateway, the agents and the sandbox's own
+    /// clients: rustcrypto or openssl. An existing sandbox switches to it.
+    #[arg(long, default_value_t = ProviderKind::RustCrypto)]
+    pub crypto_provider: ProviderKind,
 }
 
 /// `--doses`, checked before anything is written.
@@ -107,17 +111,16 @@ fn ensure_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<()> {
     if private.exists() {
         return Ok(());
     }
-    let key = Sm2SigningKey::generate();
     let protection = KeyProtection::Passphrase(zeroize::Zeroizing::new(pass.to_string()));
-    secure_gateway::keys::write_signing_key(&private, &key, &protection)?;
-    secure_gateway::keys::write_verifying_key(&keys.join(format!("{alias}.pub.pem")), key.verifying_key())?;
+    secure_gateway::keys::generate_key_files(keys, alias, &protection)?;
     Ok(())
 }
 
-fn open_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<Sm2SigningKey> {
+/// `<alias>.key.pem` in `keys`, loaded into `provider` (passphrase in
+/// [`PASS_ENV`], set for this process).
+fn open_key(keys: &Path, alias: &str, provider: &std::sync::Arc<dyn CryptoProvider>) -> anyhow::Result<Signer> {
     let p = keys.join(format!("{alias}.key.pem"));
-    let pem = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    secure_gateway::keys::private_key_from_pem(&pem, Some(pass), secure_gateway::DEFAULT_DIST_ID)
+    Signer::load_file(provider.clone(), KeyHandle::new(alias), &p, PASS_ENV)
         .with_context(|| format!("opening {}", p.display()))
 }
 
@@ -250,9 +253,7 @@ fn wait_ready(port: u16, server: &mut Server, log: &Path) -> anyhow::Result<()> 
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             bail!("the gateway exited ({st}); {}:\n{tail}", log.display());
         }
-        if let Some(buf) = http_get(port, "/readyz")
-            && (buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"))
-        {
+        if let Some((200, _)) = http_get(port, "/readyz") {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -332,31 +333,30 @@ impl Drop for Progress {
     }
 }
 
-/// The whole response (status line, headers, body) of a plain HTTP/1.0 GET
-/// on the loopback gateway; `None` when it does not answer within 2 s.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+/// A plain GET on the loopback gateway: (status, body); `None` when it
+/// does not answer within 2 s.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    gateway::tls::install_provider();
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
         .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    Some(buf)
+    let r = c.get(format!("http://127.0.0.1:{port}{path}")).send().ok()?;
+    Some((r.status().as_u16(), r.text().ok()?))
 }
 
 /// `transactions` of `GET /v1/public/stats`; `None` when the gateway does
 /// not answer.
 fn ledger_transactions(port: u16) -> Option<u64> {
-    let buf = http_get(port, "/v1/public/stats")?;
-    let (_, body) = buf.split_once("\r\n\r\n")?;
-    serde_json::from_str::<Value>(body).ok()?["transactions"].as_u64()
+    let (_, body) = http_get(port, "/v1/public/stats")?;
+    serde_json::from_str::<Value>(&body).ok()?["transactions"].as_u64()
 }
 
 /// The gateway's custody findings so far (`vaxgate_custody_findings_total`
 /// on `/metrics`): action → rule → records (docs/custody.md).
 fn custody_findings(port: u16) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let Some(buf) = http_get(port, "/metrics") else {
+    let Some((_, buf)) = http_get(port, "/metrics") else {
         return out;
     };
     for line in buf.lines().filter(|l| l.starts_with("vaxgate_custody_findings_total{")) {
@@ -402,6 +402,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let provider = a.crypto_provider.build()?;
 
     // 1. Legacy systems.
     println!(
@@ -434,6 +435,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let cfg_path = node.join("vaxgate.toml");
     let port = if cfg_path.exists() {
         let text = std::fs::read_to_string(&cfg_path)?;
+        use_crypto_provider(&cfg_path, &text, a.crypto_provider)?;
         text.lines()
             .find_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|r| r.trim_end_matches('"').parse().ok())
@@ -450,6 +452,8 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             "--plain-http",
             "--passphrase-env",
             PASS_ENV,
+            "--crypto-provider",
+            a.crypto_provider.as_str(),
         ]);
         run_ok(c, "vaxgate init")?;
         port
@@ -521,8 +525,8 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
     if !pending.is_empty() {
         let (a1, a2) = (
-            open_key(&node.join("keys"), "admin-1", &pass)?,
-            open_key(&node.join("keys"), "admin-2", &pass)?,
+            open_key(&node.join("keys"), "admin-1", &provider)?,
+            open_key(&node.join("keys"), "admin-2", &provider)?,
         );
         let client = gateway_client(&base, a1.clone())?;
         for o in pending {
@@ -543,8 +547,8 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
                 },
                 master_key: pem,
             });
-            change.approve(&a1);
-            change.approve(&a2);
+            change.approve(&a1)?;
+            change.approve(&a2)?;
             rt.block_on(client.post_json("/v1/admin/registry", &change))
                 .with_context(|| format!("registering {}", o.alias))?;
             registered.push(o.alias.clone());
@@ -554,7 +558,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     // A read-only API key for the partner (approved by its master key).
     let api_key_file = dir.join("secrets/partner.apikey");
     if !api_key_file.exists() {
-        let partner = open_key(&keys, "partner", &pass)?;
+        let partner = open_key(&keys, "partner", &provider)?;
         let (api_key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
         let mut change = RegistryChange::new(RegistryOp::CreateApiKey {
             entity_id: READERS[0].1.to_string(),
@@ -562,7 +566,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
             key_sm3,
             label: "vaxgate sandbox partner queries".into(),
         });
-        change.approve(&partner);
+        change.approve(&partner)?;
         let client = gateway_client(&base, partner)?;
         rt.block_on(client.post_json("/v1/admin/registry", &change))
             .context("creating the partner's API key")?;
@@ -598,7 +602,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let t = Instant::now();
     let expected: u64 = manifest.sources.iter().map(|s| s.records as u64).sum();
     let progress = Progress::start(port, expected);
-    let sources = rt.block_on(run_agents(&dir, &manifest, &base, progress))?;
+    let sources = rt.block_on(run_agents(&dir, &manifest, &base, a.crypto_provider, progress))?;
     let agent_secs = t.elapsed().as_secs_f64();
     let findings = custody_findings(port);
     let total: u64 = sources.values().map(|s| s.records).sum();
@@ -621,10 +625,10 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     println!("[5/6] ledger: {verify_text}");
 
     // 6. One dose from production to vaccination.
-    let regulator = open_key(&keys, "nmpa-js", &pass)?;
-    let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator))?;
-    let refused = rt.block_on(refused_delivery(&manifest, &base, open_key(&keys, "nmpa-js", &pass)?))?;
-    let stock = rt.block_on(stock_reconciliation(&dir, &base, open_key(&keys, "nmpa-js", &pass)?))?;
+    let regulator = open_key(&keys, "nmpa-js", &provider)?;
+    let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator.clone()))?;
+    let refused = rt.block_on(refused_delivery(&manifest, &base, regulator.clone()))?;
+    let stock = rt.block_on(stock_reconciliation(&dir, &base, regulator))?;
 
     // Summary.
     println!();
@@ -651,8 +655,9 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         height + 1
     );
     println!(
-        "verification: {}",
-        if verify.status.success() { "OK" } else { "FAILED" }
+        "verification: {} (signed with the {} crypto provider; checked by `vaxgate ledger verify`)",
+        if verify.status.success() { "OK" } else { "FAILED" },
+        a.crypto_provider
     );
     let line = |action: &str| -> String {
         findings
@@ -731,6 +736,7 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         "stock_reconciliation": stock.1,
         "custody_findings": findings,
         "gateway": base,
+        "crypto_provider": a.crypto_provider.as_str(),
         "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
     });
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
@@ -750,12 +756,20 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn agent_toml(dir: &Path, base: &str, alias: &str, uscc: &str, sources: &[(&Source, Option<&str>)]) -> String {
+fn agent_toml(
+    dir: &Path,
+    base: &str,
+    provider: ProviderKind,
+    alias: &str,
+    uscc: &str,
+    sources: &[(&Source, Option<&str>)],
+) -> String {
     let mut t = format!(
         "# Agent of {alias} in the vaxgate sandbox (generated).\n\
          # vaxgate agent --config {cfg} run --once   (passphrase in ../secrets/passphrase, env {PASS_ENV})\n\
          [agent]\nentity_id = \"{uscc}\"\nkey = \"../keys/{alias}.key.pem\"\npassphrase_env = \"{PASS_ENV}\"\n\
-         state_db = \"../state/{alias}.db\"\n\n[gateway]\nurl = \"{base}\"\nnode_key = \"../node/keys/node.pub.pem\"\n",
+         state_db = \"../state/{alias}.db\"\n\n[gateway]\nurl = \"{base}\"\nnode_key = \"../node/keys/node.pub.pem\"\n\n\
+         [crypto]\nprovider = \"{provider}\"\n",
         cfg = dir.join("agents").join(format!("{alias}.toml")).display(),
     );
     for (s, owner) in sources {
@@ -844,6 +858,7 @@ async fn run_agents(
     dir: &Path,
     manifest: &Manifest,
     base: &str,
+    crypto: ProviderKind,
     progress: Progress,
 ) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
@@ -902,7 +917,7 @@ async fn run_agents(
     let from_queue = || async {
         let mut done = Vec::new();
         while let Some((_, i, e, mine)) = next_other() {
-            done.push((i, run_agent(dir, e, mine, base, t0).await));
+            done.push((i, run_agent(dir, e, mine, base, crypto, t0).await));
         }
         done
     };
@@ -920,13 +935,13 @@ async fn run_agents(
                 // dose one clinic gave and another gives again is refused
                 // in the second one's feed, whatever the timing.
                 for (_, i, e, mine) in step {
-                    done.push((i, run_agent(dir, e, mine, base, t0).await));
+                    done.push((i, run_agent(dir, e, mine, base, crypto, t0).await));
                 }
                 continue;
             }
             let runs = step
                 .into_iter()
-                .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, t0).await) });
+                .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, crypto, t0).await) });
             done.extend(futures_util::future::join_all(runs).await);
         }
         done.extend(from_queue().await);
@@ -967,13 +982,14 @@ async fn run_agent(
     e: &sandbox::Entity,
     mine: Vec<(&Source, Option<&str>)>,
     base: &str,
+    crypto: ProviderKind,
     t0: Instant,
 ) -> anyhow::Result<AgentRun> {
     let started = t0.elapsed().as_secs_f64();
     let mut lines = Vec::new();
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     let cfg_path = dir.join("agents").join(format!("{}.toml", e.alias));
-    std::fs::write(&cfg_path, agent_toml(dir, base, &e.alias, &e.uscc, &mine))?;
+    std::fs::write(&cfg_path, agent_toml(dir, base, crypto, &e.alias, &e.uscc, &mine))?;
     let loaded = adapters::config::load(&cfg_path)?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     // Several agents run at once: their own progress bars would overwrite
@@ -1076,8 +1092,26 @@ struct DemoTrace {
     proof_ok: bool,
 }
 
+/// Makes the existing node's `[crypto] provider` the one asked for (the
+/// sandbox wrote the file; the line is rewritten, or the table added).
+fn use_crypto_provider(cfg_path: &Path, text: &str, want: ProviderKind) -> anyhow::Result<()> {
+    let loaded = crate::config_load(cfg_path)?;
+    if loaded.config.crypto.provider == want {
+        return Ok(());
+    }
+    let old = format!("provider = \"{}\"", loaded.config.crypto.provider);
+    let new = format!("provider = \"{want}\"");
+    let updated = if text.contains("\n[crypto]\n") && text.contains(&old) {
+        text.replacen(&old, &new, 1)
+    } else {
+        format!("{text}\n[crypto]\n{new}\n")
+    };
+    std::fs::write(cfg_path, updated).with_context(|| format!("writing {}", cfg_path.display()))?;
+    Ok(())
+}
+
 /// A client of the sandbox's gateway signing with `key`.
-fn gateway_client(base: &str, key: Sm2SigningKey) -> anyhow::Result<GatewayClient> {
+fn gateway_client(base: &str, key: Signer) -> anyhow::Result<GatewayClient> {
     Ok(GatewayClient::new(
         &GatewayClientConfig {
             base_url: base.to_string(),
@@ -1091,7 +1125,7 @@ fn gateway_client(base: &str, key: Sm2SigningKey) -> anyhow::Result<GatewayClien
 /// the ledger says it holds (`GET /v1/holders/{id}/stock`, custody state),
 /// lot by lot, with the codes that differ: the first question a county CDC
 /// asks. Text for the summary and its JSON.
-async fn stock_reconciliation(dir: &Path, base: &str, key: Sm2SigningKey) -> anyhow::Result<(String, Value)> {
+async fn stock_reconciliation(dir: &Path, base: &str, key: Signer) -> anyhow::Result<(String, Value)> {
     use std::collections::BTreeSet;
     let clinic = sandbox::world::CLINIC_A;
     let rows = sandbox::sqlite_rows(&dir.join("clinic/clinic.db"), "T_KC_YMKC", "KCID").await?;
@@ -1168,7 +1202,7 @@ async fn stock_reconciliation(dir: &Path, base: &str, key: Sm2SigningKey) -> any
 /// of range), as the regulator's trace of one of its unit codes shows it:
 /// the receipt is in the ledger with status `refused` and the gateway's
 /// reason. Text for the summary and its JSON.
-async fn refused_delivery(manifest: &Manifest, base: &str, key: Sm2SigningKey) -> anyhow::Result<(String, Value)> {
+async fn refused_delivery(manifest: &Manifest, base: &str, key: Signer) -> anyhow::Result<(String, Value)> {
     let code = &manifest.refused_trace_code;
     if code.is_empty() {
         return Ok((String::new(), Value::Null));
@@ -1220,13 +1254,7 @@ async fn refused_delivery(manifest: &Manifest, base: &str, key: Sm2SigningKey) -
     Ok((text, json))
 }
 
-async fn demo_trace(
-    dir: &Path,
-    manifest: &Manifest,
-    base: &str,
-    pass: &str,
-    key: Sm2SigningKey,
-) -> anyhow::Result<DemoTrace> {
+async fn demo_trace(dir: &Path, manifest: &Manifest, base: &str, pass: &str, key: Signer) -> anyhow::Result<DemoTrace> {
     let client = gateway_client(base, key)?;
     let code = &manifest.demo_trace_code;
     let body = client

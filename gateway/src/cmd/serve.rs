@@ -7,7 +7,7 @@ use gateway::ratelimit::Limiters;
 use gateway::server::{AppState, routes};
 use gateway::tls::PeerCert;
 use ledger::{AnyStore, Ledger, LedgerConfig};
-use secure_gateway::load_signing_key;
+use secure_gateway::{KeyHandle, Signer};
 
 /// Arguments of `vaxgate serve`.
 #[derive(Debug, clap::Args)]
@@ -23,17 +23,24 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
     let c = loaded.config.clone();
     gateway::tls::install_provider();
     // Everything that can fail is checked before the listener opens.
-    let node_key = load_signing_key(&loaded.resolve(&c.node.key), &c.node.passphrase_env)
-        .with_context(|| format!("{}: [node] key", a.config.display()))?;
+    let provider = c.crypto.provider.build().with_context(|| {
+        format!(
+            "{}: [crypto] provider = {:?}",
+            a.config.display(),
+            c.crypto.provider.as_str()
+        )
+    })?;
+    let node = Signer::load_file(
+        provider,
+        KeyHandle::new("node"),
+        &loaded.resolve(&c.node.key),
+        &c.node.passphrase_env,
+    )
+    .with_context(|| format!("{}: [node] key", a.config.display()))?;
     let tls = match &c.server.tls {
         Some(t) if !c.server.plain_http => Some(gateway::tls::server_config(&loaded, t)?),
         _ => None,
     };
-    let node_key_copy = node_key.clone();
-    let provider = std::sync::Arc::new(secure_gateway::RustCryptoProvider::new());
-    let node_handle = secure_gateway::KeyHandle::new("node");
-    provider.insert_sm2_key(node_handle.clone(), node_key.clone());
-    let provider: std::sync::Arc<dyn secure_gateway::CryptoProvider> = provider;
     let config_path = a.config.clone();
     let base = loaded.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let workers = if c.server.workers == 0 {
@@ -46,12 +53,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         if telemetry.exporting() {
             tracing::info!("exporting traces over OTLP");
         }
+        tracing::info!(
+            provider = node.provider().name(),
+            node_key = node.key_id(),
+            "crypto provider ready"
+        );
         let store = AnyStore::open(&c.ledger.url, &base)
             .await
             .context("opening the ledger")?;
         let ledger = Ledger::open(
             store.clone(),
-            node_key,
+            node.clone(),
             &c.node.name,
             LedgerConfig {
                 max_block_txs: c.ledger.max_block_txs,
@@ -77,7 +89,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             .await
             .map_err(|e| anyhow::anyhow!("creating the projection tables: {e}"))?;
         let caught_up = projection
-            .catch_up(&store, provider.as_ref(), &node_handle)
+            .catch_up(&store, node.provider().as_ref(), node.handle())
             .await
             .map_err(|e| anyhow::anyhow!("catching up the projection: {e}"))?;
         if caught_up > 0 {
@@ -110,14 +122,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             );
         }
         if let Some(fw) = &c.forwarding {
-            let f = gateway::forward::Forwarder::open(store.clone(), fw.clone(), provider.clone(), node_handle.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "{}: [forwarding]: creating the forwarding cursor",
-                        config_path.display()
-                    )
-                })?;
+            let f = gateway::forward::Forwarder::open(
+                store.clone(),
+                fw.clone(),
+                node.provider().clone(),
+                node.handle().clone(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: [forwarding]: creating the forwarding cursor",
+                    config_path.display()
+                )
+            })?;
             actix_web::rt::spawn(f.run());
         }
         let nonce_file = loaded.resolve(&c.auth.nonce_store);
@@ -137,7 +154,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
         }
         let state = actix_web::web::Data::new(AppState {
             ledger,
-            node_key: node_key_copy,
+            node: node.clone(),
             limiters: Limiters::new(&c.rate_limits),
             registry: std::sync::RwLock::new(registry),
             registry_writer: tokio::sync::Mutex::new(()),
@@ -153,8 +170,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
             max_body_bytes: c.server.max_body_bytes,
             body_read_timeout: std::time::Duration::from_secs(c.server.body_read_timeout_secs),
             unverified: gateway::auth::Unverified::new(c.server.unverified_per_address),
-            provider: provider.clone(),
-            node_handle: node_handle.clone(),
             dataset: std::sync::Arc::new(mappings::Dataset::builtin()),
             projection,
         });
