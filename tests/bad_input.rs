@@ -142,15 +142,22 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
     // produced or delivered their doses in this test: docs/custody.md).
     assert_eq!(node.transactions(), before + 4);
 
-    case(&node, "unknown receipts form", "malformed_body", 400, "brief", || {
-        node.signed(
-            &clinic.key,
-            "POST",
-            "/v1/transactions?receipts=short",
-            vaccination(&node, &clinic),
-            json,
-        )
-    });
+    case(
+        &node,
+        "unknown receipts form",
+        "invalid_parameter",
+        400,
+        "receipts \"short\" is not full or brief",
+        || {
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions?receipts=short",
+                vaccination(&node, &clinic),
+                json,
+            )
+        },
+    );
     case(
         &node,
         "malformed JSON",

@@ -592,7 +592,12 @@ fn trace_relations_and_siblings() {
         Vec::new(),
         "",
     );
-    assert_eq!((r.status, r.code()), (400, "malformed_body"), "{}", r.text);
+    assert_eq!((r.status, r.code()), (400, "invalid_parameter"), "{}", r.text);
+    assert_eq!(
+        r.body["error"]["message"], "siblings \"maybe\" is not true or false",
+        "{}",
+        r.text
+    );
 
     let t = read(&format!("/v1/trace/{carton}"));
     let s = steps(&t);

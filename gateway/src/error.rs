@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum Code {
     /// The body is not valid JSON/XML for this route.
     MalformedBody,
+    /// A query parameter has a value the route does not take.
+    InvalidParameter,
     /// Content-Type is not one this route accepts.
     UnsupportedContentType,
     /// The body exceeds `server.max_body_bytes`.
@@ -60,6 +62,7 @@ impl Code {
     /// Every code, for documentation (the OpenAPI error schema).
     pub const ALL: &[Code] = &[
         Code::MalformedBody,
+        Code::InvalidParameter,
         Code::UnsupportedContentType,
         Code::BodyTooLarge,
         Code::RequestTimeout,
@@ -85,7 +88,9 @@ impl Code {
     /// The HTTP status of this code.
     pub fn status(self) -> StatusCode {
         match self {
-            Code::MalformedBody | Code::ValidationFailed | Code::InvalidTraceCode => StatusCode::BAD_REQUEST,
+            Code::MalformedBody | Code::InvalidParameter | Code::ValidationFailed | Code::InvalidTraceCode => {
+                StatusCode::BAD_REQUEST
+            }
             Code::UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -110,6 +115,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::MalformedBody => "malformed_body",
+            Code::InvalidParameter => "invalid_parameter",
             Code::UnsupportedContentType => "unsupported_content_type",
             Code::BodyTooLarge => "body_too_large",
             Code::RequestTimeout => "request_timeout",

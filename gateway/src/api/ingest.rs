@@ -17,6 +17,7 @@ use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{SignedBatch, Sm2VerifyingKey, Sm3Digest};
 use serde::Serialize;
 
+use crate::api::params::{Mode, RawQuery, ReceiptForm, param};
 use crate::auth::Principal;
 use crate::coldchain::{self, AlertType, Finding};
 use crate::custody;
@@ -260,7 +261,7 @@ fn state_key(msg: &ExchangeMessage) -> String {
 pub(crate) async fn post(
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<std::collections::HashMap<String, String>>,
+    query: RawQuery,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     ingest(req, state, query, body, false).await
@@ -271,7 +272,7 @@ pub(crate) async fn post(
 pub(crate) async fn post_cancellations(
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<std::collections::HashMap<String, String>>,
+    query: RawQuery,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     ingest(req, state, query, body, true).await
@@ -305,10 +306,30 @@ async fn check_cancellation(state: &AppState, entity_id: &str, msg: &ExchangeMes
     Ok(())
 }
 
+/// A record that passed every per-record check: its transaction, its
+/// exchange message and its field commitments.
+struct Candidate {
+    index: usize,
+    tx: Transaction,
+    msg: ExchangeMessage,
+    fields: Commitment,
+}
+
+/// What every record of a batch is checked against.
+struct BatchCtx<'a> {
+    state: &'a AppState,
+    entity: crate::registry::Entity,
+    entity_id: String,
+    /// The signing key (SEC1 hex), for the transactions' auth.
+    public_key: String,
+    header: &'a secure_gateway::BatchHeader,
+    cancellations_only: bool,
+}
+
 async fn ingest(
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<std::collections::HashMap<String, String>>,
+    query: RawQuery,
     body: web::Bytes,
     cancellations_only: bool,
 ) -> Result<HttpResponse, ApiError> {
@@ -317,26 +338,8 @@ async fn ingest(
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| ApiError::new(Code::Unauthenticated, "no authenticated principal"))?;
-    let all_or_nothing = match query.get("mode").map(String::as_str) {
-        None | Some("partial") => false,
-        Some("all_or_nothing") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                Code::MalformedBody,
-                format!("mode {other:?} is not partial or all_or_nothing"),
-            ));
-        }
-    };
-    let brief = match query.get("receipts").map(String::as_str) {
-        None | Some("full") => false,
-        Some("brief") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                Code::MalformedBody,
-                format!("receipts {other:?} is not full or brief"),
-            ));
-        }
-    };
+    let mode: Mode = param(&query, "mode")?;
+    let brief = param::<ReceiptForm>(&query, "receipts")? == ReceiptForm::Brief;
     let batch =
         SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, format!("the body: {e}")))?;
     let (vk, entity_id) = batch_signer(&state, &principal, &batch.header.key_id)?;
@@ -350,7 +353,6 @@ async fn ingest(
         RecipientKey::Sm2(state.node.handle()),
     )
     .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
-    let public_key = hex::encode(vk.to_sec1());
     let entity = {
         let reg = state
             .registry
@@ -360,182 +362,220 @@ async fn ingest(
             .cloned()
             .ok_or_else(|| ApiError::internal("key without entity"))?
     };
+    let cx = BatchCtx {
+        state: &state,
+        entity,
+        entity_id,
+        public_key: hex::encode(vk.to_sec1()),
+        header: &batch.header,
+        cancellations_only,
+    };
 
     let mut results: Vec<Option<RecordResult>> = (0..batch.records.len()).map(|_| None).collect();
-    // (index, transaction, plaintext SM3) of records that passed every check so far.
-    let mut candidates: Vec<(usize, Transaction, ExchangeMessage)> = Vec::new();
-    // Each record's field commitments (docs/api.md, "Checking an answer"),
-    // by position in the batch.
-    let mut commitments: std::collections::HashMap<usize, Commitment> = std::collections::HashMap::new();
-    for (i, (env, opened)) in batch.records.iter().zip(opened).enumerate() {
-        let h = &env.header;
-        if cancellations_only && h.dataset_category != "cancellation" {
-            results[i] = Some(reject(
-                i,
-                None,
-                Code::ValidationFailed,
-                "only cancellation records are accepted here",
-            ));
-            continue;
+    let mut candidates = Vec::new();
+    for (i, ((env, opened), path)) in batch.records.iter().zip(opened).zip(paths).enumerate() {
+        match check_record(&cx, i, env, opened, path).await? {
+            Ok(c) => candidates.push(c),
+            Err(r) => results[i] = Some(r),
         }
-        if h.entity_id != entity_id {
-            results[i] = Some(reject(
-                i,
-                None,
-                Code::Forbidden,
-                format!("record names entity {}, not the signer's", h.entity_id),
-            ));
-            continue;
+    }
+    let (candidates, repeats) = dedupe_in_batch(candidates, &mut results);
+    let fresh = answer_stored(&state, candidates, &mut results).await?;
+    let batch_id = batch.header.batch_id.to_string();
+    let any_rejected = results
+        .iter()
+        .any(|r| r.as_ref().is_some_and(|r| r.status == "rejected"));
+    if mode == Mode::AllOrNothing && any_rejected {
+        // Nothing is written; the good records are reported as not written.
+        for c in fresh {
+            results[c.index] = Some(not_written(c.index, &c.tx));
         }
-        if !entity.may_write(&h.dataset_category) {
-            results[i] = Some(reject(
-                i,
-                None,
-                Code::Forbidden,
-                format!("{} may not write {} records", entity.alias, h.dataset_category),
-            ));
-            continue;
-        }
-        let plain = match opened {
-            Ok(p) => p,
-            Err(e) => {
-                results[i] = Some(reject(i, None, Code::BadSignature, format!("cannot open record: {e}")));
-                continue;
-            }
-        };
-        let text = match std::str::from_utf8(&plain.plaintext) {
-            Ok(t) => t,
-            Err(_) => {
-                results[i] = Some(reject(i, None, Code::MalformedBody, "record plaintext is not UTF-8"));
-                continue;
-            }
-        };
-        let parsed = match h.content_type {
-            ContentType::Json => mappings::exchange::from_json(text),
-            ContentType::Xml => mappings::exchange::from_xml(text),
-        };
-        let msg = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                results[i] = Some(reject(
-                    i,
-                    None,
-                    Code::MalformedBody,
-                    format!("not an exchange message: {e}"),
-                ));
-                continue;
-            }
-        };
-        let event_id = msg.event_id.to_string();
-        if msg.payload.category != h.dataset_category {
-            results[i] = Some(reject(
-                i,
-                Some(event_id),
-                Code::ValidationFailed,
-                format!(
-                    "the event is a {} record but the envelope says {}",
-                    msg.payload.category, h.dataset_category
-                ),
-            ));
-            continue;
-        }
-        if !entity.is_source(&msg.payload.source) {
-            results[i] = Some(reject(
-                i,
-                Some(event_id),
-                Code::Forbidden,
-                format!("the event's source {} is not the submitting entity", msg.payload.source),
-            ));
-            continue;
-        }
-        let problems: Vec<Problem> = mappings::validate(&msg.payload, &state.dataset)
-            .into_iter()
-            .filter(Problem::is_error)
-            .collect();
-        if !problems.is_empty() {
-            let code = if problems.iter().all(|p| p.rule.starts_with("trace_code")) {
-                Code::InvalidTraceCode
-            } else {
-                Code::ValidationFailed
-            };
-            METRICS.rejections.with_label_values(&[code.as_str()]).inc();
-            results[i] = Some(RecordResult {
-                index: i,
-                event_id: Some(event_id),
-                status: "rejected",
-                receipt: None,
-                audit_path: None,
-                error: Some(RecordError {
-                    code,
-                    message: format!("{} validation problem(s)", problems.len()),
-                    problems,
-                }),
-                cold_chain: None,
-                custody: None,
-            });
-            continue;
-        }
-        if h.dataset_category == "cancellation"
-            && let Err((code, m)) = check_cancellation(&state, &entity_id, &msg).await
-        {
-            results[i] = Some(reject(i, Some(event_id), code, m));
-            continue;
-        }
-        let kind = if h.dataset_category == "cancellation" {
+        fill_repeats(&mut results, &repeats);
+        return Ok(refused_whole(batch_id, results));
+    }
+    let whole_refused = append_fresh(&state, fresh, mode, brief, &mut results).await?;
+    fill_repeats(&mut results, &repeats);
+    Ok(if whole_refused {
+        refused_whole(batch_id, results)
+    } else {
+        answer(batch_id, results, brief)
+    })
+}
+
+/// The answer of a good record of an all-or-nothing batch that was refused.
+fn not_written(i: usize, t: &Transaction) -> RecordResult {
+    reject(
+        i,
+        Some(t.content.record_id.clone()),
+        Code::ValidationFailed,
+        "not written: another record of this all-or-nothing batch was refused",
+    )
+}
+
+/// One record's checks, in the module's order up to idempotency: the
+/// envelope's entity and category, decryption, the exchange message, the
+/// event's category and source, the dataset rules, a cancellation's target,
+/// the transaction size. `Err` of the outer result fails the whole call
+/// (a store error); `Err` of the inner one refuses this record alone.
+async fn check_record(
+    cx: &BatchCtx<'_>,
+    i: usize,
+    env: &secure_gateway::SealedEnvelope,
+    opened: Result<secure_gateway::OpenedEnvelope, secure_gateway::CryptoError>,
+    audit_path: Vec<Sm3Digest>,
+) -> Result<Result<Candidate, RecordResult>, ApiError> {
+    let h = &env.header;
+    let refuse = |event_id: Option<String>, code: Code, m: String| Ok(Err(reject(i, event_id, code, m)));
+    if cx.cancellations_only && h.dataset_category != "cancellation" {
+        return refuse(
+            None,
+            Code::ValidationFailed,
+            "only cancellation records are accepted here".into(),
+        );
+    }
+    if h.entity_id != cx.entity_id {
+        return refuse(
+            None,
+            Code::Forbidden,
+            format!("record names entity {}, not the signer's", h.entity_id),
+        );
+    }
+    if !cx.entity.may_write(&h.dataset_category) {
+        return refuse(
+            None,
+            Code::Forbidden,
+            format!("{} may not write {} records", cx.entity.alias, h.dataset_category),
+        );
+    }
+    let plain = match opened {
+        Ok(p) => p,
+        Err(e) => return refuse(None, Code::BadSignature, format!("cannot open record: {e}")),
+    };
+    let Ok(text) = std::str::from_utf8(&plain.plaintext) else {
+        return refuse(None, Code::MalformedBody, "record plaintext is not UTF-8".into());
+    };
+    let parsed = match h.content_type {
+        ContentType::Json => mappings::exchange::from_json(text),
+        ContentType::Xml => mappings::exchange::from_xml(text),
+    };
+    let msg = match parsed {
+        Ok(m) => m,
+        Err(e) => return refuse(None, Code::MalformedBody, format!("not an exchange message: {e}")),
+    };
+    let event_id = msg.event_id.to_string();
+    if msg.payload.category != h.dataset_category {
+        return refuse(
+            Some(event_id),
+            Code::ValidationFailed,
+            format!(
+                "the event is a {} record but the envelope says {}",
+                msg.payload.category, h.dataset_category
+            ),
+        );
+    }
+    if !cx.entity.is_source(&msg.payload.source) {
+        return refuse(
+            Some(event_id),
+            Code::Forbidden,
+            format!("the event's source {} is not the submitting entity", msg.payload.source),
+        );
+    }
+    let problems: Vec<Problem> = mappings::validate(&msg.payload, &cx.state.dataset)
+        .into_iter()
+        .filter(Problem::is_error)
+        .collect();
+    if !problems.is_empty() {
+        return Ok(Err(invalid(i, event_id, problems)));
+    }
+    let cancellation = h.dataset_category == "cancellation";
+    if cancellation && let Err((code, m)) = check_cancellation(cx.state, &cx.entity_id, &msg).await {
+        return refuse(Some(event_id), code, m);
+    }
+    let fields = mappings::commitment::commit(&msg.payload, &plain.field_seed);
+    let content = TxContent {
+        tx_id: h.transaction_id,
+        record_id: event_id.clone(),
+        kind: if cancellation {
             TxKind::Cancellation
         } else {
             TxKind::Data
-        };
-        let commitment = mappings::commitment::commit(&msg.payload, &plain.field_seed);
-        let content = TxContent {
-            tx_id: h.transaction_id,
-            record_id: event_id.clone(),
-            kind,
-            category: h.dataset_category.clone(),
-            state_key: state_key(&msg),
-            content_type: h.content_type.as_str().to_string(),
-            data_hash: env.plaintext_sm3,
-            payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
-            fields_root: Some(Sm3Digest(commitment.root)),
-        };
-        // One ledger transaction carries at most 8 KiB (T/CPMA 026-2023 Annex A).
-        // Refuse the record alone, before the append, so that it cannot fail
-        // the whole batch.
-        if content.payload.len() > ledger::DEFAULT_MAX_PAYLOAD {
-            let m = format!(
-                "the sealed record is {} bytes; a ledger transaction carries at most {} (T/CPMA 026-2023 \
-                 Annex A): split it, e.g. fewer trace codes per record or carton-level codes",
-                content.payload.len(),
-                ledger::DEFAULT_MAX_PAYLOAD
-            );
-            results[i] = Some(reject(i, Some(event_id), Code::ValidationFailed, m));
-            continue;
-        }
-        let auth = TxAuth {
-            signer: entity_id.clone(),
-            public_key: public_key.clone(),
-            leaf: LeafInput::Envelope,
-            batch: batch.header.clone(),
-            index: i as u64,
-            audit_path: paths[i].clone(),
-        };
-        candidates.push((i, Transaction { content, auth }, msg));
-        commitments.insert(i, commitment);
+        },
+        category: h.dataset_category.clone(),
+        state_key: state_key(&msg),
+        content_type: h.content_type.as_str().to_string(),
+        data_hash: env.plaintext_sm3,
+        payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
+        fields_root: Some(Sm3Digest(fields.root)),
+    };
+    // One ledger transaction carries at most 8 KiB (T/CPMA 026-2023 Annex A).
+    // Refuse the record alone, before the append, so that it cannot fail
+    // the whole batch.
+    if content.payload.len() > ledger::DEFAULT_MAX_PAYLOAD {
+        let m = format!(
+            "the sealed record is {} bytes; a ledger transaction carries at most {} (T/CPMA 026-2023 \
+             Annex A): split it, e.g. fewer trace codes per record or carton-level codes",
+            content.payload.len(),
+            ledger::DEFAULT_MAX_PAYLOAD
+        );
+        return refuse(Some(event_id), Code::ValidationFailed, m);
     }
+    let auth = TxAuth {
+        signer: cx.entity_id.clone(),
+        public_key: cx.public_key.clone(),
+        leaf: LeafInput::Envelope,
+        batch: cx.header.clone(),
+        index: i as u64,
+        audit_path,
+    };
+    Ok(Ok(Candidate {
+        index: i,
+        tx: Transaction { content, auth },
+        msg,
+        fields,
+    }))
+}
 
-    // An event twice in this batch (a redelivery, a publisher's retry): the
-    // first occurrence is written; a repeat with the same content is
-    // answered like it, one with other content is refused (409). Neither
-    // fails the rest of the batch.
+/// A record refused by the dataset rules, with its (masked) problems.
+fn invalid(i: usize, event_id: String, problems: Vec<Problem>) -> RecordResult {
+    let code = if problems.iter().all(|p| p.rule.starts_with("trace_code")) {
+        Code::InvalidTraceCode
+    } else {
+        Code::ValidationFailed
+    };
+    METRICS.rejections.with_label_values(&[code.as_str()]).inc();
+    RecordResult {
+        index: i,
+        event_id: Some(event_id),
+        status: "rejected",
+        receipt: None,
+        audit_path: None,
+        error: Some(RecordError {
+            code,
+            message: format!("{} validation problem(s)", problems.len()),
+            problems,
+        }),
+        cold_chain: None,
+        custody: None,
+    }
+}
+
+/// An event twice in this batch (a redelivery, a publisher's retry): the
+/// first occurrence is written; a repeat with the same content is answered
+/// like it (the returned `(repeat, first)` pairs), one with other content
+/// is refused (409). Neither fails the rest of the batch.
+fn dedupe_in_batch(
+    candidates: Vec<Candidate>,
+    results: &mut [Option<RecordResult>],
+) -> (Vec<Candidate>, Vec<(usize, usize)>) {
     let mut first_of: std::collections::HashMap<String, (usize, Sm3Digest, String)> = std::collections::HashMap::new();
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     let mut unique = Vec::with_capacity(candidates.len());
-    for (i, t, msg) in candidates {
-        let c = &t.content;
+    for cand in candidates {
+        let (i, c) = (cand.index, &cand.tx.content);
         match first_of.get(&c.record_id) {
             None => {
                 first_of.insert(c.record_id.clone(), (i, c.data_hash, c.category.clone()));
-                unique.push((i, t, msg));
+                unique.push(cand);
             }
             Some((j, h, cat)) if *h == c.data_hash && *cat == c.category => repeats.push((i, *j)),
             Some((j, ..)) => {
@@ -547,16 +587,25 @@ async fn ingest(
             }
         }
     }
-    let candidates = unique;
+    (unique, repeats)
+}
 
-    // Idempotency: the same event id already in the ledger.
-    // One query for the whole batch; records seen before are rare.
-    let ids: Vec<String> = candidates.iter().map(|(_, t, _)| t.content.record_id.clone()).collect();
-    let mut stored = txs_by_record(&state, &ids).await?;
+/// Idempotency: a record whose event id is already in the ledger is
+/// answered with its original receipt (same content) or refused (409,
+/// other content). One query for the whole batch; records seen before are
+/// rare. Returns the records not in the ledger.
+async fn answer_stored(
+    state: &AppState,
+    candidates: Vec<Candidate>,
+    results: &mut [Option<RecordResult>],
+) -> Result<Vec<Candidate>, ApiError> {
+    let ids: Vec<String> = candidates.iter().map(|c| c.tx.content.record_id.clone()).collect();
+    let mut stored = txs_by_record(state, &ids).await?;
     let mut fresh = Vec::new();
-    for (i, t, msg) in candidates {
+    for cand in candidates {
+        let (i, t) = (cand.index, &cand.tx);
         match stored.remove(&t.content.record_id) {
-            None => fresh.push((i, t, msg)),
+            None => fresh.push(cand),
             Some(st)
                 if st.tx.content.data_hash == t.content.data_hash && st.tx.content.category == t.content.category =>
             {
@@ -604,109 +653,93 @@ async fn ingest(
             }
         }
     }
+    Ok(fresh)
+}
 
-    let any_rejected = results
+/// Judges the records not yet in the ledger by the cold-chain and custody
+/// rules and appends the ones not refused, with their alerts, in one
+/// durable append; fills their results. Returns `true` when an
+/// all-or-nothing batch was refused by the custody rules (nothing written).
+async fn append_fresh(
+    state: &AppState,
+    fresh: Vec<Candidate>,
+    mode: Mode,
+    brief: bool,
+    results: &mut [Option<RecordResult>],
+) -> Result<bool, ApiError> {
+    if fresh.is_empty() {
+        return Ok(false);
+    }
+    let started = std::time::Instant::now();
+    let mut idx = Vec::with_capacity(fresh.len());
+    let mut txs = Vec::with_capacity(fresh.len());
+    let mut msgs = Vec::with_capacity(fresh.len());
+    let mut fields = Vec::with_capacity(fresh.len());
+    for c in fresh {
+        idx.push(c.index);
+        txs.push(c.tx);
+        msgs.push(c.msg);
+        fields.push(c.fields);
+    }
+    // A receipt is judged against the shipments and readings before it
+    // in the ledger: batches holding either take their turn in
+    // `AppState::ingest_order` (crate::order); other batches do not.
+    let _order = match Kind::of(msgs.iter().map(|m| m.payload.category.as_str())) {
+        Some(k) => Some(state.ingest_order.enter(k).await),
+        None => None,
+    };
+    // Cold-chain rules (R11.2): alerts are node-written transactions in
+    // the same durable append as the records they are about.
+    let alerts = cold_chain_alerts(state, &msgs).await?;
+    let refused_receipts: std::collections::HashSet<usize> = alerts
         .iter()
-        .any(|r| r.as_ref().is_some_and(|r| r.status == "rejected"));
-    if all_or_nothing && any_rejected {
-        // Nothing is written; the good records are reported as not written.
-        for (i, t, _) in fresh {
-            results[i] = Some(reject(
-                i,
-                Some(t.content.record_id),
-                Code::ValidationFailed,
-                "not written: another record of this all-or-nothing batch was refused",
-            ));
-        }
-        fill_repeats(&mut results, &repeats);
-        return Ok(refused_whole(batch.header.batch_id.to_string(), results));
-    }
-
-    if !fresh.is_empty() {
-        let started = std::time::Instant::now();
-        let mut idx = Vec::with_capacity(fresh.len());
-        let mut txs = Vec::with_capacity(fresh.len());
-        let mut msgs = Vec::with_capacity(fresh.len());
-        let mut fields = Vec::with_capacity(fresh.len());
-        for (i, t, m) in fresh {
-            idx.push(i);
-            txs.push(t);
-            msgs.push(m);
-            fields.push(
-                commitments
-                    .remove(&i)
-                    .ok_or_else(|| ApiError::internal("a record without its field commitments"))?,
-            );
-        }
-        // A receipt is judged against the shipments and readings before it
-        // in the ledger: batches holding either take their turn in
-        // `AppState::ingest_order` (crate::order); other batches do not.
-        let _order = match Kind::of(msgs.iter().map(|m| m.payload.category.as_str())) {
-            Some(k) => Some(state.ingest_order.enter(k).await),
-            None => None,
-        };
-        // Cold-chain rules (R11.2): alerts are node-written transactions in
-        // the same durable append as the records they are about.
-        let alerts = cold_chain_alerts(&state, &msgs).await?;
-        let refused_receipts: std::collections::HashSet<usize> = alerts
-            .iter()
-            .filter(|(_, f, _)| f.alert_type == AlertType::ReceiptRefused)
-            .map(|(pos, ..)| *pos)
-            .collect();
-        // Custody rules (docs/custody.md): every record that moves a code
-        // is judged against every fact about it, from any source.
-        let (verdict, ticket) = state
-            .custody
-            .judge(&state.projection, &state.registry, &msgs, &refused_receipts)
-            .await?;
-        let custody::Verdict {
-            records: verdicts,
-            resolutions,
-        } = verdict;
-        for v in &verdicts {
-            for (list, action) in [(&v.refused, "refuse"), (&v.flagged, "flag"), (&v.pending, "pending")] {
-                for r in custody::rules_of(list) {
-                    METRICS.custody_findings.with_label_values(&[r, action]).inc();
-                }
+        .filter(|(_, f, _)| f.alert_type == AlertType::ReceiptRefused)
+        .map(|(pos, ..)| *pos)
+        .collect();
+    // Custody rules (docs/custody.md): every record that moves a code
+    // is judged against every fact about it, from any source.
+    let (verdict, ticket) = state
+        .custody
+        .judge(&state.projection, &state.registry, &msgs, &refused_receipts)
+        .await?;
+    let custody::Verdict {
+        records: verdicts,
+        resolutions,
+    } = verdict;
+    for v in &verdicts {
+        for (list, action) in [(&v.refused, "refuse"), (&v.flagged, "flag"), (&v.pending, "pending")] {
+            for r in custody::rules_of(list) {
+                METRICS.custody_findings.with_label_values(&[r, action]).inc();
             }
         }
-        if all_or_nothing && verdicts.iter().any(|v| !v.refused.is_empty()) {
-            for ((i, t), v) in idx.into_iter().zip(&txs).zip(&verdicts) {
-                results[i] = Some(if v.refused.is_empty() {
-                    reject(
-                        i,
-                        Some(t.content.record_id.clone()),
-                        Code::ValidationFailed,
-                        "not written: another record of this all-or-nothing batch was refused",
-                    )
-                } else {
-                    custody_refusal(i, t, v)
-                });
-            }
-            fill_repeats(&mut results, &repeats);
-            return Ok(refused_whole(batch.header.batch_id.to_string(), results));
-        }
-        let batch_id = batch.header.batch_id.to_string();
-        let all = Appendable {
-            idx,
-            txs,
-            msgs,
-            fields,
-            alerts,
-            verdicts,
-            resolutions,
-        };
-        let kept = keep_unrefused(&mut results, all);
-        if kept.txs.is_empty() {
-            drop(ticket);
-            fill_repeats(&mut results, &repeats);
-            return Ok(answer(batch_id, results, brief));
-        }
-        let leaves = append_and_answer(&state, &mut results, kept, brief, started).await?;
-        ticket.committed(&leaves);
     }
-    fill_repeats(&mut results, &repeats);
-    Ok(answer(batch.header.batch_id.to_string(), results, brief))
+    if mode == Mode::AllOrNothing && verdicts.iter().any(|v| !v.refused.is_empty()) {
+        for ((i, t), v) in idx.into_iter().zip(&txs).zip(&verdicts) {
+            results[i] = Some(if v.refused.is_empty() {
+                not_written(i, t)
+            } else {
+                custody_refusal(i, t, v)
+            });
+        }
+        return Ok(true);
+    }
+    let all = Appendable {
+        idx,
+        txs,
+        msgs,
+        fields,
+        alerts,
+        verdicts,
+        resolutions,
+    };
+    let kept = keep_unrefused(results, all);
+    if kept.txs.is_empty() {
+        drop(ticket);
+        return Ok(false);
+    }
+    let leaves = append_and_answer(state, results, kept, brief, started).await?;
+    ticket.committed(&leaves);
+    Ok(false)
 }
 
 /// The 422 answer of an all-or-nothing batch of which a record was refused:

@@ -2,4 +2,5 @@
 
 pub mod admin;
 pub mod ingest;
+pub(crate) mod params;
 pub mod query;

@@ -13,6 +13,7 @@ use ledger::LedgerStore;
 use secure_gateway::Sm3Digest;
 use serde_json::{Value, json};
 
+use crate::api::params::{RawQuery, param};
 use crate::auth::Principal;
 use crate::error::{ApiError, Code};
 use crate::projection::{ProjectedEvent, open_event, parse_fields_blob};
@@ -252,7 +253,7 @@ pub(crate) async fn trace(
     req: HttpRequest,
     state: web::Data<AppState>,
     code: web::Path<String>,
-    query: web::Query<std::collections::HashMap<String, String>>,
+    query: RawQuery,
 ) -> Result<HttpResponse, ApiError> {
     let reader = reader(&req, &state)?;
     if !mappings::checks::is_trace_code(&code) {
@@ -261,16 +262,7 @@ pub(crate) async fn trace(
             format!("{code} is not a 20-digit trace code (NMPAB/T 1002)"),
         ));
     }
-    let with_siblings = match query.get("siblings").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                Code::MalformedBody,
-                format!("siblings {other:?} is not true or false"),
-            ));
-        }
-    };
+    let with_siblings: bool = param(&query, "siblings")?;
     let code = code.into_inner();
     let ancestors: BTreeSet<String> = state
         .projection
@@ -614,20 +606,11 @@ pub(crate) async fn stock(
     req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    query: web::Query<std::collections::HashMap<String, String>>,
+    query: RawQuery,
 ) -> Result<HttpResponse, ApiError> {
     use mappings::custody::Custody;
     let reader = reader(&req, &state)?;
-    let with_codes = match query.get("codes").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                Code::MalformedBody,
-                format!("codes {other:?} is not true or false"),
-            ));
-        }
-    };
+    let with_codes: bool = param(&query, "codes")?;
     let holder = {
         let reg = state
             .registry
