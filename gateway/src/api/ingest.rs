@@ -37,7 +37,7 @@ pub struct RecordResult {
     pub event_id: Option<String>,
     /// `accepted`, `duplicate` (already in the ledger with the same content)
     /// or `rejected`.
-    pub status: &'static str,
+    pub status: RecordStatus,
     /// Where it is in the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ReceiptView>,
@@ -56,6 +56,18 @@ pub struct RecordResult {
     /// alerts it resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub custody: Option<CustodyOutcome>,
+}
+
+/// What became of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    /// Appended now.
+    Accepted,
+    /// Already in the ledger with the same content (or twice in the batch).
+    Duplicate,
+    /// Refused; `error` says why.
+    Rejected,
 }
 
 /// The custody alerts of one accepted record.
@@ -193,7 +205,7 @@ fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into
     RecordResult {
         index,
         event_id,
-        status: "rejected",
+        status: RecordStatus::Rejected,
         receipt: None,
         audit_path: None,
         error: Some(RecordError {
@@ -384,7 +396,7 @@ async fn ingest(
     let batch_id = batch.header.batch_id.to_string();
     let any_rejected = results
         .iter()
-        .any(|r| r.as_ref().is_some_and(|r| r.status == "rejected"));
+        .any(|r| r.as_ref().is_some_and(|r| r.status == RecordStatus::Rejected));
     if mode == Mode::AllOrNothing && any_rejected {
         // Nothing is written; the good records are reported as not written.
         for c in fresh {
@@ -546,7 +558,7 @@ fn invalid(i: usize, event_id: String, problems: Vec<Problem>) -> RecordResult {
     RecordResult {
         index: i,
         event_id: Some(event_id),
-        status: "rejected",
+        status: RecordStatus::Rejected,
         receipt: None,
         audit_path: None,
         error: Some(RecordError {
@@ -625,7 +637,7 @@ async fn answer_stored(
                 results[i] = Some(RecordResult {
                     index: i,
                     event_id: Some(t.content.record_id.clone()),
-                    status: "duplicate",
+                    status: RecordStatus::Duplicate,
                     receipt: Some(ReceiptView::Full(Receipt {
                         tx_id: st.tx.content.tx_id,
                         record_id: st.tx.content.record_id.clone(),
@@ -760,12 +772,12 @@ fn refused_whole(batch_id: String, results: Vec<Option<RecordResult>>) -> HttpRe
 fn answer(batch_id: String, results: Vec<Option<RecordResult>>, brief: bool) -> HttpResponse {
     let mut results: Vec<RecordResult> = results.into_iter().flatten().collect();
     let checkpoints = if brief { make_brief(&mut results) } else { Vec::new() };
-    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let count = |s: RecordStatus| results.iter().filter(|r| r.status == s).count();
     HttpResponse::Ok().json(IngestResponse {
         batch_id,
-        accepted: count("accepted"),
-        duplicates: count("duplicate"),
-        rejected: count("rejected"),
+        accepted: count(RecordStatus::Accepted),
+        duplicates: count(RecordStatus::Duplicate),
+        rejected: count(RecordStatus::Rejected),
         results,
         checkpoints,
     })
@@ -1078,7 +1090,7 @@ async fn append_and_answer(
         results[i] = Some(RecordResult {
             index: i,
             event_id: Some(r.record_id.clone()),
-            status: "accepted",
+            status: RecordStatus::Accepted,
             receipt: Some(ReceiptView::Full(r)),
             audit_path: p,
             error: None,
@@ -1098,7 +1110,7 @@ fn fill_repeats(results: &mut [Option<RecordResult>], repeats: &[(usize, usize)]
             None => RecordResult {
                 index: i,
                 event_id: first.event_id.clone(),
-                status: "duplicate",
+                status: RecordStatus::Duplicate,
                 receipt: first.receipt.clone(),
                 audit_path: first.audit_path.clone(),
                 error: None,
