@@ -389,7 +389,45 @@ struct SourceSummary {
     reasons: BTreeMap<String, u64>,
 }
 
-/// Runs `vaxgate sandbox`.
+/// What one `vaxgate sandbox` run works with.
+struct Sandbox {
+    a: SandboxArgs,
+    /// The sandbox folder (canonical).
+    dir: PathBuf,
+    /// The passphrase of every key (`secrets/passphrase`).
+    pass: String,
+    rt: tokio::runtime::Runtime,
+    /// The crypto provider of the sandbox's own clients.
+    provider: std::sync::Arc<dyn CryptoProvider>,
+    /// The gateway node's folder.
+    node: PathBuf,
+    /// The organisations' keys.
+    keys: PathBuf,
+    started: Instant,
+}
+
+/// The gateway the sandbox started.
+struct Gateway {
+    port: u16,
+    base: String,
+    server: Server,
+}
+
+/// What steps 4 to 6 found, for the summary.
+struct Outcome {
+    sources: BTreeMap<String, SourceSummary>,
+    findings: BTreeMap<String, BTreeMap<String, u64>>,
+    stats: Value,
+    verify_ok: bool,
+    verify_text: String,
+    trace: DemoTrace,
+    refused: (String, Value),
+    stock: (String, Value),
+    gen_secs: f64,
+    agent_secs: f64,
+}
+
+/// Runs `vaxgate sandbox`: the six numbered steps, then the summary.
 pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
@@ -403,357 +441,420 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
         .build()
         .context("starting the runtime")?;
     let provider = a.crypto_provider.build()?;
-
-    // 1. Legacy systems.
+    let s = Sandbox {
+        node: dir.join("node"),
+        keys: dir.join("keys"),
+        a,
+        dir,
+        pass,
+        rt,
+        provider,
+        started,
+    };
     println!(
         "vaxgate sandbox: seed {}, {} doses, in {}",
-        a.seed,
-        a.doses,
-        dir.display()
+        s.a.seed,
+        s.a.doses,
+        s.dir.display()
     );
-    // Generated on the runtime while the gateway starts and the
-    // organisations (known in advance) are registered: steps 2 and 3 print
-    // after step 1.
-    let generation = {
-        let (dir, opts) = (
-            dir.clone(),
-            sandbox::Options {
-                seed: a.seed,
-                doses: a.doses,
-            },
-        );
-        rt.spawn(async move {
-            let t = Instant::now();
-            let manifest = sandbox::generate(&dir, &opts).await;
-            (manifest, t.elapsed().as_secs_f64())
-        })
-    };
+    // 1. Legacy systems, generated on the runtime while the gateway starts
+    // and the organisations (known in advance) are registered: steps 2 and
+    // 3 print after step 1.
+    let generation = s.spawn_generation();
     let mut later: Vec<String> = Vec::new();
-
-    // 2. Gateway node.
-    let node = dir.join("node");
-    let cfg_path = node.join("vaxgate.toml");
-    let port = if cfg_path.exists() {
-        let text = std::fs::read_to_string(&cfg_path)?;
-        use_crypto_provider(&cfg_path, &text, a.crypto_provider)?;
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|r| r.trim_end_matches('"').parse().ok())
-            .with_context(|| format!("{}: no loopback listen address", cfg_path.display()))?
-    } else {
-        let port = match a.port {
-            Some(p) => p,
-            None => free_port()?,
-        };
-        let mut c = vaxgate(&pass)?;
-        c.args(["init", "--dir"]).arg(&node).args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--plain-http",
-            "--passphrase-env",
-            PASS_ENV,
-            "--crypto-provider",
-            a.crypto_provider.as_str(),
-        ]);
-        run_ok(c, "vaxgate init")?;
-        port
-    };
-    let base = format!("http://127.0.0.1:{port}");
-    let log = node.join("serve.log");
-    let logf = std::fs::File::create(&log)?;
-    let mut server = Server(
-        vaxgate(&pass)?
-            .args(["serve", "--config"])
-            .arg(&cfg_path)
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .spawn()
-            .context("starting vaxgate serve")?,
-    );
-    wait_ready(port, &mut server, &log)?;
-    later.push(format!(
-        "[2/6] gateway listening on {base} (ledger {})",
-        node.join("data/ledger.db").display()
-    ));
-
-    // 3. Keys and registration (in this process: each key is decrypted once).
-    let t = Instant::now();
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys)?;
-    let registered_marker = node.join("sandbox-registered.json");
-    let mut registered: Vec<String> = std::fs::read_to_string(&registered_marker)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let mut orgs: Vec<Org> = sandbox::entities()
-        .iter()
-        .map(|e| Org {
-            alias: e.alias.clone(),
-            uscc: e.uscc.clone(),
-            name: e.name.clone(),
-            role: e.role.clone(),
-            code: (e.code != e.uscc).then(|| e.code.clone()),
-            policy: (e.role == "manufacturer").then(|| MAH_POLICY.to_string()),
-        })
-        .collect();
-    for (alias, uscc, name, role, policy) in READERS {
-        orgs.push(Org {
-            alias: alias.into(),
-            uscc: uscc.into(),
-            name: name.into(),
-            role: role.into(),
-            code: None,
-            policy: Some(policy.into()),
-        });
-    }
-    // PBKDF2 (600,000 iterations) per new key: one thread each.
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = orgs
-            .iter()
-            .map(|o| {
-                let (keys, pass) = (&keys, &pass);
-                (o.alias.clone(), sc.spawn(move || ensure_key(keys, &o.alias, pass)))
-            })
-            .collect();
-        for (alias, h) in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("key thread of {alias} panicked"))??;
-        }
-        anyhow::Ok(())
-    })?;
-    let keys_secs = t.elapsed().as_secs_f64();
-    let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
-    if !pending.is_empty() {
-        let (a1, a2) = (
-            open_key(&node.join("keys"), "admin-1", &provider)?,
-            open_key(&node.join("keys"), "admin-2", &provider)?,
-        );
-        let client = gateway_client(&base, a1.clone())?;
-        for o in pending {
-            let policy: Policy = match &o.policy {
-                Some(p) => serde_json::from_str(p).with_context(|| format!("policy of {}", o.alias))?,
-                None => Policy::default(),
-            };
-            let role: Role = serde_json::from_value(json!(o.role)).with_context(|| format!("role {}", o.role))?;
-            let pem = std::fs::read_to_string(keys.join(format!("{}.pub.pem", o.alias)))?;
-            let mut change = RegistryChange::new(RegistryOp::RegisterEntity {
-                entity: Entity {
-                    id: o.uscc.clone(),
-                    name: o.name.clone(),
-                    alias: o.alias.clone(),
-                    role,
-                    policy,
-                    codes: o.code.iter().cloned().collect(),
-                },
-                master_key: pem,
-            });
-            change.approve(&a1)?;
-            change.approve(&a2)?;
-            rt.block_on(client.post_json("/v1/admin/registry", &change))
-                .with_context(|| format!("registering {}", o.alias))?;
-            registered.push(o.alias.clone());
-            std::fs::write(&registered_marker, serde_json::to_string(&registered)?)?;
-        }
-    }
-    // A read-only API key for the partner (approved by its master key).
-    let api_key_file = dir.join("secrets/partner.apikey");
-    if !api_key_file.exists() {
-        let partner = open_key(&keys, "partner", &provider)?;
-        let (api_key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
-        let mut change = RegistryChange::new(RegistryOp::CreateApiKey {
-            entity_id: READERS[0].1.to_string(),
-            key_id,
-            key_sm3,
-            label: "vaxgate sandbox partner queries".into(),
-        });
-        change.approve(&partner)?;
-        let client = gateway_client(&base, partner)?;
-        rt.block_on(client.post_json("/v1/admin/registry", &change))
-            .context("creating the partner's API key")?;
-        let mut f = std::fs::File::create(&api_key_file)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        f.write_all(api_key.as_bytes())?;
-    }
-    later.push(format!(
-        "[3/6] {} organisations registered (2-of-3 administrator approvals): keys {keys_secs:.1} s, registration {:.1} s",
-        orgs.len(),
-        t.elapsed().as_secs_f64() - keys_secs
-    ));
-    for o in &orgs {
-        later.push(format!("      {:<10} {:<17} {}  {}", o.alias, o.role, o.uscc, o.name));
-    }
-
-    let (manifest, gen_secs) = rt.block_on(generation).context("the generation task failed")?;
+    let mut gw = s.start_gateway(&mut later)?;
+    s.register(&gw.base, &mut later)?;
+    let (manifest, gen_secs) = s.rt.block_on(generation).context("the generation task failed")?;
     let manifest = manifest.context("generating the legacy systems")?;
     println!("[1/6] legacy systems generated in {gen_secs:.2} s:");
-    for s in &manifest.sources {
-        println!("      {:<20} {:>7} records  {}", s.name, s.records, s.path);
+    for src in &manifest.sources {
+        println!("      {:<20} {:>7} records  {}", src.name, src.records, src.path);
     }
     for line in later {
         println!("{line}");
     }
-
-    // 4. The agent over every source.
-    println!("[4/6] agent: map, validate, seal (SM4/SM2), sign and post every source");
-    let t = Instant::now();
-    let expected: u64 = manifest.sources.iter().map(|s| s.records as u64).sum();
-    let progress = Progress::start(port, expected);
-    let sources = rt.block_on(run_agents(&dir, &manifest, &base, a.crypto_provider, progress))?;
-    let agent_secs = t.elapsed().as_secs_f64();
-    let findings = custody_findings(port);
-    let total: u64 = sources.values().map(|s| s.records).sum();
-    let accepted: u64 = sources.values().map(|s| s.accepted).sum();
-
-    // 5. Ledger verification and statistics.
-    let db = node.join("data/ledger.db");
-    let node_pub = node.join("keys/node.pub.pem");
-    let mut c = vaxgate(&pass)?;
-    c.args(["ledger", "stats", "--json", "--db"]).arg(&db);
-    let stats: Value = serde_json::from_str(run_ok(c, "vaxgate ledger stats")?.trim()).unwrap_or_default();
-    let mut c = vaxgate(&pass)?;
-    c.args(["ledger", "verify", "--db"])
-        .arg(&db)
-        .arg("--checkpoint-key")
-        .arg(&node_pub);
-    // Its progress line (on a terminal) goes straight to ours.
-    let verify = c.stderr(std::process::Stdio::inherit()).output()?;
-    let verify_text = String::from_utf8_lossy(&verify.stdout).trim().to_string();
-    println!("[5/6] ledger: {verify_text}");
-
-    // 6. One dose from production to vaccination.
-    let regulator = open_key(&keys, "nmpa-js", &provider)?;
-    let trace = rt.block_on(demo_trace(&dir, &manifest, &base, &pass, regulator.clone()))?;
-    let refused = rt.block_on(refused_delivery(&manifest, &base, regulator.clone()))?;
-    let stock = rt.block_on(stock_reconciliation(&dir, &base, regulator))?;
-
-    // Summary.
-    println!();
-    println!("== summary ==");
-    println!(
-        "{:<20} {:>8} {:>9} {:>9} {:>12}  reasons",
-        "source", "records", "accepted", "rejected", "quarantined"
-    );
-    for (name, s) in &sources {
-        let reasons: Vec<String> = s.reasons.iter().map(|(r, n)| format!("{r} x{n}")).collect();
-        println!(
-            "{name:<20} {:>8} {:>9} {:>9} {:>12}  {}",
-            s.records,
-            s.accepted,
-            s.rejected,
-            s.quarantined,
-            reasons.join(", ")
-        );
-    }
-    let height = stats["stats"]["height"].as_u64().unwrap_or(0);
-    let txs = stats["stats"]["transactions"].as_u64().unwrap_or(0);
-    println!(
-        "records: {total} read, {accepted} accepted; ledger: {} blocks, {txs} transactions",
-        height + 1
-    );
-    println!(
-        "verification: {} (signed with the {} crypto provider; checked by `vaxgate ledger verify`)",
-        if verify.status.success() { "OK" } else { "FAILED" },
-        a.crypto_provider
-    );
-    let line = |action: &str| -> String {
-        findings
-            .get(action)
-            .map(|m| {
-                m.iter()
-                    .map(|(r, n)| format!("{r} x{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "none".into())
-    };
-    println!(
-        "custody rules (docs/custody.md): refused {}; kept and flagged {}; pending {}",
-        line("refuse"),
-        line("flag"),
-        line("pending")
-    );
-    println!(
-        "time: generate {gen_secs:.2} s, agent {agent_secs:.2} s ({:.0} records/s), total {:.1} s",
-        total as f64 / agent_secs.max(1e-9),
-        started.elapsed().as_secs_f64()
-    );
-    println!();
-    print!("{}", trace.text);
-    print!("{}", refused.0);
-    print!("{}", stock.0);
-    let partner_key = keys.join("partner.key.pem");
-    println!("\n== partner queries (ready to paste; the partner may read product 8612345) ==");
-    println!(
-        "curl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/trace/{}\ncurl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/batches/{}/recall",
-        api_key_file.display(),
-        manifest.demo_trace_code,
-        api_key_file.display(),
-        manifest.demo_lot,
-    );
-    println!("# or signed with the partner's SM2 key (curl + openssl):");
-    println!(
-        "export {PASS_ENV}=$(cat {})\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/trace/{}\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/batches/{}/recall",
-        dir.join("secrets/passphrase").display(),
-        partner_key.display(),
-        manifest.demo_trace_code,
-        partner_key.display(),
-        manifest.demo_lot,
-    );
-    println!("\n== files ==");
-    println!("legacy systems   {}  (manifest.json lists them)", dir.display());
-    println!("mapping specs    {}", dir.join("mappings").display());
-    println!(
-        "agent configs    {}  (vaxgate agent --config <file> run)",
-        dir.join("agents").display()
-    );
-    println!(
-        "gateway          {}  (vaxgate serve --config {})",
-        node.display(),
-        cfg_path.display()
-    );
-    println!("ledger           {}", db.display());
-    println!("demo proof       {}", dir.join("demo-proof.json").display());
-
-    let summary = json!({
-        "seed": a.seed,
-        "doses": a.doses,
-        "sources": sources,
-        "records": total,
-        "accepted": accepted,
-        "transactions": txs,
-        "blocks": height + 1,
-        "verified": verify.status.success(),
-        "verify_output": verify_text,
-        "demo_trace_code": manifest.demo_trace_code,
-        "demo_steps": trace.steps,
-        "demo_proof_verified": trace.proof_ok,
-        "refused_delivery": refused.1,
-        "stock_reconciliation": stock.1,
-        "custody_findings": findings,
-        "gateway": base,
-        "crypto_provider": a.crypto_provider.as_str(),
-        "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
-    });
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
-
-    if a.serve {
-        println!("\ngateway running on {base}; Ctrl-C stops it");
-        rt.block_on(async {
+    let outcome = s.agents_ledger_and_demo(&manifest, &gw, gen_secs)?;
+    s.summary(&manifest, &gw.base, &outcome)?;
+    if s.a.serve {
+        println!("\ngateway running on {}; Ctrl-C stops it", gw.base);
+        s.rt.block_on(async {
             let _ = tokio::signal::ctrl_c().await;
         });
         println!("stopping the gateway");
     }
-    server.stop();
-    Ok(if verify.status.success() && trace.proof_ok {
+    gw.server.stop();
+    Ok(if outcome.verify_ok && outcome.trace.proof_ok {
         0
     } else {
         1
     })
+}
+
+impl Sandbox {
+    /// Step 1: generates the legacy systems on the runtime.
+    fn spawn_generation(&self) -> tokio::task::JoinHandle<(Result<Manifest, sandbox::SandboxError>, f64)> {
+        let (dir, opts) = (
+            self.dir.clone(),
+            sandbox::Options {
+                seed: self.a.seed,
+                doses: self.a.doses,
+            },
+        );
+        self.rt.spawn(async move {
+            let t = Instant::now();
+            let manifest = sandbox::generate(&dir, &opts).await;
+            (manifest, t.elapsed().as_secs_f64())
+        })
+    }
+
+    /// Step 2: a new gateway node (`vaxgate init`), or the existing one with
+    /// the asked crypto provider, started and ready.
+    fn start_gateway(&self, later: &mut Vec<String>) -> anyhow::Result<Gateway> {
+        let (node, a) = (&self.node, &self.a);
+        let cfg_path = node.join("vaxgate.toml");
+        let port = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path)?;
+            use_crypto_provider(&cfg_path, &text, a.crypto_provider)?;
+            let listen = crate::config_load(&cfg_path)?.config.server.listen;
+            listen
+                .strip_prefix("127.0.0.1:")
+                .and_then(|p| p.parse().ok())
+                .with_context(|| format!("{}: no loopback listen address", cfg_path.display()))?
+        } else {
+            let port = match a.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let mut c = vaxgate(&self.pass)?;
+            c.args(["init", "--dir"]).arg(node).args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--plain-http",
+                "--passphrase-env",
+                PASS_ENV,
+                "--crypto-provider",
+                a.crypto_provider.as_str(),
+            ]);
+            run_ok(c, "vaxgate init")?;
+            port
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let log = node.join("serve.log");
+        let logf = std::fs::File::create(&log)?;
+        let mut server = Server(
+            vaxgate(&self.pass)?
+                .args(["serve", "--config"])
+                .arg(&cfg_path)
+                .stdout(logf.try_clone()?)
+                .stderr(logf)
+                .spawn()
+                .context("starting vaxgate serve")?,
+        );
+        wait_ready(port, &mut server, &log)?;
+        later.push(format!(
+            "[2/6] gateway listening on {base} (ledger {})",
+            node.join("data/ledger.db").display()
+        ));
+        Ok(Gateway { port, base, server })
+    }
+
+    /// Step 3: every organisation's key (in this process: each key is
+    /// decrypted once), its registration with 2-of-3 administrator
+    /// approvals, and the partner's read-only API key.
+    fn register(&self, base: &str, later: &mut Vec<String>) -> anyhow::Result<()> {
+        let (dir, node, keys, pass, provider, rt) =
+            (&self.dir, &self.node, &self.keys, &self.pass, &self.provider, &self.rt);
+        let t = Instant::now();
+        std::fs::create_dir_all(keys)?;
+        let registered_marker = node.join("sandbox-registered.json");
+        let mut registered: Vec<String> = std::fs::read_to_string(&registered_marker)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let mut orgs: Vec<Org> = sandbox::entities()
+            .iter()
+            .map(|e| Org {
+                alias: e.alias.clone(),
+                uscc: e.uscc.clone(),
+                name: e.name.clone(),
+                role: e.role.clone(),
+                code: (e.code != e.uscc).then(|| e.code.clone()),
+                policy: (e.role == "manufacturer").then(|| MAH_POLICY.to_string()),
+            })
+            .collect();
+        for (alias, uscc, name, role, policy) in READERS {
+            orgs.push(Org {
+                alias: alias.into(),
+                uscc: uscc.into(),
+                name: name.into(),
+                role: role.into(),
+                code: None,
+                policy: Some(policy.into()),
+            });
+        }
+        // PBKDF2 (600,000 iterations) per new key: one thread each.
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = orgs
+                .iter()
+                .map(|o| {
+                    let (keys, pass) = (&keys, &pass);
+                    (o.alias.clone(), sc.spawn(move || ensure_key(keys, &o.alias, pass)))
+                })
+                .collect();
+            for (alias, h) in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("key thread of {alias} panicked"))??;
+            }
+            anyhow::Ok(())
+        })?;
+        let keys_secs = t.elapsed().as_secs_f64();
+        let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
+        if !pending.is_empty() {
+            let (a1, a2) = (
+                open_key(&node.join("keys"), "admin-1", provider)?,
+                open_key(&node.join("keys"), "admin-2", provider)?,
+            );
+            let client = gateway_client(base, a1.clone())?;
+            for o in pending {
+                let policy: Policy = match &o.policy {
+                    Some(p) => serde_json::from_str(p).with_context(|| format!("policy of {}", o.alias))?,
+                    None => Policy::default(),
+                };
+                let role: Role = serde_json::from_value(json!(o.role)).with_context(|| format!("role {}", o.role))?;
+                let pem = std::fs::read_to_string(keys.join(format!("{}.pub.pem", o.alias)))?;
+                let mut change = RegistryChange::new(RegistryOp::RegisterEntity {
+                    entity: Entity {
+                        id: o.uscc.clone(),
+                        name: o.name.clone(),
+                        alias: o.alias.clone(),
+                        role,
+                        policy,
+                        codes: o.code.iter().cloned().collect(),
+                    },
+                    master_key: pem,
+                });
+                change.approve(&a1)?;
+                change.approve(&a2)?;
+                rt.block_on(client.post_json("/v1/admin/registry", &change))
+                    .with_context(|| format!("registering {}", o.alias))?;
+                registered.push(o.alias.clone());
+                std::fs::write(&registered_marker, serde_json::to_string(&registered)?)?;
+            }
+        }
+        // A read-only API key for the partner (approved by its master key).
+        let api_key_file = dir.join("secrets/partner.apikey");
+        if !api_key_file.exists() {
+            let partner = open_key(keys, "partner", provider)?;
+            let (api_key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
+            let mut change = RegistryChange::new(RegistryOp::CreateApiKey {
+                entity_id: READERS[0].1.to_string(),
+                key_id,
+                key_sm3,
+                label: "vaxgate sandbox partner queries".into(),
+            });
+            change.approve(&partner)?;
+            let client = gateway_client(base, partner)?;
+            rt.block_on(client.post_json("/v1/admin/registry", &change))
+                .context("creating the partner's API key")?;
+            let mut f = std::fs::File::create(&api_key_file)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            f.write_all(api_key.as_bytes())?;
+        }
+        later.push(format!(
+            "[3/6] {} organisations registered (2-of-3 administrator approvals): keys {keys_secs:.1} s, registration {:.1} s",
+            orgs.len(),
+            t.elapsed().as_secs_f64() - keys_secs
+        ));
+        for o in &orgs {
+            later.push(format!("      {:<10} {:<17} {}  {}", o.alias, o.role, o.uscc, o.name));
+        }
+        Ok(())
+    }
+
+    /// Steps 4 to 6: the agents over every source, the ledger's
+    /// verification and statistics, and one dose from production to
+    /// vaccination (with the refused delivery and the stock reconciliation).
+    fn agents_ledger_and_demo(&self, manifest: &Manifest, gw: &Gateway, gen_secs: f64) -> anyhow::Result<Outcome> {
+        let (dir, node, rt) = (&self.dir, &self.node, &self.rt);
+        println!("[4/6] agent: map, validate, seal (SM4/SM2), sign and post every source");
+        let t = Instant::now();
+        let expected: u64 = manifest.sources.iter().map(|s| s.records as u64).sum();
+        let progress = Progress::start(gw.port, expected);
+        let sources = rt.block_on(run_agents(dir, manifest, &gw.base, self.a.crypto_provider, progress))?;
+        let agent_secs = t.elapsed().as_secs_f64();
+        let findings = custody_findings(gw.port);
+
+        let db = node.join("data/ledger.db");
+        let node_pub = node.join("keys/node.pub.pem");
+        let mut c = vaxgate(&self.pass)?;
+        c.args(["ledger", "stats", "--json", "--db"]).arg(&db);
+        let stats: Value = serde_json::from_str(run_ok(c, "vaxgate ledger stats")?.trim()).unwrap_or_default();
+        let mut c = vaxgate(&self.pass)?;
+        c.args(["ledger", "verify", "--db"])
+            .arg(&db)
+            .arg("--checkpoint-key")
+            .arg(&node_pub);
+        // Its progress line (on a terminal) goes straight to ours.
+        let verify = c.stderr(std::process::Stdio::inherit()).output()?;
+        let verify_text = String::from_utf8_lossy(&verify.stdout).trim().to_string();
+        println!("[5/6] ledger: {verify_text}");
+
+        let regulator = open_key(&self.keys, "nmpa-js", &self.provider)?;
+        let trace = rt.block_on(demo_trace(dir, manifest, &gw.base, &self.pass, regulator.clone()))?;
+        let refused = rt.block_on(refused_delivery(manifest, &gw.base, regulator.clone()))?;
+        let stock = rt.block_on(stock_reconciliation(dir, &gw.base, regulator))?;
+        Ok(Outcome {
+            sources,
+            findings,
+            stats,
+            verify_ok: verify.status.success(),
+            verify_text,
+            trace,
+            refused,
+            stock,
+            gen_secs,
+            agent_secs,
+        })
+    }
+
+    /// The summary on stdout and in `summary.json`.
+    fn summary(&self, manifest: &Manifest, base: &str, o: &Outcome) -> anyhow::Result<()> {
+        let (a, dir, node, keys, started) = (&self.a, &self.dir, &self.node, &self.keys, self.started);
+        let Outcome {
+            sources,
+            findings,
+            stats,
+            verify_ok,
+            verify_text,
+            trace,
+            refused,
+            stock,
+            gen_secs,
+            agent_secs,
+        } = o;
+        let (gen_secs, agent_secs) = (*gen_secs, *agent_secs);
+        let api_key_file = dir.join("secrets/partner.apikey");
+        let cfg_path = node.join("vaxgate.toml");
+        let db = node.join("data/ledger.db");
+        let total: u64 = sources.values().map(|s| s.records).sum();
+        let accepted: u64 = sources.values().map(|s| s.accepted).sum();
+        // Summary.
+        println!();
+        println!("== summary ==");
+        println!(
+            "{:<20} {:>8} {:>9} {:>9} {:>12}  reasons",
+            "source", "records", "accepted", "rejected", "quarantined"
+        );
+        for (name, s) in sources {
+            let reasons: Vec<String> = s.reasons.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+            println!(
+                "{name:<20} {:>8} {:>9} {:>9} {:>12}  {}",
+                s.records,
+                s.accepted,
+                s.rejected,
+                s.quarantined,
+                reasons.join(", ")
+            );
+        }
+        let height = stats["stats"]["height"].as_u64().unwrap_or(0);
+        let txs = stats["stats"]["transactions"].as_u64().unwrap_or(0);
+        println!(
+            "records: {total} read, {accepted} accepted; ledger: {} blocks, {txs} transactions",
+            height + 1
+        );
+        println!(
+            "verification: {} (signed with the {} crypto provider; checked by `vaxgate ledger verify`)",
+            if *verify_ok { "OK" } else { "FAILED" },
+            a.crypto_provider
+        );
+        let line = |action: &str| -> String {
+            findings
+                .get(action)
+                .map(|m| {
+                    m.iter()
+                        .map(|(r, n)| format!("{r} x{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "none".into())
+        };
+        println!(
+            "custody rules (docs/custody.md): refused {}; kept and flagged {}; pending {}",
+            line("refuse"),
+            line("flag"),
+            line("pending")
+        );
+        println!(
+            "time: generate {gen_secs:.2} s, agent {agent_secs:.2} s ({:.0} records/s), total {:.1} s",
+            total as f64 / agent_secs.max(1e-9),
+            started.elapsed().as_secs_f64()
+        );
+        println!();
+        print!("{}", trace.text);
+        print!("{}", refused.0);
+        print!("{}", stock.0);
+        let partner_key = keys.join("partner.key.pem");
+        println!("\n== partner queries (ready to paste; the partner may read product 8612345) ==");
+        println!(
+            "curl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/trace/{}\ncurl -s -H \"Authorization: ApiKey $(cat {})\" {base}/v1/batches/{}/recall",
+            api_key_file.display(),
+            manifest.demo_trace_code,
+            api_key_file.display(),
+            manifest.demo_lot,
+        );
+        println!("# or signed with the partner's SM2 key (curl + openssl):");
+        println!(
+            "export {PASS_ENV}=$(cat {})\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/trace/{}\n./scripts/sign-request.sh --passphrase-env {PASS_ENV} {} GET {base}/v1/batches/{}/recall",
+            dir.join("secrets/passphrase").display(),
+            partner_key.display(),
+            manifest.demo_trace_code,
+            partner_key.display(),
+            manifest.demo_lot,
+        );
+        println!("\n== files ==");
+        println!("legacy systems   {}  (manifest.json lists them)", dir.display());
+        println!("mapping specs    {}", dir.join("mappings").display());
+        println!(
+            "agent configs    {}  (vaxgate agent --config <file> run)",
+            dir.join("agents").display()
+        );
+        println!(
+            "gateway          {}  (vaxgate serve --config {})",
+            node.display(),
+            cfg_path.display()
+        );
+        println!("ledger           {}", db.display());
+        println!("demo proof       {}", dir.join("demo-proof.json").display());
+
+        let summary = json!({
+            "seed": a.seed,
+            "doses": a.doses,
+            "sources": sources,
+            "records": total,
+            "accepted": accepted,
+            "transactions": txs,
+            "blocks": height + 1,
+            "verified": verify_ok,
+            "verify_output": verify_text,
+            "demo_trace_code": manifest.demo_trace_code,
+            "demo_steps": trace.steps,
+            "demo_proof_verified": trace.proof_ok,
+            "refused_delivery": refused.1,
+            "stock_reconciliation": stock.1,
+            "custody_findings": findings,
+            "gateway": base,
+            "crypto_provider": a.crypto_provider.as_str(),
+            "timings": {"generate_s": gen_secs, "agent_s": agent_secs, "total_s": started.elapsed().as_secs_f64()},
+        });
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+
+        Ok(())
+    }
 }
 
 fn agent_toml(
