@@ -1,11 +1,39 @@
 //! Source text → element values (dates, numbers, booleans, JSON).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
 
 use crate::dataset::ElementType;
 
-pub(super) fn ymd(dt: DateTime<FixedOffset>) -> String {
+/// The value of an element of type `ty` from a field's values (at least
+/// one): the first parsed date (`date` fields), an array of all values
+/// (JSON elements with several), else the first value converted (and
+/// scaled by `scale`).
+pub(super) fn element_value(
+    ty: ElementType,
+    scale: Option<f64>,
+    vals: &[Cow<'_, str>],
+    dates: Option<&[(DateTime<FixedOffset>, bool)]>,
+) -> Value {
+    match dates {
+        Some(d) => {
+            let (dt, _) = d[0];
+            Value::String(if ty == ElementType::Date {
+                ymd(dt)
+            } else {
+                dt.to_rfc3339()
+            })
+        }
+        None if ty == ElementType::Json && vals.len() > 1 => {
+            Value::Array(vals.iter().map(|v| convert(ty, v, None)).collect())
+        }
+        None => convert(ty, &vals[0], scale),
+    }
+}
+
+fn ymd(dt: DateTime<FixedOffset>) -> String {
     use chrono::Datelike as _;
     let (y, m, d) = (dt.year(), dt.month(), dt.day());
     if !(0..=9999).contains(&y) {
@@ -30,7 +58,7 @@ pub(super) fn ymd(dt: DateTime<FixedOffset>) -> String {
         .collect()
 }
 
-pub(super) fn convert(ty: ElementType, v: &str, scale: Option<f64>) -> Value {
+fn convert(ty: ElementType, v: &str, scale: Option<f64>) -> Value {
     if let Some(s) = scale
         && let Ok(n) = v.parse::<f64>()
         && let Some(num) = serde_json::Number::from_f64(round9(n * s))

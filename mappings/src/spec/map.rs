@@ -1,14 +1,18 @@
-//! Mapping one input record into trace events.
+//! Mapping one input record into trace events: the record is split into
+//! contexts (`map_at`), each context's category is resolved, every field
+//! is fetched, transformed and applied to a draft event, and the draft is
+//! assembled into a [`TraceEvent`] and validated (`map_one`).
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::{Map, Value};
 
-use super::convert::{convert, ymd};
+use super::convert::element_value;
 use super::fetch::{Ctx, fast_trim, fetch, fetch_into, trim_cow, trim_in_place};
-use super::{CategoryRule, EventAttr, FieldSource, InputFormat, MapOutcome, MappingSpec, Target};
+use super::{CategoryRule, EventAttr, FieldMap, FieldSource, InputFormat, MapOutcome, MappingSpec, Target};
 use crate::dataset::ElementType;
+use crate::datefmt::DateFormat;
 use crate::event::{AggregationLink, Party, TraceEvent};
 use crate::pii::{Pii, mask};
 use crate::sources::{Hl7Record, Record, XmlNode, json_text};
@@ -79,316 +83,203 @@ impl MappingSpec {
         out
     }
 
+    /// Maps one context (a row, an HL7 message or group, an XML fragment,
+    /// a JSON record) into one event, or into problems only when no
+    /// category applies. `index` numbers records without a key.
     fn map_one<'a>(&'a self, ctx: &Ctx<'a>, index: usize, recorded_at: DateTime<FixedOffset>, out: &mut MapOutcome) {
         let record_key = self
             .record_key
             .as_ref()
             .and_then(|p| fetch(ctx, p, false).into_iter().next())
             .map_or_else(|| format!("#{}", index + 1), |k| k.trim().to_string());
-        let mut problems: Vec<Problem> = Vec::new();
-        let mut reported: Vec<&str> = Vec::new();
-        let problem =
-            |problems: &mut Vec<Problem>, field: &str, rule: &'static str, value: Option<String>, message: String| {
-                problems.push(Problem {
-                    record: record_key.clone(),
-                    field: field.to_string(),
-                    rule,
-                    value,
-                    message,
-                    severity: Severity::Error,
-                });
-            };
-        let category = match &self.category {
-            CategoryRule::Fixed(c) => Some(c.clone()),
+        let mut report = Report {
+            record: record_key,
+            problems: Vec::new(),
+            reported: Vec::new(),
+        };
+        let Some(category) = self.resolve_category(ctx, &mut report) else {
+            out.problems.extend(report.problems);
+            return;
+        };
+        let mut draft = Draft::new(self.fields.len());
+        let mut vals: Vec<Cow<'a, str>> = Vec::with_capacity(4);
+        for f in &self.fields {
+            self.apply_field(f, ctx, &mut vals, &mut draft, &mut report);
+        }
+        let event = self.assemble(ctx, category, draft, recorded_at, &mut report);
+        out.problems.extend(report.problems);
+        out.events.push(event);
+    }
+
+    /// The record's category: fixed, or read from the record through
+    /// `category.map`, the bill type and `category.default`.
+    fn resolve_category(&self, ctx: &Ctx<'_>, report: &mut Report<'_>) -> Option<String> {
+        let (path, by_bill_type, map, default) = match &self.category {
+            CategoryRule::Fixed(c) => return Some(c.clone()),
             CategoryRule::From {
                 path,
                 by_bill_type,
                 map,
                 default,
-            } => {
-                let v = fetch(ctx, path, false)
-                    .into_iter()
-                    .next()
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default();
-                let found = map
-                    .get(&v)
-                    .cloned()
-                    .or_else(|| {
-                        if *by_bill_type {
-                            self.dataset.category_for_bill_type(&v).map(|c| c.key.clone())
-                        } else {
-                            None
-                        }
-                    })
-                    .or_else(|| default.clone());
-                if found.is_none() {
-                    problem(
-                        &mut problems,
-                        "category",
-                        "category",
-                        Some(v),
-                        "no category for this value (category.map / bill type)".into(),
-                    );
-                }
-                found
-            }
+            } => (path, *by_bill_type, map, default),
         };
-        let Some(category) = category else {
-            out.problems.extend(problems);
-            return;
-        };
-        let mut fields = Map::with_capacity(self.fields.len());
-        let mut pii = Pii::new();
-        let mut occurred_at: Option<DateTime<FixedOffset>> = None;
-        let (mut source, mut device) = (None, None);
-        let (mut trace_codes, mut parent, mut children) = (Vec::new(), None, Vec::new());
-        let (mut from, mut from_name, mut to, mut to_name) = (None, None, None, None);
-        let mut vals: Vec<Cow<'a, str>> = Vec::with_capacity(4);
-        for f in &self.fields {
-            vals.clear();
-            match &f.source {
-                FieldSource::Const(c) => vals.push(Cow::Borrowed(c.as_str())),
-                FieldSource::Paths(ps) => match &f.join {
-                    Some(sep) => {
-                        let parts: Vec<Cow<'_, str>> = ps
-                            .iter()
-                            .filter_map(|p| fetch(ctx, p, false).into_iter().next())
-                            .map(|v| if f.trim { trim_cow(v) } else { v })
-                            .filter(|v| !v.is_empty())
-                            .collect();
-                        if !parts.is_empty() {
-                            vals.push(Cow::Owned(parts.join(sep)));
-                        }
-                    }
-                    None => {
-                        for p in ps {
-                            fetch_into(ctx, p, f.all, &mut vals);
-                            if vals.iter().any(|s| !fast_trim(s).is_empty()) {
-                                break;
-                            }
-                            vals.clear();
-                        }
-                    }
-                },
-            }
-            if f.trim {
-                for v in vals.iter_mut() {
-                    trim_in_place(v);
-                }
-            }
-            vals.retain(|v| !v.is_empty());
-            if vals.is_empty()
-                && let Some(d) = &f.default
-            {
-                vals.push(Cow::Borrowed(d.as_str()));
-            }
-            if let Some(sep) = &f.split {
-                vals = vals
-                    .into_iter()
-                    .flat_map(|v| match v {
-                        Cow::Borrowed(b) => b
-                            .split(sep.as_str())
-                            .map(|s| Cow::Borrowed(s.trim()))
-                            .collect::<Vec<_>>(),
-                        Cow::Owned(o) => o
-                            .split(sep.as_str())
-                            .map(|s| Cow::Owned(s.trim().to_string()))
-                            .collect(),
-                    })
-                    .filter(|v| !v.is_empty())
-                    .collect();
-            }
-            if let Some(i) = f.index {
-                let keep = if i < vals.len() {
-                    Some(vals.swap_remove(i))
+        let v = fetch(ctx, path, false)
+            .into_iter()
+            .next()
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        let found = map
+            .get(&v)
+            .cloned()
+            .or_else(|| {
+                if by_bill_type {
+                    self.dataset.category_for_bill_type(&v).map(|c| c.key.clone())
                 } else {
                     None
-                };
-                vals.clear();
-                vals.extend(keep);
-            }
-            if f.upper {
-                for v in vals.iter_mut() {
-                    if v.chars().any(char::is_lowercase) {
-                        *v = Cow::Owned(v.to_uppercase());
-                    }
                 }
-            }
-            let is_pii = matches!(f.target, Target::Element { pii: true, .. });
-            if let Some((tname, table)) = &f.lookup {
-                let mut i = 0;
-                while i < vals.len() {
-                    match table.get(vals[i].as_ref()) {
-                        Some(s) => {
-                            vals[i] = Cow::Borrowed(s.as_str());
-                            i += 1;
-                        }
-                        None if f.lookup_keep => i += 1,
-                        None => {
-                            let v = vals.remove(i);
-                            let shown = if is_pii { mask(&v) } else { v.to_string() };
-                            problem(
-                                &mut problems,
-                                &f.name,
-                                "lookup",
-                                Some(shown),
-                                format!("no entry in the spec's code table `{tname}`"),
-                            );
-                            reported.push(&f.name);
-                        }
-                    }
-                }
-            }
-            if vals.is_empty() {
-                continue;
-            }
-            if f.prefix.is_some() || f.suffix.is_some() {
-                let (p, s) = (f.prefix.as_deref().unwrap_or(""), f.suffix.as_deref().unwrap_or(""));
-                vals = vals.into_iter().map(|v| Cow::Owned(format!("{p}{v}{s}"))).collect();
-            }
-            if let Some(cat) = &f.event_ref {
-                vals = vals
-                    .into_iter()
-                    .map(|v| Cow::Owned(TraceEvent::derive_id(&self.name, cat, &v).to_string()))
-                    .collect();
-            }
-            // dates
-            let mut dates: Option<Vec<(DateTime<FixedOffset>, bool)>> = None;
-            if let Some(fmt) = &f.date {
-                let zone = f.tz.unwrap_or(self.zone);
-                let mut ok = Vec::new();
-                for v in &vals {
-                    match fmt.parse_in(v, zone) {
-                        Some(d) => ok.push(d),
-                        None => {
-                            let shown = if is_pii { mask(v) } else { v.to_string() };
-                            problem(
-                                &mut problems,
-                                &f.name,
-                                "date_format",
-                                Some(shown),
-                                "does not match the spec's date format (or is not a valid time in the zone)".into(),
-                            );
-                            reported.push(&f.name);
-                        }
-                    }
-                }
+            })
+            .or_else(|| default.clone());
+        if found.is_none() {
+            report.error(
+                "category",
+                "category",
+                Some(v),
+                "no category for this value (category.map / bill type)".into(),
+            );
+        }
+        found
+    }
+
+    /// One `[[fields]]` entry: its values are fetched, transformed and set
+    /// on the draft; a field left without values sets nothing.
+    fn apply_field<'a>(
+        &'a self,
+        f: &'a FieldMap,
+        ctx: &Ctx<'a>,
+        vals: &mut Vec<Cow<'a, str>>,
+        draft: &mut Draft,
+        report: &mut Report<'a>,
+    ) {
+        vals.clear();
+        source_values(f, ctx, vals);
+        reshape(f, vals);
+        look_up(f, vals, report);
+        if vals.is_empty() {
+            return;
+        }
+        self.decorate(f, vals);
+        let dates = match &f.date {
+            Some(fmt) => {
+                let ok = self.parse_dates(f, fmt, vals, report);
                 if ok.is_empty() {
-                    continue;
+                    return;
                 }
-                dates = Some(ok);
+                Some(ok)
             }
-            match &f.target {
-                Target::Event(attr) => {
-                    let first = || vals.first().map(|v| v.to_string());
-                    match attr {
-                        EventAttr::OccurredAt => {
-                            occurred_at = match &dates {
-                                Some(d) => d.first().map(|x| x.0),
-                                None => {
-                                    let v = first().unwrap_or_default();
-                                    let parsed = DateTime::parse_from_rfc3339(&v).ok();
-                                    if parsed.is_none() {
-                                        problem(
-                                            &mut problems,
-                                            &f.name,
-                                            "date_format",
-                                            Some(v),
-                                            "expected RFC 3339; set `date = \"...\"` for legacy formats".into(),
-                                        );
-                                        reported.push(&f.name);
-                                    }
-                                    parsed
-                                }
-                            };
-                        }
-                        EventAttr::Source => source = first(),
-                        EventAttr::Device => device = first(),
-                        EventAttr::TraceCodes => trace_codes.extend(vals.iter().map(|v| v.to_string())),
-                        EventAttr::ParentCode => parent = first(),
-                        EventAttr::ChildCodes => children.extend(vals.iter().map(|v| v.to_string())),
-                        EventAttr::From => from = first(),
-                        EventAttr::FromName => from_name = first(),
-                        EventAttr::To => to = first(),
-                        EventAttr::ToName => to_name = first(),
-                    }
+            None => None,
+        };
+        match &f.target {
+            Target::Event(attr) => draft.set_attr(*attr, f, vals, dates.as_deref(), report),
+            Target::Element { key, ty, pii } => {
+                if vals.len() > 1 && *ty != ElementType::Json {
+                    report.error(
+                        key,
+                        "cardinality",
+                        None,
+                        format!("{} values for a single-valued element; the first is used", vals.len()),
+                    );
+                    report.reported.push(&f.name);
                 }
-                Target::Element { key, ty, pii: is_p } => {
-                    if vals.len() > 1 && *ty != ElementType::Json {
-                        problem(
-                            &mut problems,
-                            key,
-                            "cardinality",
-                            None,
-                            format!("{} values for a single-valued element; the first is used", vals.len()),
-                        );
-                        reported.push(&f.name);
-                    }
-                    let value = match &dates {
-                        Some(d) => {
-                            let (dt, _) = d[0];
-                            Value::String(if *ty == ElementType::Date {
-                                ymd(dt)
-                            } else {
-                                dt.to_rfc3339()
-                            })
-                        }
-                        None if *ty == ElementType::Json && vals.len() > 1 => {
-                            Value::Array(vals.iter().map(|v| convert(*ty, v, None)).collect())
-                        }
-                        None => convert(*ty, &vals[0], f.scale),
-                    };
-                    if *is_p {
-                        let s = match value {
-                            Value::String(s) => s,
-                            other => other.to_string(),
-                        };
-                        pii.insert(key.clone(), s);
-                    } else {
-                        fields.insert(key.clone(), value);
-                    }
+                draft.set_element(key, *pii, element_value(*ty, f.scale, vals, dates.as_deref()));
+            }
+        }
+    }
+
+    /// `date`: each value parsed in the field's zone (`tz`, else the
+    /// spec's); values that do not parse are reported.
+    fn parse_dates<'a>(
+        &self,
+        f: &'a FieldMap,
+        fmt: &DateFormat,
+        vals: &[Cow<'_, str>],
+        report: &mut Report<'a>,
+    ) -> Vec<(DateTime<FixedOffset>, bool)> {
+        let zone = f.tz.unwrap_or(self.zone);
+        let mut ok = Vec::new();
+        for v in vals {
+            match fmt.parse_in(v, zone) {
+                Some(d) => ok.push(d),
+                None => {
+                    let shown = if f.is_pii() { mask(v) } else { v.to_string() };
+                    report.field_error(
+                        &f.name,
+                        "date_format",
+                        Some(shown),
+                        "does not match the spec's date format (or is not a valid time in the zone)".into(),
+                    );
                 }
             }
         }
+        ok
+    }
+
+    /// `prefix`/`suffix`, then `event_ref` (the value becomes the id of the
+    /// event this source derived for that record in that category).
+    fn decorate(&self, f: &FieldMap, vals: &mut Vec<Cow<'_, str>>) {
+        if f.prefix.is_some() || f.suffix.is_some() {
+            let (p, s) = (f.prefix.as_deref().unwrap_or(""), f.suffix.as_deref().unwrap_or(""));
+            *vals = std::mem::take(vals)
+                .into_iter()
+                .map(|v| Cow::Owned(format!("{p}{v}{s}")))
+                .collect();
+        }
+        if let Some(cat) = &f.event_ref {
+            *vals = std::mem::take(vals)
+                .into_iter()
+                .map(|v| Cow::Owned(TraceEvent::derive_id(&self.name, cat, &v).to_string()))
+                .collect();
+        }
+    }
+
+    /// Builds the event from the draft: packaging links, the event-level
+    /// checks, then validation against the dataset (without `required`
+    /// problems for fields already reported).
+    fn assemble(
+        &self,
+        ctx: &Ctx<'_>,
+        category: String,
+        draft: Draft,
+        recorded_at: DateTime<FixedOffset>,
+        report: &mut Report<'_>,
+    ) -> TraceEvent {
+        let Draft {
+            fields,
+            pii,
+            occurred_at,
+            source,
+            device,
+            trace_codes,
+            parent,
+            children,
+            from,
+            from_name,
+            to,
+            to_name,
+        } = draft;
         let bill_type = fields.get("bill_type").and_then(Value::as_str).map(str::to_string);
-        let mut aggregations = Vec::new();
-        if let Ctx::Json(v) = ctx {
-            for pkg in &self.packages {
-                for node in pkg.from.eval(v) {
-                    let Some(parent) = pkg.parent.eval(node).into_iter().find_map(json_text) else {
-                        continue;
-                    };
-                    let children: Vec<String> = pkg
-                        .children
-                        .eval(node)
-                        .into_iter()
-                        .filter_map(json_text)
-                        .map(|c| c.trim().to_string())
-                        .collect();
-                    if !children.is_empty() {
-                        aggregations.push(AggregationLink {
-                            parent: parent.trim().to_string(),
-                            children,
-                        });
-                    }
-                }
-            }
-        }
+        let mut aggregations = self.package_links(ctx);
         if let Some(p) = parent {
             aggregations.push(AggregationLink { parent: p, children });
         } else if !children.is_empty() {
-            problem(
-                &mut problems,
+            report.error(
                 "event.child_codes",
                 "aggregation",
                 None,
                 "child codes without event.parent_code".into(),
             );
         }
-        if occurred_at.is_none() && !reported.contains(&"event.occurred_at") {
-            problem(
-                &mut problems,
+        if occurred_at.is_none() && !report.reported.contains(&"event.occurred_at") {
+            report.error(
                 "event.occurred_at",
                 "required",
                 None,
@@ -399,13 +290,13 @@ impl MappingSpec {
             .or_else(|| self.entity.clone())
             .unwrap_or_else(|| self.name.clone());
         let event = TraceEvent {
-            event_id: TraceEvent::derive_id(&self.name, &category, &record_key),
+            event_id: TraceEvent::derive_id(&self.name, &category, &report.record),
             category,
             occurred_at: occurred_at.unwrap_or(recorded_at),
             recorded_at,
             source,
             device,
-            record_key: record_key.clone(),
+            record_key: report.record.clone(),
             bill_type,
             trace_codes,
             aggregations,
@@ -415,12 +306,276 @@ impl MappingSpec {
             pii,
         };
         let checked = validate(&event, &self.dataset);
-        problems.extend(
+        let reported = &report.reported;
+        report.problems.extend(
             checked
                 .into_iter()
                 .filter(|p| !(p.rule == "required" && reported.contains(&p.field.as_str()))),
         );
-        out.problems.extend(problems);
-        out.events.push(event);
+        event
+    }
+
+    /// `[[packages]]`: the packaging links of a JSON record (a parent code
+    /// and its non-empty child codes per selected node).
+    fn package_links(&self, ctx: &Ctx<'_>) -> Vec<AggregationLink> {
+        let mut aggregations = Vec::new();
+        let Ctx::Json(v) = ctx else {
+            return aggregations;
+        };
+        for pkg in &self.packages {
+            for node in pkg.from.eval(v) {
+                let Some(parent) = pkg.parent.eval(node).into_iter().find_map(json_text) else {
+                    continue;
+                };
+                let children: Vec<String> = pkg
+                    .children
+                    .eval(node)
+                    .into_iter()
+                    .filter_map(json_text)
+                    .map(|c| c.trim().to_string())
+                    .collect();
+                if !children.is_empty() {
+                    aggregations.push(AggregationLink {
+                        parent: parent.trim().to_string(),
+                        children,
+                    });
+                }
+            }
+        }
+        aggregations
+    }
+}
+
+impl FieldMap {
+    /// Whether the field maps a personal element (values masked in problems).
+    fn is_pii(&self) -> bool {
+        matches!(self.target, Target::Element { pii: true, .. })
+    }
+}
+
+/// The problems found while mapping one record.
+struct Report<'a> {
+    /// The record key every problem names.
+    record: String,
+    problems: Vec<Problem>,
+    /// Fields whose problem is already reported: no `required` problem is
+    /// added for them (by validation, or for a missing `event.occurred_at`).
+    reported: Vec<&'a str>,
+}
+
+impl<'a> Report<'a> {
+    /// Records an error.
+    fn error(&mut self, field: &str, rule: &'static str, value: Option<String>, message: String) {
+        self.problems.push(Problem {
+            record: self.record.clone(),
+            field: field.to_string(),
+            rule,
+            value,
+            message,
+            severity: Severity::Error,
+        });
+    }
+
+    /// Records an error of field `name` and marks the field reported.
+    fn field_error(&mut self, name: &'a str, rule: &'static str, value: Option<String>, message: String) {
+        self.error(name, rule, value, message);
+        self.reported.push(name);
+    }
+}
+
+/// The event attributes and elements collected from one record's fields.
+struct Draft {
+    fields: Map<String, Value>,
+    pii: Pii,
+    occurred_at: Option<DateTime<FixedOffset>>,
+    source: Option<String>,
+    device: Option<String>,
+    trace_codes: Vec<String>,
+    parent: Option<String>,
+    children: Vec<String>,
+    from: Option<String>,
+    from_name: Option<String>,
+    to: Option<String>,
+    to_name: Option<String>,
+}
+
+impl Draft {
+    fn new(fields: usize) -> Draft {
+        Draft {
+            fields: Map::with_capacity(fields),
+            pii: Pii::new(),
+            occurred_at: None,
+            source: None,
+            device: None,
+            trace_codes: Vec::new(),
+            parent: None,
+            children: Vec::new(),
+            from: None,
+            from_name: None,
+            to: None,
+            to_name: None,
+        }
+    }
+
+    /// An `event.*` target: single-valued attributes take the first value.
+    fn set_attr<'a>(
+        &mut self,
+        attr: EventAttr,
+        f: &'a FieldMap,
+        vals: &[Cow<'_, str>],
+        dates: Option<&[(DateTime<FixedOffset>, bool)]>,
+        report: &mut Report<'a>,
+    ) {
+        let first = || vals.first().map(|v| v.to_string());
+        match attr {
+            EventAttr::OccurredAt => {
+                self.occurred_at = match dates {
+                    Some(d) => d.first().map(|x| x.0),
+                    None => {
+                        let v = first().unwrap_or_default();
+                        let parsed = DateTime::parse_from_rfc3339(&v).ok();
+                        if parsed.is_none() {
+                            report.field_error(
+                                &f.name,
+                                "date_format",
+                                Some(v),
+                                "expected RFC 3339; set `date = \"...\"` for legacy formats".into(),
+                            );
+                        }
+                        parsed
+                    }
+                };
+            }
+            EventAttr::Source => self.source = first(),
+            EventAttr::Device => self.device = first(),
+            EventAttr::TraceCodes => self.trace_codes.extend(vals.iter().map(|v| v.to_string())),
+            EventAttr::ParentCode => self.parent = first(),
+            EventAttr::ChildCodes => self.children.extend(vals.iter().map(|v| v.to_string())),
+            EventAttr::From => self.from = first(),
+            EventAttr::FromName => self.from_name = first(),
+            EventAttr::To => self.to = first(),
+            EventAttr::ToName => self.to_name = first(),
+        }
+    }
+
+    /// A dataset element's value: personal elements go to `pii` as text,
+    /// the others to `fields`.
+    fn set_element(&mut self, key: &str, is_pii: bool, value: Value) {
+        if is_pii {
+            let s = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            self.pii.insert(key.to_string(), s);
+        } else {
+            self.fields.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// The field's raw values: its constant, its paths joined (`join`), or the
+/// values of its first path that has a non-blank one; then trimmed
+/// (`trim`), empties dropped, and `default` when none is left.
+fn source_values<'a>(f: &'a FieldMap, ctx: &Ctx<'a>, vals: &mut Vec<Cow<'a, str>>) {
+    match &f.source {
+        FieldSource::Const(c) => vals.push(Cow::Borrowed(c.as_str())),
+        FieldSource::Paths(ps) => match &f.join {
+            Some(sep) => {
+                let parts: Vec<Cow<'_, str>> = ps
+                    .iter()
+                    .filter_map(|p| fetch(ctx, p, false).into_iter().next())
+                    .map(|v| if f.trim { trim_cow(v) } else { v })
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                if !parts.is_empty() {
+                    vals.push(Cow::Owned(parts.join(sep)));
+                }
+            }
+            None => {
+                for p in ps {
+                    fetch_into(ctx, p, f.all, vals);
+                    if vals.iter().any(|s| !fast_trim(s).is_empty()) {
+                        break;
+                    }
+                    vals.clear();
+                }
+            }
+        },
+    }
+    if f.trim {
+        for v in vals.iter_mut() {
+            trim_in_place(v);
+        }
+    }
+    vals.retain(|v| !v.is_empty());
+    if vals.is_empty()
+        && let Some(d) = &f.default
+    {
+        vals.push(Cow::Borrowed(d.as_str()));
+    }
+}
+
+/// `split` (each part trimmed, empties dropped), `index` (keep one value)
+/// and `upper`.
+fn reshape(f: &FieldMap, vals: &mut Vec<Cow<'_, str>>) {
+    if let Some(sep) = &f.split {
+        *vals = std::mem::take(vals)
+            .into_iter()
+            .flat_map(|v| match v {
+                Cow::Borrowed(b) => b
+                    .split(sep.as_str())
+                    .map(|s| Cow::Borrowed(s.trim()))
+                    .collect::<Vec<_>>(),
+                Cow::Owned(o) => o
+                    .split(sep.as_str())
+                    .map(|s| Cow::Owned(s.trim().to_string()))
+                    .collect(),
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+    }
+    if let Some(i) = f.index {
+        let keep = if i < vals.len() {
+            Some(vals.swap_remove(i))
+        } else {
+            None
+        };
+        vals.clear();
+        vals.extend(keep);
+    }
+    if f.upper {
+        for v in vals.iter_mut() {
+            if v.chars().any(char::is_lowercase) {
+                *v = Cow::Owned(v.to_uppercase());
+            }
+        }
+    }
+}
+
+/// `lookup`: each value through the spec's code table; a value without an
+/// entry is kept (`lookup_miss = "keep"`) or dropped and reported.
+fn look_up<'a>(f: &'a FieldMap, vals: &mut Vec<Cow<'a, str>>, report: &mut Report<'a>) {
+    let Some((tname, table)) = &f.lookup else {
+        return;
+    };
+    let mut i = 0;
+    while i < vals.len() {
+        match table.get(vals[i].as_ref()) {
+            Some(s) => {
+                vals[i] = Cow::Borrowed(s.as_str());
+                i += 1;
+            }
+            None if f.lookup_keep => i += 1,
+            None => {
+                let v = vals.remove(i);
+                let shown = if f.is_pii() { mask(&v) } else { v.to_string() };
+                report.field_error(
+                    &f.name,
+                    "lookup",
+                    Some(shown),
+                    format!("no entry in the spec's code table `{tname}`"),
+                );
+            }
+        }
     }
 }
