@@ -1162,3 +1162,61 @@ mod next_below_cap_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod phase_tests {
+    use chrono::{Datelike, Weekday};
+
+    use super::Sim;
+
+    /// The phases up to and including the clinics' deliveries.
+    fn delivered(seed: u64, doses: usize) -> Sim {
+        let mut sim = Sim::new(seed, doses);
+        sim.lots();
+        sim.plan();
+        sim.deliveries();
+        sim.carton_serials();
+        sim.chain_shipments();
+        sim.refused_shipment();
+        sim.clinic_deliveries();
+        sim
+    }
+
+    /// Every carton of a lot goes to exactly one place (a clinic delivery,
+    /// a CDC's buffer or the refused shipment), and they are numbered
+    /// 1..=cartons.
+    #[test]
+    fn carton_serials_partition_each_lot() {
+        let sim = delivered(3, 500);
+        for (li, lot) in sim.w.lots.iter().enumerate() {
+            let mut serials: Vec<usize> = sim
+                .deliveries
+                .iter()
+                .zip(&sim.delivered)
+                .filter(|((_, _, l, _), _)| *l == li)
+                .flat_map(|(_, c)| c.iter().copied())
+                .chain(sim.buffers[li].iter().flatten().copied())
+                .chain(if li == 0 {
+                    sim.refused_cartons.clone()
+                } else {
+                    Vec::new()
+                })
+                .collect();
+            serials.sort_unstable();
+            assert_eq!(serials, (1..=lot.cartons).collect::<Vec<_>>(), "lot {li}");
+        }
+    }
+
+    /// The clinics get their deliveries on Fridays, and these cover every
+    /// planned dose: the vaccinations phase never runs out of stock.
+    #[test]
+    fn deliveries_cover_every_planned_dose() {
+        for (seed, doses) in [(1, 20), (5, 700)] {
+            let mut sim = delivered(seed, doses);
+            assert!(sim.deliveries.iter().all(|d| d.0.weekday() == Weekday::Fri));
+            sim.people();
+            sim.vaccinations();
+            assert_eq!(sim.w.vaccinations.len(), doses);
+        }
+    }
+}
