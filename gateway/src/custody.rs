@@ -351,51 +351,33 @@ impl Custody {
             g.next_ticket
         };
         let base = IN_FLIGHT + ticket_no * 1_000_000;
-        let mut per_record = Vec::with_capacity(msgs.len());
-        {
-            let reg = registry
-                .read()
-                .map_err(|_| ApiError::internal("registry lock poisoned"))?;
-            // Party codes to entity ids, once per code and batch.
-            let cache: std::cell::RefCell<HashMap<String, String>> = Default::default();
-            let resolve = |code: &str| -> String {
-                if let Some(v) = cache.borrow().get(code) {
-                    return v.clone();
-                }
-                let v = reg
-                    .entity_of_code(code)
-                    .map(|e| e.id.clone())
-                    .unwrap_or_else(|| code.to_string());
-                cache.borrow_mut().insert(code.to_string(), v.clone());
-                v
-            };
-            for (i, m) in msgs.iter().enumerate() {
-                let mut f = custody::facts_of(&m.payload, base + i as u64, &resolve);
-                if refused_receipts.contains(&i) {
-                    for fact in &mut f.facts {
-                        if fact.kind == custody::Move::Receive {
-                            fact.kind = custody::Move::ReceiveRefused;
-                        }
-                    }
-                }
-                per_record.push(f);
-            }
-        }
-        // Cancellations: the cancelled event's codes are freed of it.
-        for (i, m) in msgs.iter().enumerate() {
-            if m.payload.category != "cancellation" {
-                continue;
-            }
-            let Some(target) = m.payload.field_str("cancels_event_id") else {
-                continue;
-            };
-            if let Some(ev) = projection.event(target).await? {
-                let codes = crate::api::query::codes_in(&ev.doc);
-                let target = uuid::Uuid::parse_str(target).map_err(ApiError::internal)?;
-                per_record[i].facts = custody::cancel_facts(&m.payload, base + i as u64, &codes, target);
-            }
-        }
+        let mut per_record = facts_of_batch(registry, msgs, refused_receipts, base)?;
+        cancelled_facts(projection, msgs, &mut per_record, base).await?;
+        let reader = self.begin_read();
+        let read = self.read_known(projection, msgs, &per_record).await?;
+        let (records, resolving, ticket) = {
+            let mut g = self.lock();
+            self.judge_in_flight(&mut g, reader.epoch, ticket_no, base, msgs, per_record, read)
+        };
+        drop(reader);
+        let ticket = Ticket {
+            custody: self,
+            ticket,
+            done: false,
+        };
+        let resolutions = resolutions_of(projection, resolving).await?;
+        Ok((Verdict { records, resolutions }, ticket))
+    }
 
+    /// The codes' histories and packages (from memory where the cache has
+    /// them, else from the database), the pending alerts on them, and their
+    /// lots' facts: everything of the ledger the batch is judged against.
+    async fn read_known(
+        &self,
+        projection: &Projection,
+        msgs: &[ExchangeMessage],
+        per_record: &[EventFacts],
+    ) -> Result<Reading, ApiError> {
         let mut codes: Vec<String> = per_record
             .iter()
             .flat_map(|f| f.facts.iter().map(|x| x.code.clone()))
@@ -405,17 +387,6 @@ impl Custody {
         let mut lots: Vec<String> = per_record.iter().filter_map(|f| f.lot.clone()).collect();
         lots.sort_unstable();
         lots.dedup();
-
-        // This batch's own packaging links (parent, child), written with it.
-        let own_links: Vec<(String, String)> = msgs
-            .iter()
-            .flat_map(|m| &m.payload.aggregations)
-            .flat_map(|a| a.children.iter().map(|c| (a.parent.clone(), c.clone())))
-            .collect();
-
-        let reader = self.begin_read();
-        // The codes' histories and packages: from memory where the cache
-        // has them, else from the database.
         let mut known = self.lock().cache_lookup(&codes, true);
         for (p, c) in projection.parents_of(&known.need_parents).await? {
             known.parents.entry(c).or_default().push(p);
@@ -431,8 +402,10 @@ impl Custody {
                 children.entry(p.clone()).or_default().push(c.clone());
             }
         }
-        for (p, c) in &own_links {
-            children.entry(p.clone()).or_default().push(c.clone());
+        for a in msgs.iter().flat_map(|m| &m.payload.aggregations) {
+            for c in &a.children {
+                children.entry(a.parent.clone()).or_default().push(c.clone());
+            }
         }
         let pending = projection.open_pending(&codes).await?;
         let extra: Vec<String> = {
@@ -465,154 +438,278 @@ impl Custody {
             stored.extend(crate::projection::history::decode(c, h).map_err(ApiError::internal)?);
         }
         let stored_lots = projection.custody_lots(&lots).await?;
+        Ok(Reading {
+            codes,
+            lots,
+            extra,
+            children,
+            pending,
+            known,
+            stored,
+            stored_lots,
+        })
+    }
 
-        let (verdict_records, resolving, ticket) = {
-            let mut g = self.lock();
-            let mut book = Book::new();
-            book.add_inherited(&children, stored);
-            book.add_lots(stored_lots);
-            // Facts of batches in flight (or committed since the read began)
-            // about this batch's codes and lots only.
-            let mine: HashSet<&str> = codes.iter().chain(&extra).map(String::as_str).collect();
-            let my_lots: HashSet<&str> = lots.iter().map(String::as_str).collect();
-            let mut busy: HashSet<u64> = HashSet::new();
-            // Codes a batch in flight, or committed since the read began,
-            // moved or packed: what the database said of them may be
-            // stale by now, so it is not cached.
-            let mut touched: HashSet<&str> = HashSet::new();
-            for b in &g.batches {
-                if b.committed_at.is_none_or(|c| c > reader.epoch) {
-                    book.add_inherited(
-                        &children,
-                        b.facts.iter().filter(|f| mine.contains(f.code.as_str())).cloned(),
-                    );
-                    book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
-                    busy.extend(b.resolving.iter().copied());
-                    touched.extend(b.facts.iter().map(|f| f.code.as_str()));
-                    touched.extend(b.links.iter().map(|l| l.1.as_str()));
-                }
-            }
-            let touched: HashSet<String> = touched.into_iter().map(str::to_string).collect();
-            g.cache_store(&known, &touched);
-            let mut records = Vec::with_capacity(per_record.len());
-            let mut kept_facts = Vec::new();
-            let mut kept_lots = Vec::new();
-            for (i, f) in per_record.into_iter().enumerate() {
-                let mut v = RecordVerdict {
-                    seq: base + i as u64,
-                    ..RecordVerdict::default()
-                };
-                for finding in custody::judge(&f, &book) {
-                    match finding.action(self.action(finding.rule)) {
-                        Action::Refuse => v.refused.push(finding),
-                        Action::Flag => v.flagged.push(finding),
-                        Action::Pending => v.pending.push(finding),
-                    }
-                }
-                if v.refused.is_empty() {
-                    book.add_inherited(&children, f.facts.iter().cloned());
-                    book.add_lots(f.lot_facts.iter().cloned());
-                    kept_facts.extend(f.facts.iter().cloned());
-                    kept_lots.extend(f.lot_facts.iter().cloned());
-                }
-                v.facts = f;
-                records.push(v);
-            }
-            // Pending alerts whose missing records are now all there.
-            let mut by_alert: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
-            for (code, alert, event) in &pending {
-                by_alert
-                    .entry(*alert)
-                    .or_insert((*event, Vec::new()))
-                    .1
-                    .push(code.clone());
-            }
-            let mut resolving: Vec<(u64, u64, Vec<String>, usize)> = Vec::new();
-            for (alert, (event_leaf, waits)) in by_alert {
-                if busy.contains(&alert) {
-                    continue;
-                }
-                let Some(by) = records
-                    .iter()
-                    .position(|r| r.refused.is_empty() && r.facts.facts.iter().any(|f| waits.contains(&f.code)))
-                else {
-                    continue;
-                };
-                let facts: Vec<Fact> = waits
-                    .iter()
-                    .flat_map(|c| book.history(c))
-                    .filter(|f| f.seq == event_leaf)
-                    .cloned()
-                    .collect();
-                if facts.is_empty() {
-                    continue; // the pending record was cancelled since
-                }
-                let again = EventFacts {
-                    facts,
-                    ..EventFacts::default()
-                };
-                let still = custody::judge(&again, &book)
-                    .into_iter()
-                    .any(|f| self.action(f.rule) == Action::Pending);
-                if !still {
-                    resolving.push((alert, event_leaf, waits, by));
-                }
-            }
-            let kept_links: Vec<(String, String, u64)> = records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.refused.is_empty())
-                .flat_map(|(i, _)| {
-                    msgs[i].payload.aggregations.iter().flat_map(move |a| {
-                        a.children
-                            .iter()
-                            .map(move |c| (a.parent.clone(), c.clone(), base + i as u64))
-                    })
-                })
-                .collect();
-            let ticket = g.next_ticket_batch(ticket_no, kept_facts, kept_lots, kept_links, &resolving);
-            (records, resolving, ticket)
-        };
-        drop(reader);
-        let ticket = Ticket {
-            custody: self,
-            ticket,
-            done: false,
-        };
-
-        let mut resolutions = Vec::with_capacity(resolving.len());
-        if !resolving.is_empty() {
-            let leaves: Vec<u64> = resolving.iter().flat_map(|r| [r.0, r.1]).collect();
-            let events: HashMap<u64, crate::projection::ProjectedEvent> = projection
-                .events_at(&leaves)
-                .await?
-                .into_iter()
-                .map(|e| (e.leaf_index, e))
-                .collect();
-            for (alert, event_leaf, codes, by) in resolving {
-                let (Some(a), Some(e)) = (events.get(&alert), events.get(&event_leaf)) else {
-                    continue;
-                };
-                let Ok(related) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
-                    continue;
-                };
-                resolutions.push(Resolution {
-                    alert_leaf: alert,
-                    alert_event_id: a.event_id.clone(),
-                    related,
-                    codes,
-                    by,
-                });
+    /// Under the lock: the book of every fact (stored, in flight, and this
+    /// batch's records one after the other), each record's verdict, the
+    /// pending alerts it resolves, and this batch's facts put in flight.
+    #[allow(clippy::too_many_arguments)] // the judgement's parts, each used once
+    fn judge_in_flight(
+        &self,
+        g: &mut Inflight,
+        read_epoch: u64,
+        ticket_no: u64,
+        base: u64,
+        msgs: &[ExchangeMessage],
+        per_record: Vec<EventFacts>,
+        read: Reading,
+    ) -> (Vec<RecordVerdict>, Vec<Resolving>, u64) {
+        let Reading {
+            codes,
+            lots,
+            extra,
+            children,
+            pending,
+            known,
+            stored,
+            stored_lots,
+        } = read;
+        let mut book = Book::new();
+        book.add_inherited(&children, stored);
+        book.add_lots(stored_lots);
+        // Facts of batches in flight (or committed since the read began)
+        // about this batch's codes and lots only.
+        let mine: HashSet<&str> = codes.iter().chain(&extra).map(String::as_str).collect();
+        let my_lots: HashSet<&str> = lots.iter().map(String::as_str).collect();
+        let mut busy: HashSet<u64> = HashSet::new();
+        // Codes a batch in flight, or committed since the read began,
+        // moved or packed: what the database said of them may be
+        // stale by now, so it is not cached.
+        let mut touched: HashSet<&str> = HashSet::new();
+        for b in &g.batches {
+            if b.committed_at.is_none_or(|c| c > read_epoch) {
+                book.add_inherited(
+                    &children,
+                    b.facts.iter().filter(|f| mine.contains(f.code.as_str())).cloned(),
+                );
+                book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
+                busy.extend(b.resolving.iter().copied());
+                touched.extend(b.facts.iter().map(|f| f.code.as_str()));
+                touched.extend(b.links.iter().map(|l| l.1.as_str()));
             }
         }
-        Ok((
-            Verdict {
-                records: verdict_records,
-                resolutions,
-            },
-            ticket,
-        ))
+        let touched: HashSet<String> = touched.into_iter().map(str::to_string).collect();
+        g.cache_store(&known, &touched);
+        let mut records = Vec::with_capacity(per_record.len());
+        let mut kept_facts = Vec::new();
+        let mut kept_lots = Vec::new();
+        for (i, f) in per_record.into_iter().enumerate() {
+            let mut v = RecordVerdict {
+                seq: base + i as u64,
+                ..RecordVerdict::default()
+            };
+            for finding in custody::judge(&f, &book) {
+                match finding.action(self.action(finding.rule)) {
+                    Action::Refuse => v.refused.push(finding),
+                    Action::Flag => v.flagged.push(finding),
+                    Action::Pending => v.pending.push(finding),
+                }
+            }
+            if v.refused.is_empty() {
+                book.add_inherited(&children, f.facts.iter().cloned());
+                book.add_lots(f.lot_facts.iter().cloned());
+                kept_facts.extend(f.facts.iter().cloned());
+                kept_lots.extend(f.lot_facts.iter().cloned());
+            }
+            v.facts = f;
+            records.push(v);
+        }
+        let resolving = self.resolving(&book, &records, &pending, &busy);
+        let kept_links: Vec<(String, String, u64)> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.refused.is_empty())
+            .flat_map(|(i, _)| {
+                msgs[i].payload.aggregations.iter().flat_map(move |a| {
+                    a.children
+                        .iter()
+                        .map(move |c| (a.parent.clone(), c.clone(), base + i as u64))
+                })
+            })
+            .collect();
+        let ticket = g.next_ticket_batch(ticket_no, kept_facts, kept_lots, kept_links, &resolving);
+        (records, resolving, ticket)
     }
+
+    /// Pending alerts whose missing records are now all there: (alert leaf,
+    /// the pending record's leaf, the codes it waited on, the position of
+    /// the record of this batch that resolves it). An alert another batch
+    /// in flight resolves (`busy`) is left to it.
+    fn resolving(
+        &self,
+        book: &Book,
+        records: &[RecordVerdict],
+        pending: &[(String, u64, u64)],
+        busy: &HashSet<u64>,
+    ) -> Vec<Resolving> {
+        let mut by_alert: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
+        for (code, alert, event) in pending {
+            by_alert
+                .entry(*alert)
+                .or_insert((*event, Vec::new()))
+                .1
+                .push(code.clone());
+        }
+        let mut resolving: Vec<Resolving> = Vec::new();
+        for (alert, (event_leaf, waits)) in by_alert {
+            if busy.contains(&alert) {
+                continue;
+            }
+            let Some(by) = records
+                .iter()
+                .position(|r| r.refused.is_empty() && r.facts.facts.iter().any(|f| waits.contains(&f.code)))
+            else {
+                continue;
+            };
+            let facts: Vec<Fact> = waits
+                .iter()
+                .flat_map(|c| book.history(c))
+                .filter(|f| f.seq == event_leaf)
+                .cloned()
+                .collect();
+            if facts.is_empty() {
+                continue; // the pending record was cancelled since
+            }
+            let again = EventFacts {
+                facts,
+                ..EventFacts::default()
+            };
+            let still = custody::judge(&again, book)
+                .into_iter()
+                .any(|f| self.action(f.rule) == Action::Pending);
+            if !still {
+                resolving.push((alert, event_leaf, waits, by));
+            }
+        }
+        resolving
+    }
+}
+
+/// A pending alert a record of the batch resolves: (alert leaf, the
+/// pending record's leaf, the codes it waited on, the resolving record's
+/// position in the batch).
+type Resolving = (u64, u64, Vec<String>, usize);
+
+/// What [`Custody::read_known`] found for a batch.
+struct Reading {
+    /// The codes the batch's records move, sorted.
+    codes: Vec<String>,
+    /// Their lots, sorted.
+    lots: Vec<String>,
+    /// Codes of pending alerts and of packages' contents not among `codes`.
+    extra: Vec<String>,
+    /// Package → contents, from the ledger and this batch.
+    children: HashMap<String, Vec<String>>,
+    /// Open pending alerts on the codes: (code, alert leaf, event leaf).
+    pending: Vec<(String, u64, u64)>,
+    known: Known,
+    /// The stored facts of `codes` and `extra`.
+    stored: Vec<Fact>,
+    /// The stored facts of `lots`.
+    stored_lots: Vec<LotFact>,
+}
+
+/// Each record's custody facts, with party codes resolved to entity ids
+/// (once per code and batch) and the receipts the cold-chain rules refused
+/// marked so.
+fn facts_of_batch(
+    registry: &std::sync::RwLock<Registry>,
+    msgs: &[ExchangeMessage],
+    refused_receipts: &HashSet<usize>,
+    base: u64,
+) -> Result<Vec<EventFacts>, ApiError> {
+    let reg = registry
+        .read()
+        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let cache: std::cell::RefCell<HashMap<String, String>> = Default::default();
+    let resolve = |code: &str| -> String {
+        if let Some(v) = cache.borrow().get(code) {
+            return v.clone();
+        }
+        let v = reg
+            .entity_of_code(code)
+            .map(|e| e.id.clone())
+            .unwrap_or_else(|| code.to_string());
+        cache.borrow_mut().insert(code.to_string(), v.clone());
+        v
+    };
+    let mut per_record = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let mut f = custody::facts_of(&m.payload, base + i as u64, &resolve);
+        if refused_receipts.contains(&i) {
+            for fact in &mut f.facts {
+                if fact.kind == custody::Move::Receive {
+                    fact.kind = custody::Move::ReceiveRefused;
+                }
+            }
+        }
+        per_record.push(f);
+    }
+    Ok(per_record)
+}
+
+/// Cancellations: the cancelled event's codes are freed of it.
+async fn cancelled_facts(
+    projection: &Projection,
+    msgs: &[ExchangeMessage],
+    per_record: &mut [EventFacts],
+    base: u64,
+) -> Result<(), ApiError> {
+    for (i, m) in msgs.iter().enumerate() {
+        if m.payload.category != "cancellation" {
+            continue;
+        }
+        let Some(target) = m.payload.field_str("cancels_event_id") else {
+            continue;
+        };
+        if let Some(ev) = projection.event(target).await? {
+            let codes = crate::api::query::codes_in(&ev.doc);
+            let target = uuid::Uuid::parse_str(target).map_err(ApiError::internal)?;
+            per_record[i].facts = custody::cancel_facts(&m.payload, base + i as u64, &codes, target);
+        }
+    }
+    Ok(())
+}
+
+/// The alerts and the records they were about, for the resolutions.
+async fn resolutions_of(projection: &Projection, resolving: Vec<Resolving>) -> Result<Vec<Resolution>, ApiError> {
+    let mut resolutions = Vec::with_capacity(resolving.len());
+    if resolving.is_empty() {
+        return Ok(resolutions);
+    }
+    let leaves: Vec<u64> = resolving.iter().flat_map(|r| [r.0, r.1]).collect();
+    let events: HashMap<u64, crate::projection::ProjectedEvent> = projection
+        .events_at(&leaves)
+        .await?
+        .into_iter()
+        .map(|e| (e.leaf_index, e))
+        .collect();
+    for (alert, event_leaf, codes, by) in resolving {
+        let (Some(a), Some(e)) = (events.get(&alert), events.get(&event_leaf)) else {
+            continue;
+        };
+        let Ok(related) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
+            continue;
+        };
+        resolutions.push(Resolution {
+            alert_leaf: alert,
+            alert_event_id: a.event_id.clone(),
+            related,
+            codes,
+            by,
+        });
+    }
+    Ok(resolutions)
 }
 
 impl Inflight {

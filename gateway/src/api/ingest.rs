@@ -903,70 +903,7 @@ async fn append_and_answer(
     } = a;
     let n_records = txs.len();
     let now = chrono::Utc::now();
-    let mut custody_rows: Vec<crate::projection::CustodyRows> = Vec::with_capacity(n_records + alerts.len());
-    for v in &verdicts {
-        custody_rows.push(crate::projection::CustodyRows {
-            facts: v.facts.facts.clone(),
-            lots: v.facts.lot_facts.clone(),
-            ..Default::default()
-        });
-    }
-    let mut alert_events: Vec<TraceEvent> = alerts.iter().map(|(_, _, ev)| ev.clone()).collect();
-    custody_rows.extend(alerts.iter().map(|_| crate::projection::CustodyRows::default()));
-    // Custody alerts: one per kept record that broke a flag or pending
-    // rule, and one per pending alert a record of this batch resolved.
-    let mut custody_alerts: Vec<CustodyAlert> = Vec::new();
-    for (k, v) in verdicts.iter().enumerate() {
-        let ev = &msgs[k].payload;
-        for (list, alert_type) in [
-            (&v.flagged, custody::alert::VIOLATION),
-            (&v.pending, custody::alert::PENDING),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            alert_events.push(custody::alert_event(ev, alert_type, list, None, &[], now));
-            let mut codes: Vec<String> = list.iter().map(|f| f.code.clone()).collect();
-            codes.sort();
-            codes.dedup();
-            custody_rows.push(crate::projection::CustodyRows {
-                pending: (alert_type == custody::alert::PENDING).then_some((codes, k)),
-                ..Default::default()
-            });
-            custody_alerts.push(CustodyAlert {
-                record: k,
-                alert_type,
-                rules: custody::rules_of(list),
-                reason: custody::summary(list),
-            });
-        }
-    }
-    for r in &resolutions {
-        let reason = format!("the records alert {} waited for are in the ledger", r.alert_event_id);
-        let ev = custody::alert_event(
-            &r.related,
-            custody::alert::RESOLVED,
-            &[],
-            Some(custody::FollowUp {
-                pending_alert: &r.alert_event_id,
-                reason: &reason,
-                rules: &[],
-            }),
-            &r.codes,
-            now,
-        );
-        custody_alerts.push(CustodyAlert {
-            record: r.by,
-            alert_type: custody::alert::RESOLVED,
-            rules: Vec::new(),
-            reason: format!("resolves alert {} about event {}", r.alert_event_id, r.related.event_id),
-        });
-        alert_events.push(ev);
-        custody_rows.push(crate::projection::CustodyRows {
-            resolves: Some(r.alert_leaf),
-            ..Default::default()
-        });
-    }
+    let (alert_events, custody_rows, custody_alerts) = alert_events_of(&alerts, &verdicts, &resolutions, &msgs, now);
     // An alert already in the ledger (a cold-chain alert of a record sent
     // again after a failed append) is not written twice.
     let ids: Vec<String> = alert_events.iter().map(|e| e.event_id.to_string()).collect();
@@ -978,7 +915,6 @@ async fn append_and_answer(
         .into_iter()
         .map(|st| st.tx.content.record_id)
         .collect();
-    let n_cold = alerts.len();
     let mut written: Vec<bool> = Vec::with_capacity(alert_events.len());
     let mut alert_contents = Vec::with_capacity(alert_events.len());
     let mut rows = custody_rows.into_iter();
@@ -1009,26 +945,15 @@ async fn append_and_answer(
         );
     }
     let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, kept_rows);
-    let receipts = match state
+    let appended = state
         .ledger
         .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
-        .await
-    {
-        Ok(r) => {
-            METRICS
-                .append_seconds
-                .with_label_values(&["ok"])
-                .observe(started.elapsed().as_secs_f64());
-            r
-        }
-        Err(e) => {
-            METRICS
-                .append_seconds
-                .with_label_values(&["error"])
-                .observe(started.elapsed().as_secs_f64());
-            return Err(e.into());
-        }
-    };
+        .await;
+    METRICS
+        .append_seconds
+        .with_label_values(&[if appended.is_ok() { "ok" } else { "error" }])
+        .observe(started.elapsed().as_secs_f64());
+    let receipts = appended?;
     let paths: Vec<Option<Vec<Sm3Digest>>> = if brief {
         receipts.iter().map(|_| None).collect()
     } else {
@@ -1043,9 +968,120 @@ async fn append_and_answer(
     for c in &cats {
         METRICS.ingested.with_label_values(&[c.as_str()]).inc();
     }
+    let (outcomes, custody_out) = alert_outcomes(n_records, &written, &alerts, &custody_alerts, &receipts[n_records..]);
+    // Each written record's leaf, by its order number in the custody
+    // judgement (for the cache of custody histories).
+    let leaves = verdicts
+        .iter()
+        .zip(&receipts)
+        .map(|(v, r)| (v.seq, r.leaf_index))
+        .collect();
+    for ((((i, r), p), cc), cu) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes).zip(custody_out) {
+        results[i] = Some(RecordResult {
+            index: i,
+            event_id: Some(r.record_id.clone()),
+            status: RecordStatus::Accepted,
+            receipt: Some(ReceiptView::Full(r)),
+            audit_path: p,
+            error: None,
+            cold_chain: cc,
+            custody: cu,
+        });
+    }
+    Ok(leaves)
+}
+
+/// The alert events a batch writes with its records: its cold-chain
+/// alerts, then one custody alert per kept record that broke a flag or
+/// pending rule, then one per pending alert a record resolved; with the
+/// custody rows of the records and of each alert, and the custody alerts'
+/// answers.
+fn alert_events_of(
+    alerts: &[(usize, Finding, TraceEvent)],
+    verdicts: &[custody::RecordVerdict],
+    resolutions: &[custody::Resolution],
+    msgs: &[ExchangeMessage],
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<TraceEvent>, Vec<crate::projection::CustodyRows>, Vec<CustodyAlert>) {
+    let mut custody_rows: Vec<crate::projection::CustodyRows> = Vec::with_capacity(verdicts.len() + alerts.len());
+    for v in verdicts {
+        custody_rows.push(crate::projection::CustodyRows {
+            facts: v.facts.facts.clone(),
+            lots: v.facts.lot_facts.clone(),
+            ..Default::default()
+        });
+    }
+    let mut alert_events: Vec<TraceEvent> = alerts.iter().map(|(_, _, ev)| ev.clone()).collect();
+    custody_rows.extend(alerts.iter().map(|_| crate::projection::CustodyRows::default()));
+    let mut custody_alerts: Vec<CustodyAlert> = Vec::new();
+    for (k, v) in verdicts.iter().enumerate() {
+        let ev = &msgs[k].payload;
+        for (list, alert_type) in [
+            (&v.flagged, custody::alert::VIOLATION),
+            (&v.pending, custody::alert::PENDING),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            alert_events.push(custody::alert_event(ev, alert_type, list, None, &[], now));
+            let mut codes: Vec<String> = list.iter().map(|f| f.code.clone()).collect();
+            codes.sort();
+            codes.dedup();
+            custody_rows.push(crate::projection::CustodyRows {
+                pending: (alert_type == custody::alert::PENDING).then_some((codes, k)),
+                ..Default::default()
+            });
+            custody_alerts.push(CustodyAlert {
+                record: k,
+                alert_type,
+                rules: custody::rules_of(list),
+                reason: custody::summary(list),
+            });
+        }
+    }
+    for r in resolutions {
+        let reason = format!("the records alert {} waited for are in the ledger", r.alert_event_id);
+        let ev = custody::alert_event(
+            &r.related,
+            custody::alert::RESOLVED,
+            &[],
+            Some(custody::FollowUp {
+                pending_alert: &r.alert_event_id,
+                reason: &reason,
+                rules: &[],
+            }),
+            &r.codes,
+            now,
+        );
+        custody_alerts.push(CustodyAlert {
+            record: r.by,
+            alert_type: custody::alert::RESOLVED,
+            rules: Vec::new(),
+            reason: format!("resolves alert {} about event {}", r.alert_event_id, r.related.event_id),
+        });
+        alert_events.push(ev);
+        custody_rows.push(crate::projection::CustodyRows {
+            resolves: Some(r.alert_leaf),
+            ..Default::default()
+        });
+    }
+    (alert_events, custody_rows, custody_alerts)
+}
+
+/// Each record's cold-chain and custody outcome from the receipts of the
+/// alerts written (`written[k]`: whether alert `k` was written now; the
+/// cold-chain alerts come first).
+fn alert_outcomes(
+    n_records: usize,
+    written: &[bool],
+    alerts: &[(usize, Finding, TraceEvent)],
+    custody_alerts: &[CustodyAlert],
+    alert_receipts: &[Receipt],
+) -> (Vec<Option<ColdChainOutcome>>, Vec<Option<CustodyOutcome>>) {
+    let n_cold = alerts.len();
     let mut outcomes: Vec<Option<ColdChainOutcome>> = (0..n_records).map(|_| None).collect();
     let mut custody_out: Vec<Option<CustodyOutcome>> = (0..n_records).map(|_| None).collect();
-    let mut alert_receipts = receipts[n_records..].iter();
+    let mut alert_receipts = alert_receipts.iter();
     for (k, w) in written.iter().enumerate() {
         let receipt = if *w { alert_receipts.next() } else { None };
         if k < n_cold {
@@ -1079,26 +1115,7 @@ async fn append_and_answer(
                 });
         }
     }
-    // Each written record's leaf, by its order number in the custody
-    // judgement (for the cache of custody histories).
-    let leaves = verdicts
-        .iter()
-        .zip(&receipts)
-        .map(|(v, r)| (v.seq, r.leaf_index))
-        .collect();
-    for ((((i, r), p), cc), cu) in idx.into_iter().zip(receipts).zip(paths).zip(outcomes).zip(custody_out) {
-        results[i] = Some(RecordResult {
-            index: i,
-            event_id: Some(r.record_id.clone()),
-            status: RecordStatus::Accepted,
-            receipt: Some(ReceiptView::Full(r)),
-            audit_path: p,
-            error: None,
-            cold_chain: cc,
-            custody: cu,
-        });
-    }
-    Ok(leaves)
+    (outcomes, custody_out)
 }
 
 /// Answers each repeat `(i, j)` of an event within the batch like its first
