@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::checks;
-use crate::dataset::{Dataset, Element, ElementType, TraceCodePolicy};
+use crate::dataset::{Category, Dataset, Element, ElementType, TraceCodePolicy};
 use crate::event::TraceEvent;
 use crate::pii::mask;
 
@@ -116,6 +116,10 @@ fn shown(v: &Value, pii: bool) -> String {
 /// 受种者编码, GB 11643, GB 32100), plausible dates (expiry after
 /// production and the 码上放心 expiry rule), cold-chain consistency and the
 /// "no trace code supplied" rule. Batch rules live in [`QualityTracker`].
+///
+/// The checks run in phases, reporting in this order: the category, the
+/// business fields one by one, the personal data, the required elements,
+/// the trace codes, the parties, then the cross-field rules.
 pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
     let mut cx = Ctx {
         record: &event.record_key,
@@ -131,92 +135,162 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
         );
         return cx.out;
     };
+    let mut present = Present::new(dataset.element_count());
     let mut cross = Cross::new();
-    // elements present, as a bit set (on the stack for datasets up to 512 elements)
-    let mut small = [0u64; 8];
-    let mut large = Vec::new();
-    let present: &mut [u64] = if dataset.element_count() <= 512 {
-        &mut small
-    } else {
-        large.resize(dataset.element_count().div_ceil(64), 0u64);
-        &mut large
-    };
-    let mut mark = |el: &Element| {
-        if let Some(w) = present.get_mut(el.index / 64) {
+    check_fields(&mut cx, event, dataset, cat, &mut present, &mut cross);
+    check_pii(&mut cx, event, dataset, &mut present, &mut cross);
+    check_required(&mut cx, dataset, cat, &present);
+    check_trace_code_policy(&mut cx, event, cat);
+    check_trace_code_formats(&mut cx, event);
+    check_trace_code_pairs(&mut cx, event);
+    check_parties(&mut cx, event);
+    cross_field(&mut cx, event, &cross);
+    cx.out
+}
+
+/// The elements present in one event, as a bit set by element index (on
+/// the stack for datasets up to 512 elements).
+struct Present {
+    small: [u64; 8],
+    /// Used instead of `small` for datasets of more than 512 elements.
+    large: Vec<u64>,
+}
+
+impl Present {
+    fn new(element_count: usize) -> Present {
+        let mut large = Vec::new();
+        if element_count > 512 {
+            large.resize(element_count.div_ceil(64), 0u64);
+        }
+        Present {
+            small: [0u64; 8],
+            large,
+        }
+    }
+    fn words(&self) -> &[u64] {
+        if self.large.is_empty() {
+            &self.small
+        } else {
+            &self.large
+        }
+    }
+    fn mark(&mut self, el: &Element) {
+        let words: &mut [u64] = if self.large.is_empty() {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        if let Some(w) = words.get_mut(el.index / 64) {
             *w |= 1u64 << (el.index % 64);
         }
-    };
-    // Events of one source carry the same fields in the same order: remember
-    // the element positions per thread and confirm each with one comparison.
+    }
+    fn has(&self, idx: usize) -> bool {
+        self.words()
+            .get(idx / 64)
+            .is_some_and(|w| w & (1u64 << (idx % 64)) != 0)
+    }
+}
+
+/// The element of the field at `pos`. Events of one source carry the same
+/// fields in the same order: `layout` remembers the element positions per
+/// thread ([`FIELD_LAYOUT`]) and confirms each with one comparison.
+fn element_at_pos<'d>(
+    layout: &mut Vec<(String, usize)>,
+    dataset: &'d Dataset,
+    pos: usize,
+    key: &str,
+) -> Option<&'d Element> {
+    match layout.get(pos) {
+        Some((k, i)) if crate::dataset::same_key(k, key) => dataset.element_at(*i),
+        _ => {
+            let el = dataset.element(key);
+            if let Some(e) = el
+                && pos <= layout.len()
+                && pos < 1024
+            {
+                layout.truncate(pos);
+                layout.push((key.to_string(), e.index));
+            }
+            el
+        }
+    }
+}
+
+/// The business fields, one by one: a known element, not personal, part
+/// of the category, with a valid value. Marks the non-null ones present
+/// and collects the values the cross-field rules read.
+fn check_fields<'e>(
+    cx: &mut Ctx<'_>,
+    event: &'e TraceEvent,
+    dataset: &Dataset,
+    cat: &Category,
+    present: &mut Present,
+    cross: &mut Cross<'e>,
+) {
     let mut layout = FIELD_LAYOUT.with(|c| c.take());
     if layout.0 != dataset.uid {
         layout = (dataset.uid, Vec::new());
     }
     for (pos, (key, value)) in event.fields.iter().enumerate() {
-        let el = match layout.1.get(pos) {
-            Some((k, i)) if crate::dataset::same_key(k, key) => dataset.element_at(*i),
-            _ => {
-                let el = dataset.element(key);
-                if let Some(e) = el
-                    && pos <= layout.1.len()
-                    && pos < 1024
-                {
-                    layout.1.truncate(pos);
-                    layout.1.push((key.clone(), e.index));
-                }
-                el
-            }
+        let Some(el) = element_at_pos(&mut layout.1, dataset, pos, key) else {
+            let near = dataset.near_elements(key);
+            cx.err(
+                key,
+                "unknown_element",
+                None,
+                format!("not an element of {}{}", dataset.id, crate::error::hint(&near)),
+            );
+            continue;
         };
-        match el {
-            None => {
-                let near = dataset.near_elements(key);
-                cx.err(
-                    key,
-                    "unknown_element",
-                    None,
-                    format!("not an element of {}{}", dataset.id, crate::error::hint(&near)),
-                );
-            }
-            Some(el) => {
-                if el.pii {
-                    cx.err(
-                        key,
-                        "pii_in_fields",
-                        None,
-                        "personal element must be carried in pii, not in fields",
-                    );
-                }
-                if !value.is_null() {
-                    mark(el);
-                }
-                if el.cross {
-                    cross.push(key, CrossVal::V(value));
-                }
-                if !cat.allows_element(el) {
-                    cx.warn(
-                        key,
-                        "not_in_category",
-                        None,
-                        format!("element is not part of category `{}`", cat.key),
-                    );
-                }
-                check_value(&mut cx, el, value);
-            }
+        if el.pii {
+            cx.err(
+                key,
+                "pii_in_fields",
+                None,
+                "personal element must be carried in pii, not in fields",
+            );
         }
+        if !value.is_null() {
+            present.mark(el);
+        }
+        if el.cross {
+            cross.push(key, CrossVal::V(value));
+        }
+        if !cat.allows_element(el) {
+            cx.warn(
+                key,
+                "not_in_category",
+                None,
+                format!("element is not part of category `{}`", cat.key),
+            );
+        }
+        check_value(cx, el, value);
     }
     FIELD_LAYOUT.with(|c| c.replace(layout));
+}
+
+/// The personal data: known elements that are personal, with valid values
+/// (numbers and flags are checked from their text). Marks them present and
+/// collects the values the cross-field rules read.
+fn check_pii<'e>(
+    cx: &mut Ctx<'_>,
+    event: &'e TraceEvent,
+    dataset: &Dataset,
+    present: &mut Present,
+    cross: &mut Cross<'e>,
+) {
     for (key, value) in event.pii.iter() {
         match dataset.element(key) {
             Some(el) if el.pii => {
-                mark(el);
+                present.mark(el);
                 if el.cross {
                     cross.push(key, CrossVal::S(value));
                 }
                 match el.ty {
                     ElementType::Integer | ElementType::Decimal | ElementType::Boolean | ElementType::Json => {
-                        check_value(&mut cx, el, &Value::String(value.to_string()));
+                        check_value(cx, el, &Value::String(value.to_string()));
                     }
-                    _ => check_str(&mut cx, el, value),
+                    _ => check_str(cx, el, value),
                 }
             }
             Some(_) => cx.err(key, "not_pii", None, "element is not personal data; carry it in fields"),
@@ -228,9 +302,12 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             ),
         }
     }
+}
+
+/// Every required element of the category is present.
+fn check_required(cx: &mut Ctx<'_>, dataset: &Dataset, cat: &Category, present: &Present) {
     for (req, idx) in cat.required.iter().zip(&cat.required_idx) {
-        let is_present = present.get(idx / 64).is_some_and(|w| w & (1u64 << (idx % 64)) != 0);
-        if !is_present {
+        if !present.has(*idx) {
             let name = dataset.element(req).map_or("", |e| e.zh.as_str());
             cx.err(
                 req,
@@ -240,7 +317,11 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             );
         }
     }
-    // trace codes (NMPAB/T 1002, 码上放心 rules)
+}
+
+/// Trace codes (NMPAB/T 1002, 码上放心 rules): present when the category
+/// requires them, absent when it carries none.
+fn check_trace_code_policy(cx: &mut Ctx<'_>, event: &TraceEvent, cat: &Category) {
     match cat.trace_codes {
         TraceCodePolicy::Required if event.trace_codes.is_empty() => {
             cx.err(
@@ -260,6 +341,11 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
         }
         _ => {}
     }
+}
+
+/// Every trace code, the event's and its packaging links', is 20 digits
+/// and starts with 8.
+fn check_trace_code_formats(cx: &mut Ctx<'_>, event: &TraceEvent) {
     for code in event.trace_codes.iter().chain(
         event
             .aggregations
@@ -282,6 +368,11 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// No trace code twice in one event, and not both a package and its
+/// linked contents.
+fn check_trace_code_pairs(cx: &mut Ctx<'_>, event: &TraceEvent) {
     let mut sorted: Vec<&str> = Vec::new();
     if event.trace_codes.len() > 1 || !event.aggregations.is_empty() {
         sorted = event.trace_codes.iter().map(String::as_str).collect();
@@ -308,6 +399,11 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// The parties: 18-character organisation codes pass GB 32100, and the
+/// source entity is named.
+fn check_parties(cx: &mut Ctx<'_>, event: &TraceEvent) {
     for (name, party) in [("event.from", &event.from), ("event.to", &event.to)] {
         if let Some(p) = party
             && p.code.chars().count() == 18
@@ -324,8 +420,6 @@ pub fn validate(event: &TraceEvent, dataset: &Dataset) -> Vec<Problem> {
     if event.source.trim().is_empty() {
         cx.err("event.source", "required", None, "source entity is missing");
     }
-    cross_field(&mut cx, event, &cross);
-    cx.out
 }
 
 fn check_value(cx: &mut Ctx<'_>, el: &Element, value: &Value) {
