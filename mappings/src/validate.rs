@@ -694,40 +694,74 @@ pub fn accepted_expiry_dates(production: NaiveDate, shelf_life_months: u32) -> V
     v
 }
 
+/// A cross-field rule: reads the event and the values of its cross-field
+/// elements, reports what it finds.
+type CrossRule = fn(&mut Ctx<'_>, &TraceEvent, &Cross<'_>);
+
+/// The cross-field rules, in the order their problems are reported.
+const CROSS_RULES: [CrossRule; 12] = [
+    expiry_dates,
+    event_time,
+    vaccine_expired,
+    birth_after_event,
+    release_before_production,
+    arrival_before_departure,
+    period_order,
+    onset_before_vaccination,
+    readings,
+    transport_temperatures,
+    receipt_without_temperature_record,
+    self_cancel,
+];
+
 fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
-    let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
-    let prod = date_of(c, "production_date");
-    let exp = date_of(c, "expiry_date");
-    if let (Some(p), Some(x)) = (prod, exp) {
-        if x <= p {
+    for rule in CROSS_RULES {
+        rule(cx, e, c);
+    }
+}
+
+fn day(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+/// Expiry after production, and one of the dates the 码上放心 expiry rule
+/// accepts for the shelf life.
+fn expiry_dates(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
+    let (Some(p), Some(x)) = (date_of(c, "production_date"), date_of(c, "expiry_date")) else {
+        return;
+    };
+    if x <= p {
+        cx.err(
+            "expiry_date",
+            "expiry_before_production",
+            Some(day(x)),
+            format!("expiry is not after production date {}", day(p)),
+        );
+    } else if let Some(months) = e
+        .fields
+        .get("shelf_life_months")
+        .and_then(Value::as_u64)
+        .and_then(|m| u32::try_from(m).ok())
+    {
+        let ok = accepted_expiry_dates(p, months);
+        if !ok.is_empty() && !ok.contains(&x) {
+            let list: Vec<String> = ok.iter().map(|d| day(*d)).collect();
             cx.err(
                 "expiry_date",
-                "expiry_before_production",
+                "expiry_rule",
                 Some(day(x)),
-                format!("expiry is not after production date {}", day(p)),
+                format!(
+                    "with production {} and {months} months shelf life expiry must be one of {}",
+                    day(p),
+                    list.join(", ")
+                ),
             );
-        } else if let Some(months) = e
-            .fields
-            .get("shelf_life_months")
-            .and_then(Value::as_u64)
-            .and_then(|m| u32::try_from(m).ok())
-        {
-            let ok = accepted_expiry_dates(p, months);
-            if !ok.is_empty() && !ok.contains(&x) {
-                let list: Vec<String> = ok.iter().map(|d| day(*d)).collect();
-                cx.err(
-                    "expiry_date",
-                    "expiry_rule",
-                    Some(day(x)),
-                    format!(
-                        "with production {} and {months} months shelf life expiry must be one of {}",
-                        day(p),
-                        list.join(", ")
-                    ),
-                );
-            }
         }
     }
+}
+
+/// The event happened at most a day after it was recorded, and after 2000.
+fn event_time(cx: &mut Ctx<'_>, e: &TraceEvent, _: &Cross<'_>) {
     if e.occurred_at > e.recorded_at + chrono::Duration::days(1) {
         cx.err(
             "event.occurred_at",
@@ -744,7 +778,11 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "occurred before 2000",
         );
     }
-    if let Some(x) = exp
+}
+
+/// No vaccination after the expiry date.
+fn vaccine_expired(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
+    if let Some(x) = date_of(c, "expiry_date")
         && e.category == "vaccination"
         && e.occurred_at.date_naive() > x
     {
@@ -755,6 +793,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "vaccinated after the expiry date",
         );
     }
+}
+
+/// The recipient was born by the day of the event.
+fn birth_after_event(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
     if let Some(b) = date_of(c, "recipient_birth_date")
         && b > e.occurred_at.date_naive()
     {
@@ -765,7 +807,11 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "date of birth is after the event",
         );
     }
-    if let (Some(p), Some(r)) = (prod, date_of(c, "lot_release_date"))
+}
+
+/// A lot is released on or after its production date.
+fn release_before_production(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
+    if let (Some(p), Some(r)) = (date_of(c, "production_date"), date_of(c, "lot_release_date"))
         && r < p
     {
         cx.err(
@@ -775,6 +821,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "lot released before production",
         );
     }
+}
+
+/// A transport arrives on or after its departure.
+fn arrival_before_departure(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
     if let (Some(d), Some(a)) = (time_of(c, "departure_time"), time_of(c, "arrival_time"))
         && a < d
     {
@@ -785,6 +835,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "arrival is before departure",
         );
     }
+}
+
+/// A reading period ends on or after its start.
+fn period_order(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
     if let (Some(s), Some(t)) = (time_of(c, "period_start"), time_of(c, "period_end"))
         && t < s
     {
@@ -795,6 +849,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "period ends before it starts",
         );
     }
+}
+
+/// An adverse reaction begins on or after the day of the vaccination.
+fn onset_before_vaccination(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
     if let (Some(v), Some(o)) = (date_of(c, "vaccination_date"), time_of(c, "onset_time"))
         && o.date_naive() < v
     {
@@ -805,39 +863,46 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "reaction onset is before the vaccination",
         );
     }
-    let (tmin, tmax, tmean) = (num_of(c, "temp_min"), num_of(c, "temp_max"), num_of(c, "temp_mean"));
-    if let (Some(lo), Some(hi)) = (tmin, tmax) {
-        if lo > hi || tmean.is_some_and(|m| m < lo || m > hi) {
-            cx.err(
-                "temp_mean",
-                "reading_order",
-                None,
-                "expected temp_min <= temp_mean <= temp_max",
-            );
-        }
-        let (rl, rh) = (
-            num_of(c, "range_low").unwrap_or(2.0),
-            num_of(c, "range_high").unwrap_or(8.0),
+}
+
+/// The allowed temperature range (2..8 °C unless the event says).
+fn temperature_range(c: &Cross<'_>) -> (f64, f64) {
+    (
+        num_of(c, "range_low").unwrap_or(2.0),
+        num_of(c, "range_high").unwrap_or(8.0),
+    )
+}
+
+/// Cold-chain readings: min <= mean <= max, and an excursion raises the alarm.
+fn readings(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
+    let (Some(lo), Some(hi)) = (num_of(c, "temp_min"), num_of(c, "temp_max")) else {
+        return;
+    };
+    let tmean = num_of(c, "temp_mean");
+    if lo > hi || tmean.is_some_and(|m| m < lo || m > hi) {
+        cx.err(
+            "temp_mean",
+            "reading_order",
+            None,
+            "expected temp_min <= temp_mean <= temp_max",
         );
-        let alarm = c.str("alarm_state");
-        if (lo < rl || hi > rh) && alarm == Some("0") {
-            cx.warn(
-                "alarm_state",
-                "excursion_without_alarm",
-                Some(format!("{lo}..{hi}")),
-                format!("readings leave {rl}..{rh} °C but the alarm state is normal"),
-            );
-        }
     }
-    for (k, (rl, rh)) in [("departure_temp", ()), ("arrival_temp", ())].map(|(k, ())| {
-        (
-            k,
-            (
-                num_of(c, "range_low").unwrap_or(2.0),
-                num_of(c, "range_high").unwrap_or(8.0),
-            ),
-        )
-    }) {
+    let (rl, rh) = temperature_range(c);
+    let alarm = c.str("alarm_state");
+    if (lo < rl || hi > rh) && alarm == Some("0") {
+        cx.warn(
+            "alarm_state",
+            "excursion_without_alarm",
+            Some(format!("{lo}..{hi}")),
+            format!("readings leave {rl}..{rh} °C but the alarm state is normal"),
+        );
+    }
+}
+
+/// The vaccine's temperature at departure and at arrival is in range.
+fn transport_temperatures(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
+    let (rl, rh) = temperature_range(c);
+    for k in ["departure_temp", "arrival_temp"] {
         if let Some(t) = num_of(c, k)
             && (t < rl || t > rh)
         {
@@ -849,6 +914,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             );
         }
     }
+}
+
+/// Vaccine law art. 39: no receipt without the full temperature record.
+fn receipt_without_temperature_record(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
     if c.value("temperature_record_complete") == Some(&Value::Bool(false)) && c.str("receipt_verified") == Some("1") {
         cx.err(
             "temperature_record_complete",
@@ -857,6 +926,10 @@ fn cross_field(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
             "vaccine law art. 39: a receipt without the full temperature record must not be accepted",
         );
     }
+}
+
+/// A cancellation names another event.
+fn self_cancel(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
     if let Some(id) = c.str("cancels_event_id")
         && id == e.event_id.to_string()
     {
