@@ -776,247 +776,328 @@ pub fn judge(ev: &EventFacts, book: &Book) -> Vec<Finding> {
     out
 }
 
+/// Judges one fact of an event against its code's history, phase by phase:
+/// the lot's production date; then, by what the fact does, a production
+/// produced twice, a carrier's shipment against the end of the code's life,
+/// or, for every other move, the end of its life (every dose given,
+/// destroyed), its lot (released, not recalled, not expired) and who has it.
 fn judge_code(f: &Fact, lot: &LotState, own_expiry: Option<NaiveDate>, book: &Book, out: &mut Vec<Finding>) {
-    let hist: Vec<&Fact> = book
-        .history(&f.code)
-        .into_iter()
-        .filter(|g| g.event_id != f.event_id)
-        .collect();
-    let code = f.code.as_str();
-    let mut find = |rule: Rule, conflict: Option<&Fact>, message: String| {
-        out.push(Finding {
+    let mut j = Judgement::new(f, book.history(&f.code), out);
+    j.before_production(lot);
+    match f.kind {
+        Move::Produce => j.produced_twice(),
+        // A carrier's record: checked only against the end of the code's life.
+        Move::Transport => j.used_after_destroyed(),
+        _ => {
+            let used_up = j.every_dose_given();
+            j.destroyed_used();
+            if matches!(f.kind, Move::Dispatch | Move::Administer) {
+                j.lot_release(lot);
+                j.lot_recall(lot);
+                j.lot_expiry(lot, own_expiry);
+            }
+            j.custody(used_up);
+        }
+    }
+}
+
+/// One fact being judged: the other live facts of its code in time order,
+/// what they say of the code's life, and the findings so far.
+struct Judgement<'a> {
+    f: &'a Fact,
+    code: &'a str,
+    /// The code's live facts, without the judged event's own.
+    hist: Vec<&'a Fact>,
+    /// The calendar day of the fact.
+    day: Option<NaiveDate>,
+    /// The code's production, if any.
+    produce: Option<&'a Fact>,
+    /// The code's destruction dated up to the fact, if any.
+    destroyed_before: Option<&'a Fact>,
+    out: &'a mut Vec<Finding>,
+}
+
+impl<'a> Judgement<'a> {
+    fn new(f: &'a Fact, history: Vec<&'a Fact>, out: &'a mut Vec<Finding>) -> Judgement<'a> {
+        let hist: Vec<&Fact> = history.into_iter().filter(|g| g.event_id != f.event_id).collect();
+        let produce = hist.iter().copied().find(|g| g.kind == Move::Produce);
+        let destroyed_before = hist
+            .iter()
+            .copied()
+            .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms);
+        Judgement {
+            f,
+            code: f.code.as_str(),
+            hist,
+            day: day_of(f.at_ms),
+            produce,
+            destroyed_before,
+            out,
+        }
+    }
+
+    /// A finding; `conflict` is the fact it conflicts with.
+    fn find(&mut self, rule: Rule, conflict: Option<&Fact>, message: String) {
+        self.out.push(Finding {
             rule,
-            code: code.to_string(),
+            code: self.code.to_string(),
             conflict: conflict.map(|c| (c.event_id, c.seq)),
-            later: conflict.is_some_and(|c| c.at_ms > f.at_ms),
+            later: conflict.is_some_and(|c| c.at_ms > self.f.at_ms),
             message,
         });
-    };
-    let name = |g: &Fact| format!("event {} ({})", g.event_id, g.kind.noun());
-    let day = day_of(f.at_ms);
-
-    if let (Some(p), Some(d)) = (lot.produced, day)
-        && d < p
-    {
-        find(
-            Rule::BeforeProduction,
-            None,
-            format!(
-                "code {code}: a {} dated {d} is before its lot was produced ({p})",
-                f.kind.noun()
-            ),
-        );
-    }
-    let produce = hist.iter().copied().find(|g| g.kind == Move::Produce);
-    if f.kind == Move::Produce {
-        if let Some(p) = produce {
-            find(
-                Rule::ProducedTwice,
-                Some(p),
-                format!("code {code} was already produced by {}", name(p)),
-            );
-        }
-        return;
-    }
-    let destroyed_before = hist
-        .iter()
-        .copied()
-        .find(|g| g.kind == Move::Destroy && g.at_ms <= f.at_ms);
-    let destroyed_used = |find: &mut dyn FnMut(Rule, Option<&Fact>, String)| {
-        if let Some(d) = destroyed_before {
-            find(
-                Rule::DestroyedUsed,
-                Some(d),
-                format!("code {code}: a {} after it was destroyed ({})", f.kind.noun(), name(d)),
-            );
-        }
-    };
-    if f.kind == Move::Transport {
-        // A carrier's record: checked only against the end of the code's life.
-        destroyed_used(&mut find);
-        return;
     }
 
-    // The end of a code's life: destroyed, or every dose given.
-    let doses = produce
-        .map(|p| p.doses)
-        .filter(|d| *d > 0)
-        .or(Some(f.doses).filter(|d| *d > 0))
-        .unwrap_or(1);
-    let given: Vec<&Fact> = hist.iter().copied().filter(|g| g.kind == Move::Administer).collect();
-    if f.kind == Move::Administer && given.len() >= usize::from(doses) {
-        // The conflict: the last dose given up to this one's time, else the
-        // first given after it.
-        let prior = given.iter().copied().filter(|g| g.at_ms <= f.at_ms).count();
-        let conflict = if prior >= usize::from(doses) {
-            given[prior - 1]
-        } else {
-            given[prior]
-        };
-        find(
-            Rule::AdministeredTwice,
-            Some(conflict),
-            format!(
-                "code {code} holds {doses} dose(s), already given {} time(s), {} by {}",
+    /// A finding whose conflict is a lot's event (never dated later).
+    fn find_lot(&mut self, rule: Rule, (event, seq): (Uuid, u64), message: String) {
+        self.out.push(Finding {
+            rule,
+            code: self.code.to_string(),
+            conflict: Some((event, seq)),
+            later: false,
+            message,
+        });
+    }
+
+    /// `before_production`: dated before the lot was produced.
+    fn before_production(&mut self, lot: &LotState) {
+        if let (Some(p), Some(d)) = (lot.produced, self.day)
+            && d < p
+        {
+            let message = format!(
+                "code {}: a {} dated {d} is before its lot was produced ({p})",
+                self.code,
+                self.f.kind.noun()
+            );
+            self.find(Rule::BeforeProduction, None, message);
+        }
+    }
+
+    /// `produced_twice`: a production of a code already produced.
+    fn produced_twice(&mut self) {
+        if let Some(p) = self.produce {
+            let message = format!("code {} was already produced by {}", self.code, name(p));
+            self.find(Rule::ProducedTwice, Some(p), message);
+        }
+    }
+
+    /// `destroyed_used`: a use after a destruction dated up to it.
+    fn used_after_destroyed(&mut self) {
+        if let Some(d) = self.destroyed_before {
+            let message = format!(
+                "code {}: a {} after it was destroyed ({})",
+                self.code,
+                self.f.kind.noun(),
+                name(d)
+            );
+            self.find(Rule::DestroyedUsed, Some(d), message);
+        }
+    }
+
+    /// The end of a code's life by its doses: `administered_twice` (a dose
+    /// more than the package holds) and `administered_moved` (moved after
+    /// its last dose was given). Returns whether every dose was given.
+    fn every_dose_given(&mut self) -> bool {
+        let f = self.f;
+        let doses = self
+            .produce
+            .map(|p| p.doses)
+            .filter(|d| *d > 0)
+            .or(Some(f.doses).filter(|d| *d > 0))
+            .unwrap_or(1);
+        let given: Vec<&Fact> = self
+            .hist
+            .iter()
+            .copied()
+            .filter(|g| g.kind == Move::Administer)
+            .collect();
+        let used_up = given.len() >= usize::from(doses);
+        if f.kind == Move::Administer && used_up {
+            // The conflict: the last dose given up to this one's time, else the
+            // first given after it.
+            let prior = given.iter().copied().filter(|g| g.at_ms <= f.at_ms).count();
+            let conflict = if prior >= usize::from(doses) {
+                given[prior - 1]
+            } else {
+                given[prior]
+            };
+            let message = format!(
+                "code {} holds {doses} dose(s), already given {} time(s), {} by {}",
+                self.code,
                 given.len(),
                 if conflict.at_ms > f.at_ms { "later" } else { "last" },
                 name(conflict)
-            ),
-        );
-    } else if f.kind != Move::Administer
-        && given.len() >= usize::from(doses)
-        && let Some(last) = given.iter().copied().find(|g| g.at_ms <= f.at_ms)
-    {
-        find(
-            Rule::AdministeredMoved,
-            Some(last),
-            format!(
-                "code {code}: a {} after its last dose was given ({})",
+            );
+            self.find(Rule::AdministeredTwice, Some(conflict), message);
+        } else if f.kind != Move::Administer
+            && used_up
+            && let Some(last) = given.iter().copied().find(|g| g.at_ms <= f.at_ms)
+        {
+            let message = format!(
+                "code {}: a {} after its last dose was given ({})",
+                self.code,
                 f.kind.noun(),
                 name(last)
-            ),
-        );
-    }
-    if destroyed_before.is_some() {
-        destroyed_used(&mut find);
-    } else if f.kind == Move::Destroy
-        && let Some(u) = hist
-            .iter()
-            .copied()
-            .find(|g| g.at_ms > f.at_ms && matches!(g.kind, Move::Administer | Move::Dispatch | Move::Receive))
-    {
-        find(
-            Rule::DestroyedUsed,
-            Some(u),
-            format!(
-                "code {code}: destroyed before a later use already in the ledger ({})",
-                name(u)
-            ),
-        );
+            );
+            self.find(Rule::AdministeredMoved, Some(last), message);
+        }
+        used_up
     }
 
-    // The lot: released, not recalled, not expired.
-    if matches!(f.kind, Move::Dispatch | Move::Administer) {
-        if let Some((rday, ok, ev, seq)) = lot.released {
-            let at = Fact {
-                event_id: ev,
-                seq,
-                ..f.clone()
-            };
-            if !ok {
-                find(
-                    Rule::ReleaseFailed,
-                    Some(&at),
-                    format!("code {code}: its lot's release (批签发) found it non-conforming"),
-                );
-            } else if let (Some(r), Some(d)) = (rday, day)
-                && d < r
-            {
-                find(
-                    Rule::BeforeRelease,
-                    Some(&at),
-                    format!(
-                        "code {code}: a {} dated {d} is before its lot's release ({r})",
-                        f.kind.noun()
-                    ),
-                );
-            }
-        }
-        if let Some((rat, ev, seq)) = lot.recalled
-            && f.at_ms >= rat
+    /// The end of a code's life by destruction: `destroyed_used`, a use
+    /// after it was destroyed, or a destruction before a later use already
+    /// in the ledger.
+    fn destroyed_used(&mut self) {
+        if self.destroyed_before.is_some() {
+            self.used_after_destroyed();
+        } else if self.f.kind == Move::Destroy
+            && let Some(u) =
+                self.hist.iter().copied().find(|g| {
+                    g.at_ms > self.f.at_ms && matches!(g.kind, Move::Administer | Move::Dispatch | Move::Receive)
+                })
         {
-            let at = Fact {
-                event_id: ev,
-                seq,
-                ..f.clone()
-            };
-            find(
-                Rule::RecalledUsed,
-                Some(&at),
-                format!("code {code}: a {} after its lot was recalled", f.kind.noun()),
+            let message = format!(
+                "code {}: destroyed before a later use already in the ledger ({})",
+                self.code,
+                name(u)
             );
+            self.find(Rule::DestroyedUsed, Some(u), message);
         }
-        if let (Some(e), Some(d)) = (lot.expires.or(own_expiry), day)
+    }
+
+    /// The lot's release (批签发): `release_failed` (found non-conforming),
+    /// else `before_release` (dated before the release).
+    fn lot_release(&mut self, lot: &LotState) {
+        let Some((rday, ok, ev, seq)) = lot.released else {
+            return;
+        };
+        if !ok {
+            let message = format!("code {}: its lot's release (批签发) found it non-conforming", self.code);
+            self.find_lot(Rule::ReleaseFailed, (ev, seq), message);
+        } else if let (Some(r), Some(d)) = (rday, self.day)
+            && d < r
+        {
+            let message = format!(
+                "code {}: a {} dated {d} is before its lot's release ({r})",
+                self.code,
+                self.f.kind.noun()
+            );
+            self.find_lot(Rule::BeforeRelease, (ev, seq), message);
+        }
+    }
+
+    /// `recalled_used`: at or after the start of its lot's recall.
+    fn lot_recall(&mut self, lot: &LotState) {
+        if let Some((rat, ev, seq)) = lot.recalled
+            && self.f.at_ms >= rat
+        {
+            let message = format!(
+                "code {}: a {} after its lot was recalled",
+                self.code,
+                self.f.kind.noun()
+            );
+            self.find_lot(Rule::RecalledUsed, (ev, seq), message);
+        }
+    }
+
+    /// `expired_used`: dated after the lot's expiry date (else the event's own).
+    fn lot_expiry(&mut self, lot: &LotState, own_expiry: Option<NaiveDate>) {
+        if let (Some(e), Some(d)) = (lot.expires.or(own_expiry), self.day)
             && d > e
         {
-            find(
-                Rule::ExpiredUsed,
-                None,
-                format!(
-                    "code {code}: a {} dated {d} is after its expiry date ({e})",
-                    f.kind.noun()
-                ),
+            let message = format!(
+                "code {}: a {} dated {d} is after its expiry date ({e})",
+                self.code,
+                self.f.kind.noun()
             );
+            self.find(Rule::ExpiredUsed, None, message);
         }
     }
 
-    // Custody: who has it when this happens.
-    let before: Vec<&Fact> = hist.iter().copied().filter(|g| g.at_ms <= f.at_ms).collect();
-    let state = Custody::after(&before);
-    let nobody_produced = || produce.is_none();
-    match f.kind {
-        Move::Dispatch | Move::DispatchBack | Move::Administer | Move::Destroy => {
-            if matches!(state, Custody::Destroyed(_)) || state.with(&f.actor, f.kind) {
-                return;
+    /// Custody: who has the code when this happens, from the facts dated up
+    /// to it. `used_up`: every dose was given (reported already).
+    fn custody(&mut self, used_up: bool) {
+        let before: Vec<&'a Fact> = self.hist.iter().copied().filter(|g| g.at_ms <= self.f.at_ms).collect();
+        let state = Custody::after(&before);
+        match self.f.kind {
+            Move::Dispatch | Move::DispatchBack | Move::Administer | Move::Destroy => {
+                self.not_holder(&state, &before, used_up);
             }
-            if matches!(state, Custody::Administered(..)) && given.len() >= usize::from(doses) {
-                return; // reported above
-            }
-            if state == Custody::Unknown && nobody_produced() {
-                find(
-                    Rule::UnknownCode,
-                    None,
-                    format!("code {code}: no production, shipment or receipt of it is in the ledger"),
-                );
-            } else {
-                let last = before.last().copied();
-                find(
-                    Rule::NotHolder,
-                    last,
-                    format!(
-                        "code {code}: {} by {} while it is {}{}",
-                        f.kind.noun(),
-                        f.actor,
-                        state.describe(),
-                        last.map(|l| format!(" ({})", name(l))).unwrap_or_default()
-                    ),
-                );
-            }
+            Move::Receive | Move::ReceiveRefused | Move::ReceiveBack => self.receipt_unmatched(&state, &before),
+            Move::Produce | Move::Transport | Move::Cancel => {}
         }
-        Move::Receive | Move::ReceiveRefused | Move::ReceiveBack => {
-            let sent_here = hist.iter().copied().any(|g| {
-                matches!(g.kind, Move::Dispatch | Move::DispatchBack | Move::Transport)
-                    && g.peer.as_deref() == Some(f.actor.as_str())
-                    && g.at_ms <= f.at_ms + DISPATCH_SLACK_MS
-            });
-            // A return is often documented by its receiver alone: from the holder.
-            let back_from_holder = f.kind == Move::ReceiveBack
-                && f.peer
-                    .as_deref()
-                    .is_some_and(|p| state.with(p, Move::DispatchBack) || state == Custody::Held(p));
-            if sent_here || back_from_holder {
-                return;
-            }
-            if nobody_produced() && hist.is_empty() {
-                find(
-                    Rule::UnknownCode,
-                    None,
-                    format!("code {code}: no production, shipment or receipt of it is in the ledger"),
-                );
-            } else {
-                find(
-                    Rule::ReceiptUnmatched,
-                    before.last().copied(),
-                    format!(
-                        "code {code}: received by {} but no dispatch or shipment to it is in the ledger (it is {})",
-                        f.actor,
-                        state.describe()
-                    ),
-                );
-            }
-        }
-        Move::Produce | Move::Transport | Move::Cancel => {}
     }
+
+    /// A sender, vaccinating unit or destroyer has the code: else
+    /// `unknown_code` (nobody known has it and nobody produced it) or
+    /// `not_holder`.
+    fn not_holder(&mut self, state: &Custody<'_>, before: &[&Fact], used_up: bool) {
+        let f = self.f;
+        if matches!(state, Custody::Destroyed(_)) || state.with(&f.actor, f.kind) {
+            return;
+        }
+        if matches!(state, Custody::Administered(..)) && used_up {
+            return; // reported by every_dose_given
+        }
+        if *state == Custody::Unknown && self.produce.is_none() {
+            let message = format!(
+                "code {}: no production, shipment or receipt of it is in the ledger",
+                self.code
+            );
+            self.find(Rule::UnknownCode, None, message);
+        } else {
+            let last = before.last().copied();
+            let message = format!(
+                "code {}: {} by {} while it is {}{}",
+                self.code,
+                f.kind.noun(),
+                f.actor,
+                state.describe(),
+                last.map(|l| format!(" ({})", name(l))).unwrap_or_default()
+            );
+            self.find(Rule::NotHolder, last, message);
+        }
+    }
+
+    /// A receipt was sent to the receiver (a dispatch or shipment to it,
+    /// dated up to a day after the receipt; a return from the holder needs
+    /// none): else `unknown_code` (nothing known of the code) or
+    /// `receipt_unmatched`.
+    fn receipt_unmatched(&mut self, state: &Custody<'_>, before: &[&Fact]) {
+        let f = self.f;
+        let sent_here = self.hist.iter().copied().any(|g| {
+            matches!(g.kind, Move::Dispatch | Move::DispatchBack | Move::Transport)
+                && g.peer.as_deref() == Some(f.actor.as_str())
+                && g.at_ms <= f.at_ms + DISPATCH_SLACK_MS
+        });
+        // A return is often documented by its receiver alone: from the holder.
+        let back_from_holder = f.kind == Move::ReceiveBack
+            && f.peer
+                .as_deref()
+                .is_some_and(|p| state.with(p, Move::DispatchBack) || *state == Custody::Held(p));
+        if sent_here || back_from_holder {
+            return;
+        }
+        if self.produce.is_none() && self.hist.is_empty() {
+            let message = format!(
+                "code {}: no production, shipment or receipt of it is in the ledger",
+                self.code
+            );
+            self.find(Rule::UnknownCode, None, message);
+        } else {
+            let message = format!(
+                "code {}: received by {} but no dispatch or shipment to it is in the ledger (it is {})",
+                self.code,
+                f.actor,
+                state.describe()
+            );
+            self.find(Rule::ReceiptUnmatched, before.last().copied(), message);
+        }
+    }
+}
+
+/// A fact for messages: its event and what kind of record it is.
+fn name(g: &Fact) -> String {
+    format!("event {} ({})", g.event_id, g.kind.noun())
 }
 
 #[cfg(test)]
