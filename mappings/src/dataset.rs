@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -338,6 +339,217 @@ struct RawCodeTable {
     codes: BTreeMap<String, String>,
 }
 
+/// The text a dataset definition is parsed from, to locate errors in.
+#[derive(Clone, Copy)]
+struct Source<'t> {
+    origin: &'t str,
+    text: &'t str,
+}
+
+impl Source<'_> {
+    /// The location of `offset`, under the TOML key `key`.
+    fn loc(self, offset: usize, key: &str) -> Box<Location> {
+        Location::at(self.origin, self.text, offset, Some(key))
+    }
+}
+
+type CodeTables = BTreeMap<String, Arc<CodeTable>>;
+type Elements = HashMap<String, Element, FastHashBuild>;
+
+/// The code tables, by key.
+fn code_tables(raw: BTreeMap<String, RawCodeTable>) -> CodeTables {
+    let mut code_tables = BTreeMap::new();
+    for (key, t) in raw {
+        code_tables.insert(
+            key.clone(),
+            Arc::new(CodeTable {
+                key,
+                zh: t.zh,
+                set: t.codes.keys().cloned().collect(),
+                codes: t.codes,
+            }),
+        );
+    }
+    code_tables
+}
+
+/// The elements, numbered in file order ([`Element::index`]).
+fn elements(
+    src: Source<'_>,
+    raw: BTreeMap<String, Spanned<RawElement>>,
+    code_tables: &CodeTables,
+) -> Result<Elements, SpecError> {
+    let mut raw: Vec<(String, Spanned<RawElement>)> = raw.into_iter().collect();
+    raw.sort_by_key(|(_, e)| e.span().start);
+    let mut elements: Elements = HashMap::default();
+    for (index, (key, value)) in raw.into_iter().enumerate() {
+        let el = element(src, &key, value, index, code_tables)?;
+        elements.insert(key, el);
+    }
+    Ok(elements)
+}
+
+/// One element: its code table exists, and an element of type code has one.
+fn element(
+    src: Source<'_>,
+    key: &str,
+    value: Spanned<RawElement>,
+    index: usize,
+    code_tables: &CodeTables,
+) -> Result<Element, SpecError> {
+    let loc = || src.loc(value.span().start, &format!("elements.{key}"));
+    let e = value.get_ref();
+    if let Some(ct) = &e.code_table
+        && !code_tables.contains_key(ct.get_ref())
+    {
+        return Err(SpecError::Unknown {
+            loc: loc(),
+            kind: "code table",
+            name: ct.get_ref().clone(),
+            suggestions: near_matches(ct.get_ref(), code_tables.keys().map(String::as_str)),
+        });
+    }
+    if e.ty == ElementType::Code && e.code_table.is_none() {
+        return Err(SpecError::Invalid {
+            loc: loc(),
+            message: format!("element `{key}` has type code but no code_table"),
+        });
+    }
+    let e = value.into_inner();
+    let table = e
+        .code_table
+        .as_ref()
+        .and_then(|c| code_tables.get(c.get_ref()).cloned());
+    Ok(Element {
+        key: key.to_string(),
+        id: e.id,
+        zh: e.zh,
+        en: e.en,
+        ty: e.ty,
+        max_len: e.max_len,
+        min_len: e.min_len,
+        min: e.min,
+        max: e.max,
+        code_table: e.code_table.map(Spanned::into_inner),
+        pii: e.pii,
+        scope: e.scope,
+        index,
+        cross: crate::validate::CROSS_KEYS.contains(&key),
+        table,
+    })
+}
+
+/// The categories by key, and the category each bill type selects.
+fn categories(
+    src: Source<'_>,
+    raw: BTreeMap<String, Spanned<RawCategory>>,
+    elements: &Elements,
+    code_tables: &CodeTables,
+) -> Result<(BTreeMap<String, Category>, HashMap<String, String>), SpecError> {
+    let mut categories = BTreeMap::new();
+    let mut by_bill_type = HashMap::new();
+    for (key, c) in raw {
+        let cat = category(
+            src,
+            key.clone(),
+            c.into_inner(),
+            elements,
+            code_tables,
+            &mut by_bill_type,
+        )?;
+        categories.insert(key, cat);
+    }
+    Ok((categories, by_bill_type))
+}
+
+/// One category: its elements exist, its bill types are valid and select
+/// no other category (recorded in `by_bill_type`).
+fn category(
+    src: Source<'_>,
+    key: String,
+    c: RawCategory,
+    elements: &Elements,
+    code_tables: &CodeTables,
+    by_bill_type: &mut HashMap<String, String>,
+) -> Result<Category, SpecError> {
+    let required = element_keys(src, &key, &c.required, elements)?;
+    let optional = element_keys(src, &key, &c.optional, elements)?;
+    let bill_types = bill_types(src, &key, &c.bill_types, code_tables.get("bill_type"), by_bill_type)?;
+    let required_idx = required
+        .iter()
+        .filter_map(|k| elements.get(k))
+        .map(|e| e.index)
+        .collect();
+    let mut allowed = vec![0u64; elements.len().div_ceil(64)];
+    for e in required.iter().chain(&optional).filter_map(|k| elements.get(k)) {
+        allowed[e.index / 64] |= 1u64 << (e.index % 64);
+    }
+    Ok(Category {
+        key,
+        zh: c.zh,
+        en: c.en,
+        required,
+        optional,
+        trace_codes: c.trace_codes,
+        bill_types,
+        epcis: c.epcis,
+        required_idx,
+        allowed,
+    })
+}
+
+/// A category's list of element keys: each an element of the dataset.
+fn element_keys(
+    src: Source<'_>,
+    category: &str,
+    list: &[Spanned<String>],
+    elements: &Elements,
+) -> Result<Vec<String>, SpecError> {
+    list.iter()
+        .map(|s| {
+            if elements.contains_key(s.get_ref()) {
+                Ok(s.get_ref().clone())
+            } else {
+                Err(SpecError::Unknown {
+                    loc: src.loc(s.span().start, &format!("categories.{category}")),
+                    kind: "element",
+                    name: s.get_ref().clone(),
+                    suggestions: near_matches(s.get_ref(), elements.keys().map(String::as_str)),
+                })
+            }
+        })
+        .collect()
+}
+
+/// A category's bill types: each in the `bill_type` code table (when there
+/// is one) and selecting no other category; `by_bill_type` records them.
+fn bill_types(
+    src: Source<'_>,
+    category: &str,
+    list: &[Spanned<String>],
+    bill_table: Option<&Arc<CodeTable>>,
+    by_bill_type: &mut HashMap<String, String>,
+) -> Result<Vec<String>, SpecError> {
+    let mut bill_types = Vec::new();
+    for b in list {
+        let loc = || src.loc(b.span().start, &format!("categories.{category}.bill_types"));
+        if bill_table.is_some_and(|t| !t.codes.contains_key(b.get_ref())) {
+            return Err(SpecError::Invalid {
+                loc: loc(),
+                message: format!("bill type `{b}` is not in code table bill_type"),
+            });
+        }
+        if let Some(other) = by_bill_type.insert(b.get_ref().clone(), category.to_string()) {
+            return Err(SpecError::Invalid {
+                loc: loc(),
+                message: format!("bill type `{b}` is already mapped to category `{other}`"),
+            });
+        }
+        bill_types.push(b.get_ref().clone());
+    }
+    Ok(bill_types)
+}
+
 impl Dataset {
     /// The built-in reconstruction (`config/datasets/nmpab-1004.toml`,
     /// embedded at compile time) so the product works without files.
@@ -366,140 +578,10 @@ impl Dataset {
     /// [`SpecError`] naming the origin, line and key.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Dataset, SpecError> {
         let raw: RawDataset = toml::from_str(text).map_err(|e| SpecError::from_toml(origin, text, &e))?;
-        let mut code_tables = BTreeMap::new();
-        for (key, t) in raw.code_tables {
-            code_tables.insert(
-                key.clone(),
-                std::sync::Arc::new(CodeTable {
-                    key,
-                    zh: t.zh,
-                    set: t.codes.keys().cloned().collect(),
-                    codes: t.codes,
-                }),
-            );
-        }
-        let mut elements: HashMap<String, Element, FastHashBuild> = HashMap::default();
-        let mut element_order = Vec::new();
-        let mut raw_elements: Vec<(String, Spanned<RawElement>)> = raw.elements.into_iter().collect();
-        raw_elements.sort_by_key(|(_, e)| e.span().start);
-        for (key, value) in raw_elements {
-            let key_loc = |k: &str| Location::at(origin, text, value.span().start, Some(&format!("elements.{k}")));
-            let e = value.get_ref();
-            if let Some(ct) = &e.code_table
-                && !code_tables.contains_key(ct.get_ref())
-            {
-                return Err(SpecError::Unknown {
-                    loc: key_loc(&key),
-                    kind: "code table",
-                    name: ct.get_ref().clone(),
-                    suggestions: near_matches(ct.get_ref(), code_tables.keys().map(String::as_str)),
-                });
-            }
-            if e.ty == ElementType::Code && e.code_table.is_none() {
-                return Err(SpecError::Invalid {
-                    loc: key_loc(&key),
-                    message: format!("element `{key}` has type code but no code_table"),
-                });
-            }
-            let cross = crate::validate::CROSS_KEYS.contains(&key.as_str());
-            element_order.push(key.clone());
-            elements.insert(
-                key.clone(),
-                Element {
-                    key,
-                    id: e.id.clone(),
-                    zh: e.zh.clone(),
-                    en: e.en.clone(),
-                    ty: e.ty,
-                    max_len: e.max_len,
-                    min_len: e.min_len,
-                    min: e.min,
-                    max: e.max,
-                    code_table: e.code_table.as_ref().map(|c| c.get_ref().clone()),
-                    pii: e.pii,
-                    scope: e.scope,
-                    index: element_order.len() - 1,
-                    cross,
-                    table: e
-                        .code_table
-                        .as_ref()
-                        .and_then(|c| code_tables.get(c.get_ref()).cloned()),
-                },
-            );
-        }
-        let mut categories = BTreeMap::new();
-        let mut by_bill_type = HashMap::new();
-        for (key, c) in raw.categories {
-            let c = c.into_inner();
-            let check = |list: &[Spanned<String>]| -> Result<Vec<String>, SpecError> {
-                list.iter()
-                    .map(|s| {
-                        if elements.contains_key(s.get_ref()) {
-                            Ok(s.get_ref().clone())
-                        } else {
-                            Err(SpecError::Unknown {
-                                loc: Location::at(origin, text, s.span().start, Some(&format!("categories.{key}"))),
-                                kind: "element",
-                                name: s.get_ref().clone(),
-                                suggestions: near_matches(s.get_ref(), elements.keys().map(String::as_str)),
-                            })
-                        }
-                    })
-                    .collect()
-            };
-            let required = check(&c.required)?;
-            let optional = check(&c.optional)?;
-            let bill_table = code_tables.get("bill_type");
-            let mut bill_types = Vec::new();
-            for b in &c.bill_types {
-                let loc = || {
-                    Location::at(
-                        origin,
-                        text,
-                        b.span().start,
-                        Some(&format!("categories.{key}.bill_types")),
-                    )
-                };
-                if bill_table.is_some_and(|t| !t.codes.contains_key(b.get_ref())) {
-                    return Err(SpecError::Invalid {
-                        loc: loc(),
-                        message: format!("bill type `{b}` is not in code table bill_type"),
-                    });
-                }
-                if let Some(other) = by_bill_type.insert(b.get_ref().clone(), key.clone()) {
-                    return Err(SpecError::Invalid {
-                        loc: loc(),
-                        message: format!("bill type `{b}` is already mapped to category `{other}`"),
-                    });
-                }
-                bill_types.push(b.get_ref().clone());
-            }
-            let required_idx = required
-                .iter()
-                .filter_map(|k| elements.get(k))
-                .map(|e| e.index)
-                .collect();
-            let mut allowed = vec![0u64; elements.len().div_ceil(64)];
-            for e in required.iter().chain(&optional).filter_map(|k| elements.get(k)) {
-                allowed[e.index / 64] |= 1u64 << (e.index % 64);
-            }
-            categories.insert(
-                key.clone(),
-                Category {
-                    key,
-                    zh: c.zh,
-                    en: c.en,
-                    required,
-                    optional,
-                    trace_codes: c.trace_codes,
-                    bill_types,
-                    epcis: c.epcis,
-                    required_idx,
-                    allowed,
-                },
-            );
-        }
-        drop(element_order);
+        let src = Source { origin, text };
+        let code_tables = code_tables(raw.code_tables);
+        let elements = elements(src, raw.elements, &code_tables)?;
+        let (categories, by_bill_type) = categories(src, raw.categories, &elements, &code_tables)?;
         let mut ordered: Vec<Element> = elements.into_values().collect();
         ordered.sort_by_key(|e| e.index);
         let index = ordered.iter().map(|e| (e.key.clone(), e.index)).collect();
