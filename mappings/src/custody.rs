@@ -1102,3 +1102,102 @@ fn name(g: &Fact) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Phases of [`judge_code`] on their own, on facts built by hand.
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    const UNIT: &str = "86123450000000001001";
+    const DAY_MS: i64 = 86_400_000;
+
+    fn fact(n: u128, at_day: i64, kind: Move, actor: &str, peer: Option<&str>, doses: u16) -> Fact {
+        Fact {
+            code: UNIT.into(),
+            seq: n as u64,
+            event_id: Uuid::from_u128(n),
+            at_ms: 1_704_067_200_000 + at_day * DAY_MS,
+            kind,
+            actor: actor.into(),
+            peer: peer.map(str::to_string),
+            doses,
+            cancels: None,
+            lot: None,
+        }
+    }
+
+    fn rules(out: &[Finding]) -> Vec<(Rule, Option<u64>, bool)> {
+        out.iter().map(|f| (f.rule, f.conflict.map(|c| c.1), f.later)).collect()
+    }
+
+    #[test]
+    fn every_dose_given_alone() {
+        let produced = fact(1, 0, Move::Produce, "mah", None, 2);
+        let (first, second) = (
+            fact(2, 5, Move::Administer, "clinic", None, 0),
+            fact(3, 9, Move::Administer, "clinic", None, 0),
+        );
+        let history = vec![&produced, &first, &second];
+        // a third dose of a two-dose package, dated after both: the last one
+        // given is the conflict
+        let third = fact(4, 11, Move::Administer, "clinic", None, 0);
+        let mut out = Vec::new();
+        let used_up = Judgement::new(&third, history.clone(), &mut out).every_dose_given();
+        assert!(used_up);
+        assert_eq!(rules(&out), [(Rule::AdministeredTwice, Some(3), false)]);
+        // dated between the two: the one given after it, dated later
+        let between = fact(4, 7, Move::Administer, "clinic", None, 0);
+        let mut out = Vec::new();
+        assert!(Judgement::new(&between, history.clone(), &mut out).every_dose_given());
+        assert_eq!(rules(&out), [(Rule::AdministeredTwice, Some(3), true)]);
+        // a dispatch after the last dose
+        let sent = fact(5, 10, Move::Dispatch, "clinic", Some("cdc"), 0);
+        let mut out = Vec::new();
+        assert!(Judgement::new(&sent, history, &mut out).every_dose_given());
+        assert_eq!(rules(&out), [(Rule::AdministeredMoved, Some(2), false)]);
+    }
+
+    #[test]
+    fn receipt_unmatched_alone() {
+        let produced = fact(1, 0, Move::Produce, "mah", None, 1);
+        let sent = fact(2, 3, Move::Dispatch, "mah", Some("cdc"), 0);
+        let history = vec![&produced, &sent];
+        let at_cdc = fact(3, 3, Move::Receive, "cdc", Some("mah"), 0);
+        let at_clinic = fact(4, 3, Move::Receive, "clinic", Some("mah"), 0);
+        let mut out = Vec::new();
+        Judgement::new(&at_cdc, history.clone(), &mut out).custody(false);
+        assert!(out.is_empty());
+        Judgement::new(&at_clinic, history, &mut out).custody(false);
+        assert_eq!(rules(&out), [(Rule::ReceiptUnmatched, Some(2), false)]);
+        assert!(
+            out[0].message.contains("in transit from mah to cdc"),
+            "{}",
+            out[0].message
+        );
+    }
+
+    #[test]
+    fn lot_rules_alone() {
+        let given = fact(9, 10, Move::Administer, "clinic", None, 0);
+        let release = Uuid::from_u128(77);
+        let lot = LotState {
+            produced: None,
+            expires: NaiveDate::from_ymd_opt(2024, 1, 5),
+            released: Some((NaiveDate::from_ymd_opt(2024, 1, 20), true, release, 7)),
+            recalled: Some((given.at_ms, Uuid::from_u128(78), 8)),
+        };
+        let mut out = Vec::new();
+        let mut j = Judgement::new(&given, Vec::new(), &mut out);
+        j.lot_release(&lot);
+        j.lot_recall(&lot);
+        j.lot_expiry(&lot, None);
+        assert_eq!(
+            rules(&out),
+            [
+                (Rule::BeforeRelease, Some(7), false),
+                (Rule::RecalledUsed, Some(8), false),
+                (Rule::ExpiredUsed, None, false)
+            ]
+        );
+    }
+}

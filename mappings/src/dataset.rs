@@ -685,4 +685,39 @@ mod tests {
         assert!(err.contains("did you mean `recipient_code`"), "{err}");
         assert!(err.starts_with("ds.toml:"), "{err}");
     }
+
+    #[test]
+    fn bill_types_alone() {
+        let text = "x";
+        let src = Source {
+            origin: "ds.toml",
+            text,
+        };
+        let table = code_tables(BTreeMap::from([(
+            "bill_type".to_string(),
+            RawCodeTable {
+                zh: "单据类型".into(),
+                codes: BTreeMap::from([("101".to_string(), "生产入库".to_string())]),
+            },
+        )]));
+        let bill = |b: &str| vec![Spanned::new(0..1, b.to_string())];
+        let mut by_bill_type = HashMap::new();
+        let ok = bill_types(
+            src,
+            "production_inbound",
+            &bill("101"),
+            table.get("bill_type"),
+            &mut by_bill_type,
+        );
+        assert_eq!(ok.ok(), Some(vec!["101".to_string()]));
+        let again = bill_types(src, "outbound", &bill("101"), table.get("bill_type"), &mut by_bill_type);
+        let err = again.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.ends_with("bill type `101` is already mapped to category `production_inbound`"),
+            "{err}"
+        );
+        let unknown = bill_types(src, "outbound", &bill("999"), table.get("bill_type"), &mut by_bill_type);
+        let err = unknown.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.ends_with("bill type `999` is not in code table bill_type"), "{err}");
+    }
 }

@@ -1024,4 +1024,118 @@ mod tests {
         let v: Vec<String> = accepted_expiry_dates(p, 24).iter().map(|d| d.to_string()).collect();
         assert_eq!(v, ["2026-03-15", "2026-03-14", "2026-02-28", "2026-03-31"]);
     }
+
+    const A: &str = "86123450000000001001";
+    const P: &str = "86123450000000009000";
+
+    fn event() -> TraceEvent {
+        TraceEvent {
+            category: "outbound".into(),
+            event_id: uuid::Uuid::nil(),
+            occurred_at: chrono::DateTime::default(),
+            recorded_at: chrono::DateTime::default(),
+            source: "3201020001".into(),
+            device: None,
+            record_key: "r1".into(),
+            bill_type: None,
+            trace_codes: Vec::new(),
+            aggregations: Vec::new(),
+            from: None,
+            to: None,
+            fields: serde_json::Map::new(),
+            pii: crate::Pii::new(),
+        }
+    }
+
+    fn rules<'c>(cx: &'c Ctx<'_>) -> Vec<(&'static str, Option<&'c str>)> {
+        cx.out.iter().map(|p| (p.rule, p.value.as_deref())).collect()
+    }
+
+    #[test]
+    fn trace_code_pairs_alone() {
+        let mut e = event();
+        e.trace_codes = vec![A.into(), P.into(), A.into()];
+        e.aggregations = vec![crate::AggregationLink {
+            parent: P.into(),
+            children: vec![A.into()],
+        }];
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        check_trace_code_pairs(&mut cx, &e);
+        assert_eq!(
+            rules(&cx),
+            [("trace_code_duplicate", Some(A)), ("parent_and_child", Some(P))]
+        );
+        // one code, no links: nothing to compare
+        e.trace_codes = vec![A.into()];
+        e.aggregations.clear();
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        check_trace_code_pairs(&mut cx, &e);
+        assert!(cx.out.is_empty());
+    }
+
+    #[test]
+    fn required_elements_alone() {
+        let dataset = Dataset::builtin();
+        let Some(cat) = dataset.category("vaccination") else {
+            panic!("no vaccination category")
+        };
+        let mut present = Present::new(dataset.element_count());
+        for key in &cat.required[1..] {
+            if let Some(el) = dataset.element(key) {
+                present.mark(el);
+            }
+        }
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        check_required(&mut cx, &dataset, cat, &present);
+        let fields: Vec<&str> = cx.out.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, [cat.required[0].as_str()]);
+        assert_eq!(cx.out[0].rule, "required");
+    }
+
+    #[test]
+    fn cold_chain_cross_rules_alone() {
+        let e = event();
+        let (lo, hi, alarm, departure) = (json(1.0), json(9.0), Value::from("0"), json(9.5));
+        let mut c = Cross::new();
+        c.push("temp_min", CrossVal::V(&lo));
+        c.push("temp_max", CrossVal::V(&hi));
+        c.push("alarm_state", CrossVal::V(&alarm));
+        c.push("departure_temp", CrossVal::V(&departure));
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        readings(&mut cx, &e, &c);
+        assert_eq!(rules(&cx), [("excursion_without_alarm", Some("1..9"))]);
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        transport_temperatures(&mut cx, &e, &c);
+        assert_eq!(rules(&cx), [("temperature_excursion", Some("9.5"))]);
+        // the whole table reports the rules in its order
+        let mut cx = Ctx {
+            record: "r1",
+            out: Vec::new(),
+        };
+        cross_field(&mut cx, &e, &c);
+        let found: Vec<&str> = cx.out.iter().map(|p| p.rule).collect();
+        assert_eq!(
+            found,
+            ["implausible_time", "excursion_without_alarm", "temperature_excursion"]
+        );
+    }
+
+    fn json(x: f64) -> Value {
+        Value::from(x)
+    }
 }
