@@ -355,6 +355,8 @@ impl Source<'_> {
 
 type CodeTables = BTreeMap<String, Arc<CodeTable>>;
 type Elements = HashMap<String, Element, FastHashBuild>;
+/// Bill type → the key of the category it selects.
+type ByBillType = HashMap<String, String>;
 
 /// The code tables, by key.
 fn code_tables(raw: BTreeMap<String, RawCodeTable>) -> CodeTables {
@@ -445,7 +447,7 @@ fn categories(
     raw: BTreeMap<String, Spanned<RawCategory>>,
     elements: &Elements,
     code_tables: &CodeTables,
-) -> Result<(BTreeMap<String, Category>, HashMap<String, String>), SpecError> {
+) -> Result<(BTreeMap<String, Category>, ByBillType), SpecError> {
     let mut categories = BTreeMap::new();
     let mut by_bill_type = HashMap::new();
     for (key, c) in raw {
@@ -470,7 +472,7 @@ fn category(
     c: RawCategory,
     elements: &Elements,
     code_tables: &CodeTables,
-    by_bill_type: &mut HashMap<String, String>,
+    by_bill_type: &mut ByBillType,
 ) -> Result<Category, SpecError> {
     let required = element_keys(src, &key, &c.required, elements)?;
     let optional = element_keys(src, &key, &c.optional, elements)?;
@@ -528,7 +530,7 @@ fn bill_types(
     category: &str,
     list: &[Spanned<String>],
     bill_table: Option<&Arc<CodeTable>>,
-    by_bill_type: &mut HashMap<String, String>,
+    by_bill_type: &mut ByBillType,
 ) -> Result<Vec<String>, SpecError> {
     let mut bill_types = Vec::new();
     for b in list {
