@@ -488,3 +488,227 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> 
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each phase alone, on a small SQLite ledger: genesis (block 0) and
+    //! blocks 1, 2 and 3 of 5, 3 and 2 transactions, one batch each.
+
+    use super::*;
+    use crate::{Ledger, LedgerConfig, SqliteStore, TxContent, sign_batch};
+    use secure_gateway::{Signer, sm3};
+
+    fn content(i: u32) -> TxContent {
+        TxContent {
+            tx_id: uuid::Uuid::new_v4(),
+            record_id: format!("ev-{i}"),
+            kind: TxKind::Data,
+            category: "vaccination".into(),
+            state_key: format!("8{i:019}"),
+            content_type: "json".into(),
+            data_hash: sm3(&i.to_be_bytes()),
+            payload: vec![i as u8; 100],
+            fields_root: None,
+        }
+    }
+
+    async fn ledger(dir: &tempfile::TempDir, node: &Signer) -> Ledger<SqliteStore> {
+        let store = SqliteStore::open(&dir.path().join("l.db")).await.unwrap();
+        let l = Ledger::open(store, node.clone(), "test", LedgerConfig::default())
+            .await
+            .unwrap();
+        for (from, n) in [(0, 5), (5, 3), (8, 2)] {
+            let batch = sign_batch("91110000MA0000000X", node, (from..from + n).map(content).collect(), 1).unwrap();
+            l.append(batch).await.unwrap();
+        }
+        l
+    }
+
+    impl<S: LedgerStore> Verifier<'_, S> {
+        /// A copy, to try a phase that fails without spoiling `self`.
+        fn clone_state(&self) -> Self {
+            Verifier {
+                store: self.store,
+                node_key: self.node_key.clone(),
+                provider: self.provider,
+                frontier: self.frontier.clone(),
+                prev_hash: self.prev_hash,
+                prev_ts: self.prev_ts,
+                verified_batches: self.verified_batches.clone(),
+                report: self.report.clone(),
+            }
+        }
+    }
+
+    /// The failure of `r`: (height, transaction, reason).
+    fn failure<T>(r: Result<T, LedgerError>) -> (u64, Option<String>, String) {
+        match r {
+            Err(LedgerError::Integrity { height, tx, reason }) => (height, tx, reason),
+            Err(e) => panic!("expected an integrity failure, got {e}"),
+            Ok(_) => panic!("expected an integrity failure, got success"),
+        }
+    }
+
+    #[tokio::test]
+    async fn start_takes_the_node_key_from_genesis_and_holds_it_to_the_trusted_one() {
+        let (dir, node, other) = (tempfile::tempdir().unwrap(), crate::test_signer(), crate::test_signer());
+        let l = ledger(&dir, &node).await;
+        let v = Verifier::start(l.store(), None).await.unwrap();
+        assert!(v.node_key == *node.verifying_key());
+        assert_eq!(v.report.node_key_id, node.verifying_key().key_id());
+        assert_eq!((v.frontier.size(), v.prev_hash), (0, Sm3Digest::ZERO));
+        assert!(Verifier::start(l.store(), Some(node.verifying_key())).await.is_ok());
+        let (height, tx, reason) = failure(Verifier::start(l.store(), Some(other.verifying_key())).await);
+        assert_eq!((height, tx), (0, None));
+        assert_eq!(
+            reason,
+            format!(
+                "the ledger's node key is {}, not the trusted key {}",
+                node.verifying_key().key_id(),
+                other.verifying_key().key_id()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn check_header_names_each_broken_link_to_the_chain() {
+        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
+        let l = ledger(&dir, &node).await;
+        let mut v = Verifier::start(l.store(), None).await.unwrap();
+        let blocks = v.read_blocks(0, 4).await.unwrap();
+        v.check_run(0, &blocks[..1], &mut |_| {}).await.unwrap();
+        let b1 = &blocks[1];
+        v.check_header(b1, 1).unwrap();
+        let cases: [(fn(&mut BlockHeader), &str); 5] = [
+            (|b| b.version = "9.9".into(), "unknown block version \"9.9\""),
+            (
+                |b| b.provider = Sm3Digest::ZERO,
+                "provider is not the ledger's node key",
+            ),
+            (
+                |b| b.previous_block_hash = Sm3Digest::ZERO,
+                "previous_block_hash does not match the previous block",
+            ),
+            (
+                |b| b.timestamp = i64::MIN,
+                "timestamp is earlier than the previous block's",
+            ),
+            (|b| b.first_leaf = 2, "first_leaf is 2, expected 1"),
+        ];
+        for (perturb, want) in cases {
+            let mut b = b1.clone();
+            perturb(&mut b);
+            assert_eq!(failure(v.check_header(&b, 1)), (1, None, want.to_string()));
+        }
+        assert_eq!(
+            failure(v.check_header(b1, 2)),
+            (2, None, "expected block 2, found height 1".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn read_ahead_reads_only_where_the_block_says_the_next_starts() {
+        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
+        let l = ledger(&dir, &node).await;
+        let v = Verifier::start(l.store(), None).await.unwrap();
+        let blocks = v.read_blocks(0, 4).await.unwrap();
+        let next = read_ahead(l.store(), &blocks[1], Some(&blocks[2]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.iter().map(|t| t.leaf_index).collect::<Vec<_>>(), [6, 7, 8]);
+        let mut moved = blocks[2].clone();
+        moved.first_leaf += 1;
+        assert!(read_ahead(l.store(), &blocks[1], Some(&moved)).await.is_none());
+        assert!(read_ahead(l.store(), &blocks[3], None).await.is_none());
+        // What was read ahead must be as much as the block lists.
+        let (height, _, reason) = failure(v.block_txs(&blocks[2], Some(Ok(next[..2].to_vec()))).await);
+        assert_eq!(
+            (height, reason.as_str()),
+            (2, "block lists 3 transactions, 2 are stored")
+        );
+        assert_eq!(v.block_txs(&blocks[2], None).await.unwrap(), next);
+    }
+
+    #[tokio::test]
+    async fn check_block_phases_each_catch_their_own_damage() {
+        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
+        let l = ledger(&dir, &node).await;
+        let mut v = Verifier::start(l.store(), None).await.unwrap();
+        let blocks = v.read_blocks(0, 4).await.unwrap();
+        v.check_run(0, &blocks[..2], &mut |_| {}).await.unwrap();
+        let b2 = &blocks[2];
+        let txs = v.block_txs(b2, None).await.unwrap();
+        // The checkpoint of block 2 is for the tree with block 2's leaves.
+        assert_eq!(
+            failure(v.check_checkpoint(b2).await).2,
+            "checkpoint does not match the block and the tree"
+        );
+
+        // A batch signature that does not verify: named with its transaction.
+        let mut forged = txs.clone();
+        forged[0].tx.auth.batch.timestamp_ms += 1;
+        let checked = hash_txs(2, b2.first_leaf, forged.clone()).await.unwrap().1;
+        let (height, tx, reason) = failure(v.clone_state().add_txs(2, &forged, checked));
+        assert_eq!((height, tx), (2, Some(forged[0].tx.content.tx_id.to_string())));
+        assert!(
+            reason.starts_with("batch signature of 91110000MA0000000X: "),
+            "{reason}"
+        );
+
+        // The block's three transactions are one batch: one signature check.
+        let (txs, checked) = hash_txs(2, b2.first_leaf, txs).await.unwrap();
+        let (leaves, emitted) = v.add_txs(2, &txs, checked).unwrap();
+        assert_eq!((v.report.transactions, v.report.batch_signatures), (9, 3));
+        assert_eq!(v.frontier.size(), 9);
+        check_block_hashes(b2, &leaves).unwrap();
+        v.check_nodes(2, &emitted).await.unwrap();
+        v.check_checkpoint(b2).await.unwrap();
+
+        let swapped = [leaves[1], leaves[0], leaves[2]];
+        assert_eq!(
+            failure(check_block_hashes(b2, &swapped)).2,
+            "merkle_root does not match the block's transactions"
+        );
+        let mut later = b2.clone();
+        later.timestamp += 1;
+        assert_eq!(
+            failure(check_block_hashes(&later, &leaves)).2,
+            "block_hash is not SM3(SM3(previous_block_hash ‖ timestamp ‖ merkle_root))"
+        );
+        let mut wrong = emitted.clone();
+        let (k, hash) = wrong.last_mut().unwrap();
+        *hash = Sm3Digest::ZERO;
+        let want = format!("stored tree node level {} index {} is wrong", k.level, k.index);
+        assert_eq!(failure(v.check_nodes(2, &wrong).await), (2, None, want));
+    }
+
+    #[tokio::test]
+    async fn finish_refuses_a_transaction_beyond_the_last_block() {
+        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
+        let l = ledger(&dir, &node).await;
+        let mut v = Verifier::start(l.store(), None).await.unwrap();
+        let blocks = v.read_blocks(0, 4).await.unwrap();
+        let mut seen = Vec::new();
+        v.check_run(0, &blocks[..3], &mut |h| seen.push(h)).await.unwrap();
+        assert_eq!(seen, [0, 1, 2]);
+        // Stopped at block 2, the verifier sees block 3's first leaf as a stray.
+        let stray = l.store().txs(9, 10).await.unwrap().remove(0);
+        assert_eq!(
+            failure(v.clone_state().finish(2).await),
+            (
+                2,
+                Some(stray.tx.content.tx_id.to_string()),
+                "transaction at leaf 9 belongs to no block".to_string()
+            )
+        );
+        v.check_run(3, &blocks[3..], &mut |_| {}).await.unwrap();
+        let report = v.finish(3).await.unwrap();
+        assert_eq!(report, verify_ledger(l.store(), None, |_, _| {}).await.unwrap());
+        assert_eq!(
+            (report.blocks, report.transactions, report.batch_signatures),
+            (4, 11, 4)
+        );
+        assert_eq!(report.head_hash, blocks[3].block_hash);
+    }
+}
