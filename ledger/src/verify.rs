@@ -16,6 +16,9 @@ use crate::merkle::{self, Frontier, NodeKey};
 use crate::store::{LedgerStore, StoredTx};
 use crate::tx::TxKind;
 
+/// A tree node a block completed: where it is and its hash.
+type TreeNode = (NodeKey, Sm3Digest);
+
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -230,9 +233,9 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
         h: u64,
         txs: &[StoredTx],
         checked: Vec<TxChecked>,
-    ) -> Result<(Vec<Sm3Digest>, Vec<(NodeKey, Sm3Digest)>), LedgerError> {
+    ) -> Result<(Vec<Sm3Digest>, Vec<TreeNode>), LedgerError> {
         let mut leaves = Vec::with_capacity(txs.len());
-        let mut emitted: Vec<(NodeKey, Sm3Digest)> = Vec::with_capacity(txs.len() * 2);
+        let mut emitted: Vec<TreeNode> = Vec::with_capacity(txs.len() * 2);
         for (st, c) in txs.iter().zip(checked) {
             let (leaf, memo) = c?;
             self.check_batch_signature(h, st, memo)?;
@@ -579,7 +582,8 @@ mod tests {
         v.check_run(0, &blocks[..1], &mut |_| {}).await.unwrap();
         let b1 = &blocks[1];
         v.check_header(b1, 1).unwrap();
-        let cases: [(fn(&mut BlockHeader), &str); 5] = [
+        type Break = fn(&mut BlockHeader);
+        let cases: [(Break, &str); 5] = [
             (|b| b.version = "9.9".into(), "unknown block version \"9.9\""),
             (
                 |b| b.provider = Sm3Digest::ZERO,
