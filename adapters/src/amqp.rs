@@ -24,10 +24,16 @@
 //!   unique), and every message of the batch would be retried and
 //!   dead-lettered. A repeat whose first copy got `Retry` gets `Retry`
 //!   without a call.
+//!
+//! The source type `amqp` ([`AmqpSourceConfig`]) runs one consumer and
+//! reconnects it after a broker failure.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueDeclareOptions,
@@ -35,8 +41,13 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, message::Delivery};
 use mappings::Record;
+use serde::Deserialize;
+use tokio::sync::watch;
 
+use crate::error::AgentError;
 use crate::intake::{Outcome, RecordSink, normalise};
+use crate::push_sources::positive;
+use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
 /// Header with the number of failed attempts so far.
 pub const ATTEMPTS_HEADER: &str = "x-vaxgate-attempts";
@@ -432,6 +443,172 @@ impl<S: RecordSink> AmqpSource<S> {
             &[(ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts)))],
         );
         self.publish_confirmed(ch, "", &self.cfg.queue, d, props).await
+    }
+}
+
+// ----------------------------------------------------------- `type = "amqp"`
+
+fn d_attempts() -> u32 {
+    5
+}
+fn d_batch_size() -> usize {
+    100
+}
+fn d_retry_ms() -> u64 {
+    2000
+}
+fn d_event_id() -> String {
+    "eventId".into()
+}
+
+/// `type = "amqp"`: a durable RabbitMQ queue of JSON events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Mapping spec (e.g. config/mappings/erp-shipment.toml).
+    pub mapping: PathBuf,
+    /// Broker URL; put the password in `${ENV}`.
+    pub url: String,
+    /// Durable queue.
+    pub queue: String,
+    /// Dead-letter exchange (fanout).
+    pub dead_letter_exchange: String,
+    /// Failed attempts before dead-lettering (default 5).
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+    /// Messages per pipeline call (default 100).
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// Delay before a republish, times the attempt (default 2000 ms).
+    #[serde(default = "d_retry_ms")]
+    pub retry_delay_ms: u64,
+    /// JSON field with the event id when `message_id` is unset (default `eventId`).
+    #[serde(default = "d_event_id")]
+    pub event_id_field: String,
+}
+
+impl AmqpSourceConfig {
+    /// Consumes the queue, delivering to `sink`, until `stop`; reconnects
+    /// with backoff (0.5 s doubling to 30 s) after a broker failure, so it
+    /// returns no error of its own. With `once` it returns at once: a queue
+    /// has no "caught up".
+    pub async fn run<S: RecordSink>(
+        &self,
+        sink: S,
+        mut stop: watch::Receiver<bool>,
+        once: bool,
+    ) -> Result<RunStats, AgentError> {
+        let name = &self.name;
+        if once {
+            tracing::info!(source = %name, "push source skipped: it only runs continuously");
+            return Ok(RunStats::default());
+        }
+        let amqp = AmqpConfig {
+            max_attempts: self.max_attempts,
+            batch_size: self.batch_size,
+            retry_delay: Duration::from_millis(self.retry_delay_ms),
+            event_id_field: self.event_id_field.clone(),
+            ..AmqpConfig::new(&self.url, &self.queue, &self.dead_letter_exchange)
+        };
+        let source = AmqpSource::new(name, amqp, sink);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match source.run(stop.clone()).await {
+                Ok(stats) => {
+                    tracing::info!(source = %name, accepted = stats.accepted, retried = stats.retried,
+                        dead_lettered = stats.dead_lettered, "AMQP consumer stopped");
+                    if *stop.borrow() {
+                        return Ok(RunStats::default());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "AMQP consumer failed; reconnecting"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return Ok(RunStats::default()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+impl Source for AmqpSourceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Path {
+        &self.mapping
+    }
+
+    fn resolved(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Arc<dyn Source> {
+        Arc::new(AmqpSourceConfig {
+            mapping: resolve(&self.mapping),
+            ..self.clone()
+        })
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            return Err(("url", "must start with amqp:// or amqps://".to_string()));
+        }
+        if self.queue.is_empty() {
+            return Err(("queue", "must not be empty".to_string()));
+        }
+        if self.dead_letter_exchange.is_empty() {
+            return Err(("dead_letter_exchange", "must not be empty".to_string()));
+        }
+        positive("max_attempts", u64::from(self.max_attempts))?;
+        positive("batch_size", self.batch_size as u64)
+    }
+
+    /// The broker accepts the connection and the queue/exchange declarations.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        async move {
+            let src = AmqpSource::new(
+                &self.name,
+                AmqpConfig::new(&self.url, &self.queue, &self.dead_letter_exchange),
+                NoSink,
+            );
+            match tokio::time::timeout(Duration::from_secs(15), src.connect()).await {
+                Ok(Ok((conn, _))) => {
+                    let _ = conn.close(200, "check done".into()).await;
+                    Ok(format!(
+                        "broker reachable; queue `{}` and dead-letter exchange `{}` declared",
+                        self.queue, self.dead_letter_exchange
+                    ))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer from the broker within 15 s".into()),
+            }
+        }
+        .boxed()
+    }
+
+    fn start(&self, cx: SourceContext) -> Result<SourceTask, AgentError> {
+        let c = self.clone();
+        Ok(async move { c.run(cx.pipeline, cx.stop, cx.once).await }.boxed())
+    }
+}
+
+/// A sink that takes nothing (used where only the broker is checked).
+#[derive(Debug)]
+struct NoSink;
+
+impl RecordSink for NoSink {
+    async fn submit(&self, _: &str, records: Vec<(String, Record)>, _: Option<serde_json::Value>) -> Vec<Outcome> {
+        records
+            .iter()
+            .map(|_| Outcome::Retry {
+                reason: "check only".into(),
+            })
+            .collect()
+    }
+
+    async fn checkpoint(&self, _: &str) -> Option<serde_json::Value> {
+        None
     }
 }
 

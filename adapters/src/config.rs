@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::AgentError;
+use crate::source::SourceConfig;
 
 /// `agent.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,7 +18,7 @@ pub struct AgentConfig {
     pub agent: AgentSection,
     /// How to reach the gateway.
     pub gateway: GatewaySection,
-    /// The sources to run.
+    /// The sources to run, each parsed by its `type` (`crate::source`).
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     /// Which library holds the agent's key and seals its records:
@@ -87,178 +88,6 @@ fn default_retry_base() -> u64 {
 }
 fn default_retry_max() -> u64 {
     30_000
-}
-
-/// One `[[sources]]` entry, selected by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum SourceConfig {
-    /// A SQLite database file.
-    Sqlite(SqlSourceConfig),
-    /// PostgreSQL.
-    Postgres(SqlSourceConfig),
-    /// MySQL or MariaDB.
-    Mysql(SqlSourceConfig),
-    /// SQL Server (tiberius).
-    Mssql(SqlSourceConfig),
-    /// HL7 v2 over MLLP (push).
-    Hl7Mllp(crate::push_sources::Hl7MllpSourceConfig),
-    /// A drop directory of `.hl7` files.
-    Hl7Files(crate::push_sources::Hl7FilesSourceConfig),
-    /// A directory of XML exports.
-    XmlDir(crate::push_sources::XmlDirSourceConfig),
-    /// A RabbitMQ queue of JSON events.
-    Amqp(crate::push_sources::AmqpSourceConfig),
-}
-
-impl SourceConfig {
-    /// The source's name.
-    pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
-                &c.name
-            }
-            SourceConfig::Hl7Mllp(c) => &c.name,
-            SourceConfig::Hl7Files(c) => &c.name,
-            SourceConfig::XmlDir(c) => &c.name,
-            SourceConfig::Amqp(c) => &c.name,
-        }
-    }
-
-    /// The `type` tag.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Sqlite(_) => "sqlite",
-            SourceConfig::Postgres(_) => "postgres",
-            SourceConfig::Mysql(_) => "mysql",
-            SourceConfig::Mssql(_) => "mssql",
-            SourceConfig::Hl7Mllp(_) => "hl7_mllp",
-            SourceConfig::Hl7Files(_) => "hl7_files",
-            SourceConfig::XmlDir(_) => "xml_dir",
-            SourceConfig::Amqp(_) => "amqp",
-        }
-    }
-
-    /// The mapping spec file.
-    pub fn mapping(&self) -> &Path {
-        match self {
-            SourceConfig::Sqlite(c) | SourceConfig::Postgres(c) | SourceConfig::Mysql(c) | SourceConfig::Mssql(c) => {
-                &c.mapping
-            }
-            SourceConfig::Hl7Mllp(c) => &c.mapping,
-            SourceConfig::Hl7Files(c) => &c.mapping,
-            SourceConfig::XmlDir(c) => &c.mapping,
-            SourceConfig::Amqp(c) => &c.mapping,
-        }
-    }
-
-    /// The push-source config (HL7, XML, AMQP), paths as written.
-    pub fn push(&self) -> Option<crate::push_sources::PushSourceConfig> {
-        use crate::push_sources::PushSourceConfig as P;
-        match self {
-            SourceConfig::Hl7Mllp(c) => Some(P::Hl7Mllp(c.clone())),
-            SourceConfig::Hl7Files(c) => Some(P::Hl7Files(c.clone())),
-            SourceConfig::XmlDir(c) => Some(P::XmlDir(c.clone())),
-            SourceConfig::Amqp(c) => Some(P::Amqp(c.clone())),
-            _ => None,
-        }
-    }
-}
-
-/// A SQL source: incremental pull by watermark (with a tie-breaker key)
-/// or by a change table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlSourceConfig {
-    /// Unique name (checkpoints and quarantine are kept under it).
-    pub name: String,
-    /// The mapping spec (`config/mappings/*.toml`).
-    pub mapping: PathBuf,
-    /// Connection URL (`sqlite:path`, `postgres://...`, `mysql://...`,
-    /// or an ADO.NET string for `mssql`); use `${ENV}` for passwords.
-    pub url: String,
-    /// The table or view to read (alternative to `query`).
-    #[serde(default)]
-    pub table: Option<String>,
-    /// A SELECT whose rows are the records (alternative to `table`); it is
-    /// wrapped as a subquery, filtered by the watermark and ordered.
-    #[serde(default)]
-    pub query: Option<String>,
-    /// The watermark column (an increasing id or a timestamp).
-    #[serde(default)]
-    pub watermark: Option<String>,
-    /// The tie-breaker key column (unique); default: the watermark column.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Pull by a change table instead of a watermark.
-    #[serde(default)]
-    pub change_table: Option<ChangeTable>,
-    /// Rows per batch.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Seconds between polls once caught up.
-    #[serde(default = "default_poll")]
-    pub poll_interval_secs: f64,
-    /// A statement run once per accepted record after its receipt is
-    /// stored, with `{key}` standing for the record's key value, e.g.
-    /// `UPDATE T_JZ_JZJL SET SCBZ = '1' WHERE JZJL_ID = {key}`.
-    #[serde(default)]
-    pub mark_processed: Option<String>,
-    /// Rows fetched ahead while a batch is at the gateway (bounded queue).
-    #[serde(default = "default_prefetch")]
-    pub prefetch: usize,
-    /// Pages at the gateway at once (their receipts are committed in order).
-    #[serde(default = "default_in_flight")]
-    pub in_flight: usize,
-}
-
-/// The column alias under which a change table's sequence number is read
-/// (removed from the record before mapping).
-pub const CHANGE_SEQ_ALIAS: &str = "vg_change_seq";
-
-impl SqlSourceConfig {
-    /// The columns the pull pages by: (watermark, tie-breaker key). With a
-    /// change table both are its sequence number, read as
-    /// [`CHANGE_SEQ_ALIAS`]; otherwise the watermark column and the key
-    /// column (default: the watermark column).
-    pub fn paging_columns(&self) -> (String, String) {
-        match &self.change_table {
-            Some(_) => (CHANGE_SEQ_ALIAS.to_string(), CHANGE_SEQ_ALIAS.to_string()),
-            None => {
-                let wm = self.watermark.clone().unwrap_or_default();
-                (wm.clone(), self.key.clone().unwrap_or(wm))
-            }
-        }
-    }
-}
-
-fn default_in_flight() -> usize {
-    2
-}
-
-fn default_batch() -> usize {
-    500
-}
-fn default_poll() -> f64 {
-    5.0
-}
-fn default_prefetch() -> usize {
-    2
-}
-
-/// A change table: one row per change with an increasing sequence number
-/// and the changed record's key; the record is read by joining the source
-/// table on its key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeTable {
-    /// The change table.
-    pub table: String,
-    /// Its increasing sequence column.
-    pub seq: String,
-    /// Its column holding the changed record's key.
-    pub key: String,
 }
 
 /// A loaded configuration with where it came from.
@@ -336,11 +165,15 @@ pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
             message: e.message().to_string(),
         }
     })?;
-    let loaded = LoadedAgentConfig {
+    let mut loaded = LoadedAgentConfig {
         config,
         path: path.to_path_buf(),
         text,
     };
+    // Relative paths of the sources (mapping, directories) are relative to
+    // the config file.
+    let sources = std::mem::take(&mut loaded.config.sources);
+    loaded.config.sources = sources.iter().map(|s| s.resolved(&|p| loaded.resolve(p))).collect();
     loaded.validate()?;
     Ok(loaded)
 }
@@ -506,83 +339,7 @@ impl LoadedAgentConfig {
             if !names.insert(s.name().to_string()) {
                 return Err(self.invalid(&k("name"), format!("source `{}` is configured twice", s.name())));
             }
-            match s {
-                SourceConfig::Sqlite(q)
-                | SourceConfig::Postgres(q)
-                | SourceConfig::Mysql(q)
-                | SourceConfig::Mssql(q) => self.validate_sql(i, s.kind(), q)?,
-                _ => {
-                    if let Some(p) = s.push() {
-                        p.resolved(|p| self.resolve(p))
-                            .validate()
-                            .map_err(|(key, msg)| self.invalid(&k(key), msg))?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_sql(&self, i: usize, kind: &str, q: &SqlSourceConfig) -> Result<(), AgentError> {
-        let k = |leaf: &str| format!("sources[{i}].{leaf}");
-        let scheme_ok = match kind {
-            "sqlite" => q.url.starts_with("sqlite:"),
-            "postgres" => q.url.starts_with("postgres://") || q.url.starts_with("postgresql://"),
-            "mysql" => q.url.starts_with("mysql://") || q.url.starts_with("mariadb://"),
-            _ => !q.url.is_empty(),
-        };
-        if !scheme_ok {
-            return Err(self.invalid(&k("url"), format!("not a {kind} connection URL")));
-        }
-        match (&q.table, &q.query, &q.change_table) {
-            (Some(_), Some(_), _) => return Err(self.invalid(&k("query"), "give `table` or `query`, not both")),
-            (None, None, _) => return Err(self.invalid(&k("table"), "give `table` or `query`")),
-            (None, Some(_), Some(_)) => {
-                return Err(self.invalid(&k("change_table"), "a change table needs `table` (joined on its key)"));
-            }
-            _ => {}
-        }
-        if q.change_table.is_none() && q.watermark.is_none() {
-            return Err(self.invalid(&k("watermark"), "give a watermark column (or a `change_table`)"));
-        }
-        if q.change_table.is_some() && q.watermark.is_some() {
-            return Err(self.invalid(&k("watermark"), "a change table source has no watermark"));
-        }
-        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.');
-        for (leaf, v) in [
-            ("table", q.table.as_deref()),
-            ("watermark", q.watermark.as_deref()),
-            ("key", q.key.as_deref()),
-        ] {
-            if let Some(v) = v
-                && !ident_ok(v)
-            {
-                return Err(self.invalid(&k(leaf), format!("`{v}` is not a plain column/table name")));
-            }
-        }
-        if let Some(ct) = &q.change_table {
-            for v in [&ct.table, &ct.seq, &ct.key] {
-                if !ident_ok(v) {
-                    return Err(self.invalid(&k("change_table"), format!("`{v}` is not a plain column/table name")));
-                }
-            }
-        }
-        if q.batch_size == 0 || q.batch_size > 10_000 {
-            return Err(self.invalid(&k("batch_size"), "must be between 1 and 10000"));
-        }
-        if !(q.poll_interval_secs > 0.0 && q.poll_interval_secs <= 86_400.0) {
-            return Err(self.invalid(&k("poll_interval_secs"), "must be > 0 and at most 86400"));
-        }
-        if q.in_flight == 0 || q.in_flight > 16 {
-            return Err(self.invalid(&k("in_flight"), "must be between 1 and 16"));
-        }
-        if q.prefetch == 0 || q.prefetch > 64 {
-            return Err(self.invalid(&k("prefetch"), "must be between 1 and 64"));
-        }
-        if let Some(m) = &q.mark_processed
-            && m.matches("{key}").count() != 1
-        {
-            return Err(self.invalid(&k("mark_processed"), "must contain `{key}` exactly once"));
+            s.validate().map_err(|(key, msg)| self.invalid(&k(key), msg))?;
         }
         Ok(())
     }
@@ -591,6 +348,14 @@ impl LoadedAgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SQL config of an entry read by sqlx.
+    pub(super) fn sqlx_config(s: &SourceConfig) -> &crate::pull::SqlSourceConfig {
+        let any: &dyn std::any::Any = &**s;
+        any.downcast_ref::<crate::pull::PullSource<crate::sql::SqlSource>>()
+            .map(crate::pull::PullSource::config)
+            .unwrap_or_else(|| panic!("{s:?} is not a sqlx source"))
+    }
 
     fn files() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -644,9 +409,8 @@ batch_size = 0
             "{e}"
         );
         let ok = load(&GOOD.replace("batch_size = 0", ""), d.path()).unwrap_or_else(|e| panic!("{e}"));
-        let SourceConfig::Postgres(pg) = &ok.config.sources[1] else {
-            panic!()
-        };
+        let pg = sqlx_config(&ok.config.sources[1]);
+        assert_eq!(ok.config.sources[1].kind(), "postgres");
         assert_eq!(pg.url, "postgres://u:s\"ecret@h/db");
         let e = load(&GOOD.replace("${PGPASS}", "${NOPE}"), d.path())
             .err()
@@ -694,9 +458,7 @@ mod example {
         let cfg = load_str(&text, &path, &|name| Some(format!("secret-for-{name}"))).unwrap_or_else(|e| panic!("{e}"));
         let kinds: Vec<&str> = cfg.config.sources.iter().map(SourceConfig::kind).collect();
         assert_eq!(kinds, ["sqlite", "postgres", "mysql"]);
-        let SourceConfig::Postgres(pg) = &cfg.config.sources[1] else {
-            panic!("not postgres")
-        };
+        let pg = super::tests::sqlx_config(&cfg.config.sources[1]);
         assert!(pg.url.contains("secret-for-CDC_DB_PASSWORD"));
         let specs = crate::agent::load_specs(&cfg).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(specs.len(), 3);

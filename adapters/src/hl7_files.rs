@@ -17,13 +17,25 @@
 //!   like any resend: in one call, the repeated event ids would make the
 //!   gateway refuse the whole call, and the file would never leave the
 //!   directory.
+//!
+//! The source type `hl7_files` ([`Hl7FilesSourceConfig`]) watches one
+//! directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use mappings::MappingSpec;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::error::AgentError;
 use crate::hl7::{AckCode, Hl7Processor, MessageHeader, segments, split_messages};
 use crate::intake::RecordSink;
+use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, hl7_processor, is_dir, positive, source_err};
+use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 use crate::xml_source::{move_into, ready_files};
 
 /// Errors of the file drop.
@@ -256,6 +268,116 @@ impl<S: RecordSink> Hl7FileDrop<S> {
             quarantined,
             moved_to: target,
         })
+    }
+}
+
+// ------------------------------------------------------ `type = "hl7_files"`
+
+fn d_max_file() -> u64 {
+    64 * 1024 * 1024
+}
+fn d_batch_size() -> usize {
+    256
+}
+
+/// `type = "hl7_files"`: a drop directory of `.hl7` files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7FilesSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Mapping spec.
+    pub mapping: PathBuf,
+    /// The watched directory (`done/` and `failed/` are created in it).
+    pub dir: PathBuf,
+    /// Minimum age of a file before it is read (default 2000 ms).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+    /// Pause between scans (default 5000 ms).
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Largest file (default 64 MiB).
+    #[serde(default = "d_max_file")]
+    pub max_file_bytes: u64,
+    /// Messages per pipeline call (default 256).
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Hl7FilesSourceConfig {
+    /// Watches the directory, delivering to `sink` with `spec` (field
+    /// locations from the `mapping` file), until `stop`; with `once` it
+    /// scans once and counts messages.
+    ///
+    /// # Errors
+    /// [`AgentError::Source`] when the spec file is unreadable or a one-off
+    /// scan fails.
+    pub async fn run<S: RecordSink>(
+        &self,
+        spec: Arc<MappingSpec>,
+        sink: S,
+        stop: watch::Receiver<bool>,
+        once: bool,
+    ) -> Result<RunStats, AgentError> {
+        let name = &self.name;
+        let processor = hl7_processor(name, &self.mapping, spec, sink)?;
+        let files = Hl7FilesConfig {
+            dir: self.dir.clone(),
+            extension: "hl7".into(),
+            settle: Duration::from_millis(self.settle_ms),
+            max_file_bytes: self.max_file_bytes,
+            batch_size: self.batch_size,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+        };
+        let drop_dir = Hl7FileDrop::new(name, processor, files);
+        let mut stats = RunStats::default();
+        if once {
+            for r in drop_dir
+                .poll_once()
+                .await
+                .map_err(|e| source_err(name, e.to_string(), true))?
+            {
+                stats.accepted += r.accepted as u64;
+                stats.rejected += (r.refused - r.quarantined) as u64;
+                stats.quarantined += r.quarantined as u64;
+            }
+        } else {
+            drop_dir.run(stop).await;
+        }
+        Ok(stats)
+    }
+}
+
+impl Source for Hl7FilesSourceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Path {
+        &self.mapping
+    }
+
+    fn resolved(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Arc<dyn Source> {
+        Arc::new(Hl7FilesSourceConfig {
+            mapping: resolve(&self.mapping),
+            dir: resolve(&self.dir),
+            ..self.clone()
+        })
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        is_dir(&self.dir)?;
+        positive("max_file_bytes", self.max_file_bytes)?;
+        positive("batch_size", self.batch_size as u64)
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        futures_util::future::ready(check_dir(&self.dir, "hl7")).boxed()
+    }
+
+    fn start(&self, cx: SourceContext) -> Result<SourceTask, AgentError> {
+        let c = self.clone();
+        Ok(async move { c.run(cx.spec, cx.pipeline, cx.stop, cx.once).await }.boxed())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Sources (SQL, HL7 v2 over MLLP, XML exports, AMQP) and the agent that
 //! pushes sealed batches to the gateway: the signed gateway client, batch
 //! sealing, the submit pipeline with its state database (checkpoints,
-//! receipts, quarantine) and retry backoff.
+//! receipts, quarantine) and retry backoff. Each source type implements
+//! [`source::Source`] and is registered by its `type` name in
+//! `source::SOURCE_TYPES`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -15,9 +17,11 @@ pub mod intake;
 pub mod mllp;
 pub mod mssql;
 pub mod pipeline;
+pub mod pull;
 pub mod push_sources;
 pub mod retry;
 pub mod seal;
+pub mod source;
 pub mod sql;
 pub mod state;
 pub mod xml_source;

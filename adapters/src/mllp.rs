@@ -7,18 +7,28 @@
 //! [`RecordSink`] call, so a busy listener sends the agent full batches and
 //! an idle one adds no latency. A full queue blocks the connections' reads
 //! (back-pressure on the senders, never unbounded memory).
+//!
+//! The source type `hl7_mllp` ([`Hl7MllpSourceConfig`]) runs a listener.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use mappings::MappingSpec;
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::error::AgentError;
 use crate::hl7::{AckCode, ErrEntry, Hl7Processor, Processed, build_ack, err_code};
 use crate::intake::RecordSink;
+use crate::push_sources::{hl7_processor, positive, source_err};
+use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
 /// Start of block.
 pub const SB: u8 = 0x0B;
@@ -304,6 +314,118 @@ impl MllpClient {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+// ------------------------------------------------------- `type = "hl7_mllp"`
+
+fn d_max_frame() -> usize {
+    1024 * 1024
+}
+fn d_max_connections() -> usize {
+    256
+}
+fn d_batch_max() -> usize {
+    256
+}
+
+/// `type = "hl7_mllp"`: an MLLP listener for VXU^V04.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7MllpSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Mapping spec (e.g. config/mappings/hl7-vxu.toml).
+    pub mapping: PathBuf,
+    /// Listen address, e.g. `0.0.0.0:2575`.
+    pub listen: String,
+    /// Largest frame in bytes (default 1 MiB).
+    #[serde(default = "d_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Concurrent connections (default 256).
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// Messages per pipeline call (default 256).
+    #[serde(default = "d_batch_max")]
+    pub batch_max: usize,
+}
+
+impl Hl7MllpSourceConfig {
+    /// Listens, delivering to `sink` with `spec` (field locations from the
+    /// `mapping` file), until `stop` changes. With `once` it returns at
+    /// once: a listener has no "caught up".
+    ///
+    /// # Errors
+    /// [`AgentError::Source`] when the listener cannot start (address in
+    /// use, spec file unreadable).
+    pub async fn run<S: RecordSink>(
+        &self,
+        spec: Arc<MappingSpec>,
+        sink: S,
+        mut stop: watch::Receiver<bool>,
+        once: bool,
+    ) -> Result<RunStats, AgentError> {
+        let name = &self.name;
+        if once {
+            tracing::info!(source = %name, "push source skipped: it only runs continuously");
+            return Ok(RunStats::default());
+        }
+        let processor = hl7_processor(name, &self.mapping, spec, sink)?;
+        let mllp = MllpConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_connections: self.max_connections,
+            batch_max: self.batch_max,
+            ..MllpConfig::default()
+        };
+        let server = MllpServer::bind(&self.listen, processor, mllp)
+            .await
+            .map_err(|e| source_err(name, e.to_string(), false))?;
+        tracing::info!(source = %name, addr = %server.local_addr(), "MLLP listener started");
+        let _ = stop.changed().await;
+        server.shutdown().await;
+        Ok(RunStats::default())
+    }
+}
+
+impl Source for Hl7MllpSourceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Path {
+        &self.mapping
+    }
+
+    fn resolved(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Arc<dyn Source> {
+        Arc::new(Hl7MllpSourceConfig {
+            mapping: resolve(&self.mapping),
+            ..self.clone()
+        })
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ("listen", format!("`{}` is not host:port ({e})", self.listen)))?;
+        positive("max_frame_bytes", self.max_frame_bytes as u64)?;
+        positive("max_connections", self.max_connections as u64)?;
+        positive("batch_max", self.batch_max as u64)
+    }
+
+    /// The address can be bound.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        async move {
+            match TcpListener::bind(&self.listen).await {
+                Ok(_) => Ok(format!("can listen on {}", self.listen)),
+                Err(e) => Err(format!("cannot listen on {}: {e}", self.listen)),
+            }
+        }
+        .boxed()
+    }
+
+    fn start(&self, cx: SourceContext) -> Result<SourceTask, AgentError> {
+        let c = self.clone();
+        Ok(async move { c.run(cx.spec, cx.pipeline, cx.stop, cx.once).await }.boxed())
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt as _};
 
-use crate::config::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, SqlSourceConfig};
 use crate::error::AgentError;
+use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig};
 use crate::sql::{Cell, SourceRow, SqlCheckpoint};
 
 type Conn = Client<Compat<TcpStream>>;
@@ -66,16 +66,6 @@ impl MssqlSource {
             wm_col,
             key_col,
         })
-    }
-
-    /// The configured name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &SqlSourceConfig {
-        &self.cfg
     }
 
     fn quote(ident: &str) -> String {
@@ -156,9 +146,28 @@ impl MssqlSource {
             }
         }
     }
+}
+
+impl PullReader for MssqlSource {
+    fn open(_kind: &str, cfg: &SqlSourceConfig) -> Result<MssqlSource, AgentError> {
+        MssqlSource::new(cfg)
+    }
+
+    /// An ADO.NET connection string (parsed when the source is opened).
+    fn accepts_url(_kind: &str, url: &str) -> bool {
+        !url.is_empty()
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> &SqlSourceConfig {
+        &self.cfg
+    }
 
     /// Rows after `after`, at most `limit`, in watermark order.
-    pub async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
+    async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
         let (cond, params) = self.condition(after);
         let order = if self.wm_col == self.key_col {
             Self::quote(&self.wm_col)
@@ -215,7 +224,7 @@ impl MssqlSource {
     }
 
     /// Rows after `after`.
-    pub async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
+    async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
         let (cond, params) = self.condition(after);
         let sql = format!("SELECT COUNT_BIG(*) AS n FROM ({}) vg_src{cond}", self.base());
         let rows = self.query(&sql, &params).await?;
@@ -233,7 +242,7 @@ impl MssqlSource {
     }
 
     /// Runs `mark_processed` for each accepted key.
-    pub async fn mark_processed(&self, keys: &[Cell]) -> Result<(), AgentError> {
+    async fn mark_processed(&self, keys: &[Cell]) -> Result<(), AgentError> {
         let Some(stmt) = &self.cfg.mark_processed else {
             return Ok(());
         };
@@ -245,7 +254,7 @@ impl MssqlSource {
     }
 
     /// Connects and reads one row (for `agent check`).
-    pub async fn check(&self) -> Result<String, AgentError> {
+    async fn check(&self) -> Result<String, AgentError> {
         let rows = self.fetch(None, 1).await?;
         let total = self.count_after(None).await?;
         Ok(match rows.first() {
@@ -255,7 +264,7 @@ impl MssqlSource {
     }
 
     /// Drops the connection.
-    pub async fn close(&self) {
+    async fn close(&self) {
         if let Some(c) = self.conn.lock().await.take() {
             let _ = c.close().await;
         }

@@ -15,8 +15,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use crate::config::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, SqlSourceConfig};
 use crate::error::AgentError;
+use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig};
 
 /// A typed SQL value, as read from a row and bound back into a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,16 +191,6 @@ impl SqlSource {
         })
     }
 
-    /// The configured name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &SqlSourceConfig {
-        &self.cfg
-    }
-
     fn quote(&self, ident: &str) -> String {
         ident
             .split('.')
@@ -264,8 +254,70 @@ impl SqlSource {
         )
     }
 
+    /// Whether the database's plan for a page sorts the whole source
+    /// instead of reading an index in (watermark, key) order.
+    async fn sorts_every_page(&self) -> Result<bool, sqlx::Error> {
+        let (sql, _) = self.page_sql(None, self.cfg.batch_size.max(1));
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    r.try_get::<String, _>("detail")
+                        .is_ok_and(|d| d.contains("TEMP B-TREE FOR ORDER BY"))
+                }),
+            Pool::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    r.try_get::<String, _>(0).is_ok_and(|line| {
+                        let node = line.trim_start().trim_start_matches("->").trim_start();
+                        node.starts_with("Sort ")
+                    })
+                }),
+            Pool::Mysql(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .any(|r| {
+                    let extra = r.try_get::<Option<String>, _>("Extra").ok().flatten().or_else(|| {
+                        r.try_get::<Option<Vec<u8>>, _>("Extra")
+                            .ok()
+                            .flatten()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    });
+                    extra.is_some_and(|e| e.contains("filesort"))
+                }),
+        })
+    }
+}
+
+impl PullReader for SqlSource {
+    fn open(kind: &str, cfg: &SqlSourceConfig) -> Result<SqlSource, AgentError> {
+        SqlSource::new(kind, cfg)
+    }
+
+    fn accepts_url(kind: &str, url: &str) -> bool {
+        match kind {
+            "sqlite" => url.starts_with("sqlite:"),
+            "postgres" => url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "mysql" => url.starts_with("mysql://") || url.starts_with("mariadb://"),
+            _ => false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> &SqlSourceConfig {
+        &self.cfg
+    }
+
     /// Rows after `after`, at most `limit`, in watermark order.
-    pub async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
+    async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
         let (sql, n) = self.page_sql(after, limit);
         let mut binds: Vec<Cell> = Vec::new();
         if let Some(cp) = after {
@@ -358,7 +410,7 @@ impl SqlSource {
     }
 
     /// Rows after `after` (for the backfill progress bar).
-    pub async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
+    async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
         let (page, n) = self.page_sql(after, 1);
         let inner = page.rsplit_once(" ORDER BY ").map(|(a, _)| a).unwrap_or(&page);
         let sql = format!("SELECT COUNT(*) FROM ({inner}) vg_count");
@@ -399,7 +451,7 @@ impl SqlSource {
 
     /// Runs the `mark_processed` statement for each accepted key, in one
     /// source transaction.
-    pub async fn mark_processed(&self, keys: &[Cell]) -> Result<(), AgentError> {
+    async fn mark_processed(&self, keys: &[Cell]) -> Result<(), AgentError> {
         let Some(stmt) = &self.cfg.mark_processed else {
             return Ok(());
         };
@@ -446,7 +498,7 @@ impl SqlSource {
     /// Connects and runs the page query with `LIMIT 1` (for `agent check`);
     /// warns when the database sorts the whole source for every page (no
     /// index on the watermark and key), which makes a backfill quadratic.
-    pub async fn check(&self) -> Result<String, AgentError> {
+    async fn check(&self) -> Result<String, AgentError> {
         let rows = self.fetch(None, 1).await?;
         let total = self.count_after(None).await?;
         let mut out = match rows.first() {
@@ -467,47 +519,8 @@ impl SqlSource {
         Ok(out)
     }
 
-    /// Whether the database's plan for a page sorts the whole source
-    /// instead of reading an index in (watermark, key) order.
-    async fn sorts_every_page(&self) -> Result<bool, sqlx::Error> {
-        let (sql, _) = self.page_sql(None, self.cfg.batch_size.max(1));
-        Ok(match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    r.try_get::<String, _>("detail")
-                        .is_ok_and(|d| d.contains("TEMP B-TREE FOR ORDER BY"))
-                }),
-            Pool::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    r.try_get::<String, _>(0).is_ok_and(|line| {
-                        let node = line.trim_start().trim_start_matches("->").trim_start();
-                        node.starts_with("Sort ")
-                    })
-                }),
-            Pool::Mysql(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    let extra = r.try_get::<Option<String>, _>("Extra").ok().flatten().or_else(|| {
-                        r.try_get::<Option<Vec<u8>>, _>("Extra")
-                            .ok()
-                            .flatten()
-                            .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    });
-                    extra.is_some_and(|e| e.contains("filesort"))
-                }),
-        })
-    }
-
     /// Closes the pool.
-    pub async fn close(&self) {
+    async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,

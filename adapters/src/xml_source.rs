@@ -22,17 +22,26 @@
 //!
 //! Memory: at most two batches of fragments are in flight between the
 //! parsing thread and the submitting task (bounded channel).
+//!
+//! The source type `xml_dir` ([`XmlDirSourceConfig`]) watches one directory.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use mappings::{MappingSpec, Record};
 use quick_xml::events::Event;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::error::AgentError;
 use crate::intake::{Outcome, RecordSink, normalise};
+use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, is_dir, positive, source_err};
+use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
 /// XML source errors.
 #[derive(Debug, thiserror::Error)]
@@ -459,6 +468,111 @@ fn read_file(path: &Path, record_path: &str, skip: u64, batch: usize, max: usize
                 return skipped;
             }
         }
+    }
+}
+
+// -------------------------------------------------------- `type = "xml_dir"`
+
+fn d_batch_size() -> usize {
+    500
+}
+fn d_max_record() -> usize {
+    1024 * 1024
+}
+
+/// `type = "xml_dir"`: a directory of XML exports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmlDirSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Mapping spec (its `record_path` selects the records).
+    pub mapping: PathBuf,
+    /// The watched directory.
+    pub dir: PathBuf,
+    /// Records per pipeline call (default 500).
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// Minimum age of a file before it is read (default 2000 ms).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+    /// Pause between scans (default 5000 ms).
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Largest record fragment (default 1 MiB).
+    #[serde(default = "d_max_record")]
+    pub max_record_bytes: usize,
+}
+
+impl XmlDirSourceConfig {
+    /// Watches the directory, delivering to `sink` with `spec`, until
+    /// `stop`; with `once` it scans once and counts records.
+    ///
+    /// # Errors
+    /// [`AgentError::Source`] when a one-off scan fails.
+    pub async fn run<S: RecordSink>(
+        &self,
+        spec: Arc<MappingSpec>,
+        sink: S,
+        stop: tokio::sync::watch::Receiver<bool>,
+        once: bool,
+    ) -> Result<RunStats, AgentError> {
+        let xml = XmlDirConfig {
+            batch_size: self.batch_size,
+            settle: Duration::from_millis(self.settle_ms),
+            max_record_bytes: self.max_record_bytes,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            ..XmlDirConfig::new(&self.dir)
+        };
+        let source = XmlDirSource::new(&self.name, &spec, sink, xml);
+        let mut stats = RunStats::default();
+        if once {
+            for r in source
+                .poll_once()
+                .await
+                .map_err(|e| source_err(&self.name, e.to_string(), true))?
+            {
+                stats.accepted += r.accepted;
+                stats.rejected += r.rejected;
+                stats.quarantined += r.not_accepted - r.rejected;
+            }
+        } else {
+            source.run(stop).await;
+        }
+        Ok(stats)
+    }
+}
+
+impl Source for XmlDirSourceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mapping(&self) -> &Path {
+        &self.mapping
+    }
+
+    fn resolved(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Arc<dyn Source> {
+        Arc::new(XmlDirSourceConfig {
+            mapping: resolve(&self.mapping),
+            dir: resolve(&self.dir),
+            ..self.clone()
+        })
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        is_dir(&self.dir)?;
+        positive("batch_size", self.batch_size as u64)?;
+        positive("max_record_bytes", self.max_record_bytes as u64)
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        futures_util::future::ready(check_dir(&self.dir, "xml")).boxed()
+    }
+
+    fn start(&self, cx: SourceContext) -> Result<SourceTask, AgentError> {
+        let c = self.clone();
+        Ok(async move { c.run(cx.spec, cx.pipeline, cx.stop, cx.once).await }.boxed())
     }
 }
 

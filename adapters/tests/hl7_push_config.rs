@@ -3,11 +3,18 @@
 //! validation messages naming the key, and an unknown type listing the
 //! valid ones.
 
-use adapters::config::SourceConfig;
-use adapters::push_sources::{PushSourceConfig, check_push_source};
+use adapters::mllp::Hl7MllpSourceConfig;
+use adapters::source::{RunStats, SourceConfig};
+use adapters::xml_source::XmlDirSourceConfig;
 
 fn parse(text: &str) -> Result<SourceConfig, String> {
     toml::from_str::<SourceConfig>(text).map_err(|e| e.to_string())
+}
+
+/// The config struct of an entry's type.
+fn concrete<T: 'static>(s: &SourceConfig) -> &T {
+    let any: &dyn std::any::Any = &**s;
+    any.downcast_ref::<T>().expect("source of the expected type")
 }
 
 #[test]
@@ -15,20 +22,16 @@ fn push_sources_parse_with_defaults_and_validate() {
     let s = parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"127.0.0.1:2575\"\n")
         .expect("hl7_mllp");
     assert_eq!((s.kind(), s.name()), ("hl7_mllp", "iis"));
-    match s.push() {
-        Some(PushSourceConfig::Hl7Mllp(c)) => {
-            assert_eq!(
-                (c.max_frame_bytes, c.max_connections, c.batch_max),
-                (1024 * 1024, 256, 256)
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(s.push().expect("push").validate().is_ok());
+    let c = concrete::<Hl7MllpSourceConfig>(&s);
+    assert_eq!(
+        (c.max_frame_bytes, c.max_connections, c.batch_max),
+        (1024 * 1024, 256, 256)
+    );
+    assert!(s.validate().is_ok());
 
     let bad =
         parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"port 2575\"\n").expect("parses");
-    let (key, msg) = bad.push().expect("push").validate().expect_err("bad listen");
+    let (key, msg) = bad.validate().expect_err("bad listen");
     assert_eq!(key, "listen");
     assert!(msg.contains("port 2575"), "{msg}");
 
@@ -37,14 +40,14 @@ fn push_sources_parse_with_defaults_and_validate() {
     assert!(e.contains("record_path"), "{e}");
     let x =
         parse("type = \"xml_dir\"\nname = \"mah\"\nmapping = \"m.toml\"\ndir = \"/nonexistent/dir\"\n").expect("xml");
-    let (key, _) = x.push().expect("push").validate().expect_err("missing dir");
+    let (key, _) = x.validate().expect_err("missing dir");
     assert_eq!(key, "dir");
 
     let a = parse(
         "type = \"amqp\"\nname = \"erp\"\nmapping = \"m.toml\"\nurl = \"http://x\"\nqueue = \"q\"\ndead_letter_exchange = \"d\"\n",
     )
     .expect("amqp");
-    assert_eq!(a.push().expect("push").validate().expect_err("url").0, "url");
+    assert_eq!(a.validate().expect_err("url").0, "url");
 
     let e = parse("type = \"hl7\"\nname = \"x\"\n").expect_err("unknown type");
     for t in ["hl7_mllp", "hl7_files", "xml_dir", "amqp", "postgres"] {
@@ -61,7 +64,7 @@ async fn check_reports_per_push_source() {
         dir.path().display()
     ))
     .expect("xml");
-    let ok = check_push_source(&x.push().expect("push")).await.expect("dir ok");
+    let ok = x.check().await.expect("dir ok");
     assert!(ok.contains("1 .xml file(s) waiting"), "{ok}");
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -70,9 +73,7 @@ async fn check_reports_per_push_source() {
         "type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"{addr}\"\n"
     ))
     .expect("mllp");
-    let err = check_push_source(&m.push().expect("push"))
-        .await
-        .expect_err("address in use");
+    let err = m.check().await.expect_err("address in use");
     assert!(err.contains(&addr.to_string()), "{err}");
 }
 
@@ -96,7 +97,8 @@ async fn once_mode_scans_directories_and_reports_counts() {
     .expect("xml");
     let sink = Arc::new(adapters::intake::MemorySink::new("mah", spec.clone()));
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let stats = adapters::push_sources::run_push_source(&x.push().expect("push"), spec.clone(), sink.clone(), rx, true)
+    let stats = concrete::<XmlDirSourceConfig>(&x)
+        .run(spec.clone(), sink.clone(), rx, true)
         .await
         .expect("scan");
     assert_eq!(stats.accepted + stats.quarantined + stats.rejected, 4, "{stats:?}");
@@ -108,8 +110,9 @@ async fn once_mode_scans_directories_and_reports_counts() {
     let m =
         parse("type = \"hl7_mllp\"\nname = \"iis\"\nmapping = \"m.toml\"\nlisten = \"127.0.0.1:1\"\n").expect("mllp");
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let stats = adapters::push_sources::run_push_source(&m.push().expect("push"), spec, sink, rx, true)
+    let stats = concrete::<Hl7MllpSourceConfig>(&m)
+        .run(spec, sink, rx, true)
         .await
         .expect("skipped");
-    assert_eq!(stats, adapters::push_sources::PushStats::default());
+    assert_eq!(stats, RunStats::default());
 }

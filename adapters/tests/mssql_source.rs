@@ -14,8 +14,8 @@ mod tds_mock;
 
 use std::sync::{Arc, Mutex};
 
-use adapters::config::SqlSourceConfig;
 use adapters::mssql::MssqlSource;
+use adapters::pull::{PullReader as _, SqlSourceConfig};
 use adapters::sql::{Cell, SqlCheckpoint};
 use tds_mock::{ColType, MockTdsServer, Reply, Request, Value};
 
