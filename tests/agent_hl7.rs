@@ -7,21 +7,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use adapters::hl7::split_messages;
 use adapters::mllp::MllpClient;
-use common::*;
+use support::agent::*;
+use support::{Ent, Node, Process, free_port, ok, repo};
 
 const HL7_SOURCE: &str = "hl7-vxu";
 
-fn config(gw: &Gateway, dir: &Path, listen: &str) -> std::path::PathBuf {
+fn config(gw: &Node, clinic: &Ent, dir: &Path, listen: &str) -> std::path::PathBuf {
     let source = format!(
         r#"[[sources]]
 type = "hl7_mllp"
@@ -30,19 +30,11 @@ mapping = "{mapping}"
 listen = "{listen}""#,
         mapping = repo().join("config/mappings/hl7-vxu.toml").display(),
     );
-    gw.agent_config_with(dir, &gw.entity_id, &gw.key_file, &source)
+    gw.agent_config_with(dir, clinic, &source)
 }
 
 fn vaccination_ids(db: &Path) -> BTreeSet<String> {
-    let rows = ledger_records(db);
-    let ids: Vec<String> = rows
-        .into_iter()
-        .filter(|(_, c)| c == "vaccination")
-        .map(|(r, _)| r)
-        .collect();
-    let set: BTreeSet<String> = ids.iter().cloned().collect();
-    assert_eq!(set.len(), ids.len(), "an event is in the ledger twice");
-    set
+    ledger_ids(db, "vaccination")
 }
 
 fn ids(keys: &[&str]) -> BTreeSet<String> {
@@ -51,23 +43,14 @@ fn ids(keys: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn msa(ack: &str) -> String {
     ack.split('\r').find(|s| s.starts_with("MSA")).unwrap_or("").to_string()
 }
 
 struct Running {
-    gw: Gateway,
+    gw: Node,
     _work: tempfile::TempDir,
-    _agent: Agent,
+    _agent: Process,
     rt: tokio::runtime::Runtime,
     client: MllpClient,
 }
@@ -81,15 +64,11 @@ impl Running {
 /// A gateway, an agent with an `hl7_mllp` source (after `agent check`
 /// reported it), and an MLLP client connected to the agent.
 fn start() -> Running {
-    let gw = Gateway::start();
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let cfg = config(&gw, work.path(), &listen);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = config(&gw, &clinic, work.path(), &listen);
 
     let out = ok(agent(&cfg, &["check"]));
     assert!(
@@ -98,13 +77,10 @@ fn start() -> Running {
     );
 
     let log = work.path().join("agent.log");
-    let child = Agent(
-        vaxgate()
-            .args(["agent", "--config", cfg.to_str().unwrap(), "run"])
+    let child = Process::spawn(
+        agent_command(&cfg, &["run"])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+            .stderr(std::fs::File::create(&log).unwrap()),
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

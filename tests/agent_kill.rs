@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod common;
+mod support;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::agent::*;
+use support::{Node, Process, block_on, repo};
 
 const ROWS: usize = 100_000;
 /// Rows per page (larger pages: fewer signed batches and state commits, so
@@ -22,11 +22,7 @@ const BATCH: usize = 2_500;
 /// 100,000 clinic rows generated inside SQLite (same shape as `clinic_row`).
 fn big_clinic_db(db: &Path) {
     sqlite_clinic(db, 0..0, &|_| false);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
         let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
         let sql = format!(
@@ -52,11 +48,7 @@ fn big_clinic_db(db: &Path) {
         pool.close().await;
     });
     // The generated rows are the ones the tests reason about.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let first: (String, String, String) = rt.block_on(async {
+    let first: (String, String, String) = block_on(async {
         let pool = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(db))
             .await
             .unwrap();
@@ -78,36 +70,19 @@ fn big_clinic_db(db: &Path) {
     );
 }
 
-struct Agent(Option<Child>);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn_agent(cfg: &Path, log: &Path) -> Agent {
-    Agent(Some(
-        vaxgate()
+fn spawn_agent(cfg: &Path, log: &Path) -> Process {
+    Process::spawn(
+        agent_command(cfg, &["run", "--once"])
             .env("RUST_LOG", "warn,adapters=info")
-            .args(["agent", "--config", cfg.to_str().unwrap(), "run", "--once"])
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    ))
+            .stderr(std::fs::File::create(log).unwrap()),
+    )
 }
 
 /// Vaccination events in the ledger so far (a count, not a read of every row:
 /// this is polled while the backfill runs).
 fn in_ledger(db: &Path) -> usize {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions WHERE category = 'vaccination'")
@@ -119,13 +94,13 @@ fn in_ledger(db: &Path) -> usize {
     })
 }
 
-fn wait_for_ledger(gw: &Gateway, at_least: usize, agent: &mut Agent, agent_log: &Path) {
+fn wait_for_ledger(gw: &Node, at_least: usize, agent: &mut Process, agent_log: &Path) {
     let start = Instant::now();
     loop {
         if in_ledger(&gw.ledger_db()) >= at_least {
             return;
         }
-        if let Some(status) = agent.0.as_mut().unwrap().try_wait().unwrap() {
+        if let Some(status) = agent.try_wait() {
             panic!(
                 "the agent ended ({status}) before {at_least} rows were in the ledger: {}",
                 std::fs::read_to_string(agent_log).unwrap_or_default()
@@ -140,13 +115,15 @@ fn wait_for_ledger(gw: &Gateway, at_least: usize, agent: &mut Agent, agent_log: 
     }
 }
 
-fn setup() -> (Gateway, tempfile::TempDir, std::path::PathBuf) {
-    let gw = Gateway::start();
+fn setup() -> (Node, tempfile::TempDir, std::path::PathBuf) {
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("clinic.db");
     big_clinic_db(&db);
     let cfg = gw.agent_config(
         work.path(),
+        &clinic,
         "sqlite",
         &format!("sqlite:{}", db.display()),
         &format!(
@@ -157,8 +134,8 @@ fn setup() -> (Gateway, tempfile::TempDir, std::path::PathBuf) {
     (gw, work, cfg)
 }
 
-fn finish(agent: &mut Agent, log: &Path) -> String {
-    let out = agent.0.take().unwrap().wait_with_output().unwrap();
+fn finish(agent: Process, log: &Path) -> String {
+    let out = agent.wait_with_output();
     assert!(
         out.status.success(),
         "agent failed: {}",
@@ -183,7 +160,7 @@ fn warnings(log: &Path) -> String {
 }
 
 fn accepted_receipts(work: &Path) -> usize {
-    state_counts(work)
+    event_counts(work, SOURCE)
         .iter()
         .filter(|(s, _)| s == "accepted")
         .map(|(_, n)| *n as usize)
@@ -191,9 +168,9 @@ fn accepted_receipts(work: &Path) -> usize {
 }
 
 /// Every row in the ledger once, a receipt for each, no personal data logged.
-fn assert_complete(gw: &Gateway, work: &Path, logs: &[&Path]) {
+fn assert_complete(gw: &Node, work: &Path, logs: &[&Path]) {
     assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..ROWS).map(row_key)));
-    assert_eq!(state_counts(work), vec![("accepted".to_string(), ROWS as i64)]);
+    assert_eq!(event_counts(work, SOURCE), vec![("accepted".to_string(), ROWS as i64)]);
     for l in logs {
         let t = std::fs::read_to_string(l).unwrap();
         assert!(
@@ -214,9 +191,7 @@ fn kill_agent_during_backfill() {
     let log1 = work.path().join("agent-1.log");
     let mut agent = spawn_agent(&cfg, &log1);
     wait_for_ledger(&gw, 20_000, &mut agent, &log1);
-    let mut child = agent.0.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    agent.kill();
     let committed = accepted_receipts(work.path());
     let before = in_ledger(&gw.ledger_db());
     assert!(before < ROWS, "killed too late: {before} rows already in");
@@ -227,8 +202,7 @@ fn kill_agent_during_backfill() {
     assert_eq!(committed % BATCH, 0, "receipts are committed a page at a time");
 
     let log2 = work.path().join("agent-2.log");
-    let mut agent = spawn_agent(&cfg, &log2);
-    let out = finish(&mut agent, &log2);
+    let out = finish(spawn_agent(&cfg, &log2), &log2);
     // The second run read exactly the rows after the committed checkpoint.
     let sent = accepted_in(&out);
     assert_eq!(
@@ -263,7 +237,7 @@ fn kill_gateway_during_backfill() {
             "the agent did not notice the gateway was down within 300 s: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        if let Some(status) = agent.0.as_mut().unwrap().try_wait().unwrap() {
+        if let Some(status) = agent.try_wait() {
             panic!(
                 "the agent ended ({status}) while the gateway was down: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -272,7 +246,7 @@ fn kill_gateway_during_backfill() {
         std::thread::sleep(Duration::from_millis(100));
     }
     gw.serve();
-    let out = finish(&mut agent, &log);
+    let out = finish(agent, &log);
 
     let sent = accepted_in(&out);
     assert_eq!(sent, ROWS, "the agent accepted {sent}: {out}\n{}", warnings(&log));

@@ -9,23 +9,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod common;
+mod support;
 
-use common::*;
-
-#[path = "support/ledger_cut.rs"]
-mod ledger_cut;
-use ledger_cut::cut_ledger;
+use support::agent::*;
+use support::ledger_cut::cut_ledger;
+use support::{Node, ok, repo, vaxgate};
 
 #[test]
 fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
-    let mut gw = Gateway::start();
+    let mut gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("clinic.db");
     sqlite_clinic(&db, 0..200, &|_| false);
     let cfg = gw.agent_config(
         work.path(),
+        &clinic,
         "sqlite",
         &format!("sqlite:{}", db.display()),
         "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 50",
@@ -64,6 +63,6 @@ fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
         "{err}"
     );
     // Nothing of the batch was recorded as delivered.
-    let counts = state_counts(work.path());
+    let counts = event_counts(work.path(), SOURCE);
     assert!(!counts.iter().any(|(s, n)| s == "accepted" && *n > 200), "{counts:?}");
 }

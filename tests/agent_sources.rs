@@ -10,15 +10,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
-use common::*;
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -27,6 +24,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
 use serde_json::{Value, json};
+use support::agent::*;
+use support::{Node, Process, ok, repo, wait_until};
 
 fn spec(name: &str) -> String {
     repo().join("config/mappings").join(name).display().to_string()
@@ -50,20 +49,6 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
 
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
-}
-
-/// The agent state database's event counts per status for `source`.
-fn event_counts(work: &Path, source: &str) -> Vec<(String, i64)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let s = adapters::StateDb::open(&work.join("agent-state.db")).await.unwrap();
-        let c = s.event_counts(source).await.unwrap();
-        s.close().await;
-        c
-    })
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -194,15 +179,14 @@ fn mah_ids(db: &Path) -> BTreeSet<String> {
 
 #[test]
 fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
-    let mut gw = Gateway::start();
-    let key = gw.register_entity(MAH, "江苏某生物制品有限公司", "mah", "manufacturer", &[]);
+    let mut gw = Node::start_for_agents();
+    let mah = gw.register_named(MAH, "江苏某生物制品有限公司", "mah", "manufacturer", &[]);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("mah-export");
     std::fs::create_dir(&dir).unwrap();
     let cfg = gw.agent_config_with(
         work.path(),
-        MAH,
-        &key,
+        &mah,
         &format!(
             "[[sources]]\ntype = \"xml_dir\"\nname = \"mah\"\nmapping = \"{}\"\ndir = \"{}\"\n\
              batch_size = 4\nsettle_ms = 0\npoll_interval_ms = 200\n",
@@ -348,14 +332,14 @@ fn hl7_variant(msg: &str, control: &str, key: &str, code: &str) -> String {
 
 #[test]
 fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
-    let mut gw = Gateway::start();
+    let mut gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("hl7-in");
     std::fs::create_dir(&dir).unwrap();
     let cfg = gw.agent_config_with(
         work.path(),
-        &gw.entity_id,
-        &gw.key_file,
+        &clinic,
         &format!(
             "[[sources]]\ntype = \"hl7_files\"\nname = \"iis-files\"\nmapping = \"{}\"\ndir = \"{}\"\n\
              settle_ms = 0\npoll_interval_ms = 200\nbatch_size = 2\n",
@@ -574,7 +558,7 @@ fn header(d: &Delivery, name: &str) -> String {
 
 /// The agent running continuously (the AMQP consumer has no "caught up").
 struct RunningAgent {
-    child: Option<Child>,
+    process: Process,
     log: PathBuf,
     out: PathBuf,
 }
@@ -583,18 +567,13 @@ impl RunningAgent {
     fn start(cfg: &Path, work: &Path) -> RunningAgent {
         let log = work.join("agent.log");
         let out = work.join("agent.out");
-        let child = vaxgate()
-            .env("RUST_LOG", "info")
-            .args(["agent", "--config", cfg.to_str().unwrap(), "run"])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        RunningAgent {
-            child: Some(child),
-            log,
-            out,
-        }
+        let process = Process::spawn(
+            agent_command(cfg, &["run"])
+                .env("RUST_LOG", "info")
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        RunningAgent { process, log, out }
     }
 
     fn log(&self) -> String {
@@ -603,43 +582,19 @@ impl RunningAgent {
 
     /// Ctrl-C (SIGINT to this child's pid) and wait for a clean exit.
     fn interrupt(&mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -INT");
-        let start = std::time::Instant::now();
-        let exit = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the agent did not stop after SIGINT:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(exit) = self.process.stop("INT", Duration::from_secs(30)) else {
+            panic!("the agent did not stop after SIGINT:\n{}", self.log());
         };
         assert!(exit.success(), "agent exit {exit:?}:\n{}", self.log());
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 }
 
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
     let url = amqp_url();
-    let mut gw = Gateway::start();
-    let key = gw.register_entity(CARRIER, "南京医药冷链物流有限公司", "carrier", "logistics", &[]);
+    let mut gw = Node::start_for_agents();
+    let carrier = gw.register_named(CARRIER, "南京医药冷链物流有限公司", "carrier", "logistics", &[]);
     let work = tempfile::tempdir().unwrap();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let queue = format!("vaxgate-e2e-erp-{id}");
@@ -647,8 +602,7 @@ fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
     let dlq = format!("vaxgate-e2e-erp-dlq-{id}");
     let cfg = gw.agent_config_with(
         work.path(),
-        CARRIER,
-        &key,
+        &carrier,
         &format!(
             "[[sources]]\ntype = \"amqp\"\nname = \"erp\"\nmapping = \"{}\"\nurl = \"{url}\"\nqueue = \"{queue}\"\n\
              dead_letter_exchange = \"{dlx}\"\nmax_attempts = 2\nbatch_size = 8\nretry_delay_ms = 100\n",

@@ -5,13 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod common;
+mod support;
 
 use std::path::Path;
 
-use common::*;
 use serde_json::Value;
+use support::agent::*;
+use support::{Node, block_on, ok, repo};
 
 fn copy_spec(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("clinic-ims.toml");
@@ -21,7 +21,8 @@ fn copy_spec(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn sqlite_watermark_resume_and_quarantine_replay() {
-    let gw = Gateway::start();
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("clinic.db");
     let bad = |i: usize| i % 50 == 7;
@@ -29,6 +30,7 @@ fn sqlite_watermark_resume_and_quarantine_replay() {
     let spec = copy_spec(work.path());
     let cfg = gw.agent_config(
         work.path(),
+        &clinic,
         "sqlite",
         &format!("sqlite:{}", db.display()),
         "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 64\npoll_interval_secs = 0.2",
@@ -47,20 +49,16 @@ fn sqlite_watermark_resume_and_quarantine_replay() {
         out.contains("warning: each page sorts the whole source (no usable index on (JZRQ, JZJL_ID))"),
         "{out}"
     );
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::query("CREATE INDEX T_JZ_JZJL_JZRQ ON T_JZ_JZJL (JZRQ, JZJL_ID)")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        });
+    block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE INDEX T_JZ_JZJL_JZRQ ON T_JZ_JZJL (JZRQ, JZJL_ID)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
     let out = ok(agent(&cfg, &["check"]));
     assert!(out.contains("300 rows") && !out.contains("warning"), "{out}");
 
@@ -110,7 +108,7 @@ fn sqlite_watermark_resume_and_quarantine_replay() {
     let all = ok(agent(&cfg, &["quarantine", "list", "--all"]));
     assert!(all.contains("[accepted]"), "{all}");
     assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..400).map(row_key)));
-    assert_eq!(state_counts(work.path()), vec![("accepted".to_string(), 400)]);
+    assert_eq!(event_counts(work.path(), SOURCE), vec![("accepted".to_string(), 400)]);
 }
 
 fn pg_url() -> String {
@@ -197,11 +195,13 @@ fn postgres_timestamp_watermark_and_mark_processed() {
     });
     insert(0..500);
 
-    let gw = Gateway::start();
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let spec = copy_spec(work.path());
     let cfg = gw.agent_config(
         work.path(),
+        &clinic,
         "postgres",
         &url,
         "table = \"T_JZ_JZJL\"\nwatermark = \"GXSJ\"\nkey = \"JZJL_ID\"\nbatch_size = 70\n\
@@ -301,11 +301,13 @@ fn mariadb_change_table() {
     });
     insert(0..250);
 
-    let gw = Gateway::start();
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
     let work = tempfile::tempdir().unwrap();
     let spec = copy_spec(work.path());
     let cfg = gw.agent_config(
         work.path(),
+        &clinic,
         "mysql",
         &url,
         "table = \"T_JZ_JZJL\"\nkey = \"JZJL_ID\"\nbatch_size = 40\n\
@@ -321,5 +323,5 @@ fn mariadb_change_table() {
     assert!(out.contains("50 accepted, 0 rejected, 0 quarantined"), "{out}");
     assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..300).map(row_key)));
     // The record keys in the agent's receipts are the table's, not the sequence.
-    assert_eq!(state_counts(work.path()), vec![("accepted".to_string(), 300)]);
+    assert_eq!(event_counts(work.path(), SOURCE), vec![("accepted".to_string(), 300)]);
 }

@@ -18,21 +18,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "agent_common.rs"]
-mod agent_common;
 mod support;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use support::{Ent, Node, from_source, golden};
+use support::{Ent, Node, agent, from_source, golden};
 
 const MAH_CODE: &str = "91320000134567890Y";
 const CLINIC_A: &str = "3201020001";
 const CLINIC_B: &str = "3201020002";
 const LOT: &str = "202311A05";
 
-/// The trace code of clinic row `i` (`agent_common::clinic_row`).
+/// The trace code of clinic row `i` (`support::agent::clinic_row`).
 fn code(i: usize) -> String {
     format!("8612345{i:013}")
 }
@@ -40,7 +38,7 @@ fn code(i: usize) -> String {
 /// Clinic row `i` (a vaccination of [`code`]`(i)` by clinic A on
 /// 2024-03-05), with its trace code, clinic or time replaced.
 fn row(i: usize, code_of: usize, clinic: &str, time: Option<&str>) -> Value {
-    let mut r = agent_common::clinic_row(i, false);
+    let mut r = agent::clinic_row(i, false);
     r["DZJGM"] = json!(code(code_of));
     r["JZDW_BM"] = json!(clinic);
     if let Some(t) = time {
@@ -53,26 +51,13 @@ fn row(i: usize, code_of: usize, clinic: &str, time: Option<&str>) -> Value {
 /// system reports as `clinic`.
 fn agent_config(node: &Node, dir: &Path, e: &Ent, clinic: &str, db: &Path) -> PathBuf {
     let spec = dir.join("clinic-ims.toml");
-    let text = std::fs::read_to_string(agent_common::repo().join("config/mappings/clinic-ims.toml"))
+    let text = std::fs::read_to_string(support::repo().join("config/mappings/clinic-ims.toml"))
         .unwrap()
         .replace("entity = \"3201020001\"", &format!("entity = \"{clinic}\""));
     assert!(text.contains(clinic));
     std::fs::write(&spec, text).unwrap();
-    let text = format!(
-        r#"[agent]
-entity_id = "{id}"
-key = "{key}"
-state_db = "{state}"
-
-[gateway]
-url = "{base}"
-node_key = "{node_key}"
-timeout_secs = 30
-attempts = 2
-retry_base_ms = 100
-retry_max_ms = 500
-
-[[sources]]
+    let sources = format!(
+        r#"[[sources]]
 type = "sqlite"
 name = "clinic-ims"
 mapping = "{spec}"
@@ -82,22 +67,15 @@ watermark = "JZRQ"
 key = "JZJL_ID"
 batch_size = 64
 "#,
-        id = e.id,
-        key = e.key_file.display(),
-        state = dir.join("agent-state.db").display(),
-        base = node.base,
-        node_key = node.dir.join("keys/node.pub.pem").display(),
         spec = spec.display(),
         db = db.display(),
     );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    node.agent_config_with(dir, e, &sources)
 }
 
 /// `vaxgate agent --config C run --once`: its stdout.
 fn run_once(cfg: &Path) -> String {
-    agent_common::ok(agent_common::agent(cfg, &["run", "--once"]))
+    support::ok(agent::agent(cfg, &["run", "--once"]))
 }
 
 fn record(msg: &mappings::ExchangeMessage, f: impl FnOnce(&mut mappings::TraceEvent)) -> mappings::ExchangeMessage {
@@ -165,7 +143,7 @@ fn alerts_of(node: &Node, reader: &Ent, code: &str) -> Vec<Value> {
 }
 
 fn quarantine_reasons(cfg: &Path) -> String {
-    agent_common::ok(agent_common::agent(cfg, &["quarantine", "list"]))
+    support::ok(agent::agent(cfg, &["quarantine", "list"]))
 }
 
 /// The holder, registered with its code in the golden records.
@@ -221,7 +199,7 @@ fn custody_rules(node: Node) {
     let mut rows: Vec<Value> = (0..5).map(|i| row(i, i, CLINIC_A, None)).collect();
     rows.push(row(5, 5, CLINIC_A, None));
     rows.push(row(8, 8, CLINIC_A, Some("20230601090000")));
-    agent_common::sqlite_clinic_rows(&db_a, rows);
+    agent::sqlite_clinic_rows(&db_a, rows);
     let cfg_a = agent_config(&node, work_a.path(), &clinic_a, CLINIC_A, &db_a);
     let out = run_once(&cfg_a);
     assert!(
@@ -235,7 +213,7 @@ fn custody_rules(node: Node) {
 
     // 2. A second run of the same agent: dose 1 again, under another record
     // (the agent's own trace_code_overused check only knows its own run).
-    agent_common::sqlite_clinic_rows(&db_a, vec![row(20, 1, CLINIC_A, Some("20240306090000"))]);
+    agent::sqlite_clinic_rows(&db_a, vec![row(20, 1, CLINIC_A, Some("20240306090000"))]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 0 accepted, 1 rejected, 0 quarantined"),
@@ -247,7 +225,7 @@ fn custody_rules(node: Node) {
     // and dose 6 (in A's stock, no transfer recorded: kept, pending).
     let work_b = tempfile::tempdir().unwrap();
     let db_b = work_b.path().join("clinic.db");
-    agent_common::sqlite_clinic_rows(
+    agent::sqlite_clinic_rows(
         &db_b,
         vec![
             row(100, 2, CLINIC_B, Some("20240307090000")),
@@ -274,7 +252,7 @@ fn custody_rules(node: Node) {
 
     // 4. A replay is judged again: still refused while dose 1's first
     // vaccination stands; accepted once clinic A cancels it (注销).
-    let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
+    let o = agent::agent(&cfg_a, &["quarantine", "replay"]);
     let replay = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         replay.contains("0 accepted") && replay.contains("3 rejected"),
@@ -297,7 +275,7 @@ fn custody_rules(node: Node) {
     });
     let r = node.post_batch(&clinic_a, "/v1/cancellations", &[cancel]);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
-    let o = agent_common::agent(&cfg_a, &["quarantine", "replay"]);
+    let o = agent::agent(&cfg_a, &["quarantine", "replay"]);
     let replay = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         replay.contains("1 accepted") && replay.contains("2 rejected"),
@@ -306,7 +284,7 @@ fn custody_rules(node: Node) {
 
     // 5. A code nobody produced: kept, pending; resolved by the production
     // and delivery that arrive later.
-    agent_common::sqlite_clinic_rows(&db_a, vec![row(30, 30, CLINIC_A, Some("20240308090000"))]);
+    agent::sqlite_clinic_rows(&db_a, vec![row(30, 30, CLINIC_A, Some("20240308090000"))]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
@@ -348,7 +326,7 @@ fn custody_rules(node: Node) {
     });
     let r = node.post_batch(&mah, "/v1/transactions", &[recall]);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
-    agent_common::sqlite_clinic_rows(&db_a, vec![row(7, 7, CLINIC_A, Some("20240309090000"))]);
+    agent::sqlite_clinic_rows(&db_a, vec![row(7, 7, CLINIC_A, Some("20240309090000"))]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
@@ -404,7 +382,7 @@ fn custody_rules(node: Node) {
         r
     };
     produce_and_deliver(&node, &mah, &clinic_a, &[code(40)]);
-    agent_common::sqlite_clinic_rows(&db_a, vec![late(40, "20261201090000")]);
+    agent::sqlite_clinic_rows(&db_a, vec![late(40, "20261201090000")]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
@@ -430,7 +408,7 @@ fn custody_rules(node: Node) {
     let r = node.post_batch(&mah, "/v1/transactions", &[release]);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     produce_and_deliver(&node, &mah, &clinic_a, &[code(41)]);
-    agent_common::sqlite_clinic_rows(&db_a, vec![late(41, "20261205090000")]);
+    agent::sqlite_clinic_rows(&db_a, vec![late(41, "20261205090000")]);
     let out = run_once(&cfg_a);
     assert!(
         out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
@@ -825,7 +803,7 @@ fn cdc_row(bill: &str, bill_type: &str, time: &str, from: &str, to: Option<&str>
 /// untyped, as in the sandbox's bill lines) in a SQLite file and inserts
 /// `rows` (from [`cdc_row`]).
 fn sqlite_cdc_rows(db: &Path, rows: Vec<Value>) {
-    agent_common::sqlite_table_rows(
+    agent::sqlite_table_rows(
         db,
         "V_YM_CRKD",
         "DJH",
@@ -840,25 +818,12 @@ fn sqlite_cdc_rows(db: &Path, rows: Vec<Value>) {
 /// `entity`).
 fn cdc_agent_config(node: &Node, dir: &Path, e: &Ent, cdc: &str, db: &Path) -> PathBuf {
     let spec = dir.join("cdc-stock.toml");
-    let original = std::fs::read_to_string(agent_common::repo().join("config/mappings/cdc-stock.toml")).unwrap();
+    let original = std::fs::read_to_string(support::repo().join("config/mappings/cdc-stock.toml")).unwrap();
     let text = original.replace("entity = \"12320100466001234B\"", &format!("entity = \"{cdc}\""));
     assert!(text != original && text.contains(cdc), "{text}");
     std::fs::write(&spec, text).unwrap();
-    let text = format!(
-        r#"[agent]
-entity_id = "{id}"
-key = "{key}"
-state_db = "{state}"
-
-[gateway]
-url = "{base}"
-node_key = "{node_key}"
-timeout_secs = 30
-attempts = 2
-retry_base_ms = 100
-retry_max_ms = 500
-
-[[sources]]
+    let sources = format!(
+        r#"[[sources]]
 type = "sqlite"
 name = "cdc-stock"
 mapping = "{spec}"
@@ -868,17 +833,10 @@ watermark = "DJRQ"
 key = "DJH"
 batch_size = 64
 "#,
-        id = e.id,
-        key = e.key_file.display(),
-        state = dir.join("agent-state.db").display(),
-        base = node.base,
-        node_key = node.dir.join("keys/node.pub.pem").display(),
         spec = spec.display(),
         db = db.display(),
     );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    node.agent_config_with(dir, e, &sources)
 }
 
 /// The holder's production of `codes` (lot [`LOT`]), sent by it.
@@ -1085,7 +1043,7 @@ fn cdc_stock_custody_rules(node: Node) {
     assert_eq!(steps(&code(80)), life);
 
     // 4. A replay is judged again by the gateway: still refused.
-    let o = agent_common::agent(&cfg, &["quarantine", "replay"]);
+    let o = agent::agent(&cfg, &["quarantine", "replay"]);
     let replay = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         replay.contains("replayed: 0 accepted, 0 still quarantined, 1 rejected by the gateway")

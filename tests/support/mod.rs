@@ -1,37 +1,57 @@
-//! Shared by the end-to-end tests of the gateway (bad_input, coldchain,
-//! openapi, api_keys, ingest, forwarding, telemetry): a fresh node from
-//! `vaxgate init` (plain HTTP unless TLS is asked for), the real
-//! `vaxgate serve` on a loopback port with optional extra configuration and
-//! environment, entity registration through `vaxgate admin`, signed
-//! requests, ledger height and metrics.
+//! The harness of the end-to-end tests in tests/ (each top-level file is
+//! one test binary of the `gateway` package that says `mod support;`):
+//! the `vaxgate` command and its output, child processes killed when a
+//! test ends ([`Process`]), a node from `vaxgate init` served by the real
+//! `vaxgate serve` with entities registered through `vaxgate admin`
+//! ([`Node`]), golden exchange messages ([`golden`]), and for the agent
+//! tests, legacy source tables, agent configs and ledger queries
+//! ([`agent`]).
 
+// Each test binary uses part of this module; what one leaves unused is
+// not dead code of the harness.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+pub mod agent;
+pub mod ledger_cut;
+mod messages;
+mod node;
+mod process;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use adapters::{GatewayClient, GatewayClientConfig};
-use mappings::ExchangeMessage;
-use secure_gateway::request::sign_request_at;
-use secure_gateway::{KeyHandle, RustCryptoProvider, SignedBatch, Signer, Sm2VerifyingKey};
-use serde_json::Value;
+// The test files import these as `support::Node` etc.; like the rest of
+// this module, each binary uses only some.
+#[allow(unused_imports)]
+pub use self::{
+    messages::{fresh, from_source, golden},
+    node::{Ent, MAX_BODY, Node, NodeOptions, Resp, fresh_postgres_database, load_key, nonce},
+    process::Process,
+};
 
+/// The environment variable the tests pass key passphrases in.
 pub const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
+/// The passphrase of every encrypted key the tests write.
 pub const PASS: &str = "correct horse battery staple";
-/// The body cap the test nodes run with.
-pub const MAX_BODY: usize = 256 * 1024;
 
+/// The built `vaxgate` binary with the test passphrase in [`PASS_ENV`] and
+/// in the agent's default passphrase variable, logging warnings only.
 pub fn vaxgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
+    c.env(PASS_ENV, PASS)
+        .env("VAXGATE_AGENT_PASSPHRASE", PASS)
+        .env("RUST_LOG", "warn");
     c
 }
 
+/// The stdout of a command that must have succeeded (else a panic with its
+/// status, stdout and stderr).
 pub fn ok(o: Output) -> String {
     assert!(
         o.status.success(),
-        "stdout: {}\nstderr: {}",
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -47,431 +67,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An encrypted PEM private key (passphrase [`PASS`]) in a fresh default
-/// provider.
-pub fn load_key(p: &Path) -> Signer {
-    let provider = RustCryptoProvider::shared();
-    let h = KeyHandle::new(p.display().to_string());
-    provider
-        .import_sm2_pem(
-            h.clone(),
-            &std::fs::read_to_string(p).unwrap(),
-            Some(PASS),
-            secure_gateway::DEFAULT_DIST_ID,
-        )
-        .unwrap();
-    Signer::new(provider, h).unwrap()
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A fresh, empty PostgreSQL database under `VAXGATE_TEST_PG_URL` (started
-/// by scripts/test.sh; panics when it is not set); returns its URL.
-pub fn fresh_postgres_database() -> String {
-    let base = std::env::var("VAXGATE_TEST_PG_URL")
-        .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL");
-    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql")
-        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{name}")
-}
-
-/// A registered entity with its master key (also as an encrypted PEM file).
-#[derive(Debug)]
-pub struct Ent {
-    pub id: String,
-    pub alias: String,
-    pub key: Signer,
-    pub key_file: PathBuf,
-}
-
-/// A running node.
-#[derive(Debug)]
-pub struct Node {
-    pub tmp: tempfile::TempDir,
-    pub dir: PathBuf,
-    pub base: String,
-    pub log: PathBuf,
-    pub http: reqwest::blocking::Client,
-    pub gateway_key: Sm2VerifyingKey,
-    /// The node's self-signed TLS certificate (TLS nodes only).
-    pub ca: Option<PathBuf>,
-    /// The ledger as `vaxgate ledger --db` takes it: the SQLite file or the
-    /// PostgreSQL URL.
-    pub db: String,
-    server: Child,
-}
-
-/// How a node is set up; `Node::start_with(NodeOptions { .., ..Default::default() })`.
-#[derive(Debug, Default)]
-pub struct NodeOptions {
-    /// TLS with the self-signed certificate of `vaxgate init` (else `--plain-http`).
-    pub tls: bool,
-    /// A fresh PostgreSQL database (see [`fresh_postgres_database`]) instead of SQLite.
-    pub postgres: bool,
-    /// `server.max_body_bytes` (the gateway's default when `None`).
-    pub max_body: Option<usize>,
-    /// Extra arguments of `vaxgate init`, e.g. `--admins 1`.
-    pub init_args: Vec<String>,
-    /// TOML appended to `vaxgate.toml`, e.g. a `[forwarding]` table.
-    pub config: String,
-    /// Extra environment of `vaxgate serve`.
-    pub env: Vec<(String, String)>,
-    /// TOML lines added to the `[server]` table, e.g. `body_read_timeout_secs = 3`.
-    pub server: String,
-    /// Run `vaxgate serve` under `prlimit --nofile=N:N` (soft and hard).
-    pub nofile: Option<u64>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-/// The response of a raw request.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub body: Value,
-    pub text: String,
-    pub headers: reqwest::header::HeaderMap,
-}
-
-impl Resp {
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-}
-
-impl Node {
-    /// `vaxgate init --plain-http` and `vaxgate serve` on SQLite with the
-    /// body cap [`MAX_BODY`], logs (debug for the gateway) in `server.log`;
-    /// returns once `/healthz` answers.
-    pub fn start() -> Node {
-        Node::start_with(NodeOptions {
-            max_body: Some(MAX_BODY),
-            ..Default::default()
-        })
-    }
-
-    /// The same on a fresh PostgreSQL database under `VAXGATE_TEST_PG_URL`
-    /// (started by scripts/test.sh; panics when it is not set).
-    pub fn start_postgres() -> Node {
-        Node::start_with(NodeOptions {
-            postgres: true,
-            max_body: Some(MAX_BODY),
-            ..Default::default()
-        })
-    }
-
-    /// `vaxgate init` and `vaxgate serve` as `o` says, logs (debug for the
-    /// gateway) in `server.log`; returns once `/healthz` answers.
-    pub fn start_with(o: NodeOptions) -> Node {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("node");
-        let port = free_port();
-        let mut init = vaxgate();
-        init.args(["init", "--dir", dir.to_str().unwrap()]);
-        if !o.tls {
-            init.arg("--plain-http");
-        }
-        ok(init
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--passphrase-env", PASS_ENV])
-            .args(&o.init_args)
-            .output()
-            .unwrap());
-        let cfg = dir.join("vaxgate.toml");
-        let mut text = std::fs::read_to_string(&cfg).unwrap();
-        if let Some(max) = o.max_body {
-            text = text.replace("[server]\n", &format!("[server]\nmax_body_bytes = {max}\n"));
-            assert!(text.contains("max_body_bytes"), "{text}");
-        }
-        let db = if o.postgres {
-            let url = fresh_postgres_database();
-            text = text.replace("url = \"sqlite:data/ledger.db\"", &format!("url = \"{url}\""));
-            assert!(text.contains(url.as_str()), "{text}");
-            url
-        } else {
-            dir.join("data/ledger.db").to_string_lossy().into_owned()
-        };
-        if !o.server.is_empty() {
-            text = text.replace("[server]\n", &format!("[server]\n{}\n", o.server));
-        }
-        text.push_str(&o.config);
-        std::fs::write(&cfg, text).unwrap();
-        let log = tmp.path().join("server.log");
-        let mut serve = match o.nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_vaxgate"));
-                c.env(PASS_ENV, PASS);
-                c
-            }
-            None => vaxgate(),
-        };
-        let server = serve
-            .env("RUST_LOG", "info,gateway=debug,vaxgate=debug")
-            .envs(o.env.iter().map(|(k, v)| (k, v)))
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        gateway::tls::install_provider();
-        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
-        let ca = o.tls.then(|| dir.join("tls/server.crt.pem"));
-        if let Some(ca) = &ca {
-            let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-            http = http.tls_certs_only([cert]);
-        }
-        let http = http.build().unwrap();
-        let scheme = if o.tls { "https" } else { "http" };
-        let base = format!("{scheme}://127.0.0.1:{port}");
-        let start = Instant::now();
-        while http.get(format!("{base}/healthz")).send().is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the server did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem")).unwrap();
-        Node {
-            tmp,
-            dir,
-            base,
-            log,
-            http,
-            gateway_key,
-            ca,
-            db,
-            server,
-        }
-    }
-
-    /// `vaxgate admin --gateway ... ARGS`.
-    pub fn admin(&self, args: &[&str]) -> Output {
-        let mut c = vaxgate();
-        c.args(["admin", "--gateway", &self.base, "--passphrase-env", PASS_ENV]);
-        if let Some(ca) = &self.ca {
-            c.arg("--ca").arg(ca);
-        }
-        c.args(args).output().unwrap()
-    }
-
-    pub fn admin_key(&self, i: usize) -> String {
-        self.dir
-            .join(format!("keys/admin-{i}.key.pem"))
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// Registers an entity (administrators 1 and 2 approve) with a fresh
-    /// master key written as an encrypted PEM.
-    pub fn register(&self, prefix17: &str, alias: &str, role: &str, codes: &[&str], policy: Option<Value>) -> Ent {
-        self.register_approved(&[1, 2], prefix17, alias, role, codes, policy)
-    }
-
-    /// The same, approved by the administrators numbered `approvers`.
-    pub fn register_approved(
-        &self,
-        approvers: &[usize],
-        prefix17: &str,
-        alias: &str,
-        role: &str,
-        codes: &[&str],
-        policy: Option<Value>,
-    ) -> Ent {
-        let id = gateway::registry::uscc_with_check(prefix17).unwrap();
-        let out = self.tmp.path().join(format!("keys-{alias}"));
-        ok(vaxgate()
-            .args(["keys", "generate", "--out", out.to_str().unwrap(), "--entity", alias])
-            .args(["--passphrase-env", PASS_ENV])
-            .output()
-            .unwrap());
-        let key_file = out.join(format!("{alias}.key.pem"));
-        let key = load_key(&key_file);
-        let pub_file = out.join(format!("{alias}.pub.pem"));
-        let mut args: Vec<String> = [
-            "register-entity",
-            "--id",
-            &id,
-            "--name",
-            &format!("{alias} 测试单位"),
-            "--alias",
-            alias,
-            "--role",
-            role,
-            "--master-key",
-            pub_file.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for &a in approvers {
-            args.push("--approve".into());
-            args.push(self.admin_key(a));
-        }
-        for c in codes {
-            args.push("--code".into());
-            args.push(c.to_string());
-        }
-        if let Some(p) = policy {
-            let f = self.tmp.path().join(format!("policy-{alias}.json"));
-            std::fs::write(&f, p.to_string()).unwrap();
-            args.push("--policy".into());
-            args.push(f.to_string_lossy().into_owned());
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(self.admin(&a));
-        Ent {
-            id,
-            alias: alias.into(),
-            key,
-            key_file,
-        }
-    }
-
-    /// A batch of `msgs` sealed for the gateway and signed by `e`.
-    pub fn seal(&self, e: &Ent, msgs: &[ExchangeMessage]) -> SignedBatch {
-        adapters::seal::seal_batch(
-            e.key.provider().as_ref(),
-            e.key.handle(),
-            &e.id,
-            &self.gateway_key,
-            &[],
-            msgs,
-        )
+/// Runs `f` to completion on a fresh single-threaded runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
-    }
-
-    /// A signed client of the node (trusting its certificate on TLS).
-    pub fn client(&self, key: Signer) -> GatewayClient {
-        let cfg = GatewayClientConfig {
-            base_url: self.base.clone(),
-            ca_cert: self.ca.clone(),
-            ..Default::default()
-        };
-        GatewayClient::new(&cfg, key).unwrap()
-    }
-
-    /// A request with the given headers.
-    pub fn raw(&self, method: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Resp {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = self.http.request(m, format!("{}{path}", self.base));
-        for (k, v) in headers {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-        let r = rb.body(body).send().unwrap();
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().unwrap();
-        Resp {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-            headers,
-        }
-    }
-
-    /// The signature headers of a request (at `timestamp`, with `nonce`).
-    pub fn sig_headers(
-        key: &Signer,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        timestamp: i64,
-        nonce: &str,
-    ) -> Vec<(String, String)> {
-        sign_request_at(key, method, path, body, timestamp, nonce)
-            .unwrap()
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
-
-    /// A signed request (fresh nonce, now); `content_type` for a body.
-    pub fn signed(&self, key: &Signer, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> Resp {
-        let mut h = Self::sig_headers(key, method, path, &body, chrono::Utc::now().timestamp(), &nonce());
-        if !body.is_empty() {
-            h.push(("content-type".into(), content_type.into()));
-        }
-        self.raw(method, path, &h, body)
-    }
-
-    /// Signed POST of a sealed batch.
-    pub fn post_batch(&self, e: &Ent, path: &str, msgs: &[ExchangeMessage]) -> Resp {
-        let b = self.seal(e, msgs).to_json().into_bytes();
-        self.signed(&e.key, "POST", path, b, "application/json")
-    }
-
-    /// Ledger height (public stats).
-    pub fn height(&self) -> u64 {
-        let r = self.raw("GET", "/v1/public/stats", &[], Vec::new());
-        assert_eq!(r.status, 200, "{}", r.text);
-        r.body["height"].as_u64().unwrap()
-    }
-
-    /// Transactions in the ledger.
-    pub fn transactions(&self) -> u64 {
-        let r = self.raw("GET", "/v1/public/stats", &[], Vec::new());
-        r.body["transactions"].as_u64().unwrap()
-    }
-
-    /// A sample of `/metrics`, e.g. `vaxgate_rejections_total{code="bad_signature"}` (0 when absent).
-    pub fn metric(&self, series: &str) -> f64 {
-        let r = self.raw("GET", "/metrics", &[], Vec::new());
-        r.text
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+        .block_on(f)
 }
 
-pub fn nonce() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// Golden exchange messages of `category` from the mappings crate.
-pub fn golden(category: &str, file: &str) -> Vec<ExchangeMessage> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../mappings/tests/golden/{category}/{file}"));
-    let v: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    v.into_iter()
-        .map(|m| mappings::exchange::from_json(&m.to_string()).unwrap())
-        .collect()
-}
-
-/// A copy of `m` with a fresh event id (and record key). A vaccination
-/// also gets a dose of its own (a fresh unit trace code of the same
-/// product): the gateway refuses a dose given twice (docs/custody.md).
-pub fn fresh(m: &ExchangeMessage) -> ExchangeMessage {
-    let mut m = m.clone();
-    m.event_id = uuid::Uuid::new_v4();
-    m.payload.event_id = m.event_id;
-    m.payload.record_key = m.event_id.to_string();
-    if m.payload.category == "vaccination" {
-        for c in &mut m.payload.trace_codes {
-            let serial = m.event_id.as_u128() % 10_000_000_000_000;
-            *c = format!("{}{serial:013}", &c[..7]);
+/// Polls `cond` every 100 ms until it holds (true) or `secs` have passed (false).
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            return false;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    m
-}
-
-/// `m` re-sourced to `source` (event and exchange sender).
-pub fn from_source(m: &ExchangeMessage, source: &str) -> ExchangeMessage {
-    let mut m = fresh(m);
-    m.payload.source = source.to_string();
-    m.sender = source.to_string();
-    m
+    true
 }
