@@ -5,93 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
+use std::process::Output;
 
-fn vaxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, "correct horse battery staple").env("RUST_LOG", "warn");
-    c
-}
+use support::{Node, NodeOptions, PASS, PASS_ENV, ok, vaxgate};
 
 fn run(args: &[&str]) -> Output {
     vaxgate().args(args).output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn client(dir: &Path) -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(dir.join("tls/server.crt.pem")).unwrap();
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
-fn serve(dir: &Path, base: &str) -> Server {
-    let child = vaxgate()
-        .args(["serve", "--config", dir.join("vaxgate.toml").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let s = Server(child);
-    let c = client(dir);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if c.get(format!("{base}/healthz"))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the gateway did not come up at {base}");
-}
-
-fn admin(dir: &Path, base: &str, args: &[&str]) -> Output {
-    let ca = dir.join("tls/server.crt.pem");
-    let mut all = vec![
-        "admin",
-        "--gateway",
-        base,
-        "--ca",
-        ca.to_str().unwrap(),
-        "--passphrase-env",
-        PASS_ENV,
-    ];
-    all.extend_from_slice(args);
-    run(&all)
 }
 
 fn uscc(prefix: &str) -> String {
@@ -99,45 +20,27 @@ fn uscc(prefix: &str) -> String {
 }
 
 /// Sends a signed GET with explicit header values; returns (status, error code).
-fn signed_get(
-    c: &reqwest::blocking::Client,
-    base: &str,
-    path: &str,
-    key: &secure_gateway::Signer,
-    ts: i64,
-    nonce: &str,
-) -> (u16, String) {
-    let r = secure_gateway::request::sign_request_at(key, "GET", path, b"", ts, nonce).unwrap();
-    let mut rb = c.get(format!("{base}{path}"));
-    for (k, v) in r.headers() {
-        rb = rb.header(k, v);
-    }
-    let resp = rb.send().unwrap();
-    let status = resp.status().as_u16();
-    let body: serde_json::Value = resp.json().unwrap_or_default();
-    (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+fn signed_get(node: &Node, path: &str, key: &secure_gateway::Signer, ts: i64, nonce: &str) -> (u16, String) {
+    let r = node.raw(
+        "GET",
+        path,
+        &Node::sig_headers(key, "GET", path, b"", ts, nonce),
+        Vec::new(),
+    );
+    (r.status, r.code().to_string())
 }
 
 #[test]
 fn init_serve_registry_auth_and_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir: PathBuf = tmp.path().join("node");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let base = format!("https://127.0.0.1:{port}");
-    let out = ok(&run(&[
-        "init",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--passphrase-env",
-        PASS_ENV,
-    ]));
-    assert!(out.contains("genesis block 0 written"), "{out}");
+    let mut node = Node::init(NodeOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let (tmp, dir) = (node.tmp.path().to_path_buf(), node.dir.clone());
+    assert!(node.init_out.contains("genesis block 0 written"), "{}", node.init_out);
 
     // A bad config is refused before anything starts, naming line and key.
-    let bad = tmp.path().join("bad.toml");
+    let bad = tmp.join("bad.toml");
     let text = std::fs::read_to_string(dir.join("vaxgate.toml"))
         .unwrap()
         .replace("threshold = 2", "threshold = 7");
@@ -150,12 +53,12 @@ fn init_serve_registry_auth_and_restart() {
         "{err}"
     );
 
-    let server = serve(&dir, &base);
+    node.serve();
     let keys = dir.join("keys");
     let a1 = keys.join("admin-1.key.pem");
     let a2 = keys.join("admin-2.key.pem");
-    let ent = tmp.path().join("ent");
-    ok(&run(&[
+    let ent = tmp.join("ent");
+    ok(run(&[
         "keys",
         "generate",
         "--out",
@@ -184,7 +87,7 @@ fn init_serve_registry_auth_and_restart() {
     ];
     let mut one = args.to_vec();
     one.extend(["--approve", a1.to_str().unwrap()]);
-    let o = admin(&dir, &base, &one);
+    let o = node.admin(&one);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -193,43 +96,26 @@ fn init_serve_registry_auth_and_restart() {
     );
 
     // Offline approval: write, approve with a second administrator, submit.
-    let change = tmp.path().join("change.json");
+    let change = tmp.join("change.json");
     let mut write = one.clone();
     write.extend(["--out", change.to_str().unwrap()]);
-    ok(&admin(&dir, &base, &write));
-    ok(&admin(
-        &dir,
-        &base,
-        &["approve", change.to_str().unwrap(), "--key", a2.to_str().unwrap()],
-    ));
-    let out = ok(&admin(
-        &dir,
-        &base,
-        &["submit", change.to_str().unwrap(), "--sign-with", a1.to_str().unwrap()],
-    ));
+    ok(node.admin(&write));
+    ok(node.admin(&["approve", change.to_str().unwrap(), "--key", a2.to_str().unwrap()]));
+    let out = ok(node.admin(&["submit", change.to_str().unwrap(), "--sign-with", a1.to_str().unwrap()]));
     assert!(out.contains("committed"), "{out}");
     // The same change again is a duplicate.
-    let o = admin(
-        &dir,
-        &base,
-        &["submit", change.to_str().unwrap(), "--sign-with", a1.to_str().unwrap()],
-    );
+    let o = node.admin(&["submit", change.to_str().unwrap(), "--sign-with", a1.to_str().unwrap()]);
     assert!(!o.status.success());
 
     // The entity's master key may read the registry (query class is admin here: entity keys are accepted).
     let master = ent.join("cdc-master.key.pem");
-    let out = ok(&admin(
-        &dir,
-        &base,
-        &["entity", "js-cdc", "--sign-with", master.to_str().unwrap()],
-    ));
+    let out = ok(node.admin(&["entity", "js-cdc", "--sign-with", master.to_str().unwrap()]));
     assert!(
         out.contains("江苏省疾病预防控制中心") && out.contains("\"kind\": \"master\""),
         "{out}"
     );
 
     // Authentication failures, each with its stable code.
-    let c = client(&dir);
     // The master key in the OpenSSL provider: requests OpenSSL signs are
     // what the gateway checks.
     let openssl = secure_gateway::ProviderKind::Openssl.build().unwrap();
@@ -238,7 +124,7 @@ fn init_serve_registry_auth_and_restart() {
         .import_sm2_pem(
             mk.clone(),
             &std::fs::read_to_string(&master).unwrap(),
-            Some("correct horse battery staple"),
+            Some(PASS),
             secure_gateway::DEFAULT_DIST_ID,
         )
         .unwrap();
@@ -246,34 +132,30 @@ fn init_serve_registry_auth_and_restart() {
     let now = chrono::Utc::now().timestamp();
     let path = "/v1/admin/entities";
     assert_eq!(
-        signed_get(&c, &base, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
+        signed_get(&node, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
         (200, String::new())
     );
     assert_eq!(
-        signed_get(&c, &base, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
+        signed_get(&node, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
         (401, "replayed_nonce".into())
     );
     assert_eq!(
-        signed_get(&c, &base, path, &mk, now - 301, "nonce-bbbbbbbbbbbbbbbb"),
+        signed_get(&node, path, &mk, now - 301, "nonce-bbbbbbbbbbbbbbbb"),
         (401, "expired_timestamp".into())
     );
     let stranger = secure_gateway::Signer::generate(openssl, secure_gateway::KeyHandle::new("stranger")).unwrap();
     assert_eq!(
-        signed_get(&c, &base, path, &stranger, now, "nonce-cccccccccccccccc"),
+        signed_get(&node, path, &stranger, now, "nonce-cccccccccccccccc"),
         (401, "unknown_entity".into())
     );
-    let r = c.get(format!("{base}{path}")).send().unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(node.raw("GET", path, &[], Vec::new()).status, 401);
     // A second nonce (or any security header twice) is refused, whichever
     // of the two the signature covers.
-    let r = secure_gateway::request::sign_request_at(&mk, "GET", path, b"", now, "nonce-eeeeeeeeeeeeeeee").unwrap();
-    let mut rb = c.get(format!("{base}{path}"));
-    for (k, v) in r.headers() {
-        rb = rb.header(k, v);
-    }
-    let resp = rb.header("x-vaxgate-nonce", "nonce-ffffffffffffffff").send().unwrap();
-    assert_eq!(resp.status().as_u16(), 401);
-    let e: serde_json::Value = resp.json().unwrap();
+    let mut h = Node::sig_headers(&mk, "GET", path, b"", now, "nonce-eeeeeeeeeeeeeeee");
+    h.push(("x-vaxgate-nonce".into(), "nonce-ffffffffffffffff".into()));
+    let r = node.raw("GET", path, &h, Vec::new());
+    assert_eq!(r.status, 401);
+    let e = &r.body;
     assert_eq!(e["error"]["code"], "unauthenticated", "{e}");
     assert!(
         e["error"]["message"]
@@ -283,36 +165,21 @@ fn init_serve_registry_auth_and_restart() {
         "{e}"
     );
     // A body that does not match its hash.
-    let r = secure_gateway::request::sign_request_at(
-        &mk,
-        "POST",
-        "/v1/admin/registry",
-        b"{}",
-        now,
-        "nonce-dddddddddddddddd",
-    )
-    .unwrap();
-    let mut rb = c.post(format!("{base}/v1/admin/registry")).body("{ }");
-    for (k, v) in r.headers() {
-        rb = rb.header(k, v);
-    }
-    let resp = rb.send().unwrap();
-    assert_eq!(resp.status().as_u16(), 401);
-    assert_eq!(
-        resp.json::<serde_json::Value>().unwrap()["error"]["code"],
-        "bad_signature"
-    );
+    let h = Node::sig_headers(&mk, "POST", "/v1/admin/registry", b"{}", now, "nonce-dddddddddddddddd");
+    let r = node.raw("POST", "/v1/admin/registry", &h, b"{ }".to_vec());
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "bad_signature", "{}", r.text);
 
     // Metrics count the refusals by code.
-    let m = c.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let m = node.raw("GET", "/metrics", &[], Vec::new()).text;
     assert!(m.contains("vaxgate_rejections_total{code=\"replayed_nonce\"} 1"), "{m}");
 
     // Restart: the registry is rebuilt from the ledger, and the request
     // refused as a replay before it stays refused (data/nonces.db).
-    drop(server);
-    let _server = serve(&dir, &base);
+    node.kill();
+    node.serve();
     assert_eq!(
-        signed_get(&c, &base, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
+        signed_get(&node, path, &mk, now, "nonce-aaaaaaaaaaaaaaaa"),
         (401, "replayed_nonce".into()),
         "a captured request replayed after a restart"
     );
@@ -325,11 +192,7 @@ fn init_serve_registry_auth_and_restart() {
             & 0o777,
         0o600
     );
-    let out = ok(&admin(
-        &dir,
-        &base,
-        &["entities", "--sign-with", master.to_str().unwrap()],
-    ));
+    let out = ok(node.admin(&["entities", "--sign-with", master.to_str().unwrap()]));
     assert!(out.contains("js-cdc"), "{out}");
     let o = run(&[
         "ledger",
@@ -339,5 +202,5 @@ fn init_serve_registry_auth_and_restart() {
         "--checkpoint-key",
         keys.join("node.pub.pem").to_str().unwrap(),
     ]);
-    assert!(ok(&o).starts_with("ledger intact"));
+    assert!(ok(o).starts_with("ledger intact"));
 }

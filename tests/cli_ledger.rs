@@ -3,18 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod support;
 
-#[path = "support/ledger_cut.rs"]
-mod ledger_cut;
-use ledger_cut::cut_ledger;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
+
+use support::ledger_cut::cut_ledger;
 
 fn vaxgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vaxgate"))
-        .args(args)
-        .output()
-        .expect("run vaxgate")
+    support::vaxgate().args(args).output().expect("run vaxgate")
 }
 
 fn stdout(o: &Output) -> String {

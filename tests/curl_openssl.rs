@@ -10,12 +10,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const PASS_ENV: &str = "VAXGATE_TEST_PASSPHRASE";
-const PASS: &str = "correct horse battery staple";
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::{Node, NodeOptions, PASS, PASS_ENV, ok};
 
 /// Runs an external tool, panicking with an install hint when it is missing.
 fn tool(name: &str, args: &[&str]) -> Output {
@@ -33,12 +33,6 @@ fn tool(name: &str, args: &[&str]) -> Output {
     }
 }
 
-fn vaxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
-    c.env(PASS_ENV, PASS).env("RUST_LOG", "warn");
-    c
-}
-
 fn text(o: &Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
@@ -48,58 +42,12 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &Path, base: &str, ca: &Path) -> Server {
-    let child = vaxgate()
-        .args(["serve", "--config", s(&dir.join("vaxgate.toml"))])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if tool(
-            "curl",
-            &["-sS", "--fail", "--cacert", s(ca), &format!("{base}/healthz")],
-        )
-        .status
-        .success()
-        {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("the gateway did not come up at {base}");
-}
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sign-request.sh")
+    support::repo().join("scripts/sign-request.sh")
 }
 
 /// `bash scripts/sign-request.sh ARGS`.
@@ -117,72 +65,21 @@ fn curl_and_openssl_sign_requests_the_gateway_accepts() {
     assert!(v.starts_with("OpenSSL 3"), "openssl 3 is required, found {v}");
     ok(tool("curl", &["--version"]));
 
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    let port = free_port();
-    let base = format!("https://127.0.0.1:{port}");
-    let out = ok(vaxgate()
-        .args([
-            "init",
-            "--dir",
-            s(&dir),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--passphrase-env",
-            PASS_ENV,
-        ])
-        .output()
-        .unwrap());
+    let node = Node::start_with(NodeOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let out = &node.init_out;
     assert!(out.contains("genesis block 0 written"), "{out}");
-    let ca = dir.join("tls/server.crt.pem");
-    let _server = serve(&dir, &base, &ca);
+    let (tmp, base) = (&node.tmp, &node.base);
+    let ca = node.ca.clone().unwrap();
 
     // An entity with an encrypted master key, registered with 2 of 3
     // administrator approvals.
-    let ent = tmp.path().join("ent");
-    ok(vaxgate()
-        .args([
-            "keys",
-            "generate",
-            "--out",
-            s(&ent),
-            "--entity",
-            "cdc-master",
-            "--passphrase-env",
-            PASS_ENV,
-        ])
-        .output()
-        .unwrap());
-    let master = ent.join("cdc-master.key.pem");
-    let keys = dir.join("keys");
     let id = gateway::registry::uscc_with_check("12320000MB0123456").unwrap();
-    ok(vaxgate()
-        .args([
-            "admin",
-            "--gateway",
-            &base,
-            "--ca",
-            s(&ca),
-            "--passphrase-env",
-            PASS_ENV,
-            "register-entity",
-            "--id",
-            &id,
-            "--name",
-            "江苏省疾病预防控制中心",
-            "--alias",
-            "js-cdc",
-            "--role",
-            "cdc",
-            "--master-key",
-            s(&ent.join("cdc-master.pub.pem")),
-            "--approve",
-            s(&keys.join("admin-1.key.pem")),
-            "--approve",
-            s(&keys.join("admin-2.key.pem")),
-        ])
-        .output()
-        .unwrap());
+    let master = node
+        .register_named(&id, "江苏省疾病预防控制中心", "js-cdc", "cdc", &[])
+        .key_file;
 
     // GET signed by the script: accepted, the response body on stdout.
     let url = format!("{base}/v1/admin/entities");
