@@ -54,13 +54,7 @@ fn vaccination(node: &Node, e: &Ent) -> Vec<u8> {
 #[test]
 fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
     let node = Node::start();
-    let clinic = node.register(
-        "12320102MB1234567",
-        "meiyuan",
-        "vaccination_unit",
-        &["3201020001"],
-        None,
-    );
+    let clinic = node.register_clinic();
     let locked = node.register("12320102MB1234568", "locked", "vaccination_unit", &[], None);
     let revoked = node.register("12320102MB1234569", "revoked", "vaccination_unit", &[], None);
     for (e, status) in [(&locked, "locked"), (&revoked, "revoked")] {

@@ -162,13 +162,7 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
         ..Default::default()
     });
     let _guard = rt.enter();
-    let clinic = node.register(
-        "12320102MB1234567",
-        "meiyuan",
-        "vaccination_unit",
-        &["3201020001"],
-        None,
-    );
+    let clinic = node.register_clinic();
     let client = node.client(clinic.key.clone());
     // Ingest; returns event id → (trace codes, block height).
     let ingest = |msgs: &[ExchangeMessage]| -> HashMap<String, (Vec<String>, u64)> {

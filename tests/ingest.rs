@@ -29,14 +29,7 @@ fn ingest_receipts_refusals_idempotency_and_proof(postgres: bool) {
         ..Default::default()
     });
     let (tmp, dir, db_arg) = (&node.tmp, &node.dir, node.db.as_str());
-    let clinic = node.register_approved(
-        &[1, 3],
-        "12320102MB1234567",
-        "meiyuan",
-        "vaccination_unit",
-        &["3201020001"],
-        None,
-    );
+    let clinic = node.register_clinic_approved(&[1, 3]);
     let client = node.client(clinic.key.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

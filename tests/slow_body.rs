@@ -26,13 +26,7 @@ fn slow_unverified_bodies_do_not_exhaust_connections() {
         server: "body_read_timeout_secs = 3\nunverified_per_address = 16".into(),
         ..Default::default()
     });
-    let e = node.register(
-        "12320102MB1234567",
-        "meiyuan",
-        "vaccination_unit",
-        &["3201020001"],
-        None,
-    );
+    let e = node.register_clinic();
     let key_id = e.key.verifying_key().key_id().to_string();
     let addr = node.base.trim_start_matches("http://").to_string();
     let now = chrono::Utc::now().timestamp();

@@ -31,14 +31,7 @@ fn spans_reach_an_otlp_receiver_without_personal_data() {
         ),
         ..Default::default()
     });
-    let clinic = node.register_approved(
-        &[1],
-        "12320102MB1234567",
-        "meiyuan",
-        "vaccination_unit",
-        &["3201020001"],
-        None,
-    );
+    let clinic = node.register_clinic_approved(&[1]);
     let client = node.client(clinic.key.clone());
     let msgs = golden("vaccination", "clinic-ims.json");
     let batch = node.seal(&clinic, &msgs);
