@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -229,4 +230,96 @@ fn anyhow_only_in_the_binary() {
         let code = without_test_items(&std::fs::read_to_string(&f).unwrap());
         assert!(!code.contains("anyhow"), "{rel} uses anyhow outside the binary");
     }
+}
+
+/// What keeps a test file from running, or a `[[test]]` entry from
+/// building: each of `files` (the top-level `tests/x.rs`; shared code lives
+/// in tests/support/) needs one of the `entries` (name, path from the
+/// root), and each entry a file that `exists`.
+fn unregistered_tests(
+    files: &BTreeSet<String>,
+    entries: &[(String, String)],
+    exists: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let registered: BTreeSet<&str> = entries.iter().map(|(_, p)| p.as_str()).collect();
+    let mut problems: Vec<String> = files
+        .iter()
+        .filter(|f| !registered.contains(f.as_str()))
+        .map(|f| {
+            let name = f.trim_start_matches("tests/").trim_end_matches(".rs");
+            format!(
+                "{f} has no [[test]] entry in gateway/Cargo.toml, so `cargo test` never runs it: add \
+                 [[test]] name = \"{name}\" path = \"../{f}\" (or move shared code into tests/support/)"
+            )
+        })
+        .collect();
+    problems.extend(
+        entries
+            .iter()
+            .filter(|(_, p)| !exists(p))
+            .map(|(name, p)| format!("[[test]] {name} in gateway/Cargo.toml points at {p}, which does not exist")),
+    );
+    problems
+}
+
+/// `p` relative to the root, for a path relative to `gateway/`.
+fn from_gateway(p: &str) -> String {
+    let mut parts: Vec<&str> = vec!["gateway"];
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+#[test]
+fn every_test_file_is_a_registered_test() {
+    let mut files = BTreeSet::new();
+    for e in std::fs::read_dir(root().join("tests")).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() && p.extension().is_some_and(|x| x == "rs") {
+            files.insert(format!("tests/{}", p.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("gateway/Cargo.toml")).unwrap()).unwrap();
+    let entries: Vec<(String, String)> = manifest
+        .get("test")
+        .and_then(|t| t.as_array())
+        .expect("gateway/Cargo.toml lists its tests as [[test]]")
+        .iter()
+        .map(|t| {
+            let field = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            (field("name"), from_gateway(&field("path")))
+        })
+        .collect();
+    let problems = unregistered_tests(&files, &entries, &|p| root().join(p).is_file());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn an_unregistered_test_file_and_a_dangling_entry_are_named() {
+    let files: BTreeSet<String> = ["tests/a.rs", "tests/b.rs"].iter().map(|s| s.to_string()).collect();
+    let entries = vec![
+        ("a".to_string(), from_gateway("../tests/a.rs")),
+        ("gone".to_string(), from_gateway("../tests/gone.rs")),
+    ];
+    let exists = |p: &str| files.contains(p);
+    let problems = unregistered_tests(&files, &entries, &exists);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("tests/b.rs has no [[test]] entry"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("[[test]] gone") && problems[1].contains("tests/gone.rs, which does not exist"),
+        "{problems:?}"
+    );
+    let all = [("a".into(), "tests/a.rs".into()), ("b".into(), "tests/b.rs".into())];
+    assert!(unregistered_tests(&files, &all, &exists).is_empty());
 }
