@@ -60,6 +60,12 @@ pub enum AgentError {
     /// Sealing or signing the batch failed.
     #[error("sealing the batch: {0}")]
     Crypto(String),
+    /// A thread panicked while holding this lock; the agent must restart.
+    #[error("internal: the {0} lock is poisoned (a thread panicked); restart the agent")]
+    Poisoned(&'static str),
+    /// The mapping task panicked or was cancelled.
+    #[error("internal: the mapping task failed: {0}")]
+    MappingTask(String),
 }
 
 impl AgentError {

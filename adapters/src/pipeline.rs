@@ -207,6 +207,122 @@ fn reason_of(problems: &[&Problem]) -> String {
     s
 }
 
+/// A batch after the batch rules: each record's outcome so far, the
+/// records to quarantine, the messages to post and the record each comes
+/// from.
+struct Batch {
+    outcomes: Vec<Option<RecordOutcome>>,
+    quarantine: Vec<NewQuarantine>,
+    messages: Vec<ExchangeMessage>,
+    owner: Vec<usize>,
+}
+
+/// A record to quarantine, with why.
+fn quarantined(source: &str, record: &(String, Record), reason: String, problems: serde_json::Value) -> NewQuarantine {
+    let (kind, text) = record_to_stored(&record.1);
+    NewQuarantine {
+        source: source.into(),
+        record_key: record.0.clone(),
+        kind,
+        record: text,
+        reason,
+        problems,
+    }
+}
+
+/// Step 1: maps every record on a blocking thread.
+async fn map_records(
+    spec: Arc<MappingSpec>,
+    records: Arc<Vec<(String, Record)>>,
+) -> Result<(Arc<Vec<(String, Record)>>, Vec<Mapped>), AgentError> {
+    tokio::task::spawn_blocking(move || {
+        let mapped: Vec<Mapped> = records
+            .iter()
+            .map(|(_, r)| {
+                let out = spec.map(r);
+                let errors: Vec<&Problem> = out.problems.iter().filter(|p| p.is_error()).collect();
+                if !errors.is_empty() {
+                    Mapped::Failed {
+                        reason: reason_of(&errors),
+                        problems: serde_json::to_value(&out.problems).unwrap_or_default(),
+                    }
+                } else if out.events.is_empty() {
+                    Mapped::Failed {
+                        reason: "the record produced no event".into(),
+                        problems: serde_json::Value::Array(Vec::new()),
+                    }
+                } else {
+                    Mapped::Events(out.events)
+                }
+            })
+            .collect();
+        (records, mapped)
+    })
+    .await
+    .map_err(|e| AgentError::MappingTask(e.to_string()))
+}
+
+/// Step 3: the batch rules over events not counted before (an event sent
+/// again is not counted twice), each event's reserved `recorded_at`, and
+/// the messages of the records that pass; the others are quarantined.
+fn batch_rules(
+    tracked: &mut (QualityTracker, std::collections::HashSet<Uuid>),
+    source: &str,
+    receiver: &str,
+    records: &[(String, Record)],
+    mapped: Vec<Mapped>,
+    reserved: Vec<(chrono::DateTime<chrono::FixedOffset>, bool)>,
+) -> Batch {
+    let (tracker, counted) = tracked;
+    let mut b = Batch {
+        outcomes: vec![None; records.len()],
+        quarantine: Vec::new(),
+        messages: Vec::new(),
+        owner: Vec::new(),
+    };
+    let mut it = reserved.into_iter();
+    for (i, m) in mapped.into_iter().enumerate() {
+        match m {
+            Mapped::Failed { reason, problems } => {
+                b.quarantine
+                    .push(quarantined(source, &records[i], reason.clone(), problems));
+                b.outcomes[i] = Some(RecordOutcome::Quarantined { reason });
+            }
+            Mapped::Events(evs) => {
+                let mut batch_problems = Vec::new();
+                let mut msgs = Vec::new();
+                for mut e in evs {
+                    let (at, known) = it.next().unwrap_or((e.recorded_at, false));
+                    e.recorded_at = at;
+                    if !known && !counted.contains(&e.event_id) {
+                        let problems: Vec<Problem> =
+                            tracker.observe(&e).into_iter().filter(Problem::is_error).collect();
+                        if problems.is_empty() {
+                            counted.insert(e.event_id);
+                        }
+                        batch_problems.extend(problems);
+                    }
+                    msgs.push(ExchangeMessage::new(e, receiver));
+                }
+                if batch_problems.is_empty() {
+                    for msg in msgs {
+                        b.messages.push(msg);
+                        b.owner.push(i);
+                    }
+                } else {
+                    let refs: Vec<&Problem> = batch_problems.iter().collect();
+                    let reason = reason_of(&refs);
+                    let problems = serde_json::to_value(&batch_problems).unwrap_or_default();
+                    b.quarantine
+                        .push(quarantined(source, &records[i], reason.clone(), problems));
+                    b.outcomes[i] = Some(RecordOutcome::Quarantined { reason });
+                }
+            }
+        }
+    }
+    b
+}
+
 /// A record after mapping.
 enum Mapped {
     Events(Vec<mappings::TraceEvent>),
@@ -255,7 +371,7 @@ impl Pipeline {
     /// The spec of source `name`.
     pub fn spec(&self, name: &str) -> Result<Arc<MappingSpec>, AgentError> {
         let e = self.entry(name)?;
-        let s = e.spec.read().map_err(|_| AgentError::UnknownSource(name.into()))?;
+        let s = e.spec.read().map_err(|_| AgentError::Poisoned("mapping spec"))?;
         Ok(s.clone())
     }
 
@@ -263,8 +379,9 @@ impl Pipeline {
         self.inner
             .sources
             .read()
-            .ok()
-            .and_then(|s| s.get(name).cloned())
+            .map_err(|_| AgentError::Poisoned("sources"))?
+            .get(name)
+            .cloned()
             .ok_or_else(|| AgentError::UnknownSource(name.into()))
     }
 
@@ -303,37 +420,12 @@ impl Pipeline {
         let spec = entry
             .spec
             .read()
-            .map_err(|_| AgentError::UnknownSource(source.into()))?
+            .map_err(|_| AgentError::Poisoned("mapping spec"))?
             .clone();
 
         let t0 = std::time::Instant::now();
         // 1. Map (CPU work off the async threads).
-        let spec2 = spec.clone();
-        let (records, mapped) = tokio::task::spawn_blocking(move || {
-            let mapped: Vec<Mapped> = records
-                .iter()
-                .map(|(_, r)| {
-                    let out = spec2.map(r);
-                    let errors: Vec<&Problem> = out.problems.iter().filter(|p| p.is_error()).collect();
-                    if !errors.is_empty() {
-                        Mapped::Failed {
-                            reason: reason_of(&errors),
-                            problems: serde_json::to_value(&out.problems).unwrap_or_default(),
-                        }
-                    } else if out.events.is_empty() {
-                        Mapped::Failed {
-                            reason: "the record produced no event".into(),
-                            problems: serde_json::Value::Array(Vec::new()),
-                        }
-                    } else {
-                        Mapped::Events(out.events)
-                    }
-                })
-                .collect();
-            (records, mapped)
-        })
-        .await
-        .map_err(|e| AgentError::Crypto(format!("mapping task: {e}")))?;
+        let (records, mapped) = map_records(spec.clone(), records).await?;
 
         // 2. Reserve each event's recorded_at (stable across resends).
         let mut reserve = Vec::new();
@@ -349,144 +441,13 @@ impl Pipeline {
         let t2 = std::time::Instant::now();
 
         // 3. Batch rules over new events; build messages.
-        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
-        let mut quarantine = Vec::new();
-        let mut messages: Vec<ExchangeMessage> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        {
-            let mut guard = entry
-                .tracker
-                .lock()
-                .map_err(|_| AgentError::UnknownSource(source.into()))?;
-            let (tracker, counted) = &mut *guard;
-            let mut it = reserved.into_iter();
-            for (i, m) in mapped.into_iter().enumerate() {
-                match m {
-                    Mapped::Failed { reason, problems } => {
-                        let (kind, text) = record_to_stored(&records[i].1);
-                        quarantine.push(NewQuarantine {
-                            source: source.into(),
-                            record_key: records[i].0.clone(),
-                            kind,
-                            record: text,
-                            reason: reason.clone(),
-                            problems,
-                        });
-                        outcomes[i] = Some(RecordOutcome::Quarantined { reason });
-                    }
-                    Mapped::Events(evs) => {
-                        let mut batch_problems = Vec::new();
-                        let mut msgs = Vec::new();
-                        for mut e in evs {
-                            let (at, known) = it.next().unwrap_or((e.recorded_at, false));
-                            e.recorded_at = at;
-                            if !known && !counted.contains(&e.event_id) {
-                                let problems: Vec<Problem> =
-                                    tracker.observe(&e).into_iter().filter(Problem::is_error).collect();
-                                if problems.is_empty() {
-                                    counted.insert(e.event_id);
-                                }
-                                batch_problems.extend(problems);
-                            }
-                            msgs.push(ExchangeMessage::new(e, &spec.receiver));
-                        }
-                        if batch_problems.is_empty() {
-                            for msg in msgs {
-                                messages.push(msg);
-                                owner.push(i);
-                            }
-                        } else {
-                            let refs: Vec<&Problem> = batch_problems.iter().collect();
-                            let reason = reason_of(&refs);
-                            let (kind, text) = record_to_stored(&records[i].1);
-                            quarantine.push(NewQuarantine {
-                                source: source.into(),
-                                record_key: records[i].0.clone(),
-                                kind,
-                                record: text,
-                                reason: reason.clone(),
-                                problems: serde_json::to_value(&batch_problems).unwrap_or_default(),
-                            });
-                            outcomes[i] = Some(RecordOutcome::Quarantined { reason });
-                        }
-                    }
-                }
-            }
-        }
+        let mut b = {
+            let mut guard = entry.tracker.lock().map_err(|_| AgentError::Poisoned("batch rules"))?;
+            batch_rules(&mut guard, source, &spec.receiver, &records, mapped, reserved)
+        };
 
         // 4. Seal, sign, post (retrying transient failures).
-        let mut events = Vec::new();
-        let mut accepted_keys = Vec::new();
-        if !messages.is_empty() {
-            let messages = Arc::new(messages);
-            let answer = self.post(messages.clone()).await?;
-            self.check_log(&answer.checkpoints).await?;
-            if answer.results.len() != messages.len() {
-                return Err(AgentError::Answer(format!(
-                    "{} results for {} records",
-                    answer.results.len(),
-                    messages.len()
-                )));
-            }
-            let mut receipts: Vec<Vec<EventReceipt>> = vec![Vec::new(); records.len()];
-            for r in answer.results {
-                let Some(msg) = messages.get(r.index) else {
-                    return Err(AgentError::Answer(format!("result index {} out of range", r.index)));
-                };
-                let i = owner[r.index];
-                match (r.status.as_str(), r.receipt, r.error) {
-                    ("accepted" | "duplicate", Some(rc), _) => {
-                        events.push(EventState::Accepted {
-                            event_id: msg.event_id,
-                            tx_id: rc.tx_id,
-                            height: rc.height,
-                        });
-                        receipts[i].push(EventReceipt {
-                            event_id: msg.event_id,
-                            tx_id: rc.tx_id,
-                            height: rc.height,
-                            duplicate: r.status == "duplicate",
-                        });
-                    }
-                    (_, _, err) => {
-                        let (code, message, problems) = err
-                            .map(|e| (e.code, e.message, e.problems))
-                            .unwrap_or_else(|| ("unknown".into(), format!("status {}", r.status), Vec::new()));
-                        if !matches!(outcomes[i], Some(RecordOutcome::Rejected { .. })) {
-                            let (kind, text) = record_to_stored(&records[i].1);
-                            quarantine.push(NewQuarantine {
-                                source: source.into(),
-                                record_key: records[i].0.clone(),
-                                kind,
-                                record: text,
-                                reason: format!("gateway refused: {}", describe_refusal(&code, &message, &problems)),
-                                problems: if problems.is_empty() {
-                                    serde_json::json!([{ "code": code, "message": message }])
-                                } else {
-                                    serde_json::to_value(&problems).unwrap_or_default()
-                                },
-                            });
-                            outcomes[i] = Some(RecordOutcome::Rejected {
-                                code: code.clone(),
-                                message: message.clone(),
-                            });
-                        }
-                        events.push(EventState::Rejected {
-                            event_id: msg.event_id,
-                            code,
-                            message,
-                            problems,
-                        });
-                    }
-                }
-            }
-            for (i, rs) in receipts.into_iter().enumerate() {
-                if outcomes[i].is_none() && !rs.is_empty() {
-                    accepted_keys.push(records[i].0.clone());
-                    outcomes[i] = Some(RecordOutcome::Accepted { receipts: rs });
-                }
-            }
-        }
+        let (events, accepted_keys) = self.post_and_read(source, &records, &mut b).await?;
 
         let t3 = std::time::Instant::now();
         tracing::debug!(
@@ -500,10 +461,11 @@ impl Pipeline {
         Ok(Delivered {
             source: source.to_string(),
             events,
-            quarantine,
+            quarantine: b.quarantine,
             accepted_keys,
             checkpoint,
-            outcomes: outcomes
+            outcomes: b
+                .outcomes
                 .into_iter()
                 .map(|o| {
                     o.unwrap_or_else(|| RecordOutcome::Rejected {
@@ -513,6 +475,86 @@ impl Pipeline {
                 })
                 .collect(),
         })
+    }
+
+    /// Step 4: posts the batch's messages and reads the gateway's answer:
+    /// each event's state, the records all of whose events are in the
+    /// ledger, and a quarantine entry for each record the gateway refused.
+    async fn post_and_read(
+        &self,
+        source: &str,
+        records: &[(String, Record)],
+        b: &mut Batch,
+    ) -> Result<(Vec<EventState>, Vec<String>), AgentError> {
+        let mut events = Vec::new();
+        let mut accepted_keys = Vec::new();
+        if b.messages.is_empty() {
+            return Ok((events, accepted_keys));
+        }
+        let messages = Arc::new(std::mem::take(&mut b.messages));
+        let answer = self.post(messages.clone()).await?;
+        self.check_log(&answer.checkpoints).await?;
+        if answer.results.len() != messages.len() {
+            return Err(AgentError::Answer(format!(
+                "{} results for {} records",
+                answer.results.len(),
+                messages.len()
+            )));
+        }
+        let mut receipts: Vec<Vec<EventReceipt>> = vec![Vec::new(); records.len()];
+        for r in answer.results {
+            let Some(msg) = messages.get(r.index) else {
+                return Err(AgentError::Answer(format!("result index {} out of range", r.index)));
+            };
+            let i = b.owner[r.index];
+            match (r.status.as_str(), r.receipt, r.error) {
+                ("accepted" | "duplicate", Some(rc), _) => {
+                    events.push(EventState::Accepted {
+                        event_id: msg.event_id,
+                        tx_id: rc.tx_id,
+                        height: rc.height,
+                    });
+                    receipts[i].push(EventReceipt {
+                        event_id: msg.event_id,
+                        tx_id: rc.tx_id,
+                        height: rc.height,
+                        duplicate: r.status == "duplicate",
+                    });
+                }
+                (_, _, err) => {
+                    let (code, message, problems) = err
+                        .map(|e| (e.code, e.message, e.problems))
+                        .unwrap_or_else(|| ("unknown".into(), format!("status {}", r.status), Vec::new()));
+                    if !matches!(b.outcomes[i], Some(RecordOutcome::Rejected { .. })) {
+                        let reason = format!("gateway refused: {}", describe_refusal(&code, &message, &problems));
+                        let problems_json = if problems.is_empty() {
+                            serde_json::json!([{ "code": code, "message": message }])
+                        } else {
+                            serde_json::to_value(&problems).unwrap_or_default()
+                        };
+                        b.quarantine
+                            .push(quarantined(source, &records[i], reason, problems_json));
+                        b.outcomes[i] = Some(RecordOutcome::Rejected {
+                            code: code.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                    events.push(EventState::Rejected {
+                        event_id: msg.event_id,
+                        code,
+                        message,
+                        problems,
+                    });
+                }
+            }
+        }
+        for (i, rs) in receipts.into_iter().enumerate() {
+            if b.outcomes[i].is_none() && !rs.is_empty() {
+                accepted_keys.push(records[i].0.clone());
+                b.outcomes[i] = Some(RecordOutcome::Accepted { receipts: rs });
+            }
+        }
+        Ok((events, accepted_keys))
     }
 
     /// Step 5: records a delivered batch's receipts, quarantined records
