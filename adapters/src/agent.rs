@@ -49,7 +49,7 @@ pub async fn build_pipeline(cfg: &LoadedAgentConfig) -> Result<Pipeline, AgentEr
     let c = &cfg.config;
     let key_path = cfg.resolve(&c.agent.key);
     let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?);
-    let pass = std::env::var(&c.agent.passphrase_env).ok().map(zeroize::Zeroizing::new);
+    let pass = cfg.key_passphrase();
     let provider = c
         .crypto
         .provider

@@ -91,16 +91,48 @@ fn default_retry_max() -> u64 {
 }
 
 /// A loaded configuration with where it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadedAgentConfig {
     /// The configuration.
     pub config: AgentConfig,
     /// The file.
     pub path: PathBuf,
     text: String,
+    /// The key's passphrase when the caller gives it (the sandbox), instead
+    /// of the environment variable `[agent] passphrase_env`.
+    passphrase: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for LoadedAgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAgentConfig")
+            .field("config", &self.config)
+            .field("path", &self.path)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<given>"))
+            .finish()
+    }
 }
 
 impl LoadedAgentConfig {
+    /// Uses `passphrase` for the agent's key instead of reading the
+    /// environment variable `[agent] passphrase_env` (for a caller that
+    /// holds it, such as the sandbox; the process environment cannot be
+    /// changed safely once threads run).
+    pub fn with_passphrase(mut self, passphrase: zeroize::Zeroizing<String>) -> Self {
+        self.passphrase = Some(passphrase);
+        self
+    }
+
+    /// The key's passphrase: the one given, else the environment
+    /// variable's (`None` when it is unset).
+    pub(crate) fn key_passphrase(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.passphrase.clone().or_else(|| {
+            std::env::var(&self.config.agent.passphrase_env)
+                .ok()
+                .map(zeroize::Zeroizing::new)
+        })
+    }
+
     /// Resolves a path relative to the config file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -166,6 +198,7 @@ pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
         }
     })?;
     let mut loaded = LoadedAgentConfig {
+        passphrase: None,
         config,
         path: path.to_path_buf(),
         text,

@@ -116,12 +116,21 @@ fn ensure_key(keys: &Path, alias: &str, pass: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<alias>.key.pem` in `keys`, loaded into `provider` (passphrase in
-/// [`PASS_ENV`], set for this process).
-fn open_key(keys: &Path, alias: &str, provider: &std::sync::Arc<dyn CryptoProvider>) -> anyhow::Result<Signer> {
+/// `<alias>.key.pem` in `keys`, decrypted with the sandbox passphrase into
+/// `provider`.
+fn open_key(
+    keys: &Path,
+    alias: &str,
+    provider: &std::sync::Arc<dyn CryptoProvider>,
+    pass: &str,
+) -> anyhow::Result<Signer> {
     let p = keys.join(format!("{alias}.key.pem"));
-    Signer::load_file(provider.clone(), KeyHandle::new(alias), &p, PASS_ENV)
-        .with_context(|| format!("opening {}", p.display()))
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+    let h = KeyHandle::new(alias);
+    provider
+        .import_sm2_pem(h.clone(), &pem, Some(pass), secure_gateway::DEFAULT_DIST_ID)
+        .with_context(|| format!("opening {}", p.display()))?;
+    Ok(Signer::new(provider.clone(), h)?)
 }
 
 struct Server(Child);
@@ -209,36 +218,6 @@ fn passphrase(dir: &Path) -> anyhow::Result<String> {
     }
     f.write_all(pass.as_bytes())?;
     Ok(pass)
-}
-
-/// The agent library reads key passphrases from the environment, and this
-/// process cannot set its own environment (no unsafe code): run the sandbox
-/// in a child process that has the passphrase in `PASS_ENV`, forwarding
-/// Ctrl-C to it.
-fn reexec_with_passphrase(pass: &str) -> anyhow::Result<u8> {
-    let exe = current_exe()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let mut child = tokio::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env(PASS_ENV, pass)
-            .spawn()
-            .context("starting the sandbox process")?;
-        let pid = child.id().map(|p| p.to_string());
-        loop {
-            tokio::select! {
-                st = child.wait() => {
-                    let st = st?;
-                    return Ok(st.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    if let Some(pid) = &pid {
-                        let _ = Command::new("kill").args(["-INT", pid]).status();
-                    }
-                }
-            }
-        }
-    })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -432,10 +411,9 @@ pub fn run(a: SandboxArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let dir = a.dir.canonicalize()?;
+    // The passphrase goes to the commands this process starts in their
+    // environment, and to the in-process agents and clients directly.
     let pass = passphrase(&dir)?;
-    if std::env::var(PASS_ENV).ok().as_deref() != Some(pass.as_str()) {
-        return reexec_with_passphrase(&pass);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -611,8 +589,8 @@ impl Sandbox {
         let pending: Vec<&Org> = orgs.iter().filter(|o| !registered.contains(&o.alias)).collect();
         if !pending.is_empty() {
             let (a1, a2) = (
-                open_key(&node.join("keys"), "admin-1", provider)?,
-                open_key(&node.join("keys"), "admin-2", provider)?,
+                open_key(&node.join("keys"), "admin-1", provider, pass)?,
+                open_key(&node.join("keys"), "admin-2", provider, pass)?,
             );
             let client = gateway_client(base, a1.clone())?;
             for o in pending {
@@ -644,7 +622,7 @@ impl Sandbox {
         // A read-only API key for the partner (approved by its master key).
         let api_key_file = dir.join("secrets/partner.apikey");
         if !api_key_file.exists() {
-            let partner = open_key(keys, "partner", provider)?;
+            let partner = open_key(keys, "partner", provider, pass)?;
             let (api_key, key_id, key_sm3) = gateway::registry::generate_api_key()?;
             let mut change = RegistryChange::new(RegistryOp::CreateApiKey {
                 entity_id: READERS[0].1.to_string(),
@@ -684,7 +662,16 @@ impl Sandbox {
         let t = Instant::now();
         let expected: u64 = manifest.sources.iter().map(|s| s.records as u64).sum();
         let progress = Progress::start(gw.port, expected);
-        let sources = rt.block_on(run_agents(dir, manifest, &gw.base, self.a.crypto_provider, progress))?;
+        let sources = rt.block_on(run_agents(
+            dir,
+            manifest,
+            &gw.base,
+            &AgentSetup {
+                crypto: self.a.crypto_provider,
+                pass: self.pass.clone(),
+            },
+            progress,
+        ))?;
         let agent_secs = t.elapsed().as_secs_f64();
         let findings = custody_findings(gw.port);
 
@@ -703,7 +690,7 @@ impl Sandbox {
         let verify_text = String::from_utf8_lossy(&verify.stdout).trim().to_string();
         println!("[5/6] ledger: {verify_text}");
 
-        let regulator = open_key(&self.keys, "nmpa-js", &self.provider)?;
+        let regulator = open_key(&self.keys, "nmpa-js", &self.provider, &self.pass)?;
         let trace = rt.block_on(demo_trace(dir, manifest, &gw.base, &self.pass, regulator.clone()))?;
         let refused = rt.block_on(refused_delivery(manifest, &gw.base, regulator.clone()))?;
         let stock = rt.block_on(stock_reconciliation(dir, &gw.base, regulator))?;
@@ -767,7 +754,7 @@ impl Sandbox {
             height + 1
         );
         println!(
-            "verification: {} (signed with the {} crypto provider; checked by `vaxgate ledger verify`)",
+            "verification: {} (`vaxgate ledger verify`; the gateway and agents ran on the {} crypto provider)",
             if *verify_ok { "OK" } else { "FAILED" },
             a.crypto_provider
         );
@@ -953,13 +940,20 @@ fn erp_records(dir: &Path, s: &Source) -> anyhow::Result<Vec<(String, Record)>> 
     Ok(out)
 }
 
+/// What every in-process agent of the sandbox shares.
+struct AgentSetup {
+    crypto: ProviderKind,
+    /// The passphrase of the organisations' keys.
+    pass: String,
+}
+
 /// Runs every organisation's agent; `progress` is stopped before the
 /// agents' lines are printed.
 async fn run_agents(
     dir: &Path,
     manifest: &Manifest,
     base: &str,
-    crypto: ProviderKind,
+    setup: &AgentSetup,
     progress: Progress,
 ) -> anyhow::Result<BTreeMap<String, SourceSummary>> {
     std::fs::create_dir_all(dir.join("agents"))?;
@@ -1018,7 +1012,7 @@ async fn run_agents(
     let from_queue = || async {
         let mut done = Vec::new();
         while let Some((_, i, e, mine)) = next_other() {
-            done.push((i, run_agent(dir, e, mine, base, crypto, t0).await));
+            done.push((i, run_agent(dir, e, mine, base, setup, t0).await));
         }
         done
     };
@@ -1036,13 +1030,13 @@ async fn run_agents(
                 // dose one clinic gave and another gives again is refused
                 // in the second one's feed, whatever the timing.
                 for (_, i, e, mine) in step {
-                    done.push((i, run_agent(dir, e, mine, base, crypto, t0).await));
+                    done.push((i, run_agent(dir, e, mine, base, setup, t0).await));
                 }
                 continue;
             }
             let runs = step
                 .into_iter()
-                .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, crypto, t0).await) });
+                .map(|(_, i, e, mine)| async move { (i, run_agent(dir, e, mine, base, setup, t0).await) });
             done.extend(futures_util::future::join_all(runs).await);
         }
         done.extend(from_queue().await);
@@ -1083,15 +1077,15 @@ async fn run_agent(
     e: &sandbox::Entity,
     mine: Vec<(&Source, Option<&str>)>,
     base: &str,
-    crypto: ProviderKind,
+    setup: &AgentSetup,
     t0: Instant,
 ) -> anyhow::Result<AgentRun> {
     let started = t0.elapsed().as_secs_f64();
     let mut lines = Vec::new();
     let mut out: BTreeMap<String, SourceSummary> = BTreeMap::new();
     let cfg_path = dir.join("agents").join(format!("{}.toml", e.alias));
-    std::fs::write(&cfg_path, agent_toml(dir, base, crypto, &e.alias, &e.uscc, &mine))?;
-    let loaded = adapters::config::load(&cfg_path)?;
+    std::fs::write(&cfg_path, agent_toml(dir, base, setup.crypto, &e.alias, &e.uscc, &mine))?;
+    let loaded = adapters::config::load(&cfg_path)?.with_passphrase(zeroize::Zeroizing::new(setup.pass.clone()));
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     // Several agents run at once: their own progress bars would overwrite
     // each other on one line; the sandbox shows one line for all.
