@@ -48,8 +48,9 @@ impl TestProvider {
     }
 }
 
-/// An RNG that returns a fixed k for SM2 encryption.
-struct FixedK([u8; 32]);
+/// An RNG that returns a fixed k for SM2 encryption (the standard's k in
+/// the known-answer test, the worked example's here).
+pub struct FixedK(pub [u8; 32]);
 impl sm2::elliptic_curve::rand_core::TryRng for FixedK {
     type Error = std::convert::Infallible;
     fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
