@@ -459,7 +459,7 @@ fn default_world_is_pinned() {
         .collect();
     assert_eq!(
         secure_gateway::hash::sm3(listing.as_bytes()).to_hex(),
-        "669294c4b6c25db4c4f2d467c788c0ad86f4e3d3cedacff3fecf92723d91abce",
+        "120a7f719f170a2e13f32827a7eca1044cd99d38e4f158d619eaf95ce19e7c53",
         "the files of seed 1, 2,000 doses changed:\n{listing}"
     );
 }
