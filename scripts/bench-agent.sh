@@ -15,7 +15,7 @@ ROWS=${ROWS:-200000}
 BATCH=${BATCH:-2000}
 IN_FLIGHT=${IN_FLIGHT:-2}
 BIN=${BIN:-target/release/vaxgate}
-[ -x "$BIN" ] || cargo build --release -p gateway --bin vaxgate
+[ -x "$BIN" ] || cargo build --release --bin vaxgate
 export VAXGATE_BENCH_PASS="bench passphrase" VAXGATE_AGENT_PASSPHRASE="bench passphrase"
 WORK=$(mktemp -d /tmp/vaxgate-bench-agent.XXXXXX)
 SERVER_PID=

@@ -6,7 +6,7 @@
 # usage: scripts/bench-crypto.sh [SECONDS] [ROUNDS]   (defaults 3 and 3)
 #   VAXGATE=path/to/vaxgate   the binary (default: target/release/vaxgate,
 #                             or $CARGO_TARGET_DIR/release/vaxgate)
-# Build first: cargo build --release -p gateway
+# Build first: cargo build --release --bin vaxgate
 # Both sides run single-threaded over 8192-byte buffers; MB = 10^6 bytes.
 # The machine is shared, so the two sides alternate for ROUNDS rounds and each
 # figure is the best of its rounds (the least-disturbed measurement).
@@ -16,7 +16,7 @@ secs=${1:-3}
 rounds=${2:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 vaxgate=${VAXGATE:-${CARGO_TARGET_DIR:-$root/target}/release/vaxgate}
-[[ -x "$vaxgate" ]] || { echo "error: $vaxgate not found; run: cargo build --release -p gateway (or set VAXGATE)" >&2; exit 1; }
+[[ -x "$vaxgate" ]] || { echo "error: $vaxgate not found; run: cargo build --release --bin vaxgate (or set VAXGATE)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "error: openssl not found in PATH" >&2; exit 1; }
 
 echo "== $(openssl version)"

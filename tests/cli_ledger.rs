@@ -19,7 +19,7 @@ fn stdout(o: &Output) -> String {
 }
 
 /// The payload the ledger benchmark writes for record `i` (documented beside
-/// `synthetic` in gateway/src/cmd/ledger.rs).
+/// `synthetic` in gateway/cli/cmd/ledger.rs).
 fn bench_payload(i: u64, len: usize) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);

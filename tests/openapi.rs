@@ -89,7 +89,7 @@ fn document_matches_the_router_both_ways() {
 /// the gateway's own loader, every section present, `${ENV}` for secrets.
 #[test]
 fn example_config_loads_and_validates() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/vaxgate.toml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vaxgate.toml");
     let raw = std::fs::read_to_string(&path).unwrap();
     for section in [
         "[server]",

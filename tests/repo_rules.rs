@@ -2,11 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 const CRATES: &[&str] = &["mappings", "secure-gateway", "ledger", "adapters", "sandbox", "gateway"];
@@ -163,7 +162,7 @@ fn every_crate_forbids_unsafe_code() {
 
 /// Files outside `secure-gateway` that may hold a private key: the
 /// key-generation commands, which create key files and nothing else.
-const KEY_GENERATION: [&str; 2] = ["gateway/src/cmd/init.rs", "gateway/src/cmd/keys.rs"];
+const KEY_GENERATION: [&str; 2] = ["gateway/cli/cmd/init.rs", "gateway/cli/cmd/keys.rs"];
 
 /// What only code that holds a private key names.
 const RAW_KEY_NAMES: [&str; 6] = [
@@ -217,14 +216,14 @@ fn the_raw_key_rule_sees_a_key_after_a_test_module() {
 #[test]
 fn anyhow_only_in_the_binary() {
     // Libraries return their crate's `thiserror` enum; `anyhow` is for the
-    // `vaxgate` binary (gateway/src/main.rs and its commands in cmd/).
+    // `vaxgate` binary (gateway/cli/: main.rs and its commands in cmd/).
     let mut files = Vec::new();
     for c in CRATES {
         rust_files(&root().join(c), &mut files);
     }
     for f in files {
         let rel = f.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/");
-        if rel == "gateway/src/main.rs" || rel.starts_with("gateway/src/cmd/") || rel.contains("/benches/") {
+        if rel.starts_with("gateway/cli/") || rel.contains("/benches/") {
             continue;
         }
         let code = without_test_items(&std::fs::read_to_string(&f).unwrap());
@@ -232,94 +231,90 @@ fn anyhow_only_in_the_binary() {
     }
 }
 
-/// What keeps a test file from running, or a `[[test]]` entry from
-/// building: each of `files` (the top-level `tests/x.rs`; shared code lives
-/// in tests/support/) needs one of the `entries` (name, path from the
-/// root), and each entry a file that `exists`.
-fn unregistered_tests(
-    files: &BTreeSet<String>,
-    entries: &[(String, String)],
-    exists: &dyn Fn(&str) -> bool,
-) -> Vec<String> {
-    let registered: BTreeSet<&str> = entries.iter().map(|(_, p)| p.as_str()).collect();
-    let mut problems: Vec<String> = files
-        .iter()
-        .filter(|f| !registered.contains(f.as_str()))
-        .map(|f| {
-            let name = f.trim_start_matches("tests/").trim_end_matches(".rs");
-            format!(
-                "{f} has no [[test]] entry in gateway/Cargo.toml, so `cargo test` never runs it: add \
-                 [[test]] name = \"{name}\" path = \"../{f}\" (or move shared code into tests/support/)"
-            )
-        })
-        .collect();
-    problems.extend(
-        entries
-            .iter()
-            .filter(|(_, p)| !exists(p))
-            .map(|(name, p)| format!("[[test]] {name} in gateway/Cargo.toml points at {p}, which does not exist")),
-    );
-    problems
-}
-
-/// `p` relative to the root, for a path relative to `gateway/`.
-fn from_gateway(p: &str) -> String {
-    let mut parts: Vec<&str> = vec!["gateway"];
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
+/// What the server library's manifest (`gateway/Cargo.toml`, as TOML) and
+/// code (`sources`: path and text of each non-test `gateway/src` file) say
+/// that breaks "the server library stands alone": a dependency or a use of
+/// the agent, the SQL Server driver, the sandbox or the CLI's crates.
+fn server_library_entanglements(manifest: &toml::Table, sources: &[(String, String)]) -> Vec<String> {
+    const CLI_ONLY: [&str; 6] = ["adapters", "sandbox", "tiberius", "clap", "anyhow", "mimalloc"];
+    let mut out = Vec::new();
+    for table in ["dependencies", "build-dependencies"] {
+        let deps = manifest.get(table).and_then(|d| d.as_table());
+        for name in CLI_ONLY.iter().filter(|n| deps.is_some_and(|d| d.contains_key(**n))) {
+            out.push(format!(
+                "gateway/Cargo.toml [{table}] names `{name}`: only the vaxgate binary may"
+            ));
         }
     }
-    parts.join("/")
+    for (path, code) in sources {
+        for name in ["adapters", "sandbox"] {
+            if code.contains(&format!("{name}::")) {
+                out.push(format!("{path} uses `{name}::`: the server library must not"));
+            }
+        }
+    }
+    if manifest.contains_key("bin") || manifest.contains_key("test") {
+        out.push("gateway/Cargo.toml declares [[bin]] or [[test]]: the binary and the end-to-end tests belong to the root package".into());
+    }
+    out
 }
 
 #[test]
-fn every_test_file_is_a_registered_test() {
-    let mut files = BTreeSet::new();
-    for e in std::fs::read_dir(root().join("tests")).unwrap().flatten() {
-        let p = e.path();
-        if p.is_file() && p.extension().is_some_and(|x| x == "rs") {
-            files.insert(format!("tests/{}", p.file_name().unwrap().to_string_lossy()));
-        }
-    }
+fn the_server_library_stands_alone() {
+    // The `gateway` crate is the server: it links neither the agent
+    // (`adapters`, with its SQL Server, MySQL and AMQP sources), nor the
+    // sandbox, nor the CLI's crates. The `vaxgate` binary (the root package,
+    // gateway/cli/) puts them together; the end-to-end tests in tests/ are
+    // the root package's, found by Cargo without registration.
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(root().join("gateway/Cargo.toml")).unwrap()).unwrap();
-    let entries: Vec<(String, String)> = manifest
-        .get("test")
-        .and_then(|t| t.as_array())
-        .expect("gateway/Cargo.toml lists its tests as [[test]]")
+    let mut files = Vec::new();
+    rust_files(&root().join("gateway/src"), &mut files);
+    assert!(files.len() > 10, "{files:?}");
+    let sources: Vec<(String, String)> = files
         .iter()
-        .map(|t| {
-            let field = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            (field("name"), from_gateway(&field("path")))
+        .map(|f| {
+            let rel = f.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/");
+            (rel, without_test_items(&std::fs::read_to_string(f).unwrap()))
         })
         .collect();
-    let problems = unregistered_tests(&files, &entries, &|p| root().join(p).is_file());
+    let problems = server_library_entanglements(&manifest, &sources);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let root_manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).unwrap()).unwrap();
+    let package = root_manifest
+        .get("package")
+        .and_then(|p| p.as_table())
+        .expect("the root Cargo.toml is the vaxgate package");
+    assert_eq!(
+        package.get("autotests").and_then(|v| v.as_bool()),
+        None,
+        "tests/*.rs must be found by Cargo (no autotests = false)"
+    );
+    assert!(
+        !root_manifest.contains_key("test"),
+        "no [[test]] entries: Cargo finds tests/*.rs"
+    );
 }
 
 #[test]
-fn an_unregistered_test_file_and_a_dangling_entry_are_named() {
-    let files: BTreeSet<String> = ["tests/a.rs", "tests/b.rs"].iter().map(|s| s.to_string()).collect();
-    let entries = vec![
-        ("a".to_string(), from_gateway("../tests/a.rs")),
-        ("gone".to_string(), from_gateway("../tests/gone.rs")),
+fn an_entangled_server_library_is_named() {
+    let manifest: toml::Table =
+        toml::from_str("[dependencies]\nadapters = { path = \"../adapters\" }\nserde = \"1\"\n[[bin]]\nname = \"x\"\n")
+            .unwrap();
+    let sources = vec![
+        (
+            "gateway/src/a.rs".to_string(),
+            "fn f() { sandbox::generate(); }".to_string(),
+        ),
+        ("gateway/src/b.rs".to_string(), "fn g() {}".to_string()),
     ];
-    let exists = |p: &str| files.contains(p);
-    let problems = unregistered_tests(&files, &entries, &exists);
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    let problems = server_library_entanglements(&manifest, &sources);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("`adapters`"), "{problems:?}");
     assert!(
-        problems[0].starts_with("tests/b.rs has no [[test]] entry"),
+        problems[1].starts_with("gateway/src/a.rs uses `sandbox::`"),
         "{problems:?}"
     );
-    assert!(
-        problems[1].contains("[[test]] gone") && problems[1].contains("tests/gone.rs, which does not exist"),
-        "{problems:?}"
-    );
-    let all = [("a".into(), "tests/a.rs".into()), ("b".into(), "tests/b.rs".into())];
-    assert!(unregistered_tests(&files, &all, &exists).is_empty());
+    assert!(problems[2].contains("[[bin]]"), "{problems:?}");
 }

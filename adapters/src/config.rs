@@ -214,59 +214,12 @@ pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
 /// Replaces `${NAME}` with the variable's value (escaped for a TOML basic
 /// string); an unset variable is an error naming its line.
 fn expand_env(raw: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, AgentError> {
-    expand_env_vars(raw, env).map_err(|u| AgentError::Config {
+    mappings::envsubst::expand_env_vars(raw, env).map_err(|u| AgentError::Config {
         path: path.to_string(),
         line: u.line,
         key: format!("${{{}}}", u.name),
         message: format!("environment variable {} is not set", u.name),
     })
-}
-
-/// A `${NAME}` in a config file whose variable is not set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsetVar {
-    /// The 1-based line of the reference.
-    pub line: usize,
-    /// The variable's name.
-    pub name: String,
-}
-
-/// Replaces each `${NAME}` (letters, digits, `_`) before a line's first `#`
-/// with the value `env` gives, escaped for a TOML basic string (`"`, `\`,
-/// newline). Shared by the agent's and the gateway's config loaders.
-pub fn expand_env_vars(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, UnsetVar> {
-    let mut out = String::with_capacity(raw.len());
-    for (n, line) in raw.lines().enumerate() {
-        let mut rest = line;
-        // A comment ends the expandable part of a line.
-        while let Some(start) = rest.find("${") {
-            if rest[..start].contains('#') {
-                break;
-            }
-            let Some(len) = rest[start + 2..].find('}') else { break };
-            let name = &rest[start + 2..start + 2 + len];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                break;
-            }
-            let value = env(name).ok_or_else(|| UnsetVar {
-                line: n + 1,
-                name: name.to_string(),
-            })?;
-            out.push_str(&rest[..start]);
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            rest = &rest[start + 3 + len..];
-        }
-        out.push_str(rest);
-        out.push('\n');
-    }
-    Ok(out)
 }
 
 /// The 1-based line of `table.key` or `sources[n].key` (0 if absent).

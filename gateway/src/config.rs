@@ -467,10 +467,10 @@ pub fn load_str(raw: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
 }
 
 /// Replaces `${NAME}` with the variable's value, escaped for a TOML basic
-/// string ([`adapters::config::expand_env_vars`]). An unset variable is an
+/// string ([`mappings::envsubst::expand_env_vars`]). An unset variable is an
 /// error naming its line.
 fn expand_env(raw: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
-    adapters::config::expand_env_vars(raw, env).map_err(|u| ConfigError::Invalid {
+    mappings::envsubst::expand_env_vars(raw, env).map_err(|u| ConfigError::Invalid {
         path: path.to_string(),
         line: u.line,
         key: format!("${{{}}}", u.name),

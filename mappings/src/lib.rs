@@ -73,6 +73,7 @@ pub mod commitment;
 pub mod custody;
 pub mod dataset;
 pub mod datefmt;
+pub mod envsubst;
 pub mod epcis;
 mod error;
 pub mod event;

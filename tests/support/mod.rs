@@ -69,7 +69,7 @@ pub fn free_port() -> u16 {
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 /// Runs `f` to completion on a fresh single-threaded runtime.
