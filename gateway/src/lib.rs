@@ -20,5 +20,6 @@ pub mod projection;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
+pub mod start;
 pub mod telemetry;
 pub mod tls;

@@ -24,40 +24,40 @@ use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::ratelimit::{Limiters, RouteClass};
 
-/// Shared by every worker.
+/// Shared by every worker; assembled by [`crate::start`] from the config.
 #[derive(Debug)]
 pub struct AppState {
     /// The ledger.
-    pub ledger: Ledger<AnyStore>,
+    pub(crate) ledger: Ledger<AnyStore>,
     /// The node key, held by the configured crypto provider: signs
     /// registry transactions and node alerts, opens envelopes.
-    pub node: secure_gateway::Signer,
+    pub(crate) node: secure_gateway::Signer,
     /// Rate limiters.
-    pub limiters: Limiters,
+    pub(crate) limiters: Limiters,
     /// The registry, rebuilt from the ledger at start.
-    pub registry: std::sync::RwLock<crate::registry::Registry>,
+    pub(crate) registry: std::sync::RwLock<crate::registry::Registry>,
     /// Serialises registry changes (check → append → apply).
-    pub registry_writer: tokio::sync::Mutex<()>,
+    pub(crate) registry_writer: tokio::sync::Mutex<()>,
     /// Orders cold-chain judgements with appends: a batch holding inbound
     /// receipts is judged after every shipment/reading batch before it is
     /// appended, and before any later one (`crate::order`).
-    pub ingest_order: crate::order::IngestOrder,
+    pub(crate) ingest_order: crate::order::IngestOrder,
     /// The custody rules and the facts of batches being appended.
-    pub custody: crate::custody::Custody,
+    pub(crate) custody: crate::custody::Custody,
     /// Nonces seen recently.
-    pub nonces: crate::auth::NonceCache,
+    pub(crate) nonces: crate::auth::NonceCache,
     /// Largest accepted difference between a request's clock and ours.
-    pub max_clock_skew_secs: u64,
+    pub(crate) max_clock_skew_secs: u64,
     /// Largest request body.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// How long a request body may take to arrive.
-    pub body_read_timeout: std::time::Duration,
+    pub(crate) body_read_timeout: std::time::Duration,
     /// Requests per client address not yet verified.
-    pub unverified: crate::auth::Unverified,
+    pub(crate) unverified: crate::auth::Unverified,
     /// The relational projection of accepted events.
-    pub projection: crate::projection::Projection,
+    pub(crate) projection: crate::projection::Projection,
     /// The dataset definition records are validated against.
-    pub dataset: std::sync::Arc<mappings::Dataset>,
+    pub(crate) dataset: std::sync::Arc<mappings::Dataset>,
 }
 
 /// The client's address (the TCP peer; proxies are not trusted).
