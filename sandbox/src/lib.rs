@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod ids;
 pub mod rng;
+pub mod run;
 pub mod world;
 mod write;
 
