@@ -99,7 +99,24 @@ fn ledger_commands_and_tamper_detection() {
     );
     assert!(stdout(&o).starts_with("ledger intact: "), "{}", stdout(&o));
     assert!(stdout(&o).contains("701 transactions"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("signatures checked by rustcrypto"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(stdout(&o).lines().count(), 1);
+    // The same signatures (made through RustCrypto) checked by OpenSSL; an
+    // unknown provider is the caller's error, named.
+    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--crypto-provider", "openssl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("signatures checked by openssl"), "{}", stdout(&o));
+    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--crypto-provider", "hsm"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rustcrypto"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let o = vaxgate(&["ledger", "stats", "--db", db_s, "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

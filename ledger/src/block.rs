@@ -108,6 +108,15 @@ impl Checkpoint {
 
     /// Verifies the node's signature.
     pub fn verify(&self, key: &Sm2VerifyingKey) -> Result<(), String> {
+        self.verify_in(&secure_gateway::RustCryptoProvider::new(), key)
+    }
+
+    /// [`Checkpoint::verify`] with the signature checked by `provider`.
+    pub fn verify_in(
+        &self,
+        provider: &dyn secure_gateway::CryptoProvider,
+        key: &Sm2VerifyingKey,
+    ) -> Result<(), String> {
         if key.key_id() != self.key_id {
             return Err(format!(
                 "checkpoint was signed by key {} but the trusted key is {}",
@@ -119,7 +128,8 @@ impl Checkpoint {
         if sig.to_hex() != self.signature {
             return Err("checkpoint signature is not in canonical lowercase hex".into());
         }
-        key.verify(&self.signing_bytes(), &sig)
+        provider
+            .verify(key, &self.signing_bytes(), &sig)
             .map_err(|_| format!("checkpoint signature at tree size {} does not verify", self.tree_size))
     }
 }

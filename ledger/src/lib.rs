@@ -36,7 +36,7 @@ pub use store::{
 pub use tx::{
     DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, TxSummary, sign_batch, sign_leaves,
 };
-pub use verify::{VerifyReport, verify_ledger};
+pub use verify::{VerifyReport, verify_ledger, verify_ledger_in};
 
 /// A fresh node key in the default provider, for unit tests.
 #[cfg(test)]

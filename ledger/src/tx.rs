@@ -189,12 +189,17 @@ impl TxAuth {
 
     /// Checks the batch signature under the embedded public key.
     pub fn verify_signature(&self) -> Result<(), String> {
+        self.verify_signature_in(&secure_gateway::RustCryptoProvider::new())
+    }
+
+    /// [`TxAuth::verify_signature`] with the signature checked by `provider`.
+    pub fn verify_signature_in(&self, provider: &dyn secure_gateway::CryptoProvider) -> Result<(), String> {
         let pk = hex::decode(&self.public_key).map_err(|_| "public key is not hex".to_string())?;
         let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;
         if hex::encode(vk.to_sec1()) != self.public_key {
             return Err("public key is not in canonical form (lowercase hex, uncompressed)".into());
         }
-        self.batch.verify(&vk).map_err(|e| e.to_string())
+        self.batch.verify_in(provider, &vk).map_err(|e| e.to_string())
     }
 
     /// Both checks.

@@ -5,8 +5,9 @@
 //! transaction.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use secure_gateway::{Sm2VerifyingKey, Sm3Digest};
+use secure_gateway::{CryptoProvider, RustCryptoProvider, Sm2VerifyingKey, Sm3Digest};
 use serde::{Deserialize, Serialize};
 
 use crate::block::{BLOCK_VERSION, BlockHeader, compute_block_hash};
@@ -52,6 +53,18 @@ fn fail(height: u64, tx: Option<String>, reason: impl Into<String>) -> LedgerErr
 pub async fn verify_ledger<S: LedgerStore>(
     store: &S,
     trusted: Option<&Sm2VerifyingKey>,
+    progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport, LedgerError> {
+    verify_ledger_in(store, trusted, Arc::new(RustCryptoProvider::new()), progress).await
+}
+
+/// [`verify_ledger`] with every signature (batches, checkpoints) checked by
+/// `provider`, so a ledger written through one crypto provider can be
+/// verified through another.
+pub async fn verify_ledger_in<S: LedgerStore>(
+    store: &S,
+    trusted: Option<&Sm2VerifyingKey>,
+    provider: Arc<dyn CryptoProvider>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<VerifyReport, LedgerError> {
     let (head, _) = store
@@ -59,6 +72,7 @@ pub async fn verify_ledger<S: LedgerStore>(
         .await?
         .ok_or_else(|| LedgerError::NotFound(format!("{} holds no ledger (no blocks)", store.location())))?;
     let mut v = Verifier::start(store, trusted).await?;
+    v.crypto = provider;
     let mut height = 0u64;
     while height <= head.height {
         let to = (height + BLOCKS_PER_READ).min(head.height + 1);
@@ -91,6 +105,8 @@ struct Verifier<'s, S> {
     /// Batch signatures checked so far, by the digest [`check_tx`] returns.
     verified_batches: HashSet<Sm3Digest>,
     report: VerifyReport,
+    /// Checks the signatures.
+    crypto: Arc<dyn CryptoProvider>,
 }
 
 impl<'s, S: LedgerStore> Verifier<'s, S> {
@@ -105,6 +121,7 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
             prev_hash: Sm3Digest::ZERO,
             prev_ts: i64::MIN,
             verified_batches: HashSet::new(),
+            crypto: Arc::new(RustCryptoProvider::new()),
             report: VerifyReport {
                 blocks: 0,
                 transactions: 0,
@@ -254,7 +271,7 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
             return Ok(());
         }
         let a = &st.tx.auth;
-        a.verify_signature().map_err(|e| {
+        a.verify_signature_in(self.crypto.as_ref()).map_err(|e| {
             fail(
                 h,
                 Some(st.tx.content.tx_id.to_string()),
@@ -300,7 +317,8 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
         {
             return Err(fail(h, None, "checkpoint does not match the block and the tree"));
         }
-        cp.verify(&self.node_key).map_err(|e| fail(h, None, e))
+        cp.verify_in(self.crypto.as_ref(), &self.node_key)
+            .map_err(|e| fail(h, None, e))
     }
 
     /// Phase 5, the tail: nothing may sit beyond the last block checked

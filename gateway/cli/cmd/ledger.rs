@@ -37,6 +37,10 @@ pub enum LedgerCmd {
         /// The ledger must hold at least this many transactions.
         #[arg(long)]
         min_size: Option<u64>,
+        /// The crypto provider that checks every signature (rustcrypto or
+        /// openssl): a ledger written through one verifies through the other.
+        #[arg(long, default_value_t = ProviderKind::RustCrypto)]
+        crypto_provider: ProviderKind,
     },
     /// Height, transactions, size and the latest checkpoint.
     Stats {
@@ -134,7 +138,8 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
                 checkpoint_key,
                 checkpoint,
                 min_size,
-            } => verify(db, checkpoint_key, checkpoint, min_size).await,
+                crypto_provider,
+            } => verify(db, checkpoint_key, checkpoint, min_size, crypto_provider).await,
             LedgerCmd::Stats { db, json } => stats(db, json).await,
             LedgerCmd::Proof { db, tx, record } => {
                 let store = open_db(&db).await?;
@@ -171,7 +176,11 @@ async fn verify(
     checkpoint_key: Option<PathBuf>,
     seen: Vec<PathBuf>,
     min_size: Option<u64>,
+    provider: ProviderKind,
 ) -> anyhow::Result<u8> {
+    let crypto = provider
+        .build()
+        .with_context(|| format!("--crypto-provider {}", provider.as_str()))?;
     let trusted = checkpoint_key.as_ref().map(read_key).transpose()?;
     // The checkpoints seen before: read and checked against the key first,
     // so a bad file is the caller's error (exit 2), not the ledger's.
@@ -184,7 +193,7 @@ async fn verify(
     for f in &seen {
         let cp = read_checkpoint(f)?;
         if let Some(k) = &node_key {
-            cp.verify(k)
+            cp.verify_in(crypto.as_ref(), k)
                 .map_err(|e| anyhow::anyhow!("{}: the checkpoint does not verify: {e}", f.display()))?;
         }
         earlier.push((f.clone(), cp));
@@ -217,7 +226,7 @@ async fn verify(
     }
     let started = Instant::now();
     let mut last = Instant::now();
-    let result = ledger::verify_ledger(&store, trusted.as_ref(), |h, of| {
+    let result = ledger::verify_ledger_in(&store, trusted.as_ref(), crypto.clone(), |h, of| {
         if show && last.elapsed() > Duration::from_millis(500) {
             eprint!("\rverifying block {h}/{of}");
             last = Instant::now();
@@ -230,13 +239,15 @@ async fn verify(
     match result {
         Ok(r) => {
             println!(
-                "ledger intact: {} blocks, {} transactions, {} batch signatures, head {}, root {}, node key {} ({:.1}s)",
+                "ledger intact: {} blocks, {} transactions, {} batch signatures, head {}, root {}, node key {} \
+                 (signatures checked by {}, {:.1}s)",
                 r.blocks,
                 r.transactions,
                 r.batch_signatures,
                 r.head_hash,
                 r.root,
                 r.node_key_id,
+                crypto.name(),
                 started.elapsed().as_secs_f64()
             );
             if let Some(why) = cut_short(&store, r.transactions, &earlier, min_size).await? {
