@@ -557,6 +557,7 @@ mod tests {
                 prev_ts: self.prev_ts,
                 verified_batches: self.verified_batches.clone(),
                 report: self.report.clone(),
+                crypto: self.crypto.clone(),
             }
         }
     }
