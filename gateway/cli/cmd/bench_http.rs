@@ -104,10 +104,27 @@ impl Drop for ServerProcess {
     }
 }
 
-fn vaxgate(pass: &str) -> anyhow::Result<Command> {
-    let mut c = Command::new(std::env::current_exe().context("locating the vaxgate binary")?);
+fn vaxgate(pass: &str) -> Command {
+    // Linux reports "<path> (deleted)" once the file was replaced by a
+    // rebuild: start the new binary at the same path.
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vaxgate"));
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => exe,
+    };
+    let mut c = Command::new(exe);
     c.env(PASS_ENV, pass);
-    Ok(c)
+    c
+}
+
+/// A client of the gateway at `base` signing with `key`.
+fn client(base: &str, key: &Signer) -> anyhow::Result<GatewayClient> {
+    let config = GatewayClientConfig {
+        base_url: base.to_string(),
+        timeout: Some(Duration::from_secs(300)),
+        ..Default::default()
+    };
+    Ok(GatewayClient::new(&config, key.clone())?)
 }
 
 fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
@@ -148,8 +165,42 @@ fn trace_code(i: usize) -> String {
     format!("8699{i:016}")
 }
 
-/// Runs the benchmark.
-pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
+/// The node under test: its folder (temporary unless `--keep-dir`), the
+/// passphrase of its keys, its address and the running `vaxgate serve`.
+struct Node {
+    _tmp: Option<tempfile::TempDir>,
+    root: PathBuf,
+    dir: PathBuf,
+    pass: String,
+    base: String,
+    server: ServerProcess,
+}
+
+impl Node {
+    /// `vaxgate <args...> --approve <the node's admin key>` against the
+    /// running gateway, with the passphrase in its environment.
+    fn admin(&self, args: &[&str]) -> Command {
+        let mut c = vaxgate(&self.pass);
+        c.args(["admin", "--gateway", &self.base, "--passphrase-env", PASS_ENV])
+            .args(args)
+            .arg("--approve")
+            .arg(self.dir.join("keys/admin-1.key.pem"));
+        c
+    }
+
+    /// `vaxgate keys generate` of `entity` into `<root>/<folder>`.
+    fn generate_keys(&self, entity: &str, folder: &str) -> anyhow::Result<PathBuf> {
+        let out = self.root.join(folder);
+        let mut c = vaxgate(&self.pass);
+        c.args(["keys", "generate", "--entity", entity, "--passphrase-env", PASS_ENV])
+            .arg("--out")
+            .arg(&out);
+        run_ok(c, "vaxgate keys generate")?;
+        Ok(out)
+    }
+}
+
+fn check_args(a: &BenchHttpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.records >= 1 && a.batch >= 1 && a.clients >= 1,
         "--records, --batch and --clients must be ≥ 1"
@@ -159,15 +210,22 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
         a.records < 10_000_000_000_000_000,
         "--records is too large for the trace-code scheme"
     );
-    let tmp;
-    let root: PathBuf = match &a.keep_dir {
-        Some(d) => {
-            anyhow::ensure!(!d.exists(), "{} exists; --keep-dir must name a new folder", d.display());
-            d.clone()
-        }
+    if let Some(d) = &a.keep_dir {
+        anyhow::ensure!(!d.exists(), "{} exists; --keep-dir must name a new folder", d.display());
+    }
+    Ok(())
+}
+
+/// `vaxgate init` of a node in a new folder, its limits raised above the
+/// benchmark's load (but in force: rate limiting is part of what is
+/// measured), and `vaxgate serve` started on it.
+fn start_node(a: &BenchHttpArgs) -> anyhow::Result<Node> {
+    let (tmp, root) = match &a.keep_dir {
+        Some(d) => (None, d.clone()),
         None => {
-            tmp = tempfile::tempdir().context("creating a temporary folder")?;
-            tmp.path().to_path_buf()
+            let tmp = tempfile::tempdir().context("creating a temporary folder")?;
+            let root = tmp.path().to_path_buf();
+            (Some(tmp), root)
         }
     };
     let pass = hex::encode(secure_gateway::random::bytes::<16>().context("random passphrase")?);
@@ -175,26 +233,14 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let base = format!("http://127.0.0.1:{port}");
     eprintln!("bench http: node in {}, gateway on {base}", dir.display());
-    let mut c = vaxgate(&pass)?;
-    c.args([
-        "init",
-        "--plain-http",
-        "--admins",
-        "1",
-        "--threshold",
-        "1",
-        "--passphrase-env",
-        PASS_ENV,
-        "--crypto-provider",
-        a.provider.as_str(),
-    ])
-    .arg("--dir")
-    .arg(&dir)
-    .arg("--listen")
-    .arg(format!("127.0.0.1:{port}"));
+    let mut c = vaxgate(&pass);
+    c.args(["init", "--plain-http", "--admins", "1", "--threshold", "1"])
+        .args(["--passphrase-env", PASS_ENV, "--crypto-provider", a.provider.as_str()])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
     run_ok(c, "vaxgate init")?;
-    // Limits in force (rate limiting is part of what is measured) but high
-    // enough not to refuse the benchmark's own load.
     let cfg = dir.join("vaxgate.toml");
     let mut text = std::fs::read_to_string(&cfg)?;
     text = text.replace(
@@ -206,34 +252,44 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
          query = { per_second = 1000000, burst = 1000000 }\npublic = { per_second = 1000000, burst = 1000000 }\n",
     );
     std::fs::write(&cfg, text)?;
-    let mut c = vaxgate(&pass)?;
+    let mut c = vaxgate(&pass);
     c.arg("serve").arg("--config").arg(&cfg).stdout(Stdio::null());
-    let _server = ServerProcess(c.spawn().context("starting vaxgate serve")?);
+    let server = ServerProcess(c.spawn().context("starting vaxgate serve")?);
+    Ok(Node {
+        _tmp: tmp,
+        root,
+        dir,
+        pass,
+        base,
+        server,
+    })
+}
 
-    let ent = root.join("entity");
-    let mut c = vaxgate(&pass)?;
-    c.args(["keys", "generate", "--entity", "bench", "--passphrase-env", PASS_ENV])
-        .arg("--out")
-        .arg(&ent);
-    run_ok(c, "vaxgate keys generate")?;
+/// The parties of the benchmark, registered on the node.
+struct Parties {
+    /// The vaccination unit that gives the doses.
+    entity_id: String,
+    key: Signer,
+    /// Its read-only API key.
+    api_key: String,
+    /// The manufacturer that produces and delivers them.
+    mah_id: String,
+    mah_key: Signer,
+}
+
+/// Registers the vaccination unit (retried until the gateway answers), the
+/// manufacturer, and a read-only API key of the unit.
+fn register(a: &BenchHttpArgs, node: &Node) -> anyhow::Result<Parties> {
+    let ent = node.generate_keys("bench", "entity")?;
     let entity_id = gateway::registry::uscc_with_check("12320102MB1234567").context("the bench entity id")?;
     let start = Instant::now();
     loop {
-        let mut c = vaxgate(&pass)?;
-        c.args([
-            "admin",
-            "--gateway",
-            &base,
-            "--passphrase-env",
-            PASS_ENV,
-            "register-entity",
-        ])
-        .args(["--id", &entity_id, "--name", "基准测试接种单位", "--alias", "bench"])
-        .args(["--role", "vaccination_unit", "--code", "3201020001", "--master-key"])
-        .arg(ent.join("bench.pub.pem"))
-        .arg("--approve")
-        .arg(dir.join("keys/admin-1.key.pem"));
-        let o = c.output()?;
+        let o = node
+            .admin(&["register-entity", "--id", &entity_id, "--name", "基准测试接种单位"])
+            .args(["--alias", "bench", "--role", "vaccination_unit", "--code", CLINIC_CODE])
+            .arg("--master-key")
+            .arg(ent.join("bench.pub.pem"))
+            .output()?;
         if o.status.success() {
             break;
         }
@@ -244,68 +300,59 @@ pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // The manufacturer that produces and delivers the bench's doses.
-    let mah_dir = root.join("manufacturer");
-    let mut c = vaxgate(&pass)?;
-    c.args(["keys", "generate", "--entity", "mah", "--passphrase-env", PASS_ENV])
-        .arg("--out")
-        .arg(&mah_dir);
-    run_ok(c, "vaxgate keys generate")?;
+    let mah_dir = node.generate_keys("mah", "manufacturer")?;
     let mah_id = gateway::registry::uscc_with_check("91320000MA1XYA129").context("the manufacturer id")?;
-    let mut c = vaxgate(&pass)?;
-    c.args([
-        "admin",
-        "--gateway",
-        &base,
-        "--passphrase-env",
-        PASS_ENV,
+    let mut c = node.admin(&[
         "register-entity",
-    ])
-    .args([
         "--id",
         &mah_id,
         "--name",
         "基准测试疫苗上市许可持有人",
-        "--alias",
-        "bench-mah",
-    ])
-    .args(["--role", "manufacturer", "--code", MAH_CODE, "--master-key"])
-    .arg(mah_dir.join("mah.pub.pem"))
-    .arg("--approve")
-    .arg(dir.join("keys/admin-1.key.pem"));
+    ]);
+    c.args(["--alias", "bench-mah", "--role", "manufacturer", "--code", MAH_CODE])
+        .arg("--master-key")
+        .arg(mah_dir.join("mah.pub.pem"));
     run_ok(c, "vaxgate admin register-entity (manufacturer)")?;
-    let provider = a.provider.build()?;
-    let mah_key = Signer::load_file(
-        provider.clone(),
-        KeyHandle::new("mah"),
-        &mah_dir.join("mah.key.pem"),
-        PASS_ENV,
-    )?;
-    // A read-only API key of the same entity, for the API-key GET figures.
-    let api_key_file = root.join("api-key.txt");
-    let mut c = vaxgate(&pass)?;
-    c.args([
-        "admin",
-        "--gateway",
-        &base,
-        "--passphrase-env",
-        PASS_ENV,
-        "api-key",
-        "create",
-    ])
-    .args(["--entity", &entity_id, "--label", "bench"])
-    .arg("--key-out")
-    .arg(&api_key_file)
-    .arg("--approve")
-    .arg(dir.join("keys/admin-1.key.pem"));
+    let api_key_file = node.root.join("api-key.txt");
+    let mut c = node.admin(&["api-key", "create", "--entity", &entity_id, "--label", "bench"]);
+    c.arg("--key-out").arg(&api_key_file);
     run_ok(c, "vaxgate admin api-key create")?;
-    let api_key = std::fs::read_to_string(&api_key_file)?.trim().to_string();
-    let key = Signer::load_file(provider, KeyHandle::new("bench"), &ent.join("bench.key.pem"), PASS_ENV)?;
-    let gateway_key = secure_gateway::load_verifying_key(&dir.join("keys/node.pub.pem"))?;
+    let provider = a.provider.build()?;
+    // The keys were written encrypted with the node's passphrase, which
+    // only the child processes have in their environment.
+    let open = |alias: &str, path: PathBuf| -> anyhow::Result<Signer> {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let pem = zeroize::Zeroizing::new(text);
+        let handle = KeyHandle::new(alias);
+        provider
+            .import_sm2_pem(handle.clone(), &pem, Some(&node.pass), secure_gateway::DEFAULT_DIST_ID)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Signer::new(provider.clone(), handle)?)
+    };
+    Ok(Parties {
+        api_key: std::fs::read_to_string(&api_key_file)?.trim().to_string(),
+        key: open("bench", ent.join("bench.key.pem"))?,
+        mah_key: open("mah", mah_dir.join("mah.key.pem"))?,
+        entity_id,
+        mah_id,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(a: BenchHttpArgs) -> anyhow::Result<u8> {
+    check_args(&a)?;
+    let node = start_node(&a)?;
+    let parties = register(&a, &node)?;
+    let gateway_key = secure_gateway::load_verifying_key(&node.dir.join("keys/node.pub.pem"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let server_pid = _server.0.id();
-    rt.block_on(upstream(&a, &base, &mah_id, mah_key, &gateway_key))?;
-    rt.block_on(bench(&a, &base, &entity_id, key, gateway_key, &api_key, server_pid))
+    rt.block_on(upstream(
+        &a,
+        &node.base,
+        &parties.mah_id,
+        parties.mah_key.clone(),
+        &gateway_key,
+    ))?;
+    rt.block_on(bench(&a, &node, &parties, gateway_key))
 }
 
 #[derive(serde::Deserialize)]
@@ -324,14 +371,7 @@ async fn upstream(
     key: Signer,
     gateway_key: &secure_gateway::Sm2VerifyingKey,
 ) -> anyhow::Result<()> {
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.to_string(),
-            timeout: Some(Duration::from_secs(300)),
-            ..Default::default()
-        },
-        key.clone(),
-    )?;
+    let client = client(base, &key)?;
     let (provider, handle) = (key.provider().clone(), key.handle().clone());
     let template = |text: &str, what: &str| -> anyhow::Result<ExchangeMessage> {
         let golden: Vec<serde_json::Value> = serde_json::from_str(text)?;
@@ -394,29 +434,86 @@ async fn upstream(
     Ok(())
 }
 
+/// What the ingest measured.
+struct Ingest {
+    send_time: Duration,
+    wall_time: Duration,
+    latencies_ms: Vec<f64>,
+    cpu_per_record_us: Option<f64>,
+}
+
+/// Measures (a), (b) and (c) and prints the final JSON line.
 async fn bench(
     a: &BenchHttpArgs,
-    base: &str,
-    entity_id: &str,
-    key: Signer,
+    node: &Node,
+    parties: &Parties,
     gateway_key: secure_gateway::Sm2VerifyingKey,
-    api_key: &str,
-    server_pid: u32,
 ) -> anyhow::Result<u8> {
-    let client = GatewayClient::new(
-        &GatewayClientConfig {
-            base_url: base.to_string(),
-            timeout: Some(Duration::from_secs(300)),
-            ..Default::default()
-        },
-        key.clone(),
-    )?;
+    let client = client(&node.base, &parties.key)?;
+    let ingest = measure_ingest(
+        a,
+        &client,
+        &parties.entity_id,
+        &parties.key,
+        gateway_key,
+        node.server.0.id(),
+    )
+    .await?;
+    let (ledger_txs, tl) = measure_trace(a, &client).await?;
+    let gets = measure_gets(a, &node.base, &parties.key, &parties.api_key).await?;
+    let (ingest_rate, ingest_rate_wall) = (
+        a.records as f64 / ingest.send_time.as_secs_f64(),
+        a.records as f64 / ingest.wall_time.as_secs_f64(),
+    );
+    let lat = &ingest.latencies_ms;
+    let (ratio, key_ratio) = (gets.auth_rate / gets.public_rate, gets.key_rate / gets.public_rate);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "http",
+            "records": a.records,
+            "batch": a.batch,
+            "clients": a.clients,
+            "ingest_records_per_s": ingest_rate.round(),
+            "ingest_records_per_s_wall": ingest_rate_wall.round(),
+            "ingest_send_s": ingest.send_time.as_secs_f64(),
+            "ingest_wall_s": ingest.wall_time.as_secs_f64(),
+            "ingest_p50_ms": pct(lat, 0.5),
+            "ingest_p99_ms": pct(lat, 0.99),
+            "server_cpu_us_per_record": ingest.cpu_per_record_us,
+            "ledger_transactions": ledger_txs,
+            "trace_samples": a.trace_samples,
+            "trace_p50_ms": pct(&tl, 0.5),
+            "trace_p99_ms": pct(&tl, 0.99),
+            "get_requests": a.get_requests,
+            "get_clients": a.get_clients,
+            "auth_get_per_s": gets.auth_rate.round(),
+            "public_get_per_s": gets.public_rate.round(),
+            "auth_to_public_ratio": (ratio * 1000.0).round() / 1000.0,
+            "api_key_get_per_s": gets.key_rate.round(),
+            "api_key_to_public_ratio": (key_ratio * 1000.0).round() / 1000.0,
+            "auth_body_bytes": gets.bytes,
+            "public_body_bytes": gets.bytes,
+        })
+    );
+    Ok(0)
+}
+
+/// (a) Ingest: `--records` vaccination records sealed in chunks on every
+/// core, then sent from `--clients` concurrent clients (only the sending
+/// timed); the gateway's CPU over the whole ingest.
+async fn measure_ingest(
+    a: &BenchHttpArgs,
+    client: &GatewayClient,
+    entity_id: &str,
+    key: &Signer,
+    gateway_key: secure_gateway::Sm2VerifyingKey,
+    server_pid: u32,
+) -> anyhow::Result<Ingest> {
     let (provider, handle) = (key.provider().clone(), key.handle().clone());
     let golden: Vec<serde_json::Value> = serde_json::from_str(GOLDEN)?;
     let template = mappings::exchange::from_json(&golden[0].to_string())
         .map_err(|e| anyhow::anyhow!("the golden vaccination record: {e}"))?;
-
-    // (a) Ingest.
     let batches = a.records.div_ceil(a.batch);
     let chunk_batches = (a.clients * 8).max(1);
     let mut send_time = Duration::ZERO;
@@ -518,12 +615,26 @@ async fn bench(
     if let Some(us) = cpu_per_record_us {
         eprintln!("    gateway CPU (user + system) over the ingest: {us} µs per record");
     }
+    Ok(Ingest {
+        send_time,
+        wall_time,
+        latencies_ms: lat,
+        cpu_per_record_us,
+    })
+}
 
-    // (b) Trace latency.
+/// (b) `GET /v1/trace/{code}` latency for `--trace-samples` codes spread
+/// over the ledger, each answer checked; the ledger's size and the sorted
+/// latencies (ms).
+async fn measure_trace(a: &BenchHttpArgs, client: &GatewayClient) -> anyhow::Result<(u64, Vec<f64>)> {
     let stats: serde_json::Value = serde_json::from_slice(&client.get("/v1/stats").await?)?;
     let ledger_txs = stats["transactions"].as_u64().unwrap_or(0);
     let mut trace_lat = Vec::with_capacity(a.trace_samples);
-    let mut state = (wall.elapsed().as_nanos() as u64) | 1;
+    let mut state = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7))
+        | 1;
     for _ in 0..a.trace_samples {
         // xorshift: a spread of codes over the whole ledger.
         state ^= state << 13;
@@ -551,15 +662,28 @@ async fn bench(
         pct(&tl, 0.99),
         a.trace_samples
     );
+    Ok((ledger_txs, tl))
+}
 
-    // (c) Authenticated vs unauthenticated GET of the same body.
+/// What the GET comparison measured: requests per second of each route and
+/// the size of the (same) body they answered.
+struct Gets {
+    public_rate: f64,
+    auth_rate: f64,
+    key_rate: f64,
+    bytes: usize,
+}
+
+/// (c) Authenticated (SM2-signed, API key) against unauthenticated GETs of
+/// the same body, requests signed before the timed loop.
+async fn measure_gets(a: &BenchHttpArgs, base: &str, key: &Signer, api_key: &str) -> anyhow::Result<Gets> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(a.get_clients * 2)
         .build()?;
     let auth_path = "/v1/checkpoints/latest";
     let public_path = "/v1/public/checkpoints/latest";
     let signed: Vec<[(&'static str, String); 5]> = (0..a.get_requests)
-        .map(|_| secure_gateway::request::sign_request(&key, "GET", auth_path, b"").map(|s| s.headers()))
+        .map(|_| secure_gateway::request::sign_request(key, "GET", auth_path, b"").map(|s| s.headers()))
         .collect::<Result<_, _>>()?;
     let signed = Arc::new(signed);
     let api_header = format!("ApiKey {api_key}");
@@ -622,34 +746,10 @@ async fn bench(
          GET {public_path} (unauthenticated): {public_rate:.0} req/s ({public_bytes} B); ratio {ratio:.2}"
     );
     eprintln!("    GET {auth_path} (API key, rate-limited): {key_rate:.0} req/s; ratio {key_ratio:.2}");
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "http",
-            "records": a.records,
-            "batch": a.batch,
-            "clients": a.clients,
-            "ingest_records_per_s": ingest_rate.round(),
-            "ingest_records_per_s_wall": ingest_rate_wall.round(),
-            "ingest_send_s": send_time.as_secs_f64(),
-            "ingest_wall_s": wall_time.as_secs_f64(),
-            "ingest_p50_ms": pct(&lat, 0.5),
-            "ingest_p99_ms": pct(&lat, 0.99),
-            "server_cpu_us_per_record": cpu_per_record_us,
-            "ledger_transactions": ledger_txs,
-            "trace_samples": a.trace_samples,
-            "trace_p50_ms": pct(&tl, 0.5),
-            "trace_p99_ms": pct(&tl, 0.99),
-            "get_requests": a.get_requests,
-            "get_clients": a.get_clients,
-            "auth_get_per_s": auth_rate.round(),
-            "public_get_per_s": public_rate.round(),
-            "auth_to_public_ratio": (ratio * 1000.0).round() / 1000.0,
-            "api_key_get_per_s": key_rate.round(),
-            "api_key_to_public_ratio": (key_ratio * 1000.0).round() / 1000.0,
-            "auth_body_bytes": auth_bytes,
-            "public_body_bytes": public_bytes,
-        })
-    );
-    Ok(0)
+    Ok(Gets {
+        public_rate,
+        auth_rate,
+        key_rate,
+        bytes: public_bytes,
+    })
 }
