@@ -34,18 +34,34 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             let _ = write!(out, "{n}");
         }
         Value::String(s) => write_string(s, out),
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, v) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(b']');
-        }
+        Value::Array(a) => write_seq(b'[', a, b']', out, write_canonical),
         Value::Object(m) => write_object(m, out),
     }
+}
+
+/// Appends `open`, the items separated by commas (each written by `item`),
+/// then `close`: the one way every array and object here is laid out.
+fn write_seq<T>(
+    open: u8,
+    items: impl IntoIterator<Item = T>,
+    close: u8,
+    out: &mut Vec<u8>,
+    mut item: impl FnMut(T, &mut Vec<u8>),
+) {
+    out.push(open);
+    for (i, x) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item(x, out);
+    }
+    out.push(close);
+}
+
+/// Appends `"key":` (the caller writes the value).
+fn write_key(k: &str, out: &mut Vec<u8>) {
+    write_string(k, out);
+    out.push(b':');
 }
 
 /// Bytes that must be escaped in a JSON string: control characters, `"` and `\`.
@@ -137,28 +153,8 @@ pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
 /// Appends the canonical JSON of an event to `out` (reuse one buffer per
 /// worker to avoid an allocation per event).
 pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
-    let out = &mut *out;
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        write_string(k, out);
-        out.push(b':');
-    };
-    let time = |out: &mut Vec<u8>, t: &chrono::DateTime<chrono::FixedOffset>| write_time(t, out);
-    let strings = |out: &mut Vec<u8>, list: &[String]| {
-        out.push(b'[');
-        for (i, c) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_string(c, out);
-        }
-        out.push(b']');
-    };
-    let party = |out: &mut Vec<u8>, p: &crate::event::Party| {
+    let strings = |list: &[String], out: &mut Vec<u8>| write_seq(b'[', list, b']', out, |c, out| write_string(c, out));
+    let party = |p: &crate::event::Party, out: &mut Vec<u8>| {
         out.extend_from_slice(b"{\"code\":");
         write_string(&p.code, out);
         if let Some(n) = &p.name {
@@ -168,83 +164,83 @@ pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
         out.push(b'}');
     };
     out.push(b'{');
+    // The members in key order.
+    let mut m = Members { out, first: true };
     if !e.aggregations.is_empty() {
-        key(out, "aggregations");
-        out.push(b'[');
-        for (i, a) in e.aggregations.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        write_seq(b'[', &e.aggregations, b']', m.key("aggregations"), |a, out| {
             out.extend_from_slice(b"{\"children\":");
-            strings(out, &a.children);
+            strings(&a.children, out);
             out.extend_from_slice(b",\"parent\":");
             write_string(&a.parent, out);
             out.push(b'}');
-        }
-        out.push(b']');
+        });
     }
-    if let Some(b) = &e.bill_type {
-        key(out, "billType");
-        write_string(b, out);
-    }
-    key(out, "category");
-    write_string(&e.category, out);
-    if let Some(d) = &e.device {
-        key(out, "device");
-        write_string(d, out);
-    }
-    key(out, "eventID");
+    m.opt_string("billType", e.bill_type.as_deref());
+    m.string("category", &e.category);
+    m.opt_string("device", e.device.as_deref());
     let mut buf = uuid::Uuid::encode_buffer();
-    write_string(e.event_id.hyphenated().encode_lower(&mut buf), out);
-    key(out, "fields");
-    write_object(&e.fields, out);
+    m.string("eventID", e.event_id.hyphenated().encode_lower(&mut buf));
+    write_object(&e.fields, m.key("fields"));
     if let Some(p) = &e.from {
-        key(out, "from");
-        party(out, p);
+        party(p, m.key("from"));
     }
-    key(out, "occurredAt");
-    time(out, &e.occurred_at);
+    write_time(&e.occurred_at, m.key("occurredAt"));
     if !e.pii.is_empty() {
-        key(out, "pii");
-        out.push(b'{');
         // Pii iterates in key order already (a BTreeMap of Strings)
-        for (i, (k, v)) in e.pii.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_string(k, out);
-            out.push(b':');
+        write_seq(b'{', e.pii.iter(), b'}', m.key("pii"), |(k, v), out| {
+            write_key(k, out);
             write_string(v, out);
-        }
-        out.push(b'}');
+        });
     }
-    key(out, "recordKey");
-    write_string(&e.record_key, out);
-    key(out, "recordedAt");
-    time(out, &e.recorded_at);
-    key(out, "source");
-    write_string(&e.source, out);
+    m.string("recordKey", &e.record_key);
+    write_time(&e.recorded_at, m.key("recordedAt"));
+    m.string("source", &e.source);
     if let Some(p) = &e.to {
-        key(out, "to");
-        party(out, p);
+        party(p, m.key("to"));
     }
     if !e.trace_codes.is_empty() {
-        key(out, "traceCodes");
-        strings(out, &e.trace_codes);
+        strings(&e.trace_codes, m.key("traceCodes"));
     }
-    out.push(b'}');
+    m.out.push(b'}');
+}
+
+/// The members of one object being written, in the order the caller gives
+/// them (sorted by key).
+struct Members<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Members<'_> {
+    /// Starts the member `k` (its value is written next into the buffer returned).
+    fn key(&mut self, k: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_key(k, self.out);
+        self.out
+    }
+
+    /// The member `k` with a string value.
+    fn string(&mut self, k: &str, v: &str) {
+        let out = self.key(k);
+        write_string(v, out);
+    }
+
+    /// The member `k` with a string value, when there is one.
+    fn opt_string(&mut self, k: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.string(k, v);
+        }
+    }
 }
 
 fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
-    let write = |out: &mut Vec<u8>, i: usize, k: &str, v: &Value| {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_string(k, out);
-        out.push(b':');
+    let member = |(k, v): (&String, &Value), out: &mut Vec<u8>| {
+        write_key(k, out);
         write_canonical(v, out);
     };
-    out.push(b'{');
     // members inserted in key order (as the mapper does) need no sorting
     let mut keys = m.keys();
     let sorted = match keys.next() {
@@ -254,17 +250,12 @@ fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
         None => true,
     };
     if sorted {
-        for (i, (k, v)) in m.iter().enumerate() {
-            write(out, i, k, v);
-        }
+        write_seq(b'{', m.iter(), b'}', out, member);
     } else {
         let mut entries: Vec<(&String, &Value)> = m.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (i, (k, v)) in entries.into_iter().enumerate() {
-            write(out, i, k, v);
-        }
+        write_seq(b'{', entries, b'}', out, member);
     }
-    out.push(b'}');
 }
 
 /// Writes a time as chrono's serde form does (RFC 3339, `Z` for a zero

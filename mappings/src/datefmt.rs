@@ -200,12 +200,7 @@ fn parse_pattern(toks: &[Tok], has_time: bool, b: &[u8]) -> Option<Parsed> {
             Tok::Hour(two) => h = digits(b, &mut pos, if two { 2 } else { 1 }, 2)?,
             Tok::Minute => mi = digits(b, &mut pos, 2, 2)?,
             Tok::Second => s = digits(b, &mut pos, 2, 2)?,
-            Tok::Fraction(n) => {
-                let start = pos;
-                let v = digits(b, &mut pos, usize::from(n), 9)?;
-                let len = u32::try_from(pos - start).ok()?;
-                ns = v * 10u32.pow(9 - len);
-            }
+            Tok::Fraction(n) => ns = fraction(b, &mut pos, usize::from(n))?,
             Tok::Lit(c) => {
                 let mut buf = [0u8; 4];
                 let lit = c.encode_utf8(&mut buf).as_bytes();
@@ -216,6 +211,26 @@ fn parse_pattern(toks: &[Tok], has_time: bool, b: &[u8]) -> Option<Parsed> {
             }
         }
     }
+    complete(b, pos, (y, mo, d), (h, mi, s, ns), None, has_time)
+}
+
+/// A fraction of a second of `min..=9` digits at `pos`, in nanoseconds.
+fn fraction(b: &[u8], pos: &mut usize, min: usize) -> Option<u32> {
+    let start = *pos;
+    let v = digits(b, pos, min, 9)?;
+    Some(v * 10u32.pow(9 - u32::try_from(*pos - start).ok()?))
+}
+
+/// The parsed value, if the input ended at `pos` and the fields make a
+/// real date and time.
+fn complete(
+    b: &[u8],
+    pos: usize,
+    (y, mo, d): (i32, u32, u32),
+    (h, mi, s, ns): (u32, u32, u32, u32),
+    offset: Option<FixedOffset>,
+    has_time: bool,
+) -> Option<Parsed> {
     if pos != b.len() {
         return None;
     }
@@ -223,38 +238,31 @@ fn parse_pattern(toks: &[Tok], has_time: bool, b: &[u8]) -> Option<Parsed> {
     let time = NaiveTime::from_hms_nano_opt(h, mi, s, ns)?;
     Some(Parsed {
         local: date.and_time(time),
-        offset: None,
+        offset,
         has_time,
     })
 }
 
 fn parse_hl7(b: &[u8]) -> Option<Parsed> {
+    let digit_at = |pos: usize| b.get(pos).is_some_and(u8::is_ascii_digit);
     let mut pos = 0;
     let y = i32::try_from(digits(b, &mut pos, 4, 4)?).ok()?;
-    let mo = if pos < b.len() && b[pos].is_ascii_digit() {
-        digits(b, &mut pos, 2, 2)?
-    } else {
-        1
-    };
-    let d = if pos < b.len() && b[pos].is_ascii_digit() {
-        digits(b, &mut pos, 2, 2)?
-    } else {
-        1
-    };
+    // Month and day may be left out (they are then the first).
+    let month_or_day = |pos: &mut usize| if digit_at(*pos) { digits(b, pos, 2, 2) } else { Some(1) };
+    let mo = month_or_day(&mut pos)?;
+    let d = month_or_day(&mut pos)?;
     let mut has_time = false;
     let (mut h, mut mi, mut s, mut ns) = (0, 0, 0, 0);
-    if pos < b.len() && b[pos].is_ascii_digit() {
+    if digit_at(pos) {
         has_time = true;
         h = digits(b, &mut pos, 2, 2)?;
-        if pos < b.len() && b[pos].is_ascii_digit() {
+        if digit_at(pos) {
             mi = digits(b, &mut pos, 2, 2)?;
-            if pos < b.len() && b[pos].is_ascii_digit() {
+            if digit_at(pos) {
                 s = digits(b, &mut pos, 2, 2)?;
                 if pos < b.len() && b[pos] == b'.' {
                     pos += 1;
-                    let start = pos;
-                    let v = digits(b, &mut pos, 1, 9)?;
-                    ns = v * 10u32.pow(9 - u32::try_from(pos - start).ok()?);
+                    ns = fraction(b, &mut pos, 1)?;
                 }
             }
         }
@@ -268,16 +276,7 @@ fn parse_hl7(b: &[u8]) -> Option<Parsed> {
         let secs = (hh * 3600 + mm * 60) * if neg { -1 } else { 1 };
         offset = Some(FixedOffset::east_opt(secs)?);
     }
-    if pos != b.len() {
-        return None;
-    }
-    let date = NaiveDate::from_ymd_opt(y, mo, d)?;
-    let time = NaiveTime::from_hms_nano_opt(h, mi, s, ns)?;
-    Some(Parsed {
-        local: date.and_time(time),
-        offset,
-        has_time,
-    })
+    complete(b, pos, (y, mo, d), (h, mi, s, ns), offset, has_time)
 }
 
 #[cfg(test)]
@@ -293,30 +292,21 @@ mod tests {
 
     #[test]
     fn legacy_formats() {
-        assert_eq!(
-            dt("yyyyMMddHHmmss", "20240305093000").as_deref(),
-            Some("2024-03-05T09:30:00+08:00")
-        );
-        assert_eq!(
-            dt("yyyy/MM/dd", "2024/03/05").as_deref(),
-            Some("2024-03-05T00:00:00+08:00")
-        );
-        assert_eq!(
-            dt("yyyy/M/d H:mm", "2024/3/5 9:30").as_deref(),
-            Some("2024-03-05T09:30:00+08:00")
-        );
-        assert_eq!(
-            dt("yyyy年MM月dd日", "2024年03月05日").as_deref(),
-            Some("2024-03-05T00:00:00+08:00")
-        );
-        assert_eq!(dt("unix", "1709602200").as_deref(), Some("2024-03-05T09:30:00+08:00"));
-        assert_eq!(
-            dt("hl7", "20240305093000+0800").as_deref(),
-            Some("2024-03-05T09:30:00+08:00")
-        );
-        assert_eq!(dt("hl7", "20240305").as_deref(), Some("2024-03-05T00:00:00+08:00"));
-        assert_eq!(dt("yyyyMMddHHmmss", "20240230093000"), None);
-        assert_eq!(dt("yyyyMMddHHmmss", "2024030509300"), None);
+        const AT_0930: Option<&str> = Some("2024-03-05T09:30:00+08:00");
+        const MIDNIGHT: Option<&str> = Some("2024-03-05T00:00:00+08:00");
+        for (format, input, want) in [
+            ("yyyyMMddHHmmss", "20240305093000", AT_0930),
+            ("yyyy/MM/dd", "2024/03/05", MIDNIGHT),
+            ("yyyy/M/d H:mm", "2024/3/5 9:30", AT_0930),
+            ("yyyy年MM月dd日", "2024年03月05日", MIDNIGHT),
+            ("unix", "1709602200", AT_0930),
+            ("hl7", "20240305093000+0800", AT_0930),
+            ("hl7", "20240305", MIDNIGHT),
+            ("yyyyMMddHHmmss", "20240230093000", None),
+            ("yyyyMMddHHmmss", "2024030509300", None),
+        ] {
+            assert_eq!(dt(format, input).as_deref(), want, "{format} {input}");
+        }
         assert!(DateFormat::compile("yyyy-MM-dd hh:mm").is_err());
         assert!(DateFormat::compile("HH:mm").is_err());
     }

@@ -699,14 +699,12 @@ pub fn accepted_expiry_dates(production: NaiveDate, shelf_life_months: u32) -> V
 type CrossRule = fn(&mut Ctx<'_>, &TraceEvent, &Cross<'_>);
 
 /// The cross-field rules, in the order their problems are reported.
-const CROSS_RULES: [CrossRule; 12] = [
+const CROSS_RULES: [CrossRule; 10] = [
     expiry_dates,
     event_time,
     vaccine_expired,
     birth_after_event,
-    release_before_production,
-    arrival_before_departure,
-    period_order,
+    elements_in_order,
     onset_before_vaccination,
     readings,
     transport_temperatures,
@@ -809,45 +807,60 @@ fn birth_after_event(cx: &mut Ctx<'_>, e: &TraceEvent, c: &Cross<'_>) {
     }
 }
 
-/// A lot is released on or after its production date.
-fn release_before_production(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
-    if let (Some(p), Some(r)) = (date_of(c, "production_date"), date_of(c, "lot_release_date"))
-        && r < p
-    {
-        cx.err(
-            "lot_release_date",
-            "release_before_production",
-            Some(day(r)),
-            "lot released before production",
-        );
-    }
+/// Whether two elements in time order are dates (`YYYY-MM-DD`) or times
+/// (RFC 3339).
+#[derive(Clone, Copy)]
+enum Moment {
+    Date,
+    Time,
 }
 
-/// A transport arrives on or after its departure.
-fn arrival_before_departure(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
-    if let (Some(d), Some(a)) = (time_of(c, "departure_time"), time_of(c, "arrival_time"))
-        && a < d
-    {
-        cx.err(
-            "arrival_time",
-            "arrival_before_departure",
-            Some(a.to_rfc3339()),
-            "arrival is before departure",
-        );
-    }
-}
+/// Elements an event gives in time order (the later not before the
+/// earlier): earlier, later, their kind, the rule and its message.
+const IN_ORDER: [(&str, &str, Moment, &str, &str); 3] = [
+    // A lot is released on or after its production date.
+    (
+        "production_date",
+        "lot_release_date",
+        Moment::Date,
+        "release_before_production",
+        "lot released before production",
+    ),
+    // A transport arrives on or after its departure.
+    (
+        "departure_time",
+        "arrival_time",
+        Moment::Time,
+        "arrival_before_departure",
+        "arrival is before departure",
+    ),
+    // A reading period ends on or after its start.
+    (
+        "period_start",
+        "period_end",
+        Moment::Time,
+        "period_order",
+        "period ends before it starts",
+    ),
+];
 
-/// A reading period ends on or after its start.
-fn period_order(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
-    if let (Some(s), Some(t)) = (time_of(c, "period_start"), time_of(c, "period_end"))
-        && t < s
-    {
-        cx.err(
-            "period_end",
-            "period_order",
-            Some(t.to_rfc3339()),
-            "period ends before it starts",
-        );
+/// The elements of [`IN_ORDER`] are in order; else an error on the later
+/// one, naming its value.
+fn elements_in_order(cx: &mut Ctx<'_>, _: &TraceEvent, c: &Cross<'_>) {
+    for (earlier, later, moment, rule, message) in IN_ORDER {
+        let out_of_order = match moment {
+            Moment::Date => match (date_of(c, earlier), date_of(c, later)) {
+                (Some(e), Some(l)) if l < e => Some(day(l)),
+                _ => None,
+            },
+            Moment::Time => match (time_of(c, earlier), time_of(c, later)) {
+                (Some(e), Some(l)) if l < e => Some(l.to_rfc3339()),
+                _ => None,
+            },
+        };
+        if let Some(value) = out_of_order {
+            cx.err(later, rule, Some(value), message);
+        }
     }
 }
 
