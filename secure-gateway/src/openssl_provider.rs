@@ -40,7 +40,7 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::symm::{Cipher, Crypter, Mode};
 use zeroize::Zeroizing;
 
-use crate::provider::{CryptoProvider, KeyHandle, KeyStore, poisoned};
+use crate::provider::{CryptoProvider, KeyHandle, KeyStore, poisoned, software_sm4_gcm};
 use crate::sym::{GCM_NONCE_LEN, GCM_TAG_LEN};
 use crate::{CryptoError, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey, Sm3Digest, Sm4Key};
 
@@ -335,46 +335,6 @@ impl CryptoProvider for OpensslProvider {
         })
     }
 
-    fn sm4_gcm_seal(
-        &self,
-        key: &Sm4Key,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        pt: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        gcm_seal(key, nonce, aad, pt)
-    }
-
-    fn sm4_gcm_open(
-        &self,
-        key: &Sm4Key,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        gcm_open(key, nonce, aad, ct)
-    }
-
-    fn kek_seal(
-        &self,
-        kek: &KeyHandle,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        pt: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        self.kek.with(kek, |k| gcm_seal(k, nonce, aad, pt))
-    }
-
-    fn kek_open(
-        &self,
-        kek: &KeyHandle,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.kek.with(kek, |k| gcm_open(k, nonce, aad, ct))
-    }
-
     fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
         let d = Zeroizing::new(key.secret_key().to_bytes().to_vec());
         let d = BigNum::from_slice(&d).map_err(ossl("private scalar"))?;
@@ -420,9 +380,7 @@ impl CryptoProvider for OpensslProvider {
         self.insert_pkey(handle, pkey, dist_id)
     }
 
-    fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
-        self.kek.insert(handle, key)
-    }
+    software_sm4_gcm!(gcm_seal, gcm_open);
 }
 
 #[cfg(test)]

@@ -429,6 +429,62 @@ impl RustCryptoProvider {
     }
 }
 
+/// The SM4-GCM methods of [`CryptoProvider`] for a software provider (one
+/// that keeps its key-encryption keys in a `kek: KeyStore<Sm4Key>` field):
+/// `sm4_gcm_seal`/`sm4_gcm_open` under a data key, `kek_seal`/`kek_open`
+/// under the key-encryption key looked up by handle, and `import_kek`. The
+/// provider's own SM4-GCM does the work: `$seal` and `$open` take (key,
+/// nonce, aad, input) like [`crate::sym::sm4_gcm_seal`] and
+/// [`crate::sym::sm4_gcm_open`].
+macro_rules! software_sm4_gcm {
+    ($seal:path, $open:path) => {
+        fn sm4_gcm_seal(
+            &self,
+            key: &$crate::Sm4Key,
+            nonce: &[u8; $crate::sym::GCM_NONCE_LEN],
+            aad: &[u8],
+            pt: &[u8],
+        ) -> Result<Vec<u8>, $crate::CryptoError> {
+            $seal(key, nonce, aad, pt)
+        }
+
+        fn sm4_gcm_open(
+            &self,
+            key: &$crate::Sm4Key,
+            nonce: &[u8; $crate::sym::GCM_NONCE_LEN],
+            aad: &[u8],
+            ct: &[u8],
+        ) -> Result<::zeroize::Zeroizing<Vec<u8>>, $crate::CryptoError> {
+            $open(key, nonce, aad, ct)
+        }
+
+        fn kek_seal(
+            &self,
+            kek: &$crate::KeyHandle,
+            nonce: &[u8; $crate::sym::GCM_NONCE_LEN],
+            aad: &[u8],
+            pt: &[u8],
+        ) -> Result<Vec<u8>, $crate::CryptoError> {
+            self.kek.with(kek, |k| $seal(k, nonce, aad, pt))
+        }
+
+        fn kek_open(
+            &self,
+            kek: &$crate::KeyHandle,
+            nonce: &[u8; $crate::sym::GCM_NONCE_LEN],
+            aad: &[u8],
+            ct: &[u8],
+        ) -> Result<::zeroize::Zeroizing<Vec<u8>>, $crate::CryptoError> {
+            self.kek.with(kek, |k| $open(k, nonce, aad, ct))
+        }
+
+        fn import_kek(&self, handle: $crate::KeyHandle, key: $crate::Sm4Key) -> Result<(), $crate::CryptoError> {
+            self.kek.insert(handle, key)
+        }
+    };
+}
+pub(crate) use software_sm4_gcm;
+
 impl CryptoProvider for RustCryptoProvider {
     fn name(&self) -> &str {
         "rustcrypto"
@@ -462,54 +518,12 @@ impl CryptoProvider for RustCryptoProvider {
         self.sm2.with(key, |k| k.decrypt(ciphertext, Sm2CiphertextFormat::Der))
     }
 
-    fn sm4_gcm_seal(
-        &self,
-        key: &Sm4Key,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        pt: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        crate::sym::sm4_gcm_seal(key, nonce, aad, pt)
-    }
-
-    fn sm4_gcm_open(
-        &self,
-        key: &Sm4Key,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        crate::sym::sm4_gcm_open(key, nonce, aad, ct)
-    }
-
-    fn kek_seal(
-        &self,
-        kek: &KeyHandle,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        pt: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        self.kek.with(kek, |k| crate::sym::sm4_gcm_seal(k, nonce, aad, pt))
-    }
-
-    fn kek_open(
-        &self,
-        kek: &KeyHandle,
-        nonce: &[u8; GCM_NONCE_LEN],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.kek.with(kek, |k| crate::sym::sm4_gcm_open(k, nonce, aad, ct))
-    }
-
     fn import_sm2_key(&self, handle: KeyHandle, key: &Sm2SigningKey) -> Result<Sm2VerifyingKey, CryptoError> {
         self.sm2.insert(handle, key.clone())?;
         Ok(key.verifying_key().clone())
     }
 
-    fn import_kek(&self, handle: KeyHandle, key: Sm4Key) -> Result<(), CryptoError> {
-        self.kek.insert(handle, key)
-    }
+    software_sm4_gcm!(crate::sym::sm4_gcm_seal, crate::sym::sm4_gcm_open);
 }
 
 #[cfg(test)]
