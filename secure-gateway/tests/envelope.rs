@@ -7,7 +7,8 @@ use std::sync::Arc;
 use secure_gateway::envelope::WrapKind;
 use secure_gateway::{
     ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, RecordProof,
-    RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2SigningKey, Sm4Key, open, seal, seal_unsigned, sign_batch,
+    RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2SigningKey, Sm2VerifyingKey, Sm4Key, open, seal, seal_unsigned,
+    sign_batch,
 };
 use uuid::Uuid;
 
@@ -32,6 +33,28 @@ fn world() -> World {
     }
 }
 
+impl World {
+    /// The sender's public key and the CDC's.
+    fn public_keys(&self) -> (Sm2VerifyingKey, Sm2VerifyingKey) {
+        (
+            self.p.public_key(&self.sender).unwrap(),
+            self.p.public_key(&self.cdc).unwrap(),
+        )
+    }
+
+    /// [`PAYLOAD`] sealed by the sender to `recipients`.
+    fn seal(&self, recipients: &[Recipient]) -> SealedEnvelope {
+        seal(&*self.p, &self.sender, meta(), PAYLOAD, recipients).unwrap()
+    }
+
+    /// [`PAYLOAD`] sealed by the sender to both kinds of recipient: the CDC
+    /// (SM2) and the key-encryption key.
+    fn seal_to_cdc_and_kek(&self) -> SealedEnvelope {
+        let cdc_pk = self.public_keys().1;
+        self.seal(&[Recipient::Sm2(cdc_pk), Recipient::Kek(self.kek.clone())])
+    }
+}
+
 fn meta() -> EnvelopeMeta {
     EnvelopeMeta {
         transaction_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
@@ -47,16 +70,8 @@ const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
 #[test]
 fn seal_open_both_recipient_kinds_and_json_round_trip() {
     let w = world();
-    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
-    let signer_pk = w.p.public_key(&w.sender).unwrap();
-    let env = seal(
-        &*w.p,
-        &w.sender,
-        meta(),
-        PAYLOAD,
-        &[Recipient::Sm2(cdc_pk.clone()), Recipient::Kek(w.kek.clone())],
-    )
-    .unwrap();
+    let (signer_pk, _) = w.public_keys();
+    let env = w.seal_to_cdc_and_kek();
     assert_eq!(env.header.key_id, signer_pk.key_id());
     assert_eq!(env.recipients[0].kind, WrapKind::Sm2);
     assert_eq!(env.recipients[1].wrapped.len(), 44);
@@ -82,8 +97,8 @@ fn seal_open_both_recipient_kinds_and_json_round_trip() {
 #[test]
 fn wrong_signer_is_rejected_before_anything_else() {
     let w = world();
-    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
-    let env = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    let (_, cdc_pk) = w.public_keys();
+    let env = w.seal(&[Recipient::Sm2(cdc_pk.clone())]);
     let e = open(&*w.p, &env, &cdc_pk, RecipientKey::Sm2(&w.cdc)).unwrap_err();
     assert!(matches!(e, CryptoError::SignerMismatch { .. }), "{e}");
     // A forger who rewrites key_id to the trusted key still fails on the signature.
@@ -98,16 +113,8 @@ fn wrong_signer_is_rejected_before_anything_else() {
 #[test]
 fn every_field_is_covered_by_the_signature() {
     let w = world();
-    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
-    let signer_pk = w.p.public_key(&w.sender).unwrap();
-    let env = seal(
-        &*w.p,
-        &w.sender,
-        meta(),
-        PAYLOAD,
-        &[Recipient::Sm2(cdc_pk), Recipient::Kek(w.kek.clone())],
-    )
-    .unwrap();
+    let (signer_pk, _) = w.public_keys();
+    let env = w.seal_to_cdc_and_kek();
     type Tamper = Box<dyn Fn(&mut SealedEnvelope)>;
     let tampers: Vec<Tamper> = vec![
         Box::new(|e| e.header.transaction_id = Uuid::nil()),
@@ -142,8 +149,7 @@ fn every_field_is_covered_by_the_signature() {
 #[test]
 fn batch_sign_verify_and_single_record_proofs() {
     let w = world();
-    let signer_pk = w.p.public_key(&w.sender).unwrap();
-    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
+    let (signer_pk, cdc_pk) = w.public_keys();
     let records: Vec<SealedEnvelope> = (0..7)
         .map(|i| {
             let mut m = meta();
@@ -208,8 +214,8 @@ fn batch_sign_verify_and_single_record_proofs() {
 #[test]
 fn batch_refuses_signed_or_foreign_records() {
     let w = world();
-    let cdc_pk = w.p.public_key(&w.cdc).unwrap();
-    let signed = seal(&*w.p, &w.sender, meta(), PAYLOAD, &[Recipient::Sm2(cdc_pk.clone())]).unwrap();
+    let (_, cdc_pk) = w.public_keys();
+    let signed = w.seal(&[Recipient::Sm2(cdc_pk.clone())]);
     assert!(sign_batch(&*w.p, &w.sender, Uuid::nil(), 0, vec![signed]).is_err());
     let foreign = seal_unsigned(
         &*w.p,

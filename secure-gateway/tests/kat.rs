@@ -16,35 +16,11 @@ use sm2::elliptic_curve::ops::Reduce;
 use sm2::elliptic_curve::point::AffineCoordinates;
 use sm2::{FieldBytes, ProjectivePoint, Scalar};
 use support::FixedK;
+use support::annex_a::{A, B, C1_X, C1_Y, C2, C3, D_A, E, GX, GY, K, P_A, R, S, Z_A};
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
-
-// GB/T 32918.5-2017 Annex A / GM/T 0003.5-2012 Annex A: key pair.
-const D_A: &str = "3945208f7b2144b13f36e38ac6d39f95889393692860b51a42fb81ef4df7c5b8";
-const P_A: &str = "04\
-    09f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020\
-    ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13";
-// The random k used by both examples.
-const K: &str = "59276e27d506861a16680f3ad9c02dccef3cc1fa3cdbe4ce6d54b80deac1bc21";
-// Signature example: M = "message digest", ID = "1234567812345678".
-const Z_A: &str = "b2e14c5c79c6df5b85f4fe7ed8db7a262b9da7e07ccb0ea9f4747b8ccda8a4f3";
-const E: &str = "f0b43e94ba45accaace692ed534382eb17e6ab5a19ce7b31f4486fdfc0d28640";
-const R: &str = "f5a03b0648d2c4630eeac513e1bb81a15944da3827d5b74143ac7eaceee720b3";
-const S: &str = "b1b6aa29df212fd8763182bc0d421ca1bb9038fd1f7f42d4840b69c485bbc1aa";
-// Encryption example: M = "encryption standard", C = C1 ‖ C3 ‖ C2.
-const C1: &str = "04\
-    04ebfc718e8d1798620432268e77feb6415e2ede0e073c0f4f640ecd2e149a73\
-    e858f9d81e5430a57b36daab8f950a3c64e6ee6a63094d99283aff767e124df0";
-const C3: &str = "59983c18f809e262923c53aec295d30383b54e39d609d160afcb1908d0bd8766";
-const C2: &str = "21886ca989ca9c7d58087307ca93092d651efa";
-
-// Curve parameters of sm2p256v1 (GB/T 32918.5 §3), needed for Z_A.
-const A: &str = "fffffffeffffffffffffffffffffffffffffffff00000000fffffffffffffffc";
-const B: &str = "28e9fa9e9d9f5e344d5a9e4bcf6509a7f39789f515ab8f92ddbcbd414d940e93";
-const GX: &str = "32c4ae2c1f1981195f9904466a39c9948fe30bbff2660be1715a4589334c74c7";
-const GY: &str = "bc3736a2f4f6779c59bdcee36b692153d0a9877cc62a474002df32e52139f0a0";
 
 fn scalar(hex32: &str) -> Scalar {
     let fb: FieldBytes = h(hex32).as_slice().try_into().unwrap();
@@ -115,7 +91,7 @@ fn encryption_example_reproduced_with_the_published_k() {
     let ct = ek
         .encrypt(&mut FixedK(h(K).try_into().unwrap()), b"encryption standard")
         .unwrap();
-    assert_eq!(hex::encode(ct), format!("{C1}{C3}{C2}"));
+    assert_eq!(hex::encode(ct), format!("04{C1_X}{C1_Y}{C3}{C2}"));
 }
 
 /// The published ciphertext decrypts with the published private key, in the
@@ -124,12 +100,12 @@ fn encryption_example_reproduced_with_the_published_k() {
 #[test]
 fn encryption_example_decrypts() {
     let sk = Sm2SigningKey::from_bytes(&h(D_A), DEFAULT_DIST_ID).unwrap();
-    let raw = h(&format!("{C1}{C3}{C2}"));
+    let raw = h(&format!("04{C1_X}{C1_Y}{C3}{C2}"));
     assert_eq!(
         &sk.decrypt(&raw, Sm2CiphertextFormat::Raw).unwrap()[..],
         b"encryption standard"
     );
-    let der = h(&format!("307c0220{}022100{}0420{C3}0413{C2}", &C1[2..66], &C1[66..]));
+    let der = h(&format!("307c0220{C1_X}022100{C1_Y}0420{C3}0413{C2}"));
     assert_eq!(
         &sk.decrypt(&der, Sm2CiphertextFormat::Der).unwrap()[..],
         b"encryption standard"

@@ -10,6 +10,8 @@
 //! provider produces and each provider must accept what the tool produces.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -20,9 +22,9 @@ use secure_gateway::{
     ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, ProviderKind, Recipient, Sm2Signature,
     Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal,
 };
+use support::{OPENSSL_DISTID, pkeyutl_sign, pkeyutl_verify};
 use zeroize::Zeroizing;
 
-const DISTID: &str = "distid:1234567812345678";
 const PW_VAR: &str = "VXG_INTEROP_PASSPHRASE";
 const PW: &str = "correct horse battery staple";
 
@@ -92,46 +94,44 @@ fn sm3_equals_openssl_dgst() {
     }
 }
 
-#[test]
-fn openssl_verifies_our_signature() {
+/// Runs `check` once per crypto provider, each time in a fresh folder with
+/// a fresh SM2 key imported into the provider under `handle`.
+fn with_each_provider(handle: &str, check: impl Fn(&dyn CryptoProvider, &Path, &KeyHandle, &Sm2SigningKey)) {
     for prov in providers() {
-        openssl_verifies_a_signature_of(&*prov);
+        let dir = tempfile::tempdir().unwrap();
+        let h = KeyHandle::new(handle);
+        let k = Sm2SigningKey::generate();
+        prov.import_sm2_key(h.clone(), &k).unwrap();
+        check(&*prov, dir.path(), &h, &k);
     }
 }
 
-fn openssl_verifies_a_signature_of(prov: &dyn CryptoProvider) {
-    let dir = tempfile::tempdir().unwrap();
-    let h = KeyHandle::new("signer");
-    let vk = prov.import_sm2_key(h.clone(), &Sm2SigningKey::generate()).unwrap();
+#[test]
+fn openssl_verifies_our_signature() {
+    with_each_provider("signer", openssl_verifies_a_signature_of);
+}
+
+fn openssl_verifies_a_signature_of(prov: &dyn CryptoProvider, dir: &Path, h: &KeyHandle, k: &Sm2SigningKey) {
     let msg = "疫苗追溯 vaccine traceability record".as_bytes();
-    let (pubf, msgf, sigf) = (p(dir.path(), "pub.pem"), p(dir.path(), "msg"), p(dir.path(), "sig.der"));
-    std::fs::write(&pubf, vk.to_public_key_pem()).unwrap();
+    let (pubf, msgf, sigf) = (p(dir, "pub.pem"), p(dir, "msg"), p(dir, "sig.der"));
+    std::fs::write(&pubf, k.verifying_key().to_public_key_pem()).unwrap();
     std::fs::write(&msgf, msg).unwrap();
-    std::fs::write(&sigf, prov.sign(&h, msg).unwrap().to_der()).unwrap();
-    let args = [
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        s(&pubf),
-        "-rawin",
-        "-digest",
-        "sm3",
-        "-in",
-        s(&msgf),
-        "-sigfile",
-        s(&sigf),
-    ];
-    let mut with_id = args.to_vec();
-    with_id.extend(["-pkeyopt", DISTID]);
-    let out = String::from_utf8(openssl_ok(&with_id)).unwrap();
-    assert!(
-        out.contains("Signature Verified Successfully"),
-        "{}: {out}",
-        prov.name()
-    );
+    std::fs::write(&sigf, prov.sign(h, msg).unwrap().to_der()).unwrap();
+    let with_id = pkeyutl_verify(s(&pubf), s(&msgf), s(&sigf));
+    assert_verified(&with_id, prov.name());
     // Without the distinguishing ID OpenSSL (empty ID) must reject it.
-    assert!(!openssl(&args).status.success(), "{}", prov.name());
+    let without_id: Vec<&str> = with_id
+        .iter()
+        .copied()
+        .filter(|a| !["-pkeyopt", OPENSSL_DISTID].contains(a))
+        .collect();
+    assert!(!openssl(&without_id).status.success(), "{}", prov.name());
+}
+
+/// OpenSSL says the signature `verify_args` name is good.
+fn assert_verified(verify_args: &[&str], who: &str) {
+    let out = String::from_utf8(openssl_ok(verify_args)).unwrap();
+    assert!(out.contains("Signature Verified Successfully"), "{who}: {out}");
 }
 
 #[test]
@@ -146,21 +146,7 @@ fn we_verify_an_openssl_signature_and_read_its_keys() {
     openssl_ok(&["genpkey", "-algorithm", "SM2", "-out", s(&keyf)]);
     openssl_ok(&["pkey", "-in", s(&keyf), "-pubout", "-out", s(&pubf)]);
     std::fs::write(&msgf, b"cold chain reading: 4.2C").unwrap();
-    openssl_ok(&[
-        "pkeyutl",
-        "-sign",
-        "-inkey",
-        s(&keyf),
-        "-rawin",
-        "-digest",
-        "sm3",
-        "-pkeyopt",
-        DISTID,
-        "-in",
-        s(&msgf),
-        "-out",
-        s(&sigf),
-    ]);
+    openssl_ok(&pkeyutl_sign(s(&keyf), s(&msgf), s(&sigf)));
     let vk = Sm2VerifyingKey::from_public_key_pem(&std::fs::read_to_string(&pubf).unwrap()).unwrap();
     let sig = Sm2Signature::from_der(&std::fs::read(&sigf).unwrap()).unwrap();
     vk.verify(b"cold chain reading: 4.2C", &sig).unwrap();
@@ -177,28 +163,7 @@ fn we_verify_an_openssl_signature_and_read_its_keys() {
         let h = KeyHandle::new("theirs");
         assert_eq!(prov.import_sm2_pem(h.clone(), &pem, None, DEFAULT_DIST_ID).unwrap(), vk);
         std::fs::write(&sigf, prov.sign(&h, b"cold chain reading: 4.2C").unwrap().to_der()).unwrap();
-        let out = String::from_utf8(openssl_ok(&[
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            s(&pubf),
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-pkeyopt",
-            DISTID,
-            "-in",
-            s(&msgf),
-            "-sigfile",
-            s(&sigf),
-        ]))
-        .unwrap();
-        assert!(
-            out.contains("Signature Verified Successfully"),
-            "{}: {out}",
-            prov.name()
-        );
+        assert_verified(&pkeyutl_verify(s(&pubf), s(&msgf), s(&sigf)), prov.name());
     }
     // OpenSSL's unencrypted PKCS#8 private key is readable and matches.
     let sk = private_key_from_pem(&std::fs::read_to_string(&keyf).unwrap(), None, DEFAULT_DIST_ID).unwrap();
@@ -272,30 +237,24 @@ fn openssl_reads_our_encrypted_pkcs8_and_spki() {
 
 #[test]
 fn sm2_encryption_both_ways() {
-    for prov in providers() {
-        sm2_encryption_both_ways_with(&*prov);
-    }
+    with_each_provider("recipient", sm2_encryption_both_ways_with);
 }
 
-fn sm2_encryption_both_ways_with(prov: &dyn CryptoProvider) {
-    let dir = tempfile::tempdir().unwrap();
-    let k = Sm2SigningKey::generate();
-    let h = KeyHandle::new("recipient");
-    prov.import_sm2_key(h.clone(), &k).unwrap();
-    let (keyf, pubf) = (p(dir.path(), "k.key.pem"), p(dir.path(), "k.pub.pem"));
-    let pem = private_key_to_pem(&k, &KeyProtection::DangerUnencrypted).unwrap();
+fn sm2_encryption_both_ways_with(prov: &dyn CryptoProvider, dir: &Path, h: &KeyHandle, k: &Sm2SigningKey) {
+    let (keyf, pubf) = (p(dir, "k.key.pem"), p(dir, "k.pub.pem"));
+    let pem = private_key_to_pem(k, &KeyProtection::DangerUnencrypted).unwrap();
     std::fs::write(&keyf, pem.as_bytes()).unwrap();
     std::fs::write(&pubf, k.verifying_key().to_public_key_pem()).unwrap();
     let msg = b"0123456789abcdef sixteen-byte data key and more";
 
     // vaxgate -> OpenSSL
-    let ctf = p(dir.path(), "ours.der");
+    let ctf = p(dir, "ours.der");
     std::fs::write(&ctf, prov.sm2_encrypt(k.verifying_key(), msg).unwrap()).unwrap();
     let out = openssl_ok(&["pkeyutl", "-decrypt", "-inkey", s(&keyf), "-in", s(&ctf)]);
     assert_eq!(out, msg, "{}", prov.name());
 
     // OpenSSL -> vaxgate
-    let (msgf, ct2) = (p(dir.path(), "msg"), p(dir.path(), "theirs.der"));
+    let (msgf, ct2) = (p(dir, "msg"), p(dir, "theirs.der"));
     std::fs::write(&msgf, msg).unwrap();
     openssl_ok(&[
         "pkeyutl",
@@ -308,9 +267,16 @@ fn sm2_encryption_both_ways_with(prov: &dyn CryptoProvider) {
         "-out",
         s(&ct2),
     ]);
-    let pt = prov.sm2_decrypt(&h, &std::fs::read(&ct2).unwrap()).unwrap();
+    let pt = prov.sm2_decrypt(h, &std::fs::read(&ct2).unwrap()).unwrap();
     assert_eq!(&pt[..], msg, "{}", prov.name());
 }
+
+/// Which way `openssl enc` goes.
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+use Direction::{Decrypt, Encrypt};
 
 #[test]
 fn sm4_cbc_and_ctr_both_ways() {
@@ -323,24 +289,22 @@ fn sm4_cbc_and_ctr_both_ways() {
         let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         let (pf, cf, of) = (p(dir.path(), "pt"), p(dir.path(), "ct"), p(dir.path(), "out"));
         std::fs::write(&pf, &msg).unwrap();
+        // `openssl enc` with SM4 in `mode` of the file `input` into `of`.
+        let sm4 = |dir: Direction, mode: &str, input: &Path| {
+            let cipher = format!("-sm4-{mode}");
+            let mut args = vec!["enc"];
+            if let Decrypt = dir {
+                args.push("-d");
+            }
+            args.extend([cipher.as_str(), "-K", &kh, "-iv", &ivh, "-in", s(input), "-out", s(&of)]);
+            openssl_ok(&args);
+        };
 
         // CBC: ours -> OpenSSL, OpenSSL -> ours (byte-identical ciphertexts).
         std::fs::write(&cf, sm4_cbc_encrypt(&key, &iv, &msg)).unwrap();
-        openssl_ok(&[
-            "enc",
-            "-d",
-            "-sm4-cbc",
-            "-K",
-            &kh,
-            "-iv",
-            &ivh,
-            "-in",
-            s(&cf),
-            "-out",
-            s(&of),
-        ]);
+        sm4(Decrypt, "cbc", &cf);
         assert_eq!(std::fs::read(&of).unwrap(), msg, "cbc len {len}");
-        openssl_ok(&["enc", "-sm4-cbc", "-K", &kh, "-iv", &ivh, "-in", s(&pf), "-out", s(&of)]);
+        sm4(Encrypt, "cbc", &pf);
         let theirs = std::fs::read(&of).unwrap();
         assert_eq!(theirs, sm4_cbc_encrypt(&key, &iv, &msg));
         assert_eq!(&sm4_cbc_decrypt(&key, &iv, &theirs).unwrap()[..], &msg[..]);
@@ -349,21 +313,9 @@ fn sm4_cbc_and_ctr_both_ways() {
         let mut ours = msg.clone();
         sm4_ctr_apply(&key, &iv, &mut ours);
         std::fs::write(&cf, &ours).unwrap();
-        openssl_ok(&[
-            "enc",
-            "-d",
-            "-sm4-ctr",
-            "-K",
-            &kh,
-            "-iv",
-            &ivh,
-            "-in",
-            s(&cf),
-            "-out",
-            s(&of),
-        ]);
+        sm4(Decrypt, "ctr", &cf);
         assert_eq!(std::fs::read(&of).unwrap(), msg, "ctr len {len}");
-        openssl_ok(&["enc", "-sm4-ctr", "-K", &kh, "-iv", &ivh, "-in", s(&pf), "-out", s(&of)]);
+        sm4(Encrypt, "ctr", &pf);
         assert_eq!(std::fs::read(&of).unwrap(), ours);
     }
 }
@@ -374,49 +326,32 @@ fn sm4_cbc_and_ctr_both_ways() {
 /// key OpenSSL recovered.)
 #[test]
 fn partner_with_openssl_verifies_envelope_and_unwraps_data_key() {
-    for prov in providers() {
-        partner_with_openssl_checks_an_envelope_of(&*prov);
-    }
+    with_each_provider("sender", partner_with_openssl_checks_an_envelope_of);
 }
 
-fn partner_with_openssl_checks_an_envelope_of(p_: &dyn CryptoProvider) {
-    let dir = tempfile::tempdir().unwrap();
-    let sender = KeyHandle::new("sender");
-    p_.import_sm2_key(sender.clone(), &Sm2SigningKey::generate()).unwrap();
+fn partner_with_openssl_checks_an_envelope_of(
+    p_: &dyn CryptoProvider,
+    dir: &Path,
+    sender: &KeyHandle,
+    _: &Sm2SigningKey,
+) {
     let partner = Sm2SigningKey::generate();
     let partner_pk = partner.verifying_key().clone();
     let meta = EnvelopeMeta::now("cdc-310000", ContentType::Xml, "adverse-event");
     let payload = b"<aefi><case>1</case></aefi>";
-    let env = seal(p_, &sender, meta, payload, &[Recipient::Sm2(partner_pk.clone())]).unwrap();
+    let env = seal(p_, sender, meta, payload, &[Recipient::Sm2(partner_pk.clone())]).unwrap();
 
     let (tbs, sig, pubf, keyf, wk) = (
-        p(dir.path(), "tbs.bin"),
-        p(dir.path(), "sig.der"),
-        p(dir.path(), "sender.pub.pem"),
-        p(dir.path(), "partner.key.pem"),
-        p(dir.path(), "wrapped.der"),
+        p(dir, "tbs.bin"),
+        p(dir, "sig.der"),
+        p(dir, "sender.pub.pem"),
+        p(dir, "partner.key.pem"),
+        p(dir, "wrapped.der"),
     );
     std::fs::write(&tbs, env.signed_bytes().unwrap()).unwrap();
     std::fs::write(&sig, env.signature.clone().unwrap()).unwrap();
-    std::fs::write(&pubf, p_.public_key(&sender).unwrap().to_public_key_pem()).unwrap();
-    let out = String::from_utf8(openssl_ok(&[
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        s(&pubf),
-        "-rawin",
-        "-digest",
-        "sm3",
-        "-pkeyopt",
-        DISTID,
-        "-in",
-        s(&tbs),
-        "-sigfile",
-        s(&sig),
-    ]))
-    .unwrap();
-    assert!(out.contains("Signature Verified Successfully"), "{out}");
+    std::fs::write(&pubf, p_.public_key(sender).unwrap().to_public_key_pem()).unwrap();
+    assert_verified(&pkeyutl_verify(s(&pubf), s(&tbs), s(&sig)), p_.name());
 
     std::fs::write(
         &keyf,

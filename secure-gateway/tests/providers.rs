@@ -5,6 +5,8 @@
 //! `openssl_interop.rs`.)
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
+mod support;
+
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -12,6 +14,7 @@ use secure_gateway::{
     ContentType, CryptoConfig, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, ProviderKind, Recipient,
     RecipientKey, Signer, Sm2Signature, Sm2SigningKey, Sm4Key, open, seal,
 };
+use support::annex_a::{C1_X, C1_Y, C2, C3, D_A, P_A, R, S};
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
@@ -35,16 +38,6 @@ fn pairs() -> Vec<(Arc<dyn CryptoProvider>, Arc<dyn CryptoProvider>)> {
 // GB/T 32918.5-2017 Annex A (sm2p256v1): key pair, signature of
 // "message digest" with ID 1234567812345678, and the encryption example of
 // "encryption standard" (C1 ‖ C3 ‖ C2), written here as GM/T 0009 DER.
-const D_A: &str = "3945208f7b2144b13f36e38ac6d39f95889393692860b51a42fb81ef4df7c5b8";
-const P_A: &str = "0409f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020\
-                   ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13";
-const R: &str = "f5a03b0648d2c4630eeac513e1bb81a15944da3827d5b74143ac7eaceee720b3";
-const S: &str = "b1b6aa29df212fd8763182bc0d421ca1bb9038fd1f7f42d4840b69c485bbc1aa";
-const C1_X: &str = "04ebfc718e8d1798620432268e77feb6415e2ede0e073c0f4f640ecd2e149a73";
-const C1_Y: &str = "e858f9d81e5430a57b36daab8f950a3c64e6ee6a63094d99283aff767e124df0";
-const C3: &str = "59983c18f809e262923c53aec295d30383b54e39d609d160afcb1908d0bd8766";
-const C2: &str = "21886ca989ca9c7d58087307ca93092d651efa";
-
 /// SEQUENCE { INTEGER x, INTEGER y, OCTET STRING C3, OCTET STRING C2 }.
 fn annex_c_der() -> Vec<u8> {
     let mut body = vec![0x02, 0x20];

@@ -11,12 +11,15 @@
 //! prints the values.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use secure_gateway::keys::private_key_to_pem;
 use secure_gateway::request::{SignedRequest, canonical_request, sign_request_at, verify_request};
 use secure_gateway::{DEFAULT_DIST_ID, KeyHandle, KeyProtection, RustCryptoProvider, Signer, Sm2SigningKey, sm3};
+use support::{pkeyutl_sign, pkeyutl_verify};
 
 const METHOD: &str = "POST";
 const PATH: &str = "/v1/transactions?mode=all";
@@ -36,6 +39,17 @@ const SIGNATURE_B64: &str =
 /// Never use a key derived from a public string outside examples.
 fn example_key() -> Sm2SigningKey {
     Sm2SigningKey::from_bytes(&sm3(b"vaxgate request-signing example").0, DEFAULT_DIST_ID).unwrap()
+}
+
+/// The example's request headers with `signature`.
+fn example_request(signature: String) -> SignedRequest {
+    SignedRequest {
+        key_id: KEY_ID.into(),
+        timestamp: TIMESTAMP,
+        nonce: NONCE.into(),
+        content_sm3: CONTENT_SM3.into(),
+        signature,
+    }
 }
 
 fn canonical() -> String {
@@ -97,16 +111,7 @@ fn worked_example_is_stable() {
         PRIVATE_PEM
     );
     assert_eq!(k.verifying_key().to_public_key_pem(), PUBLIC_PEM);
-    assert_eq!(
-        r,
-        SignedRequest {
-            key_id: KEY_ID.into(),
-            timestamp: TIMESTAMP,
-            nonce: NONCE.into(),
-            content_sm3: CONTENT_SM3.into(),
-            signature: SIGNATURE_B64.into(),
-        }
-    );
+    assert_eq!(r, example_request(SIGNATURE_B64.into()));
     assert_eq!(canon, canonical());
     verify_request(k.verifying_key(), METHOD, PATH, BODY, &r).unwrap();
 }
@@ -142,22 +147,7 @@ fn openssl_reproduces_the_worked_example() {
     )
     .unwrap();
     let v = ok(
-        run(Command::new("openssl").args([
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            &s(&public),
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-pkeyopt",
-            "distid:1234567812345678",
-            "-in",
-            &s(&canon),
-            "-sigfile",
-            &s(&sig),
-        ])),
+        run(Command::new("openssl").args(pkeyutl_verify(&s(&public), &s(&canon), &s(&sig)))),
         "openssl pkeyutl -verify",
     );
     assert!(v.contains("Signature Verified Successfully"), "{v}");
@@ -165,30 +155,10 @@ fn openssl_reproduces_the_worked_example() {
     // And we verify OpenSSL's (random-k) signature of the same string.
     let osig = tmp.path().join("openssl.der");
     ok(
-        run(Command::new("openssl").args([
-            "pkeyutl",
-            "-sign",
-            "-inkey",
-            &s(&key),
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-pkeyopt",
-            "distid:1234567812345678",
-            "-in",
-            &s(&canon),
-            "-out",
-            &s(&osig),
-        ])),
+        run(Command::new("openssl").args(pkeyutl_sign(&s(&key), &s(&canon), &s(&osig)))),
         "openssl pkeyutl -sign",
     );
-    let r = SignedRequest {
-        key_id: KEY_ID.into(),
-        timestamp: TIMESTAMP,
-        nonce: NONCE.into(),
-        content_sm3: CONTENT_SM3.into(),
-        signature: base64::engine::general_purpose::STANDARD.encode(std::fs::read(&osig).unwrap()),
-    };
+    let r = example_request(base64::engine::general_purpose::STANDARD.encode(std::fs::read(&osig).unwrap()));
     verify_request(example_key().verifying_key(), METHOD, PATH, BODY, &r).unwrap();
 }
 
@@ -223,12 +193,6 @@ fn the_script_reproduces_the_worked_example() {
     assert_eq!(get("x-vaxgate-timestamp"), TIMESTAMP.to_string());
     assert_eq!(get("x-vaxgate-nonce"), NONCE);
     assert_eq!(get("x-vaxgate-content-sm3"), CONTENT_SM3);
-    let r = SignedRequest {
-        key_id: KEY_ID.into(),
-        timestamp: TIMESTAMP,
-        nonce: NONCE.into(),
-        content_sm3: CONTENT_SM3.into(),
-        signature: get("x-vaxgate-signature"),
-    };
+    let r = example_request(get("x-vaxgate-signature"));
     verify_request(example_key().verifying_key(), METHOD, PATH, BODY, &r).unwrap();
 }

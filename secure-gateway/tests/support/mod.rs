@@ -2,6 +2,8 @@
 //! to count or pin what a provider does.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod annex_a;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -129,4 +131,30 @@ impl CryptoProvider for TestProvider {
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.inner.kek_open(h, n, aad, ct)
     }
+}
+
+/// The SM2 distinguishing ID 1234567812345678 as an `openssl pkeyutl`
+/// option value (`pkeyutl` uses an empty ID unless told).
+pub const OPENSSL_DISTID: &str = "distid:1234567812345678";
+
+/// `openssl pkeyutl` arguments that sign the raw message in the file `msg`
+/// (SM3 with SM2, ID 1234567812345678) with the private key file `key`,
+/// writing the DER signature to `sig`.
+pub fn pkeyutl_sign<'a>(key: &'a str, msg: &'a str, sig: &'a str) -> Vec<&'a str> {
+    pkeyutl_sm2(&["-sign", "-inkey", key], msg, &["-out", sig])
+}
+
+/// `openssl pkeyutl` arguments that verify the DER signature in the file
+/// `sig` of the raw message in `msg` (SM3 with SM2, ID 1234567812345678)
+/// under the public key file `public`.
+pub fn pkeyutl_verify<'a>(public: &'a str, msg: &'a str, sig: &'a str) -> Vec<&'a str> {
+    pkeyutl_sm2(&["-verify", "-pubin", "-inkey", public], msg, &["-sigfile", sig])
+}
+
+fn pkeyutl_sm2<'a>(op: &[&'a str], msg: &'a str, tail: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["pkeyutl"];
+    args.extend_from_slice(op);
+    args.extend(["-rawin", "-digest", "sm3", "-pkeyopt", OPENSSL_DISTID, "-in", msg]);
+    args.extend_from_slice(tail);
+    args
 }
