@@ -233,8 +233,7 @@ pub fn generate_api_key() -> Result<(String, String, String), secure_gateway::Cr
 pub fn api_key_id(presented: &str) -> Option<&str> {
     let rest = presented.strip_prefix(API_KEY_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(id, 16) && hex(secret, 64)).then_some(id)
+    (is_hex(id, 16) && is_hex(secret, 64)).then_some(id)
 }
 
 /// A registered entity (R5.1).
@@ -463,6 +462,50 @@ pub struct Registry {
     api_keys: BTreeMap<String, ApiKeyRecord>,
 }
 
+/// A registered key of either sort, as far as revocation goes.
+trait Revocable {
+    /// What refusals call it ("key", "API key").
+    const NOUN: &'static str;
+    /// Its state.
+    fn status(&self) -> KeyStatus;
+}
+
+impl Revocable for KeyRecord {
+    const NOUN: &'static str = "key";
+    fn status(&self) -> KeyStatus {
+        self.status
+    }
+}
+
+impl Revocable for ApiKeyRecord {
+    const NOUN: &'static str = "API key";
+    fn status(&self) -> KeyStatus {
+        self.status
+    }
+}
+
+/// `key_id`'s record in `records`, refused when it is not registered or
+/// is revoked (`revoked` ends that refusal).
+fn unrevoked<'a, R: Revocable>(
+    records: &'a BTreeMap<String, R>,
+    key_id: &str,
+    revoked: &str,
+) -> Result<&'a R, RegistryError> {
+    let noun = R::NOUN;
+    let r = records
+        .get(key_id)
+        .ok_or_else(|| RegistryError::Invalid(format!("{noun} {key_id} is not registered")))?;
+    if r.status() == KeyStatus::Revoked {
+        return Err(RegistryError::Invalid(format!("{noun} {key_id} {revoked}")));
+    }
+    Ok(r)
+}
+
+/// `s` is `n` hexadecimal characters.
+fn is_hex(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn parse_key(pem: &str) -> Result<Sm2VerifyingKey, RegistryError> {
     Sm2VerifyingKey::from_public_key_pem(pem).map_err(|e| RegistryError::Invalid(format!("public key: {e}")))
 }
@@ -627,45 +670,12 @@ impl Registry {
     /// Checks and applies a change.
     pub fn apply(&mut self, c: &RegistryChange) -> Result<(), RegistryError> {
         match &c.op {
-            RegistryOp::RegisterEntity { entity, master_key } => {
-                if !mappings::checks::is_valid_uscc(&entity.id) {
-                    return Err(RegistryError::Invalid(format!(
-                        "{} is not a valid unified social credit code (GB 32100)",
-                        entity.id
-                    )));
-                }
-                if self.entities.contains_key(&entity.id) {
-                    return Err(RegistryError::Invalid(format!(
-                        "entity {} is already registered",
-                        entity.id
-                    )));
-                }
-                if entity.alias.is_empty() || self.entities.values().any(|e| e.alias == entity.alias) {
-                    return Err(RegistryError::Invalid(format!(
-                        "alias {:?} is empty or taken",
-                        entity.alias
-                    )));
-                }
-                if entity.name.trim().is_empty() {
-                    return Err(RegistryError::Invalid("entity name is empty".into()));
-                }
-                self.require_admins(c, "registering an entity")?;
-                let vk = self.new_key(master_key)?;
-                self.add_active_key(vk, master_key, KeyKind::Master, &entity.id, None, None);
-                self.entities.insert(entity.id.clone(), entity.clone());
-            }
+            RegistryOp::RegisterEntity { entity, master_key } => self.register_entity(c, entity, master_key),
             RegistryOp::SetPolicy {
                 entity_id,
                 role,
                 policy,
-            } => {
-                self.known_entity(entity_id)?;
-                self.require_admins(c, "changing a role or policy")?;
-                if let Some(e) = self.entities.get_mut(entity_id) {
-                    e.role = *role;
-                    e.policy = policy.clone();
-                }
-            }
+            } => self.set_policy(c, entity_id, *role, policy),
             RegistryOp::AddKey {
                 entity_id,
                 public_key,
@@ -676,10 +686,7 @@ impl Registry {
                 if !matches!(kind, KeyKind::Operational | KeyKind::System) {
                     return Err(RegistryError::Invalid("add_key adds operational or system keys".into()));
                 }
-                self.require_master(c, entity_id, "adding a key")?;
-                let vk = self.new_key(public_key)?;
-                let master = self.master_of(entity_id).map(|m| m.key_id.clone());
-                self.add_active_key(vk, public_key, *kind, entity_id, device_id.clone(), master);
+                self.add_entity_key(c, entity_id, public_key, *kind, device_id.clone(), "adding a key")
             }
             RegistryOp::RegisterDevice {
                 entity_id,
@@ -690,128 +697,211 @@ impl Registry {
                 if device_id.trim().is_empty() {
                     return Err(RegistryError::Invalid("device id is empty".into()));
                 }
-                self.require_master(c, entity_id, "registering a device")?;
-                let vk = self.new_key(public_key)?;
-                let master = self.master_of(entity_id).map(|m| m.key_id.clone());
-                self.add_active_key(
-                    vk,
+                let device = Some(device_id.clone());
+                self.add_entity_key(
+                    c,
+                    entity_id,
                     public_key,
                     KeyKind::Device,
-                    entity_id,
-                    Some(device_id.clone()),
-                    master,
-                );
+                    device,
+                    "registering a device",
+                )
             }
-            RegistryOp::SetKeyStatus { key_id, status, .. } => {
-                let k = self
-                    .keys
-                    .get(key_id)
-                    .cloned()
-                    .ok_or_else(|| RegistryError::Invalid(format!("key {key_id} is not registered")))?;
-                if k.status == KeyStatus::Revoked {
-                    return Err(RegistryError::Invalid(format!(
-                        "key {key_id} is revoked; revocation is final"
-                    )));
-                }
-                if k.kind == KeyKind::Master {
-                    self.require_admins(c, "changing the state of a master key")?;
-                } else if self
-                    .require_master(c, &k.entity_id, "changing the state of a key")
-                    .is_err()
-                {
-                    self.require_admins(c, "changing the state of a key")?;
-                }
-                if let Some(k) = self.keys.get_mut(key_id) {
-                    k.status = *status;
-                }
-            }
+            RegistryOp::SetKeyStatus { key_id, status, .. } => self.set_key_status(c, key_id, *status),
             RegistryOp::CreateApiKey {
                 entity_id,
                 key_id,
                 key_sm3,
                 label,
-            } => {
-                self.known_entity(entity_id)?;
-                let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-                if !hex(key_id, 16) {
-                    return Err(RegistryError::Invalid(format!(
-                        "API key id {key_id:?} is not 16 hexadecimal characters"
-                    )));
-                }
-                if !hex(key_sm3, 64) {
-                    return Err(RegistryError::Invalid(
-                        "key_sm3 is not an SM3 hash (64 hexadecimal characters)".into(),
-                    ));
-                }
-                if self.api_keys.contains_key(key_id) {
-                    return Err(RegistryError::Invalid(format!(
-                        "API key {key_id} is already registered"
-                    )));
-                }
-                if self.require_master(c, entity_id, "creating an API key").is_err() {
-                    self.require_admins(c, "creating an API key")?;
-                }
-                self.api_keys.insert(
-                    key_id.clone(),
-                    ApiKeyRecord {
-                        key_id: key_id.clone(),
-                        entity_id: entity_id.clone(),
-                        key_sm3: key_sm3.to_ascii_lowercase(),
-                        label: label.clone(),
-                        status: KeyStatus::Active,
-                    },
-                );
-            }
-            RegistryOp::RevokeApiKey { key_id, .. } => {
-                let k = self
-                    .api_keys
-                    .get(key_id)
-                    .cloned()
-                    .ok_or_else(|| RegistryError::Invalid(format!("API key {key_id} is not registered")))?;
-                if k.status == KeyStatus::Revoked {
-                    return Err(RegistryError::Invalid(format!("API key {key_id} is already revoked")));
-                }
-                if self.require_master(c, &k.entity_id, "revoking an API key").is_err() {
-                    self.require_admins(c, "revoking an API key")?;
-                }
-                if let Some(k) = self.api_keys.get_mut(key_id) {
-                    k.status = KeyStatus::Revoked;
-                }
-            }
-            RegistryOp::ReplaceKey { key_id, public_key, .. } => {
-                let old = self
-                    .keys
-                    .get(key_id)
-                    .cloned()
-                    .ok_or_else(|| RegistryError::Invalid(format!("key {key_id} is not registered")))?;
-                if old.status == KeyStatus::Revoked {
-                    return Err(RegistryError::Invalid(format!("key {key_id} is already revoked")));
-                }
-                if old.kind == KeyKind::Master {
-                    self.require_admins(c, "replacing a master key")?;
-                } else if self.require_master(c, &old.entity_id, "replacing a key").is_err() {
-                    self.require_admins(c, "replacing a key")?;
-                }
-                let vk = self.new_key(public_key)?;
-                let new_id = vk.key_id().to_string();
-                if let Some(o) = self.keys.get_mut(key_id) {
-                    o.status = KeyStatus::Revoked;
-                    o.replaced_by = Some(new_id.clone());
-                }
-                self.verifying.insert(vk.key_id().to_string(), vk.clone());
-                self.keys.insert(
-                    new_id.clone(),
-                    KeyRecord {
-                        key_id: new_id,
-                        public_key: public_key.clone(),
-                        status: KeyStatus::Active,
-                        replaced_by: None,
-                        ..old
-                    },
-                );
-            }
+            } => self.create_api_key(c, entity_id, key_id, key_sm3, label),
+            RegistryOp::RevokeApiKey { key_id, .. } => self.revoke_api_key(c, key_id),
+            RegistryOp::ReplaceKey { key_id, public_key, .. } => self.replace_key(c, key_id, public_key),
+        }
+    }
+
+    /// [`RegistryOp::RegisterEntity`]: a valid, new id, a free alias, a name;
+    /// k-of-n administrators.
+    fn register_entity(&mut self, c: &RegistryChange, entity: &Entity, master_key: &str) -> Result<(), RegistryError> {
+        if !mappings::checks::is_valid_uscc(&entity.id) {
+            return Err(RegistryError::Invalid(format!(
+                "{} is not a valid unified social credit code (GB 32100)",
+                entity.id
+            )));
+        }
+        if self.entities.contains_key(&entity.id) {
+            return Err(RegistryError::Invalid(format!(
+                "entity {} is already registered",
+                entity.id
+            )));
+        }
+        if entity.alias.is_empty() || self.entities.values().any(|e| e.alias == entity.alias) {
+            return Err(RegistryError::Invalid(format!(
+                "alias {:?} is empty or taken",
+                entity.alias
+            )));
+        }
+        if entity.name.trim().is_empty() {
+            return Err(RegistryError::Invalid("entity name is empty".into()));
+        }
+        self.require_admins(c, "registering an entity")?;
+        let vk = self.new_key(master_key)?;
+        self.add_active_key(vk, master_key, KeyKind::Master, &entity.id, None, None);
+        self.entities.insert(entity.id.clone(), entity.clone());
+        Ok(())
+    }
+
+    /// [`RegistryOp::SetPolicy`]: k-of-n administrators.
+    fn set_policy(
+        &mut self,
+        c: &RegistryChange,
+        entity_id: &str,
+        role: Role,
+        policy: &Policy,
+    ) -> Result<(), RegistryError> {
+        self.known_entity(entity_id)?;
+        self.require_admins(c, "changing a role or policy")?;
+        if let Some(e) = self.entities.get_mut(entity_id) {
+            e.role = role;
+            e.policy = policy.clone();
         }
         Ok(())
+    }
+
+    /// A new key of `entity_id` approved by its master key (`what` names
+    /// the change in the refusal): [`RegistryOp::AddKey`] and
+    /// [`RegistryOp::RegisterDevice`] once their own checks passed.
+    fn add_entity_key(
+        &mut self,
+        c: &RegistryChange,
+        entity_id: &str,
+        pem: &str,
+        kind: KeyKind,
+        device_id: Option<String>,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        self.require_master(c, entity_id, what)?;
+        let vk = self.new_key(pem)?;
+        let master = self.master_of(entity_id).map(|m| m.key_id.clone());
+        self.add_active_key(vk, pem, kind, entity_id, device_id, master);
+        Ok(())
+    }
+
+    /// [`RegistryOp::SetKeyStatus`]: an unrevoked key; administrators for a
+    /// master key, else its entity's master key or administrators.
+    fn set_key_status(&mut self, c: &RegistryChange, key_id: &str, status: KeyStatus) -> Result<(), RegistryError> {
+        let k = unrevoked(&self.keys, key_id, "is revoked; revocation is final")?;
+        self.require_key_authority(
+            c,
+            k,
+            "changing the state of a master key",
+            "changing the state of a key",
+        )?;
+        if let Some(k) = self.keys.get_mut(key_id) {
+            k.status = status;
+        }
+        Ok(())
+    }
+
+    /// [`RegistryOp::CreateApiKey`]: a well-formed, new id and hash; the
+    /// entity's master key or administrators.
+    fn create_api_key(
+        &mut self,
+        c: &RegistryChange,
+        entity_id: &str,
+        key_id: &str,
+        key_sm3: &str,
+        label: &str,
+    ) -> Result<(), RegistryError> {
+        self.known_entity(entity_id)?;
+        if !is_hex(key_id, 16) {
+            return Err(RegistryError::Invalid(format!(
+                "API key id {key_id:?} is not 16 hexadecimal characters"
+            )));
+        }
+        if !is_hex(key_sm3, 64) {
+            return Err(RegistryError::Invalid(
+                "key_sm3 is not an SM3 hash (64 hexadecimal characters)".into(),
+            ));
+        }
+        if self.api_keys.contains_key(key_id) {
+            return Err(RegistryError::Invalid(format!(
+                "API key {key_id} is already registered"
+            )));
+        }
+        self.require_master_or_admins(c, entity_id, "creating an API key")?;
+        self.api_keys.insert(
+            key_id.to_string(),
+            ApiKeyRecord {
+                key_id: key_id.to_string(),
+                entity_id: entity_id.to_string(),
+                key_sm3: key_sm3.to_ascii_lowercase(),
+                label: label.to_string(),
+                status: KeyStatus::Active,
+            },
+        );
+        Ok(())
+    }
+
+    /// [`RegistryOp::RevokeApiKey`]: an unrevoked API key; its entity's
+    /// master key or administrators.
+    fn revoke_api_key(&mut self, c: &RegistryChange, key_id: &str) -> Result<(), RegistryError> {
+        let k = unrevoked(&self.api_keys, key_id, "is already revoked")?;
+        self.require_master_or_admins(c, &k.entity_id, "revoking an API key")?;
+        if let Some(k) = self.api_keys.get_mut(key_id) {
+            k.status = KeyStatus::Revoked;
+        }
+        Ok(())
+    }
+
+    /// [`RegistryOp::ReplaceKey`]: an unrevoked key, approved as for
+    /// [`RegistryOp::SetKeyStatus`]; the new key takes its place (same
+    /// kind, entity and device) and the old one is revoked.
+    fn replace_key(&mut self, c: &RegistryChange, key_id: &str, public_key: &str) -> Result<(), RegistryError> {
+        let old = unrevoked(&self.keys, key_id, "is already revoked")?.clone();
+        self.require_key_authority(c, &old, "replacing a master key", "replacing a key")?;
+        let vk = self.new_key(public_key)?;
+        let new_id = vk.key_id().to_string();
+        if let Some(o) = self.keys.get_mut(key_id) {
+            o.status = KeyStatus::Revoked;
+            o.replaced_by = Some(new_id.clone());
+        }
+        self.verifying.insert(vk.key_id().to_string(), vk.clone());
+        self.keys.insert(
+            new_id.clone(),
+            KeyRecord {
+                key_id: new_id,
+                public_key: public_key.to_string(),
+                status: KeyStatus::Active,
+                replaced_by: None,
+                ..old
+            },
+        );
+        Ok(())
+    }
+
+    /// The entity's master key approves `what`, or else k-of-n
+    /// administrators do (whose refusal is the one returned).
+    fn require_master_or_admins(&self, c: &RegistryChange, entity_id: &str, what: &str) -> Result<(), RegistryError> {
+        if self.require_master(c, entity_id, what).is_err() {
+            self.require_admins(c, what)?;
+        }
+        Ok(())
+    }
+
+    /// Who approves a change to key `k`: k-of-n administrators for a master
+    /// key (`master_what`), else as [`Self::require_master_or_admins`] (`what`).
+    fn require_key_authority(
+        &self,
+        c: &RegistryChange,
+        k: &KeyRecord,
+        master_what: &str,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        if k.kind == KeyKind::Master {
+            self.require_admins(c, master_what)
+        } else {
+            self.require_master_or_admins(c, &k.entity_id, what)
+        }
     }
 
     /// The state key under which a change is stored in the ledger.
