@@ -389,10 +389,7 @@ async fn read_body(req: &mut ServiceRequest, limit: usize) -> Result<Bytes, ApiE
 /// Looks up the key: an entity key (with its status) or, for admin routes,
 /// a registry administrator.
 fn resolve(state: &AppState, key_id: &str, admin_route: bool) -> Result<(Sm2VerifyingKey, Principal), ApiError> {
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     if let Some(k) = reg.key(key_id) {
         match k.status {
             KeyStatus::Locked => return Err(ApiError::new(Code::KeyLocked, format!("key {key_id} is locked"))),
@@ -510,10 +507,7 @@ fn authenticate_api_key(
             ),
         ));
     }
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     // The message never repeats the presented key.
     let rec = reg
         .match_api_key(key)
@@ -673,60 +667,59 @@ pub async fn admin<B: MessageBody + 'static>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn nonces_survive_a_restart_through_their_file() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let f = dir.path().join("data/nonces.db");
-            let c = NonceCache::open(&f).await.unwrap();
-            assert!(c.record("k", "n1", 100, 400).await.unwrap());
-            assert!(!c.record("k", "n1", 200, 500).await.unwrap());
-            drop(c);
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
-            // A new process: memory empty, the file remembers.
-            let c = NonceCache::open(&f).await.unwrap();
-            assert!(!c.seen("k", "n1", 200));
-            assert!(
-                !c.record("k", "n1", 200, 500).await.unwrap(),
-                "replayed after a restart"
-            );
-            assert!(c.record("k2", "n1", 200, 500).await.unwrap(), "per key");
-            assert!(c.record("k", "n1", 501, 800).await.unwrap(), "expired: taken over");
-            assert_eq!(c.purge(1000).await.unwrap(), 2);
-        });
+    /// A cache on the file `name` in a fresh folder (kept while the folder
+    /// lives).
+    async fn cache_on_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf, NonceCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(name);
+        let c = NonceCache::open(&f).await.unwrap();
+        (dir, f, c)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn nonces_survive_a_restart_through_their_file() {
+        let (_dir, f, c) = cache_on_file("data/nonces.db").await;
+        assert!(c.record("k", "n1", 100, 400).await.unwrap());
+        assert!(!c.record("k", "n1", 200, 500).await.unwrap());
+        drop(c);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        // A new process: memory empty, the file remembers.
+        let c = NonceCache::open(&f).await.unwrap();
+        assert!(!c.seen("k", "n1", 200));
+        assert!(
+            !c.record("k", "n1", 200, 500).await.unwrap(),
+            "replayed after a restart"
+        );
+        assert!(c.record("k2", "n1", 200, 500).await.unwrap(), "per key");
+        assert!(c.record("k", "n1", 501, 800).await.unwrap(), "expired: taken over");
+        assert_eq!(c.purge(1000).await.unwrap(), 2);
     }
 
     /// Requests waiting together share a transaction: of 400 concurrent
     /// records of 100 nonces (each four times, memory bypassed as after a
     /// restart), exactly one per nonce is fresh, and all are on disk.
-    #[test]
-    fn concurrent_nonces_are_fresh_once() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let f = dir.path().join("nonces.db");
-            let c = NonceCache::open(&f).await.unwrap();
-            let mut tasks = Vec::new();
-            for i in 0..400 {
-                // A fresh cache per call: memory empty, only the file decides.
-                let c = NonceCache {
-                    mem: Arc::default(),
-                    ..c.clone()
-                };
-                tasks.push(tokio::spawn(async move {
-                    c.record("k", &format!("nonce-{:04}", i % 100), 100, 400).await.unwrap()
-                }));
-            }
-            let mut fresh = 0;
-            for t in tasks {
-                fresh += usize::from(t.await.unwrap());
-            }
-            assert_eq!(fresh, 100);
-            let c = NonceCache::open(&f).await.unwrap();
-            assert!(!c.record("k", "nonce-0042", 200, 500).await.unwrap());
-        });
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_nonces_are_fresh_once() {
+        let (_dir, f, c) = cache_on_file("nonces.db").await;
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            // A fresh cache per call: memory empty, only the file decides.
+            let c = NonceCache {
+                mem: Arc::default(),
+                ..c.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                c.record("k", &format!("nonce-{:04}", i % 100), 100, 400).await.unwrap()
+            }));
+        }
+        let mut fresh = 0;
+        for t in tasks {
+            fresh += usize::from(t.await.unwrap());
+        }
+        assert_eq!(fresh, 100);
+        let c = NonceCache::open(&f).await.unwrap();
+        assert!(!c.record("k", "nonce-0042", 200, 500).await.unwrap());
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use ledger::LedgerStore;
 use mappings::custody::{self, Action, Book, EventFacts, Fact, Finding, LotFact, Rule};
 use mappings::{ExchangeMessage, Problem, Severity, TraceEvent};
 use serde_json::{Map, Value, json};
@@ -464,23 +463,13 @@ impl Custody {
         per_record: Vec<EventFacts>,
         read: Reading,
     ) -> (Vec<RecordVerdict>, Vec<Resolving>, u64) {
-        let Reading {
-            codes,
-            lots,
-            extra,
-            children,
-            pending,
-            known,
-            stored,
-            stored_lots,
-        } = read;
         let mut book = Book::new();
-        book.add_inherited(&children, stored);
-        book.add_lots(stored_lots);
+        book.add_inherited(&read.children, read.stored);
+        book.add_lots(read.stored_lots);
         // Facts of batches in flight (or committed since the read began)
         // about this batch's codes and lots only.
-        let mine: HashSet<&str> = codes.iter().chain(&extra).map(String::as_str).collect();
-        let my_lots: HashSet<&str> = lots.iter().map(String::as_str).collect();
+        let mine: HashSet<&str> = read.codes.iter().chain(&read.extra).map(String::as_str).collect();
+        let my_lots: HashSet<&str> = read.lots.iter().map(String::as_str).collect();
         let mut busy: HashSet<u64> = HashSet::new();
         // Codes a batch in flight, or committed since the read began,
         // moved or packed: what the database said of them may be
@@ -489,7 +478,7 @@ impl Custody {
         for b in &g.batches {
             if b.committed_at.is_none_or(|c| c > read_epoch) {
                 book.add_inherited(
-                    &children,
+                    &read.children,
                     b.facts.iter().filter(|f| mine.contains(f.code.as_str())).cloned(),
                 );
                 book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
@@ -499,7 +488,7 @@ impl Custody {
             }
         }
         let touched: HashSet<String> = touched.into_iter().map(str::to_string).collect();
-        g.cache_store(&known, &touched);
+        g.cache_store(&read.known, &touched);
         let mut records = Vec::with_capacity(per_record.len());
         let mut kept_facts = Vec::new();
         let mut kept_lots = Vec::new();
@@ -516,7 +505,7 @@ impl Custody {
                 }
             }
             if v.refused.is_empty() {
-                book.add_inherited(&children, f.facts.iter().cloned());
+                book.add_inherited(&read.children, f.facts.iter().cloned());
                 book.add_lots(f.lot_facts.iter().cloned());
                 kept_facts.extend(f.facts.iter().cloned());
                 kept_lots.extend(f.lot_facts.iter().cloned());
@@ -524,7 +513,7 @@ impl Custody {
             v.facts = f;
             records.push(v);
         }
-        let resolving = self.resolving(&book, &records, &pending, &busy);
+        let resolving = self.resolving(&book, &records, &read.pending, &busy);
         let kept_links: Vec<(String, String, u64)> = records
             .iter()
             .enumerate()
@@ -628,9 +617,7 @@ fn facts_of_batch(
     refused_receipts: &HashSet<usize>,
     base: u64,
 ) -> Result<Vec<EventFacts>, ApiError> {
-    let reg = registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(registry)?;
     let cache: std::cell::RefCell<HashMap<String, String>> = Default::default();
     let resolve = |code: &str| -> String {
         if let Some(v) = cache.borrow().get(code) {
@@ -917,13 +904,7 @@ pub async fn escalate_due(state: &crate::server::AppState, after: std::time::Dur
             codes,
             now,
         );
-        if state
-            .ledger
-            .store()
-            .tx_by_record(&ev.event_id.to_string())
-            .await?
-            .is_some()
-        {
+        if crate::api::ingest::in_ledger(state, &ev.event_id).await? {
             continue;
         }
         for r in &rules {

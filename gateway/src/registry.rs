@@ -13,10 +13,13 @@
 //!   administrators, so a lost key never locks an account.
 
 use std::collections::BTreeMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
 use secure_gateway::{CryptoError, Signer, Sm2Signature, Sm2VerifyingKey};
+
+use crate::error::ApiError;
 
 /// Roles (R5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -504,6 +507,18 @@ fn unrevoked<'a, R: Revocable>(
 /// `s` is `n` hexadecimal characters.
 fn is_hex(s: &str, n: usize) -> bool {
     s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads the registry behind `lock` (the API's shared one); a poisoned lock
+/// is an internal error.
+pub(crate) fn read(lock: &RwLock<Registry>) -> Result<RwLockReadGuard<'_, Registry>, ApiError> {
+    lock.read().map_err(|_| ApiError::internal("registry lock poisoned"))
+}
+
+/// Locks the registry behind `lock` for a change; a poisoned lock is an
+/// internal error.
+pub(crate) fn write(lock: &RwLock<Registry>) -> Result<RwLockWriteGuard<'_, Registry>, ApiError> {
+    lock.write().map_err(|_| ApiError::internal("registry lock poisoned"))
 }
 
 fn parse_key(pem: &str) -> Result<Sm2VerifyingKey, RegistryError> {

@@ -17,11 +17,7 @@ pub const REGISTRY_CATEGORY: &str = "registry";
 /// and, once durable, applies it. Changes are serialised.
 pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt, ApiError> {
     let _writer = state.registry_writer.lock().await;
-    let mut next = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?
-        .clone();
+    let mut next = crate::registry::read(&state.registry)?.clone();
     next.apply(&change).map_err(|e| match e {
         crate::registry::RegistryError::NotAuthorised(m) => ApiError::new(Code::Forbidden, m),
         other => ApiError::new(Code::ValidationFailed, other.to_string()),
@@ -52,10 +48,7 @@ pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt,
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::internal("no receipt"))?;
-    *state
-        .registry
-        .write()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))? = next;
+    *crate::registry::write(&state.registry)? = next;
     tracing::info!(change = %change.change_id, height = receipt.height, "registry change committed");
     Ok(receipt)
 }
@@ -127,19 +120,13 @@ pub(crate) async fn post_change(state: web::Data<AppState>, body: web::Bytes) ->
 }
 
 pub(crate) async fn list_entities(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     let list: Vec<_> = reg.entities().collect();
     Ok(HttpResponse::Ok().json(list))
 }
 
 pub(crate) async fn get_entity(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     let e = reg
         .entity(&id)
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("entity {id} is not registered")))?;

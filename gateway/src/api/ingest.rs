@@ -220,10 +220,7 @@ fn reject(index: usize, event_id: Option<String>, code: Code, message: impl Into
 
 /// The batch signer's key, which must belong to the authenticated entity.
 fn batch_signer(state: &AppState, principal: &Principal, key_id: &str) -> Result<(Sm2VerifyingKey, String), ApiError> {
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     let k = reg.key(key_id).ok_or_else(|| {
         ApiError::new(
             Code::UnknownEntity,
@@ -259,6 +256,17 @@ fn batch_signer(state: &AppState, principal: &Principal, key_id: &str) -> Result
         .cloned()
         .ok_or_else(|| ApiError::internal(format!("registered key {key_id} has no parsed public key")))?;
     Ok((vk, k.entity_id.clone()))
+}
+
+/// Whether the record with this event id is in the ledger already (a node
+/// alert raised once is not raised again).
+pub(crate) async fn in_ledger(state: &AppState, event_id: &uuid::Uuid) -> Result<bool, ApiError> {
+    Ok(state
+        .ledger
+        .store()
+        .tx_by_record(&event_id.to_string())
+        .await?
+        .is_some())
 }
 
 /// The key-value state key of an event: its first trace code, else its id.
@@ -366,10 +374,7 @@ async fn ingest(
     )
     .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
     let entity = {
-        let reg = state
-            .registry
-            .read()
-            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        let reg = crate::registry::read(&state.registry)?;
         reg.entity(&entity_id)
             .cloned()
             .ok_or_else(|| ApiError::internal("key without entity"))?
@@ -1319,13 +1324,7 @@ async fn cold_chain_alerts(
         }
         for f in findings {
             let alert = coldchain::alert_event(ev, &f, codes.clone(), now);
-            if state
-                .ledger
-                .store()
-                .tx_by_record(&alert.event_id.to_string())
-                .await?
-                .is_some()
-            {
+            if in_ledger(state, &alert.event_id).await? {
                 continue;
             }
             out.push((pos, f, alert));
