@@ -33,10 +33,7 @@ fn reader(req: &HttpRequest, state: &AppState) -> Result<Entity, ApiError> {
     let id = p
         .entity_id
         .ok_or_else(|| ApiError::new(Code::Forbidden, "registry administrators do not read traceability data"))?;
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     reg.entity(&id)
         .cloned()
         .ok_or_else(|| ApiError::new(Code::UnknownEntity, format!("entity {id} is not registered")))
@@ -209,18 +206,53 @@ fn without(mut doc: Value, hidden: &[String]) -> Value {
     doc
 }
 
+/// The codes a trace covers: the code asked for, the packages that hold it
+/// (`ancestors`), what it holds (`descendants`) and, when asked, the other
+/// contents of its packages (`siblings`).
+struct Family {
+    code: String,
+    ancestors: BTreeSet<String>,
+    descendants: BTreeSet<String>,
+    siblings: BTreeSet<String>,
+}
+
+impl Family {
+    /// The family of `code` through the packaging links.
+    async fn of(state: &AppState, code: String, with_siblings: bool) -> Result<Family, ApiError> {
+        let p = &state.projection;
+        let ancestors: BTreeSet<String> = p.packaging(&code, true, MAX_TRACE_CODES).await?.into_iter().collect();
+        let descendants: BTreeSet<String> = p.packaging(&code, false, MAX_TRACE_CODES).await?.into_iter().collect();
+        let mut siblings: BTreeSet<String> = BTreeSet::new();
+        if with_siblings {
+            for a in &ancestors {
+                siblings.extend(p.packaging(a, false, MAX_TRACE_CODES).await?);
+            }
+            siblings.retain(|c| *c != code && !descendants.contains(c) && !ancestors.contains(c));
+        }
+        Ok(Family {
+            code,
+            ancestors,
+            descendants,
+            siblings,
+        })
+    }
+
+    /// The code, its ancestors and its descendants (siblings aside).
+    fn codes(&self) -> Vec<String> {
+        std::iter::once(self.code.clone())
+            .chain(self.ancestors.iter().cloned())
+            .chain(self.descendants.iter().cloned())
+            .collect()
+    }
+}
+
 /// How a step relates to the code asked for: an event naming it among its
 /// own codes is `self`; one naming a package that holds it (a carton's
 /// shipment) `parent`; one naming what it holds `child`; a lot-level event
 /// (production dates, release, recall) `lot`; with `?siblings=true`, one
 /// about another dose of the same package `sibling`.
-fn relation(
-    doc: &Value,
-    code: &str,
-    ancestors: &BTreeSet<String>,
-    descendants: &BTreeSet<String>,
-    siblings: &BTreeSet<String>,
-) -> &'static str {
+fn relation(doc: &Value, f: &Family) -> &'static str {
+    let (code, ancestors, descendants, siblings) = (f.code.as_str(), &f.ancestors, &f.descendants, &f.siblings);
     let own: Vec<&str> = doc["traceCodes"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -263,36 +295,55 @@ pub(crate) async fn trace(
         ));
     }
     let with_siblings: bool = param(&query, "siblings")?;
-    let code = code.into_inner();
-    let ancestors: BTreeSet<String> = state
-        .projection
-        .packaging(&code, true, MAX_TRACE_CODES)
-        .await?
-        .into_iter()
-        .collect();
-    let descendants: BTreeSet<String> = state
-        .projection
-        .packaging(&code, false, MAX_TRACE_CODES)
-        .await?
-        .into_iter()
-        .collect();
-    let mut siblings: BTreeSet<String> = BTreeSet::new();
-    if with_siblings {
-        for a in &ancestors {
-            siblings.extend(state.projection.packaging(a, false, MAX_TRACE_CODES).await?);
-        }
-        siblings.retain(|c| *c != code && !descendants.contains(c) && !ancestors.contains(c));
+    let family = Family::of(&state, code.into_inner(), with_siblings).await?;
+    let codes = family.codes();
+    let mut all = family_events(&state, &family, &codes).await?;
+    let reading_of = add_cold_chain(&state, &mut all).await?;
+    let relations = relations(&all, &reading_of, &family);
+    let mut all: Vec<ProjectedEvent> = all.into_values().collect();
+    all.sort_by_key(|e| (e.occurred_ms, e.leaf_index));
+    let total = all.len();
+    let events = readable(&state, &reader, all, &codes).await?;
+    let code = family.code;
+    if events.is_empty() {
+        let msg = if total == 0 {
+            format!("no events for trace code {code}")
+        } else {
+            format!("trace code {code} is outside {}'s read scope", reader.alias)
+        };
+        return Err(ApiError::new(
+            if total == 0 { Code::NotFound } else { Code::Forbidden },
+            msg,
+        ));
     }
-    let codes: Vec<String> = std::iter::once(code.clone())
-        .chain(ancestors.iter().cloned())
-        .chain(descendants.iter().cloned())
-        .collect();
+    let hidden = total - events.len();
+    let leaves: Vec<u64> = events.iter().map(|e| e.leaf_index).collect();
+    let mut body = steps(&state, &reader, events).await?;
+    if let Some(steps) = body["steps"].as_array_mut() {
+        for (s, leaf) in steps.iter_mut().zip(leaves) {
+            s["relation"] = json!(relations.get(&leaf).copied().unwrap_or("self"));
+        }
+    }
+    body["code"] = json!(code);
+    body["codes"] = json!(codes);
+    body["hidden_steps"] = json!(hidden);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// The events of a trace by leaf: those naming `codes` (the family's, see
+/// [`Family::codes`]) or a sibling, and the lot-level events (production
+/// dates, release, recall) of their lots.
+async fn family_events(
+    state: &AppState,
+    family: &Family,
+    codes: &[String],
+) -> Result<BTreeMap<u64, ProjectedEvent>, ApiError> {
     let mut all: BTreeMap<u64, ProjectedEvent> = BTreeMap::new();
-    for e in state.projection.events_for_codes(&codes).await? {
+    for e in state.projection.events_for_codes(codes).await? {
         all.insert(e.leaf_index, e);
     }
-    if !siblings.is_empty() {
-        let sib: Vec<String> = siblings.iter().cloned().collect();
+    if !family.siblings.is_empty() {
+        let sib: Vec<String> = family.siblings.iter().cloned().collect();
         for e in state.projection.events_for_codes(&sib).await? {
             all.entry(e.leaf_index).or_insert(e);
         }
@@ -301,7 +352,7 @@ pub(crate) async fn trace(
     let lots: BTreeSet<String> = all
         .values()
         .filter_map(|e| e.lot.as_deref())
-        .map(|l| mappings::custody::lot_key(&code[..7], l))
+        .map(|l| mappings::custody::lot_key(&family.code[..7], l))
         .collect();
     for lot in &lots {
         let leaves = state.projection.lot_event_leaves(lot).await?;
@@ -310,8 +361,16 @@ pub(crate) async fn trace(
             all.insert(e.leaf_index, e);
         }
     }
-    // The cold chain of the shipments that carried it: the reading sets
-    // naming their shipment number, and those of their logger over the trip.
+    Ok(all)
+}
+
+/// Adds to `all` the cold chain of the shipments among them: the reading
+/// sets naming their shipment number, and those of their logger over the
+/// trip. Returns the shipment number of each reading set added, by leaf.
+async fn add_cold_chain(
+    state: &AppState,
+    all: &mut BTreeMap<u64, ProjectedEvent>,
+) -> Result<BTreeMap<u64, String>, ApiError> {
     // (shipment number, its logger and trip period)
     type Trip = (String, Option<(String, i64, i64)>);
     let trips: Vec<Trip> = all
@@ -356,61 +415,56 @@ pub(crate) async fn trace(
             }
         }
     }
-    let mut relations: BTreeMap<u64, &'static str> = BTreeMap::new();
+    Ok(reading_of)
+}
+
+/// Each event's [`relation`] to the family, by leaf; a reading set added
+/// for a shipment ([`add_cold_chain`]) takes its shipment's.
+fn relations(
+    all: &BTreeMap<u64, ProjectedEvent>,
+    reading_of: &BTreeMap<u64, String>,
+    family: &Family,
+) -> BTreeMap<u64, &'static str> {
     let shipment_relation: BTreeMap<String, &'static str> = all
         .values()
         .filter(|e| e.category == "shipment")
         .filter_map(|e| {
             let no = e.doc["fields"]["shipment_no"].as_str()?.to_string();
-            Some((no, relation(&e.doc, &code, &ancestors, &descendants, &siblings)))
+            Some((no, relation(&e.doc, family)))
         })
         .collect();
-    for e in all.values() {
-        let r = match reading_of.get(&e.leaf_index) {
-            Some(no) => shipment_relation.get(no).copied().unwrap_or("parent"),
-            None => relation(&e.doc, &code, &ancestors, &descendants, &siblings),
-        };
-        relations.insert(e.leaf_index, r);
-    }
-    let mut all: Vec<ProjectedEvent> = all.into_values().collect();
-    all.sort_by_key(|e| (e.occurred_ms, e.leaf_index));
-    let total = all.len();
-    // A holder reads the upstream history of what it held.
+    all.values()
+        .map(|e| {
+            let r = match reading_of.get(&e.leaf_index) {
+                Some(no) => shipment_relation.get(no).copied().unwrap_or("parent"),
+                None => relation(&e.doc, family),
+            };
+            (e.leaf_index, r)
+        })
+        .collect()
+}
+
+/// The events of `all` the reader may see: what its scope grants, and
+/// (a holder reads the upstream history of what it held) everything up to
+/// its last custody fact about `codes`.
+async fn readable(
+    state: &AppState,
+    reader: &Entity,
+    all: Vec<ProjectedEvent>,
+    codes: &[String],
+) -> Result<Vec<ProjectedEvent>, ApiError> {
     let held_until: Option<i64> = state
         .projection
-        .custody_facts(&codes)
+        .custody_facts(codes)
         .await?
         .into_iter()
         .filter(|f| f.actor == reader.id)
         .map(|f| f.at_ms)
         .max();
-    let events: Vec<ProjectedEvent> = all
+    Ok(all
         .into_iter()
-        .filter(|e| visible(&reader, e) || held_until.is_some_and(|t| e.occurred_ms <= t))
-        .collect();
-    if events.is_empty() {
-        let msg = if total == 0 {
-            format!("no events for trace code {code}")
-        } else {
-            format!("trace code {code} is outside {}'s read scope", reader.alias)
-        };
-        return Err(ApiError::new(
-            if total == 0 { Code::NotFound } else { Code::Forbidden },
-            msg,
-        ));
-    }
-    let hidden = total - events.len();
-    let leaves: Vec<u64> = events.iter().map(|e| e.leaf_index).collect();
-    let mut body = steps(&state, &reader, events).await?;
-    if let Some(steps) = body["steps"].as_array_mut() {
-        for (s, leaf) in steps.iter_mut().zip(leaves) {
-            s["relation"] = json!(relations.get(&leaf).copied().unwrap_or("self"));
-        }
-    }
-    body["code"] = json!(code);
-    body["codes"] = json!(codes);
-    body["hidden_steps"] = json!(hidden);
-    Ok(HttpResponse::Ok().json(body))
+        .filter(|e| visible(reader, e) || held_until.is_some_and(|t| e.occurred_ms <= t))
+        .collect())
 }
 
 /// `GET /v1/batches/{lot}/recall`: where every code of a lot is now, from
@@ -612,10 +666,7 @@ pub(crate) async fn stock(
     let reader = reader(&req, &state)?;
     let with_codes: bool = param(&query, "codes")?;
     let holder = {
-        let reg = state
-            .registry
-            .read()
-            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        let reg = crate::registry::read(&state.registry)?;
         reg.entity(&id)
             .or_else(|| reg.entity_of_code(&id))
             .map(|e| e.id.clone())
@@ -775,10 +826,7 @@ pub(crate) async fn transaction_proof(
 
 pub(crate) async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let s = state.ledger.store().stats().await?;
-    let reg = state
-        .registry
-        .read()
-        .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+    let reg = crate::registry::read(&state.registry)?;
     let roles: BTreeSet<String> = reg.entities().map(|e| format!("{:?}", e.role).to_lowercase()).collect();
     Ok(HttpResponse::Ok().json(json!({
         "height": s.height, "transactions": s.transactions, "size_bytes": s.size_bytes,
