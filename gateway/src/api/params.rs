@@ -10,32 +10,34 @@ use crate::error::{ApiError, Code};
 pub(crate) type RawQuery = actix_web::web::Query<HashMap<String, String>>;
 
 /// A value a query parameter takes.
-pub(crate) trait ParamValue: Sized + Default {
-    /// The valid spellings, for the error message ("true or false").
-    const VALID: &'static str;
-    /// The value spelled `s`, if it is one.
-    fn parse(s: &str) -> Option<Self>;
+pub(crate) trait ParamValue: Sized + Default + Copy + 'static {
+    /// Each valid spelling and the value it stands for, in the order the
+    /// error message lists them.
+    const SPELLINGS: &'static [(&'static str, Self)];
 }
 
 impl ParamValue for bool {
-    const VALID: &'static str = "true or false";
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        }
-    }
+    const SPELLINGS: &'static [(&'static str, Self)] = &[("true", true), ("false", false)];
 }
 
 /// The parameter `name` of `q`: its default when absent, an
-/// `invalid_parameter` error naming it when its value is not one of `T`'s.
+/// `invalid_parameter` error naming it and the valid spellings ("true or
+/// false") when its value is not one of `T`'s.
 pub(crate) fn param<T: ParamValue>(q: &HashMap<String, String>, name: &str) -> Result<T, ApiError> {
-    match q.get(name) {
-        None => Ok(T::default()),
-        Some(v) => T::parse(v)
-            .ok_or_else(|| ApiError::new(Code::InvalidParameter, format!("{name} {v:?} is not {}", T::VALID))),
-    }
+    let Some(v) = q.get(name) else {
+        return Ok(T::default());
+    };
+    T::SPELLINGS
+        .iter()
+        .find(|(spelling, _)| spelling == v)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let valid: Vec<&str> = T::SPELLINGS.iter().map(|(spelling, _)| *spelling).collect();
+            ApiError::new(
+                Code::InvalidParameter,
+                format!("{name} {v:?} is not {}", valid.join(" or ")),
+            )
+        })
 }
 
 /// `?mode=` of an ingest call.
@@ -49,14 +51,8 @@ pub(crate) enum Mode {
 }
 
 impl ParamValue for Mode {
-    const VALID: &'static str = "partial or all_or_nothing";
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "partial" => Some(Mode::Partial),
-            "all_or_nothing" => Some(Mode::AllOrNothing),
-            _ => None,
-        }
-    }
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("partial", Mode::Partial), ("all_or_nothing", Mode::AllOrNothing)];
 }
 
 /// `?receipts=` of an ingest call.
@@ -70,14 +66,7 @@ pub(crate) enum ReceiptForm {
 }
 
 impl ParamValue for ReceiptForm {
-    const VALID: &'static str = "full or brief";
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "full" => Some(ReceiptForm::Full),
-            "brief" => Some(ReceiptForm::Brief),
-            _ => None,
-        }
-    }
+    const SPELLINGS: &'static [(&'static str, Self)] = &[("full", ReceiptForm::Full), ("brief", ReceiptForm::Brief)];
 }
 
 #[cfg(test)]
@@ -96,5 +85,7 @@ mod tests {
         assert_eq!(e.code, Code::InvalidParameter);
         assert_eq!(e.message, "siblings \"maybe\" is not true or false");
         assert!(!param::<bool>(&q, "codes").unwrap());
+        let e = param::<Mode>(&HashMap::from([("mode".to_string(), "all".to_string())]), "mode").unwrap_err();
+        assert_eq!(e.message, "mode \"all\" is not partial or all_or_nothing");
     }
 }
