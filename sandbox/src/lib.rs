@@ -77,6 +77,14 @@ impl SandboxError {
             source,
         }
     }
+
+    /// What makes [`SandboxError::Sqlite`] errors about the database `path`.
+    pub(crate) fn sqlite(path: &Path) -> impl Fn(sqlx::Error) -> SandboxError + Copy + '_ {
+        move |source| SandboxError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        }
+    }
 }
 
 /// What to generate.
@@ -327,7 +335,22 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
     }
     std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(dir, e))?;
     let w = std::sync::Arc::new(world::simulate(opts.seed, opts.doses));
+    clear_systems(dir)?;
+    let written = write_systems(dir, &w).await?;
+    let manifest = manifest(&w, opts, sources(&written));
+    let p = dir.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| SandboxError::Manifest {
+        path: p.display().to_string(),
+        source: e,
+    })?;
+    std::fs::write(&p, text + "\n").map_err(|e| SandboxError::io(&p, e))?;
+    write_specs(dir, &manifest)?;
+    Ok(manifest)
+}
 
+/// Empties (or creates) the folder of each legacy system. The hospital's
+/// is kept but for its former `docs` folder (documents are in his.db now).
+fn clear_systems(dir: &Path) -> Result<(), SandboxError> {
     for sub in ["clinic", "cdc", "coldchain", "hospital", "hl7", "erp", "mah"] {
         let p = dir.join(sub);
         if p.exists() && sub != "hospital" {
@@ -340,9 +363,34 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
     if docs.exists() {
         std::fs::remove_dir_all(&docs).map_err(|e| SandboxError::io(&docs, e))?;
     }
+    Ok(())
+}
 
-    // The clinic system (80 % of the rows) is built and written on a task of
-    // its own while this one builds and writes the others.
+/// How many records each legacy system was written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    /// XML records of the holder's export.
+    mah_records: usize,
+    /// Bills of the province, city and county CDC stock systems.
+    cdc_bills: [usize; 3],
+    /// ERP shipment events.
+    shipments: usize,
+    /// Rows of the cold-chain platform's readings.
+    readings: usize,
+    /// Vaccination rows of the clinic system.
+    vaccinations: usize,
+    /// AEFI reports of the clinic system.
+    aefi: usize,
+    /// HL7 messages of the provincial feed.
+    hl7_messages: usize,
+    /// Document index rows of the hospital EMR.
+    documents: usize,
+}
+
+/// Writes every legacy system of `w` into `dir`. The clinic system (80 %
+/// of the rows) is built and written on a task of its own while this one
+/// builds and writes the others.
+async fn write_systems(dir: &Path, w: &std::sync::Arc<world::World>) -> Result<Written, SandboxError> {
     let clinic_db = dir.join("clinic/clinic.db");
     let mut clinic = {
         let w = w.clone();
@@ -357,13 +405,13 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             ))
         }))
     };
-    let cdc: Vec<Vec<write::Table>> = (0..3).map(|s| write::cdc_tables(&w, s)).collect();
-    let cold = write::coldchain_tables(&w);
-    let his = write::hospital_tables(&w);
+    let cdc: Vec<Vec<write::Table>> = (0..3).map(|s| write::cdc_tables(w, s)).collect();
+    let cold = write::coldchain_tables(w);
+    let his = write::hospital_tables(w);
     // The legacy systems written on this task, before the clinic's are awaited.
-    let xml = write::mah_xml(&w);
-    let erp = write::erp_files(&w);
-    let hl7 = write::hl7_files(&w);
+    let xml = write::mah_xml(w);
+    let erp = write::erp_files(w);
+    let hl7 = write::hl7_files(w);
     for (s, file) in ["cdc/province.db", "cdc/city.db", "cdc/county.db"]
         .into_iter()
         .enumerate()
@@ -375,7 +423,33 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
     let (vaccinations, aefi) = (&mut clinic.0)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    write_file(dir, "mah/export.xml", xml.as_bytes())?;
+    Ok(Written {
+        mah_records: xml.matches("<Record ").count(),
+        cdc_bills: [0, 1, 2].map(|s| write::rows_of(&cdc[s], "YM_CRKD_ZB")),
+        shipments: write_files(dir, "erp", &erp, "\"waybillNo\"")?,
+        readings: write::rows_of(&cold, "LL_WDHZ"),
+        vaccinations,
+        aefi,
+        hl7_messages: write_files(dir, "hl7", &hl7, "MSH|")?,
+        documents: write::rows_of(&his, "EMR_WDSY"),
+    })
+}
 
+/// Writes `files` (name, text) into the folder `sub` of `dir` and returns
+/// how many records they hold: the occurrences of `record_marker`.
+fn write_files(dir: &Path, sub: &str, files: &[(String, String)], record_marker: &str) -> Result<usize, SandboxError> {
+    let mut records = 0;
+    for (name, text) in files {
+        records += text.matches(record_marker).count();
+        write_file(dir, &format!("{sub}/{name}"), text.as_bytes())?;
+    }
+    Ok(records)
+}
+
+/// The sources of the written systems, in the order an agent reads them
+/// (upstream first).
+fn sources(n: &Written) -> Vec<Source> {
     let mut sources = Vec::new();
     let mut src =
         |name: &str, base: &str, kind, path: &str, table: Option<(&str, &str, &str)>, operator: &str, records| {
@@ -393,11 +467,6 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
                 records,
             });
         };
-    let prodin_and_more = {
-        let n = xml.matches("<Record ").count();
-        write_file(dir, "mah/export.xml", xml.as_bytes())?;
-        n
-    };
     src(
         "mah-export",
         "mah-export.toml",
@@ -405,7 +474,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "mah/export.xml",
         None,
         world::MAH.alias,
-        prodin_and_more,
+        n.mah_records,
     );
     for (s, (name, file, alias)) in [
         ("cdc-stock-province", "cdc/province.db", world::PROVINCE.alias),
@@ -422,13 +491,8 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
             file,
             Some(("V_YM_CRKD", "DJRQ", "DJH")),
             alias,
-            write::rows_of(&cdc[s], "YM_CRKD_ZB"),
+            n.cdc_bills[s],
         );
-    }
-    let mut n_ship = 0;
-    for (name, text) in &erp {
-        n_ship += text.matches("\"waybillNo\"").count();
-        write_file(dir, &format!("erp/{name}"), text.as_bytes())?;
     }
     src(
         "erp-shipment",
@@ -437,7 +501,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "erp",
         None,
         world::CARRIER.alias,
-        n_ship,
+        n.shipments,
     );
     src(
         "coldchain",
@@ -446,7 +510,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "coldchain/coldchain.db",
         Some(("LL_WDHZ", "JLID", "JLID")),
         "",
-        write::rows_of(&cold, "LL_WDHZ"),
+        n.readings,
     );
     src(
         "clinic-ims",
@@ -455,7 +519,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_JZ_JZJL", "JZRQ", "JZJL_ID")),
         world::CLINIC_A.alias,
-        vaccinations,
+        n.vaccinations,
     );
     src(
         "clinic-aefi",
@@ -464,13 +528,8 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "clinic/clinic.db",
         Some(("T_AEFI_BG", "BGSJ", "BGBH")),
         world::CLINIC_A.alias,
-        aefi,
+        n.aefi,
     );
-    let mut n_msg = 0;
-    for (name, text) in &hl7 {
-        n_msg += text.matches("MSH|").count();
-        write_file(dir, &format!("hl7/{name}"), text.as_bytes())?;
-    }
     src(
         "hl7-vxu",
         "hl7-vxu.toml",
@@ -478,7 +537,7 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "hl7",
         None,
         world::CLINIC_B.alias,
-        n_msg,
+        n.hl7_messages,
     );
     src(
         "emr",
@@ -487,18 +546,9 @@ pub async fn generate(dir: &Path, opts: &Options) -> Result<Manifest, SandboxErr
         "hospital/his.db",
         Some(("EMR_WDSY", "CJSJ", "WDID")),
         world::HOSPITAL.alias,
-        write::rows_of(&his, "EMR_WDSY"),
+        n.documents,
     );
-
-    let manifest = manifest(&w, opts, sources);
-    let p = dir.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| SandboxError::Manifest {
-        path: p.display().to_string(),
-        source: e,
-    })?;
-    std::fs::write(&p, text + "\n").map_err(|e| SandboxError::io(&p, e))?;
-    write_specs(dir, &manifest)?;
-    Ok(manifest)
+    sources
 }
 
 fn manifest(w: &world::World, opts: &Options, sources: Vec<Source>) -> Manifest {
@@ -606,6 +656,14 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, SandboxError> {
     })
 }
 
+/// Opens the SQLite database `path` read-only.
+async fn open_read_only(path: &Path) -> Result<sqlx::SqliteConnection, SandboxError> {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
+        .await
+        .map_err(SandboxError::sqlite(path))
+}
+
 /// Reads every row of a SQLite table or view as JSON objects (TEXT →
 /// string, INTEGER/REAL → number, NULL → null), ordered by `order_by`.
 ///
@@ -617,14 +675,8 @@ pub async fn sqlite_rows(
     order_by: &str,
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, SandboxError> {
     use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
-    let at = |e: sqlx::Error| SandboxError::Sqlite {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
-        .await
-        .map_err(at)?;
+    let at = SandboxError::sqlite(path);
+    let mut conn = open_read_only(path).await?;
     let ident = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -666,14 +718,8 @@ pub async fn sqlite_rows(
 /// # Errors
 /// [`SandboxError::Sqlite`] naming the database.
 pub async fn logical_digest(path: &Path) -> Result<String, SandboxError> {
-    let at = |e: sqlx::Error| SandboxError::Sqlite {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
-        .await
-        .map_err(at)?;
+    let at = SandboxError::sqlite(path);
+    let mut conn = open_read_only(path).await?;
     let tables: Vec<(String, String)> =
         sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")
             .fetch_all(&mut conn)
