@@ -36,6 +36,18 @@ pub(crate) struct Table {
     pub rows: Vec<Vec<Val>>,
 }
 
+impl Table {
+    /// An empty table.
+    fn new(name: &'static str, ddl: &'static str, cols: &'static [&'static str]) -> Table {
+        Table {
+            name,
+            ddl,
+            cols,
+            rows: Vec::new(),
+        }
+    }
+}
+
 /// Rows of table `name` among `tables` (0 if absent).
 pub(crate) fn rows_of(tables: &[Table], name: &str) -> usize {
     tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows.len())
@@ -59,10 +71,7 @@ const INDEXES: &[(&str, &str)] = &[
 ];
 
 pub(crate) async fn write_db(path: &Path, tables: &[Table], views: &[&'static str]) -> Result<(), SandboxError> {
-    let at = |e: sqlx::Error| SandboxError::Sqlite {
-        path: path.display().to_string(),
-        source: e,
-    };
+    let at = SandboxError::sqlite(path);
     if path.exists() {
         std::fs::remove_file(path).map_err(|e| SandboxError::io(path, e))?;
     }
@@ -108,74 +117,92 @@ pub(crate) async fn write_db(path: &Path, tables: &[Table], views: &[&'static st
     Ok(())
 }
 
-fn person_cols(w: &World, person: usize) -> (&world::Person, Val, Val) {
-    let p = &w.people[person];
-    (p, t(p.birth.format("%Y/%m/%d").to_string()), t(p.id_type))
+/// The columns of the clinic's tables that name a person: recipient code,
+/// name, sex, date of birth.
+fn person_head(p: &world::Person) -> [Val; 4] {
+    [
+        t(&p.code),
+        t(&p.name),
+        t(p.sex),
+        t(p.birth.format("%Y/%m/%d").to_string()),
+    ]
+}
+
+/// The clinic's contact columns of a person: phone, address, guardian.
+fn contacts(p: &world::Person) -> [Val; 3] {
+    [opt(p.phone.clone()), opt(p.address.clone()), opt(p.guardian.clone())]
 }
 
 const SITES: [&str; 4] = ["LA", "RA", "LT", "RT"];
 
 /// clinic.db: recipients, vaccinations, AEFI reports and stock of clinic A.
 pub(crate) fn clinic_tables(w: &World) -> Vec<Table> {
-    let mut szz = Table {
-        name: "T_JZ_SZZ",
-        ddl: "CREATE TABLE T_JZ_SZZ (SZZBM TEXT PRIMARY KEY, XM TEXT, XB TEXT, CSRQ TEXT, ZJLX TEXT, ZJHM TEXT, LXDH TEXT, JTZZ TEXT, JHR_XM TEXT, JDRQ TEXT)",
-        cols: &[
+    vec![recipients(w), vaccinations(w), aefi_reports(w), clinic_stock(w)]
+}
+
+/// Clinic A's vaccinations (its own, not the feed's).
+fn clinic_a_vaccinations(w: &World) -> impl Iterator<Item = (usize, &world::Vaccination)> {
+    w.vaccinations.iter().enumerate().filter(|(_, v)| v.clinic == 0)
+}
+
+/// T_JZ_SZZ: clinic A's recipients, each once, in the order of their first
+/// vaccination (its day is the record's creation date).
+fn recipients(w: &World) -> Table {
+    let mut szz = Table::new(
+        "T_JZ_SZZ",
+        "CREATE TABLE T_JZ_SZZ (SZZBM TEXT PRIMARY KEY, XM TEXT, XB TEXT, CSRQ TEXT, ZJLX TEXT, ZJHM TEXT, LXDH TEXT, JTZZ TEXT, JHR_XM TEXT, JDRQ TEXT)",
+        &[
             "SZZBM", "XM", "XB", "CSRQ", "ZJLX", "ZJHM", "LXDH", "JTZZ", "JHR_XM", "JDRQ",
         ],
-        rows: Vec::new(),
-    };
+    );
     let mut seen = std::collections::BTreeSet::new();
-    let mut jzjl = Table {
-        name: "T_JZ_JZJL",
-        ddl: "CREATE TABLE T_JZ_JZJL (JZJL_ID TEXT PRIMARY KEY, SZZBM TEXT, SZZ_XM TEXT, SZZ_XB TEXT, CSRQ TEXT, ZJLX TEXT, ZJHM TEXT, LXDH TEXT, JTZZ TEXT, JHR_XM TEXT, \
+    for (_, v) in clinic_a_vaccinations(w) {
+        if seen.insert(v.person) {
+            let p = &w.people[v.person];
+            let joined = t(v.time.format("%Y-%m-%d").to_string());
+            let ids = [t(p.id_type), t(&p.id_number)];
+            szz.rows.push(
+                person_head(p)
+                    .into_iter()
+                    .chain(ids)
+                    .chain(contacts(p))
+                    .chain([joined])
+                    .collect(),
+            );
+        }
+    }
+    szz
+}
+
+/// T_JZ_JZJL: clinic A's vaccination records, with the legacy system's
+/// variations (lower-case lots, padded codes, numbers as text) and its
+/// dirty rows.
+fn vaccinations(w: &World) -> Table {
+    let mut jzjl = Table::new(
+        "T_JZ_JZJL",
+        "CREATE TABLE T_JZ_JZJL (JZJL_ID TEXT PRIMARY KEY, SZZBM TEXT, SZZ_XM TEXT, SZZ_XB TEXT, CSRQ TEXT, ZJLX TEXT, ZJHM TEXT, LXDH TEXT, JTZZ TEXT, JHR_XM TEXT, \
               YMBM TEXT, YMMC TEXT, JC, YMPH TEXT, YXQ TEXT, DZJGM TEXT, JZRQ TEXT, JZBW TEXT, JZTJ TEXT, JZYS TEXT, JZDW_BM TEXT, JZDW_MC TEXT, \
               SCQY_BM TEXT, SCQY_MC TEXT, JL TEXT, BZJC INTEGER, SJLY TEXT)",
-        cols: &[
+        &[
             "JZJL_ID", "SZZBM", "SZZ_XM", "SZZ_XB", "CSRQ", "ZJLX", "ZJHM", "LXDH", "JTZZ", "JHR_XM", "YMBM", "YMMC",
             "JC", "YMPH", "YXQ", "DZJGM", "JZRQ", "JZBW", "JZTJ", "JZYS", "JZDW_BM", "JZDW_MC", "SCQY_BM", "SCQY_MC",
             "JL", "BZJC", "SJLY",
         ],
-        rows: Vec::new(),
-    };
-    for (i, v) in w.vaccinations.iter().enumerate().filter(|(_, v)| v.clinic == 0) {
-        let (p, csrq, zjlx) = person_cols(w, v.person);
+    );
+    for (i, v) in clinic_a_vaccinations(w) {
+        let p = &w.people[v.person];
         let lot = &w.lots[v.lot];
         let prod = lot.product();
-        if seen.insert(v.person) {
-            szz.rows.push(vec![
-                t(&p.code),
-                t(&p.name),
-                t(p.sex),
-                csrq.clone(),
-                zjlx.clone(),
-                t(&p.id_number),
-                opt(p.phone.clone()),
-                opt(p.address.clone()),
-                opt(p.guardian.clone()),
-                t(v.time.format("%Y-%m-%d").to_string()),
-            ]);
-        }
         let (zjlx, zjhm) = match (v.dirty, &p.resident_id) {
             (Some("id_number_check"), Some(id)) => (t("1"), t(crate::ids::with_bad_check(id))),
-            _ => (zjlx, t(&p.id_number)),
+            _ => (t(p.id_type), t(&p.id_number)),
         };
         let code = match v.dirty {
             Some("trace_code_missing") => String::new(),
             _ if i % 11 == 0 => format!(" {} ", v.code),
             _ => v.code.clone(),
         };
-        jzjl.rows.push(vec![
-            t(&v.id),
-            t(&p.code),
-            t(&p.name),
-            t(p.sex),
-            csrq,
-            zjlx,
-            zjhm,
-            opt(p.phone.clone()),
-            opt(p.address.clone()),
-            opt(p.guardian.clone()),
+        let record = [
             t(prod.vaccine_code),
             t(prod.name),
             if i % 3 == 0 {
@@ -207,32 +234,33 @@ pub(crate) fn clinic_tables(w: &World) -> Vec<Table> {
             } else {
                 t("1")
             },
-        ]);
+        ];
+        let person = person_head(p).into_iter().chain([zjlx, zjhm]).chain(contacts(p));
+        jzjl.rows
+            .push(std::iter::once(t(&v.id)).chain(person).chain(record).collect());
     }
-    let mut aefi = Table {
-        name: "T_AEFI_BG",
-        ddl: "CREATE TABLE T_AEFI_BG (BGBH TEXT PRIMARY KEY, SZZBM TEXT, XM TEXT, XB TEXT, CSRQ TEXT, YMBM TEXT, YMMC TEXT, PH TEXT, JC TEXT, JZRQ TEXT, \
+    jzjl
+}
+
+/// T_AEFI_BG: the adverse-event reports of clinic A (one dirty onset).
+fn aefi_reports(w: &World) -> Table {
+    let mut aefi = Table::new(
+        "T_AEFI_BG",
+        "CREATE TABLE T_AEFI_BG (BGBH TEXT PRIMARY KEY, SZZBM TEXT, XM TEXT, XB TEXT, CSRQ TEXT, YMBM TEXT, YMMC TEXT, PH TEXT, JC TEXT, JZRQ TEXT, \
               FSSJ TEXT, ZYBX TEXT, YZCD TEXT, FL TEXT, BGR TEXT, BGSJ TEXT, DZJGM TEXT, JZDW_BM TEXT)",
-        cols: &[
+        &[
             "BGBH", "SZZBM", "XM", "XB", "CSRQ", "YMBM", "YMMC", "PH", "JC", "JZRQ", "FSSJ", "ZYBX", "YZCD", "FL",
             "BGR", "BGSJ", "DZJGM", "JZDW_BM",
         ],
-        rows: Vec::new(),
-    };
+    );
     for a in &w.aefi {
         let v = &w.vaccinations[a.vaccination];
-        let (p, csrq, _) = person_cols(w, v.person);
         let lot = &w.lots[v.lot];
         let onset = match a.dirty {
             Some("onset_before_vaccination") => v.time - Duration::days(2),
             _ => a.onset,
         };
-        aefi.rows.push(vec![
-            t(&a.id),
-            t(&p.code),
-            t(&p.name),
-            t(p.sex),
-            csrq,
+        let report = [
             t(lot.product().vaccine_code),
             t(lot.product().name),
             t(&lot.number),
@@ -246,14 +274,21 @@ pub(crate) fn clinic_tables(w: &World) -> Vec<Table> {
             t(a.reported.format("%Y%m%d%H%M%S").to_string()),
             t(&v.code),
             t(CLINIC_A.code),
-        ]);
+        ];
+        let person = person_head(&w.people[v.person]);
+        aefi.rows
+            .push(std::iter::once(t(&a.id)).chain(person).chain(report).collect());
     }
-    let mut kc = Table {
-        name: "T_KC_YMKC",
-        ddl: "CREATE TABLE T_KC_YMKC (KCID INTEGER PRIMARY KEY, YMBM TEXT, YMMC TEXT, PH TEXT, DZJGM TEXT, RKRQ TEXT, ZT TEXT)",
-        cols: &["KCID", "YMBM", "YMMC", "PH", "DZJGM", "RKRQ", "ZT"],
-        rows: Vec::new(),
-    };
+    aefi
+}
+
+/// T_KC_YMKC: clinic A's stock of units and their state.
+fn clinic_stock(w: &World) -> Table {
+    let mut kc = Table::new(
+        "T_KC_YMKC",
+        "CREATE TABLE T_KC_YMKC (KCID INTEGER PRIMARY KEY, YMBM TEXT, YMMC TEXT, PH TEXT, DZJGM TEXT, RKRQ TEXT, ZT TEXT)",
+        &["KCID", "YMBM", "YMMC", "PH", "DZJGM", "RKRQ", "ZT"],
+    );
     for (clinic, li, code, received, state) in &w.clinic_stock {
         if *clinic != 0 {
             continue;
@@ -269,7 +304,7 @@ pub(crate) fn clinic_tables(w: &World) -> Vec<Table> {
             t(*state),
         ]);
     }
-    vec![szz, jzjl, aefi, kc]
+    kc
 }
 
 /// The view the cdc-stock spec reads: one row per bill line.
@@ -279,26 +314,24 @@ pub(crate) const CDC_VIEW: &str = "CREATE VIEW V_YM_CRKD AS SELECT z.DJH, z.DJLX
 
 /// One CDC's stock system: bill headers, bill lines and the view.
 pub(crate) fn cdc_tables(w: &World, system: usize) -> Vec<Table> {
-    let mut zb = Table {
-        name: "YM_CRKD_ZB",
-        ddl: "CREATE TABLE YM_CRKD_ZB (DJH TEXT PRIMARY KEY, DJLX TEXT, DJRQ TEXT, FHDW_DM TEXT, FHDW_MC TEXT, SHDW_DM TEXT, SHDW_MC TEXT, FHDH TEXT, \
+    let mut zb = Table::new(
+        "YM_CRKD_ZB",
+        "CREATE TABLE YM_CRKD_ZB (DJH TEXT PRIMARY KEY, DJLX TEXT, DJRQ TEXT, FHDW_DM TEXT, FHDW_MC TEXT, SHDW_DM TEXT, SHDW_MC TEXT, FHDH TEXT, \
               FHDZ TEXT, SHDZ TEXT, FHR TEXT, SHR TEXT, WTQY TEXT, CZY TEXT, ZHJB TEXT, ZHYY TEXT, ZHTZBH TEXT, XHFS TEXT, ZXR TEXT, JDR TEXT)",
-        cols: &[
+        &[
             "DJH", "DJLX", "DJRQ", "FHDW_DM", "FHDW_MC", "SHDW_DM", "SHDW_MC", "FHDH", "FHDZ", "SHDZ", "FHR", "SHR",
             "WTQY", "CZY", "ZHJB", "ZHYY", "ZHTZBH", "XHFS", "ZXR", "JDR",
         ],
-        rows: Vec::new(),
-    };
-    let mut mx = Table {
-        name: "YM_CRKD_MX",
-        ddl: "CREATE TABLE YM_CRKD_MX (MXID INTEGER PRIMARY KEY, DJH TEXT, YMBM TEXT, YMMC TEXT, PH TEXT, SCRQ TEXT, YXQZ TEXT, SL, YSSL, YSJG TEXT, \
+    );
+    let mut mx = Table::new(
+        "YM_CRKD_MX",
+        "CREATE TABLE YM_CRKD_MX (MXID INTEGER PRIMARY KEY, DJH TEXT, YMBM TEXT, YMMC TEXT, PH TEXT, SCRQ TEXT, YXQZ TEXT, SL, YSSL, YSJG TEXT, \
               WDJL TEXT, ZSM TEXT, BZJC TEXT, THYY TEXT, BSYY TEXT)",
-        cols: &[
+        &[
             "MXID", "DJH", "YMBM", "YMMC", "PH", "SCRQ", "YXQZ", "SL", "YSSL", "YSJG", "WDJL", "ZSM", "BZJC", "THYY",
             "BSYY",
         ],
-        rows: Vec::new(),
-    };
+    );
     let mut bills: Vec<&world::Bill> = w.bills.iter().filter(|b| b.system == system).collect();
     bills.sort_by(|a, b| (a.time, &a.code).cmp(&(b.time, &b.code)));
     let staff = ["测试员01", "测试员02", "测试员03"];
@@ -379,12 +412,11 @@ pub(crate) fn cdc_tables(w: &World, system: usize) -> Vec<Table> {
 
 /// coldchain.db: devices, summaries (LL_WDHZ) and raw transport readings.
 pub(crate) fn coldchain_tables(w: &World) -> Vec<Table> {
-    let mut sb = Table {
-        name: "LL_SBXX",
-        ddl: "CREATE TABLE LL_SBXX (SBBH TEXT PRIMARY KEY, SBLX TEXT, CFDD TEXT, DWBM TEXT)",
-        cols: &["SBBH", "SBLX", "CFDD", "DWBM"],
-        rows: Vec::new(),
-    };
+    let mut sb = Table::new(
+        "LL_SBXX",
+        "CREATE TABLE LL_SBXX (SBBH TEXT PRIMARY KEY, SBLX TEXT, CFDD TEXT, DWBM TEXT)",
+        &["SBBH", "SBLX", "CFDD", "DWBM"],
+    );
     let mut devices = BTreeMap::new();
     for s in &w.summaries {
         devices.entry(s.device).or_insert((s.device_type, s.place, s.owner));
@@ -392,16 +424,15 @@ pub(crate) fn coldchain_tables(w: &World) -> Vec<Table> {
     for (d, (ty, place, owner)) in devices {
         sb.rows.push(vec![t(d), t(ty), t(place), t(owner)]);
     }
-    let mut hz = Table {
-        name: "LL_WDHZ",
-        ddl: "CREATE TABLE LL_WDHZ (JLID INTEGER PRIMARY KEY, SBBH TEXT, SBLX TEXT, CFDD TEXT, DWBM TEXT, KSSJ INTEGER, JSSJ INTEGER, DS INTEGER, \
+    let mut hz = Table::new(
+        "LL_WDHZ",
+        "CREATE TABLE LL_WDHZ (JLID INTEGER PRIMARY KEY, SBBH TEXT, SBLX TEXT, CFDD TEXT, DWBM TEXT, KSSJ INTEGER, JSSJ INTEGER, DS INTEGER, \
               ZDWD INTEGER, ZGWD INTEGER, PJWD INTEGER, PJSD REAL, WDXX INTEGER, WDSX INTEGER, BJZT TEXT, JLJG INTEGER)",
-        cols: &[
+        &[
             "JLID", "SBBH", "SBLX", "CFDD", "DWBM", "KSSJ", "JSSJ", "DS", "ZDWD", "ZGWD", "PJWD", "PJSD", "WDXX",
             "WDSX", "BJZT", "JLJG",
         ],
-        rows: Vec::new(),
-    };
+    );
     for (i, s) in w.summaries.iter().enumerate() {
         hz.rows.push(vec![
             Val::Int(100_001 + i as i64),
@@ -422,12 +453,11 @@ pub(crate) fn coldchain_tables(w: &World) -> Vec<Table> {
             Val::Int(s.interval),
         ]);
     }
-    let mut jl = Table {
-        name: "LL_WDJL",
-        ddl: "CREATE TABLE LL_WDJL (JLID INTEGER PRIMARY KEY, SBBH TEXT, CJSJ INTEGER, WD INTEGER)",
-        cols: &["JLID", "SBBH", "CJSJ", "WD"],
-        rows: Vec::new(),
-    };
+    let mut jl = Table::new(
+        "LL_WDJL",
+        "CREATE TABLE LL_WDJL (JLID INTEGER PRIMARY KEY, SBBH TEXT, CJSJ INTEGER, WD INTEGER)",
+        &["JLID", "SBBH", "CJSJ", "WD"],
+    );
     for trip in &w.trips {
         for (time, v) in &trip.readings {
             jl.rows.push(vec![
@@ -444,30 +474,26 @@ pub(crate) fn coldchain_tables(w: &World) -> Vec<Table> {
 /// his.db: patients, encounters, the EMR document index and the documents
 /// themselves (`EMR_WDNR`, by storage path: the index's `CCLJ`).
 pub(crate) fn hospital_tables(w: &World) -> Vec<Table> {
-    let mut br = Table {
-        name: "HIS_BRXX",
-        ddl: "CREATE TABLE HIS_BRXX (BRID TEXT PRIMARY KEY, XM TEXT, XB TEXT, CSRQ TEXT, SFZH TEXT, LXDH TEXT)",
-        cols: &["BRID", "XM", "XB", "CSRQ", "SFZH", "LXDH"],
-        rows: Vec::new(),
-    };
-    let mut jz = Table {
-        name: "HIS_JZXX",
-        ddl: "CREATE TABLE HIS_JZXX (JZID TEXT PRIMARY KEY, BRID TEXT, JZLX TEXT, JZSJ TEXT)",
-        cols: &["JZID", "BRID", "JZLX", "JZSJ"],
-        rows: Vec::new(),
-    };
-    let mut wd = Table {
-        name: "EMR_WDSY",
-        ddl: "CREATE TABLE EMR_WDSY (WDID TEXT PRIMARY KEY, YLJGDM TEXT, BRID TEXT, SFZH TEXT, WDLX TEXT, CJSJ TEXT, NRZY TEXT, CCLJ TEXT)",
-        cols: &["WDID", "YLJGDM", "BRID", "SFZH", "WDLX", "CJSJ", "NRZY", "CCLJ"],
-        rows: Vec::new(),
-    };
-    let mut nr = Table {
-        name: "EMR_WDNR",
-        ddl: "CREATE TABLE EMR_WDNR (CCLJ TEXT PRIMARY KEY, NR TEXT)",
-        cols: &["CCLJ", "NR"],
-        rows: Vec::new(),
-    };
+    let mut br = Table::new(
+        "HIS_BRXX",
+        "CREATE TABLE HIS_BRXX (BRID TEXT PRIMARY KEY, XM TEXT, XB TEXT, CSRQ TEXT, SFZH TEXT, LXDH TEXT)",
+        &["BRID", "XM", "XB", "CSRQ", "SFZH", "LXDH"],
+    );
+    let mut jz = Table::new(
+        "HIS_JZXX",
+        "CREATE TABLE HIS_JZXX (JZID TEXT PRIMARY KEY, BRID TEXT, JZLX TEXT, JZSJ TEXT)",
+        &["JZID", "BRID", "JZLX", "JZSJ"],
+    );
+    let mut wd = Table::new(
+        "EMR_WDSY",
+        "CREATE TABLE EMR_WDSY (WDID TEXT PRIMARY KEY, YLJGDM TEXT, BRID TEXT, SFZH TEXT, WDLX TEXT, CJSJ TEXT, NRZY TEXT, CCLJ TEXT)",
+        &["WDID", "YLJGDM", "BRID", "SFZH", "WDLX", "CJSJ", "NRZY", "CCLJ"],
+    );
+    let mut nr = Table::new(
+        "EMR_WDNR",
+        "CREATE TABLE EMR_WDNR (CCLJ TEXT PRIMARY KEY, NR TEXT)",
+        &["CCLJ", "NR"],
+    );
     let mut seen_p = std::collections::BTreeSet::new();
     let mut seen_e = std::collections::BTreeSet::new();
     for doc in &w.documents {
