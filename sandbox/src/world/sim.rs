@@ -20,14 +20,7 @@ use crate::rng::Rng;
 
 /// Simulates the world for `doses` vaccinations from `seed`.
 pub fn simulate(seed: u64, doses: usize) -> World {
-    let mut sim = Sim::new(seed, doses);
-    sim.lots();
-    sim.plan();
-    sim.deliveries();
-    sim.carton_serials();
-    sim.chain_shipments();
-    sim.refused_shipment();
-    sim.clinic_deliveries();
+    let mut sim = Sim::delivered(seed, doses);
     sim.people();
     sim.vaccinations();
     let returned = sim.stock_states();
@@ -156,6 +149,20 @@ impl Sim {
             n_children: 0,
             n_adults: 0,
         }
+    }
+
+    /// The world from `seed` through the phases up to and including the
+    /// clinics' deliveries: the stock is in place, nothing is given yet.
+    fn delivered(seed: u64, doses: usize) -> Sim {
+        let mut sim = Sim::new(seed, doses);
+        sim.lots();
+        sim.plan();
+        sim.deliveries();
+        sim.carton_serials();
+        sim.chain_shipments();
+        sim.refused_shipment();
+        sim.clinic_deliveries();
+        sim
     }
 
     /// Lots: two per product (their cartons are counted by
@@ -369,35 +376,31 @@ impl Sim {
             Some(false),
             BillExtra::default(),
         ));
+        // The city sends it back (202) and the province takes it in (103):
+        // a return for temperature (WD), each bill naming the one before.
         let back = self.numbers.next("THNJ", arrive.date());
-        self.w.bills.push(mk(
-            1,
-            back.clone(),
-            "202",
-            arrive + Duration::minutes(90),
-            CITY,
-            Some(PROVINCE),
-            Some(dispatch),
-            None,
-            BillExtra {
+        let back_in = self.numbers.next("THJS", arrive.date() + Duration::days(1));
+        for (system, code, bill_type, time, after) in [
+            (1, back.clone(), "202", arrive + Duration::minutes(90), dispatch),
+            (0, back_in, "103", at(arrive.date() + Duration::days(1), 9, 0), back),
+        ] {
+            let extra = BillExtra {
                 return_reason: Some("WD"),
                 ..Default::default()
-            },
-        ));
-        self.w.bills.push(mk(
-            0,
-            self.numbers.next("THJS", arrive.date() + Duration::days(1)),
-            "103",
-            at(arrive.date() + Duration::days(1), 9, 0),
-            CITY,
-            Some(PROVINCE),
-            Some(back),
-            None,
-            BillExtra {
-                return_reason: Some("WD"),
-                ..Default::default()
-            },
-        ));
+            };
+            let bill = mk(
+                system,
+                code,
+                bill_type,
+                time,
+                CITY,
+                Some(PROVINCE),
+                Some(after),
+                None,
+                extra,
+            );
+            self.w.bills.push(bill);
+        }
         self.w.bills.push(mk(
             0,
             self.numbers.next("XHJS", arrive.date() + Duration::days(7)),
@@ -1169,25 +1172,12 @@ mod phase_tests {
 
     use super::Sim;
 
-    /// The phases up to and including the clinics' deliveries.
-    fn delivered(seed: u64, doses: usize) -> Sim {
-        let mut sim = Sim::new(seed, doses);
-        sim.lots();
-        sim.plan();
-        sim.deliveries();
-        sim.carton_serials();
-        sim.chain_shipments();
-        sim.refused_shipment();
-        sim.clinic_deliveries();
-        sim
-    }
-
     /// Every carton of a lot goes to exactly one place (a clinic delivery,
     /// a CDC's buffer or the refused shipment), and they are numbered
     /// 1..=cartons.
     #[test]
     fn carton_serials_partition_each_lot() {
-        let sim = delivered(3, 500);
+        let sim = Sim::delivered(3, 500);
         for (li, lot) in sim.w.lots.iter().enumerate() {
             let mut serials: Vec<usize> = sim
                 .deliveries
@@ -1212,7 +1202,7 @@ mod phase_tests {
     #[test]
     fn deliveries_cover_every_planned_dose() {
         for (seed, doses) in [(1, 20), (5, 700)] {
-            let mut sim = delivered(seed, doses);
+            let mut sim = Sim::delivered(seed, doses);
             assert!(sim.deliveries.iter().all(|d| d.0.weekday() == Weekday::Fri));
             sim.people();
             sim.vaccinations();
