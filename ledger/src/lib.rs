@@ -8,7 +8,8 @@
 //! * [`block`]: headers, `block_hash = SM3(SM3(prev ‖ timestamp ‖ root))`,
 //!   checkpoints.
 //! * [`merkle`]: RFC 9162 trees with SM3; proofs from stored perfect subtrees.
-//! * [`store`]: the storage trait; SQLite and PostgreSQL implementations.
+//! * [`store`]: the storage trait; SQLite and PostgreSQL implementations;
+//!   [`store::backend`]: which backend a database is, and who writes what.
 //! * [`ledger`]: the group-committing [`Ledger`].
 //! * [`verify`]: full verification of a stored ledger.
 //!
@@ -31,7 +32,8 @@ pub use error::LedgerError;
 pub use ledger::{GenesisInfo, Ledger, LedgerConfig, Membership, Receipt, audit_paths, prove, prove_consistency};
 pub use proof::{ConsistencyProof, InclusionProof};
 pub use store::{
-    AnyStore, LedgerStore, PgStore, SideConn, SideFuture, SidePart, SideWrite, SqliteStore, StoreStats, StoredTx,
+    AnyStore, Backend, Dialect, LedgerStore, PgStore, Reader, SideConn, SideFuture, SidePart, SideTx, SideWrite,
+    SqliteStore, StoreStats, StoredTx,
 };
 pub use tx::{
     DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, TxSummary, sign_batch, sign_leaves,

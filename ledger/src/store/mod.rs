@@ -1,16 +1,19 @@
 //! Ledger storage behind a trait: the embedded SQLite implementation
-//! ([`SqliteStore`]) and PostgreSQL for production ([`PgStore`]).
+//! ([`SqliteStore`]) and PostgreSQL for production ([`PgStore`]); which one
+//! a database is, and what differs between them, is [`backend`].
 //!
 //! **Architecture invariant:** a store only ever inserts. There is no method
 //! that updates or deletes a ledger row, and the SQL schema refuses both
 //! with triggers.
 
 mod any;
+pub mod backend;
 mod postgres;
 mod sql;
 mod sqlite;
 
 pub use any::AnyStore;
+pub use backend::{Backend, Dialect, Reader, SideConn, SideTx};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -57,16 +60,6 @@ pub struct BlockCommit {
     pub nodes: Vec<(NodeKey, Sm3Digest)>,
     /// The checkpoint signed after the block.
     pub checkpoint: Checkpoint,
-}
-
-/// A database connection lent to a [`SideWrite`] inside a block's own
-/// database transaction.
-#[derive(Debug)]
-pub enum SideConn<'c> {
-    /// The SQLite store's connection.
-    Sqlite(&'c mut sqlx::SqliteConnection),
-    /// The PostgreSQL store's connection.
-    Postgres(&'c mut sqlx::PgConnection),
 }
 
 /// The future a [`SideWrite`] returns.

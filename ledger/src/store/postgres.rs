@@ -5,51 +5,18 @@ use secure_gateway::Sm3Digest;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::sql::sql_store;
+use super::Dialect;
+use super::sql::{APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
 use crate::tx::{Transaction, TxContent, TxKind, decode_auth, encode_auth};
 
-/// The schema; the same tables as the SQLite store, insert-only by trigger.
+/// What PostgreSQL adds to the ledger's tables ([`TABLES`]).
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS blocks (
-        height BIGINT PRIMARY KEY,
-        version TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        previous_block_hash TEXT NOT NULL,
-        block_hash TEXT NOT NULL UNIQUE,
-        timestamp BIGINT NOT NULL,
-        merkle_root TEXT NOT NULL,
-        tx_count BIGINT NOT NULL,
-        first_leaf BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS transactions (
-        leaf_index BIGINT PRIMARY KEY,
-        height BIGINT NOT NULL,
-        tx_id TEXT NOT NULL UNIQUE,
-        record_id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        category TEXT NOT NULL,
-        state_key TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        data_hash TEXT NOT NULL,
-        payload BYTEA NOT NULL,
-        auth BYTEA NOT NULL,
-        fields_root TEXT)",
     // A ledger made before field commitments (no row changes).
     "ALTER TABLE transactions ADD COLUMN IF NOT EXISTS fields_root TEXT",
-    "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
-    "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
-    "CREATE TABLE IF NOT EXISTS merkle_nodes (id BIGINT PRIMARY KEY, hash BYTEA NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS checkpoints (
-        height BIGINT PRIMARY KEY,
-        tree_size BIGINT NOT NULL,
-        root TEXT NOT NULL,
-        block_hash TEXT NOT NULL,
-        timestamp BIGINT NOT NULL,
-        key_id TEXT NOT NULL,
-        signature TEXT NOT NULL)",
     "CREATE OR REPLACE VIEW state AS
         SELECT DISTINCT ON (category, state_key)
                category, state_key AS key, payload AS value, content_type, data_hash, tx_id, leaf_index
@@ -57,8 +24,6 @@ const SCHEMA: &[&str] = &[
     "CREATE OR REPLACE FUNCTION vaxgate_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN RAISE EXCEPTION 'the ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME; END $$",
 ];
-
-const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "merkle_nodes", "checkpoints"];
 
 /// The PostgreSQL ledger store.
 #[derive(Debug, Clone)]
@@ -93,7 +58,8 @@ impl PgStore {
         Ok(s)
     }
 
-    /// The connection pool (read-only queries by the gateway's projections).
+    /// The pool of readers: queries only. Tables other than the ledger's
+    /// are written through [`Self::side_tx`] or a side write.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -109,29 +75,24 @@ impl PgStore {
         Ok(())
     }
 
+    /// Creates what is missing of the schema: the same tables as the
+    /// SQLite store, insert-only by trigger.
     async fn init(&self) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         // Serialise concurrent first starts.
-        sqlx::query("SELECT pg_advisory_xact_lock(7306551)")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-        for stmt in SCHEMA {
-            sqlx::query(sqlx::AssertSqlSafe(*stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        for t in APPEND_ONLY_TABLES {
-            let sql = format!(
+        let lock = "SELECT pg_advisory_xact_lock(7306551)".to_string();
+        let tables = TABLES.iter().map(|t| Postgres::sql(t));
+        let triggers = APPEND_ONLY_TABLES.iter().map(|t| {
+            format!(
                 "CREATE OR REPLACE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t} \
                  FOR EACH STATEMENT EXECUTE FUNCTION vaxgate_append_only()"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
+            )
+        });
+        let schema = std::iter::once(lock)
+            .chain(tables)
+            .chain(SCHEMA.iter().map(|s| s.to_string()))
+            .chain(triggers);
+        self.execute_all(&mut tx, schema).await?;
         tx.commit().await.map_err(|e| self.err(e))
     }
 

@@ -10,6 +10,49 @@ pub(crate) const TX_ROWS_PER_INSERT: usize = 2000;
 /// Tree nodes per INSERT, and ids per `IN (...)` lookup.
 pub(crate) const NODES_PER_STATEMENT: usize = 10_000;
 
+/// The ledger's tables, the same on every backend (with the column types of
+/// its [`Dialect`](super::Dialect)): insert-only, by each store's triggers on
+/// [`APPEND_ONLY_TABLES`].
+pub(crate) const TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS blocks (
+        height {int} PRIMARY KEY,
+        version TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        previous_block_hash TEXT NOT NULL,
+        block_hash TEXT NOT NULL UNIQUE,
+        timestamp {int} NOT NULL,
+        merkle_root TEXT NOT NULL,
+        tx_count {int} NOT NULL,
+        first_leaf {int} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS transactions (
+        leaf_index {int} PRIMARY KEY,
+        height {int} NOT NULL,
+        tx_id TEXT NOT NULL UNIQUE,
+        record_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        category TEXT NOT NULL,
+        state_key TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        data_hash TEXT NOT NULL,
+        payload {blob} NOT NULL,
+        auth {blob} NOT NULL,
+        fields_root TEXT)",
+    "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
+    "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
+    "CREATE TABLE IF NOT EXISTS merkle_nodes (id {int} PRIMARY KEY, hash {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (
+        height {int} PRIMARY KEY,
+        tree_size {int} NOT NULL,
+        root TEXT NOT NULL,
+        block_hash TEXT NOT NULL,
+        timestamp {int} NOT NULL,
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL)",
+];
+
+/// The tables whose rows no statement may update or delete.
+pub(crate) const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "merkle_nodes", "checkpoints"];
+
 pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root";
 
 /// Parses a stored digest; only the canonical lowercase form is accepted, so
@@ -34,6 +77,33 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty, $side:ident) => {
         impl $store {
+            /// A connection from the pool of readers, for queries
+            /// ([`Reader`](crate::store::Reader)).
+            pub async fn reader(&self) -> Result<$crate::store::Reader, LedgerError> {
+                let c = self.pool.acquire().await.map_err(|e| self.err(e))?;
+                Ok($crate::store::Backend::$side(c))
+            }
+
+            /// A database transaction on the connection that commits blocks,
+            /// for tables derived from the ledger ([`SideTx`](crate::store::SideTx)).
+            pub async fn side_tx(&self) -> Result<$crate::store::SideTx, LedgerError> {
+                let tx = self.write_pool().begin().await.map_err(|e| self.err(e))?;
+                Ok($crate::store::SideTx { location: self.location.clone(), tx: $crate::store::Backend::$side(tx) })
+            }
+
+            /// Runs `statements` in order on `db` (the schema, in the
+            /// store's set-up transaction).
+            async fn execute_all(
+                &self,
+                db: &mut <$db as sqlx::Database>::Connection,
+                statements: impl IntoIterator<Item = String>,
+            ) -> Result<(), LedgerError> {
+                for s in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(s)).execute(&mut *db).await.map_err(|e| self.err(e))?;
+                }
+                Ok(())
+            }
+
             fn err(&self, e: impl std::fmt::Display) -> LedgerError {
                 LedgerError::storage(&self.location, e)
             }
@@ -106,14 +176,43 @@ macro_rules! sql_store {
                 })
             }
 
-            /// `SELECT * FROM {table} WHERE {col} = value`.
-            async fn rows_where<T>(&self, table: &str, col: &str, value: T, order: &str) -> Result<Vec<$row>, LedgerError>
+            /// The first row of `SELECT * FROM {table} WHERE {col} = value`,
+            /// read with `from_row`.
+            async fn first_where<T, R>(
+                &self,
+                table: &str,
+                col: &str,
+                value: T,
+                from_row: fn(&Self, &$row) -> Result<R, LedgerError>,
+            ) -> Result<Option<R>, LedgerError>
             where
                 T: for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send,
             {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT * FROM {table} WHERE {col} = "));
-                qb.push_bind(value).push(order);
-                qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))
+                qb.push_bind(value);
+                let row = qb.build().fetch_optional(&self.pool).await.map_err(|e| self.err(e))?;
+                row.map(|r| from_row(self, &r)).transpose()
+            }
+
+            /// The rows of `head` followed by `values` as a bound list and
+            /// `)`, on `pool`, `per` values a statement.
+            async fn rows_in<T>(
+                &self,
+                pool: &sqlx::Pool<$db>,
+                head: &str,
+                values: &[T],
+                per: usize,
+            ) -> Result<Vec<$row>, LedgerError>
+            where
+                T: Clone + for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send + Sync,
+            {
+                let mut out = Vec::new();
+                for chunk in values.chunks(per) {
+                    let mut qb = QueryBuilder::<$db>::new(head);
+                    $crate::store::backend::push_list(&mut qb, chunk.iter().cloned()).push(")");
+                    out.extend(qb.build().fetch_all(pool).await.map_err(|e| self.err(e))?);
+                }
+                Ok(out)
             }
 
             /// `SELECT * FROM {table} WHERE {col} >= from AND {col} < to ORDER BY {col}`.
@@ -196,7 +295,7 @@ macro_rules! sql_store {
                 qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
                 for part in side {
                     part.write
-                        .write($crate::store::SideConn::$side(&mut *db), part.first_leaf, b.height)
+                        .write($crate::store::Backend::$side(&mut *db), part.first_leaf, b.height)
                         .await
                         .map_err(|message| LedgerError::Storage {
                             location: self.location.clone(),
@@ -223,20 +322,13 @@ macro_rules! sql_store {
             async fn nodes(&self, keys: &[NodeKey]) -> Result<Vec<Sm3Digest>, LedgerError> {
                 use $crate::store::sql::NODES_PER_STATEMENT;
                 let mut found = std::collections::HashMap::with_capacity(keys.len());
-                for chunk in keys.chunks(NODES_PER_STATEMENT) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, hash FROM merkle_nodes WHERE id IN (");
-                    let mut sep = qb.separated(", ");
-                    for k in chunk {
-                        sep.push_bind(k.packed());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
-                        let id: i64 = r.try_get("id").map_err(|e| self.err(e))?;
-                        let h: Vec<u8> = r.try_get("hash").map_err(|e| self.err(e))?;
-                        let d = Sm3Digest::from_slice(&h)
-                            .map_err(|_| self.corrupt(&format!("merkle_nodes.hash id {id}")))?;
-                        found.insert(id, d);
-                    }
+                let ids: Vec<i64> = keys.iter().map(|k| k.packed()).collect();
+                let head = "SELECT id, hash FROM merkle_nodes WHERE id IN (";
+                for r in self.rows_in(&self.pool, head, &ids, NODES_PER_STATEMENT).await? {
+                    let id: i64 = r.try_get("id").map_err(|e| self.err(e))?;
+                    let h: Vec<u8> = r.try_get("hash").map_err(|e| self.err(e))?;
+                    let d = Sm3Digest::from_slice(&h).map_err(|_| self.corrupt(&format!("merkle_nodes.hash id {id}")))?;
+                    found.insert(id, d);
                 }
                 keys.iter()
                     .map(|k| {
@@ -248,13 +340,11 @@ macro_rules! sql_store {
             }
 
             async fn block(&self, height: u64) -> Result<Option<BlockHeader>, LedgerError> {
-                let rows = self.rows_where("blocks", "height", $crate::store::sql::to_i64(height), "").await?;
-                rows.first().map(|r| self.block_from_row(r)).transpose()
+                self.first_where("blocks", "height", $crate::store::sql::to_i64(height), Self::block_from_row).await
             }
 
             async fn block_by_hash(&self, hash: &Sm3Digest) -> Result<Option<BlockHeader>, LedgerError> {
-                let rows = self.rows_where("blocks", "block_hash", hash.to_hex(), "").await?;
-                rows.first().map(|r| self.block_from_row(r)).transpose()
+                self.first_where("blocks", "block_hash", hash.to_hex(), Self::block_from_row).await
             }
 
             async fn blocks(&self, from: u64, to: u64) -> Result<Vec<BlockHeader>, LedgerError> {
@@ -263,35 +353,22 @@ macro_rules! sql_store {
             }
 
             async fn checkpoint(&self, height: u64) -> Result<Option<Checkpoint>, LedgerError> {
-                let rows = self.rows_where("checkpoints", "height", $crate::store::sql::to_i64(height), "").await?;
-                rows.first().map(|r| self.checkpoint_from_row(r)).transpose()
+                self.first_where("checkpoints", "height", $crate::store::sql::to_i64(height), Self::checkpoint_from_row).await
             }
 
             async fn tx(&self, tx_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                let rows = self.rows_where("transactions", "tx_id", tx_id.to_string(), "").await?;
-                rows.first().map(|r| self.tx_from_row(r)).transpose()
+                self.first_where("transactions", "tx_id", tx_id.to_string(), Self::tx_from_row).await
             }
 
             async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                let rows = self.rows_where("transactions", "record_id", record_id.to_string(), "").await?;
-                rows.first().map(|r| self.tx_from_row(r)).transpose()
+                self.first_where("transactions", "record_id", record_id.to_string(), Self::tx_from_row).await
             }
 
             async fn txs_by_records(&self, record_ids: &[String]) -> Result<Vec<StoredTx>, LedgerError> {
-                let mut out = Vec::new();
+                let head = "SELECT * FROM transactions WHERE record_id IN (";
                 // SQLite allows 32,766 bound parameters per statement.
-                for chunk in record_ids.chunks(5_000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE record_id IN (");
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(id.clone());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))? {
-                        out.push(self.tx_from_row(&r)?);
-                    }
-                }
-                Ok(out)
+                let rows = self.rows_in(&self.pool, head, record_ids, 5_000).await?;
+                rows.iter().map(|r| self.tx_from_row(r)).collect()
             }
 
             async fn conflicts(
@@ -302,20 +379,12 @@ macro_rules! sql_store {
                 use $crate::store::sql::NODES_PER_STATEMENT;
                 let mut out = Vec::new();
                 for (col, ids) in [("record_id", record_ids), ("tx_id", tx_ids)] {
-                    for chunk in ids.chunks(NODES_PER_STATEMENT) {
-                        let mut qb: QueryBuilder<$db> =
-                            QueryBuilder::new(format!("SELECT record_id, tx_id FROM transactions WHERE {col} IN ("));
-                        let mut sep = qb.separated(", ");
-                        for id in chunk {
-                            sep.push_bind(id.clone());
-                        }
-                        qb.push(")");
-                        for r in qb.build().fetch_all(self.write_pool()).await.map_err(|e| self.err(e))? {
-                            out.push((
-                                r.try_get("record_id").map_err(|e| self.err(e))?,
-                                r.try_get("tx_id").map_err(|e| self.err(e))?,
-                            ));
-                        }
+                    let head = format!("SELECT record_id, tx_id FROM transactions WHERE {col} IN (");
+                    for r in self.rows_in(self.write_pool(), &head, ids, NODES_PER_STATEMENT).await? {
+                        out.push((
+                            r.try_get("record_id").map_err(|e| self.err(e))?,
+                            r.try_get("tx_id").map_err(|e| self.err(e))?,
+                        ));
                     }
                 }
                 Ok(out)

@@ -11,60 +11,22 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sql::sql_store;
+use super::Dialect;
+use super::sql::{APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
 use crate::tx::{Transaction, TxContent, TxKind, decode_auth, encode_auth};
 
-/// The schema. Every table is insert-only: triggers abort any UPDATE or
-/// DELETE, so even a stray SQL statement cannot rewrite history.
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS blocks (
-        height INTEGER PRIMARY KEY,
-        version TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        previous_block_hash TEXT NOT NULL,
-        block_hash TEXT NOT NULL UNIQUE,
-        timestamp INTEGER NOT NULL,
-        merkle_root TEXT NOT NULL,
-        tx_count INTEGER NOT NULL,
-        first_leaf INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS transactions (
-        leaf_index INTEGER PRIMARY KEY,
-        height INTEGER NOT NULL,
-        tx_id TEXT NOT NULL UNIQUE,
-        record_id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        category TEXT NOT NULL,
-        state_key TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        data_hash TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        auth BLOB NOT NULL,
-        fields_root TEXT)",
-    "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
-    "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
-    "CREATE TABLE IF NOT EXISTS merkle_nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS checkpoints (
-        height INTEGER PRIMARY KEY,
-        tree_size INTEGER NOT NULL,
-        root TEXT NOT NULL,
-        block_hash TEXT NOT NULL,
-        timestamp INTEGER NOT NULL,
-        key_id TEXT NOT NULL,
-        signature TEXT NOT NULL)",
-    // R2.3: the current key-value state by category, encrypted business data
-    // in its own field. A view, so the state is derived, never rewritten.
-    "CREATE VIEW IF NOT EXISTS state AS
+/// What SQLite adds to the ledger's tables ([`TABLES`]).
+/// R2.3: the current key-value state by category, encrypted business data
+/// in its own field. A view, so the state is derived, never rewritten.
+const STATE_VIEW: &str = "CREATE VIEW IF NOT EXISTS state AS
         SELECT category, state_key AS key, payload AS value, content_type, data_hash, tx_id, leaf_index
         FROM transactions t
         WHERE leaf_index = (SELECT MAX(leaf_index) FROM transactions u
-                            WHERE u.category = t.category AND u.state_key = t.state_key)",
-];
-
-const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "merkle_nodes", "checkpoints"];
+                            WHERE u.category = t.category AND u.state_key = t.state_key)";
 
 /// The SQLite ledger store.
 #[derive(Debug, Clone)]
@@ -200,7 +162,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The connection pool (read-only queries by the gateway's projections).
+    /// The pool of readers: queries only. Tables other than the ledger's
+    /// are written through [`Self::side_tx`] or a side write.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -210,14 +173,13 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// Creates what is missing of the schema. Every table is insert-only:
+    /// triggers abort any UPDATE or DELETE, so even a stray SQL statement
+    /// cannot rewrite history.
     async fn init(&self) -> Result<(), LedgerError> {
         let mut tx = self.writer.begin().await.map_err(|e| self.err(e))?;
-        for stmt in SCHEMA {
-            sqlx::query(sqlx::AssertSqlSafe(*stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
+        let schema = TABLES.iter().map(|t| Sqlite::sql(t)).chain([STATE_VIEW.to_string()]);
+        self.execute_all(&mut tx, schema).await?;
         // A ledger made before field commitments: the column is added (no
         // row changes; its transactions keep no root).
         let has_root: Option<i64> =
@@ -226,24 +188,22 @@ impl SqliteStore {
                 .await
                 .map_err(|e| self.err(e))?;
         if has_root.is_none() {
-            sqlx::query("ALTER TABLE transactions ADD COLUMN fields_root TEXT")
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.execute_all(
+                &mut tx,
+                ["ALTER TABLE transactions ADD COLUMN fields_root TEXT".to_string()],
+            )
+            .await?;
         }
-        for t in APPEND_ONLY_TABLES {
-            for op in ["UPDATE", "DELETE"] {
-                let sql = format!(
+        let triggers = APPEND_ONLY_TABLES.iter().flat_map(|t| {
+            ["UPDATE", "DELETE"].map(|op| {
+                format!(
                     "CREATE TRIGGER IF NOT EXISTS {t}_no_{lop} BEFORE {op} ON {t} \
                      BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: {op} on {t} refused'); END",
                     lop = op.to_lowercase()
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-            }
-        }
+                )
+            })
+        });
+        self.execute_all(&mut tx, triggers).await?;
         tx.commit().await.map_err(|e| self.err(e))
     }
 
