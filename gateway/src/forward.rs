@@ -28,7 +28,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use ledger::{AnyStore, BlockHeader, LedgerStore, StoredTx, TxKind};
+use ledger::{AnyStore, BlockHeader, LedgerStore, StoredTx, TxKind, on_backend};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use secure_gateway::{CryptoProvider, KeyHandle};
 use serde_json::{Value, json};
@@ -112,22 +112,6 @@ pub struct OutMessage {
     pub body: Value,
 }
 
-/// The durable cursor: `fwd_cursor` in the ledger's database, insert-only.
-#[derive(Debug, Clone)]
-enum Db {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
-macro_rules! on_db {
-    ($db:expr, $p:ident => $e:expr) => {
-        match $db {
-            Db::Sqlite($p) => $e,
-            Db::Postgres($p) => $e,
-        }
-    };
-}
-
 /// The event fields a summary needs, from the projection (or from the
 /// decrypted payload when the projection has not caught up).
 #[derive(Debug, Clone)]
@@ -137,45 +121,48 @@ struct EventInfo {
     doc: Value,
 }
 
-impl Db {
-    fn of(store: &AnyStore) -> Self {
-        match store {
-            AnyStore::Sqlite(s) => Db::Sqlite(s.pool().clone()),
-            AnyStore::Postgres(s) => Db::Postgres(s.pool().clone()),
-        }
-    }
+/// A store error of the forwarder, naming the table.
+fn store_error(table: &str, e: impl std::fmt::Display) -> ForwardError {
+    ForwardError::Store(format!("{table}: {e}"))
+}
 
-    async fn init(&self) -> Result<(), ForwardError> {
-        let sql = "CREATE TABLE IF NOT EXISTS fwd_cursor (height BIGINT PRIMARY KEY, forwarded_ms BIGINT NOT NULL)";
-        on_db!(self, p => sqlx::query(sql).execute(p).await.map(|_| ())).map_err(|e| ForwardError::Store(e.to_string()))
-    }
+/// The durable cursor: `fwd_cursor` in the ledger's database, insert-only,
+/// written on the ledger's committing connection ([`ledger::SideTx`]).
+async fn init_cursor(store: &AnyStore) -> Result<(), ForwardError> {
+    let mut tx = store.side_tx().await.map_err(|x| store_error("fwd_cursor", x))?;
+    let sql = "CREATE TABLE IF NOT EXISTS fwd_cursor (height BIGINT PRIMARY KEY, forwarded_ms BIGINT NOT NULL)";
+    on_backend!(tx.conn(), c => sqlx::query(sql).execute(c).await.map(|_| ()))
+        .map_err(|x| store_error("fwd_cursor", x))?;
+    tx.commit().await.map_err(|x| store_error("fwd_cursor", x))
+}
 
-    /// The last forwarded height, or `None` before the first round.
-    async fn cursor(&self) -> Result<Option<u64>, ForwardError> {
-        let sql = "SELECT MAX(height) AS m FROM fwd_cursor";
-        let m: Option<i64> = on_db!(self, p => {
-            let r = sqlx::query(sql).fetch_one(p).await.map_err(|e| ForwardError::Store(e.to_string()))?;
-            r.try_get("m").map_err(|e| ForwardError::Store(e.to_string()))?
-        });
-        Ok(m.map(|v| v as u64))
-    }
+/// The last forwarded height, or `None` before the first round.
+async fn cursor(store: &AnyStore) -> Result<Option<u64>, ForwardError> {
+    let mut r = store.reader().await.map_err(|x| store_error("fwd_cursor", x))?;
+    let sql = "SELECT MAX(height) FROM fwd_cursor";
+    let m: Option<i64> = on_backend!(&mut r, c => sqlx::query_scalar(sql).fetch_one(&mut **c).await)
+        .map_err(|x| store_error("fwd_cursor", x))?;
+    Ok(m.map(|v| v as u64))
+}
 
-    async fn advance(&self, height: u64) -> Result<(), ForwardError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        // Integers only: formatted, not bound, so one statement serves both backends.
-        let sql =
-            format!("INSERT INTO fwd_cursor (height, forwarded_ms) VALUES ({height}, {now}) ON CONFLICT DO NOTHING");
-        on_db!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|_| ()))
-            .map_err(|e| ForwardError::Store(e.to_string()))
-    }
+/// Records that the broker confirmed the messages of blocks up to `height`.
+async fn advance(store: &AnyStore, height: u64) -> Result<(), ForwardError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut tx = store.side_tx().await.map_err(|x| store_error("fwd_cursor", x))?;
+    let sql = "INSERT INTO fwd_cursor (height, forwarded_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+    on_backend!(tx.conn(), c => sqlx::query(sql).bind(height as i64).bind(now).execute(c).await.map(|_| ()))
+        .map_err(|x| store_error("fwd_cursor", x))?;
+    tx.commit().await.map_err(|x| store_error("fwd_cursor", x))
+}
 
-    /// Projected events with leaf index in `[from, to)`.
-    async fn events(&self, from: u64, to: u64) -> Result<Vec<(u64, EventInfo)>, ForwardError> {
-        let sql = format!(
-            "SELECT leaf_index, event_id, occurred_ms, doc FROM proj_events WHERE leaf_index >= {from} AND leaf_index < {to}"
-        );
-        let rows = on_db!(self, p => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(p).await.map_err(|e| ForwardError::Store(e.to_string()))?;
+/// Projected events with leaf index in `[from, to)`.
+async fn projected_events(store: &AnyStore, from: u64, to: u64) -> Result<Vec<(u64, EventInfo)>, ForwardError> {
+    let mut r = store.reader().await.map_err(|x| store_error("proj_events", x))?;
+    let sql =
+        "SELECT leaf_index, event_id, occurred_ms, doc FROM proj_events WHERE leaf_index >= $1 AND leaf_index < $2";
+    on_backend!(&mut r, c => {
+        let rows = sqlx::query(sql).bind(from as i64).bind(to as i64).fetch_all(&mut **c).await;
+        rows.and_then(|rows| {
             rows.iter()
                 .map(|r| {
                     let leaf: i64 = r.try_get("leaf_index")?;
@@ -189,11 +176,10 @@ impl Db {
                         },
                     ))
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(|e| ForwardError::Store(e.to_string()))?
-        });
-        Ok(rows)
-    }
+                .collect()
+        })
+    })
+    .map_err(|x: sqlx::Error| store_error("proj_events", x))
 }
 
 /// A topic routing-key word for a category.
@@ -290,7 +276,6 @@ fn block_messages(
 /// Tails the ledger and publishes to the broker. See the module docs.
 pub struct Forwarder {
     store: AnyStore,
-    db: Db,
     cfg: ForwardingConfig,
     provider: std::sync::Arc<dyn CryptoProvider>,
     node: KeyHandle,
@@ -319,12 +304,10 @@ impl Forwarder {
         provider: std::sync::Arc<dyn CryptoProvider>,
         node: KeyHandle,
     ) -> Result<Self, ForwardError> {
-        let db = Db::of(&store);
-        db.init().await?;
+        init_cursor(&store).await?;
         LazyLock::force(&FORWARD_METRICS);
         Ok(Forwarder {
             store,
-            db,
             cfg,
             provider,
             node,
@@ -360,7 +343,7 @@ impl Forwarder {
     }
 
     async fn update_lag(&self) -> Result<(), ForwardError> {
-        let next = self.db.cursor().await?.map(|h| h + 1).unwrap_or(0);
+        let next = cursor(&self.store).await?.map(|h| h + 1).unwrap_or(0);
         if let Some((b, _)) = self
             .store
             .head()
@@ -402,7 +385,7 @@ impl Forwarder {
     async fn pump(&self, ch: &Channel, failures: &mut u32) -> Result<(), ForwardError> {
         let st = |e: ledger::LedgerError| ForwardError::Store(e.to_string());
         loop {
-            let next = self.db.cursor().await?.map(|h| h + 1).unwrap_or(0);
+            let next = cursor(&self.store).await?.map(|h| h + 1).unwrap_or(0);
             let head = self.store.head().await.map_err(st)?.map(|(b, _)| b.height);
             let Some(head) = head else {
                 tokio::time::sleep(Duration::from_millis(self.cfg.poll_interval_ms)).await;
@@ -420,7 +403,7 @@ impl Forwarder {
                 continue;
             };
             publish_confirmed(ch, &self.cfg.exchange, &msgs).await?;
-            self.db.advance(last).await?;
+            advance(&self.store, last).await?;
             for m in &msgs {
                 let kind = m.routing_key.split('.').next().unwrap_or("tx");
                 FORWARD_METRICS.forwarded.with_label_values(&[kind]).inc();
@@ -451,12 +434,11 @@ impl Forwarder {
                 .txs(b.first_leaf, b.first_leaf + b.tx_count)
                 .await
                 .map_err(st)?;
-            let mut events: std::collections::HashMap<u64, EventInfo> = self
-                .db
-                .events(b.first_leaf, b.first_leaf + b.tx_count)
-                .await?
-                .into_iter()
-                .collect();
+            let mut events: std::collections::HashMap<u64, EventInfo> =
+                projected_events(&self.store, b.first_leaf, b.first_leaf + b.tx_count)
+                    .await?
+                    .into_iter()
+                    .collect();
             let mut complete = true;
             for t in &txs {
                 if matches!(t.tx.content.kind, TxKind::Data | TxKind::Cancellation)

@@ -8,18 +8,26 @@
 //! database transaction as the block that holds its events
 //! ([`ProjectionWrite`], a `ledger::SideWrite`), so it never lags behind the
 //! ledger. At start it is caught up from the ledger for transactions written
-//! without it (older versions, `vaxgate ledger` tools). Its tables are
-//! insert-only, like the ledger's, except that a trace code's custody
-//! history is one row that blocks append to ([`history`]).
+//! without it (older versions, `vaxgate ledger` tools), in transactions of
+//! its own on the ledger's committing connection (`ledger::SideTx`); queries
+//! use the ledger's readers. Its tables are insert-only, like the ledger's,
+//! except that a trace code's custody history is one row that blocks append
+//! to ([`history`]). The SQL is written once for every backend the ledger
+//! knows ([`Tables`]).
 
 use std::collections::HashMap;
 
-use ledger::{AnyStore, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind};
+use ledger::store::backend::push_list;
+use ledger::{
+    AnyStore, Dialect, LeafInput, LedgerStore, SideConn, SideFuture, SideWrite, StoredTx, Transaction, TxKind,
+    on_backend,
+};
 use mappings::commitment::Commitment;
 use mappings::{ExchangeMessage, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
 use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
 use serde::Serialize;
+use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row};
 
 use crate::error::ApiError;
@@ -431,12 +439,7 @@ impl ProjectionWrite {
 impl SideWrite for ProjectionWrite {
     fn write<'c>(&'c self, conn: SideConn<'c>, first_leaf: u64, height: u64) -> SideFuture<'c> {
         let place = Some((first_leaf, height));
-        Box::pin(async move {
-            match conn {
-                SideConn::Sqlite(c) => SqliteProjection::insert_rows(c, &self.rows, place).await,
-                SideConn::Postgres(c) => PgProjection::insert_rows(c, &self.rows, place).await,
-            }
-        })
+        Box::pin(async move { on_backend!(conn, c => c.insert_rows(&self.rows, place).await) })
     }
 }
 
@@ -451,43 +454,229 @@ fn codes_of(msg: &ExchangeMessage) -> Vec<String> {
     c
 }
 
-// The projection store, per backend. Written as a macro over the concrete
-// sqlx pool type so one body serves SQLite and PostgreSQL.
-macro_rules! projection_impl {
-    ($name:ident, $pool:ty, $db:ty, $without_rowid:expr, $blob:literal, $table_exists:expr) => {
-        /// Projection tables on this backend.
-        #[derive(Debug, Clone)]
-        pub struct $name {
-            pool: $pool,
-        }
+/// Bound parameters per statement at most (SQLite allows 32,766, PostgreSQL
+/// 65,535): a multi-row INSERT of n columns writes this / n rows a statement.
+const PARAMS_PER_STATEMENT: usize = 10_000;
+/// Values per `IN (...)` list.
+const IDS_PER_QUERY: usize = 5_000;
+/// What an insert does with a row it already holds.
+const KEEP: &str = " ON CONFLICT DO NOTHING";
 
-        impl $name {
-            async fn init(&self) -> Result<(), String> {
-                for s in SCHEMA {
-                    let s = s.replace("{wr}", $without_rowid).replace("{blob}", $blob);
-                    sqlx::query(sqlx::AssertSqlSafe(s)).execute(&self.pool).await.map_err(|e| e.to_string())?;
+/// Which events a query reads. Each names an event at most once (no
+/// DISTINCT over rows carrying whole documents).
+#[derive(Debug, Clone, Copy)]
+enum Events<'a> {
+    /// Leaf index in `[from, to)`, in leaf order.
+    Between(u64, u64),
+    /// Leaf index ≥ `from`, in leaf order, at most `limit`.
+    From(u64, i64),
+    /// These leaves, in no particular order.
+    At(&'a [u64]),
+    /// Touching any of these trace codes (and of this category, if one is
+    /// given), oldest first.
+    Codes(&'a [String], Option<&'a str>),
+    /// Of a lot, oldest first.
+    Lot(&'a str),
+    /// Naming a shipment number, oldest first.
+    Shipment(&'a str),
+    /// The event with this id.
+    Id(&'a str),
+    /// Cancelling (or, for an alert, referring to) any of these events,
+    /// oldest first.
+    Cancelling(&'a [String]),
+}
+
+impl Events<'_> {
+    /// The query, with the backend's own placeholders.
+    fn query<DB>(self) -> QueryBuilder<DB>
+    where
+        DB: sqlx::Database,
+        i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        let mut qb = QueryBuilder::new(
+            "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, \
+             e.lot, e.cancels, e.doc FROM proj_events e ",
+        );
+        const BY_TIME: &str = " ORDER BY e.occurred_ms, e.leaf_index";
+        match self {
+            Events::Between(from, to) => {
+                qb.push("WHERE e.leaf_index >= ").push_bind(from as i64);
+                qb.push(" AND e.leaf_index < ").push_bind(to as i64);
+                qb.push(" ORDER BY e.leaf_index");
+            }
+            Events::From(from, limit) => {
+                qb.push("WHERE e.leaf_index >= ").push_bind(from as i64);
+                qb.push(" ORDER BY e.leaf_index LIMIT ").push_bind(limit);
+            }
+            Events::At(leaves) => {
+                qb.push("WHERE e.leaf_index IN (");
+                push_list(&mut qb, leaves.iter().map(|l| *l as i64)).push(")");
+            }
+            Events::Codes(codes, category) => {
+                qb.push("WHERE ");
+                if let Some(c) = category {
+                    qb.push("e.category = ").push_bind(c.to_string()).push(" AND ");
                 }
-                self.migrate_custody_facts().await
+                qb.push("e.leaf_index IN (SELECT c.leaf_index FROM proj_codes c WHERE c.code IN (");
+                push_list(&mut qb, codes.iter().cloned()).push("))").push(BY_TIME);
+            }
+            Events::Lot(lot) => {
+                qb.push("WHERE e.lot = ").push_bind(lot.to_string()).push(BY_TIME);
+            }
+            Events::Shipment(no) => {
+                qb.push("JOIN proj_shipments s ON s.leaf_index = e.leaf_index WHERE s.shipment_no = ");
+                qb.push_bind(no.to_string()).push(BY_TIME);
+            }
+            Events::Id(id) => {
+                qb.push("WHERE e.leaf_index = (SELECT t.leaf_index FROM transactions t WHERE t.record_id = ");
+                qb.push_bind(id.to_string()).push(")");
+            }
+            Events::Cancelling(ids) => {
+                qb.push("WHERE e.cancels IN (");
+                push_list(&mut qb, ids.iter().cloned()).push(") ORDER BY e.occurred_ms");
+            }
+        }
+        qb
+    }
+}
+
+/// The projection's SQL on a connection of one backend, written once in
+/// `projection_sql!` and implemented for the connection of every backend
+/// the ledger knows ([`ledger::each_backend!`]). [`Projection`] calls it
+/// through [`ledger::on_backend!`] on a connection the ledger lends: one of
+/// its readers for queries; for writes, a block's own database transaction
+/// ([`ProjectionWrite`]) or a [`ledger::SideTx`] on the connection that
+/// commits blocks. Errors name the table.
+trait Tables {
+    /// Creates the tables if needed, and moves the custody facts of an older
+    /// layout (one row per fact) into one history per code.
+    async fn init(&mut self) -> Result<(), String>;
+    /// Inserts rows. With `place = Some((first_leaf, height))` the rows are
+    /// a block's consecutive transactions from `first_leaf` on (their own
+    /// `leaf_index` and `height` are not read).
+    async fn insert_rows(&mut self, rows: &[ProjRow], place: Option<(u64, u64)>) -> Result<(), String>;
+    /// The custody rows of `rows` (leaf, row); `first` is the leaf of the
+    /// append's first row (a pending alert names its record by position in
+    /// the append).
+    async fn insert_custody(&mut self, rows: &[(i64, &CustodyRows)], first: i64) -> Result<(), String>;
+    /// Records that custody facts are written up to leaf `through`.
+    async fn mark_custody(&mut self, through: i64) -> Result<(), String>;
+    /// Whether the table exists.
+    async fn has_table(&mut self, name: &str) -> Result<bool, String>;
+    /// The events `which` selects.
+    async fn events(&mut self, which: Events<'_>) -> Result<Vec<ProjectedEvent>, String>;
+    /// The greatest projected leaf.
+    async fn max_leaf(&mut self) -> Result<Option<u64>, String>;
+    /// Up to which leaf custody facts were derived (`None`: never).
+    async fn custody_mark(&mut self) -> Result<Option<u64>, String>;
+    /// The stored histories of these codes (those that have one).
+    async fn custody_histories(&mut self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String>;
+    /// Field-commitment rows by leaf.
+    async fn fields_of(&mut self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String>;
+    /// Every custody fact of these lots.
+    async fn custody_lots(&mut self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String>;
+    /// Leaves of the reading sets of logger `device` whose period overlaps
+    /// `[from_ms, to_ms]`.
+    async fn readings_of(&mut self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String>;
+    /// The packaging links whose child is one of `codes`: (parent, child).
+    async fn parents_of(&mut self, codes: &[String]) -> Result<Vec<(String, String)>, String>;
+    /// The distinct `want` column (`parent` or `child`) of the packaging
+    /// links whose `have` column is one of `codes`.
+    async fn linked(&mut self, want: &str, have: &str, codes: &[String]) -> Result<Vec<String>, String>;
+    /// Pending alerts opened before `before_ms`, neither resolved nor
+    /// escalated: (code, alert leaf, event leaf), at most `limit` alerts.
+    async fn pending_due(&mut self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String>;
+    /// Every code some custody fact left with `holder`.
+    async fn codes_left_with(&mut self, holder: &str) -> Result<Vec<String>, String>;
+    /// Open (unresolved) pending alerts touching `codes`, with every code
+    /// each of them is pending on: (code, alert leaf, event leaf).
+    async fn open_pending(&mut self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String>;
+}
+
+/// Implements [`Tables`] on the connection `$conn` of database `$db`.
+macro_rules! projection_sql {
+    ($db:ty, $conn:ty) => {
+        const _: () = {
+            type Row = <$db as sqlx::Database>::Row;
+
+            /// Column `col` of `r`.
+            fn get<T>(r: &Row, col: &str) -> Result<T, String>
+            where
+                T: for<'r> sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+            {
+                r.try_get(col).map_err(|e| format!("column {col}: {e}"))
+            }
+
+            /// A leaf index (or another count) in column `col` of `r`.
+            fn get_u64(r: &Row, col: &str) -> Result<u64, String> {
+                get::<i64>(r, col).map(|v| v as u64)
+            }
+
+            /// The rows `qb` selects from `table`.
+            async fn fetch(db: &mut $conn, mut qb: QueryBuilder<$db>, table: &str) -> Result<Vec<Row>, String> {
+                qb.build().fetch_all(&mut *db).await.map_err(|e| format!("{table}: {e}"))
+            }
+
+            /// The rows of `head`, then `values` as a bound list, then
+            /// `tail`, a statement per [`IDS_PER_QUERY`] values.
+            async fn rows_in<T>(
+                db: &mut $conn,
+                table: &str,
+                head: &str,
+                values: &[T],
+                tail: &str,
+            ) -> Result<Vec<Row>, String>
+            where
+                T: Clone + for<'t> sqlx::Encode<'t, $db> + sqlx::Type<$db>,
+            {
+                let mut out = Vec::new();
+                for chunk in values.chunks(IDS_PER_QUERY) {
+                    let mut qb = QueryBuilder::<$db>::new(head);
+                    push_list(&mut qb, chunk.iter().cloned()).push(tail);
+                    out.extend(fetch(db, qb, table).await?);
+                }
+                Ok(out)
+            }
+
+            /// `INSERT INTO {into} VALUES` the `rows`, each bound by `bind`,
+            /// then `tail`; `into` is `table (column, ...)`, and a statement
+            /// holds at most [`PARAMS_PER_STATEMENT`] values.
+            async fn insert_values<T>(
+                db: &mut $conn,
+                into: &str,
+                rows: &[T],
+                tail: &str,
+                mut bind: impl FnMut(Separated<'_, $db, &'static str>, &T),
+            ) -> Result<(), String> {
+                let columns = into.matches(',').count() + 1;
+                for chunk in rows.chunks(PARAMS_PER_STATEMENT / columns) {
+                    let mut qb = QueryBuilder::<$db>::new(format!("INSERT INTO {into} "));
+                    qb.push_values(chunk, |row, t| bind(row, t));
+                    qb.push(tail);
+                    qb.build().execute(&mut *db).await.map_err(|e| format!("{into}: {e}"))?;
+                }
+                Ok(())
+            }
+
+            /// (code, alert leaf, event leaf) of `custody_pending` rows.
+            fn pending_rows(rows: &[Row]) -> Result<Vec<(String, u64, u64)>, String> {
+                rows.iter()
+                    .map(|r| Ok((get(r, "code")?, get_u64(r, "alert_leaf")?, get_u64(r, "event_leaf")?)))
+                    .collect()
             }
 
             /// Moves the custody facts of a ledger written by a version that
             /// kept one row per fact (`custody_facts`) into one history per
-            /// code, in one transaction, and drops the old table.
-            async fn migrate_custody_facts(&self) -> Result<(), String> {
-                let exists = sqlx::query(sqlx::AssertSqlSafe($table_exists))
-                    .bind("custody_facts")
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some();
-                if !exists {
+            /// code, and drops the old table (in the caller's transaction).
+            async fn migrate_custody_facts(db: &mut $conn) -> Result<(), String> {
+                if !db.has_table("custody_facts").await? {
                     return Ok(());
                 }
-                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
                 let (mut after_code, mut after_leaf) = (String::new(), -1i64);
                 let mut moved = 0usize;
                 loop {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    let mut qb = QueryBuilder::<$db>::new(
                         "SELECT code, leaf_index, occurred_ms, kind, actor, peer, doses, event_id, cancels, lot, holder \
                          FROM custody_facts WHERE code > ",
                     );
@@ -497,647 +686,382 @@ macro_rules! projection_impl {
                     qb.push(" AND leaf_index > ");
                     qb.push_bind(after_leaf);
                     qb.push(") ORDER BY code, leaf_index LIMIT 20000");
-                    let page = qb.build().fetch_all(&mut *db).await.map_err(|e| e.to_string())?;
+                    let page = fetch(db, qb, "custody_facts").await?;
                     let Some(last) = page.last() else { break };
-                    after_code = last.try_get("code").map_err(|e| e.to_string())?;
-                    after_leaf = last.try_get("leaf_index").map_err(|e| e.to_string())?;
+                    after_code = get(last, "code")?;
+                    after_leaf = get(last, "leaf_index")?;
                     let mut rows = Vec::with_capacity(page.len());
                     for r in &page {
-                        let e = |e: sqlx::Error| format!("custody_facts: {e}");
-                        let kind: i16 = r.try_get("kind").map_err(e)?;
+                        let kind: i16 = get(r, "kind")?;
                         let uuid = |s: String| uuid::Uuid::parse_str(&s).map_err(|e| format!("custody_facts: {e}"));
-                        let leaf: i64 = r.try_get("leaf_index").map_err(e)?;
+                        let leaf: i64 = get(r, "leaf_index")?;
                         rows.push((leaf, CustodyRows {
                             facts: vec![mappings::custody::Fact {
-                                code: r.try_get("code").map_err(e)?,
+                                code: get(r, "code")?,
                                 seq: leaf as u64,
-                                at_ms: r.try_get("occurred_ms").map_err(e)?,
+                                at_ms: get(r, "occurred_ms")?,
                                 kind: mappings::custody::Move::from_i16(kind)
                                     .ok_or_else(|| format!("custody_facts: unknown kind {kind}"))?,
-                                actor: r.try_get("actor").map_err(e)?,
-                                peer: r.try_get("peer").map_err(e)?,
-                                doses: u16::try_from(r.try_get::<i32, _>("doses").map_err(e)?).unwrap_or(0),
-                                event_id: uuid(r.try_get("event_id").map_err(e)?)?,
-                                cancels: r.try_get::<Option<String>, _>("cancels").map_err(e)?.map(uuid).transpose()?,
-                                lot: r.try_get("lot").map_err(e)?,
+                                actor: get(r, "actor")?,
+                                peer: get(r, "peer")?,
+                                doses: u16::try_from(get::<i32>(r, "doses")?).unwrap_or(0),
+                                event_id: uuid(get(r, "event_id")?)?,
+                                cancels: get::<Option<String>>(r, "cancels")?.map(uuid).transpose()?,
+                                lot: get(r, "lot")?,
                             }],
                             ..Default::default()
                         }));
                     }
                     moved += rows.len();
                     let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
-                    Self::insert_custody(&mut *db, &refs, 0).await?;
+                    db.insert_custody(&refs, 0).await?;
                     tracing::info!(facts = moved, "moving custody facts to one history per trace code");
                 }
-                sqlx::query("DROP TABLE custody_facts").execute(&mut *db).await.map_err(|e| e.to_string())?;
-                db.commit().await.map_err(|e| e.to_string())?;
+                sqlx::query("DROP TABLE custody_facts")
+                    .execute(&mut *db)
+                    .await
+                    .map_err(|e| format!("custody_facts: {e}"))?;
                 tracing::info!(facts = moved, "custody facts moved to one history per trace code (custody_codes)");
                 Ok(())
             }
 
-            async fn insert(&self, rows: &[ProjRow]) -> Result<(), String> {
-                if rows.is_empty() {
-                    return Ok(());
+            impl Tables for $conn {
+                async fn init(&mut self) -> Result<(), String> {
+                    for s in SCHEMA {
+                        sqlx::query(sqlx::AssertSqlSafe(<$db as Dialect>::sql(s)))
+                            .execute(&mut *self)
+                            .await
+                            .map_err(|e| format!("creating the projection tables: {e}"))?;
+                    }
+                    migrate_custody_facts(self).await
                 }
-                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
-                Self::insert_rows(&mut *db, rows, None).await?;
-                db.commit().await.map_err(|e| e.to_string())
-            }
 
-            /// Inserts rows on `db`, inside the caller's transaction. With
-            /// `place = Some((first_leaf, height))` the rows are a block's
-            /// consecutive transactions from `first_leaf` on (their own
-            /// `leaf_index` and `height` are not read).
-            async fn insert_rows(
-                db: &mut <$db as sqlx::Database>::Connection,
-                rows: &[ProjRow],
-                place: Option<(u64, u64)>,
-            ) -> Result<(), String> {
-                let leaf = |k: usize, e: &ProjectedEvent| place.map_or(e.leaf_index, |(f, _)| f + k as u64) as i64;
-                let height = |e: &ProjectedEvent| place.map_or(e.height, |(_, h)| h) as i64;
-                let mut at = 0usize;
-                for chunk in rows.chunks(500) {
-                    let base = at;
-                    at += chunk.len();
-                    let chunk: Vec<(i64, &ProjRow)> =
-                        chunk.iter().enumerate().map(|(k, r)| (leaf(base + k, &r.event), r)).collect();
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc) ",
-                    );
-                    qb.push_values(&chunk, |mut r, (l, row)| {
-                        let e = &row.event;
-                        r.push_bind(*l)
-                            .push_bind(e.event_id.clone())
-                            .push_bind(e.tx_id.clone())
-                            .push_bind(height(e))
-                            .push_bind(e.category.clone())
-                            .push_bind(e.occurred_ms)
-                            .push_bind(e.source.clone())
-                            .push_bind(e.signer.clone())
-                            .push_bind(e.lot.clone())
-                            .push_bind(e.cancels.clone())
-                            .push_bind(row.doc.clone());
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                async fn insert_rows(&mut self, rows: &[ProjRow], place: Option<(u64, u64)>) -> Result<(), String> {
+                    let leaf = |k: usize, e: &ProjectedEvent| place.map_or(e.leaf_index, |(f, _)| f + k as u64) as i64;
+                    let height = |e: &ProjectedEvent| place.map_or(e.height, |(_, h)| h) as i64;
+                    let rows: Vec<(i64, &ProjRow)> =
+                        rows.iter().enumerate().map(|(k, r)| (leaf(k, &r.event), r)).collect();
+                    insert_values(
+                        self,
+                        "proj_events (leaf_index, event_id, tx_id, height, category, occurred_ms, source, signer, lot, cancels, doc)",
+                        &rows,
+                        KEEP,
+                        |mut r, (l, row)| {
+                            let e = &row.event;
+                            r.push_bind(*l)
+                                .push_bind(e.event_id.clone())
+                                .push_bind(e.tx_id.clone())
+                                .push_bind(height(e))
+                                .push_bind(e.category.clone())
+                                .push_bind(e.occurred_ms)
+                                .push_bind(e.source.clone())
+                                .push_bind(e.signer.clone())
+                                .push_bind(e.lot.clone())
+                                .push_bind(e.cancels.clone())
+                                .push_bind(row.doc.clone());
+                        },
+                    )
+                    .await?;
                     let fields: Vec<(i64, &Vec<u8>)> =
-                        chunk.iter().filter_map(|(l, row)| row.fields.as_ref().map(|f| (*l, f))).collect();
-                    if !fields.is_empty() {
-                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_fields (leaf_index, fields) ");
-                        qb.push_values(&fields, |mut r, (l, f)| {
-                            r.push_bind(*l).push_bind((*f).clone());
-                        });
-                        qb.push(" ON CONFLICT DO NOTHING");
-                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                    }
-                    let codes: Vec<(String, i64)> =
-                        chunk.iter().flat_map(|(l, row)| row.codes.iter().map(move |c| (c.clone(), *l))).collect();
-                    for cc in codes.chunks(5000) {
-                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_codes (code, leaf_index) ");
-                        qb.push_values(cc, |mut r, (c, l)| {
-                            r.push_bind(c.clone()).push_bind(*l);
-                        });
-                        qb.push(" ON CONFLICT DO NOTHING");
-                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                    }
-                    let links: Vec<(String, String, i64)> = chunk
+                        rows.iter().filter_map(|(l, row)| row.fields.as_ref().map(|f| (*l, f))).collect();
+                    insert_values(self, "proj_fields (leaf_index, fields)", &fields, KEEP, |mut r, (l, f)| {
+                        r.push_bind(*l).push_bind((*f).clone());
+                    })
+                    .await?;
+                    let codes: Vec<(&str, i64)> =
+                        rows.iter().flat_map(|(l, row)| row.codes.iter().map(move |c| (c.as_str(), *l))).collect();
+                    insert_values(self, "proj_codes (code, leaf_index)", &codes, KEEP, |mut r, (c, l)| {
+                        r.push_bind(c.to_string()).push_bind(*l);
+                    })
+                    .await?;
+                    let links: Vec<(&str, &str, i64)> = rows
                         .iter()
-                        .flat_map(|(l, row)| row.links.iter().map(move |(p, c)| (p.clone(), c.clone(), *l)))
+                        .flat_map(|(l, row)| row.links.iter().map(move |(p, c)| (p.as_str(), c.as_str(), *l)))
                         .collect();
-                    for lc in links.chunks(3000) {
-                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_links (parent, child, leaf_index) ");
-                        qb.push_values(lc, |mut r, (p, c, l)| {
-                            r.push_bind(p.clone()).push_bind(c.clone()).push_bind(*l);
-                        });
-                        qb.push(" ON CONFLICT DO NOTHING");
-                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                    }
-                    let ships: Vec<(String, i64)> = chunk
-                        .iter()
-                        .filter_map(|(l, row)| row.shipment.as_ref().map(|s| (s.clone(), *l)))
-                        .collect();
-                    if !ships.is_empty() {
-                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO proj_shipments (shipment_no, leaf_index) ");
-                        qb.push_values(&ships, |mut r, (s, l)| {
-                            r.push_bind(s.clone()).push_bind(*l);
-                        });
-                        qb.push(" ON CONFLICT DO NOTHING");
-                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                    }
-                    let readings: Vec<(&str, i64, i64, i64)> = chunk
+                    insert_values(self, "proj_links (parent, child, leaf_index)", &links, KEEP, |mut r, (p, c, l)| {
+                        r.push_bind(p.to_string()).push_bind(c.to_string()).push_bind(*l);
+                    })
+                    .await?;
+                    let ships: Vec<(&str, i64)> =
+                        rows.iter().filter_map(|(l, row)| row.shipment.as_deref().map(|s| (s, *l))).collect();
+                    insert_values(self, "proj_shipments (shipment_no, leaf_index)", &ships, KEEP, |mut r, (s, l)| {
+                        r.push_bind(s.to_string()).push_bind(*l);
+                    })
+                    .await?;
+                    let readings: Vec<(&str, i64, i64, i64)> = rows
                         .iter()
                         .filter_map(|(l, row)| row.reading.as_ref().map(|(d, a, b)| (d.as_str(), *a, *b, *l)))
                         .collect();
-                    if !readings.is_empty() {
-                        let mut qb: QueryBuilder<$db> =
-                            QueryBuilder::new("INSERT INTO proj_readings (device, start_ms, end_ms, leaf_index) ");
-                        qb.push_values(&readings, |mut r, (d, a, b, l)| {
+                    insert_values(
+                        self,
+                        "proj_readings (device, start_ms, end_ms, leaf_index)",
+                        &readings,
+                        KEEP,
+                        |mut r, (d, a, b, l)| {
                             r.push_bind(d.to_string()).push_bind(*a).push_bind(*b).push_bind(*l);
-                        });
-                        qb.push(" ON CONFLICT DO NOTHING");
-                        qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
+                        },
+                    )
+                    .await?;
+                    let first = rows.first().map_or(0, |(l, _)| *l);
+                    let custody: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, &r.custody)).collect();
+                    self.insert_custody(&custody, first).await?;
+                    // An append (not a catch-up at start) wrote its custody facts.
+                    if let Some((first, _)) = place
+                        && !rows.is_empty()
+                    {
+                        self.mark_custody((first + rows.len() as u64 - 1) as i64).await?;
                     }
-                    let first = chunk.first().map(|(l, _)| *l - base as i64).unwrap_or(0);
-                    let custody: Vec<(i64, &CustodyRows)> = chunk.iter().map(|(l, r)| (*l, &r.custody)).collect();
-                    Self::insert_custody(&mut *db, &custody, first).await?;
+                    Ok(())
                 }
-                // An append (not a catch-up at start) wrote its custody facts.
-                if let Some((first, _)) = place
-                    && !rows.is_empty()
-                {
-                    Self::mark_custody(&mut *db, (first + rows.len() as u64 - 1) as i64).await?;
-                }
-                Ok(())
-            }
 
-            /// The custody rows of `chunk` (leaf, row); `first` is the leaf
-            /// of the append's first row (a pending alert names its record
-            /// by position in the append).
-            async fn insert_custody(
-                db: &mut <$db as sqlx::Database>::Connection,
-                chunk: &[(i64, &CustodyRows)],
-                first: i64,
-            ) -> Result<(), String> {
-                // Each code's new facts, in order, appended to its history
-                // in one statement (a code may appear once per statement).
-                let mut by_code: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
-                let mut holders: std::collections::BTreeSet<(&str, &str)> = Default::default();
-                for (l, row) in chunk {
-                    for f in &row.facts {
-                        history::encode_into(by_code.entry(f.code.as_str()).or_default(), *l as u64, f)?;
-                        if let Some(h) = f.holder_after() {
-                            holders.insert((h, f.code.as_str()));
+                async fn insert_custody(&mut self, rows: &[(i64, &CustodyRows)], first: i64) -> Result<(), String> {
+                    // Each code's new facts, in order, appended to its history
+                    // in one statement (a code may appear once per statement).
+                    let mut by_code: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
+                    let mut holders: std::collections::BTreeSet<(&str, &str)> = Default::default();
+                    for (l, row) in rows {
+                        for f in &row.facts {
+                            history::encode_into(by_code.entry(f.code.as_str()).or_default(), *l as u64, f)?;
+                            if let Some(h) = f.holder_after() {
+                                holders.insert((h, f.code.as_str()));
+                            }
                         }
                     }
-                }
-                let by_code: Vec<(&str, Vec<u8>)> = by_code.into_iter().collect();
-                for hc in by_code.chunks(2000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_codes (code, facts) ");
-                    qb.push_values(hc, |mut r, (c, b)| {
+                    let by_code: Vec<(&str, Vec<u8>)> = by_code.into_iter().collect();
+                    let append = format!(
+                        " ON CONFLICT (code) DO UPDATE SET facts = CAST(custody_codes.facts || excluded.facts AS {})",
+                        <$db as Dialect>::BLOB
+                    );
+                    insert_values(self, "custody_codes (code, facts)", &by_code, &append, |mut r, (c, b)| {
                         r.push_bind(c.to_string()).push_bind(b.clone());
-                    });
-                    qb.push(concat!(
-                        " ON CONFLICT (code) DO UPDATE SET facts = CAST(custody_codes.facts || excluded.facts AS ",
-                        $blob,
-                        ")"
-                    ));
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                let holders: Vec<(&str, &str)> = holders.into_iter().collect();
-                for hc in holders.chunks(3000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_holders (holder, code) ");
-                    qb.push_values(hc, |mut r, (h, c)| {
-                        r.push_bind(h.to_string()).push_bind(c.to_string());
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                let lots: Vec<(i64, &mappings::custody::LotFact)> =
-                    chunk.iter().flat_map(|(l, row)| row.lots.iter().map(move |f| (*l, f))).collect();
-                if !lots.is_empty() {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) ",
-                    );
-                    qb.push_values(&lots, |mut r, (l, f)| {
-                        r.push_bind(f.lot.clone())
-                            .push_bind(*l)
-                            .push_bind(f.kind.as_i16())
-                            .push_bind(f.at_ms)
-                            .push_bind(f.day.map(|d| d.to_string()))
-                            .push_bind(f.day2.map(|d| d.to_string()))
-                            .push_bind(i16::from(f.ok))
-                            .push_bind(f.event_id.to_string());
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                let pending: Vec<(String, i64, i64)> = chunk
-                    .iter()
-                    .filter_map(|(l, row)| row.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
-                    .flat_map(|(l, codes, pos)| codes.iter().map(move |c| (c.clone(), *l, first + *pos as i64)))
-                    .collect();
-                let now_ms = chrono::Utc::now().timestamp_millis();
-                for pc in pending.chunks(3000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("INSERT INTO custody_pending (code, alert_leaf, event_leaf, opened_ms) ");
-                    qb.push_values(pc, |mut r, (c, a, e)| {
-                        r.push_bind(c.clone()).push_bind(*a).push_bind(*e).push_bind(now_ms);
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                // Follow-ups of pending alerts: (pending alert leaf, this row's leaf).
-                for (table, of) in [
-                    ("custody_escalated", (|r: &CustodyRows| r.escalates) as fn(&CustodyRows) -> Option<u64>),
-                    ("custody_resolved", |r: &CustodyRows| r.resolves),
-                ] {
-                    let pairs: Vec<(i64, i64)> =
-                        chunk.iter().filter_map(|(l, row)| of(row).map(|a| (a as i64, *l))).collect();
-                    if pairs.is_empty() {
-                        continue;
-                    }
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new(format!("INSERT INTO {table} (alert_leaf, by_leaf) "));
-                    qb.push_values(&pairs, |mut r, (a, by)| {
-                        r.push_bind(*a).push_bind(*by);
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            }
-
-            /// The stored histories of these codes (those that have one).
-            async fn custody_histories(&self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
-                let mut out = Vec::new();
-                for cc in codes.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("SELECT code, facts FROM custody_codes WHERE code IN (");
-                    let mut sep = qb.separated(", ");
-                    for c in cc {
-                        sep.push_bind(c.clone());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        out.push((
-                            r.try_get("code").map_err(|e| e.to_string())?,
-                            r.try_get("facts").map_err(|e| e.to_string())?,
-                        ));
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn fields_of(&self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String> {
-                let mut out = HashMap::new();
-                for cc in leaves.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("SELECT leaf_index, fields FROM proj_fields WHERE leaf_index IN (");
-                    let mut sep = qb.separated(", ");
-                    for l in cc {
-                        sep.push_bind(*l as i64);
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        let l: i64 = r.try_get("leaf_index").map_err(|e| e.to_string())?;
-                        out.insert(l as u64, r.try_get("fields").map_err(|e| e.to_string())?);
-                    }
-                }
-                Ok(out)
-            }
-
-            /// Every custody fact of these lots.
-            async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
-                if lots.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id FROM custody_lots WHERE lot IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for l in lots {
-                    sep.push_bind(l.clone());
-                }
-                qb.push(")");
-                let day = |s: Option<String>| s.and_then(|s| chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok());
-                let mut out = Vec::new();
-                for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                    let e = |e: sqlx::Error| e.to_string();
-                    let kind: i16 = r.try_get("kind").map_err(e)?;
-                    out.push(mappings::custody::LotFact {
-                        lot: r.try_get("lot").map_err(e)?,
-                        seq: r.try_get::<i64, _>("leaf_index").map_err(e)? as u64,
-                        event_id: uuid::Uuid::parse_str(&r.try_get::<String, _>("event_id").map_err(e)?)
-                            .map_err(|e| format!("custody_lots: {e}"))?,
-                        at_ms: r.try_get("occurred_ms").map_err(e)?,
-                        kind: mappings::custody::LotMove::from_i16(kind)
-                            .ok_or_else(|| format!("custody_lots: unknown kind {kind}"))?,
-                        day: day(r.try_get("day1").map_err(e)?),
-                        day2: day(r.try_get("day2").map_err(e)?),
-                        ok: r.try_get::<i16, _>("ok").map_err(e)? != 0,
-                    });
-                }
-                Ok(out)
-            }
-
-            /// Leaves of the reading sets of logger `device` whose period
-            /// overlaps `[from_ms, to_ms]`.
-            async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
-                let mut qb: QueryBuilder<$db> =
-                    QueryBuilder::new("SELECT leaf_index FROM proj_readings WHERE device = ");
-                qb.push_bind(device.to_string());
-                qb.push(" AND start_ms <= ");
-                qb.push_bind(to_ms);
-                qb.push(" AND end_ms >= ");
-                qb.push_bind(from_ms);
-                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
-                rows.iter()
-                    .map(|r| r.try_get::<i64, _>("leaf_index").map(|l| l as u64).map_err(|e| e.to_string()))
-                    .collect()
-            }
-
-            /// The packaging links whose child is one of `codes`: (parent, child).
-            async fn parents_of(&self, codes: &[String]) -> Result<Vec<(String, String)>, String> {
-                let mut out = Vec::new();
-                for cc in codes.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("SELECT DISTINCT parent, child FROM proj_links WHERE child IN (");
-                    let mut sep = qb.separated(", ");
-                    for c in cc {
-                        sep.push_bind(c.clone());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        let e = |e: sqlx::Error| e.to_string();
-                        out.push((r.try_get("parent").map_err(e)?, r.try_get("child").map_err(e)?));
-                    }
-                }
-                Ok(out)
-            }
-
-            /// Which of `codes` are packages (the parent of some link).
-            async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, String> {
-                let mut out = Vec::new();
-                for cc in codes.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("SELECT DISTINCT parent FROM proj_links WHERE parent IN (");
-                    let mut sep = qb.separated(", ");
-                    for c in cc {
-                        sep.push_bind(c.clone());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        out.push(r.try_get::<String, _>("parent").map_err(|e| e.to_string())?);
-                    }
-                }
-                Ok(out)
-            }
-
-            /// Pending alerts opened before `before_ms`, neither resolved nor
-            /// escalated: (code, alert leaf, event leaf), at most `limit` alerts.
-            async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT p.code, p.alert_leaf, p.event_leaf FROM custody_pending p WHERE p.alert_leaf IN (
-                        SELECT DISTINCT q.alert_leaf FROM custody_pending q WHERE q.opened_ms < ",
-                );
-                qb.push_bind(before_ms);
-                qb.push(
-                    " AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = q.alert_leaf)
-                      AND NOT EXISTS (SELECT 1 FROM custody_escalated x WHERE x.alert_leaf = q.alert_leaf)
-                      ORDER BY q.alert_leaf LIMIT ",
-                );
-                qb.push_bind(limit);
-                qb.push(")");
-                let mut out = Vec::new();
-                for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                    let e = |e: sqlx::Error| e.to_string();
-                    out.push((
-                        r.try_get("code").map_err(e)?,
-                        r.try_get::<i64, _>("alert_leaf").map_err(e)? as u64,
-                        r.try_get::<i64, _>("event_leaf").map_err(e)? as u64,
-                    ));
-                }
-                Ok(out)
-            }
-
-            /// Every code some custody fact left with `holder`.
-            async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT code FROM custody_holders WHERE holder = ");
-                qb.push_bind(holder.to_string());
-                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
-                rows.iter()
-                    .map(|r| r.try_get::<String, _>("code").map_err(|e| e.to_string()))
-                    .collect()
-            }
-
-            /// Open (unresolved) pending alerts touching `codes`, with every
-            /// code each of them is pending on: (code, alert leaf, event leaf).
-            async fn open_pending(&self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String> {
-                let mut alerts: Vec<i64> = Vec::new();
-                for cc in codes.chunks(5000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "SELECT DISTINCT p.alert_leaf AS a FROM custody_pending p WHERE p.code IN (",
-                    );
-                    let mut sep = qb.separated(", ");
-                    for c in cc {
-                        sep.push_bind(c.clone());
-                    }
-                    qb.push(") AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = p.alert_leaf)");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        alerts.push(r.try_get("a").map_err(|e| e.to_string())?);
-                    }
-                }
-                alerts.sort_unstable();
-                alerts.dedup();
-                let mut out = Vec::new();
-                for ac in alerts.chunks(2000) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("SELECT code, alert_leaf, event_leaf FROM custody_pending WHERE alert_leaf IN (");
-                    let mut sep = qb.separated(", ");
-                    for a in ac {
-                        sep.push_bind(*a);
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        let e = |e: sqlx::Error| e.to_string();
-                        out.push((
-                            r.try_get("code").map_err(e)?,
-                            r.try_get::<i64, _>("alert_leaf").map_err(e)? as u64,
-                            r.try_get::<i64, _>("event_leaf").map_err(e)? as u64,
-                        ));
-                    }
-                }
-                Ok(out)
-            }
-
-            /// Up to which leaf custody facts were derived by
-            /// [`Projection::derive_custody`] for ledgers written before
-            /// custody existed (`None`: never).
-            async fn custody_mark(&self) -> Result<Option<u64>, String> {
-                let r = sqlx::query("SELECT MAX(through_leaf) AS m FROM custody_marks")
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(r.try_get::<Option<i64>, _>("m").map_err(|e| e.to_string())?.map(|m| m as u64))
-            }
-
-            /// Writes derived custody rows and the mark up to which they are.
-            async fn insert_derived(&self, rows: &[(i64, CustodyRows)], through: u64) -> Result<(), String> {
-                let mut db = self.pool.begin().await.map_err(|e| e.to_string())?;
-                let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
-                Self::insert_custody(&mut *db, &refs, 0).await?;
-                Self::mark_custody(&mut *db, through as i64).await?;
-                db.commit().await.map_err(|e| e.to_string())
-            }
-
-            /// Records that custody facts are written up to leaf `through`.
-            async fn mark_custody(db: &mut <$db as sqlx::Database>::Connection, through: i64) -> Result<(), String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO custody_marks (through_leaf) VALUES (");
-                qb.push_bind(through);
-                qb.push(") ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *db).await.map_err(|e| e.to_string())?;
-                Ok(())
-            }
-
-            /// Events with leaf index ≥ `from`, in leaf order, at most `limit`.
-            async fn has_table(&self, name: &str) -> Result<bool, String> {
-                Ok(sqlx::query(sqlx::AssertSqlSafe($table_exists))
-                    .bind(name.to_string())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some())
-            }
-
-            async fn events_between(&self, from: u64, to: u64) -> Result<Vec<ProjectedEvent>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index >= ",
-                );
-                qb.push_bind(from as i64);
-                qb.push(" AND e.leaf_index < ");
-                qb.push_bind(to as i64);
-                qb.push(" ORDER BY e.leaf_index");
-                self.fetch_events(qb).await
-            }
-
-            async fn events_from(&self, from: u64, limit: i64) -> Result<Vec<ProjectedEvent>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index >= ",
-                );
-                qb.push_bind(from as i64);
-                qb.push(" ORDER BY e.leaf_index LIMIT ");
-                qb.push_bind(limit);
-                self.fetch_events(qb).await
-            }
-
-            async fn max_leaf(&self) -> Result<Option<u64>, String> {
-                let r = sqlx::query("SELECT MAX(leaf_index) AS m FROM proj_events")
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let m: Option<i64> = r.try_get("m").map_err(|e| e.to_string())?;
-                Ok(m.map(|v| v as u64))
-            }
-
-            /// Codes linked to `codes` one step up (`up`: their parents) or
-            /// down (their children).
-            async fn linked(&self, codes: &[String], up: bool) -> Result<Vec<String>, String> {
-                let mut out = Vec::new();
-                let (want, have) = if up { ("parent", "child") } else { ("child", "parent") };
-                {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new(format!("SELECT DISTINCT {want} AS c FROM proj_links WHERE {have} IN ("));
-                    let mut sep = qb.separated(", ");
-                    for c in codes {
-                        sep.push_bind(c.clone());
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())? {
-                        out.push(r.try_get::<String, _>("c").map_err(|e| e.to_string())?);
-                    }
-                }
-                Ok(out)
-            }
-
-            /// The events `sql_tail` selects; it must name each event at most
-            /// once (no DISTINCT over rows carrying whole documents).
-            async fn events_where(&self, sql_tail: &str, binds: &[String]) -> Result<Vec<ProjectedEvent>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e ",
-                );
-                let mut parts = sql_tail.split('?');
-                if let Some(first) = parts.next() {
-                    qb.push(first);
-                }
-                for (part, b) in parts.zip(binds) {
-                    qb.push_bind(b.clone());
-                    qb.push(part);
-                }
-                self.fetch_events(qb).await
-            }
-
-            /// Events by leaf index.
-            async fn events_at(&self, leaves: &[u64]) -> Result<Vec<ProjectedEvent>, String> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT e.leaf_index, e.event_id, e.tx_id, e.height, e.category, e.occurred_ms, e.source, e.signer, e.lot, e.cancels, e.doc FROM proj_events e WHERE e.leaf_index IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for l in leaves {
-                    sep.push_bind(*l as i64);
-                }
-                qb.push(")");
-                self.fetch_events(qb).await
-            }
-
-            async fn fetch_events(&self, mut qb: QueryBuilder<$db>) -> Result<Vec<ProjectedEvent>, String> {
-                let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| e.to_string())?;
-                rows.iter()
-                    .map(|r| {
-                        let g = |c: &str| r.try_get::<String, _>(c).map_err(|e| e.to_string());
-                        Ok(ProjectedEvent {
-                            leaf_index: r.try_get::<i64, _>("leaf_index").map_err(|e| e.to_string())? as u64,
-                            event_id: g("event_id")?,
-                            tx_id: g("tx_id")?,
-                            height: r.try_get::<i64, _>("height").map_err(|e| e.to_string())? as u64,
-                            category: g("category")?,
-                            occurred_ms: r.try_get("occurred_ms").map_err(|e| e.to_string())?,
-                            source: g("source")?,
-                            signer: g("signer")?,
-                            lot: r.try_get("lot").map_err(|e| e.to_string())?,
-                            cancels: r.try_get("cancels").map_err(|e| e.to_string())?,
-                            doc: serde_json::from_str(&g("doc")?).map_err(|e| e.to_string())?,
-                        })
                     })
-                    .collect()
+                    .await?;
+                    let holders: Vec<(&str, &str)> = holders.into_iter().collect();
+                    insert_values(self, "custody_holders (holder, code)", &holders, KEEP, |mut r, (h, c)| {
+                        r.push_bind(h.to_string()).push_bind(c.to_string());
+                    })
+                    .await?;
+                    let lots: Vec<(i64, &mappings::custody::LotFact)> =
+                        rows.iter().flat_map(|(l, row)| row.lots.iter().map(move |f| (*l, f))).collect();
+                    insert_values(
+                        self,
+                        "custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id)",
+                        &lots,
+                        KEEP,
+                        |mut r, (l, f)| {
+                            r.push_bind(f.lot.clone())
+                                .push_bind(*l)
+                                .push_bind(f.kind.as_i16())
+                                .push_bind(f.at_ms)
+                                .push_bind(f.day.map(|d| d.to_string()))
+                                .push_bind(f.day2.map(|d| d.to_string()))
+                                .push_bind(i16::from(f.ok))
+                                .push_bind(f.event_id.to_string());
+                        },
+                    )
+                    .await?;
+                    let pending: Vec<(&str, i64, i64)> = rows
+                        .iter()
+                        .filter_map(|(l, row)| row.pending.as_ref().map(|(codes, pos)| (l, codes, pos)))
+                        .flat_map(|(l, codes, pos)| codes.iter().map(move |c| (c.as_str(), *l, first + *pos as i64)))
+                        .collect();
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    insert_values(
+                        self,
+                        "custody_pending (code, alert_leaf, event_leaf, opened_ms)",
+                        &pending,
+                        KEEP,
+                        |mut r, (c, a, e)| {
+                            r.push_bind(c.to_string()).push_bind(*a).push_bind(*e).push_bind(now_ms);
+                        },
+                    )
+                    .await?;
+                    // Follow-ups of pending alerts: (pending alert leaf, this row's leaf).
+                    for (table, of) in [
+                        ("custody_escalated", (|r: &CustodyRows| r.escalates) as fn(&CustodyRows) -> Option<u64>),
+                        ("custody_resolved", |r: &CustodyRows| r.resolves),
+                    ] {
+                        let pairs: Vec<(i64, i64)> =
+                            rows.iter().filter_map(|(l, row)| of(row).map(|a| (a as i64, *l))).collect();
+                        let into = format!("{table} (alert_leaf, by_leaf)");
+                        insert_values(self, &into, &pairs, KEEP, |mut r, (a, by)| {
+                            r.push_bind(*a).push_bind(*by);
+                        })
+                        .await?;
+                    }
+                    Ok(())
+                }
+
+                async fn mark_custody(&mut self, through: i64) -> Result<(), String> {
+                    insert_values(self, "custody_marks (through_leaf)", &[through], KEEP, |mut r, t| {
+                        r.push_bind(*t);
+                    })
+                    .await
+                }
+
+                async fn has_table(&mut self, name: &str) -> Result<bool, String> {
+                    Ok(sqlx::query(<$db as Dialect>::TABLE_EXISTS)
+                        .bind(name.to_string())
+                        .fetch_optional(&mut *self)
+                        .await
+                        .map_err(|e| format!("looking for table {name}: {e}"))?
+                        .is_some())
+                }
+
+                async fn events(&mut self, which: Events<'_>) -> Result<Vec<ProjectedEvent>, String> {
+                    let rows = fetch(self, which.query(), "proj_events").await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(ProjectedEvent {
+                                leaf_index: get_u64(r, "leaf_index")?,
+                                event_id: get(r, "event_id")?,
+                                tx_id: get(r, "tx_id")?,
+                                height: get_u64(r, "height")?,
+                                category: get(r, "category")?,
+                                occurred_ms: get(r, "occurred_ms")?,
+                                source: get(r, "source")?,
+                                signer: get(r, "signer")?,
+                                lot: get(r, "lot")?,
+                                cancels: get(r, "cancels")?,
+                                doc: serde_json::from_str(&get::<String>(r, "doc")?)
+                                    .map_err(|e| format!("proj_events.doc: {e}"))?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn max_leaf(&mut self) -> Result<Option<u64>, String> {
+                    let rows = fetch(self, QueryBuilder::new("SELECT MAX(leaf_index) AS m FROM proj_events"), "proj_events").await?;
+                    Ok(rows.first().map(|r| get::<Option<i64>>(r, "m")).transpose()?.flatten().map(|m| m as u64))
+                }
+
+                async fn custody_mark(&mut self) -> Result<Option<u64>, String> {
+                    let qb = QueryBuilder::new("SELECT MAX(through_leaf) AS m FROM custody_marks");
+                    let rows = fetch(self, qb, "custody_marks").await?;
+                    Ok(rows.first().map(|r| get::<Option<i64>>(r, "m")).transpose()?.flatten().map(|m| m as u64))
+                }
+
+                async fn custody_histories(&mut self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
+                    let head = "SELECT code, facts FROM custody_codes WHERE code IN (";
+                    let rows = rows_in(self, "custody_codes", head, codes, ")").await?;
+                    rows.iter().map(|r| Ok((get(r, "code")?, get(r, "facts")?))).collect()
+                }
+
+                async fn fields_of(&mut self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String> {
+                    let leaves: Vec<i64> = leaves.iter().map(|l| *l as i64).collect();
+                    let head = "SELECT leaf_index, fields FROM proj_fields WHERE leaf_index IN (";
+                    let rows = rows_in(self, "proj_fields", head, &leaves, ")").await?;
+                    rows.iter().map(|r| Ok((get_u64(r, "leaf_index")?, get(r, "fields")?))).collect()
+                }
+
+                async fn custody_lots(&mut self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
+                    let head = "SELECT lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id FROM custody_lots WHERE lot IN (";
+                    let rows = rows_in(self, "custody_lots", head, lots, ")").await?;
+                    let day = |s: Option<String>| s.and_then(|s| chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok());
+                    rows.iter()
+                        .map(|r| {
+                            let kind: i16 = get(r, "kind")?;
+                            Ok(mappings::custody::LotFact {
+                                lot: get(r, "lot")?,
+                                seq: get_u64(r, "leaf_index")?,
+                                event_id: uuid::Uuid::parse_str(&get::<String>(r, "event_id")?)
+                                    .map_err(|e| format!("custody_lots: {e}"))?,
+                                at_ms: get(r, "occurred_ms")?,
+                                kind: mappings::custody::LotMove::from_i16(kind)
+                                    .ok_or_else(|| format!("custody_lots: unknown kind {kind}"))?,
+                                day: day(get(r, "day1")?),
+                                day2: day(get(r, "day2")?),
+                                ok: get::<i16>(r, "ok")? != 0,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn readings_of(&mut self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT leaf_index FROM proj_readings WHERE device = ");
+                    qb.push_bind(device.to_string());
+                    qb.push(" AND start_ms <= ").push_bind(to_ms);
+                    qb.push(" AND end_ms >= ").push_bind(from_ms);
+                    let rows = fetch(self, qb, "proj_readings").await?;
+                    rows.iter().map(|r| get_u64(r, "leaf_index")).collect()
+                }
+
+                async fn parents_of(&mut self, codes: &[String]) -> Result<Vec<(String, String)>, String> {
+                    let head = "SELECT DISTINCT parent, child FROM proj_links WHERE child IN (";
+                    let rows = rows_in(self, "proj_links", head, codes, ")").await?;
+                    rows.iter().map(|r| Ok((get(r, "parent")?, get(r, "child")?))).collect()
+                }
+
+                async fn linked(&mut self, want: &str, have: &str, codes: &[String]) -> Result<Vec<String>, String> {
+                    let head = format!("SELECT DISTINCT {want} AS c FROM proj_links WHERE {have} IN (");
+                    let rows = rows_in(self, "proj_links", &head, codes, ")").await?;
+                    rows.iter().map(|r| get(r, "c")).collect()
+                }
+
+                async fn pending_due(&mut self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT p.code, p.alert_leaf, p.event_leaf FROM custody_pending p WHERE p.alert_leaf IN (
+                            SELECT DISTINCT q.alert_leaf FROM custody_pending q WHERE q.opened_ms < ",
+                    );
+                    qb.push_bind(before_ms);
+                    qb.push(
+                        " AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = q.alert_leaf)
+                          AND NOT EXISTS (SELECT 1 FROM custody_escalated x WHERE x.alert_leaf = q.alert_leaf)
+                          ORDER BY q.alert_leaf LIMIT ",
+                    );
+                    qb.push_bind(limit);
+                    qb.push(")");
+                    pending_rows(&fetch(self, qb, "custody_pending").await?)
+                }
+
+                async fn codes_left_with(&mut self, holder: &str) -> Result<Vec<String>, String> {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT code FROM custody_holders WHERE holder = ");
+                    qb.push_bind(holder.to_string());
+                    let rows = fetch(self, qb, "custody_holders").await?;
+                    rows.iter().map(|r| get(r, "code")).collect()
+                }
+
+                async fn open_pending(&mut self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String> {
+                    let head = "SELECT DISTINCT p.alert_leaf AS a FROM custody_pending p WHERE p.code IN (";
+                    let unresolved = ") AND NOT EXISTS (SELECT 1 FROM custody_resolved r WHERE r.alert_leaf = p.alert_leaf)";
+                    let rows = rows_in(self, "custody_pending", head, codes, unresolved).await?;
+                    let mut alerts: Vec<i64> = rows.iter().map(|r| get(r, "a")).collect::<Result<_, _>>()?;
+                    alerts.sort_unstable();
+                    alerts.dedup();
+                    let head = "SELECT code, alert_leaf, event_leaf FROM custody_pending WHERE alert_leaf IN (";
+                    pending_rows(&rows_in(self, "custody_pending", head, &alerts, ")").await?)
+                }
             }
-        }
+        };
     };
 }
 
-projection_impl!(
-    SqliteProjection,
-    sqlx::SqlitePool,
-    sqlx::Sqlite,
-    " WITHOUT ROWID",
-    "BLOB",
-    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-);
-projection_impl!(
-    PgProjection,
-    sqlx::PgPool,
-    sqlx::Postgres,
-    "",
-    "BYTEA",
-    "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = $1"
-);
+ledger::each_backend!(projection_sql);
 
-/// The projection, on the ledger's own database.
+/// The projection, on the ledger's own database: queries through the
+/// ledger's readers, writes through its committing connection (see
+/// [`Tables`]).
 #[derive(Debug, Clone)]
-pub enum Projection {
-    /// SQLite.
-    Sqlite(SqliteProjection),
-    /// PostgreSQL.
-    Postgres(PgProjection),
+pub struct Projection {
+    store: AnyStore,
 }
 
-macro_rules! each {
-    ($self:ident, $p:ident => $e:expr) => {
-        match $self {
-            Projection::Sqlite($p) => $e,
-            Projection::Postgres($p) => $e,
-        }
-    };
+/// `$e` with `$c` a connection from the ledger's readers (`&mut` the
+/// backend's connection).
+macro_rules! read {
+    ($self:ident, $c:ident => $e:expr) => {{
+        let mut reader = $self.store.reader().await.map_err(|e| e.to_string())?;
+        on_backend!(&mut reader, $c => $e)
+    }};
 }
 
 impl Projection {
     /// Creates the tables in the ledger's database if needed.
     pub async fn open(store: &AnyStore) -> Result<Self, String> {
-        let p = match store {
-            AnyStore::Sqlite(s) => Projection::Sqlite(SqliteProjection { pool: s.pool().clone() }),
-            AnyStore::Postgres(s) => Projection::Postgres(PgProjection { pool: s.pool().clone() }),
-        };
-        let r = &p;
-        each!(r, x => x.init().await)?;
+        let p = Projection { store: store.clone() };
+        let mut tx = store.side_tx().await.map_err(|e| e.to_string())?;
+        on_backend!(tx.conn(), c => c.init().await)?;
+        tx.commit().await.map_err(|e| e.to_string())?;
         Ok(p)
     }
 
@@ -1145,14 +1069,18 @@ impl Projection {
     /// changing anything (`None` when it has no projection tables, e.g. a
     /// ledger written by `vaxgate bench ledger`).
     pub async fn attach(store: &AnyStore) -> Result<Option<Self>, String> {
-        let p = match store {
-            AnyStore::Sqlite(s) => Projection::Sqlite(SqliteProjection { pool: s.pool().clone() }),
-            AnyStore::Postgres(s) => Projection::Postgres(PgProjection { pool: s.pool().clone() }),
-        };
-        let r = &p;
-        let events = each!(r, x => x.has_table("proj_events").await)?;
-        let fields = each!(r, x => x.has_table("proj_fields").await)?;
+        let p = Projection { store: store.clone() };
+        let events = read!(p, c => c.has_table("proj_events").await)?;
+        let fields = read!(p, c => c.has_table("proj_fields").await)?;
         Ok((events && fields).then_some(p))
+    }
+
+    /// Writes `rows` in a transaction of their own (on the connection that
+    /// commits blocks).
+    async fn write(&self, rows: &[ProjRow]) -> Result<(), String> {
+        let mut tx = self.store.side_tx().await.map_err(|e| e.to_string())?;
+        on_backend!(tx.conn(), c => c.insert_rows(rows, None).await)?;
+        tx.commit().await.map_err(|e| e.to_string())
     }
 
     /// Checks the events the projection serves against the ledger
@@ -1177,7 +1105,7 @@ impl Projection {
                 .into_iter()
                 .map(|t| (t.leaf_index, t))
                 .collect();
-            let rows = each!(self, x => x.events_between(from, to).await)?;
+            let rows = read!(self, c => c.events(Events::Between(from, to)).await)?;
             let leaves: Vec<u64> = rows.iter().map(|e| e.leaf_index).collect();
             let fields = self.fields_of(&leaves).await?;
             let mut seen = std::collections::HashSet::new();
@@ -1211,6 +1139,9 @@ impl Projection {
 
     /// Writes projected events (idempotent).
     pub async fn insert(&self, events: Vec<(StoredTx, OpenedEvent)>) -> Result<(), String> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let rows: Vec<ProjRow> = events
             .into_iter()
             .map(|(st, o)| {
@@ -1222,7 +1153,7 @@ impl Projection {
                 r
             })
             .collect();
-        each!(self, x => x.insert(&rows).await)
+        self.write(&rows).await
     }
 
     /// Derives the custody facts of projected events from leaf `from` on,
@@ -1234,7 +1165,7 @@ impl Projection {
         let mut from = from;
         let mut done = 0;
         loop {
-            let page = each!(self, x => x.events_from(from, 1000).await)?;
+            let page = read!(self, c => c.events(Events::From(from, 1000)).await)?;
             let Some(last) = page.last().map(|e| e.leaf_index) else {
                 break;
             };
@@ -1264,7 +1195,13 @@ impl Projection {
                 }
             }
             done += page.len() as u64;
-            each!(self, x => x.insert_derived(&rows, last).await)?;
+            let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
+            let mut tx = self.store.side_tx().await.map_err(|e| e.to_string())?;
+            on_backend!(tx.conn(), c => {
+                c.insert_custody(&refs, 0).await?;
+                c.mark_custody(last as i64).await
+            })?;
+            tx.commit().await.map_err(|e| e.to_string())?;
             from = last + 1;
         }
         Ok(done)
@@ -1274,7 +1211,7 @@ impl Projection {
     /// that never had it, else after the last mark (`None`: nothing to do
     /// unless events were projected at start).
     pub async fn custody_from(&self) -> Result<Option<u64>, String> {
-        Ok(each!(self, x => x.custody_mark().await)?.map(|m| m + 1))
+        Ok(read!(self, c => c.custody_mark().await)?.map(|m| m + 1))
     }
 
     /// Projects every event of the ledger not yet projected (at start).
@@ -1284,7 +1221,7 @@ impl Projection {
         provider: &dyn CryptoProvider,
         node: &KeyHandle,
     ) -> Result<u64, String> {
-        let mut from = each!(self, x => x.max_leaf().await)?.map(|m| m + 1).unwrap_or(0);
+        let mut from = read!(self, c => c.max_leaf().await)?.map(|m| m + 1).unwrap_or(0);
         let mut done = 0;
         loop {
             let page = store.txs(from, from + 1000).await.map_err(|e| e.to_string())?;
@@ -1311,7 +1248,8 @@ impl Projection {
         let mut all: Vec<String> = Vec::new();
         let mut frontier = vec![code.to_string()];
         while !frontier.is_empty() && all.len() < max {
-            let next = each!(self, x => x.linked(&frontier, up).await)?;
+            let (want, have) = if up { ("parent", "child") } else { ("child", "parent") };
+            let next = read!(self, c => c.linked(want, have, &frontier).await)?;
             frontier = next.into_iter().filter(|c| c != code && !all.contains(c)).collect();
             frontier.sort();
             frontier.dedup();
@@ -1352,42 +1290,25 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = vec!["?"; codes.len()].join(", ");
-        let only = if category.is_some() { "e.category = ? AND " } else { "" };
-        let tail = format!(
-            "WHERE {only}e.leaf_index IN (SELECT c.leaf_index FROM proj_codes c WHERE c.code IN ({marks})) \
-             ORDER BY e.occurred_ms, e.leaf_index"
-        );
-        let binds: Vec<String> = category
-            .map(str::to_string)
-            .into_iter()
-            .chain(codes.iter().cloned())
-            .collect();
-        each!(self, x => x.events_where(&tail, &binds).await)
+        read!(self, c => c.events(Events::Codes(codes, category)).await)
     }
 
     /// Events of a lot, oldest first.
     pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, String> {
-        each!(self, x => x.events_where("WHERE e.lot = ? ORDER BY e.occurred_ms, e.leaf_index", &[lot.to_string()]).await)
+        read!(self, c => c.events(Events::Lot(lot)).await)
     }
 
     /// Events naming shipment `no` (the shipment record, its reading sets,
     /// receipts and alerts), oldest first.
     pub async fn events_for_shipment(&self, no: &str) -> Result<Vec<ProjectedEvent>, String> {
-        each!(self, x => x.events_where(
-            "JOIN proj_shipments s ON s.leaf_index = e.leaf_index WHERE s.shipment_no = ? ORDER BY e.occurred_ms, e.leaf_index",
-            &[no.to_string()],
-        ).await)
+        read!(self, c => c.events(Events::Shipment(no)).await)
     }
 
     /// An event by id.
     pub async fn event(&self, event_id: &str) -> Result<Option<ProjectedEvent>, String> {
-        Ok(each!(self, x => x.events_where(
-                "WHERE e.leaf_index = (SELECT t.leaf_index FROM transactions t WHERE t.record_id = ?)",
-                &[event_id.to_string()]
-            ).await)?
-        .into_iter()
-        .next())
+        Ok(read!(self, c => c.events(Events::Id(event_id)).await)?
+            .into_iter()
+            .next())
     }
 
     /// Every custody fact of these codes (any order).
@@ -1408,7 +1329,7 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.custody_histories(codes).await)
+        read!(self, c => c.custody_histories(codes).await)
     }
 
     /// The stored field-commitment rows ([`fields_blob`]) of events, by
@@ -1417,24 +1338,24 @@ impl Projection {
         if leaves.is_empty() {
             return Ok(HashMap::new());
         }
-        each!(self, x => x.fields_of(leaves).await)
+        read!(self, c => c.fields_of(leaves).await)
     }
 
     /// Every custody fact of these lots.
     pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
-        each!(self, x => x.custody_lots(lots).await)
+        read!(self, c => c.custody_lots(lots).await)
     }
 
     /// Pending alerts opened before `before_ms` that nothing resolved or
     /// escalated yet: (code, alert leaf, event leaf) of at most `limit` alerts.
     pub async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
-        each!(self, x => x.pending_due(before_ms, limit).await)
+        read!(self, c => c.pending_due(before_ms, limit).await)
     }
 
     /// Leaves of the reading sets of logger `device` whose period overlaps
     /// `[from_ms, to_ms]` (a shipment's temperature history).
     pub async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
-        each!(self, x => x.readings_of(device, from_ms, to_ms).await)
+        read!(self, c => c.readings_of(device, from_ms, to_ms).await)
     }
 
     /// The packaging links whose child is one of `codes`: (parent, child).
@@ -1442,7 +1363,7 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.parents_of(codes).await)
+        read!(self, c => c.parents_of(codes).await)
     }
 
     /// The custody facts of `codes`, with the transports of the packages
@@ -1468,13 +1389,13 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.parents_among(codes).await)
+        read!(self, c => c.linked("parent", "parent", codes).await)
     }
 
     /// Every code some custody fact left with `holder` (an entity id): the
     /// candidates of its stock.
     pub async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
-        each!(self, x => x.codes_left_with(holder).await)
+        read!(self, c => c.codes_left_with(holder).await)
     }
 
     /// Open pending alerts touching `codes`: (code, alert leaf, event leaf)
@@ -1483,7 +1404,7 @@ impl Projection {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.open_pending(codes).await)
+        read!(self, c => c.open_pending(codes).await)
     }
 
     /// Events by leaf index (any order).
@@ -1491,7 +1412,7 @@ impl Projection {
         if leaves.is_empty() {
             return Ok(Vec::new());
         }
-        each!(self, x => x.events_at(leaves).await)
+        read!(self, c => c.events(Events::At(leaves)).await)
     }
 
     /// Cancellations of these events.
@@ -1499,8 +1420,7 @@ impl Projection {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = vec!["?"; event_ids.len()].join(", ");
-        each!(self, x => x.events_where(&format!("WHERE e.cancels IN ({marks}) ORDER BY e.occurred_ms"), event_ids).await)
+        read!(self, c => c.events(Events::Cancelling(event_ids)).await)
     }
 }
 

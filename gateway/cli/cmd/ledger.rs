@@ -109,12 +109,7 @@ pub struct BenchLedgerArgs {
 
 /// Opens an existing ledger: a SQLite file, or a `postgres://` URL.
 async fn open_db(db: &std::path::Path) -> anyhow::Result<ledger::AnyStore> {
-    let s = db.to_string_lossy();
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        Ok(ledger::AnyStore::Postgres(ledger::PgStore::connect(&s).await?))
-    } else {
-        Ok(ledger::AnyStore::Sqlite(SqliteStore::open_existing(db).await?))
-    }
+    Ok(ledger::AnyStore::open_existing(db).await?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
