@@ -533,7 +533,10 @@ mod tests {
         }
     }
 
-    async fn ledger(dir: &tempfile::TempDir, node: &Signer) -> Ledger<SqliteStore> {
+    /// A ledger of genesis and three blocks (5, 3 and 2 transactions) in a
+    /// directory of its own.
+    async fn ledger(node: &Signer) -> (tempfile::TempDir, Ledger<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("l.db")).await.unwrap();
         let l = Ledger::open(store, node.clone(), "test", LedgerConfig::default())
             .await
@@ -542,7 +545,16 @@ mod tests {
             let batch = sign_batch("91110000MA0000000X", node, (from..from + n).map(content).collect(), 1).unwrap();
             l.append(batch).await.unwrap();
         }
-        l
+        (dir, l)
+    }
+
+    /// A verifier of `l` that has checked its first `n` blocks, and all of
+    /// its blocks.
+    async fn checked(l: &Ledger<SqliteStore>, n: usize) -> (Verifier<'_, SqliteStore>, Vec<BlockHeader>) {
+        let mut v = Verifier::start(l.store(), None).await.unwrap();
+        let blocks = v.read_blocks(0, 4).await.unwrap();
+        v.check_run(0, &blocks[..n], &mut |_| {}).await.unwrap();
+        (v, blocks)
     }
 
     impl<S: LedgerStore> Verifier<'_, S> {
@@ -573,8 +585,8 @@ mod tests {
 
     #[tokio::test]
     async fn start_takes_the_node_key_from_genesis_and_holds_it_to_the_trusted_one() {
-        let (dir, node, other) = (tempfile::tempdir().unwrap(), crate::test_signer(), crate::test_signer());
-        let l = ledger(&dir, &node).await;
+        let (node, other) = (crate::test_signer(), crate::test_signer());
+        let (_dir, l) = ledger(&node).await;
         let v = Verifier::start(l.store(), None).await.unwrap();
         assert!(v.node_key == *node.verifying_key());
         assert_eq!(v.report.node_key_id, node.verifying_key().key_id());
@@ -594,11 +606,8 @@ mod tests {
 
     #[tokio::test]
     async fn check_header_names_each_broken_link_to_the_chain() {
-        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
-        let l = ledger(&dir, &node).await;
-        let mut v = Verifier::start(l.store(), None).await.unwrap();
-        let blocks = v.read_blocks(0, 4).await.unwrap();
-        v.check_run(0, &blocks[..1], &mut |_| {}).await.unwrap();
+        let (_dir, l) = ledger(&crate::test_signer()).await;
+        let (v, blocks) = checked(&l, 1).await;
         let b1 = &blocks[1];
         v.check_header(b1, 1).unwrap();
         type Break = fn(&mut BlockHeader);
@@ -631,10 +640,8 @@ mod tests {
 
     #[tokio::test]
     async fn read_ahead_reads_only_where_the_block_says_the_next_starts() {
-        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
-        let l = ledger(&dir, &node).await;
-        let v = Verifier::start(l.store(), None).await.unwrap();
-        let blocks = v.read_blocks(0, 4).await.unwrap();
+        let (_dir, l) = ledger(&crate::test_signer()).await;
+        let (v, blocks) = checked(&l, 0).await;
         let next = read_ahead(l.store(), &blocks[1], Some(&blocks[2]))
             .await
             .unwrap()
@@ -655,11 +662,8 @@ mod tests {
 
     #[tokio::test]
     async fn check_block_phases_each_catch_their_own_damage() {
-        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
-        let l = ledger(&dir, &node).await;
-        let mut v = Verifier::start(l.store(), None).await.unwrap();
-        let blocks = v.read_blocks(0, 4).await.unwrap();
-        v.check_run(0, &blocks[..2], &mut |_| {}).await.unwrap();
+        let (_dir, l) = ledger(&crate::test_signer()).await;
+        let (mut v, blocks) = checked(&l, 2).await;
         let b2 = &blocks[2];
         let txs = v.block_txs(b2, None).await.unwrap();
         // The checkpoint of block 2 is for the tree with block 2's leaves.
@@ -708,10 +712,8 @@ mod tests {
 
     #[tokio::test]
     async fn finish_refuses_a_transaction_beyond_the_last_block() {
-        let (dir, node) = (tempfile::tempdir().unwrap(), crate::test_signer());
-        let l = ledger(&dir, &node).await;
-        let mut v = Verifier::start(l.store(), None).await.unwrap();
-        let blocks = v.read_blocks(0, 4).await.unwrap();
+        let (_dir, l) = ledger(&crate::test_signer()).await;
+        let (mut v, blocks) = checked(&l, 0).await;
         let mut seen = Vec::new();
         v.check_run(0, &blocks[..3], &mut |h| seen.push(h)).await.unwrap();
         assert_eq!(seen, [0, 1, 2]);

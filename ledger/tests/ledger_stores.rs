@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use ledger::{
-    Ledger, LedgerConfig, LedgerError, LedgerStore, PgStore, SqliteStore, Transaction, TxContent, TxKind, merkle,
-    sign_batch, verify_ledger,
+    AnyStore, Ledger, LedgerConfig, LedgerError, LedgerStore, SqliteStore, Transaction, TxContent, TxKind, merkle,
+    on_backend, sign_batch, verify_ledger,
 };
 use proptest::prelude::*;
 use secure_gateway::{KeyHandle, ProviderKind, RustCryptoProvider, Signer, Sm2SigningKey, sm3};
@@ -60,45 +60,22 @@ async fn open(path: &Path, key: &Signer) -> Ledger<SqliteStore> {
         .expect("open ledger")
 }
 
-/// A place a store lives, that can be opened again (restart).
-trait Backend {
-    type S: LedgerStore + Clone + std::fmt::Debug;
-    fn open(&self) -> impl std::future::Future<Output = Self::S>;
-    /// Runs raw SQL against the store (to show the schema refuses it).
-    fn raw(&self, s: &Self::S, sql: &'static str) -> impl std::future::Future<Output = Result<(), String>>;
-    /// `(leaf_index, height)` of every row of the test's side table, ascending.
-    fn side_rows(&self, s: &Self::S) -> impl std::future::Future<Output = Vec<(i64, i64)>>;
+/// Where a test's store lives, opened again for a restart: a SQLite file
+/// in a temporary directory, or a fresh database on the PostgreSQL test
+/// server.
+struct At {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
-struct SqliteAt(tempfile::TempDir);
-
-impl Backend for SqliteAt {
-    type S = SqliteStore;
-    async fn open(&self) -> SqliteStore {
-        SqliteStore::open(&self.0.path().join("ledger.db"))
-            .await
-            .expect("open sqlite store")
+impl At {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+        At { url, _dir: Some(dir) }
     }
-    async fn raw(&self, s: &SqliteStore, sql: &'static str) -> Result<(), String> {
-        sqlx::query(sql)
-            .execute(s.pool())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    async fn side_rows(&self, s: &SqliteStore) -> Vec<(i64, i64)> {
-        sqlx::query_as("SELECT leaf_index, height FROM side_marks ORDER BY leaf_index")
-            .fetch_all(s.pool())
-            .await
-            .unwrap()
-    }
-}
 
-/// A fresh PostgreSQL database on the test server.
-struct PgAt(String);
-
-impl PgAt {
-    async fn new() -> Self {
+    async fn postgres() -> Self {
         let base = std::env::var("VAXGATE_TEST_PG_URL").expect(
             "VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh (it starts PostgreSQL), \
              or `eval \"$(scripts/services.sh start pg)\"` first",
@@ -113,34 +90,51 @@ impl PgAt {
             .expect("create test database");
         admin.close().await;
         let (prefix, _) = base.rsplit_once('/').expect("URL has a database part");
-        PgAt(format!("{prefix}/{name}"))
+        At {
+            url: format!("{prefix}/{name}"),
+            _dir: None,
+        }
+    }
+
+    async fn open(&self) -> AnyStore {
+        AnyStore::open(&self.url, Path::new("/")).await.expect("open store")
     }
 }
 
-impl Backend for PgAt {
-    type S = PgStore;
-    async fn open(&self) -> PgStore {
-        PgStore::connect(&self.0).await.expect("open postgres store")
-    }
-    async fn raw(&self, s: &PgStore, sql: &'static str) -> Result<(), String> {
-        sqlx::query(sql)
-            .execute(s.pool())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    async fn side_rows(&self, s: &PgStore) -> Vec<(i64, i64)> {
-        sqlx::query_as("SELECT leaf_index, height FROM side_marks ORDER BY leaf_index")
-            .fetch_all(s.pool())
-            .await
-            .unwrap()
-    }
+/// Runs raw SQL against the store in a transaction of its own on the
+/// committing connection (to show the schema refuses it, or to damage it).
+async fn raw(s: &AnyStore, sql: &'static str) -> Result<(), String> {
+    let mut tx = s.side_tx().await.map_err(|e| e.to_string())?;
+    on_backend!(tx.conn(), c => sqlx::query(sql).execute(c).await.map(|_| ())).map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())
 }
 
-async fn open_on<B: Backend>(b: &B, key: &Signer) -> Ledger<B::S> {
-    Ledger::open(b.open().await, key.clone(), "test", LedgerConfig::default())
+/// `(leaf_index, height)` of every row of the test's side table, ascending.
+async fn side_rows(s: &AnyStore) -> Vec<(i64, i64)> {
+    let sql = "SELECT leaf_index, height FROM side_marks ORDER BY leaf_index";
+    let mut r = s.reader().await.unwrap();
+    on_backend!(&mut r, c => sqlx::query_as(sql).fetch_all(&mut **c).await).unwrap()
+}
+
+async fn open_on(at: &At, key: &Signer) -> Ledger<AnyStore> {
+    Ledger::open(at.open().await, key.clone(), "test", LedgerConfig::default())
         .await
         .expect("open ledger")
+}
+
+/// The tests `$sqlite` and `$postgres`: `$f(at)` with a store of each backend.
+macro_rules! on_each_backend {
+    ($f:ident: $sqlite:ident, $postgres:ident) => {
+        #[test]
+        fn $sqlite() {
+            rt().block_on(async { $f(At::sqlite()).await });
+        }
+
+        #[test]
+        fn $postgres() {
+            rt().block_on(async { $f(At::postgres().await).await });
+        }
+    };
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -151,17 +145,9 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-#[test]
-fn append_prove_restart_and_verify_sqlite() {
-    rt().block_on(async { append_prove_restart_and_verify(SqliteAt(tempfile::tempdir().unwrap())).await });
-}
+on_each_backend!(append_prove_restart_and_verify: append_prove_restart_and_verify_sqlite, append_prove_restart_and_verify_postgres);
 
-#[test]
-fn append_prove_restart_and_verify_postgres() {
-    rt().block_on(async { append_prove_restart_and_verify(PgAt::new().await).await });
-}
-
-async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
+async fn append_prove_restart_and_verify(backend: At) {
     {
         // Written with the default provider, reopened and appended to
         // with OpenSSL holding the same node key.
@@ -237,20 +223,15 @@ async fn append_prove_restart_and_verify<B: Backend>(backend: B) {
     }
 }
 
-#[test]
-fn a_ledger_from_before_field_commitments_gains_the_column_sqlite() {
-    rt().block_on(ledger_before_field_commitments(SqliteAt(tempfile::tempdir().unwrap())));
-}
-
-#[test]
-fn a_ledger_from_before_field_commitments_gains_the_column_postgres() {
-    rt().block_on(async { ledger_before_field_commitments(PgAt::new().await).await });
-}
+on_each_backend!(
+    ledger_before_field_commitments: a_ledger_from_before_field_commitments_gains_the_column_sqlite,
+    a_ledger_from_before_field_commitments_gains_the_column_postgres
+);
 
 /// A ledger written before transactions carried a field-commitment root
 /// (no `fields_root` column, v1 content hashes) opens, gains the column,
 /// takes transactions with roots and verifies as a whole.
-async fn ledger_before_field_commitments<B: Backend>(backend: B) {
+async fn ledger_before_field_commitments(backend: At) {
     let node = key();
     let client = key();
     let l = open_on(&backend, &node).await;
@@ -263,8 +244,7 @@ async fn ledger_before_field_commitments<B: Backend>(backend: B) {
     l.append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000).unwrap())
         .await
         .unwrap();
-    backend
-        .raw(l.store(), "ALTER TABLE transactions DROP COLUMN fields_root")
+    raw(l.store(), "ALTER TABLE transactions DROP COLUMN fields_root")
         .await
         .unwrap();
     drop(l);
@@ -286,17 +266,12 @@ async fn ledger_before_field_commitments<B: Backend>(backend: B) {
     p.verify(node.verifying_key()).unwrap();
 }
 
-#[test]
-fn update_and_delete_are_refused_by_the_schema_sqlite() {
-    rt().block_on(async { update_and_delete_are_refused(SqliteAt(tempfile::tempdir().unwrap())).await });
-}
+on_each_backend!(
+    update_and_delete_are_refused: update_and_delete_are_refused_by_the_schema_sqlite,
+    update_and_delete_are_refused_by_the_schema_postgres
+);
 
-#[test]
-fn update_and_delete_are_refused_by_the_schema_postgres() {
-    rt().block_on(async { update_and_delete_are_refused(PgAt::new().await).await });
-}
-
-async fn update_and_delete_are_refused<B: Backend>(backend: B) {
+async fn update_and_delete_are_refused(backend: At) {
     let node = key();
     let l = open_on(&backend, &node).await;
     l.append(batch(&node, "x", 0, 2)).await.unwrap();
@@ -307,7 +282,7 @@ async fn update_and_delete_are_refused<B: Backend>(backend: B) {
         "DELETE FROM checkpoints",
         "DELETE FROM merkle_nodes",
     ] {
-        let err = backend.raw(l.store(), sql).await.unwrap_err();
+        let err = raw(l.store(), sql).await.unwrap_err();
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
     verify_ledger(l.store(), None, |_, _| {}).await.unwrap();
@@ -316,22 +291,20 @@ async fn update_and_delete_are_refused<B: Backend>(backend: B) {
 #[test]
 fn postgres_tamper_is_detected() {
     rt().block_on(async {
-        let backend = PgAt::new().await;
+        let backend = At::postgres().await;
         let node = key();
         let l = open_on(&backend, &node).await;
         l.append(batch(&node, "a", 0, 4)).await.unwrap();
         let r = l.append(batch(&node, "b", 0, 4)).await.unwrap();
-        backend
-            .raw(l.store(), "ALTER TABLE transactions DISABLE TRIGGER USER")
+        raw(l.store(), "ALTER TABLE transactions DISABLE TRIGGER USER")
             .await
             .unwrap();
-        backend
-            .raw(
-                l.store(),
-                "UPDATE transactions SET payload = set_byte(payload, 3, get_byte(payload, 3) # 1) WHERE leaf_index = 6",
-            )
-            .await
-            .unwrap();
+        raw(
+            l.store(),
+            "UPDATE transactions SET payload = set_byte(payload, 3, get_byte(payload, 3) # 1) WHERE leaf_index = 6",
+        )
+        .await
+        .unwrap();
         match verify_ledger(l.store(), None, |_, _| {}).await {
             Err(LedgerError::Integrity { height, tx, .. }) => {
                 assert_eq!(height, 2);
@@ -491,7 +464,7 @@ proptest! {
     #[test]
     fn random_appends_all_proofs_verify_postgres(sizes in proptest::collection::vec(1usize..12, 1..5)) {
         rt().block_on(async {
-            let backend = PgAt::new().await;
+            let backend = At::postgres().await;
             let node = key();
             let l = open_on(&backend, &node).await;
             let mut receipts = Vec::new();
@@ -614,17 +587,9 @@ impl ledger::SideWrite for Marks {
             for k in 0..self.n {
                 let leaf = (first_leaf + k) as i64;
                 let sql = "INSERT INTO side_marks (leaf_index, height) VALUES ($1, $2)";
-                let q = sqlx::query(sql);
-                match &mut conn {
-                    ledger::SideConn::Sqlite(c) => q.bind(leaf).bind(height as i64).execute(&mut **c).await.map(|_| ()),
-                    ledger::SideConn::Postgres(c) => sqlx::query(sql)
-                        .bind(leaf)
-                        .bind(height as i64)
-                        .execute(&mut **c)
-                        .await
-                        .map(|_| ()),
-                }
-                .map_err(|e| e.to_string())?;
+                let h = height as i64;
+                on_backend!(&mut conn, c => sqlx::query(sql).bind(leaf).bind(h).execute(&mut **c).await.map(|_| ()))
+                    .map_err(|e| e.to_string())?;
             }
             if self.fail {
                 Err("refused on purpose".into())
@@ -635,26 +600,20 @@ impl ledger::SideWrite for Marks {
     }
 }
 
-#[test]
-fn side_writes_share_the_block_transaction_sqlite() {
-    rt().block_on(async { side_writes_share_the_block_transaction(SqliteAt(tempfile::tempdir().unwrap())).await });
-}
+on_each_backend!(
+    side_writes_share_the_block_transaction: side_writes_share_the_block_transaction_sqlite,
+    side_writes_share_the_block_transaction_postgres
+);
 
-#[test]
-fn side_writes_share_the_block_transaction_postgres() {
-    rt().block_on(async { side_writes_share_the_block_transaction(PgAt::new().await).await });
-}
-
-async fn side_writes_share_the_block_transaction<B: Backend>(backend: B) {
+async fn side_writes_share_the_block_transaction(backend: At) {
     let key = key();
     let ledger = open_on(&backend, &key).await;
-    backend
-        .raw(
-            ledger.store(),
-            "CREATE TABLE side_marks (leaf_index BIGINT PRIMARY KEY, height BIGINT NOT NULL)",
-        )
-        .await
-        .unwrap();
+    raw(
+        ledger.store(),
+        "CREATE TABLE side_marks (leaf_index BIGINT PRIMARY KEY, height BIGINT NOT NULL)",
+    )
+    .await
+    .unwrap();
     // Two requests in flight at once: each side write sees its own leaves.
     let a = ledger.append_with(
         batch(&key, "a", 0, 5),
@@ -691,7 +650,7 @@ async fn side_writes_share_the_block_transaction<B: Backend>(backend: B) {
     assert_eq!(report.transactions, before + 2);
 
     // The side table holds exactly the leaves of the two good requests.
-    let side_rows = backend.side_rows(ledger.store()).await;
+    let side_rows = side_rows(ledger.store()).await;
     let mut want: Vec<(i64, i64)> = ra
         .iter()
         .chain(&rb)
