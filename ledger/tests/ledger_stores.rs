@@ -53,11 +53,14 @@ fn batch(key: &Signer, tag: &str, from: usize, n: usize) -> Vec<Transaction> {
     .unwrap()
 }
 
-async fn open(path: &Path, key: &Signer) -> Ledger<SqliteStore> {
-    let store = SqliteStore::open(path).await.expect("open store");
-    Ledger::open(store, key.clone(), "test", LedgerConfig::default())
+/// A ledger on a SQLite file in a directory of its own.
+async fn open_sqlite(key: &Signer) -> (tempfile::TempDir, Ledger<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("l.db")).await.expect("open store");
+    let l = Ledger::open(store, key.clone(), "test", LedgerConfig::default())
         .await
-        .expect("open ledger")
+        .expect("open ledger");
+    (dir, l)
 }
 
 /// Where a test's store lives, opened again for a restart: a SQLite file
@@ -122,9 +125,10 @@ async fn open_on(at: &At, key: &Signer) -> Ledger<AnyStore> {
         .expect("open ledger")
 }
 
-/// The tests `$sqlite` and `$postgres`: `$f(at)` with a store of each backend.
+/// For each `f: sqlite, postgres`, the tests `sqlite` and `postgres`:
+/// `f(at)` with a store of each backend.
 macro_rules! on_each_backend {
-    ($f:ident: $sqlite:ident, $postgres:ident) => {
+    ($($f:ident: $sqlite:ident, $postgres:ident;)*) => {$(
         #[test]
         fn $sqlite() {
             rt().block_on(async { $f(At::sqlite()).await });
@@ -134,7 +138,23 @@ macro_rules! on_each_backend {
         fn $postgres() {
             rt().block_on(async { $f(At::postgres().await).await });
         }
-    };
+    )*};
+}
+
+// The tests that run on both backends.
+on_each_backend! {
+    append_prove_restart_and_verify:
+        append_prove_restart_and_verify_sqlite,
+        append_prove_restart_and_verify_postgres;
+    ledger_before_field_commitments:
+        a_ledger_from_before_field_commitments_gains_the_column_sqlite,
+        a_ledger_from_before_field_commitments_gains_the_column_postgres;
+    update_and_delete_are_refused:
+        update_and_delete_are_refused_by_the_schema_sqlite,
+        update_and_delete_are_refused_by_the_schema_postgres;
+    side_writes_share_the_block_transaction:
+        side_writes_share_the_block_transaction_sqlite,
+        side_writes_share_the_block_transaction_postgres;
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -144,8 +164,6 @@ fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
-
-on_each_backend!(append_prove_restart_and_verify: append_prove_restart_and_verify_sqlite, append_prove_restart_and_verify_postgres);
 
 async fn append_prove_restart_and_verify(backend: At) {
     {
@@ -223,11 +241,6 @@ async fn append_prove_restart_and_verify(backend: At) {
     }
 }
 
-on_each_backend!(
-    ledger_before_field_commitments: a_ledger_from_before_field_commitments_gains_the_column_sqlite,
-    a_ledger_from_before_field_commitments_gains_the_column_postgres
-);
-
 /// A ledger written before transactions carried a field-commitment root
 /// (no `fields_root` column, v1 content hashes) opens, gains the column,
 /// takes transactions with roots and verifies as a whole.
@@ -265,11 +278,6 @@ async fn ledger_before_field_commitments(backend: At) {
     assert!(p.transaction.content.fields_root.is_some());
     p.verify(node.verifying_key()).unwrap();
 }
-
-on_each_backend!(
-    update_and_delete_are_refused: update_and_delete_are_refused_by_the_schema_sqlite,
-    update_and_delete_are_refused_by_the_schema_postgres
-);
 
 async fn update_and_delete_are_refused(backend: At) {
     let node = key();
@@ -318,9 +326,8 @@ fn postgres_tamper_is_detected() {
 #[test]
 fn payload_limit_is_enforced() {
     rt().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
         let node = key();
-        let l = open(&dir.path().join("l.db"), &node).await;
+        let (_dir, l) = open_sqlite(&node).await;
         let mut c = content(0, "big");
         c.payload = vec![0u8; 8 * 1024 + 1];
         let err = l.append(sign_batch("e", &node, vec![c], 0).unwrap()).await.unwrap_err();
@@ -425,6 +432,33 @@ async fn tamper(pool: &sqlx::SqlitePool, table: &str, col: &str, kind: char, row
     q.bind(rowid).execute(pool).await.is_ok()
 }
 
+/// Appends batches of `sizes` transactions to `l`; then every inclusion
+/// proof, and every consistency proof between the checkpoints received,
+/// verifies.
+async fn all_proofs_verify<S: LedgerStore>(l: &Ledger<S>, node: &Signer, sizes: &[usize]) -> Result<(), TestCaseError> {
+    let mut receipts = Vec::new();
+    let mut next = 0;
+    for n in sizes {
+        receipts.extend(l.append(batch(node, "p", next, *n)).await.unwrap());
+        next += n;
+    }
+    for r in &receipts {
+        let p = l.prove(&r.tx_id.to_string()).await.unwrap();
+        prop_assert!(p.verify(node.verifying_key()).is_ok());
+        prop_assert!(merkle::inclusion_plan(r.leaf_index, p.checkpoint.tree_size).len() == p.audit_path.len());
+    }
+    let cps: Vec<_> = receipts.iter().map(|r| r.checkpoint.clone()).collect();
+    for a in &cps {
+        for b in &cps {
+            if a.tree_size <= b.tree_size {
+                let c = l.prove_consistency(a.tree_size, b.tree_size).await.unwrap();
+                prop_assert!(c.verify(a, b));
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
@@ -433,30 +467,9 @@ proptest! {
     #[test]
     fn random_appends_all_proofs_verify(sizes in proptest::collection::vec(1usize..12, 1..8)) {
         rt().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
             let node = key();
-            let l = open(&dir.path().join("l.db"), &node).await;
-            let mut receipts = Vec::new();
-            let mut next = 0;
-            for n in &sizes {
-                receipts.extend(l.append(batch(&node, "p", next, *n)).await.unwrap());
-                next += n;
-            }
-            for r in &receipts {
-                let p = l.prove(&r.tx_id.to_string()).await.unwrap();
-                prop_assert!(p.verify(node.verifying_key()).is_ok());
-                prop_assert!(merkle::inclusion_plan(r.leaf_index, p.checkpoint.tree_size).len() == p.audit_path.len());
-            }
-            let cps: Vec<_> = receipts.iter().map(|r| r.checkpoint.clone()).collect();
-            for a in &cps {
-                for b in &cps {
-                    if a.tree_size <= b.tree_size {
-                        let c = l.prove_consistency(a.tree_size, b.tree_size).await.unwrap();
-                        prop_assert!(c.verify(a, b));
-                    }
-                }
-            }
-            Ok(())
+            let (_dir, l) = open_sqlite(&node).await;
+            all_proofs_verify(&l, &node, &sizes).await
         })?;
     }
 
@@ -464,25 +477,11 @@ proptest! {
     #[test]
     fn random_appends_all_proofs_verify_postgres(sizes in proptest::collection::vec(1usize..12, 1..5)) {
         rt().block_on(async {
-            let backend = At::postgres().await;
             let node = key();
-            let l = open_on(&backend, &node).await;
-            let mut receipts = Vec::new();
-            let mut next = 0;
-            for n in &sizes {
-                receipts.extend(l.append(batch(&node, "p", next, *n)).await.unwrap());
-                next += n;
-            }
-            for r in &receipts {
-                let p = l.prove(&r.tx_id.to_string()).await.unwrap();
-                prop_assert!(p.verify(node.verifying_key()).is_ok());
-            }
-            let first = &receipts[0].checkpoint;
-            let last = &receipts[receipts.len() - 1].checkpoint;
-            let c = l.prove_consistency(first.tree_size, last.tree_size).await.unwrap();
-            prop_assert!(c.verify(first, last));
+            let l = open_on(&At::postgres().await, &node).await;
+            let verified = all_proofs_verify(&l, &node, &sizes).await;
             l.store().close().await.unwrap();
-            Ok(())
+            verified
         })?;
     }
 
@@ -496,9 +495,8 @@ proptest! {
         xor in 1u8..=255,
     ) {
         rt().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
             let node = key();
-            let l = open(&dir.path().join("l.db"), &node).await;
+            let (_dir, l) = open_sqlite(&node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();
             l.append(batch(&node, "b", 0, 3)).await.unwrap();
             verify_ledger(l.store(), None, |_, _| {}).await.unwrap();
@@ -518,9 +516,8 @@ proptest! {
 #[test]
 fn tamper_names_the_first_bad_block_and_transaction() {
     rt().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
         let node = key();
-        let l = open(&dir.path().join("l.db"), &node).await;
+        let (_dir, l) = open_sqlite(&node).await;
         l.append(batch(&node, "a", 0, 5)).await.unwrap();
         let r = l.append(batch(&node, "b", 0, 3)).await.unwrap();
         l.append(batch(&node, "c", 0, 3)).await.unwrap();
@@ -536,8 +533,7 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             other => panic!("expected an integrity failure, got {other:?}"),
         }
         // A row moved to another block: the message says which field lies.
-        let dir2 = tempfile::tempdir().unwrap();
-        let l2 = open(&dir2.path().join("l.db"), &node).await;
+        let (_dir2, l2) = open_sqlite(&node).await;
         l2.append(batch(&node, "a", 0, 5)).await.unwrap();
         let r2 = l2.append(batch(&node, "b", 0, 3)).await.unwrap();
         for sql in [
@@ -562,8 +558,7 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             ("merkle_nodes", "hash", 'b'),
             ("checkpoints", "root", 't'),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let l = open(&dir.path().join("l.db"), &node).await;
+            let (_dir, l) = open_sqlite(&node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();
             assert!(tamper(l.store().pool(), table, col, kind, 1, 3, 0x04).await);
             assert!(
@@ -599,11 +594,6 @@ impl ledger::SideWrite for Marks {
         })
     }
 }
-
-on_each_backend!(
-    side_writes_share_the_block_transaction: side_writes_share_the_block_transaction_sqlite,
-    side_writes_share_the_block_transaction_postgres
-);
 
 async fn side_writes_share_the_block_transaction(backend: At) {
     let key = key();
