@@ -343,9 +343,7 @@ impl Transaction {
     }
 
     fn leaf_data_with(&self, content_hash: &Sm3Digest) -> Vec<u8> {
-        let mut c = Canon::new("vaxgate-tx-v1");
-        c.bytes(&content_hash.0).bytes(&self.auth.canonical());
-        c.into_bytes()
+        leaf_data(content_hash, &self.auth)
     }
 
     /// The RFC 9162 leaf hash.
@@ -438,10 +436,16 @@ impl TxSummary {
     /// The transaction's RFC 9162 leaf hash.
     #[must_use]
     pub fn leaf_hash(&self) -> Sm3Digest {
-        let mut c = Canon::new("vaxgate-tx-v1");
-        c.bytes(&self.content_hash().0).bytes(&self.auth.canonical());
-        merkle::leaf_hash(&c.into_bytes())
+        merkle::leaf_hash(&leaf_data(&self.content_hash(), &self.auth))
     }
+}
+
+/// The ledger leaf data of a transaction: its content hash ‖ auth,
+/// canonically encoded.
+fn leaf_data(content_hash: &Sm3Digest, auth: &TxAuth) -> Vec<u8> {
+    let mut c = Canon::new("vaxgate-tx-v1");
+    c.bytes(&content_hash.0).bytes(&auth.canonical());
+    c.into_bytes()
 }
 
 /// Signs records the ledger node (or a test client) writes itself, with one
