@@ -1055,14 +1055,22 @@ macro_rules! read {
     }};
 }
 
+/// `$e` with `$c` the connection of a [`ledger::SideTx`] of `$store`
+/// (`&mut` the backend's connection), committed when `$e` is `Ok`.
+macro_rules! in_side_tx {
+    ($store:expr, $c:ident => $e:expr) => {{
+        let mut tx = $store.side_tx().await.map_err(|e| e.to_string())?;
+        let out = on_backend!(tx.conn(), $c => $e)?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        out
+    }};
+}
+
 impl Projection {
     /// Creates the tables in the ledger's database if needed.
     pub async fn open(store: &AnyStore) -> Result<Self, String> {
-        let p = Projection { store: store.clone() };
-        let mut tx = store.side_tx().await.map_err(|e| e.to_string())?;
-        on_backend!(tx.conn(), c => c.init().await)?;
-        tx.commit().await.map_err(|e| e.to_string())?;
-        Ok(p)
+        in_side_tx!(store, c => c.init().await);
+        Ok(Projection { store: store.clone() })
     }
 
     /// The projection of a ledger database as it is, without creating or
@@ -1073,14 +1081,6 @@ impl Projection {
         let events = read!(p, c => c.has_table("proj_events").await)?;
         let fields = read!(p, c => c.has_table("proj_fields").await)?;
         Ok((events && fields).then_some(p))
-    }
-
-    /// Writes `rows` in a transaction of their own (on the connection that
-    /// commits blocks).
-    async fn write(&self, rows: &[ProjRow]) -> Result<(), String> {
-        let mut tx = self.store.side_tx().await.map_err(|e| e.to_string())?;
-        on_backend!(tx.conn(), c => c.insert_rows(rows, None).await)?;
-        tx.commit().await.map_err(|e| e.to_string())
     }
 
     /// Checks the events the projection serves against the ledger
@@ -1153,7 +1153,8 @@ impl Projection {
                 r
             })
             .collect();
-        self.write(&rows).await
+        in_side_tx!(self.store, c => c.insert_rows(&rows, None).await);
+        Ok(())
     }
 
     /// Derives the custody facts of projected events from leaf `from` on,
@@ -1196,12 +1197,10 @@ impl Projection {
             }
             done += page.len() as u64;
             let refs: Vec<(i64, &CustodyRows)> = rows.iter().map(|(l, r)| (*l, r)).collect();
-            let mut tx = self.store.side_tx().await.map_err(|e| e.to_string())?;
-            on_backend!(tx.conn(), c => {
+            in_side_tx!(self.store, c => {
                 c.insert_custody(&refs, 0).await?;
                 c.mark_custody(last as i64).await
-            })?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+            });
             from = last + 1;
         }
         Ok(done)
