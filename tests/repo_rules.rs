@@ -8,7 +8,9 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
-const CRATES: &[&str] = &["mappings", "secure-gateway", "ledger", "adapters", "sandbox", "gateway"];
+/// The library crates, in dependency order (the root package, the `vaxgate`
+/// binary, may use them all).
+const CRATES: &[&str] = &["mappings", "secure-gateway", "ledger", "adapters", "gateway", "sandbox"];
 
 /// Which vaxgate crates each crate may depend on (the dependency order).
 fn allowed(c: &str) -> &'static [&'static str] {
@@ -16,8 +18,9 @@ fn allowed(c: &str) -> &'static [&'static str] {
         "mappings" | "secure-gateway" => &[],
         "ledger" => &["secure-gateway"],
         "adapters" => &["mappings", "secure-gateway", "ledger"],
-        "sandbox" => &["mappings", "secure-gateway", "ledger", "adapters"],
-        "gateway" => &["mappings", "secure-gateway", "ledger", "adapters", "sandbox"],
+        // The server library stands beside the agent, not on it.
+        "gateway" => &["mappings", "secure-gateway", "ledger"],
+        "sandbox" => &["mappings", "secure-gateway", "ledger", "adapters", "gateway"],
         _ => panic!("unknown crate {c}"),
     }
 }
