@@ -84,4 +84,14 @@ impl AgentError {
             message: e.to_string(),
         }
     }
+
+    /// A failure of source `name` (one that cannot start, a failed scan, a
+    /// database error); `transient` when worth retrying later.
+    pub(crate) fn source(name: &str, e: impl std::fmt::Display, transient: bool) -> AgentError {
+        AgentError::Source {
+            source_name: name.to_string(),
+            message: e.to_string(),
+            transient,
+        }
+    }
 }

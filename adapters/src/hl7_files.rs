@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use crate::error::AgentError;
 use crate::hl7::{AckCode, Hl7Processor, MessageHeader, segments, split_messages};
 use crate::intake::RecordSink;
-use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, hl7_processor, is_dir, positive, source_err};
+use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, hl7_processor, is_dir, positive};
 use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 use crate::xml_source::{move_into, ready_files};
 
@@ -335,7 +335,7 @@ impl Hl7FilesSourceConfig {
             for r in drop_dir
                 .poll_once()
                 .await
-                .map_err(|e| source_err(name, e.to_string(), true))?
+                .map_err(|e| AgentError::source(name, e, true))?
             {
                 stats.accepted += r.accepted as u64;
                 stats.rejected += (r.refused - r.quarantined) as u64;

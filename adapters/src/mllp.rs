@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::error::AgentError;
 use crate::hl7::{AckCode, ErrEntry, Hl7Processor, Processed, build_ack, err_code};
 use crate::intake::RecordSink;
-use crate::push_sources::{hl7_processor, positive, source_err};
+use crate::push_sources::{hl7_processor, positive};
 use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
 /// Start of block.
@@ -379,7 +379,7 @@ impl Hl7MllpSourceConfig {
         };
         let server = MllpServer::bind(&self.listen, processor, mllp)
             .await
-            .map_err(|e| source_err(name, e.to_string(), false))?;
+            .map_err(|e| AgentError::source(name, e, false))?;
         tracing::info!(source = %name, addr = %server.local_addr(), "MLLP listener started");
         let _ = stop.changed().await;
         server.shutdown().await;

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt as _};
 
 use crate::error::AgentError;
-use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig};
+use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig, source_row};
 use crate::sql::{Cell, SourceRow, SqlCheckpoint};
 
 type Conn = Client<Compat<TcpStream>>;
@@ -37,14 +37,6 @@ impl std::fmt::Debug for MssqlSource {
     }
 }
 
-fn src_err(name: &str, e: impl std::fmt::Display, transient: bool) -> AgentError {
-    AgentError::Source {
-        source_name: name.to_string(),
-        message: e.to_string(),
-        transient,
-    }
-}
-
 fn transient(e: &tiberius::error::Error) -> bool {
     matches!(
         e,
@@ -56,7 +48,7 @@ impl MssqlSource {
     /// A source for `cfg` (connects on first use).
     pub fn new(cfg: &SqlSourceConfig) -> Result<MssqlSource, AgentError> {
         let tds = Config::from_ado_string(&cfg.url)
-            .map_err(|e| src_err(&cfg.name, format!("connection string: {e}"), false))?;
+            .map_err(|e| AgentError::source(&cfg.name, format!("connection string: {e}"), false))?;
         let (wm_col, key_col) = cfg.paging_columns();
         Ok(MssqlSource {
             name: cfg.name.clone(),
@@ -112,11 +104,11 @@ impl MssqlSource {
     async fn connect(&self) -> Result<Conn, AgentError> {
         let tcp = TcpStream::connect(self.tds.get_addr())
             .await
-            .map_err(|e| src_err(&self.name, format!("connecting to {}: {e}", self.tds.get_addr()), true))?;
+            .map_err(|e| AgentError::source(&self.name, format!("connecting to {}: {e}", self.tds.get_addr()), true))?;
         let _ = tcp.set_nodelay(true);
         Client::connect(self.tds.clone(), tcp.compat_write())
             .await
-            .map_err(|e| src_err(&self.name, format!("login: {e}"), transient(&e)))
+            .map_err(|e| AgentError::source(&self.name, format!("login: {e}"), transient(&e)))
     }
 
     /// Runs `sql` with `params`; the first result set. Reconnects once
@@ -129,7 +121,7 @@ impl MssqlSource {
         let boxed: Vec<Box<dyn ToSql>> = params.iter().map(to_sql).collect();
         let refs: Vec<&dyn ToSql> = boxed.iter().map(|b| b.as_ref()).collect();
         let Some(client) = guard.as_mut() else {
-            return Err(src_err(&self.name, "no connection", true));
+            return Err(AgentError::source(&self.name, "no connection", true));
         };
         let result = match client.query(sql, &refs).await {
             Ok(stream) => stream.into_first_result().await,
@@ -142,7 +134,7 @@ impl MssqlSource {
                 if t {
                     *guard = None;
                 }
-                Err(src_err(&self.name, format!("query: {e}"), t))
+                Err(AgentError::source(&self.name, format!("query: {e}"), t))
             }
         }
     }
@@ -179,46 +171,19 @@ impl PullReader for MssqlSource {
             self.base()
         );
         let rows = self.query(&sql, &params).await?;
+        let cols = (self.wm_col.as_str(), self.key_col.as_str());
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let names: Vec<String> = row.columns().iter().map(|c| c.name().to_string()).collect();
             let mut map = Map::new();
             let mut cells = Vec::with_capacity(names.len());
             for (name, data) in names.into_iter().zip(row) {
-                let cell = cell(&data).map_err(|e| src_err(&self.name, format!("column `{name}`: {e}"), false))?;
+                let cell =
+                    cell(&data).map_err(|e| AgentError::source(&self.name, format!("column `{name}`: {e}"), false))?;
                 map.insert(name.clone(), cell.to_json());
                 cells.push((name, cell));
             }
-            let find = |c: &str| cells.iter().find(|(n, _)| n == c).map(|(_, v)| v.clone());
-            let (Some(wm), Some(key)) = (find(&self.wm_col), find(&self.key_col)) else {
-                return Err(src_err(
-                    &self.name,
-                    format!("the query returns no column `{}` or `{}`", self.wm_col, self.key_col),
-                    false,
-                ));
-            };
-            if wm == Cell::Null || key == Cell::Null {
-                return Err(src_err(
-                    &self.name,
-                    format!(
-                        "a row has NULL in the watermark `{}` or key `{}` column (key {:?})",
-                        self.wm_col,
-                        self.key_col,
-                        key.key_string()
-                    ),
-                    false,
-                ));
-            }
-            let record_key = match &self.cfg.change_table {
-                Some(ct) => find(self.cfg.key.as_deref().unwrap_or(&ct.key)).unwrap_or(key.clone()),
-                None => key.clone(),
-            };
-            map.remove(SEQ_ALIAS);
-            out.push(SourceRow {
-                row: map,
-                key: record_key,
-                position: SqlCheckpoint { wm, key },
-            });
+            out.push(source_row(&self.name, &self.cfg, cols, map, &cells, ("", ""))?);
         }
         Ok(out)
     }

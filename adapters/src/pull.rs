@@ -99,6 +99,50 @@ impl SqlSourceConfig {
     }
 }
 
+/// A row a backend read as a [`SourceRow`]: `row` (column → JSON value)
+/// without the change table's sequence column, its position (the
+/// watermark and key columns `cols` among the typed `cells`) and its record
+/// key (with a change table, the source table's key). `notes` end the
+/// backend's messages for a row without a position: the query has no such
+/// columns, or one of them is NULL.
+pub(crate) fn source_row(
+    name: &str,
+    cfg: &SqlSourceConfig,
+    (wm_col, key_col): (&str, &str),
+    mut row: serde_json::Map<String, serde_json::Value>,
+    cells: &[(String, Cell)],
+    (no_columns_note, null_note): (&str, &str),
+) -> Result<SourceRow, AgentError> {
+    let find = |c: &str| cells.iter().find(|(n, _)| n == c).map(|(_, v)| v.clone());
+    let (Some(wm), Some(key)) = (find(wm_col), find(key_col)) else {
+        return Err(AgentError::source(
+            name,
+            format!("the query returns no column `{wm_col}` or `{key_col}`{no_columns_note}"),
+            false,
+        ));
+    };
+    if wm == Cell::Null || key == Cell::Null {
+        return Err(AgentError::source(
+            name,
+            format!(
+                "a row has NULL in the watermark `{wm_col}` or key `{key_col}` column (key {:?}){null_note}",
+                key.key_string()
+            ),
+            false,
+        ));
+    }
+    let record_key = match &cfg.change_table {
+        Some(ct) => find(cfg.key.as_deref().unwrap_or(&ct.key)).unwrap_or(key.clone()),
+        None => key.clone(),
+    };
+    row.remove(CHANGE_SEQ_ALIAS);
+    Ok(SourceRow {
+        row,
+        key: record_key,
+        position: SqlCheckpoint { wm, key },
+    })
+}
+
 fn default_in_flight() -> usize {
     2
 }

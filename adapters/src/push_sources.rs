@@ -80,15 +80,6 @@ pub(crate) fn is_dir(dir: &Path) -> Result<(), (&'static str, String)> {
     }
 }
 
-/// A source that cannot start or whose one-off scan failed.
-pub(crate) fn source_err(name: &str, message: String, transient: bool) -> AgentError {
-    AgentError::Source {
-        source_name: name.to_string(),
-        message,
-        transient,
-    }
-}
-
 /// `agent check` of a directory source: readable and writable, and how
 /// many `.ext` files wait.
 pub(crate) fn check_dir(dir: &Path, ext: &str) -> Result<String, String> {
@@ -120,6 +111,6 @@ pub(crate) fn hl7_processor<S: RecordSink>(
         message: e.to_string(),
     })?;
     let loc = FieldLocator::from_spec_toml(&text, &mapping.display().to_string())
-        .map_err(|e| source_err(name, e.to_string(), false))?;
+        .map_err(|e| AgentError::source(name, e, false))?;
     Ok(Arc::new(Hl7Processor::new(name, spec, loc, sink)))
 }

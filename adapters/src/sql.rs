@@ -10,13 +10,13 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Column, Row, TypeInfo, ValueRef};
+use sqlx::mysql::{MySql, MySqlRow};
+use sqlx::postgres::{PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{Column, Database, Row, TypeInfo, ValueRef};
 
 use crate::error::AgentError;
-use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig};
+use crate::pull::{CHANGE_SEQ_ALIAS as SEQ_ALIAS, PullReader, SqlSourceConfig, source_row};
 
 /// A typed SQL value, as read from a row and bound back into a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,9 +97,99 @@ pub struct SourceRow {
 
 #[derive(Debug, Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-    Mysql(MySqlPool),
+    Sqlite(Db<Sqlite>),
+    Postgres(Db<Postgres>),
+    Mysql(Db<MySql>),
+}
+
+/// How a [`Cell`] is bound into a query of database `DB` (`binder!`).
+type Bind<DB> = for<'q> fn(
+    sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,
+    &Cell,
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments>;
+
+/// How a non-NULL column of a `DB` row is read as a [`Cell`], given its
+/// type name (see [`read_cell`]).
+type ReadCell<DB> = fn(&<DB as Database>::Row, usize, &str) -> Result<Cell, String>;
+
+/// A pool of one sqlx database with its ways of binding and reading a
+/// [`Cell`]: the queries of a pull are the same on every database.
+#[derive(Debug)]
+struct Db<DB: Database> {
+    pool: sqlx::Pool<DB>,
+    bind: Bind<DB>,
+    cell: ReadCell<DB>,
+}
+
+impl<DB: Database> Clone for Db<DB> {
+    fn clone(&self) -> Self {
+        Db {
+            pool: self.pool.clone(),
+            bind: self.bind,
+            cell: self.cell,
+        }
+    }
+}
+
+impl<DB: Database> Db<DB> {
+    /// A pool of at most two connections to the server at `url`, opened
+    /// on first use (waiting at most 10 s for one).
+    fn connect_lazy(url: &str, bind: Bind<DB>, cell: ReadCell<DB>) -> Result<Db<DB>, sqlx::Error> {
+        let pool = sqlx::pool::PoolOptions::<DB>::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy(url)?;
+        Ok(Db { pool, bind, cell })
+    }
+}
+
+impl<DB: Database> Db<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    /// `sql` with `binds` bound in order.
+    fn query(&self, sql: String, binds: &[Cell]) -> sqlx::query::Query<'static, DB, DB::Arguments> {
+        binds.iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), self.bind)
+    }
+
+    /// The rows of `sql` with `binds`.
+    async fn all(&self, sql: String, binds: &[Cell]) -> Result<Vec<DB::Row>, sqlx::Error> {
+        self.query(sql, binds).fetch_all(&self.pool).await
+    }
+
+    /// The rows of `sql` with `binds`, decoded (see [`decode_row`]); the
+    /// inner error names a column that cannot be read.
+    async fn rows(
+        &self,
+        sql: String,
+        binds: &[Cell],
+        wanted: &[&str],
+    ) -> Result<Result<Vec<Decoded>, String>, sqlx::Error> {
+        let rows = self.all(sql, binds).await?;
+        Ok(rows.iter().map(|r| decode_row(r, self.cell, wanted)).collect())
+    }
+
+    /// The first column of the first row of `sql` with `binds`.
+    async fn count(&self, sql: String, binds: &[Cell]) -> Result<i64, sqlx::Error>
+    where
+        i64: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    {
+        self.query(sql, binds).fetch_one(&self.pool).await?.try_get(0)
+    }
+
+    /// Runs `sql` once per key (bound to its one parameter), in one
+    /// transaction.
+    async fn mark(&self, sql: &str, keys: &[Cell]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for k in keys {
+            self.query(sql.to_string(), std::slice::from_ref(k))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,14 +210,6 @@ pub struct SqlSource {
     key_col: String,
 }
 
-fn src_err(name: &str, e: impl std::fmt::Display, transient: bool) -> AgentError {
-    AgentError::Source {
-        source_name: name.to_string(),
-        message: e.to_string(),
-        transient,
-    }
-}
-
 fn is_transient(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -146,7 +228,7 @@ impl SqlSource {
         let (pool, dialect) = match kind {
             "sqlite" => {
                 let opts = SqliteConnectOptions::from_str(&cfg.url)
-                    .map_err(|e| src_err(&name, e, false))?
+                    .map_err(|e| AgentError::source(&name, e, false))?
                     .read_only(cfg.mark_processed.is_none())
                     .busy_timeout(std::time::Duration::from_secs(30))
                     // A whole page may queue for the agent (sqlx's default is
@@ -154,31 +236,34 @@ impl SqlSource {
                     // few rows.
                     .row_buffer_size(cfg.batch_size.clamp(50, 4096));
                 (
-                    Pool::Sqlite(SqlitePoolOptions::new().max_connections(2).connect_lazy_with(opts)),
+                    Pool::Sqlite(Db {
+                        pool: SqlitePoolOptions::new().max_connections(2).connect_lazy_with(opts),
+                        bind: bind_sqlite,
+                        cell: sqlite_cell,
+                    }),
                     Dialect::Sqlite,
                 )
             }
             "postgres" => (
                 Pool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(2)
-                        .acquire_timeout(std::time::Duration::from_secs(10))
-                        .connect_lazy(&cfg.url)
-                        .map_err(|e| src_err(&name, e, false))?,
+                    Db::connect_lazy(&cfg.url, bind_pg, pg_cell).map_err(|e| AgentError::source(&name, e, false))?,
                 ),
                 Dialect::Postgres,
             ),
             "mysql" => (
                 Pool::Mysql(
-                    MySqlPoolOptions::new()
-                        .max_connections(2)
-                        .acquire_timeout(std::time::Duration::from_secs(10))
-                        .connect_lazy(&cfg.url.replacen("mariadb://", "mysql://", 1))
-                        .map_err(|e| src_err(&name, e, false))?,
+                    Db::connect_lazy(&cfg.url.replacen("mariadb://", "mysql://", 1), bind_mysql, mysql_cell)
+                        .map_err(|e| AgentError::source(&name, e, false))?,
                 ),
                 Dialect::Mysql,
             ),
-            other => return Err(src_err(&name, format!("`{other}` is not a sqlx source type"), false)),
+            other => {
+                return Err(AgentError::source(
+                    &name,
+                    format!("`{other}` is not a sqlx source type"),
+                    false,
+                ));
+            }
         };
         let (wm_col, key_col) = cfg.paging_columns();
         Ok(SqlSource {
@@ -231,17 +316,18 @@ impl SqlSource {
         }
     }
 
-    /// The page query after `after` (and the number of parameters).
-    fn page_sql(&self, after: Option<&SqlCheckpoint>, limit: usize) -> (String, usize) {
+    /// The page query after `after` and its parameters (the watermark,
+    /// and the key unless it is the watermark column).
+    fn page_sql(&self, after: Option<&SqlCheckpoint>, limit: usize) -> (String, Vec<Cell>) {
         let wm = self.quote(&self.wm_col);
         let key = self.quote(&self.key_col);
         let same = self.wm_col == self.key_col;
-        let (cond, n) = match after {
-            None => (String::new(), 0),
-            Some(_) if same => (format!(" WHERE {wm} > {}", self.param(1)), 1),
-            Some(_) => (
+        let (cond, binds) = match after {
+            None => (String::new(), Vec::new()),
+            Some(cp) if same => (format!(" WHERE {wm} > {}", self.param(1)), vec![cp.wm.clone()]),
+            Some(cp) => (
                 format!(" WHERE ({wm}, {key}) > ({}, {})", self.param(1), self.param(2)),
-                2,
+                vec![cp.wm.clone(), cp.key.clone()],
             ),
         };
         let order = if same { wm.clone() } else { format!("{wm}, {key}") };
@@ -250,7 +336,7 @@ impl SqlSource {
                 "SELECT * FROM ({}) vg_src{cond} ORDER BY {order} LIMIT {limit}",
                 self.base()
             ),
-            n,
+            binds,
         )
     }
 
@@ -259,37 +345,25 @@ impl SqlSource {
     async fn sorts_every_page(&self) -> Result<bool, sqlx::Error> {
         let (sql, _) = self.page_sql(None, self.cfg.batch_size.max(1));
         Ok(match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    r.try_get::<String, _>("detail")
-                        .is_ok_and(|d| d.contains("TEMP B-TREE FOR ORDER BY"))
-                }),
-            Pool::Postgres(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    r.try_get::<String, _>(0).is_ok_and(|line| {
-                        let node = line.trim_start().trim_start_matches("->").trim_start();
-                        node.starts_with("Sort ")
-                    })
-                }),
-            Pool::Mysql(p) => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .fetch_all(p)
-                .await?
-                .iter()
-                .any(|r| {
-                    let extra = r.try_get::<Option<String>, _>("Extra").ok().flatten().or_else(|| {
-                        r.try_get::<Option<Vec<u8>>, _>("Extra")
-                            .ok()
-                            .flatten()
-                            .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    });
-                    extra.is_some_and(|e| e.contains("filesort"))
-                }),
+            Pool::Sqlite(d) => d.all(format!("EXPLAIN QUERY PLAN {sql}"), &[]).await?.iter().any(|r| {
+                r.try_get::<String, _>("detail")
+                    .is_ok_and(|d| d.contains("TEMP B-TREE FOR ORDER BY"))
+            }),
+            Pool::Postgres(d) => d.all(format!("EXPLAIN {sql}"), &[]).await?.iter().any(|r| {
+                r.try_get::<String, _>(0).is_ok_and(|line| {
+                    let node = line.trim_start().trim_start_matches("->").trim_start();
+                    node.starts_with("Sort ")
+                })
+            }),
+            Pool::Mysql(d) => d.all(format!("EXPLAIN {sql}"), &[]).await?.iter().any(|r| {
+                let extra = r.try_get::<Option<String>, _>("Extra").ok().flatten().or_else(|| {
+                    r.try_get::<Option<Vec<u8>>, _>("Extra")
+                        .ok()
+                        .flatten()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                });
+                extra.is_some_and(|e| e.contains("filesort"))
+            }),
         })
     }
 }
@@ -318,16 +392,9 @@ impl PullReader for SqlSource {
 
     /// Rows after `after`, at most `limit`, in watermark order.
     async fn fetch(&self, after: Option<&SqlCheckpoint>, limit: usize) -> Result<Vec<SourceRow>, AgentError> {
-        let (sql, n) = self.page_sql(after, limit);
-        let mut binds: Vec<Cell> = Vec::new();
-        if let Some(cp) = after {
-            binds.push(cp.wm.clone());
-            if n == 2 {
-                binds.push(cp.key.clone());
-            }
-        }
+        let (sql, binds) = self.page_sql(after, limit);
         let name = &self.name;
-        let fail = |e: sqlx::Error| src_err(name, format!("reading rows: {e}"), is_transient(&e));
+        let fail = |e: sqlx::Error| AgentError::source(name, format!("reading rows: {e}"), is_transient(&e));
         let record_key_col = self
             .cfg
             .change_table
@@ -337,115 +404,35 @@ impl PullReader for SqlSource {
             .into_iter()
             .flatten()
             .collect();
-        let rows: Vec<Decoded> = match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_sqlite(q, b);
-                }
-                let rows = q.fetch_all(p).await.map_err(fail)?;
-                rows.iter()
-                    .map(|r| decode_row(r, sqlite_cell, &wanted))
-                    .collect::<Result<_, _>>()
-            }
-            Pool::Postgres(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_pg(q, b);
-                }
-                let rows = q.fetch_all(p).await.map_err(fail)?;
-                rows.iter()
-                    .map(|r| decode_row(r, pg_cell, &wanted))
-                    .collect::<Result<_, _>>()
-            }
-            Pool::Mysql(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_mysql(q, b);
-                }
-                let rows = q.fetch_all(p).await.map_err(fail)?;
-                rows.iter()
-                    .map(|r| decode_row(r, mysql_cell, &wanted))
-                    .collect::<Result<_, _>>()
-            }
+        let rows = match &self.pool {
+            Pool::Sqlite(d) => d.rows(sql, &binds, &wanted).await,
+            Pool::Postgres(d) => d.rows(sql, &binds, &wanted).await,
+            Pool::Mysql(d) => d.rows(sql, &binds, &wanted).await,
         }
-        .map_err(|e| src_err(name, e, false))?;
+        .map_err(fail)?
+        .map_err(|e| AgentError::source(name, e, false))?;
+        let cols = (self.wm_col.as_str(), self.key_col.as_str());
+        let notes = (" (watermark, key)", "; such rows cannot be read incrementally");
         let mut out = Vec::with_capacity(rows.len());
-        for (mut row, cells) in rows {
-            let find = |c: &str| cells.iter().find(|(n, _)| n == c).map(|(_, v)| v.clone());
-            let (Some(wm), Some(key)) = (find(&self.wm_col), find(&self.key_col)) else {
-                return Err(src_err(
-                    name,
-                    format!(
-                        "the query returns no column `{}` or `{}` (watermark, key)",
-                        self.wm_col, self.key_col
-                    ),
-                    false,
-                ));
-            };
-            if wm == Cell::Null || key == Cell::Null {
-                return Err(src_err(
-                    name,
-                    format!(
-                        "a row has NULL in the watermark `{}` or key `{}` column (key {:?}); such rows cannot be read incrementally",
-                        self.wm_col,
-                        self.key_col,
-                        key.key_string()
-                    ),
-                    false,
-                ));
-            }
-            let record_key = match &self.cfg.change_table {
-                Some(ct) => find(self.cfg.key.as_deref().unwrap_or(&ct.key)).unwrap_or(key.clone()),
-                None => key.clone(),
-            };
-            row.remove(SEQ_ALIAS);
-            out.push(SourceRow {
-                row,
-                key: record_key,
-                position: SqlCheckpoint { wm, key },
-            });
+        for (row, cells) in rows {
+            out.push(source_row(name, &self.cfg, cols, row, &cells, notes)?);
         }
         Ok(out)
     }
 
     /// Rows after `after` (for the backfill progress bar).
     async fn count_after(&self, after: Option<&SqlCheckpoint>) -> Result<u64, AgentError> {
-        let (page, n) = self.page_sql(after, 1);
+        let (page, binds) = self.page_sql(after, 1);
         let inner = page.rsplit_once(" ORDER BY ").map(|(a, _)| a).unwrap_or(&page);
         let sql = format!("SELECT COUNT(*) FROM ({inner}) vg_count");
-        let mut binds = Vec::new();
-        if let Some(cp) = after {
-            binds.push(cp.wm.clone());
-            if n == 2 {
-                binds.push(cp.key.clone());
-            }
-        }
         let name = &self.name;
-        let fail = |e: sqlx::Error| src_err(name, format!("counting rows: {e}"), is_transient(&e));
-        let n: i64 = match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_sqlite(q, b);
-                }
-                q.fetch_one(p).await.map_err(fail)?.try_get(0).map_err(fail)?
-            }
-            Pool::Postgres(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_pg(q, b);
-                }
-                q.fetch_one(p).await.map_err(fail)?.try_get(0).map_err(fail)?
-            }
-            Pool::Mysql(p) => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for b in &binds {
-                    q = bind_mysql(q, b);
-                }
-                q.fetch_one(p).await.map_err(fail)?.try_get(0).map_err(fail)?
-            }
-        };
+        let fail = |e: sqlx::Error| AgentError::source(name, format!("counting rows: {e}"), is_transient(&e));
+        let n = match &self.pool {
+            Pool::Sqlite(d) => d.count(sql, &binds).await,
+            Pool::Postgres(d) => d.count(sql, &binds).await,
+            Pool::Mysql(d) => d.count(sql, &binds).await,
+        }
+        .map_err(fail)?;
         Ok(n.max(0) as u64)
     }
 
@@ -460,39 +447,13 @@ impl PullReader for SqlSource {
         }
         let sql = stmt.replacen("{key}", &self.param(1), 1);
         let name = &self.name;
-        let fail = |e: sqlx::Error| src_err(name, format!("mark_processed: {e}"), is_transient(&e));
+        let fail = |e: sqlx::Error| AgentError::source(name, format!("mark_processed: {e}"), is_transient(&e));
         match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut tx = p.begin().await.map_err(fail)?;
-                for k in keys {
-                    bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), k)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                }
-                tx.commit().await.map_err(fail)
-            }
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(fail)?;
-                for k in keys {
-                    bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), k)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                }
-                tx.commit().await.map_err(fail)
-            }
-            Pool::Mysql(p) => {
-                let mut tx = p.begin().await.map_err(fail)?;
-                for k in keys {
-                    bind_mysql(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), k)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                }
-                tx.commit().await.map_err(fail)
-            }
+            Pool::Sqlite(d) => d.mark(&sql, keys).await,
+            Pool::Postgres(d) => d.mark(&sql, keys).await,
+            Pool::Mysql(d) => d.mark(&sql, keys).await,
         }
+        .map_err(fail)
     }
 
     /// Connects and runs the page query with `LIMIT 1` (for `agent check`);
@@ -522,9 +483,9 @@ impl PullReader for SqlSource {
     /// Closes the pool.
     async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
-            Pool::Mysql(p) => p.close().await,
+            Pool::Sqlite(d) => d.pool.close().await,
+            Pool::Postgres(d) => d.pool.close().await,
+            Pool::Mysql(d) => d.pool.close().await,
         }
     }
 }
@@ -533,15 +494,14 @@ type Decoded = (Map<String, Value>, Vec<(String, Cell)>);
 
 /// A row as column → JSON value, plus the typed cells of the `wanted`
 /// columns (watermark, key, record key).
-fn decode_row<R: Row>(
-    row: &R,
-    cell: fn(&R, usize) -> Result<Cell, String>,
-    wanted: &[&str],
-) -> Result<Decoded, String> {
+fn decode_row<R: Row>(row: &R, cell: ReadCell<R::Database>, wanted: &[&str]) -> Result<Decoded, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
     let mut map = Map::new();
     let mut cells = Vec::with_capacity(wanted.len());
     for (i, c) in row.columns().iter().enumerate() {
-        let v = cell(row, i).map_err(|e| format!("column `{}`: {e}", c.name()))?;
+        let v = read_cell(row, i, cell).map_err(|e| format!("column `{}`: {e}", c.name()))?;
         if wanted.contains(&c.name()) {
             cells.push((c.name().to_string(), v.clone()));
         }
@@ -554,13 +514,22 @@ fn e2s(e: sqlx::Error) -> String {
     e.to_string()
 }
 
-fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Cell, String> {
+/// Reads column `i` of `row`: NULL is [`Cell::Null`], any other value is
+/// read by the database's `typed` given its type name (upper case).
+fn read_cell<R: Row>(row: &R, i: usize, typed: ReadCell<R::Database>) -> Result<Cell, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
     let raw = row.try_get_raw(i).map_err(e2s)?;
     if raw.is_null() {
         return Ok(Cell::Null);
     }
     let ty = raw.type_info().name().to_ascii_uppercase();
-    Ok(match ty.as_str() {
+    typed(row, i, &ty)
+}
+
+fn sqlite_cell(row: &SqliteRow, i: usize, ty: &str) -> Result<Cell, String> {
+    Ok(match ty {
         "INTEGER" | "INT" | "BIGINT" => Cell::I64(row.try_get(i).map_err(e2s)?),
         "REAL" | "FLOAT" | "DOUBLE" | "NUMERIC" => match row.try_get::<f64, _>(i) {
             Ok(f) => Cell::F64(f),
@@ -572,13 +541,8 @@ fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Cell, String> {
     })
 }
 
-fn pg_cell(row: &PgRow, i: usize) -> Result<Cell, String> {
-    let raw = row.try_get_raw(i).map_err(e2s)?;
-    if raw.is_null() {
-        return Ok(Cell::Null);
-    }
-    let ty = raw.type_info().name().to_ascii_uppercase();
-    Ok(match ty.as_str() {
+fn pg_cell(row: &PgRow, i: usize, ty: &str) -> Result<Cell, String> {
+    Ok(match ty {
         "BOOL" => Cell::Bool(row.try_get(i).map_err(e2s)?),
         "INT2" => Cell::I64(i64::from(row.try_get::<i16, _>(i).map_err(e2s)?)),
         "INT4" => Cell::I64(i64::from(row.try_get::<i32, _>(i).map_err(e2s)?)),
@@ -598,13 +562,8 @@ fn pg_cell(row: &PgRow, i: usize) -> Result<Cell, String> {
     })
 }
 
-fn mysql_cell(row: &MySqlRow, i: usize) -> Result<Cell, String> {
-    let raw = row.try_get_raw(i).map_err(e2s)?;
-    if raw.is_null() {
-        return Ok(Cell::Null);
-    }
-    let ty = raw.type_info().name().to_ascii_uppercase();
-    Ok(match ty.as_str() {
+fn mysql_cell(row: &MySqlRow, i: usize, ty: &str) -> Result<Cell, String> {
+    Ok(match ty {
         "BOOLEAN" => Cell::Bool(row.try_get(i).map_err(e2s)?),
         "TINYINT" => Cell::I64(i64::from(row.try_get::<i8, _>(i).map_err(e2s)?)),
         "SMALLINT" => Cell::I64(i64::from(row.try_get::<i16, _>(i).map_err(e2s)?)),
@@ -676,7 +635,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let db = dir.path().join("s.db");
         let url = format!("sqlite:{}?mode=rwc", db.display());
-        let pool = SqlitePool::connect(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap_or_else(|e| panic!("{e}"));
         sqlx::query("CREATE TABLE T_JZ_JZJL (JZJL_ID TEXT PRIMARY KEY, JZRQ TEXT, JC INTEGER, JL REAL, X TEXT)")
             .execute(&pool)
             .await

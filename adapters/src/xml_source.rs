@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::error::AgentError;
 use crate::intake::{Outcome, RecordSink, normalise};
-use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, is_dir, positive, source_err};
+use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, is_dir, positive};
 use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
 /// XML source errors.
@@ -530,7 +530,7 @@ impl XmlDirSourceConfig {
             for r in source
                 .poll_once()
                 .await
-                .map_err(|e| source_err(&self.name, e.to_string(), true))?
+                .map_err(|e| AgentError::source(&self.name, e, true))?
             {
                 stats.accepted += r.accepted;
                 stats.rejected += r.rejected;
