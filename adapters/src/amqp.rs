@@ -45,7 +45,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::error::AgentError;
-use crate::intake::{Outcome, RecordSink, normalise};
+use crate::intake::{Outcome, RecordSink, normalise, retry_all};
 use crate::push_sources::positive;
 use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
 
@@ -599,12 +599,7 @@ struct NoSink;
 
 impl RecordSink for NoSink {
     async fn submit(&self, _: &str, records: Vec<(String, Record)>, _: Option<serde_json::Value>) -> Vec<Outcome> {
-        records
-            .iter()
-            .map(|_| Outcome::Retry {
-                reason: "check only".into(),
-            })
-            .collect()
+        retry_all(&records, "check only")
     }
 
     async fn checkpoint(&self, _: &str) -> Option<serde_json::Value> {
@@ -615,6 +610,7 @@ impl RecordSink for NoSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intake::repeats_a_key;
 
     #[test]
     fn rounds_never_repeat_a_key() {
@@ -638,13 +634,8 @@ mod tests {
         async fn submit(&self, _: &str, records: Vec<(String, Record)>, _: Option<serde_json::Value>) -> Vec<Outcome> {
             use std::sync::atomic::Ordering;
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let keys: std::collections::HashSet<&String> = records.iter().map(|(k, _)| k).collect();
-            if keys.len() < records.len() || self.down.load(Ordering::SeqCst) {
-                let reason = "409: record is already in the ledger".to_string();
-                return records
-                    .iter()
-                    .map(|_| Outcome::Retry { reason: reason.clone() })
-                    .collect();
+            if repeats_a_key(&records) || self.down.load(Ordering::SeqCst) {
+                return retry_all(&records, "409: record is already in the ledger");
             }
             let mut stored = self.stored.lock().expect("lock");
             records

@@ -384,9 +384,6 @@ impl Source for Hl7FilesSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hl7::FieldLocator;
-    use crate::intake::{MemorySink, Outcome};
-    use mappings::{Dataset, MappingSpec, Record};
 
     fn msg(id: &str) -> String {
         format!("MSH|^~\\&|A|B|C|D|20240305||VXU^V04|{id}|P|2.5.1\rPID|1")
@@ -406,60 +403,5 @@ mod tests {
         assert!(chunks_without_repeats(&[], 10).is_empty());
         let no_header = vec!["PID|1".to_string(), "PID|1".to_string()];
         assert_eq!(chunks_without_repeats(&no_header, 0).len(), 2, "size 0 counts as 1");
-    }
-
-    /// Like the gateway: a call with one record key twice fails whole.
-    struct GatewayLike(MemorySink);
-
-    impl RecordSink for GatewayLike {
-        async fn submit(
-            &self,
-            source: &str,
-            records: Vec<(String, Record)>,
-            cp: Option<serde_json::Value>,
-        ) -> Vec<Outcome> {
-            let keys: std::collections::HashSet<&String> = records.iter().map(|(k, _)| k).collect();
-            if keys.len() < records.len() {
-                let reason = "409: record is already in the ledger".to_string();
-                return records
-                    .iter()
-                    .map(|_| Outcome::Retry { reason: reason.clone() })
-                    .collect();
-            }
-            self.0.submit(source, records, cp).await
-        }
-
-        async fn checkpoint(&self, source: &str) -> Option<serde_json::Value> {
-            self.0.checkpoint(source).await
-        }
-    }
-
-    #[tokio::test]
-    async fn a_file_repeating_a_message_is_done() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let text = std::fs::read_to_string(root.join("config/mappings/hl7-vxu.toml")).expect("spec");
-        let spec = Arc::new(MappingSpec::from_toml_str(&text, "hl7-vxu.toml", &Dataset::builtin()).expect("spec"));
-        let loc = FieldLocator::from_spec_toml(&text, "hl7-vxu.toml").expect("locator");
-        let sink = Arc::new(GatewayLike(MemorySink::new("files", spec.clone())));
-        let processor = Arc::new(Hl7Processor::new("files", spec, loc, sink.clone()));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = Hl7FilesConfig {
-            settle: Duration::ZERO,
-            ..Hl7FilesConfig::new(dir.path())
-        };
-        let drop_dir = Hl7FileDrop::new("files", processor, cfg);
-        let sample = std::fs::read_to_string(root.join("config/mappings/samples/hl7-vxu.hl7")).expect("sample");
-        let msgs = split_messages(&sample);
-        // the second message resent: the file holds it twice
-        let file = format!("{}\r{}\r{}\r", msgs[0], msgs[1], msgs[1]);
-        std::fs::write(dir.path().join("resend.hl7"), file).expect("write");
-        let reports = drop_dir.poll_once().await.expect("poll");
-        assert_eq!(
-            (reports[0].accepted, reports[0].refused, reports[0].moved_to),
-            (3, 0, "done"),
-            "{reports:?}"
-        );
-        assert!(dir.path().join("done/resend.hl7").exists());
-        assert_eq!(sink.0.accepted().len(), 2, "two messages, each accepted once");
     }
 }

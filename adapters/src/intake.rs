@@ -109,7 +109,27 @@ struct MemoryState {
     seen: std::collections::HashSet<(String, String)>,
     checkpoints: std::collections::HashMap<String, serde_json::Value>,
     unavailable: bool,
+    /// Calls answered as usual before the sink becomes unavailable.
+    calls_before_unavailable: Option<usize>,
+    refuse_repeated_keys: bool,
     refusals: usize,
+}
+
+/// Whether `records` holds one record key twice: the gateway refuses such
+/// a call whole (its event ids repeat).
+pub(crate) fn repeats_a_key(records: &[(String, Record)]) -> bool {
+    let keys: std::collections::HashSet<&String> = records.iter().map(|(k, _)| k).collect();
+    keys.len() < records.len()
+}
+
+/// `Retry` with `reason` for each of `records`.
+pub(crate) fn retry_all(records: &[(String, Record)], reason: &str) -> Vec<Outcome> {
+    records
+        .iter()
+        .map(|_| Outcome::Retry {
+            reason: reason.to_string(),
+        })
+        .collect()
 }
 
 impl MemorySink {
@@ -127,6 +147,23 @@ impl MemorySink {
     pub fn set_unavailable(&self, down: bool) {
         if let Ok(mut s) = self.state.lock() {
             s.unavailable = down;
+            s.calls_before_unavailable = None;
+        }
+    }
+
+    /// Answers the next `calls` submits as usual, then `Retry` (downstream
+    /// down) until [`MemorySink::set_unavailable`]`(false)`.
+    pub fn set_unavailable_after(&self, calls: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.calls_before_unavailable = Some(calls);
+        }
+    }
+
+    /// Makes a submit holding one record key twice answer `Retry` for all
+    /// its records, as the gateway refuses such a call whole.
+    pub fn set_refuse_repeated_keys(&self, on: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.refuse_repeated_keys = on;
         }
     }
 
@@ -153,11 +190,16 @@ impl RecordSink for MemorySink {
         let Ok(mut state) = self.state.lock() else {
             return std::future::ready(normalise(out, records.len()));
         };
+        if let Some(calls) = state.calls_before_unavailable {
+            state.unavailable |= calls == 0;
+            state.calls_before_unavailable = calls.checked_sub(1);
+        }
         if state.unavailable {
             state.refusals += records.len();
-            let reason = "downstream unavailable".to_string();
-            out.extend(records.iter().map(|_| Outcome::Retry { reason: reason.clone() }));
-            return std::future::ready(out);
+            return std::future::ready(retry_all(&records, "downstream unavailable"));
+        }
+        if state.refuse_repeated_keys && repeats_a_key(&records) {
+            return std::future::ready(retry_all(&records, "409: record is already in the ledger"));
         }
         for (key, record) in &records {
             let o = match &spec {

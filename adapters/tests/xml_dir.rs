@@ -5,10 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use adapters::intake::{MemorySink, Outcome, RecordSink};
+use adapters::intake::{MemorySink, RecordSink};
 use adapters::xml_source::{XmlDirConfig, XmlDirSource, XmlSourceError};
 use mappings::{Dataset, MappingSpec, Record};
 
@@ -139,64 +138,30 @@ async fn malformed_file_goes_to_failed_with_reason_and_unsettled_files_wait() {
     assert!(dir.path().join("notes.txt").exists(), "other files are left alone");
 }
 
-/// Accepts `budget` batches, then answers Retry (gateway down).
-struct Flaky {
-    inner: MemorySink,
-    budget: AtomicUsize,
-}
-
-impl RecordSink for Flaky {
-    async fn submit(
-        &self,
-        source: &str,
-        records: Vec<(String, Record)>,
-        checkpoint: Option<serde_json::Value>,
-    ) -> Vec<Outcome> {
-        if self
-            .budget
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-            .is_err()
-        {
-            return records
-                .iter()
-                .map(|_| Outcome::Retry {
-                    reason: "gateway down".into(),
-                })
-                .collect();
-        }
-        self.inner.submit(source, records, checkpoint).await
-    }
-
-    async fn checkpoint(&self, source: &str) -> Option<serde_json::Value> {
-        self.inner.checkpoint(source).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_interruption_without_resubmitting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("big.xml");
     let n = generate(&file, 100) as u64; // 400 records
-    let sink = Arc::new(Flaky {
-        inner: MemorySink::new("mah", spec()),
-        budget: AtomicUsize::new(3),
-    });
+    // Accepts 3 batches, then answers Retry (gateway down).
+    let sink = Arc::new(MemorySink::new("mah", spec()));
+    sink.set_unavailable_after(3);
     let src = XmlDirSource::new("mah", &spec(), sink.clone(), config(dir.path(), 50));
     match src.poll_once().await {
         Err(XmlSourceError::Retry { file, .. }) => assert_eq!(file, "big.xml"),
         other => panic!("expected Retry, got {other:?}"),
     }
     assert!(file.exists(), "an interrupted file stays in place");
-    let first = sink.inner.accepted().len();
-    assert_eq!(sink.inner.checkpoint("mah").await.expect("cp")["records"], 150);
+    let first = sink.accepted().len();
+    assert_eq!(sink.checkpoint("mah").await.expect("cp")["records"], 150);
 
     // "restart": a new source over the same sink state
-    sink.budget.store(usize::MAX, Ordering::SeqCst);
+    sink.set_unavailable(false);
     let src = XmlDirSource::new("mah", &spec(), sink.clone(), config(dir.path(), 50));
     let reports = src.poll_once().await.expect("poll");
     assert_eq!(reports[0].skipped, 150);
     assert_eq!(reports[0].submitted, n - 150);
-    let keys = sink.inner.accepted();
+    let keys = sink.accepted();
     assert!(keys.len() > first);
     let unique: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "no record submitted twice across the restart");
