@@ -871,18 +871,24 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_gateway_refusal_keeps_its_message_and_problems() {
+    /// The clinic spec, three good records of its sample, and a new state
+    /// database in a directory removed when the last item is dropped.
+    async fn clinic_fixture() -> (MappingSpec, Vec<(String, Record)>, StateDb, tempfile::TempDir) {
         let spec = MappingSpec::load(
             root().join("config/mappings/clinic-ims.toml"),
             &mappings::Dataset::builtin(),
         )
         .expect("spec");
         let records = three_good_records(&spec);
-        let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
-
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+        (spec, records, state, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_refusal_keeps_its_message_and_problems() {
+        let (spec, records, state, _dir) = clinic_fixture().await;
+        let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
         let pipeline = test_pipeline(fake_gateway().await, state.clone());
         pipeline.add_source("clinic", spec);
         let start = chrono::Utc::now();
@@ -953,14 +959,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_too_large_for_the_gateway_is_split_not_retried_forever() {
-        let spec = MappingSpec::load(
-            root().join("config/mappings/clinic-ims.toml"),
-            &mappings::Dataset::builtin(),
-        )
-        .expect("spec");
-        let records = three_good_records(&spec);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDb::open(&dir.path().join("state.db")).await.expect("state");
+        let (spec, records, state, _dir) = clinic_fixture().await;
         let (url, sizes) = fake_gateway_limited(Some(1)).await;
         let pipeline = test_pipeline(url, state);
         pipeline.add_source("clinic", spec);

@@ -691,6 +691,30 @@ mod tests {
         }
     }
 
+    /// Event `event_id` refused for one validation problem ([`problem`]).
+    fn invalid(event_id: Uuid) -> EventState {
+        EventState::Rejected {
+            event_id,
+            code: "validation_failed".into(),
+            message: "1 validation problem(s)".into(),
+            problems: vec![problem()],
+        }
+    }
+
+    /// Commits `events` of source `clinic` (nothing quarantined, no
+    /// accepted keys, no checkpoint); `what` names the step if it fails.
+    async fn commit_events(db: &StateDb, events: &[EventState], what: &str) {
+        db.commit_batch("clinic", events, &[], &[], None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+
+    /// Closes `db` and opens the file at `path` again.
+    async fn reopen(db: StateDb, path: &Path) -> StateDb {
+        db.close().await;
+        StateDb::open(path).await.expect("reopen")
+    }
+
     #[tokio::test]
     async fn rejections_keep_the_gateway_message_and_problems() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -705,15 +729,10 @@ mod tests {
         .await
         .expect("reserve");
         let start = Utc::now();
-        db.commit_batch(
-            "clinic",
+        commit_events(
+            &db,
             &[
-                EventState::Rejected {
-                    event_id: a,
-                    code: "validation_failed".into(),
-                    message: "1 validation problem(s)".into(),
-                    problems: vec![problem()],
-                },
+                invalid(a),
                 EventState::Rejected {
                     event_id: b,
                     code: "forbidden".into(),
@@ -726,16 +745,12 @@ mod tests {
                     height: 3,
                 },
             ],
-            &[],
-            &[],
-            None,
+            "commit",
         )
-        .await
-        .expect("commit");
-        db.close().await;
+        .await;
 
         // Stored durably: a new handle reads them back.
-        let db = StateDb::open(&path).await.expect("reopen");
+        let db = reopen(db, &path).await;
         let r = db.rejections(None, Some(start), 10).await.expect("rejections");
         assert_eq!(r.len(), 2, "{r:?}");
         assert_eq!(
@@ -767,19 +782,16 @@ mod tests {
         assert!(db.rejection_counts(None, Some(later)).await.expect("later").is_empty());
 
         // Accepted after a resend: message and problems are cleared.
-        db.commit_batch(
-            "clinic",
+        commit_events(
+            &db,
             &[EventState::Accepted {
                 event_id: a,
                 tx_id: Uuid::new_v4(),
                 height: 4,
             }],
-            &[],
-            &[],
-            None,
+            "commit",
         )
-        .await
-        .expect("commit");
+        .await;
         let r = db.rejections(None, None, 10).await.expect("rejections");
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].record_key, "K2");
@@ -877,24 +889,10 @@ mod tests {
         db.reserve("clinic", &[(e, "NEW1".into(), at("2024-03-07T10:00:00+08:00"))])
             .await
             .expect("reserve");
-        db.commit_batch(
-            "clinic",
-            &[EventState::Rejected {
-                event_id: e,
-                code: "validation_failed".into(),
-                message: "1 validation problem(s)".into(),
-                problems: vec![problem()],
-            }],
-            &[],
-            &[],
-            None,
-        )
-        .await
-        .expect("commit on the migrated db");
-        db.close().await;
+        commit_events(&db, &[invalid(e)], "commit on the migrated db").await;
 
         // Opening again (columns already there) is a no-op.
-        let db = StateDb::open(&path).await.expect("reopen");
+        let db = reopen(db, &path).await;
         let r = db.rejections(Some("clinic"), None, 10).await.expect("rejections");
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].record_key, "NEW1");
