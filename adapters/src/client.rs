@@ -2,7 +2,7 @@
 //! (optionally with a private CA and a client certificate for mutual TLS)
 //! and SM2-signed requests ([`secure_gateway::request`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secure_gateway::Signer;
@@ -79,11 +79,15 @@ pub struct GatewayClient {
     key: Signer,
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::File {
+/// The PEM file at `path` read by `parse` (a certificate, an identity); an
+/// unreadable or unparsable file is an error naming it.
+fn read_pem<T>(path: &Path, parse: fn(&[u8]) -> reqwest::Result<T>) -> Result<T, ClientError> {
+    let file_err = |e: &dyn std::fmt::Display| ClientError::File {
         path: path.display().to_string(),
         message: e.to_string(),
-    })
+    };
+    let pem = std::fs::read(path).map_err(|e| file_err(&e))?;
+    parse(&pem).map_err(|e| file_err(&e))
 }
 
 impl GatewayClient {
@@ -95,20 +99,10 @@ impl GatewayClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("vaxgate/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &cfg.ca_cert {
-            let pem = read(ca)?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ClientError::File {
-                path: ca.display().to_string(),
-                message: e.to_string(),
-            })?;
-            b = b.add_root_certificate(cert);
+            b = b.add_root_certificate(read_pem(ca, reqwest::Certificate::from_pem)?);
         }
         if let Some(id) = &cfg.client_identity {
-            let pem = read(id)?;
-            let ident = reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::File {
-                path: id.display().to_string(),
-                message: e.to_string(),
-            })?;
-            b = b.identity(ident);
+            b = b.identity(read_pem(id, reqwest::Identity::from_pem)?);
         }
         let http = b.build().map_err(|e| ClientError::Transport {
             url: cfg.base_url.clone(),
