@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::amqp::{ATTEMPTS_HEADER, AmqpConfig, AmqpSource, QUEUE_HEADER, REASON_HEADER};
+use adapters::amqp::{ATTEMPTS_HEADER, AmqpConfig, AmqpError, AmqpSource, AmqpStats, QUEUE_HEADER, REASON_HEADER};
 use adapters::intake::MemorySink;
 use futures_util::StreamExt as _;
 use lapin::options::{
@@ -66,7 +66,7 @@ async fn setup(tag: &str) -> (Connection, Channel, Names) {
 }
 
 /// Declares topology like the consumer does, plus a queue bound to the DLX.
-async fn declare(source: &AmqpSource<Arc<MemorySink>>, ch: &Channel, n: &Names) {
+async fn declare(source: &Source, ch: &Channel, n: &Names) {
     let (c, _) = source.connect().await.expect("consumer connect/declare");
     let _ = c.close(200, "declared".into()).await;
     ch.queue_declare(
@@ -148,6 +148,29 @@ async fn queue_depth(ch: &Channel, queue: &str) -> u32 {
     .message_count()
 }
 
+type Source = Arc<AmqpSource<Arc<MemorySink>>>;
+
+/// `source` consuming in a task until [`Consuming::stop`].
+struct Consuming {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<AmqpStats, AmqpError>>,
+}
+
+impl Consuming {
+    fn start(source: &Source) -> Consuming {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let source = source.clone();
+        let task = tokio::spawn(async move { source.run(stop_rx).await });
+        Consuming { stop, task }
+    }
+
+    /// Asks the consumer to stop; what it did.
+    async fn stop(self) -> AmqpStats {
+        let _ = self.stop.send(true);
+        self.task.await.expect("join").expect("run")
+    }
+}
+
 async fn cleanup(ch: &Channel, n: &Names) {
     let _ = ch
         .queue_delete(n.queue.as_str().into(), QueueDeleteOptions::default())
@@ -179,11 +202,7 @@ async fn acks_accepted_events_once_and_dead_letters_bad_ones() {
     missing["shipments"][0]["vehicle"] = serde_json::json!({}); // required plate and cold mode missing
     publish(&ch, &n.queue, &serde_json::to_vec(&missing).expect("json"), None).await;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = {
-        let source = source.clone();
-        tokio::spawn(async move { source.run(stop_rx).await })
-    };
+    let consuming = Consuming::start(&source);
     let dead = take(&ch, &n.dlq, 3).await;
     // wait until the queue is drained and acked
     for _ in 0..100 {
@@ -192,8 +211,7 @@ async fn acks_accepted_events_once_and_dead_letters_bad_ones() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop_tx.send(true);
-    let stats = runner.await.expect("join").expect("run");
+    let stats = consuming.stop().await;
     assert_eq!(
         (stats.accepted, stats.dead_lettered, stats.retried),
         (4, 3, 0),
@@ -235,14 +253,9 @@ async fn retries_then_dead_letters_after_max_attempts() {
     declare(&source, &ch, &n).await;
     publish(&ch, &n.queue, &event("EV-9", "YD9"), None).await;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = {
-        let source = source.clone();
-        tokio::spawn(async move { source.run(stop_rx).await })
-    };
+    let consuming = Consuming::start(&source);
     let dead = take(&ch, &n.dlq, 1).await;
-    let _ = stop_tx.send(true);
-    let stats = runner.await.expect("join").expect("run");
+    let stats = consuming.stop().await;
     assert_eq!(
         (stats.accepted, stats.retried, stats.dead_lettered),
         (0, 2, 1),
@@ -266,11 +279,7 @@ async fn retries_then_dead_letters_after_max_attempts() {
     let source = Arc::new(AmqpSource::new("erp", cfg, sink.clone()));
     publish(&ch, &n.queue, &event("EV-10", "YD10"), None).await;
     let refused_before = sink.refusals();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = {
-        let source = source.clone();
-        tokio::spawn(async move { source.run(stop_rx).await })
-    };
+    let consuming = Consuming::start(&source);
     // stop once the consumer has met the unavailable downstream at least once
     let start = std::time::Instant::now();
     while sink.refusals() == refused_before {
@@ -280,24 +289,18 @@ async fn retries_then_dead_letters_after_max_attempts() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(true);
-    let stats = runner.await.expect("join").expect("run");
+    let stats = consuming.stop().await;
     assert!(stats.retried >= 1 && stats.accepted == 0, "{stats:?}");
     // the downstream is back: the message is accepted and acked
     sink.set_unavailable(false);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = {
-        let source = source.clone();
-        tokio::spawn(async move { source.run(stop_rx).await })
-    };
+    let consuming = Consuming::start(&source);
     for _ in 0..100 {
         if sink.accepted().len() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop_tx.send(true);
-    let stats = runner.await.expect("join").expect("run");
+    let stats = consuming.stop().await;
     assert_eq!(stats.accepted, 1, "{stats:?}");
     assert_eq!(sink.accepted()[0].1, "EV-10");
     assert_eq!(queue_depth(&ch, &n.queue).await, 0);

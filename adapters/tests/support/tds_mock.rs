@@ -636,6 +636,15 @@ fn prelogin_reply() -> Vec<u8> {
     out
 }
 
+/// The error the mock answers a request it cannot read with.
+fn mock_error(message: String) -> Reply {
+    Reply::Error {
+        number: 50000,
+        class: 16,
+        message,
+    }
+}
+
 async fn serve(mut s: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>, password: &str) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let record = |r: Request| {
@@ -684,41 +693,23 @@ async fn serve(mut s: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>, p
                 }
                 write_message(&mut s, PT_REPLY, &out).await?;
             }
-            PT_BATCH => {
-                let mut c = Cur { b: &payload, p: 0 };
-                let out = match skip_all_headers(&mut c).and_then(|_| c.utf16((payload.len() - c.p) / 2)) {
-                    Ok(sql) => {
-                        let req = Request::Batch(sql);
-                        let replies = handler(&req);
-                        record(req);
-                        encode_replies(&replies, false)
-                    }
-                    Err(e) => encode_replies(
-                        &[Reply::Error {
-                            number: 50000,
-                            class: 16,
-                            message: e,
-                        }],
-                        false,
-                    ),
+            PT_BATCH | PT_RPC => {
+                let rpc_reply = ty == PT_RPC;
+                let parsed = if rpc_reply {
+                    rpc(&payload)
+                } else {
+                    let mut c = Cur { b: &payload, p: 0 };
+                    skip_all_headers(&mut c)
+                        .and_then(|_| c.utf16((payload.len() - c.p) / 2))
+                        .map(Request::Batch)
                 };
-                write_message(&mut s, PT_REPLY, &out).await?;
-            }
-            PT_RPC => {
-                let out = match rpc(&payload) {
+                let out = match parsed {
                     Ok(req) => {
                         let replies = handler(&req);
                         record(req);
-                        encode_replies(&replies, true)
+                        encode_replies(&replies, rpc_reply)
                     }
-                    Err(e) => encode_replies(
-                        &[Reply::Error {
-                            number: 50000,
-                            class: 16,
-                            message: e,
-                        }],
-                        true,
-                    ),
+                    Err(e) => encode_replies(&[mock_error(e)], rpc_reply),
                 };
                 write_message(&mut s, PT_REPLY, &out).await?;
             }
@@ -729,11 +720,7 @@ async fn serve(mut s: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>, p
             }
             other => {
                 let out = encode_replies(
-                    &[Reply::Error {
-                        number: 50000,
-                        class: 16,
-                        message: format!("mock: unsupported packet type 0x{other:02X}"),
-                    }],
+                    &[mock_error(format!("mock: unsupported packet type 0x{other:02X}"))],
                     false,
                 );
                 write_message(&mut s, PT_REPLY, &out).await?;
