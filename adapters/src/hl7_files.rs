@@ -36,7 +36,7 @@ use crate::hl7::{AckCode, Hl7Processor, MessageHeader, segments, split_messages}
 use crate::intake::RecordSink;
 use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, hl7_processor, is_dir, positive};
 use crate::source::{Invalid, RunStats, Source, SourceContext, SourceTask};
-use crate::xml_source::{move_into, ready_files};
+use crate::xml_source::{move_into, process_ready_files, scan_until_stopped};
 
 /// Errors of the file drop.
 #[derive(Debug, thiserror::Error)]
@@ -164,32 +164,29 @@ impl<S: RecordSink> Hl7FileDrop<S> {
     /// [`Hl7FilesError::Retry`] when the downstream is unavailable (the
     /// file stays), [`Hl7FilesError::Dir`] for directory problems.
     pub async fn poll_once(&self) -> Result<Vec<Hl7FileReport>, Hl7FilesError> {
-        let files =
-            ready_files(&self.cfg.dir, &self.cfg.extension, self.cfg.settle).map_err(|e| self.err(&self.cfg.dir, e))?;
-        let mut out = Vec::new();
-        for f in files {
-            out.push(self.process_file(&f).await?);
-        }
-        Ok(out)
+        let c = &self.cfg;
+        process_ready_files(
+            (&c.dir, &c.extension, c.settle),
+            |e| self.err(&c.dir, e),
+            |f| async move { self.process_file(&f).await },
+        )
+        .await
     }
 
     /// Polls until `stop` turns true.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            match self.poll_once().await {
-                Ok(reports) => {
-                    for r in reports {
-                        tracing::info!(source = %self.name, file = %r.file, accepted = r.accepted,
-                            refused = r.refused, moved_to = r.moved_to, "hl7 file processed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "hl7 file drop scan"),
-            }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-            }
-        }
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let log = |r: &Hl7FileReport| {
+            tracing::info!(source = %self.name, file = %r.file, accepted = r.accepted,
+                refused = r.refused, moved_to = r.moved_to, "hl7 file processed");
+        };
+        scan_until_stopped(
+            stop,
+            self.cfg.poll_interval,
+            "hl7 file drop scan",
+            || self.poll_once(),
+            log,
+        )
+        .await;
     }
 
     async fn process_file(&self, path: &Path) -> Result<Hl7FileReport, Hl7FilesError> {

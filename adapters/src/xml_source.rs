@@ -247,7 +247,7 @@ enum ReadMsg {
 }
 
 /// Lists files with `ext` in `dir` whose mtime is older than `settle`, by name.
-pub(crate) fn ready_files(dir: &Path, ext: &str, settle: Duration) -> std::io::Result<Vec<PathBuf>> {
+fn ready_files(dir: &Path, ext: &str, settle: Duration) -> std::io::Result<Vec<PathBuf>> {
     let now = SystemTime::now();
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -268,6 +268,45 @@ pub(crate) fn ready_files(dir: &Path, ext: &str, settle: Duration) -> std::io::R
     }
     out.sort();
     Ok(out)
+}
+
+/// One scan of a drop directory: every file of `dir` with extension `ext`
+/// older than `settle`, in name order, through `process` (stopping at its
+/// first error); `dir_err` is the error of a directory that cannot be
+/// listed.
+pub(crate) async fn process_ready_files<R, E, F: Future<Output = Result<R, E>>>(
+    (dir, ext, settle): (&Path, &str, Duration),
+    dir_err: impl FnOnce(std::io::Error) -> E,
+    mut process: impl FnMut(PathBuf) -> F,
+) -> Result<Vec<R>, E> {
+    let files = ready_files(dir, ext, settle).map_err(dir_err)?;
+    let mut reports = Vec::with_capacity(files.len());
+    for f in files {
+        reports.push(process(f).await?);
+    }
+    Ok(reports)
+}
+
+/// A drop directory's loop: `scan` every `interval` until `stop` turns
+/// true, each file's report logged by `log`, a failed scan as a warning
+/// saying `what`.
+pub(crate) async fn scan_until_stopped<R, E: std::fmt::Display, F: Future<Output = Result<Vec<R>, E>>>(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    interval: Duration,
+    what: &str,
+    mut scan: impl FnMut() -> F,
+    log: impl Fn(&R),
+) {
+    loop {
+        match scan().await {
+            Ok(reports) => reports.iter().for_each(&log),
+            Err(e) => tracing::warn!(error = %e, "{what}"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// Moves `file` into `dir` (created if needed), replacing an older file of
@@ -310,33 +349,30 @@ impl<S: RecordSink> XmlDirSource<S> {
     /// [`XmlSourceError::Retry`] when the sink is unavailable (the file
     /// stays), [`XmlSourceError::Dir`] when the directory cannot be used.
     pub async fn poll_once(&self) -> Result<Vec<FileReport>, XmlSourceError> {
-        let files = ready_files(&self.cfg.dir, &self.cfg.extension, self.cfg.settle)
-            .map_err(|e| self.dir_err(&self.cfg.dir, e))?;
-        let mut reports = Vec::new();
-        for f in files {
-            reports.push(self.process_file(&f).await?);
-        }
-        Ok(reports)
+        let c = &self.cfg;
+        process_ready_files(
+            (&c.dir, &c.extension, c.settle),
+            |e| self.dir_err(&c.dir, e),
+            |f| async move { self.process_file(&f).await },
+        )
+        .await
     }
 
     /// Polls until `stop` turns true; logs errors and backs off.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            match self.poll_once().await {
-                Ok(reports) => {
-                    for r in reports {
-                        tracing::info!(source = %self.name, file = %r.file, submitted = r.submitted,
-                            skipped = r.skipped, accepted = r.accepted, not_accepted = r.not_accepted,
-                            failed = r.failed.is_some(), "xml export processed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "xml source scan"),
-            }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-            }
-        }
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let log = |r: &FileReport| {
+            tracing::info!(source = %self.name, file = %r.file, submitted = r.submitted,
+                skipped = r.skipped, accepted = r.accepted, not_accepted = r.not_accepted,
+                failed = r.failed.is_some(), "xml export processed");
+        };
+        scan_until_stopped(
+            stop,
+            self.cfg.poll_interval,
+            "xml source scan",
+            || self.poll_once(),
+            log,
+        )
+        .await;
     }
 
     async fn process_file(&self, path: &Path) -> Result<FileReport, XmlSourceError> {
