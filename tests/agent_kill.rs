@@ -116,21 +116,12 @@ fn wait_for_ledger(gw: &Node, at_least: usize, agent: &mut Process, agent_log: &
 }
 
 fn setup() -> (Node, tempfile::TempDir, std::path::PathBuf) {
-    let gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
+    let (gw, clinic, work) = clinic_gateway();
     let db = work.path().join("clinic.db");
     big_clinic_db(&db);
-    let cfg = gw.agent_config(
-        work.path(),
-        &clinic,
-        "sqlite",
-        &format!("sqlite:{}", db.display()),
-        &format!(
-            "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = {BATCH}\nprefetch = 2\nin_flight = 2"
-        ),
-        &repo().join("config/mappings/clinic-ims.toml"),
-    );
+    let spec = repo().join("config/mappings/clinic-ims.toml");
+    let extra = format!("batch_size = {BATCH}\nprefetch = 2\nin_flight = 2");
+    let cfg = gw.sqlite_agent_config(work.path(), &clinic, &db, &spec, &extra);
     (gw, work, cfg)
 }
 

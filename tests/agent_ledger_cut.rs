@@ -13,23 +13,15 @@ mod support;
 
 use support::agent::*;
 use support::ledger_cut::cut_ledger;
-use support::{Node, ok, repo, vaxgate};
+use support::{ok, repo, vaxgate};
 
 #[test]
 fn an_agent_refuses_a_gateway_whose_ledger_shrank() {
-    let mut gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
+    let (mut gw, clinic, work) = clinic_gateway();
     let db = work.path().join("clinic.db");
     sqlite_clinic(&db, 0..200, &|_| false);
-    let cfg = gw.agent_config(
-        work.path(),
-        &clinic,
-        "sqlite",
-        &format!("sqlite:{}", db.display()),
-        "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 50",
-        &repo().join("config/mappings/clinic-ims.toml"),
-    );
+    let spec = repo().join("config/mappings/clinic-ims.toml");
+    let cfg = gw.sqlite_agent_config(work.path(), &clinic, &db, &spec, "batch_size = 50");
     let out = ok(agent(&cfg, &["run", "--once"]));
     assert!(out.contains("200 accepted"), "{out}");
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use support::agent::*;
-use support::{Node, block_on, ok, repo};
+use support::{block_on, ok, repo};
 
 fn copy_spec(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("clinic-ims.toml");
@@ -21,20 +21,17 @@ fn copy_spec(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn sqlite_watermark_resume_and_quarantine_replay() {
-    let gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
+    let (gw, clinic, work) = clinic_gateway();
     let db = work.path().join("clinic.db");
     let bad = |i: usize| i % 50 == 7;
     sqlite_clinic(&db, 0..300, &bad);
     let spec = copy_spec(work.path());
-    let cfg = gw.agent_config(
+    let cfg = gw.sqlite_agent_config(
         work.path(),
         &clinic,
-        "sqlite",
-        &format!("sqlite:{}", db.display()),
-        "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\nbatch_size = 64\npoll_interval_secs = 0.2",
+        &db,
         &spec,
+        "batch_size = 64\npoll_interval_secs = 0.2",
     );
 
     let out = ok(agent(&cfg, &["check"]));
@@ -111,6 +108,97 @@ fn sqlite_watermark_resume_and_quarantine_replay() {
     assert_eq!(event_counts(work.path(), SOURCE), vec![("accepted".to_string(), 400)]);
 }
 
+/// A new database on the server of `base` (the URL's database replaced),
+/// created with `CREATE DATABASE <name><options>`, with `tables` created
+/// in it; returns its URL.
+fn new_database<DB: sqlx::Database>(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    options: &str,
+    tables: &[String],
+) -> String
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let name = format!("agent_{}", uuid::Uuid::new_v4().simple());
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{name}");
+    let run = |db: &str, statements: &[String]| {
+        rt.block_on(async {
+            let pool = sqlx::Pool::<DB>::connect(db).await.unwrap();
+            for sql in statements {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        })
+    };
+    run(base, &[format!("CREATE DATABASE {name}{options}")]);
+    run(&url, tables);
+    url
+}
+
+/// Runs the statements `rows(i)` of each row `i` of `range` on the
+/// database at `url`, in one transaction.
+fn insert_rows<DB: sqlx::Database>(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    range: std::ops::Range<usize>,
+    rows: impl Fn(usize) -> Vec<RowQuery<DB>>,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    rt.block_on(async {
+        let pool = sqlx::Pool::<DB>::connect(url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for i in range {
+            for q in rows(i) {
+                q.execute(&mut *tx).await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        pool.close().await;
+    })
+}
+
+/// The clinic's agent reading `T_JZ_JZJL` at `url` (`kind`, the source
+/// lines `extra`) that holds `rows` rows: `agent check` counts them (its
+/// output also goes to `check`), a run delivers them, `insert(more)` adds
+/// rows the next run delivers, and the ledger holds every row once. Returns
+/// the agent's directory.
+fn two_runs(
+    kind: &str,
+    url: &str,
+    extra: &str,
+    rows: usize,
+    more: std::ops::Range<usize>,
+    insert: &dyn Fn(std::ops::Range<usize>),
+    check: &dyn Fn(&str),
+) -> tempfile::TempDir {
+    let (gw, clinic, work) = clinic_gateway();
+    let spec = copy_spec(work.path());
+    let cfg = gw.agent_config(work.path(), &clinic, kind, url, extra, &spec);
+    let out = ok(agent(&cfg, &["check"]));
+    assert!(!out.contains("FAIL") && out.contains(&format!("{rows} rows")), "{out}");
+    check(&out);
+    let run_once = |accepted: usize| {
+        let out = ok(agent(&cfg, &["run", "--once"]));
+        assert!(
+            out.contains(&format!("{accepted} accepted, 0 rejected, 0 quarantined")),
+            "{out}"
+        );
+    };
+    run_once(rows);
+    insert(more.clone());
+    run_once(more.len());
+    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..more.end).map(row_key)));
+    work
+}
+
 fn pg_url() -> String {
     std::env::var("VAXGATE_TEST_PG_URL")
         .expect("VAXGATE_TEST_PG_URL is not set: run ./scripts/test.sh, which starts PostgreSQL")
@@ -132,94 +220,52 @@ fn rt() -> tokio::runtime::Runtime {
 /// column as watermark (ties broken by the id) and a mark-processed flag.
 #[test]
 fn postgres_timestamp_watermark_and_mark_processed() {
-    let base = pg_url();
-    let name = format!("agent_{}", uuid::Uuid::new_v4().simple());
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{name}");
     let rt = rt();
-    let insert = |range: std::ops::Range<usize>| {
-        rt.block_on(async {
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let cols: Vec<String> = COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
-            let ph: Vec<String> = (1..=COLUMNS.len()).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "INSERT INTO \"T_JZ_JZJL\" ({}, \"GXSJ\") VALUES ({}, TIMESTAMP '2024-03-05 08:00:00' + (${} || ' seconds')::interval)",
-                cols.join(", "),
-                ph.join(", "),
-                COLUMNS.len() + 1
-            );
-            let mut tx = pool.begin().await.unwrap();
-            for i in range {
-                let row = clinic_row(i, false);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for c in COLUMNS {
-                    q = match &row[*c] {
-                        Value::Number(n) => q.bind(n.as_i64().map(|v| v as i32)),
-                        Value::String(s) => q.bind(s.clone()),
-                        _ => q.bind(None::<String>),
-                    };
-                }
-                q = q.bind(((i / 10) as i64).to_string());
-                q.execute(&mut *tx).await.unwrap();
+    let cols: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| {
+            if *c == "BZJC" {
+                format!("\"{c}\" INTEGER")
+            } else {
+                format!("\"{c}\" TEXT")
             }
-            tx.commit().await.unwrap();
-            pool.close().await;
+        })
+        .collect();
+    let table = format!(
+        "CREATE TABLE \"T_JZ_JZJL\" ({}, \"GXSJ\" TIMESTAMP NOT NULL, \"SCBZ\" TEXT, PRIMARY KEY (\"JZJL_ID\"))",
+        cols.join(", ")
+    );
+    let url = new_database::<sqlx::Postgres>(&rt, &pg_url(), "", &[table]);
+    let cols: Vec<String> = COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
+    let ph: Vec<String> = (1..=COLUMNS.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "INSERT INTO \"T_JZ_JZJL\" ({}, \"GXSJ\") VALUES ({}, TIMESTAMP '2024-03-05 08:00:00' + (${} || ' seconds')::interval)",
+        cols.join(", "),
+        ph.join(", "),
+        COLUMNS.len() + 1
+    );
+    let insert = |range: std::ops::Range<usize>| {
+        insert_rows::<sqlx::Postgres>(&rt, &url, range, |i| {
+            vec![row_query(&sql, &clinic_row(i, false), COLUMNS, |v| v as i32).bind(((i / 10) as i64).to_string())]
         })
     };
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let cols: Vec<String> = COLUMNS
-            .iter()
-            .map(|c| {
-                if *c == "BZJC" {
-                    format!("\"{c}\" INTEGER")
-                } else {
-                    format!("\"{c}\" TEXT")
-                }
-            })
-            .collect();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE \"T_JZ_JZJL\" ({}, \"GXSJ\" TIMESTAMP NOT NULL, \"SCBZ\" TEXT, PRIMARY KEY (\"JZJL_ID\"))",
-            cols.join(", ")
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    });
     insert(0..500);
 
-    let gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
-    let spec = copy_spec(work.path());
-    let cfg = gw.agent_config(
-        work.path(),
-        &clinic,
+    two_runs(
         "postgres",
         &url,
         "table = \"T_JZ_JZJL\"\nwatermark = \"GXSJ\"\nkey = \"JZJL_ID\"\nbatch_size = 70\n\
          mark_processed = \"UPDATE \\\"T_JZ_JZJL\\\" SET \\\"SCBZ\\\" = '1' WHERE \\\"JZJL_ID\\\" = {key}\"",
-        &spec,
+        500,
+        500..560,
+        &insert,
+        &|out| {
+            assert!(
+                out.contains("warning: each page sorts the whole source (no usable index on (GXSJ, JZJL_ID))"),
+                "{out}"
+            );
+        },
     );
-    let out = ok(agent(&cfg, &["check"]));
-    assert!(!out.contains("FAIL") && out.contains("500 rows"), "{out}");
-    assert!(
-        out.contains("warning: each page sorts the whole source (no usable index on (GXSJ, JZJL_ID))"),
-        "{out}"
-    );
-    let out = ok(agent(&cfg, &["run", "--once"]));
-    assert!(out.contains("500 accepted, 0 rejected, 0 quarantined"), "{out}");
-    insert(500..560);
-    let out = ok(agent(&cfg, &["run", "--once"]));
-    assert!(out.contains("60 accepted, 0 rejected, 0 quarantined"), "{out}");
-    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..560).map(row_key)));
     let marked: i64 = rt.block_on(async {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         let n = sqlx::query_scalar("SELECT count(*) FROM \"T_JZ_JZJL\" WHERE \"SCBZ\" = '1'")
@@ -236,92 +282,45 @@ fn postgres_timestamp_watermark_and_mark_processed() {
 /// sequence and the changed record's key).
 #[test]
 fn mariadb_change_table() {
-    let base = mysql_url();
-    let name = format!("agent_{}", uuid::Uuid::new_v4().simple());
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{name}");
     let rt = rt();
-    let insert = |range: std::ops::Range<usize>| {
-        rt.block_on(async {
-            let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
-            let ph = vec!["?"; COLUMNS.len()].join(", ");
-            let sql = format!("INSERT INTO T_JZ_JZJL ({}) VALUES ({ph})", COLUMNS.join(", "));
-            let mut tx = pool.begin().await.unwrap();
-            for i in range {
-                let row = clinic_row(i, false);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for c in COLUMNS {
-                    q = match &row[*c] {
-                        Value::Number(n) => q.bind(n.as_i64()),
-                        Value::String(s) => q.bind(s.clone()),
-                        _ => q.bind(None::<String>),
-                    };
-                }
-                q.execute(&mut *tx).await.unwrap();
-                sqlx::query("INSERT INTO T_JZ_BG (JZJL_ID) VALUES (?)")
-                    .bind(row_key(i))
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-            }
-            tx.commit().await.unwrap();
-            pool.close().await;
+    let cols: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| match *c {
+            "BZJC" => format!("{c} INT"),
+            "JZJL_ID" => format!("{c} VARCHAR(32) NOT NULL"),
+            _ => format!("{c} VARCHAR(200)"),
         })
-    };
-    rt.block_on(async {
-        let admin = sqlx::MySqlPool::connect(&base).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {name} CHARACTER SET utf8mb4"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        admin.close().await;
-        let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
-        let cols: Vec<String> = COLUMNS
-            .iter()
-            .map(|c| match *c {
-                "BZJC" => format!("{c} INT"),
-                "JZJL_ID" => format!("{c} VARCHAR(32) NOT NULL"),
-                _ => format!("{c} VARCHAR(200)"),
-            })
-            .collect();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        .collect();
+    let tables = [
+        format!(
             "CREATE TABLE T_JZ_JZJL ({}, PRIMARY KEY (JZJL_ID)) DEFAULT CHARSET=utf8mb4",
             cols.join(", ")
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query("CREATE TABLE T_JZ_BG (BGXH BIGINT AUTO_INCREMENT PRIMARY KEY, JZJL_ID VARCHAR(32) NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    });
+        ),
+        "CREATE TABLE T_JZ_BG (BGXH BIGINT AUTO_INCREMENT PRIMARY KEY, JZJL_ID VARCHAR(32) NOT NULL)".to_string(),
+    ];
+    let url = new_database::<sqlx::MySql>(&rt, &mysql_url(), " CHARACTER SET utf8mb4", &tables);
+    let ph = vec!["?"; COLUMNS.len()].join(", ");
+    let sql = format!("INSERT INTO T_JZ_JZJL ({}) VALUES ({ph})", COLUMNS.join(", "));
+    let insert = |range: std::ops::Range<usize>| {
+        insert_rows::<sqlx::MySql>(&rt, &url, range, |i| {
+            vec![
+                row_query(&sql, &clinic_row(i, false), COLUMNS, |n| n),
+                sqlx::query("INSERT INTO T_JZ_BG (JZJL_ID) VALUES (?)").bind(row_key(i)),
+            ]
+        })
+    };
     insert(0..250);
 
-    let gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
-    let spec = copy_spec(work.path());
-    let cfg = gw.agent_config(
-        work.path(),
-        &clinic,
+    let work = two_runs(
         "mysql",
         &url,
         "table = \"T_JZ_JZJL\"\nkey = \"JZJL_ID\"\nbatch_size = 40\n\
          change_table = { table = \"T_JZ_BG\", seq = \"BGXH\", key = \"JZJL_ID\" }",
-        &spec,
+        250,
+        250..300,
+        &insert,
+        &|_| {},
     );
-    let out = ok(agent(&cfg, &["check"]));
-    assert!(!out.contains("FAIL") && out.contains("250 rows"), "{out}");
-    let out = ok(agent(&cfg, &["run", "--once"]));
-    assert!(out.contains("250 accepted, 0 rejected, 0 quarantined"), "{out}");
-    insert(250..300);
-    let out = ok(agent(&cfg, &["run", "--once"]));
-    assert!(out.contains("50 accepted, 0 rejected, 0 quarantined"), "{out}");
-    assert_exactly_once(&gw.ledger_db(), &expected_event_ids((0..300).map(row_key)));
     // The record keys in the agent's receipts are the table's, not the sequence.
     assert_eq!(event_counts(work.path(), SOURCE), vec![("accepted".to_string(), 300)]);
 }

@@ -13,6 +13,34 @@ use super::{Ent, Node, block_on, vaxgate};
 /// The name of the clinic's SQL source in [`Node::agent_config`].
 pub const SOURCE: &str = "clinic-ims";
 
+/// The source lines reading the clinic table `T_JZ_JZJL` (of
+/// [`clinic_row`]s) by its watermark `JZRQ`, ties broken by `JZJL_ID`; a
+/// test adds its `batch_size` and the like.
+pub const CLINIC_BY_JZRQ: &str = "table = \"T_JZ_JZJL\"\nwatermark = \"JZRQ\"\nkey = \"JZJL_ID\"\n";
+
+/// A gateway for agents with the clinic registered ([`Node::register_clinic`]),
+/// and a new directory for the agent's files.
+pub fn clinic_gateway() -> (Node, Ent, tempfile::TempDir) {
+    let gw = Node::start_for_agents();
+    let clinic = gw.register_clinic();
+    (gw, clinic, tempfile::tempdir().unwrap())
+}
+
+/// The `[[sources]]` table of a SQL source `name` of `kind` at `url`
+/// mapped by `mapping`, with the lines `source_extra` (table, watermark,
+/// ...).
+pub fn sql_source(name: &str, kind: &str, url: &str, source_extra: &str, mapping: &Path) -> String {
+    format!(
+        r#"[[sources]]
+type = "{kind}"
+name = "{name}"
+mapping = "{mapping}"
+url = "{url}"
+{source_extra}"#,
+        mapping = mapping.display(),
+    )
+}
+
 impl Node {
     /// Writes an agent config in `dir` submitting as `e` with the given
     /// `[[sources]]` tables; returns its path.
@@ -32,16 +60,15 @@ impl Node {
         source_extra: &str,
         mapping: &Path,
     ) -> PathBuf {
-        let source = format!(
-            r#"[[sources]]
-type = "{kind}"
-name = "{SOURCE}"
-mapping = "{mapping}"
-url = "{url}"
-{source_extra}"#,
-            mapping = mapping.display(),
-        );
-        self.write_agent_config(dir, e, 1000, &source)
+        self.write_agent_config(dir, e, 1000, &sql_source(SOURCE, kind, url, source_extra, mapping))
+    }
+
+    /// [`Node::agent_config`] of the clinic table in the SQLite file `db`
+    /// ([`sqlite_clinic`]) read as [`CLINIC_BY_JZRQ`] says, plus the
+    /// lines `extra` (`batch_size`, ...).
+    pub fn sqlite_agent_config(&self, dir: &Path, e: &Ent, db: &Path, mapping: &Path, extra: &str) -> PathBuf {
+        let url = format!("sqlite:{}", db.display());
+        self.agent_config(dir, e, "sqlite", &url, &format!("{CLINIC_BY_JZRQ}{extra}"), mapping)
     }
 
     fn write_agent_config(&self, dir: &Path, e: &Ent, retry_max_ms: u64, sources: &str) -> PathBuf {
@@ -253,17 +280,33 @@ pub fn sqlite_table_rows(
         let sql = format!("INSERT INTO {table} ({}) VALUES ({ph})", columns.join(", "));
         let mut tx = pool.begin().await.unwrap();
         for row in rows {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for c in columns {
-                q = match &row[*c] {
-                    Value::Number(n) => q.bind(n.as_i64()),
-                    Value::String(s) => q.bind(s.clone()),
-                    _ => q.bind(None::<String>),
-                };
-            }
-            q.execute(&mut *tx).await.unwrap();
+            row_query(&sql, &row, columns, |n| n).execute(&mut *tx).await.unwrap();
         }
         tx.commit().await.unwrap();
         pool.close().await;
     });
 }
+
+/// The statement `sql` with the `columns` of `row` (a JSON object by column
+/// name) bound in order: numbers as integers (through `int`, for the
+/// database's integer column type), strings as text, anything else NULL.
+pub fn row_query<DB, I>(sql: &str, row: &Value, columns: &[&str], int: fn(i64) -> I) -> RowQuery<DB>
+where
+    DB: sqlx::Database,
+    Option<I>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+    for c in columns {
+        q = match &row[*c] {
+            Value::Number(n) => q.bind(n.as_i64().map(int)),
+            Value::String(s) => q.bind(s.clone()),
+            _ => q.bind(None::<String>),
+        };
+    }
+    q
+}
+
+/// What [`row_query`] returns: a statement with its parameters bound.
+pub type RowQuery<DB> = sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>;
