@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Output;
 
-use support::ledger_cut::cut_ledger;
+use support::ledger_cut::{assert_tampering_found, cut_ledger, flip_byte_of};
 
 fn vaxgate(args: &[&str]) -> Output {
     support::vaxgate().args(args).output().expect("run vaxgate")
@@ -16,6 +16,45 @@ fn vaxgate(args: &[&str]) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The stdout of a run that exited with `code` (else a panic showing its
+/// stdout and stderr).
+fn exited(o: &Output, code: i32) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}{}",
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(o)
+}
+
+/// `vaxgate ledger verify ARGS...`.
+fn verify(args: &[&str]) -> Output {
+    vaxgate(&[&["ledger", "verify"], args].concat())
+}
+
+/// `vaxgate bench ledger` of 700 records into `db`, in blocks of `batch`,
+/// from `clients` clients, with payloads of `payload` bytes.
+fn bench_ledger(db: &str, batch: &str, clients: &str, payload: &str) -> Output {
+    let o = vaxgate(&[
+        "bench",
+        "ledger",
+        "--records",
+        "700",
+        "--db",
+        db,
+        "--batch",
+        batch,
+        "--clients",
+        clients,
+        "--payload",
+        payload,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
 }
 
 /// The payload the ledger benchmark writes for record `i` (documented beside
@@ -33,90 +72,44 @@ fn bench_payload(i: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// `vaxgate bench ledger` of 700 records in blocks of 16 into `db`.
-fn small_bench_ledger(db: &str) {
-    let o = vaxgate(&[
-        "bench",
-        "ledger",
-        "--records",
-        "700",
-        "--db",
-        db,
-        "--batch",
-        "16",
-        "--clients",
-        "1",
-        "--payload",
-        "100",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+/// A new directory, the ledger file to create in it and the node key
+/// file beside that ledger (which `bench ledger` writes).
+fn ledger_dir() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let key = format!("{}.node.pub.pem", db.display());
+    (dir, db, key)
 }
 
-fn flip_byte_of(file: &Path, needle: &[u8]) {
-    let mut bytes = std::fs::read(file).unwrap();
-    let at = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("payload is in the main database file");
-    bytes[at + needle.len() / 2] ^= 0x20;
-    std::fs::write(file, bytes).unwrap();
+/// `vaxgate bench ledger` of 700 records in blocks of 16 into `db`.
+fn small_bench_ledger(db: &str) {
+    bench_ledger(db, "16", "1", "100");
 }
 
 #[test]
 fn ledger_commands_and_tamper_detection() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
+    let (dir, db, key) = ledger_dir();
     let db_s = db.to_str().unwrap();
-    let key = format!("{db_s}.node.pub.pem");
 
-    let o = vaxgate(&[
-        "bench",
-        "ledger",
-        "--records",
-        "700",
-        "--db",
-        db_s,
-        "--batch",
-        "64",
-        "--payload",
-        "200",
-        "--clients",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bench_ledger(db_s, "64", "3", "200");
     let last = stdout(&o).lines().last().unwrap().to_string();
     let figures: serde_json::Value = serde_json::from_str(&last).expect("final line is JSON");
     assert_eq!(figures["records"], 700);
     assert!(figures["records_per_sec"].as_f64().unwrap() > 0.0);
 
-    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--checkpoint-key", &key]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(stdout(&o).starts_with("ledger intact: "), "{}", stdout(&o));
-    assert!(stdout(&o).contains("701 transactions"), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("signatures checked by rustcrypto"),
-        "{}",
-        stdout(&o)
-    );
-    assert_eq!(stdout(&o).lines().count(), 1);
+    let out = exited(&verify(&["--db", db_s, "--checkpoint-key", &key]), 0);
+    assert!(out.starts_with("ledger intact: "), "{out}");
+    assert!(out.contains("701 transactions"), "{out}");
+    assert!(out.contains("signatures checked by rustcrypto"), "{out}");
+    assert_eq!(out.lines().count(), 1);
     // The same signatures (made through RustCrypto) checked by OpenSSL; an
     // unknown provider is the caller's error, named.
-    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--crypto-provider", "openssl"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    assert!(stdout(&o).contains("signatures checked by openssl"), "{}", stdout(&o));
-    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--crypto-provider", "hsm"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("rustcrypto"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = exited(&verify(&["--db", db_s, "--crypto-provider", "openssl"]), 0);
+    assert!(out.contains("signatures checked by openssl"), "{out}");
+    let o = verify(&["--db", db_s, "--crypto-provider", "hsm"]);
+    exited(&o, 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rustcrypto"), "{err}");
 
     let o = vaxgate(&["ledger", "stats", "--db", db_s, "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -163,20 +156,11 @@ fn ledger_commands_and_tamper_detection() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
 
     // Flip one byte of record 300's payload in the file: verify names the block and transaction.
-    flip_byte_of(&db, &bench_payload(300, 200)[..64]);
-    let o = vaxgate(&["ledger", "verify", "--db", db_s, "--checkpoint-key", &key]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = stdout(&o);
     assert!(
-        out.contains(&format!("at block {height}, transaction {tx_id}")),
-        "{out}"
+        flip_byte_of(&[&db], &bench_payload(300, 200)[..64]),
+        "payload is in the main database file"
     );
+    assert_tampering_found(&db, Path::new(&key), height, &tx_id);
 }
 
 /// A ledger whose newest blocks were removed still verifies on its own
@@ -186,10 +170,8 @@ fn ledger_commands_and_tamper_detection() {
 /// earlier size checks by a consistency proof.
 #[test]
 fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
+    let (dir, db, key) = ledger_dir();
     let db_s = db.to_str().unwrap();
-    let key = format!("{db_s}.node.pub.pem");
     small_bench_ledger(db_s);
     let o = vaxgate(&["ledger", "stats", "--db", db_s, "--json"]);
     let seen = dir.path().join("seen.json");
@@ -206,82 +188,51 @@ fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
     }
     let kept = cut_ledger(&cut, |newest| newest - 9);
     let cut_s = cut.to_str().unwrap();
-    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--checkpoint-key", &key]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "alone, the cut ledger verifies: {}",
-        stdout(&o)
-    );
-    assert!(stdout(&o).contains(&format!("{kept} transactions")), "{}", stdout(&o));
+    // Alone, the cut ledger verifies.
+    let out = exited(&verify(&["--db", cut_s, "--checkpoint-key", &key]), 0);
+    assert!(out.contains(&format!("{kept} transactions")), "{out}");
 
-    let o = vaxgate(&[
-        "ledger",
-        "verify",
-        "--db",
-        cut_s,
-        "--checkpoint-key",
-        &key,
-        "--checkpoint",
-        seen_s,
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = exited(
+        &verify(&["--db", cut_s, "--checkpoint-key", &key, "--checkpoint", seen_s]),
+        1,
+    );
     assert!(
-        stdout(&o).contains(&format!(
+        out.contains(&format!(
             "LEDGER NOT INTACT: it holds {kept} transactions, but the checkpoint in {seen_s}"
-        )) && stdout(&o).contains(&format!("saw 701: the newest {} were cut off", 701 - kept)),
-        "{}",
-        stdout(&o)
+        )) && out.contains(&format!("saw 701: the newest {} were cut off", 701 - kept)),
+        "{out}"
     );
     // The genesis key checks the file's signature when no key is given.
-    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--checkpoint", seen_s]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let o = vaxgate(&["ledger", "verify", "--db", cut_s, "--min-size", "701"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(stdout(&o).contains("at least 701 were expected"), "{}", stdout(&o));
+    exited(&verify(&["--db", cut_s, "--checkpoint", seen_s]), 1);
+    let out = exited(&verify(&["--db", cut_s, "--min-size", "701"]), 1);
+    assert!(out.contains("at least 701 were expected"), "{out}");
 
     // The whole ledger extends both its own checkpoint and the cut copy's
     // (an earlier size: a consistency proof).
     let o = vaxgate(&["ledger", "stats", "--db", cut_s, "--json"]);
     let older = dir.path().join("older.json");
     std::fs::write(&older, &o.stdout).unwrap();
-    let o = vaxgate(&[
-        "ledger",
-        "verify",
+    let older_s = older.to_str().unwrap();
+    let args = [
         "--db",
         db_s,
         "--checkpoint",
         seen_s,
         "--checkpoint",
-        older.to_str().unwrap(),
+        older_s,
         "--min-size",
         "701",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ];
+    let out = exited(&verify(&args), 0);
     assert!(
-        stdout(&o)
-            .contains("ledger not cut short: it holds every transaction of the 2 checkpoint(s) given and at least 701"),
-        "{}",
-        stdout(&o)
+        out.contains("ledger not cut short: it holds every transaction of the 2 checkpoint(s) given and at least 701"),
+        "{out}"
     );
     // A checkpoint of the right size with another root: a rewritten history.
     let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&older).unwrap()).unwrap();
     forged["latest_checkpoint"]["root"] = serde_json::json!("11".repeat(32));
     std::fs::write(&older, serde_json::to_vec(&forged).unwrap()).unwrap();
-    let o = vaxgate(&[
-        "ledger",
-        "verify",
-        "--db",
-        db_s,
-        "--checkpoint",
-        older.to_str().unwrap(),
-    ]);
+    let o = verify(&["--db", db_s, "--checkpoint", older_s]);
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -297,8 +248,7 @@ fn a_ledger_cut_short_is_refused_given_a_checkpoint_seen_before() {
 /// and names the damage.
 #[test]
 fn a_damaged_index_page_is_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
+    let (dir, db, _) = ledger_dir();
     let db_s = db.to_str().unwrap();
     small_bench_ledger(db_s);
     assert!(
@@ -319,18 +269,9 @@ fn a_damaged_index_page_is_found() {
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[(root * page - 40) as usize] ^= 0x20;
     std::fs::write(&db, bytes).unwrap();
-    let o = vaxgate(&["ledger", "verify", "--db", db_s]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = exited(&verify(&["--db", db_s]), 1);
     assert!(
-        stdout(&o).contains("is damaged (SQLite integrity_check)")
-            && stdout(&o).contains("missing from index transactions_category"),
-        "{}",
-        stdout(&o)
+        out.contains("is damaged (SQLite integrity_check)") && out.contains("missing from index transactions_category"),
+        "{out}"
     );
 }

@@ -12,12 +12,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use support::ledger_cut::{assert_tampering_found, flip_byte_of};
 
 const DOSES: &str = "120";
 const SEED: &str = "5";
@@ -25,6 +28,25 @@ const SEED: &str = "5";
 fn vaxgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vaxgate"));
     c.env("RUST_LOG", "warn");
+    c
+}
+
+/// `vaxgate sandbox` of [`DOSES`] doses with [`SEED`] in `dir`, on the
+/// crypto `provider`, with the further arguments `args`.
+fn sandbox(dir: &Path, provider: &str, args: &[&str]) -> Command {
+    let mut c = vaxgate();
+    c.args([
+        "sandbox",
+        "--doses",
+        DOSES,
+        "--seed",
+        SEED,
+        "--crypto-provider",
+        provider,
+    ])
+    .args(args)
+    .arg("--dir")
+    .arg(dir);
     c
 }
 
@@ -49,18 +71,6 @@ fn comparable(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
-fn flip_byte_of(files: &[&Path], needle: &[u8]) -> bool {
-    for f in files {
-        let Ok(mut bytes) = std::fs::read(f) else { continue };
-        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
-            bytes[at + needle.len() / 2] ^= 0x20;
-            std::fs::write(f, bytes).unwrap();
-            return true;
-        }
-    }
-    false
-}
-
 #[test]
 fn sandbox_summary_determinism_restart_and_tamper() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,20 +79,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     // small), the second with the other crypto provider: the same records,
     // refusals and findings, and its OpenSSL-signed ledger verifies.
     let run = |dir: &Path, provider: &str| {
-        let o = vaxgate()
-            .args([
-                "sandbox",
-                "--doses",
-                DOSES,
-                "--seed",
-                SEED,
-                "--crypto-provider",
-                provider,
-                "--dir",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
+        let o = sandbox(dir, provider, &[]).output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
         o
     };
@@ -227,19 +224,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     }
 
     // Restart with --serve: same state, a partner query, Ctrl-C stops it.
-    let mut child = vaxgate()
-        .args([
-            "sandbox",
-            "--doses",
-            DOSES,
-            "--seed",
-            SEED,
-            "--serve",
-            "--crypto-provider",
-            "openssl",
-            "--dir",
-        ])
-        .arg(&a)
+    let mut child = sandbox(&a, "openssl", &["--serve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -356,20 +341,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
         flip_byte_of(&[&db, &wal], needle),
         "the vaccination's payload is not in the ledger files"
     );
-    let key = a.join("node/keys/node.pub.pem");
-    let o = vaxgate()
-        .args(["ledger", "verify", "--db"])
-        .arg(&db)
-        .arg("--checkpoint-key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains(&format!("at block {height}, transaction {tx_id}")),
-        "{out}"
-    );
+    assert_tampering_found(&db, &a.join("node/keys/node.pub.pem"), height, tx_id);
 }
 
 /// A size outside the generator's range is refused before anything is
@@ -421,30 +393,24 @@ fn recall_matches_the_world(manifest: &sandbox::Manifest, recall: &serde_json::V
     let destroyed = if li == 0 { 3 * CARTON as u64 } else { 0 };
     assert_eq!(recall["units"], units, "{recall}");
     assert_eq!(recall["unknown_units"], 0, "{recall}");
-    let got_admin: BTreeMap<String, u64> = recall["administered_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["vaccinating_unit"]["id"].as_str().unwrap().to_string(),
-                a["units"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    // The units of each party in the recall's list `list`, the party under `party`.
+    let units_by = |list: &str, party: &str| -> BTreeMap<String, u64> {
+        recall[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a[party]["id"].as_str().unwrap().to_string(),
+                    a["units"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let got_admin = units_by("administered_by", "vaccinating_unit");
     let want_admin: BTreeMap<String, u64> = administered.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_eq!(got_admin, want_admin, "{recall}");
-    let held: BTreeMap<String, u64> = recall["held_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["holder"]["id"].as_str().unwrap().to_string(),
-                h["units"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let held = units_by("held_by", "holder");
     for (clinic, n) in &clinic_held {
         assert_eq!(held.get(*clinic), Some(n), "{clinic} in {recall}");
     }
