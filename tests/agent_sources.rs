@@ -18,14 +18,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, message::Delivery};
 use serde_json::{Value, json};
 use support::agent::*;
-use support::{Node, Process, ok, repo, wait_until};
+use support::amqp::bound_queue;
+use support::{Ent, Node, Process, ok, repo, wait_until};
 
 fn spec(name: &str) -> String {
     repo().join("config/mappings").join(name).display().to_string()
@@ -59,6 +60,62 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `agent check` passes, naming the source (`name (type)`) and `detail`.
+fn check_ok(cfg: &Path, source: &str, detail: &str) {
+    let out = ok(agent(cfg, &["check"]));
+    assert!(
+        out.contains(&format!("source {source}")) && out.contains(detail) && !out.contains("FAIL"),
+        "{out}"
+    );
+}
+
+/// `agent run --once` succeeds, its summary saying `summary`.
+fn run_once(cfg: &Path, summary: &str) {
+    let o = agent(cfg, &["run", "--once"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(summary), "{}", stdout(&o));
+}
+
+/// `agent run --once` with the gateway down fails, saying so.
+fn run_once_while_down(cfg: &Path) {
+    let o = agent(cfg, &["run", "--once"]);
+    assert!(
+        !o.status.success(),
+        "a run that could not deliver fails: {}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("downstream unavailable"), "{}", stderr(&o));
+}
+
+/// A directory source of the agent: its `type`, `name`, mapping file (in
+/// config/mappings/) and the `[[sources]]` lines after its `dir`.
+struct DirSource {
+    kind: &'static str,
+    name: &'static str,
+    spec_file: &'static str,
+    settings: &'static str,
+}
+
+impl DirSource {
+    /// An agent config in `work` for `e` with this source only, watching
+    /// the new directory `work/<subdir>`; returns that directory and the
+    /// config.
+    fn config(&self, gw: &Node, e: &Ent, work: &Path, subdir: &str) -> (PathBuf, PathBuf) {
+        let dir = work.join(subdir);
+        std::fs::create_dir(&dir).unwrap();
+        let source = format!(
+            "[[sources]]\ntype = \"{}\"\nname = \"{}\"\nmapping = \"{}\"\ndir = \"{}\"\n{}",
+            self.kind,
+            self.name,
+            spec(self.spec_file),
+            dir.display(),
+            self.settings
+        );
+        let cfg = gw.agent_config_with(work, e, &source);
+        (dir, cfg)
+    }
+}
+
 // ---------------------------------------------------------------- XML ----
 
 /// The marketing authorisation holder of config/mappings/mah-export.toml
@@ -66,6 +123,13 @@ fn stderr(o: &std::process::Output) -> String {
 const MAH: &str = "91320000134567890Y";
 const MAH_SPEC: &str = "mah-export";
 const MAH_CATEGORIES: &[&str] = &["vaccine_product", "lot_release", "production_inbound", "cancellation"];
+/// The MAH's export directory.
+const MAH_SOURCE: DirSource = DirSource {
+    kind: "xml_dir",
+    name: "mah",
+    spec_file: "mah-export.toml",
+    settings: "batch_size = 4\nsettle_ms = 0\npoll_interval_ms = 200\n",
+};
 
 fn xml_product(id: &str, name: &str) -> String {
     format!(
@@ -182,18 +246,7 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
     let mut gw = Node::start_for_agents();
     let mah = gw.register_named(MAH, "江苏某生物制品有限公司", "mah", "manufacturer", &[]);
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("mah-export");
-    std::fs::create_dir(&dir).unwrap();
-    let cfg = gw.agent_config_with(
-        work.path(),
-        &mah,
-        &format!(
-            "[[sources]]\ntype = \"xml_dir\"\nname = \"mah\"\nmapping = \"{}\"\ndir = \"{}\"\n\
-             batch_size = 4\nsettle_ms = 0\npoll_interval_ms = 200\n",
-            spec("mah-export.toml"),
-            dir.display()
-        ),
-    );
+    let (dir, cfg) = MAH_SOURCE.config(&gw, &mah, work.path(), "mah-export");
     let db = gw.ledger_db();
 
     // A good export and a broken one: two complete records, then the XML
@@ -214,19 +267,9 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
     expected.insert(derive(MAH_SPEC, "vaccine_product", "P-0002-1"));
     expected.insert(derive(MAH_SPEC, "lot_release", "L-0002-1"));
 
-    let out = ok(agent(&cfg, &["check"]));
-    assert!(
-        out.contains("source mah (xml_dir)") && out.contains("2 .xml file(s) waiting") && !out.contains("FAIL"),
-        "{out}"
-    );
+    check_ok(&cfg, "mah (xml_dir)", "2 .xml file(s) waiting");
 
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("source mah: 11 accepted, 1 rejected, 1 quarantined"),
-        "{}",
-        stdout(&o)
-    );
+    run_once(&cfg, "source mah: 11 accepted, 1 rejected, 1 quarantined");
     assert_eq!(mah_ids(&db), expected, "the ledger holds every good record once");
     assert_eq!(files_in(&dir), BTreeSet::new(), "no export left in the directory");
     assert_eq!(files_in(&dir.join("done")), names(&["export-20240301.xml"]));
@@ -260,13 +303,7 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
     // The same export dropped again: every record is resubmitted and
     // answered as a duplicate, nothing is appended twice.
     std::fs::copy(dir.join("done/export-20240301.xml"), dir.join("export-20240301.xml")).unwrap();
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("source mah: 9 accepted, 1 rejected, 1 quarantined"),
-        "{}",
-        stdout(&o)
-    );
+    run_once(&cfg, "source mah: 9 accepted, 1 rejected, 1 quarantined");
     assert_eq!(mah_ids(&db), expected, "a re-dropped export adds nothing");
     assert_eq!(files_in(&dir), BTreeSet::new());
     assert_eq!(files_in(&dir.join("done")), names(&["export-20240301.xml"]));
@@ -277,13 +314,7 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
     let (next, next_ids) = good_export(3);
     assert_eq!(next.len(), good.len(), "same size as the export before");
     std::fs::write(dir.join("export-20240301.xml"), &next).unwrap();
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(
-        !o.status.success(),
-        "a run that could not deliver fails: {}",
-        stdout(&o)
-    );
-    assert!(stderr(&o).contains("downstream unavailable"), "{}", stderr(&o));
+    run_once_while_down(&cfg);
     assert_eq!(files_in(&dir), names(&["export-20240301.xml"]), "the file waits");
     assert_eq!(
         std::fs::read_to_string(dir.join("done/export-20240301.xml")).unwrap(),
@@ -291,13 +322,7 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
         "nothing moved to done/ while the gateway is down"
     );
     gw.serve();
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("source mah: 9 accepted, 1 rejected, 1 quarantined"),
-        "{}",
-        stdout(&o)
-    );
+    run_once(&cfg, "source mah: 9 accepted, 1 rejected, 1 quarantined");
     expected.extend(next_ids);
     assert_eq!(
         mah_ids(&db),
@@ -314,6 +339,13 @@ fn xml_dir_exports_reach_the_ledger_once_and_files_move_after_the_receipts() {
 // ---------------------------------------------------------------- HL7 ----
 
 const HL7_SPEC: &str = "hl7-vxu";
+/// The clinic's HL7 file drop.
+const IIS_FILES: DirSource = DirSource {
+    kind: "hl7_files",
+    name: "iis-files",
+    spec_file: "hl7-vxu.toml",
+    settings: "settle_ms = 0\npoll_interval_ms = 200\nbatch_size = 2\n",
+};
 
 fn hl7_sample() -> Vec<String> {
     adapters::hl7::split_messages(&std::fs::read_to_string(repo().join("config/mappings/samples/hl7-vxu.hl7")).unwrap())
@@ -332,21 +364,8 @@ fn hl7_variant(msg: &str, control: &str, key: &str, code: &str) -> String {
 
 #[test]
 fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
-    let mut gw = Node::start_for_agents();
-    let clinic = gw.register_clinic();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("hl7-in");
-    std::fs::create_dir(&dir).unwrap();
-    let cfg = gw.agent_config_with(
-        work.path(),
-        &clinic,
-        &format!(
-            "[[sources]]\ntype = \"hl7_files\"\nname = \"iis-files\"\nmapping = \"{}\"\ndir = \"{}\"\n\
-             settle_ms = 0\npoll_interval_ms = 200\nbatch_size = 2\n",
-            spec("hl7-vxu.toml"),
-            dir.display()
-        ),
-    );
+    let (mut gw, clinic, work) = clinic_gateway();
+    let (dir, cfg) = IIS_FILES.config(&gw, &clinic, work.path(), "hl7-in");
     let db = gw.ledger_db();
     let msgs = hl7_sample();
     assert!(
@@ -383,18 +402,8 @@ fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
     )
     .unwrap();
 
-    let out = ok(agent(&cfg, &["check"]));
-    assert!(
-        out.contains("source iis-files (hl7_files)") && out.contains("3 .hl7 file(s) waiting") && !out.contains("FAIL"),
-        "{out}"
-    );
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("source iis-files: 3 accepted, 0 rejected, 1 quarantined"),
-        "{}",
-        stdout(&o)
-    );
+    check_ok(&cfg, "iis-files (hl7_files)", "3 .hl7 file(s) waiting");
+    run_once(&cfg, "source iis-files: 3 accepted, 0 rejected, 1 quarantined");
     let mut expected = vaccination(&["JZ202403050001", "JZ202403050004", "JZ202403060011", "JZ202403070021"]);
     assert_eq!(ledger_ids(&db, "vaccination"), expected);
 
@@ -445,13 +454,7 @@ fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
         hl7_variant(&msgs[1], "MSG20240309004", "JZ202403090031", "86234560000000002005"),
     )
     .unwrap();
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(
-        !o.status.success(),
-        "a run that could not deliver fails: {}",
-        stdout(&o)
-    );
-    assert!(stderr(&o).contains("downstream unavailable"), "{}", stderr(&o));
+    run_once_while_down(&cfg);
     assert_eq!(files_in(&dir), names(&[f4]), "the file waits for the gateway");
     assert!(!dir.join("done").join(f4).exists() && !dir.join("failed").join(f4).exists());
 
@@ -461,13 +464,7 @@ fn hl7_file_drop_reaches_the_ledger_once_and_files_move_as_acknowledged() {
     let f5 = "resend-20240310.hl7";
     let m5 = hl7_variant(&msgs[1], "MSG20240310005", "JZ202403100041", "86234560000000002006");
     std::fs::write(dir.join(f5), format!("{m5}\r{m5}\r")).unwrap();
-    let o = agent(&cfg, &["run", "--once"]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("source iis-files: 4 accepted, 0 rejected, 0 quarantined"),
-        "{}",
-        stdout(&o)
-    );
+    run_once(&cfg, "source iis-files: 4 accepted, 0 rejected, 0 quarantined");
     expected.extend(vaccination(&["JZ202403090031", "JZ202403100041"]));
     assert_eq!(ledger_ids(&db, "vaccination"), expected, "resends added nothing");
     assert_eq!(files_in(&dir), BTreeSet::new());
@@ -612,11 +609,7 @@ fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
     let db = gw.ledger_db();
 
     // `check` declares the queue and the dead-letter exchange.
-    let out = ok(agent(&cfg, &["check"]));
-    assert!(
-        out.contains("source erp (amqp)") && out.contains("broker reachable") && !out.contains("FAIL"),
-        "{out}"
-    );
+    check_ok(&cfg, "erp (amqp)", "broker reachable");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -629,25 +622,12 @@ fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
             .expect("connect to RabbitMQ");
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        ch.queue_declare(
-            dlq.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            dlq.as_str().into(),
-            dlx.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind the dead-letter queue to the exchange `check` declared");
+        // Bound to the dead-letter exchange `check` declared.
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        bound_queue(&ch, &dlq, durable, &dlx, "").await;
         (conn, ch)
     });
 

@@ -12,12 +12,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mappings::ExchangeMessage;
+use support::amqp::bound_queue;
 use support::{Node, NodeOptions, free_port, golden};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -133,24 +132,12 @@ fn blocks_and_summaries_reach_rabbitmq_across_outages_without_loss() {
         FieldTable::default(),
     ))
     .unwrap();
-    rt.block_on(ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .unwrap();
-    rt.block_on(ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    ))
-    .unwrap();
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    rt.block_on(bound_queue(&ch, &queue, options, &exchange, "#"));
 
     // A node on loopback whose broker is unreachable at start (started
     // outside the runtime's context: its blocking HTTP client may not run in it).

@@ -5,13 +5,14 @@
 //! `vaxgate serve` with entities registered through `vaxgate admin`
 //! ([`Node`]), golden exchange messages ([`golden`]), and for the agent
 //! tests, legacy source tables, agent configs and ledger queries
-//! ([`agent`]).
+//! ([`agent`]), and the tests' own RabbitMQ queues ([`amqp`]).
 
 // Each test binary uses part of this module; what one leaves unused is
 // not dead code of the harness.
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod agent;
+pub mod amqp;
 pub mod ledger_cut;
 mod messages;
 mod node;
