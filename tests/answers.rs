@@ -15,46 +15,21 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Ent, Node, from_source, golden, vaxgate};
+use support::{Ent, Node, dispatch, golden, production, receipt, vaxgate};
 
 const MAH_CODE: &str = "91320000134567890Y";
 const CLINIC: &str = "3201020001";
 const CODE: &str = "86123450000000001001";
 const LOT: &str = "202311A05";
 
-fn at(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap()
-}
-
-fn party(code: &str) -> Option<mappings::Party> {
-    Some(mappings::Party {
-        code: code.into(),
-        name: None,
-    })
-}
-
 /// The dose's production and delivery to the clinic, and its vaccination
 /// (with the recipient's personal data); returns the vaccination's event id.
 fn history(node: &Node, mah: &Ent, clinic: &Ent) -> String {
-    let mut prod = from_source(&golden("production_inbound", "mah-export.json").remove(0), MAH_CODE);
-    prod.payload.trace_codes = vec![CODE.into()];
-    prod.payload.fields.insert("quantity".into(), json!(1));
-    let mut out = from_source(&golden("outbound", "cdc-stock.json").remove(0), MAH_CODE);
-    out.payload.trace_codes = vec![CODE.into()];
-    out.payload.occurred_at = at("2024-01-05T09:00:00+08:00");
-    out.payload.from = party(MAH_CODE);
-    out.payload.to = party(CLINIC);
-    out.payload.fields.insert("quantity".into(), json!(1));
-    let r = node.post_batch(mah, "/v1/transactions", &[prod, out]);
+    let codes = [CODE.to_string()];
+    let out = dispatch(MAH_CODE, CLINIC, &codes);
+    let r = node.post_batch(mah, "/v1/transactions", &[production(MAH_CODE, &codes), out]);
     assert_eq!(r.body["accepted"], 2, "{}", r.text);
-    let mut rec = from_source(&golden("inbound_receipt", "cdc-stock.json").remove(0), CLINIC);
-    rec.payload.trace_codes = vec![CODE.into()];
-    rec.payload.occurred_at = at("2024-01-06T10:00:00+08:00");
-    rec.payload.from = party(MAH_CODE);
-    rec.payload.to = party(CLINIC);
-    rec.payload.fields.insert("quantity".into(), json!(1));
-    rec.payload.fields.insert("quantity_receivable".into(), json!(1));
-    rec.payload.fields.remove("shipment_no");
+    let rec = receipt(MAH_CODE, CLINIC, &codes);
     let vac = golden("vaccination", "clinic-ims.json").remove(0);
     assert_eq!(vac.payload.trace_codes, [CODE]);
     assert!(!vac.payload.pii.is_empty());
@@ -68,15 +43,18 @@ fn history(node: &Node, mah: &Ent, clinic: &Ent) -> String {
 fn verify(node: &Node, dir: &Path, name: &str, answer: &Value) -> (i32, String) {
     let f = dir.join(name);
     std::fs::write(&f, serde_json::to_vec_pretty(answer).unwrap()).unwrap();
-    let o = vaxgate()
-        .args(["verify-proof", f.to_str().unwrap(), "--checkpoint-key"])
-        .arg(node.dir.join("keys/node.pub.pem"))
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-    )
+    node.verify_proof(&f)
+}
+
+/// What [`verify`] said of an answer whose step `step` (the vaccination
+/// `event`) is not what its transaction commits to: exit 1, naming both.
+fn assert_commitment_broken((code, out): (i32, String), step: usize, event: &str) {
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ANSWER INVALID: step {step} (event {event})"))
+            && out.contains("not what its transaction commits to"),
+        "{out}"
+    );
 }
 
 fn get(node: &Node, e: &Ent, path: &str) -> Value {
@@ -106,49 +84,42 @@ fn vaccination_step(t: &Value) -> usize {
 #[test]
 fn answers_are_checkable_and_a_forged_projection_is_caught_on_sqlite() {
     let node = Node::start();
-    let db = node.db.clone();
-    answers(node, |sql| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{db}")).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
-            pool.close().await;
-        });
-    });
+    answers(node);
 }
 
 #[test]
 fn answers_are_checkable_and_a_forged_projection_is_caught_on_postgres() {
     let node = Node::start_postgres();
-    let db = node.db.clone();
-    answers(node, |sql| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    answers(node);
+}
+
+/// Runs `sql` directly on the node's database (the SQLite file or the
+/// PostgreSQL URL), as someone with access to it could.
+fn forge(node: &Node, sql: String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        if node.db.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(&node.db).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
             pool.close().await;
-        });
+        } else {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", node.db)).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
     });
 }
 
-fn answers(node: Node, forge: impl Fn(String)) {
+fn answers(node: Node) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mah = node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None);
     let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC], None);
-    let regulator = node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    );
-    let inspector = node.register(
+    let regulator = node.register_regulator();
+    let inspector = node.register_reader(
         "11320000MB7654321",
         "js-cdc",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true }, "personal_data": true })),
+        json!({ "read": { "all": true }, "personal_data": true }),
     );
     let vaccination = history(&node, &mah, &clinic);
 
@@ -214,12 +185,10 @@ fn answers(node: Node, forge: impl Fn(String)) {
     assert_eq!(f["aefi_report_no"], "AEFI320102202403001");
     let (code, out) = verify(&node, dir, "aefi.json", &a);
     assert_eq!(code, 0, "{out}");
-    let monitor = node.register(
+    let monitor = node.register_reader(
         "11320000MB1122334",
         "js-aefi",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true }, "aefi_data": true })),
+        json!({ "read": { "all": true }, "aefi_data": true }),
     );
     let a = get(&node, &monitor, &format!("/v1/events/{aefi_id}"));
     let f = &a["event"]["event"]["fields"];
@@ -232,13 +201,7 @@ fn answers(node: Node, forge: impl Fn(String)) {
     // a withheld digest dropped, a member removed, the audit path.
     let mut changed = trace.clone();
     changed["steps"][v]["event"]["fields"]["lot_number"] = json!("202311A99");
-    let (code, out) = verify(&node, dir, "changed.json", &changed);
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!("ANSWER INVALID: step {v} (event {vaccination})"))
-            && out.contains("not what its transaction commits to"),
-        "{out}"
-    );
+    assert_commitment_broken(verify(&node, dir, "changed.json", &changed), v, &vaccination);
     let mut changed = full.clone();
     changed["steps"][fv]["personal_data"]["recipient_name"] = json!("王小红");
     assert_eq!(verify(&node, dir, "changed.json", &changed).0, 1);
@@ -269,23 +232,20 @@ fn answers(node: Node, forge: impl Fn(String)) {
     // 6. The projection forged in the database, document and lot column
     // alike: the gateway serves the forged lot, and both checks name what
     // differs.
-    forge(format!(
-        "UPDATE proj_events SET doc = REPLACE(doc, '\"lot_number\":\"{LOT}\"', '\"lot_number\":\"202311A99\"'), \
-         lot = '202311A99' WHERE event_id = '{vaccination}'"
-    ));
+    forge(
+        &node,
+        format!(
+            "UPDATE proj_events SET doc = REPLACE(doc, '\"lot_number\":\"{LOT}\"', '\"lot_number\":\"202311A99\"'), \
+             lot = '202311A99' WHERE event_id = '{vaccination}'"
+        ),
+    );
     let forged = get(&node, &regulator, &format!("/v1/trace/{CODE}"));
     let fv = vaccination_step(&forged);
     assert_eq!(
         forged["steps"][fv]["event"]["fields"]["lot_number"], "202311A99",
         "{forged}"
     );
-    let (code, out) = verify(&node, dir, "forged.json", &forged);
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!("ANSWER INVALID: step {fv} (event {vaccination})"))
-            && out.contains("not what its transaction commits to"),
-        "{out}"
-    );
+    assert_commitment_broken(verify(&node, dir, "forged.json", &forged), fv, &vaccination);
     let (code, out) = ledger_verify(&node);
     assert_eq!(code, 1, "{out}");
     assert!(

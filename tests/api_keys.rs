@@ -102,18 +102,10 @@ fn partner_reads_its_scope_only_and_revocation_is_final() {
     assert!(e.contains(&key_id) && !e.contains(&key[21..]), "{e}");
 
     // Revoked (by administrators this time): refused from then on.
-    support::ok(node.admin(&[
-        "api-key",
-        "revoke",
-        "--key-id",
-        &key_id,
-        "--reason",
-        "contract ended",
-        "--approve",
-        &node.admin_key(1),
-        "--approve",
-        &node.admin_key(2),
-    ]));
+    node.admin_approved(
+        &["api-key", "revoke", "--key-id", &key_id, "--reason", "contract ended"],
+        &[1, 2],
+    );
     let r = node.raw("GET", "/v1/trace/86123450000000005001", &auth, Vec::new());
     assert_eq!((r.status, r.code()), (401, "key_revoked"), "{}", r.text);
 

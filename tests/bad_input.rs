@@ -15,6 +15,14 @@ use support::{Ent, Node, Resp, fresh, golden, nonce};
 /// Runs one case: the response must carry `code` with `status`, the
 /// message must contain `names`, the metric must grow, and the ledger must
 /// not.
+/// The signature headers of a JSON `body` POSTed with `key`, signed for
+/// `path` at `timestamp` with a fresh nonce, and its content type.
+fn json_post_headers(key: &Signer, path: &str, body: &[u8], timestamp: i64) -> Vec<(String, String)> {
+    let mut h = Node::sig_headers(key, "POST", path, body, timestamp, &nonce());
+    h.push(("content-type".into(), "application/json".into()));
+    h
+}
+
 fn case(node: &Node, what: &str, code: &str, status: u16, names: &str, f: impl FnOnce() -> Resp) -> Resp {
     let series = format!("vaxgate_rejections_total{{code=\"{code}\"}}");
     let (before, txs) = (node.metric(&series), node.transactions());
@@ -58,19 +66,11 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
     let locked = node.register("12320102MB1234568", "locked", "vaccination_unit", &[], None);
     let revoked = node.register("12320102MB1234569", "revoked", "vaccination_unit", &[], None);
     for (e, status) in [(&locked, "locked"), (&revoked, "revoked")] {
-        support::ok(node.admin(&[
-            "key-status",
-            "--key-id",
-            e.key.verifying_key().key_id(),
-            "--status",
-            status,
-            "--reason",
-            "test",
-            "--approve",
-            &node.admin_key(1),
-            "--approve",
-            &node.admin_key(3),
-        ]));
+        let key_id = e.key.verifying_key().key_id();
+        node.admin_approved(
+            &["key-status", "--key-id", key_id, "--status", status, "--reason", "test"],
+            &[1, 3],
+        );
     }
     let now = chrono::Utc::now().timestamp();
     let json = "application/json";
@@ -233,8 +233,7 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         || {
             let body = vaccination(&node, &clinic);
             // Signed for another path.
-            let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/cancellations", &body, now, &nonce());
-            h.push(("content-type".into(), json.into()));
+            let h = json_post_headers(&clinic.key, "/v1/cancellations", &body, now);
             node.raw("POST", "/v1/transactions", &h, body)
         },
     );
@@ -251,30 +250,18 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         },
     );
 
-    case(&node, "locked key", "key_locked", 401, "is locked", || {
-        node.signed(
-            &locked.key,
-            "POST",
-            "/v1/transactions",
-            vaccination(&node, &locked),
-            json,
-        )
-    });
-
-    case(&node, "revoked key", "key_revoked", 401, "is revoked", || {
-        node.signed(
-            &revoked.key,
-            "POST",
-            "/v1/transactions",
-            vaccination(&node, &revoked),
-            json,
-        )
-    });
+    for (e, what, code, names) in [
+        (&locked, "locked key", "key_locked", "is locked"),
+        (&revoked, "revoked key", "key_revoked", "is revoked"),
+    ] {
+        case(&node, what, code, 401, names, || {
+            node.signed(&e.key, "POST", "/v1/transactions", vaccination(&node, e), json)
+        });
+    }
 
     // Replay: the first request is accepted, the identical second refused.
     let body = vaccination(&node, &clinic);
-    let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/transactions", &body, now, &nonce());
-    h.push(("content-type".into(), json.into()));
+    let h = json_post_headers(&clinic.key, "/v1/transactions", &body, now);
     let first = node.raw("POST", "/v1/transactions", &h, body.clone());
     assert_eq!(first.body["accepted"], 1, "{}", first.text);
     case(
@@ -294,8 +281,7 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
         "x-vaxgate-timestamp",
         || {
             let body = vaccination(&node, &clinic);
-            let mut h = Node::sig_headers(&clinic.key, "POST", "/v1/transactions", &body, now - 3600, &nonce());
-            h.push(("content-type".into(), json.into()));
+            let h = json_post_headers(&clinic.key, "/v1/transactions", &body, now - 3600);
             node.raw("POST", "/v1/transactions", &h, body)
         },
     );

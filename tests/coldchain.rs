@@ -42,13 +42,7 @@ fn alerts_and_refused_receipts(node: Node) {
         None,
     );
     let receiver = node.register("12320102MB1234562", "xw-cdc", "cdc", &["123201024660123451"], None);
-    let regulator = node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    );
+    let regulator = node.register_regulator();
     let alerts_metric = |t: &str| node.metric(&format!("vaxgate_cold_chain_alerts_total{{type=\"{t}\"}}"));
     let read = |path: &str| {
         let r = node.signed(&regulator.key, "GET", path, Vec::new(), "");

@@ -23,7 +23,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use support::{Ent, Node, agent, from_source, golden};
+use support::{Ent, Node, agent, at, dispatch, from_source, golden, party, production, receipt};
 
 const MAH_CODE: &str = "91320000134567890Y";
 const CLINIC_A: &str = "3201020001";
@@ -47,35 +47,38 @@ fn row(i: usize, code_of: usize, clinic: &str, time: Option<&str>) -> Value {
     r
 }
 
+/// A copy in `dir` of config/mappings/`file` whose `[source] entity` is
+/// `entity` instead of `was`.
+fn spec_copy(dir: &Path, file: &str, was: &str, entity: &str) -> PathBuf {
+    let spec = dir.join(file);
+    let original = std::fs::read_to_string(support::repo().join("config/mappings").join(file)).unwrap();
+    let text = original.replace(&format!("entity = \"{was}\""), &format!("entity = \"{entity}\""));
+    assert!((was == entity || text != original) && text.contains(entity), "{text}");
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
+
+/// An agent config in `dir` for `e` with one SQLite source `name` reading
+/// `db` as the source lines `table` say, in pages of 64, mapped by `spec`.
+fn sqlite_agent_config(node: &Node, dir: &Path, e: &Ent, name: &str, spec: &Path, db: &Path, table: &str) -> PathBuf {
+    let url = format!("sqlite:{}", db.display());
+    let source = agent::sql_source(name, "sqlite", &url, &format!("{table}batch_size = 64\n"), spec);
+    node.agent_config_with(dir, e, &source)
+}
+
 /// An agent reading `T_JZ_JZJL` in `db` for entity `e`, whose clinic
 /// system reports as `clinic`.
 fn agent_config(node: &Node, dir: &Path, e: &Ent, clinic: &str, db: &Path) -> PathBuf {
-    let spec = dir.join("clinic-ims.toml");
-    let text = std::fs::read_to_string(support::repo().join("config/mappings/clinic-ims.toml"))
-        .unwrap()
-        .replace("entity = \"3201020001\"", &format!("entity = \"{clinic}\""));
-    assert!(text.contains(clinic));
-    std::fs::write(&spec, text).unwrap();
-    let sources = format!(
-        r#"[[sources]]
-type = "sqlite"
-name = "clinic-ims"
-mapping = "{spec}"
-url = "sqlite:{db}"
-table = "T_JZ_JZJL"
-watermark = "JZRQ"
-key = "JZJL_ID"
-batch_size = 64
-"#,
-        spec = spec.display(),
-        db = db.display(),
-    );
-    node.agent_config_with(dir, e, &sources)
+    let spec = spec_copy(dir, "clinic-ims.toml", "3201020001", clinic);
+    sqlite_agent_config(node, dir, e, agent::SOURCE, &spec, db, agent::CLINIC_BY_JZRQ)
 }
 
-/// `vaxgate agent --config C run --once`: its stdout.
-fn run_once(cfg: &Path) -> String {
-    support::ok(agent::agent(cfg, &["run", "--once"]))
+/// `vaxgate agent --config C run --once`, which must succeed and sum up
+/// its source as `summary`: its stdout.
+fn run_once(cfg: &Path, summary: &str) -> String {
+    let out = support::ok(agent::agent(cfg, &["run", "--once"]));
+    assert!(out.contains(summary), "{out}");
+    out
 }
 
 fn record(msg: &mappings::ExchangeMessage, f: impl FnOnce(&mut mappings::TraceEvent)) -> mappings::ExchangeMessage {
@@ -84,62 +87,37 @@ fn record(msg: &mappings::ExchangeMessage, f: impl FnOnce(&mut mappings::TraceEv
     m
 }
 
-fn party(code: &str) -> Option<mappings::Party> {
-    Some(mappings::Party {
-        code: code.into(),
-        name: None,
-    })
-}
-
-fn at(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap()
-}
-
 /// Production by the holder of `codes`, and its delivery to clinic A
 /// (outbound by the holder, receipt by the clinic).
 fn produce_and_deliver(node: &Node, mah: &Ent, clinic: &Ent, codes: &[String]) {
-    let prod = golden("production_inbound", "mah-export.json").remove(0);
-    let prod = record(&from_source(&prod, MAH_CODE), |e| {
-        e.trace_codes = codes.to_vec();
-        e.fields.insert("quantity".into(), json!(codes.len()));
-    });
-    let out = golden("outbound", "cdc-stock.json").remove(0);
-    let out = record(&from_source(&out, MAH_CODE), |e| {
-        e.trace_codes = codes.to_vec();
-        e.occurred_at = at("2024-01-05T09:00:00+08:00");
-        e.from = party(MAH_CODE);
-        e.to = party(CLINIC_A);
-        e.fields.insert("quantity".into(), json!(codes.len()));
-    });
-    let r = node.post_batch(mah, "/v1/transactions", &[prod, out]);
+    let out = dispatch(MAH_CODE, CLINIC_A, codes);
+    let r = node.post_batch(mah, "/v1/transactions", &[production(MAH_CODE, codes), out]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["accepted"], 2, "{}", r.text);
-    let rec = golden("inbound_receipt", "cdc-stock.json").remove(0);
-    let rec = record(&from_source(&rec, CLINIC_A), |e| {
-        e.trace_codes = codes.to_vec();
-        e.occurred_at = at("2024-01-06T10:00:00+08:00");
-        e.from = party(MAH_CODE);
-        e.to = party(CLINIC_A);
-        e.fields.insert("quantity".into(), json!(codes.len()));
-        e.fields.insert("quantity_receivable".into(), json!(codes.len()));
-        e.fields.remove("shipment_no");
-    });
-    let r = node.post_batch(clinic, "/v1/transactions", &[rec]);
+    let r = node.post_batch(clinic, "/v1/transactions", &[receipt(MAH_CODE, CLINIC_A, codes)]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
 }
 
 /// The custody alerts on the steps of `code`'s trace, as the regulator reads it.
 fn alerts_of(node: &Node, reader: &Ent, code: &str) -> Vec<Value> {
+    steps_of(node, reader, code)
+        .into_iter()
+        .filter(|s| s["category"] == "custody_alert")
+        .collect()
+}
+
+/// The steps of `code`'s trace, as `reader` reads it.
+fn steps_of(node: &Node, reader: &Ent, code: &str) -> Vec<Value> {
     let r = node.signed(&reader.key, "GET", &format!("/v1/trace/{code}"), Vec::new(), "");
     assert_eq!(r.status, 200, "{}", r.text);
-    r.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["category"] == "custody_alert")
-        .cloned()
-        .collect()
+    r.body["steps"].as_array().unwrap().clone()
+}
+
+/// The vaccination step of `code`'s trace, as `reader` reads it.
+fn vaccination_of(node: &Node, reader: &Ent, code: &str) -> Value {
+    let steps = steps_of(node, reader, code);
+    steps.into_iter().find(|s| s["category"] == "vaccination").unwrap()
 }
 
 fn quarantine_reasons(cfg: &Path) -> String {
@@ -149,17 +127,6 @@ fn quarantine_reasons(cfg: &Path) -> String {
 /// The holder, registered with its code in the golden records.
 fn manufacturer(node: &Node) -> Ent {
     node.register("91320000MA1XYA129", "mah", "manufacturer", &[MAH_CODE], None)
-}
-
-/// A regulator that reads everything.
-fn regulator(node: &Node) -> Ent {
-    node.register(
-        "11320000MB1234563",
-        "js-mpa",
-        "regulator",
-        &[],
-        Some(json!({ "read": { "all": true } })),
-    )
 }
 
 #[test]
@@ -176,7 +143,7 @@ fn custody_rules(node: Node) {
     let mah = manufacturer(&node);
     let clinic_a = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
     let clinic_b = node.register("12320102MB7654321", "xinjiekou", "vaccination_unit", &[CLINIC_B], None);
-    let regulator = regulator(&node);
+    let regulator = node.register_regulator();
     let codes: Vec<String> = (0..10).map(code).collect();
     produce_and_deliver(&node, &mah, &clinic_a, &codes);
 
@@ -201,11 +168,7 @@ fn custody_rules(node: Node) {
     rows.push(row(8, 8, CLINIC_A, Some("20230601090000")));
     agent::sqlite_clinic_rows(&db_a, rows);
     let cfg_a = agent_config(&node, work_a.path(), &clinic_a, CLINIC_A, &db_a);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 5 accepted, 2 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 5 accepted, 2 rejected, 0 quarantined");
     let q = quarantine_reasons(&cfg_a);
     assert!(q.contains("destroyed_used") && q.contains("before_production"), "{q}");
     assert!(!q.contains("王小明"), "no personal data in the reasons: {q}");
@@ -214,11 +177,7 @@ fn custody_rules(node: Node) {
     // 2. A second run of the same agent: dose 1 again, under another record
     // (the agent's own trace_code_overused check only knows its own run).
     agent::sqlite_clinic_rows(&db_a, vec![row(20, 1, CLINIC_A, Some("20240306090000"))]);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 0 accepted, 1 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 0 accepted, 1 rejected, 0 quarantined");
     assert!(quarantine_reasons(&cfg_a).contains("administered_twice"));
 
     // 3. Another organisation: clinic B gives dose 2 (given by A: refused)
@@ -233,11 +192,7 @@ fn custody_rules(node: Node) {
         ],
     );
     let cfg_b = agent_config(&node, work_b.path(), &clinic_b, CLINIC_B, &db_b);
-    let out = run_once(&cfg_b);
-    assert!(
-        out.contains("source clinic-ims: 1 accepted, 1 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_b, "source clinic-ims: 1 accepted, 1 rejected, 0 quarantined");
     assert!(quarantine_reasons(&cfg_b).contains("administered_twice"));
     let pending = alerts_of(&node, &regulator, &code(6));
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -258,13 +213,7 @@ fn custody_rules(node: Node) {
         replay.contains("0 accepted") && replay.contains("3 rejected"),
         "{replay}"
     );
-    let trace = node.signed(&regulator.key, "GET", &format!("/v1/trace/{}", code(1)), Vec::new(), "");
-    let first = trace.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["category"] == "vaccination")
-        .unwrap()["event_id"]
+    let first = vaccination_of(&node, &regulator, &code(1))["event_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -285,11 +234,7 @@ fn custody_rules(node: Node) {
     // 5. A code nobody produced: kept, pending; resolved by the production
     // and delivery that arrive later.
     agent::sqlite_clinic_rows(&db_a, vec![row(30, 30, CLINIC_A, Some("20240308090000"))]);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 1 accepted, 0 rejected, 0 quarantined");
     let a = alerts_of(&node, &regulator, &code(30));
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(a[0]["event"]["fields"]["rules"], json!(["unknown_code"]));
@@ -327,24 +272,13 @@ fn custody_rules(node: Node) {
     let r = node.post_batch(&mah, "/v1/transactions", &[recall]);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     agent::sqlite_clinic_rows(&db_a, vec![row(7, 7, CLINIC_A, Some("20240309090000"))]);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 1 accepted, 0 rejected, 0 quarantined");
     let a = alerts_of(&node, &regulator, &code(7));
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(a[0]["event"]["fields"]["alert_type"], "custody_violation");
     assert_eq!(a[0]["event"]["fields"]["rules"], json!(["recalled_used"]));
     // The vaccination's own step carries its alert.
-    let trace = node.signed(&regulator.key, "GET", &format!("/v1/trace/{}", code(7)), Vec::new(), "");
-    let v = trace.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["category"] == "vaccination")
-        .cloned()
-        .unwrap();
+    let v = vaccination_of(&node, &regulator, &code(7));
     assert_eq!(v["alerts"][0]["rules"], json!(["recalled_used"]), "{v}");
 
     // 7. Clinic A's stock now: of the ten doses delivered, 0-4 and 7 were
@@ -383,11 +317,7 @@ fn custody_rules(node: Node) {
     };
     produce_and_deliver(&node, &mah, &clinic_a, &[code(40)]);
     agent::sqlite_clinic_rows(&db_a, vec![late(40, "20261201090000")]);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 1 accepted, 0 rejected, 0 quarantined");
     let a = alerts_of(&node, &regulator, &code(40));
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(
@@ -409,11 +339,7 @@ fn custody_rules(node: Node) {
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     produce_and_deliver(&node, &mah, &clinic_a, &[code(41)]);
     agent::sqlite_clinic_rows(&db_a, vec![late(41, "20261205090000")]);
-    let out = run_once(&cfg_a);
-    assert!(
-        out.contains("source clinic-ims: 1 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg_a, "source clinic-ims: 1 accepted, 0 rejected, 0 quarantined");
     // The holder's dispatch dated before the release is flagged as well.
     let a = alerts_of(&node, &regulator, &code(41));
     let of = |cat: &str| {
@@ -475,7 +401,7 @@ fn trace_relations_and_siblings() {
         &["91110000100012345L"],
         None,
     );
-    let regulator = regulator(&node);
+    let regulator = node.register_regulator();
     let (u1, u2, carton) = (code(1), code(2), "86123450000000900001".to_string());
     let release = golden("lot_release", "mah-export.json").remove(0);
     let r = node.post_batch(&mah, "/v1/transactions", &[from_source(&release, MAH_CODE)]);
@@ -599,7 +525,7 @@ fn a_pending_alert_nothing_resolves_is_escalated() {
     });
     let mah = manufacturer(&node);
     let clinic = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
-    let regulator = regulator(&node);
+    let regulator = node.register_regulator();
     let vax = golden("vaccination", "clinic-ims.json").remove(0);
     let give = |c: String| record(&from_source(&vax, CLINIC_A), |e| e.trace_codes = vec![c]);
     let r = node.post_batch(&clinic, "/v1/transactions", &[give(code(70)), give(code(71))]);
@@ -817,36 +743,14 @@ fn sqlite_cdc_rows(db: &Path, rows: Vec<Value>) {
 /// reports as `cdc` (a copy of config/mappings/cdc-stock.toml with that
 /// `entity`).
 fn cdc_agent_config(node: &Node, dir: &Path, e: &Ent, cdc: &str, db: &Path) -> PathBuf {
-    let spec = dir.join("cdc-stock.toml");
-    let original = std::fs::read_to_string(support::repo().join("config/mappings/cdc-stock.toml")).unwrap();
-    let text = original.replace("entity = \"12320100466001234B\"", &format!("entity = \"{cdc}\""));
-    assert!(text != original && text.contains(cdc), "{text}");
-    std::fs::write(&spec, text).unwrap();
-    let sources = format!(
-        r#"[[sources]]
-type = "sqlite"
-name = "cdc-stock"
-mapping = "{spec}"
-url = "sqlite:{db}"
-table = "V_YM_CRKD"
-watermark = "DJRQ"
-key = "DJH"
-batch_size = 64
-"#,
-        spec = spec.display(),
-        db = db.display(),
-    );
-    node.agent_config_with(dir, e, &sources)
+    let spec = spec_copy(dir, "cdc-stock.toml", "12320100466001234B", cdc);
+    let table = "table = \"V_YM_CRKD\"\nwatermark = \"DJRQ\"\nkey = \"DJH\"\n";
+    sqlite_agent_config(node, dir, e, "cdc-stock", &spec, db, table)
 }
 
 /// The holder's production of `codes` (lot [`LOT`]), sent by it.
 fn produce(node: &Node, mah: &Ent, codes: &[String]) {
-    let prod = golden("production_inbound", "mah-export.json").remove(0);
-    let prod = record(&from_source(&prod, MAH_CODE), |e| {
-        e.trace_codes = codes.to_vec();
-        e.fields.insert("quantity".into(), json!(codes.len()));
-    });
-    let r = node.post_batch(mah, "/v1/transactions", &[prod]);
+    let r = node.post_batch(mah, "/v1/transactions", &[production(MAH_CODE, codes)]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
 }
@@ -854,14 +758,7 @@ fn produce(node: &Node, mah: &Ent, codes: &[String]) {
 /// The holder's dispatch (出库) of `codes` to the party `to`, dated
 /// 2024-01-05 09:00.
 fn mah_dispatch(to: &str, codes: &[String]) -> mappings::ExchangeMessage {
-    let out = golden("outbound", "cdc-stock.json").remove(0);
-    record(&from_source(&out, MAH_CODE), |e| {
-        e.trace_codes = codes.to_vec();
-        e.occurred_at = at("2024-01-05T09:00:00+08:00");
-        e.from = party(MAH_CODE);
-        e.to = party(to);
-        e.fields.insert("quantity".into(), json!(codes.len()));
-    })
+    dispatch(MAH_CODE, to, codes)
 }
 
 /// The alert types on `code`'s trace, in order.
@@ -894,7 +791,7 @@ fn cdc_stock_custody_rules(node: Node) {
     let mah = manufacturer(&node);
     let cdc = node.register("12320100MB2345678", "nj-cdc", "cdc", &[CDC_CODE], None);
     let clinic_a = node.register("12320102MB1234567", "meiyuan", "vaccination_unit", &[CLINIC_A], None);
-    let regulator = regulator(&node);
+    let regulator = node.register_regulator();
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("cdc.db");
     let cfg = cdc_agent_config(&node, work.path(), &cdc, CDC_CODE, &db);
@@ -914,11 +811,7 @@ fn cdc_stock_custody_rules(node: Node) {
             &unmatched,
         )],
     );
-    let out = run_once(&cfg);
-    assert!(
-        out.contains("source cdc-stock: 1 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg, "source cdc-stock: 1 accepted, 0 rejected, 0 quarantined");
     for c in &unmatched {
         let a = alerts_of(&node, &regulator, c);
         assert_eq!(a.len(), 1, "{c}: {a:?}");
@@ -973,11 +866,7 @@ fn cdc_stock_custody_rules(node: Node) {
             ),
         ],
     );
-    let out = run_once(&cfg);
-    assert!(
-        out.contains("source cdc-stock: 2 accepted, 0 rejected, 0 quarantined"),
-        "{out}"
-    );
+    run_once(&cfg, "source cdc-stock: 2 accepted, 0 rejected, 0 quarantined");
     assert_eq!(alerts_of(&node, &regulator, &code(80)), Vec::<Value>::new());
 
     // 3. The CDC's outbounds: dose 70, delivered to and held by clinic A
@@ -1005,11 +894,7 @@ fn cdc_stock_custody_rules(node: Node) {
             ),
         ],
     );
-    let out = run_once(&cfg);
-    assert!(
-        out.contains("source cdc-stock: 1 accepted, 1 rejected, 0 quarantined"),
-        "{out}"
-    );
+    let out = run_once(&cfg, "source cdc-stock: 1 accepted, 1 rejected, 0 quarantined");
     assert!(out.contains("custody_violation"), "{out}");
     let pending = alerts_of(&node, &regulator, &code(70));
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -1030,11 +915,7 @@ fn cdc_stock_custody_rules(node: Node) {
     assert!(node.metric("vaxgate_custody_findings_total{action=\"refuse\",rule=\"destroyed_used\"}") >= 1.0);
     // Nothing of the refused outbound is in dose 80's trace.
     let steps = |c: &str| -> Vec<String> {
-        let t = node.signed(&regulator.key, "GET", &format!("/v1/trace/{c}"), Vec::new(), "");
-        assert_eq!(t.status, 200, "{}", t.text);
-        t.body["steps"]
-            .as_array()
-            .unwrap()
+        steps_of(&node, &regulator, c)
             .iter()
             .map(|s| s["category"].as_str().unwrap().to_string())
             .collect()

@@ -130,16 +130,8 @@ fn ingest_receipts_refusals_idempotency_and_proof(postgres: bool) {
     assert_eq!(s, 200);
     let api_proof = tmp.path().join("api-proof.json");
     std::fs::write(&api_proof, p.to_string()).unwrap();
-    let out = ok(vaxgate()
-        .args([
-            "verify-proof",
-            api_proof.to_str().unwrap(),
-            "--checkpoint-key",
-            dir.join("keys/node.pub.pem").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap());
-    assert!(out.starts_with("proof OK"), "{out}");
+    let (code, out) = node.verify_proof(&api_proof);
+    assert!(code == 0 && out.starts_with("proof OK"), "{code}: {out}");
 
     // Cancellation (R4.5): the original stays, both show in the trace.
     let mut cancel = good[0].clone();
@@ -225,16 +217,8 @@ fn ingest_receipts_refusals_idempotency_and_proof(postgres: bool) {
         .unwrap());
     let pf = tmp.path().join("proof.json");
     std::fs::write(&pf, proof).unwrap();
-    let out = ok(vaxgate()
-        .args([
-            "verify-proof",
-            pf.to_str().unwrap(),
-            "--checkpoint-key",
-            dir.join("keys/node.pub.pem").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap());
-    assert!(out.starts_with("proof OK"), "{out}");
+    let (code, out) = node.verify_proof(&pf);
+    assert!(code == 0 && out.starts_with("proof OK"), "{code}: {out}");
     // The ledger (and the projection beside it) store no personal data.
     if !postgres {
         let bytes = std::fs::read(dir.join("data/ledger.db")).unwrap();

@@ -1,7 +1,9 @@
-//! Exchange messages to send: the mappings crate's golden files, made fresh.
+//! Exchange messages to send: the mappings crate's golden files, made
+//! fresh, and from them the steps of a dose's custody (production,
+//! dispatch, receipt).
 
 use mappings::ExchangeMessage;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Golden exchange messages of `category` from the mappings crate.
 pub fn golden(category: &str, file: &str) -> Vec<ExchangeMessage> {
@@ -35,4 +37,59 @@ pub fn from_source(m: &ExchangeMessage, source: &str) -> ExchangeMessage {
     m.payload.source = source.to_string();
     m.sender = source.to_string();
     m
+}
+
+/// The golden `category` record of `file` from `source`, for the doses
+/// `codes` (its quantity), changed by `f`.
+fn custody_step(
+    category: &str,
+    file: &str,
+    source: &str,
+    codes: &[String],
+    f: impl FnOnce(&mut mappings::TraceEvent),
+) -> ExchangeMessage {
+    let mut m = from_source(&golden(category, file).remove(0), source);
+    m.payload.trace_codes = codes.to_vec();
+    m.payload.fields.insert("quantity".into(), json!(codes.len()));
+    f(&mut m.payload);
+    m
+}
+
+/// The party with the code `code` (no name).
+pub fn party(code: &str) -> Option<mappings::Party> {
+    Some(mappings::Party {
+        code: code.into(),
+        name: None,
+    })
+}
+
+/// The time `s` (RFC 3339).
+pub fn at(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+/// The production (入库 of the holder) of `codes` by the holder `mah`.
+pub fn production(mah: &str, codes: &[String]) -> ExchangeMessage {
+    custody_step("production_inbound", "mah-export.json", mah, codes, |_| {})
+}
+
+/// The dispatch (出库) of `codes` by `from` to `to`, dated 2024-01-05 09:00.
+pub fn dispatch(from: &str, to: &str, codes: &[String]) -> ExchangeMessage {
+    custody_step("outbound", "cdc-stock.json", from, codes, |e| {
+        e.occurred_at = at("2024-01-05T09:00:00+08:00");
+        e.from = party(from);
+        e.to = party(to);
+    })
+}
+
+/// The receipt (入库) by `to` of `codes` sent by `from`, dated 2024-01-06
+/// 10:00, without a shipment number.
+pub fn receipt(from: &str, to: &str, codes: &[String]) -> ExchangeMessage {
+    custody_step("inbound_receipt", "cdc-stock.json", to, codes, |e| {
+        e.occurred_at = at("2024-01-06T10:00:00+08:00");
+        e.from = party(from);
+        e.to = party(to);
+        e.fields.insert("quantity_receivable".into(), json!(codes.len()));
+        e.fields.remove("shipment_no");
+    })
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 // this module, each binary uses only some.
 #[allow(unused_imports)]
 pub use self::{
-    messages::{fresh, from_source, golden},
+    messages::{at, dispatch, fresh, from_source, golden, party, production, receipt},
     node::{Ent, MAX_BODY, Node, NodeOptions, Resp, fresh_postgres_database, load_key, nonce},
     process::Process,
 };

@@ -306,6 +306,39 @@ impl Node {
             .into_owned()
     }
 
+    /// `vaxgate verify-proof FILE` with this node's key as the checkpoint
+    /// key: (exit code, stdout).
+    pub fn verify_proof(&self, file: &Path) -> (i32, String) {
+        let o = vaxgate()
+            .arg("verify-proof")
+            .arg(file)
+            .arg("--checkpoint-key")
+            .arg(self.dir.join("keys/node.pub.pem"))
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// The arguments approving a registry change by the administrators
+    /// numbered `approvers`: `--approve <their key>` each.
+    pub fn approvals(&self, approvers: &[usize]) -> Vec<String> {
+        approvers
+            .iter()
+            .flat_map(|&a| ["--approve".to_string(), self.admin_key(a)])
+            .collect()
+    }
+
+    /// `vaxgate admin ARGS...` approved by the administrators numbered
+    /// `approvers`; its stdout (it must succeed).
+    pub fn admin_approved(&self, args: &[&str], approvers: &[usize]) -> String {
+        let approvals = self.approvals(approvers);
+        let approvals: Vec<&str> = approvals.iter().map(String::as_str).collect();
+        ok(self.admin(&[args, &approvals].concat()))
+    }
+
     /// Registers an entity (administrators 1 and 2 approve) with a fresh
     /// master key written as an encrypted PEM.
     pub fn register(&self, prefix17: &str, alias: &str, role: &str, codes: &[&str], policy: Option<Value>) -> Ent {
@@ -367,6 +400,22 @@ impl Node {
         )
     }
 
+    /// The provincial regulator `js-mpa` (USCC 11320000MB1234563), whose
+    /// policy reads everything.
+    pub fn register_regulator(&self) -> Ent {
+        self.register_reader(
+            "11320000MB1234563",
+            "js-mpa",
+            serde_json::json!({ "read": { "all": true } }),
+        )
+    }
+
+    /// A regulator `alias` (USCC prefix `prefix17`, no codes) whose policy
+    /// is `policy`.
+    pub fn register_reader(&self, prefix17: &str, alias: &str, policy: Value) -> Ent {
+        self.register(prefix17, alias, "regulator", &[], Some(policy))
+    }
+
     fn register_as(&self, r: Registration) -> Ent {
         let alias = r.alias;
         let out = self.tmp.path().join(format!("keys-{alias}"));
@@ -394,10 +443,7 @@ impl Node {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for &a in r.approvers {
-            args.push("--approve".into());
-            args.push(self.admin_key(a));
-        }
+        args.extend(self.approvals(r.approvers));
         for c in r.codes {
             args.push("--code".into());
             args.push(c.to_string());
