@@ -44,6 +44,7 @@ use mappings::Record;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::config::{default_u32, default_u64, default_usize};
 use crate::error::AgentError;
 use crate::intake::{Outcome, RecordSink, normalise, retry_all};
 use crate::push_sources::positive;
@@ -448,15 +449,6 @@ impl<S: RecordSink> AmqpSource<S> {
 
 // ----------------------------------------------------------- `type = "amqp"`
 
-fn d_attempts() -> u32 {
-    5
-}
-fn d_batch_size() -> usize {
-    100
-}
-fn d_retry_ms() -> u64 {
-    2000
-}
 fn d_event_id() -> String {
     "eventId".into()
 }
@@ -476,13 +468,13 @@ pub struct AmqpSourceConfig {
     /// Dead-letter exchange (fanout).
     pub dead_letter_exchange: String,
     /// Failed attempts before dead-lettering (default 5).
-    #[serde(default = "d_attempts")]
+    #[serde(default = "default_u32::<5>")]
     pub max_attempts: u32,
     /// Messages per pipeline call (default 100).
-    #[serde(default = "d_batch_size")]
+    #[serde(default = "default_usize::<100>")]
     pub batch_size: usize,
     /// Delay before a republish, times the attempt (default 2000 ms).
-    #[serde(default = "d_retry_ms")]
+    #[serde(default = "default_u64::<2000>")]
     pub retry_delay_ms: u64,
     /// JSON field with the event id when `message_id` is unset (default `eventId`).
     #[serde(default = "d_event_id")]

@@ -64,30 +64,35 @@ pub struct GatewaySection {
     /// The gateway node's SM2 public key (records are sealed for it).
     pub node_key: PathBuf,
     /// Per-request timeout, seconds.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "default_u64::<60>")]
     pub timeout_secs: u64,
     /// Attempts per batch on transient errors before the source backs off.
-    #[serde(default = "default_attempts")]
+    #[serde(default = "default_u32::<3>")]
     pub attempts: u32,
     /// First retry delay, milliseconds.
-    #[serde(default = "default_retry_base")]
+    #[serde(default = "default_u64::<200>")]
     pub retry_base_ms: u64,
     /// Longest retry delay, milliseconds.
-    #[serde(default = "default_retry_max")]
+    #[serde(default = "default_u64::<30_000>")]
     pub retry_max_ms: u64,
 }
 
-fn default_timeout() -> u64 {
-    60
+/// `#[serde(default = "default_usize::<N>")]`: a count's default, written
+/// at its key.
+pub(crate) fn default_usize<const N: usize>() -> usize {
+    N
 }
-fn default_attempts() -> u32 {
-    3
+
+/// `#[serde(default = "default_u64::<N>")]`: a number's default, written at
+/// its key.
+pub(crate) fn default_u64<const N: u64>() -> u64 {
+    N
 }
-fn default_retry_base() -> u64 {
-    200
-}
-fn default_retry_max() -> u64 {
-    30_000
+
+/// `#[serde(default = "default_u32::<N>")]`: a number's default, written at
+/// its key.
+pub(crate) fn default_u32<const N: u32>() -> u32 {
+    N
 }
 
 /// A loaded configuration with where it came from.

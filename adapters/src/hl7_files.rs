@@ -31,6 +31,7 @@ use mappings::MappingSpec;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::config::{default_u64, default_usize};
 use crate::error::AgentError;
 use crate::hl7::{AckCode, Hl7Processor, MessageHeader, segments, split_messages};
 use crate::intake::RecordSink;
@@ -270,13 +271,6 @@ impl<S: RecordSink> Hl7FileDrop<S> {
 
 // ------------------------------------------------------ `type = "hl7_files"`
 
-fn d_max_file() -> u64 {
-    64 * 1024 * 1024
-}
-fn d_batch_size() -> usize {
-    256
-}
-
 /// `type = "hl7_files"`: a drop directory of `.hl7` files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,10 +288,10 @@ pub struct Hl7FilesSourceConfig {
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
     /// Largest file (default 64 MiB).
-    #[serde(default = "d_max_file")]
+    #[serde(default = "default_u64::<{ 64 * 1024 * 1024 }>")]
     pub max_file_bytes: u64,
     /// Messages per pipeline call (default 256).
-    #[serde(default = "d_batch_size")]
+    #[serde(default = "default_usize::<256>")]
     pub batch_size: usize,
 }
 

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::default_usize;
 use crate::error::AgentError;
 use crate::hl7::{AckCode, ErrEntry, Hl7Processor, Processed, build_ack, err_code};
 use crate::intake::RecordSink;
@@ -319,16 +320,6 @@ impl MllpClient {
 
 // ------------------------------------------------------- `type = "hl7_mllp"`
 
-fn d_max_frame() -> usize {
-    1024 * 1024
-}
-fn d_max_connections() -> usize {
-    256
-}
-fn d_batch_max() -> usize {
-    256
-}
-
 /// `type = "hl7_mllp"`: an MLLP listener for VXU^V04.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,13 +331,13 @@ pub struct Hl7MllpSourceConfig {
     /// Listen address, e.g. `0.0.0.0:2575`.
     pub listen: String,
     /// Largest frame in bytes (default 1 MiB).
-    #[serde(default = "d_max_frame")]
+    #[serde(default = "default_usize::<{ 1024 * 1024 }>")]
     pub max_frame_bytes: usize,
     /// Concurrent connections (default 256).
-    #[serde(default = "d_max_connections")]
+    #[serde(default = "default_usize::<256>")]
     pub max_connections: usize,
     /// Messages per pipeline call (default 256).
-    #[serde(default = "d_batch_max")]
+    #[serde(default = "default_usize::<256>")]
     pub batch_max: usize,
 }
 

@@ -26,6 +26,7 @@ use mappings::Record;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
+use crate::config::default_usize;
 use crate::error::AgentError;
 use crate::pipeline::{Delivered, Pipeline, RecordOutcome};
 use crate::retry::Backoff;
@@ -61,7 +62,7 @@ pub struct SqlSourceConfig {
     #[serde(default)]
     pub change_table: Option<ChangeTable>,
     /// Rows per batch.
-    #[serde(default = "default_batch")]
+    #[serde(default = "default_usize::<500>")]
     pub batch_size: usize,
     /// Seconds between polls once caught up.
     #[serde(default = "default_poll")]
@@ -72,10 +73,10 @@ pub struct SqlSourceConfig {
     #[serde(default)]
     pub mark_processed: Option<String>,
     /// Rows fetched ahead while a batch is at the gateway (bounded queue).
-    #[serde(default = "default_prefetch")]
+    #[serde(default = "default_usize::<2>")]
     pub prefetch: usize,
     /// Pages at the gateway at once (their receipts are committed in order).
-    #[serde(default = "default_in_flight")]
+    #[serde(default = "default_usize::<2>")]
     pub in_flight: usize,
 }
 
@@ -143,18 +144,8 @@ pub(crate) fn source_row(
     })
 }
 
-fn default_in_flight() -> usize {
-    2
-}
-
-fn default_batch() -> usize {
-    500
-}
 fn default_poll() -> f64 {
     5.0
-}
-fn default_prefetch() -> usize {
-    2
 }
 
 /// A change table: one row per change with an increasing sequence number

@@ -38,6 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::config::default_usize;
 use crate::error::AgentError;
 use crate::intake::{Outcome, RecordSink, normalise};
 use crate::push_sources::{check_dir, default_poll_ms, default_settle_ms, is_dir, positive};
@@ -509,13 +510,6 @@ fn read_file(path: &Path, record_path: &str, skip: u64, batch: usize, max: usize
 
 // -------------------------------------------------------- `type = "xml_dir"`
 
-fn d_batch_size() -> usize {
-    500
-}
-fn d_max_record() -> usize {
-    1024 * 1024
-}
-
 /// `type = "xml_dir"`: a directory of XML exports.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -527,7 +521,7 @@ pub struct XmlDirSourceConfig {
     /// The watched directory.
     pub dir: PathBuf,
     /// Records per pipeline call (default 500).
-    #[serde(default = "d_batch_size")]
+    #[serde(default = "default_usize::<500>")]
     pub batch_size: usize,
     /// Minimum age of a file before it is read (default 2000 ms).
     #[serde(default = "default_settle_ms")]
@@ -536,7 +530,7 @@ pub struct XmlDirSourceConfig {
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
     /// Largest record fragment (default 1 MiB).
-    #[serde(default = "d_max_record")]
+    #[serde(default = "default_usize::<{ 1024 * 1024 }>")]
     pub max_record_bytes: usize,
 }
 
