@@ -1051,7 +1051,7 @@ pub struct Projection {
 macro_rules! read {
     ($self:ident, $c:ident => $e:expr) => {{
         let mut reader = $self.store.reader().await.map_err(|e| e.to_string())?;
-        on_backend!(&mut reader, $c => $e)
+        on_backend!(&mut reader, $c => $e).map_err(ProjectionError::from)
     }};
 }
 
@@ -1068,7 +1068,7 @@ macro_rules! in_side_tx {
 
 impl Projection {
     /// Creates the tables in the ledger's database if needed.
-    pub async fn open(store: &AnyStore) -> Result<Self, String> {
+    pub async fn open(store: &AnyStore) -> Result<Self, ProjectionError> {
         in_side_tx!(store, c => c.init().await);
         Ok(Projection { store: store.clone() })
     }
@@ -1076,7 +1076,7 @@ impl Projection {
     /// The projection of a ledger database as it is, without creating or
     /// changing anything (`None` when it has no projection tables, e.g. a
     /// ledger written by `vaxgate bench ledger`).
-    pub async fn attach(store: &AnyStore) -> Result<Option<Self>, String> {
+    pub async fn attach(store: &AnyStore) -> Result<Option<Self>, ProjectionError> {
         let p = Projection { store: store.clone() };
         let events = read!(p, c => c.has_table("proj_events").await)?;
         let fields = read!(p, c => c.has_table("proj_fields").await)?;
@@ -1092,7 +1092,7 @@ impl Projection {
         store: &AnyStore,
         size: u64,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<ProjectionCheck, String> {
+    ) -> Result<ProjectionCheck, ProjectionError> {
         const PAGE: u64 = 2000;
         let mut out = ProjectionCheck::default();
         let mut from = 0;
@@ -1138,7 +1138,7 @@ impl Projection {
     }
 
     /// Writes projected events (idempotent).
-    pub async fn insert(&self, events: Vec<(StoredTx, OpenedEvent)>) -> Result<(), String> {
+    pub async fn insert(&self, events: Vec<(StoredTx, OpenedEvent)>) -> Result<(), ProjectionError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -1162,7 +1162,7 @@ impl Projection {
     /// existed, or events projected at start by [`Projection::catch_up`]),
     /// and marks how far it got. `party` turns a party code into the
     /// registered entity id. Returns how many events it read.
-    pub async fn derive_custody(&self, from: u64, party: &dyn Fn(&str) -> String) -> Result<u64, String> {
+    pub async fn derive_custody(&self, from: u64, party: &dyn Fn(&str) -> String) -> Result<u64, ProjectionError> {
         let mut from = from;
         let mut done = 0;
         loop {
@@ -1209,7 +1209,7 @@ impl Projection {
     /// Where custody derivation must start at start-up: 0 for a ledger
     /// that never had it, else after the last mark (`None`: nothing to do
     /// unless events were projected at start).
-    pub async fn custody_from(&self) -> Result<Option<u64>, String> {
+    pub async fn custody_from(&self) -> Result<Option<u64>, ProjectionError> {
         Ok(read!(self, c => c.custody_mark().await)?.map(|m| m + 1))
     }
 
@@ -1219,7 +1219,7 @@ impl Projection {
         store: &AnyStore,
         provider: &dyn CryptoProvider,
         node: &KeyHandle,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ProjectionError> {
         let mut from = read!(self, c => c.max_leaf().await)?.map(|m| m + 1).unwrap_or(0);
         let mut done = 0;
         loop {
@@ -1243,7 +1243,7 @@ impl Projection {
     /// The codes packaging links connect to `code` in one direction: its
     /// packages, their packages ... (`up`), or its contents (down); at most
     /// `max`, `code` itself not included.
-    pub async fn packaging(&self, code: &str, up: bool, max: usize) -> Result<Vec<String>, String> {
+    pub async fn packaging(&self, code: &str, up: bool, max: usize) -> Result<Vec<String>, ProjectionError> {
         let mut all: Vec<String> = Vec::new();
         let mut frontier = vec![code.to_string()];
         while !frontier.is_empty() && all.len() < max {
@@ -1261,7 +1261,7 @@ impl Projection {
     /// The leaves of the lot-level events of lot `lot` (a
     /// [`mappings::custody::lot_key`]): its release (批签发) and recall
     /// records (not the production bills of its other codes).
-    pub async fn lot_event_leaves(&self, lot: &str) -> Result<Vec<u64>, String> {
+    pub async fn lot_event_leaves(&self, lot: &str) -> Result<Vec<u64>, ProjectionError> {
         let facts = self.custody_lots(&[lot.to_string()]).await?;
         let mut leaves: Vec<u64> = facts
             .into_iter()
@@ -1274,18 +1274,26 @@ impl Projection {
     }
 
     /// Events touching any of `codes`, oldest first.
-    pub async fn events_for_codes(&self, codes: &[String]) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn events_for_codes(&self, codes: &[String]) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         self.events_of_codes(codes, None).await
     }
 
     /// Events of one `category` touching any of `codes`, oldest first (a
     /// receipt's candidate shipments: not every event its codes went
     /// through, vaccinations included).
-    pub async fn events_for_codes_in(&self, codes: &[String], category: &str) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn events_for_codes_in(
+        &self,
+        codes: &[String],
+        category: &str,
+    ) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         self.events_of_codes(codes, Some(category)).await
     }
 
-    async fn events_of_codes(&self, codes: &[String], category: Option<&str>) -> Result<Vec<ProjectedEvent>, String> {
+    async fn events_of_codes(
+        &self,
+        codes: &[String],
+        category: Option<&str>,
+    ) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1293,25 +1301,25 @@ impl Projection {
     }
 
     /// Events of a lot, oldest first.
-    pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn events_for_lot(&self, lot: &str) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         read!(self, c => c.events(Events::Lot(lot)).await)
     }
 
     /// Events naming shipment `no` (the shipment record, its reading sets,
     /// receipts and alerts), oldest first.
-    pub async fn events_for_shipment(&self, no: &str) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn events_for_shipment(&self, no: &str) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         read!(self, c => c.events(Events::Shipment(no)).await)
     }
 
     /// An event by id.
-    pub async fn event(&self, event_id: &str) -> Result<Option<ProjectedEvent>, String> {
+    pub async fn event(&self, event_id: &str) -> Result<Option<ProjectedEvent>, ProjectionError> {
         Ok(read!(self, c => c.events(Events::Id(event_id)).await)?
             .into_iter()
             .next())
     }
 
     /// Every custody fact of these codes (any order).
-    pub async fn custody_facts(&self, codes: &[String]) -> Result<Vec<mappings::custody::Fact>, String> {
+    pub async fn custody_facts(&self, codes: &[String]) -> Result<Vec<mappings::custody::Fact>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1324,7 +1332,7 @@ impl Projection {
 
     /// The stored custody histories of `codes` ([`history`]), as bytes:
     /// (code, history) for those that have one.
-    pub async fn custody_histories(&self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    pub async fn custody_histories(&self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1333,7 +1341,7 @@ impl Projection {
 
     /// The stored field-commitment rows ([`fields_blob`]) of events, by
     /// leaf; events written before field commitments have none.
-    pub async fn fields_of(&self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String> {
+    pub async fn fields_of(&self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, ProjectionError> {
         if leaves.is_empty() {
             return Ok(HashMap::new());
         }
@@ -1341,24 +1349,24 @@ impl Projection {
     }
 
     /// Every custody fact of these lots.
-    pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
+    pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, ProjectionError> {
         read!(self, c => c.custody_lots(lots).await)
     }
 
     /// Pending alerts opened before `before_ms` that nothing resolved or
     /// escalated yet: (code, alert leaf, event leaf) of at most `limit` alerts.
-    pub async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, String> {
+    pub async fn pending_due(&self, before_ms: i64, limit: i64) -> Result<Vec<(String, u64, u64)>, ProjectionError> {
         read!(self, c => c.pending_due(before_ms, limit).await)
     }
 
     /// Leaves of the reading sets of logger `device` whose period overlaps
     /// `[from_ms, to_ms]` (a shipment's temperature history).
-    pub async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String> {
+    pub async fn readings_of(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, ProjectionError> {
         read!(self, c => c.readings_of(device, from_ms, to_ms).await)
     }
 
     /// The packaging links whose child is one of `codes`: (parent, child).
-    pub async fn parents_of(&self, codes: &[String]) -> Result<Vec<(String, String)>, String> {
+    pub async fn parents_of(&self, codes: &[String]) -> Result<Vec<(String, String)>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1368,7 +1376,7 @@ impl Projection {
     /// The custody facts of `codes`, with the transports of the packages
     /// they are in inherited ([`mappings::custody::Book::add_inherited`]),
     /// as a book.
-    pub async fn custody_book(&self, codes: &[String]) -> Result<mappings::custody::Book, String> {
+    pub async fn custody_book(&self, codes: &[String]) -> Result<mappings::custody::Book, ProjectionError> {
         let links = self.parents_of(codes).await?;
         let mut children: std::collections::HashMap<String, Vec<String>> = Default::default();
         for (p, c) in &links {
@@ -1384,7 +1392,7 @@ impl Projection {
     }
 
     /// Which of `codes` are packages: the parent of some packaging link.
-    pub async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, String> {
+    pub async fn parents_among(&self, codes: &[String]) -> Result<Vec<String>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1393,13 +1401,13 @@ impl Projection {
 
     /// Every code some custody fact left with `holder` (an entity id): the
     /// candidates of its stock.
-    pub async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, String> {
+    pub async fn codes_left_with(&self, holder: &str) -> Result<Vec<String>, ProjectionError> {
         read!(self, c => c.codes_left_with(holder).await)
     }
 
     /// Open pending alerts touching `codes`: (code, alert leaf, event leaf)
     /// for every code each of them waits on.
-    pub async fn open_pending(&self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, String> {
+    pub async fn open_pending(&self, codes: &[String]) -> Result<Vec<(String, u64, u64)>, ProjectionError> {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1407,7 +1415,7 @@ impl Projection {
     }
 
     /// Events by leaf index (any order).
-    pub async fn events_at(&self, leaves: &[u64]) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn events_at(&self, leaves: &[u64]) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         if leaves.is_empty() {
             return Ok(Vec::new());
         }
@@ -1415,7 +1423,7 @@ impl Projection {
     }
 
     /// Cancellations of these events.
-    pub async fn cancellations_of(&self, event_ids: &[String]) -> Result<Vec<ProjectedEvent>, String> {
+    pub async fn cancellations_of(&self, event_ids: &[String]) -> Result<Vec<ProjectedEvent>, ProjectionError> {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1423,8 +1431,21 @@ impl Projection {
     }
 }
 
-impl From<String> for ApiError {
+/// A failure reading or writing the projection's tables; the message names
+/// the table or column. Handlers answer it as a 500 `internal` whose cause
+/// goes to the gateway's log ([`ApiError::internal`]).
+#[derive(Debug, thiserror::Error)]
+#[error("projection: {0}")]
+pub struct ProjectionError(String);
+
+impl From<String> for ProjectionError {
     fn from(e: String) -> Self {
+        ProjectionError(e)
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
         ApiError::internal(e)
     }
 }

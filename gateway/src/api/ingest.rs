@@ -309,7 +309,7 @@ async fn check_cancellation(state: &AppState, entity_id: &str, msg: &ExchangeMes
         .projection
         .event(target)
         .await
-        .map_err(|e| (Code::Internal, e))?
+        .map_err(|e| (Code::Internal, e.to_string()))?
         .ok_or((Code::NotFound, format!("cancelled event {target} is not in the ledger")))?;
     if ev.category == "cancellation" {
         return Err((
