@@ -1423,37 +1423,39 @@ async fn demo_trace(
     let mut proof_ok = false;
     if let Some(tx) = vaccination_tx {
         let p = client.get(&format!("/v1/transactions/{tx}/proof")).await?;
-        let pf = dir.join("demo-proof.json");
-        std::fs::write(&pf, &p)?;
-        let mut c = vaxgate_cmd();
-        c.arg("verify-proof")
-            .arg(&pf)
-            .arg("--checkpoint-key")
-            .arg(dir.join("node/keys/node.pub.pem"));
-        let o = c.output()?;
-        proof_ok = o.status.success();
-        text.push_str(&format!(
-            "  proof of the vaccination (tx {tx}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        ));
+        let (ok, out) = verify_saved(dir, "demo-proof.json", &p, vaxgate_cmd)?;
+        proof_ok = ok;
+        text.push_str(&format!("  proof of the vaccination (tx {tx}): {out}"));
     } else {
         text.push_str("  no vaccination step in the trace\n");
     }
     // The whole answer, every step checked against its transaction's field
     // commitments (docs/api.md, "Checking an answer").
-    let af = dir.join("demo-trace.json");
-    std::fs::write(&af, &body)?;
-    let mut c = vaxgate_cmd();
-    c.arg("verify-proof")
-        .arg(&af)
-        .arg("--checkpoint-key")
-        .arg(dir.join("node/keys/node.pub.pem"));
-    let o = c.output()?;
-    proof_ok &= o.status.success();
+    let (ok, out) = verify_saved(dir, "demo-trace.json", &body, vaxgate_cmd)?;
+    proof_ok &= ok;
     text.push_str(&format!(
-        "  the trace answer above ({}): {}",
-        af.display(),
-        String::from_utf8_lossy(&o.stdout)
+        "  the trace answer above ({}): {out}",
+        dir.join("demo-trace.json").display()
     ));
     Ok(DemoTrace { text, steps, proof_ok })
+}
+
+/// Saves `body` (a proof or an answer) as `dir/file` and checks it offline
+/// with `vaxgate verify-proof` against the node key: whether it verified,
+/// and what verify-proof printed.
+fn verify_saved(
+    dir: &Path,
+    file: &str,
+    body: &[u8],
+    vaxgate_cmd: &(dyn Fn() -> Command + Sync),
+) -> Result<(bool, String)> {
+    let path = dir.join(file);
+    std::fs::write(&path, body)?;
+    let o = vaxgate_cmd()
+        .arg("verify-proof")
+        .arg(&path)
+        .arg("--checkpoint-key")
+        .arg(dir.join("node/keys/node.pub.pem"))
+        .output()?;
+    Ok((o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
 }
