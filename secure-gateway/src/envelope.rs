@@ -13,6 +13,11 @@
 //! plaintext. Nothing is decrypted before the signature verified.
 //! [`SealedEnvelope::verify`] checks the signature without any private key.
 //!
+//! An envelope has two encodings: the JSON transport form
+//! ([`SealedEnvelope::to_json`], what partners send) and the binary form
+//! ([`SealedEnvelope::to_binary`], what the ledger stores): the signed bytes
+//! followed by the signature as one more field.
+//!
 //! In batch mode ([`crate::batch`]) records carry no signature of their own:
 //! one signature covers the Merkle root of many records. A [`BatchSealer`]
 //! also shares the SM2 work of a batch: it SM2-encrypts one random batch
@@ -66,6 +71,15 @@ impl ContentType {
         match self {
             ContentType::Json => "json",
             ContentType::Xml => "xml",
+        }
+    }
+
+    /// The content type of its canonical string (`json` or `xml`, exactly).
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        match s {
+            b"json" => Some(ContentType::Json),
+            b"xml" => Some(ContentType::Xml),
+            _ => None,
         }
     }
 }
@@ -141,6 +155,16 @@ impl WrapKind {
             WrapKind::Sm2 => "sm2",
             WrapKind::Sm4Kek => "sm4-kek",
             WrapKind::Sm2BatchKek => "sm2-batch-kek",
+        }
+    }
+
+    /// The kind of its canonical string ([`WrapKind::as_str`], exactly).
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        match s {
+            b"sm2" => Some(WrapKind::Sm2),
+            b"sm4-kek" => Some(WrapKind::Sm4Kek),
+            b"sm2-batch-kek" => Some(WrapKind::Sm2BatchKek),
+            _ => None,
         }
     }
 }
@@ -382,9 +406,38 @@ pub(crate) fn record_batch_id(env: &SealedEnvelope) -> Result<Option<Uuid>, Cryp
 impl SealedEnvelope {
     /// The canonical bytes the SM2 signature covers (see `docs/envelope.md`).
     pub fn signed_bytes(&self) -> Result<Vec<u8>, CryptoError> {
-        let mut c = Canon::default();
+        let mut c = Canon(Vec::with_capacity(self.signed_len()));
+        self.write_signed(&mut c)?;
+        Ok(c.0)
+    }
+
+    /// The length of [`SealedEnvelope::signed_bytes`], without encoding.
+    fn signed_len(&self) -> usize {
+        let h = &self.header;
+        let fields = [
+            ENVELOPE_TAG.len(),
+            1,
+            16,
+            h.entity_id.len(),
+            h.key_id.len(),
+            8,
+            h.content_type.as_str().len(),
+            h.dataset_category.len(),
+            self.plaintext_sm3.0.len(),
+            self.nonce.len(),
+            self.ciphertext.len(),
+            4,
+        ];
+        let recipients = self
+            .recipients
+            .iter()
+            .map(|r| 12 + r.kind.as_str().len() + r.recipient.len() + r.wrapped.len());
+        fields.iter().map(|n| 4 + n).sum::<usize>() + recipients.sum::<usize>()
+    }
+
+    fn write_signed(&self, c: &mut Canon) -> Result<(), CryptoError> {
         c.field(ENVELOPE_TAG.as_bytes())?.field(&[self.version])?;
-        header_fields(&mut c, &self.header)?;
+        header_fields(c, &self.header)?;
         c.field(&self.plaintext_sm3.0)?
             .field(&self.nonce)?
             .field(&self.ciphertext)?;
@@ -396,7 +449,47 @@ impl SealedEnvelope {
                 .field(r.recipient.as_bytes())?
                 .field(&r.wrapped)?;
         }
+        Ok(())
+    }
+
+    /// The binary form the ledger stores (format 2, see `docs/envelope.md`
+    /// "Binary form"): [`SealedEnvelope::signed_bytes`] followed by one more
+    /// field, the DER signature, empty for a record of a signed batch. Its
+    /// signed part is everything before that last field, so
+    /// [`SealedEnvelope::record_digest`] is computable from the stored bytes
+    /// ([`SealedEnvelope::binary_signed_part`]).
+    ///
+    /// Refuses what [`SealedEnvelope::check_shape`] refuses, so the result
+    /// always reads back with [`SealedEnvelope::from_binary`] to an equal
+    /// envelope.
+    pub fn to_binary(&self) -> Result<Vec<u8>, CryptoError> {
+        self.check_shape()?;
+        let sig = self.signature.as_deref().unwrap_or_default();
+        let len = self.signed_len() + 4 + sig.len();
+        let mut c = Canon(Vec::with_capacity(len));
+        self.write_signed(&mut c)?;
+        c.field(sig)?;
+        debug_assert_eq!(c.0.len(), len, "signed_len is out of step with write_signed");
         Ok(c.0)
+    }
+
+    /// Parses the binary form of [`SealedEnvelope::to_binary`], strictly:
+    /// every field has the length and value the format allows, the
+    /// signature field is the last (empty: no signature), nothing follows
+    /// it, and [`SealedEnvelope::check_shape`] passes. The parse is
+    /// canonical: `to_binary` of the result is `bytes` again. Every
+    /// malformed input is a [`CryptoError::Envelope`] naming the fault.
+    pub fn from_binary(bytes: &[u8]) -> Result<SealedEnvelope, CryptoError> {
+        parse_binary(bytes).map(|(env, _)| env)
+    }
+
+    /// The signed part of a binary envelope (everything before the final
+    /// signature field), after checking that `bytes` parse as
+    /// [`SealedEnvelope::from_binary`] does: `sm3` of it is the envelope's
+    /// [`SealedEnvelope::record_digest`].
+    pub fn binary_signed_part(bytes: &[u8]) -> Result<&[u8], CryptoError> {
+        let (_, signed_len) = parse_binary(bytes)?;
+        Ok(&bytes[..signed_len])
     }
 
     /// `SM3(signed_bytes)`: the record digest, the data of the Merkle leaf
@@ -434,6 +527,11 @@ impl SealedEnvelope {
         }
         if self.ciphertext.len() < crate::sym::GCM_TAG_LEN {
             return Err(CryptoError::Envelope("ciphertext shorter than the gcm tag".into()));
+        }
+        if self.signature.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(CryptoError::Envelope(
+                "empty signature (a batch record has none: omit the field)".into(),
+            ));
         }
         Ok(())
     }
@@ -475,6 +573,123 @@ impl SealedEnvelope {
             context: format!("envelope {}", self.header.transaction_id),
         })
     }
+}
+
+/// Smallest encoding of one recipient: three empty fields.
+const MIN_RECIPIENT_LEN: usize = 12;
+
+/// At most this many bytes of a bad value are quoted in an error.
+const QUOTE_MAX: usize = 32;
+
+/// A bad value for an error message: printable ASCII as is, the rest
+/// escaped, cut after [`QUOTE_MAX`] bytes.
+fn quote(b: &[u8]) -> String {
+    let cut = b.len() > QUOTE_MAX;
+    let mut s = format!("\"{}\"", b[..b.len().min(QUOTE_MAX)].escape_ascii());
+    if cut {
+        s.push_str(&format!(" ({} bytes)", b.len()));
+    }
+    s
+}
+
+/// A field of exactly `N` bytes.
+fn fixed<const N: usize>(r: &mut CanonReader<'_>, what: &str) -> Result<[u8; N], CryptoError> {
+    let v = r.field(what)?;
+    <[u8; N]>::try_from(v).map_err(|_| {
+        let unit = if N == 1 { "byte" } else { "bytes" };
+        CryptoError::Envelope(format!("{what} must be {N} {unit}, got {}", v.len()))
+    })
+}
+
+/// A UTF-8 field.
+fn utf8(r: &mut CanonReader<'_>, what: &str) -> Result<String, CryptoError> {
+    let v = r.field(what)?;
+    String::from_utf8(v.to_vec()).map_err(|_| CryptoError::Envelope(format!("{what} {} is not UTF-8", quote(v))))
+}
+
+/// [`SealedEnvelope::from_binary`], also returning the length of the
+/// signed part. Errors are prefixed with "binary envelope: ".
+fn parse_binary(bytes: &[u8]) -> Result<(SealedEnvelope, usize), CryptoError> {
+    parse_binary_fields(bytes).map_err(|e| match e {
+        CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary envelope: {m}")),
+        other => other,
+    })
+}
+
+fn parse_binary_fields(bytes: &[u8]) -> Result<(SealedEnvelope, usize), CryptoError> {
+    let mut r = CanonReader(bytes);
+    let tag = r.field("domain tag")?;
+    if tag != ENVELOPE_TAG.as_bytes() {
+        return Err(CryptoError::Envelope(format!(
+            "domain tag must be \"{ENVELOPE_TAG}\", got {}",
+            quote(tag)
+        )));
+    }
+    let [version] = fixed::<1>(&mut r, "version")?;
+    let transaction_id = Uuid::from_bytes(fixed::<16>(&mut r, "transaction id")?);
+    let entity_id = utf8(&mut r, "entity id")?;
+    let key_id = utf8(&mut r, "key id")?;
+    let timestamp_ms = i64::from_be_bytes(fixed::<8>(&mut r, "timestamp")?);
+    let ct = r.field("content type")?;
+    let content_type = ContentType::parse(ct)
+        .ok_or_else(|| CryptoError::Envelope(format!("content type must be json or xml, got {}", quote(ct))))?;
+    let dataset_category = utf8(&mut r, "dataset category")?;
+    let plaintext_sm3 = Sm3Digest(fixed::<32>(&mut r, "plaintext sm3")?);
+    let nonce = r.field("nonce")?.to_vec();
+    let ciphertext = r.field("ciphertext")?.to_vec();
+    let n = u32::from_be_bytes(fixed::<4>(&mut r, "recipient count")?) as usize;
+    // Each recipient takes at least three empty fields, and the signature
+    // field follows: a forged count cannot make us allocate more than the
+    // input could hold.
+    let room = r.0.len().saturating_sub(4) / MIN_RECIPIENT_LEN;
+    if n > room {
+        return Err(CryptoError::Envelope(format!(
+            "recipient count {n} exceeds what the remaining {} bytes can hold",
+            r.0.len()
+        )));
+    }
+    let mut recipients = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = |e: CryptoError| match e {
+            CryptoError::Envelope(m) => CryptoError::Envelope(format!("recipient {i}: {m}")),
+            other => other,
+        };
+        let k = r.field("kind").map_err(at)?;
+        let kind = WrapKind::parse(k).ok_or_else(|| at(CryptoError::Envelope(format!("unknown kind {}", quote(k)))))?;
+        let recipient = utf8(&mut r, "name").map_err(at)?;
+        let wrapped = r.field("wrapped key").map_err(at)?.to_vec();
+        recipients.push(WrappedKey {
+            kind,
+            recipient,
+            wrapped,
+        });
+    }
+    let signed_len = bytes.len() - r.0.len();
+    let sig = r.field("signature")?;
+    if !r.0.is_empty() {
+        return Err(CryptoError::Envelope(format!(
+            "{} trailing bytes after the signature",
+            r.0.len()
+        )));
+    }
+    let env = SealedEnvelope {
+        version,
+        header: EnvelopeHeader {
+            transaction_id,
+            entity_id,
+            key_id,
+            timestamp_ms,
+            content_type,
+            dataset_category,
+        },
+        plaintext_sm3,
+        nonce,
+        ciphertext,
+        recipients,
+        signature: (!sig.is_empty()).then(|| sig.to_vec()),
+    };
+    env.check_shape()?;
+    Ok((env, signed_len))
 }
 
 /// Seals `plaintext` without signing (for batch records, and the first step

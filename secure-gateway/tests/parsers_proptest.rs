@@ -1,17 +1,19 @@
 //! Every parser of outside bytes answers arbitrary input with a value or a
-//! typed error, never a panic: envelopes, batches and proofs (JSON),
-//! signatures (raw, DER, hex), keys (PEM, SEC1), SM2 and SM4 ciphertexts.
+//! typed error, never a panic: envelopes (JSON and binary), batches and
+//! proofs (JSON), signatures (raw, DER, hex), keys (PEM, SEC1), SM2 and SM4
+//! ciphertexts.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
+use secure_gateway::envelope::{EnvelopeHeader, WrapKind, WrappedKey};
 use secure_gateway::keys::private_key_from_pem;
 use secure_gateway::sym::{sm4_cbc_decrypt, sm4_gcm_open};
 use secure_gateway::{
     ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, RecordProof,
     RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey,
-    Sm3Digest, Sm4Key, open, seal, seal_unsigned, sign_batch,
+    Sm3Digest, Sm4Key, open, seal, seal_unsigned, sign_batch, sm3,
 };
 
 struct Fixture {
@@ -20,6 +22,9 @@ struct Fixture {
     me: KeyHandle,
     kek: KeyHandle,
     env_json: String,
+    /// The envelope's binary form, and a batch record's (no signature).
+    env_bin: Vec<u8>,
+    rec_bin: Vec<u8>,
     batch_json: String,
     proof_json: String,
     sm2_der: Vec<u8>,
@@ -53,6 +58,8 @@ fn fx() -> &'static Fixture {
             sig_der: env.signature.clone().unwrap(),
             pub_pem: me_pk.to_public_key_pem(),
             env_json: env.to_json(),
+            env_bin: env.to_binary().unwrap(),
+            rec_bin: batch.records[1].to_binary().unwrap(),
             batch_json: batch.to_json(),
             proof_json,
             p,
@@ -107,6 +114,35 @@ fn exercise_envelope(bytes: &[u8]) {
     }
 }
 
+/// Binary parsing never panics and is canonical: whatever parses encodes
+/// back to exactly the same bytes, its signed part hashes to its record
+/// digest, and only the original verifies or opens.
+fn exercise_binary(bytes: &[u8]) {
+    let f = fx();
+    let signer = f.p.public_key(&f.sender).unwrap();
+    let Ok(env) = SealedEnvelope::from_binary(bytes) else {
+        assert!(SealedEnvelope::binary_signed_part(bytes).is_err());
+        return;
+    };
+    assert_eq!(
+        env.to_binary().unwrap(),
+        bytes,
+        "a second encoding of an envelope parsed"
+    );
+    let part = SealedEnvelope::binary_signed_part(bytes).unwrap();
+    assert_eq!(sm3(part), env.record_digest().unwrap());
+    let original = bytes == f.env_bin;
+    if env.verify(&signer).is_ok() {
+        assert!(original, "a changed binary envelope verified");
+    }
+    for me in [RecipientKey::Sm2(&f.me), RecipientKey::Kek(&f.kek)] {
+        if let Ok(o) = open(&f.p, &env, &signer, me) {
+            assert!(original, "a changed binary envelope opened");
+            assert_eq!(&o.plaintext[..], b"{\"a\":1}");
+        }
+    }
+}
+
 /// The checks above see the fixture itself verify and open, so their
 /// "only the original passes" assertions are live.
 #[test]
@@ -117,6 +153,55 @@ fn the_unchanged_envelope_verifies_and_opens() {
     assert!(env.verify(&signer).is_ok());
     assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
     exercise_envelope(f.env_json.as_bytes());
+    let env = SealedEnvelope::from_binary(&f.env_bin).unwrap();
+    assert!(env.verify(&signer).is_ok());
+    assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
+    exercise_binary(&f.env_bin);
+    exercise_binary(&f.rec_bin);
+}
+
+/// Any envelope that passes `check_shape`, with arbitrary strings, bytes
+/// and recipients (not necessarily openable).
+fn any_envelope() -> impl Strategy<Value = SealedEnvelope> {
+    let recipient =
+        (0..3u8, ".{0,12}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, r, w)| WrappedKey {
+            kind: [WrapKind::Sm2, WrapKind::Sm4Kek, WrapKind::Sm2BatchKek][usize::from(k)],
+            recipient: r,
+            wrapped: w,
+        });
+    (
+        (
+            any::<u128>(),
+            ".{0,24}",
+            ".{0,40}",
+            any::<i64>(),
+            any::<bool>(),
+            ".{0,24}",
+        ),
+        any::<[u8; 32]>(),
+        any::<[u8; 12]>(),
+        proptest::collection::vec(any::<u8>(), 16..80),
+        proptest::collection::vec(recipient, 0..4),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 1..80)),
+    )
+        .prop_map(
+            |((tx, entity, key_id, ts, xml, category), sm3, nonce, ct, recipients, sig)| SealedEnvelope {
+                version: 1,
+                header: EnvelopeHeader {
+                    transaction_id: uuid::Uuid::from_u128(tx),
+                    entity_id: entity,
+                    key_id,
+                    timestamp_ms: ts,
+                    content_type: if xml { ContentType::Xml } else { ContentType::Json },
+                    dataset_category: category,
+                },
+                plaintext_sm3: Sm3Digest(sm3),
+                nonce: nonce.to_vec(),
+                ciphertext: ct,
+                recipients,
+                signature: sig,
+            },
+        )
 }
 
 proptest! {
@@ -130,6 +215,30 @@ proptest! {
     #[test]
     fn envelope_json_mutated(e in edits()) {
         exercise_envelope(&mutate(fx().env_json.as_bytes(), &e));
+    }
+
+    #[test]
+    fn envelope_binary_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+        exercise_binary(&b);
+    }
+
+    #[test]
+    fn envelope_binary_mutated(e in edits()) {
+        exercise_binary(&mutate(&fx().env_bin, &e));
+        exercise_binary(&mutate(&fx().rec_bin, &e));
+    }
+
+    /// Any envelope to binary and back is the same envelope, and the
+    /// binary form's signed part is its signed bytes.
+    #[test]
+    fn envelope_binary_round_trip(env in any_envelope()) {
+        let b = env.to_binary().unwrap();
+        let back = SealedEnvelope::from_binary(&b).unwrap();
+        prop_assert_eq!(&back, &env);
+        prop_assert_eq!(back.to_binary().unwrap(), b.clone());
+        prop_assert_eq!(SealedEnvelope::binary_signed_part(&b).unwrap(), &env.signed_bytes().unwrap()[..]);
+        prop_assert_eq!(SealedEnvelope::from_json(env.to_json().as_bytes()).unwrap(), env);
+        exercise_binary(&b);
     }
 
     #[test]
