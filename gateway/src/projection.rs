@@ -25,7 +25,7 @@ use ledger::{
 use mappings::commitment::Commitment;
 use mappings::{ExchangeMessage, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
-use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, SealedEnvelope, Sm2VerifyingKey};
+use secure_gateway::{CryptoProvider, KeyHandle, RecordProof, Sm2VerifyingKey};
 use serde::Serialize;
 use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row};
@@ -187,7 +187,7 @@ pub fn open_event(
             seed: zeroize::Zeroizing::new(mappings::commitment::plain_seed(&st.tx.content.payload)),
         }));
     }
-    let env = SealedEnvelope::from_json(&st.tx.content.payload).map_err(|e| e.to_string())?;
+    let env = st.tx.content.envelope().map_err(|e| e.to_string())?;
     let a = &st.tx.auth;
     let pk = hex::decode(&a.public_key).map_err(|_| "signer public key is not hex".to_string())?;
     let vk = Sm2VerifyingKey::from_sec1(&pk, secure_gateway::DEFAULT_DIST_ID).map_err(|e| e.to_string())?;

@@ -6,16 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::Canon;
 
-/// The block format version written into every header (string(8)).
-pub const BLOCK_VERSION: &str = "1.0";
-
 /// A block header. Field names follow Annex A; `height`, `tx_count` and
 /// `first_leaf` locate the block's transactions in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockHeader {
     /// Height; the genesis block is 0.
     pub height: u64,
-    /// Format version (Annex A `version`, string(8)).
+    /// Format version (Annex A `version`, string(8)): `1.0` or `2.0`, the
+    /// format of its transactions ([`crate::tx::TxFormat`]).
     pub version: String,
     /// Creator hash (Annex A `provider`): SM3 of the node's public key.
     pub provider: Sm3Digest,

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::block::{BLOCK_VERSION, BlockHeader, Checkpoint, compute_block_hash};
+use crate::block::{BlockHeader, Checkpoint, compute_block_hash};
 use crate::error::LedgerError;
 use crate::merkle::{self, Frontier, NodeKey};
 use crate::proof::{ConsistencyProof, INCLUSION_PROOF_FORMAT, InclusionProof};
 use crate::store::{BlockCommit, LedgerStore, SidePart, SideWrite, StoredTx};
-use crate::tx::{DEFAULT_MAX_PAYLOAD, Transaction, TxContent, TxKind, sign_batch};
+use crate::tx::{DEFAULT_MAX_PAYLOAD, Transaction, TxContent, TxFormat, TxKind, sign_batch};
 
 /// Tuning of the committer.
 #[derive(Debug, Clone)]
@@ -31,6 +31,9 @@ pub struct LedgerConfig {
     /// How long the committer waits for more appends before it cuts a
     /// block while others are still arriving (0 = cut as soon as idle).
     pub linger: Duration,
+    /// The format new blocks are written in ([`TxFormat::CURRENT`]; format
+    /// 1 only to make ledgers as earlier versions did, for tests).
+    pub format: TxFormat,
 }
 
 impl Default for LedgerConfig {
@@ -40,6 +43,7 @@ impl Default for LedgerConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             queue_depth: 1024,
             linger: Duration::ZERO,
+            format: TxFormat::CURRENT,
         }
     }
 }
@@ -72,15 +76,21 @@ struct AppendRequest {
 }
 
 /// Who checks that each transaction belongs to its signed batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
     /// The ledger verifies every audit path and batch signature.
     Check,
     /// The caller has just verified them, on the same bytes, with
     /// `secure_gateway::batch` (the gateway does so before it decrypts a
-    /// batch). The ledger then only hashes each transaction once for its
-    /// leaf. `vaxgate ledger verify` still checks every proof offline.
-    VerifiedByCaller,
+    /// batch), and gives the SM3 of each transaction's payload it computed
+    /// on the way (in format 2, a sealed record's payload is its signed
+    /// bytes and this is its record digest), in transaction order. The
+    /// ledger then hashes no payload again. `vaxgate ledger verify` still
+    /// checks every proof offline.
+    VerifiedByCaller {
+        /// `SM3(payload)` of each transaction.
+        payload_sm3: Vec<Sm3Digest>,
+    },
 }
 
 /// An open ledger. Cheap to clone; all clones share one committer.
@@ -90,6 +100,7 @@ pub struct Ledger<S: LedgerStore> {
     node_key: Sm2VerifyingKey,
     sender: mpsc::Sender<AppendRequest>,
     max_payload: usize,
+    format: TxFormat,
 }
 
 impl<S: LedgerStore> Clone for Ledger<S> {
@@ -99,6 +110,7 @@ impl<S: LedgerStore> Clone for Ledger<S> {
             node_key: self.node_key.clone(),
             sender: self.sender.clone(),
             max_payload: self.max_payload,
+            format: self.format,
         }
     }
 }
@@ -127,7 +139,7 @@ impl<S: LedgerStore> Ledger<S> {
         let head = match store.head().await? {
             Some(h) => h,
             None => {
-                create_genesis(&*store, &node_key, name).await?;
+                create_genesis(&*store, &node_key, name, config.format).await?;
                 store
                     .head()
                     .await?
@@ -154,6 +166,7 @@ impl<S: LedgerStore> Ledger<S> {
         }
         let (sender, receiver) = mpsc::channel(config.queue_depth);
         let max_payload = config.max_payload;
+        let format = config.format;
         let vk = node_key.verifying_key().clone();
         let committer = Committer {
             store: store.clone(),
@@ -169,6 +182,7 @@ impl<S: LedgerStore> Ledger<S> {
             node_key: vk,
             sender,
             max_payload,
+            format,
         })
     }
 
@@ -180,6 +194,12 @@ impl<S: LedgerStore> Ledger<S> {
     /// The node key that signs checkpoints.
     pub fn node_key(&self) -> &Sm2VerifyingKey {
         &self.node_key
+    }
+
+    /// The format of the transactions it takes (and of the blocks it
+    /// writes): callers build their transactions in it.
+    pub fn format(&self) -> TxFormat {
+        self.format
     }
 
     /// Appends transactions; returns once they are durable in a block. The
@@ -203,7 +223,7 @@ impl<S: LedgerStore> Ledger<S> {
         if txs.is_empty() {
             return Ok(Vec::new());
         }
-        let leaves = precheck(&txs, self.max_payload, membership)?;
+        let leaves = precheck(&txs, self.max_payload, self.format, &membership)?;
         let (respond, rx) = oneshot::channel();
         self.sender
             .send(AppendRequest {
@@ -316,7 +336,12 @@ async fn resolve_plan<S: LedgerStore>(store: &S, plan: &[Vec<NodeKey>]) -> Resul
     Ok(out)
 }
 
-async fn create_genesis<S: LedgerStore>(store: &S, key: &Signer, name: &str) -> Result<(), LedgerError> {
+async fn create_genesis<S: LedgerStore>(
+    store: &S,
+    key: &Signer,
+    name: &str,
+    format: TxFormat,
+) -> Result<(), LedgerError> {
     let info = GenesisInfo {
         ledger_name: name.to_string(),
         node_public_key: key.verifying_key().to_public_key_pem(),
@@ -333,6 +358,7 @@ async fn create_genesis<S: LedgerStore>(store: &S, key: &Signer, name: &str) -> 
         data_hash: sm3(&payload),
         payload,
         fields_root: None,
+        format,
     };
     let ts = now_ms();
     let txs = sign_batch("node", key, vec![content], ts).map_err(|source| LedgerError::Signing {
@@ -370,7 +396,7 @@ fn build_block(
     let block_hash = compute_block_hash(&previous_block_hash, timestamp, &merkle_root);
     let block = BlockHeader {
         height,
-        version: BLOCK_VERSION.into(),
+        version: block_format(&txs).block_version().into(),
         provider: key.verifying_key().fingerprint(),
         previous_block_hash,
         block_hash,
@@ -392,6 +418,12 @@ fn build_block(
         nodes,
         checkpoint,
     })
+}
+
+/// The format of a block of `txs` (all of one format: [`precheck`] takes
+/// only the ledger's).
+fn block_format(txs: &[Transaction]) -> TxFormat {
+    txs.first().map_or(TxFormat::CURRENT, |t| t.content.format)
 }
 
 struct Committer<S: LedgerStore> {
@@ -566,17 +598,38 @@ impl<S: LedgerStore> Committer<S> {
 /// one SM2 verification per batch. Returns the log leaf hash of each
 /// transaction. Runs in the caller's task, so requests verify in parallel and
 /// the committer only orders, deduplicates and writes.
-fn precheck(txs: &[Transaction], max_payload: usize, membership: Membership) -> Result<Vec<Sm3Digest>, LedgerError> {
+fn precheck(
+    txs: &[Transaction],
+    max_payload: usize,
+    format: TxFormat,
+    membership: &Membership,
+) -> Result<Vec<Sm3Digest>, LedgerError> {
     let mut leaves = Vec::with_capacity(txs.len());
-    let mut verified_batches: HashSet<(Uuid, Vec<u8>)> = HashSet::new();
+    let mut batch_digests: std::collections::HashMap<Vec<u8>, Sm3Digest> = std::collections::HashMap::new();
     let mut records = HashSet::new();
     let mut ids = HashSet::new();
-    for t in txs {
+    if let Membership::VerifiedByCaller { payload_sm3 } = membership
+        && payload_sm3.len() != txs.len()
+    {
+        return Err(LedgerError::Setup(format!(
+            "{} payload digests given for {} transactions",
+            payload_sm3.len(),
+            txs.len()
+        )));
+    }
+    for (i, t) in txs.iter().enumerate() {
         let c = &t.content;
         let bad = |reason: String| LedgerError::BadTransaction {
             tx_id: c.tx_id.to_string(),
             reason,
         };
+        if c.format != format {
+            return Err(bad(format!(
+                "the transaction is in format {}; this ledger writes format {}",
+                c.format.number(),
+                format.number()
+            )));
+        }
         if c.payload.len() > max_payload {
             return Err(bad(format!(
                 "payload is {} bytes; the limit is {}",
@@ -600,16 +653,30 @@ fn precheck(txs: &[Transaction], max_payload: usize, membership: Membership) -> 
             return Err(bad("transaction id used twice".into()));
         }
         // The audit path per record; one SM2 verification per signed batch.
-        let content_hash = c.content_hash();
-        if membership == Membership::Check {
-            t.auth.verify_membership_with(c, Some(&content_hash)).map_err(bad)?;
-            let batch_key = (t.auth.batch.batch_id, t.auth.batch.signature.clone());
-            if !verified_batches.contains(&batch_key) {
-                t.auth.verify_signature().map_err(bad)?;
-                verified_batches.insert(batch_key);
-            }
+        let payload_sm3 = match membership {
+            Membership::VerifiedByCaller { payload_sm3 } => payload_sm3[i],
+            Membership::Check => sm3(&c.payload),
+        };
+        let content_hash = c.content_hash_with(&payload_sm3);
+        if *membership == Membership::Check {
+            t.auth
+                .verify_membership_with(c, Some((&content_hash, &payload_sm3)))
+                .map_err(bad)?;
         }
-        leaves.push(t.leaf_hash_with(&content_hash));
+        // Once per distinct batch (header, signer, key and signature).
+        let body = t.auth.batch_body();
+        let batch_digest = match batch_digests.get(&body) {
+            Some(d) => *d,
+            None => {
+                if *membership == Membership::Check {
+                    t.auth.verify_signature().map_err(bad)?;
+                }
+                let d = sm3(&body);
+                batch_digests.insert(body, d);
+                d
+            }
+        };
+        leaves.push(t.leaf_hash_in_batch(&content_hash, &batch_digest));
     }
     Ok(leaves)
 }

@@ -36,7 +36,8 @@ pub use store::{
     SqliteStore, StoreStats, StoredTx,
 };
 pub use tx::{
-    DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxKind, TxSummary, sign_batch, sign_leaves,
+    DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxFormat, TxKind, TxSummary, sign_batch,
+    sign_leaves,
 };
 pub use verify::{VerifyReport, verify_ledger, verify_ledger_in};
 

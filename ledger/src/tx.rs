@@ -84,6 +84,80 @@ impl LeafInput {
     }
 }
 
+/// How a transaction is encoded and hashed: the format of the block that
+/// holds it (docs/ledger.md, "Formats"). Blocks already written keep their
+/// format; new blocks are written in the ledger's current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum TxFormat {
+    /// Block version `1.0`: sealed envelopes stored as their JSON, the
+    /// content hash over `SM3(payload)`, the submitter's whole batch proof
+    /// stored and hashed with every transaction.
+    #[default]
+    V1,
+    /// Block version `2.0`: sealed envelopes stored in their binary form
+    /// (`docs/envelope.md`), the content hash over the payload digest (for
+    /// an envelope its record digest, which the batch signature already
+    /// covers, so the payload is hashed once), the batch header, signer key
+    /// and signature stored once per batch, and the leaf over the batch
+    /// digest and the record's index instead of the whole proof.
+    V2,
+}
+
+impl TxFormat {
+    /// The format new ledgers and new blocks are written in.
+    pub const CURRENT: TxFormat = TxFormat::V2;
+
+    /// Its number (1, 2), as stored and in JSON.
+    pub fn number(self) -> u8 {
+        match self {
+            TxFormat::V1 => 1,
+            TxFormat::V2 => 2,
+        }
+    }
+
+    /// The format of number `n`.
+    pub fn of_number(n: u8) -> Option<Self> {
+        match n {
+            1 => Some(TxFormat::V1),
+            2 => Some(TxFormat::V2),
+            _ => None,
+        }
+    }
+
+    /// The Annex A `version` of blocks of this format.
+    pub fn block_version(self) -> &'static str {
+        match self {
+            TxFormat::V1 => "1.0",
+            TxFormat::V2 => "2.0",
+        }
+    }
+
+    /// The format of blocks whose header says `version`.
+    pub fn of_block_version(version: &str) -> Option<Self> {
+        [TxFormat::V1, TxFormat::V2]
+            .into_iter()
+            .find(|f| f.block_version() == version)
+    }
+
+    fn is_v1(&self) -> bool {
+        *self == TxFormat::V1
+    }
+}
+
+impl From<TxFormat> for u8 {
+    fn from(f: TxFormat) -> u8 {
+        f.number()
+    }
+}
+
+impl TryFrom<u8> for TxFormat {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Self, String> {
+        TxFormat::of_number(n).ok_or_else(|| format!("unknown transaction format {n} (known: 1, 2)"))
+    }
+}
+
 /// The submitter's proof of origin for one transaction: the signed batch
 /// header (`secure_gateway::BatchHeader`), this record's place in the batch
 /// and its audit path, and the signer's public key so that the proof
@@ -133,13 +207,17 @@ impl TxAuth {
         self.leaf_input_with(content, None)
     }
 
-    /// [`TxAuth::leaf_input`] with the content hash already computed by the
-    /// caller (it hashes the whole payload; appends compute it once).
-    fn leaf_input_with(&self, content: &TxContent, content_hash: Option<&Sm3Digest>) -> Result<Sm3Digest, String> {
+    /// [`TxAuth::leaf_input`] with the content hash and the payload's SM3
+    /// already computed by the caller (appends compute them once).
+    fn leaf_input_with(
+        &self,
+        content: &TxContent,
+        known: Option<(&Sm3Digest, &Sm3Digest)>,
+    ) -> Result<Sm3Digest, String> {
         match self.leaf {
-            LeafInput::Content => Ok(content_hash.copied().unwrap_or_else(|| content.content_hash())),
+            LeafInput::Content => Ok(known.map_or_else(|| content.content_hash(), |(c, _)| *c)),
             LeafInput::Envelope => {
-                let env = SealedEnvelope::from_json(&content.payload).map_err(|e| e.to_string())?;
+                let env = content.envelope().map_err(|e| e.to_string())?;
                 let h = &env.header;
                 let mismatch = |what: &str| Err(format!("the envelope's {what} does not match the transaction"));
                 if h.transaction_id != content.tx_id {
@@ -160,7 +238,11 @@ impl TxAuth {
                 if h.key_id != self.batch.key_id {
                     return mismatch("signer key id");
                 }
-                env.record_digest().map_err(|e| e.to_string())
+                match content.format {
+                    TxFormat::V1 => env.record_digest().map_err(|e| e.to_string()),
+                    // The payload is the signed bytes: its SM3 is the record digest.
+                    TxFormat::V2 => Ok(known.map_or_else(|| sm3(&content.payload), |(_, p)| *p)),
+                }
             }
         }
     }
@@ -171,9 +253,14 @@ impl TxAuth {
         self.verify_membership_with(content, None)
     }
 
-    /// [`TxAuth::verify_membership`] with a precomputed content hash.
-    pub fn verify_membership_with(&self, content: &TxContent, content_hash: Option<&Sm3Digest>) -> Result<(), String> {
-        let leaf = merkle::leaf_hash(&self.leaf_input_with(content, content_hash)?.0);
+    /// [`TxAuth::verify_membership`] with the content hash and the
+    /// payload's SM3 computed by the caller, in that order.
+    pub fn verify_membership_with(
+        &self,
+        content: &TxContent,
+        known: Option<(&Sm3Digest, &Sm3Digest)>,
+    ) -> Result<(), String> {
+        let leaf = merkle::leaf_hash(&self.leaf_input_with(content, known)?.0);
         if merkle::verify_inclusion(
             self.index,
             self.batch.tree_size,
@@ -185,6 +272,41 @@ impl TxAuth {
         } else {
             Err("record is not in the signed batch (audit path does not reach the batch root)".into())
         }
+    }
+
+    /// The canonical bytes of the batch this proof belongs to: everything
+    /// but the record's index and audit path. Format 2 stores them once per
+    /// batch and hashes them into each record's leaf as the batch digest.
+    pub fn batch_body(&self) -> Vec<u8> {
+        let b = &self.batch;
+        let mut c = Canon::new("vaxgate-batch-v1");
+        c.str(&self.signer)
+            .str(&self.public_key)
+            .str(self.leaf.as_str())
+            .u64(u64::from(b.version))
+            .str(&b.batch_id.to_string())
+            .str(&b.key_id)
+            .i64(b.timestamp_ms)
+            .u64(b.tree_size)
+            .bytes(&b.root.0)
+            .bytes(&b.signature);
+        c.into_bytes()
+    }
+
+    /// `SM3(batch_body)`: what a format-2 leaf holds of the batch.
+    pub fn batch_digest(&self) -> Sm3Digest {
+        sm3(&self.batch_body())
+    }
+
+    /// The record's own part of the proof, as format 2 stores it beside a
+    /// reference to its batch: index and audit path.
+    pub fn record_part(&self) -> Vec<u8> {
+        let mut c = Canon::new("vaxgate-record-proof-v1");
+        c.u64(self.index).u64(self.audit_path.len() as u64);
+        for p in &self.audit_path {
+            c.bytes(&p.0);
+        }
+        c.into_bytes()
     }
 
     /// Checks the batch signature under the embedded public key.
@@ -286,17 +408,37 @@ pub struct TxContent {
     /// in transactions that are not events (genesis, registry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields_root: Option<Sm3Digest>,
+    /// How it is encoded and hashed (its block's format); absent in JSON
+    /// for format 1.
+    #[serde(default, skip_serializing_if = "TxFormat::is_v1")]
+    pub format: TxFormat,
 }
 
 impl TxContent {
-    /// The content hash a batch signature covers:
-    /// `SM3(canonical(tx_id, record_id, kind, category, state_key,
-    /// content_type, data_hash, SM3(payload)))`.
+    /// The sealed envelope its payload holds (a submitter's record, whose
+    /// batch leaf is [`LeafInput::Envelope`]): format 1 stores its JSON,
+    /// format 2 its signed bytes (`docs/envelope.md`, "Binary form").
+    pub fn envelope(&self) -> Result<SealedEnvelope, CryptoError> {
+        match self.format {
+            TxFormat::V1 => SealedEnvelope::from_json(&self.payload),
+            TxFormat::V2 => SealedEnvelope::from_signed_bytes(&self.payload),
+        }
+    }
+
+    /// The content hash: what a node-written batch signature covers, and
+    /// what the ledger leaf holds of the record.
     ///
-    /// A transaction with a [`TxContent::fields_root`] is hashed under the
-    /// tag `vaxgate-tx-content-v2` with the root appended; one without
-    /// keeps the v1 form, so transactions written before field commitments
-    /// verify as they did.
+    /// Format 1: `SM3(canonical("vaxgate-tx-content-v1", tx_id, record_id,
+    /// kind, category, state_key, content_type, data_hash, SM3(payload)))`;
+    /// a transaction with a [`TxContent::fields_root`] is hashed under the
+    /// tag `vaxgate-tx-content-v2` with the root appended (transactions
+    /// written before field commitments keep the first form).
+    ///
+    /// Format 2: `SM3(canonical("vaxgate-tx-content-f2", tx_id (16 raw
+    /// bytes), record_id, kind, category, state_key, content_type,
+    /// data_hash, SM3(payload), fields_root or an empty field))`. Its payload
+    /// of a sealed record is the envelope's signed bytes, so `SM3(payload)`
+    /// is the record digest the submitter signed.
     pub fn content_hash(&self) -> Sm3Digest {
         self.content_hash_with(&sm3(&self.payload))
     }
@@ -304,22 +446,30 @@ impl TxContent {
     /// The content hash from the SM3 of the payload (for a reader that has
     /// the digest but not the payload).
     pub fn content_hash_with(&self, payload_sm3: &Sm3Digest) -> Sm3Digest {
-        let tag = if self.fields_root.is_some() {
-            "vaxgate-tx-content-v2"
-        } else {
-            "vaxgate-tx-content-v1"
+        let mut c = match (self.format, self.fields_root.is_some()) {
+            (TxFormat::V2, _) => Canon::new("vaxgate-tx-content-f2"),
+            (TxFormat::V1, true) => Canon::new("vaxgate-tx-content-v2"),
+            (TxFormat::V1, false) => Canon::new("vaxgate-tx-content-v1"),
         };
-        let mut c = Canon::new(tag);
-        c.str(&self.tx_id.to_string())
-            .str(&self.record_id)
+        match self.format {
+            TxFormat::V1 => c.str(&self.tx_id.to_string()),
+            TxFormat::V2 => c.bytes(self.tx_id.as_bytes()),
+        };
+        c.str(&self.record_id)
             .str(self.kind.as_str())
             .str(&self.category)
             .str(&self.state_key)
             .str(&self.content_type)
             .bytes(&self.data_hash.0)
             .bytes(&payload_sm3.0);
-        if let Some(r) = &self.fields_root {
-            c.bytes(&r.0);
+        match (&self.fields_root, self.format) {
+            (Some(r), _) => {
+                c.bytes(&r.0);
+            }
+            (None, TxFormat::V2) => {
+                c.bytes(&[]);
+            }
+            (None, TxFormat::V1) => {}
         }
         sm3(&c.into_bytes())
     }
@@ -336,14 +486,11 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// The ledger leaf data: content hash ‖ auth, canonically encoded.
-    /// The log-level leaf hash is `SM3(0x00 ‖ leaf_data)`.
+    /// The ledger leaf data (format 1: content hash ‖ the whole batch
+    /// proof; format 2: content hash ‖ batch digest ‖ index), canonically
+    /// encoded. The log-level leaf hash is `SM3(0x00 ‖ leaf_data)`.
     pub fn leaf_data(&self) -> Vec<u8> {
-        self.leaf_data_with(&self.content.content_hash())
-    }
-
-    fn leaf_data_with(&self, content_hash: &Sm3Digest) -> Vec<u8> {
-        leaf_data(content_hash, &self.auth)
+        leaf_data(self.content.format, &self.content.content_hash(), &self.auth)
     }
 
     /// The RFC 9162 leaf hash.
@@ -353,7 +500,16 @@ impl Transaction {
 
     /// The leaf hash when the content hash is already known.
     pub fn leaf_hash_with(&self, content_hash: &Sm3Digest) -> Sm3Digest {
-        merkle::leaf_hash(&self.leaf_data_with(content_hash))
+        merkle::leaf_hash(&leaf_data(self.content.format, content_hash, &self.auth))
+    }
+
+    /// The leaf hash of a format-2 transaction whose batch digest is known
+    /// (the same for every record of a batch).
+    pub fn leaf_hash_in_batch(&self, content_hash: &Sm3Digest, batch_digest: &Sm3Digest) -> Sm3Digest {
+        match self.content.format {
+            TxFormat::V1 => self.leaf_hash_with(content_hash),
+            TxFormat::V2 => merkle::leaf_hash(&leaf_data_f2(content_hash, batch_digest, self.auth.index)),
+        }
     }
 
     /// Checks the submitter's signature and batch membership.
@@ -393,6 +549,9 @@ pub struct TxSummary {
     /// The root of the record's field commitments, if it has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields_root: Option<Sm3Digest>,
+    /// The transaction's format (absent for format 1).
+    #[serde(default, skip_serializing_if = "TxFormat::is_v1")]
+    pub format: TxFormat,
     /// The submitter's batch proof.
     pub auth: TxAuth,
 }
@@ -412,6 +571,7 @@ impl TxSummary {
             data_hash: c.data_hash,
             payload_sm3: sm3(&c.payload),
             fields_root: c.fields_root,
+            format: c.format,
             auth: t.auth.clone(),
         }
     }
@@ -429,6 +589,7 @@ impl TxSummary {
             data_hash: self.data_hash,
             payload: Vec::new(),
             fields_root: self.fields_root,
+            format: self.format,
         }
         .content_hash_with(&self.payload_sm3)
     }
@@ -436,15 +597,29 @@ impl TxSummary {
     /// The transaction's RFC 9162 leaf hash.
     #[must_use]
     pub fn leaf_hash(&self) -> Sm3Digest {
-        merkle::leaf_hash(&leaf_data(&self.content_hash(), &self.auth))
+        merkle::leaf_hash(&leaf_data(self.format, &self.content_hash(), &self.auth))
     }
 }
 
-/// The ledger leaf data of a transaction: its content hash ‖ auth,
-/// canonically encoded.
-fn leaf_data(content_hash: &Sm3Digest, auth: &TxAuth) -> Vec<u8> {
-    let mut c = Canon::new("vaxgate-tx-v1");
-    c.bytes(&content_hash.0).bytes(&auth.canonical());
+/// The ledger leaf data of a transaction of `format` (docs/ledger.md, "Log
+/// leaves"), canonically encoded.
+fn leaf_data(format: TxFormat, content_hash: &Sm3Digest, auth: &TxAuth) -> Vec<u8> {
+    match format {
+        TxFormat::V1 => {
+            let mut c = Canon::new("vaxgate-tx-v1");
+            c.bytes(&content_hash.0).bytes(&auth.canonical());
+            c.into_bytes()
+        }
+        TxFormat::V2 => leaf_data_f2(content_hash, &auth.batch_digest(), auth.index),
+    }
+}
+
+/// Format 2's leaf data: content hash, batch digest, index in the batch.
+/// The audit path is not in it: it is checked against the batch root,
+/// which the batch digest covers.
+fn leaf_data_f2(content_hash: &Sm3Digest, batch_digest: &Sm3Digest, index: u64) -> Vec<u8> {
+    let mut c = Canon::new("vaxgate-tx-f2");
+    c.bytes(&content_hash.0).bytes(&batch_digest.0).u64(index);
     c.into_bytes()
 }
 
@@ -516,6 +691,58 @@ pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
     (auth.canonical() == b).then_some(auth)
 }
 
+/// Decodes a format-2 proof from its batch's stored body
+/// ([`TxAuth::batch_body`]) and the record's own part
+/// ([`TxAuth::record_part`]); only canonical bytes are accepted.
+pub fn decode_batch_auth(body: &[u8], record: &[u8]) -> Option<TxAuth> {
+    let mut r = Reader::new(body);
+    r.tag("vaxgate-batch-v1")?;
+    let signer = r.str()?.to_string();
+    let public_key = r.str()?.to_string();
+    let leaf = LeafInput::parse(r.str()?)?;
+    let version = u8::try_from(r.u64()?).ok()?;
+    let batch_id = Uuid::parse_str(r.str()?).ok()?;
+    let key_id = r.str()?.to_string();
+    let timestamp_ms = r.i64()?;
+    let tree_size = r.u64()?;
+    let root = Sm3Digest::from_slice(r.bytes()?).ok()?;
+    let signature = r.bytes()?.to_vec();
+    if !r.is_empty() {
+        return None;
+    }
+    let mut r = Reader::new(record);
+    r.tag("vaxgate-record-proof-v1")?;
+    let index = r.u64()?;
+    let n = r.u64()?;
+    if n > 64 {
+        return None;
+    }
+    let mut audit_path = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        audit_path.push(Sm3Digest::from_slice(r.bytes()?).ok()?);
+    }
+    if !r.is_empty() {
+        return None;
+    }
+    let auth = TxAuth {
+        signer,
+        public_key,
+        leaf,
+        batch: BatchHeader {
+            version,
+            batch_id,
+            key_id,
+            timestamp_ms,
+            tree_size,
+            root,
+            signature,
+        },
+        index,
+        audit_path,
+    };
+    (auth.batch_body() == body && auth.record_part() == record).then_some(auth)
+}
+
 /// Base64 (standard alphabet) for byte fields in JSON.
 pub mod b64 {
     use base64::Engine as _;
@@ -549,6 +776,11 @@ mod tests {
             data_hash: sm3(&i.to_be_bytes()),
             payload: vec![i as u8; 100],
             fields_root: (i % 2 == 1).then(|| sm3(&[i as u8; 3])),
+            format: if i.is_multiple_of(3) {
+                TxFormat::V1
+            } else {
+                TxFormat::V2
+            },
         }
     }
 

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use secure_gateway::{CryptoProvider, RustCryptoProvider, Sm2VerifyingKey, Sm3Digest};
 use serde::{Deserialize, Serialize};
 
-use crate::block::{BLOCK_VERSION, BlockHeader, compute_block_hash};
+use crate::block::{BlockHeader, compute_block_hash};
 use crate::error::LedgerError;
 use crate::ledger::GenesisInfo;
 use crate::merkle::{self, Frontier, NodeKey};
 use crate::store::{LedgerStore, StoredTx};
-use crate::tx::TxKind;
+use crate::tx::{TxFormat, TxKind};
 
 /// A tree node a block completed: where it is and its hash.
 type TreeNode = (NodeKey, Sm3Digest);
@@ -186,8 +186,12 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
         if h != height {
             return Err(fail(height, None, format!("expected block {height}, found height {h}")));
         }
-        if b.version != BLOCK_VERSION {
-            return Err(fail(h, None, format!("unknown block version {:?}", b.version)));
+        if TxFormat::of_block_version(&b.version).is_none() {
+            return Err(fail(
+                h,
+                None,
+                format!("unknown block version {:?} (known: \"1.0\", \"2.0\")", b.version),
+            ));
         }
         if b.provider != self.provider {
             return Err(fail(h, None, "provider is not the ledger's node key"));
@@ -234,7 +238,8 @@ impl<'s, S: LedgerStore> Verifier<'s, S> {
     /// nodes and the block's checkpoint. Leaves the tree grown by the
     /// block's leaves.
     async fn check_block(&mut self, b: &BlockHeader, txs: Vec<StoredTx>) -> Result<(), LedgerError> {
-        let (txs, checked) = hash_txs(b.height, b.first_leaf, txs).await?;
+        let format = TxFormat::of_block_version(&b.version).unwrap_or_default();
+        let (txs, checked) = hash_txs(b.height, b.first_leaf, format, txs).await?;
         let (leaves, emitted) = self.add_txs(b.height, &txs, checked)?;
         check_block_hashes(b, &leaves)?;
         self.check_nodes(b.height, &emitted).await?;
@@ -388,9 +393,14 @@ async fn genesis_node_key<S: LedgerStore>(
 /// The transactions' own checks ([`check_tx`]) for block `h` (first leaf
 /// `first_leaf`), on all cores, off this task. Gives the transactions back
 /// with one result each, in order.
-async fn hash_txs(h: u64, first_leaf: u64, txs: Vec<StoredTx>) -> Result<(Vec<StoredTx>, Vec<TxChecked>), LedgerError> {
+async fn hash_txs(
+    h: u64,
+    first_leaf: u64,
+    format: TxFormat,
+    txs: Vec<StoredTx>,
+) -> Result<(Vec<StoredTx>, Vec<TxChecked>), LedgerError> {
     let hashing = tokio::task::spawn_blocking(move || {
-        let checked = par_map(&txs, |k, st| check_tx(st, h, first_leaf + k as u64));
+        let checked = par_map(&txs, |k, st| check_tx(st, h, first_leaf + k as u64, format));
         (txs, checked)
     });
     match hashing.await {
@@ -434,10 +444,15 @@ async fn read_ahead<S: LedgerStore>(
 }
 
 /// The checks of one transaction that need nothing but itself: position,
-/// genesis rule, batch membership. Returns its leaf hash and the digest
-/// that identifies its batch signature (checked once per batch by the
-/// caller). The content hash is computed once for both.
-fn check_tx(st: &StoredTx, height: u64, expected_leaf: u64) -> Result<(Sm3Digest, Sm3Digest), LedgerError> {
+/// format (its block's), genesis rule, batch membership. Returns its leaf
+/// hash and its batch digest, which identifies its batch signature (checked
+/// once per batch by the caller). The payload is hashed once for both.
+fn check_tx(
+    st: &StoredTx,
+    height: u64,
+    expected_leaf: u64,
+    format: TxFormat,
+) -> Result<(Sm3Digest, Sm3Digest), LedgerError> {
     let t = &st.tx;
     let id = || Some(t.content.tx_id.to_string());
     if st.height != height {
@@ -461,23 +476,34 @@ fn check_tx(st: &StoredTx, height: u64, expected_leaf: u64) -> Result<(Sm3Digest
             ),
         ));
     }
+    if t.content.format != format {
+        return Err(fail(
+            height,
+            id(),
+            format!(
+                "it is stored in format {}, but its block (version {}) holds format {}",
+                t.content.format.number(),
+                format.block_version(),
+                format.number()
+            ),
+        ));
+    }
     if (t.content.kind == TxKind::Genesis) != (expected_leaf == 0) {
         return Err(fail(height, id(), "a genesis transaction may only be the first leaf"));
     }
     let a = &t.auth;
-    let content_hash = t.content.content_hash();
-    a.verify_membership_with(&t.content, Some(&content_hash)).map_err(|e| {
-        fail(
-            height,
-            id(),
-            format!("record is not in its signed batch (content altered?): {e}"),
-        )
-    })?;
-    let mut memo = secure_gateway::Sm3Hasher::new();
-    memo.update(&a.batch.signed_bytes().map_err(|e| fail(height, id(), e.to_string()))?)
-        .update(a.public_key.as_bytes())
-        .update(&a.batch.signature);
-    Ok((t.leaf_hash_with(&content_hash), memo.finalize()))
+    let payload_sm3 = secure_gateway::sm3(&t.content.payload);
+    let content_hash = t.content.content_hash_with(&payload_sm3);
+    a.verify_membership_with(&t.content, Some((&content_hash, &payload_sm3)))
+        .map_err(|e| {
+            fail(
+                height,
+                id(),
+                format!("record is not in its signed batch (content altered?): {e}"),
+            )
+        })?;
+    let batch = a.batch_digest();
+    Ok((t.leaf_hash_in_batch(&content_hash, &batch), batch))
 }
 
 /// `f` over `items` (with their index) on up to four threads, results in
@@ -530,6 +556,7 @@ mod tests {
             data_hash: sm3(&i.to_be_bytes()),
             payload: vec![i as u8; 100],
             fields_root: None,
+            format: TxFormat::CURRENT,
         }
     }
 
@@ -612,7 +639,10 @@ mod tests {
         v.check_header(b1, 1).unwrap();
         type Break = fn(&mut BlockHeader);
         let cases: [(Break, &str); 5] = [
-            (|b| b.version = "9.9".into(), "unknown block version \"9.9\""),
+            (
+                |b| b.version = "9.9".into(),
+                "unknown block version \"9.9\" (known: \"1.0\", \"2.0\")",
+            ),
             (
                 |b| b.provider = Sm3Digest::ZERO,
                 "provider is not the ledger's node key",
@@ -675,7 +705,10 @@ mod tests {
         // A batch signature that does not verify: named with its transaction.
         let mut forged = txs.clone();
         forged[0].tx.auth.batch.timestamp_ms += 1;
-        let checked = hash_txs(2, b2.first_leaf, forged.clone()).await.unwrap().1;
+        let checked = hash_txs(2, b2.first_leaf, TxFormat::CURRENT, forged.clone())
+            .await
+            .unwrap()
+            .1;
         let (height, tx, reason) = failure(v.clone_state().add_txs(2, &forged, checked));
         assert_eq!((height, tx), (2, Some(forged[0].tx.content.tx_id.to_string())));
         assert!(
@@ -683,8 +716,17 @@ mod tests {
             "{reason}"
         );
 
+        // A transaction of another format than its block's: named.
+        let checked = hash_txs(2, b2.first_leaf, TxFormat::V1, txs.clone()).await.unwrap().1;
+        let (height, tx, reason) = failure(v.clone_state().add_txs(2, &txs, checked));
+        assert_eq!((height, tx), (2, Some(txs[0].tx.content.tx_id.to_string())));
+        assert_eq!(
+            reason,
+            "it is stored in format 2, but its block (version 1.0) holds format 1"
+        );
+
         // The block's three transactions are one batch: one signature check.
-        let (txs, checked) = hash_txs(2, b2.first_leaf, txs).await.unwrap();
+        let (txs, checked) = hash_txs(2, b2.first_leaf, TxFormat::CURRENT, txs).await.unwrap();
         let (leaves, emitted) = v.add_txs(2, &txs, checked).unwrap();
         assert_eq!((v.report.transactions, v.report.batch_signatures), (9, 3));
         assert_eq!(v.frontier.size(), 9);

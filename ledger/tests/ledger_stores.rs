@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use ledger::{
-    AnyStore, Ledger, LedgerConfig, LedgerError, LedgerStore, SqliteStore, Transaction, TxContent, TxKind, merkle,
-    on_backend, sign_batch, verify_ledger,
+    AnyStore, Ledger, LedgerConfig, LedgerError, LedgerStore, SqliteStore, Transaction, TxContent, TxFormat, TxKind,
+    merkle, on_backend, sign_batch, verify_ledger,
 };
 use proptest::prelude::*;
 use secure_gateway::{KeyHandle, ProviderKind, RustCryptoProvider, Signer, Sm2SigningKey, sm3};
@@ -27,9 +27,10 @@ fn content(n: usize, tag: &str) -> TxContent {
         content_type: "json".into(),
         data_hash: sm3(&payload),
         payload,
-        // Half the transactions carry a field-commitment root (the v2
-        // content hash), half do not (v1, as written before them).
+        // Half the transactions carry a field-commitment root, half do not
+        // (as written before them).
         fields_root: (n % 2 == 1).then(|| sm3(format!("fields {n}").as_bytes())),
+        format: TxFormat::CURRENT,
     }
 }
 
@@ -241,42 +242,81 @@ async fn append_prove_restart_and_verify(backend: At) {
     }
 }
 
-/// A ledger written before transactions carried a field-commitment root
-/// (no `fields_root` column, v1 content hashes) opens, gains the column,
-/// takes transactions with roots and verifies as a whole.
+/// A ledger as vaxgate wrote it before field commitments and format 2
+/// (format-1 blocks; no `fields_root`, `format` or `batch_leaf` column, no
+/// `batches` table) opens, gains them with no row changed, takes format-2
+/// blocks with roots and verifies as a whole; proofs of old and new
+/// transactions verify.
 async fn ledger_before_field_commitments(backend: At) {
     let node = key();
     let client = key();
-    let l = open_on(&backend, &node).await;
+    let v1 = LedgerConfig {
+        format: TxFormat::V1,
+        ..LedgerConfig::default()
+    };
+    let l = Ledger::open(backend.open().await, node.clone(), "test", v1)
+        .await
+        .unwrap();
     let old: Vec<TxContent> = (0..6)
         .map(|n| TxContent {
             fields_root: None,
+            format: TxFormat::V1,
             ..content(n, "old")
         })
         .collect();
-    l.append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000).unwrap())
+    let r_old = l
+        .append(sign_batch("91320000MA1XXXXX0Y", &client, old, 1_700_000_000_000).unwrap())
         .await
         .unwrap();
-    raw(l.store(), "ALTER TABLE transactions DROP COLUMN fields_root")
-        .await
-        .unwrap();
+    // A format-2 transaction is refused by a ledger that writes format 1.
+    let err = l.append(batch(&client, "early", 0, 1)).await.unwrap_err();
+    assert!(err.to_string().contains("this ledger writes format 1"), "{err}");
+    for sql in [
+        "ALTER TABLE transactions DROP COLUMN fields_root",
+        "ALTER TABLE transactions DROP COLUMN format",
+        "ALTER TABLE transactions DROP COLUMN batch_leaf",
+        "DROP TABLE batches",
+    ] {
+        raw(l.store(), sql).await.unwrap();
+    }
     drop(l);
     let l = open_on(&backend, &node).await;
+    assert_eq!(l.format(), TxFormat::V2);
     let r = l.append(batch(&client, "new", 0, 6)).await.unwrap();
     assert_eq!(r[0].leaf_index, 7);
-    let with_root = l.store().txs(0, 100).await.unwrap();
+    let stored = l.store().txs(0, 100).await.unwrap();
+    let formats: Vec<u8> = stored.iter().map(|t| t.tx.content.format.number()).collect();
+    assert_eq!(formats, [1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);
     assert_eq!(
-        with_root.iter().filter(|t| t.tx.content.fields_root.is_some()).count(),
+        stored.iter().filter(|t| t.tx.content.fields_root.is_some()).count(),
         3,
         "the new odd-numbered records carry a root, the old ones none"
     );
+    let versions: Vec<String> = l
+        .store()
+        .blocks(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.version)
+        .collect();
+    assert_eq!(versions, ["1.0", "1.0", "2.0"]);
     let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
         .await
         .unwrap();
     assert_eq!(report.transactions, 13);
+    for id in [r_old[2].tx_id, r[1].tx_id] {
+        let p = l.prove(&id.to_string()).await.unwrap();
+        p.verify(node.verifying_key()).unwrap();
+    }
     let p = l.prove(&r[1].tx_id.to_string()).await.unwrap();
     assert!(p.transaction.content.fields_root.is_some());
-    p.verify(node.verifying_key()).unwrap();
+    // Each batch is stored once: one row for the new batch of six.
+    let mut reader = l.store().reader().await.unwrap();
+    let n: i64 =
+        on_backend!(&mut reader, c => sqlx::query_scalar("SELECT COUNT(*) FROM batches").fetch_one(&mut **c).await)
+            .unwrap();
+    assert_eq!(n, 1);
 }
 
 async fn update_and_delete_are_refused(backend: At) {
@@ -366,8 +406,11 @@ const COLUMNS: &[(&str, &[(&str, char)])] = &[
             ("payload", 'b'),
             ("auth", 'b'),
             ("fields_root", 't'),
+            ("format", 'i'),
+            ("batch_leaf", 'i'),
         ],
     ),
+    ("batches", &[("first_leaf", 'i'), ("body", 'b')]),
     ("merkle_nodes", &[("id", 'i'), ("hash", 'b')]),
     (
         "checkpoints",
@@ -488,7 +531,7 @@ proptest! {
     /// Any single-byte change in any stored row is detected by verification.
     #[test]
     fn any_single_byte_change_is_detected(
-        table in 0usize..4,
+        table in 0usize..5,
         col in 0usize..16,
         row in any::<i64>(),
         byte in 0usize..1024,

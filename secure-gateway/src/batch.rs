@@ -195,6 +195,12 @@ impl SignedBatch {
 
     /// The records' leaves, checked against the (verified) header.
     fn leaves_of_verified(&self) -> Result<Vec<Sm3Digest>, CryptoError> {
+        Ok(self.records_of_verified()?.leaves)
+    }
+
+    /// Each record's signed bytes, record digest and leaf, checked against
+    /// the (verified) header.
+    fn records_of_verified(&self) -> Result<HashedRecords, CryptoError> {
         if self.header.tree_size != self.records.len() as u64 {
             return Err(CryptoError::Envelope(format!(
                 "batch {} declares {} records but carries {}",
@@ -212,14 +218,24 @@ impl SignedBatch {
                 });
             }
         }
-        let leaves = leaf_hashes(&self.records)?;
+        let signed = self
+            .records
+            .iter()
+            .map(SealedEnvelope::signed_bytes)
+            .collect::<Result<Vec<_>, _>>()?;
+        let digests: Vec<Sm3Digest> = signed.iter().map(|b| crate::sm3(b)).collect();
+        let leaves: Vec<Sm3Digest> = digests.iter().map(|d| merkle::leaf_hash(&d.0)).collect();
         if merkle::root(&leaves) != self.header.root {
             return Err(CryptoError::DigestMismatch(format!(
                 "batch {}: records do not hash to the signed root",
                 self.header.batch_id
             )));
         }
-        Ok(leaves)
+        Ok(HashedRecords {
+            signed,
+            digests,
+            leaves,
+        })
     }
 
     /// The stand-alone proof for record `index`.
@@ -339,6 +355,18 @@ pub struct OpenedBatch {
     pub records: Vec<Result<OpenedEnvelope, CryptoError>>,
     /// Each record's audit path to the signed batch root; record order.
     pub audit_paths: Vec<Vec<Sm3Digest>>,
+    /// Each record's signed bytes (its canonical form without signature,
+    /// what a format-2 ledger stores); record order.
+    pub signed_bytes: Vec<Vec<u8>>,
+    /// Each record's digest, `SM3(signed bytes)`; record order.
+    pub record_digests: Vec<Sm3Digest>,
+}
+
+/// What hashing a batch's records gives.
+struct HashedRecords {
+    signed: Vec<Vec<u8>>,
+    digests: Vec<Sm3Digest>,
+    leaves: Vec<Sm3Digest>,
 }
 
 /// [`open_batch_each`] plus every record's audit path, hashing each record
@@ -349,7 +377,8 @@ pub fn open_batch_with_paths(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<OpenedBatch, CryptoError> {
-    let leaves = batch.verify_leaves_in(provider, signer)?;
+    batch.header.verify_in(provider, signer)?;
+    let hashed = batch.records_of_verified()?;
     let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     let records = batch
         .records
@@ -358,7 +387,9 @@ pub fn open_batch_with_paths(
         .collect();
     Ok(OpenedBatch {
         records,
-        audit_paths: merkle::all_inclusion_proofs(&leaves),
+        audit_paths: merkle::all_inclusion_proofs(&hashed.leaves),
+        signed_bytes: hashed.signed,
+        record_digests: hashed.digests,
     })
 }
 

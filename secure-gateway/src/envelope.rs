@@ -492,6 +492,19 @@ impl SealedEnvelope {
         Ok(&bytes[..signed_len])
     }
 
+    /// Parses [`SealedEnvelope::signed_bytes`] alone (an envelope without
+    /// signature, as records of a signed batch are), as strictly as
+    /// [`SealedEnvelope::from_binary`]: what a format-2 ledger stores as a
+    /// record's payload, whose SM3 is its record digest.
+    pub fn from_signed_bytes(bytes: &[u8]) -> Result<SealedEnvelope, CryptoError> {
+        parse_binary_fields(bytes, false)
+            .map(|(env, _)| env)
+            .map_err(|e| match e {
+                CryptoError::Envelope(m) => CryptoError::Envelope(format!("signed envelope bytes: {m}")),
+                other => other,
+            })
+    }
+
     /// `SM3(signed_bytes)`: the record digest, the data of the Merkle leaf
     /// in batch mode.
     pub fn record_digest(&self) -> Result<Sm3Digest, CryptoError> {
@@ -610,13 +623,14 @@ fn utf8(r: &mut CanonReader<'_>, what: &str) -> Result<String, CryptoError> {
 /// [`SealedEnvelope::from_binary`], also returning the length of the
 /// signed part. Errors are prefixed with "binary envelope: ".
 fn parse_binary(bytes: &[u8]) -> Result<(SealedEnvelope, usize), CryptoError> {
-    parse_binary_fields(bytes).map_err(|e| match e {
+    parse_binary_fields(bytes, true).map_err(|e| match e {
         CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary envelope: {m}")),
         other => other,
     })
 }
 
-fn parse_binary_fields(bytes: &[u8]) -> Result<(SealedEnvelope, usize), CryptoError> {
+/// Parses the binary form (`with_signature`) or its signed part alone.
+fn parse_binary_fields(bytes: &[u8], with_signature: bool) -> Result<(SealedEnvelope, usize), CryptoError> {
     let mut r = CanonReader(bytes);
     let tag = r.field("domain tag")?;
     if tag != ENVELOPE_TAG.as_bytes() {
@@ -665,11 +679,12 @@ fn parse_binary_fields(bytes: &[u8]) -> Result<(SealedEnvelope, usize), CryptoEr
         });
     }
     let signed_len = bytes.len() - r.0.len();
-    let sig = r.field("signature")?;
+    let sig = if with_signature { r.field("signature")? } else { &[] };
     if !r.0.is_empty() {
         return Err(CryptoError::Envelope(format!(
-            "{} trailing bytes after the signature",
-            r.0.len()
+            "{} trailing bytes after the {}",
+            r.0.len(),
+            if with_signature { "signature" } else { "signed fields" }
         )));
     }
     let env = SealedEnvelope {

@@ -638,5 +638,6 @@ fn synthetic(i: u64, len: usize) -> TxContent {
         data_hash: sm3(&payload),
         payload,
         fields_root: None,
+        format: ledger::TxFormat::CURRENT,
     }
 }

@@ -33,6 +33,7 @@ pub async fn submit(state: &AppState, change: RegistryChange) -> Result<Receipt,
         data_hash: sm3(&payload),
         payload,
         fields_root: None,
+        format: state.ledger.format(),
     };
     let txs = ledger::sign_batch(
         "node",

@@ -331,8 +331,17 @@ async fn check_cancellation(state: &AppState, entity_id: &str, msg: &ExchangeMes
 struct Candidate {
     index: usize,
     tx: Transaction,
+    /// `SM3(payload)` of `tx`, computed when the batch was opened.
+    payload_sm3: Sm3Digest,
     msg: ExchangeMessage,
     fields: Commitment,
+}
+
+/// A sealed record as the batch's opening gave it: its signed bytes (what a
+/// format-2 ledger stores) and their SM3 (its record digest).
+struct StoredForm {
+    signed: Vec<u8>,
+    digest: Sm3Digest,
 }
 
 /// What every record of a batch is checked against.
@@ -366,6 +375,8 @@ async fn ingest(
     let secure_gateway::batch::OpenedBatch {
         records: opened,
         audit_paths: paths,
+        signed_bytes,
+        record_digests,
     } = secure_gateway::batch::open_batch_with_paths(
         state.node.provider().as_ref(),
         &batch,
@@ -390,8 +401,10 @@ async fn ingest(
 
     let mut results: Vec<Option<RecordResult>> = (0..batch.records.len()).map(|_| None).collect();
     let mut candidates = Vec::new();
-    for (i, ((env, opened), path)) in batch.records.iter().zip(opened).zip(paths).enumerate() {
-        match check_record(&cx, i, env, opened, path).await? {
+    let sealed = batch.records.iter().zip(signed_bytes).zip(record_digests);
+    for (i, (((env, signed), digest), (opened, path))) in sealed.zip(opened.into_iter().zip(paths)).enumerate() {
+        let stored = StoredForm { signed, digest };
+        match check_record(&cx, i, env, stored, opened, path).await? {
             Ok(c) => candidates.push(c),
             Err(r) => results[i] = Some(r),
         }
@@ -438,6 +451,7 @@ async fn check_record(
     cx: &BatchCtx<'_>,
     i: usize,
     env: &secure_gateway::SealedEnvelope,
+    stored: StoredForm,
     opened: Result<secure_gateway::OpenedEnvelope, secure_gateway::CryptoError>,
     audit_path: Vec<Sm3Digest>,
 ) -> Result<Result<Candidate, RecordResult>, ApiError> {
@@ -509,6 +523,15 @@ async fn check_record(
         return refuse(Some(event_id), code, m);
     }
     let fields = mappings::commitment::commit(&msg.payload, &plain.field_seed);
+    let format = cx.state.ledger.format();
+    let (payload, payload_sm3) = match format {
+        ledger::TxFormat::V1 => {
+            let json = serde_json::to_vec(env).map_err(ApiError::internal)?;
+            let d = secure_gateway::sm3(&json);
+            (json, d)
+        }
+        ledger::TxFormat::V2 => (stored.signed, stored.digest),
+    };
     let content = TxContent {
         tx_id: h.transaction_id,
         record_id: event_id.clone(),
@@ -521,8 +544,9 @@ async fn check_record(
         state_key: state_key(&msg),
         content_type: h.content_type.as_str().to_string(),
         data_hash: env.plaintext_sm3,
-        payload: serde_json::to_vec(env).map_err(ApiError::internal)?,
+        payload,
         fields_root: Some(Sm3Digest(fields.root)),
+        format,
     };
     // One ledger transaction carries at most 8 KiB (T/CPMA 026-2023 Annex A).
     // Refuse the record alone, before the append, so that it cannot fail
@@ -547,6 +571,7 @@ async fn check_record(
     Ok(Ok(Candidate {
         index: i,
         tx: Transaction { content, auth },
+        payload_sm3,
         msg,
         fields,
     }))
@@ -692,8 +717,10 @@ async fn append_fresh(
     let mut txs = Vec::with_capacity(fresh.len());
     let mut msgs = Vec::with_capacity(fresh.len());
     let mut fields = Vec::with_capacity(fresh.len());
+    let mut payload_sm3 = std::collections::HashMap::with_capacity(fresh.len());
     for c in fresh {
         idx.push(c.index);
+        payload_sm3.insert(c.tx.content.tx_id, c.payload_sm3);
         txs.push(c.tx);
         msgs.push(c.msg);
         fields.push(c.fields);
@@ -754,7 +781,7 @@ async fn append_fresh(
         drop(ticket);
         return Ok(false);
     }
-    let leaves = append_and_answer(state, results, kept, brief, started).await?;
+    let leaves = append_and_answer(state, results, kept, &payload_sm3, brief, started).await?;
     ticket.committed(&leaves);
     Ok(false)
 }
@@ -889,11 +916,14 @@ struct CustodyAlert {
 }
 
 /// Appends the kept records with their cold-chain and custody alerts in
-/// one durable append, and fills in their results.
+/// one durable append, and fills in their results. `payload_sm3` holds the
+/// SM3 of each record's payload by transaction id (computed when its batch
+/// was opened), so the ledger hashes no payload again.
 async fn append_and_answer(
     state: &AppState,
     results: &mut [Option<RecordResult>],
     a: Appendable,
+    payload_sm3: &std::collections::HashMap<uuid::Uuid, Sm3Digest>,
     brief: bool,
     started: std::time::Instant,
 ) -> Result<std::collections::HashMap<u64, u64>, ApiError> {
@@ -950,9 +980,23 @@ async fn append_and_answer(
         );
     }
     let side = crate::projection::ProjectionWrite::new(&txs, msgs, fields, kept_rows);
+    let payload_sm3 = txs
+        .iter()
+        .map(|t| {
+            let c = &t.content;
+            payload_sm3
+                .get(&c.tx_id)
+                .copied()
+                .unwrap_or_else(|| secure_gateway::sm3(&c.payload))
+        })
+        .collect();
     let appended = state
         .ledger
-        .append_with(txs, Some(Box::new(side)), ledger::Membership::VerifiedByCaller)
+        .append_with(
+            txs,
+            Some(Box::new(side)),
+            ledger::Membership::VerifiedByCaller { payload_sm3 },
+        )
         .await;
     METRICS
         .append_seconds
@@ -1188,6 +1232,7 @@ pub(crate) fn node_alert(ev: TraceEvent) -> (TxContent, ExchangeMessage, Commitm
         content_type: "json".into(),
         data_hash: secure_gateway::sm3(&payload),
         payload,
+        format: ledger::TxFormat::CURRENT,
     };
     (content, msg, commitment)
 }

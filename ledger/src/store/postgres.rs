@@ -6,17 +6,15 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::Dialect;
-use super::sql::{APPEND_ONLY_TABLES, TABLES, sql_store};
+use super::sql::{ADDED_TX_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
-use crate::tx::{Transaction, TxContent, TxKind, decode_auth, encode_auth};
+use crate::tx::{Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
 
 /// What PostgreSQL adds to the ledger's tables ([`TABLES`]).
 const SCHEMA: &[&str] = &[
-    // A ledger made before field commitments (no row changes).
-    "ALTER TABLE transactions ADD COLUMN IF NOT EXISTS fields_root TEXT",
     "CREATE OR REPLACE VIEW state AS
         SELECT DISTINCT ON (category, state_key)
                category, state_key AS key, payload AS value, content_type, data_hash, tx_id, leaf_index
@@ -88,8 +86,13 @@ impl PgStore {
                  FOR EACH STATEMENT EXECUTE FUNCTION vaxgate_append_only()"
             )
         });
+        // A ledger made before a column existed gains it (no row changes).
+        let added = ADDED_TX_COLUMNS
+            .iter()
+            .map(|(c, ty)| Postgres::sql(&format!("ALTER TABLE transactions ADD COLUMN IF NOT EXISTS {c} {ty}")));
         let schema = std::iter::once(lock)
             .chain(tables)
+            .chain(added)
             .chain(SCHEMA.iter().map(|s| s.to_string()))
             .chain(triggers);
         self.execute_all(&mut tx, schema).await?;
@@ -100,7 +103,8 @@ impl PgStore {
     async fn size_bytes(&self) -> Result<u64, LedgerError> {
         let row = sqlx::query(
             "SELECT (pg_total_relation_size('blocks') + pg_total_relation_size('transactions')
-                   + pg_total_relation_size('merkle_nodes') + pg_total_relation_size('checkpoints'))::BIGINT AS n",
+                   + pg_total_relation_size('batches') + pg_total_relation_size('merkle_nodes')
+                   + pg_total_relation_size('checkpoints'))::BIGINT AS n",
         )
         .fetch_one(&self.pool)
         .await

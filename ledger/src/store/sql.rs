@@ -4,7 +4,7 @@
 //!
 //! Only `INSERT` and `SELECT` appear here: the ledger has no update or delete.
 
-/// Rows per multi-row INSERT (12 columns; well under SQLite's 32766 and
+/// Rows per multi-row INSERT (14 columns; well under SQLite's 32766 and
 /// PostgreSQL's 65535 bind parameters).
 pub(crate) const TX_ROWS_PER_INSERT: usize = 2000;
 /// Tree nodes per INSERT, and ids per `IN (...)` lookup.
@@ -36,9 +36,14 @@ pub(crate) const TABLES: &[&str] = &[
         data_hash TEXT NOT NULL,
         payload {blob} NOT NULL,
         auth {blob} NOT NULL,
-        fields_root TEXT)",
+        fields_root TEXT,
+        format {int} NOT NULL DEFAULT 1,
+        batch_leaf {int})",
     "CREATE INDEX IF NOT EXISTS transactions_state ON transactions (category, state_key, leaf_index)",
     "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
+    // Format 2: each batch's header, signer key and signature once, keyed
+    // by the first leaf that refers to it (transactions.batch_leaf).
+    "CREATE TABLE IF NOT EXISTS batches (first_leaf {int} PRIMARY KEY, body {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id {int} PRIMARY KEY, hash {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         height {int} PRIMARY KEY,
@@ -50,10 +55,22 @@ pub(crate) const TABLES: &[&str] = &[
         signature TEXT NOT NULL)",
 ];
 
-/// The tables whose rows no statement may update or delete.
-pub(crate) const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "merkle_nodes", "checkpoints"];
+/// Columns of `transactions` added after its first release, with their
+/// types: a ledger made before them gains them when it is opened (no row
+/// changes; `format` says 1 for every earlier row).
+pub(crate) const ADDED_TX_COLUMNS: &[(&str, &str)] = &[
+    ("fields_root", "TEXT"),
+    ("format", "{int} NOT NULL DEFAULT 1"),
+    ("batch_leaf", "{int}"),
+];
 
-pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root";
+/// The tables whose rows no statement may update or delete.
+pub(crate) const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "batches", "merkle_nodes", "checkpoints"];
+
+pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root, format, batch_leaf";
+
+/// What transactions are read from: each row with its batch's body (format 2).
+pub(crate) const TX_FROM: &str = "transactions LEFT JOIN batches ON batches.first_leaf = transactions.batch_leaf";
 
 /// Parses a stored digest; only the canonical lowercase form is accepted, so
 /// that no byte of a stored row can change without the change being seen.
@@ -68,6 +85,32 @@ pub(crate) fn uuid(s: &str) -> Option<uuid::Uuid> {
 
 pub(crate) fn to_i64(v: u64) -> i64 {
     v as i64
+}
+
+/// A `batches` row: the first leaf that refers to the batch, its body.
+pub(crate) type BatchRow = (u64, Vec<u8>);
+
+/// The `batches` rows a block writes (format 2: each distinct batch once,
+/// keyed by the first of the block's leaves that refers to it) and, per
+/// transaction, the key of its batch (None for format 1).
+pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<u64>>) {
+    let mut rows: Vec<BatchRow> = Vec::new();
+    let mut seen: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    let keys = c
+        .txs
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            (t.content.format == crate::tx::TxFormat::V2).then(|| {
+                let leaf = c.block.first_leaf + k as u64;
+                *seen.entry(t.auth.batch_body()).or_insert_with_key(|body| {
+                    rows.push((leaf, body.clone()));
+                    leaf
+                })
+            })
+        })
+        .collect();
+    (rows, keys)
 }
 
 /// Implements [`LedgerStore`](super::LedgerStore) for a store struct with
@@ -141,6 +184,19 @@ macro_rules! sql_store {
                 let bad = |c: &str| self.corrupt(&format!("transactions.{c} at leaf {leaf_index}"));
                 let s = |c: &str| -> Result<String, LedgerError> { r.try_get(c).map_err(|e| self.err(e)) };
                 let auth_bytes: Vec<u8> = r.try_get("auth").map_err(|e| self.err(e))?;
+                let format = u8::try_from(self.get_u64(r, "format")?)
+                    .ok()
+                    .and_then(TxFormat::of_number)
+                    .ok_or_else(|| bad("format"))?;
+                let batch_leaf: Option<i64> = r.try_get("batch_leaf").map_err(|e| self.err(e))?;
+                let auth = match (format, batch_leaf) {
+                    (TxFormat::V1, None) => decode_auth(&auth_bytes),
+                    (TxFormat::V2, Some(_)) => {
+                        let body: Option<Vec<u8>> = r.try_get("body").map_err(|e| self.err(e))?;
+                        body.and_then(|b| decode_batch_auth(&b, &auth_bytes))
+                    }
+                    _ => None,
+                };
                 Ok(StoredTx {
                     leaf_index,
                     height: self.get_u64(r, "height")?,
@@ -158,8 +214,9 @@ macro_rules! sql_store {
                                 Some(h) => Some($crate::store::sql::digest(&h).ok_or_else(|| bad("fields_root"))?),
                                 None => None,
                             },
+                            format,
                         },
-                        auth: decode_auth(&auth_bytes).ok_or_else(|| bad("auth"))?,
+                        auth: auth.ok_or_else(|| bad("auth (or its batch)"))?,
                     },
                 })
             }
@@ -250,11 +307,26 @@ macro_rules! sql_store {
                 });
                 qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
 
+                let (batches, batch_leaves) = $crate::store::sql::batch_rows(c);
+                for chunk in batches.chunks(NODES_PER_STATEMENT) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO batches (first_leaf, body) ");
+                    qb.push_values(chunk, |mut row, (leaf, body)| {
+                        row.push_bind(to_i64(*leaf)).push_bind(body.clone());
+                    });
+                    qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
+                }
+
                 for (chunk_no, chunk) in c.txs.chunks(TX_ROWS_PER_INSERT).enumerate() {
                     let base = b.first_leaf + (chunk_no * TX_ROWS_PER_INSERT) as u64;
+                    let first = chunk_no * TX_ROWS_PER_INSERT;
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("INSERT INTO transactions ({TX_COLS}) "));
                     qb.push_values(chunk.iter().enumerate(), |mut row, (k, t)| {
                         let ct = &t.content;
+                        let batch_leaf = batch_leaves[first + k];
+                        let auth = match batch_leaf {
+                            Some(_) => t.auth.record_part(),
+                            None => encode_auth(&t.auth),
+                        };
                         row.push_bind(to_i64(base + k as u64))
                             .push_bind(to_i64(b.height))
                             .push_bind(ct.tx_id.to_string())
@@ -265,8 +337,10 @@ macro_rules! sql_store {
                             .push_bind(ct.content_type.clone())
                             .push_bind(ct.data_hash.to_hex())
                             .push_bind(ct.payload.clone())
-                            .push_bind(encode_auth(&t.auth))
-                            .push_bind(ct.fields_root.map(|r| r.to_hex()));
+                            .push_bind(auth)
+                            .push_bind(ct.fields_root.map(|r| r.to_hex()))
+                            .push_bind(i64::from(ct.format.number()))
+                            .push_bind(batch_leaf.map(to_i64));
                     });
                     qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
                 }
@@ -357,17 +431,19 @@ macro_rules! sql_store {
             }
 
             async fn tx(&self, tx_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                self.first_where("transactions", "tx_id", tx_id.to_string(), Self::tx_from_row).await
+                use $crate::store::sql::TX_FROM;
+                self.first_where(TX_FROM, "tx_id", tx_id.to_string(), Self::tx_from_row).await
             }
 
             async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                self.first_where("transactions", "record_id", record_id.to_string(), Self::tx_from_row).await
+                use $crate::store::sql::TX_FROM;
+                self.first_where(TX_FROM, "record_id", record_id.to_string(), Self::tx_from_row).await
             }
 
             async fn txs_by_records(&self, record_ids: &[String]) -> Result<Vec<StoredTx>, LedgerError> {
-                let head = "SELECT * FROM transactions WHERE record_id IN (";
+                let head = format!("SELECT * FROM {} WHERE record_id IN (", $crate::store::sql::TX_FROM);
                 // SQLite allows 32,766 bound parameters per statement.
-                let rows = self.rows_in(&self.pool, head, record_ids, 5_000).await?;
+                let rows = self.rows_in(&self.pool, &head, record_ids, 5_000).await?;
                 rows.iter().map(|r| self.tx_from_row(r)).collect()
             }
 
@@ -391,13 +467,14 @@ macro_rules! sql_store {
             }
 
             async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
-                let rows = self.rows_between("transactions", "leaf_index", from, to).await?;
+                let rows = self.rows_between($crate::store::sql::TX_FROM, "leaf_index", from, to).await?;
                 rows.iter().map(|r| self.tx_from_row(r)).collect()
             }
 
             async fn category(&self, category: &str, from: u64, limit: u64) -> Result<Vec<StoredTx>, LedgerError> {
                 use $crate::store::sql::to_i64;
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE category = ");
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new(format!("SELECT * FROM {} WHERE category = ", $crate::store::sql::TX_FROM));
                 qb.push_bind(category.to_string()).push(" AND leaf_index >= ").push_bind(to_i64(from));
                 qb.push(" ORDER BY leaf_index LIMIT ").push_bind(to_i64(limit));
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
@@ -405,7 +482,8 @@ macro_rules! sql_store {
             }
 
             async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM transactions WHERE category = ");
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new(format!("SELECT * FROM {} WHERE category = ", $crate::store::sql::TX_FROM));
                 qb.push_bind(category.to_string()).push(" AND state_key = ").push_bind(key.to_string());
                 qb.push(" ORDER BY leaf_index");
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;

@@ -12,12 +12,12 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::Dialect;
-use super::sql::{APPEND_ONLY_TABLES, TABLES, sql_store};
+use super::sql::{ADDED_TX_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
-use crate::tx::{Transaction, TxContent, TxKind, decode_auth, encode_auth};
+use crate::tx::{Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
 
 /// What SQLite adds to the ledger's tables ([`TABLES`]).
 /// R2.3: the current key-value state by category, encrypted business data
@@ -180,19 +180,18 @@ impl SqliteStore {
         let mut tx = self.writer.begin().await.map_err(|e| self.err(e))?;
         let schema = TABLES.iter().map(|t| Sqlite::sql(t)).chain([STATE_VIEW.to_string()]);
         self.execute_all(&mut tx, schema).await?;
-        // A ledger made before field commitments: the column is added (no
-        // row changes; its transactions keep no root).
-        let has_root: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM pragma_table_info('transactions') WHERE name = 'fields_root'")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-        if has_root.is_none() {
-            self.execute_all(
-                &mut tx,
-                ["ALTER TABLE transactions ADD COLUMN fields_root TEXT".to_string()],
-            )
-            .await?;
+        // A ledger made before a column existed gains it (no row changes).
+        for (column, ty) in ADDED_TX_COLUMNS {
+            let has: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM pragma_table_info('transactions') WHERE name = $1")
+                    .bind(*column)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            if has.is_none() {
+                let add = Sqlite::sql(&format!("ALTER TABLE transactions ADD COLUMN {column} {ty}"));
+                self.execute_all(&mut tx, [add]).await?;
+            }
         }
         let triggers = APPEND_ONLY_TABLES.iter().flat_map(|t| {
             ["UPDATE", "DELETE"].map(|op| {
