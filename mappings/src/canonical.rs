@@ -100,7 +100,8 @@ fn find_escape(b: &[u8]) -> Option<usize> {
     b[i..].iter().position(|&c| ESCAPE[usize::from(c)]).map(|p| p + i)
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+/// Appends a JSON string (rule 3).
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = s.as_bytes();
@@ -153,27 +154,11 @@ pub fn event_canonical_json(e: &TraceEvent) -> Vec<u8> {
 /// Appends the canonical JSON of an event to `out` (reuse one buffer per
 /// worker to avoid an allocation per event).
 pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
-    let strings = |list: &[String], out: &mut Vec<u8>| write_seq(b'[', list, b']', out, |c, out| write_string(c, out));
-    let party = |p: &crate::event::Party, out: &mut Vec<u8>| {
-        out.extend_from_slice(b"{\"code\":");
-        write_string(&p.code, out);
-        if let Some(n) = &p.name {
-            out.extend_from_slice(b",\"name\":");
-            write_string(n, out);
-        }
-        out.push(b'}');
-    };
     out.push(b'{');
     // The members in key order.
     let mut m = Members { out, first: true };
     if !e.aggregations.is_empty() {
-        write_seq(b'[', &e.aggregations, b']', m.key("aggregations"), |a, out| {
-            out.extend_from_slice(b"{\"children\":");
-            strings(&a.children, out);
-            out.extend_from_slice(b",\"parent\":");
-            write_string(&a.parent, out);
-            out.push(b'}');
-        });
+        write_aggregations(&e.aggregations, m.key("aggregations"));
     }
     m.opt_string("billType", e.bill_type.as_deref());
     m.string("category", &e.category);
@@ -182,7 +167,7 @@ pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
     m.string("eventID", e.event_id.hyphenated().encode_lower(&mut buf));
     write_object(&e.fields, m.key("fields"));
     if let Some(p) = &e.from {
-        party(p, m.key("from"));
+        write_party(p, m.key("from"));
     }
     write_time(&e.occurred_at, m.key("occurredAt"));
     if !e.pii.is_empty() {
@@ -196,12 +181,40 @@ pub fn write_event_canonical(e: &TraceEvent, out: &mut Vec<u8>) {
     write_time(&e.recorded_at, m.key("recordedAt"));
     m.string("source", &e.source);
     if let Some(p) = &e.to {
-        party(p, m.key("to"));
+        write_party(p, m.key("to"));
     }
     if !e.trace_codes.is_empty() {
-        strings(&e.trace_codes, m.key("traceCodes"));
+        write_strings(&e.trace_codes, m.key("traceCodes"));
     }
     m.out.push(b'}');
+}
+
+/// Appends an array of strings (trace codes).
+pub(crate) fn write_strings(list: &[String], out: &mut Vec<u8>) {
+    write_seq(b'[', list, b']', out, |c, out| write_string(c, out));
+}
+
+/// Appends a party as its JSON form (`{"code":…,"name":…}`, no `name` when
+/// there is none).
+pub(crate) fn write_party(p: &crate::event::Party, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"code\":");
+    write_string(&p.code, out);
+    if let Some(n) = &p.name {
+        out.extend_from_slice(b",\"name\":");
+        write_string(n, out);
+    }
+    out.push(b'}');
+}
+
+/// Appends packaging links as their JSON form (`[{"children":[…],"parent":…},…]`).
+pub(crate) fn write_aggregations(list: &[crate::event::AggregationLink], out: &mut Vec<u8>) {
+    write_seq(b'[', list, b']', out, |a, out| {
+        out.extend_from_slice(b"{\"children\":");
+        write_strings(&a.children, out);
+        out.extend_from_slice(b",\"parent\":");
+        write_string(&a.parent, out);
+        out.push(b'}');
+    });
 }
 
 /// The members of one object being written, in the order the caller gives
@@ -242,14 +255,7 @@ fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
         write_canonical(v, out);
     };
     // members inserted in key order (as the mapper does) need no sorting
-    let mut keys = m.keys();
-    let sorted = match keys.next() {
-        Some(first) => keys
-            .try_fold(first, |prev, k| (prev.as_bytes() < k.as_bytes()).then_some(k))
-            .is_some(),
-        None => true,
-    };
-    if sorted {
+    if keys_sorted(m) {
         write_seq(b'{', m.iter(), b'}', out, member);
     } else {
         let mut entries: Vec<(&String, &Value)> = m.iter().collect();
@@ -258,9 +264,21 @@ fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether the keys of `m` are in ascending byte order already (members
+/// inserted in key order, as the mapper does, need no sorting).
+pub(crate) fn keys_sorted(m: &serde_json::Map<String, Value>) -> bool {
+    let mut keys = m.keys();
+    match keys.next() {
+        Some(first) => keys
+            .try_fold(first, |prev, k| (prev.as_bytes() < k.as_bytes()).then_some(k))
+            .is_some(),
+        None => true,
+    }
+}
+
 /// Writes a time as chrono's serde form does (RFC 3339, `Z` for a zero
 /// offset, fraction only when non-zero), without allocating in the common case.
-fn write_time(t: &chrono::DateTime<chrono::FixedOffset>, out: &mut Vec<u8>) {
+pub(crate) fn write_time(t: &chrono::DateTime<chrono::FixedOffset>, out: &mut Vec<u8>) {
     use chrono::{Datelike as _, Timelike as _};
     let (y, nanos) = (t.year(), t.nanosecond());
     if !(0..=9999).contains(&y) || nanos != 0 {
