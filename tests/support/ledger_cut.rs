@@ -1,7 +1,7 @@
 //! Tampering with a SQLite ledger as an operator with file access could,
 //! and what `vaxgate ledger verify` says of it. Cutting it short: the
 //! append-only triggers dropped, then the newest blocks removed with their
-//! transactions, checkpoints and the tree nodes that cover a removed leaf
+//! transactions, batches, checkpoints and the tree nodes that cover a removed leaf
 //! (what is left is self-consistent: it verifies on its own). Flipping a
 //! byte of a stored transaction: verify names its block and transaction.
 
@@ -25,7 +25,7 @@ pub fn cut_ledger(db: &Path, from: impl FnOnce(i64) -> i64) -> i64 {
             .fetch_one(&pool)
             .await
             .unwrap();
-        for t in ["blocks", "transactions", "checkpoints", "merkle_nodes"] {
+        for t in ["blocks", "transactions", "batches", "checkpoints", "merkle_nodes"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}_no_delete")))
                 .execute(&pool)
                 .await
@@ -37,6 +37,12 @@ pub fn cut_ledger(db: &Path, from: impl FnOnce(i64) -> i64) -> i64 {
                 .await
                 .unwrap();
         }
+        // Batches first referred to by a removed leaf (format 2).
+        sqlx::query("DELETE FROM batches WHERE first_leaf >= ?")
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
         // Tree nodes covering a removed leaf (id = level << 56 | index).
         sqlx::query("DELETE FROM merkle_nodes WHERE ((id & 72057594037927935) + 1) << (id >> 56) > ?")
             .bind(n)
