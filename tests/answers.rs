@@ -223,6 +223,21 @@ fn answers(node: Node) {
     changed["steps"][v]["transaction"]["fields_root"] = json!("00".repeat(32));
     let (code, out) = verify(&node, dir, "changed.json", &changed);
     assert_eq!(code, 1, "{out}");
+    // Format 2: the submitter's batch proof is checked from the answer
+    // alone (its payload_sm3 is the record digest the submitter signed);
+    // the record's audit path within its batch is not in the log leaf.
+    assert_eq!(trace["steps"][v]["transaction"]["format"], 2, "{trace}");
+    let mut changed = trace.clone();
+    changed["steps"][v]["transaction"]["auth"]["audit_path"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("00".repeat(32)));
+    let (code, out) = verify(&node, dir, "changed.json", &changed);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the submitter's record is not in its signed batch"),
+        "{out}"
+    );
 
     // 5. The ledger and its projection agree.
     let (code, out) = ledger_verify(&node);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ledger::{Checkpoint, LeafInput, TxSummary};
+use ledger::{Checkpoint, LeafInput, TxFormat, TxSummary};
 use mappings::commitment::{self, Disclosure};
 use secure_gateway::{Sm2VerifyingKey, Sm3Digest};
 use serde::Deserialize;
@@ -159,15 +159,21 @@ fn check_step(step: &Value, cp: &Checkpoint) -> Result<StepChecked, String> {
         );
     }
 
-    // The signer's batch signature; for a node-written record (whose batch
-    // leaf is the content hash) its place in the batch too. A submitter's
-    // record is signed over its sealed envelope, which the answer does not
-    // carry: `full_proof` checks that part.
+    // The signer's batch signature, and the record's place in the batch:
+    // a node-written record's batch leaf is its content hash; a submitter's
+    // record of format 2 is its record digest, which is `payload_sm3`. A
+    // submitter's record of format 1 is signed over its sealed envelope,
+    // which the answer does not carry: `full_proof` checks that part.
     t.auth
         .verify_signature()
         .map_err(|e| format!("the batch signature: {e}"))?;
-    if t.auth.leaf == LeafInput::Content {
-        let leaf = ledger::merkle::leaf_hash(&t.content_hash().0);
+    let batch_leaf = match (t.auth.leaf, t.format) {
+        (LeafInput::Content, _) => Some((t.content_hash(), "the node-written record")),
+        (LeafInput::Envelope, TxFormat::V2) => Some((t.payload_sm3, "the submitter's record")),
+        (LeafInput::Envelope, TxFormat::V1) => None,
+    };
+    if let Some((input, whose)) = batch_leaf {
+        let leaf = ledger::merkle::leaf_hash(&input.0);
         if !ledger::merkle::verify_inclusion(
             t.auth.index,
             t.auth.batch.tree_size,
@@ -175,7 +181,7 @@ fn check_step(step: &Value, cp: &Checkpoint) -> Result<StepChecked, String> {
             &t.auth.audit_path,
             &t.auth.batch.root,
         ) {
-            return Err("the node-written record is not in its signed batch".into());
+            return Err(format!("{whose} is not in its signed batch"));
         }
     }
     Ok(StepChecked {
