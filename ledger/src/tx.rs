@@ -650,6 +650,14 @@ pub fn encode_auth(a: &TxAuth) -> Vec<u8> {
 pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
     let mut r = Reader::new(b);
     r.tag("vaxgate-auth-v2")?;
+    let mut auth = read_batch(&mut r)?;
+    (auth.index, auth.audit_path) = read_record_part(&mut r)?;
+    (auth.canonical() == b).then_some(auth)
+}
+
+/// The batch fields of a proof (everything but index and audit path), in
+/// their canonical order; index and path are left empty.
+fn read_batch(r: &mut Reader<'_>) -> Option<TxAuth> {
     let signer = r.str()?.to_string();
     let public_key = r.str()?.to_string();
     let leaf = LeafInput::parse(r.str()?)?;
@@ -660,19 +668,7 @@ pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
     let tree_size = r.u64()?;
     let root = Sm3Digest::from_slice(r.bytes()?).ok()?;
     let signature = r.bytes()?.to_vec();
-    let index = r.u64()?;
-    let n = r.u64()?;
-    if n > 64 {
-        return None;
-    }
-    let mut audit_path = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        audit_path.push(Sm3Digest::from_slice(r.bytes()?).ok()?);
-    }
-    if !r.is_empty() {
-        return None;
-    }
-    let auth = TxAuth {
+    Some(TxAuth {
         signer,
         public_key,
         leaf,
@@ -685,10 +681,23 @@ pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
             root,
             signature,
         },
-        index,
-        audit_path,
-    };
-    (auth.canonical() == b).then_some(auth)
+        index: 0,
+        audit_path: Vec::new(),
+    })
+}
+
+/// A record's index and audit path (at most 64 hashes), to the end of `r`.
+fn read_record_part(r: &mut Reader<'_>) -> Option<(u64, Vec<Sm3Digest>)> {
+    let index = r.u64()?;
+    let n = r.u64()?;
+    if n > 64 {
+        return None;
+    }
+    let mut audit_path = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        audit_path.push(Sm3Digest::from_slice(r.bytes()?).ok()?);
+    }
+    r.is_empty().then_some((index, audit_path))
 }
 
 /// Decodes a format-2 proof from its batch's stored body
@@ -697,49 +706,13 @@ pub fn decode_auth(b: &[u8]) -> Option<TxAuth> {
 pub fn decode_batch_auth(body: &[u8], record: &[u8]) -> Option<TxAuth> {
     let mut r = Reader::new(body);
     r.tag("vaxgate-batch-v1")?;
-    let signer = r.str()?.to_string();
-    let public_key = r.str()?.to_string();
-    let leaf = LeafInput::parse(r.str()?)?;
-    let version = u8::try_from(r.u64()?).ok()?;
-    let batch_id = Uuid::parse_str(r.str()?).ok()?;
-    let key_id = r.str()?.to_string();
-    let timestamp_ms = r.i64()?;
-    let tree_size = r.u64()?;
-    let root = Sm3Digest::from_slice(r.bytes()?).ok()?;
-    let signature = r.bytes()?.to_vec();
+    let mut auth = read_batch(&mut r)?;
     if !r.is_empty() {
         return None;
     }
     let mut r = Reader::new(record);
     r.tag("vaxgate-record-proof-v1")?;
-    let index = r.u64()?;
-    let n = r.u64()?;
-    if n > 64 {
-        return None;
-    }
-    let mut audit_path = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        audit_path.push(Sm3Digest::from_slice(r.bytes()?).ok()?);
-    }
-    if !r.is_empty() {
-        return None;
-    }
-    let auth = TxAuth {
-        signer,
-        public_key,
-        leaf,
-        batch: BatchHeader {
-            version,
-            batch_id,
-            key_id,
-            timestamp_ms,
-            tree_size,
-            root,
-            signature,
-        },
-        index,
-        audit_path,
-    };
+    (auth.index, auth.audit_path) = read_record_part(&mut r)?;
     (auth.batch_body() == body && auth.record_part() == record).then_some(auth)
 }
 
@@ -823,6 +796,12 @@ mod tests {
         for t in &txs {
             t.verify_auth().unwrap();
             assert_eq!(decode_auth(&encode_auth(&t.auth)).as_ref(), Some(&t.auth));
+            // Format 2 stores the batch once and the record's part apart.
+            let (body, part) = (t.auth.batch_body(), t.auth.record_part());
+            assert_eq!(decode_batch_auth(&body, &part).as_ref(), Some(&t.auth));
+            assert!(decode_batch_auth(&[&body[..], &[0]].concat(), &part).is_none());
+            assert!(decode_batch_auth(&body, &[&part[..], &[0]].concat()).is_none());
+            assert!(decode_batch_auth(&part, &body).is_none());
         }
         let mut bad = txs[3].clone();
         bad.content.payload[0] ^= 1;
