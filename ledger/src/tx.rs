@@ -181,23 +181,9 @@ pub struct TxAuth {
 impl TxAuth {
     /// Canonical bytes (stored, and part of the ledger leaf).
     pub fn canonical(&self) -> Vec<u8> {
-        let b = &self.batch;
         let mut c = Canon::new("vaxgate-auth-v2");
-        c.str(&self.signer)
-            .str(&self.public_key)
-            .str(self.leaf.as_str())
-            .u64(u64::from(b.version))
-            .str(&b.batch_id.to_string())
-            .str(&b.key_id)
-            .i64(b.timestamp_ms)
-            .u64(b.tree_size)
-            .bytes(&b.root.0)
-            .bytes(&b.signature)
-            .u64(self.index)
-            .u64(self.audit_path.len() as u64);
-        for p in &self.audit_path {
-            c.bytes(&p.0);
-        }
+        self.write_batch(&mut c);
+        self.write_record_part(&mut c);
         c.into_bytes()
     }
 
@@ -278,8 +264,14 @@ impl TxAuth {
     /// but the record's index and audit path. Format 2 stores them once per
     /// batch and hashes them into each record's leaf as the batch digest.
     pub fn batch_body(&self) -> Vec<u8> {
-        let b = &self.batch;
         let mut c = Canon::new("vaxgate-batch-v1");
+        self.write_batch(&mut c);
+        c.into_bytes()
+    }
+
+    /// The batch fields in their canonical order (both stored forms).
+    fn write_batch(&self, c: &mut Canon) {
+        let b = &self.batch;
         c.str(&self.signer)
             .str(&self.public_key)
             .str(self.leaf.as_str())
@@ -290,7 +282,14 @@ impl TxAuth {
             .u64(b.tree_size)
             .bytes(&b.root.0)
             .bytes(&b.signature);
-        c.into_bytes()
+    }
+
+    /// The record's index and audit path (both stored forms).
+    fn write_record_part(&self, c: &mut Canon) {
+        c.u64(self.index).u64(self.audit_path.len() as u64);
+        for p in &self.audit_path {
+            c.bytes(&p.0);
+        }
     }
 
     /// `SM3(batch_body)`: what a format-2 leaf holds of the batch.
@@ -302,10 +301,7 @@ impl TxAuth {
     /// reference to its batch: index and audit path.
     pub fn record_part(&self) -> Vec<u8> {
         let mut c = Canon::new("vaxgate-record-proof-v1");
-        c.u64(self.index).u64(self.audit_path.len() as u64);
-        for p in &self.audit_path {
-            c.bytes(&p.0);
-        }
+        self.write_record_part(&mut c);
         c.into_bytes()
     }
 
