@@ -606,6 +606,7 @@ fn precheck(
 ) -> Result<Vec<Sm3Digest>, LedgerError> {
     let mut leaves = Vec::with_capacity(txs.len());
     let mut batch_digests: std::collections::HashMap<Vec<u8>, Sm3Digest> = std::collections::HashMap::new();
+    let mut previous: Option<(&crate::tx::TxAuth, Sm3Digest)> = None;
     let mut records = HashSet::new();
     let mut ids = HashSet::new();
     if let Membership::VerifiedByCaller { payload_sm3 } = membership
@@ -663,19 +664,26 @@ fn precheck(
                 .verify_membership_with(c, Some((&content_hash, &payload_sm3)))
                 .map_err(bad)?;
         }
-        // Once per distinct batch (header, signer, key and signature).
-        let body = t.auth.batch_body();
-        let batch_digest = match batch_digests.get(&body) {
-            Some(d) => *d,
-            None => {
-                if *membership == Membership::Check {
-                    t.auth.verify_signature().map_err(bad)?;
+        // Once per distinct batch (header, signer, key and signature); the
+        // records of a batch come one after another.
+        let batch_digest = match previous {
+            Some((p, d)) if p.same_batch(&t.auth) => d,
+            _ => {
+                let body = t.auth.batch_body();
+                match batch_digests.get(&body) {
+                    Some(d) => *d,
+                    None => {
+                        if *membership == Membership::Check {
+                            t.auth.verify_signature().map_err(bad)?;
+                        }
+                        let d = sm3(&body);
+                        batch_digests.insert(body, d);
+                        d
+                    }
                 }
-                let d = sm3(&body);
-                batch_digests.insert(body, d);
-                d
             }
         };
+        previous = Some((&t.auth, batch_digest));
         leaves.push(t.leaf_hash_in_batch(&content_hash, &batch_digest));
     }
     Ok(leaves)

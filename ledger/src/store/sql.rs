@@ -96,17 +96,26 @@ pub(crate) type BatchRow = (u64, Vec<u8>);
 pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<u64>>) {
     let mut rows: Vec<BatchRow> = Vec::new();
     let mut seen: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    let mut previous: Option<(&crate::tx::TxAuth, u64)> = None;
     let keys = c
         .txs
         .iter()
         .enumerate()
         .map(|(k, t)| {
             (t.content.format == crate::tx::TxFormat::V2).then(|| {
-                let leaf = c.block.first_leaf + k as u64;
-                *seen.entry(t.auth.batch_body()).or_insert_with_key(|body| {
-                    rows.push((leaf, body.clone()));
-                    leaf
-                })
+                // The records of a batch come one after another.
+                let key = match previous {
+                    Some((p, key)) if p.same_batch(&t.auth) => key,
+                    _ => {
+                        let leaf = c.block.first_leaf + k as u64;
+                        *seen.entry(t.auth.batch_body()).or_insert_with_key(|body| {
+                            rows.push((leaf, body.clone()));
+                            leaf
+                        })
+                    }
+                };
+                previous = Some((&t.auth, key));
+                key
             })
         })
         .collect();
