@@ -32,100 +32,28 @@ fn event() -> TraceEvent {
     serde_json::from_value(msgs[0]["payload"].clone()).unwrap()
 }
 
-/// The commitment as it was computed before (a `Value` round trip, a
-/// `String` per path, a `Vec` per digest): kept to measure against.
+/// The commitment computed the straightforward way (a `Value` round trip, a
+/// `String` per path, a `Vec` per digest), from the crate's public pieces:
+/// kept to measure against.
 mod reference {
     use std::collections::BTreeMap;
 
     use mappings::TraceEvent;
     use mappings::canonical::write_canonical;
-    use mappings::commitment::{Commitment, FIELDS_PREFIX, PERSONAL_PREFIX, SALT_LEN, Seeds};
-    use serde_json::{Map, Value};
+    use mappings::commitment::{
+        Commitment, PERSONAL_PREFIX, SALT_LEN, Seeds, digest, members, public_doc, root, salt_stream,
+    };
+    use serde_json::Value;
     use sm3::{Digest, Sm3};
 
-    fn field(h: &mut Sm3, x: &[u8]) {
-        h.update((x.len() as u32).to_be_bytes());
-        h.update(x);
-    }
-
-    fn tagged(tag: &str) -> Sm3 {
-        let mut h = Sm3::new();
-        field(&mut h, tag.as_bytes());
-        h
-    }
-
     fn seeds_of(seed: &[u8; 32]) -> Seeds {
-        let derive = |tag| {
-            let mut h = tagged(tag);
-            field(&mut h, seed);
-            h.finalize().into()
-        };
-        Seeds {
-            public: derive("vaxgate/field-seed-public-v1"),
-            personal: derive("vaxgate/field-seed-personal-v1"),
-        }
-    }
-
-    fn salt_stream(s: &[u8; 32], n: usize) -> Vec<[u8; SALT_LEN]> {
-        let mut out = Vec::with_capacity(n + 1);
-        for j in 0..n.div_ceil(2) {
-            let mut h = Sm3::new();
-            h.update(s);
-            h.update((j as u32).to_be_bytes());
-            let d: [u8; 32] = h.finalize().into();
-            let (a, b) = d.split_at(SALT_LEN);
-            out.push(a.try_into().unwrap_or_default());
-            out.push(b.try_into().unwrap_or_default());
-        }
-        out.truncate(n);
-        out
+        Seeds::of(seed)
     }
 
     fn salted<'a>(s: &[u8; 32], mut members: Vec<(String, &'a Value)>) -> Vec<(String, &'a Value, [u8; SALT_LEN])> {
         members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let salts = salt_stream(s, members.len());
         members.into_iter().zip(salts).map(|((p, v), s)| (p, v, s)).collect()
-    }
-
-    fn digest(salt: &[u8; SALT_LEN], path: &str, value: &Value) -> [u8; 32] {
-        let mut b = Vec::with_capacity(64);
-        b.extend_from_slice(salt);
-        b.extend_from_slice(&(path.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-        b.extend_from_slice(path.as_bytes());
-        write_canonical(value, &mut b);
-        Sm3::digest(&b).into()
-    }
-
-    fn root(mut digests: Vec<[u8; 32]>) -> [u8; 32] {
-        digests.sort_unstable();
-        let mut h = tagged("vaxgate/fields-v1");
-        field(&mut h, &(digests.len() as u32).to_be_bytes());
-        for d in &digests {
-            field(&mut h, d);
-        }
-        h.finalize().into()
-    }
-
-    fn members(doc: &Map<String, Value>) -> impl Iterator<Item = (String, &Value)> {
-        let top = doc
-            .iter()
-            .filter(|(k, _)| k.as_str() != "fields" && k.as_str() != "pii")
-            .map(|(k, v)| (k.clone(), v));
-        let fields = doc
-            .get("fields")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (format!("{FIELDS_PREFIX}{k}"), v));
-        top.chain(fields)
-    }
-
-    fn public_doc(event: &TraceEvent) -> Value {
-        let mut v = serde_json::to_value(event).unwrap_or(Value::Null);
-        if let Some(m) = v.as_object_mut() {
-            m.shift_remove("pii");
-        }
-        v
     }
 
     fn personal_members(pii: &BTreeMap<String, Value>) -> Vec<(String, &Value)> {

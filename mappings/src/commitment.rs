@@ -531,7 +531,9 @@ pub fn check(doc: &Value, personal: &BTreeMap<String, String>, d: &Disclosure) -
 
 /// The commitment as it was first written (a `Value` of the public
 /// document, a `String` per path, a `Vec` per digest and of the salts),
-/// kept verbatim as the reference [`commit`] is tested against.
+/// kept as the reference [`commit`] is tested against: the salt stream and
+/// root verbatim, the members, documents and digests from the functions
+/// `disclose` and `check` use.
 #[cfg(test)]
 fn commit_reference(event: &TraceEvent, seed: &[u8; 32]) -> Commitment {
     fn salt_stream(s: &[u8; 32], n: usize) -> Vec<[u8; SALT_LEN]> {
@@ -555,15 +557,6 @@ fn commit_reference(event: &TraceEvent, seed: &[u8; 32]) -> Commitment {
         members.into_iter().zip(salts).map(|((p, v), s)| (p, v, s)).collect()
     }
 
-    fn digest(salt: &[u8; SALT_LEN], path: &str, value: &Value) -> [u8; 32] {
-        let mut b = Vec::with_capacity(64);
-        b.extend_from_slice(salt);
-        b.extend_from_slice(&(path.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-        b.extend_from_slice(path.as_bytes());
-        write_canonical(value, &mut b);
-        Sm3::digest(&b).into()
-    }
-
     fn root(mut digests: Vec<[u8; 32]>) -> [u8; 32] {
         digests.sort_unstable();
         let mut h = tagged("vaxgate/fields-v1");
@@ -572,32 +565,6 @@ fn commit_reference(event: &TraceEvent, seed: &[u8; 32]) -> Commitment {
             field(&mut h, d);
         }
         h.finalize().into()
-    }
-
-    fn members(doc: &Map<String, Value>) -> impl Iterator<Item = (String, &Value)> {
-        let top = doc
-            .iter()
-            .filter(|(k, _)| k.as_str() != "fields" && k.as_str() != "pii")
-            .map(|(k, v)| (k.clone(), v));
-        let fields = doc
-            .get("fields")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (format!("{FIELDS_PREFIX}{k}"), v));
-        top.chain(fields)
-    }
-
-    fn public_doc(event: &TraceEvent) -> Value {
-        let mut v = serde_json::to_value(event).unwrap_or(Value::Null);
-        if let Some(m) = v.as_object_mut() {
-            m.shift_remove("pii");
-        }
-        v
-    }
-
-    fn personal_members(pii: &BTreeMap<String, Value>) -> Vec<(String, &Value)> {
-        pii.iter().map(|(k, v)| (format!("{PERSONAL_PREFIX}{k}"), v)).collect()
     }
 
     let doc = public_doc(event);
