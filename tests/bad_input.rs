@@ -7,8 +7,8 @@
 
 mod support;
 
-use secure_gateway::Signer;
 use secure_gateway::envelope::{BatchSealer, ContentType, EnvelopeMeta, Recipient};
+use secure_gateway::{BATCH_MEDIA_TYPE, Signer};
 use secure_gateway::{KeyHandle, RustCryptoProvider};
 use support::{Ent, Node, Resp, fresh, golden, nonce};
 
@@ -54,6 +54,18 @@ fn case(node: &Node, what: &str, code: &str, status: u16, names: &str, f: impl F
     r
 }
 
+/// The length of the last field (with its 4-byte length) of a binary
+/// batch of one record: that record.
+fn record_len(body: &[u8]) -> usize {
+    let mut i = 0;
+    let mut last = 0;
+    while i < body.len() {
+        last = i;
+        i += 4 + u32::from_be_bytes(body[i..i + 4].try_into().unwrap()) as usize;
+    }
+    body.len() - last
+}
+
 fn vaccination(node: &Node, e: &Ent) -> Vec<u8> {
     let m = fresh(&golden("vaccination", "clinic-ims.json")[0]);
     node.seal(e, &[m]).to_json().into_bytes()
@@ -83,6 +95,13 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
     let full = &good.body["results"][0];
     assert!(full["receipt"]["checkpoint"].is_object(), "{}", good.text);
     assert!(full["audit_path"].is_array(), "{}", good.text);
+
+    // The binary batch form (what the agent sends) is accepted the same.
+    let m = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+    let body = node.seal(&clinic, &[m]).to_binary().unwrap();
+    let bin = node.signed(&clinic.key, "POST", "/v1/transactions", body, BATCH_MEDIA_TYPE);
+    assert_eq!(bin.status, 200, "{}", bin.text);
+    assert_eq!(bin.body["accepted"], 1, "{}", bin.text);
 
     // Brief receipts: no checkpoint or audit path per record; the block's
     // checkpoint once, and the proof still to be had per transaction.
@@ -214,6 +233,57 @@ fn every_bad_input_case_has_its_code_metric_and_writes_nothing() {
                 "/v1/transactions",
                 vaccination(&node, &clinic),
                 "text/xml",
+            )
+        },
+    );
+
+    case(
+        &node,
+        "wrong content type names both accepted forms",
+        "unsupported_content_type",
+        415,
+        "send application/json or application/vnd.vaxgate.batch",
+        || {
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions",
+                vaccination(&node, &clinic),
+                "application/octet-stream",
+            )
+        },
+    );
+
+    case(
+        &node,
+        "binary batch with a broken record",
+        "malformed_body",
+        400,
+        "binary batch: record 0: ",
+        || {
+            let m = fresh(&golden("vaccination", "clinic-ims.json")[0]);
+            let mut body = node.seal(&clinic, &[m]).to_binary().unwrap();
+            // The record's domain tag ("vaxgate/sealed-envelope") starts 8
+            // bytes after the record's length field; change its first letter.
+            let head = body.len() - record_len(&body);
+            body[head + 8] ^= 0x20;
+            node.signed(&clinic.key, "POST", "/v1/transactions", body, BATCH_MEDIA_TYPE)
+        },
+    );
+
+    case(
+        &node,
+        "JSON body declared binary",
+        "malformed_body",
+        400,
+        "binary batch: ",
+        || {
+            node.signed(
+                &clinic.key,
+                "POST",
+                "/v1/transactions",
+                vaccination(&node, &clinic),
+                BATCH_MEDIA_TYPE,
             )
         },
     );

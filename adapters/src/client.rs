@@ -120,8 +120,21 @@ impl GatewayClient {
         &self.key
     }
 
-    /// Sends a signed request; returns the body of a 2xx answer.
+    /// Sends a signed request (a body as `application/json`); returns the
+    /// body of a 2xx answer.
     pub async fn send(&self, method: &str, path_and_query: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.send_as(method, path_and_query, body, "application/json").await
+    }
+
+    /// [`GatewayClient::send`] with the body declared as `content_type`
+    /// (e.g. [`secure_gateway::BATCH_MEDIA_TYPE`] for a binary batch).
+    pub async fn send_as(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{}", self.base, path_and_query);
         let signed =
             sign_request(&self.key, method, path_and_query, &body).map_err(|e| ClientError::Sign(e.to_string()))?;
@@ -134,7 +147,7 @@ impl GatewayClient {
             rb = rb.header(k, v);
         }
         if !body.is_empty() {
-            rb = rb.header("content-type", "application/json").body(body);
+            rb = rb.header("content-type", content_type).body(body);
         }
         let resp = rb.send().await.map_err(|e| ClientError::Transport {
             url: url.clone(),

@@ -685,7 +685,7 @@ impl Pipeline {
                     &[],
                     &msgs,
                 )
-                .map(|b| b.to_json().into_bytes())
+                .and_then(|b| b.to_binary())
             })
             .await
             .map_err(|e| AgentError::Crypto(format!("sealing task: {e}")))?
@@ -694,7 +694,12 @@ impl Pipeline {
             match self
                 .inner
                 .client
-                .send("POST", "/v1/transactions?receipts=brief", body)
+                .send_as(
+                    "POST",
+                    "/v1/transactions?receipts=brief",
+                    body,
+                    secure_gateway::BATCH_MEDIA_TYPE,
+                )
                 .await
             {
                 Ok(bytes) => {
@@ -781,8 +786,9 @@ mod tests {
                         assert!(n > 0, "connection closed in the body");
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    let batch: serde_json::Value = serde_json::from_slice(&buf[head_end..]).expect("batch JSON");
-                    let n = batch["records"].as_array().expect("records").len();
+                    // The agent posts the binary batch form.
+                    let batch = secure_gateway::SignedBatch::from_binary(&buf[head_end..]).expect("binary batch");
+                    let n = batch.records.len();
                     seen.lock().expect("sizes").push(n);
                     let (status, body) = match max {
                         Some(m) if n > m => (

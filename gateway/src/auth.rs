@@ -444,8 +444,10 @@ fn check_length(req: &ServiceRequest, limit: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// After authentication: a POST body must be declared `application/json`
-/// (415 otherwise). Authentication comes first so that an unauthenticated
+/// After authentication: a POST body must be declared `application/json`,
+/// or on the batch routes (`/v1/transactions`, `/v1/cancellations`) also
+/// the binary batch form [`secure_gateway::BATCH_MEDIA_TYPE`] (415
+/// otherwise). Authentication comes first so that an unauthenticated
 /// caller learns nothing but 401.
 fn check_content_type(req: &ServiceRequest) -> Result<(), ApiError> {
     if req.method() != actix_web::http::Method::POST {
@@ -456,18 +458,53 @@ fn check_content_type(req: &ServiceRequest) -> Result<(), ApiError> {
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
+    let batch_route = is_batch_route(req.path());
+    match BodyForm::of(ct) {
+        Some(BodyForm::Json) => Ok(()),
+        Some(BodyForm::BinaryBatch) if batch_route => Ok(()),
+        _ => Err(ApiError::new(
             Code::UnsupportedContentType,
             format!(
-                "content-type {:?} is not accepted on {}; send application/json",
+                "content-type {:?} is not accepted on {}; send application/json{}",
                 if ct.is_empty() { "(none)" } else { ct },
-                req.path()
+                req.path(),
+                if batch_route {
+                    format!(" or {}", secure_gateway::BATCH_MEDIA_TYPE)
+                } else {
+                    String::new()
+                }
             ),
-        ));
+        )),
     }
-    Ok(())
+}
+
+/// The routes that take a signed batch.
+fn is_batch_route(path: &str) -> bool {
+    matches!(path, "/v1/transactions" | "/v1/cancellations")
+}
+
+/// The declared form of a POST body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyForm {
+    /// `application/json`.
+    Json,
+    /// [`secure_gateway::BATCH_MEDIA_TYPE`]: `SignedBatch::to_binary`.
+    BinaryBatch,
+}
+
+impl BodyForm {
+    /// The form a `content-type` value declares (parameters ignored), if
+    /// it is one the gateway takes.
+    pub(crate) fn of(content_type: &str) -> Option<BodyForm> {
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/json") {
+            Some(BodyForm::Json)
+        } else if mime.eq_ignore_ascii_case(secure_gateway::BATCH_MEDIA_TYPE) {
+            Some(BodyForm::BinaryBatch)
+        } else {
+            None
+        }
+    }
 }
 
 /// The scheme name of API-key authentication.

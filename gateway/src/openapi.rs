@@ -87,12 +87,19 @@ fn operation(r: &RouteSpec) -> Value {
         "responses": responses,
     });
     if r.method == "POST" {
-        let schema = if r.path == "/v1/admin/registry" {
-            json!({ "$ref": "#/components/schemas/RegistryChange" })
+        op["requestBody"] = if r.path == "/v1/admin/registry" {
+            json!({ "required": true, "content": { "application/json": {
+                "schema": { "$ref": "#/components/schemas/RegistryChange" } } } })
         } else {
-            json!({ "$ref": "#/components/schemas/SignedBatch" })
+            json!({ "required": true, "content": {
+                "application/json": { "schema": { "$ref": "#/components/schemas/SignedBatch" } },
+                secure_gateway::BATCH_MEDIA_TYPE: { "schema": {
+                    "type": "string", "format": "binary",
+                    "description": "The binary form of the same signed batch \
+                        (SignedBatch::to_binary; docs/envelope.md \"Binary batch\"): \
+                        what the vaxgate agent sends." } }
+            } })
         };
-        op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
     }
     op
 }

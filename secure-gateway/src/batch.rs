@@ -10,7 +10,8 @@
 use uuid::Uuid;
 
 use crate::envelope::{
-    Canon, OpenCtx, OpenedEnvelope, RecipientKey, SealedEnvelope, decrypt_verified, record_batch_id,
+    Canon, CanonReader, OpenCtx, OpenedEnvelope, RecipientKey, SealedEnvelope, decrypt_verified, fixed, quote,
+    record_batch_id, utf8,
 };
 use crate::provider::{CryptoProvider, KeyHandle};
 use crate::{CryptoError, Sm2Signature, Sm2VerifyingKey, Sm3Digest, merkle};
@@ -201,6 +202,13 @@ impl SignedBatch {
     /// Each record's signed bytes, record digest and leaf, checked against
     /// the (verified) header.
     fn records_of_verified(&self) -> Result<HashedRecords, CryptoError> {
+        self.records_of_verified_with(None)
+    }
+
+    /// [`SignedBatch::records_of_verified`], with the records' signed bytes
+    /// already at hand when `signed` is given (the binary form: the parse
+    /// checked they are the records' canonical encoding).
+    fn records_of_verified_with(&self, signed: Option<Vec<Vec<u8>>>) -> Result<HashedRecords, CryptoError> {
         if self.header.tree_size != self.records.len() as u64 {
             return Err(CryptoError::Envelope(format!(
                 "batch {} declares {} records but carries {}",
@@ -218,11 +226,14 @@ impl SignedBatch {
                 });
             }
         }
-        let signed = self
-            .records
-            .iter()
-            .map(SealedEnvelope::signed_bytes)
-            .collect::<Result<Vec<_>, _>>()?;
+        let signed = match signed {
+            Some(s) if s.len() == self.records.len() => s,
+            _ => self
+                .records
+                .iter()
+                .map(SealedEnvelope::signed_bytes)
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let digests: Vec<Sm3Digest> = signed.iter().map(|b| crate::sm3(b)).collect();
         let leaves: Vec<Sm3Digest> = digests.iter().map(|d| merkle::leaf_hash(&d.0)).collect();
         if merkle::root(&leaves) != self.header.root {
@@ -258,6 +269,199 @@ impl SignedBatch {
     /// The JSON transport form.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The binary transport form ([`BATCH_MEDIA_TYPE`], see
+    /// `docs/envelope.md` "Binary batch"): the domain tag
+    /// [`BATCH_BINARY_TAG`], the header's [`BatchHeader::signed_bytes`], its
+    /// DER signature, then each record's [`SealedEnvelope::signed_bytes`]
+    /// in leaf order, every one a `u32be(len) ‖ bytes` field. No base64 and
+    /// no JSON: the gateway hashes each record's bytes as they arrived and
+    /// a format-2 ledger stores them as they are.
+    ///
+    /// Refuses a record that carries its own signature (a batch record has
+    /// none) or that [`SealedEnvelope::check_shape`] refuses, so the result
+    /// always reads back with [`SignedBatch::from_binary`] to an equal batch.
+    pub fn to_binary(&self) -> Result<Vec<u8>, CryptoError> {
+        let head = self.header.signed_bytes()?;
+        let records = self
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.check_shape()?;
+                if r.signature.is_some() {
+                    return Err(CryptoError::Envelope(format!(
+                        "record {i} is individually signed; the binary batch form carries unsigned records only"
+                    )));
+                }
+                r.signed_bytes()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let len = 12
+            + BATCH_BINARY_TAG.len()
+            + head.len()
+            + self.header.signature.len()
+            + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+        let mut c = Canon(Vec::with_capacity(len));
+        c.field(BATCH_BINARY_TAG.as_bytes())?
+            .field(&head)?
+            .field(&self.header.signature)?;
+        for r in &records {
+            c.field(r)?;
+        }
+        Ok(c.0)
+    }
+
+    /// Parses the binary transport form of [`SignedBatch::to_binary`],
+    /// strictly: the tag, a header whose fields have the lengths the format
+    /// allows, exactly `tree_size` records that each parse as
+    /// [`SealedEnvelope::from_signed_bytes`], and nothing after them. The
+    /// parse is canonical (`to_binary` of the result is `bytes` again).
+    /// Checks no signature: open the batch for that. Every malformed input
+    /// is a [`CryptoError::Envelope`] naming the fault (and the record).
+    pub fn from_binary(bytes: &[u8]) -> Result<SignedBatch, CryptoError> {
+        ReceivedBatch::from_binary(bytes).map(|r| r.batch)
+    }
+}
+
+/// The media type of [`SignedBatch::to_binary`]'s form.
+pub const BATCH_MEDIA_TYPE: &str = "application/vnd.vaxgate.batch";
+
+/// Domain-separation tag that opens the binary form of a signed batch.
+pub const BATCH_BINARY_TAG: &str = "vaxgate/signed-batch-binary";
+
+/// Prefixes a parse error of the binary batch form.
+fn binary_batch_err(e: CryptoError) -> CryptoError {
+    match e {
+        CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary batch: {m}")),
+        other => other,
+    }
+}
+
+/// The batch header from its [`BatchHeader::signed_bytes`] and signature.
+fn header_from_signed(bytes: &[u8], signature: &[u8]) -> Result<BatchHeader, CryptoError> {
+    let at = |e: CryptoError| match e {
+        CryptoError::Envelope(m) => CryptoError::Envelope(format!("header: {m}")),
+        other => other,
+    };
+    let mut r = CanonReader(bytes);
+    let tag = r.field("domain tag").map_err(at)?;
+    if tag != BATCH_TAG.as_bytes() {
+        return Err(at(CryptoError::Envelope(format!(
+            "domain tag must be \"{BATCH_TAG}\", got {}",
+            quote(tag)
+        ))));
+    }
+    let [version] = fixed::<1>(&mut r, "version").map_err(at)?;
+    if version != BATCH_VERSION {
+        return Err(at(CryptoError::Envelope(format!(
+            "unsupported batch version {version} (this build reads {BATCH_VERSION})"
+        ))));
+    }
+    let batch_id = Uuid::from_bytes(fixed::<16>(&mut r, "batch id").map_err(at)?);
+    let key_id = utf8(&mut r, "key id").map_err(at)?;
+    let timestamp_ms = i64::from_be_bytes(fixed::<8>(&mut r, "timestamp").map_err(at)?);
+    let tree_size = u64::from_be_bytes(fixed::<8>(&mut r, "tree size").map_err(at)?);
+    let root = Sm3Digest(fixed::<32>(&mut r, "root").map_err(at)?);
+    if !r.0.is_empty() {
+        return Err(at(CryptoError::Envelope(format!(
+            "{} trailing bytes after the root",
+            r.0.len()
+        ))));
+    }
+    if signature.is_empty() {
+        return Err(CryptoError::Envelope("empty batch signature".into()));
+    }
+    Ok(BatchHeader {
+        version,
+        batch_id,
+        key_id,
+        timestamp_ms,
+        tree_size,
+        root,
+        signature: signature.to_vec(),
+    })
+}
+
+/// A batch as a gateway received it. From the binary form it keeps each
+/// record's signed bytes as they arrived, so opening it hashes them without
+/// encoding the records again; from JSON they are encoded when opened.
+#[derive(Debug, Clone)]
+pub struct ReceivedBatch {
+    /// The batch.
+    pub batch: SignedBatch,
+    /// Each record's signed bytes as received (binary form only).
+    signed: Option<Vec<Vec<u8>>>,
+}
+
+impl ReceivedBatch {
+    /// Parses the JSON transport form ([`SignedBatch::from_json`]).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CryptoError> {
+        Ok(ReceivedBatch {
+            batch: SignedBatch::from_json(bytes)?,
+            signed: None,
+        })
+    }
+
+    /// Parses the binary transport form ([`SignedBatch::from_binary`]).
+    pub fn from_binary(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let mut r = CanonReader(bytes);
+        let tag = r.field("domain tag").map_err(binary_batch_err)?;
+        if tag != BATCH_BINARY_TAG.as_bytes() {
+            return Err(binary_batch_err(CryptoError::Envelope(format!(
+                "domain tag must be \"{BATCH_BINARY_TAG}\", got {}",
+                quote(tag)
+            ))));
+        }
+        let head = r.field("header").map_err(binary_batch_err)?;
+        let sig = r.field("signature").map_err(binary_batch_err)?;
+        let header = header_from_signed(head, sig).map_err(binary_batch_err)?;
+        // Every record takes at least its 4-byte length: a forged tree size
+        // cannot make us allocate more than the input could hold.
+        let room = (r.0.len() / 4) as u64;
+        if header.tree_size == 0 || header.tree_size > room {
+            return Err(binary_batch_err(CryptoError::Envelope(format!(
+                "tree size {} is not between 1 and what the remaining {} bytes can hold",
+                header.tree_size,
+                r.0.len()
+            ))));
+        }
+        let n = header.tree_size as usize;
+        let mut records = Vec::with_capacity(n);
+        let mut signed = Vec::with_capacity(n);
+        for i in 0..n {
+            let at = |e: CryptoError| match e {
+                CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary batch: record {i}: {m}")),
+                other => other,
+            };
+            let b = r.field("record").map_err(at)?;
+            records.push(SealedEnvelope::from_signed_bytes(b).map_err(at)?);
+            signed.push(b.to_vec());
+        }
+        if !r.0.is_empty() {
+            return Err(binary_batch_err(CryptoError::Envelope(format!(
+                "{} trailing bytes after record {}",
+                r.0.len(),
+                n - 1
+            ))));
+        }
+        Ok(ReceivedBatch {
+            batch: SignedBatch { header, records },
+            signed: Some(signed),
+        })
+    }
+
+    /// [`open_batch_with_paths`] of the received batch; records that came
+    /// in binary form are hashed as they arrived, not encoded again.
+    pub fn open_with_paths(
+        self,
+        provider: &dyn CryptoProvider,
+        signer: &Sm2VerifyingKey,
+        me: RecipientKey<'_>,
+    ) -> Result<(SignedBatch, OpenedBatch), CryptoError> {
+        let opened = open_with_signed(provider, &self.batch, self.signed, signer, me)?;
+        Ok((self.batch, opened))
     }
 }
 
@@ -377,8 +581,19 @@ pub fn open_batch_with_paths(
     signer: &Sm2VerifyingKey,
     me: RecipientKey<'_>,
 ) -> Result<OpenedBatch, CryptoError> {
+    open_with_signed(provider, batch, None, signer, me)
+}
+
+/// [`open_batch_with_paths`], with the records' signed bytes when known.
+fn open_with_signed(
+    provider: &dyn CryptoProvider,
+    batch: &SignedBatch,
+    signed: Option<Vec<Vec<u8>>>,
+    signer: &Sm2VerifyingKey,
+    me: RecipientKey<'_>,
+) -> Result<OpenedBatch, CryptoError> {
     batch.header.verify_in(provider, signer)?;
-    let hashed = batch.records_of_verified()?;
+    let hashed = batch.records_of_verified_with(signed)?;
     let mut ctx = OpenCtx::new(Some(batch.header.batch_id));
     let records = batch
         .records

@@ -596,7 +596,7 @@ const QUOTE_MAX: usize = 32;
 
 /// A bad value for an error message: printable ASCII as is, the rest
 /// escaped, cut after [`QUOTE_MAX`] bytes.
-fn quote(b: &[u8]) -> String {
+pub(crate) fn quote(b: &[u8]) -> String {
     let cut = b.len() > QUOTE_MAX;
     let mut s = format!("\"{}\"", b[..b.len().min(QUOTE_MAX)].escape_ascii());
     if cut {
@@ -606,7 +606,7 @@ fn quote(b: &[u8]) -> String {
 }
 
 /// A field of exactly `N` bytes.
-fn fixed<const N: usize>(r: &mut CanonReader<'_>, what: &str) -> Result<[u8; N], CryptoError> {
+pub(crate) fn fixed<const N: usize>(r: &mut CanonReader<'_>, what: &str) -> Result<[u8; N], CryptoError> {
     let v = r.field(what)?;
     <[u8; N]>::try_from(v).map_err(|_| {
         let unit = if N == 1 { "byte" } else { "bytes" };
@@ -615,7 +615,7 @@ fn fixed<const N: usize>(r: &mut CanonReader<'_>, what: &str) -> Result<[u8; N],
 }
 
 /// A UTF-8 field.
-fn utf8(r: &mut CanonReader<'_>, what: &str) -> Result<String, CryptoError> {
+pub(crate) fn utf8(r: &mut CanonReader<'_>, what: &str) -> Result<String, CryptoError> {
     let v = r.field(what)?;
     String::from_utf8(v.to_vec()).map_err(|_| CryptoError::Envelope(format!("{what} {} is not UTF-8", quote(v))))
 }

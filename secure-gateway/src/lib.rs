@@ -27,7 +27,7 @@ pub mod sign;
 pub mod sm4t;
 pub mod sym;
 
-pub use batch::{BatchHeader, RecordProof, SignedBatch, sign_batch};
+pub use batch::{BATCH_MEDIA_TYPE, BatchHeader, ReceivedBatch, RecordProof, SignedBatch, sign_batch};
 pub use envelope::{
     BatchSealer, ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope,
     open, seal, seal_unsigned,

@@ -71,6 +71,29 @@ pub struct BenchHttpArgs {
     /// rustcrypto or openssl.
     #[arg(long, default_value_t = ProviderKind::RustCrypto)]
     pub provider: ProviderKind,
+    /// The form of the posted batches: binary (`application/vnd.vaxgate.batch`,
+    /// what the agent sends) or json (the JSON form, for comparison).
+    #[arg(long, value_enum, default_value_t = Wire::Binary)]
+    pub wire: Wire,
+}
+
+/// The transport form of a posted batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wire {
+    /// `SignedBatch::to_binary`, `application/vnd.vaxgate.batch`.
+    Binary,
+    /// `SignedBatch::to_json`, `application/json`.
+    Json,
+}
+
+impl Wire {
+    /// The body and its content type.
+    fn encode(self, batch: &secure_gateway::SignedBatch) -> anyhow::Result<(Vec<u8>, &'static str)> {
+        Ok(match self {
+            Wire::Binary => (batch.to_binary()?, secure_gateway::BATCH_MEDIA_TYPE),
+            Wire::Json => (batch.to_json().into_bytes(), "application/json"),
+        })
+    }
 }
 
 const PASS_ENV: &str = "VAXGATE_BENCH_PASSPHRASE";
@@ -413,8 +436,9 @@ async fn upstream(
         }
         let n = msgs.len();
         let sealed = adapters::seal::seal_batch(provider.as_ref(), &handle, mah_id, gateway_key, &[], &msgs)?;
+        let (body, ct) = a.wire.encode(&sealed)?;
         let resp = client
-            .send("POST", "/v1/transactions?receipts=brief", sealed.to_json().into_bytes())
+            .send_as("POST", "/v1/transactions?receipts=brief", body, ct)
             .await?;
         let r: IngestSummary = serde_json::from_slice(&resp)?;
         anyhow::ensure!(
@@ -531,9 +555,9 @@ async fn measure_ingest(
         for t in 0..threads {
             let (provider, handle, gk, template) =
                 (provider.clone(), handle.clone(), gateway_key.clone(), template.clone());
-            let (entity_id, batch, records) = (entity_id.to_string(), a.batch, a.records);
+            let (entity_id, batch, records, wire) = (entity_id.to_string(), a.batch, a.records, a.wire);
             sealers.push(tokio::task::spawn_blocking(
-                move || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+                move || -> anyhow::Result<Vec<(usize, Vec<u8>, &'static str)>> {
                     let mut out = Vec::new();
                     for b in (t..n_batches).step_by(threads) {
                         let lo = first + b * batch;
@@ -541,7 +565,8 @@ async fn measure_ingest(
                         let msgs: Vec<ExchangeMessage> = (lo..hi).map(|i| record(&template, i)).collect();
                         let sealed =
                             adapters::seal::seal_batch(provider.as_ref(), &handle, &entity_id, &gk, &[], &msgs)?;
-                        out.push((hi - lo, sealed.to_json().into_bytes()));
+                        let (body, ct) = wire.encode(&sealed)?;
+                        out.push((hi - lo, body, ct));
                     }
                     Ok(out)
                 },
@@ -563,9 +588,9 @@ async fn measure_ingest(
                 let mut lat = Vec::new();
                 loop {
                     let i = cursor.fetch_add(1, Ordering::Relaxed);
-                    let Some((n, body)) = bodies.get(i) else { break };
+                    let Some((n, body, ct)) = bodies.get(i) else { break };
                     let t = Instant::now();
-                    let resp = client.send("POST", "/v1/transactions", body.clone()).await?;
+                    let resp = client.send_as("POST", "/v1/transactions", body.clone(), ct).await?;
                     lat.push(t.elapsed());
                     let r: IngestSummary = serde_json::from_slice(&resp)?;
                     anyhow::ensure!(

@@ -1,5 +1,6 @@
 //! `POST /v1/transactions`: a batch of sealed records under one batch
-//! signature (`secure_gateway::SignedBatch`, JSON).
+//! signature (`secure_gateway::SignedBatch`, JSON or the binary form
+//! `application/vnd.vaxgate.batch`).
 //!
 //! Checks, in this order (the order): the batch signature and the
 //! signing key's registration and state → per record: the entity and its
@@ -14,11 +15,11 @@ use ledger::{LeafInput, LedgerStore, Receipt, Transaction, TxAuth, TxContent, Tx
 use mappings::commitment::Commitment;
 use mappings::{ExchangeMessage, Problem, TraceEvent};
 use secure_gateway::envelope::{ContentType, RecipientKey};
-use secure_gateway::{SignedBatch, Sm2VerifyingKey, Sm3Digest};
+use secure_gateway::{ReceivedBatch, Sm2VerifyingKey, Sm3Digest};
 use serde::Serialize;
 
 use crate::api::params::{Mode, RawQuery, ReceiptForm, param};
-use crate::auth::Principal;
+use crate::auth::{BodyForm, Principal};
 use crate::coldchain::{self, AlertType, Finding};
 use crate::custody;
 use crate::error::{ApiError, Code};
@@ -369,21 +370,33 @@ async fn ingest(
         .ok_or_else(|| ApiError::new(Code::Unauthenticated, "no authenticated principal"))?;
     let mode: Mode = param(&query, "mode")?;
     let brief = param::<ReceiptForm>(&query, "receipts")? == ReceiptForm::Brief;
-    let batch =
-        SignedBatch::from_json(&body).map_err(|e| ApiError::new(Code::MalformedBody, format!("the body: {e}")))?;
-    let (vk, entity_id) = batch_signer(&state, &principal, &batch.header.key_id)?;
-    let secure_gateway::batch::OpenedBatch {
-        records: opened,
-        audit_paths: paths,
-        signed_bytes,
-        record_digests,
-    } = secure_gateway::batch::open_batch_with_paths(
-        state.node.provider().as_ref(),
-        &batch,
-        &vk,
-        RecipientKey::Sm2(state.node.handle()),
-    )
-    .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
+    let form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(BodyForm::of)
+        .unwrap_or(BodyForm::Json);
+    let received = match form {
+        BodyForm::Json => ReceivedBatch::from_json(&body),
+        BodyForm::BinaryBatch => ReceivedBatch::from_binary(&body),
+    }
+    .map_err(|e| ApiError::new(Code::MalformedBody, format!("the body: {e}")))?;
+    let (vk, entity_id) = batch_signer(&state, &principal, &received.batch.header.key_id)?;
+    let (
+        batch,
+        secure_gateway::batch::OpenedBatch {
+            records: opened,
+            audit_paths: paths,
+            signed_bytes,
+            record_digests,
+        },
+    ) = received
+        .open_with_paths(
+            state.node.provider().as_ref(),
+            &vk,
+            RecipientKey::Sm2(state.node.handle()),
+        )
+        .map_err(|e| ApiError::new(Code::BadSignature, e.to_string()))?;
     let entity = {
         let reg = crate::registry::read(&state.registry)?;
         reg.entity(&entity_id)
