@@ -26,6 +26,7 @@ struct Fixture {
     env_bin: Vec<u8>,
     rec_bin: Vec<u8>,
     batch_json: String,
+    batch_bin: Vec<u8>,
     proof_json: String,
     sm2_der: Vec<u8>,
     sm2_raw: Vec<u8>,
@@ -61,6 +62,7 @@ fn fx() -> &'static Fixture {
             env_bin: env.to_binary().unwrap(),
             rec_bin: batch.records[1].to_binary().unwrap(),
             batch_json: batch.to_json(),
+            batch_bin: batch.to_binary().unwrap(),
             proof_json,
             p,
             sender,
@@ -268,6 +270,28 @@ proptest! {
         }
         let _ = SignedBatch::from_json(&e.iter().map(|x| x.2).collect::<Vec<_>>());
         let _ = RecordProof::from_json(&e.iter().map(|x| x.1).collect::<Vec<_>>());
+    }
+
+    /// The binary batch form, mutated: never a panic; what parses is
+    /// canonical (re-encodes to the mutated bytes), and opens or verifies
+    /// only when it is the original.
+    #[test]
+    fn batch_binary_mutated(e in edits()) {
+        let f = fx();
+        let signer = f.p.public_key(&f.sender).unwrap();
+        let m = mutate(&f.batch_bin, &e);
+        if let Ok(r) = secure_gateway::ReceivedBatch::from_binary(&m) {
+            let original = m == f.batch_bin;
+            prop_assert_eq!(r.batch.to_binary().unwrap(), m.clone());
+            if r.batch.verify(&signer).is_ok() {
+                prop_assert!(original, "a changed binary batch verified");
+            }
+            if let Ok((_, o)) = r.open_with_paths(&f.p, &signer, RecipientKey::Sm2(&f.me)) {
+                prop_assert!(original, "a changed binary batch opened");
+                prop_assert!(o.records.iter().all(|r| r.as_ref().is_ok_and(|r| r.plaintext.as_slice() == b"{}")), "opened to other plaintext");
+            }
+        }
+        let _ = SignedBatch::from_binary(&e.iter().map(|x| x.2).collect::<Vec<_>>());
     }
 
     #[test]
