@@ -25,9 +25,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mappings::sources::Hl7Path;
-use mappings::{MappingSpec, Problem, Record};
+use mappings::{MapOutcome, MappingSpec, Problem, Record};
 
-use crate::intake::{Outcome, RecordSink, normalise};
+use crate::intake::{Outcome, Premapped, RecordSink, normalise};
 
 /// Errors of this module's configuration step.
 #[derive(Debug, thiserror::Error)]
@@ -541,8 +541,10 @@ pub fn code_for_rule(rule: &str) -> u16 {
 // ---------------------------------------------------------------- processor
 
 /// Turns one HL7 message into its ACK: checks the type, maps it with the
-/// spec (for located ERR segments), hands accepted messages to the sink and
-/// acknowledges by the sink's outcome. Shared by MLLP and the file drop.
+/// spec (for located ERR segments), hands the message with that mapping to
+/// the sink ([`RecordSink::submit_mapped`]: the agent's pipeline does not
+/// map it again while the spec is the same) and acknowledges by the sink's
+/// outcome. Shared by MLLP and the file drop.
 #[derive(Debug)]
 pub struct Hl7Processor<S> {
     source: String,
@@ -569,14 +571,18 @@ pub struct Processed {
 #[derive(Debug)]
 enum Prepared {
     Done(Processed),
+    /// Mapped without errors: submitted with its mapping.
     Submit {
         header: Box<MessageHeader>,
         text: String,
+        mapped: MapOutcome,
     },
-    /// Failed mapping: submitted for the quarantine, answered with `refusal`.
+    /// Failed mapping: submitted with its mapping for the quarantine,
+    /// answered with `refusal`.
     Refuse {
         header: Box<MessageHeader>,
         text: String,
+        mapped: MapOutcome,
         refusal: Processed,
     },
 }
@@ -669,13 +675,16 @@ impl<S: RecordSink> Hl7Processor<S> {
                 })
                 .collect();
             let ack = build_ack(Some(&header), AckCode::Ae, "message has errors", &errs);
-            // Still handed to the sink, which quarantines it durably (the
-            // agent's pipeline maps it again and keeps it with the reason,
-            // replayable after a spec fix); the sender gets this detailed AE
-            // once the quarantine holds it, or AR "resend later" if not.
+            // Still handed to the sink with this mapping, which quarantines
+            // it durably (the agent's pipeline takes the reason from this
+            // outcome, mapping again only if its spec was replaced, and
+            // keeps the message replayable after a spec fix); the sender
+            // gets this detailed AE once the quarantine holds it, or AR
+            // "resend later" if not.
             return Prepared::Refuse {
                 header: Box::new(header),
                 text,
+                mapped: outcome,
                 refusal: Processed {
                     code: AckCode::Ae,
                     ack,
@@ -687,25 +696,38 @@ impl<S: RecordSink> Hl7Processor<S> {
         Prepared::Submit {
             header: Box::new(header),
             text,
+            mapped: outcome,
         }
     }
 
     /// Processes a batch of messages (e.g. from several connections) with
-    /// one sink call; returns one result per message, in order.
+    /// one sink call, which gets the mapping each message was checked with
+    /// along with it; returns one result per message, in order.
     pub async fn process_batch(&self, messages: Vec<String>) -> Vec<Processed> {
-        let prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        let mut prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
         let mut records = Vec::new();
-        for p in &prepared {
-            if let Prepared::Submit { header, text } | Prepared::Refuse { header, text, .. } = p {
+        let mut mapped_records = Vec::new();
+        for p in &mut prepared {
+            if let Prepared::Submit { header, text, mapped }
+            | Prepared::Refuse {
+                header, text, mapped, ..
+            } = p
+            {
                 let key = decode(&header.control_id, &header.delimiters);
-                records.push((key, Record::Hl7(text.clone())));
+                // the ACK needs only the header (and the refusal) from here on
+                records.push((key, Record::Hl7(std::mem::take(text))));
+                mapped_records.push(std::mem::take(mapped));
             }
         }
         let n = records.len();
         let outcomes = if n == 0 {
             Vec::new()
         } else {
-            normalise(self.sink.submit(&self.source, records, None).await, n)
+            let premapped = Premapped {
+                spec: self.spec.clone(),
+                outcomes: mapped_records,
+            };
+            normalise(self.sink.submit_mapped(&self.source, records, premapped, None).await, n)
         };
         let mut outcomes = outcomes.into_iter();
         prepared
@@ -848,6 +870,100 @@ mod tests {
         assert!(MessageHeader::parse("PID|1").is_err());
         assert!(MessageHeader::parse("MSH|^~").is_err());
         assert!(MessageHeader::parse("").is_err());
+    }
+
+    /// What one `submit_mapped` call was given.
+    struct Given {
+        keys: Vec<String>,
+        spec: std::sync::Arc<MappingSpec>,
+        /// Per outcome: whether it maps cleanly, and its number of events.
+        shape: Vec<(bool, usize)>,
+    }
+
+    /// A sink keeping what `submit_mapped` was given.
+    #[derive(Default)]
+    struct KeepingSink {
+        got: std::sync::Mutex<Vec<Given>>,
+    }
+
+    impl RecordSink for KeepingSink {
+        async fn submit(&self, _: &str, _: Vec<(String, Record)>, _: Option<serde_json::Value>) -> Vec<Outcome> {
+            panic!("the processor hands over its mapping")
+        }
+
+        async fn submit_mapped(
+            &self,
+            _: &str,
+            records: Vec<(String, Record)>,
+            premapped: Premapped,
+            _: Option<serde_json::Value>,
+        ) -> Vec<Outcome> {
+            let answers = premapped
+                .outcomes
+                .iter()
+                .map(|o| {
+                    if o.is_ok() {
+                        Outcome::Accepted
+                    } else {
+                        Outcome::Quarantined { reason: "bad".into() }
+                    }
+                })
+                .collect();
+            let keys = records.into_iter().map(|(k, _)| k).collect();
+            let shape = premapped.outcomes.iter().map(|o| (o.is_ok(), o.events.len())).collect();
+            self.got.lock().expect("got").push(Given {
+                keys,
+                spec: premapped.spec,
+                shape,
+            });
+            answers
+        }
+
+        async fn checkpoint(&self, _: &str) -> Option<serde_json::Value> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sink_gets_each_message_with_its_mapping_and_spec() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("config/mappings/hl7-vxu.toml")).expect("spec");
+        let spec = std::sync::Arc::new(
+            MappingSpec::from_toml_str(&text, "hl7-vxu.toml", &mappings::Dataset::builtin()).expect("spec"),
+        );
+        let loc = FieldLocator::from_spec_toml(&text, "hl7-vxu.toml").expect("locator");
+        let sample = std::fs::read_to_string(root.join("config/mappings/samples/hl7-vxu.hl7")).expect("sample");
+        let good = split_messages(&sample);
+        // RXA-15 (lot number) of the second group missing: AE, quarantined
+        let bad = good[0]
+            .replace("||||20231001A|20240930|", "|||||20240930|")
+            .replace("MSG20240305001", "BAD1");
+        let other = good[0].replace("VXU^V04^VXU_V04", "ADT^A01");
+        let proc = Hl7Processor::new("hl7", spec.clone(), loc, KeepingSink::default());
+
+        let out = proc
+            .process_batch(vec![good[0].clone(), other, bad, good[1].clone()])
+            .await;
+        let codes: Vec<AckCode> = out.iter().map(|p| p.code).collect();
+        assert_eq!(codes, vec![AckCode::Aa, AckCode::Ar, AckCode::Ae, AckCode::Aa]);
+        assert!(
+            out[2].quarantined && out[2].ack.contains("ERR||RXA^2^15|101^"),
+            "{}",
+            out[2].ack
+        );
+
+        let got = proc.sink().got.lock().expect("got");
+        assert_eq!(got.len(), 1, "one sink call");
+        let Given {
+            keys,
+            spec: given,
+            shape,
+        } = &got[0];
+        // the VXU messages (not the ADT), each with the outcome `prepare`
+        // made (2, 2 and 1 ORC groups), and the processor's own spec Arc
+        assert_eq!(keys, &["MSG20240305001", "BAD1", "MSG20240306002"]);
+        assert_eq!(shape, &[(true, 2), (false, 2), (true, 1)]);
+        assert!(std::sync::Arc::ptr_eq(given, &spec));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! their senders on it.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use mappings::Record;
+use mappings::{MapOutcome, MappingSpec, Record};
 
 /// What became of one submitted record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,20 @@ impl Outcome {
     }
 }
 
+/// The mapping a source already did of the records it submits (the HL7
+/// processor maps every message to locate its ACK's ERR segments), so the
+/// sink need not map them again.
+#[derive(Debug, Clone)]
+pub struct Premapped {
+    /// The spec that produced `outcomes`. A sink uses them only if this is
+    /// the very spec (the same `Arc`) it would map the records with now: a
+    /// spec replaced in between makes it map again.
+    pub spec: Arc<MappingSpec>,
+    /// One outcome of `spec.map` per submitted record, in the records'
+    /// order.
+    pub outcomes: Vec<MapOutcome>,
+}
+
 /// Where the push sources deliver records. Implemented by the agent's
 /// pipeline (map → seal → POST → receipts) and by [`MemorySink`].
 pub trait RecordSink: Send + Sync + 'static {
@@ -61,6 +76,24 @@ pub trait RecordSink: Send + Sync + 'static {
         checkpoint: Option<serde_json::Value>,
     ) -> impl Future<Output = Vec<Outcome>> + Send;
 
+    /// Like [`RecordSink::submit`], for records the source has already
+    /// mapped: `premapped` holds one [`MapOutcome`] per record and the spec
+    /// that produced them. A sink that maps may use those outcomes instead
+    /// of mapping again when `premapped.spec` is its current spec for
+    /// `source` (`Arc::ptr_eq`); the answer must be the same as
+    /// [`RecordSink::submit`]'s. The default ignores them and calls
+    /// [`RecordSink::submit`].
+    fn submit_mapped(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        premapped: Premapped,
+        checkpoint: Option<serde_json::Value>,
+    ) -> impl Future<Output = Vec<Outcome>> + Send {
+        drop(premapped);
+        self.submit(source, records, checkpoint)
+    }
+
     /// The last checkpoint stored for `source`.
     fn checkpoint(&self, source: &str) -> impl Future<Output = Option<serde_json::Value>> + Send;
 }
@@ -73,6 +106,16 @@ impl<T: RecordSink> RecordSink for std::sync::Arc<T> {
         checkpoint: Option<serde_json::Value>,
     ) -> impl Future<Output = Vec<Outcome>> + Send {
         (**self).submit(source, records, checkpoint)
+    }
+
+    fn submit_mapped(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        premapped: Premapped,
+        checkpoint: Option<serde_json::Value>,
+    ) -> impl Future<Output = Vec<Outcome>> + Send {
+        (**self).submit_mapped(source, records, premapped, checkpoint)
     }
 
     fn checkpoint(&self, source: &str) -> impl Future<Output = Option<serde_json::Value>> + Send {

@@ -5,19 +5,23 @@
 //!
 //! Push sources (MLLP, AMQP) call [`Pipeline::submit`] and acknowledge
 //! their peers from the returned [`RecordOutcome`]s; pull sources (SQL,
-//! XML directories) call [`Pipeline::submit_with_checkpoint`].
+//! XML directories) call [`Pipeline::submit_with_checkpoint`]. The HL7
+//! sources, which map each message themselves for their ACKs, call
+//! [`Pipeline::submit_premapped`] with that mapping, and it is not done a
+//! second time while the source's spec is unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use mappings::{ExchangeMessage, MappingSpec, Problem, QualityTracker, Record};
+use mappings::{ExchangeMessage, MapOutcome, MappingSpec, Problem, QualityTracker, Record};
 use secure_gateway::{Signer, Sm2VerifyingKey};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::client::{ClientError, GatewayClient};
 use crate::error::AgentError;
+use crate::intake::Premapped;
 use crate::retry::Backoff;
 use crate::state::{EventState, GatewayProblem, NewQuarantine, StateDb, describe_refusal};
 
@@ -230,32 +234,39 @@ fn quarantined(source: &str, record: &(String, Record), reason: String, problems
     }
 }
 
-/// Step 1: maps every record on a blocking thread.
+/// What one record's mapping means for the pipeline: its events, or why
+/// it goes to the quarantine. The one rule for records mapped here and for
+/// records the source mapped with the same spec ([`Premapped`]).
+fn classify(out: MapOutcome) -> Mapped {
+    let errors: Vec<&Problem> = out.problems.iter().filter(|p| p.is_error()).collect();
+    if !errors.is_empty() {
+        Mapped::Failed {
+            reason: reason_of(&errors),
+            problems: serde_json::to_value(&out.problems).unwrap_or_default(),
+        }
+    } else if out.events.is_empty() {
+        Mapped::Failed {
+            reason: "the record produced no event".into(),
+            problems: serde_json::Value::Array(Vec::new()),
+        }
+    } else {
+        Mapped::Events(out.events)
+    }
+}
+
+/// Step 1: maps every record on a blocking thread, or, given `premapped`
+/// (one outcome per record, of this `spec`), classifies those outcomes
+/// without mapping again.
 async fn map_records(
     spec: Arc<MappingSpec>,
     records: Arc<Vec<(String, Record)>>,
+    premapped: Option<Vec<MapOutcome>>,
 ) -> Result<(Arc<Vec<(String, Record)>>, Vec<Mapped>), AgentError> {
+    if let Some(outcomes) = premapped {
+        return Ok((records, outcomes.into_iter().map(classify).collect()));
+    }
     tokio::task::spawn_blocking(move || {
-        let mapped: Vec<Mapped> = records
-            .iter()
-            .map(|(_, r)| {
-                let out = spec.map(r);
-                let errors: Vec<&Problem> = out.problems.iter().filter(|p| p.is_error()).collect();
-                if !errors.is_empty() {
-                    Mapped::Failed {
-                        reason: reason_of(&errors),
-                        problems: serde_json::to_value(&out.problems).unwrap_or_default(),
-                    }
-                } else if out.events.is_empty() {
-                    Mapped::Failed {
-                        reason: "the record produced no event".into(),
-                        problems: serde_json::Value::Array(Vec::new()),
-                    }
-                } else {
-                    Mapped::Events(out.events)
-                }
-            })
-            .collect();
+        let mapped: Vec<Mapped> = records.iter().map(|(_, r)| classify(spec.map(r))).collect();
         (records, mapped)
     })
     .await
@@ -404,6 +415,26 @@ impl Pipeline {
         self.commit(d).await
     }
 
+    /// Like [`Pipeline::submit_with_checkpoint`], for records the source
+    /// has mapped already: when `premapped.spec` is this source's current
+    /// spec (the same `Arc`, as [`Pipeline::spec`] gives it) and it holds
+    /// one outcome per record, those outcomes are used instead of mapping
+    /// again; otherwise (the spec was replaced meanwhile) the records are
+    /// mapped as [`Pipeline::submit_with_checkpoint`] maps them. Everything
+    /// after the mapping is the same.
+    pub async fn submit_premapped(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        premapped: Premapped,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Vec<RecordOutcome>, AgentError> {
+        let d = self
+            .deliver_with(source, Arc::new(records), Some(premapped), checkpoint)
+            .await?;
+        self.commit(d).await
+    }
+
     /// Steps 1-4 of a submit: map, quarantine, reserve, seal, post; the
     /// gateway's receipts are in hand but not yet recorded. Pull sources
     /// keep several batches in flight and [`Pipeline::commit`] them in
@@ -416,16 +447,38 @@ impl Pipeline {
         records: Arc<Vec<(String, Record)>>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Delivered, AgentError> {
+        self.deliver_with(source, records, None, checkpoint).await
+    }
+
+    /// [`Pipeline::deliver`], using `premapped` for step 1 when it was made
+    /// with the source's current spec.
+    async fn deliver_with(
+        &self,
+        source: &str,
+        records: Arc<Vec<(String, Record)>>,
+        premapped: Option<Premapped>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Delivered, AgentError> {
         let entry = self.entry(source)?;
         let spec = entry
             .spec
             .read()
             .map_err(|_| AgentError::Poisoned("mapping spec"))?
             .clone();
+        let premapped = premapped.and_then(|p| {
+            let usable = Arc::ptr_eq(&p.spec, &spec) && p.outcomes.len() == records.len();
+            if !usable {
+                tracing::debug!(source, "the source's mapping is not of the current spec; mapping again");
+            }
+            usable.then_some(p.outcomes)
+        });
+        let premapped_used = premapped.is_some();
 
         let t0 = std::time::Instant::now();
-        // 1. Map (CPU work off the async threads).
-        let (records, mapped) = map_records(spec.clone(), records).await?;
+        // 1. Map (CPU work off the async threads), unless the source did
+        // with this spec. The events' `recorded_at` is then the time the
+        // source mapped them; step 2 reserves it all the same.
+        let (records, mapped) = map_records(spec.clone(), records, premapped).await?;
 
         // 2. Reserve each event's recorded_at (stable across resends).
         let mut reserve = Vec::new();
@@ -453,6 +506,7 @@ impl Pipeline {
         tracing::debug!(
             source,
             records = records.len(),
+            premapped = premapped_used,
             map_ms = (t1 - t0).as_millis() as u64,
             reserve_ms = (t2 - t1).as_millis() as u64,
             post_ms = (t3 - t2).as_millis() as u64,
@@ -976,5 +1030,111 @@ mod tests {
         assert!(out.iter().all(RecordOutcome::is_accepted), "{out:?}");
         // 3 → 413; halves 1 and 2; 2 → 413; halves 1 and 1.
         assert_eq!(*sizes.lock().expect("sizes"), vec![3, 1, 2, 1, 1]);
+    }
+
+    /// The outcomes a source hands over with the records: each record
+    /// mapped with `spec` at `at` (a past time, after the records'
+    /// vaccinations), and record 1 given an error the spec does not find.
+    /// A record the pipeline maps again loses both.
+    fn planted_outcomes(spec: &MappingSpec, records: &[(String, Record)], at: &str) -> Vec<MapOutcome> {
+        let at = chrono::DateTime::parse_from_rfc3339(at).expect("time");
+        let mut outcomes: Vec<MapOutcome> = records.iter().map(|(_, r)| spec.map_at(r, at)).collect();
+        assert!(
+            outcomes.iter().all(MapOutcome::is_ok),
+            "the fixture's records map cleanly"
+        );
+        outcomes[1].problems.push(Problem {
+            record: records[1].0.clone(),
+            field: "vaccine_code".into(),
+            rule: "required",
+            value: None,
+            message: "planted by the test".into(),
+            severity: mappings::Severity::Error,
+        });
+        outcomes
+    }
+
+    /// The `recorded_at` the state database keeps for the event of a
+    /// record's receipt (a reservation returns the stored time).
+    async fn stored_recorded_at(
+        state: &StateDb,
+        record: &(String, Record),
+        outcome: &RecordOutcome,
+    ) -> chrono::DateTime<chrono::FixedOffset> {
+        let RecordOutcome::Accepted { receipts } = outcome else {
+            panic!("not accepted: {outcome:?}")
+        };
+        let now = chrono::Utc::now().fixed_offset();
+        let kept = state
+            .reserve("clinic", &[(receipts[0].event_id, record.0.clone(), now)])
+            .await
+            .expect("reserve");
+        kept[0].0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_premapped_with_the_current_spec_are_not_mapped_again() {
+        let (spec, records, state, _dir) = clinic_fixture().await;
+        let pipeline = test_pipeline(fake_gateway().await, state.clone());
+        pipeline.add_source("clinic", spec);
+        // What the agent gives the source (`SourceContext::spec`).
+        let spec = pipeline.spec("clinic").expect("spec");
+        let at = "2025-01-02T03:04:05.678+08:00";
+        let premapped = Premapped {
+            spec: spec.clone(),
+            outcomes: planted_outcomes(&spec, &records, at),
+        };
+        let out = pipeline
+            .submit_premapped("clinic", records.clone(), premapped, None)
+            .await
+            .expect("submit");
+
+        // Record 1 goes by its given outcome: quarantined for the planted
+        // error, with the reason and problems `classify` makes of it.
+        let reason = "field `vaccine_code`: rule required: planted by the test";
+        assert_eq!(out[1], RecordOutcome::Quarantined { reason: reason.into() });
+        let q = state.quarantine_list(Some("clinic"), false).await.expect("quarantine");
+        let planted = q
+            .iter()
+            .find(|e| e.record_key == records[1].0)
+            .expect("record 1 quarantined");
+        assert_eq!(planted.reason, reason);
+        assert_eq!(planted.problems[0]["message"], "planted by the test");
+        // Records 0 and 2 are the posted messages 0 and 1 (the fake
+        // gateway refuses message 0, accepts message 1), and record 2's
+        // event kept the given outcome's recorded_at, not a new one.
+        assert!(matches!(&out[0], RecordOutcome::Rejected { code, .. } if code == "invalid_trace_code"));
+        assert_eq!(
+            stored_recorded_at(&state, &records[2], &out[2]).await,
+            chrono::DateTime::parse_from_rfc3339(at).expect("time")
+        );
+        state.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_premapped_with_another_spec_are_mapped_again() {
+        let (spec, records, state, _dir) = clinic_fixture().await;
+        let pipeline = test_pipeline(fake_gateway().await, state.clone());
+        pipeline.add_source("clinic", spec);
+        // The same rules in another `Arc`: a spec the source mapped with
+        // before the pipeline's was replaced.
+        let stale = Arc::new(MappingSpec::clone(&pipeline.spec("clinic").expect("spec")));
+        let premapped = Premapped {
+            spec: stale.clone(),
+            outcomes: planted_outcomes(&stale, &records, "2025-01-02T03:04:05.678+08:00"),
+        };
+        let start = chrono::Utc::now();
+        let out = pipeline
+            .submit_premapped("clinic", records.clone(), premapped, None)
+            .await
+            .expect("submit");
+
+        // Mapped again: the planted error is gone, all three are posted
+        // (messages 0, 1, 2: refused, accepted, refused by the fake
+        // gateway) and record 1's event is stamped now.
+        assert!(matches!(&out[0], RecordOutcome::Rejected { code, .. } if code == "invalid_trace_code"));
+        assert!(matches!(&out[2], RecordOutcome::Rejected { code, .. } if code == "forbidden"));
+        assert!(stored_recorded_at(&state, &records[1], &out[1]).await >= start - chrono::Duration::seconds(1));
+        state.close().await;
     }
 }

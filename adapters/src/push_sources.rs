@@ -12,7 +12,7 @@ use mappings::{MappingSpec, Record};
 
 use crate::error::AgentError;
 use crate::hl7::{FieldLocator, Hl7Processor};
-use crate::intake::{Outcome, RecordSink, normalise};
+use crate::intake::{Outcome, Premapped, RecordSink, normalise};
 use crate::pipeline::{Pipeline, RecordOutcome};
 
 impl From<RecordOutcome> for Outcome {
@@ -28,7 +28,10 @@ impl From<RecordOutcome> for Outcome {
 /// The agent's pipeline as the push sources' sink: an `Err` of the whole
 /// batch (gateway unreachable after its retries, state database failure)
 /// becomes `Retry` for every record, so nothing is acknowledged to a sender
-/// without a receipt.
+/// without a receipt. Records submitted with their mapping
+/// ([`RecordSink::submit_mapped`], the HL7 sources) are not mapped again
+/// while the source's spec is the one they were mapped with
+/// ([`Pipeline::submit_premapped`]).
 impl RecordSink for Pipeline {
     async fn submit(
         &self,
@@ -37,18 +40,42 @@ impl RecordSink for Pipeline {
         checkpoint: Option<serde_json::Value>,
     ) -> Vec<Outcome> {
         let n = records.len();
-        match self.submit_with_checkpoint(source, records, checkpoint).await {
-            Ok(v) => normalise(v.into_iter().map(Outcome::from).collect(), n),
-            Err(e) => {
-                tracing::warn!(source, error = %e, "submit failed; senders will retry");
-                let reason = e.to_string();
-                (0..n).map(|_| Outcome::Retry { reason: reason.clone() }).collect()
-            }
-        }
+        answer(
+            source,
+            n,
+            self.submit_with_checkpoint(source, records, checkpoint).await,
+        )
+    }
+
+    async fn submit_mapped(
+        &self,
+        source: &str,
+        records: Vec<(String, Record)>,
+        premapped: Premapped,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Vec<Outcome> {
+        let n = records.len();
+        answer(
+            source,
+            n,
+            self.submit_premapped(source, records, premapped, checkpoint).await,
+        )
     }
 
     async fn checkpoint(&self, source: &str) -> Option<serde_json::Value> {
         self.state().checkpoint(source).await.ok().flatten()
+    }
+}
+
+/// The sink's answer for `n` records from the pipeline's result.
+fn answer(source: &str, n: usize, result: Result<Vec<RecordOutcome>, AgentError>) -> Vec<Outcome> {
+    match result {
+        Ok(v) => normalise(v.into_iter().map(Outcome::from).collect(), n),
+        Err(e) => {
+            tracing::warn!(source, error = %e, "submit failed; senders will retry");
+            let reason = e.to_string();
+            (0..n).map(|_| Outcome::Retry { reason: reason.clone() }).collect()
+        }
     }
 }
 
@@ -99,7 +126,9 @@ pub(crate) fn check_dir(dir: &Path, ext: &str) -> Result<String, String> {
 
 /// The HL7 processor of source `name` (MLLP and file drop): `spec` maps the
 /// messages; the field locations of its ERR segments are read from the
-/// spec's TOML, the `mapping` file.
+/// spec's TOML, the `mapping` file. The agent passes the pipeline's own
+/// `Arc` of the source's spec ([`Pipeline::spec`]), so the pipeline uses
+/// the processor's mapping instead of mapping each message again.
 pub(crate) fn hl7_processor<S: RecordSink>(
     name: &str,
     mapping: &Path,
