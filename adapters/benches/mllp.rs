@@ -3,8 +3,9 @@
 //! Each message goes through the whole listener path: MLLP framing, MSH
 //! parse, type check, mapping + validation with config/mappings/hl7-vxu.toml
 //! (for located ERR segments), the batch worker, the sink (an in-memory
-//! sink that maps the record again, as the agent's pipeline does before
-//! sealing), ACK building and the ACK frame back. Not included: sealing,
+//! sink that maps the record again; the agent's pipeline instead reuses the
+//! processor's mapping, so this path maps each message once more than the
+//! agent does), ACK building and the ACK frame back. Not included: sealing,
 //! the POST to the gateway and its durable append (measured separately by
 //! the agent backfill and gateway ingest benchmarks).
 //!
