@@ -13,6 +13,7 @@ use secure_gateway::{
     Recipient, RecipientKey, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey, seal, sm3,
 };
 use support::TestProvider;
+use support::canon::{fields, join};
 use uuid::Uuid;
 
 const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
@@ -62,27 +63,6 @@ impl World {
             .collect();
         sealer.sign(&self.sender, 1_767_225_600_000, recs).unwrap()
     }
-}
-
-/// Splits canonical bytes into their `u32_be(len) ‖ value` fields.
-fn fields(mut b: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let n = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
-        out.push(b[4..4 + n].to_vec());
-        b = &b[4 + n..];
-    }
-    out
-}
-
-/// Joins fields again.
-fn join(fields: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in fields {
-        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        out.extend_from_slice(f);
-    }
-    out
 }
 
 /// The message of a `CryptoError::Envelope` (any other error fails).

@@ -12,6 +12,7 @@ use secure_gateway::{
     RecipientKey, RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, seal, sm3,
 };
 use support::TestProvider;
+use support::canon::{fields, join};
 use uuid::Uuid;
 
 struct World {
@@ -69,27 +70,6 @@ impl World {
         let rec = batch.records[1].clone();
         (batch, rec)
     }
-}
-
-/// Splits canonical bytes into their `u32_be(len) ‖ value` fields.
-fn fields(mut b: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let n = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
-        out.push(b[4..4 + n].to_vec());
-        b = &b[4 + n..];
-    }
-    out
-}
-
-/// Joins fields again.
-fn join(fields: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in fields {
-        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        out.extend_from_slice(f);
-    }
-    out
 }
 
 /// What `docs/envelope.md` tells a reader in another language to do: walk

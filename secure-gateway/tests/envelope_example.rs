@@ -15,6 +15,7 @@ use secure_gateway::{
     sign_batch, sm3,
 };
 use support::TestProvider;
+use support::canon::fields;
 
 /// Signer private key: SM3("vaxgate example signer") as the scalar.
 fn example() -> (TestProvider, KeyHandle, KeyHandle) {
@@ -44,18 +45,6 @@ fn meta(tx: &str) -> EnvelopeMeta {
 }
 
 const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
-
-/// Splits canonical bytes into `u32be len ‖ value` fields.
-fn fields(mut b: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        out.push(b[4..4 + n].to_vec());
-        b = &b[4 + n..];
-    }
-    assert!(b.is_empty());
-    out
-}
 
 const SIGNER_PUBLIC: &str = concat!(
     "0463dc1cdd28ff6b041374eb5e363b21256bd8a04bccecf83597519ecc6c347469980f1405d7da01dac4fe008e4197a1",

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod annex_a;
+pub mod canon;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
