@@ -9,10 +9,9 @@ mod support;
 
 use secure_gateway::batch::{BATCH_BINARY_TAG, open_batch_with_paths};
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoError, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, ReceivedBatch,
-    Recipient, RecipientKey, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey, seal, sm3,
+    BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, ReceivedBatch, Recipient,
+    RecipientKey, RustCryptoProvider, SignedBatch, Sm2SigningKey, Sm2VerifyingKey, seal, sm3,
 };
-use support::TestProvider;
 use support::canon::{fields, join};
 use uuid::Uuid;
 
@@ -233,18 +232,9 @@ fn to_binary_refuses_an_individually_signed_record() {
 /// prints what the document quotes.
 #[test]
 fn worked_example_binary_batch_is_stable() {
-    let inner = RustCryptoProvider::new();
-    let signer = KeyHandle::new("example-signer");
-    inner.insert_sm2_key(
-        signer.clone(),
-        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example signer").0, DEFAULT_DIST_ID).unwrap(),
-    );
-    let p = TestProvider::deterministic(inner);
-    let gw = KeyHandle::new("example-gateway");
-    p.inner.insert_sm2_key(
-        gw.clone(),
-        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example gateway").0, DEFAULT_DIST_ID).unwrap(),
-    );
+    let support::Example {
+        p, signer, gateway: gw, ..
+    } = support::worked_example();
     let vk = p.public_key(&signer).unwrap();
     let sealer = BatchSealer::with_batch_id(
         &p,

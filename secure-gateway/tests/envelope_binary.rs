@@ -8,8 +8,8 @@ mod support;
 
 use secure_gateway::envelope::WrapKind;
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoError, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient,
-    RecipientKey, RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, seal, sm3,
+    BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
+    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, seal, sm3,
 };
 use support::TestProvider;
 use support::canon::{fields, join};
@@ -335,15 +335,8 @@ fn to_binary_refuses_an_envelope_that_would_not_read_back() {
 /// (the same as `tests/envelope_example.rs`): signer scalar SM3("vaxgate
 /// example signer"), KEK `example-kek` = 00..0f, fixed "random" bytes.
 fn example() -> (TestProvider, KeyHandle, KeyHandle) {
-    let inner = RustCryptoProvider::new();
-    let signer = KeyHandle::new("example-signer");
-    inner.insert_sm2_key(
-        signer.clone(),
-        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example signer").0, DEFAULT_DIST_ID).unwrap(),
-    );
-    let kek = KeyHandle::new("example-kek");
-    inner.insert_kek(kek.clone(), Sm4Key::new(std::array::from_fn(|i| i as u8)));
-    (TestProvider::deterministic(inner), signer, kek)
+    let e = support::worked_example();
+    (e.p, e.signer, e.kek)
 }
 
 fn example_meta(tx: &str) -> EnvelopeMeta {
@@ -398,12 +391,9 @@ fn worked_example_binary_form_is_stable() {
     assert_eq!(SealedEnvelope::from_binary(&bin).unwrap().to_json(), json);
 
     // The second example's record 0: a batch record, no signature.
-    let (p, signer, _) = example();
-    let gw = KeyHandle::new("example-gateway");
-    p.inner.insert_sm2_key(
-        gw.clone(),
-        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example gateway").0, DEFAULT_DIST_ID).unwrap(),
-    );
+    let support::Example {
+        p, signer, gateway: gw, ..
+    } = support::worked_example();
     let vk = p.public_key(&signer).unwrap();
     let sealer = BatchSealer::with_batch_id(
         &p,

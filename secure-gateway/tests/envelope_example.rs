@@ -10,28 +10,16 @@
 mod support;
 
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm3Digest, Sm4Key, merkle, open, seal, seal_unsigned,
-    sign_batch, sm3,
+    BatchSealer, ContentType, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, SealedEnvelope,
+    Sm3Digest, merkle, open, seal, seal_unsigned, sign_batch,
 };
 use support::TestProvider;
 use support::canon::fields;
 
 /// Signer private key: SM3("vaxgate example signer") as the scalar.
 fn example() -> (TestProvider, KeyHandle, KeyHandle) {
-    let inner = RustCryptoProvider::new();
-    let d = sm3(b"vaxgate example signer");
-    let signer = KeyHandle::new("example-signer");
-    inner.insert_sm2_key(
-        signer.clone(),
-        Sm2SigningKey::from_bytes(&d.0, DEFAULT_DIST_ID).unwrap(),
-    );
-    let kek = KeyHandle::new("example-kek");
-    inner.insert_kek(
-        kek.clone(),
-        Sm4Key::new(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"),
-    );
-    (TestProvider::deterministic(inner), signer, kek)
+    let e = support::worked_example();
+    (e.p, e.signer, e.kek)
 }
 
 fn meta(tx: &str) -> EnvelopeMeta {
@@ -157,12 +145,9 @@ fn worked_example_is_stable() {
 /// is unchanged by this one.
 #[test]
 fn batch_kek_example_is_stable() {
-    let (p, signer, _) = example();
-    let gw = KeyHandle::new("example-gateway");
-    p.inner.insert_sm2_key(
-        gw.clone(),
-        Sm2SigningKey::from_bytes(&sm3(b"vaxgate example gateway").0, DEFAULT_DIST_ID).unwrap(),
-    );
+    let support::Example {
+        p, signer, gateway: gw, ..
+    } = support::worked_example();
     let vk = p.public_key(&signer).unwrap();
     let gw_pk = p.public_key(&gw).unwrap();
     let sealer = BatchSealer::with_batch_id(

@@ -159,3 +159,37 @@ fn pkeyutl_sm2<'a>(op: &[&'a str], msg: &'a str, tail: &[&'a str]) -> Vec<&'a st
     args.extend_from_slice(tail);
     args
 }
+
+/// The keys of the worked examples of `docs/envelope.md`, in a
+/// deterministic [`TestProvider`]: the signer (private scalar SM3("vaxgate
+/// example signer")), the KEK `example-kek` = 00 01 … 0f, and the gateway
+/// (private scalar SM3("vaxgate example gateway")), the SM2 recipient of the
+/// second example.
+pub struct Example {
+    pub p: TestProvider,
+    pub signer: KeyHandle,
+    pub kek: KeyHandle,
+    pub gateway: KeyHandle,
+}
+
+/// See [`Example`].
+pub fn worked_example() -> Example {
+    use secure_gateway::{DEFAULT_DIST_ID, Sm2SigningKey};
+    let inner = RustCryptoProvider::new();
+    let key = |name: &str, seed: &[u8]| {
+        let h = KeyHandle::new(name);
+        let d = Sm2SigningKey::from_bytes(&sm3(seed).0, DEFAULT_DIST_ID).expect("a valid scalar");
+        inner.insert_sm2_key(h.clone(), d);
+        h
+    };
+    let signer = key("example-signer", b"vaxgate example signer");
+    let gateway = key("example-gateway", b"vaxgate example gateway");
+    let kek = KeyHandle::new("example-kek");
+    inner.insert_kek(kek.clone(), Sm4Key::new(std::array::from_fn(|i| i as u8)));
+    Example {
+        p: TestProvider::deterministic(inner),
+        signer,
+        kek,
+        gateway,
+    }
+}
