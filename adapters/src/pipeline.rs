@@ -126,6 +126,9 @@ struct Inner {
     sources: RwLock<HashMap<String, Arc<SourceEntry>>>,
     /// Serialises the checks of the gateway's checkpoints.
     log_check: tokio::sync::Mutex<()>,
+    /// Set once the gateway refused the binary batch form (415: a gateway
+    /// older than the agent): batches go as JSON from then on.
+    json_only: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -353,6 +356,7 @@ impl Pipeline {
                 state,
                 sources: RwLock::new(HashMap::new()),
                 log_check: tokio::sync::Mutex::new(()),
+                json_only: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -730,34 +734,48 @@ impl Pipeline {
         loop {
             let inner = self.inner.clone();
             let msgs = messages.clone();
+            let binary = !self.inner.json_only.load(std::sync::atomic::Ordering::Relaxed);
             let body = tokio::task::spawn_blocking(move || {
-                crate::seal::seal_batch(
+                let batch = crate::seal::seal_batch(
                     inner.cfg.key.provider().as_ref(),
                     inner.cfg.key.handle(),
                     &inner.cfg.entity_id,
                     &inner.cfg.gateway_key,
                     &[],
                     &msgs,
-                )
-                .and_then(|b| b.to_binary())
+                )?;
+                if binary {
+                    batch.to_binary()
+                } else {
+                    Ok(batch.to_json().into_bytes())
+                }
             })
             .await
             .map_err(|e| AgentError::Crypto(format!("sealing task: {e}")))?
             .map_err(|e| AgentError::Crypto(e.to_string()))?;
+            let content_type = if binary {
+                secure_gateway::BATCH_MEDIA_TYPE
+            } else {
+                "application/json"
+            };
             // Brief receipts: the agent keeps only where each record went.
             match self
                 .inner
                 .client
-                .send_as(
-                    "POST",
-                    "/v1/transactions?receipts=brief",
-                    body,
-                    secure_gateway::BATCH_MEDIA_TYPE,
-                )
+                .send_as("POST", "/v1/transactions?receipts=brief", body, content_type)
                 .await
             {
                 Ok(bytes) => {
                     return serde_json::from_slice(&bytes).map_err(|e| AgentError::Answer(e.to_string()));
+                }
+                // A gateway older than the binary batch form: the same batch
+                // as JSON, now and from then on (not counted as an attempt).
+                Err(ClientError::Api { status: 415, .. }) if binary => {
+                    tracing::warn!(
+                        "the gateway does not take the binary batch form ({}); sending batches as JSON",
+                        secure_gateway::BATCH_MEDIA_TYPE
+                    );
+                    self.inner.json_only.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) if e.is_transient() && backoff.attempts() + 1 < self.inner.cfg.attempts.max(1) => {
                     tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "gateway call failed; retrying");
@@ -804,13 +822,21 @@ mod tests {
     /// A one-route HTTP gateway answering `POST /v1/transactions` with
     /// [`result`] for each record of the posted batch.
     async fn fake_gateway() -> String {
-        fake_gateway_limited(None).await.0
+        fake_gateway_with(None, false).await.0
     }
 
     /// With `Some(max)`: answers 413 `body_too_large` to a batch of more than
     /// `max` records and accepts every record of the others; returns the
     /// sizes of the batches posted, in order.
-    async fn fake_gateway_limited(max: Option<usize>) -> (String, Arc<std::sync::Mutex<Vec<usize>>>) {
+    /// With `Some(max)`: answers 413 `body_too_large` to a batch of more than
+    /// `max` records and accepts every record of the others. With
+    /// `refuse_binary`, answers the binary batch form 415, as a gateway
+    /// older than the agent does. Returns the records and content type of
+    /// every batch posted, in order.
+    async fn fake_gateway_with(
+        max: Option<usize>,
+        refuse_binary: bool,
+    ) -> (String, Arc<std::sync::Mutex<Vec<(usize, String)>>>) {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -821,18 +847,21 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
-                    let (head_end, len) = loop {
+                    let (head_end, len, content_type) = loop {
                         let n = sock.read(&mut chunk).await.expect("read");
                         assert!(n > 0, "connection closed before the request's headers");
                         buf.extend_from_slice(&chunk[..n]);
                         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
+                            let header = |name: &str| {
+                                head.lines()
+                                    .find_map(|l| l.strip_prefix(name))
+                                    .map(|v| v.trim().to_string())
+                            };
+                            let len = header("content-length:")
+                                .and_then(|v| v.parse::<usize>().ok())
                                 .expect("content-length");
-                            break (p + 4, len);
+                            break (p + 4, len, header("content-type:").expect("content-type"));
                         }
                     };
                     while buf.len() < head_end + len {
@@ -840,11 +869,22 @@ mod tests {
                         assert!(n > 0, "connection closed in the body");
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    // The agent posts the binary batch form.
-                    let batch = secure_gateway::SignedBatch::from_binary(&buf[head_end..]).expect("binary batch");
+                    let body = &buf[head_end..];
+                    let batch = if content_type == secure_gateway::BATCH_MEDIA_TYPE {
+                        secure_gateway::SignedBatch::from_binary(body).expect("binary batch")
+                    } else {
+                        assert_eq!(content_type, "application/json");
+                        secure_gateway::SignedBatch::from_json(body).expect("JSON batch")
+                    };
                     let n = batch.records.len();
-                    seen.lock().expect("sizes").push(n);
+                    seen.lock().expect("sizes").push((n, content_type.clone()));
+                    let binary = content_type == secure_gateway::BATCH_MEDIA_TYPE;
                     let (status, body) = match max {
+                        _ if refuse_binary && binary => (
+                            "415 Unsupported Media Type",
+                            serde_json::json!({"error": {"code": "unsupported_content_type",
+                                "message": "content-type \"application/vnd.vaxgate.batch\" is not accepted on /v1/transactions; send application/json"}}),
+                        ),
                         Some(m) if n > m => (
                             "413 Payload Too Large",
                             serde_json::json!({"error": {"code": "body_too_large", "message": "the body exceeds server.max_body_bytes"}}),
@@ -1020,7 +1060,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_too_large_for_the_gateway_is_split_not_retried_forever() {
         let (spec, records, state, _dir) = clinic_fixture().await;
-        let (url, sizes) = fake_gateway_limited(Some(1)).await;
+        let (url, posts) = fake_gateway_with(Some(1), false).await;
         let pipeline = test_pipeline(url, state);
         pipeline.add_source("clinic", spec);
         let out = tokio::time::timeout(Duration::from_secs(30), pipeline.submit("clinic", records))
@@ -1029,7 +1069,34 @@ mod tests {
             .expect("submit");
         assert!(out.iter().all(RecordOutcome::is_accepted), "{out:?}");
         // 3 → 413; halves 1 and 2; 2 → 413; halves 1 and 1.
-        assert_eq!(*sizes.lock().expect("sizes"), vec![3, 1, 2, 1, 1]);
+        let posts = posts.lock().expect("posts").clone();
+        let sizes: Vec<usize> = posts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, vec![3, 1, 2, 1, 1]);
+        assert!(
+            posts.iter().all(|(_, ct)| ct == secure_gateway::BATCH_MEDIA_TYPE),
+            "{posts:?}"
+        );
+    }
+
+    /// A gateway older than the binary batch form answers it 415: the
+    /// agent sends the same batch as JSON, and every later one too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_without_the_binary_form_gets_json() {
+        let (spec, records, state, _dir) = clinic_fixture().await;
+        let (url, posts) = fake_gateway_with(None, true).await;
+        let pipeline = test_pipeline(url, state);
+        pipeline.add_source("clinic", spec);
+        let (first, second) = records.split_at(1);
+        for batch in [first, second] {
+            let out = pipeline.submit("clinic", batch.to_vec()).await.expect("submit");
+            assert_eq!(out.len(), batch.len());
+        }
+        let json = "application/json".to_string();
+        let binary = secure_gateway::BATCH_MEDIA_TYPE.to_string();
+        assert_eq!(
+            *posts.lock().expect("posts"),
+            vec![(1, binary), (1, json.clone()), (2, json)]
+        );
     }
 
     /// The outcomes a source hands over with the records: each record
