@@ -232,25 +232,9 @@ fn to_binary_refuses_an_individually_signed_record() {
 /// prints what the document quotes.
 #[test]
 fn worked_example_binary_batch_is_stable() {
-    let support::Example {
-        p, signer, gateway: gw, ..
-    } = support::worked_example();
-    let vk = p.public_key(&signer).unwrap();
-    let sealer = BatchSealer::with_batch_id(
-        &p,
-        vk.key_id(),
-        "00000000-0000-4000-8000-0000000000bb".parse().unwrap(),
-        &[Recipient::Sm2(p.public_key(&gw).unwrap())],
-    )
-    .unwrap();
-    let recs = [
-        "00000000-0000-4000-8000-000000000011",
-        "00000000-0000-4000-8000-000000000012",
-    ]
-    .iter()
-    .map(|tx| sealer.seal_unsigned(meta(tx), PAYLOAD).unwrap())
-    .collect();
-    let batch = sealer.sign(&signer, 1_767_225_600_000, recs).unwrap();
+    let e = support::worked_example();
+    let vk = e.p.public_key(&e.signer).unwrap();
+    let batch = e.batch();
     let bin = batch.to_binary().unwrap();
     let json = batch.to_json();
     let f = fields(&bin);

@@ -391,20 +391,7 @@ fn worked_example_binary_form_is_stable() {
     assert_eq!(SealedEnvelope::from_binary(&bin).unwrap().to_json(), json);
 
     // The second example's record 0: a batch record, no signature.
-    let support::Example {
-        p, signer, gateway: gw, ..
-    } = support::worked_example();
-    let vk = p.public_key(&signer).unwrap();
-    let sealer = BatchSealer::with_batch_id(
-        &p,
-        vk.key_id(),
-        "00000000-0000-4000-8000-0000000000bb".parse().unwrap(),
-        &[Recipient::Sm2(p.public_key(&gw).unwrap())],
-    )
-    .unwrap();
-    let rec = sealer
-        .seal_unsigned(example_meta("00000000-0000-4000-8000-000000000011"), PAYLOAD)
-        .unwrap();
+    let rec = support::worked_example().batch().records[0].clone();
     let bin = rec.to_binary().unwrap();
     let json = rec.to_json();
     println!(

@@ -10,8 +10,8 @@
 mod support;
 
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, SealedEnvelope,
-    Sm3Digest, merkle, open, seal, seal_unsigned, sign_batch,
+    ContentType, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, SealedEnvelope, Sm3Digest, merkle,
+    open, seal, seal_unsigned, sign_batch,
 };
 use support::TestProvider;
 use support::canon::fields;
@@ -145,26 +145,13 @@ fn worked_example_is_stable() {
 /// is unchanged by this one.
 #[test]
 fn batch_kek_example_is_stable() {
+    let e = support::worked_example();
+    let batch = e.batch();
     let support::Example {
         p, signer, gateway: gw, ..
-    } = support::worked_example();
+    } = e;
     let vk = p.public_key(&signer).unwrap();
     let gw_pk = p.public_key(&gw).unwrap();
-    let sealer = BatchSealer::with_batch_id(
-        &p,
-        vk.key_id(),
-        "00000000-0000-4000-8000-0000000000bb".parse().unwrap(),
-        &[Recipient::Sm2(gw_pk.clone())],
-    )
-    .unwrap();
-    let recs: Vec<SealedEnvelope> = [
-        "00000000-0000-4000-8000-000000000011",
-        "00000000-0000-4000-8000-000000000012",
-    ]
-    .iter()
-    .map(|tx| sealer.seal_unsigned(meta(tx), PAYLOAD).unwrap())
-    .collect();
-    let batch = sealer.sign(&signer, 1_767_225_600_000, recs).unwrap();
     println!("gateway public key (SEC1): {}", hex::encode(gw_pk.to_sec1()));
     println!("gateway key id: {}", gw_pk.key_id());
     for (i, r) in batch.records.iter().enumerate() {

@@ -193,3 +193,49 @@ pub fn worked_example() -> Example {
         gateway,
     }
 }
+
+/// The payload of the worked examples.
+pub const EXAMPLE_PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
+
+/// The worked examples' metadata for transaction `tx`.
+pub fn example_meta(tx: &str) -> secure_gateway::EnvelopeMeta {
+    secure_gateway::EnvelopeMeta {
+        transaction_id: tx.parse().expect("a UUID"),
+        entity_id: "hospital-310101-001".into(),
+        timestamp_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+        content_type: secure_gateway::ContentType::Json,
+        dataset_category: "vaccination-record".into(),
+    }
+}
+
+impl Example {
+    /// The second example's sealer: batch 00000000-0000-4000-8000-0000000000bb,
+    /// one SM2 recipient, the gateway (`sm2-batch-kek`).
+    pub fn sealer(&self) -> secure_gateway::BatchSealer<'_> {
+        let vk = self.p.public_key(&self.signer).expect("the signer");
+        let gateway = self.p.public_key(&self.gateway).expect("the gateway");
+        secure_gateway::BatchSealer::with_batch_id(
+            &self.p,
+            vk.key_id(),
+            "00000000-0000-4000-8000-0000000000bb".parse().expect("a UUID"),
+            &[secure_gateway::Recipient::Sm2(gateway)],
+        )
+        .expect("a sealer")
+    }
+
+    /// The second worked example: records …11 and …12 of
+    /// [`EXAMPLE_PAYLOAD`], sealed by [`Example::sealer`] and signed at
+    /// 2026-01-01T00:00:00Z. Call it on a fresh [`worked_example`]: the
+    /// provider's "random" bytes depend on what it drew before.
+    pub fn batch(&self) -> secure_gateway::SignedBatch {
+        let sealer = self.sealer();
+        let recs = [
+            "00000000-0000-4000-8000-000000000011",
+            "00000000-0000-4000-8000-000000000012",
+        ]
+        .iter()
+        .map(|tx| sealer.seal_unsigned(example_meta(tx), EXAMPLE_PAYLOAD).expect("sealed"))
+        .collect();
+        sealer.sign(&self.signer, 1_767_225_600_000, recs).expect("signed")
+    }
+}
