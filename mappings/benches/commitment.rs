@@ -16,12 +16,17 @@
 
 use std::hint::black_box;
 
-use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::measurement::Measurement;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mappings::TraceEvent;
 use mappings::commitment::{self, Commitment};
 use serde_json::Value;
 use sm3::{Digest, Sm3};
+
+#[path = "support/thread_cpu.rs"]
+#[allow(dead_code)] // each bench uses part of it
+mod thread_cpu;
+use thread_cpu::ThreadCpu;
 
 const GOLDEN: &str = include_str!("../tests/golden/vaccination/clinic-ims.json");
 
@@ -197,62 +202,10 @@ fn cpu(c: &mut Criterion<ThreadCpu>) {
     bench(c, "commit_cpu", CPU_BATCH);
 }
 
-/// CPU time of the calling thread in nanoseconds (Linux schedstat; the
-/// value lags by at most one scheduler tick, averaged out over samples).
-#[derive(Debug, Clone, Copy)]
-struct ThreadCpu;
-
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = u64;
-    type Value = u64;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, i: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(i)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    /// Per commit (an iteration is [`CPU_BATCH`] commits).
-    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
-        values.iter_mut().for_each(|v| *v /= 1e3 * CPU_BATCH as f64);
-        "µs cpu/commit"
-    }
-    fn scale_throughputs(&self, _typical: f64, _t: &criterion::Throughput, values: &mut [f64]) -> &'static str {
-        values.iter_mut().for_each(|v| *v = 0.0);
-        "(no throughput)"
-    }
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
-
 criterion_group!(wall_clock, wall);
 criterion_group! {
     name = cpu_time;
-    config = Criterion::default().with_measurement(ThreadCpu);
+    config = Criterion::default().with_measurement(ThreadCpu::per(CPU_BATCH as u64, "µs cpu/commit"));
     targets = cpu
 }
 criterion_main!(wall_clock, cpu_time);

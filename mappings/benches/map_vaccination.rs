@@ -10,10 +10,15 @@
 use std::hint::black_box;
 
 use chrono::DateTime;
-use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::measurement::Measurement;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mappings::{Dataset, MappingSpec, Record, canonical};
 use serde_json::Value;
+
+#[path = "support/thread_cpu.rs"]
+#[allow(dead_code)] // each bench uses part of it
+mod thread_cpu;
+use thread_cpu::ThreadCpu;
 
 const SPEC: &str = include_str!("../../config/mappings/clinic-ims.toml");
 const ROWS: &str = include_str!("../../config/mappings/samples/clinic-ims.rows.json");
@@ -82,73 +87,10 @@ fn cpu(c: &mut Criterion<ThreadCpu>) {
     bench(c, "vaccination_rows_cpu");
 }
 
-/// CPU time of the calling thread in nanoseconds (Linux schedstat; the
-/// value lags by at most one scheduler tick, averaged out over samples).
-#[derive(Debug, Clone, Copy)]
-struct ThreadCpu;
-
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = u64;
-    type Value = u64;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, i: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(i)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
-        let (d, unit) = if typical < 1e3 {
-            (1.0, "ns cpu")
-        } else if typical < 1e6 {
-            (1e3, "µs cpu")
-        } else if typical < 1e9 {
-            (1e6, "ms cpu")
-        } else {
-            (1e9, "s cpu")
-        };
-        values.iter_mut().for_each(|v| *v /= d);
-        unit
-    }
-    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
-        let n = match *t {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Bits(n) => n,
-        } as f64;
-        values.iter_mut().for_each(|v| *v = n * 1e9 / *v / 1e3);
-        "Kelem/s per core"
-    }
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
-
 criterion_group!(wall_clock, wall);
 criterion_group! {
     name = cpu_time;
-    config = Criterion::default().with_measurement(ThreadCpu);
+    config = Criterion::default().with_measurement(ThreadCpu::default());
     targets = cpu
 }
 criterion_main!(wall_clock, cpu_time);
