@@ -308,10 +308,13 @@ pub(crate) fn write_time(t: &chrono::DateTime<chrono::FixedOffset>, out: &mut Ve
         return;
     }
     out.push(if off < 0 { b'-' } else { b'+' });
-    let off = off.unsigned_abs();
-    two(out, off / 3600);
+    // RFC 3339 offsets have no seconds: an offset that has some (a time
+    // zone's local mean time, e.g. +08:05:43) is rounded to the nearest
+    // minute, half away from zero, as chrono's serde form does.
+    let mins = (off.unsigned_abs() + 30) / 60;
+    two(out, mins / 60);
     out.push(b':');
-    two(out, (off / 60) % 60);
+    two(out, mins % 60);
     out.push(b'"');
 }
 
@@ -347,6 +350,26 @@ mod time_tests {
             assert_eq!(
                 String::from_utf8(out).expect("UTF-8"),
                 serde_json::to_string(&dt).expect("chrono serialises")
+            );
+        }
+    }
+
+    /// Every offset chrono allows, to the second (local mean times such as
+    /// Asia/Shanghai's +08:05:43 before 1901 have seconds), is written as
+    /// serde writes it: so `event_canonical_json` is the canonical form of
+    /// the event's serde value, as its documentation says.
+    #[test]
+    fn every_offset_matches_chrono_serde() {
+        let utc = chrono::DateTime::parse_from_rfc3339("1900-06-01T12:00:00Z").expect("test time");
+        let mut out = Vec::new();
+        for secs in (-86_399..=86_399).step_by(7).chain([-30, -29, 29, 30, 20_743, -14_910]) {
+            let dt = utc.with_timezone(&chrono::FixedOffset::east_opt(secs).expect("an offset"));
+            out.clear();
+            write_time(&dt, &mut out);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("UTF-8"),
+                serde_json::to_string(&dt).expect("chrono serialises"),
+                "offset {secs} s"
             );
         }
     }

@@ -388,17 +388,8 @@ fn public_digests(e: &TraceEvent, seed: &[u8; 32], buf: &mut Vec<u8>, out: &mut 
     fn string(s: &str) -> impl FnOnce(&mut Vec<u8>) + '_ {
         move |out| write_string(s, out)
     }
-    // `write_time` truncates an offset to whole minutes, where serde
-    // (chrono) rounds it: offsets with seconds (local mean time, from a
-    // time zone's history) take the serde way.
     fn time(t: &chrono::DateTime<chrono::FixedOffset>) -> impl FnOnce(&mut Vec<u8>) + '_ {
-        move |out| {
-            if t.offset().local_minus_utc() % 60 == 0 {
-                write_time(t, out);
-            } else {
-                write_canonical(&serde_json::to_value(t).unwrap_or(Value::Null), out);
-            }
-        }
+        move |out| write_time(t, out)
     }
     if !e.aggregations.is_empty() {
         h.member("", "aggregations", |out| write_aggregations(&e.aggregations, out));
@@ -862,7 +853,7 @@ mod tests {
 
     /// An offset with seconds (a time zone's local mean time, e.g.
     /// Asia/Shanghai's +08:05:43 before 1901) is written as serde writes
-    /// it, rounded to the minute: `canonical::write_time` truncates it.
+    /// it, rounded to the minute.
     #[test]
     fn offsets_with_seconds_round_as_serde_does() {
         for (secs, at) in [
