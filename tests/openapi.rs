@@ -44,6 +44,20 @@ fn document_matches_the_router_both_ways() {
         .as_array()
         .unwrap();
     assert!(codes.iter().any(|c| c["const"] == "replayed_nonce"));
+    // The batch routes take a signed batch as JSON or in its binary form;
+    // the registry takes JSON only.
+    for path in ["/v1/transactions", "/v1/cancellations"] {
+        let content = doc["paths"][path]["post"]["requestBody"]["content"]
+            .as_object()
+            .unwrap();
+        let mut types: Vec<&str> = content.keys().map(String::as_str).collect();
+        types.sort_unstable();
+        assert_eq!(types, ["application/json", secure_gateway::BATCH_MEDIA_TYPE], "{path}");
+    }
+    let registry = doc["paths"]["/v1/admin/registry"]["post"]["requestBody"]["content"]
+        .as_object()
+        .unwrap();
+    assert_eq!(registry.keys().collect::<Vec<_>>(), ["application/json"]);
 
     // Documented → routed.
     let mut documented = Vec::new();
