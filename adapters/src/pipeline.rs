@@ -771,11 +771,13 @@ impl Pipeline {
                 // A gateway older than the binary batch form: the same batch
                 // as JSON, now and from then on (not counted as an attempt).
                 Err(ClientError::Api { status: 415, .. }) if binary => {
-                    tracing::warn!(
-                        "the gateway does not take the binary batch form ({}); sending batches as JSON",
-                        secure_gateway::BATCH_MEDIA_TYPE
-                    );
-                    self.inner.json_only.store(true, std::sync::atomic::Ordering::Relaxed);
+                    // Said once, though several batches may be in flight.
+                    if !self.inner.json_only.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the gateway does not take the binary batch form ({}); sending batches as JSON",
+                            secure_gateway::BATCH_MEDIA_TYPE
+                        );
+                    }
                 }
                 Err(e) if e.is_transient() && backoff.attempts() + 1 < self.inner.cfg.attempts.max(1) => {
                     tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "gateway call failed; retrying");
