@@ -331,39 +331,48 @@ pub const BATCH_MEDIA_TYPE: &str = "application/vnd.vaxgate.batch";
 /// Domain-separation tag that opens the binary form of a signed batch.
 pub const BATCH_BINARY_TAG: &str = "vaxgate/signed-batch-binary";
 
-/// Prefixes a parse error of the binary batch form.
-fn binary_batch_err(e: CryptoError) -> CryptoError {
-    match e {
-        CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary batch: {m}")),
+/// Prefixes the message of a parse error ([`CryptoError::Envelope`]) with
+/// where in the form it happened.
+fn within(prefix: impl std::fmt::Display) -> impl Fn(CryptoError) -> CryptoError {
+    move |e| match e {
+        CryptoError::Envelope(m) => CryptoError::Envelope(format!("{prefix}{m}")),
         other => other,
     }
 }
 
+/// Prefixes a parse error of the binary batch form.
+fn binary_batch_err(e: CryptoError) -> CryptoError {
+    within("binary batch: ")(e)
+}
+
+/// The next field of `r`, which must be the domain tag `tag`.
+fn expect_tag(r: &mut CanonReader<'_>, tag: &str) -> Result<(), CryptoError> {
+    let got = r.field("domain tag")?;
+    if got != tag.as_bytes() {
+        return Err(CryptoError::Envelope(format!(
+            "domain tag must be \"{tag}\", got {}",
+            quote(got)
+        )));
+    }
+    Ok(())
+}
+
 /// The batch header from its [`BatchHeader::signed_bytes`] and signature.
 fn header_from_signed(bytes: &[u8], signature: &[u8]) -> Result<BatchHeader, CryptoError> {
-    let at = |e: CryptoError| match e {
-        CryptoError::Envelope(m) => CryptoError::Envelope(format!("header: {m}")),
-        other => other,
-    };
+    let at = within("header: ");
     let mut r = CanonReader(bytes);
-    let tag = r.field("domain tag").map_err(at)?;
-    if tag != BATCH_TAG.as_bytes() {
-        return Err(at(CryptoError::Envelope(format!(
-            "domain tag must be \"{BATCH_TAG}\", got {}",
-            quote(tag)
-        ))));
-    }
-    let [version] = fixed::<1>(&mut r, "version").map_err(at)?;
+    expect_tag(&mut r, BATCH_TAG).map_err(&at)?;
+    let [version] = fixed::<1>(&mut r, "version").map_err(&at)?;
     if version != BATCH_VERSION {
         return Err(at(CryptoError::Envelope(format!(
             "unsupported batch version {version} (this build reads {BATCH_VERSION})"
         ))));
     }
-    let batch_id = Uuid::from_bytes(fixed::<16>(&mut r, "batch id").map_err(at)?);
-    let key_id = utf8(&mut r, "key id").map_err(at)?;
-    let timestamp_ms = i64::from_be_bytes(fixed::<8>(&mut r, "timestamp").map_err(at)?);
-    let tree_size = u64::from_be_bytes(fixed::<8>(&mut r, "tree size").map_err(at)?);
-    let root = Sm3Digest(fixed::<32>(&mut r, "root").map_err(at)?);
+    let batch_id = Uuid::from_bytes(fixed::<16>(&mut r, "batch id").map_err(&at)?);
+    let key_id = utf8(&mut r, "key id").map_err(&at)?;
+    let timestamp_ms = i64::from_be_bytes(fixed::<8>(&mut r, "timestamp").map_err(&at)?);
+    let tree_size = u64::from_be_bytes(fixed::<8>(&mut r, "tree size").map_err(&at)?);
+    let root = Sm3Digest(fixed::<32>(&mut r, "root").map_err(&at)?);
     if !r.0.is_empty() {
         return Err(at(CryptoError::Envelope(format!(
             "{} trailing bytes after the root",
@@ -407,13 +416,7 @@ impl ReceivedBatch {
     /// Parses the binary transport form ([`SignedBatch::from_binary`]).
     pub fn from_binary(bytes: &[u8]) -> Result<Self, CryptoError> {
         let mut r = CanonReader(bytes);
-        let tag = r.field("domain tag").map_err(binary_batch_err)?;
-        if tag != BATCH_BINARY_TAG.as_bytes() {
-            return Err(binary_batch_err(CryptoError::Envelope(format!(
-                "domain tag must be \"{BATCH_BINARY_TAG}\", got {}",
-                quote(tag)
-            ))));
-        }
+        expect_tag(&mut r, BATCH_BINARY_TAG).map_err(binary_batch_err)?;
         let head = r.field("header").map_err(binary_batch_err)?;
         let sig = r.field("signature").map_err(binary_batch_err)?;
         let header = header_from_signed(head, sig).map_err(binary_batch_err)?;
@@ -431,10 +434,8 @@ impl ReceivedBatch {
         let mut records = Vec::with_capacity(n);
         let mut signed = Vec::with_capacity(n);
         for i in 0..n {
-            let at = |e: CryptoError| match e {
-                CryptoError::Envelope(m) => CryptoError::Envelope(format!("binary batch: record {i}: {m}")),
-                other => other,
-            };
+            // The prefix is formatted only for an error: this runs per record.
+            let at = |e: CryptoError| within(format_args!("binary batch: record {i}: "))(e);
             let b = r.field("record").map_err(at)?;
             records.push(SealedEnvelope::from_signed_bytes(b).map_err(at)?);
             signed.push(b.to_vec());
