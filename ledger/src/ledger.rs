@@ -70,6 +70,8 @@ struct AppendRequest {
     /// The log leaf hash of each transaction, computed by [`precheck`] in the
     /// caller's task so that hashing and signature checks run in parallel.
     leaves: Vec<Sm3Digest>,
+    /// Each transaction's leaf hash within its signed batch (format 2).
+    batch_leaves: Vec<Option<Sm3Digest>>,
     /// Rows to write in the block's own database transaction.
     side: Option<Box<dyn SideWrite>>,
     respond: oneshot::Sender<Result<Vec<Receipt>, LedgerError>>,
@@ -223,12 +225,13 @@ impl<S: LedgerStore> Ledger<S> {
         if txs.is_empty() {
             return Ok(Vec::new());
         }
-        let leaves = precheck(&txs, self.max_payload, self.format, &membership)?;
+        let (leaves, batch_leaves) = precheck(&txs, self.max_payload, self.format, &membership)?;
         let (respond, rx) = oneshot::channel();
         self.sender
             .send(AppendRequest {
                 txs,
                 leaves,
+                batch_leaves,
                 side,
                 respond,
             })
@@ -366,23 +369,29 @@ async fn create_genesis<S: LedgerStore>(
         source,
     })?;
     let leaves = txs.iter().map(Transaction::leaf_hash).collect();
+    let batch_leaves = txs
+        .iter()
+        .map(|t| t.batch_leaf_hash(&t.content.content_hash(), &sm3(&t.content.payload)))
+        .collect();
     let mut frontier = Frontier::default();
-    let commit = build_block(key, &mut frontier, None, txs, leaves, ts)?;
+    let commit = build_block(key, &mut frontier, None, (txs, leaves, batch_leaves), ts)?;
     store.commit_block(&commit).await
 }
 
 /// Assembles the next block on top of `prev` (None = genesis).
-/// `leaves` are the transactions' leaf hashes, computed once by the caller.
+/// `block` is the transactions with their log leaf hashes and their leaf
+/// hashes in their batches, computed once by the caller.
 /// On a signing failure `frontier` has grown; the caller restores it.
 fn build_block(
     key: &Signer,
     frontier: &mut Frontier,
     prev: Option<&BlockHeader>,
-    txs: Vec<Transaction>,
-    leaves: Vec<Sm3Digest>,
+    block: BlockTxs,
     now: i64,
 ) -> Result<BlockCommit, LedgerError> {
+    let (txs, leaves, batch_leaves) = block;
     debug_assert_eq!(txs.len(), leaves.len());
+    debug_assert_eq!(txs.len(), batch_leaves.len());
     let first_leaf = frontier.size();
     let mut nodes = Vec::with_capacity(txs.len() * 2 + 8);
     for leaf in &leaves {
@@ -415,6 +424,7 @@ fn build_block(
     Ok(BlockCommit {
         block,
         txs,
+        batch_leaves,
         nodes,
         checkpoint,
     })
@@ -488,6 +498,7 @@ impl<S: LedgerStore> Committer<S> {
         }
         let mut txs = Vec::new();
         let mut leaves = Vec::new();
+        let mut batch_leaves = Vec::new();
         let mut sizes = Vec::with_capacity(accepted.len());
         let accepted: Vec<AppendRequest> = accepted
             .into_iter()
@@ -495,12 +506,14 @@ impl<S: LedgerStore> Committer<S> {
                 sizes.push(req.txs.len());
                 txs.append(&mut req.txs);
                 leaves.append(&mut req.leaves);
+                batch_leaves.append(&mut req.batch_leaves);
                 req
             })
             .collect();
         let saved = self.frontier.clone();
         let first_leaf = self.frontier.size();
-        let commit = match build_block(&self.key, &mut self.frontier, Some(&self.head), txs, leaves, now_ms()) {
+        let block = (txs, leaves, batch_leaves);
+        let commit = match build_block(&self.key, &mut self.frontier, Some(&self.head), block, now_ms()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "block not signed; nothing of it was written");
@@ -597,14 +610,16 @@ impl<S: LedgerStore> Committer<S> {
 /// within the request, each record's audit path to its signed batch root and
 /// one SM2 verification per batch. Returns the log leaf hash of each
 /// transaction. Runs in the caller's task, so requests verify in parallel and
-/// the committer only orders, deduplicates and writes.
+/// the committer only orders, deduplicates and writes. Returns each
+/// transaction's log leaf hash and its leaf hash in its batch (format 2).
 fn precheck(
     txs: &[Transaction],
     max_payload: usize,
     format: TxFormat,
     membership: &Membership,
-) -> Result<Vec<Sm3Digest>, LedgerError> {
+) -> Result<(Vec<Sm3Digest>, Vec<Option<Sm3Digest>>), LedgerError> {
     let mut leaves = Vec::with_capacity(txs.len());
+    let mut batch_leaves = Vec::with_capacity(txs.len());
     let mut batch_digests: std::collections::HashMap<Vec<u8>, Sm3Digest> = std::collections::HashMap::new();
     let mut previous: Option<(&crate::tx::TxAuth, Sm3Digest)> = None;
     let mut records = HashSet::new();
@@ -685,6 +700,11 @@ fn precheck(
         };
         previous = Some((&t.auth, batch_digest));
         leaves.push(t.leaf_hash_in_batch(&content_hash, &batch_digest));
+        batch_leaves.push(t.batch_leaf_hash(&content_hash, &payload_sm3));
     }
-    Ok(leaves)
+    Ok((leaves, batch_leaves))
 }
+
+/// A block's transactions, their log leaf hashes and their leaf hashes in
+/// their batches ([`precheck`]).
+type BlockTxs = (Vec<Transaction>, Vec<Sm3Digest>, Vec<Option<Sm3Digest>>);

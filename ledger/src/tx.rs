@@ -310,8 +310,17 @@ impl TxAuth {
     /// The record's own part of the proof, as format 2 stores it beside a
     /// reference to its batch: index and audit path.
     pub fn record_part(&self) -> Vec<u8> {
-        let mut c = Canon::new("vaxgate-record-proof-v1");
+        let mut c = Canon::new(RECORD_PROOF_TAG);
         self.write_record_part(&mut c);
+        c.into_bytes()
+    }
+
+    /// The record's own part when its batch's leaves are stored with the
+    /// batch (format 2, a batch whose every record is in one block): the
+    /// index alone; the audit path is computed from the leaves when read.
+    pub fn record_index_part(&self) -> Vec<u8> {
+        let mut c = Canon::new(RECORD_AT_TAG);
+        c.u64(self.index);
         c.into_bytes()
     }
 
@@ -518,6 +527,17 @@ impl Transaction {
         }
     }
 
+    /// The record's leaf hash within its signed batch, for a format-2
+    /// transaction (None for format 1, whose rows keep the audit path),
+    /// from its content hash and payload SM3 already computed.
+    pub fn batch_leaf_hash(&self, content_hash: &Sm3Digest, payload_sm3: &Sm3Digest) -> Option<Sm3Digest> {
+        (self.content.format == TxFormat::V2).then(|| match self.auth.leaf {
+            LeafInput::Content => merkle::leaf_hash(&content_hash.0),
+            // The payload is the signed bytes: its SM3 is the record digest.
+            LeafInput::Envelope => merkle::leaf_hash(&payload_sm3.0),
+        })
+    }
+
     /// Checks the submitter's signature and batch membership.
     pub fn verify_auth(&self) -> Result<(), LedgerError> {
         self.auth
@@ -706,20 +726,44 @@ fn read_record_part(r: &mut Reader<'_>) -> Option<(u64, Vec<Sm3Digest>)> {
     r.is_empty().then_some((index, audit_path))
 }
 
+/// Tag of [`TxAuth::record_part`].
+const RECORD_PROOF_TAG: &str = "vaxgate-record-proof-v1";
+/// Tag of [`TxAuth::record_index_part`].
+const RECORD_AT_TAG: &str = "vaxgate-record-at-v1";
+
+/// A format-2 proof as decoded from storage by [`decode_batch_auth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredAuth {
+    /// Complete: the row held the record's audit path.
+    Complete(TxAuth),
+    /// The row held the record's index alone ([`TxAuth::record_index_part`]):
+    /// the audit path is empty, to be computed from the leaves stored with
+    /// the batch.
+    NeedsPath(TxAuth),
+}
+
 /// Decodes a format-2 proof from its batch's stored body
 /// ([`TxAuth::batch_body`]) and the record's own part
-/// ([`TxAuth::record_part`]); only canonical bytes are accepted.
-pub fn decode_batch_auth(body: &[u8], record: &[u8]) -> Option<TxAuth> {
+/// ([`TxAuth::record_part`] or [`TxAuth::record_index_part`]); only
+/// canonical bytes are accepted.
+pub fn decode_batch_auth(body: &[u8], record: &[u8]) -> Option<StoredAuth> {
     let mut r = Reader::new(body);
     r.tag("vaxgate-batch-v1")?;
     let mut auth = read_batch(&mut r)?;
-    if !r.is_empty() {
+    if !r.is_empty() || auth.batch_body() != body {
         return None;
     }
     let mut r = Reader::new(record);
-    r.tag("vaxgate-record-proof-v1")?;
-    (auth.index, auth.audit_path) = read_record_part(&mut r)?;
-    (auth.batch_body() == body && auth.record_part() == record).then_some(auth)
+    if r.tag(RECORD_PROOF_TAG).is_some() {
+        (auth.index, auth.audit_path) = read_record_part(&mut r)?;
+        (auth.record_part() == record).then_some(StoredAuth::Complete(auth))
+    } else {
+        let mut r = Reader::new(record);
+        r.tag(RECORD_AT_TAG)?;
+        auth.index = r.u64()?;
+        (r.is_empty() && auth.index < auth.batch.tree_size && auth.record_index_part() == record)
+            .then_some(StoredAuth::NeedsPath(auth))
+    }
 }
 
 /// Base64 (standard alphabet) for byte fields in JSON.
@@ -804,10 +848,24 @@ mod tests {
             assert_eq!(decode_auth(&encode_auth(&t.auth)).as_ref(), Some(&t.auth));
             // Format 2 stores the batch once and the record's part apart.
             let (body, part) = (t.auth.batch_body(), t.auth.record_part());
-            assert_eq!(decode_batch_auth(&body, &part).as_ref(), Some(&t.auth));
+            assert_eq!(
+                decode_batch_auth(&body, &part),
+                Some(StoredAuth::Complete(t.auth.clone()))
+            );
             assert!(decode_batch_auth(&[&body[..], &[0]].concat(), &part).is_none());
             assert!(decode_batch_auth(&body, &[&part[..], &[0]].concat()).is_none());
             assert!(decode_batch_auth(&part, &body).is_none());
+            // Or the index alone, the path to come from the batch's leaves.
+            let at = t.auth.record_index_part();
+            let without_path = TxAuth {
+                audit_path: Vec::new(),
+                ..t.auth.clone()
+            };
+            assert_eq!(decode_batch_auth(&body, &at), Some(StoredAuth::NeedsPath(without_path)));
+            assert!(decode_batch_auth(&body, &[&at[..], &[0]].concat()).is_none());
+            let mut beyond = t.auth.clone();
+            beyond.index = beyond.batch.tree_size;
+            assert!(decode_batch_auth(&body, &beyond.record_index_part()).is_none());
             assert!(t.auth.same_batch(&txs[0].auth));
         }
         let mut other = txs[0].auth.clone();

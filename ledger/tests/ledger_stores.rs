@@ -100,6 +100,15 @@ impl At {
         }
     }
 
+    /// A fresh place on the same backend.
+    async fn another(&self) -> Self {
+        if self.url.starts_with("sqlite:") {
+            At::sqlite()
+        } else {
+            At::postgres().await
+        }
+    }
+
     async fn open(&self) -> AnyStore {
         AnyStore::open(&self.url, Path::new("/")).await.expect("open store")
     }
@@ -156,6 +165,9 @@ on_each_backend! {
     side_writes_share_the_block_transaction:
         side_writes_share_the_block_transaction_sqlite,
         side_writes_share_the_block_transaction_postgres;
+    batch_leaves_are_stored_once:
+        a_whole_batch_stores_its_leaves_once_and_no_audit_paths_sqlite,
+        a_whole_batch_stores_its_leaves_once_and_no_audit_paths_postgres;
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -319,6 +331,106 @@ async fn ledger_before_field_commitments(backend: At) {
     assert_eq!(n, 1);
 }
 
+/// `(first_leaf, length of leaves)` of every `batches` row, and the
+/// length of every transaction's `auth`, in leaf order.
+async fn stored_sizes(s: &AnyStore) -> (Vec<(i64, Option<i64>)>, Vec<i64>) {
+    let mut r = s.reader().await.unwrap();
+    let batches = on_backend!(&mut r, c => sqlx::query_as(
+        "SELECT first_leaf, CAST(length(leaves) AS BIGINT) FROM batches ORDER BY first_leaf").fetch_all(&mut **c).await)
+    .unwrap();
+    let auths: Vec<(i64,)> = on_backend!(&mut r, c => sqlx::query_as(
+        "SELECT CAST(length(auth) AS BIGINT) FROM transactions ORDER BY leaf_index").fetch_all(&mut **c).await)
+    .unwrap();
+    (batches, auths.into_iter().map(|(n,)| n).collect())
+}
+
+/// A batch whose every record is in one block is stored with its leaf
+/// hashes (32 bytes a record) and its rows without audit paths; any other
+/// (some records refused, or appended later, or out of order) keeps each
+/// row's path. Read back, every transaction is what was appended, with its
+/// path; proofs and the whole ledger verify. A format-2 ledger written
+/// before the `leaves` column gains it and reads as before.
+async fn batch_leaves_are_stored_once(backend: At) {
+    let node = key();
+    let client = key();
+    let l = open_on(&backend, &node).await;
+    let whole = batch(&client, "whole", 0, 6);
+    let part = batch(&client, "part", 0, 5);
+    let pair = batch(&client, "pair", 0, 2);
+    let mut appended = whole.clone();
+    l.append(whole).await.unwrap();
+    // Records 0, 1 and 3 of a batch of five; later 2 and 4.
+    let first: Vec<Transaction> = [0, 1, 3].iter().map(|&i| part[i].clone()).collect();
+    let later: Vec<Transaction> = [2, 4].iter().map(|&i| part[i].clone()).collect();
+    // Both records of a batch, out of order.
+    let swapped = vec![pair[1].clone(), pair[0].clone()];
+    for txs in [first, later, swapped] {
+        appended.extend(txs.clone());
+        l.append(txs).await.unwrap();
+    }
+    let (batches, auths) = stored_sizes(l.store()).await;
+    // Genesis (a batch of one, leaf 0), the whole batch (leaves 1..7), the
+    // part (7..10), the rest of it (10..12), the pair (12..14).
+    assert_eq!(
+        batches,
+        [(0, Some(32)), (1, Some(6 * 32)), (7, None), (10, None), (12, None)]
+    );
+    let short = auths.iter().map(|&n| n < 64).collect::<Vec<_>>();
+    assert_eq!(
+        short,
+        [true; 7].iter().chain(&[false; 7]).copied().collect::<Vec<_>>(),
+        "{auths:?}"
+    );
+    let stored = l.store().txs(1, 100).await.unwrap();
+    assert_eq!(stored.len(), appended.len());
+    for (s, a) in stored.iter().zip(&appended) {
+        assert_eq!(s.tx, *a, "leaf {}", s.leaf_index);
+        assert!(!s.tx.auth.audit_path.is_empty());
+        l.prove(&a.content.tx_id.to_string())
+            .await
+            .unwrap()
+            .verify(node.verifying_key())
+            .unwrap();
+    }
+    let one = l
+        .store()
+        .tx(&appended[3].content.tx_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.tx, appended[3]);
+    verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
+        .await
+        .unwrap();
+    drop(l);
+
+    // A format-2 ledger written before the column: every batch row without
+    // leaves (a format-1 genesis; a batch whose rows hold their paths).
+    let old = backend.another().await;
+    let v1 = LedgerConfig {
+        format: TxFormat::V1,
+        ..LedgerConfig::default()
+    };
+    drop(Ledger::open(old.open().await, node.clone(), "test", v1).await.unwrap());
+    let l = open_on(&old, &node).await;
+    let part = batch(&client, "part", 0, 3);
+    l.append(part[..2].to_vec()).await.unwrap();
+    raw(l.store(), "ALTER TABLE batches DROP COLUMN leaves").await.unwrap();
+    drop(l);
+    let l = open_on(&old, &node).await;
+    l.append(batch(&client, "after", 0, 3)).await.unwrap();
+    let (batches, auths) = stored_sizes(l.store()).await;
+    assert_eq!(batches, [(1, None), (3, Some(96))]);
+    assert!(
+        auths[..3].iter().all(|&n| n >= 64) && auths[3..].iter().all(|&n| n < 64),
+        "{auths:?}"
+    );
+    let report = verify_ledger(l.store(), Some(node.verifying_key()), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.transactions, 6);
+}
+
 async fn update_and_delete_are_refused(backend: At) {
     let node = key();
     let l = open_on(&backend, &node).await;
@@ -410,7 +522,7 @@ const COLUMNS: &[(&str, &[(&str, char)])] = &[
             ("batch_leaf", 'i'),
         ],
     ),
-    ("batches", &[("first_leaf", 'i'), ("body", 'b')]),
+    ("batches", &[("first_leaf", 'i'), ("body", 'b'), ("leaves", 'b')]),
     ("merkle_nodes", &[("id", 'i'), ("hash", 'b')]),
     (
         "checkpoints",
@@ -465,6 +577,8 @@ async fn tamper(pool: &sqlx::SqlitePool, table: &str, col: &str, kind: char, row
             };
             q.bind(String::from_utf8(v).unwrap())
         }
+        // A NULL blob (a batch stored without its leaves) gains some.
+        'b' if r.get::<Option<Vec<u8>>, _>("v").is_none() => q.bind(vec![0u8; 32]),
         _ => {
             let mut v: Vec<u8> = r.get("v");
             let k = byte % v.len();
@@ -596,14 +710,19 @@ fn tamper_names_the_first_bad_block_and_transaction() {
             other => panic!("expected an integrity failure, got {other:?}"),
         }
         // Every table: a change is caught.
-        for (table, col, kind) in [
-            ("blocks", "timestamp", 'i'),
-            ("merkle_nodes", "hash", 'b'),
-            ("checkpoints", "root", 't'),
+        // (Row 0 of `batches` is the genesis batch of one record, whose
+        // leaf is on no audit path: only the check of the leaves against
+        // the signed root sees a change to it.)
+        for (table, col, kind, row) in [
+            ("blocks", "timestamp", 'i', 1),
+            ("merkle_nodes", "hash", 'b', 1),
+            ("checkpoints", "root", 't', 1),
+            ("batches", "leaves", 'b', 0),
+            ("batches", "leaves", 'b', 1),
         ] {
             let (_dir, l) = open_sqlite(&node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();
-            assert!(tamper(l.store().pool(), table, col, kind, 1, 3, 0x04).await);
+            assert!(tamper(l.store().pool(), table, col, kind, row, 3, 0x04).await);
             assert!(
                 verify_ledger(l.store(), None, |_, _| {}).await.is_err(),
                 "{table}.{col}"

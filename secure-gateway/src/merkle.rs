@@ -77,32 +77,74 @@ fn collect_path(leaves: &[Sm3Digest], m: usize, out: &mut Vec<Sm3Digest>) {
     }
 }
 
-/// Every leaf's inclusion proof at once. An RFC 9162 tree is the tree built
-/// level by level from the leaves, pairing neighbours and promoting an odd
-/// last node unchanged; so each path is the siblings along the way up.
+/// Every leaf's inclusion proof at once.
 pub fn all_inclusion_proofs(leaves: &[Sm3Digest]) -> Vec<Vec<Sm3Digest>> {
-    let mut levels: Vec<Vec<Sm3Digest>> = vec![leaves.to_vec()];
-    while levels.last().is_some_and(|l| l.len() > 1) {
-        let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
-        let next = prev
-            .chunks(2)
-            .map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] })
-            .collect();
-        levels.push(next);
+    let tree = LevelTree::new(leaves.to_vec());
+    (0..leaves.len()).filter_map(|i| tree.path(i)).collect()
+}
+
+/// A whole tree kept level by level, for many proofs of one tree: an RFC
+/// 9162 tree is the tree built from the leaves by pairing neighbours and
+/// promoting an odd last node unchanged, so each audit path is the siblings
+/// along the way up. Building it costs one node hash per leaf; each path
+/// then costs none.
+#[derive(Debug, Clone)]
+pub struct LevelTree {
+    /// Level 0 is the leaves; the last level holds the root alone (none for
+    /// an empty tree).
+    levels: Vec<Vec<Sm3Digest>>,
+}
+
+impl LevelTree {
+    /// The tree over `leaves` (leaf hashes, see [`leaf_hash`]).
+    pub fn new(leaves: Vec<Sm3Digest>) -> Self {
+        let mut levels = vec![leaves];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let next = prev
+                .chunks(2)
+                .map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] })
+                .collect();
+            levels.push(next);
+        }
+        LevelTree { levels }
     }
-    (0..leaves.len())
-        .map(|mut i| {
-            let mut path = Vec::new();
-            for level in &levels[..levels.len() - 1] {
-                let sib = i ^ 1;
-                if sib < level.len() {
-                    path.push(level[sib]);
-                }
-                i >>= 1;
+
+    /// The number of leaves.
+    pub fn len(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Whether the tree has no leaves.
+    pub fn is_empty(&self) -> bool {
+        self.levels[0].is_empty()
+    }
+
+    /// The tree's root ([`root`] of its leaves).
+    pub fn root(&self) -> Sm3Digest {
+        self.levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or_else(empty_root)
+    }
+
+    /// The audit path of leaf `index` ([`inclusion_proof`]), or None when
+    /// the tree has no such leaf.
+    pub fn path(&self, index: usize) -> Option<Vec<Sm3Digest>> {
+        if index >= self.len() {
+            return None;
+        }
+        let mut i = index;
+        let mut path = Vec::new();
+        for level in &self.levels[..self.levels.len() - 1] {
+            if let Some(sib) = level.get(i ^ 1) {
+                path.push(*sib);
             }
-            path
-        })
-        .collect()
+            i >>= 1;
+        }
+        Some(path)
+    }
 }
 
 /// Verifies an audit path (RFC 9162 §2.1.3.2): true when `leaf` (a leaf
@@ -154,7 +196,12 @@ mod tests {
             for (i, p) in all.iter().enumerate() {
                 assert_eq!(p, &inclusion_proof(&ls, i).unwrap(), "n={n} i={i}");
             }
+            let tree = LevelTree::new(ls.clone());
+            assert_eq!(tree.root(), root(&ls), "n={n}");
+            assert_eq!(tree.len(), n);
+            assert!(tree.path(n).is_none());
         }
+        assert_eq!(LevelTree::new(Vec::new()).root(), empty_root());
     }
 
     #[test]

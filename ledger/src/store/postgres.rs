@@ -6,12 +6,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::Dialect;
-use super::sql::{ADDED_TX_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
+use super::sql::{ADDED_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
-use crate::tx::{Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
+use crate::tx::{StoredAuth, Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
 
 /// What PostgreSQL adds to the ledger's tables ([`TABLES`]).
 const SCHEMA: &[&str] = &[
@@ -87,9 +87,9 @@ impl PgStore {
             )
         });
         // A ledger made before a column existed gains it (no row changes).
-        let added = ADDED_TX_COLUMNS
+        let added = ADDED_COLUMNS
             .iter()
-            .map(|(c, ty)| Postgres::sql(&format!("ALTER TABLE transactions ADD COLUMN IF NOT EXISTS {c} {ty}")));
+            .map(|(t, c, ty)| Postgres::sql(&format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {ty}")));
         let schema = std::iter::once(lock)
             .chain(tables)
             .chain(added)

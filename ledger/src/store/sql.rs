@@ -43,7 +43,7 @@ pub(crate) const TABLES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     // Format 2: each batch's header, signer key and signature once, keyed
     // by the first leaf that refers to it (transactions.batch_leaf).
-    "CREATE TABLE IF NOT EXISTS batches (first_leaf {int} PRIMARY KEY, body {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS batches (first_leaf {int} PRIMARY KEY, body {blob} NOT NULL, leaves {blob})",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id {int} PRIMARY KEY, hash {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         height {int} PRIMARY KEY,
@@ -55,13 +55,15 @@ pub(crate) const TABLES: &[&str] = &[
         signature TEXT NOT NULL)",
 ];
 
-/// Columns of `transactions` added after its first release, with their
-/// types: a ledger made before them gains them when it is opened (no row
-/// changes; `format` says 1 for every earlier row).
-pub(crate) const ADDED_TX_COLUMNS: &[(&str, &str)] = &[
-    ("fields_root", "TEXT"),
-    ("format", "{int} NOT NULL DEFAULT 1"),
-    ("batch_leaf", "{int}"),
+/// Columns added after their table's first release, as (table, column,
+/// type): a ledger made before them gains them when it is opened (no row
+/// changes; `format` says 1 for every earlier row, `leaves` is NULL for
+/// every earlier batch, whose rows keep their audit paths).
+pub(crate) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("transactions", "fields_root", "TEXT"),
+    ("transactions", "format", "{int} NOT NULL DEFAULT 1"),
+    ("transactions", "batch_leaf", "{int}"),
+    ("batches", "leaves", "{blob}"),
 ];
 
 /// The tables whose rows no statement may update or delete.
@@ -69,8 +71,10 @@ pub(crate) const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "batc
 
 pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root, format, batch_leaf";
 
-/// What transactions are read from: each row with its batch's body (format 2).
-pub(crate) const TX_FROM: &str = "transactions LEFT JOIN batches ON batches.first_leaf = transactions.batch_leaf";
+/// How transactions are read: each row with its batch's body (format 2),
+/// not its leaves (read once per batch by the stores' `with_paths`).
+pub(crate) const TX_SELECT: &str = "SELECT transactions.*, batches.body FROM transactions \
+     LEFT JOIN batches ON batches.first_leaf = transactions.batch_leaf";
 
 /// Parses a stored digest; only the canonical lowercase form is accepted, so
 /// that no byte of a stored row can change without the change being seen.
@@ -87,37 +91,59 @@ pub(crate) fn to_i64(v: u64) -> i64 {
     v as i64
 }
 
-/// A `batches` row: the first leaf that refers to the batch, its body.
-pub(crate) type BatchRow = (u64, Vec<u8>);
+/// A `batches` row: the first leaf that refers to the batch, its body, and
+/// its leaf hashes concatenated when every record of the batch is in the
+/// block (then its rows store their index alone, not their audit path).
+pub(crate) type BatchRow = (u64, Vec<u8>, Option<Vec<u8>>);
 
 /// The `batches` rows a block writes (format 2: each distinct batch once,
 /// keyed by the first of the block's leaves that refers to it) and, per
-/// transaction, the key of its batch (None for format 1).
-pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<u64>>) {
+/// transaction, the key of its batch and whether that row holds the
+/// batch's leaves (None for format 1).
+pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(u64, bool)>>) {
     let mut rows: Vec<BatchRow> = Vec::new();
-    let mut seen: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
-    let mut previous: Option<(&crate::tx::TxAuth, u64)> = None;
-    let keys = c
+    // Per batch row: its tree size, and its records' leaf hashes while they
+    // come in index order from 0 (None once one does not).
+    let mut runs: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let mut previous: Option<(&crate::tx::TxAuth, usize)> = None;
+    let slots: Vec<Option<usize>> = c
         .txs
         .iter()
         .enumerate()
         .map(|(k, t)| {
             (t.content.format == crate::tx::TxFormat::V2).then(|| {
                 // The records of a batch come one after another.
-                let key = match previous {
-                    Some((p, key)) if p.same_batch(&t.auth) => key,
+                let slot = match previous {
+                    Some((p, slot)) if p.same_batch(&t.auth) => slot,
                     _ => {
                         let leaf = c.block.first_leaf + k as u64;
                         *seen.entry(t.auth.batch_body()).or_insert_with_key(|body| {
-                            rows.push((leaf, body.clone()));
-                            leaf
+                            rows.push((leaf, body.clone(), None));
+                            runs.push((t.auth.batch.tree_size, Some(Vec::new())));
+                            rows.len() - 1
                         })
                     }
                 };
-                previous = Some((&t.auth, key));
-                key
+                previous = Some((&t.auth, slot));
+                let run = &mut runs[slot].1;
+                match (run.as_mut(), c.batch_leaves.get(k).copied().flatten()) {
+                    (Some(r), Some(h)) if r.len() as u64 == t.auth.index.saturating_mul(32) => {
+                        r.extend_from_slice(&h.0)
+                    }
+                    _ => *run = None,
+                }
+                slot
             })
         })
+        .collect();
+    // The leaves are kept when the block holds the whole batch.
+    for ((_, _, leaves), (tree_size, run)) in rows.iter_mut().zip(runs) {
+        *leaves = run.filter(|r| r.len() as u64 == tree_size.saturating_mul(32));
+    }
+    let keys = slots
+        .into_iter()
+        .map(|slot| slot.map(|i| (rows[i].0, rows[i].2.is_some())))
         .collect();
     (rows, keys)
 }
@@ -188,7 +214,9 @@ macro_rules! sql_store {
                 })
             }
 
-            fn tx_from_row(&self, r: &$row) -> Result<StoredTx, LedgerError> {
+            /// A transaction row, and the key of its batch when its audit
+            /// path is to come from the batch's leaves ([`Self::with_paths`]).
+            fn tx_from_row(&self, r: &$row) -> Result<(StoredTx, Option<i64>), LedgerError> {
                 let leaf_index = self.get_u64(r, "leaf_index")?;
                 let bad = |c: &str| self.corrupt(&format!("transactions.{c} at leaf {leaf_index}"));
                 let s = |c: &str| -> Result<String, LedgerError> { r.try_get(c).map_err(|e| self.err(e)) };
@@ -198,15 +226,19 @@ macro_rules! sql_store {
                     .and_then(TxFormat::of_number)
                     .ok_or_else(|| bad("format"))?;
                 let batch_leaf: Option<i64> = r.try_get("batch_leaf").map_err(|e| self.err(e))?;
-                let auth = match (format, batch_leaf) {
-                    (TxFormat::V1, None) => decode_auth(&auth_bytes),
-                    (TxFormat::V2, Some(_)) => {
+                let (auth, pending) = match (format, batch_leaf) {
+                    (TxFormat::V1, None) => (decode_auth(&auth_bytes), None),
+                    (TxFormat::V2, Some(key)) => {
                         let body: Option<Vec<u8>> = r.try_get("body").map_err(|e| self.err(e))?;
-                        body.and_then(|b| decode_batch_auth(&b, &auth_bytes))
+                        match body.and_then(|b| decode_batch_auth(&b, &auth_bytes)) {
+                            Some(StoredAuth::Complete(a)) => (Some(a), None),
+                            Some(StoredAuth::NeedsPath(a)) => (Some(a), Some(key)),
+                            None => (None, None),
+                        }
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
-                Ok(StoredTx {
+                let stored = StoredTx {
                     leaf_index,
                     height: self.get_u64(r, "height")?,
                     tx: Transaction {
@@ -227,7 +259,67 @@ macro_rules! sql_store {
                         },
                         auth: auth.ok_or_else(|| bad("auth (or its batch)"))?,
                     },
-                })
+                };
+                Ok((stored, pending))
+            }
+
+            /// The transactions of `rows`, with the audit paths of those
+            /// whose rows hold their index alone computed from their
+            /// batches' leaves, read once per batch. Leaves that do not hash
+            /// to the signed batch root are reported as a malformed row.
+            async fn with_paths(&self, rows: &[$row]) -> Result<Vec<StoredTx>, LedgerError> {
+                use $crate::store::sql::NODES_PER_STATEMENT;
+                use secure_gateway::merkle::LevelTree;
+                let parsed = rows.iter().map(|r| self.tx_from_row(r)).collect::<Result<Vec<_>, _>>()?;
+                let mut keys: Vec<i64> = parsed.iter().filter_map(|(_, k)| *k).collect();
+                if keys.is_empty() {
+                    return Ok(parsed.into_iter().map(|(t, _)| t).collect());
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                let head = "SELECT first_leaf, leaves FROM batches WHERE first_leaf IN (";
+                let mut stored = std::collections::HashMap::with_capacity(keys.len());
+                for r in self.rows_in(&self.pool, head, &keys, NODES_PER_STATEMENT).await? {
+                    let key: i64 = r.try_get("first_leaf").map_err(|e| self.err(e))?;
+                    let leaves: Option<Vec<u8>> = r.try_get("leaves").map_err(|e| self.err(e))?;
+                    stored.insert(key, leaves);
+                }
+                let mut trees: std::collections::HashMap<i64, LevelTree> = std::collections::HashMap::new();
+                parsed
+                    .into_iter()
+                    .map(|(mut t, key)| {
+                        let Some(key) = key else { return Ok(t) };
+                        let bad = || {
+                            self.corrupt(&format!(
+                                "batches.leaves of the batch at leaf {key} (transaction at leaf {})",
+                                t.leaf_index
+                            ))
+                        };
+                        let tree = match trees.entry(key) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                let bytes = stored.get(&key).and_then(|l| l.as_deref()).ok_or_else(bad)?;
+                                let batch = &t.tx.auth.batch;
+                                if bytes.len() as u64 != batch.tree_size.saturating_mul(32) {
+                                    return Err(bad());
+                                }
+                                let leaves = bytes
+                                    .chunks_exact(32)
+                                    .map(Sm3Digest::from_slice)
+                                    .collect::<Result<Vec<_>, _>>()
+                                    .map_err(|_| bad())?;
+                                let tree = LevelTree::new(leaves);
+                                if tree.root() != batch.root {
+                                    return Err(bad());
+                                }
+                                e.insert(tree)
+                            }
+                        };
+                        let index = usize::try_from(t.tx.auth.index).map_err(|_| bad())?;
+                        t.tx.auth.audit_path = tree.path(index).ok_or_else(bad)?;
+                        Ok(t)
+                    })
+                    .collect()
             }
 
             fn checkpoint_from_row(&self, r: &$row) -> Result<Checkpoint, LedgerError> {
@@ -242,22 +334,20 @@ macro_rules! sql_store {
                 })
             }
 
-            /// The first row of `SELECT * FROM {table} WHERE {col} = value`,
-            /// read with `from_row`.
-            async fn first_where<T, R>(
-                &self,
-                table: &str,
-                col: &str,
-                value: T,
-                from_row: fn(&Self, &$row) -> Result<R, LedgerError>,
-            ) -> Result<Option<R>, LedgerError>
+            /// The first row of `{select} WHERE {col} = value`.
+            async fn first_where<T>(&self, select: &str, col: &str, value: T) -> Result<Option<$row>, LedgerError>
             where
                 T: for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send,
             {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT * FROM {table} WHERE {col} = "));
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("{select} WHERE {col} = "));
                 qb.push_bind(value);
-                let row = qb.build().fetch_optional(&self.pool).await.map_err(|e| self.err(e))?;
-                row.map(|r| from_row(self, &r)).transpose()
+                qb.build().fetch_optional(&self.pool).await.map_err(|e| self.err(e))
+            }
+
+            /// The transaction whose `col` is `value`.
+            async fn tx_where(&self, col: &str, value: String) -> Result<Option<StoredTx>, LedgerError> {
+                let row = self.first_where($crate::store::sql::TX_SELECT, col, value).await?;
+                Ok(self.with_paths(row.as_slice()).await?.pop())
             }
 
             /// The rows of `head` followed by `values` as a bound list and
@@ -281,10 +371,10 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
-            /// `SELECT * FROM {table} WHERE {col} >= from AND {col} < to ORDER BY {col}`.
-            async fn rows_between(&self, table: &str, col: &str, from: u64, to: u64) -> Result<Vec<$row>, LedgerError> {
+            /// `{select} WHERE {col} >= from AND {col} < to ORDER BY {col}`.
+            async fn rows_between(&self, select: &str, col: &str, from: u64, to: u64) -> Result<Vec<$row>, LedgerError> {
                 use $crate::store::sql::to_i64;
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT * FROM {table} WHERE {col} >= "));
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("{select} WHERE {col} >= "));
                 qb.push_bind(to_i64(from)).push(format!(" AND {col} < ")).push_bind(to_i64(to));
                 qb.push(format!(" ORDER BY {col}"));
                 qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))
@@ -318,9 +408,9 @@ macro_rules! sql_store {
 
                 let (batches, batch_leaves) = $crate::store::sql::batch_rows(c);
                 for chunk in batches.chunks(NODES_PER_STATEMENT) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO batches (first_leaf, body) ");
-                    qb.push_values(chunk, |mut row, (leaf, body)| {
-                        row.push_bind(to_i64(*leaf)).push_bind(body.clone());
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO batches (first_leaf, body, leaves) ");
+                    qb.push_values(chunk, |mut row, (leaf, body, leaves)| {
+                        row.push_bind(to_i64(*leaf)).push_bind(body.clone()).push_bind(leaves.clone());
                     });
                     qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
                 }
@@ -331,10 +421,10 @@ macro_rules! sql_store {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("INSERT INTO transactions ({TX_COLS}) "));
                     qb.push_values(chunk.iter().enumerate(), |mut row, (k, t)| {
                         let ct = &t.content;
-                        let batch_leaf = batch_leaves[first + k];
-                        let auth = match batch_leaf {
-                            Some(_) => t.auth.record_part(),
-                            None => encode_auth(&t.auth),
+                        let (batch_leaf, auth) = match batch_leaves[first + k] {
+                            Some((key, true)) => (Some(key), t.auth.record_index_part()),
+                            Some((key, false)) => (Some(key), t.auth.record_part()),
+                            None => (None, encode_auth(&t.auth)),
                         };
                         row.push_bind(to_i64(base + k as u64))
                             .push_bind(to_i64(b.height))
@@ -423,37 +513,38 @@ macro_rules! sql_store {
             }
 
             async fn block(&self, height: u64) -> Result<Option<BlockHeader>, LedgerError> {
-                self.first_where("blocks", "height", $crate::store::sql::to_i64(height), Self::block_from_row).await
+                let row = self.first_where("SELECT * FROM blocks", "height", $crate::store::sql::to_i64(height)).await?;
+                row.map(|r| self.block_from_row(&r)).transpose()
             }
 
             async fn block_by_hash(&self, hash: &Sm3Digest) -> Result<Option<BlockHeader>, LedgerError> {
-                self.first_where("blocks", "block_hash", hash.to_hex(), Self::block_from_row).await
+                let row = self.first_where("SELECT * FROM blocks", "block_hash", hash.to_hex()).await?;
+                row.map(|r| self.block_from_row(&r)).transpose()
             }
 
             async fn blocks(&self, from: u64, to: u64) -> Result<Vec<BlockHeader>, LedgerError> {
-                let rows = self.rows_between("blocks", "height", from, to).await?;
+                let rows = self.rows_between("SELECT * FROM blocks", "height", from, to).await?;
                 rows.iter().map(|r| self.block_from_row(r)).collect()
             }
 
             async fn checkpoint(&self, height: u64) -> Result<Option<Checkpoint>, LedgerError> {
-                self.first_where("checkpoints", "height", $crate::store::sql::to_i64(height), Self::checkpoint_from_row).await
+                let row = self.first_where("SELECT * FROM checkpoints", "height", $crate::store::sql::to_i64(height)).await?;
+                row.map(|r| self.checkpoint_from_row(&r)).transpose()
             }
 
             async fn tx(&self, tx_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                use $crate::store::sql::TX_FROM;
-                self.first_where(TX_FROM, "tx_id", tx_id.to_string(), Self::tx_from_row).await
+                self.tx_where("tx_id", tx_id.to_string()).await
             }
 
             async fn tx_by_record(&self, record_id: &str) -> Result<Option<StoredTx>, LedgerError> {
-                use $crate::store::sql::TX_FROM;
-                self.first_where(TX_FROM, "record_id", record_id.to_string(), Self::tx_from_row).await
+                self.tx_where("record_id", record_id.to_string()).await
             }
 
             async fn txs_by_records(&self, record_ids: &[String]) -> Result<Vec<StoredTx>, LedgerError> {
-                let head = format!("SELECT * FROM {} WHERE record_id IN (", $crate::store::sql::TX_FROM);
+                let head = format!("{} WHERE record_id IN (", $crate::store::sql::TX_SELECT);
                 // SQLite allows 32,766 bound parameters per statement.
                 let rows = self.rows_in(&self.pool, &head, record_ids, 5_000).await?;
-                rows.iter().map(|r| self.tx_from_row(r)).collect()
+                self.with_paths(&rows).await
             }
 
             async fn conflicts(
@@ -476,27 +567,27 @@ macro_rules! sql_store {
             }
 
             async fn txs(&self, from: u64, to: u64) -> Result<Vec<StoredTx>, LedgerError> {
-                let rows = self.rows_between($crate::store::sql::TX_FROM, "leaf_index", from, to).await?;
-                rows.iter().map(|r| self.tx_from_row(r)).collect()
+                let rows = self.rows_between($crate::store::sql::TX_SELECT, "leaf_index", from, to).await?;
+                self.with_paths(&rows).await
             }
 
             async fn category(&self, category: &str, from: u64, limit: u64) -> Result<Vec<StoredTx>, LedgerError> {
                 use $crate::store::sql::to_i64;
                 let mut qb: QueryBuilder<$db> =
-                    QueryBuilder::new(format!("SELECT * FROM {} WHERE category = ", $crate::store::sql::TX_FROM));
+                    QueryBuilder::new(format!("{} WHERE category = ", $crate::store::sql::TX_SELECT));
                 qb.push_bind(category.to_string()).push(" AND leaf_index >= ").push_bind(to_i64(from));
                 qb.push(" ORDER BY leaf_index LIMIT ").push_bind(to_i64(limit));
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
-                rows.iter().map(|r| self.tx_from_row(r)).collect()
+                self.with_paths(&rows).await
             }
 
             async fn state(&self, category: &str, key: &str) -> Result<Vec<StoredTx>, LedgerError> {
                 let mut qb: QueryBuilder<$db> =
-                    QueryBuilder::new(format!("SELECT * FROM {} WHERE category = ", $crate::store::sql::TX_FROM));
+                    QueryBuilder::new(format!("{} WHERE category = ", $crate::store::sql::TX_SELECT));
                 qb.push_bind(category.to_string()).push(" AND state_key = ").push_bind(key.to_string());
                 qb.push(" ORDER BY leaf_index");
                 let rows = qb.build().fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
-                rows.iter().map(|r| self.tx_from_row(r)).collect()
+                self.with_paths(&rows).await
             }
 
             async fn stats(&self) -> Result<StoreStats, LedgerError> {

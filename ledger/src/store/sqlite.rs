@@ -12,12 +12,12 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::Dialect;
-use super::sql::{ADDED_TX_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
+use super::sql::{ADDED_COLUMNS, APPEND_ONLY_TABLES, TABLES, sql_store};
 use super::{BlockCommit, LedgerStore, StoreStats, StoredTx};
 use crate::block::{BlockHeader, Checkpoint};
 use crate::error::LedgerError;
 use crate::merkle::NodeKey;
-use crate::tx::{Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
+use crate::tx::{StoredAuth, Transaction, TxContent, TxFormat, TxKind, decode_auth, decode_batch_auth, encode_auth};
 
 /// What SQLite adds to the ledger's tables ([`TABLES`]).
 /// R2.3: the current key-value state by category, encrypted business data
@@ -181,15 +181,15 @@ impl SqliteStore {
         let schema = TABLES.iter().map(|t| Sqlite::sql(t)).chain([STATE_VIEW.to_string()]);
         self.execute_all(&mut tx, schema).await?;
         // A ledger made before a column existed gains it (no row changes).
-        for (column, ty) in ADDED_TX_COLUMNS {
-            let has: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM pragma_table_info('transactions') WHERE name = $1")
-                    .bind(*column)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
+        for (table, column, ty) in ADDED_COLUMNS {
+            let has: Option<i64> = sqlx::query_scalar("SELECT 1 FROM pragma_table_info($1) WHERE name = $2")
+                .bind(*table)
+                .bind(*column)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
             if has.is_none() {
-                let add = Sqlite::sql(&format!("ALTER TABLE transactions ADD COLUMN {column} {ty}"));
+                let add = Sqlite::sql(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"));
                 self.execute_all(&mut tx, [add]).await?;
             }
         }
