@@ -687,12 +687,20 @@ fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
     // A duplicate of an accepted event (republished later, identical), one
     // that fails mapping (vehicle without plate and cold mode) and one the
     // gateway refuses (its sealed record is over the 8 KiB a ledger
-    // transaction carries).
+    // transaction carries). Sealed records are compressed (envelope version
+    // 2), so its 1,500 unit codes are scattered (splitmix64), not
+    // consecutive: consecutive ones would deflate to well under 8 KiB.
     let mut unmappable = shipment("EV-BAD-MAP", "YD-E2E-BAD1", 900);
     unmappable["shipments"][0]["vehicle"] = json!({});
     let mut oversized = shipment("EV-BIG", "YD-E2E-BIG1", 901);
-    oversized["shipments"][0]["cartons"][0]["units"] = (0..600u64)
-        .map(|k| json!(format!("8612345{:013}", 7_000_000 + k)))
+    let scatter = |k: u64| {
+        let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % 10_000_000_000_000
+    };
+    oversized["shipments"][0]["cartons"][0]["units"] = (0..1500u64)
+        .map(|k| json!(format!("8612345{:013}", scatter(k))))
         .collect();
     rt.block_on(async {
         publish(&ch, &queue, &body(&events[0])).await;
@@ -713,6 +721,11 @@ fn amqp_events_reach_the_ledger_once_and_refusals_are_dead_lettered() {
     assert!(
         header(big, "x-vaxgate-reason").starts_with("rejected (validation_failed)"),
         "{}",
+        header(big, "x-vaxgate-reason")
+    );
+    assert!(
+        header(big, "x-vaxgate-reason").contains("a ledger transaction carries at most 8192"),
+        "refused for its size: {}",
         header(big, "x-vaxgate-reason")
     );
     for d in [map, big] {
