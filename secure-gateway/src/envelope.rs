@@ -18,6 +18,12 @@
 //! ([`SealedEnvelope::to_binary`], what the ledger stores): the signed bytes
 //! followed by the signature as one more field.
 //!
+//! New envelopes are written in version 2 ([`ENVELOPE_VERSION`]): the
+//! plaintext is compressed with raw DEFLATE (RFC 1951) before SM4-GCM, and
+//! its length before compression is signed ([`SealedEnvelope::plaintext_len`]).
+//! Version 1 envelopes (the plaintext itself under SM4-GCM) stay readable
+//! ([`SUPPORTED_VERSIONS`]); the ledger holds signed history in version 1.
+//!
 //! In batch mode ([`crate::batch`]) records carry no signature of their own:
 //! one signature covers the Merkle root of many records. A [`BatchSealer`]
 //! also shares the SM2 work of a batch: it SM2-encrypts one random batch
@@ -36,8 +42,70 @@ use crate::provider::{CryptoProvider, KeyHandle};
 use crate::sym::{GCM_NONCE_LEN, SM4_KEY_LEN};
 use crate::{CryptoError, Sm2Signature, Sm2VerifyingKey, Sm3Digest, Sm4Key};
 
-/// The only envelope format version this code writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope format version new envelopes are written in
+/// ([`EnvelopeVersion::CURRENT`]). Every version of [`SUPPORTED_VERSIONS`]
+/// is read.
+pub const ENVELOPE_VERSION: u8 = EnvelopeVersion::CURRENT.as_u8();
+
+/// The envelope format versions this code reads: 1 (the plaintext under
+/// SM4-GCM) and 2 (its raw DEFLATE under SM4-GCM). Version 1 stays readable
+/// for good: the ledger holds signed history in it.
+pub const SUPPORTED_VERSIONS: [u8; 2] = [EnvelopeVersion::V1.as_u8(), EnvelopeVersion::V2.as_u8()];
+
+/// The largest `plaintext_len` a version-2 envelope may declare: 64 MiB.
+/// An opener allocates the declared length before inflating, so this bounds
+/// what one envelope can make it allocate; a record is a few KiB.
+pub const MAX_PLAINTEXT_LEN: u32 = 64 * 1024 * 1024;
+
+/// Most bytes one byte of a raw DEFLATE stream can inflate to: a 258-byte
+/// match costs at least two bits (one-bit length and distance codes), so
+/// no stream inflates to more than 1032 times its length (zlib's
+/// documented maximum). An opener refuses a `plaintext_len` above it before
+/// allocating anything.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The DEFLATE level of version-2 seals (miniz_oxide, 1 = fastest, 9 =
+/// smallest). Measured on the golden vaccination message; see
+/// `docs/envelope.md` "Compression and length (version 2)".
+const DEFLATE_LEVEL: u32 = 6;
+
+/// An envelope format version this code reads (see `docs/envelope.md`
+/// "Versioning").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EnvelopeVersion {
+    /// Version 1: SM4-GCM of the plaintext itself.
+    V1,
+    /// Version 2: SM4-GCM of the plaintext's raw DEFLATE (RFC 1951); the
+    /// signed bytes and the associated data also carry the plaintext's
+    /// length before compression.
+    V2,
+}
+
+impl EnvelopeVersion {
+    /// The version new envelopes are written in.
+    pub const CURRENT: EnvelopeVersion = EnvelopeVersion::V2;
+
+    /// The version byte of the encodings.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            EnvelopeVersion::V1 => 1,
+            EnvelopeVersion::V2 => 2,
+        }
+    }
+
+    /// The version of a version byte; any other than those of
+    /// [`SUPPORTED_VERSIONS`] is a [`CryptoError::Envelope`] naming them.
+    pub fn from_u8(v: u8) -> Result<Self, CryptoError> {
+        match v {
+            1 => Ok(EnvelopeVersion::V1),
+            2 => Ok(EnvelopeVersion::V2),
+            _ => Err(CryptoError::Envelope(format!(
+                "unsupported version {v} (this build reads 1 and 2)"
+            ))),
+        }
+    }
+}
+
 /// Domain-separation tag of the signed bytes of an envelope.
 pub const ENVELOPE_TAG: &str = "vaxgate/sealed-envelope";
 /// Domain-separation tag of the SM4-GCM associated data of the payload.
@@ -204,12 +272,20 @@ pub enum RecipientKey<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealedEnvelope {
-    /// Format version ([`ENVELOPE_VERSION`]).
+    /// Format version, one of [`SUPPORTED_VERSIONS`] (new envelopes:
+    /// [`ENVELOPE_VERSION`]).
     pub version: u8,
     /// The header.
     pub header: EnvelopeHeader,
-    /// SM3 of the plaintext (hex).
+    /// SM3 of the plaintext (hex); in version 2 of the plaintext before
+    /// compression, as in version 1.
     pub plaintext_sm3: Sm3Digest,
+    /// Version 2 only (and always there): the plaintext's length before
+    /// compression, at most [`MAX_PLAINTEXT_LEN`]; signed. An opener
+    /// inflates to exactly this many bytes. Absent from the JSON of a
+    /// version-1 envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_u32")]
+    pub plaintext_len: Option<u32>,
     /// SM4-GCM nonce, 12 bytes.
     #[serde(with = "b64")]
     pub nonce: Vec<u8>,
@@ -300,12 +376,21 @@ fn header_fields(c: &mut Canon, h: &EnvelopeHeader) -> Result<(), CryptoError> {
     Ok(())
 }
 
-/// The SM4-GCM associated data of the payload.
-fn payload_aad(version: u8, h: &EnvelopeHeader, plaintext_sm3: &Sm3Digest) -> Result<Vec<u8>, CryptoError> {
+/// The SM4-GCM associated data of the payload; `plaintext_len` is there
+/// in version 2 only.
+fn payload_aad(
+    version: u8,
+    h: &EnvelopeHeader,
+    plaintext_sm3: &Sm3Digest,
+    plaintext_len: Option<u32>,
+) -> Result<Vec<u8>, CryptoError> {
     let mut c = Canon::default();
     c.field(PAYLOAD_AAD_TAG.as_bytes())?.field(&[version])?;
     header_fields(&mut c, h)?;
     c.field(&plaintext_sm3.0)?;
+    if let Some(n) = plaintext_len {
+        c.field(&n.to_be_bytes())?;
+    }
     Ok(c.0)
 }
 
@@ -424,6 +509,7 @@ impl SealedEnvelope {
             h.content_type.as_str().len(),
             h.dataset_category.len(),
             self.plaintext_sm3.0.len(),
+            if self.plaintext_len.is_some() { 4 } else { 0 },
             self.nonce.len(),
             self.ciphertext.len(),
             4,
@@ -432,15 +518,19 @@ impl SealedEnvelope {
             .recipients
             .iter()
             .map(|r| 12 + r.kind.as_str().len() + r.recipient.len() + r.wrapped.len());
-        fields.iter().map(|n| 4 + n).sum::<usize>() + recipients.sum::<usize>()
+        let absent = if self.plaintext_len.is_some() { 0 } else { 4 };
+        fields.iter().map(|n| 4 + n).sum::<usize>() - absent + recipients.sum::<usize>()
     }
 
     fn write_signed(&self, c: &mut Canon) -> Result<(), CryptoError> {
         c.field(ENVELOPE_TAG.as_bytes())?.field(&[self.version])?;
         header_fields(c, &self.header)?;
-        c.field(&self.plaintext_sm3.0)?
-            .field(&self.nonce)?
-            .field(&self.ciphertext)?;
+        c.field(&self.plaintext_sm3.0)?;
+        // Version 2: the length before compression, right after its SM3.
+        if let Some(n) = self.plaintext_len {
+            c.field(&n.to_be_bytes())?;
+        }
+        c.field(&self.nonce)?.field(&self.ciphertext)?;
         let n =
             u32::try_from(self.recipients.len()).map_err(|_| CryptoError::Envelope("too many recipients".into()))?;
         c.field(&n.to_be_bytes())?;
@@ -524,13 +614,34 @@ impl SealedEnvelope {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Structural checks that need no key.
+    /// The envelope's format version ([`SealedEnvelope::version`]), if
+    /// this build reads it.
+    pub fn format_version(&self) -> Result<EnvelopeVersion, CryptoError> {
+        EnvelopeVersion::from_u8(self.version)
+    }
+
+    /// Structural checks that need no key: a version of
+    /// [`SUPPORTED_VERSIONS`], `plaintext_len` present exactly in version 2
+    /// and at most [`MAX_PLAINTEXT_LEN`], the nonce's and tag's lengths, no
+    /// empty signature.
     pub fn check_shape(&self) -> Result<(), CryptoError> {
-        if self.version != ENVELOPE_VERSION {
-            return Err(CryptoError::Envelope(format!(
-                "unsupported version {} (this build reads {ENVELOPE_VERSION})",
-                self.version
-            )));
+        match (self.format_version()?, self.plaintext_len) {
+            (EnvelopeVersion::V1, Some(_)) => {
+                return Err(CryptoError::Envelope(
+                    "a version-1 envelope has no plaintext_len (a version-2 field)".into(),
+                ));
+            }
+            (EnvelopeVersion::V2, None) => {
+                return Err(CryptoError::Envelope(
+                    "a version-2 envelope needs a plaintext_len".into(),
+                ));
+            }
+            (EnvelopeVersion::V2, Some(n)) if n > MAX_PLAINTEXT_LEN => {
+                return Err(CryptoError::Envelope(format!(
+                    "plaintext_len {n} exceeds the maximum {MAX_PLAINTEXT_LEN} (64 MiB)"
+                )));
+            }
+            _ => {}
         }
         if self.nonce.len() != GCM_NONCE_LEN {
             return Err(CryptoError::Envelope(format!(
@@ -640,6 +751,8 @@ fn parse_binary_fields(bytes: &[u8], with_signature: bool) -> Result<(SealedEnve
         )));
     }
     let [version] = fixed::<1>(&mut r, "version")?;
+    // The version decides the layout: refuse an unknown one here.
+    let format = EnvelopeVersion::from_u8(version)?;
     let transaction_id = Uuid::from_bytes(fixed::<16>(&mut r, "transaction id")?);
     let entity_id = utf8(&mut r, "entity id")?;
     let key_id = utf8(&mut r, "key id")?;
@@ -649,6 +762,10 @@ fn parse_binary_fields(bytes: &[u8], with_signature: bool) -> Result<(SealedEnve
         .ok_or_else(|| CryptoError::Envelope(format!("content type must be json or xml, got {}", quote(ct))))?;
     let dataset_category = utf8(&mut r, "dataset category")?;
     let plaintext_sm3 = Sm3Digest(fixed::<32>(&mut r, "plaintext sm3")?);
+    let plaintext_len = match format {
+        EnvelopeVersion::V1 => None,
+        EnvelopeVersion::V2 => Some(u32::from_be_bytes(fixed::<4>(&mut r, "plaintext length")?)),
+    };
     let nonce = r.field("nonce")?.to_vec();
     let ciphertext = r.field("ciphertext")?.to_vec();
     let n = u32::from_be_bytes(fixed::<4>(&mut r, "recipient count")?) as usize;
@@ -698,6 +815,7 @@ fn parse_binary_fields(bytes: &[u8], with_signature: bool) -> Result<(SealedEnve
             dataset_category,
         },
         plaintext_sm3,
+        plaintext_len,
         nonce,
         ciphertext,
         recipients,
@@ -717,7 +835,31 @@ pub fn seal_unsigned(
     plaintext: &[u8],
     recipients: &[Recipient],
 ) -> Result<SealedEnvelope, CryptoError> {
-    seal_with(provider, key_id, meta, plaintext, recipients, None)
+    seal_with(
+        provider,
+        key_id,
+        meta,
+        plaintext,
+        recipients,
+        None,
+        EnvelopeVersion::CURRENT,
+    )
+}
+
+/// [`seal_unsigned`] in a chosen format version. Only to reproduce
+/// envelopes of an older version (the pinned version-1 examples of
+/// `docs/envelope.md`, interoperability tests): new envelopes are written
+/// in [`ENVELOPE_VERSION`].
+#[doc(hidden)]
+pub fn seal_unsigned_with_version(
+    provider: &dyn CryptoProvider,
+    key_id: &str,
+    meta: EnvelopeMeta,
+    plaintext: &[u8],
+    recipients: &[Recipient],
+    version: EnvelopeVersion,
+) -> Result<SealedEnvelope, CryptoError> {
+    seal_with(provider, key_id, meta, plaintext, recipients, None, version)
 }
 
 /// Wraps the data key for a provider-held SM4 KEK.
@@ -739,6 +881,101 @@ fn wrap_for_kek(
     })
 }
 
+/// Raw DEFLATE (RFC 1951, no zlib or gzip wrapper) of `plaintext` at
+/// [`DEFLATE_LEVEL`], in a buffer reserved up front (so never copied by a
+/// reallocation) and zeroised on drop.
+fn deflate(plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    let n = plaintext.len();
+    // miniz's deflate bound: stored blocks at worst, 5 bytes per block.
+    let bound = (128 + n + n / 10).max(128 + n + (n / (31 * 1024) + 1) * 5);
+    let mut out = Zeroizing::new(Vec::with_capacity(bound));
+    let mut c = Compress::new(Compression::new(DEFLATE_LEVEL), false);
+    loop {
+        let (read, wrote) = (c.total_in(), c.total_out());
+        let rest = plaintext.get(read as usize..).unwrap_or_default();
+        let status = c
+            .compress_vec(rest, &mut out, FlushCompress::Finish)
+            .map_err(|e| CryptoError::Envelope(format!("deflate failed: {e}")))?;
+        if status == Status::StreamEnd {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            out.reserve(bound);
+        } else if (read, wrote) == (c.total_in(), c.total_out()) {
+            return Err(CryptoError::Envelope("deflate made no progress".into()));
+        }
+    }
+}
+
+/// Inflates the raw DEFLATE stream `compressed` of a version-2 envelope to
+/// exactly the signed `plaintext_len` bytes. Refuses, naming the
+/// transaction and the fault, a declared length more than the stream could
+/// inflate to, a stream that inflates to more or fewer bytes, one that is
+/// malformed or cut short, and bytes after its end. Allocates
+/// `plaintext_len` bytes for the output and never more.
+fn inflate_exact(compressed: &[u8], plaintext_len: u32, tx: &Uuid) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let refuse = |what: String| CryptoError::Envelope(format!("envelope {tx}: compressed plaintext: {what}"));
+    let n = plaintext_len as usize;
+    if u64::from(plaintext_len) > MAX_DEFLATE_RATIO * compressed.len() as u64 {
+        return Err(refuse(format!(
+            "the signed plaintext_len {n} is more than {} deflate bytes can inflate to",
+            compressed.len()
+        )));
+    }
+    let mut out = Zeroizing::new(vec![0u8; n]);
+    // One call that finishes: miniz inflates straight into `out`, which is
+    // also its window, and stops when `out` is full.
+    let mut d = Decompress::new(false);
+    let status = d.decompress(compressed, &mut out, FlushDecompress::Finish);
+    let (read, wrote) = (d.total_in() as usize, d.total_out() as usize);
+    match status {
+        Err(e) => Err(refuse(format!("not a valid raw deflate stream ({e})"))),
+        Ok(Status::StreamEnd) if wrote < n => Err(refuse(format!(
+            "inflates to {wrote} bytes, fewer than the signed plaintext_len {n}"
+        ))),
+        Ok(Status::StreamEnd) if read < compressed.len() => Err(refuse(format!(
+            "{} trailing bytes after the end of the deflate stream",
+            compressed.len() - read
+        ))),
+        Ok(Status::StreamEnd) => Ok(out),
+        // Out of room or out of input: find out which.
+        Ok(_) => Err(refuse(overlong_or_cut(compressed, n))),
+    }
+}
+
+/// Why a stream did not end within `n` output bytes: it inflates to more,
+/// or it stops before its final block. Inflates at most `n` + 4 KiB bytes,
+/// through a small buffer, and keeps none of them.
+fn overlong_or_cut(compressed: &[u8], n: usize) -> String {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut d = Decompress::new(false);
+    let mut scratch = Zeroizing::new([0u8; 4096]);
+    let why = loop {
+        let (read, wrote) = (d.total_in(), d.total_out());
+        let rest = compressed.get(read as usize..).unwrap_or_default();
+        let status = d.decompress(rest, &mut scratch[..], FlushDecompress::None);
+        if d.total_out() > n as u64 {
+            break format!("inflates to more than the signed plaintext_len {n}");
+        }
+        match status {
+            Err(e) => break format!("not a valid raw deflate stream ({e})"),
+            Ok(Status::StreamEnd) => break "not a valid raw deflate stream".to_string(),
+            Ok(_) if (read, wrote) == (d.total_in(), d.total_out()) => {
+                break format!(
+                    "the deflate stream is cut short: it ends after {} bytes of output, before its final block",
+                    d.total_out()
+                );
+            }
+            Ok(_) => {}
+        }
+    };
+    // The window held plaintext: wipe it.
+    d.reset(false);
+    why
+}
+
 fn seal_with(
     provider: &dyn CryptoProvider,
     key_id: &str,
@@ -746,10 +983,28 @@ fn seal_with(
     plaintext: &[u8],
     recipients: &[Recipient],
     batch: Option<&BatchSealer<'_>>,
+    version: EnvelopeVersion,
 ) -> Result<SealedEnvelope, CryptoError> {
     if recipients.is_empty() {
         return Err(CryptoError::Envelope("at least one recipient is required".into()));
     }
+    let compressed;
+    let (plaintext_len, body) = match version {
+        EnvelopeVersion::V1 => (None, plaintext),
+        EnvelopeVersion::V2 => {
+            let n = u32::try_from(plaintext.len())
+                .ok()
+                .filter(|n| *n <= MAX_PLAINTEXT_LEN)
+                .ok_or_else(|| {
+                    CryptoError::Envelope(format!(
+                        "a plaintext of {} bytes exceeds the maximum {MAX_PLAINTEXT_LEN} (64 MiB)",
+                        plaintext.len()
+                    ))
+                })?;
+            compressed = deflate(plaintext)?;
+            (Some(n), &compressed[..])
+        }
+    };
     let header = EnvelopeHeader {
         transaction_id: meta.transaction_id,
         entity_id: meta.entity_id,
@@ -764,8 +1019,8 @@ fn seal_with(
     let data_key = Sm4Key::new(*dk);
     let mut nonce = [0u8; GCM_NONCE_LEN];
     provider.random(&mut nonce)?;
-    let aad = payload_aad(ENVELOPE_VERSION, &header, &plaintext_sm3)?;
-    let ciphertext = provider.sm4_gcm_seal(&data_key, &nonce, &aad, plaintext)?;
+    let aad = payload_aad(version.as_u8(), &header, &plaintext_sm3, plaintext_len)?;
+    let ciphertext = provider.sm4_gcm_seal(&data_key, &nonce, &aad, body)?;
     let tx = header.transaction_id;
     let mut wrapped = Vec::with_capacity(recipients.len());
     for (i, r) in recipients.iter().enumerate() {
@@ -799,9 +1054,10 @@ fn seal_with(
         });
     }
     Ok(SealedEnvelope {
-        version: ENVELOPE_VERSION,
+        version: version.as_u8(),
         header,
         plaintext_sm3,
+        plaintext_len,
         nonce: nonce.to_vec(),
         ciphertext,
         recipients: wrapped,
@@ -887,6 +1143,19 @@ impl<'a> BatchSealer<'a> {
 
     /// Seals one record of the batch (unsigned, like [`seal_unsigned`]).
     pub fn seal_unsigned(&self, meta: EnvelopeMeta, plaintext: &[u8]) -> Result<SealedEnvelope, CryptoError> {
+        self.seal_unsigned_with_version(meta, plaintext, EnvelopeVersion::CURRENT)
+    }
+
+    /// [`BatchSealer::seal_unsigned`] in a chosen format version. Only to
+    /// reproduce records of an older version (the pinned version-1
+    /// examples): new records are written in [`ENVELOPE_VERSION`].
+    #[doc(hidden)]
+    pub fn seal_unsigned_with_version(
+        &self,
+        meta: EnvelopeMeta,
+        plaintext: &[u8],
+        version: EnvelopeVersion,
+    ) -> Result<SealedEnvelope, CryptoError> {
         seal_with(
             self.provider,
             &self.key_id,
@@ -894,6 +1163,7 @@ impl<'a> BatchSealer<'a> {
             plaintext,
             &self.recipients,
             Some(self),
+            version,
         )
     }
 
@@ -917,8 +1187,24 @@ pub fn seal(
     plaintext: &[u8],
     recipients: &[Recipient],
 ) -> Result<SealedEnvelope, CryptoError> {
+    seal_with_version(provider, signer, meta, plaintext, recipients, EnvelopeVersion::CURRENT)
+}
+
+/// [`seal`] in a chosen format version. Only to reproduce envelopes of an
+/// older version (the pinned version-1 examples of `docs/envelope.md`,
+/// interoperability tests): new envelopes are written in
+/// [`ENVELOPE_VERSION`].
+#[doc(hidden)]
+pub fn seal_with_version(
+    provider: &dyn CryptoProvider,
+    signer: &KeyHandle,
+    meta: EnvelopeMeta,
+    plaintext: &[u8],
+    recipients: &[Recipient],
+    version: EnvelopeVersion,
+) -> Result<SealedEnvelope, CryptoError> {
     let vk = provider.public_key(signer)?;
-    let mut env = seal_unsigned(provider, vk.key_id(), meta, plaintext, recipients)?;
+    let mut env = seal_unsigned_with_version(provider, vk.key_id(), meta, plaintext, recipients, version)?;
     let sig = provider.sign(signer, &env.signed_bytes()?)?;
     env.signature = Some(sig.to_der());
     Ok(env)
@@ -1051,8 +1337,17 @@ pub(crate) fn decrypt_verified(
         .map_err(|_| CryptoError::Envelope(format!("envelope {tx}: unwrapped data key is not 16 bytes")))?;
     let mut nonce = [0u8; GCM_NONCE_LEN];
     nonce.copy_from_slice(&env.nonce);
-    let aad = payload_aad(env.version, &env.header, &env.plaintext_sm3)?;
-    let plaintext = provider.sm4_gcm_open(&data_key, &nonce, &aad, &env.ciphertext)?;
+    let aad = payload_aad(env.version, &env.header, &env.plaintext_sm3, env.plaintext_len)?;
+    let body = provider.sm4_gcm_open(&data_key, &nonce, &aad, &env.ciphertext)?;
+    let plaintext = match (env.format_version()?, env.plaintext_len) {
+        (EnvelopeVersion::V2, Some(n)) => inflate_exact(&body, n, &tx)?,
+        (EnvelopeVersion::V2, None) => {
+            return Err(CryptoError::Envelope(format!(
+                "envelope {tx}: a version-2 envelope needs a plaintext_len"
+            )));
+        }
+        (EnvelopeVersion::V1, _) => body,
+    };
     if provider.sm3(&plaintext) != env.plaintext_sm3 {
         return Err(CryptoError::DigestMismatch(format!(
             "envelope {tx}: plaintext sm3 differs from the signed one"
@@ -1078,6 +1373,12 @@ pub(crate) mod b64 {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
     }
+}
+
+/// `plaintext_len` of the JSON form: a number when present (`null` is
+/// refused, not read as absent).
+fn present_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    <u32 as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// Base64 for `Option<Vec<u8>>` fields.

@@ -29,8 +29,8 @@ pub mod sym;
 
 pub use batch::{BATCH_MEDIA_TYPE, BatchHeader, ReceivedBatch, RecordProof, SignedBatch, sign_batch};
 pub use envelope::{
-    BatchSealer, ContentType, EnvelopeHeader, EnvelopeMeta, OpenedEnvelope, Recipient, RecipientKey, SealedEnvelope,
-    open, seal, seal_unsigned,
+    BatchSealer, ContentType, EnvelopeHeader, EnvelopeMeta, EnvelopeVersion, OpenedEnvelope, Recipient, RecipientKey,
+    SealedEnvelope, open, seal, seal_unsigned,
 };
 pub use error::CryptoError;
 pub use hash::{Sm3Digest, Sm3Hasher, sm3};

@@ -123,6 +123,8 @@ fn every_field_is_covered_by_the_signature() {
         Box::new(|e| e.header.content_type = ContentType::Xml),
         Box::new(|e| e.header.dataset_category = "cold-chain-reading".into()),
         Box::new(|e| e.plaintext_sm3.0[0] ^= 1),
+        Box::new(|e| e.plaintext_len = e.plaintext_len.map(|n| n + 1)),
+        Box::new(|e| e.plaintext_len = e.plaintext_len.map(|n| n - 1)),
         Box::new(|e| e.nonce[0] ^= 1),
         Box::new(|e| e.ciphertext[0] ^= 1),
         Box::new(|e| e.recipients[0].wrapped[10] ^= 1),
@@ -141,9 +143,16 @@ fn every_field_is_covered_by_the_signature() {
     let mut unsigned = env.clone();
     unsigned.signature = None;
     assert!(matches!(unsigned.verify(&signer_pk), Err(CryptoError::Envelope(_))));
-    let mut v2 = env.clone();
-    v2.version = 2;
-    assert!(matches!(v2.verify(&signer_pk), Err(CryptoError::Envelope(_))));
+    // Another version: unknown (3), or 1, which has no plaintext_len.
+    assert_eq!(env.version, 2);
+    for v in [3, 1] {
+        let mut other = env.clone();
+        other.version = v;
+        assert!(
+            matches!(other.verify(&signer_pk), Err(CryptoError::Envelope(_))),
+            "version {v}"
+        );
+    }
 }
 
 #[test]

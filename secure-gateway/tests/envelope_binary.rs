@@ -6,10 +6,10 @@
 
 mod support;
 
-use secure_gateway::envelope::WrapKind;
+use secure_gateway::envelope::{EnvelopeVersion, WrapKind, seal_with_version};
 use secure_gateway::{
     BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, seal, sm3,
+    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, sm3,
 };
 use support::TestProvider;
 use support::canon::{fields, join};
@@ -46,15 +46,33 @@ const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
 impl World {
     /// `plaintext` sealed and signed by the sender for the CDC (SM2) and the KEK.
     fn signed(&self, plaintext: &[u8]) -> SealedEnvelope {
+        let env = self.signed_in(plaintext, EnvelopeVersion::CURRENT);
+        assert_eq!(env.version, 2);
+        env
+    }
+
+    /// [`World::signed`] in envelope version `v`.
+    fn signed_in(&self, plaintext: &[u8], v: EnvelopeVersion) -> SealedEnvelope {
         let cdc_pk = self.p.public_key(&self.cdc).unwrap();
-        seal(
+        seal_with_version(
             &self.p,
             &self.sender,
             meta(1),
             plaintext,
             &[Recipient::Sm2(cdc_pk), Recipient::Kek(self.kek.clone())],
+            v,
         )
         .unwrap()
+    }
+
+    /// Envelopes of every shape the tests below run over: signed in
+    /// version 2 and in version 1, and a version-2 batch record.
+    fn all(&self, plaintext: &[u8]) -> [SealedEnvelope; 3] {
+        [
+            self.signed(plaintext),
+            self.signed_in(plaintext, EnvelopeVersion::V1),
+            self.batch_record(plaintext).1,
+        ]
     }
 
     /// Record 1 of a signed two-record batch for the CDC (sm2-batch-kek);
@@ -97,21 +115,23 @@ fn envelope_error(r: Result<SealedEnvelope, CryptoError>) -> String {
 fn json_binary_json_round_trip_of_a_signed_envelope() {
     let w = world();
     let signer = w.p.public_key(&w.sender).unwrap();
-    let json = w.signed(PAYLOAD).to_json();
-    let env = SealedEnvelope::from_json(json.as_bytes()).unwrap();
-    assert_eq!(env.recipients[0].kind, WrapKind::Sm2);
-    let bin = env.to_binary().unwrap();
-    let back = SealedEnvelope::from_binary(&bin).unwrap();
-    assert_eq!(back, env);
-    assert_eq!(back.to_json(), json);
-    assert_eq!(back.to_binary().unwrap(), bin);
-    // The last field is the DER signature.
-    let sig = env.signature.clone().unwrap();
-    assert_eq!(fields(&bin).last().unwrap(), &sig);
-    // What the ledger gives back verifies and opens.
-    back.verify(&signer).unwrap();
-    let o = open(&w.p, &back, &signer, RecipientKey::Sm2(&w.cdc)).unwrap();
-    assert_eq!(&o.plaintext[..], PAYLOAD);
+    for v in [EnvelopeVersion::V2, EnvelopeVersion::V1] {
+        let json = w.signed_in(PAYLOAD, v).to_json();
+        let env = SealedEnvelope::from_json(json.as_bytes()).unwrap();
+        assert_eq!(env.recipients[0].kind, WrapKind::Sm2);
+        let bin = env.to_binary().unwrap();
+        let back = SealedEnvelope::from_binary(&bin).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.to_json(), json);
+        assert_eq!(back.to_binary().unwrap(), bin);
+        // The last field is the DER signature.
+        let sig = env.signature.clone().unwrap();
+        assert_eq!(fields(&bin).last().unwrap(), &sig);
+        // What the ledger gives back verifies and opens.
+        back.verify(&signer).unwrap();
+        let o = open(&w.p, &back, &signer, RecipientKey::Sm2(&w.cdc)).unwrap();
+        assert_eq!(&o.plaintext[..], PAYLOAD);
+    }
 }
 
 #[test]
@@ -140,7 +160,7 @@ fn json_binary_json_round_trip_of_a_batch_record_without_signature() {
 #[test]
 fn the_signed_part_hashes_to_the_record_digest() {
     let w = world();
-    for env in [w.signed(PAYLOAD), w.batch_record(PAYLOAD).1] {
+    for env in w.all(PAYLOAD) {
         let bin = env.to_binary().unwrap();
         let part = SealedEnvelope::binary_signed_part(&bin).unwrap();
         assert_eq!(part, &env.signed_bytes().unwrap()[..]);
@@ -155,6 +175,7 @@ fn the_binary_form_is_smaller_than_the_json_form() {
     let plaintext: Vec<u8> = (0..1024u32).map(|i| b'a' + (i % 26) as u8).collect();
     for (what, env) in [
         ("signed, sm2 + sm4-kek", w.signed(&plaintext)),
+        ("signed v1, sm2 + sm4-kek", w.signed_in(&plaintext, EnvelopeVersion::V1)),
         ("batch record, sm2-batch-kek", w.batch_record(&plaintext).1),
     ] {
         let (json, bin) = (env.to_json().len(), env.to_binary().unwrap().len());
@@ -169,7 +190,7 @@ fn the_binary_form_is_smaller_than_the_json_form() {
 #[test]
 fn every_truncation_is_an_error() {
     let w = world();
-    for env in [w.signed(PAYLOAD), w.batch_record(PAYLOAD).1] {
+    for env in w.all(PAYLOAD) {
         let bin = env.to_binary().unwrap();
         for n in 0..bin.len() {
             let m = envelope_error(SealedEnvelope::from_binary(&bin[..n]));
@@ -179,20 +200,28 @@ fn every_truncation_is_an_error() {
             assert!(SealedEnvelope::binary_signed_part(&bin[..n]).is_err());
         }
     }
-    // One that names its field: cut in the middle of the ciphertext.
+    // One that names its field: cut in the middle of the ciphertext
+    // (field 10 in version 1, 11 in version 2 after the plaintext length).
+    for (v, o) in [(EnvelopeVersion::V1, 0), (EnvelopeVersion::V2, 1)] {
+        let bin = w.signed_in(PAYLOAD, v).to_binary().unwrap();
+        let start = join(&fields(&bin)[..10 + o]).len();
+        let m = envelope_error(SealedEnvelope::from_binary(&bin[..start + 10]));
+        assert_eq!(m, "binary envelope: truncated ciphertext");
+        let start = join(&fields(&bin)[..17 + o]).len();
+        let m = envelope_error(SealedEnvelope::from_binary(&bin[..start + 10]));
+        assert_eq!(m, "binary envelope: recipient 1: truncated wrapped key");
+    }
+    // Cut inside the version-2 plaintext length.
     let bin = w.signed(PAYLOAD).to_binary().unwrap();
-    let start = join(&fields(&bin)[..10]).len();
-    let m = envelope_error(SealedEnvelope::from_binary(&bin[..start + 10]));
-    assert_eq!(m, "binary envelope: truncated ciphertext");
-    let start = join(&fields(&bin)[..17]).len();
-    let m = envelope_error(SealedEnvelope::from_binary(&bin[..start + 10]));
-    assert_eq!(m, "binary envelope: recipient 1: truncated wrapped key");
+    let start = join(&fields(&bin)[..9]).len();
+    let m = envelope_error(SealedEnvelope::from_binary(&bin[..start + 6]));
+    assert_eq!(m, "binary envelope: truncated plaintext length");
 }
 
 #[test]
 fn trailing_bytes_are_an_error() {
     let w = world();
-    for env in [w.signed(PAYLOAD), w.batch_record(PAYLOAD).1] {
+    for env in w.all(PAYLOAD) {
         let bin = env.to_binary().unwrap();
         for tail in [
             &[0u8][..],
@@ -212,7 +241,7 @@ fn trailing_bytes_are_an_error() {
 #[test]
 fn every_byte_flip_errors_or_re_encodes_to_the_same_bytes() {
     let w = world();
-    for env in [w.signed(PAYLOAD), w.batch_record(PAYLOAD).1] {
+    for env in w.all(PAYLOAD) {
         let bin = env.to_binary().unwrap();
         let (mut accepted, mut refused) = (0, 0);
         for i in 0..bin.len() {
@@ -238,59 +267,100 @@ fn every_byte_flip_errors_or_re_encodes_to_the_same_bytes() {
 #[test]
 fn malformed_fields_are_refused_by_name() {
     let w = world();
-    let env = w.signed(PAYLOAD);
-    let base = fields(&env.to_binary().unwrap());
-    assert_eq!(base.len(), 12 + 3 * 2 + 1);
-    let with = |i: usize, v: &[u8]| {
+    // Version 2 has one more field (the plaintext length, field 9): `o`
+    // shifts the fields after it.
+    for (v, o) in [(EnvelopeVersion::V1, 0), (EnvelopeVersion::V2, 1)] {
+        let env = w.signed_in(PAYLOAD, v);
+        let base = fields(&env.to_binary().unwrap());
+        assert_eq!(base.len(), 12 + o + 3 * 2 + 1);
+        let with = |i: usize, v: &[u8]| {
+            let mut f = base.clone();
+            f[i] = v.to_vec();
+            envelope_error(SealedEnvelope::from_binary(&join(&f)))
+        };
+        let mut cases: Vec<(String, &str)> = vec![
+            (
+                with(0, b"vaxgate/signed-batch"),
+                "domain tag must be \"vaxgate/sealed-envelope\", got \"vaxgate/signed-batch\"",
+            ),
+            (with(1, &[1, 0]), "version must be 1 byte, got 2"),
+            (with(1, &[3]), "unsupported version 3 (this build reads 1 and 2)"),
+            (with(1, &[0]), "unsupported version 0 (this build reads 1 and 2)"),
+            (with(2, &[0; 15]), "transaction id must be 16 bytes, got 15"),
+            (with(3, b"h\xff"), "entity id \"h\\xff\" is not UTF-8"),
+            (with(4, b"\xc3"), "key id \"\\xc3\" is not UTF-8"),
+            (with(5, &[0; 9]), "timestamp must be 8 bytes, got 9"),
+            (with(6, b"yaml"), "content type must be json or xml, got \"yaml\""),
+            (with(6, b"JSON"), "content type must be json or xml, got \"JSON\""),
+            (with(7, b"\x80"), "dataset category \"\\x80\" is not UTF-8"),
+            (with(8, &[0; 31]), "plaintext sm3 must be 32 bytes, got 31"),
+            (with(9 + o, &[0; 11]), "nonce must be 12 bytes, got 11"),
+            (with(10 + o, &[0; 15]), "ciphertext shorter than the gcm tag"),
+            (with(11 + o, &[0, 0, 0, 0, 2]), "recipient count must be 4 bytes, got 5"),
+            (
+                with(11 + o, &u32::MAX.to_be_bytes()),
+                "recipient count 4294967295 exceeds what the remaining",
+            ),
+            (with(12 + o, b"sm3"), "recipient 0: unknown kind \"sm3\""),
+            (with(15 + o, b"SM4-KEK"), "recipient 1: unknown kind \"SM4-KEK\""),
+            (with(16 + o, b"\xfe"), "recipient 1: name \"\\xfe\" is not UTF-8"),
+            // One recipient fewer than carried: the second one's kind is read as
+            // the signature, and its other fields are left over.
+            (with(11 + o, &1u32.to_be_bytes()), "trailing bytes after the signature"),
+            // One more than carried: the signature is read as a kind.
+            (with(11 + o, &3u32.to_be_bytes()), "recipient 2: unknown kind \"0"),
+        ];
+        match v {
+            EnvelopeVersion::V1 => cases.extend([
+                // A version-1 envelope relabelled version 2: its nonce is
+                // read as the plaintext length.
+                (with(1, &[2]), "plaintext length must be 4 bytes, got 12"),
+            ]),
+            EnvelopeVersion::V2 => cases.extend([
+                (with(9, &[0; 3]), "plaintext length must be 4 bytes, got 3"),
+                (with(9, &[0; 5]), "plaintext length must be 4 bytes, got 5"),
+                (
+                    with(9, &(64 * 1024 * 1024 + 1u32).to_be_bytes()),
+                    "plaintext_len 67108865 exceeds the maximum 67108864 (64 MiB)",
+                ),
+                (
+                    with(9, &u32::MAX.to_be_bytes()),
+                    "plaintext_len 4294967295 exceeds the maximum 67108864 (64 MiB)",
+                ),
+                // Relabelled version 1: the plaintext length is read as the
+                // nonce, the nonce as the ciphertext, the ciphertext as the
+                // recipient count.
+                (with(1, &[1]), "recipient count must be 4 bytes, got"),
+            ]),
+        }
+        for (i, (got, want)) in cases.iter().enumerate() {
+            assert!(got.starts_with("binary envelope: "), "{v:?} case {i}: {got}");
+            assert!(got.contains(want), "{v:?} case {i}: {got:?} does not say {want:?}");
+        }
+        // A quoted bad value is cut short.
+        let long = with(6, &[b'x'; 100]);
+        assert!(long.ends_with(&format!("\"{}\" (100 bytes)", "x".repeat(32))), "{long}");
+        // The signature field missing entirely.
+        let m = envelope_error(SealedEnvelope::from_binary(&join(&base[..base.len() - 1])));
+        assert_eq!(m, "binary envelope: truncated signature");
+        // An empty signature field reads as no signature (a batch record).
         let mut f = base.clone();
-        f[i] = v.to_vec();
-        envelope_error(SealedEnvelope::from_binary(&join(&f)))
-    };
-    let cases: Vec<(String, &str)> = vec![
-        (
-            with(0, b"vaxgate/signed-batch"),
-            "domain tag must be \"vaxgate/sealed-envelope\", got \"vaxgate/signed-batch\"",
-        ),
-        (with(1, &[1, 0]), "version must be 1 byte, got 2"),
-        (with(1, &[2]), "unsupported version 2"),
-        (with(2, &[0; 15]), "transaction id must be 16 bytes, got 15"),
-        (with(3, b"h\xff"), "entity id \"h\\xff\" is not UTF-8"),
-        (with(4, b"\xc3"), "key id \"\\xc3\" is not UTF-8"),
-        (with(5, &[0; 9]), "timestamp must be 8 bytes, got 9"),
-        (with(6, b"yaml"), "content type must be json or xml, got \"yaml\""),
-        (with(6, b"JSON"), "content type must be json or xml, got \"JSON\""),
-        (with(7, b"\x80"), "dataset category \"\\x80\" is not UTF-8"),
-        (with(8, &[0; 31]), "plaintext sm3 must be 32 bytes, got 31"),
-        (with(9, &[0; 11]), "nonce must be 12 bytes, got 11"),
-        (with(10, &[0; 15]), "ciphertext shorter than the gcm tag"),
-        (with(11, &[0, 0, 0, 0, 2]), "recipient count must be 4 bytes, got 5"),
-        (
-            with(11, &u32::MAX.to_be_bytes()),
-            "recipient count 4294967295 exceeds what the remaining",
-        ),
-        (with(12, b"sm3"), "recipient 0: unknown kind \"sm3\""),
-        (with(15, b"SM4-KEK"), "recipient 1: unknown kind \"SM4-KEK\""),
-        (with(16, b"\xfe"), "recipient 1: name \"\\xfe\" is not UTF-8"),
-        // One recipient fewer than carried: the second one's kind is read as
-        // the signature, and its other fields are left over.
-        (with(11, &1u32.to_be_bytes()), "trailing bytes after the signature"),
-        // One more than carried: the signature is read as a kind.
-        (with(11, &3u32.to_be_bytes()), "recipient 2: unknown kind \"0"),
-    ];
-    for (i, (got, want)) in cases.iter().enumerate() {
-        assert!(got.starts_with("binary envelope: "), "case {i}: {got}");
-        assert!(got.contains(want), "case {i}: {got:?} does not say {want:?}");
+        *f.last_mut().unwrap() = Vec::new();
+        assert_eq!(SealedEnvelope::from_binary(&join(&f)).unwrap().signature, None);
     }
-    // A quoted bad value is cut short.
-    let long = with(6, &[b'x'; 100]);
-    assert!(long.ends_with(&format!("\"{}\" (100 bytes)", "x".repeat(32))), "{long}");
-    // The signature field missing entirely.
-    let m = envelope_error(SealedEnvelope::from_binary(&join(&base[..base.len() - 1])));
-    assert_eq!(m, "binary envelope: truncated signature");
-    // An empty signature field reads as no signature (a batch record).
-    let mut f = base.clone();
-    *f.last_mut().unwrap() = Vec::new();
-    assert_eq!(SealedEnvelope::from_binary(&join(&f)).unwrap().signature, None);
+    // The largest plaintext length is accepted (and not allocated by a parse).
+    let mut f = fields(&w.signed(PAYLOAD).to_binary().unwrap());
+    f[9] = (64 * 1024 * 1024u32).to_be_bytes().to_vec();
+    let env = SealedEnvelope::from_binary(&join(&f)).unwrap();
+    assert_eq!(env.plaintext_len, Some(64 * 1024 * 1024));
+    assert_eq!(env.to_binary().unwrap(), join(&f));
+    // One more is refused by the parse of the signed bytes alone too.
+    f[9] = (64 * 1024 * 1024 + 1u32).to_be_bytes().to_vec();
+    let m = envelope_error(SealedEnvelope::from_signed_bytes(&join(&f[..f.len() - 1])));
+    assert_eq!(
+        m,
+        "signed envelope bytes: plaintext_len 67108865 exceeds the maximum 67108864 (64 MiB)"
+    );
 }
 
 /// An empty signature would read back as none: it has no binary form, and
@@ -313,21 +383,31 @@ fn an_empty_signature_is_refused() {
 #[test]
 fn to_binary_refuses_an_envelope_that_would_not_read_back() {
     let w = world();
-    let env = w.signed(PAYLOAD);
     type Break = fn(&mut SealedEnvelope);
-    let breaks: [Break; 3] = [
-        |e| e.version = 2,
-        |e| e.nonce.truncate(11),
-        |e| e.ciphertext.truncate(15),
+    let breaks: [(EnvelopeVersion, Break); 8] = [
+        (EnvelopeVersion::V2, |e| e.version = 3),
+        (EnvelopeVersion::V1, |e| e.version = 3),
+        (EnvelopeVersion::V2, |e| e.nonce.truncate(11)),
+        (EnvelopeVersion::V2, |e| e.ciphertext.truncate(15)),
+        // plaintext_len is there exactly in version 2, at most 64 MiB.
+        (EnvelopeVersion::V2, |e| e.plaintext_len = None),
+        (EnvelopeVersion::V2, |e| e.version = 1),
+        (EnvelopeVersion::V1, |e| e.plaintext_len = Some(43)),
+        (EnvelopeVersion::V2, |e| e.plaintext_len = Some(64 * 1024 * 1024 + 1)),
     ];
-    for (i, b) in breaks.iter().enumerate() {
-        let mut bad = env.clone();
+    for (i, (v, b)) in breaks.iter().enumerate() {
+        let mut bad = w.signed_in(PAYLOAD, *v);
         b(&mut bad);
         assert!(matches!(bad.to_binary(), Err(CryptoError::Envelope(_))), "break {i}");
         // Its bytes written by hand are refused on read.
         let mut f = fields(&bad.signed_bytes().unwrap());
         f.push(bad.signature.clone().unwrap());
         assert!(SealedEnvelope::from_binary(&join(&f)).is_err(), "break {i}");
+        // And its JSON.
+        assert!(
+            SealedEnvelope::from_json(bad.to_json().as_bytes()).is_err(),
+            "break {i}"
+        );
     }
 }
 
@@ -370,12 +450,13 @@ const BATCH_KEK_RECORD0_DIGEST: &str = "ea733d2a4db9f4db68b2431d94e0be0d542344e3
 #[test]
 fn worked_example_binary_form_is_stable() {
     let (p, signer, kek) = example();
-    let env = seal(
+    let env = seal_with_version(
         &p,
         &signer,
         example_meta("5f0c1e2a-3b4d-4c5e-8f60-718293a4b5c6"),
         PAYLOAD,
         &[Recipient::Kek(kek)],
+        EnvelopeVersion::V1,
     )
     .unwrap();
     let bin = env.to_binary().unwrap();

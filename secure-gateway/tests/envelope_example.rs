@@ -1,7 +1,8 @@
-//! The worked example of `docs/envelope.md`: a fully deterministic envelope
+//! The worked examples of `docs/envelope.md`: fully deterministic envelopes
 //! (fixed signer key, fixed KEK, fixed "random" bytes) whose canonical bytes,
-//! signature and JSON are pinned here. If this test fails, the encoding
-//! changed: bump the version and update the document.
+//! signature and JSON are pinned here, in envelope version 1 (written on
+//! purpose in that version). If a test fails, the encoding changed: that is
+//! a new version, never an edit of one in use.
 //!
 //! `cargo test -p secure-gateway --test envelope_example -- --nocapture`
 //! prints the values.
@@ -9,9 +10,10 @@
 
 mod support;
 
+use secure_gateway::envelope::{EnvelopeVersion, seal_unsigned_with_version, seal_with_version};
 use secure_gateway::{
     ContentType, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, SealedEnvelope, Sm3Digest, merkle,
-    open, seal, seal_unsigned, sign_batch,
+    open, sign_batch,
 };
 use support::TestProvider;
 use support::canon::fields;
@@ -65,12 +67,13 @@ const BATCH_SIGNED_BYTES: &str = concat!(
 fn worked_example_is_stable() {
     let (p, signer, kek) = example();
     let vk = p.public_key(&signer).unwrap();
-    let env = seal(
+    let env = seal_with_version(
         &p,
         &signer,
         meta("5f0c1e2a-3b4d-4c5e-8f60-718293a4b5c6"),
         PAYLOAD,
         &[Recipient::Kek(kek.clone())],
+        EnvelopeVersion::V1,
     )
     .unwrap();
     let tbs = env.signed_bytes().unwrap();
@@ -92,7 +95,17 @@ fn worked_example_is_stable() {
         "00000000-0000-4000-8000-000000000002",
     ]
     .iter()
-    .map(|tx| seal_unsigned(&p, &kid, meta(tx), PAYLOAD, &[Recipient::Kek(kek.clone())]).unwrap())
+    .map(|tx| {
+        seal_unsigned_with_version(
+            &p,
+            &kid,
+            meta(tx),
+            PAYLOAD,
+            &[Recipient::Kek(kek.clone())],
+            EnvelopeVersion::V1,
+        )
+        .unwrap()
+    })
     .collect();
     let leaves: Vec<Sm3Digest> = recs
         .iter()

@@ -20,7 +20,7 @@ use secure_gateway::keys::{KeyProtection, private_key_from_pem, private_key_to_p
 use secure_gateway::sym::{sm4_cbc_decrypt, sm4_cbc_encrypt, sm4_ctr_apply, sm4_gcm_open};
 use secure_gateway::{
     ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, ProviderKind, Recipient, Sm2Signature,
-    Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal,
+    Sm2SigningKey, Sm2VerifyingKey, Sm4Key, seal, sm3,
 };
 use support::{OPENSSL_DISTID, pkeyutl_sign, pkeyutl_verify};
 use zeroize::Zeroizing;
@@ -363,7 +363,9 @@ fn partner_with_openssl_checks_an_envelope_of(
     std::fs::write(&wk, &env.recipients[0].wrapped).unwrap();
     let dk = openssl_ok(&["pkeyutl", "-decrypt", "-inkey", s(&keyf), "-in", s(&wk)]);
     assert_eq!(dk.len(), 16);
-    // The payload opens with the key OpenSSL recovered and the documented AAD.
+    // The payload opens with the key OpenSSL recovered and the documented
+    // AAD of version 2, and inflates (raw DEFLATE) to the plaintext.
+    assert_eq!(env.version, 2);
     let aad = {
         let mut a = Vec::new();
         let mut f = |b: &[u8]| {
@@ -371,7 +373,7 @@ fn partner_with_openssl_checks_an_envelope_of(
             a.extend_from_slice(b);
         };
         f(b"vaxgate/envelope-payload");
-        f(&[1]);
+        f(&[2]);
         f(env.header.transaction_id.as_bytes());
         f(env.header.entity_id.as_bytes());
         f(env.header.key_id.as_bytes());
@@ -379,9 +381,13 @@ fn partner_with_openssl_checks_an_envelope_of(
         f(b"xml");
         f(env.header.dataset_category.as_bytes());
         f(&env.plaintext_sm3.0);
+        f(&(payload.len() as u32).to_be_bytes());
         a
     };
     let nonce: [u8; 12] = env.nonce.clone().try_into().unwrap();
-    let pt = sm4_gcm_open(&Sm4Key::from_slice(&dk).unwrap(), &nonce, &aad, &env.ciphertext).unwrap();
+    let deflated = sm4_gcm_open(&Sm4Key::from_slice(&dk).unwrap(), &nonce, &aad, &env.ciphertext).unwrap();
+    let mut pt = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&deflated[..]), &mut pt).unwrap();
     assert_eq!(&pt[..], payload);
+    assert_eq!(sm3(&pt), env.plaintext_sm3);
 }

@@ -1,19 +1,22 @@
 //! Every parser of outside bytes answers arbitrary input with a value or a
-//! typed error, never a panic: envelopes (JSON and binary), batches and
-//! proofs (JSON), signatures (raw, DER, hex), keys (PEM, SEC1), SM2 and SM4
-//! ciphertexts.
+//! typed error, never a panic: envelopes (JSON and binary, versions 1 and
+//! 2), batches and proofs (JSON), signatures (raw, DER, hex), keys (PEM,
+//! SEC1), SM2 and SM4 ciphertexts.
 #![allow(clippy::unwrap_used)] // tests may panic on setup failures
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use secure_gateway::envelope::{EnvelopeHeader, WrapKind, WrappedKey};
+use secure_gateway::envelope::{
+    EnvelopeHeader, EnvelopeVersion, MAX_PLAINTEXT_LEN, WrapKind, WrappedKey, seal_unsigned_with_version,
+    seal_with_version,
+};
 use secure_gateway::keys::private_key_from_pem;
 use secure_gateway::sym::{sm4_cbc_decrypt, sm4_gcm_open};
 use secure_gateway::{
     ContentType, CryptoProvider, DEFAULT_DIST_ID, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, RecordProof,
     RustCryptoProvider, SealedEnvelope, SignedBatch, Sm2CiphertextFormat, Sm2Signature, Sm2SigningKey, Sm2VerifyingKey,
-    Sm3Digest, Sm4Key, open, seal, seal_unsigned, sign_batch, sm3,
+    Sm3Digest, Sm4Key, open, seal, sign_batch, sm3,
 };
 
 struct Fixture {
@@ -21,10 +24,15 @@ struct Fixture {
     sender: KeyHandle,
     me: KeyHandle,
     kek: KeyHandle,
+    /// A signed envelope in version 2 (what `seal` writes) and in version 1.
     env_json: String,
-    /// The envelope's binary form, and a batch record's (no signature).
+    env_json_v1: String,
+    /// The envelope's binary form, and a batch record's (no signature), in
+    /// version 2 and in version 1.
     env_bin: Vec<u8>,
     rec_bin: Vec<u8>,
+    env_bin_v1: Vec<u8>,
+    rec_bin_v1: Vec<u8>,
     batch_json: String,
     batch_bin: Vec<u8>,
     proof_json: String,
@@ -47,10 +55,22 @@ fn fx() -> &'static Fixture {
         let meta = EnvelopeMeta::now("e", ContentType::Json, "c");
         let rcpt = [Recipient::Sm2(me_pk.clone()), Recipient::Kek(kek.clone())];
         let env = seal(&p, &sender, meta.clone(), b"{\"a\":1}", &rcpt).unwrap();
+        assert_eq!(env.version, 2);
+        let env_v1 = seal_with_version(&p, &sender, meta.clone(), b"{\"a\":1}", &rcpt, EnvelopeVersion::V1).unwrap();
         let kid = p.public_key(&sender).unwrap().key_id().to_string();
-        let recs = (0..3)
-            .map(|_| seal_unsigned(&p, &kid, meta.clone(), b"{}", &rcpt).unwrap())
+        // Records 0 and 2 in version 2, record 1 in version 1: a batch may mix them.
+        let recs: Vec<SealedEnvelope> = (0..3)
+            .map(|i| {
+                let v = if i == 1 {
+                    EnvelopeVersion::V1
+                } else {
+                    EnvelopeVersion::V2
+                };
+                seal_unsigned_with_version(&p, &kid, meta.clone(), b"{}", &rcpt, v).unwrap()
+            })
             .collect();
+        let rec_bin_v1 = recs[1].to_binary().unwrap();
+        let rec_bin = recs[2].to_binary().unwrap();
         let batch = sign_batch(&p, &sender, uuid::Uuid::nil(), 0, recs).unwrap();
         let proof_json = batch.proof(1).unwrap().to_json();
         Fixture {
@@ -59,8 +79,11 @@ fn fx() -> &'static Fixture {
             sig_der: env.signature.clone().unwrap(),
             pub_pem: me_pk.to_public_key_pem(),
             env_json: env.to_json(),
+            env_json_v1: env_v1.to_json(),
             env_bin: env.to_binary().unwrap(),
-            rec_bin: batch.records[1].to_binary().unwrap(),
+            env_bin_v1: env_v1.to_binary().unwrap(),
+            rec_bin,
+            rec_bin_v1,
             batch_json: batch.to_json(),
             batch_bin: batch.to_binary().unwrap(),
             proof_json,
@@ -96,13 +119,38 @@ fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
     proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)
 }
 
+/// The `u32_be(len) ‖ value` fields of a binary envelope (it must be one).
+fn fields_of(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some((len, rest)) = b.split_first_chunk::<4>() {
+        let n = u32::from_be_bytes(*len) as usize;
+        out.push(rest[..n].to_vec());
+        b = &rest[n..];
+    }
+    out
+}
+
+/// Field `i` (modulo their number) of a binary envelope with its value
+/// changed by `e`, the fields joined again with their new lengths: every
+/// field, the version-2 plaintext length among them, is hit as often as
+/// any other, whatever its size.
+fn mutate_field(base: &[u8], i: usize, e: &[(usize, u8, u8)]) -> Vec<u8> {
+    let mut f = fields_of(base);
+    let i = i % f.len();
+    f[i] = mutate(&f[i], e);
+    f.iter()
+        .flat_map(|v| (v.len() as u32).to_be_bytes().into_iter().chain(v.iter().copied()))
+        .collect()
+}
+
 /// Parsing never panics; and whatever verifies or opens is the original
 /// document, and opens to the original plaintext: a forgery never passes.
 fn exercise_envelope(bytes: &[u8]) {
     let f = fx();
     let signer = f.p.public_key(&f.sender).unwrap();
     if let Ok(env) = SealedEnvelope::from_json(bytes) {
-        let original = env.to_json() == f.env_json;
+        let json = env.to_json();
+        let original = json == f.env_json || json == f.env_json_v1;
         if env.verify(&signer).is_ok() {
             assert!(original, "a changed envelope verified");
         }
@@ -133,7 +181,7 @@ fn exercise_binary(bytes: &[u8]) {
     );
     let part = SealedEnvelope::binary_signed_part(bytes).unwrap();
     assert_eq!(sm3(part), env.record_digest().unwrap());
-    let original = bytes == f.env_bin;
+    let original = bytes == f.env_bin || bytes == f.env_bin_v1;
     if env.verify(&signer).is_ok() {
         assert!(original, "a changed binary envelope verified");
     }
@@ -151,19 +199,26 @@ fn exercise_binary(bytes: &[u8]) {
 fn the_unchanged_envelope_verifies_and_opens() {
     let f = fx();
     let signer = f.p.public_key(&f.sender).unwrap();
-    let env = SealedEnvelope::from_json(f.env_json.as_bytes()).unwrap();
-    assert!(env.verify(&signer).is_ok());
-    assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
-    exercise_envelope(f.env_json.as_bytes());
-    let env = SealedEnvelope::from_binary(&f.env_bin).unwrap();
-    assert!(env.verify(&signer).is_ok());
-    assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
-    exercise_binary(&f.env_bin);
+    for (json, bin, v) in [(&f.env_json, &f.env_bin, 2), (&f.env_json_v1, &f.env_bin_v1, 1)] {
+        let env = SealedEnvelope::from_json(json.as_bytes()).unwrap();
+        assert_eq!(env.version, v);
+        assert!(env.verify(&signer).is_ok());
+        assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
+        exercise_envelope(json.as_bytes());
+        let env = SealedEnvelope::from_binary(bin).unwrap();
+        assert!(env.verify(&signer).is_ok());
+        assert!(open(&f.p, &env, &signer, RecipientKey::Kek(&f.kek)).is_ok());
+        exercise_binary(bin);
+    }
     exercise_binary(&f.rec_bin);
+    exercise_binary(&f.rec_bin_v1);
+    assert_eq!(SealedEnvelope::from_binary(&f.rec_bin).unwrap().version, 2);
+    assert_eq!(SealedEnvelope::from_binary(&f.rec_bin_v1).unwrap().version, 1);
 }
 
-/// Any envelope that passes `check_shape`, with arbitrary strings, bytes
-/// and recipients (not necessarily openable).
+/// Any envelope that passes `check_shape`, in version 1 or 2, with
+/// arbitrary strings, bytes, plaintext length and recipients (not
+/// necessarily openable).
 fn any_envelope() -> impl Strategy<Value = SealedEnvelope> {
     let recipient =
         (0..3u8, ".{0,12}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, r, w)| WrappedKey {
@@ -185,23 +240,28 @@ fn any_envelope() -> impl Strategy<Value = SealedEnvelope> {
         proptest::collection::vec(any::<u8>(), 16..80),
         proptest::collection::vec(recipient, 0..4),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 1..80)),
+        // None: version 1; Some: version 2 with that plaintext length.
+        proptest::option::of(prop_oneof![0..=MAX_PLAINTEXT_LEN, Just(MAX_PLAINTEXT_LEN), 0..2000u32]),
     )
         .prop_map(
-            |((tx, entity, key_id, ts, xml, category), sm3, nonce, ct, recipients, sig)| SealedEnvelope {
-                version: 1,
-                header: EnvelopeHeader {
-                    transaction_id: uuid::Uuid::from_u128(tx),
-                    entity_id: entity,
-                    key_id,
-                    timestamp_ms: ts,
-                    content_type: if xml { ContentType::Xml } else { ContentType::Json },
-                    dataset_category: category,
-                },
-                plaintext_sm3: Sm3Digest(sm3),
-                nonce: nonce.to_vec(),
-                ciphertext: ct,
-                recipients,
-                signature: sig,
+            |((tx, entity, key_id, ts, xml, category), sm3, nonce, ct, recipients, sig, plaintext_len)| {
+                SealedEnvelope {
+                    version: if plaintext_len.is_some() { 2 } else { 1 },
+                    header: EnvelopeHeader {
+                        transaction_id: uuid::Uuid::from_u128(tx),
+                        entity_id: entity,
+                        key_id,
+                        timestamp_ms: ts,
+                        content_type: if xml { ContentType::Xml } else { ContentType::Json },
+                        dataset_category: category,
+                    },
+                    plaintext_sm3: Sm3Digest(sm3),
+                    plaintext_len,
+                    nonce: nonce.to_vec(),
+                    ciphertext: ct,
+                    recipients,
+                    signature: sig,
+                }
             },
         )
 }
@@ -217,6 +277,7 @@ proptest! {
     #[test]
     fn envelope_json_mutated(e in edits()) {
         exercise_envelope(&mutate(fx().env_json.as_bytes(), &e));
+        exercise_envelope(&mutate(fx().env_json_v1.as_bytes(), &e));
     }
 
     #[test]
@@ -228,6 +289,50 @@ proptest! {
     fn envelope_binary_mutated(e in edits()) {
         exercise_binary(&mutate(&fx().env_bin, &e));
         exercise_binary(&mutate(&fx().rec_bin, &e));
+        exercise_binary(&mutate(&fx().env_bin_v1, &e));
+        exercise_binary(&mutate(&fx().rec_bin_v1, &e));
+    }
+
+    /// One field of a binary envelope changed (in both versions; the
+    /// version byte too): never a panic, canonical, only the original opens.
+    #[test]
+    fn envelope_binary_field_mutated(i in any::<usize>(), e in edits()) {
+        let f = fx();
+        for base in [&f.env_bin, &f.rec_bin, &f.env_bin_v1, &f.rec_bin_v1] {
+            exercise_binary(&mutate_field(base, i, &e));
+        }
+    }
+
+    /// The JSON's version and plaintext_len set to anything: never a panic;
+    /// only the original verifies or opens.
+    #[test]
+    fn envelope_json_version_and_plaintext_len(
+        version in prop_oneof![Just("1".to_string()), Just("2".to_string()), "-?[0-9]{1,4}", Just("null".to_string())],
+        len in prop_oneof![
+            Just(None),
+            any::<i64>().prop_map(|n| Some(n.to_string())),
+            (0..=MAX_PLAINTEXT_LEN + 1).prop_map(|n| Some(n.to_string())),
+            "[0-9.e+-]{1,12}|null|true|\"[0-9]{1,3}\"|\\[\\]|\\{\\}".prop_map(Some),
+        ],
+    ) {
+        let f = fx();
+        for json in [&f.env_json, &f.env_json_v1] {
+            let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("plaintext_len");
+            let mut text = serde_json::to_string(&v).unwrap();
+            text = text.replacen("\"version\":1,", &format!("\"version\":{version},"), 1);
+            text = text.replacen("\"version\":2,", &format!("\"version\":{version},"), 1);
+            if let Some(len) = &len {
+                text = text.replacen(",\"nonce\":", &format!(",\"plaintext_len\":{len},\"nonce\":"), 1);
+            }
+            exercise_envelope(text.as_bytes());
+            if let Ok(env) = SealedEnvelope::from_json(text.as_bytes()) {
+                prop_assert!(env.version == 1 || env.version == 2);
+                prop_assert_eq!(env.plaintext_len.is_some(), env.version == 2);
+                prop_assert!(env.plaintext_len.is_none_or(|n| n <= MAX_PLAINTEXT_LEN));
+            }
+        }
     }
 
     /// Any envelope to binary and back is the same envelope, and the

@@ -8,6 +8,7 @@ pub mod canon;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use secure_gateway::envelope::EnvelopeVersion;
 use secure_gateway::sym::GCM_NONCE_LEN;
 use secure_gateway::{
     CryptoError, CryptoProvider, KeyHandle, RustCryptoProvider, Sm2Signature, Sm2VerifyingKey, Sm3Digest, Sm4Key, sm3,
@@ -224,9 +225,10 @@ impl Example {
     }
 
     /// The second worked example: records …11 and …12 of
-    /// [`EXAMPLE_PAYLOAD`], sealed by [`Example::sealer`] and signed at
-    /// 2026-01-01T00:00:00Z. Call it on a fresh [`worked_example`]: the
-    /// provider's "random" bytes depend on what it drew before.
+    /// [`EXAMPLE_PAYLOAD`], sealed in envelope version 1 by
+    /// [`Example::sealer`] and signed at 2026-01-01T00:00:00Z. Call it on a
+    /// fresh [`worked_example`]: the provider's "random" bytes depend on
+    /// what it drew before.
     pub fn batch(&self) -> secure_gateway::SignedBatch {
         let sealer = self.sealer();
         let recs = [
@@ -234,7 +236,11 @@ impl Example {
             "00000000-0000-4000-8000-000000000012",
         ]
         .iter()
-        .map(|tx| sealer.seal_unsigned(example_meta(tx), EXAMPLE_PAYLOAD).expect("sealed"))
+        .map(|tx| {
+            sealer
+                .seal_unsigned_with_version(example_meta(tx), EXAMPLE_PAYLOAD, EnvelopeVersion::V1)
+                .expect("sealed")
+        })
         .collect();
         sealer.sign(&self.signer, 1_767_225_600_000, recs).expect("signed")
     }
