@@ -112,5 +112,78 @@ fn batch_wire(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives, envelopes, batch_wire);
+/// Version 2's raw DEFLATE on the golden vaccination message (the exchange
+/// message `vaxgate bench http` seals for
+/// `mappings/tests/golden/vaccination/clinic-ims.json`, 1,590 bytes):
+/// deflate at levels 1, 6 and 9 and inflate, then a batch record sealed and a
+/// batch opened in version 1 and in version 2. Prints the sizes.
+/// `cargo bench -p secure-gateway --bench crypto -- golden`.
+fn golden(c: &mut Criterion) {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use secure_gateway::BatchSealer;
+    use secure_gateway::envelope::EnvelopeVersion;
+    let plain: &[u8] = include_bytes!("../tests/fixtures/golden-vaccination.json");
+    let deflate = |level: u32| {
+        let mut out = Vec::with_capacity(plain.len() + 128);
+        Compress::new(Compression::new(level), false)
+            .compress_vec(plain, &mut out, FlushCompress::Finish)
+            .unwrap();
+        out
+    };
+    let mut g = c.benchmark_group("golden");
+    for level in [1, 6, 9] {
+        let z = deflate(level);
+        eprintln!(
+            "golden vaccination: {} bytes, level {level}: {} bytes",
+            plain.len(),
+            z.len()
+        );
+        g.bench_function(format!("deflate level {level}"), |b| {
+            b.iter(|| deflate(black_box(level)))
+        });
+        g.bench_function(format!("inflate level {level}"), |b| {
+            b.iter(|| {
+                let mut out = vec![0u8; plain.len()];
+                Decompress::new(false)
+                    .decompress(black_box(&z), &mut out, FlushDecompress::Finish)
+                    .unwrap();
+                out
+            })
+        });
+    }
+    let p = RustCryptoProvider::new();
+    let sender = p.add_sm2_key(Sm2SigningKey::generate());
+    let me = p.add_sm2_key(Sm2SigningKey::generate());
+    let spk = p.public_key(&sender).unwrap();
+    let sealer = BatchSealer::new(&p, spk.key_id(), &[Recipient::Sm2(p.public_key(&me).unwrap())]).unwrap();
+    let meta = EnvelopeMeta::now("3201020001", ContentType::Json, "vaccination");
+    for v in [EnvelopeVersion::V1, EnvelopeVersion::V2] {
+        let rec = sealer.seal_unsigned_with_version(meta.clone(), plain, v).unwrap();
+        eprintln!(
+            "golden vaccination, batch record {v:?}: signed bytes {}, binary {}, json {}",
+            rec.signed_bytes().unwrap().len(),
+            rec.to_binary().unwrap().len(),
+            rec.to_json().len()
+        );
+        g.bench_function(format!("batch record seal {v:?}"), |b| {
+            b.iter(|| {
+                sealer
+                    .seal_unsigned_with_version(meta.clone(), black_box(plain), v)
+                    .unwrap()
+            })
+        });
+        let recs = (0..100)
+            .map(|_| sealer.seal_unsigned_with_version(meta.clone(), plain, v).unwrap())
+            .collect();
+        let batch = sealer.sign(&sender, 0, recs).unwrap();
+        g.bench_function(format!("batch of 100 open {v:?}"), |b| {
+            b.iter(|| {
+                secure_gateway::batch::open_batch_each(&p, black_box(&batch), &spk, RecipientKey::Sm2(&me)).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, primitives, envelopes, batch_wire, golden);
 criterion_main!(benches);
