@@ -151,6 +151,30 @@ fn golden(c: &mut Criterion) {
             })
         });
     }
+    let z6 = deflate(6);
+    let mut kept_d = Decompress::new(false);
+    g.bench_function("inflate level 6 decompressor reused", |b| {
+        b.iter(|| {
+            let mut out = vec![0u8; plain.len()];
+            kept_d
+                .decompress(black_box(&z6), &mut out, FlushDecompress::Finish)
+                .unwrap();
+            kept_d.reset(false);
+            out
+        })
+    });
+    // What version-2 seals do: one compressor per thread, reset after use
+    // (beside "deflate level 6", a new compressor each time).
+    let mut kept = Compress::new(Compression::new(6), false);
+    g.bench_function("deflate level 6 compressor reused", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(plain.len() + 128);
+            kept.compress_vec(black_box(plain), &mut out, FlushCompress::Finish)
+                .unwrap();
+            kept.reset();
+            out
+        })
+    });
     let p = RustCryptoProvider::new();
     let sender = p.add_sm2_key(Sm2SigningKey::generate());
     let me = p.add_sm2_key(Sm2SigningKey::generate());
