@@ -165,9 +165,9 @@ on_each_backend! {
     side_writes_share_the_block_transaction:
         side_writes_share_the_block_transaction_sqlite,
         side_writes_share_the_block_transaction_postgres;
-    batch_leaves_are_stored_once:
-        a_whole_batch_stores_its_leaves_once_and_no_audit_paths_sqlite,
-        a_whole_batch_stores_its_leaves_once_and_no_audit_paths_postgres;
+    batch_trees_are_stored_once:
+        a_whole_batch_stores_its_tree_once_and_no_audit_paths_sqlite,
+        a_whole_batch_stores_its_tree_once_and_no_audit_paths_postgres;
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -331,12 +331,12 @@ async fn ledger_before_field_commitments(backend: At) {
     assert_eq!(n, 1);
 }
 
-/// `(first_leaf, length of leaves)` of every `batches` row, and the
+/// `(first_leaf, length of tree)` of every `batches` row, and the
 /// length of every transaction's `auth`, in leaf order.
 async fn stored_sizes(s: &AnyStore) -> (Vec<(i64, Option<i64>)>, Vec<i64>) {
     let mut r = s.reader().await.unwrap();
     let batches = on_backend!(&mut r, c => sqlx::query_as(
-        "SELECT first_leaf, CAST(length(leaves) AS BIGINT) FROM batches ORDER BY first_leaf").fetch_all(&mut **c).await)
+        "SELECT first_leaf, CAST(length(tree) AS BIGINT) FROM batches ORDER BY first_leaf").fetch_all(&mut **c).await)
     .unwrap();
     let auths: Vec<(i64,)> = on_backend!(&mut r, c => sqlx::query_as(
         "SELECT CAST(length(auth) AS BIGINT) FROM transactions ORDER BY leaf_index").fetch_all(&mut **c).await)
@@ -344,13 +344,13 @@ async fn stored_sizes(s: &AnyStore) -> (Vec<(i64, Option<i64>)>, Vec<i64>) {
     (batches, auths.into_iter().map(|(n,)| n).collect())
 }
 
-/// A batch whose every record is in one block is stored with its leaf
-/// hashes (32 bytes a record) and its rows without audit paths; any other
+/// A batch whose every record is in one block is stored with its tree
+/// (every node, ~64 bytes a record) and its rows without audit paths; any other
 /// (some records refused, or appended later, or out of order) keeps each
 /// row's path. Read back, every transaction is what was appended, with its
 /// path; proofs and the whole ledger verify. A format-2 ledger written
-/// before the `leaves` column gains it and reads as before.
-async fn batch_leaves_are_stored_once(backend: At) {
+/// before the `tree` column gains it and reads as before.
+async fn batch_trees_are_stored_once(backend: At) {
     let node = key();
     let client = key();
     let l = open_on(&backend, &node).await;
@@ -370,10 +370,11 @@ async fn batch_leaves_are_stored_once(backend: At) {
     }
     let (batches, auths) = stored_sizes(l.store()).await;
     // Genesis (a batch of one, leaf 0), the whole batch (leaves 1..7), the
-    // part (7..10), the rest of it (10..12), the pair (12..14).
+    // part (7..10), the rest of it (10..12), the pair (12..14). A tree of
+    // 6 leaves has 6 + 3 + 2 + 1 nodes.
     assert_eq!(
         batches,
-        [(0, Some(32)), (1, Some(6 * 32)), (7, None), (10, None), (12, None)]
+        [(0, Some(32)), (1, Some(12 * 32)), (7, None), (10, None), (12, None)]
     );
     let short = auths.iter().map(|&n| n < 64).collect::<Vec<_>>();
     assert_eq!(
@@ -404,8 +405,8 @@ async fn batch_leaves_are_stored_once(backend: At) {
         .unwrap();
     drop(l);
 
-    // A format-2 ledger written before the column: every batch row without
-    // leaves (a format-1 genesis; a batch whose rows hold their paths).
+    // A format-2 ledger written before the column: no batch row with a
+    // tree (a format-1 genesis; a batch whose rows hold their paths).
     let old = backend.another().await;
     let v1 = LedgerConfig {
         format: TxFormat::V1,
@@ -415,12 +416,12 @@ async fn batch_leaves_are_stored_once(backend: At) {
     let l = open_on(&old, &node).await;
     let part = batch(&client, "part", 0, 3);
     l.append(part[..2].to_vec()).await.unwrap();
-    raw(l.store(), "ALTER TABLE batches DROP COLUMN leaves").await.unwrap();
+    raw(l.store(), "ALTER TABLE batches DROP COLUMN tree").await.unwrap();
     drop(l);
     let l = open_on(&old, &node).await;
     l.append(batch(&client, "after", 0, 3)).await.unwrap();
     let (batches, auths) = stored_sizes(l.store()).await;
-    assert_eq!(batches, [(1, None), (3, Some(96))]);
+    assert_eq!(batches, [(1, None), (3, Some((3 + 2 + 1) * 32))]);
     assert!(
         auths[..3].iter().all(|&n| n >= 64) && auths[3..].iter().all(|&n| n < 64),
         "{auths:?}"
@@ -522,7 +523,7 @@ const COLUMNS: &[(&str, &[(&str, char)])] = &[
             ("batch_leaf", 'i'),
         ],
     ),
-    ("batches", &[("first_leaf", 'i'), ("body", 'b'), ("leaves", 'b')]),
+    ("batches", &[("first_leaf", 'i'), ("body", 'b'), ("tree", 'b')]),
     ("merkle_nodes", &[("id", 'i'), ("hash", 'b')]),
     (
         "checkpoints",
@@ -577,7 +578,7 @@ async fn tamper(pool: &sqlx::SqlitePool, table: &str, col: &str, kind: char, row
             };
             q.bind(String::from_utf8(v).unwrap())
         }
-        // A NULL blob (a batch stored without its leaves) gains some.
+        // A NULL blob (a batch stored without its tree) gains one node.
         'b' if r.get::<Option<Vec<u8>>, _>("v").is_none() => q.bind(vec![0u8; 32]),
         _ => {
             let mut v: Vec<u8> = r.get("v");
@@ -711,14 +712,14 @@ fn tamper_names_the_first_bad_block_and_transaction() {
         }
         // Every table: a change is caught.
         // (Row 0 of `batches` is the genesis batch of one record, whose
-        // leaf is on no audit path: only the check of the leaves against
-        // the signed root sees a change to it.)
+        // one node is on no audit path: only the check of the tree's root
+        // against the signed root sees a change to it.)
         for (table, col, kind, row) in [
             ("blocks", "timestamp", 'i', 1),
             ("merkle_nodes", "hash", 'b', 1),
             ("checkpoints", "root", 't', 1),
-            ("batches", "leaves", 'b', 0),
-            ("batches", "leaves", 'b', 1),
+            ("batches", "tree", 'b', 0),
+            ("batches", "tree", 'b', 1),
         ] {
             let (_dir, l) = open_sqlite(&node).await;
             l.append(batch(&node, "a", 0, 5)).await.unwrap();

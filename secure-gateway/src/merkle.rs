@@ -129,6 +129,48 @@ impl LevelTree {
             .unwrap_or_else(empty_root)
     }
 
+    /// Every node, level by level from the leaves to the root, each level
+    /// in order: what [`LevelTree::from_nodes`] reads back.
+    pub fn to_nodes(&self) -> Vec<u8> {
+        self.levels.iter().flatten().flat_map(|d| d.0).collect()
+    }
+
+    /// A tree of `size` leaves from its [`LevelTree::to_nodes`], without
+    /// hashing: None unless the bytes have exactly the length of such a tree
+    /// and every node promoted unchanged (the odd last of its level) equals
+    /// its copy one level up. Whether the nodes hash to a trusted root is
+    /// not checked here: every other node is on the audit path of some leaf,
+    /// so a changed one fails that leaf's proof against the root (and the
+    /// caller compares [`LevelTree::root`] with the trusted root).
+    pub fn from_nodes(size: usize, nodes: &[u8]) -> Option<Self> {
+        let mut widths = vec![size];
+        while widths.last().is_some_and(|&w| w > 1) {
+            let w = widths.last().copied().unwrap_or_default();
+            widths.push(w.div_ceil(2));
+        }
+        if nodes.len() != widths.iter().sum::<usize>().checked_mul(32)? {
+            return None;
+        }
+        let mut rest = nodes;
+        let mut levels = Vec::with_capacity(widths.len());
+        for w in widths {
+            let (level, more) = rest.split_at(w * 32);
+            rest = more;
+            levels.push(
+                level
+                    .chunks_exact(32)
+                    .map(Sm3Digest::from_slice)
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?,
+            );
+        }
+        let promoted_intact = levels.windows(2).all(|pair| {
+            let (low, high) = (&pair[0], &pair[1]);
+            low.len() % 2 == 0 || low.last() == high.last()
+        });
+        promoted_intact.then_some(LevelTree { levels })
+    }
+
     /// The audit path of leaf `index` ([`inclusion_proof`]), or None when
     /// the tree has no such leaf.
     pub fn path(&self, index: usize) -> Option<Vec<Sm3Digest>> {
@@ -200,6 +242,21 @@ mod tests {
             assert_eq!(tree.root(), root(&ls), "n={n}");
             assert_eq!(tree.len(), n);
             assert!(tree.path(n).is_none());
+            // Stored and read back without hashing: the same paths; a
+            // changed byte of a promoted node, or a wrong length, is refused.
+            let nodes = tree.to_nodes();
+            let back = LevelTree::from_nodes(n, &nodes).unwrap();
+            assert_eq!(back.root(), tree.root());
+            for (i, p) in all.iter().enumerate() {
+                assert_eq!(back.path(i).as_ref(), Some(p), "n={n} i={i}");
+            }
+            assert!(LevelTree::from_nodes(n + 1, &nodes).is_none());
+            assert!(LevelTree::from_nodes(n, &nodes[1..]).is_none());
+            if n % 2 == 1 && n > 1 {
+                let mut bad = nodes.clone();
+                bad[(n - 1) * 32] ^= 1;
+                assert!(LevelTree::from_nodes(n, &bad).is_none(), "n={n}");
+            }
         }
         assert_eq!(LevelTree::new(Vec::new()).root(), empty_root());
     }

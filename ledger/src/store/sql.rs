@@ -43,7 +43,7 @@ pub(crate) const TABLES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS transactions_category ON transactions (category, leaf_index)",
     // Format 2: each batch's header, signer key and signature once, keyed
     // by the first leaf that refers to it (transactions.batch_leaf).
-    "CREATE TABLE IF NOT EXISTS batches (first_leaf {int} PRIMARY KEY, body {blob} NOT NULL, leaves {blob})",
+    "CREATE TABLE IF NOT EXISTS batches (first_leaf {int} PRIMARY KEY, body {blob} NOT NULL, tree {blob})",
     "CREATE TABLE IF NOT EXISTS merkle_nodes (id {int} PRIMARY KEY, hash {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         height {int} PRIMARY KEY,
@@ -57,13 +57,13 @@ pub(crate) const TABLES: &[&str] = &[
 
 /// Columns added after their table's first release, as (table, column,
 /// type): a ledger made before them gains them when it is opened (no row
-/// changes; `format` says 1 for every earlier row, `leaves` is NULL for
+/// changes; `format` says 1 for every earlier row, `tree` is NULL for
 /// every earlier batch, whose rows keep their audit paths).
 pub(crate) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("transactions", "fields_root", "TEXT"),
     ("transactions", "format", "{int} NOT NULL DEFAULT 1"),
     ("transactions", "batch_leaf", "{int}"),
-    ("batches", "leaves", "{blob}"),
+    ("batches", "tree", "{blob}"),
 ];
 
 /// The tables whose rows no statement may update or delete.
@@ -72,7 +72,7 @@ pub(crate) const APPEND_ONLY_TABLES: &[&str] = &["blocks", "transactions", "batc
 pub(crate) const TX_COLS: &str = "leaf_index, height, tx_id, record_id, kind, category, state_key, content_type, data_hash, payload, auth, fields_root, format, batch_leaf";
 
 /// How transactions are read: each row with its batch's body (format 2),
-/// not its leaves (read once per batch by the stores' `with_paths`).
+/// not its tree (read once per batch by the stores' `with_paths`).
 pub(crate) const TX_SELECT: &str = "SELECT transactions.*, batches.body FROM transactions \
      LEFT JOIN batches ON batches.first_leaf = transactions.batch_leaf";
 
@@ -92,14 +92,15 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 /// A `batches` row: the first leaf that refers to the batch, its body, and
-/// its leaf hashes concatenated when every record of the batch is in the
-/// block (then its rows store their index alone, not their audit path).
+/// its Merkle tree (`LevelTree::to_nodes`: every node, level by level) when
+/// every record of the batch is in the block (then its rows store their
+/// index alone, not their audit path).
 pub(crate) type BatchRow = (u64, Vec<u8>, Option<Vec<u8>>);
 
 /// The `batches` rows a block writes (format 2: each distinct batch once,
 /// keyed by the first of the block's leaves that refers to it) and, per
 /// transaction, the key of its batch and whether that row holds the
-/// batch's leaves (None for format 1).
+/// batch's tree (None for format 1).
 pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(u64, bool)>>) {
     let mut rows: Vec<BatchRow> = Vec::new();
     // Per batch row: its tree size, and its records' leaf hashes while they
@@ -137,9 +138,14 @@ pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(
             })
         })
         .collect();
-    // The leaves are kept when the block holds the whole batch.
-    for ((_, _, leaves), (tree_size, run)) in rows.iter_mut().zip(runs) {
-        *leaves = run.filter(|r| r.len() as u64 == tree_size.saturating_mul(32));
+    // The tree is kept when the block holds the whole batch.
+    for ((_, _, tree), (tree_size, run)) in rows.iter_mut().zip(runs) {
+        *tree = run.filter(|r| r.len() as u64 == tree_size.saturating_mul(32)).map(|r| {
+            let leaves = r
+                .chunks_exact(32)
+                .filter_map(|h| secure_gateway::Sm3Digest::from_slice(h).ok());
+            secure_gateway::merkle::LevelTree::new(leaves.collect()).to_nodes()
+        });
     }
     let keys = slots
         .into_iter()
@@ -264,9 +270,10 @@ macro_rules! sql_store {
             }
 
             /// The transactions of `rows`, with the audit paths of those
-            /// whose rows hold their index alone computed from their
-            /// batches' leaves, read once per batch. Leaves that do not hash
-            /// to the signed batch root are reported as a malformed row.
+            /// whose rows hold their index alone looked up in their
+            /// batches' trees, read once per batch. A tree that is not the
+            /// shape of its batch's, or whose root is not the signed batch
+            /// root, is reported as a malformed row.
             async fn with_paths(&self, rows: &[$row]) -> Result<Vec<StoredTx>, LedgerError> {
                 use $crate::store::sql::NODES_PER_STATEMENT;
                 use secure_gateway::merkle::LevelTree;
@@ -277,12 +284,12 @@ macro_rules! sql_store {
                 }
                 keys.sort_unstable();
                 keys.dedup();
-                let head = "SELECT first_leaf, leaves FROM batches WHERE first_leaf IN (";
+                let head = "SELECT first_leaf, tree FROM batches WHERE first_leaf IN (";
                 let mut stored = std::collections::HashMap::with_capacity(keys.len());
                 for r in self.rows_in(&self.pool, head, &keys, NODES_PER_STATEMENT).await? {
                     let key: i64 = r.try_get("first_leaf").map_err(|e| self.err(e))?;
-                    let leaves: Option<Vec<u8>> = r.try_get("leaves").map_err(|e| self.err(e))?;
-                    stored.insert(key, leaves);
+                    let tree: Option<Vec<u8>> = r.try_get("tree").map_err(|e| self.err(e))?;
+                    stored.insert(key, tree);
                 }
                 let mut trees: std::collections::HashMap<i64, LevelTree> = std::collections::HashMap::new();
                 parsed
@@ -291,24 +298,17 @@ macro_rules! sql_store {
                         let Some(key) = key else { return Ok(t) };
                         let bad = || {
                             self.corrupt(&format!(
-                                "batches.leaves of the batch at leaf {key} (transaction at leaf {})",
+                                "batches.tree of the batch at leaf {key} (transaction at leaf {})",
                                 t.leaf_index
                             ))
                         };
                         let tree = match trees.entry(key) {
                             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                             std::collections::hash_map::Entry::Vacant(e) => {
-                                let bytes = stored.get(&key).and_then(|l| l.as_deref()).ok_or_else(bad)?;
+                                let nodes = stored.get(&key).and_then(|l| l.as_deref()).ok_or_else(bad)?;
                                 let batch = &t.tx.auth.batch;
-                                if bytes.len() as u64 != batch.tree_size.saturating_mul(32) {
-                                    return Err(bad());
-                                }
-                                let leaves = bytes
-                                    .chunks_exact(32)
-                                    .map(Sm3Digest::from_slice)
-                                    .collect::<Result<Vec<_>, _>>()
-                                    .map_err(|_| bad())?;
-                                let tree = LevelTree::new(leaves);
+                                let size = usize::try_from(batch.tree_size).map_err(|_| bad())?;
+                                let tree = LevelTree::from_nodes(size, nodes).ok_or_else(bad)?;
                                 if tree.root() != batch.root {
                                     return Err(bad());
                                 }
@@ -408,9 +408,9 @@ macro_rules! sql_store {
 
                 let (batches, batch_leaves) = $crate::store::sql::batch_rows(c);
                 for chunk in batches.chunks(NODES_PER_STATEMENT) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO batches (first_leaf, body, leaves) ");
-                    qb.push_values(chunk, |mut row, (leaf, body, leaves)| {
-                        row.push_bind(to_i64(*leaf)).push_bind(body.clone()).push_bind(leaves.clone());
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO batches (first_leaf, body, tree) ");
+                    qb.push_values(chunk, |mut row, (leaf, body, tree)| {
+                        row.push_bind(to_i64(*leaf)).push_bind(body.clone()).push_bind(tree.clone());
                     });
                     qb.build().execute(&mut *db).await.map_err(|e| self.err(e))?;
                 }
