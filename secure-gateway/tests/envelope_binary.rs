@@ -9,27 +9,12 @@ mod support;
 use secure_gateway::envelope::{EnvelopeVersion, WrapKind, seal_with_version};
 use secure_gateway::{
     BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm4Key, open, sm3,
+    SealedEnvelope, open, sm3,
 };
 use support::TestProvider;
 use support::canon::{fields, join};
+use support::{World, world};
 use uuid::Uuid;
-
-struct World {
-    p: RustCryptoProvider,
-    sender: KeyHandle,
-    cdc: KeyHandle,
-    kek: KeyHandle,
-}
-
-fn world() -> World {
-    let p = RustCryptoProvider::new();
-    let sender = p.add_sm2_key(Sm2SigningKey::generate());
-    let cdc = p.add_sm2_key(Sm2SigningKey::generate());
-    let kek = KeyHandle::new("province-kek-2026");
-    p.insert_kek(kek.clone(), Sm4Key::new([0x42; 16]));
-    World { p, sender, cdc, kek }
-}
 
 fn meta(tx: u128) -> EnvelopeMeta {
     EnvelopeMeta {

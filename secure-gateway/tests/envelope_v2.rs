@@ -22,9 +22,8 @@ use secure_gateway::envelope::{
 };
 use secure_gateway::sym::sm4_gcm_seal;
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    RustCryptoProvider, SealedEnvelope, Sm2SigningKey, Sm2VerifyingKey, Sm4Key, open, seal, seal_unsigned, sign_batch,
-    sm3,
+    BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, Recipient, RecipientKey, SealedEnvelope,
+    Sm2VerifyingKey, Sm4Key, open, seal, seal_unsigned, sign_batch, sm3,
 };
 use support::canon::join;
 use uuid::Uuid;
@@ -34,24 +33,7 @@ use uuid::Uuid;
 /// http` makes it).
 const GOLDEN: &[u8] = include_bytes!("fixtures/golden-vaccination.json");
 const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
-const KEK_NAME: &str = "province-kek-2026";
-const KEK: [u8; 16] = [0x42; 16];
-
-struct World {
-    p: RustCryptoProvider,
-    sender: KeyHandle,
-    cdc: KeyHandle,
-    kek: KeyHandle,
-}
-
-fn world() -> World {
-    let p = RustCryptoProvider::new();
-    let sender = p.add_sm2_key(Sm2SigningKey::generate());
-    let cdc = p.add_sm2_key(Sm2SigningKey::generate());
-    let kek = KeyHandle::new(KEK_NAME);
-    p.insert_kek(kek.clone(), Sm4Key::new(KEK));
-    World { p, sender, cdc, kek }
-}
+use support::{KEK, KEK_NAME, World, world};
 
 fn meta(tx: u128) -> EnvelopeMeta {
     EnvelopeMeta {

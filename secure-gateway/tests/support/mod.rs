@@ -15,6 +15,30 @@ use secure_gateway::{
 };
 use zeroize::Zeroizing;
 
+/// The name of the SM4 KEK of [`world`].
+pub const KEK_NAME: &str = "province-kek-2026";
+/// The SM4 KEK of [`world`].
+pub const KEK: [u8; 16] = [0x42; 16];
+
+/// The envelope tests' cast: a provider holding a sender's and a CDC's SM2
+/// keys (fresh each time) and the SM4 KEK [`KEK_NAME`].
+pub struct World {
+    pub p: RustCryptoProvider,
+    pub sender: KeyHandle,
+    pub cdc: KeyHandle,
+    pub kek: KeyHandle,
+}
+
+/// A new [`World`].
+pub fn world() -> World {
+    let p = RustCryptoProvider::new();
+    let sender = p.add_sm2_key(secure_gateway::Sm2SigningKey::generate());
+    let cdc = p.add_sm2_key(secure_gateway::Sm2SigningKey::generate());
+    let kek = KeyHandle::new(KEK_NAME);
+    p.insert_kek(kek.clone(), Sm4Key::new(KEK));
+    World { p, sender, cdc, kek }
+}
+
 /// Delegates to [`RustCryptoProvider`], counting SM2 decryptions. A
 /// deterministic one (the worked examples of `docs/envelope.md`) also draws
 /// "random" bytes from a fixed pattern (call `c` fills byte `i` with
