@@ -8,23 +8,12 @@ mod support;
 
 use secure_gateway::envelope::{EnvelopeVersion, WrapKind, seal_with_version};
 use secure_gateway::{
-    BatchSealer, ContentType, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey,
-    SealedEnvelope, open, sm3,
+    BatchSealer, CryptoError, CryptoProvider, EnvelopeMeta, KeyHandle, Recipient, RecipientKey, SealedEnvelope, open,
+    sm3,
 };
 use support::TestProvider;
 use support::canon::{fields, join};
-use support::{World, world};
-use uuid::Uuid;
-
-fn meta(tx: u128) -> EnvelopeMeta {
-    EnvelopeMeta {
-        transaction_id: Uuid::from_u128(tx),
-        entity_id: "hospital-310101-001".into(),
-        timestamp_ms: 1_767_225_600_000,
-        content_type: ContentType::Json,
-        dataset_category: "vaccination-record".into(),
-    }
-}
+use support::{World, meta, world};
 
 const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
 

@@ -33,17 +33,7 @@ use uuid::Uuid;
 /// http` makes it).
 const GOLDEN: &[u8] = include_bytes!("fixtures/golden-vaccination.json");
 const PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":1}"#;
-use support::{KEK, KEK_NAME, World, world};
-
-fn meta(tx: u128) -> EnvelopeMeta {
-    EnvelopeMeta {
-        transaction_id: Uuid::from_u128(tx),
-        entity_id: "hospital-310101-001".into(),
-        timestamp_ms: 1_767_225_600_000,
-        content_type: ContentType::Json,
-        dataset_category: "vaccination-record".into(),
-    }
-}
+use support::{KEK, KEK_NAME, World, meta, world};
 
 /// Raw DEFLATE of `data` (flate2's streaming encoder, not the sealer's code).
 fn deflate(data: &[u8]) -> Vec<u8> {

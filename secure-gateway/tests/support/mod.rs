@@ -224,8 +224,17 @@ pub const EXAMPLE_PAYLOAD: &[u8] = br#"{"vaccine":"HepB","lot":"202601A","dose":
 
 /// The worked examples' metadata for transaction `tx`.
 pub fn example_meta(tx: &str) -> secure_gateway::EnvelopeMeta {
+    meta_of(tx.parse().expect("a UUID"))
+}
+
+/// The same metadata for transaction number `tx`.
+pub fn meta(tx: u128) -> secure_gateway::EnvelopeMeta {
+    meta_of(uuid::Uuid::from_u128(tx))
+}
+
+fn meta_of(transaction_id: uuid::Uuid) -> secure_gateway::EnvelopeMeta {
     secure_gateway::EnvelopeMeta {
-        transaction_id: tx.parse().expect("a UUID"),
+        transaction_id,
         entity_id: "hospital-310101-001".into(),
         timestamp_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
         content_type: secure_gateway::ContentType::Json,
