@@ -103,9 +103,9 @@ pub(crate) type BatchRow = (u64, Vec<u8>, Option<Vec<u8>>);
 /// batch's tree (None for format 1).
 pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(u64, bool)>>) {
     let mut rows: Vec<BatchRow> = Vec::new();
-    // Per batch row: its tree size, and its records' leaf hashes while they
+    // Per batch row: its header, and its records' leaf hashes while they
     // come in index order from 0 (None once one does not).
-    let mut runs: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
+    let mut runs: Vec<(&secure_gateway::BatchHeader, Option<Vec<u8>>)> = Vec::new();
     let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
     let mut previous: Option<(&crate::tx::TxAuth, usize)> = None;
     let slots: Vec<Option<usize>> = c
@@ -121,7 +121,7 @@ pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(
                         let leaf = c.block.first_leaf + k as u64;
                         *seen.entry(t.auth.batch_body()).or_insert_with_key(|body| {
                             rows.push((leaf, body.clone(), None));
-                            runs.push((t.auth.batch.tree_size, Some(Vec::new())));
+                            runs.push((&t.auth.batch, Some(Vec::new())));
                             rows.len() - 1
                         })
                     }
@@ -138,14 +138,21 @@ pub(crate) fn batch_rows(c: &super::BlockCommit) -> (Vec<BatchRow>, Vec<Option<(
             })
         })
         .collect();
-    // The tree is kept when the block holds the whole batch.
-    for ((_, _, tree), (tree_size, run)) in rows.iter_mut().zip(runs) {
-        *tree = run.filter(|r| r.len() as u64 == tree_size.saturating_mul(32)).map(|r| {
-            let leaves = r
-                .chunks_exact(32)
-                .filter_map(|h| secure_gateway::Sm3Digest::from_slice(h).ok());
-            secure_gateway::merkle::LevelTree::new(leaves.collect()).to_nodes()
-        });
+    // The tree is kept when the block holds the whole batch, and its root
+    // is the signed one (it is, for leaves computed from verified records;
+    // if not, the rows keep their paths rather than the store keep a tree
+    // no read would accept).
+    for ((_, _, tree), (batch, run)) in rows.iter_mut().zip(runs) {
+        *tree = run
+            .filter(|r| r.len() as u64 == batch.tree_size.saturating_mul(32))
+            .map(|r| {
+                let leaves = r
+                    .chunks_exact(32)
+                    .filter_map(|h| secure_gateway::Sm3Digest::from_slice(h).ok());
+                secure_gateway::merkle::LevelTree::new(leaves.collect())
+            })
+            .filter(|t| t.root() == batch.root)
+            .map(|t| t.to_nodes());
     }
     let keys = slots
         .into_iter()
@@ -221,7 +228,7 @@ macro_rules! sql_store {
             }
 
             /// A transaction row, and the key of its batch when its audit
-            /// path is to come from the batch's leaves ([`Self::with_paths`]).
+            /// path is to come from the batch's tree ([`Self::with_paths`]).
             fn tx_from_row(&self, r: &$row) -> Result<(StoredTx, Option<i64>), LedgerError> {
                 let leaf_index = self.get_u64(r, "leaf_index")?;
                 let bad = |c: &str| self.corrupt(&format!("transactions.{c} at leaf {leaf_index}"));
