@@ -608,10 +608,10 @@ impl<S: LedgerStore> Committer<S> {
 
 /// The checks of one request that need no ledger state: sizes, ids unique
 /// within the request, each record's audit path to its signed batch root and
-/// one SM2 verification per batch. Returns the log leaf hash of each
-/// transaction. Runs in the caller's task, so requests verify in parallel and
-/// the committer only orders, deduplicates and writes. Returns each
-/// transaction's log leaf hash and its leaf hash in its batch (format 2).
+/// one SM2 verification per batch. Returns each transaction's log leaf hash
+/// and its leaf hash in its batch (format 2). Runs in the caller's task, so
+/// requests verify in parallel and the committer only orders, deduplicates
+/// and writes.
 fn precheck(
     txs: &[Transaction],
     max_payload: usize,

@@ -315,9 +315,9 @@ impl TxAuth {
         c.into_bytes()
     }
 
-    /// The record's own part when its batch's leaves are stored with the
+    /// The record's own part when its batch's Merkle tree is stored with the
     /// batch (format 2, a batch whose every record is in one block): the
-    /// index alone; the audit path is computed from the leaves when read.
+    /// index alone; the audit path is looked up in the tree when read.
     pub fn record_index_part(&self) -> Vec<u8> {
         let mut c = Canon::new(RECORD_AT_TAG);
         c.u64(self.index);
@@ -737,8 +737,8 @@ pub enum StoredAuth {
     /// Complete: the row held the record's audit path.
     Complete(TxAuth),
     /// The row held the record's index alone ([`TxAuth::record_index_part`]):
-    /// the audit path is empty, to be computed from the leaves stored with
-    /// the batch.
+    /// the audit path is empty, to be looked up in the tree stored with the
+    /// batch.
     NeedsPath(TxAuth),
 }
 

@@ -58,7 +58,7 @@ pub struct BlockCommit {
     pub txs: Vec<Transaction>,
     /// Per transaction, its leaf hash within its signed batch (format 2;
     /// None for format 1): a batch whose every record is in the block is
-    /// stored with its leaves, and its rows without their audit paths.
+    /// stored with its Merkle tree, and its rows without their audit paths.
     pub batch_leaves: Vec<Option<Sm3Digest>>,
     /// Every perfect-subtree node the block completes (level 0 = leaves).
     pub nodes: Vec<(NodeKey, Sm3Digest)>,
