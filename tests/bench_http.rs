@@ -24,6 +24,13 @@ fn bench_http_runs_end_to_end_and_reports_json() {
     // the two registrations and the API key.
     assert!(figures["ledger_transactions"].as_u64().unwrap() >= 306, "{figures}");
     assert!(figures["ingest_records_per_s"].as_f64().unwrap() > 0.0, "{figures}");
+    // The ingest cut in tenths: the last ends with the last record.
+    let tenths = figures["ingest_by_tenth"].as_array().unwrap();
+    assert_eq!(tenths.last().unwrap()["through_records"], 300, "{figures}");
+    assert!(
+        tenths.iter().all(|t| t["records_per_s"].as_f64().unwrap() > 0.0),
+        "{figures}"
+    );
     assert!(figures["trace_p99_ms"].as_f64().unwrap() > 0.0, "{figures}");
     assert_eq!(figures["auth_body_bytes"], figures["public_body_bytes"], "{figures}");
 }

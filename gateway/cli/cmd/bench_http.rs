@@ -464,6 +464,32 @@ struct Ingest {
     wall_time: Duration,
     latencies_ms: Vec<f64>,
     cpu_per_record_us: Option<f64>,
+    /// The ingest cut in tenths of the records (by the chunk that crossed
+    /// each tenth): whether the rate holds as the ledger grows.
+    tenths: Vec<serde_json::Value>,
+}
+
+/// One point of the ingest: records sent so far, time spent sending so
+/// far, the gateway's CPU seconds so far.
+#[derive(Clone, Copy)]
+struct Mark {
+    records: usize,
+    send: Duration,
+    cpu: Option<f64>,
+}
+
+impl Mark {
+    /// Records per second of sending and gateway µs of CPU per record
+    /// between `self` and a later mark.
+    fn rates_to(&self, later: &Mark) -> (f64, Option<f64>) {
+        let n = (later.records - self.records).max(1) as f64;
+        let rate = n / (later.send - self.send).as_secs_f64().max(1e-9);
+        let cpu = match (self.cpu, later.cpu) {
+            (Some(b), Some(e)) => Some(((e - b) * 1e6 / n * 10.0).round() / 10.0),
+            _ => None,
+        };
+        (rate, cpu)
+    }
 }
 
 /// Measures (a), (b) and (c) and prints the final JSON line.
@@ -505,6 +531,7 @@ async fn bench(
             "ingest_p50_ms": pct(lat, 0.5),
             "ingest_p99_ms": pct(lat, 0.99),
             "server_cpu_us_per_record": ingest.cpu_per_record_us,
+            "ingest_by_tenth": ingest.tenths,
             "ledger_transactions": ledger_txs,
             "trace_samples": a.trace_samples,
             "trace_p50_ms": pct(&tl, 0.5),
@@ -546,6 +573,12 @@ async fn measure_ingest(
     let cpu_before = process_cpu_secs(server_pid);
     let mut next_record = 0usize;
     let mut last_report = Instant::now();
+    let start = Mark {
+        records: 0,
+        send: Duration::ZERO,
+        cpu: cpu_before,
+    };
+    let (mut window, mut tenth_start, mut tenths) = (start, start, Vec::new());
     while next_record < a.records {
         // Seal a chunk of batches on every core.
         let first = next_record;
@@ -608,13 +641,32 @@ async fn measure_ingest(
             latencies.extend(s.await??);
         }
         send_time += t0.elapsed();
+        let now = Mark {
+            records: next_record,
+            send: send_time,
+            cpu: process_cpu_secs(server_pid),
+        };
+        if next_record * 10 >= (tenths.len() + 1) * a.records {
+            let (rate, cpu) = tenth_start.rates_to(&now);
+            tenths.push(serde_json::json!({
+                "through_records": next_record,
+                "records_per_s": rate.round(),
+                "server_cpu_us_per_record": cpu,
+            }));
+            tenth_start = now;
+        }
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
+            let (rate, cpu) = window.rates_to(&now);
+            let cpu = cpu
+                .map(|c| format!(", gateway {c} µs CPU per record"))
+                .unwrap_or_default();
             eprintln!(
-                "  ingested {next_record} / {} ({:.0} records/s while sending)",
+                "  ingested {next_record} / {} ({:.0} records/s while sending; since the last line {rate:.0} records/s{cpu})",
                 a.records,
                 next_record as f64 / send_time.as_secs_f64()
             );
+            window = now;
         }
     }
     let wall_time = wall.elapsed();
@@ -645,6 +697,7 @@ async fn measure_ingest(
         wall_time,
         latencies_ms: lat,
         cpu_per_record_us,
+        tenths,
     })
 }
 
