@@ -354,6 +354,26 @@ fn custody_rules(node: Node) {
         &json!(["before_release", "recalled_used", "expired_used"]),
         "{rules}"
     );
+
+    // 10. The lot's production restated by a later bill with other dates
+    // (produced 2024-12-31, expires 2027-12-31): the latest statement
+    // decides, so a dose given on 2026-12-05 is no longer expired. The gateway reads only the lot's deciding facts
+    // (here the latest production bill's, not the forty before it).
+    produce_and_deliver(&node, &mah, &clinic_a, &[code(42)]);
+    let restated = record(&production(MAH_CODE, &[code(43)]), |e| {
+        e.fields.insert("production_date".into(), json!("2024-12-31"));
+        e.fields.insert("expiry_date".into(), json!("2027-12-31"));
+    });
+    let r = node.post_batch(&mah, "/v1/transactions", &[restated]);
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    agent::sqlite_clinic_rows(&db_a, vec![late(42, "20261205090000")]);
+    run_once(&cfg_a, "source clinic-ims: 1 accepted, 0 rejected, 0 quarantined");
+    let a = alerts_of(&node, &regulator, &code(42));
+    let rules: Vec<&Value> = a.iter().map(|s| &s["event"]["fields"]["rules"]).collect();
+    assert!(
+        rules.contains(&&json!(["before_release", "recalled_used"])),
+        "{rules:?}"
+    );
 }
 
 /// Eight batches sent at once, each giving the same dose: the gateway judges

@@ -177,6 +177,14 @@ impl Ticket<'_> {
         let Inflight { batches, cache, .. } = &mut *g;
         if let Some(b) = batches.iter_mut().find(|b| b.ticket == self.ticket) {
             b.committed_at = Some(epoch);
+            // Its lot facts now have their ledger order: a judgement that
+            // reads the lot's deciding facts from the database (which may
+            // or may not include these) must fold them at the same place.
+            for f in &mut b.lots {
+                if let Some(leaf) = leaves.get(&f.seq) {
+                    f.seq = *leaf;
+                }
+            }
             if let Some(cache) = cache {
                 Inflight::cache_append(cache, b, leaves);
             }

@@ -82,6 +82,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS custody_lots (lot TEXT NOT NULL, leaf_index BIGINT NOT NULL, kind SMALLINT NOT NULL,
         occurred_ms BIGINT NOT NULL, day1 TEXT, day2 TEXT, ok SMALLINT NOT NULL, event_id TEXT NOT NULL,
         PRIMARY KEY (lot, leaf_index, kind)){wr}",
+    // A lot's facts by kind: judging a record reads only the facts that
+    // decide its lot's state (the latest production dates, the latest
+    // release, the earliest recall), however many production bills restate
+    // the lot (Tables::custody_lots).
+    "CREATE INDEX IF NOT EXISTS custody_lots_kind ON custody_lots (lot, kind, leaf_index)",
     // Open provenance_pending alerts by code, and the transactions that
     // resolved them.
     "CREATE TABLE IF NOT EXISTS custody_pending (code TEXT NOT NULL, alert_leaf BIGINT NOT NULL,
@@ -462,6 +467,16 @@ const IDS_PER_QUERY: usize = 5_000;
 /// What an insert does with a row it already holds.
 const KEEP: &str = " ON CONFLICT DO NOTHING";
 
+/// Which of a lot's custody facts to read.
+#[derive(Debug, Clone, Copy)]
+enum LotRows {
+    /// Those that decide its state (`mappings::custody::Book::lot`): at
+    /// most four per lot, whatever its size.
+    Deciding,
+    /// Its release and recall facts (not the production bills).
+    NotProduction,
+}
+
 /// Which events a query reads. Each names an event at most once (no
 /// DISTINCT over rows carrying whole documents).
 #[derive(Debug, Clone, Copy)]
@@ -575,7 +590,11 @@ trait Tables {
     /// Field-commitment rows by leaf.
     async fn fields_of(&mut self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String>;
     /// Every custody fact of these lots.
-    async fn custody_lots(&mut self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String>;
+    async fn custody_lots(
+        &mut self,
+        lots: &[String],
+        which: LotRows,
+    ) -> Result<Vec<mappings::custody::LotFact>, String>;
     /// Leaves of the reading sets of logger `device` whose period overlaps
     /// `[from_ms, to_ms]`.
     async fn readings_of(&mut self, device: &str, from_ms: i64, to_ms: i64) -> Result<Vec<u64>, String>;
@@ -954,9 +973,43 @@ macro_rules! projection_sql {
                     rows.iter().map(|r| Ok((get_u64(r, "leaf_index")?, get(r, "fields")?))).collect()
                 }
 
-                async fn custody_lots(&mut self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, String> {
-                    let head = "SELECT lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id FROM custody_lots WHERE lot IN (";
-                    let rows = rows_in(self, "custody_lots", head, lots, ")").await?;
+                async fn custody_lots(&mut self, lots: &[String], which: LotRows) -> Result<Vec<mappings::custody::LotFact>, String> {
+                    const COLUMNS: &str = "SELECT lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id FROM custody_lots";
+                    let rows = match which {
+                        LotRows::NotProduction => {
+                            let head = format!("{COLUMNS} WHERE kind <> 1 AND lot IN (");
+                            rows_in(self, "custody_lots", &head, lots, ")").await?
+                        }
+                        LotRows::Deciding => {
+                            // Per lot, the fold of mappings::custody::Book::lot
+                            // needs: the latest facts stating a production
+                            // date and an expiry date, the latest release,
+                            // the earliest recall (custody_lots_kind finds
+                            // each without reading the others).
+                            const PICKS: [&str; 4] = [
+                                "kind = 1 AND day1 IS NOT NULL ORDER BY leaf_index DESC",
+                                "kind = 1 AND day2 IS NOT NULL ORDER BY leaf_index DESC",
+                                "kind = 2 ORDER BY leaf_index DESC",
+                                "kind = 3 ORDER BY occurred_ms, leaf_index",
+                            ];
+                            let mut out = Vec::new();
+                            for chunk in lots.chunks(64) {
+                                let mut qb = QueryBuilder::<$db>::new("");
+                                for (k, lot) in chunk.iter().enumerate() {
+                                    for (j, pick) in PICKS.iter().enumerate() {
+                                        if k + j > 0 {
+                                            qb.push(" UNION ALL ");
+                                        }
+                                        qb.push(format!("SELECT * FROM ({COLUMNS} WHERE lot = "));
+                                        qb.push_bind(lot.clone());
+                                        qb.push(format!(" AND {pick} LIMIT 1) AS p{k}_{j}"));
+                                    }
+                                }
+                                out.extend(fetch(self, qb, "custody_lots").await?);
+                            }
+                            out
+                        }
+                    };
                     let day = |s: Option<String>| s.and_then(|s| chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok());
                     rows.iter()
                         .map(|r| {
@@ -1262,12 +1315,8 @@ impl Projection {
     /// [`mappings::custody::lot_key`]): its release (批签发) and recall
     /// records (not the production bills of its other codes).
     pub async fn lot_event_leaves(&self, lot: &str) -> Result<Vec<u64>, ProjectionError> {
-        let facts = self.custody_lots(&[lot.to_string()]).await?;
-        let mut leaves: Vec<u64> = facts
-            .into_iter()
-            .filter(|f| f.kind != mappings::custody::LotMove::Produced)
-            .map(|f| f.seq)
-            .collect();
+        let facts = read!(self, c => c.custody_lots(&[lot.to_string()], LotRows::NotProduction).await)?;
+        let mut leaves: Vec<u64> = facts.into_iter().map(|f| f.seq).collect();
         leaves.sort_unstable();
         leaves.dedup();
         Ok(leaves)
@@ -1348,9 +1397,10 @@ impl Projection {
         read!(self, c => c.fields_of(leaves).await)
     }
 
-    /// Every custody fact of these lots.
+    /// The custody facts of these lots that decide their state (at most
+    /// four per lot: [`LotRows::Deciding`]).
     pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, ProjectionError> {
-        read!(self, c => c.custody_lots(lots).await)
+        read!(self, c => c.custody_lots(lots, LotRows::Deciding).await)
     }
 
     /// Pending alerts opened before `before_ms` that nothing resolved or

@@ -13,7 +13,7 @@
 //! arrived in, and what is missing upstream is a [`Action::Pending`]
 //! finding that a later record can resolve, not a refusal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -167,7 +167,7 @@ impl Fact {
 }
 
 /// What an event said about a lot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LotMove {
     /// Production dates: `day` produced, `day2` expires.
@@ -555,7 +555,63 @@ impl Finding {
 #[derive(Debug, Clone, Default)]
 pub struct Book {
     codes: HashMap<String, Vec<Fact>>,
-    lots: HashMap<String, Vec<LotFact>>,
+    lots: HashMap<String, LotBook>,
+}
+
+/// What a [`Book`] keeps of a lot: the facts that decide its [`LotState`]
+/// (the fold of [`Book::lot`] takes, of each kind, the latest or the
+/// earliest fact, so the others change nothing), and which facts it was
+/// given, each kept once as first added. A lot that thousands of
+/// production bills restate costs one entry, not thousands: judging a
+/// batch must not grow with the lot's past.
+#[derive(Debug, Clone, Default)]
+struct LotBook {
+    seen: HashSet<(Uuid, LotMove)>,
+    /// Production date: the latest fact (by ledger order) that states one.
+    produced: Option<(u64, NaiveDate)>,
+    /// Expiry date: the latest fact that states one.
+    expires: Option<(u64, NaiveDate)>,
+    /// The latest release fact.
+    released: Option<LotFact>,
+    /// The earliest recall (by its start, then ledger order).
+    recalled: Option<LotFact>,
+}
+
+impl LotBook {
+    fn add(&mut self, f: LotFact) {
+        if !self.seen.insert((f.event_id, f.kind)) {
+            return;
+        }
+        let later = |have: Option<u64>| have.is_none_or(|s| f.seq > s);
+        match f.kind {
+            LotMove::Produced => {
+                if let Some(d) = f.day
+                    && later(self.produced.map(|p| p.0))
+                {
+                    self.produced = Some((f.seq, d));
+                }
+                if let Some(d) = f.day2
+                    && later(self.expires.map(|p| p.0))
+                {
+                    self.expires = Some((f.seq, d));
+                }
+            }
+            LotMove::Released => {
+                if later(self.released.as_ref().map(|r| r.seq)) {
+                    self.released = Some(f);
+                }
+            }
+            LotMove::Recalled => {
+                if self
+                    .recalled
+                    .as_ref()
+                    .is_none_or(|r| (f.at_ms, f.seq) < (r.at_ms, r.seq))
+                {
+                    self.recalled = Some(f);
+                }
+            }
+        }
+    }
 }
 
 impl Book {
@@ -601,9 +657,9 @@ impl Book {
     /// Adds lot facts (kept once per lot, event and kind).
     pub fn add_lots(&mut self, facts: impl IntoIterator<Item = LotFact>) {
         for f in facts {
-            let v = self.lots.entry(f.lot.clone()).or_default();
-            if !v.iter().any(|g| g.event_id == f.event_id && g.kind == f.kind) {
-                v.push(f);
+            match self.lots.get_mut(&f.lot) {
+                Some(b) => b.add(f),
+                None => self.lots.entry(f.lot.clone()).or_default().add(f),
             }
         }
     }
@@ -627,25 +683,15 @@ impl Book {
     /// What is known of lot `lot`.
     #[must_use]
     pub fn lot(&self, lot: &str) -> LotState {
-        let mut s = LotState::default();
-        let Some(all) = self.lots.get(lot) else { return s };
-        let mut all: Vec<&LotFact> = all.iter().collect();
-        all.sort_by_key(|f| f.seq);
-        for f in all {
-            match f.kind {
-                LotMove::Produced => {
-                    s.produced = f.day.or(s.produced);
-                    s.expires = f.day2.or(s.expires);
-                }
-                LotMove::Released => s.released = Some((f.day, f.ok, f.event_id, f.seq)),
-                LotMove::Recalled => {
-                    if s.recalled.is_none_or(|(at, ..)| f.at_ms < at) {
-                        s.recalled = Some((f.at_ms, f.event_id, f.seq));
-                    }
-                }
-            }
+        let Some(b) = self.lots.get(lot) else {
+            return LotState::default();
+        };
+        LotState {
+            produced: b.produced.map(|p| p.1),
+            expires: b.expires.map(|p| p.1),
+            released: b.released.as_ref().map(|f| (f.day, f.ok, f.event_id, f.seq)),
+            recalled: b.recalled.as_ref().map(|f| (f.at_ms, f.event_id, f.seq)),
         }
-        s
     }
 
     /// Codes with facts in the book.

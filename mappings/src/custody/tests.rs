@@ -430,3 +430,76 @@ fn a_conflict_dated_later_flags_instead_of_refusing() {
     assert!(!f.later, "{f:?}");
     assert_eq!(f.action(Action::Refuse), Action::Refuse);
 }
+
+/// The lot state as it was computed before [`Book`] kept only the deciding
+/// facts: every fact kept once per (event, kind) as first added, sorted by
+/// ledger order and folded. The oracle of the property test below.
+fn lot_state_by_fold(facts: &[LotFact]) -> LotState {
+    let mut kept: Vec<&LotFact> = Vec::new();
+    for f in facts {
+        if !kept.iter().any(|g| g.event_id == f.event_id && g.kind == f.kind) {
+            kept.push(f);
+        }
+    }
+    kept.sort_by_key(|f| f.seq);
+    let mut s = LotState::default();
+    for f in kept {
+        match f.kind {
+            LotMove::Produced => {
+                s.produced = f.day.or(s.produced);
+                s.expires = f.day2.or(s.expires);
+            }
+            LotMove::Released => s.released = Some((f.day, f.ok, f.event_id, f.seq)),
+            LotMove::Recalled => {
+                if s.recalled.is_none_or(|(at, ..)| f.at_ms < at) {
+                    s.recalled = Some((f.at_ms, f.event_id, f.seq));
+                }
+            }
+        }
+    }
+    s
+}
+
+proptest! {
+    /// Keeping only the deciding facts of a lot gives the state the fold
+    /// over all of them gives, whatever the order they are added in,
+    /// with repeats (a record read from the ledger and still in flight).
+    #[test]
+    fn a_lot_state_from_its_deciding_facts_is_the_fold_of_all(
+        raw in proptest::collection::vec(
+            (0u8..6, 0u8..3, 0u64..40, 0i64..5, proptest::option::of(1u32..30), proptest::option::of(1u32..30), any::<bool>()),
+            0..40,
+        ),
+    ) {
+        let day = |d: Option<u32>| d.and_then(|d| NaiveDate::from_ymd_opt(2024, 1, d));
+        // Facts of a few events; an event's facts of one kind agree (the
+        // same record seen twice), so repeats are true duplicates.
+        let facts: Vec<LotFact> = raw
+            .iter()
+            .map(|&(event, kind, _, _, _, _, _)| (event, kind))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|(event, kind)| {
+                let (_, _, seq, at, d1, d2, ok) = raw.iter().find(|r| (r.0, r.1) == (event, kind)).copied().unwrap_or_default();
+                LotFact {
+                    lot: "8612345/L1".into(),
+                    seq: seq * 8 + u64::from(event),
+                    event_id: Uuid::from_u128(u128::from(event)),
+                    at_ms: at,
+                    kind: [LotMove::Produced, LotMove::Released, LotMove::Recalled][usize::from(kind)],
+                    day: day(d1),
+                    day2: day(d2),
+                    ok,
+                }
+            })
+            .collect();
+        // Added in the generated order, each as often as it was drawn.
+        let order: Vec<LotFact> = raw
+            .iter()
+            .filter_map(|r| facts.iter().find(|f| f.event_id == Uuid::from_u128(u128::from(r.0)) && f.kind.as_i16() == i16::from(r.1) + 1).cloned())
+            .collect();
+        let mut book = Book::new();
+        book.add_lots(order.iter().cloned());
+        prop_assert_eq!(book.lot("8612345/L1"), lot_state_by_fold(&order));
+    }
+}
