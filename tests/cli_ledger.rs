@@ -102,6 +102,12 @@ fn ledger_commands_and_tamper_detection() {
     assert!(out.contains("701 transactions"), "{out}");
     assert!(out.contains("signatures checked by rustcrypto"), "{out}");
     assert_eq!(out.lines().count(), 1);
+    // Not on a terminal (a log, a cron job), progress comes as whole lines:
+    // each part says when it starts, and nothing is redrawn in place.
+    let o = verify(&["--db", db_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("checking the database file (PRAGMA integrity_check) ...\n"), "{err}");
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
     // The same signatures (made through RustCrypto) checked by OpenSSL; an
     // unknown provider is the caller's error, named.
     let out = exited(&verify(&["--db", db_s, "--crypto-provider", "openssl"]), 0);

@@ -166,6 +166,70 @@ pub fn run(c: LedgerCmd) -> anyhow::Result<u8> {
     })
 }
 
+/// Progress of a long step on stderr. On a terminal one line is redrawn
+/// in place twice a second and cleared when the step ends; otherwise (a log,
+/// a cron job, systemd) a line every 10 s and one when the step ends, so
+/// a verification of millions of transactions is never silent for minutes.
+struct Progress {
+    tty: bool,
+    started: Instant,
+    last: Instant,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Progress {
+        Progress {
+            tty,
+            started: Instant::now(),
+            last: Instant::now(),
+            drawn: false,
+        }
+    }
+
+    /// Says what starts now (a step that reports nothing until it ends).
+    fn step(&mut self, what: &str) {
+        if self.tty {
+            eprint!("{what}");
+            self.drawn = true;
+        } else {
+            eprintln!("{what} ...");
+        }
+    }
+
+    /// Reports `what()` if it is time to.
+    fn update(&mut self, what: impl FnOnce() -> String) {
+        let every = if self.tty {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        if self.tty {
+            eprint!("\r\x1b[K{}", what());
+            self.drawn = true;
+        } else {
+            eprintln!("{} ({:.0} s)", what(), self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Ends the step: clears the line on a terminal; otherwise says how
+    /// long `what` took, when it took long enough to have been reported.
+    fn done(&mut self, what: &str) {
+        let took = self.started.elapsed();
+        if self.tty {
+            if self.drawn {
+                eprint!("\r\x1b[K");
+            }
+        } else if took >= Duration::from_secs(10) {
+            eprintln!("{what}: checked in {:.1} s", took.as_secs_f64());
+        }
+    }
+}
+
 async fn verify(
     db: PathBuf,
     checkpoint_key: Option<PathBuf>,
@@ -200,16 +264,13 @@ async fn verify(
     // through that index would answer wrong (SQLite; PostgreSQL has no
     // equivalent without the amcheck extension).
     if let ledger::AnyStore::Sqlite(s) = &store {
-        if show {
-            eprint!("checking the database file (PRAGMA integrity_check)");
-        }
+        let mut p = Progress::new(show);
+        p.step("checking the database file (PRAGMA integrity_check)");
         let problems: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check(20)")
             .fetch_all(s.pool())
             .await
             .with_context(|| format!("{}: PRAGMA integrity_check", db.display()))?;
-        if show {
-            eprint!("\r\x1b[K");
-        }
+        p.done("the database file's structure");
         if problems != ["ok"] {
             println!(
                 "LEDGER NOT INTACT: the database file {} is damaged (SQLite integrity_check): {}",
@@ -220,17 +281,12 @@ async fn verify(
         }
     }
     let started = Instant::now();
-    let mut last = Instant::now();
+    let mut p = Progress::new(show);
     let result = ledger::verify_ledger_in(&store, trusted.as_ref(), crypto.clone(), |h, of| {
-        if show && last.elapsed() > Duration::from_millis(500) {
-            eprint!("\rverifying block {h}/{of}");
-            last = Instant::now();
-        }
+        p.update(|| format!("verifying block {h}/{of}"));
     })
     .await;
-    if show {
-        eprint!("\r\x1b[K");
-    }
+    p.done("the ledger");
     match result {
         Ok(r) => {
             println!(
@@ -356,19 +412,14 @@ async fn verify_projection(store: &ledger::AnyStore, size: u64, show: bool) -> a
         return Ok(0); // a bare ledger (e.g. `vaxgate bench ledger`): no projection to check
     };
     let started = Instant::now();
-    let mut last = Instant::now();
+    let mut progress = Progress::new(show);
     let c = p
         .check_against(store, size, |done, of| {
-            if show && last.elapsed() > Duration::from_millis(500) {
-                eprint!("\rchecking the projection: leaf {done}/{of}");
-                last = Instant::now();
-            }
+            progress.update(|| format!("checking the projection: leaf {done}/{of}"));
         })
         .await
         .map_err(|e| anyhow::anyhow!("checking the projection: {e}"))?;
-    if show {
-        eprint!("\r\x1b[K");
-    }
+    progress.done("the projection");
     if c.differences.is_empty() {
         println!(
             "projection matches the ledger: {} events, {} checked member by member against their field commitments ({:.1}s)",
