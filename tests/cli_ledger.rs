@@ -106,7 +106,10 @@ fn ledger_commands_and_tamper_detection() {
     // each part says when it starts, and nothing is redrawn in place.
     let o = verify(&["--db", db_s]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("checking the database file (PRAGMA integrity_check) ...\n"), "{err}");
+    assert!(
+        err.contains("checking the database file (PRAGMA integrity_check) ...\n"),
+        "{err}"
+    );
     assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
     // The same signatures (made through RustCrypto) checked by OpenSSL; an
     // unknown provider is the caller's error, named.
