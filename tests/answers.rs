@@ -269,4 +269,20 @@ fn answers(node: Node) {
             && out.contains(&format!("(event {vaccination}): the document is not what transaction")),
         "{out}"
     );
+
+    // 7. The event's row removed from the projection: a step queries would
+    // no longer show, named as missing.
+    forge(
+        &node,
+        format!("DELETE FROM proj_events WHERE event_id = '{vaccination}'"),
+    );
+    let (code, out) = ledger_verify(&node);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("PROJECTION DIFFERS FROM THE LEDGER: 1 row(s)")
+            && out.contains(&format!(
+                "(event {vaccination}): in the ledger, missing from the projection"
+            )),
+        "{out}"
+    );
 }

@@ -277,6 +277,70 @@ pub struct ProjectionCheck {
     pub differences: Vec<String>,
 }
 
+/// One page of [`Projection::check_against`]: leaves `from..to` of the
+/// ledger and of the projection.
+struct CheckPage {
+    txs: HashMap<u64, StoredTx>,
+    rows: Vec<ProjectedEvent>,
+    fields: HashMap<u64, Vec<u8>>,
+}
+
+impl CheckPage {
+    /// Every row against its transaction ([`check_event`], on up to four
+    /// threads), and every transaction with field commitments against its
+    /// row (none missing).
+    fn check(self) -> ProjectionCheck {
+        let CheckPage { txs, rows, fields } = self;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let chunk = rows.len().div_ceil(threads).max(1);
+        let results: Vec<Result<bool, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = rows
+                .chunks(chunk)
+                .map(|part| {
+                    let (txs, fields) = (&txs, &fields);
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|e| {
+                                check_event(e, txs.get(&e.leaf_index), fields.get(&e.leaf_index))
+                                    .map(|()| fields.contains_key(&e.leaf_index))
+                                    .map_err(|why| format!("leaf {} (event {}): {why}", e.leaf_index, e.event_id))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut out = ProjectionCheck {
+            rows: rows.len() as u64,
+            ..ProjectionCheck::default()
+        };
+        for r in results {
+            match r {
+                Ok(true) => out.committed += 1,
+                Ok(false) => {}
+                Err(d) => out.differences.push(d),
+            }
+        }
+        let seen: std::collections::HashSet<u64> = rows.iter().map(|e| e.leaf_index).collect();
+        for (leaf, t) in &txs {
+            if matches!(t.tx.content.kind, TxKind::Data | TxKind::Cancellation)
+                && t.tx.content.fields_root.is_some()
+                && !seen.contains(leaf)
+            {
+                out.differences.push(format!(
+                    "leaf {leaf} (event {}): in the ledger, missing from the projection",
+                    t.tx.content.record_id
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// Checks one projected event against its ledger transaction: the columns
 /// against the transaction and the event document, and (for a transaction
 /// with field commitments) every member of the document against the
@@ -1148,46 +1212,50 @@ impl Projection {
     ) -> Result<ProjectionCheck, ProjectionError> {
         const PAGE: u64 = 2000;
         let mut out = ProjectionCheck::default();
+        // Each page is checked on the blocking pool, on every core, while
+        // the next one is read (and its documents parsed) here.
+        let mut page = self.check_page(store, 0, PAGE.min(size)).await?;
         let mut from = 0;
         while from < size {
             let to = (from + PAGE).min(size);
-            let txs: HashMap<u64, StoredTx> = store
-                .txs(from, to)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|t| (t.leaf_index, t))
-                .collect();
-            let rows = read!(self, c => c.events(Events::Between(from, to)).await)?;
-            let leaves: Vec<u64> = rows.iter().map(|e| e.leaf_index).collect();
-            let fields = self.fields_of(&leaves).await?;
-            let mut seen = std::collections::HashSet::new();
-            for e in &rows {
-                seen.insert(e.leaf_index);
-                out.rows += 1;
-                if let Err(why) = check_event(e, txs.get(&e.leaf_index), fields.get(&e.leaf_index)) {
-                    out.differences
-                        .push(format!("leaf {} (event {}): {why}", e.leaf_index, e.event_id));
-                } else if fields.contains_key(&e.leaf_index) {
-                    out.committed += 1;
+            let next_to = (to + PAGE).min(size);
+            let checking = tokio::task::spawn_blocking(move || page.check());
+            let (checked, next) = tokio::join!(checking, async {
+                if to < size {
+                    self.check_page(store, to, next_to).await.map(Some)
+                } else {
+                    Ok(None)
                 }
-            }
-            for (leaf, t) in &txs {
-                if matches!(t.tx.content.kind, TxKind::Data | TxKind::Cancellation)
-                    && t.tx.content.fields_root.is_some()
-                    && !seen.contains(leaf)
-                {
-                    out.differences.push(format!(
-                        "leaf {leaf} (event {}): in the ledger, missing from the projection",
-                        t.tx.content.record_id
-                    ));
-                }
-            }
+            });
+            let checked = checked.map_err(|e| ProjectionError::from(format!("checking leaves {from}..{to}: {e}")))?;
+            out.rows += checked.rows;
+            out.committed += checked.committed;
+            out.differences.extend(checked.differences);
             from = to;
             progress(from, size);
+            match next? {
+                Some(p) => page = p,
+                None => break,
+            }
         }
         out.differences.sort();
         Ok(out)
+    }
+
+    /// What [`Projection::check_against`] checks of leaves `from..to`:
+    /// their transactions, projected events and field commitments.
+    async fn check_page(&self, store: &AnyStore, from: u64, to: u64) -> Result<CheckPage, ProjectionError> {
+        let txs: HashMap<u64, StoredTx> = store
+            .txs(from, to)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|t| (t.leaf_index, t))
+            .collect();
+        let rows = read!(self, c => c.events(Events::Between(from, to)).await)?;
+        let leaves: Vec<u64> = rows.iter().map(|e| e.leaf_index).collect();
+        let fields = self.fields_of(&leaves).await?;
+        Ok(CheckPage { txs, rows, fields })
     }
 
     /// Writes projected events (idempotent).
