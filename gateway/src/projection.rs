@@ -1056,6 +1056,9 @@ macro_rules! projection_sql {
                                 "kind = 2 ORDER BY leaf_index DESC",
                                 "kind = 3 ORDER BY occurred_ms, leaf_index",
                             ];
+                            // 64 lots a statement: 256 compound members,
+                            // under SQLite's default limit of 500
+                            // (SQLITE_MAX_COMPOUND_SELECT).
                             let mut out = Vec::new();
                             for chunk in lots.chunks(64) {
                                 let mut qb = QueryBuilder::<$db>::new("");
