@@ -688,6 +688,123 @@ fn old_custody_rows_migrate(url: &str, base: &Path) {
     });
 }
 
+#[test]
+fn a_lots_deciding_facts_are_read_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    deciding_lot_facts(
+        &format!("sqlite://{}", dir.path().join("lots.db").display()),
+        dir.path(),
+    );
+}
+
+#[test]
+fn a_lots_deciding_facts_are_read_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    deciding_lot_facts(&support::fresh_postgres_database(), dir.path());
+}
+
+/// Seventy lots (more than one statement's worth), each with production
+/// bills that state or omit their dates, releases and recalls in no order:
+/// what the projection reads for judging is, per lot, exactly the latest
+/// fact stating a production date, the latest stating an expiry date, the
+/// latest release and the earliest recall (by start, then ledger order).
+fn deciding_lot_facts(url: &str, base: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = ledger::AnyStore::open(url, base).await.unwrap();
+        let p = gateway::projection::Projection::open(&store).await.unwrap();
+        // (lot, leaf, kind, occurred_ms, day1, day2)
+        type Row = (String, i64, i16, i64, Option<String>, Option<String>);
+        let mut rows: Vec<Row> = Vec::new();
+        let day = |d: i64| Some(format!("2024-01-{:02}", 1 + d % 28));
+        for l in 0..70i64 {
+            let lot = format!("8612345/L{l:03}");
+            for k in 0..12i64 {
+                let leaf = l * 100 + (k * 7 + l) % 12;
+                let kind = [1, 1, 1, 2, 1, 3][(k % 6) as usize];
+                // Every third production bill states no production date,
+                // every fourth no expiry date; recall starts go down.
+                let (d1, d2) = match kind {
+                    1 => (
+                        (k % 3 != 0).then(|| day(k + l)).flatten(),
+                        (k % 4 != 0).then(|| day(k * 3)).flatten(),
+                    ),
+                    2 => (day(k), None),
+                    _ => (None, None),
+                };
+                rows.push((lot.clone(), leaf, kind, 1_000_000 - k * 1000 - (l % 3), d1, d2));
+            }
+        }
+        for r in &rows {
+            let sql = "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) \
+                       VALUES ($1, $2, $3, $4, $5, $6, 1, $7)";
+            let id = format!("00000000-0000-0000-0000-{:012}", r.1);
+            match &store {
+                ledger::AnyStore::Sqlite(x) => {
+                    sqlx::query(sql)
+                        .bind(&r.0)
+                        .bind(r.1)
+                        .bind(r.2)
+                        .bind(r.3)
+                        .bind(&r.4)
+                        .bind(&r.5)
+                        .bind(id)
+                        .execute(x.pool())
+                        .await
+                        .unwrap();
+                }
+                ledger::AnyStore::Postgres(x) => {
+                    sqlx::query(sql)
+                        .bind(&r.0)
+                        .bind(r.1)
+                        .bind(r.2)
+                        .bind(r.3)
+                        .bind(&r.4)
+                        .bind(&r.5)
+                        .bind(id)
+                        .execute(x.pool())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        let lots: Vec<String> = (0..70).map(|l| format!("8612345/L{l:03}")).collect();
+        let mut got: Vec<(String, u64)> = p
+            .custody_lots(&lots)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.lot, f.seq))
+            .collect();
+        got.sort();
+        got.dedup();
+        let mut want: Vec<(String, u64)> = Vec::new();
+        for lot in &lots {
+            let of = |f: &dyn Fn(&&Row) -> bool| {
+                rows.iter()
+                    .filter(|r| &r.0 == lot)
+                    .filter(f)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let latest = |v: Vec<Row>| v.iter().map(|r| r.1).max();
+            let picks = [
+                latest(of(&|r| r.2 == 1 && r.4.is_some())),
+                latest(of(&|r| r.2 == 1 && r.5.is_some())),
+                latest(of(&|r| r.2 == 2)),
+                of(&|r| r.2 == 3).iter().min_by_key(|r| (r.3, r.1)).map(|r| r.1),
+            ];
+            want.extend(picks.into_iter().flatten().map(|leaf| (lot.clone(), leaf as u64)));
+        }
+        want.sort();
+        want.dedup();
+        assert_eq!(got, want);
+    });
+}
+
 /// The city CDC's organisation code in its stock system: the mapping's
 /// `entity` and the sender or receiver its bills name, registered as one of
 /// the CDC's codes (so its bills and the holder's dispatches to it name one
