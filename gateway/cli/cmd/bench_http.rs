@@ -16,7 +16,9 @@
 //!   is timed (`records_per_s`); `records_per_s_wall` includes the sealing,
 //!   which shares the same cores. Every response is checked: all accepted.
 //!   `server_cpu_us_per_record` is the gateway process's CPU time (user +
-//!   system, from `/proc/PID/stat`) over the ingest, per record.
+//!   system, from `/proc/PID/stat`) over the ingest, per record;
+//!   `ingest_by_tenth` gives both figures for each tenth of the records
+//!   (whether the rate holds as the ledger grows).
 //! - (b) `GET /v1/trace/{code}` latency for `--trace-samples` random codes
 //!   with the ledger holding every ingested record (one signed client).
 //! - (c) authenticated, rate-limited GET throughput
