@@ -629,14 +629,7 @@ fn old_custody_rows_migrate(url: &str, base: &Path) {
                  '00000000-0000-0000-0000-000000000012', NULL, NULL)",
         ];
         for s in old {
-            match &store {
-                ledger::AnyStore::Sqlite(x) => {
-                    sqlx::query(s).execute(x.pool()).await.unwrap();
-                }
-                ledger::AnyStore::Postgres(x) => {
-                    sqlx::query(s).execute(x.pool()).await.unwrap();
-                }
-            }
+            run_sql(&store, s).await;
         }
         let p = gateway::projection::Projection::open(&store).await.unwrap();
         let mut facts = p.custody_facts(&["C1".into(), "C2".into()]).await.unwrap();
@@ -686,6 +679,19 @@ fn old_custody_rows_migrate(url: &str, base: &Path) {
         };
         assert!(!left, "custody_facts still exists after the move");
     });
+}
+
+/// Runs `sql` (written by the test) on the store's database.
+async fn run_sql(store: &ledger::AnyStore, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    match store {
+        ledger::AnyStore::Sqlite(x) => {
+            sqlx::query(sql).execute(x.pool()).await.unwrap();
+        }
+        ledger::AnyStore::Postgres(x) => {
+            sqlx::query(sql).execute(x.pool()).await.unwrap();
+        }
+    }
 }
 
 #[test]
@@ -738,38 +744,20 @@ fn deciding_lot_facts(url: &str, base: &Path) {
                 rows.push((lot.clone(), leaf, kind, 1_000_000 - k * 1000 - (l % 3), d1, d2));
             }
         }
+        let text = |d: &Option<String>| d.as_ref().map_or("NULL".to_string(), |d| format!("'{d}'"));
         for r in &rows {
-            let sql = "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) \
-                       VALUES ($1, $2, $3, $4, $5, $6, 1, $7)";
             let id = format!("00000000-0000-0000-0000-{:012}", r.1);
-            match &store {
-                ledger::AnyStore::Sqlite(x) => {
-                    sqlx::query(sql)
-                        .bind(&r.0)
-                        .bind(r.1)
-                        .bind(r.2)
-                        .bind(r.3)
-                        .bind(&r.4)
-                        .bind(&r.5)
-                        .bind(id)
-                        .execute(x.pool())
-                        .await
-                        .unwrap();
-                }
-                ledger::AnyStore::Postgres(x) => {
-                    sqlx::query(sql)
-                        .bind(&r.0)
-                        .bind(r.1)
-                        .bind(r.2)
-                        .bind(r.3)
-                        .bind(&r.4)
-                        .bind(&r.5)
-                        .bind(id)
-                        .execute(x.pool())
-                        .await
-                        .unwrap();
-                }
-            }
+            let sql = format!(
+                "INSERT INTO custody_lots (lot, leaf_index, kind, occurred_ms, day1, day2, ok, event_id) \
+                 VALUES ('{}', {}, {}, {}, {}, {}, 1, '{id}')",
+                r.0,
+                r.1,
+                r.2,
+                r.3,
+                text(&r.4),
+                text(&r.5)
+            );
+            run_sql(&store, &sql).await;
         }
         let lots: Vec<String> = (0..70).map(|l| format!("8612345/L{l:03}")).collect();
         let mut got: Vec<(String, u64)> = p

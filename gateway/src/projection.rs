@@ -291,28 +291,10 @@ impl CheckPage {
     /// row (none missing).
     fn check(self) -> ProjectionCheck {
         let CheckPage { txs, rows, fields } = self;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-        let chunk = rows.len().div_ceil(threads).max(1);
-        let results: Vec<Result<bool, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = rows
-                .chunks(chunk)
-                .map(|part| {
-                    let (txs, fields) = (&txs, &fields);
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|e| {
-                                check_event(e, txs.get(&e.leaf_index), fields.get(&e.leaf_index))
-                                    .map(|()| fields.contains_key(&e.leaf_index))
-                                    .map_err(|why| format!("leaf {} (event {}): {why}", e.leaf_index, e.event_id))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+        let results = ledger::par_map(&rows, |_, e| {
+            check_event(e, txs.get(&e.leaf_index), fields.get(&e.leaf_index))
+                .map(|()| fields.contains_key(&e.leaf_index))
+                .map_err(|why| format!("leaf {} (event {}): {why}", e.leaf_index, e.event_id))
         });
         let mut out = ProjectionCheck {
             rows: rows.len() as u64,

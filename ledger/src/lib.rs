@@ -39,7 +39,7 @@ pub use tx::{
     DEFAULT_MAX_PAYLOAD, LeafInput, Transaction, TxAuth, TxContent, TxFormat, TxKind, TxSummary, sign_batch,
     sign_leaves,
 };
-pub use verify::{VerifyReport, verify_ledger, verify_ledger_in};
+pub use verify::{VerifyReport, par_map, verify_ledger, verify_ledger_in};
 
 /// A fresh node key in the default provider, for unit tests.
 #[cfg(test)]

@@ -507,8 +507,9 @@ fn check_tx(
 }
 
 /// `f` over `items` (with their index) on up to four threads, results in
-/// order; small inputs stay on the caller's thread.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
+/// order; small inputs stay on the caller's thread. (The gateway's check of
+/// its projection against the ledger uses it too.)
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
     if threads < 2 || items.len() < 64 {
