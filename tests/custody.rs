@@ -594,8 +594,7 @@ fn a_pending_alert_nothing_resolves_is_escalated() {
 #[test]
 fn per_fact_custody_rows_are_moved_to_histories_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    old_custody_rows_migrate(&url, dir.path());
+    old_custody_rows_migrate(&sqlite_url(dir.path()), dir.path());
 }
 
 #[test]
@@ -605,12 +604,8 @@ fn per_fact_custody_rows_are_moved_to_histories_on_postgres() {
 }
 
 fn old_custody_rows_migrate(url: &str, base: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, store) = open_store(url, base);
     rt.block_on(async {
-        let store = ledger::AnyStore::open(url, base).await.unwrap();
         // The old table, as the previous version created it, with three
         // facts of one code (produced by mah, sent to and received by the
         // clinic) and one cancellation of another; then the new layout is
@@ -681,6 +676,21 @@ fn old_custody_rows_migrate(url: &str, base: &Path) {
     });
 }
 
+/// The URL of a SQLite ledger in `dir`.
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("ledger.db").display())
+}
+
+/// A runtime for a store-level test, and the ledger store at `url` opened on it.
+fn open_store(url: &str, base: &Path) -> (tokio::runtime::Runtime, ledger::AnyStore) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(ledger::AnyStore::open(url, base)).unwrap();
+    (rt, store)
+}
+
 /// Runs `sql` (written by the test) on the store's database.
 async fn run_sql(store: &ledger::AnyStore, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
@@ -697,10 +707,7 @@ async fn run_sql(store: &ledger::AnyStore, sql: &str) {
 #[test]
 fn a_lots_deciding_facts_are_read_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    deciding_lot_facts(
-        &format!("sqlite://{}", dir.path().join("lots.db").display()),
-        dir.path(),
-    );
+    deciding_lot_facts(&sqlite_url(dir.path()), dir.path());
 }
 
 #[test]
@@ -715,12 +722,8 @@ fn a_lots_deciding_facts_are_read_on_postgres() {
 /// fact stating a production date, the latest stating an expiry date, the
 /// latest release and the earliest recall (by start, then ledger order).
 fn deciding_lot_facts(url: &str, base: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, store) = open_store(url, base);
     rt.block_on(async {
-        let store = ledger::AnyStore::open(url, base).await.unwrap();
         let p = gateway::projection::Projection::open(&store).await.unwrap();
         // (lot, leaf, kind, occurred_ms, day1, day2)
         type Row = (String, i64, i16, i64, Option<String>, Option<String>);
