@@ -309,6 +309,26 @@ impl Inflight {
     }
 }
 
+/// The lot facts of batch `b` about `lots` that a judgement adds to what it
+/// read from the database. None when the database gave one of the batch's
+/// facts (`stored_events`): then the batch is durable and was read with the
+/// rest, and since the database gives only each lot's deciding facts, the
+/// batch's others must not come back in under their in-flight order, which
+/// sorts after every leaf (an earlier bill of the batch would pass for the
+/// latest). A durable batch none of whose facts the database gave decides
+/// nothing there, and adding its facts changes nothing either.
+fn inflight_lot_facts<'b>(
+    b: &'b InflightBatch,
+    lots: &'b HashSet<&str>,
+    stored_events: &HashSet<uuid::Uuid>,
+) -> impl Iterator<Item = LotFact> + 'b {
+    let durable = b.lots.iter().any(|f| stored_events.contains(&f.event_id));
+    b.lots
+        .iter()
+        .filter(move |f| !durable && lots.contains(f.lot.as_str()))
+        .cloned()
+}
+
 impl Custody {
     /// The rules with these actions (from `[custody]`, validated).
     /// `cache_codes`: how many codes' histories to keep in memory (0: none).
@@ -473,6 +493,9 @@ impl Custody {
     ) -> (Vec<RecordVerdict>, Vec<Resolving>, u64) {
         let mut book = Book::new();
         book.add_inherited(&read.children, read.stored);
+        // The events whose lot facts the database gave: a batch in flight
+        // with one of them is already durable (a batch is appended whole).
+        let stored_lot_events: HashSet<uuid::Uuid> = read.stored_lots.iter().map(|f| f.event_id).collect();
         book.add_lots(read.stored_lots);
         // Facts of batches in flight (or committed since the read began)
         // about this batch's codes and lots only.
@@ -489,7 +512,7 @@ impl Custody {
                     &read.children,
                     b.facts.iter().filter(|f| mine.contains(f.code.as_str())).cloned(),
                 );
-                book.add_lots(b.lots.iter().filter(|f| my_lots.contains(f.lot.as_str())).cloned());
+                book.add_lots(inflight_lot_facts(b, &my_lots, &stored_lot_events));
                 busy.extend(b.resolving.iter().copied());
                 touched.extend(b.facts.iter().map(|f| f.code.as_str()));
                 touched.extend(b.links.iter().map(|l| l.1.as_str()));
@@ -1071,5 +1094,52 @@ mod tests {
         off.lock().cache_store(&k, &HashSet::new());
         assert!(off.lock().cache.is_none());
         assert_eq!(off.lock().cache_lookup(&["A".into()], true).need_history, ["A"]);
+    }
+
+    /// A batch that is durable but not yet marked committed: the database
+    /// gives the lot's deciding fact (its later bill), and the batch's
+    /// earlier bill, still in flight under an order after every leaf, must
+    /// not pass for the latest statement of the lot's expiry date.
+    #[test]
+    fn a_durable_batch_in_flight_is_not_counted_twice_for_its_lot() {
+        use mappings::custody::LotMove;
+        let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d);
+        let bill = |seq: u64, event: u128, expires| LotFact {
+            lot: "8612345/L1".into(),
+            seq,
+            event_id: uuid::Uuid::from_u128(event),
+            at_ms: 0,
+            kind: LotMove::Produced,
+            day: day(1),
+            day2: expires,
+            ok: true,
+        };
+        let base = IN_FLIGHT + 1_000_000;
+        // Two bills of one batch: the earlier says the lot expires on the
+        // 10th, the later on the 30th.
+        let batch = InflightBatch {
+            ticket: 1,
+            facts: Vec::new(),
+            lots: vec![bill(base, 1, day(10)), bill(base + 1, 2, day(30))],
+            links: Vec::new(),
+            resolving: Vec::new(),
+            committed_at: None,
+        };
+        let lots: HashSet<&str> = ["8612345/L1"].into();
+        let state = |stored: Vec<LotFact>| {
+            let events: HashSet<uuid::Uuid> = stored.iter().map(|f| f.event_id).collect();
+            let mut book = Book::new();
+            book.add_lots(stored);
+            book.add_lots(inflight_lot_facts(&batch, &lots, &events));
+            book.lot("8612345/L1").expires
+        };
+        // Durable at leaves 100 and 101: the database gives the later bill
+        // (the lot's deciding fact).
+        assert_eq!(state(vec![bill(101, 2, day(30))]), day(30));
+        // Not durable yet: the batch's own order decides.
+        assert_eq!(state(Vec::new()), day(30));
+        // An older bill in the database, the batch not durable: the batch's
+        // later bill decides.
+        assert_eq!(state(vec![bill(7, 9, day(20))]), day(30));
     }
 }
