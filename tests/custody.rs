@@ -764,7 +764,7 @@ fn deciding_lot_facts(url: &str, base: &Path) {
         }
         let lots: Vec<String> = (0..70).map(|l| format!("8612345/L{l:03}")).collect();
         let mut got: Vec<(String, u64)> = p
-            .custody_lots(&lots)
+            .deciding_lot_facts(&lots)
             .await
             .unwrap()
             .into_iter()

@@ -464,7 +464,7 @@ impl Custody {
         for (c, h) in &known.history {
             stored.extend(crate::projection::history::decode(c, h).map_err(ApiError::internal)?);
         }
-        let stored_lots = projection.custody_lots(&lots).await?;
+        let stored_lots = projection.deciding_lot_facts(&lots).await?;
         Ok(Reading {
             codes,
             lots,

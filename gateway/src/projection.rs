@@ -635,7 +635,7 @@ trait Tables {
     async fn custody_histories(&mut self, codes: &[String]) -> Result<Vec<(String, Vec<u8>)>, String>;
     /// Field-commitment rows by leaf.
     async fn fields_of(&mut self, leaves: &[u64]) -> Result<HashMap<u64, Vec<u8>>, String>;
-    /// Every custody fact of these lots.
+    /// The custody facts of these lots that `which` names.
     async fn custody_lots(
         &mut self,
         lots: &[String],
@@ -1452,7 +1452,10 @@ impl Projection {
 
     /// The custody facts of these lots that decide their state (at most
     /// four per lot: [`LotRows::Deciding`]).
-    pub async fn custody_lots(&self, lots: &[String]) -> Result<Vec<mappings::custody::LotFact>, ProjectionError> {
+    pub async fn deciding_lot_facts(
+        &self,
+        lots: &[String],
+    ) -> Result<Vec<mappings::custody::LotFact>, ProjectionError> {
         read!(self, c => c.custody_lots(lots, LotRows::Deciding).await)
     }
 
