@@ -244,6 +244,59 @@ fn answers(node: Node) {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("projection matches the ledger"), "{out}");
 
+    // 5b. A recall with its evidence: every event behind the counts is a
+    // checked step, and the counts are recounted from them.
+    let recall = get(&node, &regulator, &format!("/v1/batches/{LOT}/recall?evidence=true"));
+    assert_eq!(recall["administered_doses"], 1, "{recall}");
+    let (code, out) = verify(&node, dir, "recall.json", &recall);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "recall counts OK: recounted from the steps: 1 unit(s) and 0 package(s) of 0 holder(s), 1 dose(s)"
+        ),
+        "{out}"
+    );
+    let plain = get(&node, &regulator, &format!("/v1/batches/{LOT}/recall"));
+    assert!(plain.get("steps").is_none(), "{plain}");
+    let (code, out) = verify(&node, dir, "plain.json", &plain);
+    assert!(code == 1 && out.contains("without its evidence"), "{out}");
+    let recall_broken = |changed: &Value, says: &str| {
+        let (code, out) = verify(&node, dir, "changed.json", changed);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("ANSWER INVALID: recall of lot {LOT}: {says}")),
+            "{out}"
+        );
+    };
+    let mut changed = recall.clone();
+    changed["administered_doses"] = json!(0);
+    recall_broken(&changed, "administered_doses: the answer says 0, its events give 1");
+    let mut changed = recall.clone();
+    changed["codes"][0]["state"] = json!("held");
+    recall_broken(&changed, &format!("code {CODE}: the answer says"));
+    // Leaving out the vaccination's step makes the recount differ too.
+    let mut changed = recall.clone();
+    changed["steps"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["category"] != "vaccination");
+    recall_broken(&changed, "administered_doses: the answer says 1, its events give 0");
+    // The custody state forged in the database (the code's history moved
+    // away): the gateway counts the dose as of unknown state, and the
+    // recount from the proven events says otherwise.
+    let elsewhere = "99999999999999999999";
+    forge(
+        &node,
+        format!("UPDATE custody_codes SET code = '{elsewhere}' WHERE code = '{CODE}'"),
+    );
+    let forged = get(&node, &regulator, &format!("/v1/batches/{LOT}/recall?evidence=true"));
+    assert_eq!(forged["unknown_units"], 1, "{forged}");
+    recall_broken(&forged, "unknown_units: the answer says 1, its events give 0");
+    forge(
+        &node,
+        format!("UPDATE custody_codes SET code = '{CODE}' WHERE code = '{elsewhere}'"),
+    );
+
     // 6. The projection forged in the database, document and lot column
     // alike: the gateway serves the forged lot, and both checks name what
     // differs.

@@ -244,6 +244,19 @@ fn alerts_and_refused_receipts(node: Node) {
     assert_eq!(mine["units"], held_here, "{recall}");
     // The three refused deliveries (YD-WARM-1, YD-MISSING-1, YD-TO-1).
     assert_eq!(recall["refused_at_receipt"][0]["units"], 3, "{recall}");
+    // With its evidence, the recall's counts (the refused receipts among
+    // them, from the cold-chain alerts) are recounted by verify-proof.
+    let evidence = read(&format!("/v1/batches/{LOT}/recall?evidence=true"));
+    assert_eq!(evidence["refused_at_receipt"], recall["refused_at_receipt"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("recall.json");
+    std::fs::write(&file, evidence.to_string()).unwrap();
+    let (code, out) = node.verify_proof(&file);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("recall counts OK") && out.contains("3 refused at receipt"),
+        "{out}"
+    );
 
     // Alerts carry no personal data: the receipt's contact names stay out.
     let alert_id = cc["alerts"][0]["event_id"].as_str().unwrap();

@@ -302,6 +302,27 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     let recall: serde_json::Value = r.json().unwrap();
     assert!(recall["administered_doses"].as_u64().unwrap() >= 1, "{recall}");
     recall_matches_the_world(&manifest, &recall);
+    // With its evidence, the same counts are recounted by verify-proof from
+    // the proven events alone (cartons, transports, refusals and all).
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{base}/v1/batches/{}/recall?evidence=true", manifest.demo_lot))
+        .header("Authorization", format!("ApiKey {}", api_key.trim()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let evidence: serde_json::Value = r.json().unwrap();
+    assert_eq!(evidence["held_by"], recall["held_by"]);
+    let file = a.join("recall-evidence.json");
+    std::fs::write(&file, evidence.to_string()).unwrap();
+    let o = vaxgate()
+        .arg("verify-proof")
+        .arg(&file)
+        .arg("--checkpoint-key")
+        .arg(a.join("node/keys/node.pub.pem"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("recall counts OK"), "{out}");
     assert!(String::from_utf8_lossy(&oa.stdout).contains("Authorization: ApiKey"));
     // Ctrl-C (SIGINT) stops the sandbox and its gateway.
     let st = Command::new("kill")

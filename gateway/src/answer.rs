@@ -4,10 +4,12 @@
 //! signed checkpoint the answer carries. docs/api.md ("Checking an answer")
 //! describes the same steps for a partner who writes its own checker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ledger::{Checkpoint, LeafInput, TxFormat, TxSummary};
+use mappings::TraceEvent;
 use mappings::commitment::{self, Disclosure};
+use mappings::custody::{CodeState, RecallTally};
 use secure_gateway::{Sm2VerifyingKey, Sm3Digest};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,6 +23,14 @@ pub enum AnswerError {
     /// The checkpoint is malformed or not signed by the node key.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A recall answer's counts are not what its steps give.
+    #[error("recall of lot {lot}: {reason}")]
+    Recall {
+        /// The lot.
+        lot: String,
+        /// The first count (or code) that differs, or why no recount was possible.
+        reason: String,
+    },
     /// One step does not check out.
     #[error("step {index} (event {event_id}): {reason}")]
     Step {
@@ -55,6 +65,9 @@ pub struct AnswerChecked {
     pub checkpoint: Checkpoint,
     /// The steps, in answer order.
     pub steps: Vec<StepChecked>,
+    /// For a recall answer with evidence: its counts, recounted from the
+    /// steps and found equal.
+    pub recall: Option<RecallTally>,
 }
 
 #[derive(Deserialize)]
@@ -67,11 +80,22 @@ struct StepProof {
 /// Whether `v` looks like a query answer (rather than an inclusion proof).
 #[must_use]
 pub fn is_answer(v: &Value) -> bool {
-    v.get("steps").is_some() || v.get("event").is_some_and(|e| e.get("transaction").is_some())
+    v.get("steps").is_some()
+        || v.get("event").is_some_and(|e| e.get("transaction").is_some())
+        || (v.get("lot").is_some() && v.get("held_by").is_some())
 }
 
-/// Checks a `GET /v1/trace/{code}` or `GET /v1/events/{id}` answer.
+/// Checks a `GET /v1/trace/{code}`, `GET /v1/events/{id}` or `GET
+/// /v1/batches/{lot}/recall?evidence=true` answer (a recall's counts are
+/// recounted from its steps).
 pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<AnswerChecked, AnswerError> {
+    if answer.get("held_by").is_some() && answer.get("steps").is_none() {
+        return Err(AnswerError::NotAnAnswer(
+            "a recall answer without its evidence: its counts can be checked only when asked for with \
+             `?evidence=true`"
+                .into(),
+        ));
+    }
     let cp: Checkpoint = serde_json::from_value(answer.get("checkpoint").cloned().unwrap_or(Value::Null))
         .map_err(|e| AnswerError::NotAnAnswer(format!("no readable checkpoint: {e}")))?;
     cp.verify(node_key).map_err(AnswerError::Checkpoint)?;
@@ -94,10 +118,143 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
         })?;
         out.push(checked);
     }
+    let recall = match answer.get("lot").and_then(Value::as_str) {
+        Some(lot) if answer.get("held_by").is_some() => {
+            Some(check_recall(answer).map_err(|reason| AnswerError::Recall {
+                lot: lot.to_string(),
+                reason,
+            })?)
+        }
+        _ => None,
+    };
     Ok(AnswerChecked {
         checkpoint: cp,
         steps: out,
+        recall,
     })
+}
+
+/// Recounts a recall answer from its steps (each already checked): the
+/// custody book their events state ([`mappings::custody::book_of_events`],
+/// party codes through the answer's `parties`), the lot's codes from the
+/// events of the lot, and every count from those.
+fn check_recall(answer: &Value) -> Result<RecallTally, String> {
+    let lot = answer["lot"].as_str().unwrap_or_default();
+    let parties: BTreeMap<String, String> = serde_json::from_value(answer["parties"].clone())
+        .map_err(|e| format!("no readable `parties` (the party directory the counts used): {e}"))?;
+    let mut events: Vec<(u64, TraceEvent)> = Vec::new();
+    for (i, step) in answer["steps"].as_array().into_iter().flatten().enumerate() {
+        let ev: TraceEvent = serde_json::from_value(step["event"].clone())
+            .map_err(|e| format!("step {i}: its event is not a dataset event: {e}"))?;
+        let leaf = step["leaf_index"].as_u64().ok_or(format!("step {i}: no leaf_index"))?;
+        events.push((leaf, ev));
+    }
+    let party = |code: &str| parties.get(code).cloned().unwrap_or_else(|| code.to_string());
+    let book = mappings::custody::book_of_events(&events, &party);
+    let mut codes: BTreeSet<String> = BTreeSet::new();
+    let mut packages: BTreeSet<String> = BTreeSet::new();
+    for (_, ev) in &events {
+        let alert = ev.category == mappings::custody::COLD_CHAIN_ALERT || ev.category == crate::custody::ALERT_CATEGORY;
+        if alert || ev.field_str("lot_number") != Some(lot) {
+            continue;
+        }
+        codes.extend(mappings::custody::codes_of(ev));
+        packages.extend(ev.aggregations.iter().map(|a| a.parent.clone()));
+    }
+    let recounted = RecallTally::of(&codes, &packages, &book);
+    let said = tally_of_answer(answer)?;
+    match said.first_difference(&recounted) {
+        None => Ok(recounted),
+        Some(d) => Err(d),
+    }
+}
+
+/// The counts a recall answer states, by entity id.
+fn tally_of_answer(a: &Value) -> Result<RecallTally, String> {
+    fn count(v: &Value, what: &str) -> Result<usize, String> {
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("`{what}` is not a count: {v}"))
+    }
+    fn by_party(a: &Value, list: &str, key: &str) -> Result<BTreeMap<String, usize>, String> {
+        let mut out = BTreeMap::new();
+        for row in a[list].as_array().ok_or(format!("`{list}` is not a list"))? {
+            let id = row[key]["id"]
+                .as_str()
+                .ok_or(format!("`{list}`: a row without {key}.id"))?;
+            if out.insert(id.to_string(), count(&row["units"], list)?).is_some() {
+                return Err(format!("`{list}` names {id} twice"));
+            }
+        }
+        Ok(out)
+    }
+    let mut t = RecallTally {
+        units: count(&a["units"], "units")?,
+        packages: count(&a["packages"], "packages")?,
+        administered_doses: count(&a["administered_doses"], "administered_doses")?,
+        unknown: count(&a["unknown_units"], "unknown_units")?,
+        in_transit: by_party(a, "in_transit", "from")?,
+        refused: by_party(a, "refused_at_receipt", "holder")?,
+        destroyed: by_party(a, "destroyed", "by")?,
+        ..RecallTally::default()
+    };
+    for (k, v) in a["package_states"]
+        .as_object()
+        .ok_or("`package_states` is not an object")?
+    {
+        t.package_states.insert(k.clone(), count(v, "package_states")?);
+    }
+    for row in a["held_by"].as_array().ok_or("`held_by` is not a list")? {
+        let id = row["holder"]["id"]
+            .as_str()
+            .ok_or("`held_by`: a row without holder.id")?;
+        let n = (
+            count(&row["units"], "held_by")?,
+            count(&row["awaiting_receipt"], "held_by")?,
+        );
+        if t.held.insert(id.to_string(), n).is_some() {
+            return Err(format!("`held_by` names {id} twice"));
+        }
+    }
+    for row in a["administered_by"]
+        .as_array()
+        .ok_or("`administered_by` is not a list")?
+    {
+        let id = row["vaccinating_unit"]["id"]
+            .as_str()
+            .ok_or("`administered_by`: a row without vaccinating_unit.id")?;
+        let n = (
+            count(&row["units"], "administered_by")?,
+            count(&row["doses"], "administered_by")?,
+        );
+        if t.administered.insert(id.to_string(), n).is_some() {
+            return Err(format!("`administered_by` names {id} twice"));
+        }
+    }
+    for row in a["codes"].as_array().ok_or("`codes` is not a list")? {
+        let code = row["code"].as_str().ok_or("`codes`: a row without code")?;
+        let text = |k: &str| row[k].as_str().map(str::to_string);
+        let c = CodeState {
+            package: row["kind"] == "package",
+            state: text("state").ok_or(format!("`codes`: {code} has no state"))?,
+            holder: text("holder"),
+            last_event: text("last_event"),
+        };
+        if t.codes.insert(code.to_string(), c).is_some() {
+            return Err(format!("`codes` names {code} twice"));
+        }
+    }
+    // The derived members must agree with the rest.
+    if count(&a["code_count"], "code_count")? != t.codes.len() {
+        return Err("`code_count` is not the number of `codes`".into());
+    }
+    let in_stock: BTreeMap<String, usize> = serde_json::from_value(a["in_stock_by_holder"].clone())
+        .map_err(|e| format!("`in_stock_by_holder` is not a map of counts: {e}"))?;
+    let held: BTreeMap<String, usize> = t.held.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    if in_stock != held {
+        return Err("`in_stock_by_holder` is not `held_by`'s units".into());
+    }
+    Ok(t)
 }
 
 fn check_step(step: &Value, cp: &Checkpoint) -> Result<StepChecked, String> {

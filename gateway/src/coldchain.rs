@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 
 /// The ledger category of node-written cold-chain alerts. It is not a
 /// dataset category: nobody can submit it, only the gateway node writes it.
-pub const ALERT_CATEGORY: &str = "cold_chain_alert";
+pub const ALERT_CATEGORY: &str = mappings::custody::COLD_CHAIN_ALERT;
 /// The signer name of node-written transactions.
 pub const NODE_SIGNER: &str = "node";
 /// The default allowed range (°C) for most vaccines.
@@ -62,7 +62,7 @@ impl AlertType {
             AlertType::Excursion => "excursion",
             AlertType::Gap => "gap",
             AlertType::DeviceAlarm => "device_alarm",
-            AlertType::ReceiptRefused => "receipt_refused",
+            AlertType::ReceiptRefused => mappings::custody::RECEIPT_REFUSED,
         }
     }
 }

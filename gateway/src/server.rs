@@ -312,7 +312,10 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/batches/{lot}/recall",
         auth: Auth::Read,
         summary: "Recall scope of a lot from custody state: units per holder, in transit, refused, administered per vaccinating unit, destroyed, unknown; packages apart",
-        query: &[],
+        query: &[(
+            "evidence",
+            "true: also every event behind the counts as a checkable step, and the party directory, so that `vaxgate verify-proof` recounts them; default false",
+        )],
         handler: || web::get().to(crate::api::query::recall),
     },
     RouteSpec {

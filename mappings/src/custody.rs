@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 use crate::event::TraceEvent;
 
+mod recall;
+pub use recall::{COLD_CHAIN_ALERT, CodeState, RECEIPT_REFUSED, RecallTally, book_of_events, codes_of};
+
 /// What an event did to a trace code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -485,6 +485,20 @@ pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
                     key.key_id(),
                     withheld
                 );
+                if let Some(t) = &r.recall {
+                    println!(
+                        "recall counts OK: recounted from the steps: {} unit(s) and {} package(s) of {} holder(s), \
+                         {} dose(s) given by {} vaccinating unit(s), {} destroyed, {} refused at receipt, {} of unknown state",
+                        t.units,
+                        t.packages,
+                        t.held.len(),
+                        t.administered_doses,
+                        t.administered.len(),
+                        t.destroyed.values().sum::<usize>(),
+                        t.refused.values().sum::<usize>(),
+                        t.unknown
+                    );
+                }
                 Ok(0)
             }
             Err(e) => {

@@ -91,6 +91,17 @@ async fn newest_checkpoint(state: &AppState) -> Result<ledger::Checkpoint, ApiEr
 /// Steps of events with signer, proof paths against the latest checkpoint,
 /// cancellations, and personal data when allowed.
 async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -> Result<Value, ApiError> {
+    steps_of(state, reader, events, true).await
+}
+
+/// [`steps`], with the personal data its policy grants the reader only
+/// when `with_personal`.
+async fn steps_of(
+    state: &AppState,
+    reader: &Entity,
+    events: Vec<ProjectedEvent>,
+    with_personal: bool,
+) -> Result<Value, ApiError> {
     let cp = newest_checkpoint(state).await?;
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     // Events referring to these: cancellations and cold-chain alerts.
@@ -155,7 +166,8 @@ async fn steps(state: &AppState, reader: &Entity, events: Vec<ProjectedEvent>) -
             step["alerts"] = json!(a);
         }
         let mut personal: Option<(BTreeMap<String, String>, [u8; 32])> = None;
-        if reader.policy.personal_data
+        if with_personal
+            && reader.policy.personal_data
             && let Some(st) = &st
             && let Ok(Some(o)) = open_event(state.node.provider().as_ref(), state.node.handle(), st)
             && !o.msg.payload.pii.is_empty()
@@ -467,19 +479,24 @@ async fn readable(
         .collect())
 }
 
-/// `GET /v1/batches/{lot}/recall`: where every code of a lot is now, from
-/// custody state (docs/custody.md): unit doses and packages apart; per
-/// holder the units still in its stock (a delivery whose receipt is not
-/// recorded counts for its receiver, as awaiting receipt); units on their
-/// way; units refused at receipt; units administered per vaccinating unit
-/// (whose recipients are to be followed up); destroyed units; units whose
-/// state is unknown.
+/// `GET /v1/batches/{lot}/recall[?evidence=true]`: where every code of a
+/// lot is now, from custody state (docs/custody.md): unit doses and
+/// packages apart; per holder the units still in its stock (a delivery
+/// whose receipt is not recorded counts for its receiver, as awaiting
+/// receipt); units on their way; units refused at receipt; units
+/// administered per vaccinating unit (whose recipients are to be followed
+/// up); destroyed units; units whose state is unknown. With `evidence`,
+/// the answer also carries every event behind the counts as a checkable
+/// step, and the party directory the counts used, so that `vaxgate
+/// verify-proof` recounts them (docs/api.md, "Checking a recall").
 pub(crate) async fn recall(
     req: HttpRequest,
     state: web::Data<AppState>,
     lot: web::Path<String>,
+    query: RawQuery,
 ) -> Result<HttpResponse, ApiError> {
     let reader = reader(&req, &state)?;
+    let with_evidence: bool = param(&query, "evidence")?;
     let events: Vec<ProjectedEvent> = state
         .projection
         .events_for_lot(&lot)
@@ -508,143 +525,133 @@ pub(crate) async fn recall(
     }
     let list: Vec<String> = codes.iter().cloned().collect();
     let book = state.projection.custody_book(&list).await?;
-    let answer = recall_answer(&state, &lot, &codes, &packages, &book);
-    let mut answer = answer;
+    let tally = mappings::custody::RecallTally::of(&codes, &packages, &book);
+    let mut answer = recall_json(&state, &lot, &tally);
     answer["events"] = json!(events.len());
+    if with_evidence {
+        let (steps, parties) = recall_evidence(&state, &reader, &lot, &list).await?;
+        answer["steps"] = steps["steps"].clone();
+        answer["checkpoint"] = steps["checkpoint"].clone();
+        answer["parties"] = json!(parties);
+    }
     Ok(HttpResponse::Ok().json(answer))
 }
 
+/// Every event behind a recall of `codes` (of lot `lot`), as checkable
+/// steps without personal data, and the directory (party code → entity
+/// id) its counts used: the events naming the codes or their packages,
+/// and the cancellations and alerts referring to them. A reader must be
+/// able to see each of them (403 otherwise: a recount from part of them
+/// would not be the answer's).
+async fn recall_evidence(
+    state: &AppState,
+    reader: &Entity,
+    lot: &str,
+    codes: &[String],
+) -> Result<(Value, BTreeMap<String, String>), ApiError> {
+    let mut all: Vec<String> = codes.to_vec();
+    all.extend(state.projection.parents_of(codes).await?.into_iter().map(|(p, _)| p));
+    all.sort_unstable();
+    all.dedup();
+    let mut by_leaf: BTreeMap<u64, ProjectedEvent> = BTreeMap::new();
+    for e in state.projection.events_for_codes(&all).await? {
+        by_leaf.insert(e.leaf_index, e);
+    }
+    let ids: Vec<String> = by_leaf.values().map(|e| e.event_id.clone()).collect();
+    for e in state.projection.cancellations_of(&ids).await? {
+        by_leaf.insert(e.leaf_index, e);
+    }
+    let unseen = by_leaf.values().filter(|e| !visible(reader, e)).count();
+    if unseen > 0 {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "the evidence of lot {lot} holds {unseen} event(s) outside {}'s read scope; \
+                 a reader whose scope covers every holder of the lot (a regulator) can have it",
+                reader.alias
+            ),
+        ));
+    }
+    let parties: BTreeMap<String, String> = {
+        let reg = crate::registry::read(&state.registry)?;
+        by_leaf
+            .values()
+            .flat_map(|e| {
+                [
+                    e.doc["source"].as_str(),
+                    e.doc["from"]["code"].as_str(),
+                    e.doc["to"]["code"].as_str(),
+                ]
+            })
+            .flatten()
+            .map(|c| {
+                let id = reg.entity_of_code(c).map_or_else(|| c.to_string(), |e| e.id.clone());
+                (c.to_string(), id)
+            })
+            .collect()
+    };
+    let events: Vec<ProjectedEvent> = by_leaf.into_values().collect();
+    Ok((steps_of(state, reader, events, false).await?, parties))
+}
+
 /// Counts by key, as `[{key_name: party, "units": n}]`, largest first.
-fn tally(state: &AppState, key_name: &str, counts: BTreeMap<String, usize>) -> Value {
-    let mut v: Vec<(String, usize)> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+fn tally(state: &AppState, key_name: &str, counts: &BTreeMap<String, usize>) -> Value {
+    let mut v: Vec<(&String, &usize)> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
     json!(
         v.into_iter()
-            .map(|(k, n)| json!({ key_name: party(state, &k), "units": n }))
+            .map(|(k, n)| json!({ key_name: party(state, k), "units": n }))
             .collect::<Vec<_>>()
     )
 }
 
-/// The recall answer of `codes` (of which `packages` are packages) from the
-/// custody facts in `book`.
-fn recall_answer(
-    state: &AppState,
-    lot: &str,
-    codes: &BTreeSet<String>,
-    packages: &BTreeSet<String>,
-    book: &mappings::custody::Book,
-) -> Value {
-    use mappings::custody::Custody;
-    let mut held: BTreeMap<String, usize> = BTreeMap::new();
-    let mut awaiting: BTreeMap<String, usize> = BTreeMap::new();
-    let mut in_transit: BTreeMap<(String, String), usize> = BTreeMap::new();
-    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
-    let mut administered: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut destroyed: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut unknown, mut units, mut package_count) = (0usize, 0usize, 0usize);
-    let mut package_states: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut per_code = Vec::with_capacity(codes.len());
-    for code in codes {
-        let hist = book.history(code);
-        let now = Custody::after(&hist);
-        let last = hist.last().map(|f| f.kind.as_str());
-        let received = |to: &str| {
-            hist.iter()
-                .rev()
-                .take_while(|f| {
-                    !matches!(
-                        f.kind,
-                        mappings::custody::Move::Dispatch | mappings::custody::Move::DispatchBack
-                    )
-                })
-                .any(|f| {
-                    f.actor == to
-                        && matches!(
-                            f.kind,
-                            mappings::custody::Move::Receive | mappings::custody::Move::ReceiveBack
-                        )
-                })
-        };
-        let (state_name, holder): (&'static str, Option<&str>) = match &now {
-            Custody::Unknown => ("unknown", None),
-            Custody::Held(h) => ("held", Some(*h)),
-            Custody::Transit { to: Some(to), .. } if !received(to) => ("awaiting_receipt", Some(*to)),
-            Custody::Transit { to: Some(to), .. } => ("held", Some(*to)),
-            Custody::Transit { from, to: None } => ("in_transit", Some(*from)),
-            Custody::Refused(at) => ("refused_at_receipt", Some(*at)),
-            Custody::Administered(by, _) => ("administered", Some(*by)),
-            Custody::Destroyed(by) => ("destroyed", Some(*by)),
-        };
-        let is_package = packages.contains(code);
-        per_code.push(json!({
-            "code": code,
-            "kind": if is_package { "package" } else { "unit" },
-            "state": state_name,
-            "holder": holder,
-            "last_event": last,
-        }));
-        if is_package {
-            package_count += 1;
-            *package_states.entry(state_name).or_insert(0) += 1;
-            continue;
-        }
-        units += 1;
-        match &now {
-            Custody::Unknown => unknown += 1,
-            Custody::Held(h) => *held.entry(h.to_string()).or_insert(0) += 1,
-            Custody::Transit { to: Some(to), .. } => {
-                *held.entry(to.to_string()).or_insert(0) += 1;
-                if state_name == "awaiting_receipt" {
-                    *awaiting.entry(to.to_string()).or_insert(0) += 1;
-                }
-            }
-            Custody::Transit { from, to: None } => {
-                *in_transit.entry((from.to_string(), String::new())).or_insert(0) += 1;
-            }
-            Custody::Refused(at) => *refused.entry(at.to_string()).or_insert(0) += 1,
-            Custody::Administered(by, n) => {
-                let e = administered.entry(by.to_string()).or_insert((0, 0));
-                e.0 += 1;
-                e.1 += usize::from(*n);
-            }
-            Custody::Destroyed(by) => *destroyed.entry(by.to_string()).or_insert(0) += 1,
-        }
-    }
-    let mut held_list: Vec<(String, usize)> = held.into_iter().collect();
-    held_list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+/// The recall answer of lot `lot` from its tally.
+fn recall_json(state: &AppState, lot: &str, t: &mappings::custody::RecallTally) -> Value {
+    let mut held_list: Vec<(&String, &(usize, usize))> = t.held.iter().collect();
+    held_list.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(b.0)));
     let held_json: Vec<Value> = held_list
         .iter()
-        .map(|(h, n)| {
-            json!({ "holder": party(state, h), "units": n,
-                    "awaiting_receipt": awaiting.get(h).copied().unwrap_or(0) })
-        })
+        .map(|(h, (n, awaiting))| json!({ "holder": party(state, h), "units": n, "awaiting_receipt": awaiting }))
         .collect();
-    let mut admin_list: Vec<(String, (usize, usize))> = administered.into_iter().collect();
-    admin_list.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
-    let administered_doses: usize = admin_list.iter().map(|a| a.1.1).sum();
+    let mut admin_list: Vec<(&String, &(usize, usize))> = t.administered.iter().collect();
+    admin_list.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(b.0)));
     let admin_json: Vec<Value> = admin_list
         .iter()
         .map(|(u, (n, d))| json!({ "vaccinating_unit": party(state, u), "units": n, "doses": d }))
         .collect();
-    let transit_json: Vec<Value> = in_transit
+    let transit_json: Vec<Value> = t
+        .in_transit
         .iter()
-        .map(|((from, _), n)| json!({ "from": party(state, from), "units": n }))
+        .map(|(from, n)| json!({ "from": party(state, from), "units": n }))
         .collect();
-    let in_stock_by_holder: BTreeMap<&str, usize> = held_list.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    let in_stock_by_holder: BTreeMap<&str, usize> = t.held.iter().map(|(h, n)| (h.as_str(), n.0)).collect();
+    let per_code: Vec<Value> = t
+        .codes
+        .iter()
+        .map(|(code, c)| {
+            json!({
+                "code": code,
+                "kind": if c.package { "package" } else { "unit" },
+                "state": c.state,
+                "holder": c.holder,
+                "last_event": c.last_event,
+            })
+        })
+        .collect();
     json!({
         "lot": lot,
-        "units": units,
-        "packages": package_count,
-        "package_states": package_states,
+        "units": t.units,
+        "packages": t.packages,
+        "package_states": t.package_states,
         "held_by": held_json,
         "in_transit": transit_json,
-        "refused_at_receipt": tally(state, "holder", refused),
+        "refused_at_receipt": tally(state, "holder", &t.refused),
         "administered_by": admin_json,
-        "administered_doses": administered_doses,
-        "destroyed": tally(state, "by", destroyed),
-        "unknown_units": unknown,
+        "administered_doses": t.administered_doses,
+        "destroyed": tally(state, "by", &t.destroyed),
+        "unknown_units": t.unknown,
         "in_stock_by_holder": in_stock_by_holder,
-        "code_count": codes.len(),
+        "code_count": t.codes.len(),
         "codes": per_code,
     })
 }

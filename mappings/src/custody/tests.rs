@@ -503,3 +503,102 @@ proptest! {
         prop_assert_eq!(book.lot("8612345/L1"), lot_state_by_fold(&order));
     }
 }
+
+/// The book a recall's evidence rebuilds from events alone: a receipt an
+/// alert refused, a carton's shipment carried to its contents, and a
+/// cancelled vaccination each count as the gateway counts them.
+#[test]
+fn a_recall_is_recounted_from_its_events() {
+    const UNIT2: &str = "86123450000000001002";
+    const CARTON: &str = "86123450000000009001";
+    let id = |c: &str| c.to_string();
+    let mut made = produce("2023-12-01T08:00:00");
+    made.trace_codes = vec![UNIT.into(), UNIT2.into()];
+    made.aggregations = vec![crate::event::AggregationLink {
+        parent: CARTON.into(),
+        children: vec![UNIT2.into()],
+    }];
+    let sent = ev(
+        "outbound",
+        Some("201"),
+        "2024-01-02T08:00:00",
+        MAH,
+        Some(MAH),
+        Some(CLINIC_A),
+    );
+    let got = ev(
+        "inbound_receipt",
+        Some("102"),
+        "2024-01-03T08:00:00",
+        CLINIC_A,
+        Some(MAH),
+        Some(CLINIC_A),
+    );
+    let mut refusal = ev(COLD_CHAIN_ALERT, None, "2024-01-03T08:00:01", "node", None, None);
+    refusal.trace_codes = vec![UNIT.into()];
+    refusal.fields.insert("alert_type".into(), json!(RECEIPT_REFUSED));
+    refusal
+        .fields
+        .insert("related_event_id".into(), json!(got.event_id.to_string()));
+    let mut shipped = ev(
+        "shipment",
+        None,
+        "2024-01-04T08:00:00",
+        CARRIER,
+        Some(CARRIER),
+        Some(CLINIC_B),
+    );
+    shipped.trace_codes = Vec::new();
+    shipped.aggregations = vec![crate::event::AggregationLink {
+        parent: CARTON.into(),
+        children: vec![UNIT2.into()],
+    }];
+    let mut given = ev("vaccination", None, "2024-01-05T08:00:00", CLINIC_B, None, None);
+    given.trace_codes = vec![UNIT2.into()];
+    let mut undone = ev("cancellation", None, "2024-01-05T09:00:00", CLINIC_B, None, None);
+    undone.trace_codes = Vec::new();
+    undone
+        .fields
+        .insert("cancels_event_id".into(), json!(given.event_id.to_string()));
+    let events: Vec<(u64, TraceEvent)> = [made, sent, got, refusal, shipped, given, undone]
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64 + 1, e))
+        .collect();
+    let book = book_of_events(&events, &id);
+    let codes: std::collections::BTreeSet<String> = [UNIT, UNIT2, CARTON].map(String::from).into();
+    let packages: std::collections::BTreeSet<String> = [CARTON.to_string()].into();
+    let t = RecallTally::of(&codes, &packages, &book);
+    let state = |c: &str| {
+        let s = &t.codes[c];
+        (s.state.as_str(), s.holder.as_deref(), s.last_event.as_deref())
+    };
+    assert_eq!(
+        state(UNIT),
+        ("refused_at_receipt", Some(CLINIC_A), Some("receive_refused"))
+    );
+    assert_eq!(state(UNIT2), ("awaiting_receipt", Some(CLINIC_B), Some("transport")));
+    assert_eq!(state(CARTON), ("awaiting_receipt", Some(CLINIC_B), Some("transport")));
+    assert_eq!((t.units, t.packages, t.administered_doses, t.unknown), (2, 1, 0, 0));
+    assert_eq!(t.refused, [(CLINIC_A.to_string(), 1)].into());
+    assert_eq!(t.held, [(CLINIC_B.to_string(), (1, 1))].into());
+    assert_eq!(t.package_states, [("awaiting_receipt".to_string(), 1)].into());
+
+    // The same answer said otherwise is named at its first difference.
+    let mut said = t.clone();
+    said.administered_doses = 1;
+    assert_eq!(
+        said.first_difference(&t).as_deref(),
+        Some("administered_doses: the answer says 1, its events give 0")
+    );
+    let mut said = t.clone();
+    said.held.remove(CLINIC_B);
+    assert!(
+        said.first_difference(&t).is_some_and(|d| d.starts_with(&format!(
+            "held_by (units, awaiting receipt) {CLINIC_B}: the answer says nothing"
+        ))),
+        "{:?}",
+        said.first_difference(&t)
+    );
+    assert_eq!(t.first_difference(&t), None);
+}
