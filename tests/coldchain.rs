@@ -257,6 +257,47 @@ fn alerts_and_refused_receipts(node: Node) {
         out.contains("recall counts OK") && out.contains("3 refused at receipt"),
         "{out}"
     );
+    // The receiver's stock with its evidence, read by itself (it holds
+    // the codes, so it may read their history) and by the regulator.
+    let own = node.signed(
+        &receiver.key,
+        "GET",
+        &format!("/v1/holders/{}/stock?evidence=true", receiver.id),
+        Vec::new(),
+        "",
+    );
+    assert_eq!(own.status, 200, "{}", own.text);
+    let stock = read(&format!("/v1/holders/{}/stock?evidence=true", receiver.id));
+    assert_eq!(stock["lots"], own.body["lots"]);
+    let refused: u64 = stock["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["refused_at_receipt"].as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 3, "{stock}");
+    std::fs::write(&file, own.body.to_string()).unwrap();
+    let (code, out) = node.verify_proof(&file);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stock counts OK"), "{out}");
+    // A refused unit passed off as held: named.
+    let mut changed = stock.clone();
+    let lot = changed["lots"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["refused_at_receipt"].as_u64() > Some(0))
+        .unwrap();
+    lot["units"] = json!(lot["units"].as_u64().unwrap() + 1);
+    lot["refused_at_receipt"] = json!(lot["refused_at_receipt"].as_u64().unwrap() - 1);
+    changed["units"] = json!(changed["units"].as_u64().unwrap() + 1);
+    std::fs::write(&file, changed.to_string()).unwrap();
+    let (code, out) = node.verify_proof(&file);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ANSWER INVALID: stock of {}: lot ", receiver.id)) && out.contains("refused"),
+        "{out}"
+    );
 
     // Alerts carry no personal data: the receipt's contact names stay out.
     let alert_id = cc["alerts"][0]["event_id"].as_str().unwrap();

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ledger::{Checkpoint, LeafInput, TxFormat, TxSummary};
 use mappings::TraceEvent;
 use mappings::commitment::{self, Disclosure};
-use mappings::custody::{CodeState, RecallTally};
+use mappings::custody::{CodeState, LotStock, RecallTally, StockTally};
 use secure_gateway::{Sm2VerifyingKey, Sm3Digest};
 use serde::Deserialize;
 use serde_json::Value;
@@ -29,6 +29,14 @@ pub enum AnswerError {
         /// The lot.
         lot: String,
         /// The first count (or code) that differs, or why no recount was possible.
+        reason: String,
+    },
+    /// A stock answer's counts or codes are not what its steps give.
+    #[error("stock of {holder}: {reason}")]
+    Stock {
+        /// The holder's entity id.
+        holder: String,
+        /// The first lot or package that differs, or why no recount was possible.
         reason: String,
     },
     /// One step does not check out.
@@ -68,6 +76,8 @@ pub struct AnswerChecked {
     /// For a recall answer with evidence: its counts, recounted from the
     /// steps and found equal.
     pub recall: Option<RecallTally>,
+    /// For a stock answer with evidence: the same.
+    pub stock: Option<StockTally>,
 }
 
 #[derive(Deserialize)]
@@ -80,19 +90,22 @@ struct StepProof {
 /// Whether `v` looks like a query answer (rather than an inclusion proof).
 #[must_use]
 pub fn is_answer(v: &Value) -> bool {
-    v.get("steps").is_some()
-        || v.get("event").is_some_and(|e| e.get("transaction").is_some())
-        || (v.get("lot").is_some() && v.get("held_by").is_some())
+    v.get("steps").is_some() || v.get("event").is_some_and(|e| e.get("transaction").is_some()) || is_count_answer(v)
+}
+
+/// A recall (`lot`, `held_by`) or stock (`holder`, `lots`) answer.
+fn is_count_answer(v: &Value) -> bool {
+    (v.get("lot").is_some() && v.get("held_by").is_some()) || (v.get("holder").is_some() && v.get("lots").is_some())
 }
 
 /// Checks a `GET /v1/trace/{code}`, `GET /v1/events/{id}` or `GET
 /// /v1/batches/{lot}/recall?evidence=true` answer (a recall's counts are
 /// recounted from its steps).
 pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<AnswerChecked, AnswerError> {
-    if answer.get("held_by").is_some() && answer.get("steps").is_none() {
+    if is_count_answer(answer) && answer.get("steps").is_none() {
         return Err(AnswerError::NotAnAnswer(
-            "a recall answer without its evidence: its counts can be checked only when asked for with \
-             `?evidence=true`"
+            "a recall or stock answer without its evidence: its counts can be checked only when asked for \
+             with `evidence=true`"
                 .into(),
         ));
     }
@@ -127,10 +140,20 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
         }
         _ => None,
     };
+    let stock = match answer["holder"]["id"].as_str() {
+        Some(holder) if answer.get("lots").is_some() => {
+            Some(check_stock(answer, holder).map_err(|reason| AnswerError::Stock {
+                holder: holder.to_string(),
+                reason,
+            })?)
+        }
+        _ => None,
+    };
     Ok(AnswerChecked {
         checkpoint: cp,
         steps: out,
         recall,
+        stock,
     })
 }
 
@@ -140,17 +163,7 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
 /// events of the lot, and every count from those.
 fn check_recall(answer: &Value) -> Result<RecallTally, String> {
     let lot = answer["lot"].as_str().unwrap_or_default();
-    let parties: BTreeMap<String, String> = serde_json::from_value(answer["parties"].clone())
-        .map_err(|e| format!("no readable `parties` (the party directory the counts used): {e}"))?;
-    let mut events: Vec<(u64, TraceEvent)> = Vec::new();
-    for (i, step) in answer["steps"].as_array().into_iter().flatten().enumerate() {
-        let ev: TraceEvent = serde_json::from_value(step["event"].clone())
-            .map_err(|e| format!("step {i}: its event is not a dataset event: {e}"))?;
-        let leaf = step["leaf_index"].as_u64().ok_or(format!("step {i}: no leaf_index"))?;
-        events.push((leaf, ev));
-    }
-    let party = |code: &str| parties.get(code).cloned().unwrap_or_else(|| code.to_string());
-    let book = mappings::custody::book_of_events(&events, &party);
+    let (events, book) = evidence_book(answer)?;
     let mut codes: BTreeSet<String> = BTreeSet::new();
     let mut packages: BTreeSet<String> = BTreeSet::new();
     for (_, ev) in &events {
@@ -163,6 +176,80 @@ fn check_recall(answer: &Value) -> Result<RecallTally, String> {
     }
     let recounted = RecallTally::of(&codes, &packages, &book);
     let said = tally_of_answer(answer)?;
+    match said.first_difference(&recounted) {
+        None => Ok(recounted),
+        Some(d) => Err(d),
+    }
+}
+
+/// The events of an answer's (checked) steps with their leaves, and the
+/// custody book they state, party codes read through its `parties`.
+fn evidence_book(answer: &Value) -> Result<(Vec<(u64, TraceEvent)>, mappings::custody::Book), String> {
+    let parties: BTreeMap<String, String> = serde_json::from_value(answer["parties"].clone())
+        .map_err(|e| format!("no readable `parties` (the party directory the counts used): {e}"))?;
+    let mut events: Vec<(u64, TraceEvent)> = Vec::new();
+    for (i, step) in answer["steps"].as_array().into_iter().flatten().enumerate() {
+        let ev: TraceEvent = serde_json::from_value(step["event"].clone())
+            .map_err(|e| format!("step {i}: its event is not a dataset event: {e}"))?;
+        let leaf = step["leaf_index"].as_u64().ok_or(format!("step {i}: no leaf_index"))?;
+        events.push((leaf, ev));
+    }
+    let party = |code: &str| parties.get(code).cloned().unwrap_or_else(|| code.to_string());
+    let book = mappings::custody::book_of_events(&events, &party);
+    Ok((events, book))
+}
+
+/// Recounts a stock answer from its steps: every code it lists (units by
+/// lot, and packages) must be in `holder`'s stock by the book the events
+/// state, in the lot and with the counts the answer gives. A code left out
+/// of the answer is not caught (docs/api.md).
+fn check_stock(answer: &Value, holder: &str) -> Result<StockTally, String> {
+    let (events, book) = evidence_book(answer)?;
+    let mut said = StockTally::default();
+    for row in answer["lots"].as_array().ok_or("`lots` is not a list")? {
+        let product = row["product"].as_str().unwrap_or_default();
+        let number = row["lot"].as_str().ok_or("`lots`: a row without lot")?;
+        let key = if product.is_empty() {
+            number.to_string()
+        } else {
+            format!("{product}/{number}")
+        };
+        let count = |k: &str| {
+            row[k]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or(format!("lot {key}: `{k}` is not a count"))
+        };
+        let codes: BTreeSet<String> = serde_json::from_value(row["codes"].clone())
+            .map_err(|e| format!("lot {key}: no readable `codes` list: {e}"))?;
+        let l = LotStock {
+            units: count("units")?,
+            awaiting: count("awaiting_receipt")?,
+            refused: count("refused_at_receipt")?,
+            codes,
+        };
+        if said.lots.insert(key.clone(), l).is_some() {
+            return Err(format!("`lots` names {key} twice"));
+        }
+    }
+    said.packages = serde_json::from_value(answer["package_codes"].clone())
+        .map_err(|e| format!("no readable `package_codes` list: {e}"))?;
+    let units: usize = said.lots.values().map(|l| l.units).sum();
+    if answer["units"].as_u64() != Some(units as u64) || answer["packages"].as_u64() != Some(said.packages.len() as u64)
+    {
+        return Err("`units` or `packages` is not the sum of what the answer lists".into());
+    }
+    let listed: Vec<String> = said
+        .lots
+        .values()
+        .flat_map(|l| l.codes.iter().cloned())
+        .chain(said.packages.iter().cloned())
+        .collect();
+    let parents: BTreeSet<String> = events
+        .iter()
+        .flat_map(|(_, e)| e.aggregations.iter().map(|a| a.parent.clone()))
+        .collect();
+    let recounted = StockTally::of(holder, &listed, &parents, &book);
     match said.first_difference(&recounted) {
         None => Ok(recounted),
         Some(d) => Err(d),

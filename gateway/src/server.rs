@@ -304,7 +304,16 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/holders/{id}/stock",
         auth: Auth::Read,
         summary: "What an entity holds now, from custody state, by product and lot (the entity itself and regulators)",
-        query: &[("codes", "true: list the trace codes of each lot; default false")],
+        query: &[
+            (
+                "codes",
+                "true: list the trace codes of each lot and of the packages; default false",
+            ),
+            (
+                "evidence",
+                "true: list the codes and add every event behind them as a checkable step, and the party directory, so that `vaxgate verify-proof` recounts the stock; default false",
+            ),
+        ],
         handler: || web::get().to(crate::api::query::stock),
     },
     RouteSpec {

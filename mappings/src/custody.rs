@@ -22,7 +22,9 @@ use uuid::Uuid;
 use crate::event::TraceEvent;
 
 mod recall;
-pub use recall::{COLD_CHAIN_ALERT, CodeState, RECEIPT_REFUSED, RecallTally, book_of_events, codes_of};
+pub use recall::{
+    COLD_CHAIN_ALERT, CodeState, LotStock, RECEIPT_REFUSED, RecallTally, StockTally, book_of_events, codes_of,
+};
 
 /// What an event did to a trace code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -499,6 +499,15 @@ pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
                         t.unknown
                     );
                 }
+                if let Some(t) = &r.stock {
+                    println!(
+                        "stock counts OK: recounted from the steps: {} unit(s) in {} lot(s), {} package(s); \
+                         a code the answer leaves out is not caught by this check",
+                        t.lots.values().map(|l| l.units).sum::<usize>(),
+                        t.lots.len(),
+                        t.packages.len()
+                    );
+                }
                 Ok(0)
             }
             Err(e) => {

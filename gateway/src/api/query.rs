@@ -529,7 +529,7 @@ pub(crate) async fn recall(
     let mut answer = recall_json(&state, &lot, &tally);
     answer["events"] = json!(events.len());
     if with_evidence {
-        let (steps, parties) = recall_evidence(&state, &reader, &lot, &list).await?;
+        let (steps, parties) = evidence_of(&state, &reader, false, &format!("lot {lot}"), &list).await?;
         answer["steps"] = steps["steps"].clone();
         answer["checkpoint"] = steps["checkpoint"].clone();
         answer["parties"] = json!(parties);
@@ -537,16 +537,18 @@ pub(crate) async fn recall(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// Every event behind a recall of `codes` (of lot `lot`), as checkable
-/// steps without personal data, and the directory (party code → entity
-/// id) its counts used: the events naming the codes or their packages,
-/// and the cancellations and alerts referring to them. A reader must be
-/// able to see each of them (403 otherwise: a recount from part of them
-/// would not be the answer's).
-async fn recall_evidence(
+/// Every event behind a recall or stock answer about `codes`, as
+/// checkable steps without personal data, and the directory (party code →
+/// entity id) its counts used: the events naming the codes or their
+/// packages, and the cancellations and alerts referring to them. The
+/// reader must be able to see each of them (`all_readable`: it holds the
+/// codes now), else 403: a recount from part of them would not be the
+/// answer's. `what` names the answer in that refusal.
+async fn evidence_of(
     state: &AppState,
     reader: &Entity,
-    lot: &str,
+    all_readable: bool,
+    what: &str,
     codes: &[String],
 ) -> Result<(Value, BTreeMap<String, String>), ApiError> {
     let mut all: Vec<String> = codes.to_vec();
@@ -561,13 +563,17 @@ async fn recall_evidence(
     for e in state.projection.cancellations_of(&ids).await? {
         by_leaf.insert(e.leaf_index, e);
     }
-    let unseen = by_leaf.values().filter(|e| !visible(reader, e)).count();
+    let unseen = if all_readable {
+        0
+    } else {
+        by_leaf.values().filter(|e| !visible(reader, e)).count()
+    };
     if unseen > 0 {
         return Err(ApiError::new(
             Code::Forbidden,
             format!(
-                "the evidence of lot {lot} holds {unseen} event(s) outside {}'s read scope; \
-                 a reader whose scope covers every holder of the lot (a regulator) can have it",
+                "the evidence of {what} holds {unseen} event(s) outside {}'s read scope; \
+                 a reader whose scope covers every holder concerned (a regulator) can have it",
                 reader.alias
             ),
         ));
@@ -656,22 +662,24 @@ fn recall_json(state: &AppState, lot: &str, t: &mappings::custody::RecallTally) 
     })
 }
 
-/// `GET /v1/holders/{id}/stock[?codes=true]`: what an entity holds now,
-/// from custody state (docs/custody.md), by product and lot: unit doses in
-/// its stock (of which deliveries awaiting its receipt), and units refused
-/// at its receipt (with it, not in its stock); packages (cartons) counted
-/// apart. Read by the entity itself and by
-/// readers whose scope is everything (regulators). `codes=true` lists the
-/// trace codes too.
+/// `GET /v1/holders/{id}/stock[?codes=true][&evidence=true]`: what an
+/// entity holds now, from custody state (docs/custody.md), by product and
+/// lot: unit doses in its stock (of which deliveries awaiting its receipt),
+/// and units refused at its receipt (with it, not in its stock); packages
+/// (cartons) counted apart. Read by the entity itself and by readers whose
+/// scope is everything (regulators). `codes=true` lists the trace codes
+/// too; `evidence=true` lists them and adds every event behind them as a
+/// checkable step, and the party directory, so that `vaxgate verify-proof`
+/// recounts the stock.
 pub(crate) async fn stock(
     req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: RawQuery,
 ) -> Result<HttpResponse, ApiError> {
-    use mappings::custody::Custody;
     let reader = reader(&req, &state)?;
-    let with_codes: bool = param(&query, "codes")?;
+    let with_evidence: bool = param(&query, "evidence")?;
+    let with_codes: bool = with_evidence || param(&query, "codes")?;
     let holder = {
         let reg = crate::registry::read(&state.registry)?;
         reg.entity(&id)
@@ -691,53 +699,46 @@ pub(crate) async fn stock(
     let candidates = state.projection.codes_left_with(&holder).await?;
     let packages: BTreeSet<String> = state.projection.parents_among(&candidates).await?.into_iter().collect();
     let book = state.projection.custody_book(&candidates).await?;
-    // lot → (units held, awaiting receipt, refused at receipt, codes)
-    let mut lots: BTreeMap<String, (usize, usize, usize, Vec<String>)> = BTreeMap::new();
-    let mut package_count = 0usize;
-    for code in &candidates {
-        let hist = book.history(code);
-        let (held, awaiting, refused) = match Custody::after(&hist) {
-            Custody::Held(h) if h == holder => (1, 0, 0),
-            Custody::Transit { to: Some(to), .. } if to == holder => (1, 1, 0),
-            Custody::Refused(at) if at == holder => (0, 0, 1),
-            _ => continue,
-        };
-        if packages.contains(code) {
-            package_count += held;
-            continue;
-        }
-        let lot = hist
-            .iter()
-            .rev()
-            .find_map(|f| f.lot.clone())
-            .unwrap_or_else(|| format!("{}/?", &code[..7.min(code.len())]));
-        let e = lots.entry(lot).or_default();
-        e.0 += held;
-        e.1 += awaiting;
-        e.2 += refused;
-        if with_codes {
-            e.3.push(code.clone());
-        }
-    }
-    let rows: Vec<Value> = lots
-        .into_iter()
-        .map(|(lot, (units, awaiting, refused, codes))| {
+    let t = mappings::custody::StockTally::of(&holder, &candidates, &packages, &book);
+    let rows: Vec<Value> = t
+        .lots
+        .iter()
+        .map(|(lot, l)| {
             let (product, number) = lot.split_once('/').unwrap_or(("", lot.as_str()));
-            let mut row = json!({ "product": product, "lot": number, "units": units,
-                                  "awaiting_receipt": awaiting, "refused_at_receipt": refused });
+            let mut row = json!({ "product": product, "lot": number, "units": l.units,
+                                  "awaiting_receipt": l.awaiting, "refused_at_receipt": l.refused });
             if with_codes {
-                row["codes"] = json!(codes);
+                row["codes"] = json!(l.codes);
             }
             row
         })
         .collect();
-    let units: usize = rows.iter().filter_map(|r| r["units"].as_u64()).sum::<u64>() as usize;
-    Ok(HttpResponse::Ok().json(json!({
+    let units: usize = t.lots.values().map(|l| l.units).sum();
+    let mut answer = json!({
         "holder": party(&state, &holder),
         "units": units,
-        "packages": package_count,
+        "packages": t.packages.len(),
         "lots": rows,
-    })))
+    });
+    if with_codes {
+        answer["package_codes"] = json!(t.packages);
+    }
+    if with_evidence {
+        let codes: Vec<String> = t
+            .lots
+            .values()
+            .flat_map(|l| l.codes.iter().cloned())
+            .chain(t.packages.iter().cloned())
+            .collect();
+        // The holder has every one of these codes now, so it may read
+        // their whole history (as in a trace, docs/api.md).
+        let own = holder == reader.id;
+        let (steps, parties) = evidence_of(&state, &reader, own, &format!("the stock of {holder}"), &codes).await?;
+        answer["steps"] = steps["steps"].clone();
+        answer["checkpoint"] = steps["checkpoint"].clone();
+        answer["parties"] = json!(parties);
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 pub(crate) async fn event(

@@ -235,3 +235,97 @@ pub fn book_of_events(events: &[(u64, TraceEvent)], party: &dyn Fn(&str) -> Stri
     }
     book
 }
+
+/// What one entity holds now, by lot, as a stock answer counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockTally {
+    /// Per lot (`product/lot`, or the code's product prefix and `/?` when
+    /// no fact names a lot): units in its stock, of which awaiting its
+    /// receipt, units refused at its receipt, and those units' codes.
+    pub lots: BTreeMap<String, LotStock>,
+    /// Packages in its stock, by code.
+    pub packages: BTreeSet<String>,
+}
+
+/// One lot of a [`StockTally`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LotStock {
+    /// Units in stock (awaiting receipt included).
+    pub units: usize,
+    /// Of which deliveries awaiting the holder's receipt.
+    pub awaiting: usize,
+    /// Units refused at its receipt (with it, not in its stock).
+    pub refused: usize,
+    /// The codes of all three.
+    pub codes: BTreeSet<String>,
+}
+
+impl StockTally {
+    /// The stock of `holder` among `candidates` (of which `packages` are
+    /// packages), from the custody facts in `book`.
+    #[must_use]
+    pub fn of(holder: &str, candidates: &[String], packages: &BTreeSet<String>, book: &Book) -> StockTally {
+        let mut t = StockTally::default();
+        for code in candidates {
+            let hist = book.history(code);
+            let (held, awaiting, refused) = match Custody::after(&hist) {
+                Custody::Held(h) if h == holder => (1, 0, 0),
+                Custody::Transit { to: Some(to), .. } if to == holder => (1, 1, 0),
+                Custody::Refused(at) if at == holder => (0, 0, 1),
+                _ => continue,
+            };
+            if packages.contains(code) {
+                if held == 1 {
+                    t.packages.insert(code.clone());
+                }
+                continue;
+            }
+            let lot = hist
+                .iter()
+                .rev()
+                .find_map(|f| f.lot.clone())
+                .unwrap_or_else(|| format!("{}/?", &code[..7.min(code.len())]));
+            let e = t.lots.entry(lot).or_default();
+            e.units += held;
+            e.awaiting += awaiting;
+            e.refused += refused;
+            e.codes.insert(code.clone());
+        }
+        t
+    }
+
+    /// The first difference between what an answer says (`self`) and what
+    /// its events give (`other`): `None` when equal.
+    #[must_use]
+    pub fn first_difference(&self, other: &StockTally) -> Option<String> {
+        if self.packages != other.packages {
+            let a: Vec<&String> = self.packages.difference(&other.packages).collect();
+            let b: Vec<&String> = other.packages.difference(&self.packages).collect();
+            return Some(format!(
+                "packages: the answer lists {a:?} that its events do not put in stock, and its events put {b:?} in stock that the answer does not list"
+            ));
+        }
+        let keys: BTreeSet<&String> = self.lots.keys().chain(other.lots.keys()).collect();
+        keys.into_iter().find_map(|k| {
+            let (a, b) = (self.lots.get(k), other.lots.get(k));
+            if a == b {
+                return None;
+            }
+            let (a, b) = (a.cloned().unwrap_or_default(), b.cloned().unwrap_or_default());
+            if let Some(c) = a.codes.difference(&b.codes).next() {
+                return Some(format!(
+                    "lot {k}: the answer lists {c}, which its events do not leave in this stock"
+                ));
+            }
+            if let Some(c) = b.codes.difference(&a.codes).next() {
+                return Some(format!(
+                    "lot {k}: its events leave {c} in this stock, which the answer does not list"
+                ));
+            }
+            Some(format!(
+                "lot {k}: the answer says {} unit(s), {} awaiting receipt, {} refused; its events give {}, {}, {}",
+                a.units, a.awaiting, a.refused, b.units, b.awaiting, b.refused
+            ))
+        })
+    }
+}

@@ -601,4 +601,22 @@ fn a_recall_is_recounted_from_its_events() {
         said.first_difference(&t)
     );
     assert_eq!(t.first_difference(&t), None);
+
+    // The same book as two clinics' stock.
+    let all: Vec<String> = codes.iter().cloned().collect();
+    let b = StockTally::of(CLINIC_B, &all, &packages, &book);
+    assert_eq!(b.packages, [CARTON.to_string()].into());
+    let lot = &b.lots["8612345/202311A05"];
+    assert_eq!((lot.units, lot.awaiting, lot.refused), (1, 1, 0));
+    assert_eq!(lot.codes, [UNIT2.to_string()].into());
+    let a = StockTally::of(CLINIC_A, &all, &packages, &book);
+    let lot = &a.lots["8612345/202311A05"];
+    assert_eq!((lot.units, lot.awaiting, lot.refused), (0, 0, 1));
+    assert!(a.packages.is_empty());
+    assert_eq!(
+        a.first_difference(&b).as_deref(),
+        Some(
+            "packages: the answer lists [] that its events do not put in stock, and its events put [\"86123450000000009001\"] in stock that the answer does not list"
+        )
+    );
 }
