@@ -207,6 +207,40 @@ fn alerts_and_refused_receipts(node: Node) {
     assert_eq!(step["event_id"], warm_receipt.event_id.to_string());
     assert_eq!(step["receipt_status"], "refused", "{step}");
     assert!(step["refusal_reason"].as_str().unwrap().contains("YD-WARM-1"));
+    // The refusal and alerts a step shows are checked against the alert
+    // steps the answer holds.
+    let dir = tempfile::tempdir().unwrap();
+    let check = |answer: &Value| {
+        let f = dir.path().join("trace.json");
+        std::fs::write(&f, answer.to_string()).unwrap();
+        node.verify_proof(&f)
+    };
+    let (code, out) = check(&trace);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("annotations: ") && !out.contains("annotations: 0 checked"),
+        "{out}"
+    );
+    let at = trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["event_id"] == warm_receipt.event_id.to_string())
+        .unwrap();
+    let mut changed = trace.clone();
+    changed["steps"][at].as_object_mut().unwrap().remove("receipt_status");
+    let (code, out) = check(&changed);
+    assert!(code == 1 && out.contains("receipt_status"), "{out}");
+    let mut changed = trace.clone();
+    changed["steps"][at].as_object_mut().unwrap().remove("alerts");
+    changed["steps"][at].as_object_mut().unwrap().remove("receipt_status");
+    changed["steps"][at].as_object_mut().unwrap().remove("refusal_reason");
+    let (code, out) = check(&changed);
+    assert!(code == 1 && out.contains("its annotations leave that out"), "{out}");
+    let mut changed = trace.clone();
+    changed["steps"][at]["alerts"][0]["reason"] = json!("no reason");
+    let (code, out) = check(&changed);
+    assert!(code == 1 && out.contains("is not what that step says"), "{out}");
 
     // Recall: the accepted receipt moved its code into the receiver's
     // stock; the refused one is with the receiver but not in its stock.

@@ -78,6 +78,10 @@ pub struct AnswerChecked {
     pub recall: Option<RecallTally>,
     /// For a stock answer with evidence: the same.
     pub stock: Option<StockTally>,
+    /// Annotations (`cancelled_by`, `alerts`, `receipt_status`) checked
+    /// against the steps they name, and those naming a step the answer
+    /// does not hold (not checked).
+    pub annotations: (usize, usize),
 }
 
 #[derive(Deserialize)]
@@ -122,7 +126,7 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
         }
     };
     let mut out = Vec::with_capacity(steps.len());
-    for (index, step) in steps.into_iter().enumerate() {
+    for (index, step) in steps.iter().copied().enumerate() {
         let event_id = step["event_id"].as_str().unwrap_or("?").to_string();
         let checked = check_step(step, &cp).map_err(|reason| AnswerError::Step {
             index,
@@ -131,6 +135,7 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
         })?;
         out.push(checked);
     }
+    let annotations = check_annotations(&steps)?;
     let recall = match answer.get("lot").and_then(Value::as_str) {
         Some(lot) if answer.get("held_by").is_some() => {
             Some(check_recall(answer).map_err(|reason| AnswerError::Recall {
@@ -154,7 +159,113 @@ pub fn verify_answer(answer: &Value, node_key: &Sm2VerifyingKey) -> Result<Answe
         steps: out,
         recall,
         stock,
+        annotations,
     })
+}
+
+/// Checks what each step says of other steps against those steps, when
+/// the answer holds them: each event its `cancelled_by` names cancels it,
+/// each of its `alerts` is an alert step about it with that type, reason,
+/// transaction and rules, `receipt_status: refused` comes with a
+/// `receipt_refused` alert (and its reason); and no cancellation or alert
+/// step about a step is missing from that step's annotations. Returns
+/// (annotations checked, annotations naming a step not in the answer).
+fn check_annotations(steps: &[&Value]) -> Result<(usize, usize), AnswerError> {
+    let by_id: BTreeMap<&str, (usize, &Value)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s["event_id"].as_str().map(|id| (id, (i, *s))))
+        .collect();
+    let is_alert = |s: &Value| {
+        s["category"] == mappings::custody::COLD_CHAIN_ALERT || s["category"] == crate::custody::ALERT_CATEGORY
+    };
+    let (mut checked, mut unchecked) = (0, 0);
+    for (index, step) in steps.iter().enumerate() {
+        let id = step["event_id"].as_str().unwrap_or("?");
+        let fail = |reason: String| AnswerError::Step {
+            index,
+            event_id: id.to_string(),
+            reason,
+        };
+        let names = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().or_else(|| x["event_id"].as_str()).map(str::to_string))
+                .collect()
+        };
+        let cancelled_by = names(&step["cancelled_by"]);
+        for c in &cancelled_by {
+            match by_id.get(c.as_str()) {
+                None => unchecked += 1,
+                Some((_, cs))
+                    if cs["category"] == "cancellation" && cs["event"]["fields"]["cancels_event_id"] == *id =>
+                {
+                    checked += 1;
+                }
+                Some(_) => {
+                    return Err(fail(format!(
+                        "its `cancelled_by` names event {c}, which does not cancel it"
+                    )));
+                }
+            }
+        }
+        let alerts: Vec<&Value> = step["alerts"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let mut refusal: Option<&Value> = None;
+        for a in &alerts {
+            let aid = a["event_id"].as_str().unwrap_or("?");
+            if a["alert_type"] == mappings::custody::RECEIPT_REFUSED {
+                refusal = Some(a);
+            }
+            let Some((_, al)) = by_id.get(aid) else {
+                unchecked += 1;
+                continue;
+            };
+            let f = &al["event"]["fields"];
+            let same = is_alert(al)
+                && f["related_event_id"] == *id
+                && a["alert_type"] == f["alert_type"]
+                && a["reason"] == f["alert_reason"]
+                && a["tx_id"] == al["tx_id"]
+                && a.get("rules").unwrap_or(&Value::Null) == f.get("rules").unwrap_or(&Value::Null);
+            if !same {
+                return Err(fail(format!(
+                    "its alert {aid} is not what that step says (an alert about this event, of that type, reason, transaction and rules)"
+                )));
+            }
+            checked += 1;
+        }
+        match (step.get("receipt_status"), refusal) {
+            (None, None) => {}
+            (Some(s), Some(a)) if s == "refused" && step["refusal_reason"] == a["reason"] => {}
+            _ => {
+                return Err(fail(
+                    "its `receipt_status` and `refusal_reason` are not its `receipt_refused` alert's".into(),
+                ));
+            }
+        }
+        // Steps about this one that its annotations leave out.
+        for other in steps {
+            let f = &other["event"]["fields"];
+            let oid = other["event_id"].as_str().unwrap_or("?");
+            let left_out = if other["category"] == "cancellation" && f["cancels_event_id"] == *id {
+                !cancelled_by.iter().any(|c| c == oid)
+            } else if is_alert(other) && f["related_event_id"] == *id {
+                !alerts.iter().any(|a| a["event_id"] == oid)
+            } else {
+                false
+            };
+            if left_out {
+                return Err(fail(format!(
+                    "step {oid} of the answer is about it, and its annotations leave that out"
+                )));
+            }
+        }
+    }
+    Ok((checked, unchecked))
 }
 
 /// Recounts a recall answer from its steps (each already checked): the

@@ -485,6 +485,13 @@ pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
                     key.key_id(),
                     withheld
                 );
+                let (checked, unchecked) = r.annotations;
+                if checked + unchecked > 0 {
+                    println!(
+                        "annotations: {checked} checked against the steps they name; \
+                         {unchecked} name a step the answer does not hold (not checked)"
+                    );
+                }
                 if let Some(t) = &r.recall {
                     println!(
                         "recall counts OK: recounted from the steps: {} unit(s) and {} package(s) of {} holder(s), \
