@@ -179,6 +179,22 @@ fn check_annotations(steps: &[&Value]) -> Result<(usize, usize), AnswerError> {
     let is_alert = |s: &Value| {
         s["category"] == mappings::custody::COLD_CHAIN_ALERT || s["category"] == crate::custody::ALERT_CATEGORY
     };
+    // The cancellation and alert steps about each event: (step's event id,
+    // whether it is a cancellation).
+    let mut about: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+    for other in steps {
+        let f = &other["event"]["fields"];
+        let oid = other["event_id"].as_str().unwrap_or("?");
+        if other["category"] == "cancellation"
+            && let Some(t) = f["cancels_event_id"].as_str()
+        {
+            about.entry(t).or_default().push((oid, true));
+        } else if is_alert(other)
+            && let Some(t) = f["related_event_id"].as_str()
+        {
+            about.entry(t).or_default().push((oid, false));
+        }
+    }
     let (mut checked, mut unchecked) = (0, 0);
     for (index, step) in steps.iter().enumerate() {
         let id = step["event_id"].as_str().unwrap_or("?");
@@ -248,15 +264,11 @@ fn check_annotations(steps: &[&Value]) -> Result<(usize, usize), AnswerError> {
             }
         }
         // Steps about this one that its annotations leave out.
-        for other in steps {
-            let f = &other["event"]["fields"];
-            let oid = other["event_id"].as_str().unwrap_or("?");
-            let left_out = if other["category"] == "cancellation" && f["cancels_event_id"] == *id {
+        for &(oid, cancellation) in about.get(id).into_iter().flatten() {
+            let left_out = if cancellation {
                 !cancelled_by.iter().any(|c| c == oid)
-            } else if is_alert(other) && f["related_event_id"] == *id {
-                !alerts.iter().any(|a| a["event_id"] == oid)
             } else {
-                false
+                !alerts.iter().any(|a| a["event_id"] == oid)
             };
             if left_out {
                 return Err(fail(format!(
