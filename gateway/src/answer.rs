@@ -362,12 +362,7 @@ fn check_stock(answer: &Value, holder: &str) -> Result<StockTally, String> {
     {
         return Err("`units` or `packages` is not the sum of what the answer lists".into());
     }
-    let listed: Vec<String> = said
-        .lots
-        .values()
-        .flat_map(|l| l.codes.iter().cloned())
-        .chain(said.packages.iter().cloned())
-        .collect();
+    let listed = said.codes();
     let parents: BTreeSet<String> = events
         .iter()
         .flat_map(|(_, e)| e.aggregations.iter().map(|a| a.parent.clone()))
@@ -385,6 +380,25 @@ fn tally_of_answer(a: &Value) -> Result<RecallTally, String> {
         v.as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| format!("`{what}` is not a count: {v}"))
+    }
+    /// `[{key: {id}, "units": n, second: m}]` as id → (n, m).
+    fn pairs_by_party(
+        a: &Value,
+        list: &str,
+        key: &str,
+        second: &str,
+    ) -> Result<BTreeMap<String, (usize, usize)>, String> {
+        let mut out = BTreeMap::new();
+        for row in a[list].as_array().ok_or(format!("`{list}` is not a list"))? {
+            let id = row[key]["id"]
+                .as_str()
+                .ok_or(format!("`{list}`: a row without {key}.id"))?;
+            let n = (count(&row["units"], list)?, count(&row[second], list)?);
+            if out.insert(id.to_string(), n).is_some() {
+                return Err(format!("`{list}` names {id} twice"));
+            }
+        }
+        Ok(out)
     }
     fn by_party(a: &Value, list: &str, key: &str) -> Result<BTreeMap<String, usize>, String> {
         let mut out = BTreeMap::new();
@@ -414,33 +428,8 @@ fn tally_of_answer(a: &Value) -> Result<RecallTally, String> {
     {
         t.package_states.insert(k.clone(), count(v, "package_states")?);
     }
-    for row in a["held_by"].as_array().ok_or("`held_by` is not a list")? {
-        let id = row["holder"]["id"]
-            .as_str()
-            .ok_or("`held_by`: a row without holder.id")?;
-        let n = (
-            count(&row["units"], "held_by")?,
-            count(&row["awaiting_receipt"], "held_by")?,
-        );
-        if t.held.insert(id.to_string(), n).is_some() {
-            return Err(format!("`held_by` names {id} twice"));
-        }
-    }
-    for row in a["administered_by"]
-        .as_array()
-        .ok_or("`administered_by` is not a list")?
-    {
-        let id = row["vaccinating_unit"]["id"]
-            .as_str()
-            .ok_or("`administered_by`: a row without vaccinating_unit.id")?;
-        let n = (
-            count(&row["units"], "administered_by")?,
-            count(&row["doses"], "administered_by")?,
-        );
-        if t.administered.insert(id.to_string(), n).is_some() {
-            return Err(format!("`administered_by` names {id} twice"));
-        }
-    }
+    t.held = pairs_by_party(a, "held_by", "holder", "awaiting_receipt")?;
+    t.administered = pairs_by_party(a, "administered_by", "vaccinating_unit", "doses")?;
     for row in a["codes"].as_array().ok_or("`codes` is not a list")? {
         let code = row["code"].as_str().ok_or("`codes`: a row without code")?;
         let text = |k: &str| row[k].as_str().map(str::to_string);

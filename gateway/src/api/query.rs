@@ -724,12 +724,7 @@ pub(crate) async fn stock(
         answer["package_codes"] = json!(t.packages);
     }
     if with_evidence {
-        let codes: Vec<String> = t
-            .lots
-            .values()
-            .flat_map(|l| l.codes.iter().cloned())
-            .chain(t.packages.iter().cloned())
-            .collect();
+        let codes = t.codes();
         // The holder has every one of these codes now, so it may read
         // their whole history (as in a trace, docs/api.md).
         let own = holder == reader.id;

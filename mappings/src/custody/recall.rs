@@ -294,6 +294,16 @@ impl StockTally {
         t
     }
 
+    /// Every code it counts: the units' (by lot), then the packages'.
+    #[must_use]
+    pub fn codes(&self) -> Vec<String> {
+        self.lots
+            .values()
+            .flat_map(|l| l.codes.iter().cloned())
+            .chain(self.packages.iter().cloned())
+            .collect()
+    }
+
     /// The first difference between what an answer says (`self`) and what
     /// its events give (`other`): `None` when equal.
     #[must_use]
