@@ -340,4 +340,41 @@ fn alerts_and_refused_receipts(node: Node) {
     for name in ["周敏", "孙磊"] {
         assert!(!text.contains(name), "{name} in {text}");
     }
+
+    // The custody state derived again from the ledger's events (its tables
+    // lost, as when a projection is rebuilt): the same recall, the three
+    // refused receipts still refused.
+    let mut node = node;
+    node.kill();
+    drop_custody_tables(&node.db);
+    node.serve();
+    let r = node.signed(
+        &regulator.key,
+        "GET",
+        &format!("/v1/batches/{LOT}/recall"),
+        Vec::new(),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, recall);
+}
+
+/// Drops every custody table of the node's database, as someone rebuilding
+/// its projection would; the gateway derives them again at start.
+fn drop_custody_tables(db: &str) {
+    let sql = ["codes", "holders", "lots", "pending", "escalated", "resolved", "marks"]
+        .map(|t| format!("DROP TABLE custody_{t};"))
+        .concat();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        if db.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(db).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{db}")).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    });
 }

@@ -1266,8 +1266,12 @@ impl Projection {
     /// Derives the custody facts of projected events from leaf `from` on,
     /// which were projected without them (a ledger written before custody
     /// existed, or events projected at start by [`Projection::catch_up`]),
-    /// and marks how far it got. `party` turns a party code into the
-    /// registered entity id. Returns how many events it read.
+    /// and marks how far it got: a cancellation frees its target's codes,
+    /// and a receipt that a `receipt_refused` cold-chain alert names is a
+    /// refused receipt, as at ingest. Open `provenance_pending` alerts are
+    /// not derived again (a later record does not resolve them). `party`
+    /// turns a party code into the registered entity id. Returns how many
+    /// events it read.
     pub async fn derive_custody(&self, from: u64, party: &dyn Fn(&str) -> String) -> Result<u64, ProjectionError> {
         let mut from = from;
         let mut done = 0;
@@ -1276,12 +1280,37 @@ impl Projection {
             let Some(last) = page.last().map(|e| e.leaf_index) else {
                 break;
             };
+            // Receipts the cold-chain rules refused: their alerts are
+            // projected already (the catch-up ran first), whichever page
+            // they are on.
+            let receipts: Vec<String> = page
+                .iter()
+                .filter(|e| e.category == "inbound_receipt")
+                .map(|e| e.event_id.clone())
+                .collect();
+            let refused: std::collections::HashSet<String> = self
+                .cancellations_of(&receipts)
+                .await?
+                .into_iter()
+                .filter(|a| {
+                    a.category == mappings::custody::COLD_CHAIN_ALERT
+                        && a.doc["fields"]["alert_type"] == mappings::custody::RECEIPT_REFUSED
+                })
+                .filter_map(|a| a.cancels)
+                .collect();
             let mut rows = Vec::new();
             for e in &page {
                 let Ok(ev) = serde_json::from_value::<TraceEvent>(e.doc.clone()) else {
                     continue;
                 };
                 let mut c = mappings::custody::facts_of(&ev, e.leaf_index, party);
+                if refused.contains(&e.event_id) {
+                    for f in &mut c.facts {
+                        if f.kind == mappings::custody::Move::Receive {
+                            f.kind = mappings::custody::Move::ReceiveRefused;
+                        }
+                    }
+                }
                 if ev.category == "cancellation"
                     && let Some(target) = ev.field_str("cancels_event_id")
                     && let Some(t) = self.event(target).await?
