@@ -252,10 +252,10 @@ impl Inflight {
     }
 
     /// Keeps what was read from the database, except for `touched` codes.
-    fn cache_store(&mut self, k: &Known, touched: &HashSet<String>) {
+    fn cache_store(&mut self, k: &Known, touched: &HashSet<&str>) {
         let Some(cache) = self.cache.as_mut() else { return };
         for c in &k.need_history {
-            if touched.contains(c) {
+            if touched.contains(c.as_str()) {
                 continue;
             }
             let history = k.history.get(c).cloned().unwrap_or_default();
@@ -268,7 +268,7 @@ impl Inflight {
             );
         }
         for c in &k.need_parents {
-            if touched.contains(c) {
+            if touched.contains(c.as_str()) {
                 continue;
             }
             if let Some(e) = cache.get_mut(c) {
@@ -460,11 +460,18 @@ impl Custody {
             .custody_cache
             .with_label_values(&["hit"])
             .inc_by((codes.len() + extra.len()).saturating_sub(known.need_history.len()) as u64);
-        let mut stored = Vec::new();
+        // The book of what the database holds, built here, outside the
+        // lock that judgements in flight share, one code at a time.
+        let mut book = Book::new();
         for (c, h) in &known.history {
-            stored.extend(crate::projection::history::decode(c, h).map_err(ApiError::internal)?);
+            let facts = crate::projection::history::decode(c, h).map_err(ApiError::internal)?;
+            book.add_inherited(&children, facts);
         }
         let stored_lots = projection.deciding_lot_facts(&lots).await?;
+        // The events whose lot facts the database gave: a batch in flight
+        // with one of them is already durable (a batch is appended whole).
+        let stored_lot_events: HashSet<uuid::Uuid> = stored_lots.iter().map(|f| f.event_id).collect();
+        book.add_lots(stored_lots);
         Ok(Reading {
             codes,
             lots,
@@ -472,8 +479,8 @@ impl Custody {
             children,
             pending,
             known,
-            stored,
-            stored_lots,
+            book,
+            stored_lot_events,
         })
     }
 
@@ -489,22 +496,20 @@ impl Custody {
         base: u64,
         msgs: &[ExchangeMessage],
         per_record: Vec<EventFacts>,
-        read: Reading,
+        mut read: Reading,
     ) -> (Vec<RecordVerdict>, Vec<Resolving>, u64) {
-        let mut book = Book::new();
-        book.add_inherited(&read.children, read.stored);
-        // The events whose lot facts the database gave: a batch in flight
-        // with one of them is already durable (a batch is appended whole).
-        let stored_lot_events: HashSet<uuid::Uuid> = read.stored_lots.iter().map(|f| f.event_id).collect();
-        book.add_lots(read.stored_lots);
+        let mut book = std::mem::take(&mut read.book);
+        let stored_lot_events = std::mem::take(&mut read.stored_lot_events);
         // Facts of batches in flight (or committed since the read began)
         // about this batch's codes and lots only.
         let mine: HashSet<&str> = read.codes.iter().chain(&read.extra).map(String::as_str).collect();
         let my_lots: HashSet<&str> = read.lots.iter().map(String::as_str).collect();
         let mut busy: HashSet<u64> = HashSet::new();
-        // Codes a batch in flight, or committed since the read began,
-        // moved or packed: what the database said of them may be
-        // stale by now, so it is not cached.
+        // Codes of this judgement that a batch in flight, or committed
+        // since the read began, moved or packed: what the database said of
+        // them may be stale by now, so it is not cached. (Only this
+        // judgement's codes are cached, so only they are looked for; the
+        // set borrows their names from `read`, not from the batches.)
         let mut touched: HashSet<&str> = HashSet::new();
         for b in &g.batches {
             if b.committed_at.is_none_or(|c| c > read_epoch) {
@@ -514,11 +519,14 @@ impl Custody {
                 );
                 book.add_lots(inflight_lot_facts(b, &my_lots, &stored_lot_events));
                 busy.extend(b.resolving.iter().copied());
-                touched.extend(b.facts.iter().map(|f| f.code.as_str()));
-                touched.extend(b.links.iter().map(|l| l.1.as_str()));
+                let codes = b.facts.iter().map(|f| f.code.as_str());
+                touched.extend(
+                    codes
+                        .chain(b.links.iter().map(|l| l.1.as_str()))
+                        .filter_map(|c| mine.get(c).copied()),
+                );
             }
         }
-        let touched: HashSet<String> = touched.into_iter().map(str::to_string).collect();
         g.cache_store(&read.known, &touched);
         let mut records = Vec::with_capacity(per_record.len());
         let mut kept_facts = Vec::new();
@@ -633,10 +641,11 @@ struct Reading {
     /// Open pending alerts on the codes: (code, alert leaf, event leaf).
     pending: Vec<(String, u64, u64)>,
     known: Known,
-    /// The stored facts of `codes` and `extra`.
-    stored: Vec<Fact>,
-    /// The stored facts of `lots`.
-    stored_lots: Vec<LotFact>,
+    /// The stored facts of `codes` and `extra` (packages' transports
+    /// inherited by their contents) and the deciding facts of `lots`.
+    book: Book,
+    /// The events of the lot facts in `book`.
+    stored_lot_events: HashSet<uuid::Uuid>,
 }
 
 /// Each record's custody facts, with party codes resolved to entity ids
@@ -1041,7 +1050,8 @@ mod tests {
         k.history.insert("B".into(), stored(&[fact("B", 2, Move::Produce)]));
         k.parents.insert("A".into(), vec![]);
         k.parents.insert("B".into(), vec![]);
-        let touched: HashSet<String> = c.lock().batches[0].facts.iter().map(|f| f.code.clone()).collect();
+        let moved: Vec<String> = c.lock().batches[0].facts.iter().map(|f| f.code.clone()).collect();
+        let touched: HashSet<&str> = moved.iter().map(String::as_str).collect();
         c.lock().cache_store(&k, &touched);
         drop(reader);
         assert_eq!(cached_seqs(&c, "A"), Some(vec![1]));

@@ -631,9 +631,17 @@ impl Book {
     /// first added.
     pub fn add(&mut self, facts: impl IntoIterator<Item = Fact>) {
         for f in facts {
-            let v = self.codes.entry(f.code.clone()).or_default();
-            if !v.iter().any(|g| g.event_id == f.event_id) {
-                v.push(f);
+            // The code's name is copied only for a code new to the book.
+            match self.codes.get_mut(f.code.as_str()) {
+                Some(v) => {
+                    let id = f.event_id.as_u128();
+                    if !v.iter().any(|g| g.event_id.as_u128() == id) {
+                        v.push(f);
+                    }
+                }
+                None => {
+                    self.codes.insert(f.code.clone(), vec![f]);
+                }
             }
         }
     }
