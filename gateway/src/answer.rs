@@ -297,7 +297,8 @@ fn check_recall(answer: &Value) -> Result<RecallTally, String> {
         codes.extend(mappings::custody::codes_of(ev));
         packages.extend(ev.aggregations.iter().map(|a| a.parent.clone()));
     }
-    let recounted = RecallTally::of(&codes, &packages, &book);
+    let contents = contents_among(&events, &codes);
+    let recounted = RecallTally::of(&codes, &packages, &contents, &book);
     let said = tally_of_answer(answer)?;
     match said.first_difference(&recounted) {
         None => Ok(recounted),
@@ -357,6 +358,11 @@ fn check_stock(answer: &Value, holder: &str) -> Result<StockTally, String> {
     }
     said.packages = serde_json::from_value(answer["package_codes"].clone())
         .map_err(|e| format!("no readable `package_codes` list: {e}"))?;
+    said.emptied_packages = serde_json::from_value(answer["emptied_package_codes"].clone())
+        .map_err(|e| format!("no readable `emptied_package_codes` list: {e}"))?;
+    if answer["emptied_packages"].as_u64() != Some(said.emptied_packages.len() as u64) {
+        return Err("`emptied_packages` is not the number of `emptied_package_codes`".into());
+    }
     let units: usize = said.lots.values().map(|l| l.units).sum();
     if answer["units"].as_u64() != Some(units as u64) || answer["packages"].as_u64() != Some(said.packages.len() as u64)
     {
@@ -367,11 +373,32 @@ fn check_stock(answer: &Value, holder: &str) -> Result<StockTally, String> {
         .iter()
         .flat_map(|(_, e)| e.aggregations.iter().map(|a| a.parent.clone()))
         .collect();
-    let recounted = StockTally::of(holder, &listed, &parents, &book);
+    let candidates: BTreeSet<String> = listed.iter().cloned().collect();
+    let contents = contents_among(&events, &candidates);
+    let recounted = StockTally::of(holder, &listed, &parents, &contents, &book);
     match said.first_difference(&recounted) {
         None => Ok(recounted),
         Some(d) => Err(d),
     }
+}
+
+/// Package → its contents among `codes`, from the packaging links the
+/// events state (as the gateway reads them: links whose child is one of
+/// the codes).
+fn contents_among(
+    events: &[(u64, TraceEvent)],
+    codes: &BTreeSet<String>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for a in events.iter().flat_map(|(_, e)| &e.aggregations) {
+        for c in a.children.iter().filter(|c| codes.contains(*c)) {
+            let kids = out.entry(a.parent.clone()).or_default();
+            if !kids.contains(c) {
+                kids.push(c.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The counts a recall answer states, by entity id.

@@ -525,7 +525,8 @@ pub(crate) async fn recall(
     }
     let list: Vec<String> = codes.iter().cloned().collect();
     let book = state.projection.custody_book(&list).await?;
-    let tally = mappings::custody::RecallTally::of(&codes, &packages, &book);
+    let contents = contents_of(&state, &list).await?;
+    let tally = mappings::custody::RecallTally::of(&codes, &packages, &contents, &book);
     let mut answer = recall_json(&state, &lot, &tally);
     answer["events"] = json!(events.len());
     if with_evidence {
@@ -598,6 +599,19 @@ async fn evidence_of(
     };
     let events: Vec<ProjectedEvent> = by_leaf.into_values().collect();
     Ok((steps_of(state, reader, events, false).await?, parties))
+}
+
+/// Package → its contents among `codes` (the packaging links whose child is
+/// one of them).
+async fn contents_of(
+    state: &AppState,
+    codes: &[String],
+) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (p, c) in state.projection.parents_of(codes).await? {
+        out.entry(p).or_default().push(c);
+    }
+    Ok(out)
 }
 
 /// Counts by key, as `[{key_name: party, "units": n}]`, largest first.
@@ -699,7 +713,8 @@ pub(crate) async fn stock(
     let candidates = state.projection.codes_left_with(&holder).await?;
     let packages: BTreeSet<String> = state.projection.parents_among(&candidates).await?.into_iter().collect();
     let book = state.projection.custody_book(&candidates).await?;
-    let t = mappings::custody::StockTally::of(&holder, &candidates, &packages, &book);
+    let contents = contents_of(&state, &candidates).await?;
+    let t = mappings::custody::StockTally::of(&holder, &candidates, &packages, &contents, &book);
     let rows: Vec<Value> = t
         .lots
         .iter()
@@ -718,10 +733,12 @@ pub(crate) async fn stock(
         "holder": party(&state, &holder),
         "units": units,
         "packages": t.packages.len(),
+        "emptied_packages": t.emptied_packages.len(),
         "lots": rows,
     });
     if with_codes {
         answer["package_codes"] = json!(t.packages);
+        answer["emptied_package_codes"] = json!(t.emptied_packages);
     }
     if with_evidence {
         let codes = t.codes();

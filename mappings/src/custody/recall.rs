@@ -71,10 +71,17 @@ pub struct RecallTally {
 }
 
 impl RecallTally {
-    /// The tally of `codes` (of which `packages` are packages) from the
-    /// custody facts in `book`.
+    /// The tally of `codes` (of which `packages` are packages, with their
+    /// contents among `codes` in `contents`) from the custody facts in
+    /// `book`. A package with a holder none of whose contents is still with
+    /// that holder is `emptied`.
     #[must_use]
-    pub fn of(codes: &BTreeSet<String>, packages: &BTreeSet<String>, book: &Book) -> RecallTally {
+    pub fn of(
+        codes: &BTreeSet<String>,
+        packages: &BTreeSet<String>,
+        contents: &HashMap<String, Vec<String>>,
+        book: &Book,
+    ) -> RecallTally {
         let mut t = RecallTally::default();
         for code in codes {
             let hist = book.history(code);
@@ -98,6 +105,14 @@ impl RecallTally {
                 Custody::Destroyed(by) => ("destroyed", Some(*by)),
             };
             let package = packages.contains(code);
+            let state = match holder {
+                Some(h)
+                    if package && matches!(state, "held" | "awaiting_receipt") && emptied(code, h, contents, book) =>
+                {
+                    "emptied"
+                }
+                _ => state,
+            };
             t.codes.insert(
                 code.clone(),
                 CodeState {
@@ -245,6 +260,26 @@ pub struct StockTally {
     pub lots: BTreeMap<String, LotStock>,
     /// Packages in its stock, by code.
     pub packages: BTreeSet<String>,
+    /// Packages it still holds whose contents are none with it any more
+    /// (given, destroyed or moved on): empty boxes, not stock.
+    pub emptied_packages: BTreeSet<String>,
+}
+
+/// Whether package `code`, with `holder`, has none of its `contents` with
+/// that holder any more (held, or on its way to it). A package whose
+/// contents are not known is not emptied.
+fn emptied(code: &str, holder: &str, contents: &HashMap<String, Vec<String>>, book: &Book) -> bool {
+    let Some(kids) = contents.get(code).filter(|k| !k.is_empty()) else {
+        return false;
+    };
+    !kids.iter().any(|k| {
+        let hist = book.history(k);
+        match Custody::after(&hist) {
+            Custody::Held(h) => h == holder,
+            Custody::Transit { to: Some(to), .. } => to == holder,
+            _ => false,
+        }
+    })
 }
 
 /// One lot of a [`StockTally`].
@@ -262,9 +297,17 @@ pub struct LotStock {
 
 impl StockTally {
     /// The stock of `holder` among `candidates` (of which `packages` are
-    /// packages), from the custody facts in `book`.
+    /// packages, with their contents among the candidates in `contents`),
+    /// from the custody facts in `book`. A package none of whose contents
+    /// is still with the holder is counted as emptied, not in stock.
     #[must_use]
-    pub fn of(holder: &str, candidates: &[String], packages: &BTreeSet<String>, book: &Book) -> StockTally {
+    pub fn of(
+        holder: &str,
+        candidates: &[String],
+        packages: &BTreeSet<String>,
+        contents: &HashMap<String, Vec<String>>,
+        book: &Book,
+    ) -> StockTally {
         let mut t = StockTally::default();
         for code in candidates {
             let hist = book.history(code);
@@ -276,7 +319,11 @@ impl StockTally {
             };
             if packages.contains(code) {
                 if held == 1 {
-                    t.packages.insert(code.clone());
+                    if emptied(code, holder, contents, book) {
+                        t.emptied_packages.insert(code.clone());
+                    } else {
+                        t.packages.insert(code.clone());
+                    }
                 }
                 continue;
             }
@@ -294,13 +341,15 @@ impl StockTally {
         t
     }
 
-    /// Every code it counts: the units' (by lot), then the packages'.
+    /// Every code it counts: the units' (by lot), then the packages', then
+    /// the emptied packages'.
     #[must_use]
     pub fn codes(&self) -> Vec<String> {
         self.lots
             .values()
             .flat_map(|l| l.codes.iter().cloned())
             .chain(self.packages.iter().cloned())
+            .chain(self.emptied_packages.iter().cloned())
             .collect()
     }
 
@@ -308,6 +357,13 @@ impl StockTally {
     /// its events give (`other`): `None` when equal.
     #[must_use]
     pub fn first_difference(&self, other: &StockTally) -> Option<String> {
+        if self.emptied_packages != other.emptied_packages {
+            let a: Vec<&String> = self.emptied_packages.difference(&other.emptied_packages).collect();
+            let b: Vec<&String> = other.emptied_packages.difference(&self.emptied_packages).collect();
+            return Some(format!(
+                "emptied packages: the answer lists {a:?} that its events do not empty, and its events empty {b:?} that the answer does not list"
+            ));
+        }
         if self.packages != other.packages {
             let a: Vec<&String> = self.packages.difference(&other.packages).collect();
             let b: Vec<&String> = other.packages.difference(&self.packages).collect();

@@ -568,7 +568,8 @@ fn a_recall_is_recounted_from_its_events() {
     let book = book_of_events(&events, &id);
     let codes: std::collections::BTreeSet<String> = [UNIT, UNIT2, CARTON].map(String::from).into();
     let packages: std::collections::BTreeSet<String> = [CARTON.to_string()].into();
-    let t = RecallTally::of(&codes, &packages, &book);
+    let contents: HashMap<String, Vec<String>> = [(CARTON.to_string(), vec![UNIT2.to_string()])].into();
+    let t = RecallTally::of(&codes, &packages, &contents, &book);
     let state = |c: &str| {
         let s = &t.codes[c];
         (s.state.as_str(), s.holder.as_deref(), s.last_event.as_deref())
@@ -604,12 +605,12 @@ fn a_recall_is_recounted_from_its_events() {
 
     // The same book as two clinics' stock.
     let all: Vec<String> = codes.iter().cloned().collect();
-    let b = StockTally::of(CLINIC_B, &all, &packages, &book);
+    let b = StockTally::of(CLINIC_B, &all, &packages, &contents, &book);
     assert_eq!(b.packages, [CARTON.to_string()].into());
     let lot = &b.lots["8612345/202311A05"];
     assert_eq!((lot.units, lot.awaiting, lot.refused), (1, 1, 0));
     assert_eq!(lot.codes, [UNIT2.to_string()].into());
-    let a = StockTally::of(CLINIC_A, &all, &packages, &book);
+    let a = StockTally::of(CLINIC_A, &all, &packages, &contents, &book);
     let lot = &a.lots["8612345/202311A05"];
     assert_eq!((lot.units, lot.awaiting, lot.refused), (0, 0, 1));
     assert!(a.packages.is_empty());
@@ -619,4 +620,77 @@ fn a_recall_is_recounted_from_its_events() {
             "packages: the answer lists [] that its events do not put in stock, and its events put [\"86123450000000009001\"] in stock that the answer does not list"
         )
     );
+}
+
+/// A carton whose every dose was given is an empty box: `emptied` in a
+/// recall, not stock of the clinic that still has it.
+#[test]
+fn a_carton_whose_doses_were_all_given_is_emptied() {
+    const UNIT2: &str = "86123450000000001002";
+    const CARTON: &str = "86123450000000009001";
+    let id = |c: &str| c.to_string();
+    let link = crate::event::AggregationLink {
+        parent: CARTON.into(),
+        children: vec![UNIT.into(), UNIT2.into()],
+    };
+    let mut made = produce("2023-12-01T08:00:00");
+    made.trace_codes = vec![UNIT.into(), UNIT2.into(), CARTON.into()];
+    made.aggregations = vec![link.clone()];
+    let mut sent = ev(
+        "outbound",
+        Some("201"),
+        "2024-01-02T08:00:00",
+        MAH,
+        Some(MAH),
+        Some(CLINIC_A),
+    );
+    sent.trace_codes = made.trace_codes.clone();
+    let mut got = ev(
+        "inbound_receipt",
+        Some("102"),
+        "2024-01-03T08:00:00",
+        CLINIC_A,
+        Some(MAH),
+        Some(CLINIC_A),
+    );
+    got.trace_codes = made.trace_codes.clone();
+    let give = |code: &str, time: &str| {
+        let mut e = ev("vaccination", None, time, CLINIC_A, None, None);
+        e.trace_codes = vec![code.into()];
+        e
+    };
+    let codes: std::collections::BTreeSet<String> = [UNIT, UNIT2, CARTON].map(String::from).into();
+    let packages: std::collections::BTreeSet<String> = [CARTON.to_string()].into();
+    let contents: HashMap<String, Vec<String>> = [(CARTON.to_string(), vec![UNIT.into(), UNIT2.into()])].into();
+    let all: Vec<String> = codes.iter().cloned().collect();
+    let tally = |events: Vec<TraceEvent>| {
+        let events: Vec<(u64, TraceEvent)> = events.into_iter().enumerate().map(|(i, e)| (i as u64 + 1, e)).collect();
+        let book = book_of_events(&events, &id);
+        (
+            RecallTally::of(&codes, &packages, &contents, &book),
+            StockTally::of(CLINIC_A, &all, &packages, &contents, &book),
+        )
+    };
+    // One dose left in the carton: it is stock.
+    let (r, s) = tally(vec![
+        made.clone(),
+        sent.clone(),
+        got.clone(),
+        give(UNIT, "2024-01-04T08:00:00"),
+    ]);
+    assert_eq!(r.codes[CARTON].state, "held");
+    assert_eq!((s.packages.len(), s.emptied_packages.len()), (1, 0));
+    // Both given: an empty box.
+    let (r, s) = tally(vec![
+        made,
+        sent,
+        got,
+        give(UNIT, "2024-01-04T08:00:00"),
+        give(UNIT2, "2024-01-04T09:00:00"),
+    ]);
+    assert_eq!(r.codes[CARTON].state, "emptied");
+    assert_eq!(r.codes[CARTON].holder.as_deref(), Some(CLINIC_A));
+    assert_eq!(r.package_states, [("emptied".to_string(), 1)].into());
+    assert_eq!((s.packages.len(), s.emptied_packages.len()), (0, 1));
+    assert_eq!(r.administered_doses, 2);
 }
