@@ -508,11 +508,12 @@ pub fn verify_proof(a: VerifyProofArgs) -> anyhow::Result<u8> {
                 }
                 if let Some(t) = &r.stock {
                     println!(
-                        "stock counts OK: recounted from the steps: {} unit(s) in {} lot(s), {} package(s); \
-                         a code the answer leaves out is not caught by this check",
+                        "stock counts OK: recounted from the steps: {} unit(s) in {} lot(s), {} package(s), \
+                         {} emptied package(s); a code the answer leaves out is not caught by this check",
                         t.lots.values().map(|l| l.units).sum::<usize>(),
                         t.lots.len(),
-                        t.packages.len()
+                        t.packages.len(),
+                        t.emptied_packages.len()
                     );
                 }
                 Ok(0)

@@ -299,7 +299,7 @@ impl StockTally {
     /// The stock of `holder` among `candidates` (of which `packages` are
     /// packages, with their contents among the candidates in `contents`),
     /// from the custody facts in `book`. A package none of whose contents
-    /// is still with the holder is counted as emptied, not in stock.
+    /// is in that stock any more is counted as emptied, not in stock.
     #[must_use]
     pub fn of(
         holder: &str,
@@ -309,6 +309,11 @@ impl StockTally {
         book: &Book,
     ) -> StockTally {
         let mut t = StockTally::default();
+        // What is in its stock (held or awaiting its receipt), packages
+        // and units alike: a package none of whose contents is among them
+        // is emptied.
+        let mut in_stock: HashSet<&str> = HashSet::new();
+        let mut held_packages: Vec<&String> = Vec::new();
         for code in candidates {
             let hist = book.history(code);
             let (held, awaiting, refused) = match Custody::after(&hist) {
@@ -317,13 +322,12 @@ impl StockTally {
                 Custody::Refused(at) if at == holder => (0, 0, 1),
                 _ => continue,
             };
+            if held == 1 {
+                in_stock.insert(code);
+            }
             if packages.contains(code) {
                 if held == 1 {
-                    if emptied(code, holder, contents, book) {
-                        t.emptied_packages.insert(code.clone());
-                    } else {
-                        t.packages.insert(code.clone());
-                    }
+                    held_packages.push(code);
                 }
                 continue;
             }
@@ -337,6 +341,17 @@ impl StockTally {
             e.awaiting += awaiting;
             e.refused += refused;
             e.codes.insert(code.clone());
+        }
+        for p in held_packages {
+            let kids = contents.get(p.as_str()).map(Vec::as_slice).unwrap_or_default();
+            // (A package is the parent of some packaging link; its contents
+            // in stock are among the candidates, so `contents` may be read
+            // among them only.)
+            if !kids.iter().any(|k| in_stock.contains(k.as_str())) {
+                t.emptied_packages.insert(p.clone());
+            } else {
+                t.packages.insert(p.clone());
+            }
         }
         t
     }
