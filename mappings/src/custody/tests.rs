@@ -504,6 +504,20 @@ proptest! {
     }
 }
 
+/// The MAH's outbound bill of `codes` to clinic A (2 January) and the
+/// clinic's receipt (3 January).
+fn delivered_to_a(codes: &[&str]) -> [TraceEvent; 2] {
+    let bill = |category: &str, bill: &str, time: &str, source: &str| {
+        let mut e = ev(category, Some(bill), time, source, Some(MAH), Some(CLINIC_A));
+        e.trace_codes = codes.iter().map(|c| c.to_string()).collect();
+        e
+    };
+    [
+        bill("outbound", "201", "2024-01-02T08:00:00", MAH),
+        bill("inbound_receipt", "102", "2024-01-03T08:00:00", CLINIC_A),
+    ]
+}
+
 /// The book a recall's evidence rebuilds from events alone: a receipt an
 /// alert refused, a carton's shipment carried to its contents, and a
 /// cancelled vaccination each count as the gateway counts them.
@@ -518,22 +532,7 @@ fn a_recall_is_recounted_from_its_events() {
         parent: CARTON.into(),
         children: vec![UNIT2.into()],
     }];
-    let sent = ev(
-        "outbound",
-        Some("201"),
-        "2024-01-02T08:00:00",
-        MAH,
-        Some(MAH),
-        Some(CLINIC_A),
-    );
-    let got = ev(
-        "inbound_receipt",
-        Some("102"),
-        "2024-01-03T08:00:00",
-        CLINIC_A,
-        Some(MAH),
-        Some(CLINIC_A),
-    );
+    let [sent, got] = delivered_to_a(&[UNIT]);
     let mut refusal = ev(COLD_CHAIN_ALERT, None, "2024-01-03T08:00:01", "node", None, None);
     refusal.trace_codes = vec![UNIT.into()];
     refusal.fields.insert("alert_type".into(), json!(RECEIPT_REFUSED));
@@ -636,24 +635,7 @@ fn a_carton_whose_doses_were_all_given_is_emptied() {
     let mut made = produce("2023-12-01T08:00:00");
     made.trace_codes = vec![UNIT.into(), UNIT2.into(), CARTON.into()];
     made.aggregations = vec![link.clone()];
-    let mut sent = ev(
-        "outbound",
-        Some("201"),
-        "2024-01-02T08:00:00",
-        MAH,
-        Some(MAH),
-        Some(CLINIC_A),
-    );
-    sent.trace_codes = made.trace_codes.clone();
-    let mut got = ev(
-        "inbound_receipt",
-        Some("102"),
-        "2024-01-03T08:00:00",
-        CLINIC_A,
-        Some(MAH),
-        Some(CLINIC_A),
-    );
-    got.trace_codes = made.trace_codes.clone();
+    let [sent, got] = delivered_to_a(&[UNIT, UNIT2, CARTON]);
     let give = |code: &str, time: &str| {
         let mut e = ev("vaccination", None, time, CLINIC_A, None, None);
         e.trace_codes = vec![code.into()];
