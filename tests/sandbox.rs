@@ -267,7 +267,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
             secure_gateway::DEFAULT_DIST_ID,
         )
         .unwrap();
-    let key = secure_gateway::Signer::new(provider, h).unwrap();
+    let key = secure_gateway::Signer::new(provider.clone(), h).unwrap();
     let partner = adapters::GatewayClient::new(
         &adapters::GatewayClientConfig {
             base_url: base.clone(),
@@ -323,6 +323,47 @@ fn sandbox_summary_determinism_restart_and_tamper() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("recall counts OK"), "{out}");
+    // Clinic A's own stock with its evidence, signed with the clinic's key:
+    // recounted by verify-proof, its emptied cartons (every dose given)
+    // apart from its stock.
+    let h = secure_gateway::KeyHandle::new("meiyuan");
+    provider
+        .import_sm2_pem(
+            h.clone(),
+            &std::fs::read_to_string(a.join("keys/meiyuan.key.pem")).unwrap(),
+            Some(pass.trim()),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+    let clinic = adapters::GatewayClient::new(
+        &adapters::GatewayClientConfig {
+            base_url: base.clone(),
+            ..Default::default()
+        },
+        secure_gateway::Signer::new(provider, h).unwrap(),
+    )
+    .unwrap();
+    let clinic_a = sandbox::world::CLINIC_A.uscc;
+    let body = rt
+        .block_on(clinic.get(&format!("/v1/holders/{clinic_a}/stock?evidence=true")))
+        .unwrap();
+    let stock: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        stock["emptied_packages"].as_u64().unwrap() > 0,
+        "{}",
+        stock["emptied_packages"]
+    );
+    assert!(stock["units"].as_u64().unwrap() > 0, "{}", stock["units"]);
+    std::fs::write(&file, stock.to_string()).unwrap();
+    let o = vaxgate()
+        .arg("verify-proof")
+        .arg(&file)
+        .arg("--checkpoint-key")
+        .arg(a.join("node/keys/node.pub.pem"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("stock counts OK"), "{out}");
     assert!(String::from_utf8_lossy(&oa.stdout).contains("Authorization: ApiKey"));
     // Ctrl-C (SIGINT) stops the sandbox and its gateway.
     let st = Command::new("kill")
