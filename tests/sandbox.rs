@@ -256,26 +256,7 @@ fn sandbox_summary_determinism_restart_and_tamper() {
         "a restart re-sends (duplicates) but appends nothing new"
     );
     assert_eq!(restarted["verified"], true);
-    let pass = std::fs::read_to_string(a.join("secrets/passphrase")).unwrap();
-    let provider = secure_gateway::RustCryptoProvider::shared();
-    let h = secure_gateway::KeyHandle::new("partner");
-    provider
-        .import_sm2_pem(
-            h.clone(),
-            &std::fs::read_to_string(a.join("keys/partner.key.pem")).unwrap(),
-            Some(pass.trim()),
-            secure_gateway::DEFAULT_DIST_ID,
-        )
-        .unwrap();
-    let key = secure_gateway::Signer::new(provider.clone(), h).unwrap();
-    let partner = adapters::GatewayClient::new(
-        &adapters::GatewayClientConfig {
-            base_url: base.clone(),
-            ..Default::default()
-        },
-        key,
-    )
-    .unwrap();
+    let partner = client_of(&a, &base, "partner");
     let code = &manifest.demo_trace_code;
     assert!(
         code.starts_with("8612345"),
@@ -314,35 +295,12 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     assert_eq!(evidence["held_by"], recall["held_by"]);
     let file = a.join("recall-evidence.json");
     std::fs::write(&file, evidence.to_string()).unwrap();
-    let o = vaxgate()
-        .arg("verify-proof")
-        .arg(&file)
-        .arg("--checkpoint-key")
-        .arg(a.join("node/keys/node.pub.pem"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("recall counts OK"), "{out}");
+    let (ok, out) = verify_proof(&a, &file);
+    assert!(ok && out.contains("recall counts OK"), "{out}");
     // Clinic A's own stock with its evidence, signed with the clinic's key:
     // recounted by verify-proof, its emptied cartons (every dose given)
     // apart from its stock.
-    let h = secure_gateway::KeyHandle::new("meiyuan");
-    provider
-        .import_sm2_pem(
-            h.clone(),
-            &std::fs::read_to_string(a.join("keys/meiyuan.key.pem")).unwrap(),
-            Some(pass.trim()),
-            secure_gateway::DEFAULT_DIST_ID,
-        )
-        .unwrap();
-    let clinic = adapters::GatewayClient::new(
-        &adapters::GatewayClientConfig {
-            base_url: base.clone(),
-            ..Default::default()
-        },
-        secure_gateway::Signer::new(provider, h).unwrap(),
-    )
-    .unwrap();
+    let clinic = client_of(&a, &base, "meiyuan");
     let clinic_a = sandbox::world::CLINIC_A.uscc;
     let body = rt
         .block_on(clinic.get(&format!("/v1/holders/{clinic_a}/stock?evidence=true")))
@@ -355,15 +313,8 @@ fn sandbox_summary_determinism_restart_and_tamper() {
     );
     assert!(stock["units"].as_u64().unwrap() > 0, "{}", stock["units"]);
     std::fs::write(&file, stock.to_string()).unwrap();
-    let o = vaxgate()
-        .arg("verify-proof")
-        .arg(&file)
-        .arg("--checkpoint-key")
-        .arg(a.join("node/keys/node.pub.pem"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("stock counts OK"), "{out}");
+    let (ok, out) = verify_proof(&a, &file);
+    assert!(ok && out.contains("stock counts OK"), "{out}");
     assert!(String::from_utf8_lossy(&oa.stdout).contains("Authorization: ApiKey"));
     // Ctrl-C (SIGINT) stops the sandbox and its gateway.
     let st = Command::new("kill")
@@ -432,6 +383,42 @@ fn sandbox_refuses_a_bad_size_before_writing() {
 /// (the world knows where every dose is), as far as the ledger can know it:
 /// doses whose vaccination record was quarantined (deliberately dirty rows)
 /// are still in their clinic's stock for the ledger.
+/// A gateway client at `base` signing with sandbox `dir`'s key of `alias`
+/// (its PEM unlocked with the sandbox's passphrase).
+fn client_of(dir: &Path, base: &str, alias: &str) -> adapters::GatewayClient {
+    let pass = std::fs::read_to_string(dir.join("secrets/passphrase")).unwrap();
+    let provider = secure_gateway::RustCryptoProvider::shared();
+    let h = secure_gateway::KeyHandle::new(alias);
+    provider
+        .import_sm2_pem(
+            h.clone(),
+            &std::fs::read_to_string(dir.join(format!("keys/{alias}.key.pem"))).unwrap(),
+            Some(pass.trim()),
+            secure_gateway::DEFAULT_DIST_ID,
+        )
+        .unwrap();
+    adapters::GatewayClient::new(
+        &adapters::GatewayClientConfig {
+            base_url: base.to_string(),
+            ..Default::default()
+        },
+        secure_gateway::Signer::new(provider, h).unwrap(),
+    )
+    .unwrap()
+}
+
+/// `vaxgate verify-proof FILE` against sandbox `dir`'s node key: (success, stdout).
+fn verify_proof(dir: &Path, file: &Path) -> (bool, String) {
+    let o = vaxgate()
+        .arg("verify-proof")
+        .arg(file)
+        .arg("--checkpoint-key")
+        .arg(dir.join("node/keys/node.pub.pem"))
+        .output()
+        .unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 fn recall_matches_the_world(manifest: &sandbox::Manifest, recall: &serde_json::Value) {
     use sandbox::world::{CARTON, CLINIC_A, CLINIC_B, PROVINCE};
     use std::collections::BTreeMap;
